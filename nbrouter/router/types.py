@@ -1,0 +1,288 @@
+"""The values the router hands back: error kinds, candidates, attempts, results and stream events."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Union
+
+
+class ErrorKind(str, enum.Enum):
+    """Why an attempt failed; each kind has one default action (routing.md section 5)."""
+
+    RATE_LIMIT = "rate_limit"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    AUTH = "auth"
+    ACCOUNT_LOCKED = "account_locked"
+    MODEL_NOT_FOUND = "model_not_found"
+    SERVER_ERROR = "server_error"
+    OVERLOADED = "overloaded"
+    TIMEOUT = "timeout"
+    NETWORK = "network"
+    STREAM_INTERRUPTED = "stream_interrupted"
+    EMPTY_RESPONSE = "empty_response"
+    CONTEXT_OVERFLOW = "context_overflow"
+    CONTENT_FILTER = "content_filter"
+    INVALID_REQUEST = "invalid_request"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Action(str, enum.Enum):
+    """What the loop did with one candidate."""
+
+    SERVED = "served"
+    ADVANCE = "advance"
+    RETRY = "retry"
+    STOP = "stop"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one attempt or one call; input includes cached tokens."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (provider, account, model): the unit of routing state."""
+
+    provider: str
+    account: str
+    model: str
+    path: tuple[str, ...] = ()
+    weight: float = 1.0
+
+    @property
+    def key(self) -> str:
+        """`provider#account/model`, the name used in logs, state and results."""
+        return f"{self.provider}#{self.account}/{self.model}"
+
+    @property
+    def account_key(self) -> str:
+        return f"{self.provider}#{self.account}"
+
+    @property
+    def target(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+    @property
+    def path_text(self) -> str:
+        return " > ".join((*self.path, self.key))
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass
+class Attempt:
+    """One try of one candidate (or a skip), as the attempt log shows it."""
+
+    candidate: str
+    path: str
+    action: Action
+    started_at: float
+    kind: ErrorKind | None = None
+    status: int | None = None
+    message: str = ""
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    hold: str | None = None
+    hold_until: float | None = None
+    usage: Usage | None = None
+    cost_usd: Decimal | None = None
+    cost_known: bool = True
+    request_id: str | None = None
+    warning: str | None = None
+    model: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate,
+            "path": self.path,
+            "action": self.action.value,
+            "started_at": self.started_at,
+            "kind": self.kind.value if self.kind else None,
+            "status": self.status,
+            "message": self.message,
+            "latency_s": self.latency_s,
+            "ttft_s": self.ttft_s,
+            "hold": self.hold,
+            "hold_until": self.hold_until,
+            "usage": self.usage.as_dict() if self.usage else None,
+            "cost_usd": str(self.cost_usd) if self.cost_usd is not None else None,
+            "request_id": self.request_id,
+            "warning": self.warning,
+        }
+
+
+@dataclass
+class DecisionRow:
+    """One candidate in a decision: where it stands and why."""
+
+    candidate: Candidate
+    position: int | None  # order of trying; None when filtered out
+    reason: str
+    skipped: bool = False
+    hold_until: float | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Decision:
+    """What the router will do (or did) for one call: strategy, seed, the ordered candidates."""
+
+    combo: str
+    strategy: str
+    account_strategy: str
+    seed: int
+    rows: list[DecisionRow]
+    config_hash: str = ""
+    explored: bool = False
+    notes: list[str] = field(default_factory=list)
+    constants: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def order(self) -> list[Candidate]:
+        ranked = [r for r in self.rows if r.position is not None]
+        ranked.sort(key=lambda r: r.position or 0)
+        return [r.candidate for r in ranked]
+
+    @property
+    def skipped(self) -> list[DecisionRow]:
+        return [r for r in self.rows if r.skipped]
+
+    def table(self) -> str:
+        from ..router._text import decision_table
+
+        return decision_table(self)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def _repr_html_(self) -> str:
+        from ..router._text import decision_html
+
+        return decision_html(self)
+
+
+@dataclass
+class RouteResult:
+    """The answer of one routed call and the honest account of how it was obtained."""
+
+    text: str
+    served_by: str
+    model: str
+    combo: str
+    attempts: list[Attempt]
+    usage: Usage
+    cost_usd: Decimal | None
+    latency_s: float
+    ttft_s: float | None
+    partial: bool = False
+    error: str | None = None
+    decision: Decision | None = None
+    finish_reason: str | None = None
+    cost_unknown_attempts: int = 0
+
+    @property
+    def cost_text(self) -> str:
+        if self.cost_usd is None:
+            return "unknown"
+        text = f"${self.cost_usd:.6f}"
+        return text + " + unknown" if self.cost_unknown_attempts else text
+
+    def footer(self) -> str:
+        """One line: who served, how many attempts, tokens, cost, time."""
+        tries = sum(1 for a in self.attempts if a.action is not Action.SKIPPED)
+        parts = [
+            f"served by {self.served_by}",
+            f"{tries} attempt{'s' if tries != 1 else ''}",
+            f"{self.usage.total_tokens} tokens",
+            self.cost_text,
+            f"{self.latency_s:.2f} s",
+        ]
+        if self.partial:
+            parts.append("PARTIAL")
+        return " · ".join(parts)
+
+    def attempt_table(self) -> str:
+        from ..router._text import attempt_table
+
+        return attempt_table(self.attempts)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"RouteResult(served_by={self.served_by!r}, text={self.text[:60]!r}, attempts={len(self.attempts)}, cost_usd={self.cost_usd})"
+
+
+# ---- stream events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    """A candidate is being tried."""
+
+    candidate: str
+    path: str
+    number: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the answer, as it arrives."""
+
+    text: str
+    candidate: str
+
+
+@dataclass(frozen=True)
+class AttemptFinished:
+    """An attempt ended (served, failed or skipped)."""
+
+    attempt: Attempt
+
+
+@dataclass(frozen=True)
+class Done:
+    """The call ended; `result` is the RouteResult, `error` the RouteError if it failed."""
+
+    result: RouteResult | None
+    error: BaseException | None = None
+
+
+RouteEvent = Union[AttemptStarted, TextDelta, AttemptFinished, Done]

@@ -1,0 +1,1 @@
+"""pytest fixtures: `provider_simulator`, a running ProviderSimulator for one test."""
