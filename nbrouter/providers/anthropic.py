@@ -1,0 +1,387 @@
+"""The Anthropic Messages wire protocol: `POST {base_url}/v1/messages`, named SSE events ending in `message_stop`.
+
+Facts encoded here come from providers.md section 2 (wire format) and the Anthropic table of section 8
+(classification). Anthropic's error types "may grow over time": an unknown type is classified by status.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from .._secrets import scrub
+from ..router.types import ErrorKind, Usage
+from .base import ChatRequest, Completion, Endpoint, ProviderFailure, RateLimits, SSEEvent, StreamDecoder, WireProtocol
+from .openai import header_int, retry_after
+
+API_VERSION = "2023-06-01"
+#: `max_tokens` is required by the Messages API; used when the request leaves it open
+DEFAULT_MAX_TOKENS = 1024
+
+#: error.type -> kind, for the types whose meaning does not depend on the message (providers.md §8)
+_TYPE_KINDS = {
+    "authentication_error": ErrorKind.AUTH,
+    "permission_error": ErrorKind.ACCOUNT_LOCKED,
+    "not_found_error": ErrorKind.MODEL_NOT_FOUND,
+    "billing_error": ErrorKind.QUOTA_EXCEEDED,
+    "rate_limit_error": ErrorKind.RATE_LIMIT,
+    "overloaded_error": ErrorKind.OVERLOADED,
+    "api_error": ErrorKind.SERVER_ERROR,
+    "conflict_error": ErrorKind.SERVER_ERROR,
+    "timeout_error": ErrorKind.TIMEOUT,
+    "request_too_large": ErrorKind.INVALID_REQUEST,
+    "invalid_request_error": ErrorKind.INVALID_REQUEST,
+}
+_SPEND_LIMIT_TEXT = re.compile(r"you have reached your specified .*api usage limits", re.I | re.S)
+_CONTEXT_TEXT = re.compile(r"prompt is too long|exceed context limit|exceeds? the context window", re.I)
+_RESUME_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\s*(?:at\s*)?(\d{1,2}:\d{2}))?")
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def parse_rfc3339(value: str | None) -> float | None:
+    """An RFC 3339 timestamp (`2026-11-03T12:00:30Z`, any fraction length) as epoch seconds."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    # fromisoformat wants at most 6 fraction digits
+    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _next_month_utc(now: float | None = None) -> float:
+    """00:00 UTC on the 1st of next month: when a monthly spend cap is lifted (providers.md §2)."""
+    t = time.gmtime(time.time() if now is None else now)
+    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    return float(calendar.timegm((year, month, 1, 0, 0, 0)))
+
+
+def _resume_time(message: str) -> float | None:
+    """When a "you have reached your specified API usage limits" message says access resumes."""
+    match = _RESUME_DATE.search(message)
+    if not match:
+        return None
+    return parse_rfc3339(f"{match.group(1)}T{(match.group(2) or '00:00').zfill(5)}:00Z")
+
+
+def usage_from(raw: Any) -> Usage | None:
+    """Usage with the cache parts added back: Anthropic's `input_tokens` leaves them out."""
+    if not isinstance(raw, dict):
+        return None
+    written = int(raw.get("cache_creation_input_tokens") or 0)
+    read = int(raw.get("cache_read_input_tokens") or 0)
+    return Usage(
+        input_tokens=int(raw.get("input_tokens") or 0) + written + read,
+        output_tokens=int(raw.get("output_tokens") or 0),
+        cached_tokens=read,
+        cache_write_tokens=written,
+    )
+
+
+def error_parts(body: Any) -> tuple[str, str, dict[str, Any], str | None]:
+    """(error.type, message, details, request_id) of an Anthropic error body."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    if not isinstance(body, dict):
+        return "", "", {}, None
+    err = body.get("error")
+    request_id = body.get("request_id") if isinstance(body.get("request_id"), str) else None
+    if isinstance(err, str):
+        return "", err, {}, request_id
+    if not isinstance(err, dict):
+        return "", "", {}, request_id
+    details = err.get("details") if isinstance(err.get("details"), dict) else {}
+    return str(err.get("type") or ""), str(err.get("message") or ""), details, request_id
+
+
+class AnthropicProtocol(WireProtocol):
+    """Messages API: system as a top-level field, `max_tokens` required, usage split by cache."""
+
+    name = "anthropic"
+
+    def build(self, endpoint: Endpoint, request: ChatRequest) -> tuple[str, dict[str, str], dict[str, Any]]:
+        system_parts = [request.system] if request.system else []
+        messages: list[dict[str, Any]] = []
+        for message in request.messages:
+            if message.get("role") in ("system", "developer"):
+                content = message.get("content")
+                system_parts.append(content if isinstance(content, str) else _text_of(content))
+            else:
+                messages.append(message)
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
+            "messages": messages,
+        }
+        if system_parts:
+            body["system"] = "\n\n".join(p for p in system_parts if p)
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.response_format is not None:
+            body["output_config"] = {"format": _output_format(request.response_format)}
+        if request.stream:
+            body["stream"] = True
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION, **endpoint.headers}
+        if endpoint.api_key:
+            headers["x-api-key"] = endpoint.api_key
+        base = endpoint.base_url.rstrip("/")
+        url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        return url, headers, body
+
+    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
+        if not isinstance(body, dict):
+            raise ProviderFailure(ErrorKind.SERVER_ERROR, "response is not a JSON object", status=status)
+        if body.get("type") == "error" or "error" in body:
+            raise self.failure(endpoint, status, headers, body, in_stream=True)
+        text = "".join(
+            block.get("text") or ""
+            for block in body.get("content") or ()
+            if isinstance(block, dict) and block.get("type") == "text"
+        )
+        usage = usage_from(body.get("usage"))
+        model = body.get("model")
+        stop = body.get("stop_reason")
+        _check_stop(stop, body.get("stop_details"), text, usage, model, status)
+        if not text and not stop:
+            raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "200 with no text and no stop reason", status=status, usage=usage)
+        return Completion(
+            text=text, model=model, finish_reason=stop, usage=usage,
+            served_model=None if endpoint.local else model,
+        )
+
+    def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
+        return _AnthropicStream(self, endpoint)
+
+    def classify(
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str
+    ) -> ProviderFailure:
+        return self.failure(endpoint, status, headers, body, raw=text)
+
+    def rate_limits(self, headers: Mapping[str, str]) -> RateLimits | None:
+        prefix = "anthropic-ratelimit-"
+        if not any(name.lower().startswith(prefix) for name in headers):
+            return None
+        limits = RateLimits(
+            limit_requests=header_int(headers.get(prefix + "requests-limit")),
+            remaining_requests=header_int(headers.get(prefix + "requests-remaining")),
+            reset_requests_at=parse_rfc3339(headers.get(prefix + "requests-reset")),
+        )
+        # The combined token headers describe the most restrictive token limit in effect; without
+        # them, the input or output limit with less room left is the one that binds.
+        families = [f for f in ("tokens", "input-tokens", "output-tokens") if headers.get(f"{prefix}{f}-remaining")]
+        if families:
+            if "tokens" in families:
+                family = "tokens"
+            else:
+                family = min(families, key=lambda f: header_int(headers.get(f"{prefix}{f}-remaining")) or 0)
+            limits.limit_tokens = header_int(headers.get(f"{prefix}{family}-limit"))
+            limits.remaining_tokens = header_int(headers.get(f"{prefix}{family}-remaining"))
+            limits.reset_tokens_at = parse_rfc3339(headers.get(f"{prefix}{family}-reset"))
+        return None if limits.is_empty() else limits
+
+    def request_id(self, headers: Mapping[str, str]) -> str | None:
+        return headers.get("request-id") or super().request_id(headers)
+
+    # -- classification --------------------------------------------------------------------
+
+    def failure(
+        self,
+        endpoint: Endpoint,
+        status: int,
+        headers: Mapping[str, str],
+        body: Any,
+        *,
+        in_stream: bool = False,
+        raw: str = "",
+    ) -> ProviderFailure:
+        """A ProviderFailure for an error body (an HTTP error, or an `error` event after a 200)."""
+        etype, message, details, body_request_id = error_parts(body)
+        if not message:
+            message = raw[:300] if raw else f"HTTP {status}"
+        wait = retry_after(headers)
+        kind = self.kind_for(status, etype, message, details, in_stream=in_stream)
+        reset_at = None
+        if kind is ErrorKind.QUOTA_EXCEEDED:
+            if details.get("error_code") == "enforced_spend_limit_reached":
+                reset_at = _next_month_utc()
+            elif _SPEND_LIMIT_TEXT.search(message):
+                reset_at = _resume_time(message)
+        label = f"{status} {etype}" if etype else f"{status}"
+        return ProviderFailure(
+            kind,
+            scrub(f"{label}: {message}")[:500],
+            status=status,
+            retry_after_s=wait if kind in (ErrorKind.RATE_LIMIT, ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR) else None,
+            reset_at=reset_at,
+            request_id=self.request_id(headers) or body_request_id,
+            rate_limits=self.rate_limits(headers),
+        )
+
+    @staticmethod
+    def kind_for(
+        status: int,
+        etype: str,
+        message: str,
+        details: Mapping[str, Any],
+        *,
+        in_stream: bool = False,
+    ) -> ErrorKind:
+        """The Anthropic table of providers.md section 8: error.type first, then the status."""
+        if details.get("error_code") == "enforced_spend_limit_reached":
+            return ErrorKind.QUOTA_EXCEEDED
+        if etype == "invalid_request_error" or (not etype and status == 400):
+            if _SPEND_LIMIT_TEXT.search(message):
+                return ErrorKind.QUOTA_EXCEEDED
+            if _CONTEXT_TEXT.search(message):
+                return ErrorKind.CONTEXT_OVERFLOW
+        kind = _TYPE_KINDS.get(etype)
+        if kind is not None:
+            return kind
+        return _status_kind(status, in_stream=in_stream)
+
+
+def _status_kind(status: int, *, in_stream: bool) -> ErrorKind:
+    if in_stream and status < 300:
+        # an error event of a type we do not know, after a 200: the server failed mid-answer
+        return ErrorKind.SERVER_ERROR
+    if status == 402:
+        return ErrorKind.QUOTA_EXCEEDED
+    if status == 429:
+        return ErrorKind.RATE_LIMIT
+    if status == 401:
+        return ErrorKind.AUTH
+    if status == 403:
+        return ErrorKind.ACCOUNT_LOCKED
+    if status == 404:
+        return ErrorKind.MODEL_NOT_FOUND
+    if status in (408, 504):
+        return ErrorKind.TIMEOUT
+    if status in (503, 529):
+        return ErrorKind.OVERLOADED
+    if status >= 500 or status == 409:
+        return ErrorKind.SERVER_ERROR
+    if 400 <= status < 500:
+        return ErrorKind.INVALID_REQUEST
+    return ErrorKind.SERVER_ERROR
+
+
+def _check_stop(stop: Any, details: Any, text: str, usage: Usage | None, model: Any, status: int | None) -> None:
+    """Raise for the stop reasons that are failures although the status was 200."""
+    if stop == "refusal":
+        why = ""
+        if isinstance(details, dict):
+            why = str(details.get("explanation") or details.get("category") or details.get("type") or "")
+        raise ProviderFailure(
+            ErrorKind.CONTENT_FILTER, scrub(f"the model declined (stop_reason refusal){': ' + why if why else ''}"),
+            status=status, usage=usage, model=model, partial_text=text,
+        )
+    if stop == "model_context_window_exceeded":
+        raise ProviderFailure(
+            ErrorKind.CONTEXT_OVERFLOW, "the answer was cut off: the model's context window is full",
+            status=status, usage=usage, model=model, partial_text=text,
+        )
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def _output_format(response_format: dict[str, Any]) -> dict[str, Any]:
+    """`output_config.format` for a JSON schema; OpenAI-shaped response_format values are unwrapped."""
+    if response_format.get("type") == "json_schema" and isinstance(response_format.get("json_schema"), dict):
+        schema = response_format["json_schema"].get("schema") or {"type": "object"}
+    elif response_format.get("type") == "json_schema" and isinstance(response_format.get("schema"), dict):
+        schema = response_format["schema"]
+    elif response_format.get("type") == "json_object":
+        schema = {"type": "object"}
+    else:
+        schema = response_format
+    return {"type": "json_schema", "schema": schema}
+
+
+class _AnthropicStream(StreamDecoder):
+    """Reads `message_start` .. `message_stop`; `ping` and non-text deltas are skipped."""
+
+    def __init__(self, protocol: AnthropicProtocol, endpoint: Endpoint) -> None:
+        self.protocol = protocol
+        self.endpoint = endpoint
+        self.done = False
+        self.model: str | None = None
+        self.message_id: str | None = None
+        self.stop_reason: str | None = None
+        self.stop_details: Any = None
+        self.usage_raw: dict[str, Any] = {}
+        self.any_text = False
+
+    def feed(self, event: SSEEvent) -> str | None:
+        name = event.event
+        if name == "ping":
+            return None
+        try:
+            data = json.loads(event.data) if event.data else {}
+        except ValueError:
+            if name == "raw":
+                return None
+            raise ProviderFailure(
+                ErrorKind.STREAM_INTERRUPTED, f"malformed stream event {name!r}: {scrub(event.data[:120])!r}"
+            ) from None
+        if not isinstance(data, dict):
+            return None
+        kind = data.get("type") if name in ("", "raw") else name
+        if kind == "error":
+            raise self.protocol.failure(self.endpoint, 200, {}, data, in_stream=True)
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self.model = message.get("model") or self.model
+            self.message_id = message.get("id") or self.message_id
+            self._merge_usage(message.get("usage"))
+        elif kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "text" and block.get("text"):
+                self.any_text = True
+                return str(block["text"])
+        elif kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                self.any_text = True
+                return str(delta["text"])
+        elif kind == "message_delta":
+            delta = data.get("delta") or {}
+            if delta.get("stop_reason"):
+                self.stop_reason = delta["stop_reason"]
+            if delta.get("stop_details"):
+                self.stop_details = delta["stop_details"]
+            self._merge_usage(data.get("usage"))
+        elif kind == "message_stop":
+            self.done = True
+        return None
+
+    def _merge_usage(self, raw: Any) -> None:
+        # message_delta counts are cumulative: a field it carries replaces the message_start value
+        if isinstance(raw, dict):
+            self.usage_raw.update({k: v for k, v in raw.items() if v is not None})
+
+    def finish(self) -> Completion:
+        usage = usage_from(self.usage_raw) if self.usage_raw else None
+        if not self.done:
+            raise ProviderFailure(ErrorKind.STREAM_INTERRUPTED, "stream ended without message_stop", usage=usage, model=self.model)
+        _check_stop(self.stop_reason, self.stop_details, "", usage, self.model, None)
+        if not self.any_text and not self.stop_reason:
+            raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "stream with no text and no stop reason", usage=usage)
+        return Completion(
+            text="", model=self.model, finish_reason=self.stop_reason, usage=usage,
+            served_model=None if self.endpoint.local else self.model,
+        )
