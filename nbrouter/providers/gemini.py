@@ -1,0 +1,419 @@
+"""The Gemini generateContent wire protocol: `POST {base_url}/models/{model}:generateContent`, and
+`:streamGenerateContent?alt=sse`, whose stream has no terminator.
+
+Facts encoded here come from providers.md section 3 (wire format) and the Gemini table of section 8
+(classification). The API key travels in the `x-goog-api-key` header only, never in the URL, so that it
+cannot leak through a logged URL or an exception that quotes one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from typing import Any, Mapping
+
+from .._secrets import scrub
+from ..router.types import ErrorKind, Usage
+from .base import ChatRequest, Completion, Endpoint, ProviderFailure, RateLimits, SSEEvent, StreamDecoder, WireProtocol
+from .openai import parse_duration, retry_after
+
+#: finish reasons that mean a safety or policy filter stopped the answer (providers.md section 3)
+SAFETY_FINISH_REASONS = frozenset(
+    {
+        "SAFETY",
+        "RECITATION",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+    }
+)
+#: daily quotas reset at midnight in this zone (providers.md section 8, "What to do with each kind")
+QUOTA_RESET_ZONE = "America/Los_Angeles"
+
+_CONTEXT_TEXT = re.compile(r"input token count.*exceeds the maximum", re.I | re.S)
+_RETRY_IN_TEXT = re.compile(r"retry in\s+([0-9.]+\s*(?:ms|s|m|h)?(?:[0-9.]+\s*(?:ms|s))?)", re.I)
+_PER_DAY_TEXT = re.compile(r"per[ _-]?day", re.I)
+
+
+def _strip_models(name: Any) -> str | None:
+    if not isinstance(name, str) or not name:
+        return None
+    return name[len("models/"):] if name.startswith("models/") else name
+
+
+def usage_from(raw: Any) -> Usage | None:
+    """Usage: prompt tokens already include cached ones; billable output adds the thinking tokens."""
+    if not isinstance(raw, dict):
+        return None
+    thoughts = int(raw.get("thoughtsTokenCount") or 0)
+    return Usage(
+        input_tokens=int(raw.get("promptTokenCount") or 0),
+        output_tokens=int(raw.get("candidatesTokenCount") or 0) + thoughts,
+        cached_tokens=int(raw.get("cachedContentTokenCount") or 0),
+        reasoning_tokens=thoughts,
+    )
+
+
+def error_parts(body: Any) -> tuple[int | None, str, str, list[dict[str, Any]]]:
+    """(code, status, message, details) of a Google error body; it may come wrapped in an array."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    if not isinstance(body, dict):
+        return None, "", "", []
+    err = body.get("error", body)
+    if isinstance(err, str):
+        return None, "", err, []
+    if not isinstance(err, dict):
+        return None, "", "", []
+    code = err.get("code")
+    try:
+        code_int = int(code) if code is not None else None
+    except (TypeError, ValueError):
+        code_int = None
+    details = [d for d in err.get("details") or () if isinstance(d, dict)]
+    return code_int, str(err.get("status") or ""), str(err.get("message") or ""), details
+
+
+def _detail(details: list[dict[str, Any]], type_suffix: str) -> list[dict[str, Any]]:
+    return [d for d in details if str(d.get("@type") or "").endswith(type_suffix)]
+
+
+def _next_pacific_midnight(now: _dt.datetime | None = None) -> float | None:
+    try:
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(QUOTA_RESET_ZONE)
+    except Exception:  # no tz database on this machine: the router falls back to its default
+        return None
+    local = (now or _dt.datetime.now(_dt.timezone.utc)).astimezone(zone)
+    tomorrow = (local + _dt.timedelta(days=1)).date()
+    return _dt.datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=zone).timestamp()
+
+
+class GeminiProtocol(WireProtocol):
+    """generateContent: `contents` with roles user/model, `systemInstruction`, `generationConfig`."""
+
+    name = "gemini"
+
+    def build(self, endpoint: Endpoint, request: ChatRequest) -> tuple[str, dict[str, str], dict[str, Any]]:
+        system_parts = [request.system] if request.system else []
+        contents: list[dict[str, Any]] = []
+        for message in request.messages:
+            role = message.get("role")
+            content = message.get("content")
+            if role in ("system", "developer"):
+                system_parts.append(content if isinstance(content, str) else _text_of(content))
+                continue
+            contents.append({"role": "model" if role in ("assistant", "model") else "user", "parts": _parts(content)})
+        body: dict[str, Any] = {"contents": contents}
+        system = "\n\n".join(p for p in system_parts if p)
+        if system:
+            body["systemInstruction"] = {"parts": [{"text": system}]}
+        config: dict[str, Any] = {}
+        if request.max_tokens is not None:
+            config["maxOutputTokens"] = request.max_tokens
+        if request.temperature is not None:
+            config["temperature"] = request.temperature
+        if request.response_format is not None:
+            config["responseMimeType"] = "application/json"
+            schema = _json_schema(request.response_format)
+            if schema is not None:
+                config["responseJsonSchema"] = schema
+        if config:
+            body["generationConfig"] = config
+        headers = {"content-type": "application/json", **endpoint.headers}
+        if endpoint.api_key:
+            headers["x-goog-api-key"] = endpoint.api_key
+        model = _strip_models(request.model) or request.model
+        method = ":streamGenerateContent?alt=sse" if request.stream else ":generateContent"
+        return f"{endpoint.base_url.rstrip('/')}/models/{model}{method}", headers, body
+
+    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
+        if isinstance(body, list) and len(body) == 1:
+            body = body[0]
+        if not isinstance(body, dict):
+            raise ProviderFailure(ErrorKind.SERVER_ERROR, "response is not a JSON object", status=status)
+        if "error" in body:
+            raise self.failure(status, headers, body)
+        usage = usage_from(body.get("usageMetadata"))
+        model = _strip_models(body.get("modelVersion"))
+        candidates = body.get("candidates") or []
+        if not candidates:
+            _check_blocked(body, usage, model, status)
+            raise ProviderFailure(
+                ErrorKind.EMPTY_RESPONSE, "200 with no candidates and no block reason", status=status, usage=usage, model=model
+            )
+        candidate = candidates[0] if isinstance(candidates[0], dict) else {}
+        text = _candidate_text(candidate)
+        finish = candidate.get("finishReason")
+        _check_finish(finish, text, usage, model, status)
+        if not text and not finish:
+            raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "200 with no text and no finish reason", status=status, usage=usage)
+        return Completion(
+            text=text, model=model, finish_reason=finish, usage=usage,
+            request_id=self.request_id(headers) or body.get("responseId"),
+            served_model=None if endpoint.local else model,
+        )
+
+    def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
+        return _GeminiStream(self, endpoint)
+
+    def classify(
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str
+    ) -> ProviderFailure:
+        return self.failure(status, headers, body, raw=text)
+
+    def rate_limits(self, headers: Mapping[str, str]) -> RateLimits | None:
+        # The Generative Language API sends no rate-limit headers; headroom comes from 429 bodies.
+        return None
+
+    # -- classification --------------------------------------------------------------------
+
+    def failure(self, status: int, headers: Mapping[str, str], body: Any, *, raw: str = "") -> ProviderFailure:
+        """A ProviderFailure for a Google error body (an HTTP error, or an error object in a 200 stream)."""
+        code, gstatus, message, details = error_parts(body)
+        if not message:
+            message = raw[:300] if raw else f"HTTP {status}"
+        judged = code if status < 300 and code else status
+        kind = self.kind_for(judged, gstatus, message, details)
+        wait = None
+        reset_at = None
+        if kind is ErrorKind.RATE_LIMIT:
+            wait = _retry_delay(details, message)
+            if wait is None:
+                wait = retry_after(headers)
+        elif kind is ErrorKind.QUOTA_EXCEEDED:
+            # a daily quota: retryDelay may be present, but retrying before the reset is pointless
+            reset_at = _next_pacific_midnight()
+        elif kind in (ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR):
+            wait = retry_after(headers)
+        label = " ".join(str(p) for p in (status, gstatus) if p)
+        return ProviderFailure(
+            kind,
+            scrub(f"{label}: {message}")[:500],
+            status=status,
+            retry_after_s=wait,
+            reset_at=reset_at,
+            request_id=self.request_id(headers),
+        )
+
+    @staticmethod
+    def kind_for(status: int, gstatus: str, message: str, details: list[dict[str, Any]]) -> ErrorKind:
+        """The Gemini table of providers.md section 8: the canonical status and details, then the code."""
+        low = message.lower()
+        if gstatus == "RESOURCE_EXHAUSTED" or status == 429:
+            quota_ids = [
+                str(v.get("quotaId") or "") + " " + str(v.get("quotaMetric") or "")
+                for d in _detail(details, "QuotaFailure")
+                for v in d.get("violations") or ()
+                if isinstance(v, dict)
+            ]
+            if any(_PER_DAY_TEXT.search(q) for q in quota_ids) or "limit: 0" in low:
+                return ErrorKind.QUOTA_EXCEEDED
+            if "exceeded your current quota" in low and _PER_DAY_TEXT.search(low):
+                return ErrorKind.QUOTA_EXCEEDED
+            return ErrorKind.RATE_LIMIT
+        reasons = {str(d.get("reason") or "") for d in _detail(details, "ErrorInfo")}
+        if "API_KEY_INVALID" in reasons or "api key not valid" in low or status == 401 or gstatus == "UNAUTHENTICATED":
+            return ErrorKind.AUTH
+        if status == 403 or gstatus in ("PERMISSION_DENIED", "FAILED_PRECONDITION"):
+            return ErrorKind.ACCOUNT_LOCKED
+        if status == 404 or gstatus == "NOT_FOUND":
+            return ErrorKind.MODEL_NOT_FOUND
+        if _CONTEXT_TEXT.search(message):
+            return ErrorKind.CONTEXT_OVERFLOW
+        if gstatus == "DEADLINE_EXCEEDED" or status in (408, 504):
+            return ErrorKind.TIMEOUT
+        if gstatus == "UNAVAILABLE" or status == 503:
+            return ErrorKind.OVERLOADED
+        if gstatus == "INTERNAL" or status >= 500:
+            return ErrorKind.SERVER_ERROR
+        if gstatus == "INVALID_ARGUMENT" or 400 <= status < 500:
+            return ErrorKind.INVALID_REQUEST
+        # an error object with neither a known status nor a code, inside a 200 stream
+        return ErrorKind.SERVER_ERROR
+
+
+def _retry_delay(details: list[dict[str, Any]], message: str) -> float | None:
+    """Seconds from `RetryInfo.retryDelay` ("32s"), else from "Please retry in 32.5s." in the message."""
+    for info in _detail(details, "RetryInfo"):
+        delay = parse_duration(str(info.get("retryDelay") or ""))
+        if delay is not None:
+            return delay
+    match = _RETRY_IN_TEXT.search(message)
+    if match:
+        text = match.group(1).replace(" ", "")
+        return parse_duration(text if text[-1:].isalpha() else text + "s")
+    return None
+
+
+def _check_blocked(body: dict[str, Any], usage: Usage | None, model: str | None, status: int | None) -> None:
+    feedback = body.get("promptFeedback") or {}
+    reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
+    if reason:
+        extra = feedback.get("blockReasonMessage")
+        raise ProviderFailure(
+            ErrorKind.CONTENT_FILTER,
+            scrub(f"the prompt was blocked: {reason}{' (' + str(extra) + ')' if extra else ''}"),
+            status=status, usage=usage, model=model,
+        )
+
+
+def _check_finish(finish: Any, text: str, usage: Usage | None, model: str | None, status: int | None) -> None:
+    if finish in SAFETY_FINISH_REASONS:
+        raise ProviderFailure(
+            ErrorKind.CONTENT_FILTER, f"the answer was stopped by a filter: finishReason {finish}",
+            status=status, usage=usage, model=model, partial_text=text,
+        )
+
+
+def _candidate_text(candidate: dict[str, Any]) -> str:
+    content = candidate.get("content") or {}
+    parts = content.get("parts") if isinstance(content, dict) else None
+    # thought summaries (`thought: true`) are not part of the answer
+    return "".join(
+        str(p.get("text") or "") for p in parts or () if isinstance(p, dict) and not p.get("thought")
+    )
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}]
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append({"text": part})
+            elif isinstance(part, dict) and part.get("type") == "text":
+                parts.append({"text": str(part.get("text") or "")})
+            elif isinstance(part, dict):
+                parts.append(part)
+        return parts
+    return [{"text": "" if content is None else str(content)}]
+
+
+def _json_schema(response_format: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema to send as `responseJsonSchema`; OpenAI-shaped values are unwrapped."""
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return None
+    if kind == "json_schema" and isinstance(response_format.get("json_schema"), dict):
+        schema = response_format["json_schema"].get("schema")
+        return schema if isinstance(schema, dict) else None
+    if kind == "json_schema" and isinstance(response_format.get("schema"), dict):
+        return dict(response_format["schema"])
+    return response_format
+
+
+class _JsonLines:
+    """Collects bare (non-SSE) lines until the JSON value they spell is complete: Gemini can write an
+    error object over several lines without a `data:` prefix. Brackets inside strings do not count."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+
+    def _reset(self) -> None:
+        self.lines, self.depth, self.in_string, self.escaped = [], 0, False, False
+
+    def add(self, line: str) -> Any:
+        """Take one line; return the parsed value once its brackets balance, else None."""
+        if not self.lines and not line.lstrip().startswith(("{", "[")):
+            return None  # not JSON at all: ignore it
+        self.lines.append(line)
+        for ch in line:
+            if self.escaped:
+                self.escaped = False
+            elif self.in_string:
+                if ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif ch in "}]":
+                self.depth -= 1
+        if self.depth > 0:
+            return None
+        text = "\n".join(self.lines)
+        self._reset()
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
+
+
+class _GeminiStream(StreamDecoder):
+    """Reads `data:` chunks until the connection closes (there is no terminator, so `done` stays
+    False); the answer is complete only if a chunk carried a `finishReason`."""
+
+    def __init__(self, protocol: GeminiProtocol, endpoint: Endpoint) -> None:
+        self.protocol = protocol
+        self.endpoint = endpoint
+        self.done = False
+        self.finish_reason: str | None = None
+        self.model: str | None = None
+        self.response_id: str | None = None
+        self.usage: Usage | None = None
+        self.bare = _JsonLines()
+
+    def feed(self, event: SSEEvent) -> str | None:
+        if event.event == "raw":
+            value = self.bare.add(event.data)
+            return None if value is None else self._value(value)
+        try:
+            value = json.loads(event.data)
+        except ValueError:
+            raise ProviderFailure(
+                ErrorKind.STREAM_INTERRUPTED, f"malformed stream chunk: {scrub(event.data[:120])!r}", usage=self.usage
+            ) from None
+        return self._value(value)
+
+    def _value(self, value: Any) -> str | None:
+        if isinstance(value, list):
+            pieces = [self._value(v) for v in value]
+            return "".join(p for p in pieces if p) or None
+        if not isinstance(value, dict):
+            return None
+        if "error" in value:
+            raise self.protocol.failure(200, {}, value)
+        self.model = _strip_models(value.get("modelVersion")) or self.model
+        self.response_id = value.get("responseId") or self.response_id
+        if value.get("usageMetadata"):
+            # each chunk's usage is the running total; the last one holds the final counts
+            self.usage = usage_from(value["usageMetadata"])
+        candidates = value.get("candidates") or []
+        if not candidates:
+            _check_blocked(value, self.usage, self.model, None)
+            return None
+        candidate = candidates[0] if isinstance(candidates[0], dict) else {}
+        text = _candidate_text(candidate)
+        finish = candidate.get("finishReason")
+        if finish:
+            self.finish_reason = finish
+            _check_finish(finish, "", self.usage, self.model, None)
+        return text or None
+
+    def finish(self) -> Completion:
+        if self.finish_reason is None:
+            raise ProviderFailure(
+                ErrorKind.STREAM_INTERRUPTED, "stream ended before a chunk with a finishReason", usage=self.usage, model=self.model
+            )
+        return Completion(
+            text="", model=self.model, finish_reason=self.finish_reason, usage=self.usage,
+            request_id=self.response_id, served_model=None if self.endpoint.local else self.model,
+        )
