@@ -70,13 +70,22 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _int(value: str | None) -> int | None:
+def header_int(value: str | None) -> int | None:
+    """A numeric header value as an int; None when absent or not a number."""
     if value is None:
         return None
     try:
         return int(float(value))
     except ValueError:
         return None
+
+
+_int = header_int
+
+
+def is_openrouter(endpoint: Endpoint) -> bool:
+    """OpenRouter has its own error rules (status in `error.code`, budgets in `metadata`)."""
+    return endpoint.preset == "openrouter" or "openrouter.ai" in endpoint.base_url
 
 
 def error_parts(body: Any) -> tuple[str, str, str, Any]:
@@ -147,7 +156,10 @@ class OpenAIProtocol(WireProtocol):
             )
         if not text and not finish:
             raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "200 with no text and no finish reason", status=status, usage=usage)
-        return Completion(text=text, model=model, finish_reason=finish, usage=usage, reported_cost=cost, served_model=model)
+        return Completion(
+            text=text, model=model, finish_reason=finish, usage=usage, reported_cost=cost,
+            served_model=_price_model(endpoint, model),
+        )
 
     def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
         return _OpenAIStream(self, endpoint)
@@ -208,11 +220,13 @@ class OpenAIProtocol(WireProtocol):
         etype, code, message, metadata = error_parts(body)
         if not message:
             message = raw[:300] if raw else f"HTTP {status}"
-        if in_stream and code.isdigit():
-            status = int(code)
-        kind = self.kind_for(endpoint, status, etype, code, message, metadata, headers, in_stream=in_stream)
+        # An error object inside a 200 (a stream chunk, or OpenRouter's and vLLM's bodies) carries
+        # the real status as a numeric `code`: classify by it.
+        judged = int(code) if status < 300 and code.isdigit() else status
+        kind = self.kind_for(endpoint, judged, etype, code, message, metadata, headers, in_stream=in_stream)
         wait = retry_after(headers)
-        text = scrub(f"{status} {etype or code or ''}: {message}".replace(" : ", ": ").strip())
+        label = " ".join(p for p in (str(status), etype, code if code != str(status) else "") if p)
+        text = scrub(f"{label}: {message}")
         return ProviderFailure(
             kind,
             text[:500],
@@ -237,7 +251,7 @@ class OpenAIProtocol(WireProtocol):
         """The classification table of providers.md section 8 for OpenAI-shaped servers."""
         low = message.lower()
         meta = metadata if isinstance(metadata, dict) else {}
-        if endpoint.preset == "openrouter":
+        if is_openrouter(endpoint):
             kind = _openrouter_kind(status, low, meta, headers)
             if kind is not None:
                 return kind
@@ -298,6 +312,14 @@ def _openrouter_kind(status: int, low: str, meta: dict[str, Any], headers: Mappi
     return None
 
 
+def _price_model(endpoint: Endpoint, model: Any) -> str | None:
+    """The served model, as a price key. Local servers report their own alias or GGUF file name,
+    never a priceable id (providers.md section 5), so they get None."""
+    if endpoint.local or not isinstance(model, str) or not model:
+        return None
+    return model
+
+
 def _response_format(schema: dict[str, Any]) -> dict[str, Any]:
     if schema.get("type") in ("json_schema", "json_object"):
         return schema
@@ -319,6 +341,19 @@ class _OpenAIStream(StreamDecoder):
 
     def feed(self, event: SSEEvent) -> str | None:
         data = event.data
+        if event.event == "raw":
+            # Not an SSE field. llama-server writes a failure as a bare `error: {...}` line; any
+            # other bare line is noise (a missing [DONE] is still caught by finish()).
+            data = data[6:] if data.startswith("error:") else data
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                return None
+            if isinstance(chunk, dict) and "error" not in chunk and chunk.get("object") != "error" and "code" in chunk:
+                chunk = {"error": chunk}
+            if not isinstance(chunk, dict):
+                return None
+            return self._chunk(chunk)
         if data.startswith("[DONE]"):
             self.done = True
             return None
@@ -328,6 +363,11 @@ class _OpenAIStream(StreamDecoder):
             raise ProviderFailure(ErrorKind.STREAM_INTERRUPTED, f"malformed stream chunk: {scrub(data[:120])!r}") from None
         if not isinstance(chunk, dict):
             raise ProviderFailure(ErrorKind.STREAM_INTERRUPTED, "stream chunk is not a JSON object")
+        if event.event == "error" and "error" not in chunk:
+            chunk = {"error": chunk}
+        return self._chunk(chunk)
+
+    def _chunk(self, chunk: dict[str, Any]) -> str | None:
         if chunk.get("error") or chunk.get("object") == "error":
             raise self.protocol._failure_from_body(self.endpoint, 200, {}, chunk, in_stream=True)
         if chunk.get("model"):
@@ -357,5 +397,5 @@ class _OpenAIStream(StreamDecoder):
             raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "stream with no text and no finish reason", usage=self.usage)
         return Completion(
             text="", model=self.model, finish_reason=self.finish_reason, usage=self.usage,
-            reported_cost=self.cost, served_model=self.model,
+            reported_cost=self.cost, served_model=_price_model(self.endpoint, self.model),
         )
