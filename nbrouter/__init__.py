@@ -1,2 +1,78 @@
-"""nbrouter: LLM routing for Jupyter and IPython."""
+"""nbrouter: LLM routing for Jupyter and IPython.
+
+A combo is a named, ordered group of provider/model targets used as one model: the router picks a
+target by the combo's strategy, falls back on failure, remembers cooldowns across restarts, and tells
+you which target served each call, every attempt, and what it cost.
+
+    from nbrouter import Router
+    router = Router("config.toml")
+    result = router.complete("fast", "Say hello")
+    print(result.text, result.footer())
+"""
+
+from __future__ import annotations
+
+from .router.engine import Router, Status
+from .router.errors import (
+    AllCoolingDown,
+    AllTargetsFailed,
+    BudgetExceeded,
+    ComboConfigError,
+    RouteError,
+    StopError,
+)
+from .router.types import (
+    Action,
+    Attempt,
+    AttemptFinished,
+    AttemptStarted,
+    Candidate,
+    Decision,
+    Done,
+    ErrorKind,
+    RouteResult,
+    TextDelta,
+    Usage,
+)
+
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython):  # type: ignore[no-untyped-def]
+    """`%load_ext nbrouter`: register the `%%llm` magics."""
+    from .notebook.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython):  # type: ignore[no-untyped-def]
+    """`%unload_ext nbrouter`: stop the router's background loop."""
+    from .notebook.magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
+__all__ = [
+    "Action",
+    "AllCoolingDown",
+    "AllTargetsFailed",
+    "Attempt",
+    "AttemptFinished",
+    "AttemptStarted",
+    "BudgetExceeded",
+    "Candidate",
+    "ComboConfigError",
+    "Decision",
+    "Done",
+    "ErrorKind",
+    "RouteError",
+    "RouteResult",
+    "Router",
+    "Status",
+    "StopError",
+    "TextDelta",
+    "Usage",
+    "__version__",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]

@@ -82,8 +82,10 @@ class Candidate:
     provider: str
     account: str
     model: str
-    path: tuple[str, ...] = ()
-    weight: float = 1.0
+    path: tuple[str, ...] = field(default=(), compare=False)
+    weight: float = field(default=1.0, compare=False)
+    #: index of the step it came from in the resolved combo (accounts of one target share it)
+    step: int = field(default=0, compare=False)
 
     @property
     def key(self) -> str:

@@ -1,0 +1,107 @@
+"""The router's private event loop, in a daemon thread, so that sync calls work everywhere.
+
+A Jupyter cell already runs inside an event loop; instead of patching asyncio (nest-asyncio), sync
+methods hand their coroutine to this loop and wait for it. Started on first use, stopped at exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import threading
+import weakref
+from typing import Any, Coroutine, TypeVar
+
+T = TypeVar("T")
+
+_loops: "weakref.WeakSet[BackgroundLoop]" = weakref.WeakSet()
+
+
+class BackgroundLoop:
+    """One asyncio loop running forever in a daemon thread."""
+
+    def __init__(self, name: str = "nbrouter-loop") -> None:
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop, started if needed."""
+        with self._lock:
+            if self._loop is None or not self.running:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=run, name=self.name, daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._thread = loop, thread
+                _loops.add(self)
+            return self._loop
+
+    def in_loop_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and wait. Ctrl-C (KeyboardInterrupt) cancels it, then re-raises."""
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError("a sync nbrouter method was called from the router's own loop; use the async one")
+        future = self.submit(coro)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            # let the task record its cancelled attempt before we give the interrupt back
+            try:
+                future.result(timeout=2.0)
+            except BaseException:
+                pass
+            raise
+
+    def stop(self) -> None:
+        """Cancel what is running, stop the loop and join its thread."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None or not thread.is_alive():
+            return
+
+        async def shutdown() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await loop.shutdown_asyncgens()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=5.0)
+        except Exception:
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5.0)
+        if not thread.is_alive():
+            loop.close()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for bg in list(_loops):
+        try:
+            bg.stop()
+        except Exception:
+            pass

@@ -1,0 +1,116 @@
+"""The exceptions nbrouter raises.
+
+    Exception
+    └── RouteError                  any failure to route a call
+        ├── AllTargetsFailed        every candidate failed or was skipped; carries every attempt
+        │   ├── AllCoolingDown      every candidate is cooling down; names the first to free up
+        │   └── StopError           an attempt failed with a kind whose action is `stop`
+        ├── BudgetExceeded          the estimated cost is above the call's or session's budget
+        └── ComboConfigError        the configuration is wrong; names file, combo and field
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .types import Attempt, RouteResult
+
+
+class RouteError(Exception):
+    """A call could not be routed to an answer."""
+
+    attempts: list[Attempt]
+
+    def __init__(self, message: str, attempts: list[Attempt] | None = None) -> None:
+        super().__init__(message)
+        self.attempts = list(attempts or [])
+        self.partial: RouteResult | None = None
+
+
+class AllTargetsFailed(RouteError):
+    """Every candidate of the combo failed or was skipped. `str()` is the attempt table."""
+
+    def __init__(self, combo: str, attempts: list[Attempt], hint: str = "", headline: str = "") -> None:
+        from ._text import attempt_table
+
+        self.combo = combo
+        self.hint = hint or _hint_for(attempts)
+        lines = [headline or f"every target of {combo!r} failed ({len(attempts)} attempts):", attempt_table(attempts)]
+        if self.hint:
+            lines.append(self.hint)
+        super().__init__("\n".join(lines), attempts)
+
+
+class AllCoolingDown(AllTargetsFailed):
+    """Every candidate is cooling down or locked; `first_free` frees up first, at `free_at`."""
+
+    def __init__(self, combo: str, attempts: list[Attempt], first_free: str, free_at: float, now: float) -> None:
+        self.first_free = first_free
+        self.free_at = free_at
+        wait = max(0.0, free_at - now)
+        hint = (
+            f"all candidates are cooling down; {first_free} frees up first, in {_span(wait)}. "
+            "Wait, add another target to the combo, or set when_all_cooling = \"wait\" with max_wait_s."
+        )
+        super().__init__(combo, attempts, hint)
+
+
+class BudgetExceeded(RouteError):
+    """The call's estimated cost is above its budget; nothing was sent."""
+
+    def __init__(self, message: str, attempts: list[Attempt] | None = None, estimate: Any = None) -> None:
+        super().__init__(message, attempts)
+        self.estimate = estimate
+
+
+class StopError(AllTargetsFailed):
+    """An attempt failed in a way that another target would not fix (invalid request, content filter...)."""
+
+    def __init__(self, combo: str, attempts: list[Attempt], kind: Any, candidate: str) -> None:
+        self.kind = kind
+        self.candidate = candidate
+        super().__init__(
+            combo, attempts,
+            hint=f"another target would not help: {kind.value} stops by default (the combo option fallback_on can change that).",
+            headline=f"{combo!r} stopped at {candidate} ({kind.value}):",
+        )
+
+
+class ComboConfigError(RouteError, ValueError):
+    """The configuration is wrong; the message names the file, the combo and the field."""
+
+    def __init__(self, message: str, *, file: str | None = None, combo: str | None = None, field: str | None = None) -> None:
+        self.file = file
+        self.combo = combo
+        self.field = field
+        where = []
+        if file:
+            where.append(f"file {file}")
+        if combo:
+            where.append(f"combo {combo!r}")
+        if field:
+            where.append(f"field {field!r}")
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(prefix + message)
+
+
+def _span(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _hint_for(attempts: list[Attempt]) -> str:
+    kinds = {a.kind.value for a in attempts if a.kind is not None}
+    if not attempts:
+        return "the combo has no usable candidate."
+    if kinds and kinds <= {"auth"}:
+        return "every key was refused: check the api_key_env variables of these accounts."
+    if "rate_limit" in kinds or "quota_exceeded" in kinds:
+        return "targets are rate-limited or out of quota: add another provider or account to the combo, or retry later."
+    if kinds & {"network", "timeout"}:
+        return "targets could not be reached: check the network, the base_url, or that the local server runs."
+    return "see the attempt table; `Router.status()` shows cooldowns and breakers."
