@@ -393,7 +393,7 @@ def _combo(name: str, table: Any, label: str, providers: dict[str, Provider], st
         raise ComboConfigError("a combo needs a non-empty `targets` array", file=label, combo=name, field="targets")
     steps = [_step(item, label, name, providers, i) for i, item in enumerate(raw_targets)]
     weights = [s.weight for s in steps]
-    if steps and strategy == "weighted" and all(w == 0 for w in weights):
+    if steps and all(w == 0 for w in weights):
         raise ComboConfigError("weights are all zero", file=label, combo=name, field="targets.weight")
     account_strategy = table.get("account_strategy", "round-robin")
     if account_strategy not in ACCOUNT_STRATEGIES:

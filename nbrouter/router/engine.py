@@ -181,7 +181,7 @@ class Router:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
         self.policy = self.config.policy
-        if state_path is None:
+        if state_path is None and persist:
             state_path = os.environ.get("NBROUTER_STATE") or self.config.state_path
         self.state = StateStore(state_path, policy=self.policy, persist=persist, log_content=self.config.log_content)
         self.prices = PriceBook(self.config)

@@ -526,16 +526,16 @@ class StateStore:
         state = self.breaker(key, now).state
         if state == HALF_OPEN:
             b.multiplier = min(p.breaker_max_multiplier, b.multiplier * 2)
-            self._open(b, now)
+            self._trip(b, now)
         elif state == CLOSED:
             b.failures = [t for t in b.failures if now - t < p.breaker_window_s]
             b.failures.append(now)
             if open_now or len(b.failures) >= p.breaker_failures:
-                self._open(b, now)
+                self._trip(b, now)
         self._put("breaker", key, b)
         return b
 
-    def _open(self, b: Breaker, now: float) -> None:
+    def _trip(self, b: Breaker, now: float) -> None:
         b.state = OPEN
         b.opened_at = now
         b.open_for = self.policy.breaker_open_s * b.multiplier
