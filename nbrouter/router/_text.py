@@ -30,8 +30,9 @@ def attempt_rows(attempts: Sequence[Attempt], now: float | None = None) -> list[
     rows = []
     for i, a in enumerate(attempts, 1):
         note = a.message
-        if a.hold and a.hold_until:
-            note = f"{note} [{a.hold} {span(max(0.0, a.hold_until - now))}]".strip()
+        if a.hold:
+            left = f" {span(max(0.0, a.hold_until - now))}" if a.hold_until else ""
+            note = f"[{a.hold}{left}] {note}".strip()
         if a.warning:
             note = f"{note} (warning: {a.warning})".strip()
         tokens = f"{a.usage.input_tokens}+{a.usage.output_tokens}" if a.usage else ""

@@ -29,7 +29,7 @@ from ._loop import BackgroundLoop
 from .combos import combo_for, resolve
 from .config import Combo, Config, Provider, combo_table, load_config, set_combo, write_document
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, ComboConfigError, StopError
-from .policy import ACTIONS, BACKOFF_KINDS, BREAKER_KINDS, DEFAULT_FALLBACK_ON
+from .policy import BACKOFF_KINDS, BREAKER_KINDS, DEFAULT_FALLBACK_ON
 from .pricing import PriceBook
 from .state import FOREVER, HALF_OPEN, StateStore
 from .strategies import COUNTED, STRATEGIES, RequestInfo, StrategyContext, order_accounts
@@ -648,11 +648,11 @@ class Router:
     def _skip_attempt(self, row: DecisionRow, now: float) -> Attempt:
         c = row.candidate
         return Attempt(candidate=c.key, path=c.path_text, action=Action.SKIPPED, started_at=now, message=row.reason,
-                       hold=("hold" if row.hold_until else None), hold_until=row.hold_until)
+                       hold_until=row.hold_until)
 
     def _record_skip(self, call: _Call, c: Candidate, reason: str, until: float | None) -> None:
         a = Attempt(candidate=c.key, path=c.path_text, action=Action.SKIPPED, started_at=time.time(), message=reason,
-                    hold=("hold" if until else None), hold_until=until)
+                    hold_until=until)
         call.attempts.append(a)
         self._emit(call, AttemptFinished(a))
 
@@ -769,7 +769,8 @@ class Router:
         state = self.state
         now = time.time()
         kind = failure.kind
-        action = ACTIONS[kind]
+        fallback_on = combo.fallback_on if combo.fallback_on is not None else DEFAULT_FALLBACK_ON
+        action = Action.ADVANCE if kind in fallback_on else Action.STOP
         hold = hold_until = None
         message = scrub(failure.message)
         if failure.rate_limits is not None:
