@@ -9,11 +9,11 @@ methods, on a private loop in a daemon thread.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import os
 import queue
 import random
-import threading
 import time
 import uuid
 import weakref
@@ -51,6 +51,18 @@ from .types import (
 )
 
 Emit = Callable[[RouteEvent], None]
+
+_routers: "weakref.WeakSet[Router]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_routers() -> None:
+    # runs before the background loops stop (atexit is last-in, first-out), so clients close cleanly
+    for router in list(_routers):
+        try:
+            router.close()
+        except Exception:
+            pass
 
 
 @dataclass
@@ -188,8 +200,8 @@ class Router:
         self._bg = BackgroundLoop()
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._endpoints: dict[tuple[str, str, str | None], Endpoint] = {}
-        self._rng_lock = threading.Lock()
         self._closed = False
+        _routers.add(self)
 
     # ---- configuration ----------------------------------------------------------------------
 

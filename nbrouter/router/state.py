@@ -45,9 +45,9 @@ def default_state_path() -> Path:
 class Hold:
     """A cooldown, lock or disablement of a candidate or an account."""
 
-    kind: str  # cooldown | lock | disabled
-    until: float
-    reason: str
+    kind: str = "cooldown"  # cooldown | lock | disabled
+    until: float = 0.0
+    reason: str = ""
     detail: str = ""
     updated: float = 0.0
 

@@ -3,7 +3,13 @@
 A strategy reads a read-only `Snapshot` of the state and a seeded random generator, and returns every
 candidate it was given (a strategy never drops one: filtering is the loop's job), in order. It never
 changes state and never calls a provider. What it based its order on goes into `ctx.inputs`, which
-`Router.explain()` prints.
+`Router.explain()` prints. A strategy that wants state changed (only `auto`, which excludes
+low-scoring candidates for a while) proposes it in `ctx.exclusions`; the loop records it.
+
+Strategies that order whole steps (`priority`, `round-robin`, `weighted`, `random`) keep the accounts of
+one step together, in the order the account strategy gave them. Strategies that read per-candidate
+measurements (`fastest`, `cheapest`, `least-used`, `context-fit`, `auto`, ...) sort candidates, and keep
+the incoming order between equals.
 
 Account strategies order the accounts inside one step (one `provider/model` target).
 """
@@ -11,6 +17,7 @@ Account strategies order the accounts inside one step (one `provider/model` targ
 from __future__ import annotations
 
 import random
+import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -46,6 +53,8 @@ class StrategyContext:
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     explored: bool = False
+    #: state the strategy asks the loop to record: {candidate key: seconds to exclude it from this combo}
+    exclusions: dict[str, float] = field(default_factory=dict)
 
     def note(self, candidate: Candidate, **values: Any) -> None:
         self.inputs.setdefault(candidate.key, {}).update(values)
@@ -60,6 +69,16 @@ def _groups(candidates: Sequence[Candidate]) -> list[list[Candidate]]:
     for c in candidates:
         groups.setdefault(c.step, []).append(c)
     return list(groups.values())
+
+
+def _sort_stable(candidates: list[Candidate], key: Callable[[Candidate], Any]) -> list[Candidate]:
+    """Sorted by `key`, the incoming order kept between equals."""
+    return sorted(candidates, key=key)
+
+
+def _headroom(c: Candidate, ctx: StrategyContext) -> float | None:
+    share, _ = ctx.snapshot.quota_headroom(c)
+    return share if isinstance(share, (int, float)) else None
 
 
 def priority(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
@@ -82,9 +101,190 @@ def round_robin(candidates: list[Candidate], ctx: StrategyContext) -> list[Candi
     return sorted(candidates, key=lambda c: rank.get(c.step, len(rank)))
 
 
+def fastest(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Ascending recent latency: EWMA of time to first byte for streamed calls, of total time otherwise.
+
+    A candidate without data gets the pool median, so a new target is tried before the slow ones.
+    """
+    stream = ctx.request.stream
+    measured = {c.key: ctx.snapshot.latency(c, stream=stream) for c in candidates}
+    known = [v for v in measured.values() if v is not None]
+    median = statistics.median(known) if known else None
+    metric = "ttft" if stream else "total"
+    values: dict[str, float] = {}
+    for c in candidates:
+        value = measured[c.key]
+        if value is None:
+            ctx.note(c, latency_s=median, latency_from="pool median (no data)" if median is not None else "no data")
+            value = median
+        else:
+            ctx.note(c, latency_s=value, latency_from=f"EWMA {metric}")
+        values[c.key] = 0.0 if value is None else value
+    return _sort_stable(candidates, lambda c: values[c.key])
+
+
+def cheapest(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Ascending estimated cost of this request (prompt tokens x input price + max_tokens x output price);
+    an unknown price last."""
+    req = ctx.request
+    costs: dict[str, float | None] = {}
+    for c in candidates:
+        cost = ctx.snapshot.estimated_cost(c, req.prompt_tokens, req.max_tokens)
+        costs[c.key] = None if cost is None else float(cost)
+        if cost is None:
+            ctx.note(c, estimated_cost="unknown price")
+        else:
+            ctx.note(c, estimated_cost=f"${cost:.6f}")
+    return _sort_stable(candidates, lambda c: (costs[c.key] is None, costs[c.key] or 0.0))
+
+
+def _p2c(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Two random candidates, more quota headroom first, then the rest as written; no headroom last."""
+    shares = {c.key: _headroom(c, ctx) for c in candidates}
+    for c in candidates:
+        share = shares[c.key]
+        ctx.note(c, headroom="untracked" if share is None else share)
+    if len(candidates) < 2:
+        return list(candidates)
+    i, j = ctx.rng.sample(range(len(candidates)), 2)
+    a, b = candidates[i], candidates[j]
+
+    def room(c: Candidate) -> float:
+        share = shares[c.key]
+        return 1.0 if share is None else share  # nothing tracked: nothing known to be short
+
+    pair = [a, b] if room(a) >= room(b) else [b, a]
+    ctx.note(pair[0], p2c="drawn, more headroom")
+    ctx.note(pair[1], p2c="drawn")
+    rest = [c for c in candidates if c is not a and c is not b]
+    ordered = pair + rest
+    # an account with nothing left would only answer 429: it goes last
+    return _sort_stable(ordered, lambda c: shares[c.key] == 0.0)
+
+
+def p2c(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Power of two choices by quota headroom (configured quotas and rate-limit headers)."""
+    return _p2c(candidates, ctx)
+
+
+def weighted(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Weighted draw of steps without replacement (`weight` per step); weight 0 only after every positive one."""
+    groups = _groups(candidates)
+    positive = [g for g in groups if g[0].weight > 0]
+    zero = [g for g in groups if g[0].weight <= 0]
+    drawn: list[list[Candidate]] = []
+    while positive:
+        total = sum(g[0].weight for g in positive)
+        point = ctx.rng.random() * total
+        pick = len(positive) - 1
+        for k, g in enumerate(positive):
+            point -= g[0].weight
+            if point < 0:
+                pick = k
+                break
+        drawn.append(positive.pop(pick))
+    out: list[Candidate] = []
+    for g in drawn + zero:
+        for c in g:
+            ctx.note(c, weight=c.weight)
+        out.extend(g)
+    return out
+
+
+def random_order(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """A uniform shuffle of the steps (each step's accounts stay in the account strategy's order)."""
+    groups = _groups(candidates)
+    ctx.rng.shuffle(groups)
+    return [c for g in groups for c in g]
+
+
+def least_used(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Ascending number of requests in the last hour."""
+    counts = {c.key: ctx.snapshot.requests_last_hour(c) for c in candidates}
+    for c in candidates:
+        ctx.note(c, requests_last_hour=counts[c.key])
+    return _sort_stable(candidates, lambda c: counts[c.key])
+
+
+def fill_first(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Like `priority`, over accounts: every candidate of the first account (as written) before the next
+    account's, so calls stay on one account until its quota or a cooldown moves the loop past it."""
+    written = list(ctx.all_candidates or candidates)
+    account_rank: dict[str, int] = {}
+    for c in written:
+        account_rank.setdefault(c.account_key, len(account_rank))
+    position = {c.key: i for i, c in enumerate(written)}
+    shares = {c.account_key: _headroom(c, ctx) for c in candidates}
+    for c in candidates:
+        ctx.note(c, account_rank=account_rank.get(c.account_key, len(account_rank)))
+    return sorted(
+        candidates,
+        key=lambda c: (shares[c.account_key] == 0.0, account_rank.get(c.account_key, len(account_rank)), position.get(c.key, 0)),
+    )
+
+
+def reset_aware(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Among candidates with tracked quotas, the one whose quota resets soonest first (use it before it
+    refills unused); the rest as written."""
+    best: tuple[float, int] | None = None
+    pick: Candidate | None = None
+    for i, c in enumerate(candidates):
+        share, reset = ctx.snapshot.quota_headroom(c)
+        if not isinstance(share, (int, float)) or reset is None:
+            ctx.note(c, quota="untracked")
+            continue
+        ctx.note(c, headroom=share, resets_in_s=max(0.0, reset - ctx.snapshot.now))
+        if share <= 0.0:
+            continue  # nothing left to use before the reset
+        if best is None or (reset, i) < best:
+            best, pick = (reset, i), c
+    if pick is None:
+        return list(candidates)
+    ctx.note(pick, reset_aware="resets soonest")
+    return [pick] + [c for c in candidates if c is not pick]
+
+
+def lkgp(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """The last candidate that succeeded for this combo first (persisted), then as written."""
+    last = ctx.snapshot.pointer(f"lkgp:{ctx.combo.name}")
+    pick = next((c for c in candidates if c.key == last), None)
+    if last and pick is None:
+        ctx.notes.append(f"lkgp: the last good candidate {last} is not available now")
+    if pick is None:
+        return list(candidates)
+    ctx.note(pick, lkgp="last good")
+    return [pick] + [c for c in candidates if c is not pick]
+
+
+def context_fit(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Largest known context window first; unknown windows after, as written."""
+    windows = {c.key: ctx.snapshot.context_window(c) for c in candidates}
+    for c in candidates:
+        ctx.note(c, context_window=windows[c.key] if windows[c.key] is not None else "unknown")
+    return _sort_stable(candidates, lambda c: (windows[c.key] is None, -(windows[c.key] or 0)))
+
+
+def auto(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Multi-factor score, highest first, with seeded exploration (routing.md section 4; see scoring)."""
+    from .scoring import auto_order
+
+    return auto_order(candidates, ctx)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "priority": priority,
     "round-robin": round_robin,
+    "fastest": fastest,
+    "cheapest": cheapest,
+    "p2c": p2c,
+    "weighted": weighted,
+    "random": random_order,
+    "least-used": least_used,
+    "fill-first": fill_first,
+    "reset-aware": reset_aware,
+    "lkgp": lkgp,
+    "context-fit": context_fit,
+    "auto": auto,
 }
 
 #: strategies whose loop turn counter advances once per call
@@ -111,9 +311,23 @@ def accounts_fill_first(group: list[Candidate], ctx: StrategyContext) -> list[Ca
     return list(group)
 
 
+def accounts_p2c(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Two random accounts, the one with more remaining quota first; an account with none left last."""
+    return _p2c(group, ctx)
+
+
+def accounts_scored(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """Accounts by health, quota headroom and latency, weighted as in `auto`; none left last."""
+    from .scoring import score_accounts
+
+    return score_accounts(group, ctx)
+
+
 ACCOUNT_STRATEGIES: dict[str, Strategy] = {
     "round-robin": accounts_round_robin,
     "fill-first": accounts_fill_first,
+    "p2c": accounts_p2c,
+    "scored": accounts_scored,
 }
 
 

@@ -1,0 +1,168 @@
+"""routing.md section 7 (what the caller is told), secrets, sync calls from anywhere, and a light import."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from decimal import Decimal
+
+import pytest
+
+import nbrouter
+from conftest import SIM_KEY, sim_config
+from nbrouter import AllTargetsFailed, AttemptFinished, AttemptStarted, Done, RouteResult, TextDelta
+from nbrouter.testing import RateLimited, Reply, ServerError, Unauthorized
+
+
+def test_public_api_is_exactly_what_all_lists() -> None:
+    assert sorted(nbrouter.__all__) == sorted(
+        [
+            "Action", "AllCoolingDown", "AllTargetsFailed", "Attempt", "AttemptFinished", "AttemptStarted",
+            "BudgetExceeded", "Candidate", "ComboConfigError", "Decision", "Done", "ErrorKind", "RouteError",
+            "RouteResult", "Router", "Status", "StopError", "TextDelta", "Usage", "__version__",
+            "load_ipython_extension", "unload_ipython_extension",
+        ]
+    )
+    for name in nbrouter.__all__:
+        assert hasattr(nbrouter, name)
+
+
+def test_route_result_says_who_served_every_attempt_usage_cost_and_timing(sim, make_router) -> None:
+    sim.script([RateLimited(retry_after=30)], model="gpt-4o-mini")
+    sim.script([Reply("four", usage={"input_tokens": 1000, "output_tokens": 500, "cached_tokens": 200})], model="gpt-4o")
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/gpt-4o-mini", "sim/gpt-4o"]}}))
+    result = router.complete("c", "two plus two?")
+    assert isinstance(result, RouteResult)
+    assert result.text == "four"
+    assert result.served_by == "sim#default/gpt-4o" and result.model == "gpt-4o" and result.combo == "c"
+    assert [a.action.value for a in result.attempts] == ["advance", "served"]
+    assert (result.usage.input_tokens, result.usage.output_tokens, result.usage.cached_tokens) == (1000, 500, 200)
+    # genai-prices' gpt-4o: 800 x $2.5/M + 200 x $1.25/M + 500 x $10/M (providers.md section 6)
+    assert result.cost_usd == Decimal("0.00725")
+    assert result.latency_s > 0 and not result.partial
+    assert result.decision is not None and result.decision.strategy == "priority"
+    assert result.attempts[1].request_id
+    footer = result.footer()
+    assert footer.startswith("served by sim#default/gpt-4o · 2 attempts · 1500 tokens · $0.007250 · ")
+
+
+def test_unknown_price_is_none_never_zero(sim, make_router) -> None:
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/house-model-7"]}}))
+    result = router.complete("c", "hi")
+    assert result.cost_usd is None
+    assert result.attempts[0].cost_usd is None and not result.attempts[0].cost_known
+    assert "cost" not in result.footer() or "unknown" in result.footer()
+    assert "unknown" in result.footer()
+
+
+def test_local_presets_cost_zero(sim, make_router) -> None:
+    providers = {"ollama": {"preset": "ollama", "base_url": sim.openai_url}}
+    router = make_router(sim_config(sim, {"c": {"targets": ["ollama/gpt-4o"]}}, providers=providers))
+    result = router.complete("c", "hi")
+    assert result.cost_usd == Decimal(0)
+
+
+def test_price_overrides_win(sim, make_router) -> None:
+    sim.script([Reply("x", usage={"input_tokens": 2_000_000, "output_tokens": 1_000_000})], model="gpt-4o")
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/gpt-4o"]}}, prices={"sim/gpt-4o": {"input_per_mtok": 1.0, "output_per_mtok": 3.0}}))
+    assert router.complete("c", "hi").cost_usd == Decimal("5")
+
+
+def test_all_targets_failed_message_is_the_attempt_table(sim, make_router) -> None:
+    sim.script([ServerError(500)], model="a")
+    sim.script([RateLimited(retry_after=30)], model="b")
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a", "sim/b"]}}, policy={"server_error_backoff_s": 0.0}))
+    with pytest.raises(AllTargetsFailed) as err:
+        router.complete("c", "hi")
+    text = str(err.value)
+    assert text.splitlines()[0] == "every target of 'c' failed (2 attempts):"
+    assert "c > sim#default/a" in text and "server_error" in text and "rate_limit" in text
+    assert "candidate" in text.splitlines()[1] and "action" in text.splitlines()[1]
+    assert len(err.value.attempts) == 2
+
+
+def test_stream_events_arrive_in_order_and_end_with_done(sim, make_router) -> None:
+    sim.script([ServerError(500)], model="a")
+    sim.script([Reply("hello streaming world")], model="b")
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a", "sim/b"]}}, policy={"server_error_backoff_s": 0.0}))
+    events = list(router.stream("c", "hi"))
+    names = [type(e).__name__ for e in events]
+    assert names[0] == "AttemptStarted" and names[1] == "AttemptFinished" and names[2] == "AttemptStarted"
+    assert isinstance(events[-1], Done) and isinstance(events[-2], AttemptFinished)
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text == "hello streaming world" == events[-1].result.text
+    assert events[-1].result.ttft_s is not None
+
+
+def test_astream_works_on_the_callers_loop(sim, make_router) -> None:
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a"]}}))
+
+    async def go() -> list[object]:
+        out = [e async for e in router.astream("c", "hi")]
+        await router.aclose()
+        return out
+
+    events = asyncio.run(go())
+    assert isinstance(events[0], AttemptStarted) and isinstance(events[-1], Done)
+    assert events[-1].result.served_by == "sim#default/a"
+
+
+def test_sync_complete_works_from_threads_and_inside_a_running_loop(sim, make_router) -> None:
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a"]}}))
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            results.append(router.complete("c", f"thread {i}").text)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+
+    async def inside_loop() -> str:
+        # a Jupyter cell: a loop is running in this thread, and the sync call still works
+        return router.complete("c", "from a running loop").text
+
+    in_loop = asyncio.run(inside_loop())
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(results) == sorted(f"Simulated reply from a: thread {i}" for i in range(8))
+    assert in_loop == "Simulated reply from a: from a running loop"
+
+
+def test_no_api_key_in_any_result_exception_log_row_or_repr(sim, make_router, monkeypatch) -> None:
+    # a provider that echoes the key back in its error message must not leak it either
+    from nbrouter.testing import Raw
+
+    sim.script([Raw(401, {"error": {"message": f"Incorrect API key provided: {SIM_KEY}", "type": "invalid_request_error", "code": "invalid_api_key"}})], model="a")
+    monkeypatch.setenv("OTHER_KEY", "other-key-1234")
+    providers = {
+        "sim": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "SIM_KEY"},
+        "alt": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "OTHER_KEY"},
+    }
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a"]}, "d": {"targets": ["alt/b"]}}, providers=providers))
+    with pytest.raises(AllTargetsFailed) as err:
+        router.complete("c", "hi")
+    result = router.complete("d", "hi")
+    blobs = [
+        str(err.value), repr(err.value), repr(err.value.attempts), repr(result), str(result.attempts),
+        json.dumps([a.as_dict() for a in result.attempts]), str(router.status()), repr(router),
+        json.dumps(router.log(20), default=str), str(router.explain("d", "hi")),
+    ]
+    for blob in blobs:
+        assert SIM_KEY not in blob
+    assert "[redacted]" in str(err.value)
+
+
+def test_cold_import_is_light() -> None:
+    code = "import sys, nbrouter; print(sorted(m for m in ('genai_prices', 'pydantic', 'ipywidgets', 'IPython', 'aiohttp', 'httpx') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
