@@ -287,11 +287,12 @@ class OpenAIProtocol(WireProtocol):
 
 def _openrouter_kind(status: int, low: str, meta: dict[str, Any], headers: Mapping[str, str]) -> ErrorKind | None:
     source = str(meta.get("limit_source") or "")
+    if source == "openrouter_credits":
+        return ErrorKind.QUOTA_EXCEEDED
     if status == 402:
+        # only the in-flight budget (sent with Retry-After) frees itself; credits do not come back
         if headers.get("retry-after") or source == "openrouter_in_flight_budget":
             return ErrorKind.RATE_LIMIT
-        return ErrorKind.QUOTA_EXCEEDED
-    if source == "openrouter_credits":
         return ErrorKind.QUOTA_EXCEEDED
     if status == 403:
         if source in ("openrouter_guardrail_budget", "openrouter_workspace_budget", "openrouter_key_limit"):
