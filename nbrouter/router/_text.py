@@ -47,7 +47,7 @@ def attempt_rows(attempts: Sequence[Attempt], now: float | None = None) -> list[
                 _ms(a.latency_s),
                 tokens,
                 cost,
-                note[:160],
+                note[:120],
             ]
         )
     return rows
