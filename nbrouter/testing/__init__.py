@@ -1,0 +1,72 @@
+"""A loopback provider simulator that tests, benchmarks, notebooks and users share.
+
+    from nbrouter.testing import ProviderSimulator, RateLimited, Reply
+
+    with ProviderSimulator() as sim:
+        sim.script([RateLimited(retry_after=30), Reply("hi")], model="gpt-x")
+        ...  # point a client at sim.openai_url, sim.anthropic_url, sim.gemini_url or sim.openrouter_url
+
+The behaviours are plain data and import at once; `ProviderSimulator` and `RecordedRequest` load aiohttp,
+so they are imported on first use (the pytest plugin and `import nbrouter` stay light).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .behaviours import (
+    Behaviour,
+    ContentFilter,
+    ContextOverflow,
+    CutStream,
+    Drop,
+    Empty,
+    Failure,
+    Forbidden,
+    Hang,
+    Malformed,
+    NotFound,
+    Overloaded,
+    QuotaExceeded,
+    RateLimited,
+    Raw,
+    Reply,
+    ServerError,
+    Unauthorized,
+)
+
+if TYPE_CHECKING:
+    from .simulator import ProviderSimulator, RecordedRequest
+
+__all__ = [
+    "Behaviour",
+    "ContentFilter",
+    "ContextOverflow",
+    "CutStream",
+    "Drop",
+    "Empty",
+    "Failure",
+    "Forbidden",
+    "Hang",
+    "Malformed",
+    "NotFound",
+    "Overloaded",
+    "ProviderSimulator",
+    "QuotaExceeded",
+    "RateLimited",
+    "Raw",
+    "RecordedRequest",
+    "Reply",
+    "ServerError",
+    "Unauthorized",
+]
+
+_LAZY = frozenset({"ProviderSimulator", "RecordedRequest"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import simulator
+
+        return getattr(simulator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,1 +1,24 @@
 """pytest fixtures: `provider_simulator`, a running ProviderSimulator for one test."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+import pytest
+
+if TYPE_CHECKING:
+    from .simulator import ProviderSimulator
+
+
+@pytest.fixture
+def provider_simulator() -> Iterator[ProviderSimulator]:
+    """A started ProviderSimulator, stopped after the test."""
+    # imported here so that loading the plugin (every pytest run) does not import aiohttp
+    from .simulator import ProviderSimulator
+
+    sim = ProviderSimulator()
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()

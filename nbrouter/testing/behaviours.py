@@ -1,0 +1,205 @@
+"""What the simulator does with one request: a success, a provider error, or a transport fault.
+
+Behaviours are plain data. Each one renders in every protocol's own wire format (see the `_*_wire`
+modules), so one script such as `[RateLimited(retry_after=30), Reply("hi")]` exercises OpenAI,
+Anthropic, Gemini and OpenRouter clients alike.
+
+    Behaviour
+     ├── Reply                 200, the protocol's full body or SSE stream
+     ├── Empty                 200 with no text and no finish reason
+     ├── ContentFilter         200 that the provider's safety layer stopped
+     ├── Malformed             200 whose body (or an SSE event) is not valid JSON
+     ├── Failure               an HTTP error in the protocol's error shape
+     │    ├── RateLimited, QuotaExceeded, Unauthorized, Forbidden, NotFound
+     │    └── ServerError, Overloaded, ContextOverflow
+     ├── Hang, Drop, CutStream transport faults
+     └── Raw                   exactly the given status, body and headers (or SSE events)
+"""
+
+from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Mapping, Sequence
+
+#: the fields `Reply(rate_limit=...)` understands
+RATE_LIMIT_FIELDS = frozenset(
+    {"remaining_requests", "remaining_tokens", "limit_requests", "limit_tokens", "reset_s", "reset_requests_s", "reset_tokens_s"}
+)
+#: the fields `Reply(usage=...)` understands
+USAGE_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_tokens"})
+#: the in-stream errors `CutStream(error=...)` can send
+STREAM_ERRORS = frozenset({"overloaded", "server_error", "rate_limit"})
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """Base of everything the simulator can do with a request; `delay_s` waits before responding."""
+
+    delay_s: float = field(default=0.0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Reply(Behaviour):
+    """A successful completion, as a full body or (when the request streams) the protocol's SSE events.
+
+    Args:
+        text: the reply; None echoes `Simulated reply from {model}: {last user message[:60]}`.
+        chunks: the exact stream pieces (their concatenation is the non-stream text).
+        tokens_per_s: stream pacing, one chunk per token; None uses the simulator's setting.
+        usage: `{"input_tokens", "output_tokens", "cached_tokens"}`; missing counts are estimated.
+        headers: extra response headers.
+        rate_limit: `{remaining_requests, remaining_tokens, limit_requests, limit_tokens, reset_s}`
+            (optionally `reset_requests_s` / `reset_tokens_s`), sent as the protocol's rate-limit headers.
+        finish_reason: overrides the finish reason; `stop`, `length` and `content_filter` (or any
+            protocol's own spelling of them) are translated to each protocol's word.
+        model: the `model` the response reports (local servers answer with their own alias).
+        cost: OpenRouter's `usage.cost`; default 0.000001 per token.
+    """
+
+    text: str | None = None
+    _: KW_ONLY
+    chunks: Sequence[str] | None = None
+    tokens_per_s: float | None = None
+    usage: Mapping[str, int] | None = None
+    headers: Mapping[str, str] | None = None
+    rate_limit: Mapping[str, float] | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    cost: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.usage is not None and not set(self.usage) <= USAGE_FIELDS:
+            raise ValueError(f"unknown usage fields {sorted(set(self.usage) - USAGE_FIELDS)}; use {sorted(USAGE_FIELDS)}")
+        if self.rate_limit is not None and not set(self.rate_limit) <= RATE_LIMIT_FIELDS:
+            unknown = sorted(set(self.rate_limit) - RATE_LIMIT_FIELDS)
+            raise ValueError(f"unknown rate_limit fields {unknown}; use {sorted(RATE_LIMIT_FIELDS)}")
+        if self.chunks is not None:
+            object.__setattr__(self, "chunks", tuple(self.chunks))
+
+
+@dataclass(frozen=True)
+class Empty(Behaviour):
+    """A 200 with no text and no finish reason (a stream ends with the protocol's terminator only)."""
+
+
+@dataclass(frozen=True)
+class ContentFilter(Behaviour):
+    """A 200 the provider's safety layer stopped: OpenAI `content_filter`, Anthropic `refusal`,
+    Gemini no candidates and `promptFeedback.blockReason: SAFETY`."""
+
+
+@dataclass(frozen=True)
+class Malformed(Behaviour):
+    """A 200 whose body is not valid JSON (a stream: one `data:` line of broken JSON)."""
+
+
+@dataclass(frozen=True)
+class Failure(Behaviour):
+    """Base of the behaviours that answer with an HTTP error in the protocol's error shape."""
+
+
+@dataclass(frozen=True)
+class RateLimited(Failure):
+    """A 429 per-minute rate limit; `retry_after` (s) / `retry_after_ms` become the protocol's hint.
+
+    Anthropic always sends `retry-after` and Gemini always a `RetryInfo` (that is how their rate
+    limits differ from their quotas on the wire): without a value given they say 20 s.
+    """
+
+    retry_after: float | None = None
+    retry_after_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class QuotaExceeded(Failure):
+    """Out of quota or credits, which retrying never fixes (OpenAI `insufficient_quota`, Anthropic
+    `enforced_spend_limit_reached`, Gemini a per-day quota, OpenRouter 402)."""
+
+
+@dataclass(frozen=True)
+class Unauthorized(Failure):
+    """A rejected credential (Gemini sends it as 400 `API_KEY_INVALID`, the others as 401)."""
+
+
+@dataclass(frozen=True)
+class Forbidden(Failure):
+    """A 403: region not supported, key lacks permission, OpenRouter guardrail block."""
+
+
+@dataclass(frozen=True)
+class NotFound(Failure):
+    """A 404 naming the requested model."""
+
+
+@dataclass(frozen=True)
+class ServerError(Failure):
+    """A 5xx server failure; 504 renders as the protocol's timeout error."""
+
+    status: int = 500
+
+
+@dataclass(frozen=True)
+class Overloaded(Failure):
+    """Capacity trouble: OpenAI 503, Anthropic 529, Gemini 503 UNAVAILABLE, OpenRouter 503."""
+
+
+@dataclass(frozen=True)
+class ContextOverflow(Failure):
+    """A 400 saying the prompt does not fit `limit` tokens; `tokens` is the size it reports
+    (default: the prompt's estimate, at least limit + 1)."""
+
+    limit: int = 8192
+    tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Hang(Behaviour):
+    """Accept the request and send nothing for `seconds`, then close the connection."""
+
+    seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Drop(Behaviour):
+    """Close the TCP connection without sending any response."""
+
+
+@dataclass(frozen=True)
+class CutStream(Behaviour):
+    """Break a reply part-way.
+
+    A stream sends `after_chunks` text chunks and closes the connection without the terminator; with
+    `error` ("overloaded" | "server_error" | "rate_limit") it sends the protocol's in-stream error event
+    instead and ends the response there. A non-stream request gets headers announcing a longer
+    Content-Length than the bytes that follow before the connection closes.
+    """
+
+    after_chunks: int = 2
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.error is not None and self.error not in STREAM_ERRORS:
+            raise ValueError(f"CutStream error must be one of {sorted(STREAM_ERRORS)}, not {self.error!r}")
+
+
+@dataclass(frozen=True)
+class Raw(Behaviour):
+    """Exactly this response, for classification-table tests.
+
+    `body` as a dict or list is sent as JSON, a str or bytes as is. With `sse=[(event, data), ...]`
+    the response is an SSE stream of exactly those events (event None: a `data:`-only event).
+    """
+
+    status: int = 200
+    body: Any = None
+    headers: Mapping[str, str] | None = None
+    content_type: str = "application/json"
+    _: KW_ONLY
+    sse: Sequence[tuple[str | None, str]] | None = None
+
+
+def is_failure(behaviour: Behaviour) -> bool:
+    """Whether OpenRouter's `models` fallback moves past this behaviour to the next model."""
+    if isinstance(behaviour, Failure):
+        return True
+    return isinstance(behaviour, Raw) and behaviour.sse is None and behaviour.status >= 400

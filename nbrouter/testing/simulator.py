@@ -1,0 +1,632 @@
+"""A loopback HTTP server that speaks the OpenAI, Anthropic, Gemini and OpenRouter wire formats, for tests,
+benchmarks and notebooks that must not touch a real provider.
+
+The server is aiohttp's low-level `web.Server` on its own event loop in a daemon thread, bound to
+127.0.0.1 on an ephemeral port. Each request is answered by a scripted `Behaviour` (see `behaviours`),
+or by the default `Reply()` echo. Per-request work is kept small so benchmarks measure the client:
+one JSON parse, one locked queue lookup, one JSON render and, for an unpaced stream, one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ._anthropic_wire import AnthropicWire
+from ._gemini_wire import GeminiWire
+from ._openai_wire import OpenAIWire, OpenRouterWire
+from ._scripts import ScriptBook
+from ._wire import CHARS_PER_TOKEN, CHUNK_CHARS, Call, Outcome, Wire, canonical_finish, dumps, text_of
+from .behaviours import (
+    Behaviour,
+    ContentFilter,
+    CutStream,
+    Drop,
+    Empty,
+    Failure,
+    Hang,
+    Malformed,
+    Raw,
+    Reply,
+    is_failure,
+)
+
+#: how long `stop()` waits for the server's loop to wind down before giving up on it
+STOP_TIMEOUT_S = 5.0
+_SSE_TYPE = "text/event-stream; charset=utf-8"
+_GEMINI_PREFIX = "/v1beta/models/"
+_GEMINI_ACTIONS = {"generateContent": ("chat", False), "streamGenerateContent": ("chat", True), "countTokens": ("count", False)}
+_POST_ROUTES = {
+    "/v1/chat/completions": ("openai", "chat"),
+    "/v1beta/openai/chat/completions": ("openai", "chat"),
+    "/openrouter/v1/chat/completions": ("openrouter", "chat"),
+    "/v1/messages": ("anthropic", "chat"),
+    "/v1/messages/count_tokens": ("anthropic", "count"),
+}
+_GET_ROUTES = {
+    "/v1/models": ("openai", "list"),
+    "/openrouter/v1/models": ("openrouter", "list"),
+    "/api/tags": ("openai", "tags"),
+    "/v1beta/models": ("gemini", "list"),
+}
+
+
+@dataclass
+class RecordedRequest:
+    """One request the simulator received, as sent, for tests to assert on."""
+
+    #: "openai" | "anthropic" | "gemini" | "openrouter"
+    protocol: str
+    path: str
+    model: str | None
+    #: the credential as sent: bearer token, x-api-key, x-goog-api-key or `key` query parameter
+    key: str | None
+    stream: bool
+    #: the parsed JSON body (None for a GET or a body that is not JSON)
+    body: Any
+    #: request headers, names lower-cased
+    headers: dict[str, str]
+    #: time.monotonic() at arrival
+    time: float
+
+
+class ProviderSimulator:
+    """A fake LLM provider on loopback that answers with scripted successes, errors and faults.
+
+    Args:
+        tokens_per_s: stream pacing, one chunk per token (None: as fast as possible).
+        default_text: the text of unscripted replies (None: echo the last user message).
+
+    Example:
+        with ProviderSimulator() as sim:
+            sim.script([RateLimited(retry_after=30), Reply("hi")], model="gpt-x")
+            httpx.post(sim.openai_url + "/chat/completions", json={"model": "gpt-x", "messages": [...]})
+    """
+
+    def __init__(self, tokens_per_s: float | None = None, default_text: str | None = None) -> None:
+        self.tokens_per_s = tokens_per_s
+        self.default_text = default_text
+        self._book = ScriptBook()
+        self._log: list[RecordedRequest] = []
+        self._log_lock = threading.Lock()
+        self._models: list[str] | None = None
+        self._state_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.ServerRunner | None = None
+        self._port: int | None = None
+        # handler tasks in flight, touched only on the server's loop; stop() cancels them
+        self._active: set[asyncio.Task[Any]] = set()
+        self._id_prefix = secrets.token_hex(4)
+        self._ids = itertools.count(1)
+        self._wires: dict[str, Wire] = {
+            "openai": OpenAIWire(),
+            "openrouter": OpenRouterWire(),
+            "anthropic": AnthropicWire(),
+            "gemini": GeminiWire(),
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> ProviderSimulator:
+        """Start serving (a no-op when already running); returns self."""
+        with self._state_lock:
+            if self._thread is not None:
+                return self
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=self._run_loop, args=(loop,), name="nbrouter-provider-simulator", daemon=True)
+            thread.start()
+            try:
+                self._port = asyncio.run_coroutine_threadsafe(self._serve(), loop).result(timeout=10)
+            except BaseException:
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(STOP_TIMEOUT_S)
+                raise
+            self._loop, self._thread = loop, thread
+            return self
+
+    def stop(self) -> None:
+        """Stop serving, without waiting for hanging handlers (a no-op when not running)."""
+        with self._state_lock:
+            loop, thread = self._loop, self._thread
+            if loop is None or thread is None:
+                return
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=STOP_TIMEOUT_S)
+            except Exception:  # a wedged shutdown must not keep the caller; the loop is stopped below
+                pass
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(STOP_TIMEOUT_S)
+            self._loop = self._thread = self._runner = None
+            self._port = None
+
+    def __enter__(self) -> ProviderSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:PORT`."""
+        if self._port is None:
+            raise RuntimeError("the simulator is not running; call start() first")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def openai_url(self) -> str:
+        """The OpenAI-compatible base URL (clients POST `{base}/chat/completions`)."""
+        return self.url + "/v1"
+
+    @property
+    def anthropic_url(self) -> str:
+        """The Anthropic base URL (clients POST `{base}/v1/messages`)."""
+        return self.url
+
+    @property
+    def gemini_url(self) -> str:
+        """The Gemini base URL (clients POST `{base}/models/{model}:generateContent`)."""
+        return self.url + "/v1beta"
+
+    @property
+    def openrouter_url(self) -> str:
+        """The OpenRouter base URL: OpenAI's format plus `usage.cost`, generation ids and the `models` fallback.
+
+        With a `models` array the call walks it in order, each model taking its own scripted behaviour:
+        an HTTP error (a `Failure`, or a `Raw` with status >= 400) moves on to the next model; anything
+        else (a success, Empty, ContentFilter, or a transport fault) answers, with `model` set to the
+        serving model. If every model fails, the last failure answers. One request is recorded.
+        """
+        return self.url + "/openrouter/v1"
+
+    # -- scripting --------------------------------------------------------------------------
+
+    def script(
+        self,
+        behaviours: Iterable[Behaviour] | Behaviour,
+        *,
+        model: str | None = None,
+        key: str | None = None,
+        repeat_last: bool = False,
+    ) -> None:
+        """Queue behaviours for the requests that name `model` and/or send credential `key`.
+
+        Precedence: key+model, then key, then model, then a script with neither. Each matching request
+        takes the next behaviour; an empty queue falls through (to a less specific script, then to the
+        default) unless `repeat_last`, which repeats the last behaviour forever. Calling again for the
+        same selector appends. Safe to call while the server runs.
+        """
+        items = [behaviours] if isinstance(behaviours, Behaviour) else list(behaviours)
+        self._book.add(items, model=model, key=key, repeat_last=repeat_last)
+
+    def set_default(self, behaviour: Behaviour) -> None:
+        """What unscripted requests get (initially `Reply()`, the echo)."""
+        self._book.set_default(behaviour)
+
+    def reset(self) -> None:
+        """Forget scripts, the default, the `models` list and the request log."""
+        self._book.clear()
+        self._models = None
+        with self._log_lock:
+            self._log.clear()
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, in order (a snapshot)."""
+        with self._log_lock:
+            return list(self._log)
+
+    @property
+    def models(self) -> list[str]:
+        """What the model listings report; by default every model named in a script."""
+        return list(self._models) if self._models is not None else self._book.models()
+
+    @models.setter
+    def models(self, value: Iterable[str] | None) -> None:
+        self._models = None if value is None else list(value)
+
+    # -- the server thread ------------------------------------------------------------------
+
+    @staticmethod
+    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _serve(self) -> int:
+        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        runner = web.ServerRunner(server, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        self._runner = runner
+        return int(runner.addresses[0][1])
+
+    async def _shutdown(self) -> None:
+        active = list(self._active)
+        for task in active:
+            task.cancel()
+        if active:
+            await asyncio.wait(active, timeout=1.0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        arrived = time.monotonic()
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
+        try:
+            return await self._dispatch(request, arrived)
+        finally:
+            if task is not None:
+                self._active.discard(task)
+
+    # -- one request ------------------------------------------------------------------------
+
+    async def _dispatch(self, request: web.BaseRequest, arrived: float) -> web.StreamResponse:
+        path = request.path
+        method = request.method
+        stream = False
+        model: str | None = None
+        route = _POST_ROUTES.get(path) if method == "POST" else _GET_ROUTES.get(path) if method == "GET" else None
+        if route is None and method == "POST" and path.startswith(_GEMINI_PREFIX):
+            model, _, action = path[len(_GEMINI_PREFIX) :].rpartition(":")
+            if model and action in _GEMINI_ACTIONS:
+                kind, stream = _GEMINI_ACTIONS[action]
+                route = ("gemini", kind)
+        if route is None:
+            return self._unknown(request, arrived)
+        protocol, kind = route
+        if kind == "list" and protocol == "openai" and "anthropic-version" in request.headers:
+            protocol = "anthropic"
+        key = _credential(protocol, request)
+        body: Any = None
+        bad = ""
+        if method == "POST":
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                bad = "We could not parse the JSON body of your request."
+            if not bad and not isinstance(body, dict):
+                bad = "The request body must be a JSON object."
+        if isinstance(body, dict):
+            if protocol != "gemini":
+                model = body.get("model") if isinstance(body.get("model"), str) else None
+                stream = body.get("stream") is True
+        self._record(RecordedRequest(protocol, path, model, key, stream, body, _headers(request), arrived))
+
+        wire = self._wires[protocol]
+        if kind in ("list", "tags"):
+            return _json_response(200, _model_list(protocol, kind, self.models), {})
+        call = self._call(protocol, model, key, stream, body)
+        if not bad and kind == "chat" and model is None and not (protocol == "openrouter" and _models_field(body)):
+            bad = "you must provide a model parameter"
+        if bad:
+            status, payload = wire.bad_request(call, bad)
+            return self._json(wire, call, status, payload, {})
+        if kind == "count":
+            count = {"input_tokens": call.prompt_tokens} if protocol == "anthropic" else {"totalTokens": call.prompt_tokens}
+            return self._json(wire, call, 200, count, {})
+
+        fallbacks = _models_field(body) if protocol == "openrouter" else None
+        if fallbacks:
+            behaviour = await self._walk(call, fallbacks)
+        else:
+            behaviour = self._book.next(key, model)
+            if behaviour.delay_s:
+                await asyncio.sleep(behaviour.delay_s)
+        return await self._perform(request, wire, call, behaviour)
+
+    async def _walk(self, call: Call, models: list[str]) -> Behaviour:
+        """OpenRouter's `models` fallback: the first model whose behaviour is not a failure serves the call;
+        if all fail, the last failure answers. Each tried behaviour's delay is waited in turn."""
+        behaviour: Behaviour = Reply()
+        for model in models:
+            behaviour = self._book.next(call.key, model)
+            call.model = model
+            if behaviour.delay_s:
+                await asyncio.sleep(behaviour.delay_s)
+            if not is_failure(behaviour):
+                break
+        return behaviour
+
+    def _record(self, recorded: RecordedRequest) -> None:
+        with self._log_lock:
+            self._log.append(recorded)
+
+    def _call(self, protocol: str, model: str | None, key: str | None, stream: bool, body: Any) -> Call:
+        chars, last_user = _prompt(protocol, body) if isinstance(body, dict) else (0, "")
+        include_usage = False
+        if stream and isinstance(body, dict):
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        ident = f"{self._id_prefix}{next(self._ids):016x}"
+        return Call(protocol, model or "", key, stream, body, ident, chars, last_user, include_usage, int(time.time()))
+
+    def _outcome(self, call: Call, reply: Reply) -> Outcome:
+        text = reply.text
+        chunks = reply.chunks
+        if text is None:
+            if chunks is not None:
+                text = "".join(chunks)
+            elif self.default_text is not None:
+                text = self.default_text
+            else:
+                text = f"Simulated reply from {call.model}: {call.last_user[:60]}"
+        if chunks is None:
+            chunks = tuple(text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS))
+        usage = reply.usage or {}
+        return Outcome(
+            model=reply.model or call.model,
+            text=text,
+            chunks=tuple(chunks),
+            finish=canonical_finish(reply.finish_reason) or "stop",
+            input_tokens=int(usage.get("input_tokens", call.prompt_tokens)),
+            output_tokens=int(usage.get("output_tokens", len(text) // CHARS_PER_TOKEN + 1)),
+            cached_tokens=int(usage.get("cached_tokens", 0)),
+            cost=reply.cost,
+        )
+
+    def _silent(self, call: Call, finish: str | None) -> Outcome:
+        """An answer without text: Empty (no finish reason) or ContentFilter."""
+        return Outcome(call.model, "", (), finish, call.prompt_tokens, 0, 0)
+
+    async def _perform(self, request: web.BaseRequest, wire: Wire, call: Call, b: Behaviour) -> web.StreamResponse:
+        if isinstance(b, Reply):
+            outcome = self._outcome(call, b)
+            headers = CIMultiDict(wire.headers(call))
+            if b.rate_limit:
+                headers.update(wire.rate_limit_headers(b.rate_limit))
+            if b.headers:
+                headers.update(b.headers)
+            pace = b.tokens_per_s if b.tokens_per_s is not None else self.tokens_per_s
+            return await self._answer(request, wire, call, outcome, headers, pace)
+        if isinstance(b, Failure):
+            status, body, extra = wire.failure(call, b)
+            return self._json(wire, call, status, body, extra)
+        if isinstance(b, Empty):
+            return await self._answer(request, wire, call, self._silent(call, None), wire.headers(call), None)
+        if isinstance(b, ContentFilter):
+            return await self._answer(request, wire, call, self._silent(call, "content_filter"), wire.headers(call), None)
+        if isinstance(b, CutStream):
+            return await self._cut(request, wire, call, b)
+        if isinstance(b, Malformed):
+            return await self._malformed(request, wire, call)
+        if isinstance(b, Hang):
+            await asyncio.sleep(b.seconds)
+            return _drop(request)
+        if isinstance(b, Drop):
+            return _drop(request)
+        if isinstance(b, Raw):
+            return await _raw(request, b)
+        raise TypeError(f"unknown behaviour {b!r}")
+
+    async def _answer(
+        self,
+        request: web.BaseRequest,
+        wire: Wire,
+        call: Call,
+        outcome: Outcome,
+        headers: Any,
+        pace: float | None,
+    ) -> web.StreamResponse:
+        if not call.stream:
+            return self._json(wire, call, 200, wire.body(call, outcome), headers)
+        last = len(outcome.chunks) - 1
+        pieces = [wire.stream_piece(call, outcome, piece, i == last) for i, piece in enumerate(outcome.chunks)]
+        resp = await _open_stream(request, headers)
+        head, tail = wire.stream_head(call, outcome), wire.stream_tail(call, outcome)
+        if pace:
+            await _paced(resp, head, pieces, 1.0 / pace)
+            if tail:
+                await resp.write(tail.encode())
+        else:
+            await resp.write((head + "".join(pieces) + tail).encode())
+        await resp.write_eof()
+        return resp
+
+    async def _cut(self, request: web.BaseRequest, wire: Wire, call: Call, b: CutStream) -> web.StreamResponse:
+        outcome = self._outcome(call, Reply())
+        headers = wire.headers(call)
+        if not call.stream:
+            full = dumps(wire.body(call, outcome)).encode()
+            headers["Content-Type"] = wire.json_type
+            resp = web.StreamResponse(status=200, headers=headers)
+            resp.content_length = len(full)
+            await resp.prepare(request)
+            await resp.write(full[: len(full) // 2])
+            return _drop(request, resp)
+        pieces = [wire.stream_piece(call, outcome, piece, False) for piece in outcome.chunks[: b.after_chunks]]
+        resp = await _open_stream(request, headers)
+        head = wire.stream_head(call, outcome)
+        if self.tokens_per_s:
+            await _paced(resp, head, pieces, 1.0 / self.tokens_per_s)
+        else:
+            await resp.write((head + "".join(pieces)).encode())
+        if b.error is None:
+            return _drop(request, resp)
+        await resp.write(wire.stream_error(call, b.error).encode())
+        await resp.write_eof()
+        return resp
+
+    async def _malformed(self, request: web.BaseRequest, wire: Wire, call: Call) -> web.StreamResponse:
+        headers = wire.headers(call)
+        if not call.stream:
+            headers["Content-Type"] = wire.json_type
+            return web.Response(status=200, body=wire.malformed_body(call).encode(), headers=headers)
+        resp = await _open_stream(request, headers)
+        head = wire.stream_head(call, self._outcome(call, Reply()))
+        await resp.write((head + wire.malformed_event(call)).encode())
+        await resp.write_eof()
+        return resp
+
+    def _json(self, wire: Wire, call: Call, status: int, body: Any, extra: Any) -> web.Response:
+        headers = CIMultiDict(wire.headers(call))
+        headers["Content-Type"] = wire.json_type
+        if extra:
+            headers.update(extra)
+        return web.Response(status=status, body=dumps(body).encode(), headers=headers)
+
+    def _unknown(self, request: web.BaseRequest, arrived: float) -> web.Response:
+        path = request.path
+        protocol = (
+            "openrouter" if path.startswith("/openrouter")
+            else "gemini" if path.startswith("/v1beta")
+            else "anthropic" if path.startswith("/v1/messages")
+            else "openai"
+        )
+        self._record(RecordedRequest(protocol, path, None, _credential(protocol, request), False, None, _headers(request), arrived))
+        body = {"error": {"message": f"Unknown request URL: {request.method} {path}", "type": "invalid_request_error", "code": "unknown_url"}}
+        return _json_response(404, body, {})
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _credential(protocol: str, request: web.BaseRequest) -> str | None:
+    headers = request.headers
+    key: str | None = None
+    if protocol == "gemini":
+        key = headers.get("x-goog-api-key") or request.query.get("key")
+    elif protocol == "anthropic":
+        key = headers.get("x-api-key")
+    if not key:
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            key = auth[7:].strip() or None
+    if not key:
+        key = headers.get("x-api-key") or headers.get("x-goog-api-key") or None
+    return key
+
+
+def _headers(request: web.BaseRequest) -> dict[str, str]:
+    return {name.lower(): value for name, value in request.headers.items()}
+
+
+def _models_field(body: Any) -> list[str] | None:
+    models = body.get("models") if isinstance(body, dict) else None
+    if isinstance(models, list) and models and all(isinstance(m, str) for m in models):
+        return models
+    return None
+
+
+def _prompt(protocol: str, body: dict[str, Any]) -> tuple[int, str]:
+    """(characters of all messages, text of the last user message) of a chat body."""
+    chars = 0
+    last_user = ""
+    if protocol == "gemini":
+        messages = body.get("contents") or []
+        system = body.get("systemInstruction") or body.get("system_instruction")
+        chars += len(text_of(system)) if system else 0
+        for message in messages if isinstance(messages, list) else ():
+            if isinstance(message, dict):
+                text = text_of(message.get("parts"))
+                chars += len(text)
+                if message.get("role", "user") == "user":
+                    last_user = text
+        return chars, last_user
+    if protocol == "anthropic" and body.get("system"):
+        chars += len(text_of(body["system"]))
+    messages = body.get("messages") or []
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, dict):
+            text = text_of(message.get("content"))
+            chars += len(text)
+            if message.get("role") == "user":
+                last_user = text
+    return chars, last_user
+
+
+def _model_list(protocol: str, kind: str, models: list[str]) -> Any:
+    if kind == "tags":  # Ollama's native listing
+        details = {"format": "gguf", "family": "", "parameter_size": "", "quantization_level": ""}
+        return {
+            "models": [
+                {"name": m, "model": m, "modified_at": "2026-01-01T00:00:00Z", "size": 0, "digest": "", "details": details}
+                for m in models
+            ]
+        }
+    if protocol == "gemini":
+        methods = ["generateContent", "streamGenerateContent", "countTokens"]
+        return {"models": [{"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": methods} for m in models]}
+    if protocol == "anthropic":
+        data = [{"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"} for m in models]
+        return {"data": data, "has_more": False, "first_id": models[0] if models else None, "last_id": models[-1] if models else None}
+    return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "simulator"} for m in models]}
+
+
+def _json_response(status: int, body: Any, headers: Any) -> web.Response:
+    return web.Response(status=status, body=dumps(body).encode(), headers={"Content-Type": "application/json", **headers})
+
+
+async def _open_stream(request: web.BaseRequest, headers: Any) -> web.StreamResponse:
+    resp = web.StreamResponse(status=200, headers=headers)
+    resp.headers["Content-Type"] = _SSE_TYPE
+    resp.headers["Cache-Control"] = "no-cache"
+    await resp.prepare(request)
+    return resp
+
+
+async def _paced(resp: web.StreamResponse, head: str, pieces: list[str], interval: float) -> None:
+    if head:
+        await resp.write(head.encode())
+    for piece in pieces:
+        await asyncio.sleep(interval)
+        await resp.write(piece.encode())
+
+
+def _drop(request: web.BaseRequest, resp: web.StreamResponse | None = None) -> web.StreamResponse:
+    """Close the connection; aiohttp's attempt to finish the response then fails quietly."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return resp if resp is not None else web.Response()
+
+
+async def _raw(request: web.BaseRequest, b: Raw) -> web.StreamResponse:
+    headers: CIMultiDict[str] = CIMultiDict(b.headers or {})
+    if b.sse is not None:
+        headers.setdefault("Content-Type", _SSE_TYPE)
+        resp = web.StreamResponse(status=b.status, headers=headers)
+        await resp.prepare(request)
+        events = []
+        for event, data in b.sse:
+            lines = "".join(f"data: {line}\n" for line in data.split("\n"))
+            events.append((f"event: {event}\n" if event else "") + lines + "\n")
+        await resp.write("".join(events).encode())
+        await resp.write_eof()
+        return resp
+    body = b.body
+    if isinstance(body, (dict, list)):
+        payload = dumps(body).encode()
+    elif isinstance(body, str):
+        payload = body.encode()
+    elif body is None:
+        payload = b""
+    else:
+        payload = bytes(body)
+    headers.setdefault("Content-Type", b.content_type)
+    return web.Response(status=b.status, body=payload, headers=headers)
