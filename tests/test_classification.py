@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,10 @@ from nbrouter.testing import Behaviour, CutStream, Drop, Hang, Raw, Reply
 K = ErrorKind
 #: a port nothing listens on (the "server not running" rows)
 CLOSED_PORT = "closed-port"
+#: `Row.reset_at` for resets that move with the clock (next month, next Pacific midnight)
+FUTURE = "future"
+#: 2026-12-01T00:00:00Z
+DEC_1_2026 = 1796083200.0
 SSE = "text/event-stream"
 
 
@@ -37,7 +42,8 @@ class Row:
 
     `kind` None means the protocol layer reports success and the router decides (the Ollama
     silent-truncation line). `retry_after_s` is checked when given; `no_retry` asserts there is none
-    (a quota line: retrying never helps). `partial` is the text that arrived before a stream failed.
+    (a quota line: retrying never helps). `partial` is the text that arrived before a stream failed;
+    `reset_at` is when a quota frees up.
     """
 
     flavour: str
@@ -50,6 +56,8 @@ class Row:
     refused: bool = False
     timeout_s: float = 5.0
     input_tokens: int | None = None
+    #: when a quota frees up: epoch seconds, or FUTURE for "some time after now" (a rolling reset)
+    reset_at: float | str | None = None
 
 
 def row(id: str, flavour: str, response: Behaviour | str, kind: ErrorKind | None, **kw: Any) -> Any:
@@ -197,7 +205,7 @@ TABLE = [
     # Anthropic
     row("anthropic: 429 enforced_spend_limit_reached without retry-after -> quota_exceeded", "anthropic",
         Raw(429, an("rate_limit_error", "You have exceeded your monthly spend limit.", error_code="enforced_spend_limit_reached")),
-        K.QUOTA_EXCEEDED, no_retry=True),
+        K.QUOTA_EXCEEDED, no_retry=True, reset_at=FUTURE),
     row("anthropic: 429 rate_limit_error with retry-after -> rate_limit", "anthropic",
         Raw(429, an("rate_limit_error", "This request would exceed the rate limit for your organization of 50 requests per minute."),
             headers={"retry-after": "12"}),
@@ -221,7 +229,7 @@ TABLE = [
     row("gemini: 429 RESOURCE_EXHAUSTED with a PerDay quotaId -> quota_exceeded", "gemini",
         Raw(429, gm(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details.",
                     quota_failure("GenerateRequestsPerDayPerProjectPerModel-FreeTier"), retry_info("32s"))),
-        K.QUOTA_EXCEEDED, no_retry=True),
+        K.QUOTA_EXCEEDED, no_retry=True, reset_at=FUTURE),
     row("gemini: 429 RESOURCE_EXHAUSTED otherwise (PerMinute, RetryInfo) -> rate_limit", "gemini",
         Raw(429, gm(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).",
                     quota_failure("GenerateRequestsPerMinutePerProjectPerModel-FreeTier"), retry_info("32s"))),
@@ -332,7 +340,7 @@ VARIANTS = [
         Raw(402, an("billing_error", "Your credit balance is too low to access the Anthropic API.")), K.QUOTA_EXCEEDED, no_retry=True),
     row("anthropic: 400 You have reached your specified API usage limits -> quota_exceeded", "anthropic",
         Raw(400, an("invalid_request_error", "You have reached your specified workspace API usage limits. You will regain access on 2026-12-01 at 00:00 UTC.")),
-        K.QUOTA_EXCEEDED, no_retry=True),
+        K.QUOTA_EXCEEDED, no_retry=True, reset_at=DEC_1_2026),
     row("anthropic: 400 exceed context limit -> context_overflow", "anthropic",
         Raw(400, an("invalid_request_error", "input length and `max_tokens` exceed context limit: 190000 + 20000 > 200000")), K.CONTEXT_OVERFLOW),
     row("anthropic: 200 stop_reason model_context_window_exceeded -> context_overflow", "anthropic",
@@ -368,9 +376,11 @@ VARIANTS = [
         Raw(200, {"usageMetadata": {"promptTokenCount": 8}, "modelVersion": "gemini-x"}), K.EMPTY_RESPONSE),
     # openrouter
     row("openrouter: limit_source openrouter_credits -> quota_exceeded", "openrouter",
-        Raw(402, orr(402, "Insufficient credits", limit_source="openrouter_credits"), headers={"Retry-After": "5"}), K.QUOTA_EXCEEDED),
+        Raw(402, orr(402, "Insufficient credits", limit_source="openrouter_credits"), headers={"Retry-After": "5"}), K.QUOTA_EXCEEDED,
+        no_retry=True),
     *[row(f"openrouter: 403 limit_source {source} -> quota_exceeded", "openrouter",
-          Raw(403, orr(403, "Budget spent", limit_source=source, resets_at="2026-12-01T00:00:00Z")), K.QUOTA_EXCEEDED)
+          Raw(403, orr(403, "Budget spent", limit_source=source, resets_at="2026-12-01T00:00:00Z")), K.QUOTA_EXCEEDED,
+          reset_at=DEC_1_2026)
       for source in ("openrouter_guardrail_budget", "openrouter_workspace_budget", "openrouter_key_limit")],
     row("openrouter: 429 -> rate_limit", "openrouter", Raw(429, orr(429, "Rate limit exceeded"), headers={"Retry-After": "4"}),
         K.RATE_LIMIT, retry_after_s=4),
@@ -449,6 +459,10 @@ def check(sim: Any, r: Row) -> None:
         assert result.retry_after_s is None
     if r.partial is not None:
         assert result.partial_text == r.partial
+    if r.reset_at == FUTURE:
+        assert result.reset_at is not None and result.reset_at > time.time()
+    elif r.reset_at is not None:
+        assert result.reset_at == r.reset_at
     assert result.refused is r.refused
     assert "sk-classify-0123456789abcdef" not in str(result)
 

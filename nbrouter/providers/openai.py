@@ -6,6 +6,7 @@ import email.utils
 import json
 import re
 import time
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
@@ -79,8 +80,6 @@ def header_int(value: str | None) -> int | None:
     except ValueError:
         return None
 
-
-_int = header_int
 
 
 def is_openrouter(endpoint: Endpoint) -> bool:
@@ -176,11 +175,11 @@ class OpenAIProtocol(WireProtocol):
         reset_r = parse_duration(headers.get("x-ratelimit-reset-requests"))
         reset_t = parse_duration(headers.get("x-ratelimit-reset-tokens"))
         return RateLimits(
-            limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
-            remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
+            limit_requests=header_int(headers.get("x-ratelimit-limit-requests")),
+            remaining_requests=header_int(headers.get("x-ratelimit-remaining-requests")),
             reset_requests_at=now + reset_r if reset_r is not None else None,
-            limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
-            remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
+            limit_tokens=header_int(headers.get("x-ratelimit-limit-tokens")),
+            remaining_tokens=header_int(headers.get("x-ratelimit-remaining-tokens")),
             reset_tokens_at=now + reset_t if reset_t is not None else None,
         )
 
@@ -224,7 +223,10 @@ class OpenAIProtocol(WireProtocol):
         # the real status as a numeric `code`: classify by it.
         judged = int(code) if status < 300 and code.isdigit() else status
         kind = self.kind_for(endpoint, judged, etype, code, message, metadata, headers, in_stream=in_stream)
-        wait = retry_after(headers)
+        # a quota does not come back after a Retry-After (providers.md section 8): only its reset counts
+        quota = kind is ErrorKind.QUOTA_EXCEEDED
+        wait = None if quota else retry_after(headers)
+        reset_at = _reset_at(metadata) if quota else None
         label = " ".join(p for p in (str(status), etype, code if code != str(status) else "") if p)
         text = scrub(f"{label}: {message}")
         return ProviderFailure(
@@ -232,6 +234,7 @@ class OpenAIProtocol(WireProtocol):
             text[:500],
             status=status,
             retry_after_s=wait,
+            reset_at=reset_at,
             request_id=self.request_id(headers),
             rate_limits=self.rate_limits(headers),
         )
@@ -310,6 +313,21 @@ def _openrouter_kind(status: int, low: str, meta: dict[str, Any], headers: Mappi
         return ErrorKind.SERVER_ERROR
     if status == 503:
         return ErrorKind.OVERLOADED
+    return None
+
+
+def _reset_at(metadata: Any) -> float | None:
+    """OpenRouter's budget `metadata.resets_at` (an ISO timestamp, or epoch seconds or milliseconds)."""
+    value = metadata.get("resets_at") if isinstance(metadata, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) / 1000.0 if value > 1e11 else float(value)
+    if isinstance(value, str) and value:
+        text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
     return None
 
 
