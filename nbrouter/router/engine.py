@@ -577,6 +577,7 @@ class Router:
         max_attempts = combo.max_attempts or policy.max_attempts
         timeout_s = req.timeout_s or combo.timeout_s or policy.attempt_timeout_s
         queue_: list[Candidate] = list(ordered)
+        group = self._openrouter_group(combo, ordered)
         tries = 0
         overflow_window: int | None | bool = False  # False: no context overflow seen yet
         last_failure: ProviderFailure | None = None
@@ -605,7 +606,15 @@ class Router:
                 if deadline is not None:
                     attempt_timeout = max(0.001, min(timeout_s, deadline - time.monotonic()))
                 tries += 1
-                result = await self._attempt(call, combo, c, info, attempt_timeout)
+                if group and c is group[0]:
+                    # OpenRouter walks the whole list itself: one request with the `models` array
+                    result = await self._attempt(call, combo, c, info, attempt_timeout, group=group)
+                    for other in group[1:]:
+                        queue_.remove(other)
+                        if not isinstance(result, RouteResult):
+                            self._record_skip(call, other, "tried inside the one OpenRouter request (models array)", None)
+                else:
+                    result = await self._attempt(call, combo, c, info, attempt_timeout)
                 if isinstance(result, RouteResult):
                     result.decision = decision
                     self._log(call, combo.name, result.text)
@@ -653,6 +662,19 @@ class Router:
             hint = "the prompt does not fit: no candidate with a larger known context window is left (set context_window in the config, or shorten the prompt)."
         raise AllTargetsFailed(combo.name, call.attempts, hint)
 
+    def _openrouter_group(self, combo: Combo, ordered: list[Candidate]) -> list[Candidate] | None:
+        """The candidates to send as one OpenRouter request: every one is `openrouter/...` on one account,
+        and the combo's strategy is `priority` (OpenRouter's own fallback keeps that order)."""
+        if combo.strategy != "priority" or len(ordered) < 2:
+            return None
+        first = ordered[0]
+        provider = self.config.providers[first.provider]
+        if provider.preset != "openrouter":
+            return None
+        if any(c.provider != first.provider or c.account != first.account for c in ordered):
+            return None
+        return list(ordered)
+
     def _emit(self, call: _Call, event: RouteEvent) -> None:
         if call.emit is not None:
             call.emit(event)
@@ -697,7 +719,8 @@ class Router:
         return client
 
     async def _attempt(
-        self, call: _Call, combo: Combo, c: Candidate, info: RequestInfo, timeout_s: float, *, retry: bool = False
+        self, call: _Call, combo: Combo, c: Candidate, info: RequestInfo, timeout_s: float, *, retry: bool = False,
+        group: list[Candidate] | None = None,
     ) -> RouteResult | tuple[ProviderFailure, Attempt]:
         """One try of one candidate: send, then record what happened and apply the kind's state change."""
         from ..providers._http import send
@@ -707,7 +730,8 @@ class Router:
         protocol = get_protocol(provider.protocol)
         req = call.req
         request = ChatRequest(model=c.model, messages=req.messages, system=req.system, max_tokens=req.max_tokens,
-                              temperature=req.temperature, response_format=req.response_format, stream=req.stream)
+                              temperature=req.temperature, response_format=req.response_format, stream=req.stream,
+                              models=[g.model for g in group] if group else None)
         now = time.time()
         was_half_open = self.state.breaker_state(c.key, now) == HALF_OPEN
         if was_half_open:
@@ -744,10 +768,15 @@ class Router:
             self._emit(call, AttemptFinished(a))
             raise
         latency = time.perf_counter() - t0
-        return self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now)
+        note = ""
+        if group:
+            served = completion.served_model or c.model
+            c = next((g for g in group if g.model == served), None) or next((g for g in group if served.startswith(g.model)), c)
+            note = f"one OpenRouter request with models [{', '.join(g.model for g in group)}]; it served {served}"
+        return self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
 
     def _served(self, call: _Call, combo: Combo, c: Candidate, provider: Provider, completion: Completion,
-                info: RequestInfo, latency: float, ttft: float | None, started: float) -> RouteResult:
+                info: RequestInfo, latency: float, ttft: float | None, started: float, note: str = "") -> RouteResult:
         state = self.state
         now = time.time()
         usage = completion.usage
@@ -761,7 +790,7 @@ class Router:
         a = Attempt(candidate=c.key, path=c.path_text, action=Action.SERVED, started_at=started, status=200,
                     latency_s=latency, ttft_s=ttft if call.req.stream else None, usage=usage, cost_usd=cost,
                     cost_known=cost is not None or usage is None, request_id=completion.request_id, warning=warning,
-                    model=completion.model, message=f"served {completion.model}" if completion.served_model and completion.served_model != c.model and not provider.local else "")
+                    model=completion.model, message=note)
         call.attempts.append(a)
         state.breaker_success(c.key)
         state.record_outcome(c.key, now, ok=True, latency_s=latency, ttft_s=ttft, streamed=call.req.stream,
