@@ -30,7 +30,10 @@ from .combos import combo_for, resolve
 from .config import Combo, Config, Provider, combo_table, load_config, set_combo, write_document
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, ComboConfigError, StopError
 from .policy import BACKOFF_KINDS, BREAKER_KINDS, DEFAULT_FALLBACK_ON
+from .policy import Policy
 from .pricing import PriceBook
+from .scoring import auto_pool, record_exclusions
+from .scoring import excluded as auto_excluded
 from .state import FOREVER, HALF_OPEN, StateStore
 from .strategies import COUNTED, STRATEGIES, RequestInfo, StrategyContext, order_accounts
 from .tokens import estimate_prompt
@@ -97,6 +100,14 @@ class Snapshot:
 
     def provider(self, c: Candidate) -> Provider:
         return self._router.config.providers[c.provider]
+
+    @property
+    def config(self) -> Config:
+        return self._router.config
+
+    @property
+    def policy(self) -> Policy:
+        return self._router.policy
 
     def counter(self, name: str) -> int:
         return self._state.counter(name)
@@ -392,6 +403,7 @@ class Router:
     def _decide(self, combo: Combo, req: CallRequest, now: float) -> tuple[Decision, RequestInfo]:
         """Resolve, filter and order; pure apart from dropping expired holds."""
         policy = self.policy
+        combo = auto_pool(self.config, combo)
         candidates = resolve(self.config, combo)
         prompt_tokens = estimate_prompt(req.messages, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message)
         max_tokens = req.max_tokens or policy.default_max_tokens_estimate
@@ -401,6 +413,8 @@ class Router:
         kept: list[Candidate] = []
         for c in candidates:
             skip = self._filter(c, info, req, now)
+            if skip is None and combo.strategy == "auto":
+                skip = auto_excluded(self.state, combo.name, c, now, policy.auto_min_score)
             if skip is None:
                 kept.append(c)
             else:
@@ -568,6 +582,8 @@ class Router:
             for step, n in per_step.items():
                 if n > 1:
                     self.state.next_counter(f"acct:{combo.name}:{step}")
+        if decision.strategy == "auto":
+            record_exclusions(self.state, decision, now)
         for r in decision.skipped:
             a = self._skip_attempt(r, now)
             call.attempts.append(a)
@@ -753,6 +769,12 @@ class Router:
                 self._emit(call, TextDelta(text, c.key))
 
         try:
+            if provider.managed:
+                # a local server nbrouter starts on first need (providers/managed.py); failing to start is
+                # a classified failure of this attempt, and the combo falls back as for any other
+                from ..providers.managed import ensure_server
+
+                endpoint = replace(endpoint, base_url=await ensure_server(provider.name, provider.model_path, provider.server_command))
             completion = await send(self._client(), protocol, endpoint, request, timeout_s=timeout_s, on_text=on_text, on_first_byte=on_first_byte)
         except ProviderFailure as failure:
             latency = time.perf_counter() - t0
