@@ -81,7 +81,6 @@ def header_int(value: str | None) -> int | None:
         return None
 
 
-
 def is_openrouter(endpoint: Endpoint) -> bool:
     """OpenRouter has its own error rules (status in `error.code`, budgets in `metadata`)."""
     return endpoint.preset == "openrouter" or "openrouter.ai" in endpoint.base_url
@@ -322,7 +321,8 @@ def _reset_at(metadata: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value) / 1000.0 if value > 1e11 else float(value)
     if isinstance(value, str) and value:
-        text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+        text = value.strip()
+        text = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
         try:
             when = datetime.fromisoformat(text)
         except ValueError:
