@@ -1,0 +1,153 @@
+"""What this kernel session has spent: per cell, per combo, per provider and in total.
+
+The ledger only adds up the costs the router reported for each call's attempts; it holds no routing
+state. A price that is not known is counted as unknown, never as 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Iterable
+
+from ..router.types import Action, Attempt, ErrorKind
+
+
+@dataclass
+class Spend:
+    """A sum of costs: the known part, and how many attempts used tokens at an unknown price."""
+
+    usd: Decimal = Decimal(0)
+    unknown: int = 0
+    tokens: int = 0
+    cells: int = 0
+
+    def add(self, other: Spend) -> None:
+        self.usd += other.usd
+        self.unknown += other.unknown
+        self.tokens += other.tokens
+
+    @property
+    def text(self) -> str:
+        if self.unknown and not self.usd:
+            return "unknown"
+        known = f"${self.usd:.6f}"
+        return f"{known} + unknown ({self.unknown})" if self.unknown else known
+
+
+@dataclass
+class CellCost:
+    """One cell's call: where it ran, what served it, and what it cost per provider."""
+
+    execution_count: int | None
+    cell_id: str | None
+    combo: str
+    served_by: str | None
+    outcome: str  # served, partial, failed, cancelled
+    spend: Spend
+    providers: dict[str, Spend] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        count = "" if self.execution_count is None else f"[{self.execution_count}]"
+        cell = f" {self.cell_id[:8]}" if self.cell_id else ""
+        return (count + cell).strip() or "-"
+
+
+def attempt_spend(attempt: Attempt) -> Spend:
+    """What one attempt cost, as far as anyone knows.
+
+    An attempt that reported usage costs its price (unknown when there is none). A served or cancelled
+    attempt without usage still produced tokens, so its cost is unknown; a failed attempt without usage
+    consumed nothing that can be known.
+    """
+    if attempt.action is Action.SKIPPED:
+        return Spend()
+    if attempt.usage is not None:
+        tokens = attempt.usage.total_tokens
+        if attempt.cost_usd is None:
+            return Spend(unknown=1, tokens=tokens)
+        return Spend(usd=attempt.cost_usd, tokens=tokens)
+    if attempt.cost_usd is not None:
+        return Spend(usd=attempt.cost_usd)
+    if attempt.action is Action.SERVED or attempt.kind is ErrorKind.CANCELLED:
+        return Spend(unknown=1)
+    return Spend()
+
+
+def _provider(candidate: str) -> str:
+    return candidate.partition("/")[0].partition("#")[0]
+
+
+class CostLedger:
+    """The kernel session's spending, cell by cell, with an optional session budget."""
+
+    def __init__(self) -> None:
+        self.cells: list[CellCost] = []
+
+    def record(self, attempts: Iterable[Attempt], *, combo: str, served_by: str | None, outcome: str,
+               execution_count: int | None = None, cell_id: str | None = None) -> CellCost:
+        """Add one call's attempts to the ledger."""
+        total = Spend(cells=1)
+        providers: dict[str, Spend] = {}
+        for a in attempts:
+            s = attempt_spend(a)
+            total.add(s)
+            providers.setdefault(_provider(a.candidate), Spend(cells=1)).add(s)
+        entry = CellCost(execution_count, cell_id, combo, served_by, outcome, total, providers)
+        self.cells.append(entry)
+        return entry
+
+    @property
+    def total(self) -> Spend:
+        out = Spend(cells=len(self.cells))
+        for c in self.cells:
+            out.add(c.spend)
+        return out
+
+    def by_combo(self) -> dict[str, Spend]:
+        out: dict[str, Spend] = {}
+        for c in self.cells:
+            s = out.setdefault(c.combo, Spend())
+            s.add(c.spend)
+            s.cells += 1
+        return out
+
+    def by_provider(self) -> dict[str, Spend]:
+        out: dict[str, Spend] = {}
+        for c in self.cells:
+            for name, spend in c.providers.items():
+                s = out.setdefault(name, Spend())
+                s.add(spend)
+                s.cells += 1
+        return out
+
+    def remaining(self, budget_usd: float | Decimal | None) -> Decimal | None:
+        """What is left of `budget_usd` after the known costs (None: no budget)."""
+        if budget_usd is None:
+            return None
+        return Decimal(str(budget_usd)) - self.total.usd
+
+    def clear(self) -> None:
+        self.cells.clear()
+
+    # ---- tables ----------------------------------------------------------------------------
+
+    CELL_HEADERS = ["cell", "combo", "served by", "outcome", "tokens", "cost"]
+    SUM_HEADERS = ["", "cells", "tokens", "cost"]
+
+    def cell_rows(self) -> list[list[str]]:
+        return [[c.label, c.combo, c.served_by or "", c.outcome, str(c.spend.tokens), c.spend.text] for c in self.cells]
+
+    def sum_rows(self, budget_usd: float | None = None) -> list[list[str]]:
+        rows: list[list[str]] = []
+        for name, s in sorted(self.by_combo().items()):
+            rows.append([f"combo {name}", str(s.cells), str(s.tokens), s.text])
+        for name, s in sorted(self.by_provider().items()):
+            rows.append([f"provider {name}", str(s.cells), str(s.tokens), s.text])
+        total = self.total
+        rows.append(["total", str(total.cells), str(total.tokens), total.text])
+        if budget_usd is not None:
+            left = self.remaining(budget_usd)
+            rows.append(["budget", "", "", f"${budget_usd:.6f} (${left:.6f} left)"])
+        return rows

@@ -1,0 +1,543 @@
+"""`%%llm` and `%llm`: prompt cells that stream, fall back, and show what served them and what it cost.
+
+    %load_ext nbrouter
+    %config LLMMagics.default_combo = "fast"
+
+    %%llm fast -t 0.2
+    Explain {topic} in two sentences.
+
+The magics only call Router methods: routing, fallback and the remembered state all live in the router.
+What they keep is this kernel's own session: the default combo, the chat history per combo, and the
+ledger of what each cell cost.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Enum, Float, Unicode
+
+from ..router.errors import BudgetExceeded, ComboConfigError, RouteError
+from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Done, ErrorKind, RouteResult, TextDelta, Usage
+from .display import FORMATS, LiveAnswer, TablesView, render_answer, result_bundle, short_traceback
+from .interpolation import interpolate
+from .ledger import CostLedger
+
+if TYPE_CHECKING:
+    from ..router.engine import Router
+
+SUBCOMMANDS = ("combos", "providers", "status", "log", "cost", "budget", "explain", "use", "reset", "config", "builder", "help")
+LAST_RESULT = "_llm"
+LAST_JSON = "_llm_json"
+
+
+def _float(text: str) -> float:
+    return float(text)
+
+
+@magics_class
+class LLMMagics(Magics):
+    """The `%%llm` cell magic and the `%llm` line magic, configurable with `%config LLMMagics.x = ...`."""
+
+    default_combo = Unicode("", help="The combo a `%%llm` cell uses when it names none (`%llm use NAME` sets it).").tag(config=True)
+    stream = Bool(True, help="Stream answers as they arrive; `--no-stream` turns it off for one cell.").tag(config=True)
+    interpolate = Bool(True, help="Replace `{name}` in a prompt by the variable's value; `--no-interpolate` turns it off for one cell.").tag(config=True)
+    format = Enum(FORMATS, default_value="markdown", help="How an answer is shown when a cell gives no `-f`.").tag(config=True)
+    budget_usd = Float(None, allow_none=True, help="Session budget in USD: a cell whose estimated cost would pass it is refused before anything is sent.").tag(config=True)
+
+    def __init__(self, shell: Any = None, router: Router | None = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._router = router
+        self.ledger = CostLedger()
+        self.chats: dict[str, list[dict[str, Any]]] = {}
+        #: None: decide from the shell (a kernel updates displays in place, a terminal prints)
+        self.live_display: bool | None = None
+        self.closed = False
+
+    # ---- the router --------------------------------------------------------------------------
+
+    @property
+    def router(self) -> Router:
+        """The session's Router, created on first use from NBROUTER_CONFIG or the user config file."""
+        if self.closed:
+            raise UsageError("nbrouter was unloaded; run %load_ext nbrouter again")
+        if self._router is None:
+            from ..router.engine import Router
+
+            self._router = Router()
+        return self._router
+
+    def open(self) -> None:
+        """Read the configuration now, so that a mistake in it is reported when the extension loads."""
+        try:
+            self.router
+        except ComboConfigError as exc:
+            print(f"nbrouter: {type(exc).__name__}: {exc}\n(fix it, then run `%llm config reload`)", file=sys.stderr)
+
+    def close(self) -> None:
+        """Stop the router's background loop and release the state file."""
+        self.closed = True
+        if self._router is not None:
+            self._router.close()
+            self._router = None
+
+    # ---- the magic ---------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("combo", nargs="?", default=None,
+              help="A combo name, a virtual `auto...` combo, or a bare provider/model (default: LLMMagics.default_combo or `%%llm use NAME`).")
+    @argument("-s", "--system", default=None, help="The system prompt.")
+    @argument("-m", "--max-tokens", type=int, default=None, help="The most tokens to generate.")
+    @argument("-t", "--temperature", type=_float, default=None, help="Sampling temperature.")
+    @argument("-f", "--format", choices=FORMATS, default=None,
+              help="How to show the answer: markdown (default), text, code (a fenced block), json (parsed into _llm_json), html.")
+    @argument("-o", "--out", default=None, metavar="VAR", help="Store the RouteResult in this variable (it is always in _llm too).")
+    @argument("--no-stream", action="store_true", help="Wait for the whole answer instead of streaming it.")
+    @argument("--max-cost", type=_float, default=None, metavar="USD", help="Refuse the call if every target's estimated cost is above this.")
+    @argument("--explain", action="store_true", help="Show what the router would do (order, skips and why); send nothing.")
+    @argument("--strategy", default=None, metavar="NAME", help="Use this strategy instead of the combo's for this cell.")
+    @argument("--chat", action="store_true", help="Continue this combo's conversation in this kernel.")
+    @argument("--new", action="store_true", help="Start this combo's conversation afresh (implies --chat).")
+    @argument("--no-interpolate", action="store_true", help="Send `{name}` as written instead of the variable's value.")
+    @line_cell_magic
+    def llm(self, line: str, cell: str | None = None) -> None:
+        """Send the cell to a combo: stream the answer, fall back on failure, show who served it and the cost.
+
+        As a cell magic, the cell body is the prompt: `%%llm [COMBO] [options]`. `{name}` in the prompt is
+        replaced by the value of the variable `name` when it exists; other braces are left as written and
+        `{{name}}` stays a literal `{name}`. The result is in `_llm` (a RouteResult).
+
+        As a line magic: `%llm COMBO PROMPT...` sends a one-line prompt, and these subcommands manage the
+        session: `combos`, `providers`, `status [--live]`, `log [N]`, `cost`, `budget [USD|off]`,
+        `explain COMBO [PROMPT]`, `use COMBO`, `reset [TARGET]`, `config [reload]`, `builder [COMBO]`.
+        """
+        if cell is None:
+            return self._line(line)
+        args = parse_argstring(self.llm, line)
+        return self._prompt(args, cell)
+
+    # ---- sending a prompt --------------------------------------------------------------------
+
+    def _prompt(self, args: Any, body: str) -> None:
+        try:
+            router = self.router
+        except ComboConfigError as exc:
+            raise short_traceback(exc) from None
+        combo = args.combo or self.default_combo
+        if not combo:
+            raise UsageError("no combo: write `%%llm NAME`, or choose a default with `%llm use NAME`")
+        ns = self.shell.user_ns if self.shell is not None else {}
+        if self.interpolate and not args.no_interpolate:
+            hidden = getattr(self.shell, "user_ns_hidden", {})
+            body = interpolate(body, ns, hidden)
+        prompt = body.strip()
+        if not prompt:
+            raise UsageError("the prompt is empty: write it in the cell below `%%llm`")
+        fmt = args.format or self.format
+
+        call: dict[str, Any] = {
+            "system": args.system, "max_tokens": args.max_tokens, "temperature": args.temperature,
+            "strategy": args.strategy,
+        }
+        chat = args.chat or args.new
+        if args.new:
+            self.chats.pop(combo, None)
+        if chat:
+            call["messages"] = list(self.chats.get(combo, []))
+        remaining = self.ledger.remaining(self.budget_usd)
+        caps = [Decimal(str(args.max_cost))] if args.max_cost is not None else []
+        if remaining is not None:
+            if remaining <= 0:
+                raise short_traceback(BudgetExceeded(
+                    f"the session budget of ${self.budget_usd:.6f} is spent (${self.ledger.total.usd:.6f} so far); "
+                    "nothing was sent. Raise it with `%llm budget USD`, or `%llm budget off`."))
+            caps.append(remaining)
+        if caps:
+            call["max_cost_usd"] = float(min(caps))
+
+        if args.explain:
+            decision = router.explain(combo, prompt, **call)
+            from IPython.display import display
+
+            from ..router import _text
+
+            display({"text/plain": _text.decision_table(decision), "text/html": _text.decision_html(decision)}, raw=True)
+            return None
+
+        where = self._cell()
+        stream = self.stream and not args.no_stream
+        try:
+            if stream:
+                result = self._stream(router, combo, prompt, fmt, call, where)
+            else:
+                result = router.complete(combo, prompt, **call)
+        except BudgetExceeded as exc:
+            if remaining is not None and (args.max_cost is None or remaining < Decimal(str(args.max_cost))):
+                exc = BudgetExceeded(f"refused before sending: the session budget has ${remaining:.6f} left "
+                                     f"(of ${self.budget_usd:.6f}). {exc}", exc.attempts)
+            self._forget_result()
+            raise short_traceback(exc) from None
+        except RouteError as exc:
+            self.ledger.record(exc.attempts, combo=combo, served_by=None, outcome="failed", **where)
+            self._forget_result()
+            raise short_traceback(exc) from None
+
+        self.ledger.record(result.attempts, combo=combo, served_by=result.served_by,
+                           outcome="partial" if result.partial else "served", **where)
+        answer = render_answer(result.text, fmt)
+        self._remember(result, args.out, answer.value if fmt == "json" else None)
+        if chat and not result.partial:
+            self.chats[combo] = [*call["messages"], {"role": "user", "content": prompt},
+                                 {"role": "assistant", "content": result.text}]
+        if not stream:
+            from IPython.display import display
+
+            data, metadata = result_bundle(result, fmt, answer=answer, **where)
+            display(data, raw=True, metadata=metadata)
+        return None
+
+    def _stream(self, router: Router, combo: str, prompt: str, fmt: str, call: dict[str, Any],
+                where: dict[str, Any]) -> RouteResult:
+        """Consume Router.stream() events on the main thread, which owns the display."""
+        live = LiveAnswer(combo, fmt, in_kernel=self._in_kernel())
+        attempts: list[Attempt] = []
+        current: AttemptStarted | None = None  # the last attempt started
+        in_flight: AttemptStarted | None = None  # ... while it has not finished
+        started = time.perf_counter()
+        events = router.stream(combo, prompt, **call)
+        live.start()
+        try:
+            for event in events:
+                if isinstance(event, TextDelta):
+                    live.add(event.text)
+                elif isinstance(event, AttemptStarted):
+                    current = in_flight = event
+                    live.attempt_started(event.candidate, event.number)
+                elif isinstance(event, AttemptFinished):
+                    attempts.append(event.attempt)
+                    if in_flight is not None and event.attempt.candidate == in_flight.candidate:
+                        in_flight = None
+                    live.attempt_finished(event.attempt)
+                elif isinstance(event, Done):
+                    if event.error is not None:
+                        if isinstance(event.error, KeyboardInterrupt):  # the router was closed under us
+                            raise KeyboardInterrupt
+                        live.fail(f"no answer from {combo!r}: see the error below")
+                        raise event.error
+                    assert event.result is not None
+                    result = event.result
+                    answer = render_answer(result.text, fmt)
+                    data, metadata = result_bundle(result, fmt, answer=answer, **where)
+                    tail = "\n".join([*([answer.error] if answer.error else []), result.footer(), result.attempt_table()])
+                    live.finish(data, metadata, tail)
+                    return result
+            raise RuntimeError("the router's event stream ended without Done")
+        except KeyboardInterrupt:
+            # closing the generator cancels the task on the router's loop, which logs the attempt as cancelled
+            events.close()
+            partial = self._cancelled(combo, live.text, attempts, current, in_flight, started)
+            self.ledger.record(partial.attempts, combo=combo, served_by=partial.served_by, outcome="cancelled", **where)
+            self._remember(partial, None, None)
+            data, metadata = result_bundle(partial, fmt, notes=[_cancel_note(partial, live.text)], **where)
+            tail = "\n".join([_cancel_note(partial, live.text), partial.attempt_table()])
+            live.finish(data, metadata, tail)
+            interrupt = KeyboardInterrupt(_cancel_note(partial, live.text))
+            raise short_traceback(interrupt, [f"KeyboardInterrupt: {_cancel_note(partial, live.text)}; the partial text is in _llm"]) from None
+        finally:
+            events.close()
+
+    def _cancelled(self, combo: str, text: str, attempts: list[Attempt], current: AttemptStarted | None,
+                   in_flight: AttemptStarted | None, started: float) -> RouteResult:
+        """The partial result of an interrupted cell, for the display and `_llm`.
+
+        The router logs the cancelled attempt itself; its event arrives after we stopped listening, so
+        the row shown here is a copy of what it records."""
+        shown = list(attempts)
+        if in_flight is not None:
+            shown.append(Attempt(candidate=in_flight.candidate, path=in_flight.path, action=Action.STOP, started_at=time.time(),
+                                 kind=ErrorKind.CANCELLED,
+                                 message="cancelled by the user" + (f" after {len(text)} characters" if text else "")))
+        usage = Usage()
+        for a in shown:
+            if a.usage is not None:
+                usage = usage + a.usage
+        return RouteResult(text=text, served_by=current.candidate if current else "", model="", combo=combo, attempts=shown,
+                           usage=usage, cost_usd=None, latency_s=time.perf_counter() - started, ttft_s=None,
+                           partial=True, error="cancelled by the user")
+
+    def _remember(self, result: RouteResult, out: str | None, json_value: Any) -> None:
+        if self.shell is None:
+            return
+        ns = self.shell.user_ns
+        ns[LAST_RESULT] = result
+        if out:
+            if not out.isidentifier():
+                raise UsageError(f"-o needs a variable name, not {out!r}")
+            ns[out] = result
+        if json_value is not None:
+            ns[LAST_JSON] = json_value
+
+    def _forget_result(self) -> None:
+        if self.shell is not None:
+            self.shell.user_ns[LAST_RESULT] = None
+
+    def _in_kernel(self) -> bool:
+        if self.live_display is not None:
+            return self.live_display
+        return getattr(self.shell, "kernel", None) is not None
+
+    def _cell(self) -> dict[str, Any]:
+        """The running cell's execution count, and its id when the front end sends one (JupyterLab does)."""
+        shell = self.shell
+        count = getattr(shell, "execution_count", None)
+        parent: Any = None
+        kernel = getattr(shell, "kernel", None)
+        try:
+            parent = kernel.get_parent() if kernel is not None and hasattr(kernel, "get_parent") else getattr(shell, "parent_header", None)
+        except Exception:
+            parent = None
+        cell_id = None
+        if isinstance(parent, dict):
+            cell_id = (parent.get("metadata") or {}).get("cellId")
+        return {"execution_count": count, "cell_id": cell_id}
+
+    # ---- %llm subcommands --------------------------------------------------------------------
+
+    def _line(self, line: str) -> None:
+        word, _, rest = line.strip().partition(" ")
+        rest = rest.strip()
+        if not word:
+            return self._help("")
+        handler: Callable[[str], None] | None = getattr(self, f"_cmd_{word}", None) if word in SUBCOMMANDS else None
+        try:
+            if handler is not None:
+                return handler(rest)
+            if self._names_a_combo(word):
+                if not rest:
+                    raise UsageError(f"no prompt: write `%llm {word} PROMPT`, or use a `%%llm {word}` cell")
+                args = parse_argstring(self.llm, word)
+                return self._prompt(args, rest)
+        except ComboConfigError as exc:
+            raise short_traceback(exc) from None
+        raise UsageError(
+            f"unknown subcommand or combo {word!r}. Subcommands: {', '.join(SUBCOMMANDS)}; "
+            "or `%llm COMBO PROMPT` with a combo name, an auto... combo or a provider/model"
+        )
+
+    def _names_a_combo(self, word: str) -> bool:
+        from ..router.config import VIRTUAL_COMBOS
+
+        try:
+            combos = self.router.config.combos
+        except ComboConfigError:
+            combos = {}
+        return word in combos or word in VIRTUAL_COMBOS or "/" in word
+
+    def _show(self, obj: Any) -> None:
+        from IPython.display import display
+
+        display(obj)
+
+    def _help(self, rest: str) -> None:
+        print("%%llm [COMBO] [options]  a prompt cell (see %%llm?)\n"
+              "%llm COMBO PROMPT...     a one-line prompt\n"
+              "%llm combos | providers | status [--live] | log [N] | cost | budget [USD|off]\n"
+              "%llm explain COMBO [PROMPT] | use COMBO | reset [TARGET] | config [reload] | builder [COMBO]")
+
+    _cmd_help = _help
+
+    def _cmd_combos(self, rest: str) -> None:
+        from ..router.config import VIRTUAL_COMBOS
+
+        rows = []
+        for name, combo in sorted(self.router.combos.items()):
+            mark = "*" if name == self.default_combo else ""
+            rows.append([mark + name, combo.strategy, " > ".join(s.ref for s in combo.steps)])
+        notes = [f"virtual: {', '.join(VIRTUAL_COMBOS)}; any provider/model works as a one-step combo"]
+        if self.default_combo:
+            notes.append(f"default: {self.default_combo}")
+        self._show(TablesView([(["combo", "strategy", "targets"], rows)], notes=notes))
+
+    def _cmd_providers(self, rest: str) -> None:
+        from .._secrets import scrub
+
+        rows = []
+        for name, p in sorted(self.router.config.providers.items()):
+            accounts = []
+            for acc in p.accounts:
+                if acc.api_key_env:
+                    accounts.append(f"{acc.name} ({acc.api_key_env} {'set' if acc.api_key() else 'MISSING'})")
+                else:
+                    accounts.append(acc.name)
+            rows.append([name, p.protocol + (" (local)" if p.local else ""), scrub(p.base_url), ", ".join(accounts),
+                         ", ".join(p.models), "" if p.enabled else "disabled"])
+        self._show(TablesView([(["provider", "protocol", "base url", "accounts", "models", ""], rows)]))
+
+    def _cmd_status(self, rest: str) -> None:
+        if rest.split() == ["--live"]:
+            widgets = _widgets()
+            if widgets is not None:
+                widgets.StatusBoard(self.router).display()
+            return
+        if rest:
+            raise UsageError("usage: %llm status [--live]")
+        self._show(self.router.status())
+
+    def _cmd_log(self, rest: str) -> None:
+        try:
+            n = int(rest) if rest else 20
+        except ValueError:
+            raise UsageError("usage: %llm log [N]") from None
+        rows = []
+        for r in self.router.log(n):
+            tokens = "" if r.get("input_tokens") is None else f"{r['input_tokens']}+{r.get('output_tokens') or 0}"
+            cost = r.get("cost_usd")
+            cost_text = "" if tokens == "" and cost is None else ("unknown" if cost is None else f"${Decimal(str(cost)):.6f}")
+            rows.append([
+                time.strftime("%H:%M:%S", time.localtime(r["ts"])) if r.get("ts") else "", r.get("combo") or "",
+                r.get("path") or r.get("candidate") or "", r.get("action") or "", r.get("kind") or "",
+                "" if r.get("status") is None else str(r["status"]),
+                "" if r.get("latency_s") is None else f"{r['latency_s'] * 1000:.0f} ms", tokens, cost_text,
+                (r.get("message") or "")[:100],
+            ])
+        headers = ["time", "combo", "candidate", "action", "kind", "status", "latency", "tokens", "cost", "message"]
+        self._show(TablesView([(headers, rows)], title=f"the last {n} attempts"))
+
+    def _cmd_cost(self, rest: str) -> None:
+        ledger = self.ledger
+        budget = f"budget ${self.budget_usd:.6f}" if self.budget_usd is not None else "no budget (`%llm budget USD` sets one)"
+        if not ledger.cells:
+            self._show(TablesView([], notes=[f"no calls yet in this session; {budget}"]))
+            return
+        self._show(TablesView([(ledger.CELL_HEADERS, ledger.cell_rows()), (ledger.SUM_HEADERS, ledger.sum_rows(self.budget_usd))],
+                              title="cost of this session"))
+
+    def _cmd_budget(self, rest: str) -> None:
+        if rest.lower() in ("off", "none"):
+            self.budget_usd = None
+            print("no session budget")
+            return
+        if rest:
+            try:
+                value = float(rest.lstrip("$"))
+            except ValueError:
+                raise UsageError("usage: %llm budget USD  (or `%llm budget off`)") from None
+            if value < 0:
+                raise UsageError("a budget cannot be negative")
+            self.budget_usd = value
+        if self.budget_usd is None:
+            print(f"no session budget; spent {self.ledger.total.text} so far")
+            return
+        left = self.ledger.remaining(self.budget_usd)
+        unknown = self.ledger.total.unknown
+        print(f"session budget ${self.budget_usd:.6f}: spent ${self.ledger.total.usd:.6f}, ${left:.6f} left"
+              + (f" ({unknown} attempts at an unknown price not counted)" if unknown else ""))
+
+    def _cmd_explain(self, rest: str) -> None:
+        combo, _, prompt = rest.partition(" ")
+        combo = combo or self.default_combo
+        if not combo:
+            raise UsageError("usage: %llm explain COMBO [PROMPT]")
+        from ..router import _text
+
+        decision = self.router.explain(combo, prompt.strip() or "")
+        from IPython.display import display
+
+        display({"text/plain": _text.decision_table(decision), "text/html": _text.decision_html(decision)}, raw=True)
+
+    def _cmd_use(self, rest: str) -> None:
+        if not rest or " " in rest:
+            raise UsageError("usage: %llm use COMBO")
+        self.router.explain(rest, "")  # resolves the name: an unknown combo raises ComboConfigError here
+        self.default_combo = rest
+        print(f"default combo: {rest}")
+
+    def _cmd_reset(self, rest: str) -> None:
+        n = self.router.reset(rest or None)
+        what = f" matching {rest!r}" if rest else ""
+        print(f"cleared {n} cooldown{'s' if n != 1 else ''}, lock(s) and breaker(s){what}")
+
+    def _cmd_config(self, rest: str) -> None:
+        if rest == "reload":
+            if self._router is None:
+                self.router
+            else:
+                self._router.reload()
+        elif rest:
+            raise UsageError("usage: %llm config [reload]")
+        router = self.router
+        config = router.config
+        if config.path is None:
+            where = "a dict given to Router()"
+        elif config.source == "none":
+            where = f"{config.path} (not found: nothing configured; NBROUTER_CONFIG names another file)"
+        else:
+            where = str(config.path)
+        state = getattr(router.state, "path", None)
+        lines = [
+            f"config: {where}",
+            f"state: {state or 'in memory only'}" + (f" ({router.state.warning})" if router.state.warning else ""),
+            f"providers: {', '.join(sorted(config.providers)) or 'none'}",
+            f"combos: {', '.join(sorted(config.combos)) or 'none'}",
+            f"default combo: {self.default_combo or 'none (`%llm use NAME`)'}",
+        ]
+        if config.prices:
+            lines.append(f"price overrides: {', '.join(sorted(config.prices))}")
+        overrides = config.raw.get("policy") or {}
+        if overrides:
+            lines.append(f"policy overrides: {', '.join(f'{k} = {v}' for k, v in overrides.items())}")
+        print("\n".join(lines))
+
+    def _cmd_builder(self, rest: str) -> None:
+        widgets = _widgets()
+        if widgets is not None:
+            widgets.ComboBuilder(self.router, rest or None).display()
+
+
+def _cancel_note(result: RouteResult, text: str) -> str:
+    who = f" from {result.served_by}" if result.served_by else ""
+    kept = f"{len(text)} characters kept" if text else "nothing received yet"
+    return f"cancelled by the user{who} after {result.latency_s:.2f} s ({kept})"
+
+
+def _widgets() -> Any:
+    """nbrouter.notebook.widgets, imported on demand (ipywidgets is heavy), or None with a message."""
+    try:
+        from . import widgets
+    except ImportError as exc:
+        print(f"the nbrouter widgets are not available ({exc}); `pip install ipywidgets` and use JupyterLab or "
+              "Notebook 7, or use `%llm status`, `%llm combos` and `Router.save_combo()`", file=sys.stderr)
+        return None
+    return widgets
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register LLMMagics on the shell (a second load is a no-op) and read the configuration."""
+    existing = dict.get(ipython.magics_manager.registry, LLMMagics.__name__)
+    if isinstance(existing, LLMMagics) and not existing.closed:
+        return
+    magics = LLMMagics(shell=ipython)
+    ipython.register_magics(magics)
+    magics.open()
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Stop the router's loop cleanly and remove the magics."""
+    registry = ipython.magics_manager.registry
+    magics = dict.get(registry, LLMMagics.__name__)
+    if not isinstance(magics, LLMMagics):
+        return
+    magics.close()
+    registry.pop(LLMMagics.__name__, None)
+    for kind in ("line", "cell"):
+        table = ipython.magics_manager.magics[kind]
+        if getattr(table.get("llm"), "__self__", None) is magics:
+            del table["llm"]
+    if magics in getattr(ipython, "configurables", []):
+        ipython.configurables.remove(magics)
