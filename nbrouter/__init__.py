@@ -18,6 +18,7 @@ from .router.errors import (
     AllTargetsFailed,
     BudgetExceeded,
     ComboConfigError,
+    NoProviders,
     RouteError,
     StopError,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "Decision",
     "Done",
     "ErrorKind",
+    "NoProviders",
     "RouteError",
     "RouteResult",
     "Router",

@@ -17,7 +17,9 @@ def _isolated_user_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("NBROUTER_CONFIG", str(tmp_path / "no-config.toml"))
     monkeypatch.setenv("NBROUTER_STATE", str(tmp_path / "state.sqlite3"))
     monkeypatch.setenv("SIM_KEY", SIM_KEY)
-    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENROUTER_API_KEY"):
+    monkeypatch.setenv("NBROUTER_LOCAL_URLS", "")  # zero-config probes nothing unless a test says where
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENROUTER_API_KEY",
+                 "GROQ_API_KEY", "DEEPSEEK_API_KEY", "MISTRAL_API_KEY", "TOGETHER_API_KEY", "XAI_API_KEY", "ZHIPUAI_API_KEY", "GLM_API_KEY"):
         monkeypatch.delenv(name, raising=False)
 
 

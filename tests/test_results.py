@@ -21,7 +21,7 @@ def test_public_api_is_exactly_what_all_lists() -> None:
     assert sorted(nbrouter.__all__) == sorted(
         [
             "Action", "AllCoolingDown", "AllTargetsFailed", "Attempt", "AttemptFinished", "AttemptStarted",
-            "BudgetExceeded", "Candidate", "ComboConfigError", "Decision", "Done", "ErrorKind", "RouteError",
+            "BudgetExceeded", "Candidate", "ComboConfigError", "Decision", "Done", "ErrorKind", "NoProviders", "RouteError",
             "RouteResult", "Router", "Status", "StopError", "TextDelta", "Usage", "__version__",
             "load_ipython_extension", "unload_ipython_extension",
         ]

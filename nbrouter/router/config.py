@@ -171,6 +171,32 @@ class Config:
         return str(self.path) if self.path else "<dict>"
 
 
+def environment_providers() -> dict[str, Provider]:
+    """Zero-config: one provider per preset whose usual key variable is set (OPENAI_API_KEY...)."""
+    from ..providers.presets import ENV_PRESETS
+
+    found: dict[str, Provider] = {}
+    for name in ENV_PRESETS:
+        preset = PRESETS[name]
+        env = next((e for e in preset.api_key_env if os.environ.get(e)), None)
+        if env is None:
+            continue
+        found[name] = Provider(
+            name=name, protocol=preset.protocol, base_url=preset.base_url, accounts=[Account(DEFAULT_ACCOUNT, env)],
+            preset=name, models=list(preset.default_models), prices_id=preset.prices_id, source=f"environment: {env}",
+        )
+    return found
+
+
+def local_provider(preset_name: str, base_url: str, models: Iterable[str]) -> Provider:
+    """A provider for a local server found listening (zero-config)."""
+    preset = PRESETS[preset_name]
+    return Provider(
+        name=preset_name, protocol=preset.protocol, base_url=base_url, accounts=[Account(DEFAULT_ACCOUNT)],
+        preset=preset_name, local=True, models=list(models), source=f"local server found at {base_url}",
+    )
+
+
 # ---- parsing ---------------------------------------------------------------------------
 
 
@@ -190,7 +216,8 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None
         if source is not None:
             raise ComboConfigError(f"no such file: {path}", file=str(path))
         config = build_config({}, path=path, strategies=strategies)
-        config.source = "none"
+        config.source = "environment"
+        config.providers.update(environment_providers())
         return config
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -276,7 +303,7 @@ def _quota(raw: Any, label: str, where: str) -> Quota:
     return Quota(**values)
 
 
-def _provider(name: str, table: Any, label: str) -> Provider:
+def _provider(name: str, table: Any, label: str) -> Provider:  # noqa: C901 - one validation per field
     where = f"providers.{name}"
     table = _table(table, label, None, where)
     if not name or "/" in name or "#" in name:
@@ -338,6 +365,7 @@ def _provider(name: str, table: Any, label: str) -> Provider:
     return Provider(
         name=name, protocol=protocol, base_url=base_url, accounts=accounts, preset=preset.name if preset else None,
         local=local, models=list(models), context_windows=dict(windows), headers={str(k): str(v) for k, v in headers.items()},
+        source=f"config file {label}",
         enabled=bool(table.get("enabled", True)), prices_id=table.get("prices_id", preset.prices_id if preset else None),
         managed=bool(table.get("managed", False)), model_path=table.get("model_path"), server_command=server_command,
     )

@@ -28,7 +28,7 @@ from . import _text
 from ._loop import BackgroundLoop
 from .combos import combo_for, resolve
 from .config import Combo, Config, Provider, combo_table, load_config, set_combo, write_document
-from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, ComboConfigError, StopError
+from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, ComboConfigError, NoProviders, StopError
 from .policy import BACKOFF_KINDS, BREAKER_KINDS, DEFAULT_FALLBACK_ON
 from .policy import Policy
 from .pricing import PriceBook
@@ -212,6 +212,7 @@ class Router:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._endpoints: dict[tuple[str, str, str | None], Endpoint] = {}
         self._closed = False
+        self._discovered = self.config.source != "environment"
         _routers.add(self)
 
     # ---- configuration ----------------------------------------------------------------------
@@ -373,6 +374,7 @@ class Router:
                        kwargs.pop("seed", None), bool(kwargs.pop("stream", False)), kwargs.pop("response_format", None), kwargs.pop("strategy", None))
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+        self._ensure_discovered()
         self.state.refresh()
         combo_obj = self._combo(req)
         decision, _ = self._decide(combo_obj, req, time.time())
@@ -387,7 +389,31 @@ class Router:
 
     # ---- deciding ---------------------------------------------------------------------------
 
+    async def discover(self, *, refresh: bool = False) -> None:
+        """Zero-config (no config file): add the local servers listening on their default ports."""
+        if self.config.source != "environment" or (self._discovered and not refresh):
+            return
+        from ..providers.discovery import find_local_servers
+        from .config import local_provider
+
+        for server in await find_local_servers(refresh=refresh):
+            if server.preset not in self.config.providers:
+                self.config.providers[server.preset] = local_provider(server.preset, server.base_url, server.models)
+        self._discovered = True
+
+    def _ensure_discovered(self) -> None:
+        if not self._discovered and not self._bg.in_loop_thread():
+            self._bg.run(self.discover())
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        """The providers in use, each with `.source` saying where it came from (file, environment, local probe)."""
+        self._ensure_discovered()
+        return dict(self.config.providers)
+
     def _combo(self, req: CallRequest) -> Combo:
+        if not self.config.providers:
+            raise NoProviders(str(self.config.path) if self.config.path else "a config file")
         combo = combo_for(self.config, req.combo)
         if req.strategy and req.strategy != combo.strategy:
             if req.strategy not in STRATEGIES:
@@ -534,6 +560,8 @@ class Router:
     async def _route(self, req: CallRequest, emit: Emit | None) -> RouteResult:
         if self._closed:
             raise RuntimeError("this Router is closed")
+        if not self._discovered:
+            await self.discover()
         self.state.refresh()
         combo = self._combo(req)
         call = _Call(req, emit)
@@ -917,6 +945,7 @@ class Router:
 
     def status(self) -> Status:
         """Per candidate and per account: breaker, cooldown or lock with time left, latency, usage, quota."""
+        self._ensure_discovered()
         self.state.refresh()
         now = time.time()
         rows: list[dict[str, Any]] = []

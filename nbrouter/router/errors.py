@@ -7,6 +7,7 @@
         │   └── StopError           an attempt failed with a kind whose action is `stop`
         ├── BudgetExceeded          the estimated cost is above the call's or session's budget
         └── ComboConfigError        the configuration is wrong; names file, combo and field
+            └── NoProviders         nothing configured, no key set, no local server found
 """
 
 from __future__ import annotations
@@ -93,6 +94,18 @@ class ComboConfigError(RouteError, ValueError):
             where.append(f"field {field!r}")
         prefix = (", ".join(where) + ": ") if where else ""
         super().__init__(prefix + message)
+
+
+class NoProviders(ComboConfigError):
+    """Nothing to route to: no config file, no key in the environment, no local server listening."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            "no provider is configured or found. Three ways forward: set a key (e.g. OPENAI_API_KEY, "
+            "ANTHROPIC_API_KEY, GEMINI_API_KEY) or start a local server (Ollama, llama.cpp, LM Studio, vLLM); "
+            "build a combo with `%llm builder` (or write " + where + "); "
+            "or rehearse with the simulator: `nbrouter demo`."
+        )
 
 
 def _span(seconds: float) -> str:
