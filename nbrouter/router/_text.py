@@ -111,7 +111,23 @@ def decision_table(decision: Decision) -> str:
     )
     lines = [head, tabulate(decision_rows(decision), headers=DECISION_HEADERS, tablefmt="simple")]
     lines.extend(decision.notes)
+    if decision.constants:
+        lines.append(constants_text(decision.constants))
     return "\n".join(lines)
+
+
+def constants_text(constants: dict[str, Any], width: int = 110) -> str:
+    """The policy constants as `name=value` pairs, wrapped."""
+    import textwrap
+
+    pairs = []
+    for key, value in constants.items():
+        if isinstance(value, dict):
+            value = "{" + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items()) + "}"
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        pairs.append(f"{key}={value}")
+    return textwrap.fill("policy: " + "; ".join(pairs), width=width, subsequent_indent="  ")
 
 
 def decision_html(decision: Decision) -> str:

@@ -6,6 +6,7 @@ Every validation failure raises ComboConfigError naming the file, the combo and 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -161,8 +162,9 @@ class Config:
     state_path: str | None = None
     source: str = "file"
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
+        """A short hash of the configuration, recorded with every decision."""
         blob = json.dumps(self.raw, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -208,6 +208,7 @@ class Router:
             state_path = os.environ.get("NBROUTER_STATE") or self.config.state_path
         self.state = StateStore(state_path, policy=self.policy, persist=persist, log_content=self.config.log_content)
         self.prices = PriceBook(self.config)
+        self._constants = self.policy.as_dict()
         self._bg = BackgroundLoop()
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._endpoints: dict[tuple[str, str, str | None], Endpoint] = {}
@@ -227,6 +228,7 @@ class Router:
         self.policy = config.policy
         self.state.policy = config.policy
         self.prices = PriceBook(config)
+        self._constants = config.policy.as_dict()
         self._endpoints.clear()
 
     @property
@@ -459,7 +461,7 @@ class Router:
         decision = Decision(
             combo=combo.name, strategy=combo.strategy, account_strategy=combo.account_strategy, seed=seed,
             rows=order_rows + rows, config_hash=self.config.hash, explored=ctx.explored, notes=list(ctx.notes),
-            constants=policy.as_dict(),
+            constants=self._constants,
         )
         decision.notes.append(
             f"estimated prompt {prompt_tokens} tokens + max_tokens {max_tokens}; max_attempts "
