@@ -66,6 +66,13 @@ class Policy:
     )
     cost_blend_input: float = 0.6
     cost_blend_output: float = 0.4
+    # auto factor values (routing.md section 4)
+    auto_health_scores: dict[str, float] = field(default_factory=lambda: {"closed": 1.0, "half_open": 0.5, "open": 0.0})
+    auto_tier_scores: dict[str, float] = field(default_factory=lambda: {"free": 0.0, "standard": 0.33, "pro": 0.67, "ultra": 1.0})
+    auto_unknown_tier_score: float = 0.33  # an account without a tier counts as standard
+    auto_unknown_quota_score: float = 1.0  # nothing tracked: nothing known to be short
+    auto_unknown_task_fit: float = 0.5  # no task guessed: every candidate fits alike
+    auto_stability_spread_share: float = 0.5  # stability = share x low spread + rest x low error rate
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,7 +4,8 @@ A strategy reads a read-only `Snapshot` of the state and a seeded random generat
 candidate it was given (a strategy never drops one: filtering is the loop's job), in order. It never
 changes state and never calls a provider. What it based its order on goes into `ctx.inputs`, which
 `Router.explain()` prints. A strategy that wants state changed (only `auto`, which excludes
-low-scoring candidates for a while) proposes it in `ctx.exclusions`; the loop records it.
+low-scoring candidates for a while) proposes it in its inputs (`exclude_for_s`), where explain() shows it
+and the loop records it (`scoring.record_exclusions`).
 
 Strategies that order whole steps (`priority`, `round-robin`, `weighted`, `random`) keep the accounts of
 one step together, in the order the account strategy gave them. Strategies that read per-candidate
@@ -53,8 +54,6 @@ class StrategyContext:
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     explored: bool = False
-    #: state the strategy asks the loop to record: {candidate key: seconds to exclude it from this combo}
-    exclusions: dict[str, float] = field(default_factory=dict)
 
     def note(self, candidate: Candidate, **values: Any) -> None:
         self.inputs.setdefault(candidate.key, {}).update(values)
@@ -138,12 +137,12 @@ def cheapest(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidat
     return _sort_stable(candidates, lambda c: (costs[c.key] is None, costs[c.key] or 0.0))
 
 
-def _p2c(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+def _p2c(candidates: list[Candidate], ctx: StrategyContext, label: str) -> list[Candidate]:
     """Two random candidates, more quota headroom first, then the rest as written; no headroom last."""
     shares = {c.key: _headroom(c, ctx) for c in candidates}
     for c in candidates:
         share = shares[c.key]
-        ctx.note(c, headroom="untracked" if share is None else share)
+        ctx.note(c, **{f"{label}headroom": "untracked" if share is None else share})
     if len(candidates) < 2:
         return list(candidates)
     i, j = ctx.rng.sample(range(len(candidates)), 2)
@@ -154,8 +153,8 @@ def _p2c(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
         return 1.0 if share is None else share  # nothing tracked: nothing known to be short
 
     pair = [a, b] if room(a) >= room(b) else [b, a]
-    ctx.note(pair[0], p2c="drawn, more headroom")
-    ctx.note(pair[1], p2c="drawn")
+    ctx.note(pair[0], **{f"{label}p2c": "drawn, more headroom"})
+    ctx.note(pair[1], **{f"{label}p2c": "drawn"})
     rest = [c for c in candidates if c is not a and c is not b]
     ordered = pair + rest
     # an account with nothing left would only answer 429: it goes last
@@ -164,7 +163,7 @@ def _p2c(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
 
 def p2c(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     """Power of two choices by quota headroom (configured quotas and rate-limit headers)."""
-    return _p2c(candidates, ctx)
+    return _p2c(candidates, ctx, "")
 
 
 def weighted(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
@@ -313,7 +312,7 @@ def accounts_fill_first(group: list[Candidate], ctx: StrategyContext) -> list[Ca
 
 def accounts_p2c(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     """Two random accounts, the one with more remaining quota first; an account with none left last."""
-    return _p2c(group, ctx)
+    return _p2c(group, ctx, "account_")
 
 
 def accounts_scored(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
