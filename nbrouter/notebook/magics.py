@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Float, Unicode
 
 from ..router.errors import BudgetExceeded, ComboConfigError, RouteError
@@ -119,8 +120,11 @@ class LLMMagics(Magics):
         """
         if cell is None:
             return self._line(line)
-        args = parse_argstring(self.llm, line)
-        return self._prompt(args, cell)
+        return self._prompt(self._parse(line), cell)
+
+    def _parse(self, line: str) -> Any:
+        # like magic_arguments.parse_argstring, but quotes are removed: -s "Be brief." is `Be brief.`
+        return self.llm.parser.parse_args(arg_split(line, posix=True))
 
     # ---- sending a prompt --------------------------------------------------------------------
 
@@ -295,7 +299,10 @@ class LLMMagics(Magics):
     def _cell(self) -> dict[str, Any]:
         """The running cell's execution count, and its id when the front end sends one (JupyterLab does)."""
         shell = self.shell
-        count = getattr(shell, "execution_count", None)
+        # the running cell's ExecutionResult knows its number (IPython 9 increments
+        # shell.execution_count before the cell runs, older versions after)
+        running = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+        count = getattr(running, "execution_count", None) or getattr(shell, "execution_count", None)
         parent: Any = None
         kernel = getattr(shell, "kernel", None)
         try:
@@ -321,8 +328,7 @@ class LLMMagics(Magics):
             if self._names_a_combo(word):
                 if not rest:
                     raise UsageError(f"no prompt: write `%llm {word} PROMPT`, or use a `%%llm {word}` cell")
-                args = parse_argstring(self.llm, word)
-                return self._prompt(args, rest)
+                return self._prompt(self._parse(word), rest)
         except ComboConfigError as exc:
             raise short_traceback(exc) from None
         raise UsageError(

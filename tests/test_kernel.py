@@ -1,0 +1,201 @@
+"""End to end in a real kernel: notebooks built here, run with nbclient against the provider simulator.
+
+Two kernels in all: one notebook that exercises answers, fallback, streaming, interpolation, an
+interrupt and the ledger; one whose failing cell must stop "Run All".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import SIM_KEY
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+from nbrouter.testing import RateLimited, Reply, ServerError  # noqa: E402
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:jupyter_client.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:nbclient.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:zmq.*"),
+    pytest.mark.filterwarnings("ignore:.*zmq.eventloop.ioloop.*:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+]
+
+SLOW_TEXT = " ".join(f"word{i}" for i in range(200))
+
+
+@pytest.fixture
+def kernel_env(tmp_path: Path, sim: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The config file and environment the kernel inherits (no user files touched)."""
+    config = tmp_path / "config.toml"
+    config.write_text(textwrap.dedent(f"""
+        [providers.sim]
+        protocol = "openai"
+        base_url = "{sim.openai_url}"
+        api_key_env = "SIM_KEY"
+        models = ["model-a", "model-b"]
+
+        [combos.fast]
+        targets = ["sim/model-a", "sim/model-b"]
+
+        [combos.fallback]
+        targets = ["sim/limited", "sim/model-b"]
+
+        [combos.doomed]
+        targets = ["sim/dead-1", "sim/dead-2"]
+
+        [prices."sim/model-a"]
+        input_per_mtok = 1.0
+        output_per_mtok = 2.0
+    """))
+    monkeypatch.setenv("NBROUTER_CONFIG", str(config))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    return tmp_path
+
+
+def notebook(*sources: str, tags: dict[int, list[str]] | None = None) -> Any:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    for index, names in (tags or {}).items():
+        nb.cells[index].metadata["tags"] = names
+    return nb
+
+
+def client_for(nb: Any, path: Path) -> Any:
+    return nbclient.NotebookClient(nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(path)}})
+
+
+def displays(cell: Any) -> list[Any]:
+    return [o for o in cell.outputs if o.output_type == "display_data"]
+
+
+def stdout(cell: Any) -> str:
+    return "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def interrupt_when_streaming(client: Any, sim: Any, model: str, after_s: float) -> threading.Thread:
+    """Interrupt the kernel `after_s` after the simulator saw the first request for `model`."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(r.model == model for r in sim.requests):
+            time.sleep(0.02)
+        time.sleep(after_s)
+        asyncio.run(client.km.interrupt_kernel())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_notebook_run_records_answers_fallback_stream_interrupt_and_costs(kernel_env: Path, sim: Any) -> None:
+    sim.script(Reply("The answer is 42.", usage={"input_tokens": 100, "output_tokens": 50}), model="model-a")
+    sim.script(RateLimited(retry_after=30), model="limited")
+    sim.script(Reply("Served by the second target."), model="model-b")
+    sim.script(Reply("streamed " * 10, tokens_per_s=40), model="model-a")
+    sim.script(Reply("ported"), model="model-a")
+    sim.script(Reply(SLOW_TEXT, tokens_per_s=20), model="slow")
+    sim.script(Reply("back to normal"), model="model-a")
+    nb = notebook(
+        "%load_ext nbrouter\n%config LLMMagics.default_combo = 'fast'",  # 0
+        "%%llm fast --no-stream\nWhat is the answer?",  # 1
+        "%%llm fallback\nFall back, please.",  # 2
+        "%%llm\nStream to me.",  # 3
+        "lang = 'Rust'",  # 4
+        '%%llm fast --no-stream\nPort to {lang}: fn f() -> Map { {"a": {"b": 1}} } and keep {{lang}}',  # 5
+        "%%llm sim/slow\nCount slowly.",  # 6
+        "%%llm fast\nAre you there?",  # 7
+        "%llm cost",  # 8
+        "%llm log 2",  # 9
+        "print(repr(_llm.text))",  # 10
+        tags={6: ["raises-exception"]},
+    )
+    client = client_for(nb, kernel_env)
+    interrupter = interrupt_when_streaming(client, sim, "slow", after_s=1.0)
+    client.execute()
+    interrupter.join(5)
+    cells = nb.cells
+
+    # a plain answer: final text, footer, attempt table, and what served it in the metadata
+    (answer,) = displays(cells[1])
+    plain = answer.data["text/plain"]
+    assert plain.startswith("The answer is 42.")
+    assert "served by sim#default/model-a · 1 attempt · 150 tokens · $0.000200 ·" in plain
+    assert "candidate" in plain and "fast > sim#default/model-a" in plain
+    assert "<details" in answer.data["text/html"] and "text/markdown" in answer.data
+    meta = answer.metadata["nbrouter"]
+    assert meta["combo"] == "fast" and meta["served_by"] == "sim#default/model-a"
+    assert meta["cost_usd"] == "0.000200" and meta["usage"]["input_tokens"] == 100
+    assert meta["latency_s"] > 0 and [a["action"] for a in meta["attempts"]] == ["served"]
+
+    # fallback: the rate-limited target is in the table, the second one served (cost unknown)
+    (fallback,) = displays(cells[2])
+    assert fallback.data["text/plain"].startswith("Served by the second target.")
+    assert "2 attempts" in fallback.data["text/plain"] and "rate_limit" in fallback.data["text/plain"]
+    assert "· unknown ·" in fallback.data["text/plain"]
+    assert [a["action"] for a in fallback.metadata["nbrouter"]["attempts"]] == ["advance", "served"]
+
+    # a streamed cell: one output, updated in place, saved as the final text
+    (streamed,) = displays(cells[3])
+    assert streamed.data["text/plain"].startswith("streamed " * 9 + "streamed")
+    assert streamed.metadata["nbrouter"]["combo"] == "fast"
+
+    # interpolation: {lang} replaced, code and JSON braces intact, {{lang}} literal
+    sent = [r for r in sim.requests if r.model == "model-a"][2].body["messages"][-1]["content"]
+    assert sent == 'Port to Rust: fn f() -> Map { {"a": {"b": 1}} } and keep {lang}'
+
+    # the interrupted cell keeps its partial text and says it was cancelled; the next cell works
+    errors = [o for o in cells[6].outputs if o.output_type == "error"]
+    assert errors and errors[0].ename == "KeyboardInterrupt"
+    (partial,) = displays(cells[6])
+    text = partial.data["text/plain"]
+    assert text.startswith("word0 word1") and SLOW_TEXT not in text
+    assert "cancelled by the user" in text
+    (after,) = displays(cells[7])
+    assert after.data["text/plain"].startswith("back to normal")
+
+    # the session ledger counts every cell; unknown prices are shown as unknown
+    ledger = displays(cells[8])[0].data["text/plain"]
+    for index in (1, 2, 3, 5, 6, 7):
+        assert f"[{cells[index].execution_count}]" in ledger
+    for count in (2, 3, 4, 6, 7, 8):
+        assert f"[{count}]" in ledger
+    assert "cancelled" in ledger and "total" in ledger and "unknown" in ledger
+    log = displays(cells[9])[0].data["text/plain"]
+    assert "cancelled" in log
+    assert stdout(cells[10]).strip() == repr("back to normal")
+
+    # no API key anywhere in the saved notebook
+    assert SIM_KEY not in nbformat.writes(nb)
+
+
+def test_a_failing_cell_stops_run_all_with_the_attempt_table(kernel_env: Path, sim: Any) -> None:
+    sim.script(ServerError(), model="dead-1")
+    sim.script(ServerError(status=502), model="dead-2")
+    nb = notebook(
+        "%load_ext nbrouter",
+        "%%llm doomed\nThis will fail.",
+        "print('never runs')",
+    )
+    client = client_for(nb, kernel_env)
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as info:
+        client.execute()
+    assert "AllTargetsFailed" in str(info.value)
+    (error,) = [o for o in nb.cells[1].outputs if o.output_type == "error"]
+    assert error.ename == "AllTargetsFailed"
+    shown = "\n".join(error.traceback)
+    assert "doomed > sim#default/dead-1" in shown and "doomed > sim#default/dead-2" in shown
+    assert "server_error" in shown and "Traceback" not in shown and "site-packages" not in shown
+    assert nb.cells[2].outputs == [] and nb.cells[2].execution_count is None
+    assert SIM_KEY not in json.dumps(nb)

@@ -1,0 +1,551 @@
+"""The `%%llm` and `%llm` magics in an in-process InteractiveShell, against the provider simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from nbrouter import AllTargetsFailed, BudgetExceeded, ComboConfigError, RouteResult
+from nbrouter.notebook.display import LiveAnswer, markdown_html, render_answer
+from nbrouter.notebook.interpolation import interpolate
+from nbrouter.testing import RateLimited, Reply, ServerError
+
+from conftest import SIM_KEY
+
+
+def config_toml(sim: Any, extra: str = "") -> str:
+    return textwrap.dedent(f"""
+        [providers.sim]
+        protocol = "openai"
+        base_url = "{sim.openai_url}"
+        api_key_env = "SIM_KEY"
+        models = ["model-a", "model-b", "model-c"]
+
+        [combos.fast]
+        targets = ["sim/model-a", "sim/model-b"]
+
+        [combos.solo]
+        targets = ["sim/model-a"]
+
+        [combos.unpriced]
+        targets = ["sim/model-c"]
+
+        [prices."sim/model-a"]
+        input_per_mtok = 1.0
+        output_per_mtok = 2.0
+
+        [prices."sim/model-b"]
+        input_per_mtok = 1.0
+        output_per_mtok = 2.0
+    """) + extra
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, sim: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(config_toml(sim))
+    monkeypatch.setenv("NBROUTER_CONFIG", str(path))
+    return path
+
+
+@pytest.fixture
+def ip(config_file: Path) -> Iterator[Any]:
+    """The InteractiveShell singleton with nbrouter loaded and displays captured; cleared afterwards."""
+    from IPython.core.displaypub import CapturingDisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    cfg = Config()
+    cfg.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=cfg)
+    shell.display_pub = CapturingDisplayPublisher()
+    shell.run_line_magic("load_ext", "nbrouter")
+    try:
+        yield shell
+    finally:
+        shell.run_line_magic("unload_ext", "nbrouter")
+        InteractiveShell.clear_instance()
+
+
+def magics(shell: Any) -> Any:
+    return shell.magics_manager.registry["LLMMagics"]
+
+
+def run(shell: Any, source: str) -> Any:
+    """Run a cell; return the exception it raised (or None)."""
+    result = shell.run_cell(source, store_history=True)
+    return result.error_in_exec or result.error_before_exec
+
+
+def outputs(shell: Any) -> list[dict[str, Any]]:
+    return list(shell.display_pub.outputs)
+
+
+def rendered(exc: BaseException) -> str:
+    return "\n".join(exc._render_traceback_())  # type: ignore[attr-defined]
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+
+def test_load_ext_is_fast_and_imports_no_prices_pydantic_or_widgets(config_file: Path, tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        import sys, time
+        from traitlets.config import Config
+        from IPython.core.interactiveshell import InteractiveShell
+        cfg = Config(); cfg.HistoryManager.enabled = False
+        ip = InteractiveShell.instance(config=cfg)
+        t = time.perf_counter()
+        ip.run_line_magic("load_ext", "nbrouter")
+        took = time.perf_counter() - t
+        heavy = [m for m in ("genai_prices", "pydantic", "ipywidgets", "nbrouter.notebook.widgets") if m in sys.modules]
+        print(took, heavy)
+        ip.run_line_magic("unload_ext", "nbrouter")
+    """)
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    took, heavy = out.stdout.strip().split(" ", 1)
+    assert heavy == "[]"
+    assert float(took) < 0.5
+
+
+def test_loading_twice_is_harmless_and_unload_stops_the_router(ip: Any) -> None:
+    from nbrouter.notebook.magics import load_ipython_extension
+
+    first = magics(ip)
+    load_ipython_extension(ip)
+    assert magics(ip) is first
+    router = first.router
+    assert run(ip, "%%llm fast\nhello") is None
+    assert router._bg.running
+    ip.run_line_magic("unload_ext", "nbrouter")
+    assert router._closed and not router._bg.running
+    assert "llm" not in ip.magics_manager.magics["cell"]
+    assert first not in ip.configurables
+    ip.run_line_magic("load_ext", "nbrouter")
+    assert magics(ip) is not first
+    assert run(ip, "%%llm fast\nhello again") is None
+
+
+def test_percent_config_sets_the_default_combo(ip: Any, sim: Any) -> None:
+    ip.run_line_magic("config", 'LLMMagics.default_combo = "solo"')
+    assert magics(ip).default_combo == "solo"
+    assert run(ip, "%%llm\nwhich model?") is None
+    assert sim.requests[-1].model == "model-a"
+    assert ip.user_ns["_llm"].combo == "solo"
+
+
+def test_default_combo_from_ipython_config(config_file: Path, sim: Any) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    cfg = Config()
+    cfg.HistoryManager.enabled = False
+    cfg.LLMMagics.default_combo = "solo"
+    shell = InteractiveShell.instance(config=cfg)
+    try:
+        shell.run_line_magic("load_ext", "nbrouter")
+        assert magics(shell).default_combo == "solo"
+        shell.run_line_magic("unload_ext", "nbrouter")
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def test_use_sets_the_default_and_refuses_an_unknown_combo(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(ip, "%llm use fast") is None
+    assert magics(ip).default_combo == "fast"
+    exc = run(ip, "%llm use nope")
+    assert isinstance(exc, ComboConfigError)
+    assert magics(ip).default_combo == "fast"
+
+
+def test_a_cell_without_combo_or_default_is_a_usage_error(ip: Any) -> None:
+    from IPython.core.error import UsageError
+
+    assert isinstance(run(ip, "%%llm\nhello"), UsageError)
+
+
+# ---- the cell ------------------------------------------------------------------------------
+
+
+def test_streamed_cell_updates_one_output_in_place_and_ends_with_the_full_bundle(ip: Any, sim: Any) -> None:
+    magics(ip).live_display = True
+    sim.script(Reply("Hello **world**", chunks=["Hel", "lo ", "**wor", "ld**"]), model="model-a")
+    assert run(ip, "%%llm fast\nsay hello") is None
+    outs = outputs(ip)
+    display_id = outs[0]["transient"]["display_id"]
+    assert all(o["transient"]["display_id"] == display_id for o in outs)
+    assert not outs[0]["update"] and all(o["update"] for o in outs[1:])
+    final = outs[-1]
+    assert set(final["data"]) == {"text/plain", "text/markdown", "text/html"}
+    assert final["data"]["text/plain"].startswith("Hello **world**")
+    assert "<strong>world</strong>" in final["data"]["text/html"]
+    assert "<details" in final["data"]["text/html"]
+    result = ip.user_ns["_llm"]
+    assert isinstance(result, RouteResult) and result.text == "Hello **world**"
+    assert result.footer() in final["data"]["text/plain"]
+    meta = final["metadata"]["nbrouter"]
+    assert meta["combo"] == "fast" and meta["served_by"] == "sim#default/model-a"
+    assert meta["cost_usd"] == str(result.cost_usd) and meta["latency_s"] > 0
+    assert meta["usage"]["output_tokens"] == result.usage.output_tokens
+    assert [a["action"] for a in meta["attempts"]] == ["served"]
+    assert ip.user_ns.get("Out", {}) == {}  # the magic returns nothing: the answer is not shown twice
+
+
+def test_live_output_is_redrawn_at_most_ten_times_a_second() -> None:
+    now = [0.0]
+    live = LiveAnswer("fast", "markdown", in_kernel=True, clock=lambda: now[0])
+
+    class Handle:
+        def __init__(self) -> None:
+            self.updates: list[dict[str, str]] = []
+
+        def update(self, data: dict[str, str], **kwargs: Any) -> None:
+            self.updates.append(data)
+
+    live.handle = handle = Handle()
+    for i in range(100):  # 100 deltas over one second
+        now[0] = i * 0.01
+        live.add("x")
+    assert 9 <= len(handle.updates) <= 11
+    live.finish({"text/plain": "x" * 100}, {}, "")
+    assert handle.updates[-1] == {"text/plain": "x" * 100}
+
+
+def test_terminal_shell_prints_the_stream_then_the_footer(ip: Any, sim: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    sim.script(Reply("streamed words", chunks=["streamed ", "words"]), model="model-a")
+    assert run(ip, "%%llm fast\nhi") is None
+    out = capsys.readouterr().out
+    assert out.startswith("streamed words\n")
+    assert "served by sim#default/model-a · 1 attempt" in out
+    assert outputs(ip) == []
+
+
+def test_options_reach_the_request(ip: Any, sim: Any) -> None:
+    assert run(ip, '%%llm fast -s "Be brief." -m 50 -t 0.3 --no-stream -o answer\nhello') is None
+    body = sim.requests[-1].body
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert body["max_tokens"] == 50 and body["temperature"] == 0.3
+    assert not sim.requests[-1].stream
+    assert ip.user_ns["answer"] is ip.user_ns["_llm"]
+    final = outputs(ip)[-1]
+    assert "nbrouter" in final["metadata"] and "text/markdown" in final["data"]
+
+
+def test_strategy_option_overrides_the_combos_for_one_cell(ip: Any, sim: Any) -> None:
+    exc = run(ip, "%%llm fast --strategy nope\nhi")
+    assert isinstance(exc, ComboConfigError) and "strategy" in rendered(exc)
+    assert run(ip, "%%llm fast --strategy random --no-stream\nhi") is None
+    assert ip.user_ns["_llm"].decision.strategy == "random"
+
+
+def test_a_fallback_cell_shows_every_attempt(ip: Any, sim: Any) -> None:
+    sim.script(RateLimited(retry_after=30), model="model-a")
+    sim.script(Reply("from b"), model="model-b")
+    assert run(ip, "%%llm fast --no-stream\nhi") is None
+    result = ip.user_ns["_llm"]
+    assert result.served_by == "sim#default/model-b"
+    plain = outputs(ip)[-1]["data"]["text/plain"]
+    assert "rate_limit" in plain and "2 attempts" in plain
+
+
+# ---- interpolation -------------------------------------------------------------------------
+
+
+def test_interpolation_replaces_known_names_and_leaves_other_braces() -> None:
+    ns = {"topic": "cats", "n": 3}
+    assert interpolate("about {topic}, {n} times", ns) == "about cats, 3 times"
+    code = "def f(d):\n    return {k: v for k, v in d.items()} or {}\n"
+    assert interpolate(code, ns) == code
+    data = '{"a": {"b": [1, {"c": null}]}, "topic": "{unknown}"}'
+    assert interpolate(data, ns) == data
+    assert interpolate("{{topic}} is {topic}", ns) == "{topic} is cats"
+    assert interpolate("f'{x!r}' {n:>3} {topic }", ns) == "f'{x!r}' {n:>3} {topic }"
+    assert interpolate("{In}", {"In": [1]}, hidden={"In"}) == "{In}"
+
+
+def test_cell_interpolation_keeps_code_and_json_intact(ip: Any, sim: Any) -> None:
+    ip.user_ns["lang"] = "Rust"
+    cell = '%%llm fast --no-stream\nPort to {lang}:\nfor k in {"a": {"b": 1}}: print(f"{k}")\nliteral {{lang}}'
+    assert run(ip, cell) is None
+    sent = sim.requests[-1].body["messages"][-1]["content"]
+    assert sent == 'Port to Rust:\nfor k in {"a": {"b": 1}}: print(f"{k}")\nliteral {lang}'
+    assert run(ip, "%%llm fast --no-stream --no-interpolate\nin {lang}") is None
+    assert sim.requests[-1].body["messages"][-1]["content"] == "in {lang}"
+
+
+# ---- formats -------------------------------------------------------------------------------
+
+
+def test_json_format_parses_and_stores_the_answer(ip: Any, sim: Any) -> None:
+    sim.script(Reply('```json\n{"ok": true, "n": 2}\n```'), model="model-a")
+    assert run(ip, "%%llm fast -f json\ngive json") is None
+    assert ip.user_ns["_llm_json"] == {"ok": True, "n": 2}
+
+
+def test_code_format_is_a_fenced_block() -> None:
+    answer = render_answer("Here:\n```python\nprint('hi')\n```\nDone.", "code")
+    assert answer.plain == "print('hi')"
+    assert answer.markdown == "```python\nprint('hi')\n```"
+    assert "language-python" in answer.html
+
+
+def test_markdown_html_escapes_and_renders_the_usual_markdown() -> None:
+    out = markdown_html("# Title\n\nSome *em* and `<b>` code.\n\n- one\n- two\n\n```py\nx < 1\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |")
+    assert "<h1>Title</h1>" in out and "<em>em</em>" in out and "<code>&lt;b&gt;</code>" in out
+    assert "<ul><li>one</li><li>two</li></ul>" in out
+    assert "x &lt; 1" in out and "<td>1</td>" in out
+    assert "<script>" not in markdown_html("<script>alert(1)</script>")
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+
+def test_all_targets_failed_raises_with_the_attempt_table_and_what_to_do(ip: Any, sim: Any) -> None:
+    sim.script(ServerError(), model="model-a")
+    sim.script(ServerError(), model="model-b")
+    exc = run(ip, "%%llm fast\nhi")
+    assert isinstance(exc, AllTargetsFailed)
+    text = rendered(exc)
+    assert text.startswith("AllTargetsFailed: every target of 'fast' failed")
+    assert "sim#default/model-a" in text and "server_error" in text
+    assert text.splitlines()[-1] == exc.hint
+    assert "Traceback" not in text
+    assert ip.user_ns["_llm"] is None
+    assert run(ip, "%%llm fast --no-stream\nnext cell works") is None
+
+
+def test_config_error_is_one_line_naming_file_combo_and_field(tmp_path: Path, sim: Any, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    path = tmp_path / "bad.toml"
+    path.write_text(config_toml(sim, '\n[combos.broken]\ntargets = ["nowhere/model"]\n'))
+    monkeypatch.setenv("NBROUTER_CONFIG", str(path))
+    cfg = Config()
+    cfg.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=cfg)
+    try:
+        shell.run_line_magic("load_ext", "nbrouter")
+        err = capsys.readouterr().err
+        assert "ComboConfigError" in err and str(path) in err and "'broken'" in err
+        exc = run(shell, "%%llm fast\nhi")
+        assert isinstance(exc, ComboConfigError)
+        lines = exc._render_traceback_()  # type: ignore[attr-defined]
+        assert len(lines) == 1 and "\n" not in lines[0]
+        assert str(path) in lines[0] and "combo 'broken'" in lines[0] and "field 'targets[0]'" in lines[0]
+        path.write_text(config_toml(sim))
+        assert run(shell, "%llm config reload") is None
+        assert run(shell, "%%llm fast --no-stream\nhi") is None
+        shell.run_line_magic("unload_ext", "nbrouter")
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def test_an_unknown_combo_in_a_cell_is_one_line(ip: Any) -> None:
+    exc = run(ip, "%%llm nope\nhi")
+    assert isinstance(exc, ComboConfigError)
+    assert rendered(exc).count("\n") == 0 and "'nope'" in rendered(exc)
+
+
+def test_interrupt_keeps_the_partial_text_and_the_next_cell_works(ip: Any, sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    magics(ip).live_display = True
+    sim.script(Reply("one two three four five six", tokens_per_s=50), model="model-a")
+    seen = []
+    original = LiveAnswer.add
+
+    def add_then_interrupt(self: LiveAnswer, delta: str) -> None:
+        original(self, delta)
+        seen.append(delta)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LiveAnswer, "add", add_then_interrupt)
+    exc = run(ip, "%%llm fast\ncount")
+    assert isinstance(exc, KeyboardInterrupt)
+    partial = ip.user_ns["_llm"]
+    assert partial.partial and partial.text == "".join(seen)
+    assert partial.attempts[-1].kind.value == "cancelled"
+    final = outputs(ip)[-1]
+    assert final["data"]["text/plain"].startswith(partial.text)
+    assert "cancelled by the user" in final["data"]["text/plain"]
+    logged = magics(ip).router.log(5)
+    assert logged[-1]["kind"] == "cancelled"
+    monkeypatch.setattr(LiveAnswer, "add", original)
+    assert run(ip, "%%llm fast\nagain") is None
+    assert not ip.user_ns["_llm"].partial
+
+
+# ---- cost and budget -----------------------------------------------------------------------
+
+
+def test_ledger_counts_each_cell_per_combo_and_provider_and_unknown_prices(ip: Any, sim: Any,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    sim.script(Reply("a", usage={"input_tokens": 1000, "output_tokens": 500}), model="model-a")
+    sim.script(Reply("b", usage={"input_tokens": 1000, "output_tokens": 500}), model="model-a")
+    sim.script(Reply("c", usage={"input_tokens": 10, "output_tokens": 10}), model="model-c")
+    assert run(ip, "%%llm fast --no-stream\none") is None
+    assert run(ip, "%%llm solo --no-stream\ntwo") is None
+    assert run(ip, "%%llm unpriced --no-stream\nthree") is None
+    ledger = magics(ip).ledger
+    assert [c.combo for c in ledger.cells] == ["fast", "solo", "unpriced"]
+    assert ledger.cells[-1].execution_count == ip.execution_count - 1
+    assert ledger.total.usd == Decimal("0.004") and ledger.total.unknown == 1
+    assert ledger.by_combo()["fast"].usd == Decimal("0.002")
+    assert ledger.by_provider()["sim"].unknown == 1
+    capsys.readouterr()
+    assert run(ip, "%llm cost") is None
+    table = outputs(ip)[-1]["data"]["text/plain"]
+    assert "combo fast" in table and "provider sim" in table
+    assert "$0.004000 + unknown (1)" in table
+    assert "unpriced" in table and "unknown" in table.split("unpriced")[1].splitlines()[0]
+
+
+def test_budget_refuses_a_cell_before_anything_is_sent(ip: Any, sim: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(ip, "%llm budget 0.0001") is None
+    assert "session budget $0.000100" in capsys.readouterr().out
+    sent = len(sim.requests)
+    exc = run(ip, "%%llm fast -m 1000\nan expensive question")  # estimate: 1000 output tokens x $2/M = $0.002
+    assert isinstance(exc, BudgetExceeded)
+    assert len(sim.requests) == sent
+    assert "session budget" in rendered(exc) and "$0.000100" in rendered(exc)
+    assert run(ip, "%%llm fast -m 10\ncheap") is None
+    assert len(sim.requests) == sent + 1
+
+
+def test_a_spent_budget_refuses_every_cell(ip: Any, sim: Any) -> None:
+    sim.script(Reply("a", usage={"input_tokens": 1000, "output_tokens": 1000}), model="model-a")
+    magics(ip).budget_usd = 0.002
+    assert run(ip, "%%llm fast -m 10\nfirst") is None  # costs $0.003: over the budget afterwards
+    sent = len(sim.requests)
+    exc = run(ip, "%%llm unpriced\nsecond")
+    assert isinstance(exc, BudgetExceeded) and "spent" in rendered(exc)
+    assert len(sim.requests) == sent
+    assert run(ip, "%llm budget off") is None
+    assert run(ip, "%%llm unpriced\nthird") is None
+
+
+def test_max_cost_option_refuses_when_every_estimate_is_above(ip: Any, sim: Any) -> None:
+    sent = len(sim.requests)
+    exc = run(ip, "%%llm fast -m 1000 --max-cost 0.0000001\nhi")
+    assert isinstance(exc, BudgetExceeded)
+    assert len(sim.requests) == sent
+
+
+# ---- explain, chat -------------------------------------------------------------------------
+
+
+def test_explain_shows_the_decision_and_sends_nothing(ip: Any, sim: Any) -> None:
+    sent = len(sim.requests)
+    assert run(ip, "%%llm fast --explain\nwhat would happen?") is None
+    assert len(sim.requests) == sent
+    data = outputs(ip)[-1]["data"]
+    assert "strategy priority" in data["text/plain"] and "sim#default/model-a" in data["text/plain"]
+    assert "<table" in data["text/html"]
+    assert run(ip, "%llm explain fast") is None
+    assert len(sim.requests) == sent
+
+
+def test_chat_continues_the_combos_conversation_and_new_starts_afresh(ip: Any, sim: Any) -> None:
+    sim.script([Reply("first answer"), Reply("second answer"), Reply("fresh")], model="model-a")
+    assert run(ip, "%%llm fast --chat --no-stream\nfirst question") is None
+    assert run(ip, "%%llm fast --chat --no-stream\nsecond question") is None
+    assert [m["content"] for m in sim.requests[-1].body["messages"]] == ["first question", "first answer", "second question"]
+    assert run(ip, "%%llm fast --new --no-stream\nstart over") is None
+    assert [m["content"] for m in sim.requests[-1].body["messages"]] == ["start over"]
+    assert run(ip, "%%llm fast --no-stream\nno memory") is None
+    assert [m["content"] for m in sim.requests[-1].body["messages"]] == ["no memory"]
+
+
+# ---- %llm subcommands ----------------------------------------------------------------------
+
+
+def test_line_subcommands(ip: Any, sim: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    sim.script(RateLimited(retry_after=30), model="model-a")
+    assert run(ip, "%llm fast a one-line prompt") is None
+    assert sim.requests[-1].body["messages"][-1]["content"] == "a one-line prompt"
+    capsys.readouterr()
+
+    for line in ("combos", "providers", "status", "log 5", "cost", "config", "explain fast hi"):
+        assert run(ip, f"%llm {line}") is None, line
+    texts = [o["data"]["text/plain"] for o in outputs(ip)]
+    combos, providers, status, log = texts[-6], texts[-5], texts[-4], texts[-3]
+    assert "fast" in combos and "sim/model-a > sim/model-b" in combos
+    assert "SIM_KEY set" in providers and SIM_KEY not in providers
+    assert "cooldown" in status and "sim#default/model-a" in status
+    assert "rate_limit" in log and "served" in log
+    config = capsys.readouterr().out
+    assert "config: " + os.environ["NBROUTER_CONFIG"] in config and "combos: fast, solo, unpriced" in config
+
+    assert run(ip, "%llm reset sim/model-a") is None
+    assert "cleared 1" in capsys.readouterr().out
+    assert magics(ip).router.status().candidate("sim#default/model-a")["hold"] is None
+
+
+def test_unknown_subcommand_lists_the_valid_ones(ip: Any) -> None:
+    from IPython.core.error import UsageError
+
+    exc = run(ip, "%llm frobnicate")
+    assert isinstance(exc, UsageError)
+    for name in ("combos", "providers", "status", "log", "cost", "budget", "explain", "use", "reset", "config", "builder"):
+        assert name in str(exc)
+
+
+def test_builder_and_live_status_without_the_widgets_module_say_so(ip: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "nbrouter.notebook.widgets", None)  # import fails
+    assert run(ip, "%llm builder fast") is None
+    assert "widgets are not available" in capsys.readouterr().err
+    assert run(ip, "%llm status --live") is None
+    assert "widgets are not available" in capsys.readouterr().err
+
+
+def test_builder_calls_the_widget_module_lazily(ip: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    calls: list[tuple[str, Any]] = []
+    fake = types.ModuleType("nbrouter.notebook.widgets")
+
+    class ComboBuilder:
+        def __init__(self, router: Any, combo: Any) -> None:
+            calls.append(("builder", combo))
+
+        def display(self) -> None:
+            calls.append(("shown", None))
+
+    class StatusBoard:
+        def __init__(self, router: Any) -> None:
+            calls.append(("board", router))
+
+        def display(self) -> None:
+            calls.append(("shown", None))
+
+    fake.ComboBuilder, fake.StatusBoard = ComboBuilder, StatusBoard  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "nbrouter.notebook.widgets", fake)
+    import nbrouter.notebook as package
+
+    monkeypatch.setattr(package, "widgets", fake, raising=False)
+    assert run(ip, "%llm builder fast") is None
+    assert run(ip, "%llm status --live") is None
+    assert calls[:2] == [("builder", "fast"), ("shown", None)]
+    assert calls[2] == ("board", magics(ip).router)
+
+
+def test_no_api_key_in_outputs_or_metadata(ip: Any, sim: Any) -> None:
+    magics(ip).live_display = True
+    sim.script(RateLimited(retry_after=30), model="model-a")
+    assert run(ip, "%%llm fast\nhello") is None
+    assert run(ip, "%llm providers") is None
+    assert run(ip, "%llm status") is None
+    blob = json.dumps([{"data": o["data"], "metadata": o["metadata"]} for o in outputs(ip)], default=str)
+    assert SIM_KEY not in blob
