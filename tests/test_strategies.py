@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -34,21 +34,6 @@ def _provider(models: list[str], base_url: str = DEAD, **extra: Any) -> dict[str
 
 def _keys(decision: Any) -> list[str]:
     return [c.key for c in decision.order]
-
-
-@pytest.fixture
-def make_router(tmp_path: Path) -> Iterator[Any]:
-    """Routers on one state file in tmp_path, closed after the test."""
-    routers: list[Router] = []
-
-    def make(config: dict[str, Any], state: str = "s.db") -> Router:
-        router = Router(config, state_path=tmp_path / state)
-        routers.append(router)
-        return router
-
-    yield make
-    for router in routers:
-        router.close()
 
 
 # ---- the seeded pool ------------------------------------------------------------------------------
@@ -165,15 +150,15 @@ def test_strategies_are_pure_and_never_drop_a_candidate(make_router: Any) -> Non
     assert _state_image(router) == before  # deciding changed nothing
 
 
-def test_config_validation_reads_the_strategy_registry(make_router: Any) -> None:
+def test_config_validation_reads_the_strategy_registry(make_router: Any, tmp_path: Path) -> None:
     for name in STRATEGIES:
-        make_router({"providers": {"a": _provider(["m"])}, "combos": {"x": {"targets": ["a/m"], "strategy": name}}}, state=f"{name}.db")
+        make_router({"providers": {"a": _provider(["m"])}, "combos": {"x": {"targets": ["a/m"], "strategy": name}}}, state_path=tmp_path / f"{name}.db")
     with pytest.raises(ComboConfigError) as err:
-        make_router({"providers": {"a": _provider(["m"])}, "combos": {"x": {"targets": ["a/m"], "strategy": "fastst"}}}, state="bad.db")
+        make_router({"providers": {"a": _provider(["m"])}, "combos": {"x": {"targets": ["a/m"], "strategy": "fastst"}}}, state_path=tmp_path / "bad.db")
     assert "fastest" in str(err.value) and "reset-aware" in str(err.value)
     assert set(ACCOUNT_STRATEGIES) == set(CONFIG_ACCOUNT_STRATEGIES)
     for name in ACCOUNT_STRATEGIES:
-        make_router({"providers": {"a": _provider(["m"])}, "combos": {"x": {"targets": ["a/m"], "account_strategy": name}}}, state=f"acct-{name}.db")
+        make_router({"providers": {"a": _provider(["m"])}, "combos": {"x": {"targets": ["a/m"], "account_strategy": name}}}, state_path=tmp_path / f"acct-{name}.db")
 
 
 # ---- weighted ---------------------------------------------------------------------------------------
@@ -282,8 +267,7 @@ def _accounts_config(strategy: str = "priority", account_strategy: str = "round-
     }
 
 
-def test_p2c_account_strategy_reads_quota_headroom_and_an_empty_account_goes_last(make_router: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIM_KEY", "test-key")
+def test_p2c_account_strategy_reads_quota_headroom_and_an_empty_account_goes_last(make_router: Any) -> None:
     router = make_router(_accounts_config(account_strategy="p2c"))
     now = time.time()
     router.state.record_ratelimits("p#k1", RateLimits(limit_requests=100, remaining_requests=0, reset_requests_at=now + 600))
@@ -318,8 +302,7 @@ def test_p2c_strategy_puts_the_candidate_with_more_headroom_of_two_first(make_ro
         assert room[winner] >= room[loser] and order[0] == winner
 
 
-def test_scored_account_strategy_weighs_health_quota_and_latency(make_router: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIM_KEY", "test-key")
+def test_scored_account_strategy_weighs_health_quota_and_latency(make_router: Any) -> None:
     router = make_router(_accounts_config(account_strategy="scored"))
     now = time.time()
     router.state.record_ratelimits("p#k1", RateLimits(limit_requests=100, remaining_requests=0, reset_requests_at=now + 600))
@@ -330,8 +313,7 @@ def test_scored_account_strategy_weighs_health_quota_and_latency(make_router: An
     assert all("account_score" in r.inputs for r in decision.rows)
 
 
-def test_fill_first_stays_on_one_account_until_a_cooldown_moves_it(make_router: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIM_KEY", "test-key")
+def test_fill_first_stays_on_one_account_until_a_cooldown_moves_it(make_router: Any) -> None:
     config = _accounts_config(strategy="fill-first")
     config["providers"]["p"]["models"] = ["m", "n"]
     config["combos"]["x"]["targets"] = ["p/m", "p/n"]
@@ -354,20 +336,11 @@ def test_reset_aware_uses_the_quota_that_resets_soonest_first(make_router: Any) 
 # ---- round-robin counters, lkgp pointers: state the loop owns ---------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Any]:
-    from nbrouter.testing import ProviderSimulator
-
-    with ProviderSimulator() as simulator:
-        yield simulator
-
-
 def _served(router: Router, combo: str, n: int, **kwargs: Any) -> list[str]:
     return [router.complete(combo, "hi", **kwargs).served_by for _ in range(n)]
 
 
-def test_round_robin_skips_cooling_candidates_without_losing_their_turn(make_router: Any, sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIM_KEY", "test-key")
+def test_round_robin_skips_cooling_candidates_without_losing_their_turn(make_router: Any, sim: Any) -> None:
     router = make_router({"providers": {p: _provider(["m"], sim.openai_url, api_key_env="SIM_KEY") for p in "abc"},
                           "combos": {"rr": {"targets": ["a/m", "b/m", "c/m"], "strategy": "round-robin"}}})
     assert [s[0] for s in _served(router, "rr", 1)] == ["a"]
@@ -379,8 +352,7 @@ def test_round_robin_skips_cooling_candidates_without_losing_their_turn(make_rou
     assert [s[0] for s in _served(router, "rr", 3)] == ["a", "b", "c"]
 
 
-def test_account_round_robin_skips_cooling_accounts_without_losing_their_turn(make_router: Any, sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIM_KEY", "test-key")
+def test_account_round_robin_skips_cooling_accounts_without_losing_their_turn(make_router: Any, sim: Any) -> None:
     router = make_router(_accounts_config(base_url=sim.openai_url))
     assert _served(router, "x", 1) == ["p#k1/m"]
     router.state.set_hold("p#k2", "cooldown", time.time() + 60, "quota exceeded")
@@ -389,8 +361,7 @@ def test_account_round_robin_skips_cooling_accounts_without_losing_their_turn(ma
     assert _served(router, "x", 3) == ["p#k1/m", "p#k2/m", "p#k3/m"]
 
 
-def test_round_robin_counters_are_independent_per_combo(make_router: Any, sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIM_KEY", "test-key")
+def test_round_robin_counters_are_independent_per_combo(make_router: Any, sim: Any) -> None:
     router = make_router({"providers": {p: _provider(["m"], sim.openai_url, api_key_env="SIM_KEY") for p in "ab"},
                           "combos": {"one": {"targets": ["a/m", "b/m"], "strategy": "round-robin"},
                                      "two": {"targets": ["a/m", "b/m"], "strategy": "round-robin"}}})
@@ -410,16 +381,15 @@ finally:
 """
 
 
-def test_round_robin_counters_persist_across_processes(make_router: Any, sim: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("SIM_KEY", "test-key")
+def test_round_robin_counters_persist_across_processes(make_router: Any, sim: Any, tmp_path: Path) -> None:
     config = {"providers": {p: _provider(["m"], sim.openai_url, api_key_env="SIM_KEY") for p in "abc"},
               "combos": {"rr": {"targets": ["a/m", "b/m", "c/m"], "strategy": "round-robin"}}}
     first = make_router(config)
     assert _served(first, "rr", 1) == ["a#default/m"]
     first.close()
     # another process takes the next turn
-    child = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(config), str(tmp_path / "s.db")],
-                           capture_output=True, text=True, timeout=60, env={**os.environ, "SIM_KEY": "test-key"})
+    child = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(config), str(tmp_path / "state.sqlite3")],
+                           capture_output=True, text=True, timeout=60, env=dict(os.environ))
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "b#default/m"
     # and a new router in this process continues after both
@@ -427,10 +397,9 @@ def test_round_robin_counters_persist_across_processes(make_router: Any, sim: An
     assert _served(again, "rr", 1) == ["c#default/m"]
 
 
-def test_lkgp_puts_the_last_good_candidate_of_the_combo_first(make_router: Any, sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lkgp_puts_the_last_good_candidate_of_the_combo_first(make_router: Any, sim: Any) -> None:
     from nbrouter.testing import ServerError
 
-    monkeypatch.setenv("SIM_KEY", "test-key")
     sim.script([ServerError()], model="lk-a")
     config = {"providers": {"a": _provider(["lk-a"], sim.openai_url, api_key_env="SIM_KEY"), "b": _provider(["lk-b"], sim.openai_url, api_key_env="SIM_KEY")},
               "combos": {"lk": {"targets": ["a/lk-a", "b/lk-b"], "strategy": "lkgp"},
@@ -469,8 +438,7 @@ def test_context_check_counts_prompt_estimate_margin_and_max_tokens(make_router:
 # ---- end to end ------------------------------------------------------------------------------------
 
 
-def test_every_strategy_and_auto_variant_serves_through_complete(make_router: Any, sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIM_KEY", "test-key")
+def test_every_strategy_and_auto_variant_serves_through_complete(make_router: Any, sim: Any) -> None:
     providers = {
         "p": {"protocol": "openai", "base_url": sim.openai_url, "models": ["e2e-gpt-5-mini", "e2e-qwen-coder"],
               "accounts": [{"name": "k1", "api_key_env": "SIM_KEY", "tier": "pro"}, {"name": "k2", "api_key_env": "SIM_KEY", "quota": {"requests_per_day": 1000}}]},

@@ -73,6 +73,7 @@ class Policy:
     auto_unknown_quota_score: float = 1.0  # nothing tracked: nothing known to be short
     auto_unknown_task_fit: float = 0.5  # no task guessed: every candidate fits alike
     auto_stability_spread_share: float = 0.5  # stability = share x low spread + rest x low error rate
+    auto_task_scan_chars: int = 4000  # the task is guessed from the prompt's first and last 2000 characters
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -82,22 +83,22 @@ TASK_FIT: dict[str, list[str]] = {
     "docs": ["*claude*", "*gpt-5*", "*gpt-4o*", "*gpt-4.1*", "*gemini*", "*mistral*", "*llama*"],
 }
 
-#: keywords that suggest a task (regular expressions on the lower-cased prompt); the task with the most
-#: hits wins, ties go to the earlier task here (the narrow tasks come before the broad `coding`)
+#: keywords that suggest a task: words, two-word phrases, and stems ending in `*`, matched against the
+#: lower-cased prompt's words; the task with the most hits wins, ties go to the earlier task here (the
+#: narrow tasks come before the broad `coding`)
 TASK_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "debugging": (r"\btraceback\b", r"\bexception\b", r"\berror\b", r"\bbug", r"\bdebug", r"\bstack ?trace",
-                  r"\bcrash", r"\bsegfault", r"\bfix\b", r"\bfails?\b", r"\bfailing\b", r"\bbroken\b", r"not working"),
-    "review": (r"\breview", r"\bcritique", r"\bpull request\b", r"\bcode smell", r"\baudit\b", r"\bfeedback\b"),
-    "docs": (r"\bdocstring", r"\bdocumentation\b", r"\bdocument\b", r"\breadme\b", r"\bdocs\b", r"\btutorial\b",
-             r"\bchangelog\b"),
-    "planning": (r"\bplan\b", r"\bplanning\b", r"\broadmap\b", r"\bmilestone", r"\barchitecture\b", r"\bdesign\b",
-                 r"\bstrategy\b", r"\boutline\b", r"\bsteps to\b"),
-    "analysis": (r"\banaly[sz]", r"\bcompare\b", r"\bdataset", r"\bdata ?frame", r"\bstatistic", r"\btrend",
-                 r"\bcorrelat", r"\bsummari[sz]e", r"\binsight"),
-    "coding": (r"\bcode\b", r"\bfunction\b", r"\bimplement", r"\bpython\b", r"\bscript\b", r"\bclass\b",
-               r"\brefactor", r"\bsql\b", r"\bregex\b", r"\bunit tests?\b", r"```", r"\bdef\b", r"\bapi\b"),
+    "debugging": ("traceback", "exception", "error", "errors", "bug", "bugs", "debug*", "stack trace", "stacktrace",
+                  "crash*", "segfault", "fix", "fails", "failing", "broken", "not working"),
+    "review": ("review*", "critique", "pull request", "code smell", "audit", "feedback"),
+    "docs": ("docstring*", "documentation", "document", "readme", "docs", "tutorial", "changelog"),
+    "planning": ("plan", "planning", "roadmap", "milestone*", "architecture", "design", "strategy", "outline", "steps to"),
+    "analysis": ("analy*", "compare", "dataset*", "dataframe*", "data frame", "statistic*", "trend*", "correlat*",
+                 "summari*", "insight*"),
+    "coding": ("code", "function", "implement*", "python", "script", "class", "refactor*", "sql", "regex", "unit test",
+               "unit tests", "```", "def", "api"),
 }
-_KEYWORDS = {task: [re.compile(p) for p in patterns] for task, patterns in TASK_KEYWORDS.items()}
+_WORDS = re.compile(r"[a-z0-9_]+|```")
+
 
 #: the decision input through which `auto` proposes an exclusion; the loop records it
 EXCLUDE_INPUT = "exclude_for_s"
@@ -175,15 +176,33 @@ def auto_pool(config: Config, combo: Combo) -> Combo:
 # ---- tasks --------------------------------------------------------------------------------------
 
 
-def guess_task(prompt: str) -> tuple[str | None, list[str]]:
-    """The task the prompt most likely asks for (or None) and the keywords that said so."""
-    text = prompt.lower()
+def guess_task(prompt: str, scan_chars: int = 4000) -> tuple[str | None, list[str]]:
+    """The task the prompt most likely asks for (or None) and the keywords that said so.
+
+    Only the first and last `scan_chars / 2` characters are read (where an instruction usually is), so a
+    long pasted document costs no more than a short one.
+    """
+    if len(prompt) > scan_chars:
+        half = scan_chars // 2
+        prompt = prompt[:half] + "\n" + prompt[-half:]
+    words = _WORDS.findall(prompt.lower())
+    counts = Counter(words)
+    counts.update(f"{a} {b}" for a, b in zip(words, words[1:]))
     best: tuple[int, str | None, list[str]] = (0, None, [])
-    for task, patterns in _KEYWORDS.items():
-        hits = [m.group(0) for p in patterns for m in p.finditer(text)]
-        if len(hits) > best[0]:
-            best = (len(hits), task, hits)
-    return best[1], sorted(set(best[2]))
+    for task, keywords in TASK_KEYWORDS.items():
+        found: dict[str, int] = {}
+        for keyword in keywords:
+            if keyword.endswith("*"):
+                stem = keyword[:-1]
+                for word, n in counts.items():
+                    if word.startswith(stem) and " " not in word:
+                        found[word] = n
+            elif keyword in counts:
+                found[keyword] = counts[keyword]
+        hits = sum(found.values())
+        if hits > best[0]:
+            best = (hits, task, sorted(found))
+    return best[1], best[2]
 
 
 def task_patterns(config: Config | None) -> dict[str, list[str]]:
@@ -345,7 +364,7 @@ def auto_order(candidates: list[Candidate], ctx: StrategyContext) -> list[Candid
 
     task, why = ctx.request.task, "given"
     if task is None:
-        task, keywords = guess_task(ctx.request.prompt)
+        task, keywords = guess_task(ctx.request.prompt, policy.auto_task_scan_chars)
         why = f"keywords {', '.join(keywords)}" if task else "no keywords"
     if task is None and variant is not None and variant.task:
         task, why = variant.task, f"{combo.name} assumes it"
