@@ -18,8 +18,12 @@ and a free model does not zero every paid one. A candidate without a measurement
 (so a new target is tried). The score is the weighted sum; the weights are the defaults
 (`Policy.auto_weights`), or a mode pack, with a combo's `weights` on top, normalised to sum 1.
 
-The strategy stays pure: exclusions of low scorers are proposals in the decision's inputs
-(`exclude_for_s`), which the loop records with `record_exclusions`.
+Exploration: `auto_explore_rate` of calls (`auto_smart_explore_rate` for `auto/smart`) try a uniformly
+drawn candidate first, except in incident mode (more than `auto_incident_open_share` of the pool's
+breakers OPEN). Exclusion: a candidate scoring below `auto_min_score` (never the one tried first) is
+left out of this combo for `auto_exclude_s`, doubled up to `auto_exclude_cap_s` when it follows the last
+exclusion within that exclusion's length. The strategy stays pure: an exclusion is a proposal in the
+decision's inputs (`exclude_for_s`), which the loop records with `record_exclusions`.
 """
 
 from __future__ import annotations
@@ -398,11 +402,10 @@ def auto_order(candidates: list[Candidate], ctx: StrategyContext) -> list[Candid
 
     place = {id(c): i for i, c in enumerate(ordered)}
     for position, s in enumerate(sorted(scores, key=lambda s: place[id(s.candidate)])):
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"score": s.total}
         for name in FACTORS:
             values[name] = s.factors[name]
             values[f"{name}_pts"] = round(s.contributions[name], 4)
-        values["score"] = s.total
         values.update(s.raw)
         if position > 0 and s.total < policy.auto_min_score:
             values[EXCLUDE_INPUT] = _exclusion_seconds(snap, combo.name, s.candidate.key)
