@@ -20,6 +20,7 @@ import pytest
 from nbrouter import ComboConfigError, Router
 from nbrouter.providers import RateLimits
 from nbrouter.router.config import ACCOUNT_STRATEGIES as CONFIG_ACCOUNT_STRATEGIES
+from nbrouter.router.config import VIRTUAL_COMBOS
 from nbrouter.router.strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from nbrouter.router.tokens import estimate_prompt, estimate_text
 
@@ -148,6 +149,14 @@ def test_strategies_are_pure_and_never_drop_a_candidate(make_router: Any) -> Non
             again = router.explain(f"s-{name}", "fix this python traceback", max_tokens=100, seed=seed)
             assert _keys(again) == _keys(decision)  # same seed, same state: same order
     assert _state_image(router) == before  # deciding changed nothing
+
+
+def test_deciding_never_calls_a_provider(make_router: Any, sim: Any) -> None:
+    router = make_router({"providers": {p: _provider(["m"], sim.openai_url, api_key_env="SIM_KEY") for p in "ab"},
+                          "combos": {name: {"targets": ["a/m", "b/m"], "strategy": name} for name in STRATEGIES if name != "auto"}})
+    for name in [*STRATEGIES, *VIRTUAL_COMBOS]:
+        router.explain(name, "hi", seed=1)  # a strategy-named combo, or a virtual auto combo
+    assert sim.requests == []
 
 
 def test_config_validation_reads_the_strategy_registry(make_router: Any, tmp_path: Path) -> None:
