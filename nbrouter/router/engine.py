@@ -15,10 +15,10 @@ import os
 import queue
 import random
 import time
-import uuid
 import weakref
 from collections import Counter
 from dataclasses import dataclass, replace
+from functools import cached_property
 from decimal import Decimal
 from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
@@ -84,7 +84,7 @@ class CallRequest:
     response_format: dict[str, Any] | None = None
     strategy: str | None = None
 
-    @property
+    @cached_property  # read by the decision and again by the call log
     def prompt_text(self) -> str:
         parts = [self.system or ""] + [m.get("content", "") if isinstance(m.get("content"), str) else str(m.get("content")) for m in self.messages]
         return "\n".join(p for p in parts if p)
@@ -170,13 +170,56 @@ class Snapshot:
         return None if h is None or h.until <= self.now else h.until
 
 
+#: call ids: 64 bits from a private generator seeded from os.urandom (again in a forked child); uuid4
+#: would cost a system call per call
+_call_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_call_ids.seed)
+
+
+class _SeededRandom(random.Random):
+    """`random.Random(seed)` that seeds itself on its first draw: seeding costs about 10 microseconds
+    and most strategies (`priority`, the default) never draw. The draws are those of `Random(seed)`."""
+
+    def __init__(self, seed: int) -> None:  # deliberately not Random.__init__, which seeds now
+        self._pending: int | None = seed
+        self.gauss_next = None
+
+    def _seed_pending(self) -> None:
+        seed, self._pending = self._pending, None
+        random.Random.seed(self, seed)
+
+    def random(self) -> float:
+        if self._pending is not None:
+            self._seed_pending()
+        return super().random()
+
+    def getrandbits(self, k: int) -> int:
+        if self._pending is not None:
+            self._seed_pending()
+        return super().getrandbits(k)
+
+    def getstate(self) -> Any:
+        if self._pending is not None:
+            self._seed_pending()
+        return super().getstate()
+
+    def seed(self, a: Any = None, version: int = 2) -> None:
+        self._pending = None
+        super().seed(a, version)
+
+    def setstate(self, state: Any) -> None:
+        self._pending = None
+        super().setstate(state)
+
+
 class _Call:
     """Mutable bookkeeping of one call in flight."""
 
     def __init__(self, req: CallRequest, emit: Emit | None) -> None:
         self.req = req
         self.emit = emit
-        self.id = uuid.uuid4().hex[:16]
+        self.id = f"{_call_ids.getrandbits(64):016x}"
         self.attempts: list[Attempt] = []
         self.shown = ""  # text already passed to the caller
         self.started = time.perf_counter()
@@ -448,7 +491,7 @@ class Router:
             else:
                 reason, until = skip
                 rows.append(DecisionRow(c, None, reason, skipped=True, hold_until=until))
-        ctx = StrategyContext(combo=combo, request=info, snapshot=Snapshot(self, now), rng=random.Random(seed), all_candidates=candidates)
+        ctx = StrategyContext(combo=combo, request=info, snapshot=Snapshot(self, now), rng=_SeededRandom(seed), all_candidates=candidates)
         strategy = STRATEGIES.get(combo.strategy)
         if strategy is None:
             raise ComboConfigError(f"unknown strategy {combo.strategy!r}", file=self.config.file_label, combo=combo.name, field="strategy")
@@ -529,8 +572,6 @@ class Router:
         shares: list[tuple[float, float | None]] = []
         provider = self.config.providers[c.provider]
         acc = provider.account(c.account)
-        if acc is not None and acc.api_key_env and acc.api_key() is None:
-            return f"no key: the environment variable {acc.api_key_env} is not set", None
         if acc is not None and not acc.quota.is_empty():
             w = self.state.usage_window(c.account_key, now)
             q = acc.quota
