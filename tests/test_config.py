@@ -263,3 +263,16 @@ def test_unknown_combo_at_request_time_is_a_config_error() -> None:
         assert [c.key for c in decision.order] == ["p#default/other-model"]
     finally:
         router.close()
+
+
+def test_a_saved_auto_combo_without_targets_contributes_its_pool_when_nested() -> None:
+    config = {
+        "providers": {"p": {"protocol": "openai", "base_url": "http://x.invalid/v1", "models": ["m1", "m2"]}},
+        "combos": {"smart": {"strategy": "auto", "candidate_pool": ["p"]}, "outer": {"targets": ["smart", "p/m3"]}},
+    }
+    router = Router(config, persist=False)
+    try:
+        keys = [c.path_text for c in resolve(router.config, router.config.combos["outer"])]
+        assert keys == ["outer > smart > p#default/m1", "outer > smart > p#default/m2", "outer > p#default/m3"]
+    finally:
+        router.close()

@@ -11,6 +11,10 @@ def combo_for(config: Config, name: str) -> Combo:
     """The named combo, a virtual `auto...` combo, or a bare `provider[#account]/model` as a one-step combo."""
     combo = config.combos.get(name)
     if combo is not None:
+        if combo.strategy == "auto" and not combo.steps:
+            from .scoring import auto_pool  # a saved auto combo without targets: its pool, also when nested
+
+            return auto_pool(config, combo)
         return combo
     if name in VIRTUAL_COMBOS:
         from .scoring import virtual_combo
