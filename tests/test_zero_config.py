@@ -71,3 +71,15 @@ def test_with_nothing_found_one_message_names_the_three_ways_forward(tmp_path: P
         assert "\n" not in text
     finally:
         router.close()
+
+
+def test_auto_works_over_what_zero_config_found(sim, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sim.models = ["llama3.2:3b"]
+    monkeypatch.setenv("NBROUTER_LOCAL_URLS", f"ollama={sim.openai_url}")
+    router = Router(state_path=tmp_path / "s.db")
+    try:
+        result = router.complete("auto", "hello", seed=1)
+        assert result.served_by == "ollama#default/llama3.2:3b"
+        assert result.decision is not None and result.decision.strategy == "auto"
+    finally:
+        router.close()
