@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
@@ -379,7 +380,10 @@ def test_interrupt_keeps_the_partial_text_and_the_next_cell_works(ip: Any, sim: 
     final = outputs(ip)[-1]
     assert final["data"]["text/plain"].startswith(partial.text)
     assert "cancelled by the user" in final["data"]["text/plain"]
-    logged = magics(ip).router.log(5)
+    # the router logs the cancelled attempt from its own loop, just after the interrupt
+    deadline = time.monotonic() + 5
+    while not (logged := magics(ip).router.log(5)) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert logged[-1]["kind"] == "cancelled"
     monkeypatch.setattr(LiveAnswer, "add", original)
     assert run(ip, "%%llm fast\nagain") is None
@@ -409,6 +413,18 @@ def test_ledger_counts_each_cell_per_combo_and_provider_and_unknown_prices(ip: A
     assert "combo fast" in table and "provider sim" in table
     assert "$0.004000 + unknown (1)" in table
     assert "unpriced" in table and "unknown" in table.split("unpriced")[1].splitlines()[0]
+
+
+def test_ledger_records_the_cell_id_the_front_end_sends(ip: Any, sim: Any) -> None:
+    class Kernel:  # JupyterLab puts cellId in the execute_request's metadata
+        def get_parent(self) -> dict[str, Any]:
+            return {"header": {}, "metadata": {"cellId": "6f1c2d7e-aaaa-bbbb"}}
+
+    ip.kernel = Kernel()
+    assert run(ip, "%%llm fast\nhi") is None
+    entry = magics(ip).ledger.cells[-1]
+    assert entry.cell_id == "6f1c2d7e-aaaa-bbbb" and entry.label.endswith("6f1c2d7e")
+    assert outputs(ip)[-1]["metadata"]["nbrouter"]["cell_id"] == "6f1c2d7e-aaaa-bbbb"
 
 
 def test_budget_refuses_a_cell_before_anything_is_sent(ip: Any, sim: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -263,7 +263,7 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         notes.append(f"partial answer: {result.error}")
     plain = "\n".join([answer.plain, "", *notes, footer, result.attempt_table()])
     markdown = "\n".join([
-        answer.markdown, "", *(f"> {_escape_dollars(n)}" for n in notes), "",
+        answer.markdown, "", *(f"> {_escape_dollars(n)}\n" for n in notes),
         f"<details><summary>{html.escape(_escape_dollars(footer))}</summary>", "",
         attempt_markdown(result.attempts), "", "</details>",
     ])

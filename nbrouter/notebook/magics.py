@@ -38,10 +38,6 @@ LAST_RESULT = "_llm"
 LAST_JSON = "_llm_json"
 
 
-def _float(text: str) -> float:
-    return float(text)
-
-
 @magics_class
 class LLMMagics(Magics):
     """The `%%llm` cell magic and the `%llm` line magic, configurable with `%config LLMMagics.x = ...`."""
@@ -95,12 +91,12 @@ class LLMMagics(Magics):
               help="A combo name, a virtual `auto...` combo, or a bare provider/model (default: LLMMagics.default_combo or `%%llm use NAME`).")
     @argument("-s", "--system", default=None, help="The system prompt.")
     @argument("-m", "--max-tokens", type=int, default=None, help="The most tokens to generate.")
-    @argument("-t", "--temperature", type=_float, default=None, help="Sampling temperature.")
+    @argument("-t", "--temperature", type=float, default=None, help="Sampling temperature.")
     @argument("-f", "--format", choices=FORMATS, default=None,
               help="How to show the answer: markdown (default), text, code (a fenced block), json (parsed into _llm_json), html.")
     @argument("-o", "--out", default=None, metavar="VAR", help="Store the RouteResult in this variable (it is always in _llm too).")
     @argument("--no-stream", action="store_true", help="Wait for the whole answer instead of streaming it.")
-    @argument("--max-cost", type=_float, default=None, metavar="USD", help="Refuse the call if every target's estimated cost is above this.")
+    @argument("--max-cost", type=float, default=None, metavar="USD", help="Refuse the call if every target's estimated cost is above this.")
     @argument("--explain", action="store_true", help="Show what the router would do (order, skips and why); send nothing.")
     @argument("--strategy", default=None, metavar="NAME", help="Use this strategy instead of the combo's for this cell.")
     @argument("--chat", action="store_true", help="Continue this combo's conversation in this kernel.")
