@@ -231,6 +231,14 @@ def test_terminal_shell_prints_the_stream_then_the_footer(ip: Any, sim: Any, cap
     assert outputs(ip) == []
 
 
+def test_help_is_generated_from_the_arguments(ip: Any) -> None:
+    doc = magics(ip).llm.__doc__
+    assert doc.lstrip().startswith("::") and "%llm [-s SYSTEM]" in doc
+    for option in ("--max-tokens", "--temperature", "--format", "--out", "--no-stream", "--max-cost", "--explain",
+                   "--strategy", "--chat", "--new", "--no-interpolate"):
+        assert option in doc
+
+
 def test_options_reach_the_request(ip: Any, sim: Any) -> None:
     assert run(ip, '%%llm fast -s "Be brief." -m 50 -t 0.3 --no-stream -o answer\nhello') is None
     body = sim.requests[-1].body
@@ -388,6 +396,21 @@ def test_interrupt_keeps_the_partial_text_and_the_next_cell_works(ip: Any, sim: 
     monkeypatch.setattr(LiveAnswer, "add", original)
     assert run(ip, "%%llm fast\nagain") is None
     assert not ip.user_ns["_llm"].partial
+
+
+def test_interrupting_a_non_streamed_cell_is_one_line_and_counted_as_unknown(ip: Any, sim: Any,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbrouter import Router
+
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Router, "complete", interrupted)
+    exc = run(ip, "%%llm fast --no-stream\nhi")
+    assert isinstance(exc, KeyboardInterrupt)
+    assert rendered(exc) == "KeyboardInterrupt: cancelled by the user before the answer arrived"
+    entry = magics(ip).ledger.cells[-1]
+    assert entry.outcome == "cancelled" and entry.spend.text == "unknown"
 
 
 # ---- cost and budget -----------------------------------------------------------------------

@@ -86,9 +86,10 @@ class CostLedger:
         self.cells: list[CellCost] = []
 
     def record(self, attempts: Iterable[Attempt], *, combo: str, served_by: str | None, outcome: str,
-               execution_count: int | None = None, cell_id: str | None = None) -> CellCost:
-        """Add one call's attempts to the ledger."""
-        total = Spend(cells=1)
+               execution_count: int | None = None, cell_id: str | None = None, unknown: int = 0) -> CellCost:
+        """Add one call's attempts to the ledger; `unknown` counts calls whose attempts are not known
+        (interrupted before the router reported them)."""
+        total = Spend(unknown=unknown, cells=1)
         providers: dict[str, Spend] = {}
         for a in attempts:
             s = attempt_spend(a)

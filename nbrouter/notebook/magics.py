@@ -176,7 +176,12 @@ class LLMMagics(Magics):
             if stream:
                 result = self._stream(router, combo, prompt, fmt, call, where)
             else:
-                result = router.complete(combo, prompt, **call)
+                try:
+                    result = router.complete(combo, prompt, **call)
+                except KeyboardInterrupt:  # Router.complete cancelled the request before giving it back
+                    self.ledger.record([], combo=combo, served_by=None, outcome="cancelled", unknown=1, **where)
+                    self._forget_result()
+                    raise short_traceback(KeyboardInterrupt(), ["KeyboardInterrupt: cancelled by the user before the answer arrived"]) from None
         except BudgetExceeded as exc:
             if remaining is not None and (args.max_cost is None or remaining < Decimal(str(args.max_cost))):
                 exc = BudgetExceeded(f"refused before sending: the session budget has ${remaining:.6f} left "
