@@ -542,7 +542,10 @@ def test_unknown_subcommand_lists_the_valid_ones(ip: Any) -> None:
 
 def test_builder_and_live_status_without_the_widgets_module_say_so(ip: Any, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import nbrouter.notebook as package
+
     monkeypatch.setitem(sys.modules, "nbrouter.notebook.widgets", None)  # import fails
+    monkeypatch.delattr(package, "widgets", raising=False)
     assert run(ip, "%llm builder fast") is None
     assert "widgets are not available" in capsys.readouterr().err
     assert run(ip, "%llm status --live") is None
