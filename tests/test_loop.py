@@ -522,3 +522,16 @@ def test_costs_of_failed_attempts_that_used_tokens_are_charged(sim, make_router)
     expected = (Decimal(served.usage.input_tokens) * 1 + Decimal(served.usage.output_tokens) * 2) / Decimal(1_000_000)
     assert served.cost_usd == expected
     assert result.cost_usd == expected
+
+
+def test_closing_a_stream_early_cancels_and_logs_the_attempt_before_returning(sim, make_router) -> None:
+    sim.script([Reply("a long answer " * 20, tokens_per_s=40)], model="a")
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b")))
+    events = router.stream("c", "hi")
+    for event in events:
+        if type(event).__name__ == "TextDelta":
+            break
+    events.close()  # what a KeyboardInterrupt in the consumer does
+    rows = router.log(5)
+    assert rows[-1]["kind"] == "cancelled" and rows[-1]["candidate"] == "sim#default/a"
+    assert "sim#default/a" not in router.state.breakers

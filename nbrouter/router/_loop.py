@@ -53,24 +53,30 @@ class BackgroundLoop:
     def in_loop_thread(self) -> bool:
         return self._thread is not None and threading.current_thread() is self._thread
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop())
+    def submit(self, coro: Coroutine[Any, Any, T]) -> tuple[concurrent.futures.Future[T], threading.Event]:
+        """Schedule `coro`; the event is set once it has really finished (also after a cancel)."""
+        finished = threading.Event()
+
+        async def tracked() -> T:
+            try:
+                return await coro
+            finally:
+                finished.set()
+
+        return asyncio.run_coroutine_threadsafe(tracked(), self.loop()), finished
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the loop and wait. Ctrl-C (KeyboardInterrupt) cancels it, then re-raises."""
+        """Run `coro` on the loop and wait. Ctrl-C (KeyboardInterrupt) cancels it, waits until it has
+        recorded its cancelled attempt, then re-raises."""
         if self.in_loop_thread():
             coro.close()
             raise RuntimeError("a sync nbrouter method was called from the router's own loop; use the async one")
-        future = self.submit(coro)
+        future, finished = self.submit(coro)
         try:
             return future.result()
         except KeyboardInterrupt:
             future.cancel()
-            # let the task record its cancelled attempt before we give the interrupt back
-            try:
-                future.result(timeout=2.0)
-            except BaseException:
-                pass
+            finished.wait(2.0)
             raise
 
     def stop(self) -> None:

@@ -385,7 +385,7 @@ class Router:
         if self._bg.in_loop_thread():
             raise RuntimeError("Router.stream was called from the router's own loop; use astream")
         events: queue.SimpleQueue[RouteEvent] = queue.SimpleQueue()
-        future = self._bg.submit(self._route_events(req, events.put))
+        future, finished = self._bg.submit(self._route_events(req, events.put))
         try:
             while True:
                 event = events.get()
@@ -393,12 +393,11 @@ class Router:
                 if isinstance(event, Done):
                     break
         finally:
-            if not future.done():
+            if not finished.is_set():
+                # the consumer stopped early (Ctrl-C, or it closed the generator): cancel, and wait until
+                # the call has logged its cancelled attempt so the state is whole when we return
                 future.cancel()
-                try:
-                    future.result(timeout=2.0)
-                except BaseException:
-                    pass
+                finished.wait(2.0)
 
     async def _route_events(self, req: CallRequest, emit: Emit) -> None:
         try:
