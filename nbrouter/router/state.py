@@ -30,6 +30,10 @@ FOREVER = 10 * 365 * 86400.0
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
+#: the writer thread writes at most one batch per this many seconds unless a flush waits: every wake-up
+#: of the writer costs the request loop a GIL hand-off, and changes to one entry in between coalesce
+WRITE_BATCH_S = 0.05
+
 
 def default_state_path() -> Path:
     """`NBROUTER_STATE` if set, else `state.sqlite3` in the platform's user state dir for nbrouter."""
@@ -178,6 +182,7 @@ class StateStore:
         self.log_content = log_content
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._urgent = threading.Event()  # a flush is waiting: write now
         self._dirty: dict[tuple[str, str], Any] = {}
         self._log_rows: list[tuple[Any, ...]] = []
         self._generation_asked = 0
@@ -334,14 +339,16 @@ class StateStore:
             obj.updated = time.time()
         with self._lock:
             self._dirty[(kind, key)] = obj
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _delete(self, kind: str, key: str) -> None:
         if self._reader is None:
             return
         with self._lock:
             self._dirty[(kind, key)] = None
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def log_attempts(self, call_id: str, combo: str, attempts: list[Attempt], prompt: str | None, response: str | None) -> None:
         """Queue one call-log row per attempt (written in a batch by the writer thread)."""
@@ -364,7 +371,8 @@ class StateStore:
             )
         with self._lock:
             self._log_rows.extend(rows)
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     @staticmethod
     def _encode_value(kind: str, obj: Any) -> str:
@@ -425,6 +433,9 @@ class StateStore:
             if stop:
                 conn.close()
                 return
+            # let changes pile up into the next batch, unless a flush is waiting for them
+            self._urgent.wait(WRITE_BATCH_S)
+            self._urgent.clear()
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything changed so far is in the file."""
@@ -433,6 +444,7 @@ class StateStore:
         with self._lock:
             self._generation_asked += 1
             target = self._generation_asked
+        self._urgent.set()
         self._wake.set()
         deadline = time.monotonic() + timeout
         with self._flushed:
