@@ -196,9 +196,8 @@ def test_illegal_instruction_is_a_clear_network_failure_and_the_combo_falls_back
     # the failed start is remembered: the next request does not spawn the crashing binary again
     again = router.complete("offline-first", "hello", max_tokens=8)
     assert again.served_by == "sim#default/gpt-4o-mini"
-    local_attempts = [a for a in again.attempts if a.candidate == "local#default/tiny" and a.action is not Action.SKIPPED]
-    if local_attempts:  # (the breaker may already skip it, which is just as good)
-        assert "not started again" in local_attempts[0].message
+    assert again.attempts[0].candidate == "local#default/tiny" and again.attempts[0].kind is ErrorKind.NETWORK
+    assert "not started again: the last start failed" in again.attempts[0].message
     assert server.starts == 1
 
 
@@ -267,6 +266,35 @@ def test_servers_are_stopped_when_python_exits(sim: Any, tmp_path: Path, fake_se
     while time.monotonic() < deadline and _alive(int(pid)):
         time.sleep(0.05)
     assert not _alive(int(pid)), "the managed server outlived the Python process that started it"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_servers_are_stopped_when_python_is_killed_outright(sim: Any, tmp_path: Path, fake_server: Path) -> None:
+    program = tmp_path / "killed.py"
+    program.write_text(textwrap.dedent(f"""
+        import time
+        from nbrouter import Router
+        from nbrouter.providers import managed
+        router = Router({_config(sim, _fake(fake_server))!r}, persist=False)
+        router.complete("local-only", "hello", max_tokens=8)
+        print(managed.get_server("local").process.pid, flush=True)
+        time.sleep(60)
+    """))
+    proc = subprocess.Popen([sys.executable, str(program)], stdout=subprocess.PIPE, text=True, env=os.environ)
+    try:
+        pid = int(proc.stdout.readline())  # type: ignore[union-attr]
+        assert _alive(pid)
+        proc.kill()  # SIGKILL: no atexit handler runs
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        assert not _alive(pid), "the managed server outlived a killed Python process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
 
 
 def _alive(pid: int) -> bool:

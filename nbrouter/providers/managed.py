@@ -8,7 +8,7 @@ with `managed = true`.
 
 The first request that needs the provider starts the server on a free loopback port and waits until it
 answers its health check; later requests share it; a server that died is started again; every server
-is stopped when the Python process exits. A server that cannot start (no llama.cpp, a missing model
+is stopped when the Python process exits (on Linux, also when it is killed outright). A server that cannot start (no llama.cpp, a missing model
 file, a crash such as an illegal instruction on an older processor) fails that attempt as a `network`
 failure whose message says what went wrong and how to fix it, so the combo falls back as for any other
 provider. A failed start is remembered for FAILED_START_MEMORY_S, so requests in that window fail at
@@ -45,9 +45,10 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..router.types import ErrorKind
 from .base import ProviderFailure
@@ -162,12 +163,7 @@ class ManagedServer:
         fd, name = tempfile.mkstemp(prefix=f"nbrouter-{_safe(self.provider)}-", suffix=".log")
         self.log_path = Path(name)
         try:
-            self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
-                # its own session: a notebook's "interrupt kernel" signals the kernel's process group,
-                # and must not take the model server down with the cell
-                start_new_session=True,
-            )
+            self.process = _spawn(argv, fd)
         except OSError as exc:
             raise ProviderFailure(ErrorKind.NETWORK, f"could not start the llama.cpp server of provider "
                                   f"{self.provider!r} ({argv[0]}): {exc}. {_INSTALL_HINT}") from None
@@ -325,6 +321,57 @@ def _python_server_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette"))
 
 
+_spawner: ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+_stop_registered = False
+
+
+def _spawn(argv: list[str], log_fd: int) -> subprocess.Popen[bytes]:
+    """Start a server process, tied to this one's lifetime.
+
+    The process gets its own session: a notebook's "interrupt kernel" signals the kernel's process
+    group, and must not take the model server down with the cell. stop_all() ends it at exit; on Linux
+    it also gets SIGTERM when this process dies without running atexit (a kernel killed outright).
+    That signal is sent when the *thread* that started the child ends, so every start happens on one
+    long-lived thread, which ends only when the interpreter does.
+    """
+    global _spawner, _stop_registered
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbrouter-managed")
+        if not _stop_registered:
+            # registered at the first start rather than at import: atexit runs last-in first-out, so the
+            # servers stop before slower exit work (closing routers) that a kernel manager may cut short
+            atexit.register(stop_all)
+            _stop_registered = True
+        spawner = _spawner
+    preexec = _parent_death_signal()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=preexec)
+
+    return spawner.submit(start).result()
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """Linux: a preexec function asking the kernel to SIGTERM the child when its parent thread dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_parent_death_signal() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return set_parent_death_signal
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -388,9 +435,8 @@ def running_servers() -> dict[str, str]:
         return {name: s.base_url for name, s in _servers.items() if s.running()}
 
 
-@atexit.register
 def stop_all() -> None:
-    """Stop every managed server (registered with atexit; safe to call more than once)."""
+    """Stop every managed server (registered with atexit at the first start; safe to call more than once)."""
     with _servers_lock:
         servers = list(_servers.values())
         _servers.clear()
