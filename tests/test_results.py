@@ -166,3 +166,20 @@ def test_cold_import_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_provider_that_reports_no_usage_shows_tokens_and_cost_as_unknown(sim, make_router) -> None:
+    from nbrouter.testing import Raw
+
+    body = {"id": "x", "object": "chat.completion", "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "no usage here"}, "finish_reason": "stop"}]}
+    sim.script([Raw(200, body)], model="gpt-4o")
+    sim.script([Raw(200, {**body, "model": "llama"})], model="llama")
+    providers = {"sim": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "SIM_KEY"},
+                 "ollama": {"preset": "ollama", "base_url": sim.openai_url}}
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/gpt-4o"]}, "l": {"targets": ["ollama/llama"]}}, providers=providers))
+    result = router.complete("c", "hi")
+    assert result.cost_usd is None and not result.usage_known
+    assert "tokens unknown" in result.footer() and "unknown" in result.cost_text
+    local = router.complete("l", "hi")
+    assert local.cost_usd == Decimal(0) and "tokens unknown" in local.footer()

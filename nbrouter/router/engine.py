@@ -873,6 +873,11 @@ class Router:
         now = time.time()
         usage = completion.usage
         cost = self.prices.cost(provider, c.model, usage, completion.reported_cost)
+        if usage is None and cost is None:
+            # no usage reported (llama.cpp streams, for one): free stays free, anything else is unknown
+            unit = self.prices.unit_prices(provider, c.model)
+            if unit is not None and not unit.input and not unit.output:
+                cost = Decimal(0)
         warning = completion.warning
         if provider.local and usage is not None and usage.input_tokens:
             raw_estimate = info.prompt_tokens / max(self.policy.token_safety_margin, 1.0)
@@ -881,7 +886,7 @@ class Router:
                            "it may have cut the front of the prompt (context overflow)")
         a = Attempt(candidate=c.key, path=c.path_text, action=Action.SERVED, started_at=started, status=200,
                     latency_s=latency, ttft_s=ttft if call.req.stream else None, usage=usage, cost_usd=cost,
-                    cost_known=cost is not None or usage is None, request_id=completion.request_id, warning=warning,
+                    cost_known=cost is not None, request_id=completion.request_id, warning=warning,
                     model=completion.model, message=note)
         call.attempts.append(a)
         state.breaker_success(c.key)
@@ -964,11 +969,12 @@ class Router:
         for a in call.attempts:
             if a.usage is not None:
                 usage = usage + a.usage
-                if a.cost_usd is None:
-                    unknown += 1
-                else:
-                    known += 1
-                    cost += a.cost_usd
+            charged = a.usage is not None or a.action is Action.SERVED  # a served answer was billed
+            if a.cost_usd is not None:
+                known += 1
+                cost += a.cost_usd
+            elif charged:
+                unknown += 1
         served = next((a for a in reversed(call.attempts) if a.action is Action.SERVED), None)
         ttft = served.ttft_s if served else None
         text = completion.text if completion is not None else (failure_text or "")
@@ -978,6 +984,7 @@ class Router:
             cost_usd=(cost if known or not unknown else None), latency_s=time.perf_counter() - call.started,
             ttft_s=ttft, partial=partial, error=error, finish_reason=completion.finish_reason if completion else None,
             cost_unknown_attempts=unknown if known else 0,
+            usage_known=served is None or served.usage is not None,
         )
 
     def _log(self, call: _Call, combo: str, response: str | None) -> None:

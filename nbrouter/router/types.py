@@ -218,6 +218,8 @@ class RouteResult:
     decision: Decision | None = None
     finish_reason: str | None = None
     cost_unknown_attempts: int = 0
+    #: False when the serving provider reported no token usage (the token count is then not the truth)
+    usage_known: bool = True
 
     @property
     def cost_text(self) -> str:
@@ -232,7 +234,7 @@ class RouteResult:
         parts = [
             f"served by {self.served_by}",
             f"{tries} attempt{'s' if tries != 1 else ''}",
-            f"{self.usage.total_tokens} tokens",
+            f"{self.usage.total_tokens} tokens" if self.usage_known else "tokens unknown",
             self.cost_text,
             f"{self.latency_s:.2f} s",
         ]
