@@ -217,8 +217,8 @@ class ComboBuilder:
     # ---- the widgets ---------------------------------------------------------------------------
 
     def _build(self) -> None:
-        self.title = w.HTML("<b>nbrouter combo builder</b>")
-        self.load_choice = w.Dropdown(description="saved combo", options=[], value=None)
+        self.title = w.HTML(_STYLE + "<b>nbrouter combo builder</b>")
+        self.load_choice = w.Dropdown(description="saved combo", options=[], value=None, style={"description_width": "initial"})
         self.load_button = w.Button(description="load", tooltip="load the saved combo to edit it")
         self.new_button = w.Button(description="new", tooltip="start an empty draft")
         self.name = w.Text(description="name", placeholder="used as %%llm NAME", continuous_update=True)
@@ -298,6 +298,7 @@ class ComboBuilder:
             self.test_html,
             self.explain_html,
         ])
+        self.widget.add_class("nbrouter-widget")
         self.refresh_choices()
 
     def _bind(self) -> None:
@@ -447,8 +448,10 @@ class ComboBuilder:
 
     def _sync_buttons(self) -> None:
         m = self.model
-        self.save_button.disabled = not m.valid
-        self.save_button.tooltip = ("write [combos.NAME] to the config file" if m.valid else f"cannot save: {m.message}")
+        self.save_button.disabled = not m.valid or m.saved
+        self.save_button.description = "saved" if m.valid and m.saved else "save"
+        self.save_button.tooltip = (f"cannot save: {m.message}" if not m.valid else "no unsaved change" if m.saved
+                                    else "write [combos.NAME] to the config file")
         self.delete_button.disabled = m.name.strip() not in self.router.config.combos
         if m.testing:
             self.test_button.disabled, self.test_button.description = True, "testing..."
@@ -764,6 +767,11 @@ def _same(draft: Combo, saved: Combo) -> bool:
     return norm(draft) == norm(saved)
 
 
+#: the router's HTML tables have no spacing of their own; inside nbrouter's widgets they get some
+_STYLE = ("<style>.nbrouter-widget .nbrouter-table td, .nbrouter-widget .nbrouter-table th "
+          "{padding: 1px 10px 1px 0; vertical-align: top}</style>")
+
+
 def _answer_html(text: str) -> str:
     return f"<pre style='white-space:pre-wrap;margin:4px 0'>{html.escape(text)}</pre>" if text else ""
 
@@ -948,7 +956,7 @@ class StatusBoard:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.header = w.HTML()
-        self.note = w.HTML()
+        self.note = w.HTML(_STYLE)
         self.pause_button = w.Button(description="pause", tooltip="stop or restart the live refresh")
         self.pause_button.on_click(lambda _: self.stop() if self.running else self.start())
         self.candidates = _BoardTable(CANDIDATE_COLUMNS, self.reset)
@@ -959,6 +967,7 @@ class StatusBoard:
             w.HTML("<b>accounts</b>"), self.accounts.grid,
             self.note,
         ])
+        self.widget.add_class("nbrouter-widget")
         self.refresh()
 
     @property
@@ -983,7 +992,7 @@ class StatusBoard:
     def reset(self, key: str) -> int:
         """Clear the cooldowns, locks and breaker of `key` (Router.reset) and refresh."""
         n = self.router.reset(key)
-        self.note.value = _note(f"reset {key}: {n} entr{'y' if n == 1 else 'ies'} cleared", "ok")
+        self.note.value = _STYLE + _note(f"reset {key}: {n} entr{'y' if n == 1 else 'ies'} cleared", "ok")
         self.refresh()
         return n
 

@@ -1,0 +1,203 @@
+"""The combo builder in a real browser: JupyterLab on loopback, headless Chromium driven by Playwright.
+
+A person's path: `%load_ext nbrouter` and `%llm builder`, name the combo, add three targets with the
+picker, drag the last tag to the top, save, test it from the widget, then run a `%%llm NAME` cell and read
+its served-by footer, and watch the pool with `%llm status --live`. The kernel talks to the loopback provider simulator; a screenshot is kept in
+`artifacts/` at the repository root.
+
+Chromium comes from the system (`/usr/bin/chromium`, Debian's `chromium` package): when it is missing this
+test fails, it does not skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+TOKEN = "nbrouter-browser-test"
+COMBO = "browsercombo"
+MODELS = ["gpt-4o-mini", "gpt-4.1-mini", "claude-haiku-4-5"]
+#: how long any one step may take in the browser (the whole test stays well under 90 s)
+STEP_MS = 30_000
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _notebook(path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext nbrouter\n%llm builder"),
+        nbformat.v4.new_code_cell(f"%%llm {COMBO}\nSay hello"),
+        nbformat.v4.new_code_cell("%llm status --live"),
+    ]
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture
+def lab(sim: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """JupyterLab on 127.0.0.1 with its own HOME and Jupyter dirs, a config pointing at the simulator."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[providers.sim]\n"
+        'protocol = "openai"\n'
+        f'base_url = "{sim.openai_url}"\n'
+        'api_key_env = "SIM_KEY"\n'
+        f"models = {json.dumps(MODELS)}\n",
+        encoding="utf-8",
+    )
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    _notebook(root / "builder.ipynb")
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    # no news or update checks: nothing leaves the machine, and no toast covers the notebook
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    env = dict(
+        os.environ,
+        HOME=str(tmp_path / "home"),
+        NBROUTER_CONFIG=str(config),
+        NBROUTER_STATE=str(tmp_path / "state.sqlite3"),
+        SIM_KEY=os.environ["SIM_KEY"],
+        JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
+        JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
+        JUPYTER_PLATFORM_DIRS="1",
+        IPYTHONDIR=str(tmp_path / "ipython"),
+        JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "lab-workspaces"),
+    )
+    (tmp_path / "home").mkdir()
+    port = _free_port()
+    cmd = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", "--no-browser", f"--port={port}",
+           f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.extension_manager=readonly"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # CI containers run as root
+    log_path = tmp_path / "jupyterlab.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"JupyterLab exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2).close()
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not answer within 60 s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.2)
+        yield {"url": f"{base}/lab/tree/builder.ipynb?token={TOKEN}", "config": config, "log": log_path}
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+
+
+def _saved_targets(config: Path) -> list[Any] | None:
+    combos = tomllib.loads(config.read_text(encoding="utf-8")).get("combos", {})
+    return combos.get(COMBO, {}).get("targets")
+
+
+def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -> None:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium)"
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    started = time.monotonic()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.set_default_timeout(STEP_MS)
+        try:
+            page.goto(lab["url"])
+            cells = page.locator(".jp-Notebook .jp-Cell")
+            expect(cells).to_have_count(3)
+            expect(page.locator(".jp-Notebook-ExecutionIndicator, #jp-main-statusbar").first).to_be_visible()
+
+            # %load_ext nbrouter + %llm builder
+            cells.nth(0).locator(".cm-content").click()
+            page.keyboard.press("Shift+Enter")
+            builder = cells.nth(0).locator(".jp-OutputArea")
+            name = builder.locator("input[placeholder='used as %%llm NAME']")
+            expect(name).to_be_visible()
+
+            name.fill(COMBO)
+            model = builder.locator("input[placeholder='pick or type a model id']")
+            tags = builder.locator(".jupyter-widget-tagsinput .jupyter-widget-tag:not(input)")
+            for i, model_id in enumerate(MODELS):
+                model.fill(model_id)
+                builder.get_by_role("button", name="add", exact=True).click()
+                expect(tags).to_have_count(i + 1)
+            expect(tags).to_have_text([f"sim/{m}" for m in MODELS])
+
+            # drag the last tag to the top
+            tags.nth(2).drag_to(tags.nth(0))
+            order = [f"sim/{MODELS[2]}", f"sim/{MODELS[0]}", f"sim/{MODELS[1]}"]
+            expect(tags).to_have_text(order)
+            expect(builder.locator(".widget-label", has_text="1. ")).to_have_text(f"1. {order[0]}")
+
+            # live validation says the draft is valid; save writes it through Router.save_combo
+            expect(builder.get_by_text("✓ valid; not saved yet")).to_be_visible()
+            builder.get_by_role("button", name="save", exact=True).click()
+            expect(builder.get_by_text(f"saved [combos.{COMBO}]")).to_be_visible()
+            assert _saved_targets(lab["config"]) == order
+
+            # the widget's own test call runs in a background thread and reports who served
+            builder.get_by_role("button", name="test", exact=True).click()
+            expect(builder.get_by_text(f"served by sim#default/{MODELS[2]}")).to_be_visible()
+
+            # the saved combo works at once as %%llm NAME in this kernel
+            cells.nth(1).locator(".cm-content").click()
+            page.keyboard.press("Shift+Enter")
+            footer = cells.nth(1).locator(".jp-OutputArea").get_by_text(f"served by sim#default/{MODELS[2]}")
+            expect(footer.first).to_be_visible()
+
+            # the pool's health, live: the serving candidate's row says so in words
+            cells.nth(2).locator(".cm-content").click()
+            page.keyboard.press("Shift+Enter")
+            board = cells.nth(2).locator(".jp-OutputArea")
+            expect(board.get_by_text(f"sim#default/{MODELS[2]}", exact=True)).to_be_visible()
+            expect(board.get_by_text("✓ healthy").first).to_be_visible()
+            expect(board.get_by_text("refreshed every")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "builder-browser.png"), full_page=True)
+            board.screenshot(path=str(ARTIFACTS / "status-board.png"))
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "builder-browser-failure.png"), full_page=True)
+            print(lab["log"].read_text()[-4000:])
+            raise
+        finally:
+            browser.close()
+    assert time.monotonic() - started < 90
