@@ -181,6 +181,14 @@ def test_up_down_and_remove_buttons_reorder_the_steps(builder: ComboBuilder) -> 
     assert [r.remove.tooltip for r in builder._rows] == ["remove sim/c from the combo", "remove sim/b from the combo"]
 
 
+def test_move_from_python_takes_a_step_several_places(builder: ComboBuilder) -> None:
+    builder.model.targets = ["sim/a", "sim/b", "sim/c", "sim/d"]
+    builder.move(3, -3)
+    assert builder.model.targets == ["sim/d", "sim/a", "sim/b", "sim/c"]
+    builder.move(1, +10)
+    assert builder.model.targets == ["sim/d", "sim/b", "sim/c", "sim/a"]
+
+
 # ---- strategy fields appear only for their strategy ---------------------------------------------
 
 

@@ -533,13 +533,14 @@ class ComboBuilder:
         return True
 
     def move(self, index: int, by: int) -> None:
-        """Move step `index` up (-1) or down (+1)."""
+        """Move step `index` up (`by` < 0) or down (`by` > 0) by that many places, stopping at either end."""
         targets = list(self.model.targets)
-        to = index + by
-        if not (0 <= index < len(targets) and 0 <= to < len(targets)):
+        if not 0 <= index < len(targets):
             return
-        targets[index], targets[to] = targets[to], targets[index]
-        self.model.targets = targets
+        to = min(max(index + by, 0), len(targets) - 1)
+        targets.insert(to, targets.pop(index))
+        if targets != list(self.model.targets):
+            self.model.targets = targets
 
     def remove(self, index: int) -> None:
         """Remove step `index` (its weight too)."""
