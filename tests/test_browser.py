@@ -141,15 +141,28 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.set_default_timeout(STEP_MS)
+        expect.set_options(timeout=STEP_MS)
         try:
             page.goto(lab["url"])
             cells = page.locator(".jp-Notebook .jp-Cell")
             expect(cells).to_have_count(3)
-            expect(page.locator(".jp-Notebook-ExecutionIndicator, #jp-main-statusbar").first).to_be_visible()
+            # a cell run before the kernel is connected is dropped: wait for the status bar's "Idle"
+            expect(page.locator("#jp-main-statusbar").get_by_text("Idle")).to_be_visible()
+
+            def run(i: int) -> None:
+                prompt = cells.nth(i).locator(".jp-InputPrompt")
+                for _ in range(3):  # a keypress that lands while Lab is still settling is lost: press again
+                    cells.nth(i).locator(".cm-content").click()
+                    page.keyboard.press("Shift+Enter")
+                    try:
+                        expect(prompt).not_to_have_text("[ ]:", timeout=5_000)
+                        return
+                    except AssertionError:
+                        continue
+                expect(prompt).not_to_have_text("[ ]:")
 
             # %load_ext nbrouter + %llm builder
-            cells.nth(0).locator(".cm-content").click()
-            page.keyboard.press("Shift+Enter")
+            run(0)
             builder = cells.nth(0).locator(".jp-OutputArea")
             name = builder.locator("input[placeholder='used as %%llm NAME']")
             expect(name).to_be_visible()
@@ -180,14 +193,12 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
             expect(builder.get_by_text(f"served by sim#default/{MODELS[2]}")).to_be_visible()
 
             # the saved combo works at once as %%llm NAME in this kernel
-            cells.nth(1).locator(".cm-content").click()
-            page.keyboard.press("Shift+Enter")
+            run(1)
             footer = cells.nth(1).locator(".jp-OutputArea").get_by_text(f"served by sim#default/{MODELS[2]}")
             expect(footer.first).to_be_visible()
 
             # the pool's health, live: the serving candidate's row says so in words
-            cells.nth(2).locator(".cm-content").click()
-            page.keyboard.press("Shift+Enter")
+            run(2)
             board = cells.nth(2).locator(".jp-OutputArea")
             expect(board.get_by_text(f"sim#default/{MODELS[2]}", exact=True)).to_be_visible()
             expect(board.get_by_text("✓ healthy").first).to_be_visible()
