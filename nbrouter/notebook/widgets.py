@@ -20,7 +20,7 @@ import html
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import ipywidgets as w
 from traitlets import Bool, Dict, HasTraits, Int, List, Unicode, link
@@ -108,13 +108,13 @@ class ComboDraft(HasTraits):
                 options["weights"] = {k: _number(float(v)) for k, v in self.factor_weights.items()}
         return self.name.strip(), targets, options
 
-    def load_table(self, name: str, table: dict[str, Any]) -> None:
+    def load_table(self, name: str, table: Mapping[str, Any]) -> None:
         """Set every field from a combo's TOML table (`config.raw["combos"][name]`)."""
         targets: list[str] = []
         weights: dict[str, float] = {}
         step_options: dict[str, dict[str, Any]] = {}
         for item in table.get("targets") or []:
-            if isinstance(item, dict):
+            if isinstance(item, Mapping):
                 ref = str(item.get("target", item.get("combo", "")))
                 if "weight" in item:
                     weights[ref] = float(item["weight"])
@@ -135,7 +135,7 @@ class ComboDraft(HasTraits):
             self.fallback_on = list(DEFAULT_FALLBACK) if fallback is None else [str(k) for k in fallback]
             self.sticky = int(table.get("sticky", 1) or 1)
             self.pack = str(table.get("pack") or "")
-            self.factor_weights = {str(k): float(v) for k, v in dict(table.get("weights") or {}).items()}
+            self.factor_weights = {str(k): float(v) for k, v in (table.get("weights") or {}).items()}
             self.options = {k: v for k, v in table.items() if k not in EDITED_FIELDS}
 
     def clear(self) -> None:
@@ -240,7 +240,8 @@ class ComboBuilder:
         self.pack = w.Dropdown(description="pack", options=[("default weights", "")] + [(p, p) for p in PACKS])
         self.factor_inputs = {f: w.BoundedFloatText(description=f, min=0.0, max=100.0, step=0.01, layout=w.Layout(width="14em"),
                                                     style={"description_width": "7em"}) for f in FACTORS}
-        self.factor_reset = w.Button(description="pack weights", tooltip="forget the factor weights set here")
+        self.factor_reset = w.Button(description="use pack weights", tooltip="forget the factor weights set here",
+                                     layout=w.Layout(width="auto"))
         self.auto_box = w.VBox([
             self.pack,
             w.HTML("factor weights (normalised to sum 1; a value changed here overrides the pack's):"),
