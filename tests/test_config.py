@@ -276,3 +276,22 @@ def test_a_saved_auto_combo_without_targets_contributes_its_pool_when_nested() -
         assert keys == ["outer > smart > p#default/m1", "outer > smart > p#default/m2", "outer > p#default/m3"]
     finally:
         router.close()
+
+
+@pytest.mark.parametrize("name", ["two words", "a/b", "x#y"])
+def test_a_combo_name_is_one_word(name: str) -> None:
+    config = {"providers": {"p": {"protocol": "openai", "base_url": "http://x.invalid/v1"}}, "combos": {name: {"targets": ["p/m"]}}}
+    with pytest.raises(ComboConfigError) as err:
+        Router(config, persist=False)
+    assert err.value.field == "name" and err.value.combo == name
+
+
+def test_a_draft_combo_can_be_tried_before_it_is_saved(sim, make_router) -> None:
+    from conftest import sim_config
+
+    router = make_router(sim_config(sim, {}))
+    draft = router.validate_combo("draft", ["sim/a", "sim/b"])
+    assert "draft" not in router.combos
+    result = router.complete(draft, "hi")
+    assert result.served_by == "sim#default/a" and result.combo == "draft"
+    assert "draft" in repr(router.explain(draft, "hi"))

@@ -406,13 +406,18 @@ def test_explain_shows_the_decision_for_the_unsaved_draft(builder: ComboBuilder)
     assert [c.key for c in builder.last_decision.order] == ["sim#default/gpt-4.1-mini", "sim#default/gpt-4o-mini"]
 
 
-def test_test_is_disabled_until_the_draft_is_saved(builder: ComboBuilder, sim: Any) -> None:
+def test_test_is_disabled_until_the_draft_is_valid_and_works_before_saving(builder: ComboBuilder, sim: Any) -> None:
     builder.model.name = "fast"
-    builder.model.targets = ["sim/gpt-4o-mini"]
-    assert builder.test_button.disabled and "save the draft first" in builder.test_button.tooltip
+    builder.model.targets = ["nosuch/gpt-4o-mini"]
+    assert builder.test_button.disabled and "cannot test" in builder.test_button.tooltip
     assert builder.test() is None and not sim.requests
-    builder.save()
-    assert not builder.test_button.disabled
+    builder.model.targets = ["sim/gpt-4o-mini"]
+    assert not builder.test_button.disabled and not builder.model.saved
+    thread = builder.test()
+    assert thread is not None
+    builder.wait(20)
+    assert builder.last_result is not None and builder.last_result.served_by == "sim#default/gpt-4o-mini"
+    assert "fast" not in builder.router.combos  # nothing was saved by testing
 
 
 def test_test_runs_in_the_background_and_shows_served_by_attempts_and_cost(builder: ComboBuilder, sim: Any) -> None:

@@ -2,7 +2,7 @@
 
 Both only call Router methods, as the magics and the Python API do: the builder checks a draft with
 `Router.validate_combo`, saves it with `Router.save_combo`, removes it with `Router.delete_combo`, shows
-`Router.explain_combo` for the draft and tests the saved combo with `Router.stream`; the board reads
+`Router.explain_combo` for the draft and tests the draft (saved or not) with `Router.stream`; the board reads
 `Router.status()` and calls `Router.reset()`. Neither keeps routing state of its own.
 
 What the builder edits lives in one traitlets model, `ComboDraft`, that its widgets are linked to, so
@@ -458,9 +458,9 @@ class ComboBuilder:
             self.test_button.disabled, self.test_button.description = True, "testing..."
         else:
             self.test_button.description = "test"
-            self.test_button.disabled = not (m.valid and m.saved)
-            self.test_button.tooltip = ("send the prompt through the saved combo" if not self.test_button.disabled
-                                        else "save the draft first: a test goes through the saved combo")
+            self.test_button.disabled = not m.valid
+            self.test_button.tooltip = ("send the prompt through the combo as drafted (saved or not)" if m.valid
+                                        else f"cannot test: {m.message}")
         self.explain_button.disabled = not m.valid
 
     def _provider_changed(self) -> None:
@@ -674,32 +674,35 @@ class ComboBuilder:
         return decision
 
     def test(self) -> threading.Thread | None:
-        """Send the test prompt through the saved combo in a background thread (the kernel stays free).
+        """Send the test prompt through the draft combo (saved or not) in a background thread (the kernel
+        stays free).
 
-        Returns the thread (join it to wait), or None when the draft is not saved or a test is running.
+        Returns the thread (join it to wait), or None when the draft is not valid or a test is running.
         """
         m = self.model
         if m.testing:
             return None
-        if not (m.valid and m.saved):
-            self.test_html.value = _note("save the draft first: a test goes through the saved combo", "bad")
+        try:
+            draft = self.draft_combo()
+        except ComboConfigError as exc:
+            self.test_html.value = _note(f"cannot test: {exc}", "bad")
             return None
         m.testing = True
         self.last_result = self.last_error = None
         self.test_html.value = _note(f"sending to {m.name}...", "busy")
-        thread = threading.Thread(target=self._run_test, args=(m.name.strip(), m.test_prompt or DEFAULT_TEST_PROMPT),
+        thread = threading.Thread(target=self._run_test, args=(draft, m.test_prompt or DEFAULT_TEST_PROMPT),
                                   name="nbrouter-builder-test", daemon=True)
         self._test_thread = thread
         thread.start()
         return thread
 
-    def _run_test(self, name: str, prompt: str) -> None:
+    def _run_test(self, combo: Combo, prompt: str) -> None:
         text: list[str] = []
         attempts: list[Attempt] = []
         trying = ""
         drawn = 0.0
         try:
-            for event in self.router.stream(name, prompt, max_tokens=TEST_MAX_TOKENS):
+            for event in self.router.stream(combo, prompt, max_tokens=TEST_MAX_TOKENS):
                 if isinstance(event, AttemptStarted):
                     trying = event.candidate
                 elif isinstance(event, TextDelta):

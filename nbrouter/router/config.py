@@ -409,7 +409,9 @@ def _task_fit(raw: Any, label: str) -> dict[str, list[str]]:
 def _combo(name: str, table: Any, label: str, providers: dict[str, Provider], strategies: set[str]) -> Combo:
     table = _table(table, label, name, "combos")
     if not name or name in VIRTUAL_COMBOS:
-        raise ComboConfigError("this name is reserved for a virtual combo", file=label, combo=name, field="name")
+        raise ComboConfigError("this name is empty or reserved for a virtual combo", file=label, combo=name, field="name")
+    if any(ch.isspace() for ch in name) or "/" in name or "#" in name:
+        raise ComboConfigError("a combo name may not contain spaces, '/' or '#' (`%%llm NAME` reads one word)", file=label, combo=name, field="name")
     for key in table:
         if key not in COMBO_FIELDS:
             raise ComboConfigError(f"unknown field (known: {', '.join(sorted(COMBO_FIELDS))})", file=label, combo=name, field=key)

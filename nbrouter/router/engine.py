@@ -72,7 +72,8 @@ def _close_routers() -> None:
 class CallRequest:
     """One call's inputs, as the loop sees them."""
 
-    combo: str
+    #: a combo name, a `provider/model` target, or a Combo object (a draft that is not saved)
+    combo: str | Combo
     messages: list[dict[str, Any]]
     system: str | None
     max_tokens: int | None
@@ -324,14 +325,20 @@ class Router:
 
     # ---- the public calls -------------------------------------------------------------------
 
-    def complete(self, combo: str, prompt: str | None = None, **kwargs: Any) -> RouteResult:
+    def complete(self, combo: str | Combo, prompt: str | None = None, **kwargs: Any) -> RouteResult:
         """Send a prompt through a combo and wait for the answer. Works in plain Python, inside a running
-        event loop (a Jupyter cell) and from several threads at once."""
+        event loop (a Jupyter cell) and from several threads at once.
+
+        Args:
+            combo: a combo name, a virtual `auto...` name, a `provider[#account]/model` target, or a
+                Combo (from `validate_combo`, to try a draft before saving it).
+            prompt: the user message (or give `messages`).
+        """
         return self._bg.run(self.acomplete(combo, prompt, **kwargs))
 
     async def acomplete(
         self,
-        combo: str,
+        combo: str | Combo,
         prompt: str | None = None,
         *,
         messages: list[dict[str, Any]] | None = None,
@@ -349,7 +356,7 @@ class Router:
         req = _request(combo, prompt, messages, system, max_tokens, temperature, max_cost_usd, timeout_s, seed, stream, response_format, strategy)
         return await self._route(req, None)
 
-    async def astream(self, combo: str, prompt: str | None = None, **kwargs: Any) -> AsyncIterator[RouteEvent]:
+    async def astream(self, combo: str | Combo, prompt: str | None = None, **kwargs: Any) -> AsyncIterator[RouteEvent]:
         """Yield AttemptStarted, TextDelta, AttemptFinished events, and last Done (its `result`)."""
         req = _request(combo, prompt, kwargs.pop("messages", None), kwargs.pop("system", None), kwargs.pop("max_tokens", None),
                        kwargs.pop("temperature", None), kwargs.pop("max_cost_usd", None), kwargs.pop("timeout_s", None),
@@ -372,7 +379,7 @@ class Router:
                 except BaseException:
                     pass
 
-    def stream(self, combo: str, prompt: str | None = None, **kwargs: Any) -> Iterator[RouteEvent]:
+    def stream(self, combo: str | Combo, prompt: str | None = None, **kwargs: Any) -> Iterator[RouteEvent]:
         """The sync `astream`: events arrive through a thread-safe queue from the router's loop."""
         req = _request(combo, prompt, kwargs.pop("messages", None), kwargs.pop("system", None), kwargs.pop("max_tokens", None),
                        kwargs.pop("temperature", None), kwargs.pop("max_cost_usd", None), kwargs.pop("timeout_s", None),
@@ -410,7 +417,7 @@ class Router:
             return
         emit(Done(result))
 
-    def explain(self, combo: str, prompt: str | None = None, **kwargs: Any) -> Decision:
+    def explain(self, combo: str | Combo, prompt: str | None = None, **kwargs: Any) -> Decision:
         """What the loop would do now: resolution, filtering and ordering with the live state and the
         given (or a drawn) seed. Sends nothing, changes nothing."""
         req = _request(combo, prompt, kwargs.pop("messages", None), kwargs.pop("system", None), kwargs.pop("max_tokens", None),
@@ -458,10 +465,10 @@ class Router:
     def _combo(self, req: CallRequest) -> Combo:
         if not self.config.providers:
             raise NoProviders(str(self.config.path) if self.config.path else "a config file")
-        combo = combo_for(self.config, req.combo)
+        combo = req.combo if isinstance(req.combo, Combo) else combo_for(self.config, req.combo)
         if req.strategy and req.strategy != combo.strategy:
             if req.strategy not in STRATEGIES:
-                raise ComboConfigError(f"unknown strategy {req.strategy!r} (known: {', '.join(sorted(STRATEGIES))})", combo=req.combo, field="strategy")
+                raise ComboConfigError(f"unknown strategy {req.strategy!r} (known: {', '.join(sorted(STRATEGIES))})", combo=combo.name, field="strategy")
             combo = replace(combo, strategy=req.strategy)
         return combo
 

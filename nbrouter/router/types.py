@@ -194,6 +194,9 @@ class Decision:
     def __str__(self) -> str:
         return self.table()
 
+    def __repr__(self) -> str:
+        return self.table()
+
     def _repr_html_(self) -> str:
         from ..router._text import decision_html
 
