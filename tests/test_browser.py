@@ -5,8 +5,9 @@ picker, drag the last tag to the top, save, test it from the widget, then run a 
 its served-by footer, and watch the pool with `%llm status --live`. The kernel talks to the loopback provider simulator; a screenshot is kept in
 `artifacts/` at the repository root.
 
-Chromium comes from the system (`/usr/bin/chromium`, Debian's `chromium` package): when it is missing this
-test fails, it does not skip.
+Chromium comes from the system (`/usr/bin/chromium`, Debian's `chromium` package). CI installs it and
+sets NBROUTER_REQUIRE_BROWSER=1 (and CI=true): there a missing Chromium fails the test. On a developer's
+machine without it the test skips and says how to install it.
 """
 
 from __future__ import annotations
@@ -61,9 +62,19 @@ def _notebook(path: Path) -> None:
     nbformat.write(nb, str(path))
 
 
+def _require_chromium() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    message = f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium)"
+    if os.environ.get("NBROUTER_REQUIRE_BROWSER") == "1" or os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message + "; CI installs it, and there this test fails without it")
+
+
 @pytest.fixture
 def lab(sim: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """JupyterLab on 127.0.0.1 with its own HOME and Jupyter dirs, a config pointing at the simulator."""
+    _require_chromium()
     config = tmp_path / "config.toml"
     config.write_text(
         "[providers.sim]\n"
@@ -132,7 +143,6 @@ def _saved_targets(config: Path) -> list[Any] | None:
 
 
 def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -> None:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium)"
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
