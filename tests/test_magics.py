@@ -591,3 +591,19 @@ def test_no_api_key_in_outputs_or_metadata(ip: Any, sim: Any) -> None:
     assert run(ip, "%llm status") is None
     blob = json.dumps([{"data": o["data"], "metadata": o["metadata"]} for o in outputs(ip)], default=str)
     assert SIM_KEY not in blob
+
+
+def test_llm_providers_says_what_zero_config_found_and_where_from(monkeypatch, capsys) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-providers-listing-1")
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "nbrouter")
+        shell.run_line_magic("llm", "providers")
+        out = capsys.readouterr().out
+        assert "openai" in out and "environment: OPENAI_API_KEY" in out
+        assert "sk-test-providers-listing-1" not in out
+    finally:
+        shell.run_line_magic("unload_ext", "nbrouter")
+        InteractiveShell.clear_instance()

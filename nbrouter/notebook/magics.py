@@ -375,7 +375,12 @@ class LLMMagics(Magics):
         from .._secrets import scrub
 
         rows = []
-        for name, p in sorted(self.router.config.providers.items()):
+        providers = self.router.providers  # with no config file: what zero-config found, and where from
+        if not providers:
+            print("no provider found: set a key (e.g. OPENAI_API_KEY), start a local server, run `%llm builder`, "
+                  "or rehearse with the simulator (`nbrouter demo`)")
+            return
+        for name, p in sorted(providers.items()):
             accounts = []
             for acc in p.accounts:
                 if acc.api_key_env:
@@ -383,8 +388,8 @@ class LLMMagics(Magics):
                 else:
                     accounts.append(acc.name)
             rows.append([name, p.protocol + (" (local)" if p.local else ""), scrub(p.base_url), ", ".join(accounts),
-                         ", ".join(p.models), "" if p.enabled else "disabled"])
-        self._show(TablesView([(["provider", "protocol", "base url", "accounts", "models", ""], rows)]))
+                         ", ".join(p.models), p.source + ("" if p.enabled else " (disabled)")])
+        self._show(TablesView([(["provider", "protocol", "base url", "accounts", "models", "from"], rows)]))
 
     def _cmd_status(self, rest: str) -> None:
         if rest.split() == ["--live"]:
@@ -504,7 +509,9 @@ class LLMMagics(Magics):
     def _cmd_builder(self, rest: str) -> None:
         widgets = _widgets()
         if widgets is not None:
-            widgets.ComboBuilder(self.router, rest or None).display()
+            builder = widgets.ComboBuilder(self.router, rest or None)
+            self.shell.user_ns["_llm_builder"] = builder  # reachable from Python: _llm_builder.model.targets = [...]
+            builder.display()
 
 
 def _cancel_note(result: RouteResult, text: str) -> str:
