@@ -184,6 +184,8 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
                 model.fill(model_id)
                 builder.get_by_role("button", name="add", exact=True).click()
                 expect(tags).to_have_count(i + 1)
+                # the kernel clears the picker after an add: wait for that, or it may wipe the next fill
+                expect(model).to_have_value("")
             expect(tags).to_have_text([f"sim/{m}" for m in MODELS])
 
             # drag the last tag to the top
