@@ -257,6 +257,8 @@ class Router:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._endpoints: dict[tuple[str, str, str | None], Endpoint] = {}
         self._closed = False
+        self._named: dict[str, Combo] = {}
+        self._resolved: dict[int, tuple[Combo, list[Candidate]]] = {}
         self._discovered = self.config.source != "environment"
         _routers.add(self)
 
@@ -274,6 +276,7 @@ class Router:
         self.prices = PriceBook(config)
         self._constants = config.policy.as_dict()
         self._endpoints.clear()
+        self._forget_resolutions()
 
     @property
     def combos(self) -> dict[str, Combo]:
@@ -450,6 +453,7 @@ class Router:
         for server in await find_local_servers(refresh=refresh):
             if server.preset not in self.config.providers:
                 self.config.providers[server.preset] = local_provider(server.preset, server.base_url, server.models)
+        self._forget_resolutions()
         self._discovered = True
 
     def _ensure_discovered(self) -> None:
@@ -465,12 +469,34 @@ class Router:
     def _combo(self, req: CallRequest) -> Combo:
         if not self.config.providers:
             raise NoProviders(str(self.config.path) if self.config.path else "a config file")
-        combo = req.combo if isinstance(req.combo, Combo) else combo_for(self.config, req.combo)
+        if isinstance(req.combo, Combo):
+            combo = req.combo
+        else:
+            combo = self._named.get(req.combo)
+            if combo is None:
+                if len(self._named) >= 4096:
+                    self._named.clear()
+                combo = self._named[req.combo] = combo_for(self.config, req.combo)
         if req.strategy and req.strategy != combo.strategy:
             if req.strategy not in STRATEGIES:
                 raise ComboConfigError(f"unknown strategy {req.strategy!r} (known: {', '.join(sorted(STRATEGIES))})", combo=combo.name, field="strategy")
             combo = replace(combo, strategy=req.strategy)
         return combo
+
+    def _resolve(self, combo: Combo) -> list[Candidate]:
+        """`resolve`, cached per combo object until the configuration changes (candidates are immutable)."""
+        hit = self._resolved.get(id(combo))
+        if hit is not None and hit[0] is combo:
+            return hit[1]
+        candidates = resolve(self.config, combo)
+        if len(self._resolved) >= 1024:  # drafts and filled auto pools are new objects each time
+            self._resolved.clear()
+        self._resolved[id(combo)] = (combo, candidates)
+        return candidates
+
+    def _forget_resolutions(self) -> None:
+        self._named.clear()
+        self._resolved.clear()
 
     def _draw_seed(self, seed: int | None) -> int:
         if seed is not None:
@@ -481,7 +507,7 @@ class Router:
         """Resolve, filter and order; pure apart from dropping expired holds."""
         policy = self.policy
         combo = auto_pool(self.config, combo)
-        candidates = resolve(self.config, combo)
+        candidates = self._resolve(combo)
         prompt_tokens = estimate_prompt(req.messages, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message)
         max_tokens = req.max_tokens or policy.default_max_tokens_estimate
         info = RequestInfo(prompt_tokens=prompt_tokens, max_tokens=max_tokens, stream=req.stream, prompt=req.prompt_text)
@@ -654,11 +680,12 @@ class Router:
         # state the loop owns: turn counters advance once per call
         if combo.strategy in COUNTED:
             self.state.next_counter(f"rr:{combo.name}")
-        if combo.account_strategy == "round-robin":
+        if combo.account_strategy == "round-robin" and len(decision.rows) > 1:
             per_step = Counter(r.candidate.step for r in decision.rows)
-            for step, n in per_step.items():
-                if n > 1:
-                    self.state.next_counter(f"acct:{combo.name}:{step}")
+            if len(per_step) < len(decision.rows):  # some step has several accounts
+                for step, n in per_step.items():
+                    if n > 1:
+                        self.state.next_counter(f"acct:{combo.name}:{step}")
         if decision.strategy == "auto":
             record_exclusions(self.state, decision, now)
         for r in decision.skipped:
@@ -831,7 +858,8 @@ class Router:
         was_half_open = self.state.breaker_state(c.key, now) == HALF_OPEN
         if was_half_open:
             self.state.begin_probe(c.key, now)
-        self._emit(call, AttemptStarted(c.key, c.path_text, len([a for a in call.attempts if a.action is not Action.SKIPPED]) + 1))
+        if call.emit is not None:
+            call.emit(AttemptStarted(c.key, c.path_text, sum(1 for a in call.attempts if a.action is not Action.SKIPPED) + 1))
         t0 = time.perf_counter()
         first: list[float] = []
         pieces: list[str] = []

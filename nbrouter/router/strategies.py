@@ -332,6 +332,8 @@ ACCOUNT_STRATEGIES: dict[str, Strategy] = {
 
 def order_accounts(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     """Apply the combo's account strategy inside each step, keeping steps in place."""
+    if len(candidates) < 2 or len({c.step for c in candidates}) == len(candidates):
+        return list(candidates)  # one account per step: nothing to order
     strategy = ACCOUNT_STRATEGIES.get(ctx.combo.account_strategy, accounts_round_robin)
     out: list[Candidate] = []
     for group in _groups(candidates):

@@ -87,14 +87,15 @@ class Candidate:
     #: index of the step it came from in the resolved combo (accounts of one target share it)
     step: int = field(default=0, compare=False)
 
-    @property
-    def key(self) -> str:
-        """`provider#account/model`, the name used in logs, state and results."""
-        return f"{self.provider}#{self.account}/{self.model}"
+    def __post_init__(self) -> None:
+        # computed once: the loop looks these up for every filter, state change and log row
+        object.__setattr__(self, "key", f"{self.provider}#{self.account}/{self.model}")
+        object.__setattr__(self, "account_key", f"{self.provider}#{self.account}")
 
-    @property
-    def account_key(self) -> str:
-        return f"{self.provider}#{self.account}"
+    #: `provider#account/model`, the name used in logs, state and results
+    key: str = field(init=False, repr=False, compare=False)
+    #: `provider#account`, the key of account-wide state (quota cooldowns, locks)
+    account_key: str = field(init=False, repr=False, compare=False)
 
     @property
     def target(self) -> str:
