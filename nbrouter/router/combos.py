@@ -55,7 +55,7 @@ def _expand(config: Config, combo: Combo, path: tuple[str, ...], weight: float, 
         if not provider.enabled:
             continue
         accounts = [provider.account(step.account)] if step.account else provider.accounts
-        index = len({c.step for c in out})
+        index = out[-1].step + 1 if out else 0  # steps are numbered in the order they are expanded
         for acc in accounts:
             if acc is None:
                 continue

@@ -293,11 +293,22 @@ COUNTED = {"round-robin"}
 # ---- account strategies ---------------------------------------------------------------------
 
 
+def _step_members(ctx: StrategyContext, step: int) -> list[Candidate] | None:
+    """The unfiltered candidates of one step (indexed once per decision, not scanned per step)."""
+    by_step = ctx.__dict__.get("_by_step")
+    if by_step is None:
+        by_step = {}
+        for c in ctx.all_candidates:
+            by_step.setdefault(c.step, []).append(c)
+        ctx.__dict__["_by_step"] = by_step
+    return by_step.get(step)
+
+
 def accounts_round_robin(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     """Rotate accounts inside one step, one per call; a cooling account keeps its place in the rotation."""
     if len(group) < 2:
         return group
-    full = [c for c in (ctx.all_candidates or group) if c.step == group[0].step] or group
+    full = _step_members(ctx, group[0].step) or group
     turn = ctx.snapshot.counter(f"acct:{ctx.combo.name}:{group[0].step}")
     start = turn % len(full)
     order = [c.account for c in full[start:] + full[:start]]
