@@ -60,8 +60,12 @@ class Quota:
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_empty", all(getattr(self, f) is None for f in QUOTA_FIELDS))
+
     def is_empty(self) -> bool:
-        return all(getattr(self, f) is None for f in QUOTA_FIELDS)
+        """No limit configured (checked for every candidate of every call, so computed once)."""
+        return self._empty  # type: ignore[attr-defined,no-any-return]
 
 
 @dataclass(frozen=True)
