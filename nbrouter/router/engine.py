@@ -735,36 +735,20 @@ class Router:
                             self._record_skip(call, other, "tried inside the one OpenRouter request (models array)", None)
                 else:
                     result = await self._attempt(call, combo, c, info, attempt_timeout)
+                if not isinstance(result, RouteResult) and result[1].action is Action.RETRY:
+                    # auth with a key that changed since: retry this candidate once with the new key
+                    tries += 1
+                    result = await self._attempt(call, combo, c, info, attempt_timeout, retry=True)
                 if isinstance(result, RouteResult):
-                    result.decision = decision
-                    self._log(call, combo.name, result.text)
-                    return result
+                    return self._finish(call, combo.name, result, decision)
                 failure, attempt = result
                 last_failure = failure
                 kind = failure.kind
-                # auth: re-read the key; if it changed, retry this candidate once
-                if attempt.action is Action.RETRY:
-                    tries += 1
-                    result = await self._attempt(call, combo, c, info, attempt_timeout, retry=True)
-                    if isinstance(result, RouteResult):
-                        result.decision = decision
-                        self._log(call, combo.name, result.text)
-                        return result
-                    failure, attempt = result
-                    last_failure = failure
-                    kind = failure.kind
-                if kind is ErrorKind.STREAM_INTERRUPTED and call.shown:
+                if call.shown and kind in (ErrorKind.STREAM_INTERRUPTED, ErrorKind.CONTEXT_OVERFLOW):
+                    # text already reached the caller: stop, and return it marked partial with the error
                     attempt.action = Action.STOP
                     partial = self._result(call, combo, c, failure_text=call.shown, completion=None, partial=True, error=attempt.message)
-                    partial.decision = decision
-                    self._log(call, combo.name, call.shown)
-                    return partial
-                if call.shown and kind is ErrorKind.CONTEXT_OVERFLOW:
-                    attempt.action = Action.STOP
-                    partial = self._result(call, combo, c, failure_text=call.shown, completion=None, partial=True, error=attempt.message)
-                    partial.decision = decision
-                    self._log(call, combo.name, call.shown)
-                    return partial
+                    return self._finish(call, combo.name, partial, decision)
                 if attempt.action is Action.STOP or kind not in fallback_on:
                     attempt.action = Action.STOP
                     self._log(call, combo.name, None)
@@ -781,6 +765,11 @@ class Router:
         if last_failure is not None and last_failure.kind is ErrorKind.CONTEXT_OVERFLOW:
             hint = "the prompt does not fit: no candidate with a larger known context window is left (set context_window in the config, or shorten the prompt)."
         raise AllTargetsFailed(combo.name, call.attempts, hint)
+
+    def _finish(self, call: _Call, combo: str, result: RouteResult, decision: Decision) -> RouteResult:
+        result.decision = decision
+        self._log(call, combo, result.text)
+        return result
 
     def _openrouter_group(self, combo: Combo, ordered: list[Candidate]) -> list[Candidate] | None:
         """The candidates to send as one OpenRouter request: every one is `openrouter/...` on one account,

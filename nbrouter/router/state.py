@@ -18,10 +18,11 @@ import time
 import warnings
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..providers.base import RateLimits
 from .policy import Policy
 from .types import Attempt, ErrorKind
 
@@ -121,17 +122,13 @@ class UsageWindow:
 
 
 @dataclass
-class RateLimitState:
-    """The last rate-limit headers an account's provider sent."""
+class RateLimitState(RateLimits):
+    """The last rate-limit headers an account's provider sent, and when they were recorded."""
 
-    limit_requests: int | None = None
-    remaining_requests: int | None = None
-    reset_requests_at: float | None = None
-    limit_tokens: int | None = None
-    remaining_tokens: int | None = None
-    reset_tokens_at: float | None = None
     updated: float = 0.0
 
+
+_RATELIMIT_FIELDS = tuple(f.name for f in fields(RateLimits))
 
 _KINDS = {"hold": Hold, "breaker": Breaker, "latency": LatencyStats, "usage": UsageWindow, "ratelimit": RateLimitState}
 
@@ -629,7 +626,7 @@ class StateStore:
 
     def record_ratelimits(self, account_key: str, limits: Any) -> None:
         r = self.ratelimits.get(account_key) or RateLimitState()
-        for name in ("limit_requests", "remaining_requests", "reset_requests_at", "limit_tokens", "remaining_tokens", "reset_tokens_at"):
+        for name in _RATELIMIT_FIELDS:
             value = getattr(limits, name, None)
             if value is not None:
                 setattr(r, name, value)
