@@ -240,7 +240,7 @@ class RouteResult:
             f"{tries} attempt{'s' if tries != 1 else ''}",
             f"{self.usage.total_tokens} tokens" if self.usage_known else "tokens unknown",
             self.cost_text,
-            f"{self.latency_s:.2f} s",
+            f"{self.latency_s * 1000:.0f} ms" if self.latency_s < 1 else f"{self.latency_s:.2f} s",
         ]
         if self.partial:
             parts.append("PARTIAL")
