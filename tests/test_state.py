@@ -170,3 +170,31 @@ def test_state_file_holds_no_secret(sim, make_router, tmp_path: Path) -> None:
 
     assert SIM_KEY.encode() not in data
     assert json.dumps(router.status().accounts).find(SIM_KEY) < 0
+
+
+def test_a_logged_decision_can_be_replayed_to_the_same_order(sim, make_router) -> None:
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a", "sim/b", "sim/c"], "strategy": "random"}}))
+    result = router.complete("c", "hi")  # a seed is drawn and recorded
+    (row,) = router.log(1)
+    assert row["strategy"] == "random" and row["config_hash"] == router.config.hash
+    assert row["seed"] == result.decision.seed
+    replay = router.explain("c", "hi", seed=row["seed"])
+    assert [c.key for c in replay.order] == [c.key for c in result.decision.order]
+
+
+def test_an_older_call_log_gains_the_decision_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE calls (id INTEGER PRIMARY KEY, call_id TEXT, ts REAL, combo TEXT, candidate TEXT, path TEXT, "
+                 "action TEXT, kind TEXT, status INTEGER, latency_s REAL, ttft_s REAL, input_tokens INTEGER, output_tokens INTEGER, "
+                 "cached_tokens INTEGER, cost_usd TEXT, message TEXT, request_id TEXT, hold TEXT, hold_until REAL, warning TEXT, "
+                 "prompt TEXT, response TEXT)")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    store = StateStore(path)
+    try:
+        cols = {r[1] for r in store._reader.execute("PRAGMA table_info(calls)")}
+        assert {"strategy", "seed", "config_hash"} <= cols
+    finally:
+        store.close()

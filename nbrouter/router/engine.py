@@ -223,6 +223,7 @@ class _Call:
         self.id = f"{_call_ids.getrandbits(64):016x}"
         self.attempts: list[Attempt] = []
         self.shown = ""  # text already passed to the caller
+        self.decision: Decision | None = None
         self.started = time.perf_counter()
         self.started_wall = time.time()
 
@@ -648,6 +649,7 @@ class Router:
         while True:
             now = time.time()
             decision, info = self._decide(combo, req, now)
+            call.decision = decision
             ordered = decision.order
             if ordered:
                 break
@@ -1014,7 +1016,9 @@ class Router:
         )
 
     def _log(self, call: _Call, combo: str, response: str | None) -> None:
-        self.state.log_attempts(call.id, combo, call.attempts, call.req.prompt_text, response)
+        d = call.decision
+        self.state.log_attempts(call.id, combo, call.attempts, call.req.prompt_text, response,
+                                (d.strategy, d.seed, d.config_hash) if d is not None else None)
 
     # ---- status, log, reset ------------------------------------------------------------------
 

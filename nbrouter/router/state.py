@@ -130,6 +130,9 @@ class RateLimitState(RateLimits):
 
 _RATELIMIT_FIELDS = tuple(f.name for f in fields(RateLimits))
 
+#: what the call log records of each call's decision, so that it can be replayed
+_DECISION_COLUMNS = (("strategy", "TEXT"), ("seed", "INTEGER"), ("config_hash", "TEXT"))
+
 _KINDS = {"hold": Hold, "breaker": Breaker, "latency": LatencyStats, "usage": UsageWindow, "ratelimit": RateLimitState}
 
 
@@ -237,6 +240,10 @@ class StateStore:
                     CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
                     """
                 )
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+                for name, kind in _DECISION_COLUMNS:
+                    if name not in columns:  # files from before the decision was logged
+                        conn.execute(f"ALTER TABLE calls ADD COLUMN {name} {kind}")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self._reader = conn
                 return
@@ -347,8 +354,10 @@ class StateStore:
         if not self._wake.is_set():
             self._wake.set()
 
-    def log_attempts(self, call_id: str, combo: str, attempts: list[Attempt], prompt: str | None, response: str | None) -> None:
-        """Queue one call-log row per attempt (written in a batch by the writer thread)."""
+    def log_attempts(self, call_id: str, combo: str, attempts: list[Attempt], prompt: str | None, response: str | None,
+                     decision: tuple[str, int, str] | None = None) -> None:
+        """Queue one call-log row per attempt (written in a batch by the writer thread). `decision` is
+        (strategy, seed, config hash): with the same state, `explain(..., seed=seed)` replays the order."""
         if self._reader is None:
             return
         if not self.log_content:
@@ -364,6 +373,7 @@ class StateStore:
                     u.cached_tokens if u else None, str(a.cost_usd) if a.cost_usd is not None else None, a.message,
                     a.request_id, a.hold, a.hold_until, a.warning,
                     prompt if tried else None, response if a.action.value == "served" else None,
+                    *(decision or (None, None, None)),
                 )
             )
         with self._lock:
@@ -414,7 +424,8 @@ class StateStore:
                         conn.executemany(
                             "INSERT INTO calls(call_id, ts, combo, candidate, path, action, kind, status, latency_s, "
                             "ttft_s, input_tokens, output_tokens, cached_tokens, cost_usd, message, request_id, hold, "
-                            "hold_until, warning, prompt, response) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            "hold_until, warning, prompt, response, strategy, seed, config_hash) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                             rows,
                         )
                     conn.execute("COMMIT")
@@ -671,8 +682,8 @@ class StateStore:
         with self._read_lock:
             cur = self._reader.execute(
                 "SELECT call_id, ts, combo, candidate, path, action, kind, status, latency_s, ttft_s, input_tokens, "
-                "output_tokens, cached_tokens, cost_usd, message, request_id, hold, hold_until, warning, prompt, response "
-                "FROM calls ORDER BY id DESC LIMIT ?",
+                "output_tokens, cached_tokens, cost_usd, message, request_id, hold, hold_until, warning, prompt, response, "
+                "strategy, seed, config_hash FROM calls ORDER BY id DESC LIMIT ?",
                 (limit,),
             )
             names = [d[0] for d in cur.description]
