@@ -535,3 +535,18 @@ def test_closing_a_stream_early_cancels_and_logs_the_attempt_before_returning(si
     rows = router.log(5)
     assert rows[-1]["kind"] == "cancelled" and rows[-1]["candidate"] == "sim#default/a"
     assert "sim#default/a" not in router.state.breakers
+
+
+def test_rate_limit_without_retry_after_cools_until_the_spent_windows_reset_header(sim, make_router) -> None:
+    from nbrouter.testing import Raw
+
+    body = {"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}}
+    headers = {"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "42s",
+               "x-ratelimit-limit-tokens": "10000", "x-ratelimit-remaining-tokens": "9000", "x-ratelimit-reset-tokens": "30s"}
+    sim.script([Raw(429, body, headers=headers)], model="a")
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b")))
+    result = router.complete("c", "hi")
+    assert 41 <= result.attempts[0].hold_until - time.time() <= 42.5
+    account = router.status().account("sim#default")
+    # the spent request window sets the cooldown; the token window (not spent) does not
+    assert account["remaining_requests"] == 0 and account["remaining_tokens"] == 9000

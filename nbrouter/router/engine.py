@@ -27,7 +27,7 @@ from ..providers import ChatRequest, Completion, Endpoint, ProviderFailure, get_
 from . import _text
 from ._loop import BackgroundLoop
 from .combos import combo_for, resolve
-from .config import Combo, Config, Provider, combo_table, load_config, set_combo, write_document
+from .config import QUOTA_FIELDS, Combo, Config, Provider, combo_table, load_config, set_combo, write_document
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, ComboConfigError, NoProviders, StopError
 from .policy import BACKOFF_KINDS, BREAKER_KINDS, DEFAULT_FALLBACK_ON
 from .policy import Policy
@@ -942,7 +942,11 @@ class Router:
         if failure.rate_limits is not None:
             state.record_ratelimits(c.account_key, failure.rate_limits)
         if kind is ErrorKind.RATE_LIMIT:
-            wait = failure.retry_after_s if failure.retry_after_s is not None else policy.rate_limit_cooldown_s
+            wait = failure.retry_after_s
+            if wait is None:
+                wait = _exhausted_reset(failure.rate_limits, now)  # the reset header of the spent window
+            if wait is None:
+                wait = policy.rate_limit_cooldown_s
             wait = min(wait, policy.rate_limit_cooldown_cap_s)
             hold_until = now + wait
             hold = "cooldown"
@@ -1085,7 +1089,7 @@ class Router:
                     "tokens_minute": w.minute_tokens,
                     "requests_day": w.day_requests,
                     "tokens_day": w.day_tokens,
-                    "quota": {k: v for k, v in acc.quota.__dict__.items() if v is not None},
+                    "quota": {k: getattr(acc.quota, k) for k in QUOTA_FIELDS if getattr(acc.quota, k) is not None},
                     "remaining_requests": r.remaining_requests if r else None,
                     "remaining_tokens": r.remaining_tokens if r else None,
                     "reset_requests_in_s": (r.reset_requests_at - now if r and r.reset_requests_at else None),
@@ -1206,6 +1210,18 @@ class Status:
 
 def _ms(value: float | None) -> str:
     return "" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _exhausted_reset(limits: Any, now: float) -> float | None:
+    """Seconds until the windows that rate-limit headers report as spent (remaining 0) reset, if known."""
+    if limits is None:
+        return None
+    resets = [
+        reset - now
+        for remaining, reset in ((limits.remaining_requests, limits.reset_requests_at), (limits.remaining_tokens, limits.reset_tokens_at))
+        if remaining == 0 and reset is not None and reset > now
+    ]
+    return max(resets) if resets else None
 
 
 def _fingerprint(key: str | None) -> str:
