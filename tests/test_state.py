@@ -198,3 +198,17 @@ def test_an_older_call_log_gains_the_decision_columns(tmp_path: Path) -> None:
         assert {"strategy", "seed", "config_hash"} <= cols
     finally:
         store.close()
+
+
+def test_a_rate_limit_window_whose_reset_has_passed_counts_as_refilled(tmp_path: Path) -> None:
+    from nbrouter.providers.base import RateLimits
+
+    store = StateStore(tmp_path / "s.sqlite3")
+    try:
+        now = time.time()
+        store.record_ratelimits("p#a", RateLimits(limit_requests=100, remaining_requests=0, reset_requests_at=now + 30,
+                                                  limit_tokens=1000, remaining_tokens=10, reset_tokens_at=now - 1))
+        r = store.ratelimit("p#a", now)
+        assert r is not None and r.remaining_requests == 0 and r.remaining_tokens == 1000
+    finally:
+        store.close()
