@@ -650,7 +650,7 @@ class Router:
             now = time.time()
             decision, info = self._decide(combo, req, now)
             call.decision = decision
-            ordered = decision.order
+            ordered = [r.candidate for r in decision.rows if r.position is not None]  # rows come in trying order
             if ordered:
                 break
             skipped = decision.skipped
@@ -836,8 +836,6 @@ class Router:
         group: list[Candidate] | None = None,
     ) -> RouteResult | tuple[ProviderFailure, Attempt]:
         """One try of one candidate: send, then record what happened and apply the kind's state change."""
-        from ..providers._http import send
-
         provider = self.config.providers[c.provider]
         endpoint = self._endpoint(provider, c.account)
         protocol = get_protocol(provider.protocol)
@@ -873,7 +871,7 @@ class Router:
                 from ..providers.managed import ensure_server
 
                 endpoint = replace(endpoint, base_url=await ensure_server(provider.name, provider.model_path, provider.server_command))
-            completion = await send(self._client(), protocol, endpoint, request, timeout_s=timeout_s, on_text=on_text, on_first_byte=on_first_byte)
+            completion = await _send()(self._client(), protocol, endpoint, request, timeout_s=timeout_s, on_text=on_text, on_first_byte=on_first_byte)
         except ProviderFailure as failure:
             latency = time.perf_counter() - t0
             return failure, self._failed(call, combo, c, provider, endpoint, failure, latency, first[0] if first else None, now, retry, was_half_open)
@@ -1210,6 +1208,19 @@ class Status:
 
 def _ms(value: float | None) -> str:
     return "" if value is None else f"{value * 1000:.0f} ms"
+
+
+_send_fn: Any = None
+
+
+def _send() -> Any:
+    """providers._http.send, imported on first use (it imports httpx, which `import nbrouter` avoids)."""
+    global _send_fn
+    if _send_fn is None:
+        from ..providers._http import send
+
+        _send_fn = send
+    return _send_fn
 
 
 def _exhausted_reset(limits: Any, now: float) -> float | None:

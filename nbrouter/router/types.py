@@ -179,6 +179,7 @@ class Decision:
 
     @property
     def order(self) -> list[Candidate]:
+        """The candidates in the order they are (or were) tried."""
         ranked = [r for r in self.rows if r.position is not None]
         ranked.sort(key=lambda r: r.position or 0)
         return [r.candidate for r in ranked]
