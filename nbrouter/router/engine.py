@@ -259,7 +259,7 @@ class Router:
         self._endpoints: dict[tuple[str, str, str | None], Endpoint] = {}
         self._closed = False
         self._named: dict[str, Combo] = {}
-        self._resolved: dict[int, tuple[Combo, list[Candidate]]] = {}
+        self._resolved: dict[int, tuple[Combo, list[Candidate], bool]] = {}
         self._discovered = self.config.source != "environment"
         _routers.add(self)
 
@@ -484,16 +484,18 @@ class Router:
             combo = replace(combo, strategy=req.strategy)
         return combo
 
-    def _resolve(self, combo: Combo) -> list[Candidate]:
-        """`resolve`, cached per combo object until the configuration changes (candidates are immutable)."""
+    def _resolve(self, combo: Combo) -> tuple[list[Candidate], bool]:
+        """`resolve`, cached per combo object until the configuration changes (candidates are immutable),
+        and whether every step has a single account (then there are no accounts to order)."""
         hit = self._resolved.get(id(combo))
         if hit is not None and hit[0] is combo:
-            return hit[1]
+            return hit[1], hit[2]
         candidates = resolve(self.config, combo)
+        single = len({c.step for c in candidates}) == len(candidates)
         if len(self._resolved) >= 1024:  # drafts and filled auto pools are new objects each time
             self._resolved.clear()
-        self._resolved[id(combo)] = (combo, candidates)
-        return candidates
+        self._resolved[id(combo)] = (combo, candidates, single)
+        return candidates, single
 
     def _forget_resolutions(self) -> None:
         self._named.clear()
@@ -508,7 +510,7 @@ class Router:
         """Resolve, filter and order; pure apart from dropping expired holds."""
         policy = self.policy
         combo = auto_pool(self.config, combo)
-        candidates = self._resolve(combo)
+        candidates, single_accounts = self._resolve(combo)
         prompt_tokens = estimate_prompt(req.messages, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message)
         max_tokens = req.max_tokens or policy.default_max_tokens_estimate
         info = RequestInfo(prompt_tokens=prompt_tokens, max_tokens=max_tokens, stream=req.stream, prompt=req.prompt_text)
@@ -524,19 +526,24 @@ class Router:
             else:
                 reason, until = skip
                 rows.append(DecisionRow(c, None, reason, skipped=True, hold_until=until))
-        ctx = StrategyContext(combo=combo, request=info, snapshot=Snapshot(self, now), rng=_SeededRandom(seed), all_candidates=candidates)
-        strategy = STRATEGIES.get(combo.strategy)
-        if strategy is None:
-            raise ComboConfigError(f"unknown strategy {combo.strategy!r}", file=self.config.file_label, combo=combo.name, field="strategy")
-        ordered = strategy(order_accounts(kept, ctx), ctx)
-        if len(ordered) != len(kept):
-            raise RuntimeError(f"strategy {combo.strategy} dropped candidates")  # a strategy never drops one
-        order_rows = [DecisionRow(c, i, "", inputs=ctx.inputs.get(c.key, {})) for i, c in enumerate(ordered)]
-        for i, r in enumerate(order_rows):
-            r.reason = "first" if i == 0 else "next"
+        inputs: dict[str, dict[str, Any]] = {}
+        notes: list[str] = []
+        explored = False
+        if combo.strategy == "priority" and single_accounts:
+            ordered = kept  # as written, and no accounts to order: the common waterfall needs no context
+        else:
+            ctx = StrategyContext(combo=combo, request=info, snapshot=Snapshot(self, now), rng=_SeededRandom(seed), all_candidates=candidates)
+            strategy = STRATEGIES.get(combo.strategy)
+            if strategy is None:
+                raise ComboConfigError(f"unknown strategy {combo.strategy!r}", file=self.config.file_label, combo=combo.name, field="strategy")
+            ordered = strategy(order_accounts(kept, ctx), ctx)
+            if len(ordered) != len(kept):
+                raise RuntimeError(f"strategy {combo.strategy} dropped candidates")  # a strategy never drops one
+            inputs, notes, explored = ctx.inputs, list(ctx.notes), ctx.explored
+        order_rows = [DecisionRow(c, i, "first" if i == 0 else "next", inputs=inputs.get(c.key, {})) for i, c in enumerate(ordered)]
         decision = Decision(
             combo=combo.name, strategy=combo.strategy, account_strategy=combo.account_strategy, seed=seed,
-            rows=order_rows + rows, config_hash=self.config.hash, explored=ctx.explored, notes=list(ctx.notes),
+            rows=order_rows + rows, config_hash=self.config.hash, explored=explored, notes=notes,
             constants=self._constants,
         )
         decision.notes.append(
