@@ -14,6 +14,7 @@ import argparse
 import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -345,6 +346,8 @@ def demo(argv: Sequence[str] = ()) -> int:
     print(f"\nexecuted in {elapsed:.1f} s. Each prompt cell:")
     print("\n".join(summary_lines(prompt_cells(nb))))
     print(f"\nthe executed notebook: {out}\nopen it:  jupyter lab {_shell_path(out)}")
+    if shutil.which("jupyter-lab") is None:
+        print("          (JupyterLab is not installed here: pip install jupyterlab)")
     return 0
 
 
