@@ -490,3 +490,29 @@ def test_no_api_key_in_any_failure_message(provider_simulator, flavour, key, raw
     for text in (str(result), result.message, repr(result)):
         assert key not in text
         assert key[8:20] not in text
+
+
+def test_requests_go_to_the_transport_httpx_picks_for_the_url_so_proxies_still_apply() -> None:
+    """The sender skips `client.send`'s redirect, auth and cookie layers, not httpx's proxy mounts."""
+    import asyncio
+
+    import httpx
+
+    from nbrouter.providers import get_protocol
+    from nbrouter.providers._http import send
+    from nbrouter.providers.base import ChatRequest, Endpoint
+
+    seen: list[str] = []
+
+    def proxy(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"model": "m", "choices": [{"message": {"content": "via the mount"}, "finish_reason": "stop"}]})
+
+    async def go() -> str:
+        async with httpx.AsyncClient(mounts={"http://llm.example": httpx.MockTransport(proxy)}) as client:
+            completion = await send(client, get_protocol("openai"), Endpoint("p", "openai", "http://llm.example/v1", api_key="k"),
+                                    ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}]), timeout_s=5)
+            return completion.text
+
+    assert asyncio.run(go()) == "via the mount"
+    assert seen == ["http://llm.example/v1/chat/completions"]
