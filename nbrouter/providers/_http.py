@@ -107,24 +107,6 @@ def _parsed_url(url: str) -> httpx.URL:
     return parsed
 
 
-class _Cookies(httpx.Cookies):
-    """httpx's cookie store, which skips the work when a response sets no cookie: httpx builds urllib
-    request and response adapters for every response (about 50 us here, an eighth of a loopback request)
-    before the cookie jar finds no `Set-Cookie` to store. Cookies that are set are stored as before."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        headers = response.headers
-        if "set-cookie" in headers or "set-cookie2" in headers:
-            super().extract_cookies(response)
-
-
-def skip_empty_cookie_extraction(client: httpx.AsyncClient) -> httpx.AsyncClient:
-    """Give `client` the cookie store above (its cookies kept); a no-op if httpx's internals differ."""
-    if type(getattr(client, "_cookies", None)) is httpx.Cookies:
-        client._cookies = _Cookies(client._cookies)
-    return client
-
-
 def _json_or_none(raw: bytes) -> Any:
     try:
         return json.loads(raw)

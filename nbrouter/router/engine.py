@@ -832,9 +832,7 @@ class Router:
                 transport: Any = AiohttpTransport(limits=httpx.Limits(max_connections=256, max_keepalive_connections=256))
             except ImportError:  # pragma: no cover - httpx-aiohttp is a dependency
                 transport = None
-            from ..providers._http import skip_empty_cookie_extraction
-
-            client = skip_empty_cookie_extraction(httpx.AsyncClient(transport=transport, timeout=self.policy.attempt_timeout_s))
+            client = httpx.AsyncClient(transport=transport, timeout=self.policy.attempt_timeout_s)
             self._clients[loop] = client
         return client
 
