@@ -3,7 +3,6 @@ and a loopback provider simulator shared by the session and reset between tests.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -14,7 +14,7 @@ import pytest
 import nbrouter
 from conftest import SIM_KEY, sim_config
 from nbrouter import AllTargetsFailed, AttemptFinished, AttemptStarted, Done, RouteResult, TextDelta
-from nbrouter.testing import RateLimited, Reply, ServerError, Unauthorized
+from nbrouter.testing import RateLimited, Reply, ServerError
 
 
 def test_public_api_is_exactly_what_all_lists() -> None:

@@ -26,7 +26,7 @@ import ipywidgets as w
 from traitlets import Bool, Dict, HasTraits, Int, List, Unicode, link
 
 from ..router import _text
-from ..router.config import ACCOUNT_STRATEGIES, COMBO_FIELDS, VIRTUAL_COMBOS, Combo
+from ..router.config import ACCOUNT_STRATEGIES, VIRTUAL_COMBOS, Combo
 from ..router.errors import ComboConfigError
 from ..router.policy import DEFAULT_FALLBACK_ON
 from ..router.scoring import FACTORS, PACKS
