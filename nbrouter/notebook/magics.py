@@ -372,7 +372,7 @@ class LLMMagics(Magics):
         self._show(TablesView([(["combo", "strategy", "targets"], rows)], notes=notes))
 
     def _cmd_providers(self, rest: str) -> None:
-        from .._secrets import scrub
+        from .._core import scrub
 
         rows = []
         providers = self.router.providers  # with no config file: what zero-config found, and where from

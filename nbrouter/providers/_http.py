@@ -12,8 +12,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 import httpx
 
-from .._secrets import scrub
-from ..router.types import ErrorKind
+from .._core import scrub
+from .._core import ErrorKind
 from .base import ChatRequest, Completion, Endpoint, ProviderFailure, SSEEvent, WireProtocol
 
 #: called with each text delta as it arrives; may be a plain function or a coroutine function

@@ -13,8 +13,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .._secrets import scrub
-from ..router.types import ErrorKind, Usage
+from .._core import scrub
+from .._core import ErrorKind, Usage
 from .base import ChatRequest, Completion, Endpoint, ProviderFailure, RateLimits, SSEEvent, StreamDecoder, WireProtocol
 from .openai import header_int, retry_after
 

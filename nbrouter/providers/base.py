@@ -1,7 +1,7 @@
 """What every wire protocol module provides, and the values it hands back to the router.
 
 A protocol module knows how to build a request, parse a response or a stream, read rate-limit headers
-and classify a failure into an :class:`~nbrouter.router.types.ErrorKind`. It never decides what to do
+and classify a failure into an :class:`~nbrouter._core.ErrorKind`. It never decides what to do
 about a failure: that is the router's policy.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
 
-from ..router.types import ErrorKind, Usage
+from .._core import ErrorKind, ProviderFailure, RateLimits, Usage  # noqa: F401 - re-exported for the protocol modules
 
 
 @dataclass(frozen=True)
@@ -44,21 +44,6 @@ class ChatRequest:
 
 
 @dataclass
-class RateLimits:
-    """What a provider's rate-limit headers said about an account's remaining headroom."""
-
-    limit_requests: int | None = None
-    remaining_requests: int | None = None
-    reset_requests_at: float | None = None
-    limit_tokens: int | None = None
-    remaining_tokens: int | None = None
-    reset_tokens_at: float | None = None
-
-    def is_empty(self) -> bool:
-        return all(v is None for v in self.__dict__.values())
-
-
-@dataclass
 class Completion:
     """A successful answer as the wire gave it."""
 
@@ -73,42 +58,6 @@ class Completion:
     warning: str | None = None
     #: set when the provider routed internally (OpenRouter `models`): which model served
     served_model: str | None = None
-
-
-class ProviderFailure(Exception):
-    """A classified failure of one attempt. The message never holds a secret."""
-
-    def __init__(
-        self,
-        kind: ErrorKind,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after_s: float | None = None,
-        reset_at: float | None = None,
-        request_id: str | None = None,
-        rate_limits: RateLimits | None = None,
-        partial_text: str = "",
-        usage: Usage | None = None,
-        model: str | None = None,
-        refused: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status = status
-        self.retry_after_s = retry_after_s
-        self.reset_at = reset_at
-        self.request_id = request_id
-        self.rate_limits = rate_limits
-        self.partial_text = partial_text
-        self.usage = usage
-        self.model = model
-        #: a refused connection (a local server that is not running): the breaker opens at once
-        self.refused = refused
-
-    def __repr__(self) -> str:
-        return f"ProviderFailure({self.kind.value}, status={self.status}, {self.message!r})"
 
 
 @dataclass

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..router.types import ErrorKind
+from .._core import ErrorKind
 from .base import ProviderFailure
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
-from .._secrets import scrub
-from ..router.types import ErrorKind, Usage
+from .._core import scrub
+from .._core import ErrorKind, Usage
 from .base import ChatRequest, Completion, Endpoint, ProviderFailure, RateLimits, SSEEvent, StreamDecoder, WireProtocol
 
 QUOTA_CODES = frozenset(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..providers.base import RateLimits
+from .._core import RateLimits
 from .policy import Policy
 from .types import Attempt, ErrorKind
 

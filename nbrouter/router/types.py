@@ -7,28 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Union
 
-
-class ErrorKind(str, enum.Enum):
-    """Why an attempt failed; each kind has one default action (routing.md section 5)."""
-
-    RATE_LIMIT = "rate_limit"
-    QUOTA_EXCEEDED = "quota_exceeded"
-    AUTH = "auth"
-    ACCOUNT_LOCKED = "account_locked"
-    MODEL_NOT_FOUND = "model_not_found"
-    SERVER_ERROR = "server_error"
-    OVERLOADED = "overloaded"
-    TIMEOUT = "timeout"
-    NETWORK = "network"
-    STREAM_INTERRUPTED = "stream_interrupted"
-    EMPTY_RESPONSE = "empty_response"
-    CONTEXT_OVERFLOW = "context_overflow"
-    CONTENT_FILTER = "content_filter"
-    INVALID_REQUEST = "invalid_request"
-    CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
+from .._core import ErrorKind, Usage
 
 
 class Action(str, enum.Enum):
@@ -42,37 +21,6 @@ class Action(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token counts of one attempt or one call; input includes cached tokens."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cached_tokens + other.cached_tokens,
-            self.cache_write_tokens + other.cache_write_tokens,
-            self.reasoning_tokens + other.reasoning_tokens,
-        )
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cached_tokens": self.cached_tokens,
-        }
 
 
 @dataclass(frozen=True)
