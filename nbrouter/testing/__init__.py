@@ -34,6 +34,7 @@ from .behaviours import (
     ServerError,
     Unauthorized,
 )
+from .clock import ManualClock
 
 if TYPE_CHECKING:
     from .simulator import ProviderSimulator, RecordedRequest
@@ -49,6 +50,7 @@ __all__ = [
     "Forbidden",
     "Hang",
     "Malformed",
+    "ManualClock",
     "NotFound",
     "Overloaded",
     "ProviderSimulator",
