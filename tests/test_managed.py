@@ -193,12 +193,21 @@ def test_illegal_instruction_is_a_clear_network_failure_and_the_combo_falls_back
     server = managed.get_server("local")
     assert server.starts == 1 and not server.running()
 
-    # the failed start is remembered: the next request does not spawn the crashing binary again
+    # the failed start is remembered as an ordinary hold: the next request does not spawn the crashing binary
+    # again, and status(), explain() and reset() see it
+    assert failed.hold == "server start failed"
     again = router.complete("offline-first", "hello", max_tokens=8)
     assert again.served_by == "sim#default/gpt-4o-mini"
-    assert again.attempts[0].candidate == "local#default/tiny" and again.attempts[0].kind is ErrorKind.NETWORK
-    assert "not started again: the last start failed" in again.attempts[0].message
+    assert again.attempts[0].candidate == "local#default/tiny" and again.attempts[0].action is Action.SKIPPED
+    assert "locked: the managed local server did not start" in again.attempts[0].message
     assert server.starts == 1
+    assert router.status().account("local#default")["hold"] == "lock"
+    skipped = router.explain("offline-first", "hello").skipped
+    assert [r.candidate.key for r in skipped] == ["local#default/tiny"] and "did not start" in skipped[0].reason
+    assert router.reset("local#default") >= 1
+    assert router.status().account("local#default")["hold"] is None
+    third = router.complete("offline-first", "hello", max_tokens=8)
+    assert third.attempts[0].kind is ErrorKind.NETWORK and server.starts == 2  # tried again after the reset
 
 
 def test_server_that_exits_at_once_quotes_its_output(sim: Any, fake_server: Path) -> None:

@@ -24,6 +24,7 @@ class ProviderFailure(Exception):
         usage: Usage | None = None,
         model: str | None = None,
         refused: bool = False,
+        start_failed: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -38,6 +39,8 @@ class ProviderFailure(Exception):
         self.model = model
         #: a refused connection (a local server that is not running): the breaker opens at once
         self.refused = refused
+        #: a managed local server could not be started (the policy holds its account for a while)
+        self.start_failed = start_failed
 
     def __repr__(self) -> str:
         return f"ProviderFailure({self.kind.value}, status={self.status}, {self.message!r})"

@@ -62,8 +62,6 @@ START_TIMEOUT_S = 120.0
 HEALTH_POLL_S = 0.1
 #: how long one health request may take
 HEALTH_REQUEST_TIMEOUT_S = 2.0
-#: how long a failed start is remembered: requests in this window fail at once, without a new spawn
-FAILED_START_MEMORY_S = 30.0
 #: how long a server has after SIGTERM to exit before it is killed
 STOP_GRACE_S = 3.0
 #: how many lines of the server's own output a failure message quotes
@@ -82,7 +80,7 @@ _REBUILD_HINT = (
     "(or use a llama-server binary built for this machine, via server_command)"
 )
 _INSTALL_HINT = (
-    "install the local extra (pip install 'nbrouter[local]'; see docs_local.md for the build flags), put a "
+    "install the local extra (pip install 'nbrouter[local]'; see the README's \"A local model\" section for the build flags), put a "
     "llama-server binary on PATH, or set server_command in the provider's config"
 )
 
@@ -111,7 +109,6 @@ class ManagedServer:
         self.log_path: Path | None = None
         self.starts = 0
         self._ready = False
-        self._failure: tuple[float, str] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -132,18 +129,13 @@ class ManagedServer:
                 log.warning("nbrouter: the llama.cpp server of provider %r exited (%s); starting it again",
                             self.provider, _exit_text(code))
                 self._reap()
-            if self._failure is not None:
-                failed_at, message = self._failure
-                age = time.monotonic() - failed_at
-                if age < FAILED_START_MEMORY_S:
-                    raise ProviderFailure(ErrorKind.NETWORK, f"{message} (not started again: the last start failed "
-                                          f"{age:.0f} s ago; the next try is in {FAILED_START_MEMORY_S - age:.0f} s)")
             try:
                 self._start(start_timeout_s)
             except ProviderFailure as failure:
-                self._failure = (time.monotonic(), failure.message)
+                # the router remembers it as an ordinary hold (policy: managed_start_retry_s), which
+                # status(), explain() and reset() show and clear; nothing is remembered here
+                failure.start_failed = True
                 raise
-            self._failure = None
             return self.base_url
 
     def stop(self, *, discard_log: bool = False) -> None:
@@ -301,7 +293,7 @@ def _model_file(provider: str, model_path: str | None) -> str:
         path = Path(model_path).expanduser()
         if not path.is_file():
             raise ProviderFailure(ErrorKind.NETWORK, f"the model file of provider {provider!r} does not exist: {path}. "
-                                  "Set model_path to a GGUF file (see docs_local.md), or leave it out to use the "
+                                  "Set model_path to a GGUF file (see the README's \"A local model\" section), or leave it out to use the "
                                   "Gemma 3 270M model of the local extra")
         return str(path)
     try:

@@ -1,15 +1,19 @@
 """Every number of routing.md in one place, and what each error kind does.
 
 `Policy` holds the named constants; the config file's `[policy]` table overrides any of them and
-`Router.explain()` prints them all. `ACTIONS` maps each error kind to its default action.
+`Router.explain()` prints them all. `RULES` is the one table of what happens after a failure: per error
+kind, the default action, what is remembered (a hold on the candidate or its account, for how long),
+whether it counts toward the circuit breaker, whether the loop backs off first. The loop applies a row;
+it has no special case of its own per kind.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Callable
 
-from .types import Action, ErrorKind
+from .._core import ErrorKind, ProviderFailure
+from .types import Action
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ class Policy:
     account_lock_s: float = 86400.0
     model_not_found_lock_s: float = 1800.0
     server_error_backoff_s: float = 0.25
+    # a managed local server that failed to start is not started again for this long
+    managed_start_retry_s: float = 30.0
     # circuit breaker
     breaker_failures: int = 5
     breaker_window_s: float = 60.0
@@ -86,38 +92,125 @@ class Policy:
         return replace(self, **overrides)
 
 
-#: the default action of each kind (routing.md section 5); `fallback_on` replaces the advancing set
-ACTIONS: dict[ErrorKind, Action] = {
-    ErrorKind.RATE_LIMIT: Action.ADVANCE,
-    ErrorKind.QUOTA_EXCEEDED: Action.ADVANCE,
-    ErrorKind.AUTH: Action.ADVANCE,
-    ErrorKind.ACCOUNT_LOCKED: Action.ADVANCE,
-    ErrorKind.MODEL_NOT_FOUND: Action.ADVANCE,
-    ErrorKind.SERVER_ERROR: Action.ADVANCE,
-    ErrorKind.OVERLOADED: Action.ADVANCE,
-    ErrorKind.TIMEOUT: Action.ADVANCE,
-    ErrorKind.NETWORK: Action.ADVANCE,
-    ErrorKind.STREAM_INTERRUPTED: Action.ADVANCE,
-    ErrorKind.EMPTY_RESPONSE: Action.ADVANCE,
-    ErrorKind.CONTEXT_OVERFLOW: Action.ADVANCE,
-    ErrorKind.CONTENT_FILTER: Action.STOP,
-    ErrorKind.INVALID_REQUEST: Action.STOP,
-    ErrorKind.CANCELLED: Action.STOP,
+#: how long a disabled account stays disabled when its key never changes (auth): shown as "until its key changes"
+DISABLED_FOR_S = 10 * 365 * 86400.0
+
+
+@dataclass(frozen=True)
+class HoldRule:
+    """What a failure puts on hold, on which key, and until when."""
+
+    #: "candidate" (provider#account/model) or "account" (provider#account)
+    scope: str
+    #: the stored hold kind: "cooldown", "lock" or "disabled"
+    kind: str
+    #: how the attempt log names it ("cooldown", "account cooldown", "account lock", "lock")
+    label: str
+    #: the reason stored with the hold; `{status}` is filled in
+    reason: str
+    #: until when, from (the failure, the policy, now); None: the rule does not apply to this failure
+    until: Callable[[ProviderFailure, Policy, float], float | None]
+    #: on disk before the call returns (the holds that protect an account for long)
+    durable: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the failure policy: what the loop does after an attempt failed with `kind`."""
+
+    kind: ErrorKind
+    #: the default action; a combo's `fallback_on` replaces the set of kinds that advance
+    action: Action
+    #: what is remembered (routing.md section 5); several rows may apply (first that applies wins)
+    holds: tuple[HoldRule, ...] = ()
+    #: counts toward the candidate's circuit breaker
+    breaker: bool = False
+    #: a refused connection to a local server opens the breaker at once
+    breaker_at_once_when_local_refuses: bool = False
+    #: wait `server_error_backoff_s` before the next try
+    backoff: bool = False
+    #: re-read the account's key: changed since the request went out -> retry the same candidate once
+    retry_when_key_changed: bool = False
+    #: after it the loop only moves to a candidate with a larger known context window
+    needs_larger_window: bool = False
+
+
+def spent_window_reset(failure: ProviderFailure, now: float) -> float | None:
+    """Seconds until the windows that rate-limit headers report as spent (remaining 0) reset, if known."""
+    limits = failure.rate_limits
+    if limits is None:
+        return None
+    resets = [
+        reset - now
+        for remaining, reset in ((limits.remaining_requests, limits.reset_requests_at), (limits.remaining_tokens, limits.reset_tokens_at))
+        if remaining == 0 and reset is not None and reset > now
+    ]
+    return max(resets) if resets else None
+
+
+def _rate_limit_until(failure: ProviderFailure, policy: Policy, now: float) -> float:
+    wait = failure.retry_after_s
+    if wait is None:
+        wait = spent_window_reset(failure, now)
+    if wait is None:
+        wait = policy.rate_limit_cooldown_s
+    return now + min(wait, policy.rate_limit_cooldown_cap_s)
+
+
+def _quota_until(failure: ProviderFailure, policy: Policy, now: float) -> float:
+    return failure.reset_at if failure.reset_at and failure.reset_at > now else now + policy.quota_cooldown_s
+
+
+def _managed_start_until(failure: ProviderFailure, policy: Policy, now: float) -> float | None:
+    return now + policy.managed_start_retry_s if failure.start_failed else None
+
+
+RULES: dict[ErrorKind, Rule] = {
+    r.kind: r
+    for r in (
+        Rule(ErrorKind.RATE_LIMIT, Action.ADVANCE, holds=(
+            HoldRule("candidate", "cooldown", "cooldown", "rate limited ({status})", _rate_limit_until),)),
+        Rule(ErrorKind.QUOTA_EXCEEDED, Action.ADVANCE, holds=(
+            HoldRule("account", "cooldown", "account cooldown", "quota exceeded", _quota_until, durable=True),)),
+        Rule(ErrorKind.AUTH, Action.ADVANCE, retry_when_key_changed=True, holds=(
+            HoldRule("account", "disabled", "account disabled", "key refused ({status})", lambda f, p, now: now + DISABLED_FOR_S, durable=True),)),
+        Rule(ErrorKind.ACCOUNT_LOCKED, Action.ADVANCE, holds=(
+            HoldRule("account", "lock", "account lock", "account locked or forbidden ({status})",
+                     lambda f, p, now: now + p.account_lock_s, durable=True),)),
+        Rule(ErrorKind.MODEL_NOT_FOUND, Action.ADVANCE, holds=(
+            HoldRule("candidate", "lock", "lock", "model not found", lambda f, p, now: now + p.model_not_found_lock_s, durable=True),)),
+        Rule(ErrorKind.SERVER_ERROR, Action.ADVANCE, breaker=True, backoff=True),
+        Rule(ErrorKind.OVERLOADED, Action.ADVANCE, breaker=True, backoff=True),
+        Rule(ErrorKind.TIMEOUT, Action.ADVANCE, breaker=True),
+        Rule(ErrorKind.NETWORK, Action.ADVANCE, breaker=True, breaker_at_once_when_local_refuses=True, holds=(
+            HoldRule("account", "lock", "server start failed", "the managed local server did not start", _managed_start_until),)),
+        Rule(ErrorKind.STREAM_INTERRUPTED, Action.ADVANCE, breaker=True),
+        Rule(ErrorKind.EMPTY_RESPONSE, Action.ADVANCE, breaker=True),
+        Rule(ErrorKind.CONTEXT_OVERFLOW, Action.ADVANCE, needs_larger_window=True),
+        Rule(ErrorKind.CONTENT_FILTER, Action.STOP),
+        Rule(ErrorKind.INVALID_REQUEST, Action.STOP),
+        Rule(ErrorKind.CANCELLED, Action.STOP),
+        Rule(ErrorKind.MALFORMED_RESPONSE, Action.ADVANCE, breaker=True),
+        Rule(ErrorKind.UNSUPPORTED, Action.ADVANCE),
+        Rule(ErrorKind.INVALID_OUTPUT, Action.ADVANCE, breaker=True),
+    )
 }
+
+#: the default action of each kind (routing.md section 5), read off the table
+ACTIONS: dict[ErrorKind, Action] = {kind: rule.action for kind, rule in RULES.items()}
 
 DEFAULT_FALLBACK_ON: frozenset[ErrorKind] = frozenset(k for k, a in ACTIONS.items() if a is Action.ADVANCE)
 
 #: kinds that count toward a candidate's circuit breaker
-BREAKER_KINDS: frozenset[ErrorKind] = frozenset(
-    {
-        ErrorKind.SERVER_ERROR,
-        ErrorKind.OVERLOADED,
-        ErrorKind.TIMEOUT,
-        ErrorKind.NETWORK,
-        ErrorKind.STREAM_INTERRUPTED,
-        ErrorKind.EMPTY_RESPONSE,
-    }
-)
+BREAKER_KINDS: frozenset[ErrorKind] = frozenset(k for k, r in RULES.items() if r.breaker)
 
 #: kinds after which the loop waits `server_error_backoff_s` before the next try
-BACKOFF_KINDS: frozenset[ErrorKind] = frozenset({ErrorKind.SERVER_ERROR, ErrorKind.OVERLOADED})
+BACKOFF_KINDS: frozenset[ErrorKind] = frozenset(k for k, r in RULES.items() if r.backoff)
+
+#: a kind the table has no row for (one added to ErrorKind later): advance and count toward the breaker
+FALLBACK_RULE = Rule(ErrorKind.NETWORK, Action.ADVANCE, breaker=True)
+
+
+def rule_for(kind: ErrorKind) -> Rule:
+    """The policy row of `kind`."""
+    return RULES.get(kind) or replace(FALLBACK_RULE, kind=kind)

@@ -168,7 +168,8 @@ def _decode(kind: str, blob: str) -> Any:
 class StateStore:
     """Cooldowns, locks, breakers, counters, statistics and the call log, in memory and in SQLite."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, policy: Policy | None = None, persist: bool = True, log_content: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, policy: Policy | None = None, persist: bool = True, log_content: bool = True, clock: Any = None) -> None:
+        self.clock = clock
         self.policy = policy or Policy()
         self.path: Path | None = Path(path) if path is not None else (default_state_path() if persist else None)
         self.warning: str | None = None
@@ -491,7 +492,7 @@ class StateStore:
             return None
         return h
 
-    def set_hold(self, key: str, kind: str, until: float, reason: str, detail: str = "") -> Hold:
+    def set_hold(self, key: str, kind: str, until: float, reason: str, detail: str = "", *, durable: bool = False) -> Hold:
         h = Hold(kind=kind, until=until, reason=reason, detail=detail)
         self.holds[key] = h
         self._put("hold", key, h)

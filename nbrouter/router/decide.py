@@ -1,0 +1,392 @@
+"""Deciding one call: resolve the combo, filter with the named skip checks, order with the strategy.
+
+`Decider.decide()` is what `Router.explain()` shows and what the loop then walks: every candidate in the
+order it will be tried, or skipped with the reason and, for a hold, until when. Deciding sends nothing
+and changes no state (expired holds are dropped when read). The skip checks are a list of named
+functions (`SKIP_CHECKS`), applied in order; the first that says no is the reason shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any, Callable
+
+from .._core import Clock
+from .._core.text import span
+from .combos import combo_for, resolve
+from .config import Combo, Config, Provider
+from .errors import ComboConfigError, NoProviders
+from .policy import Policy
+from .pricing import PriceBook
+from .requests import CallRequest
+from .scoring import auto_pool
+from .scoring import excluded as auto_excluded
+from .state import StateStore
+from .strategies import STRATEGIES, RequestInfo, StrategyContext, order_accounts
+from .tokens import estimate_prompt
+from .types import Candidate, Decision, DecisionRow
+
+#: why a candidate cannot be tried now, and until when (None: not a timed hold)
+Skip = tuple[str, "float | None"]
+
+
+class Snapshot:
+    """A read-only view of the router's state for strategies (they never change it)."""
+
+    def __init__(self, decider: Decider, now: float) -> None:
+        self._decider = decider
+        self._state = decider.state
+        self.now = now
+
+    def provider(self, c: Candidate) -> Provider:
+        return self._decider.config.providers[c.provider]
+
+    @property
+    def config(self) -> Config:
+        return self._decider.config
+
+    @property
+    def policy(self) -> Policy:
+        return self._decider.policy
+
+    def counter(self, name: str) -> int:
+        return self._state.counter(name)
+
+    def pointer(self, name: str) -> str | None:
+        return self._state.pointers.get(name)
+
+    def latency(self, c: Candidate, *, stream: bool) -> float | None:
+        s = self._state.latency.get(c.key)
+        if s is None:
+            return None
+        return s.ewma_ttft if stream and s.ewma_ttft is not None else s.ewma_total
+
+    def p95(self, c: Candidate) -> float | None:
+        s = self._state.latency.get(c.key)
+        return None if s is None else s.percentile(0.95)
+
+    def p50(self, c: Candidate) -> float | None:
+        s = self._state.latency.get(c.key)
+        return None if s is None else s.percentile(0.5)
+
+    def latency_spread(self, c: Candidate) -> float | None:
+        s = self._state.latency.get(c.key)
+        if s is None or len(s.samples) < 2:
+            return None
+        p50, p95 = s.percentile(0.5), s.percentile(0.95)
+        return None if p50 is None or p95 is None else p95 - p50
+
+    def error_rate(self, c: Candidate) -> float:
+        s = self._state.latency.get(c.key)
+        return 0.0 if s is None else s.error_rate()
+
+    def requests_last_hour(self, c: Candidate) -> int:
+        s = self._state.latency.get(c.key)
+        return 0 if s is None else s.requests_last_hour(self.now)
+
+    def in_flight(self, c: Candidate) -> int:
+        """Requests to this candidate that have been sent and not yet answered (all calls of this process)."""
+        return self._decider.in_flight.get(c.key, 0)
+
+    def breaker_state(self, c: Candidate) -> str:
+        return self._state.breaker_state(c.key, self.now)
+
+    def quota_headroom(self, c: Candidate) -> tuple[float | None, float | None]:
+        """(share of quota left in [0, 1] or None when nothing is tracked, reset time of the scarcest window)."""
+        return self._decider.headroom(c, self.now)
+
+    def unit_prices(self, c: Candidate) -> tuple[float, float] | None:
+        prices = self._decider.prices.unit_prices(self.provider(c), c.model)
+        return None if prices is None else prices.per_mtok()
+
+    def estimated_cost(self, c: Candidate, prompt_tokens: int, max_tokens: int) -> Decimal | None:
+        return self._decider.prices.estimate(self.provider(c), c.model, prompt_tokens, max_tokens)
+
+    def context_window(self, c: Candidate) -> int | None:
+        return self._decider.config.providers[c.provider].context_window(c.model)
+
+    def tier(self, c: Candidate) -> str | None:
+        acc = self.provider(c).account(c.account)
+        return None if acc is None else acc.tier
+
+    def hold_until(self, key: str) -> float | None:
+        h = self._state.holds.get(key)
+        return None if h is None or h.until <= self.now else h.until
+
+
+class _SeededRandom(random.Random):
+    """`random.Random(seed)` that seeds itself on its first draw: seeding costs about 10 microseconds
+    and most strategies (`priority`, the default) never draw. The draws are those of `Random(seed)`."""
+
+    def __init__(self, seed: int) -> None:  # deliberately not Random.__init__, which seeds now
+        self._pending: int | None = seed
+        self.gauss_next = None
+
+    def _seed_pending(self) -> None:
+        seed, self._pending = self._pending, None
+        random.Random.seed(self, seed)
+
+    def random(self) -> float:
+        if self._pending is not None:
+            self._seed_pending()
+        return super().random()
+
+    def getrandbits(self, k: int) -> int:
+        if self._pending is not None:
+            self._seed_pending()
+        return super().getrandbits(k)
+
+    def getstate(self) -> Any:
+        if self._pending is not None:
+            self._seed_pending()
+        return super().getstate()
+
+    def seed(self, a: Any = None, version: int = 2) -> None:
+        self._pending = None
+        super().seed(a, version)
+
+    def setstate(self, state: Any) -> None:
+        self._pending = None
+        super().setstate(state)
+
+
+def fingerprint(key: str | None) -> str:
+    """A short one-way fingerprint of a key, to notice that it changed without storing it."""
+    if not key:
+        return ""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class SkipCheck:
+    """One named reason a candidate may not be tried now (routing.md section 3, step 2)."""
+
+    name: str
+    check: Callable[[Decider, Candidate, RequestInfo, CallRequest, float], "Skip | None"]
+
+
+def quota_windows(quota: Any, w: Any) -> tuple[tuple[int | None, int, str, float], ...]:
+    """(limit, used, what, window end) for each configured quota window, from our own usage counters."""
+    minute_end, day_end = (w.minute + 1) * 60.0, (w.day + 1) * 86400.0
+    return (
+        (quota.requests_per_minute, w.minute_requests, "requests this minute", minute_end),
+        (quota.tokens_per_minute, w.minute_tokens, "tokens this minute", minute_end),
+        (quota.requests_per_day, w.day_requests, "requests today", day_end),
+        (quota.tokens_per_day, w.day_tokens, "tokens today", day_end),
+    )
+
+
+def _held(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
+    """A cooldown or lock on the candidate or its account; a disabled account whose key changed is freed."""
+    for key in (c.key, c.account_key):
+        h = d.state.hold(key, now)
+        if h is None:
+            continue
+        if h.kind == "disabled":
+            if d.key_fingerprint(c) != h.detail:
+                d.state.clear_hold(key)  # the key changed: try it again
+                continue
+            return f"account disabled: {h.reason} (until its key changes)", None
+        return f"{'locked' if h.kind == 'lock' else 'cooling down'}: {h.reason} ({span(h.until - now)} left)", h.until
+    return None
+
+
+def _breaker(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
+    """An OPEN breaker, or a HALF_OPEN one whose probe is in flight."""
+    ok, until = d.state.admit(c.key, now)
+    if ok:
+        return None
+    if until is None:
+        return "breaker half-open: a probe is in flight", None
+    return f"breaker open ({span(until - now)} left)", until
+
+
+def _no_key(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
+    """An account whose key variable is not set."""
+    acc = d.config.providers[c.provider].account(c.account)
+    if acc is not None and acc.api_key_env and acc.api_key() is None:
+        return f"no key: the environment variable {acc.api_key_env} is not set", None
+    return None
+
+
+def _quota_used_up(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
+    """A configured quota (requests or tokens per minute or day) used up by our own counters."""
+    acc = d.config.providers[c.provider].account(c.account)
+    if acc is None or acc.quota.is_empty():
+        return None
+    for limit, used, what, until in quota_windows(acc.quota, d.state.usage_window(c.account_key, now)):
+        if limit is not None and used >= limit:
+            return f"quota used up: {used}/{limit} {what} ({span(until - now)} left)", until
+    return None
+
+
+def _context(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
+    """The estimated prompt plus max_tokens larger than the model's known context window."""
+    window = d.config.providers[c.provider].context_window(c.model)
+    if window is not None and info.prompt_tokens + info.max_tokens > window:
+        return f"context: ~{info.prompt_tokens} + {info.max_tokens} tokens > window {window}", None
+    return None
+
+
+def _budget(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
+    """The estimated cost of this request above the call's budget."""
+    if req.max_cost_usd is None:
+        return None
+    estimate = d.prices.estimate(d.config.providers[c.provider], c.model, info.prompt_tokens, info.max_tokens)
+    if estimate is not None and estimate > Decimal(str(req.max_cost_usd)):
+        return f"budget: estimated ${estimate:.6f} > ${req.max_cost_usd}", None
+    return None
+
+
+#: the skip checks, in the order they are asked; the first that says no names the reason
+SKIP_CHECKS: tuple[SkipCheck, ...] = (
+    SkipCheck("hold", _held),
+    SkipCheck("breaker", _breaker),
+    SkipCheck("no_key", _no_key),
+    SkipCheck("quota", _quota_used_up),
+    SkipCheck("context_window", _context),
+    SkipCheck("budget", _budget),
+)
+
+
+class Decider:
+    """Resolves, filters and orders candidates against the live state; owns the per-config caches."""
+
+    def __init__(self, config: Config, state: StateStore, prices: PriceBook, clock: Clock) -> None:
+        self.state = state
+        self.clock = clock
+        #: requests in flight per candidate key (the loop counts them; `least-used` reads them)
+        self.in_flight: dict[str, int] = {}
+        self.set_config(config, prices)
+
+    def set_config(self, config: Config, prices: PriceBook) -> None:
+        self.config = config
+        self.policy = config.policy
+        self.prices = prices
+        self.constants = config.policy.as_dict()
+        self._named: dict[str, Combo] = {}
+        self._resolved: dict[int, tuple[Combo, list[Candidate], bool]] = {}
+
+    def forget(self) -> None:
+        """Drop the cached resolutions (the providers changed, e.g. after local discovery)."""
+        self._named.clear()
+        self._resolved.clear()
+
+    def key_fingerprint(self, c: Candidate) -> str:
+        acc = self.config.providers[c.provider].account(c.account)
+        return fingerprint(acc.api_key() if acc else None)
+
+    def combo(self, req: CallRequest) -> Combo:
+        """The combo a call names: saved, virtual, a bare target, or a draft object; with a strategy override."""
+        if not self.config.providers:
+            raise NoProviders(str(self.config.path) if self.config.path else "a config file")
+        if isinstance(req.combo, Combo):
+            combo = req.combo
+        else:
+            combo = self._named.get(req.combo)
+            if combo is None:
+                if len(self._named) >= 4096:
+                    self._named.clear()
+                combo = self._named[req.combo] = combo_for(self.config, req.combo)
+        if req.strategy and req.strategy != combo.strategy:
+            if req.strategy not in STRATEGIES:
+                raise ComboConfigError(f"unknown strategy {req.strategy!r} (known: {', '.join(sorted(STRATEGIES))})",
+                                       combo=combo.name, field="strategy")
+            combo = replace(combo, strategy=req.strategy)
+        return combo
+
+    def resolve(self, combo: Combo) -> tuple[list[Candidate], bool]:
+        """`resolve`, cached per combo object until the configuration changes (candidates are immutable),
+        and whether every step has a single account (then there are no accounts to order)."""
+        hit = self._resolved.get(id(combo))
+        if hit is not None and hit[0] is combo:
+            return hit[1], hit[2]
+        candidates = resolve(self.config, combo)
+        single = len({c.step for c in candidates}) == len(candidates)
+        if len(self._resolved) >= 1024:  # drafts and filled auto pools are new objects each time
+            self._resolved.clear()
+        self._resolved[id(combo)] = (combo, candidates, single)
+        return candidates, single
+
+    def skip(self, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
+        """Why a candidate cannot be tried now (and until when), or None."""
+        for check in SKIP_CHECKS:
+            reason = check.check(self, c, info, req, now)
+            if reason is not None:
+                return reason
+        return None
+
+    def request_info(self, req: CallRequest) -> RequestInfo:
+        policy = self.policy
+        prompt_tokens = estimate_prompt(req.messages, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message)
+        max_tokens = req.max_tokens or policy.default_max_tokens_estimate
+        return RequestInfo(prompt_tokens=prompt_tokens, max_tokens=max_tokens, stream=req.stream, prompt=req.prompt_text)
+
+    def decide(self, combo: Combo, req: CallRequest, now: float) -> tuple[Decision, RequestInfo]:
+        """Resolve, filter and order; pure apart from dropping expired holds."""
+        policy = self.policy
+        combo = auto_pool(self.config, combo)
+        candidates, single_accounts = self.resolve(combo)
+        info = self.request_info(req)
+        seed = req.seed if req.seed is not None else random.getrandbits(32)
+        rows: list[DecisionRow] = []
+        kept: list[Candidate] = []
+        is_auto = combo.strategy == "auto"
+        for c in candidates:
+            skip = self.skip(c, info, req, now)
+            if skip is None and is_auto:
+                skip = auto_excluded(self.state, combo.name, c, now, policy.auto_min_score)
+            if skip is None:
+                kept.append(c)
+            else:
+                rows.append(DecisionRow(c, None, skip[0], skipped=True, hold_until=skip[1]))
+        inputs: dict[str, dict[str, Any]] = {}
+        notes: list[str] = []
+        explored = False
+        if combo.strategy == "priority" and single_accounts:
+            ordered = kept  # as written, and no accounts to order: the common waterfall needs no context
+        else:
+            strategy = STRATEGIES.get(combo.strategy)
+            if strategy is None:
+                raise ComboConfigError(f"unknown strategy {combo.strategy!r}", file=self.config.file_label, combo=combo.name, field="strategy")
+            ctx = StrategyContext(combo=combo, request=info, snapshot=Snapshot(self, now), rng=_SeededRandom(seed), all_candidates=candidates)
+            ordered = strategy(order_accounts(kept, ctx), ctx)
+            if len(ordered) != len(kept):
+                raise RuntimeError(f"strategy {combo.strategy} dropped candidates")  # a strategy never drops one
+            inputs, notes, explored = ctx.inputs, list(ctx.notes), ctx.explored
+        order_rows = [DecisionRow(c, i, "first" if i == 0 else "next", inputs=inputs.get(c.key, {})) for i, c in enumerate(ordered)]
+        decision = Decision(
+            combo=combo.name, strategy=combo.strategy, account_strategy=combo.account_strategy, seed=seed,
+            rows=order_rows + rows, config_hash=self.config.hash, explored=explored, notes=notes,
+            constants=self.constants,
+        )
+        decision.notes.append(
+            f"estimated prompt {info.prompt_tokens} tokens + max_tokens {info.max_tokens}; max_attempts "
+            f"{combo.max_attempts or policy.max_attempts}; fallback_on "
+            f"{'default' if combo.fallback_on is None else ','.join(sorted(k.value for k in combo.fallback_on))}"
+        )
+        return decision, info
+
+    def headroom(self, c: Candidate, now: float) -> tuple[float | None, float | None]:
+        """Share of quota left (the scarcest of configured quotas and rate-limit headers) and its reset."""
+        shares: list[tuple[float, float | None]] = []
+        acc = self.config.providers[c.provider].account(c.account)
+        if acc is not None and not acc.quota.is_empty():
+            for limit, used, _, reset in quota_windows(acc.quota, self.state.usage_window(c.account_key, now)):
+                if limit:
+                    shares.append((max(0.0, 1.0 - used / limit), reset))
+        r = self.state.ratelimit(c.account_key, now)
+        if r is not None:
+            for remaining, limit, reset in (
+                (r.remaining_requests, r.limit_requests, r.reset_requests_at),
+                (r.remaining_tokens, r.limit_tokens, r.reset_tokens_at),
+            ):
+                if remaining is not None:
+                    share = remaining / limit if limit else (1.0 if remaining > 0 else 0.0)
+                    shares.append((max(0.0, min(1.0, share)), reset))
+        if not shares:
+            return None, None
+        return min(shares, key=lambda s: s[0])

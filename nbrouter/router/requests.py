@@ -1,0 +1,60 @@
+"""One call's inputs, as every public method takes them and the loop reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import cached_property
+from typing import Any
+
+from .config import Combo
+
+
+@dataclass
+class CallRequest:
+    """One call's inputs, as the loop sees them."""
+
+    #: a combo name, a `provider/model` target, or a Combo object (a draft that is not saved)
+    combo: str | Combo
+    messages: list[dict[str, Any]]
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    max_cost_usd: float | None = None
+    timeout_s: float | None = None
+    seed: int | None = None
+    stream: bool = False
+    response_format: dict[str, Any] | None = None
+    strategy: str | None = None
+
+    @cached_property  # read by the decision and again by the call log
+    def prompt_text(self) -> str:
+        parts = [self.system or ""] + [m.get("content", "") if isinstance(m.get("content"), str) else str(m.get("content")) for m in self.messages]
+        return "\n".join(p for p in parts if p)
+
+
+#: the keyword arguments every call method accepts (the fields of CallRequest after `combo` and `messages`)
+OPTIONS = frozenset(f.name for f in fields(CallRequest)) - {"combo", "messages", "stream"}
+
+
+def build_request(combo: str | Combo, prompt: str | None, *, stream: bool, messages: list[dict[str, Any]] | None = None,
+                  **options: Any) -> CallRequest:
+    """A CallRequest from a public method's arguments; an unknown keyword is a TypeError naming it.
+
+    Args:
+        combo: a combo name, a virtual `auto...` name, a target, or a draft Combo.
+        prompt: the user message, appended after `messages` when both are given.
+        stream: whether the answer is streamed.
+        messages: the conversation so far, as chat messages.
+        **options: any of `OPTIONS` (system, max_tokens, temperature, max_cost_usd, timeout_s, seed,
+            response_format, strategy).
+    """
+    unknown = set(options) - OPTIONS
+    if unknown:
+        raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+    if messages is None:
+        if prompt is None:
+            raise TypeError("give a prompt or messages")
+        messages = [{"role": "user", "content": prompt}]
+    elif prompt is not None:
+        messages = [*messages, {"role": "user", "content": prompt}]
+    return CallRequest(combo=combo, messages=messages, stream=stream, **options)
