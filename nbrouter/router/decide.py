@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from .._core import Clock
 from .._core.text import span
+from .budget import Budget
 from .combos import combo_for, resolve
 from .config import Combo, Config, Provider
 from .errors import ComboConfigError, NoProviders
@@ -255,9 +256,11 @@ SKIP_CHECKS: tuple[SkipCheck, ...] = (
 class Decider:
     """Resolves, filters and orders candidates against the live state; owns the per-config caches."""
 
-    def __init__(self, config: Config, state: StateStore, prices: PriceBook, clock: Clock) -> None:
+    def __init__(self, config: Config, state: StateStore, prices: PriceBook, clock: Clock, budget: Budget | None = None) -> None:
         self.state = state
         self.clock = clock
+        #: the session budget every call is held against
+        self.budget = budget or Budget()
         #: requests in flight per candidate key (the loop counts them; `least-used` reads them)
         self.in_flight: dict[str, int] = {}
         self.set_config(config, prices)
@@ -357,6 +360,10 @@ class Decider:
             if len(ordered) != len(kept):
                 raise RuntimeError(f"strategy {combo.strategy} dropped candidates")  # a strategy never drops one
             inputs, notes, explored = ctx.inputs, list(ctx.notes), ctx.explored
+        if self.budget.limit is not None:
+            ordered, over = self._within_budget(ordered, info)
+            rows.extend(over)
+            notes.append(f"session budget: {self.budget.text()}")
         order_rows = [DecisionRow(c, i, "first" if i == 0 else "next", inputs=inputs.get(c.key, {})) for i, c in enumerate(ordered)]
         decision = Decision(
             combo=combo.name, strategy=combo.strategy, account_strategy=combo.account_strategy, seed=seed,
@@ -369,6 +376,23 @@ class Decider:
             f"{'default' if combo.fallback_on is None else ','.join(sorted(k.value for k in combo.fallback_on))}"
         )
         return decision, info
+
+    def _within_budget(self, ordered: list[Candidate], info: RequestInfo) -> tuple[list[Candidate], list[DecisionRow]]:
+        """Hold the ordered candidates against the session budget: under "stop" a first choice that does
+        not fit refuses the call; under "cheapest" those that fit are kept, cheapest first."""
+        estimates = {c.key: self.prices.estimate(self.config.providers[c.provider], c.model, info.prompt_tokens, info.max_tokens)
+                     for c in ordered}
+        verdicts = {c.key: self.budget.check(estimates[c.key]) for c in ordered}
+        if self.budget.on_budget == "stop":
+            if ordered and verdicts[ordered[0].key] is not None:
+                reason = verdicts[ordered[0].key] or ""
+                return [], [DecisionRow(c, None, verdicts[c.key] or f"{reason} (first choice; on_budget = stop)", skipped=True)
+                            for c in ordered]
+            over = [c for c in ordered if verdicts[c.key] is not None]
+            return [c for c in ordered if verdicts[c.key] is None], [DecisionRow(c, None, verdicts[c.key] or "", skipped=True) for c in over]
+        fits = [c for c in ordered if verdicts[c.key] is None]
+        fits.sort(key=lambda c: (estimates[c.key] is None, estimates[c.key] or 0))
+        return fits, [DecisionRow(c, None, verdicts[c.key] or "", skipped=True) for c in ordered if verdicts[c.key] is not None]
 
     def headroom(self, c: Candidate, now: float) -> tuple[float | None, float | None]:
         """Share of quota left (the scarcest of configured quotas and rate-limit headers) and its reset."""

@@ -16,22 +16,23 @@ import copy
 import os
 import queue
 import weakref
-from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
 from .background import BackgroundLoop
+from .budget import Budget
 from .config import Combo, Config, Provider, build_config, combo_table, load_config, local_provider, set_combo, write_document
 from .clients import Clients
 from .decide import Decider
 from .errors import ComboConfigError
-from .loop import Emit, Loop
+from .loop import Emit, Hooks, Loop
 from .pricing import PriceBook
 from .requests import CallRequest, build_request
 from .state import StateStore
 from .status import Status, collect_status
 from .strategies import STRATEGIES
-from .types import Candidate, Decision, Done, RouteEvent, RouteResult
+from .types import Attempt, Candidate, Decision, Done, RouteEvent, RouteResult
 
 _routers: "weakref.WeakSet[Router]" = weakref.WeakSet()
 
@@ -60,6 +61,13 @@ class Router:
         transport: an `httpx.AsyncBaseTransport` to send through (`httpx.MockTransport` in a test);
             default httpx over aiohttp.
         http_client: an `httpx.AsyncClient` of yours to send with; you close it.
+        budget_usd: a session budget in dollars for every call of this Router (`router.budget`).
+        on_budget: "stop" (refuse a call whose first choice does not fit what is left) or "cheapest"
+            (move to the cheapest candidate whose estimate fits).
+        budget_strict: with a budget, also skip candidates whose price is unknown.
+        on_attempt: called with each `Attempt` as it ends (off the request path; an exception in it is
+            logged, never raised into the call).
+        on_result: called with each `RouteResult` (likewise).
     """
 
     def __init__(
@@ -71,6 +79,11 @@ class Router:
         clock: Clock | None = None,
         transport: Any = None,
         http_client: Any = None,
+        budget_usd: float | None = None,
+        on_budget: str = "stop",
+        budget_strict: bool = False,
+        on_attempt: Callable[[Attempt], Any] | None = None,
+        on_result: Callable[[RouteResult], Any] | None = None,
     ) -> None:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
@@ -80,9 +93,11 @@ class Router:
         self.state = StateStore(state_path, policy=self.config.policy, persist=persist, log_content=self.config.log_content,
                                 clock=self.clock)
         self.prices = PriceBook(self.config)
-        self._decider = Decider(self.config, self.state, self.prices, self.clock)
+        #: the session budget (spent is counted even without a limit)
+        self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
+        self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget)
         self._clients = Clients(transport=transport, http_client=http_client, timeout_s=self.config.policy.attempt_timeout_s)
-        self._loop = Loop(self._decider, self.state, self.clock, self._send)
+        self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result))
         self._bg = BackgroundLoop()
         self._closed = False
         self._discovered = self.config.source != "environment"

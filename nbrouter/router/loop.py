@@ -10,6 +10,7 @@ classified (`malformed_response` at worst), logged and survived.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import sys
@@ -54,12 +55,49 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_call_ids.seed)
 
 
+log = logging.getLogger("nbrouter")
+
+
+class Hooks:
+    """The caller's callables for the record (`Router(on_attempt=..., on_result=...)`).
+
+    They run off the request path (scheduled on the loop after the current step) and an exception in one
+    is logged, never raised into the call.
+    """
+
+    def __init__(self, on_attempt: Callable[[Attempt], Any] | None = None, on_result: Callable[[RouteResult], Any] | None = None) -> None:
+        self.on_attempt = on_attempt
+        self.on_result = on_result
+
+    def attempt(self, attempt: Attempt) -> None:
+        if self.on_attempt is not None:
+            self._later(self.on_attempt, attempt)
+
+    def result(self, result: RouteResult) -> None:
+        if self.on_result is not None:
+            self._later(self.on_result, result)
+
+    @staticmethod
+    def _later(hook: Callable[[Any], Any], value: Any) -> None:
+        def run() -> None:
+            try:
+                hook(value)
+            except Exception:
+                log.exception("nbrouter: a hook (%s) raised; the call is not affected", getattr(hook, "__name__", hook))
+
+        try:
+            asyncio.get_running_loop().call_soon(run)
+        except RuntimeError:  # no running loop (a test calling the loop's parts directly)
+            run()
+
+
 class _Call:
     """Mutable bookkeeping of one call in flight."""
 
-    def __init__(self, req: CallRequest, emit: Emit | None, clock: Clock) -> None:
+    def __init__(self, req: CallRequest, emit: Emit | None, clock: Clock, hooks: Hooks) -> None:
         self.req = req
         self.emit = emit
+        self.hooks = hooks
         self.id = f"{_call_ids.getrandbits(64):016x}"
         self.attempts: list[Attempt] = []
         self.shown = ""  # text already passed to the caller
@@ -69,6 +107,7 @@ class _Call:
 
     def add(self, attempt: Attempt) -> None:
         self.attempts.append(attempt)
+        self.hooks.attempt(attempt)
         if self.emit is not None:
             self.emit(AttemptFinished(attempt))
 
@@ -85,8 +124,9 @@ else:  # pragma: no cover - Python 3.10
 class Loop:
     """Runs calls: decides, tries candidates in order, applies the policy table after each failure."""
 
-    def __init__(self, decider: Decider, state: StateStore, clock: Clock, send: Sender) -> None:
+    def __init__(self, decider: Decider, state: StateStore, clock: Clock, send: Sender, hooks: Hooks | None = None) -> None:
         self.decider = decider
+        self.hooks = hooks or Hooks()
         self.state = state
         self.clock = clock
         self.send = send
@@ -105,7 +145,7 @@ class Loop:
         """Route one call: the result, or a RouteError carrying every attempt."""
         decider, clock, policy = self.decider, self.clock, self.policy
         combo = decider.combo(req)
-        call = _Call(req, emit, clock)
+        call = _Call(req, emit, clock, self.hooks)
         deadline = None if combo.deadline_s is None else clock.monotonic() + combo.deadline_s
         while True:
             now = clock.time()
@@ -201,6 +241,12 @@ class Loop:
             call.add(a)
         self._log(call, combo.name, None)
         req = call.req
+        if skipped and all(r.reason.startswith("session budget:") for r in skipped):
+            raise BudgetExceeded(
+                f"refused before sending: {skipped[0].reason}; {self.decider.budget.text()}. "
+                "Raise the budget (router.budget.set_limit(USD), `%llm budget USD`) or use on_budget='cheapest'.",
+                attempts,
+            )
         if skipped and all(r.reason.startswith("budget:") for r in skipped):
             raise BudgetExceeded(
                 f"every candidate of {combo.name!r} is estimated above the budget of ${req.max_cost_usd}: "
@@ -249,6 +295,7 @@ class Loop:
     def _finish(self, call: _Call, combo: str, result: RouteResult, decision: Decision) -> RouteResult:
         result.decision = decision
         self._log(call, combo, result.text)
+        self.hooks.result(result)
         return result
 
     def _openrouter_group(self, combo: Combo, ordered: list[Candidate]) -> list[Candidate] | None:
@@ -390,6 +437,7 @@ class Loop:
                     cost_known=cost is not None, request_id=completion.request_id, warning=warning,
                     model=completion.model, message=note)
         call.attempts.append(a)
+        self.hooks.attempt(a)
         state.breaker_success(c.key)
         state.record_outcome(c.key, now, ok=True, latency_s=latency, ttft_s=ttft, streamed=call.req.stream,
                              cost=float(cost) if cost is not None else None, error=None)
@@ -480,6 +528,8 @@ class Loop:
         )
 
     def _log(self, call: _Call, combo: str, response: str | None) -> None:
+        """The call ended (whichever way): log its attempts and count its cost against the session budget."""
+        self.decider.budget.record(call.attempts)
         d = call.decision
         self.state.log_attempts(call.id, combo, call.attempts, call.req.prompt_text, response,
                                 (d.strategy, d.seed, d.config_hash) if d is not None else None)
