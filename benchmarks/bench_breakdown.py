@@ -6,7 +6,7 @@ Each level runs the steps of `Router.acomplete` up to a point against the loopba
 memory-only router, and reports the client process's CPU time per request (robust against other load on
 the machine); the difference between two levels is what that step costs in place, with the caches and
 the garbage collector of a busy loop, which is more than the same step costs alone in a tight loop
-(also shown). This reads private methods (`_decide`, `_served`, `_attempt`), so it follows the engine.
+(also shown). This reads private parts (`Decider.decide`, `Loop._served`, `Loop._attempt`), so it follows them.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from _clients import MESSAGES, Driver, RawHttpx, drive
 from _common import SERVER_NOTE, LoopbackServer, heading, isolate_user_state, machine, median, router_config, spread, table
 
 LEVELS = [
-    "send only: `providers._http.send` (with the request object, `_combo`, `_Call`, `_endpoint`)",
-    "+ `_decide` (resolve, filter, order, the Decision)",
-    "+ `_served` (state updates, the Attempt, the RouteResult)",
-    "`_attempt` in place of send + served (events, closures, probe check)",
-    "+ `_log` (the call-log rows)",
+    "send only: `providers._http.send` (with the request object, `Decider.combo`, `_Call`, `Loop._endpoint`)",
+    "+ `Decider.decide` (resolve, skip checks, order, the Decision)",
+    "+ `Loop._served` (state updates, the Attempt, the RouteResult)",
+    "`Loop._attempt` in place of send + served (events, closures, probe check, timeout)",
+    "+ `Loop._log` (the call-log rows, the budget)",
     "`Router.acomplete` (the whole call)",
 ]
 
@@ -43,29 +43,31 @@ class Level(Driver):
     async def call(self, stream: bool) -> str:
         from nbrouter.providers import ChatRequest
         from nbrouter.providers._http import send
-        from nbrouter.router import engine
+        from nbrouter.router.loop import _Call
+        from nbrouter.router.requests import build_request
 
         r = self.router
         if self.level >= 5:
             return (await r.acomplete("one", messages=MESSAGES)).text
-        req = engine._request("one", None, MESSAGES, None, None, None, None, None, None, False, None, None)
-        combo = r._combo(req)
-        call = engine._Call(req, None)
+        loop = r._loop
+        req = build_request("one", None, stream=False, messages=MESSAGES)
+        combo = r._decider.combo(req)
+        call = _Call(req, None, r.clock, loop.hooks)
         provider = r.config.providers["bench"]
-        endpoint = r._endpoint(provider, "default")
+        endpoint = loop._endpoint(provider, "default")
         info: Any = None
         c: Any = None
         if self.level >= 1:
-            decision, info = r._decide(combo, req, time.time())
+            decision, info = r._decider.decide(combo, req, time.time())
             c = decision.order[0]
         if self.level >= 3:
-            result = await r._attempt(call, combo, c, info, 60.0)
+            result = await loop._attempt(call, combo, c, info, 60.0)
             if self.level >= 4:
-                r._log(call, combo.name, result.text)
+                loop._log(call, combo.name, result.text)
             return result.text
-        completion = await send(r._client(), self.protocol, endpoint, ChatRequest(model="bench-model", messages=MESSAGES), timeout_s=60.0)
+        completion = await send(r._clients.get(), self.protocol, endpoint, ChatRequest(model="bench-model", messages=MESSAGES), timeout_s=60.0)
         if self.level >= 2:
-            r._served(call, combo, c, provider, completion, info, 0.001, None, time.time())
+            loop._served(call, combo, c, provider, completion, info, 0.001, None, time.time())
         return completion.text
 
     async def aclose(self) -> None:
@@ -77,25 +79,26 @@ def alone() -> list[list[str]]:
     """The same steps in a tight loop with no I/O (microseconds each)."""
     from nbrouter import Router
     from nbrouter.providers import Completion
-    from nbrouter.router import engine
-    from nbrouter.router.types import Usage
+    from nbrouter._core import Usage
+    from nbrouter.router.loop import _Call
+    from nbrouter.router.requests import build_request
 
     r = Router(router_config("http://127.0.0.1:9/v1", {"one": {"targets": ["bench/bench-model"]}}), persist=False)
-    req = engine._request("one", None, MESSAGES, None, None, None, None, None, None, False, None, None)
-    combo = r._combo(req)
-    decision, info = r._decide(combo, req, time.time())
+    req = build_request("one", None, stream=False, messages=MESSAGES)
+    combo = r._decider.combo(req)
+    decision, info = r._decider.decide(combo, req, time.time())
     c = decision.order[0]
     provider = r.config.providers["bench"]
 
     def decide() -> None:
-        r._decide(combo, engine._request("one", None, MESSAGES, None, None, None, None, None, None, False, None, None), time.time())
+        r._decider.decide(combo, build_request("one", None, stream=False, messages=MESSAGES), time.time())
 
     def served() -> None:
         completion = Completion(text="hi", model="bench-model", finish_reason="stop", usage=Usage(input_tokens=12, output_tokens=9))
-        r._served(engine._Call(req, None), combo, c, provider, completion, info, 0.001, None, time.time())
+        r._loop._served(_Call(req, None, r.clock, r._loop.hooks), combo, c, provider, completion, info, 0.001, None, time.time())
 
     rows = []
-    for name, fn in (("`_decide` (with a new request object)", decide), ("`_served` (with `_Call` and a Completion)", served)):
+    for name, fn in (("`Decider.decide` (with a new request object)", decide), ("`Loop._served` (with `_Call` and a Completion)", served)):
         n = 20000
         fn()
         rows.append([name, f"{min(timeit.repeat(fn, number=n, repeat=3)) / n * 1e6:,.1f}"])

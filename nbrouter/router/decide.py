@@ -9,6 +9,7 @@ functions (`SKIP_CHECKS`), applied in order; the first that says no is the reaso
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -163,10 +164,15 @@ def fingerprint(key: str | None) -> str:
 
 @dataclass(frozen=True)
 class SkipCheck:
-    """One named reason a candidate may not be tried now (routing.md section 3, step 2)."""
+    """One named reason a candidate may not be tried now (routing.md section 3, step 2).
+
+    `applies` says, once per candidate and configuration, whether the check can ever say no for it (an
+    account without a quota has no quota to use up), so a decision asks only the checks that matter.
+    """
 
     name: str
     check: Callable[[Decider, Candidate, RequestInfo, CallRequest, float], "Skip | None"]
+    applies: Callable[[Config, Candidate], bool] = lambda config, c: True
 
 
 def quota_windows(quota: Any, w: Any) -> tuple[tuple[int | None, int, str, float], ...]:
@@ -182,6 +188,8 @@ def quota_windows(quota: Any, w: Any) -> tuple[tuple[int | None, int, str, float
 
 def _held(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
     """A cooldown or lock on the candidate or its account; a disabled account whose key changed is freed."""
+    if not d.state.holds:
+        return None
     for key in (c.key, c.account_key):
         h = d.state.hold(key, now)
         if h is None:
@@ -197,6 +205,8 @@ def _held(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: fl
 
 def _breaker(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
     """An OPEN breaker, or a HALF_OPEN one whose probe is in flight."""
+    if c.key not in d.state.breakers:
+        return None
     ok, until = d.state.admit(c.key, now)
     if ok:
         return None
@@ -208,7 +218,7 @@ def _breaker(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now:
 def _no_key(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
     """An account whose key variable is not set."""
     acc = d.config.providers[c.provider].account(c.account)
-    if acc is not None and acc.api_key_env and acc.api_key() is None:
+    if acc is not None and acc.api_key_env and not d.env(acc.api_key_env):
         return f"no key: the environment variable {acc.api_key_env} is not set", None
     return None
 
@@ -233,7 +243,7 @@ def _context(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now:
 
 
 def _budget(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
-    """The estimated cost of this request above the call's budget."""
+    """The estimated cost of this request above the call's own budget (`max_cost_usd`)."""
     if req.max_cost_usd is None:
         return None
     estimate = d.prices.estimate(d.config.providers[c.provider], c.model, info.prompt_tokens, info.max_tokens)
@@ -242,13 +252,17 @@ def _budget(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: 
     return None
 
 
+def _account(config: Config, c: Candidate) -> Any:
+    return config.providers[c.provider].account(c.account)
+
+
 #: the skip checks, in the order they are asked; the first that says no names the reason
 SKIP_CHECKS: tuple[SkipCheck, ...] = (
     SkipCheck("hold", _held),
     SkipCheck("breaker", _breaker),
-    SkipCheck("no_key", _no_key),
-    SkipCheck("quota", _quota_used_up),
-    SkipCheck("context_window", _context),
+    SkipCheck("no_key", _no_key, lambda config, c: bool(getattr(_account(config, c), "api_key_env", None))),
+    SkipCheck("quota", _quota_used_up, lambda config, c: _account(config, c) is not None and not _account(config, c).quota.is_empty()),
+    SkipCheck("context_window", _context, lambda config, c: config.providers[c.provider].context_window(c.model) is not None),
     SkipCheck("budget", _budget),
 )
 
@@ -272,11 +286,33 @@ class Decider:
         self.constants = config.policy.as_dict()
         self._named: dict[str, Combo] = {}
         self._resolved: dict[int, tuple[Combo, list[Candidate], bool]] = {}
+        self._plans: dict[str, tuple[Callable[..., Skip | None], ...]] = {}
+        self._notes: dict[int, tuple[Combo, str]] = {}
+        self._env: dict[str, str | None] = {}
 
     def forget(self) -> None:
         """Drop the cached resolutions (the providers changed, e.g. after local discovery)."""
         self._named.clear()
         self._resolved.clear()
+        self._plans.clear()
+        self._notes.clear()
+
+    def _plan(self, c: Candidate) -> tuple[Callable[..., Skip | None], ...]:
+        """The skip checks that apply to this candidate under the current configuration."""
+        plan = self._plans.get(c.key)
+        if plan is None:
+            if len(self._plans) >= 8192:
+                self._plans.clear()
+            plan = self._plans[c.key] = tuple(check.check for check in SKIP_CHECKS if check.applies(self.config, c))
+        return plan
+
+    def env(self, name: str) -> str | None:
+        """An environment variable, read once per decision (several candidates share one key variable)."""
+        try:
+            return self._env[name]
+        except KeyError:
+            value = self._env[name] = os.environ.get(name)
+            return value
 
     def key_fingerprint(self, c: Candidate) -> str:
         acc = self.config.providers[c.provider].account(c.account)
@@ -316,8 +352,8 @@ class Decider:
 
     def skip(self, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
         """Why a candidate cannot be tried now (and until when), or None."""
-        for check in SKIP_CHECKS:
-            reason = check.check(self, c, info, req, now)
+        for check in self._plan(c):
+            reason = check(self, c, info, req, now)
             if reason is not None:
                 return reason
         return None
@@ -331,6 +367,7 @@ class Decider:
     def decide(self, combo: Combo, req: CallRequest, now: float) -> tuple[Decision, RequestInfo]:
         """Resolve, filter and order; pure apart from dropping expired holds."""
         policy = self.policy
+        self._env = {}
         combo = auto_pool(self.config, combo)
         candidates, single_accounts = self.resolve(combo)
         info = self.request_info(req)
@@ -338,8 +375,14 @@ class Decider:
         rows: list[DecisionRow] = []
         kept: list[Candidate] = []
         is_auto = combo.strategy == "auto"
+        plans = self._plans
         for c in candidates:
-            skip = self.skip(c, info, req, now)
+            plan = plans.get(c.key) or self._plan(c)
+            skip = None
+            for check in plan:
+                skip = check(self, c, info, req, now)
+                if skip is not None:
+                    break
             if skip is None and is_auto:
                 skip = auto_excluded(self.state, combo.name, c, now, policy.auto_min_score)
             if skip is None:
@@ -370,12 +413,17 @@ class Decider:
             rows=order_rows + rows, config_hash=self.config.hash, explored=explored, notes=notes,
             constants=self.constants,
         )
-        decision.notes.append(
-            f"estimated prompt {info.prompt_tokens} tokens + max_tokens {info.max_tokens}; max_attempts "
-            f"{combo.max_attempts or policy.max_attempts}; fallback_on "
-            f"{'default' if combo.fallback_on is None else ','.join(sorted(k.value for k in combo.fallback_on))}"
-        )
+        decision.notes.append(f"estimated prompt {info.prompt_tokens} tokens + max_tokens {info.max_tokens}; {self._limits_note(combo)}")
         return decision, info
+
+    def _limits_note(self, combo: Combo) -> str:
+        note = self._notes.get(id(combo))
+        if note is None or note[0] is not combo:
+            fallback = "default" if combo.fallback_on is None else ",".join(sorted(k.value for k in combo.fallback_on))
+            if len(self._notes) >= 1024:
+                self._notes.clear()
+            note = self._notes[id(combo)] = (combo, f"max_attempts {combo.max_attempts or self.policy.max_attempts}; fallback_on {fallback}")
+        return note[1]
 
     def _within_budget(self, ordered: list[Candidate], info: RequestInfo) -> tuple[list[Candidate], list[DecisionRow]]:
         """Hold the ordered candidates against the session budget: under "stop" a first choice that does
