@@ -31,6 +31,7 @@ QUOTA_FIELDS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", 
 COMBO_FIELDS = {
     "targets", "strategy", "account_strategy", "fallback_on", "max_attempts", "timeout_s", "sticky",
     "when_all_cooling", "max_wait_s", "weights", "pack", "candidate_pool", "deadline_s", "description",
+    "retries",
 }
 PROVIDER_FIELDS = {
     "preset", "protocol", "base_url", "api_key_env", "accounts", "models", "context_window", "context_windows",
@@ -39,6 +40,8 @@ PROVIDER_FIELDS = {
 ACCOUNT_STRATEGIES = ("round-robin", "fill-first", "p2c", "scored")
 VIRTUAL_COMBOS = ("auto", "auto/coding", "auto/fast", "auto/cheap", "auto/smart", "auto/offline")
 DEFAULT_ACCOUNT = "default"
+#: the kinds a combo's `retries` may name (the policy's `retries` table)
+RETRIABLE = tuple(Policy().retries)
 
 
 def default_config_path() -> Path:
@@ -149,6 +152,8 @@ class Combo:
     pack: str | None = None
     candidate_pool: list[str] | None = None
     virtual: bool = False
+    #: same-target retries per error kind (on top of the policy's `retries`)
+    retries: dict[str, int] | None = None
 
 
 @dataclass
@@ -482,10 +487,20 @@ def _combo(name: str, table: Any, label: str, providers: dict[str, Provider], st
             provider = parse_target(entry)[0] if "/" in entry else entry.partition("#")[0]
             if provider not in providers:
                 raise ComboConfigError(f"unknown provider {provider!r}", file=label, combo=name, field="candidate_pool")
+    retries = None
+    if "retries" in table:
+        known_kinds = set(RETRIABLE)
+        r = _table(table["retries"], label, name, "retries")
+        for key, value in r.items():
+            if key not in known_kinds:
+                raise ComboConfigError(f"no retries for kind {key!r} (retriable: {', '.join(sorted(known_kinds))})", file=label, combo=name, field=f"retries.{key}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ComboConfigError("must be a non-negative integer", file=label, combo=name, field=f"retries.{key}")
+        retries = {k: int(v) for k, v in r.items()}
     return Combo(
         name=name, steps=steps, strategy=strategy, account_strategy=account_strategy, fallback_on=fallback_on,
         max_attempts=max_attempts, timeout_s=timeout_s, sticky=sticky, when_all_cooling=when, max_wait_s=max_wait_s,
-        deadline_s=deadline_s, weights=auto_weights, pack=pack, candidate_pool=pool,
+        deadline_s=deadline_s, weights=auto_weights, pack=pack, candidate_pool=pool, retries=retries,
     )
 
 

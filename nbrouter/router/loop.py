@@ -25,7 +25,7 @@ from ..providers import ChatRequest, Completion, Endpoint, get_protocol
 from .config import Combo, Provider
 from .decide import Decider
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
-from .policy import DEFAULT_FALLBACK_ON, Policy, rule_for
+from .policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
 from .requests import CallRequest
 from .scoring import record_exclusions
 from .state import StateStore
@@ -165,6 +165,9 @@ class Loop:
         timeout_s = req.timeout_s or combo.timeout_s or policy.attempt_timeout_s
         queue: list[Candidate] = list(ordered)
         group = self._openrouter_group(combo, ordered)
+        retries = {k: int(v) for k, v in policy.retries.items()}
+        retries.update(combo.retries or {})
+        used: Counter[tuple[str, ErrorKind]] = Counter()
         tries = 0
         overflow_window: int | None | bool = False  # False: no context overflow seen yet
         last_failure: ProviderFailure | None = None
@@ -190,6 +193,19 @@ class Loop:
                 if not isinstance(result, RouteResult) and result[1].action is Action.RETRY:
                     # the policy row asked for one more try of this candidate (a key that changed since)
                     tries += 1
+                    result = await self._attempt(call, combo, c, info, attempt_timeout, retry=True)
+                while not isinstance(result, RouteResult) and not call.shown:
+                    # same-target retries (policy `retries`, a combo's `retries`), each its own row
+                    wait = self._retry_wait(c, result[0], retries, used, tries, max_attempts, deadline)
+                    if wait is None:
+                        break
+                    attempt = result[1]
+                    attempt.action = Action.RETRY
+                    attempt.message += f" (retry {used[(c.key, result[0].kind)]} of {retries[result[0].kind.value]} in {wait:.2f} s)"
+                    await clock.sleep(wait)
+                    tries += 1
+                    if deadline is not None:
+                        attempt_timeout = max(0.001, min(timeout_s, deadline - clock.monotonic()))
                     result = await self._attempt(call, combo, c, info, attempt_timeout, retry=True)
                 if isinstance(result, RouteResult):
                     return self._finish(call, combo.name, result, decision)
@@ -291,6 +307,21 @@ class Loop:
             if window is None or (overflow_window is not None and window <= overflow_window):
                 return f"context overflow earlier: window {window or 'unknown'} is not larger", None
         return None
+
+    def _retry_wait(self, c: Candidate, failure: ProviderFailure, retries: dict[str, int], used: Counter[tuple[str, ErrorKind]],
+                    tries: int, max_attempts: int, deadline: float | None) -> float | None:
+        """How long to wait before retrying the same candidate after this failure, or None for no retry:
+        none left for its kind, max_attempts reached, the breaker now open, or the wait past the deadline."""
+        n = used[(c.key, failure.kind)] + 1
+        if n > retries.get(failure.kind.value, 0) or tries >= max_attempts:
+            return None
+        wait = retry_wait(self.policy, failure, n, random.random())
+        if deadline is not None and self.clock.monotonic() + wait >= deadline:
+            return None
+        if not self.state.admit(c.key, self.clock.time())[0]:
+            return None
+        used[(c.key, failure.kind)] = n
+        return wait
 
     def _finish(self, call: _Call, combo: str, result: RouteResult, decision: Decision) -> RouteResult:
         result.decision = decision

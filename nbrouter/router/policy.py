@@ -34,6 +34,16 @@ class Policy:
     server_error_backoff_s: float = 0.25
     # a managed local server that failed to start is not started again for this long
     managed_start_retry_s: float = 30.0
+    # same-target retries before moving on, per error kind (a combo's `retries` overrides), and their
+    # jittered exponential backoff: retry_backoff_s x 2^(n-1), at most retry_backoff_cap_s, times a
+    # factor drawn from [1 - retry_jitter, 1 + retry_jitter]; a Retry-After longer than that is honoured
+    retries: dict[str, float] = field(default_factory=lambda: {
+        "rate_limit": 0, "server_error": 0, "overloaded": 0, "timeout": 0, "network": 0, "stream_interrupted": 0,
+        "empty_response": 0, "malformed_response": 0, "invalid_output": 1,
+    })
+    retry_backoff_s: float = 0.5
+    retry_backoff_cap_s: float = 8.0
+    retry_jitter: float = 0.25
     # circuit breaker
     breaker_failures: int = 5
     breaker_window_s: float = 60.0
@@ -209,6 +219,15 @@ BACKOFF_KINDS: frozenset[ErrorKind] = frozenset(k for k, r in RULES.items() if r
 
 #: a kind the table has no row for (one added to ErrorKind later): advance and count toward the breaker
 FALLBACK_RULE = Rule(ErrorKind.NETWORK, Action.ADVANCE, breaker=True)
+
+
+def retry_wait(policy: Policy, failure: ProviderFailure, n: int, draw: float) -> float:
+    """How long to wait before the `n`-th retry of one candidate (`draw` uniform in [0, 1))."""
+    wait = min(policy.retry_backoff_cap_s, policy.retry_backoff_s * 2 ** (n - 1))
+    wait *= 1.0 - policy.retry_jitter + 2.0 * policy.retry_jitter * draw
+    if failure.retry_after_s is not None:
+        wait = max(wait, failure.retry_after_s)
+    return wait
 
 
 def rule_for(kind: ErrorKind) -> Rule:
