@@ -170,6 +170,8 @@ class Config:
     log_content: bool = True
     state_path: str | None = None
     source: str = "file"
+    #: `[router] emergency`: a combo or target tried once after every candidate of any combo failed or was skipped
+    emergency: str | None = None
 
     @functools.cached_property
     def hash(self) -> str:
@@ -242,7 +244,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None
 def build_config(raw: dict[str, Any], *, path: Path | None, strategies: Iterable[str] = ()) -> Config:
     """Validate a parsed TOML document into a Config."""
     label = str(path) if path else "<dict>"
-    known = {"providers", "combos", "policy", "prices", "task_fit", "log_content", "state_path"}
+    known = {"providers", "combos", "policy", "prices", "task_fit", "log_content", "state_path", "router"}
     for key in raw:
         if key not in known:
             raise ComboConfigError(f"unknown table or key (known: {', '.join(sorted(known))})", file=label, field=key)
@@ -257,12 +259,33 @@ def build_config(raw: dict[str, Any], *, path: Path | None, strategies: Iterable
     combos = {}
     for name, table in _table(raw.get("combos", {}), label, None, "combos").items():
         combos[name] = _combo(name, table, label, providers, strategy_names)
+    emergency = _router_table(raw.get("router", {}), label, providers, combos)
     config = Config(
         providers=providers, combos=combos, policy=policy, prices=prices, task_fit=task_fit, path=path, raw=raw,
-        log_content=bool(raw.get("log_content", True)), state_path=raw.get("state_path"),
+        log_content=bool(raw.get("log_content", True)), state_path=raw.get("state_path"), emergency=emergency,
     )
     validate_graph(config)
     return config
+
+
+def _router_table(raw: Any, label: str, providers: dict[str, Provider], combos: dict[str, Combo]) -> str | None:
+    """`[router]`: settings of the whole router; `emergency` names the last-resort combo or target."""
+    table = _table(raw, label, None, "router")
+    for key in table:
+        if key not in ("emergency",):
+            raise ComboConfigError("unknown key (known: emergency)", file=label, field=f"router.{key}")
+    emergency = table.get("emergency")
+    if emergency is None:
+        return None
+    if not isinstance(emergency, str) or not emergency.strip():
+        raise ComboConfigError("must be the name of a combo or a provider/model target", file=label, field="router.emergency")
+    emergency = emergency.strip()
+    if emergency in combos or emergency in VIRTUAL_COMBOS:
+        return emergency
+    if "/" in emergency and parse_target(emergency)[0] in providers and parse_target(emergency)[2]:
+        return emergency
+    known = ", ".join(sorted(combos)) or "none defined"
+    raise ComboConfigError(f"no combo or target {emergency!r} (combos: {known})", file=label, field="router.emergency")
 
 
 def _table(value: Any, label: str, combo: str | None, fieldname: str) -> dict[str, Any]:

@@ -31,6 +31,11 @@ from .strategies import STRATEGIES, RequestInfo, StrategyContext, order_accounts
 from .tokens import estimate_prompt
 from .types import Candidate, Decision, DecisionRow
 
+#: the first element of the path of an emergency-tier candidate (`[router] emergency`)
+EMERGENCY = "emergency"
+#: where the emergency tier's step numbers start (a combo has far fewer steps)
+EMERGENCY_STEPS = 100_000
+
 #: why a candidate cannot be tried now, and until when (None: not a timed hold)
 Skip = tuple[str, "float | None"]
 
@@ -289,6 +294,7 @@ class Decider:
         self._plans: dict[str, tuple[Callable[..., Skip | None], ...]] = {}
         self._notes: dict[int, tuple[Combo, str]] = {}
         self._env: dict[str, str | None] = {}
+        self._emergency: list[Candidate] | None = None
 
     def forget(self) -> None:
         """Drop the cached resolutions (the providers changed, e.g. after local discovery)."""
@@ -296,6 +302,7 @@ class Decider:
         self._resolved.clear()
         self._plans.clear()
         self._notes.clear()
+        self._emergency = None
 
     def _plan(self, c: Candidate) -> tuple[Callable[..., Skip | None], ...]:
         """The skip checks that apply to this candidate under the current configuration."""
@@ -408,6 +415,8 @@ class Decider:
             rows.extend(over)
             notes.append(f"session budget: {self.budget.text()}")
         order_rows = [DecisionRow(c, i, "first" if i == 0 else "next", inputs=inputs.get(c.key, {})) for i, c in enumerate(ordered)]
+        if self.config.emergency is not None and combo.name != self.config.emergency:
+            order_rows.extend(self._emergency_rows(candidates, len(order_rows), info, req, now, rows))
         decision = Decision(
             combo=combo.name, strategy=combo.strategy, account_strategy=combo.account_strategy, seed=seed,
             rows=order_rows + rows, config_hash=self.config.hash, explored=explored, notes=notes,
@@ -424,6 +433,32 @@ class Decider:
                 self._notes.clear()
             note = self._notes[id(combo)] = (combo, f"max_attempts {combo.max_attempts or self.policy.max_attempts}; fallback_on {fallback}")
         return note[1]
+
+    def _emergency_rows(self, candidates: list[Candidate], start: int, info: RequestInfo, req: CallRequest, now: float,
+                        skipped: list[DecisionRow]) -> list[DecisionRow]:
+        """The emergency tier (`[router] emergency`): its candidates after everything else, each once, marked
+        with the path `emergency > ...`; those already in the combo are not repeated."""
+        tier = self._emergency
+        if tier is None:
+            inner = combo_for(self.config, self.config.emergency or "")
+            # steps numbered apart from any combo's, so that account turns of the two never mix
+            tier = self._emergency = [replace(c, path=(EMERGENCY, *c.path), step=EMERGENCY_STEPS + c.step)
+                                      for c in resolve(self.config, inner)]
+        seen = {c.key for c in candidates}
+        out: list[DecisionRow] = []
+        for c in tier:
+            if c.key in seen:
+                continue
+            seen.add(c.key)
+            skip = self.skip(c, info, req, now)
+            if skip is None and self.budget.limit is not None:
+                reason = self.budget.check(self.prices.estimate(self.config.providers[c.provider], c.model, info.prompt_tokens, info.max_tokens))
+                skip = None if reason is None else (reason, None)
+            if skip is None:
+                out.append(DecisionRow(c, start + len(out), "emergency tier: tried once, after every candidate above"))
+            else:
+                skipped.append(DecisionRow(c, None, skip[0], skipped=True, hold_until=skip[1]))
+        return out
 
     def _within_budget(self, ordered: list[Candidate], info: RequestInfo) -> tuple[list[Candidate], list[DecisionRow]]:
         """Hold the ordered candidates against the session budget: under "stop" a first choice that does

@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from .._core import Clock, ErrorKind, ProviderFailure, Usage, remember_secret, scrub
 from ..providers import ChatRequest, Completion, Endpoint, get_protocol
 from .config import Combo, Provider
-from .decide import Decider
+from .decide import EMERGENCY, Decider
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
 from .policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
 from .requests import CallRequest
@@ -293,7 +293,7 @@ class Loop:
                   deadline: float | None, overflow_window: int | None | bool, now: float) -> tuple[str, float | None] | None:
         """Why a candidate in the order is not tried after all (the call's own limits, or what earlier
         attempts of this call changed)."""
-        if tries >= max_attempts:
+        if tries >= max_attempts and c.path[:1] != (EMERGENCY,):  # the emergency tier is tried once regardless
             return f"max_attempts {max_attempts} reached", None
         if deadline is not None and self.clock.monotonic() >= deadline:
             return "call deadline passed", None
