@@ -118,7 +118,11 @@ def test_chaos_every_call_ends_in_a_result_or_a_route_error(sim, make_router) ->
     rows = router.log(1_000_000)
     tried = [r for r in rows if r["action"] != "skipped" and r["action"] != "cached"]
     received = [r for r in sim.requests if r.model in ("t1", "t2", "t3")]
-    assert len(tried) == len(received)  # every request the server received is one attempt in the log, and back
+    # every request the server received is an attempt in the log; an attempt the server never saw can only
+    # be one cut off before its request arrived (a timeout or a network failure without a status)
+    assert len(received) <= len(tried)
+    unseen = [r for r in tried if r["kind"] in ("timeout", "network") and r["status"] is None]
+    assert len(tried) - len(received) <= len(unseen)
     gc.collect()
     assert threading.active_count() <= threads_before + 1
     assert _fds() - fds_before < 12

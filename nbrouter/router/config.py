@@ -31,7 +31,7 @@ QUOTA_FIELDS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", 
 COMBO_FIELDS = {
     "targets", "strategy", "account_strategy", "fallback_on", "max_attempts", "timeout_s", "sticky",
     "when_all_cooling", "max_wait_s", "weights", "pack", "candidate_pool", "deadline_s", "description",
-    "retries",
+    "retries", "hedge_after_s",
 }
 PROVIDER_FIELDS = {
     "preset", "protocol", "base_url", "api_key_env", "accounts", "models", "context_window", "context_windows",
@@ -154,6 +154,8 @@ class Combo:
     virtual: bool = False
     #: same-target retries per error kind (on top of the policy's `retries`)
     retries: dict[str, int] | None = None
+    #: start the next candidate too when the first has sent no first byte after this long (off: None)
+    hedge_after_s: float | None = None
 
 
 @dataclass
@@ -524,6 +526,7 @@ def _combo(name: str, table: Any, label: str, providers: dict[str, Provider], st
         name=name, steps=steps, strategy=strategy, account_strategy=account_strategy, fallback_on=fallback_on,
         max_attempts=max_attempts, timeout_s=timeout_s, sticky=sticky, when_all_cooling=when, max_wait_s=max_wait_s,
         deadline_s=deadline_s, weights=auto_weights, pack=pack, candidate_pool=pool, retries=retries,
+        hedge_after_s=_opt_number(table, "hedge_after_s", label, name, positive=True),
     )
 
 

@@ -112,6 +112,50 @@ class _Call:
             self.emit(AttemptFinished(attempt))
 
 
+class _Hedge:
+    """Which attempt of a hedge answers: the first to produce text (or to finish, not streamed)."""
+
+    def __init__(self) -> None:
+        self.winner: str | None = None
+        self.lanes: dict[str, _Lane] = {}
+
+    def lane(self, key: str) -> _Lane:
+        lane = self.lanes[key] = _Lane(self, key)
+        return lane
+
+    def win(self, key: str) -> bool:
+        if self.winner is None:
+            self.winner = key
+            for other in self.lanes.values():
+                if other.key != key:
+                    other.lost_to = key
+                    if other.task is not None and not other.task.done():
+                        other.task.cancel()
+        return self.winner == key
+
+
+class _Lane:
+    """One attempt of a hedge."""
+
+    def __init__(self, hedge: _Hedge, key: str) -> None:
+        self.hedge = hedge
+        self.key = key
+        self.first_byte = asyncio.Event()
+        #: the candidate that answered first, once this lane has lost
+        self.lost_to: str | None = None
+        self.task: asyncio.Future[Any] | None = None
+
+    def may_show(self) -> bool:
+        return self.hedge.win(self.key)
+
+
+def _uncancel() -> None:
+    """Take back a cancellation the loop itself asked for (a lost hedge), so the task ends normally."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()
+
+
 if sys.version_info >= (3, 11):
     async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
         async with asyncio.timeout(seconds):
@@ -184,7 +228,22 @@ class Loop:
                     attempt_timeout = max(0.001, min(timeout_s, deadline - clock.monotonic()))
                 tries += 1
                 members = group if group and c is group[0] else None
-                result = await self._attempt(call, combo, c, info, attempt_timeout, group=members)
+                hedged = combo.hedge_after_s is not None and bool(queue) and members is None
+                if hedged:
+                    def next_candidate() -> Candidate | None:
+                        nonlocal tries
+                        while queue and tries < max_attempts:
+                            other = queue.pop(0)
+                            why = self._skip_now(call, other, info, tries, max_attempts, deadline, overflow_window, clock.time())
+                            if why is None:
+                                tries += 1
+                                return other
+                            call.add(self._skipped(other, why[0], why[1], clock.time()))
+                        return None
+
+                    result = await self._hedged(call, combo, c, info, attempt_timeout, next_candidate)
+                else:
+                    result = await self._attempt(call, combo, c, info, attempt_timeout, group=members)
                 if members:
                     for other in members[1:]:
                         queue.remove(other)
@@ -194,7 +253,7 @@ class Loop:
                     # the policy row asked for one more try of this candidate (a key that changed since)
                     tries += 1
                     result = await self._attempt(call, combo, c, info, attempt_timeout, retry=True)
-                while not isinstance(result, RouteResult) and not call.shown:
+                while not hedged and not isinstance(result, RouteResult) and not call.shown:
                     # same-target retries (policy `retries`, a combo's `retries`), each its own row
                     wait = self._retry_wait(c, result[0], retries, used, tries, max_attempts, deadline)
                     if wait is None:
@@ -308,6 +367,52 @@ class Loop:
                 return f"context overflow earlier: window {window or 'unknown'} is not larger", None
         return None
 
+    async def _hedged(self, call: _Call, combo: Combo, first: Candidate, info: RequestInfo, timeout_s: float,
+                      next_candidate: Callable[[], Candidate | None]) -> RouteResult | tuple[ProviderFailure, Attempt]:
+        """Hedging (`hedge_after_s`): when `first` has sent no first byte after that long, the next candidate
+        starts too; the first to produce text (not streamed: to answer) serves and the other is cancelled.
+        Both attempts are logged; a cancelled one that used tokens is charged."""
+        hedge = _Hedge()
+        lanes = {first.key: hedge.lane(first.key)}
+        lanes[first.key].task = task = asyncio.ensure_future(self._attempt(call, combo, first, info, timeout_s, lane=lanes[first.key]))
+        tasks = {task: first}
+        failures: list[tuple[ProviderFailure, Attempt]] = []
+        try:
+            wait_first_byte = asyncio.ensure_future(lanes[first.key].first_byte.wait())
+            done, _ = await asyncio.wait([*tasks, wait_first_byte], timeout=combo.hedge_after_s, return_when=asyncio.FIRST_COMPLETED)
+            wait_first_byte.cancel()
+            if not done:
+                second = next_candidate()
+                if second is not None:
+                    lanes[second.key] = hedge.lane(second.key)
+                    lanes[second.key].task = task = asyncio.ensure_future(self._attempt(call, combo, second, info, timeout_s, lane=lanes[second.key]))
+                    tasks[task] = second
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    result = task.result()
+                    if isinstance(result, RouteResult):
+                        hedge.win(tasks[task].key)
+                        for other in pending:
+                            other.cancel()
+                        if pending:
+                            await asyncio.wait(pending)
+                            result.attempts = list(call.attempts)  # with the cancelled attempt's row
+                        return result
+                    failures.append(result)
+                    if hedge.winner == tasks[task].key:
+                        return result  # the attempt that showed text failed: the loop returns the partial
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            leftover = [t for t in tasks if not t.done()]
+            if leftover:
+                await asyncio.wait(leftover)
+        stops = [f for f in failures if f[1].action is Action.STOP]
+        return stops[0] if stops else failures[-1]
+
     def _retry_wait(self, c: Candidate, failure: ProviderFailure, retries: dict[str, int], used: Counter[tuple[str, ErrorKind]],
                     tries: int, max_attempts: int, deadline: float | None) -> float | None:
         """How long to wait before retrying the same candidate after this failure, or None for no retry:
@@ -364,9 +469,10 @@ class Loop:
 
     async def _attempt(
         self, call: _Call, combo: Combo, c: Candidate, info: RequestInfo, timeout_s: float, *, retry: bool = False,
-        group: list[Candidate] | None = None,
+        group: list[Candidate] | None = None, lane: _Lane | None = None,
     ) -> RouteResult | tuple[ProviderFailure, Attempt]:
-        """One try of one candidate: send, then record what happened and apply the kind's policy row."""
+        """One try of one candidate: send, then record what happened and apply the kind's policy row.
+        In a hedge (`lane`), text reaches the caller only once this attempt has won."""
         provider = self.decider.config.providers[c.provider]
         endpoint = self._endpoint(provider, c.account)
         req = call.req
@@ -387,10 +493,14 @@ class Loop:
         def on_first_byte() -> None:
             if not first:
                 first.append(time.perf_counter() - t0)
+                if lane is not None:
+                    lane.first_byte.set()
 
         on_text = None
         if req.stream:
             def on_text(text: str) -> None:
+                if lane is not None and not lane.may_show():
+                    return  # another attempt of the hedge is answering
                 pieces.append(text)
                 call.shown += text
                 if call.emit is not None:
@@ -404,12 +514,18 @@ class Loop:
             return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
                                          first[0] if first else None, now, retry, was_half_open)
         except asyncio.CancelledError:
-            a = Attempt(candidate=c.key, path=c.path_text, action=Action.STOP, started_at=now, kind=ErrorKind.CANCELLED,
-                        message="cancelled by the user" + (f" after {len(''.join(pieces))} characters" if pieces else ""),
-                        latency_s=time.perf_counter() - t0, ttft_s=first[0] if first else None)
+            lost = lane is not None and lane.lost_to is not None
+            message = (f"hedge: cancelled, {lane.lost_to} answered first" if lane is not None and lane.lost_to
+                       else "cancelled by the user" + (f" after {len(''.join(pieces))} characters" if pieces else ""))
+            a = Attempt(candidate=c.key, path=c.path_text, action=Action.ADVANCE if lost else Action.STOP, started_at=now,
+                        kind=ErrorKind.CANCELLED, message=message, latency_s=time.perf_counter() - t0,
+                        ttft_s=first[0] if first else None)
             if was_half_open:
                 state.end_probe(c.key)
             call.add(a)
+            if lost:
+                _uncancel()
+                return ProviderFailure(ErrorKind.CANCELLED, message), a
             raise
         except (TimeoutError, asyncio.TimeoutError):
             failure = ProviderFailure(ErrorKind.TIMEOUT, f"the attempt ran past its limit of {timeout_s:g} s and was cancelled",
