@@ -6,43 +6,48 @@ Every validation failure raises ComboConfigError naming the file, the combo and 
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import os
 import sys
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..providers.presets import PRESETS, PROTOCOLS
+from ..providers.presets import ENV_PRESETS, PRESETS, PROTOCOLS
+from .config_file import combo_table, set_combo, write_document
 from .errors import ComboConfigError
+from .model import (
+    ACCOUNT_FIELDS,
+    COMBO_FIELDS,
+    DEFAULT_ACCOUNT,
+    PROVIDER_FIELDS,
+    QUOTA_FIELDS,
+    TIERS,
+    Account,
+    Combo,
+    Config,
+    Provider,
+    Quota,
+    Step,
+    parse_target,
+)
+from .packs import FACTORS, PACKS, VIRTUAL_COMBOS
 from .policy import Policy
+from .strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from .types import ErrorKind
+
+#: names other modules import from here (the data classes live in model.py, the writers in config_file.py)
+__all__ = [
+    "load_config", "build_config", "validate_graph", "default_config_path", "environment_providers", "local_provider",
+    "parse_target", "Quota", "Account", "Provider", "Step", "Combo", "Config", "QUOTA_FIELDS", "COMBO_FIELDS",
+    "PROVIDER_FIELDS", "TIERS", "DEFAULT_ACCOUNT", "VIRTUAL_COMBOS", "combo_table", "write_document", "set_combo",
+]
+
+#: the kinds a combo's `retries` may name (the policy's `retries` table)
+RETRIABLE = tuple(Policy().retries)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-TIERS = ("free", "standard", "pro", "ultra")
-QUOTA_FIELDS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "tokens_per_day")
-COMBO_FIELDS = {
-    "targets", "strategy", "account_strategy", "fallback_on", "max_attempts", "timeout_s", "sticky",
-    "when_all_cooling", "max_wait_s", "weights", "pack", "candidate_pool", "deadline_s", "description",
-    "retries",
-}
-PROVIDER_FIELDS = {
-    "preset", "protocol", "base_url", "api_key_env", "accounts", "models", "context_window", "context_windows",
-    "tier", "quota", "headers", "enabled", "managed", "model_path", "server_command", "prices_id", "local",
-}
-ACCOUNT_STRATEGIES = ("round-robin", "fill-first", "p2c", "scored")
-VIRTUAL_COMBOS = ("auto", "auto/coding", "auto/fast", "auto/cheap", "auto/smart", "auto/offline")
-DEFAULT_ACCOUNT = "default"
-#: the kinds a combo's `retries` may name (the policy's `retries` table)
-RETRIABLE = tuple(Policy().retries)
-
 
 def default_config_path() -> Path:
     """`NBROUTER_CONFIG` if set, else `config.toml` in the platform's user config dir for nbrouter."""
@@ -54,140 +59,8 @@ def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir("nbrouter", appauthor=False)) / "config.toml"
 
 
-@dataclass(frozen=True)
-class Quota:
-    """Configured limits of one account (None = not limited)."""
-
-    requests_per_minute: int | None = None
-    requests_per_day: int | None = None
-    tokens_per_minute: int | None = None
-    tokens_per_day: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_empty", all(getattr(self, f) is None for f in QUOTA_FIELDS))
-
-    def is_empty(self) -> bool:
-        """No limit configured (checked for every candidate of every call, so computed once)."""
-        return self._empty  # type: ignore[attr-defined,no-any-return]
-
-
-@dataclass(frozen=True)
-class Account:
-    """One credential of a provider; the key itself is read from the environment at call time."""
-
-    name: str
-    api_key_env: str | None = None
-    quota: Quota = Quota()
-    tier: str | None = None
-
-    def api_key(self) -> str | None:
-        if not self.api_key_env:
-            return None
-        return os.environ.get(self.api_key_env) or None
-
-
-@dataclass
-class Provider:
-    """A configured endpoint: protocol, base URL, accounts, known models."""
-
-    name: str
-    protocol: str
-    base_url: str
-    accounts: list[Account]
-    preset: str | None = None
-    local: bool = False
-    models: list[str] = field(default_factory=list)
-    context_windows: dict[str, int] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    enabled: bool = True
-    prices_id: str | None = None
-    managed: bool = False
-    model_path: str | None = None
-    server_command: list[str] | None = None
-    source: str = "config"
-
-    def account(self, name: str) -> Account | None:
-        for acc in self.accounts:
-            if acc.name == name:
-                return acc
-        return None
-
-    def context_window(self, model: str) -> int | None:
-        return self.context_windows.get(model)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One entry of a combo's `targets`: a target (`provider[#account]/model`) or another combo's name."""
-
-    ref: str
-    combo: str | None = None
-    provider: str | None = None
-    account: str | None = None
-    model: str | None = None
-    weight: float = 1.0
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def is_combo(self) -> bool:
-        return self.combo is not None
-
-
-@dataclass
-class Combo:
-    """A named, ordered group of steps with a strategy and options."""
-
-    name: str
-    steps: list[Step]
-    strategy: str = "priority"
-    account_strategy: str = "round-robin"
-    fallback_on: frozenset[ErrorKind] | None = None
-    max_attempts: int | None = None
-    timeout_s: float | None = None
-    sticky: int = 1
-    when_all_cooling: str = "fail"
-    max_wait_s: float | None = None
-    deadline_s: float | None = None
-    weights: dict[str, float] | None = None
-    pack: str | None = None
-    candidate_pool: list[str] | None = None
-    virtual: bool = False
-    #: same-target retries per error kind (on top of the policy's `retries`)
-    retries: dict[str, int] | None = None
-
-
-@dataclass
-class Config:
-    """Everything the router reads from the configuration."""
-
-    providers: dict[str, Provider]
-    combos: dict[str, Combo]
-    policy: Policy
-    prices: dict[str, tuple[float, float]]
-    task_fit: dict[str, list[str]]
-    path: Path | None
-    raw: dict[str, Any]
-    log_content: bool = True
-    state_path: str | None = None
-    source: str = "file"
-    #: `[router] emergency`: a combo or target tried once after every candidate of any combo failed or was skipped
-    emergency: str | None = None
-
-    @functools.cached_property
-    def hash(self) -> str:
-        """A short hash of the configuration, recorded with every decision."""
-        blob = json.dumps(self.raw, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
-    @property
-    def file_label(self) -> str:
-        return str(self.path) if self.path else "<dict>"
-
-
 def environment_providers() -> dict[str, Provider]:
     """Zero-config: one provider per preset whose usual key variable is set (OPENAI_API_KEY...)."""
-    from ..providers.presets import ENV_PRESETS
-
     found: dict[str, Provider] = {}
     for name in ENV_PRESETS:
         preset = PRESETS[name]
@@ -213,15 +86,13 @@ def local_provider(preset_name: str, base_url: str, models: Iterable[str]) -> Pr
 # ---- parsing ---------------------------------------------------------------------------
 
 
-def parse_target(text: str) -> tuple[str, str | None, str]:
-    """`provider[#account]/model` -> (provider, account or None, model). The model may contain slashes."""
-    head, _, model = text.partition("/")
-    provider, _, account = head.partition("#")
-    return provider.strip(), (account.strip() or None), model.strip()
+def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None, *, strategies: Iterable[str] | None = None) -> Config:
+    """Load and validate a configuration from a path, a dict, or the default location.
 
-
-def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None, *, strategies: Iterable[str] = ()) -> Config:
-    """Load and validate a configuration from a path, a dict, or the default location."""
+    Args:
+        source: a path to a TOML file, a dict of the same shape, or None for the default location.
+        strategies: the strategy names a combo may use (default: the registry, `strategies.STRATEGIES`).
+    """
     if isinstance(source, Mapping):
         return build_config(dict(source), path=None, strategies=strategies)
     path = Path(source).expanduser() if source is not None else default_config_path()
@@ -241,8 +112,14 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None
     return build_config(raw, path=path, strategies=strategies)
 
 
-def build_config(raw: dict[str, Any], *, path: Path | None, strategies: Iterable[str] = ()) -> Config:
-    """Validate a parsed TOML document into a Config."""
+def build_config(raw: dict[str, Any], *, path: Path | None, strategies: Iterable[str] | None = None) -> Config:
+    """Validate a parsed TOML document into a Config.
+
+    Args:
+        raw: the parsed document.
+        path: the file it came from (None for a dict), named in every error.
+        strategies: the strategy names a combo may use (default: the registry, `strategies.STRATEGIES`).
+    """
     label = str(path) if path else "<dict>"
     known = {"providers", "combos", "policy", "prices", "task_fit", "log_content", "state_path", "router"}
     for key in raw:
@@ -255,7 +132,7 @@ def build_config(raw: dict[str, Any], *, path: Path | None, strategies: Iterable
         providers[name] = _provider(name, table, label)
     prices = _prices(raw.get("prices", {}), label)
     task_fit = _task_fit(raw.get("task_fit", {}), label)
-    strategy_names = set(strategies)
+    strategy_names = set(STRATEGIES if strategies is None else strategies)
     combos = {}
     for name, table in _table(raw.get("combos", {}), label, None, "combos").items():
         combos[name] = _combo(name, table, label, providers, strategy_names)
@@ -376,7 +253,7 @@ def _provider(name: str, table: Any, label: str) -> Provider:  # noqa: C901 - on
             if any(a.name == acc_name for a in accounts):
                 raise ComboConfigError(f"duplicate account name {acc_name!r}", file=label, field=f"{aw}.name")
             for key in acc:
-                if key not in ("name", "api_key_env", "quota", "tier"):
+                if key not in ACCOUNT_FIELDS:
                     raise ComboConfigError("unknown account field (known: name, api_key_env, quota, tier)", file=label, field=f"{aw}.{key}")
             accounts.append(_account(acc_name, acc, label, aw))
     else:
@@ -484,9 +361,7 @@ def _combo(name: str, table: Any, label: str, providers: dict[str, Provider], st
         raise ComboConfigError("must be \"fail\" or \"wait\"", file=label, combo=name, field="when_all_cooling")
     auto_weights = None
     if "weights" in table:
-        from .policy import Policy
-
-        known = set(Policy().auto_weights)
+        known = set(FACTORS)
         w = _table(table["weights"], label, name, "weights")
         for key, value in w.items():
             if key not in known:
@@ -498,8 +373,6 @@ def _combo(name: str, table: Any, label: str, providers: dict[str, Provider], st
         auto_weights = {k: float(v) for k, v in w.items()}
     pack = table.get("pack")
     if pack is not None:
-        from .scoring import PACKS
-
         if pack not in PACKS:
             raise ComboConfigError(f"unknown pack {pack!r} (known: {', '.join(PACKS)})", file=label, combo=name, field="pack")
     pool = table.get("candidate_pool")
@@ -608,74 +481,3 @@ def validate_graph(config: Config) -> None:
         visit(name, ())
 
 
-# ---- saving ----------------------------------------------------------------------------
-
-
-def combo_table(targets: list[Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """The TOML table of a combo, options with None left out."""
-    table: dict[str, Any] = {"targets": list(targets)}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key not in COMBO_FIELDS:
-            raise ComboConfigError(f"unknown combo option {key!r}", field=key)
-        if isinstance(value, (set, frozenset)):
-            value = sorted(str(v) for v in value)
-        table[key] = value
-    return table
-
-
-def write_document(path: Path, update: Any) -> None:
-    """Apply `update(doc)` to the TOML file at `path` (comments kept) and write it atomically, mode 0600."""
-    import tomlkit
-
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    doc = tomlkit.parse(text)
-    update(doc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".toml", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(tomlkit.dumps(doc))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def set_combo(doc: Any, name: str, table: Mapping[str, Any] | None) -> None:
-    """Set (or with None delete) `[combos.NAME]` inside a tomlkit document."""
-    import tomlkit
-
-    if "combos" not in doc:
-        if table is None:
-            return
-        doc["combos"] = tomlkit.table(is_super_table=True)
-    combos = doc["combos"]
-    if table is None:
-        if name in combos:
-            del combos[name]
-        return
-    new = tomlkit.table()
-    for key, value in table.items():
-        if key == "targets":
-            arr = tomlkit.array()
-            for item in value:
-                if isinstance(item, Mapping):
-                    inline = tomlkit.inline_table()
-                    inline.update(item)
-                    arr.append(inline)
-                else:
-                    arr.append(item)
-            new[key] = arr
-        elif isinstance(value, Mapping):
-            inline = tomlkit.inline_table()
-            inline.update(value)
-            new[key] = inline
-        else:
-            new[key] = value
-    combos[name] = new
