@@ -35,8 +35,7 @@ import functools
 import re
 import statistics
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from .._core.text import span
 from .combos import auto_pool  # moved to combos.py; importable here until engine.py imports it from there
@@ -199,15 +198,39 @@ def _literal_length(pattern: str) -> int:
 
 def best_match(c: Candidate, patterns: Iterable[str]) -> str | None:
     """The most specific pattern that matches the candidate's model (or `provider/model`), or None."""
-    return _best_match(tuple(patterns), c.model, c.target)
+    return _matcher(tuple(patterns))(c)
 
 
-@functools.lru_cache(maxsize=8192)
-def _best_match(patterns: tuple[str, ...], model: str, target: str) -> str | None:
-    """`best_match`, cached per (patterns, model, target): the patterns of a task rarely change."""
-    names = (model.lower(), target.lower())
-    found = [p for p in patterns if any(fnmatch.fnmatchcase(n, p.lower()) for n in names)]
-    return max(found, key=_literal_length) if found else None
+#: per tuple of patterns, the best match per (provider, model): the patterns of a task rarely change
+_MATCHES: dict[tuple[str, ...], dict[tuple[str, str], str | None]] = {}
+_MATCHES_MAX = 64  # distinct pattern tables remembered (a config's tasks; more only if it is edited a lot)
+_MODELS_MAX = 4096  # (provider, model) pairs remembered per table
+
+
+def _matcher(patterns: tuple[str, ...]) -> Callable[[Candidate], str | None]:
+    """`best_match` against one table of patterns, remembering each (provider, model)'s answer."""
+    known = _MATCHES.get(patterns)
+    if known is None:
+        if len(_MATCHES) >= _MATCHES_MAX:
+            _MATCHES.clear()
+        known = _MATCHES[patterns] = {}
+    lowered = [p.lower() for p in patterns]
+
+    def match(c: Candidate) -> str | None:
+        key = (c.provider, c.model)
+        try:
+            return known[key]
+        except KeyError:
+            pass
+        names = (c.model.lower(), f"{c.provider}/{c.model}".lower())
+        found = [p for p, low in zip(patterns, lowered) if any(fnmatch.fnmatchcase(n, low) for n in names)]
+        best = max(found, key=_literal_length) if found else None
+        if len(known) >= _MODELS_MAX:
+            known.clear()
+        known[key] = best
+        return best
+
+    return match
 
 
 # ---- weights ------------------------------------------------------------------------------------
@@ -233,10 +256,8 @@ def weights_for(combo: Combo, policy: Policy) -> tuple[dict[str, float], str]:
 
 
 def _inverse(values: Sequence[float | None]) -> tuple[list[float], list[bool]]:
-    """`1 - (value - best) / worst` over the pool (lower is better); a missing value gets the pool median.
-
-    Returns the factor and whether it was guessed (no measurement), in the order of `values`.
-    """
+    """`1 - (value - best) / worst` over the pool (lower is better), clamped to [0, 1]; a missing value
+    gets the pool median. Returns the factor and whether it was guessed (no measurement), in order."""
     known = [v for v in values if v is not None]
     guessed = [v is None for v in values]
     if not known:
@@ -247,26 +268,30 @@ def _inverse(values: Sequence[float | None]) -> tuple[list[float], list[bool]]:
         return [1.0] * len(values), guessed
     out = []
     for v in values:
-        if v is None:
-            v = median
-        out.append(max(0.0, min(1.0, 1.0 - (v - best) / worst)))
+        x = 1.0 - ((median if v is None else v) - best) / worst
+        out.append(0.0 if x < 0.0 else (x if x < 1.0 else 1.0))
     return out, guessed
 
 
-@dataclass
-class Score:
-    """One candidate's factors, their weighted contributions and the total."""
+class Score(NamedTuple):
+    """One candidate's total and what explain() shows of it: the total (`score`), each factor and its
+    weighted points (`NAME`, `NAME_pts`), then the measurements behind them."""
 
     candidate: Candidate
-    factors: dict[str, float]
-    contributions: dict[str, float]
     total: float
-    raw: dict[str, Any]
+    inputs: dict[str, Any]
+
+
+#: the factors with (usually) a different value for every candidate; the others repeat a few values
+_SPREAD_OUT = frozenset({"cost", "latency", "stability"})
 
 
 def score_pool(candidates: Sequence[Candidate], snap: Measurements, written: Sequence[Candidate],
                weights: Mapping[str, float], task: str | None, patterns: Mapping[str, list[str]]) -> list[Score]:
     """Every factor of every candidate, normalised over this pool, and the weighted totals.
+
+    Computed factor by factor over the whole pool (one list per factor), so that each normalisation and
+    each rounding is done once per decision.
 
     Args:
         candidates: the pool to score (after filtering).
@@ -277,77 +302,97 @@ def score_pool(candidates: Sequence[Candidate], snap: Measurements, written: Seq
         patterns: the task-fit table (`task_patterns`).
     """
     policy = snap.policy
-    health_scores = policy.auto_health_scores
-    tier_scores = policy.auto_tier_scores
-    unknown_tier = policy.auto_unknown_tier_score
-    unknown_quota = policy.auto_unknown_quota_score
     blend_in, blend_out = policy.cost_blend_input, policy.cost_blend_output
-    share_weight = policy.auto_stability_spread_share
+    n = len(candidates)
 
-    # one pass of reads, then each normalisation once over the whole pool
-    raws: list[dict[str, Any]] = []
-    partial: list[tuple[float, float, float]] = []  # health, quota, tier
+    # one pass of reads
+    states: list[str] = []
+    shares: list[float | None] = []
+    tiers: list[str | None] = []
+    errors: list[float] = []
     blended: list[float | None] = []
     p95: list[float | None] = []
     spread: list[float | None] = []
-    errors: list[float] = []
     for c in candidates:
-        state = snap.breaker_state(c)
+        states.append(snap.breaker_state(c))
         share = snap.quota_headroom(c)[0]
-        if not isinstance(share, (int, float)):
-            share = None
+        shares.append(share if isinstance(share, (int, float)) else None)
         prices = snap.unit_prices(c)
         blended.append(None if prices is None else blend_in * prices[0] + blend_out * prices[1])
         p95.append(snap.p95(c))
         spread.append(snap.latency_spread(c))
         errors.append(snap.error_rate(c))
-        tier = snap.tier(c)
-        partial.append((
-            float(health_scores.get(state, 0.0)),
-            unknown_quota if share is None else float(share),
-            float(tier_scores.get(tier, unknown_tier)) if tier else unknown_tier,
-        ))
-        raws.append({"breaker": state, "headroom": "untracked" if share is None else share, "account_tier": tier or "unset"})
+        tiers.append(snap.tier(c))
+
+    health_scores = policy.auto_health_scores
+    health = [float(health_scores.get(state, 0.0)) for state in states]
+    unknown_quota = policy.auto_unknown_quota_score
+    quota = [unknown_quota if share is None else float(share) for share in shares]
     cost, cost_guessed = _inverse(blended)
     latency, latency_guessed = _inverse(p95)
     steady, _ = _inverse(spread)
+    spread_share = policy.auto_stability_spread_share
+    stability = [spread_share * st + (1.0 - spread_share) * (1.0 - err) for st, err in zip(steady, errors)]
+    tier_scores, unknown_tier = policy.auto_tier_scores, policy.auto_unknown_tier_score
+    tier = [float(tier_scores.get(t, unknown_tier)) if t else unknown_tier for t in tiers]
 
     # task fit and specificity
     matches: list[str | None] = []
-    if task is not None:
-        task_list = tuple(patterns.get(task, []))
-        matches = [_best_match(task_list, c.model, c.target) for c in candidates]
+    if task is None:
+        fit = specificity = [policy.auto_unknown_task_fit] * n
+    else:
+        match = _matcher(tuple(patterns.get(task, [])))
+        matches = [match(c) for c in candidates]
+        fit = [1.0 if m else 0.0 for m in matches]
         literal = [_literal_length(m) if m else 0 for m in matches]
         longest = max(literal, default=0)
+        specificity = [x / longest if longest else 0.0 for x in literal]
 
     # tier affinity: the user's written order of steps
     steps = sorted({c.step for c in (written or candidates)})
-    rank = {s: i for i, s in enumerate(steps)}
     last = len(steps) - 1
+    if last < 1:
+        affinity = [1.0] * n
+    else:
+        rank = {s: i for i, s in enumerate(steps)}
+        affinity = [1.0 - rank.get(c.step, last) / last for c in candidates]
 
-    weight_list = [weights.get(name, 0.0) for name in FACTORS]
-    unknown_fit = policy.auto_unknown_task_fit
-    scores = []
-    for i, c in enumerate(candidates):
-        raw = raws[i]
-        raw["price_per_mtok"] = "unknown (pool median)" if cost_guessed[i] else blended[i]
-        raw["p95_s"] = "no data (pool median)" if latency_guessed[i] else p95[i]
-        if task is None:
-            fit = specificity = unknown_fit
-        else:
-            match = matches[i]
-            fit = 1.0 if match else 0.0
-            specificity = literal[i] / longest if longest else 0.0
-            raw["pattern"] = match or "none"
-        health, quota, tier_score = partial[i]
-        stability = share_weight * steady[i] + (1.0 - share_weight) * (1.0 - errors[i])
-        affinity = 1.0 if last < 1 else 1.0 - rank.get(c.step, last) / last
-        values = [round(v, 4) for v in (health, quota, cost[i], latency[i], fit, specificity, stability, tier_score, affinity)]
-        contributions = [v * w for v, w in zip(values, weight_list)]
-        # rounded so that float noise in weights that sum to 1 cannot push a score across a threshold
-        total = round(sum(contributions), 6)
-        scores.append(Score(c, dict(zip(FACTORS, values)), dict(zip(FACTORS, contributions)), total, raw))
-    return scores
+    # what explain() shows, factor by factor: the factor rounded, then its points (factor x weight)
+    shown: list[list[Any]] = []
+    contributions: list[list[float]] = []
+    keys = ["score"]
+    for name, column in zip(FACTORS, (health, quota, cost, latency, fit, specificity, stability, tier, affinity)):
+        weight = weights.get(name, 0.0)
+        if name in _SPREAD_OUT:  # about one value per candidate
+            values = [round(v, 4) for v in column]
+            points = [v * weight for v in values]
+            shown += [values, [round(v, 4) for v in points]]
+        else:  # a few values repeated: each worked out once
+            once: dict[float, tuple[float, float, float]] = {}
+            for v in set(column):
+                r = round(v, 4)
+                once[v] = (r, r * weight, round(r * weight, 4))
+            worked = [once[v] for v in column]
+            points = [w[1] for w in worked]
+            shown += [[w[0] for w in worked], [w[2] for w in worked]]
+        contributions.append(points)
+        keys += [name, f"{name}_pts"]
+    # the total is the sum in FACTORS order, rounded so that float noise in weights that sum to 1
+    # cannot push a score across a threshold
+    totals = [round(sum(parts), 6) for parts in zip(*contributions)]
+    shown.insert(0, totals)
+    keys += ["breaker", "headroom", "account_tier", "price_per_mtok", "p95_s"]
+    shown += [
+        states,
+        ["untracked" if share is None else share for share in shares],
+        [t or "unset" for t in tiers],
+        ["unknown (pool median)" if guessed else price for guessed, price in zip(cost_guessed, blended)],
+        ["no data (pool median)" if guessed else value for guessed, value in zip(latency_guessed, p95)],
+    ]
+    if task is not None:
+        keys.append("pattern")
+        shown.append([m or "none" for m in matches])
+    return [Score(c, total, dict(zip(keys, row))) for c, total, row in zip(candidates, totals, zip(*shown))]
 
 
 # ---- exclusions ---------------------------------------------------------------------------------

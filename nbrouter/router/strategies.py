@@ -88,7 +88,16 @@ class StrategyContext:
     explored: bool = False
 
     def note(self, candidate: Candidate, **values: Any) -> None:
-        self.inputs.setdefault(candidate.key, {}).update(values)
+        """Record inputs the order was based on, for explain()."""
+        self.note_all(candidate, values)
+
+    def note_all(self, candidate: Candidate, values: dict[str, Any]) -> None:
+        """`note` with the inputs in a dict, which becomes the candidate's own when it has none yet."""
+        existing = self.inputs.get(candidate.key)
+        if existing is None:
+            self.inputs[candidate.key] = values
+        else:
+            existing.update(values)
 
 
 Strategy = Callable[[list[Candidate], StrategyContext], list[Candidate]]
@@ -329,7 +338,7 @@ def auto(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     ordered = [s.candidate for s in scores]
 
     pool = ctx.all_candidates or candidates
-    breaker = {s.candidate.key: s.raw["breaker"] for s in scores}  # read once already for the scored ones
+    breaker = {s.candidate.key: s.inputs["breaker"] for s in scores}  # read once already for the scored ones
     open_count = 0
     for c in pool:
         state = breaker.get(c.key)
@@ -352,17 +361,10 @@ def auto(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
         explore_text = f"no exploration (drew {draw:.4f}, rate {rate:g})"
 
     min_score = policy.auto_min_score
-    pts_names = [f"{name}_pts" for name in FACTORS]
     for position, s in enumerate(scores):
-        values: dict[str, Any] = {"score": s.total}
-        factors, contributions = s.factors, s.contributions
-        for name, pts in zip(FACTORS, pts_names):
-            values[name] = factors[name]
-            values[pts] = round(contributions[name], 4)
-        values.update(s.raw)
         if position > 0 and s.total < min_score:
-            values[EXCLUDE_INPUT] = exclusion_seconds(snap, combo.name, s.candidate.key)
-        ctx.note(s.candidate, **values)
+            s.inputs[EXCLUDE_INPUT] = exclusion_seconds(snap, combo.name, s.candidate.key)
+        ctx.note_all(s.candidate, s.inputs)
 
     weight_text = ", ".join(f"{name} {weights[name]:.3g}" for name in FACTORS if weights[name])
     ctx.notes.append(f"auto: {source}: {weight_text}")
@@ -415,9 +417,9 @@ def accounts_round_robin(group: list[Candidate], ctx: StrategyContext) -> list[C
     full = _step_members(ctx, group[0].step) or group
     turn = ctx.snapshot.counter(f"acct:{ctx.combo.name}:{group[0].step}")
     start = turn % len(full)
-    order = [c.account for c in full[start:] + full[:start]]
-    rank = {a: i for i, a in enumerate(order)}
-    return sorted(group, key=lambda c: rank.get(c.account, len(rank)))
+    by_account = {c.account: c for c in group}
+    out = [by_account.pop(c.account) for c in full[start:] + full[:start] if c.account in by_account]
+    return out + [c for c in group if c.account in by_account]  # (none: a step's accounts are all in `full`)
 
 
 def accounts_fill_first(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
