@@ -32,6 +32,17 @@ PROVIDER_FIELDS = {
 }
 #: the keys of one `[[providers.NAME.accounts]]` entry
 ACCOUNT_FIELDS = ("name", "api_key_env", "quota", "tier")
+#: the request options one step's inline table may set (`{ target = "p/m", temperature = 0.2 }`), kept in
+#: `Step.options`
+STEP_OPTIONS = ("max_tokens", "temperature", "top_p", "stop", "system", "extra_body")
+#: the keys of one step's inline table
+STEP_FIELDS = ("target", "combo", "weight", *STEP_OPTIONS)
+#: the top-level keys and tables of the file
+TOP_LEVEL_FIELDS = ("providers", "combos", "policy", "prices", "task_fit", "log_content", "state_path", "router")
+#: the keys of the `[router]` table (settings of the whole router)
+ROUTER_FIELDS = ("emergency",)
+#: the keys of one `[prices."provider/model"]` table (USD per million tokens)
+PRICE_FIELDS = ("input_per_mtok", "output_per_mtok")
 DEFAULT_ACCOUNT = "default"
 
 
