@@ -19,8 +19,7 @@ import pytest
 
 from nbrouter import ComboConfigError, Router
 from nbrouter.providers import RateLimits
-from nbrouter.router.config import ACCOUNT_STRATEGIES as CONFIG_ACCOUNT_STRATEGIES
-from nbrouter.router.config import VIRTUAL_COMBOS
+from nbrouter.router.packs import VIRTUAL_COMBOS
 from nbrouter.router.strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from nbrouter.router.tokens import estimate_prompt, estimate_text
 
@@ -165,9 +164,16 @@ def test_config_validation_reads_the_strategy_registry(make_router: Any, tmp_pat
     with pytest.raises(ComboConfigError) as err:
         make_router({"providers": {"a": _provider(["m"])}, "combos": {"x": {"targets": ["a/m"], "strategy": "fastst"}}}, state_path=tmp_path / "bad.db")
     assert "fastest" in str(err.value) and "reset-aware" in str(err.value)
-    assert set(ACCOUNT_STRATEGIES) == set(CONFIG_ACCOUNT_STRATEGIES)
     for name in ACCOUNT_STRATEGIES:
         make_router({"providers": {"a": _provider(["m"])}, "combos": {"x": {"targets": ["a/m"], "account_strategy": name}}}, state_path=tmp_path / f"acct-{name}.db")
+
+
+def test_config_refuses_an_unknown_account_strategy_naming_the_known_ones(make_router: Any, tmp_path: Path) -> None:
+    with pytest.raises(ComboConfigError) as err:
+        make_router({"providers": {"a": _provider(["m"])}, "combos": {"x": {"targets": ["a/m"], "account_strategy": "fill-frist"}}},
+                    state_path=tmp_path / "bad.db")
+    assert err.value.combo == "x" and err.value.field == "account_strategy"
+    assert "fill-frist" in str(err.value) and all(name in str(err.value) for name in ACCOUNT_STRATEGIES)
 
 
 # ---- weighted ---------------------------------------------------------------------------------------

@@ -26,11 +26,11 @@ import ipywidgets as w
 from traitlets import Bool, Dict, HasTraits, Int, List, Unicode, link
 
 from ..router import _text
-from ..router.config import ACCOUNT_STRATEGIES, VIRTUAL_COMBOS, Combo
+from ..router.config import VIRTUAL_COMBOS, Combo
 from ..router.errors import ComboConfigError
 from ..router.policy import DEFAULT_FALLBACK_ON
-from ..router.scoring import FACTORS, PACKS
-from ..router.strategies import STRATEGIES
+from ..router.packs import FACTORS, PACKS
+from ..router.strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from ..router.types import AttemptFinished, AttemptStarted, Done, ErrorKind, TextDelta
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ LOW_HEADROOM = 0.1
 #: the kinds a person can tick for `fallback_on` (a cancelled call always stops)
 FALLBACK_KINDS = tuple(k for k in ErrorKind if k is not ErrorKind.CANCELLED)
 DEFAULT_FALLBACK = tuple(k.value for k in FALLBACK_KINDS if k in DEFAULT_FALLBACK_ON)
-DEFAULT_ACCOUNT_STRATEGY = ACCOUNT_STRATEGIES[0]
+DEFAULT_ACCOUNT_STRATEGY = next(iter(ACCOUNT_STRATEGIES))
 #: the combo fields the builder has a control for; any other field of a loaded combo is kept as it is
 EDITED_FIELDS = frozenset({"targets", "strategy", "account_strategy", "fallback_on", "sticky", "weights", "pack"})
 

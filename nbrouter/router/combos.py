@@ -1,9 +1,14 @@
-"""Resolving a combo into one flat, ordered list of candidates, each with the path it came from."""
+"""Resolving a combo into one flat, ordered list of candidates, each with the path it came from; and the
+virtual combos (`auto`, `auto/coding`, ...) and saved `auto` combos whose steps are a candidate pool."""
 
 from __future__ import annotations
 
-from .config import VIRTUAL_COMBOS, Combo, Config, Step, parse_target
+from dataclasses import replace
+from typing import Iterable
+
 from .errors import ComboConfigError
+from .model import Combo, Config, Step, parse_target
+from .packs import VARIANTS, VIRTUAL_COMBOS
 from .types import Candidate
 
 
@@ -12,13 +17,9 @@ def combo_for(config: Config, name: str) -> Combo:
     combo = config.combos.get(name)
     if combo is not None:
         if combo.strategy == "auto" and not combo.steps:
-            from .scoring import auto_pool  # a saved auto combo without targets: its pool, also when nested
-
-            return auto_pool(config, combo)
+            return auto_pool(config, combo)  # a saved auto combo without targets: its pool, also when nested
         return combo
     if name in VIRTUAL_COMBOS:
-        from .scoring import virtual_combo
-
         return virtual_combo(config, name)
     if "/" in name:
         provider, account, model = parse_target(name)
@@ -60,3 +61,58 @@ def _expand(config: Config, combo: Combo, path: tuple[str, ...], weight: float, 
             if acc is None:
                 continue
             out.append(Candidate(provider.name, acc.name, step.model or "", path=path, weight=weight * step.weight, step=index))
+
+
+# ---- the candidate pool of auto combos ---------------------------------------------------------
+
+
+def pool_steps(config: Config, pool: Iterable[str] | None) -> list[Step]:
+    """Steps of every enabled candidate: each provider x its `models` (or the pool's providers and targets)."""
+    entries = list(pool) if pool is not None else [name for name in config.providers]
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for entry in entries:
+        if "/" in entry:
+            provider, account, model = parse_target(entry)
+            refs = [(provider, account, model)]
+        else:
+            provider, _, account_text = entry.partition("#")
+            prov = config.providers.get(provider)
+            refs = [(provider, account_text or None, m) for m in (prov.models if prov else [])]
+        for provider, account, model in refs:
+            prov = config.providers.get(provider)
+            if prov is None or not prov.enabled or not model:
+                continue
+            ref = f"{provider}#{account}/{model}" if account else f"{provider}/{model}"
+            if ref in seen:
+                continue
+            seen.add(ref)
+            steps.append(Step(ref=ref, provider=provider, account=account, model=model))
+    return steps
+
+
+def virtual_combo(config: Config, name: str) -> Combo:
+    """The virtual combo `auto`, `auto/coding`, ...: every enabled candidate of the config, built per
+    request (a provider added to the config takes part at once)."""
+    variant = VARIANTS[name]
+    steps = pool_steps(config, None)
+    if not steps:
+        missing = config.providers_without_models()
+        hint = f"providers without models: {', '.join(missing)}" if missing else "no provider is configured"
+        raise ComboConfigError(f"{name} has no candidates: list `models` under each provider ({hint})",
+                               file=config.file_label, combo=name, field="providers.models")
+    return Combo(name=name, steps=steps, strategy="auto", pack=variant.pack, virtual=True)
+
+
+def auto_pool(config: Config, combo: Combo) -> Combo:
+    """A saved `auto` combo without targets, with its steps filled from `candidate_pool` (default: every
+    enabled candidate). Other combos come back as they are."""
+    if combo.strategy != "auto" or combo.steps or combo.virtual:
+        return combo
+    steps = pool_steps(config, combo.candidate_pool)
+    if not steps:
+        missing = config.providers_without_models(combo.candidate_pool)
+        hint = f" (providers without models: {', '.join(missing)})" if missing else ""
+        raise ComboConfigError(f"the candidate pool is empty: list `models` under the providers{hint}",
+                               file=config.file_label, combo=combo.name, field="candidate_pool")
+    return replace(combo, steps=steps)

@@ -1,24 +1,49 @@
-"""The configuration: providers, accounts, combos, policy overrides and prices, loaded from TOML and
-validated; combos saved back without losing the user's other tables and comments.
+"""Loading and validating the configuration: providers, accounts, combos, policy overrides and prices,
+from a TOML file or a dict of the same shape.
 
-Every validation failure raises ComboConfigError naming the file, the combo and the field.
+Every value is checked for its type and its range (a TOML string is never taken for a boolean, a zero
+timeout is refused), every table refuses keys it does not know and suggests the nearest known one, and
+every failure is a ComboConfigError naming the file, the combo (or the provider, in the field) and the
+field. The data classes are in `model.py`; writing combos back is in `config_file.py`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
+import datetime
+import difflib
+import math
 import os
+import re
 import sys
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping, NoReturn
+from urllib.parse import urlsplit
 
-from ..providers.presets import PRESETS, PROTOCOLS
+from ..providers.presets import ENV_PRESETS, PRESETS, PROTOCOLS, Preset
+from .config_file import combo_table, set_combo, write_document
 from .errors import ComboConfigError
+from .model import (
+    ACCOUNT_FIELDS,
+    COMBO_FIELDS,
+    DEFAULT_ACCOUNT,
+    PRICE_FIELDS,
+    PROVIDER_FIELDS,
+    QUOTA_FIELDS,
+    ROUTER_FIELDS,
+    STEP_FIELDS,
+    TIERS,
+    TOP_LEVEL_FIELDS,
+    Account,
+    Combo,
+    Config,
+    Provider,
+    Quota,
+    Step,
+    parse_target,
+)
+from .packs import FACTORS, PACKS, VIRTUAL_COMBOS
 from .policy import Policy
+from .strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from .types import ErrorKind
 
 if sys.version_info >= (3, 11):
@@ -26,22 +51,60 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TIERS = ("free", "standard", "pro", "ultra")
-QUOTA_FIELDS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "tokens_per_day")
-COMBO_FIELDS = {
-    "targets", "strategy", "account_strategy", "fallback_on", "max_attempts", "timeout_s", "sticky",
-    "when_all_cooling", "max_wait_s", "weights", "pack", "candidate_pool", "deadline_s", "description",
-    "retries", "hedge_after_s",
+#: names other modules import from here (the data classes live in model.py, the writers in config_file.py)
+__all__ = [
+    "load_config", "build_config", "validate_graph", "default_config_path", "environment_providers", "local_provider",
+    "parse_target", "Quota", "Account", "Provider", "Step", "Combo", "Config", "QUOTA_FIELDS", "COMBO_FIELDS",
+    "PROVIDER_FIELDS", "TIERS", "DEFAULT_ACCOUNT", "VIRTUAL_COMBOS", "FALLBACK_PRESETS", "combo_table",
+    "write_document", "set_combo",
+]
+
+#: `fallback_on = "transient"` or `"all"`: named sets of error kinds, besides an explicit array
+FALLBACK_PRESETS: dict[str, frozenset[ErrorKind]] = {
+    "transient": frozenset({
+        ErrorKind.RATE_LIMIT, ErrorKind.QUOTA_EXCEEDED, ErrorKind.SERVER_ERROR, ErrorKind.OVERLOADED, ErrorKind.TIMEOUT,
+        ErrorKind.NETWORK, ErrorKind.MODEL_NOT_FOUND, ErrorKind.UNSUPPORTED,
+    }),
+    "all": frozenset(ErrorKind),
 }
-PROVIDER_FIELDS = {
-    "preset", "protocol", "base_url", "api_key_env", "accounts", "models", "context_window", "context_windows",
-    "tier", "quota", "headers", "enabled", "managed", "model_path", "server_command", "prices_id", "local",
+
+#: `[policy]` constants with a narrower range than "a non-negative number": (minimum, maximum, minimum excluded)
+POLICY_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "max_attempts": (1, None, False),
+    "max_depth": (1, None, False),
+    "attempt_timeout_s": (0, None, True),
+    "breaker_failures": (1, None, False),
+    "breaker_window_s": (0, None, True),
+    "breaker_open_s": (0, None, True),
+    "breaker_max_multiplier": (1, None, False),
+    "latency_ewma_alpha": (0, 1, True),
+    "latency_samples": (1, None, False),
+    "token_safety_margin": (1, None, False),
+    "default_max_tokens_estimate": (1, None, False),
+    "truncation_ratio": (0, 1, False),
+    "auto_explore_rate": (0, 1, False),
+    "auto_smart_explore_rate": (0, 1, False),
+    "auto_min_score": (0, 1, False),
+    "auto_incident_open_share": (0, 1, False),
+    "auto_unknown_tier_score": (0, 1, False),
+    "auto_unknown_quota_score": (0, 1, False),
+    "auto_unknown_task_fit": (0, 1, False),
+    "auto_stability_spread_share": (0, 1, False),
+    "auto_task_scan_chars": (1, None, False),
+    "retry_jitter": (0, 1, False),
 }
-ACCOUNT_STRATEGIES = ("round-robin", "fill-first", "p2c", "scored")
-VIRTUAL_COMBOS = ("auto", "auto/coding", "auto/fast", "auto/cheap", "auto/smart", "auto/offline")
-DEFAULT_ACCOUNT = "default"
+#: `[policy]` tables whose values are scores in [0, 1]
+POLICY_SCORE_TABLES = ("auto_health_scores", "auto_tier_scores")
+#: `[policy]` tables whose values are counts (non-negative integers)
+POLICY_COUNT_TABLES = ("retries",)
+#: pairs of `[policy]` constants where the first may not exceed the second
+POLICY_ORDER = (("rate_limit_cooldown_s", "rate_limit_cooldown_cap_s"), ("auto_exclude_s", "auto_exclude_cap_s"),
+                ("retry_backoff_s", "retry_backoff_cap_s"))
 #: the kinds a combo's `retries` may name (the policy's `retries` table)
 RETRIABLE = tuple(Policy().retries)
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def default_config_path() -> Path:
@@ -54,142 +117,8 @@ def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir("nbrouter", appauthor=False)) / "config.toml"
 
 
-@dataclass(frozen=True)
-class Quota:
-    """Configured limits of one account (None = not limited)."""
-
-    requests_per_minute: int | None = None
-    requests_per_day: int | None = None
-    tokens_per_minute: int | None = None
-    tokens_per_day: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_empty", all(getattr(self, f) is None for f in QUOTA_FIELDS))
-
-    def is_empty(self) -> bool:
-        """No limit configured (checked for every candidate of every call, so computed once)."""
-        return self._empty  # type: ignore[attr-defined,no-any-return]
-
-
-@dataclass(frozen=True)
-class Account:
-    """One credential of a provider; the key itself is read from the environment at call time."""
-
-    name: str
-    api_key_env: str | None = None
-    quota: Quota = Quota()
-    tier: str | None = None
-
-    def api_key(self) -> str | None:
-        if not self.api_key_env:
-            return None
-        return os.environ.get(self.api_key_env) or None
-
-
-@dataclass
-class Provider:
-    """A configured endpoint: protocol, base URL, accounts, known models."""
-
-    name: str
-    protocol: str
-    base_url: str
-    accounts: list[Account]
-    preset: str | None = None
-    local: bool = False
-    models: list[str] = field(default_factory=list)
-    context_windows: dict[str, int] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    enabled: bool = True
-    prices_id: str | None = None
-    managed: bool = False
-    model_path: str | None = None
-    server_command: list[str] | None = None
-    source: str = "config"
-
-    def account(self, name: str) -> Account | None:
-        for acc in self.accounts:
-            if acc.name == name:
-                return acc
-        return None
-
-    def context_window(self, model: str) -> int | None:
-        return self.context_windows.get(model)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One entry of a combo's `targets`: a target (`provider[#account]/model`) or another combo's name."""
-
-    ref: str
-    combo: str | None = None
-    provider: str | None = None
-    account: str | None = None
-    model: str | None = None
-    weight: float = 1.0
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def is_combo(self) -> bool:
-        return self.combo is not None
-
-
-@dataclass
-class Combo:
-    """A named, ordered group of steps with a strategy and options."""
-
-    name: str
-    steps: list[Step]
-    strategy: str = "priority"
-    account_strategy: str = "round-robin"
-    fallback_on: frozenset[ErrorKind] | None = None
-    max_attempts: int | None = None
-    timeout_s: float | None = None
-    sticky: int = 1
-    when_all_cooling: str = "fail"
-    max_wait_s: float | None = None
-    deadline_s: float | None = None
-    weights: dict[str, float] | None = None
-    pack: str | None = None
-    candidate_pool: list[str] | None = None
-    virtual: bool = False
-    #: same-target retries per error kind (on top of the policy's `retries`)
-    retries: dict[str, int] | None = None
-    #: start the next candidate too when the first has sent no first byte after this long (off: None)
-    hedge_after_s: float | None = None
-
-
-@dataclass
-class Config:
-    """Everything the router reads from the configuration."""
-
-    providers: dict[str, Provider]
-    combos: dict[str, Combo]
-    policy: Policy
-    prices: dict[str, tuple[float, float]]
-    task_fit: dict[str, list[str]]
-    path: Path | None
-    raw: dict[str, Any]
-    log_content: bool = True
-    state_path: str | None = None
-    source: str = "file"
-    #: `[router] emergency`: a combo or target tried once after every candidate of any combo failed or was skipped
-    emergency: str | None = None
-
-    @functools.cached_property
-    def hash(self) -> str:
-        """A short hash of the configuration, recorded with every decision."""
-        blob = json.dumps(self.raw, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
-    @property
-    def file_label(self) -> str:
-        return str(self.path) if self.path else "<dict>"
-
-
 def environment_providers() -> dict[str, Provider]:
     """Zero-config: one provider per preset whose usual key variable is set (OPENAI_API_KEY...)."""
-    from ..providers.presets import ENV_PRESETS
-
     found: dict[str, Provider] = {}
     for name in ENV_PRESETS:
         preset = PRESETS[name]
@@ -212,18 +141,16 @@ def local_provider(preset_name: str, base_url: str, models: Iterable[str]) -> Pr
     )
 
 
-# ---- parsing ---------------------------------------------------------------------------
+# ---- loading -----------------------------------------------------------------------------------
 
 
-def parse_target(text: str) -> tuple[str, str | None, str]:
-    """`provider[#account]/model` -> (provider, account or None, model). The model may contain slashes."""
-    head, _, model = text.partition("/")
-    provider, _, account = head.partition("#")
-    return provider.strip(), (account.strip() or None), model.strip()
+def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None, *, strategies: Iterable[str] | None = None) -> Config:
+    """Load and validate a configuration from a path, a dict, or the default location.
 
-
-def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None, *, strategies: Iterable[str] = ()) -> Config:
-    """Load and validate a configuration from a path, a dict, or the default location."""
+    Args:
+        source: a path to a TOML file, a dict of the same shape, or None for the default location.
+        strategies: the strategy names a combo may use (default: the registry, `strategies.STRATEGIES`).
+    """
     if isinstance(source, Mapping):
         return build_config(dict(source), path=None, strategies=strategies)
     path = Path(source).expanduser() if source is not None else default_config_path()
@@ -235,352 +162,563 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None
         config.providers.update(environment_providers())
         return config
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ComboConfigError(f"not valid TOML: {exc}", file=str(path)) from None
+        data = path.read_bytes()
     except OSError as exc:
         raise ComboConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark, as some Windows editors write, is fine
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ComboConfigError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} cannot be read; "
+                               "save the file as UTF-8", file=str(path)) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ComboConfigError(f"not valid TOML: {exc}", file=str(path)) from None
     return build_config(raw, path=path, strategies=strategies)
 
 
-def build_config(raw: dict[str, Any], *, path: Path | None, strategies: Iterable[str] = ()) -> Config:
-    """Validate a parsed TOML document into a Config."""
-    label = str(path) if path else "<dict>"
-    known = {"providers", "combos", "policy", "prices", "task_fit", "log_content", "state_path", "router"}
-    for key in raw:
-        if key not in known:
-            raise ComboConfigError(f"unknown table or key (known: {', '.join(sorted(known))})", file=label, field=key)
+def build_config(raw: dict[str, Any], *, path: Path | None, strategies: Iterable[str] | None = None) -> Config:
+    """Validate a parsed TOML document into a Config.
 
-    policy = _policy(raw.get("policy", {}), label)
+    Args:
+        raw: the parsed document.
+        path: the file it came from (None for a dict), named in every error.
+        strategies: the strategy names a combo may use (default: the registry, `strategies.STRATEGIES`).
+    """
+    label = str(path) if path else "<dict>"
+    top = _At(label)
+    _known_keys(raw, TOP_LEVEL_FIELDS, top, "the top level of the file")
+
+    policy = _policy(raw.get("policy", {}), top.at("policy"))
     providers = {}
-    for name, table in _table(raw.get("providers", {}), label, None, "providers").items():
-        providers[name] = _provider(name, table, label)
-    prices = _prices(raw.get("prices", {}), label)
-    task_fit = _task_fit(raw.get("task_fit", {}), label)
-    strategy_names = set(strategies)
+    for name, table in _table(raw.get("providers", {}), top.at("providers")).items():
+        providers[name] = _provider(name, table, top.at(f"providers.{name}"))
+    prices = _prices(raw.get("prices", {}), top.at("prices"), providers)
+    task_fit = _task_fit(raw.get("task_fit", {}), top.at("task_fit"))
+    strategy_names = set(STRATEGIES if strategies is None else strategies)
     combos = {}
-    for name, table in _table(raw.get("combos", {}), label, None, "combos").items():
-        combos[name] = _combo(name, table, label, providers, strategy_names)
-    emergency = _router_table(raw.get("router", {}), label, providers, combos)
+    for name, table in _table(raw.get("combos", {}), top.at("combos")).items():
+        combos[name] = _combo(name, table, _At(label, combo=name), providers, strategy_names, policy)
+    log_content = _bool(raw["log_content"], top.at("log_content")) if "log_content" in raw else True
+    state_path = _string(raw["state_path"], top.at("state_path"), "a file path") if "state_path" in raw else None
+    emergency = _router_table(raw.get("router", {}), top.at("router"), providers, combos)
     config = Config(
         providers=providers, combos=combos, policy=policy, prices=prices, task_fit=task_fit, path=path, raw=raw,
-        log_content=bool(raw.get("log_content", True)), state_path=raw.get("state_path"), emergency=emergency,
+        log_content=log_content, state_path=state_path, emergency=emergency,
     )
     validate_graph(config)
     return config
 
 
-def _router_table(raw: Any, label: str, providers: dict[str, Provider], combos: dict[str, Combo]) -> str | None:
-    """`[router]`: settings of the whole router; `emergency` names the last-resort combo or target."""
-    table = _table(raw, label, None, "router")
+# ---- where a value sits, and the checks every field goes through ----------------------------------------
+
+
+class _At:
+    """Where a value sits in the file (file, combo, field): what an error about it names."""
+
+    __slots__ = ("label", "combo", "field")
+
+    def __init__(self, label: str, combo: str | None = None, field: str | None = None) -> None:
+        self.label, self.combo, self.field = label, combo, field
+
+    def at(self, field: str) -> _At:
+        """The place of `field`, given in full (combo fields are relative to the combo)."""
+        return _At(self.label, self.combo, field)
+
+    def key(self, key: str) -> _At:
+        """The place of `key` inside this table."""
+        return _At(self.label, self.combo, f"{self.field}.{key}" if self.field else key)
+
+    def fail(self, message: str) -> NoReturn:
+        raise ComboConfigError(message, file=self.label, combo=self.combo, field=self.field)
+
+
+def _did_you_mean(word: Any, known: Collection[str]) -> str:
+    """`did you mean 'x'? ` for the known word nearest to `word`, or nothing when none is near."""
+    close = difflib.get_close_matches(word, [str(k) for k in known], n=1, cutoff=0.6) if isinstance(word, str) else []
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _suggest(word: str, known: Collection[str]) -> str:
+    """` (did you mean 'x'?)` for the nearest known word, else the known words."""
+    hint = _did_you_mean(word, known)
+    return f" ({hint[:-1]})" if hint else f" (known: {', '.join(sorted(known)) or 'none'})"
+
+
+def _known_keys(table: Mapping[str, Any], known: Collection[str], at: _At, where: str) -> None:
     for key in table:
-        if key not in ("emergency",):
-            raise ComboConfigError("unknown key (known: emergency)", file=label, field=f"router.{key}")
-    emergency = table.get("emergency")
-    if emergency is None:
-        return None
-    if not isinstance(emergency, str) or not emergency.strip():
-        raise ComboConfigError("must be the name of a combo or a provider/model target", file=label, field="router.emergency")
-    emergency = emergency.strip()
-    if emergency in combos or emergency in VIRTUAL_COMBOS:
-        return emergency
-    if "/" in emergency and parse_target(emergency)[0] in providers and parse_target(emergency)[2]:
-        return emergency
-    known = ", ".join(sorted(combos)) or "none defined"
-    raise ComboConfigError(f"no combo or target {emergency!r} (combos: {known})", file=label, field="router.emergency")
+        if key not in known:
+            at.key(key).fail(f"unknown key {key!r} in {where}{_suggest(key, known)}")
 
 
-def _table(value: Any, label: str, combo: str | None, fieldname: str) -> dict[str, Any]:
+def _describe(value: Any) -> str:
+    """A TOML value as an error message names it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "an array" if value else "an empty array"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return "a date or time"
+    return f"a {type(value).__name__}"
+
+
+def _table(value: Any, at: _At) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise ComboConfigError(f"must be a table, not {type(value).__name__}", file=label, combo=combo, field=fieldname)
+        at.fail(f"must be a table, not {_describe(value)}")
     return dict(value)
 
 
-def _policy(raw: Any, label: str) -> Policy:
-    table = _table(raw, label, None, "policy")
-    names = Policy.names()
-    defaults = Policy()
-    overrides: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in names:
-            raise ComboConfigError(f"unknown policy constant (known: {', '.join(sorted(names))})", file=label, field=f"policy.{key}")
-        default = getattr(defaults, key)
-        if isinstance(default, dict):
-            if not isinstance(value, Mapping) or any(not _is_number(v) or v < 0 for v in value.values()):
-                raise ComboConfigError("must be a table of non-negative numbers", file=label, field=f"policy.{key}")
-            unknown = set(value) - set(default)
-            if unknown:
-                raise ComboConfigError(f"unknown factor(s) {sorted(unknown)}", file=label, field=f"policy.{key}")
-            overrides[key] = {**default, **{k: float(v) for k, v in value.items()}}
-        elif isinstance(default, int) and not isinstance(default, bool):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ComboConfigError("must be a non-negative integer", file=label, field=f"policy.{key}")
-            overrides[key] = value
-        else:
-            if not _is_number(value) or value < 0:
-                raise ComboConfigError("must be a non-negative number", file=label, field=f"policy.{key}")
-            overrides[key] = float(value)
-    return defaults.with_overrides(overrides)
+def _bool(value: Any, at: _At) -> bool:
+    if not isinstance(value, bool):
+        hint = " (TOML booleans take no quotes)" if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "0", "1") else ""
+        at.fail(f"must be true or false, not {_describe(value)}{hint}")
+    return value
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _quota(raw: Any, label: str, where: str) -> Quota:
-    table = _table(raw, label, None, where)
-    values: dict[str, int] = {}
+def _int(value: Any, at: _At, minimum: int = 1, unit: str = "") -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        wanted = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer of at least {minimum}")
+        at.fail(f"must be {wanted}{unit}, not {_describe(value)}")
+    return value
+
+
+def _number(value: Any, at: _At, *, minimum: float = 0.0, maximum: float | None = None, exclusive: bool = False,
+            unit: str = "") -> float:
+    ok = _is_number(value) and math.isfinite(value) and (value > minimum if exclusive else value >= minimum)
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        if maximum is not None:
+            wanted = f"a number from {minimum:g}{' (excluded)' if exclusive else ''} to {maximum:g}"
+        elif minimum == 0:
+            wanted = "a positive number" if exclusive else "a non-negative number"
+        else:
+            wanted = f"a number {'above' if exclusive else 'of at least'} {minimum:g}"
+        at.fail(f"must be {wanted}{unit}, not {_describe(value)}")
+    return float(value)
+
+
+def _string(value: Any, at: _At, what: str = "a string") -> str:
+    if not isinstance(value, str) or not value.strip():
+        at.fail(f"must be {what} (a non-empty string), not {_describe(value)}")
+    return value
+
+
+def _strings(value: Any, at: _At, what: str) -> list[str]:
+    if not isinstance(value, list):
+        at.fail(f"must be an array of {what}, not {_describe(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            at.fail(f"must be an array of {what}: item {i + 1} is {_describe(item)}")
+    return list(value)
+
+
+def _choice(value: Any, known: Collection[str], at: _At, what: str) -> str:
+    if not isinstance(value, str):
+        at.fail(f"must be {what} (a string), not {_describe(value)}")
+    if value not in known:
+        hint = _did_you_mean(value, list(known))
+        at.fail(f"unknown {what} {value!r} ({hint}known: {', '.join(known)})")
+    return value
+
+
+def _env_name(value: Any, at: _At) -> str:
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        at.fail(f"must be the name of an environment variable (letters, digits, '_'), not {_describe(value)}")
+    return value
+
+
+# ---- [router] ----------------------------------------------------------------------------------
+
+
+def _router_table(raw: Any, at: _At, providers: Mapping[str, Provider], combos: Mapping[str, Combo]) -> str | None:
+    """`[router]`: settings of the whole router; `emergency` names the last-resort combo or target."""
+    table = _table(raw, at)
+    _known_keys(table, ROUTER_FIELDS, at, "[router]")
+    if "emergency" not in table:
+        return None
+    where = at.key("emergency")
+    emergency = _string(table["emergency"], where, "the name of a combo or a provider/model target").strip()
+    if emergency in combos or emergency in VIRTUAL_COMBOS:
+        return emergency
+    provider, account, model = parse_target(emergency)
+    if "/" in emergency and provider in providers and model:
+        if account is not None and providers[provider].account(account) is None:
+            known = ", ".join(a.name for a in providers[provider].accounts)
+            where.fail(f"unknown account {account!r} of provider {provider!r} (known: {known})")
+        return emergency
+    known = ", ".join(sorted(combos)) or "none defined"
+    hint = _did_you_mean(emergency, list(combos))
+    where.fail(f"no combo or target {emergency!r} ({hint}combos: {known}; or write provider/model)")
+
+
+# ---- policy ------------------------------------------------------------------------------------
+
+
+def _policy(raw: Any, at: _At) -> Policy:
+    table = _table(raw, at)
+    names = Policy.names()
+    _known_keys(table, names, at, "[policy]")
+    defaults = Policy()
+    overrides: dict[str, Any] = {}
     for key, value in table.items():
-        if key not in QUOTA_FIELDS:
-            raise ComboConfigError(f"unknown quota field (known: {', '.join(QUOTA_FIELDS)})", file=label, field=f"{where}.{key}")
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ComboConfigError("must be a positive integer", file=label, field=f"{where}.{key}")
-        values[key] = value
-    return Quota(**values)
+        where = at.key(key)
+        default = getattr(defaults, key)
+        if isinstance(default, dict):
+            overrides[key] = _policy_table(key, value, default, where)
+        elif isinstance(default, bool):
+            overrides[key] = _bool(value, where)
+        elif isinstance(default, int):
+            minimum, maximum, _ = POLICY_RANGES.get(key, (0, None, False))
+            overrides[key] = _int(value, where, minimum=int(minimum))
+            if maximum is not None and value > maximum:
+                where.fail(f"must be at most {maximum:g}, not {value!r}")
+        else:
+            minimum, maximum, exclusive = POLICY_RANGES.get(key, (0, None, False))
+            overrides[key] = _number(value, where, minimum=minimum, maximum=maximum, exclusive=exclusive)
+    merged = defaults.with_overrides(overrides)
+    for low, high in POLICY_ORDER:
+        if getattr(merged, low) > getattr(merged, high):
+            name = low if low in table else high
+            at.key(name).fail(f"{low} ({getattr(merged, low):g}) may not exceed {high} ({getattr(merged, high):g})")
+    return merged
 
 
-def _provider(name: str, table: Any, label: str) -> Provider:  # noqa: C901 - one validation per field
-    where = f"providers.{name}"
-    table = _table(table, label, None, where)
-    if not name or "/" in name or "#" in name:
-        raise ComboConfigError("a provider name may not be empty or contain '/' or '#'", file=label, field=where)
-    for key in table:
-        if key not in PROVIDER_FIELDS:
-            raise ComboConfigError(f"unknown field (known: {', '.join(sorted(PROVIDER_FIELDS))})", file=label, field=f"{where}.{key}")
-    preset_name = table.get("preset")
-    if preset_name is None and name in PRESETS and "protocol" not in table:
-        preset_name = name
-    preset = None
-    if preset_name is not None:
-        preset = PRESETS.get(preset_name)
-        if preset is None:
-            raise ComboConfigError(f"unknown preset {preset_name!r} (known: {', '.join(PRESETS)})", file=label, field=f"{where}.preset")
-    protocol = table.get("protocol", preset.protocol if preset else None)
-    if protocol is None:
-        raise ComboConfigError("needs a `preset` or a `protocol` and `base_url`", file=label, field=f"{where}.protocol")
-    if protocol not in PROTOCOLS:
-        raise ComboConfigError(f"unknown protocol {protocol!r} (known: {', '.join(PROTOCOLS)})", file=label, field=f"{where}.protocol")
+def _policy_table(key: str, value: Any, default: dict[str, float], at: _At) -> dict[str, float]:
+    table = _table(value, at)
+    _known_keys(table, default, at, f"[policy] {key}")
+    out = dict(default)
+    for name, number in table.items():
+        if key in POLICY_COUNT_TABLES:
+            out[name] = _int(number, at.key(name), minimum=0)
+        else:
+            out[name] = _number(number, at.key(name), maximum=1.0 if key in POLICY_SCORE_TABLES else None)
+    if key == "auto_weights" and not any(out.values()):
+        at.fail("weights are all zero: at least one factor needs a positive weight")
+    return out
+
+
+# ---- providers ---------------------------------------------------------------------------------
+
+
+def _provider(name: str, raw: Any, at: _At) -> Provider:  # noqa: C901 - one check per field
+    table = _table(raw, at)
+    if not name.strip() or "/" in name or "#" in name or any(ch.isspace() for ch in name):
+        at.fail(f"a provider name may not be empty or contain spaces, '/' or '#' (provider {name!r})")
+    _known_keys(table, PROVIDER_FIELDS, at, f"provider {name!r}")
+    preset: Preset | None = None
+    if "preset" in table:
+        preset = PRESETS[_choice(table["preset"], list(PRESETS), at.key("preset"), "preset")]
+    elif name in PRESETS and "protocol" not in table:
+        preset = PRESETS[name]
+    if "protocol" in table:
+        protocol = _choice(table["protocol"], list(PROTOCOLS), at.key("protocol"), "protocol")
+    elif preset is not None:
+        protocol = preset.protocol
+    else:
+        at.key("protocol").fail(f"provider {name!r} needs a `preset` or a `protocol` and `base_url`")
     base_url = table.get("base_url", preset.base_url if preset else None)
-    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-        raise ComboConfigError("must be an http(s) URL", file=label, field=f"{where}.base_url")
-    local = bool(table.get("local", preset.local if preset else False))
+    if base_url is None:
+        at.key("base_url").fail(f"provider {name!r} needs a `base_url` (its protocol {protocol!r} has no default)")
+    _url(base_url, at.key("base_url"))
+    local = _bool(table["local"], at.key("local")) if "local" in table else (preset.local if preset else False)
+
     accounts: list[Account] = []
     if "accounts" in table:
+        for key in ("api_key_env", "quota", "tier"):
+            if key in table:
+                at.key(key).fail(f"provider {name!r} lists `accounts`: `{key}` belongs in each [[providers.{name}.accounts]] entry")
         raw_accounts = table["accounts"]
         if not isinstance(raw_accounts, list) or not raw_accounts:
-            raise ComboConfigError("must be a non-empty array of tables", file=label, field=f"{where}.accounts")
+            at.key("accounts").fail(f"must be a non-empty array of tables ([[providers.{name}.accounts]]), not {_describe(raw_accounts)}")
         for i, acc in enumerate(raw_accounts):
-            aw = f"{where}.accounts[{i}]"
-            acc = _table(acc, label, None, aw)
-            acc_name = acc.get("name")
-            if not isinstance(acc_name, str) or not acc_name or "/" in acc_name or "#" in acc_name:
-                raise ComboConfigError("each account needs a `name` without '/' or '#'", file=label, field=f"{aw}.name")
-            if any(a.name == acc_name for a in accounts):
-                raise ComboConfigError(f"duplicate account name {acc_name!r}", file=label, field=f"{aw}.name")
-            for key in acc:
-                if key not in ("name", "api_key_env", "quota", "tier"):
-                    raise ComboConfigError("unknown account field (known: name, api_key_env, quota, tier)", file=label, field=f"{aw}.{key}")
-            accounts.append(_account(acc_name, acc, label, aw))
+            accounts.append(_account(acc, at.key(f"accounts[{i}]"), name, i, accounts))
     else:
         env = table.get("api_key_env")
         if env is None and preset and preset.api_key_env:
             env = next((e for e in preset.api_key_env if os.environ.get(e)), preset.api_key_env[0])
-        accounts.append(_account(DEFAULT_ACCOUNT, {"api_key_env": env, "quota": table.get("quota", {}), "tier": table.get("tier")}, label, where))
-    models = table.get("models", [])
-    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
-        raise ComboConfigError("must be an array of model ids", file=label, field=f"{where}.models")
-    windows_raw = table.get("context_windows", table.get("context_window", {}))
-    windows = _table(windows_raw, label, None, f"{where}.context_window")
-    for model, size in windows.items():
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise ComboConfigError("must be a positive integer (tokens)", file=label, field=f"{where}.context_window.{model}")
-    headers = _table(table.get("headers", {}), label, None, f"{where}.headers")
-    server_command = table.get("server_command")
-    if server_command is not None and (not isinstance(server_command, list) or not all(isinstance(x, str) for x in server_command)):
-        raise ComboConfigError("must be an array of strings", file=label, field=f"{where}.server_command")
+        elif env is not None:
+            env = _env_name(env, at.key("api_key_env"))
+        quota = _quota(table["quota"], at.key("quota"), f"the quota of provider {name!r}") if "quota" in table else Quota()
+        tier = _choice(table["tier"], TIERS, at.key("tier"), "tier") if "tier" in table else None
+        accounts.append(Account(DEFAULT_ACCOUNT, env, quota, tier))
+
+    models = _strings(table["models"], at.key("models"), "model ids") if "models" in table else []
+    for i, model in enumerate(models):
+        if model in models[:i]:
+            at.key("models").fail(f"model {model!r} is listed twice")
+    if "context_window" in table and "context_windows" in table:
+        at.key("context_windows").fail("give `context_window` or `context_windows`, not both")
+    window_key = "context_windows" if "context_windows" in table else "context_window"
+    windows: dict[str, int] = {}
+    for model, size in _table(table.get(window_key, {}), at.key(window_key)).items():
+        windows[model] = _int(size, at.key(f"{window_key}.{model}"), unit=" (tokens)")
+    headers: dict[str, str] = {}
+    for header, value in _table(table.get("headers", {}), at.key("headers")).items():
+        where = at.key(f"headers.{header}")
+        if not _HEADER_NAME.fullmatch(header):
+            where.fail(f"{header!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
+        if not isinstance(value, str):
+            where.fail(f"a header value must be a string, not {_describe(value)}")
+        if "\r" in value or "\n" in value:
+            where.fail("a header value may not contain a line break")
+        headers[header] = value
+    enabled = _bool(table["enabled"], at.key("enabled")) if "enabled" in table else True
+    managed = _bool(table["managed"], at.key("managed")) if "managed" in table else False
+    model_path = _string(table["model_path"], at.key("model_path"), "a file path") if "model_path" in table else None
+    server_command = None
+    if "server_command" in table:
+        server_command = _strings(table["server_command"], at.key("server_command"), "strings (the program and its arguments)")
+        if not server_command:
+            at.key("server_command").fail("must name a program to run: the array is empty")
+    if "prices_id" in table:
+        prices_id: str | None = _string(table["prices_id"], at.key("prices_id"), "a genai-prices provider id")
+    else:
+        prices_id = preset.prices_id if preset else None
     return Provider(
         name=name, protocol=protocol, base_url=base_url, accounts=accounts, preset=preset.name if preset else None,
-        local=local, models=list(models), context_windows=dict(windows), headers={str(k): str(v) for k, v in headers.items()},
-        source=f"config file {label}",
-        enabled=bool(table.get("enabled", True)), prices_id=table.get("prices_id", preset.prices_id if preset else None),
-        managed=bool(table.get("managed", False)), model_path=table.get("model_path"), server_command=server_command,
+        local=local, models=models, context_windows=windows, headers=headers, source=f"config file {at.label}",
+        enabled=enabled, prices_id=prices_id, managed=managed, model_path=model_path, server_command=server_command,
     )
 
 
-def _account(name: str, table: Mapping[str, Any], label: str, where: str) -> Account:
-    env = table.get("api_key_env")
-    if env is not None and (not isinstance(env, str) or not env):
-        raise ComboConfigError("must be the name of an environment variable", file=label, field=f"{where}.api_key_env")
-    tier = table.get("tier")
-    if tier is not None and tier not in TIERS:
-        raise ComboConfigError(f"unknown tier {tier!r} (known: {', '.join(TIERS)})", file=label, field=f"{where}.tier")
-    return Account(name=name, api_key_env=env, quota=_quota(table.get("quota", {}), label, f"{where}.quota"), tier=tier)
+def _url(value: Any, at: _At) -> str:
+    if not isinstance(value, str):
+        at.fail(f"must be an http(s) URL (a string), not {_describe(value)}")
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or any(ch.isspace() for ch in value):
+        at.fail(f"must be an http(s) URL such as \"https://api.example.com/v1\", not {_describe(value)}")
+    return value
 
 
-def _prices(raw: Any, label: str) -> dict[str, tuple[float, float]]:
+def _account(raw: Any, at: _At, provider: str, index: int, before: list[Account]) -> Account:
+    table = _table(raw, at)
+    label = f"provider {provider!r} account {table['name']!r}" if isinstance(table.get("name"), str) else f"provider {provider!r} account {index + 1}"
+    _known_keys(table, ACCOUNT_FIELDS, at, label)
+    name = table.get("name")
+    if not isinstance(name, str) or not name.strip() or "/" in name or "#" in name or any(ch.isspace() for ch in name):
+        given = f"not {_describe(name)}" if name is not None else "and has none"
+        at.key("name").fail(f"{label} needs a `name` without spaces, '/' or '#', {given}")
+    if any(a.name == name for a in before):
+        at.key("name").fail(f"duplicate account name {name!r} in provider {provider!r}")
+    env = _env_name(table["api_key_env"], at.key("api_key_env")) if "api_key_env" in table else None
+    quota = _quota(table["quota"], at.key("quota"), f"the quota of {label}") if "quota" in table else Quota()
+    tier = _choice(table["tier"], TIERS, at.key("tier"), "tier") if "tier" in table else None
+    return Account(name=name, api_key_env=env, quota=quota, tier=tier)
+
+
+def _quota(raw: Any, at: _At, where: str) -> Quota:
+    table = _table(raw, at)
+    _known_keys(table, QUOTA_FIELDS, at, where)
+    return Quota(**{key: _int(value, at.key(key)) for key, value in table.items()})
+
+
+# ---- prices and task fit -----------------------------------------------------------------------
+
+
+def _prices(raw: Any, at: _At, providers: Mapping[str, Provider]) -> dict[str, tuple[float, float]]:
     out = {}
-    for target, table in _table(raw, label, None, "prices").items():
-        table = _table(table, label, None, f"prices.{target}")
-        try:
-            inp, outp = table["input_per_mtok"], table["output_per_mtok"]
-        except KeyError as exc:
-            raise ComboConfigError("needs input_per_mtok and output_per_mtok (USD)", file=label, field=f"prices.{target}.{exc.args[0]}") from None
-        if not _is_number(inp) or not _is_number(outp) or inp < 0 or outp < 0:
-            raise ComboConfigError("prices must be non-negative numbers (USD per million tokens)", file=label, field=f"prices.{target}")
-        out[target] = (float(inp), float(outp))
+    for target, value in _table(raw, at).items():
+        where = at.key(target)
+        table = _table(value, where)
+        _known_keys(table, PRICE_FIELDS, where, f"[prices.{target!r}]")
+        for key in PRICE_FIELDS:
+            if key not in table:
+                where.key(key).fail("needs input_per_mtok and output_per_mtok (USD per million tokens)")
+        inp = _number(table["input_per_mtok"], where.key("input_per_mtok"), unit=" (USD per million tokens)")
+        outp = _number(table["output_per_mtok"], where.key("output_per_mtok"), unit=" (USD per million tokens)")
+        provider, _, model = parse_target(target)
+        if "/" not in target or not model or "#" in target.partition("/")[0]:
+            where.fail(f"a price is for a target `provider/model`, not {target!r}")
+        if provider not in providers:
+            where.fail(f"unknown provider {provider!r} in {target!r}{_suggest(provider, providers)}")
+        out[target] = (inp, outp)
     return out
 
 
-def _task_fit(raw: Any, label: str) -> dict[str, list[str]]:
-    out = {}
-    for task, patterns in _table(raw, label, None, "task_fit").items():
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise ComboConfigError("must be an array of model-name patterns", file=label, field=f"task_fit.{task}")
-        out[task] = list(patterns)
-    return out
+def _task_fit(raw: Any, at: _At) -> dict[str, list[str]]:
+    return {task: _strings(patterns, at.key(task), "model-name patterns") for task, patterns in _table(raw, at).items()}
 
 
-def _combo(name: str, table: Any, label: str, providers: dict[str, Provider], strategies: set[str]) -> Combo:
-    table = _table(table, label, name, "combos")
+# ---- combos ------------------------------------------------------------------------------------
+
+
+def _combo(name: str, raw: Any, at: _At, providers: dict[str, Provider], strategies: set[str], policy: Policy) -> Combo:  # noqa: C901
+    table = _table(raw, _At(at.label, name, "combos"))
     if not name or name in VIRTUAL_COMBOS:
-        raise ComboConfigError("this name is empty or reserved for a virtual combo", file=label, combo=name, field="name")
+        at.at("name").fail("this name is empty or reserved for a virtual combo")
     if any(ch.isspace() for ch in name) or "/" in name or "#" in name:
-        raise ComboConfigError("a combo name may not contain spaces, '/' or '#' (`%%llm NAME` reads one word)", file=label, combo=name, field="name")
-    for key in table:
-        if key not in COMBO_FIELDS:
-            raise ComboConfigError(f"unknown field (known: {', '.join(sorted(COMBO_FIELDS))})", file=label, combo=name, field=key)
-    strategy = table.get("strategy", "priority")
-    if not isinstance(strategy, str) or (strategies and strategy not in strategies):
-        raise ComboConfigError(f"unknown strategy {strategy!r} (known: {', '.join(sorted(strategies))})", file=label, combo=name, field="strategy")
+        at.at("name").fail("a combo name may not contain spaces, '/' or '#' (`%%llm NAME` reads one word)")
+    _known_keys(table, COMBO_FIELDS, at, f"combo {name!r}")
+    strategy = _choice(table.get("strategy", "priority"), sorted(strategies) if strategies else [table.get("strategy", "priority")],
+                       at.at("strategy"), "strategy")
     raw_targets = table.get("targets")
     if strategy == "auto" and raw_targets is None:
         raw_targets = []
     elif not isinstance(raw_targets, list) or not raw_targets:
-        raise ComboConfigError("a combo needs a non-empty `targets` array", file=label, combo=name, field="targets")
-    steps = [_step(item, label, name, providers, i) for i, item in enumerate(raw_targets)]
-    weights = [s.weight for s in steps]
-    if steps and all(w == 0 for w in weights):
-        raise ComboConfigError("weights are all zero", file=label, combo=name, field="targets.weight")
-    account_strategy = table.get("account_strategy", "round-robin")
-    if account_strategy not in ACCOUNT_STRATEGIES:
-        raise ComboConfigError(f"unknown account strategy {account_strategy!r} (known: {', '.join(ACCOUNT_STRATEGIES)})", file=label, combo=name, field="account_strategy")
-    fallback_on = None
-    if "fallback_on" in table:
-        kinds = table["fallback_on"]
-        if not isinstance(kinds, list):
-            raise ComboConfigError("must be an array of error kinds", file=label, combo=name, field="fallback_on")
-        parsed = set()
-        for kind in kinds:
-            try:
-                parsed.add(ErrorKind(kind))
-            except ValueError:
-                raise ComboConfigError(f"unknown error kind {kind!r} (known: {', '.join(k.value for k in ErrorKind)})", file=label, combo=name, field="fallback_on") from None
-        fallback_on = frozenset(parsed)
-    max_attempts = _opt_int(table, "max_attempts", label, name)
-    sticky = _opt_int(table, "sticky", label, name) or 1
-    timeout_s = _opt_number(table, "timeout_s", label, name, positive=True)
-    max_wait_s = _opt_number(table, "max_wait_s", label, name)
-    deadline_s = _opt_number(table, "deadline_s", label, name, positive=True)
+        at.at("targets").fail("a combo needs a non-empty `targets` array")
+    steps = [_step(item, at, providers, i) for i, item in enumerate(raw_targets)]
+    if steps and all(s.weight == 0 for s in steps):
+        at.at("targets.weight").fail("weights are all zero: at least one step needs a positive weight")
+    account_strategy = _choice(table.get("account_strategy", "round-robin"), list(ACCOUNT_STRATEGIES), at.at("account_strategy"),
+                               "account strategy")
+    fallback_on = _fallback_on(table["fallback_on"], at.at("fallback_on")) if "fallback_on" in table else None
+    max_attempts = _int(table["max_attempts"], at.at("max_attempts")) if "max_attempts" in table else None
+    sticky = _int(table["sticky"], at.at("sticky")) if "sticky" in table else 1
+    seconds = " (seconds)"
+    timeout_s = _number(table["timeout_s"], at.at("timeout_s"), exclusive=True, unit=seconds) if "timeout_s" in table else None
+    max_wait_s = _number(table["max_wait_s"], at.at("max_wait_s"), unit=seconds) if "max_wait_s" in table else None
+    deadline_s = _number(table["deadline_s"], at.at("deadline_s"), exclusive=True, unit=seconds) if "deadline_s" in table else None
     when = table.get("when_all_cooling", "fail")
     if when not in ("fail", "wait"):
-        raise ComboConfigError("must be \"fail\" or \"wait\"", file=label, combo=name, field="when_all_cooling")
-    auto_weights = None
-    if "weights" in table:
-        from .policy import Policy
-
-        known = set(Policy().auto_weights)
-        w = _table(table["weights"], label, name, "weights")
-        for key, value in w.items():
-            if key not in known:
-                raise ComboConfigError(f"unknown factor {key!r} (known: {', '.join(sorted(known))})", file=label, combo=name, field=f"weights.{key}")
-            if not _is_number(value) or value < 0:
-                raise ComboConfigError("weights must be non-negative numbers", file=label, combo=name, field=f"weights.{key}")
-        if w and all(v == 0 for v in w.values()):
-            raise ComboConfigError("weights are all zero", file=label, combo=name, field="weights")
-        auto_weights = {k: float(v) for k, v in w.items()}
-    pack = table.get("pack")
-    if pack is not None:
-        from .scoring import PACKS
-
-        if pack not in PACKS:
-            raise ComboConfigError(f"unknown pack {pack!r} (known: {', '.join(PACKS)})", file=label, combo=name, field="pack")
-    pool = table.get("candidate_pool")
-    if pool is not None:
-        if not isinstance(pool, list) or not all(isinstance(p, str) for p in pool):
-            raise ComboConfigError("must be an array of providers or targets", file=label, combo=name, field="candidate_pool")
-        for entry in pool:
-            provider = parse_target(entry)[0] if "/" in entry else entry.partition("#")[0]
-            if provider not in providers:
-                raise ComboConfigError(f"unknown provider {provider!r}", file=label, combo=name, field="candidate_pool")
-    retries = None
-    if "retries" in table:
-        known_kinds = set(RETRIABLE)
-        r = _table(table["retries"], label, name, "retries")
-        for key, value in r.items():
-            if key not in known_kinds:
-                raise ComboConfigError(f"no retries for kind {key!r} (retriable: {', '.join(sorted(known_kinds))})", file=label, combo=name, field=f"retries.{key}")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ComboConfigError("must be a non-negative integer", file=label, combo=name, field=f"retries.{key}")
-        retries = {k: int(v) for k, v in r.items()}
+        at.at("when_all_cooling").fail(f"must be \"fail\" or \"wait\", not {_describe(when)}")
+    if "description" in table:
+        _string(table["description"], at.at("description"), "a description")
+    for key in ("weights", "pack", "candidate_pool"):
+        if key in table and strategy != "auto":
+            at.at(key).fail(f"`{key}` only applies to strategy = \"auto\" (this combo's strategy is {strategy!r})")
+    pack = _choice(table["pack"], list(PACKS), at.at("pack"), "pack") if "pack" in table else None
+    auto_weights = _combo_weights(table["weights"], at.at("weights"), pack, policy) if "weights" in table else None
+    pool = _candidate_pool(table["candidate_pool"], at.at("candidate_pool"), providers) if "candidate_pool" in table else None
+    retries = _retries(table["retries"], at.at("retries")) if "retries" in table else None
+    hedge_after_s = _number(table["hedge_after_s"], at.at("hedge_after_s"), exclusive=True, unit=seconds) if "hedge_after_s" in table else None
     return Combo(
         name=name, steps=steps, strategy=strategy, account_strategy=account_strategy, fallback_on=fallback_on,
         max_attempts=max_attempts, timeout_s=timeout_s, sticky=sticky, when_all_cooling=when, max_wait_s=max_wait_s,
         deadline_s=deadline_s, weights=auto_weights, pack=pack, candidate_pool=pool, retries=retries,
-        hedge_after_s=_opt_number(table, "hedge_after_s", label, name, positive=True),
+        hedge_after_s=hedge_after_s,
     )
 
 
-def _opt_int(table: Mapping[str, Any], key: str, label: str, combo: str) -> int | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ComboConfigError("must be a positive integer", file=label, combo=combo, field=key)
-    return value
+def _retries(value: Any, at: _At) -> dict[str, int]:
+    """`retries = { server_error = 1 }`: same-target retries per error kind, on top of the policy's."""
+    table = _table(value, at)
+    out = {}
+    for kind, count in table.items():
+        if kind not in RETRIABLE:
+            at.key(kind).fail(f"no retries for kind {kind!r} ({_did_you_mean(kind, RETRIABLE)}retriable: {', '.join(sorted(RETRIABLE))})")
+        out[kind] = _int(count, at.key(kind), minimum=0)
+    return out
 
 
-def _opt_number(table: Mapping[str, Any], key: str, label: str, combo: str, positive: bool = False) -> float | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not _is_number(value) or value < 0 or (positive and value == 0):
-        raise ComboConfigError(f"must be a {'positive' if positive else 'non-negative'} number (seconds)", file=label, combo=combo, field=key)
-    return float(value)
+def _fallback_on(value: Any, at: _At) -> frozenset[ErrorKind]:
+    """An array of error kinds, or a preset name (`"transient"`, `"all"`)."""
+    known = [k.value for k in ErrorKind]
+    if isinstance(value, str):
+        if value in FALLBACK_PRESETS:
+            return FALLBACK_PRESETS[value]
+        at.fail(f"unknown fallback_on preset {value!r}{_suggest(value, FALLBACK_PRESETS)}; or give an array of error kinds")
+    if not isinstance(value, list):
+        at.fail(f"must be an array of error kinds or one of {', '.join(map(repr, FALLBACK_PRESETS))}, not {_describe(value)}")
+    parsed = set()
+    for kind in value:
+        if not isinstance(kind, str) or kind not in known:
+            hint = _did_you_mean(kind, known)
+            at.fail(f"unknown error kind {kind!r} ({hint}known: {', '.join(known)})")
+        parsed.add(ErrorKind(kind))
+    return frozenset(parsed)
 
 
-def _step(item: Any, label: str, combo: str, providers: dict[str, Provider], index: int) -> Step:
-    fieldname = f"targets[{index}]"
+def _combo_weights(value: Any, at: _At, pack: str | None, policy: Policy) -> dict[str, float]:
+    """`weights = { cost = 2 }`: any subset of the factors, on top of the pack's or the default weights."""
+    table = _table(value, at)
+    _known_keys(table, FACTORS, at, f"the weights of combo {at.combo!r}")
+    weights = {key: _number(number, at.key(key)) for key, number in table.items()}
+    base = PACKS[pack] if pack else policy.auto_weights
+    effective = {f: float(base.get(f, 0.0)) for f in FACTORS}
+    effective.update(weights)
+    if not any(effective.values()):
+        source = f"pack {pack}" if pack else "the default weights"
+        at.fail(f"weights are all zero with {source} underneath: at least one factor needs a positive weight")
+    return weights
+
+
+def _candidate_pool(value: Any, at: _At, providers: Mapping[str, Provider]) -> list[str]:
+    pool = _strings(value, at, "providers, provider#account or targets")
+    for entry in pool:
+        provider, account, model = parse_target(entry) if "/" in entry else (*entry.partition("#")[::2], "")
+        account = account or None
+        if provider not in providers:
+            at.fail(f"unknown provider {provider!r} in {entry!r}{_suggest(provider, providers)}")
+        if "/" in entry and not model:
+            at.fail(f"no model in {entry!r}")
+        if account is not None and providers[provider].account(account) is None:
+            known = ", ".join(a.name for a in providers[provider].accounts)
+            at.fail(f"unknown account {account!r} of provider {provider!r} in {entry!r} (known: {known})")
+    return pool
+
+
+def _step(item: Any, at: _At, providers: dict[str, Provider], index: int) -> Step:
+    where = at.at(f"targets[{index}]")
+    label = f"combo {at.combo!r} step {index + 1}"
     weight = 1.0
     options: tuple[tuple[str, Any], ...] = ()
     if isinstance(item, Mapping):
-        ref = item.get("target", item.get("combo"))
+        _known_keys(item, STEP_FIELDS, where, label)
+        if ("target" in item) == ("combo" in item):
+            where.fail(f"{label}: an inline table needs `target = \"provider/model\"` or `combo = \"name\"` (one of them)")
+        key = "target" if "target" in item else "combo"
+        ref = item[key]
         if not isinstance(ref, str):
-            raise ComboConfigError("an inline table needs `target = \"provider/model\"` or `combo = \"name\"`", file=label, combo=combo, field=fieldname)
+            where.key(key).fail(f"must be a string, not {_describe(ref)}")
+        if key == "combo" and "/" in ref and ref not in VIRTUAL_COMBOS:
+            where.key(key).fail(f"{label}: {ref!r} is a target: write `target = {ref!r}`")
         if "weight" in item:
-            weight = item["weight"]
-            if not _is_number(weight) or weight < 0:
-                raise ComboConfigError("weight must be a non-negative number", file=label, combo=combo, field=f"{fieldname}.weight")
-        options = tuple(sorted((k, v) for k, v in item.items() if k not in ("target", "combo", "weight")))
+            weight = _number(item["weight"], where.key("weight"))
+        options = tuple(sorted((k, _step_option(k, v, where.key(k))) for k, v in item.items() if k not in ("target", "combo", "weight")))
     elif isinstance(item, str):
         ref = item
     else:
-        raise ComboConfigError("must be a string or an inline table", file=label, combo=combo, field=fieldname)
+        where.fail(f"{label} must be a string or an inline table, not {_describe(item)}")
     ref = ref.strip()
     if not ref:
-        raise ComboConfigError("empty target", file=label, combo=combo, field=fieldname)
+        where.fail(f"{label}: empty target")
     head = ref.partition("/")[0].partition("#")[0]
     if "/" not in ref or (ref in VIRTUAL_COMBOS and head not in providers):
-        return Step(ref=ref, combo=ref, weight=float(weight), options=options)
+        return Step(ref=ref, combo=ref, weight=weight, options=options)
     provider, account, model = parse_target(ref)
     if provider not in providers:
         known = ", ".join(sorted(providers)) or "none configured"
-        raise ComboConfigError(f"unknown provider {provider!r} in {ref!r} (known: {known})", file=label, combo=combo, field=fieldname)
+        hint = _did_you_mean(provider, list(providers))
+        where.fail(f"unknown provider {provider!r} in {ref!r} ({hint}known: {known})")
     if not model:
-        raise ComboConfigError(f"no model in {ref!r}", file=label, combo=combo, field=fieldname)
+        where.fail(f"no model in {ref!r}")
     if account is not None and providers[provider].account(account) is None:
         known = ", ".join(a.name for a in providers[provider].accounts)
-        raise ComboConfigError(f"unknown account {account!r} of provider {provider!r} (known: {known})", file=label, combo=combo, field=fieldname)
-    return Step(ref=ref, provider=provider, account=account, model=model, weight=float(weight), options=options)
+        where.fail(f"unknown account {account!r} of provider {provider!r} (known: {known})")
+    return Step(ref=ref, provider=provider, account=account, model=model, weight=weight, options=options)
+
+
+def _step_option(key: str, value: Any, at: _At) -> Any:
+    """One request option of a step, typed and range-checked."""
+    if key == "max_tokens":
+        return _int(value, at, unit=" (tokens)")
+    if key == "temperature":
+        return _number(value, at, maximum=2.0)
+    if key == "top_p":
+        return _number(value, at, maximum=1.0, exclusive=True)
+    if key == "stop":
+        return value if isinstance(value, str) and value else _strings(value, at, "stop sequences")
+    if key == "system":
+        return _string(value, at, "a system prompt")
+    if key == "extra_body":
+        return _table(value, at)
+    raise AssertionError(key)  # STEP_FIELDS lists every option handled here
 
 
 def validate_graph(config: Config) -> None:
@@ -598,7 +736,8 @@ def validate_graph(config: Config) -> None:
                 continue
             if ref not in config.combos:
                 known = ", ".join(sorted(config.combos)) or "none"
-                raise ComboConfigError(f"unknown combo {ref!r} (known combos: {known})", file=label, combo=name, field=f"targets[{i}]")
+                hint = _did_you_mean(ref, list(config.combos))
+                raise ComboConfigError(f"unknown combo {ref!r} ({hint}known combos: {known})", file=label, combo=name, field=f"targets[{i}]")
             if ref in path or ref == name:
                 cycle = " > ".join((*path, name, ref))
                 raise ComboConfigError(f"cycle: {cycle}", file=label, combo=path[0] if path else name, field="targets")
@@ -609,76 +748,3 @@ def validate_graph(config: Config) -> None:
 
     for name in config.combos:
         visit(name, ())
-
-
-# ---- saving ----------------------------------------------------------------------------
-
-
-def combo_table(targets: list[Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """The TOML table of a combo, options with None left out."""
-    table: dict[str, Any] = {"targets": list(targets)}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key not in COMBO_FIELDS:
-            raise ComboConfigError(f"unknown combo option {key!r}", field=key)
-        if isinstance(value, (set, frozenset)):
-            value = sorted(str(v) for v in value)
-        table[key] = value
-    return table
-
-
-def write_document(path: Path, update: Any) -> None:
-    """Apply `update(doc)` to the TOML file at `path` (comments kept) and write it atomically, mode 0600."""
-    import tomlkit
-
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    doc = tomlkit.parse(text)
-    update(doc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".toml", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(tomlkit.dumps(doc))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def set_combo(doc: Any, name: str, table: Mapping[str, Any] | None) -> None:
-    """Set (or with None delete) `[combos.NAME]` inside a tomlkit document."""
-    import tomlkit
-
-    if "combos" not in doc:
-        if table is None:
-            return
-        doc["combos"] = tomlkit.table(is_super_table=True)
-    combos = doc["combos"]
-    if table is None:
-        if name in combos:
-            del combos[name]
-        return
-    new = tomlkit.table()
-    for key, value in table.items():
-        if key == "targets":
-            arr = tomlkit.array()
-            for item in value:
-                if isinstance(item, Mapping):
-                    inline = tomlkit.inline_table()
-                    inline.update(item)
-                    arr.append(inline)
-                else:
-                    arr.append(item)
-            new[key] = arr
-        elif isinstance(value, Mapping):
-            inline = tomlkit.inline_table()
-            inline.update(value)
-            new[key] = inline
-        else:
-            new[key] = value
-    combos[name] = new

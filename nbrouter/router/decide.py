@@ -19,7 +19,7 @@ from .._core import Clock
 from .._core.text import span
 from .budget import Budget
 from .combos import combo_for, resolve
-from .config import Combo, Config, Provider
+from .model import Combo, Config, Provider
 from .errors import ComboConfigError, NoProviders
 from .policy import Policy
 from .pricing import PriceBook

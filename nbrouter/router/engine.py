@@ -22,11 +22,13 @@ from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
 from .background import BackgroundLoop
 from .budget import Budget
-from .config import Combo, Config, Provider, build_config, combo_table, load_config, local_provider, set_combo, write_document
+from .config import build_config, load_config, local_provider
+from .config_file import combo_table, set_combo, write_document
 from .clients import Clients
 from .decide import Decider
 from .errors import ComboConfigError
 from .loop import Emit, Hooks, Loop
+from .model import Combo, Config, Provider
 from .pricing import PriceBook
 from .requests import CallRequest, build_request
 from .state import StateStore

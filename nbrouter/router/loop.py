@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from .._core import Clock, ErrorKind, ProviderFailure, Usage, remember_secret, scrub
 from ..providers import ChatRequest, Completion, Endpoint, get_protocol
-from .config import Combo, Provider
+from .model import Combo, Provider
 from .decide import EMERGENCY, Decider
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
 from .policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for

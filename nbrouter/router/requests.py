@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
 
-from .config import Combo
+from .model import Combo
 
 
 @dataclass

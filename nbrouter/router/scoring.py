@@ -1,4 +1,5 @@
-"""`auto` scoring: multi-factor scores over the pool, mode packs, exploration (routing.md section 4).
+"""`auto` scoring: the factors of a candidate, normalised over the pool, and their weighted sum
+(routing.md section 4). The `auto` strategy itself (ordering, exploration, notes) is in strategies.py.
 
 Every candidate gets nine factors, each in [0, 1]:
 
@@ -18,62 +19,80 @@ and a free model does not zero every paid one. A candidate without a measurement
 (so a new target is tried). The score is the weighted sum; the weights are the defaults
 (`Policy.auto_weights`), or a mode pack, with a combo's `weights` on top, normalised to sum 1.
 
-Exploration: `auto_explore_rate` of calls (`auto_smart_explore_rate` for `auto/smart`) try a uniformly
-drawn candidate first, except in incident mode (more than `auto_incident_open_share` of the pool's
-breakers OPEN). Exclusion: a candidate scoring below `auto_min_score` (never the one tried first) is
-left out of this combo for `auto_exclude_s`, doubled up to `auto_exclude_cap_s` when it follows the last
-exclusion within that exclusion's length. The strategy stays pure: an exclusion is a proposal in the
-decision's inputs (`exclude_for_s`), which the loop records with `record_exclusions`.
+Each normalisation is computed once per decision over the whole pool, and a model's task-fit pattern
+once per (task patterns, model): a decision over 100 candidates stays a few reads per candidate.
+
+Exclusion: a candidate scoring below `auto_min_score` (never the one tried first) is left out of this
+combo for `auto_exclude_s`, doubled up to `auto_exclude_cap_s` when it follows the last exclusion within
+that exclusion's length. The strategy stays pure: an exclusion is a proposal in the decision's inputs
+(`exclude_for_s`), which the loop records with `record_exclusions`.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import statistics
 from collections import Counter
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
-from .config import VIRTUAL_COMBOS, Combo, Config, Step, parse_target
-from .errors import ComboConfigError
+from .._core.text import span
+from .combos import auto_pool  # moved to combos.py; importable here until engine.py imports it from there
+from .model import Combo, Config
+from .packs import FACTORS, PACKS, VARIANTS, Variant
+from .policy import Policy
+from .types import Candidate, Decision
 
-if TYPE_CHECKING:
-    from .policy import Policy
-    from .state import StateStore
-    from .strategies import StrategyContext
-    from .types import Candidate, Decision
-
-#: the factors of an `auto` score, in the order explain() shows them
-FACTORS = ("health", "quota", "cost", "latency", "task_fit", "specificity", "stability", "tier", "tier_affinity")
-
-#: mode packs replace the default weights; each row sums to 1 (routing.md section 4)
-PACKS: dict[str, dict[str, float]] = {
-    "ship-fast": {"quota": 0.15, "health": 0.30, "cost": 0.05, "latency": 0.35, "task_fit": 0.10, "stability": 0.0, "tier": 0.05},
-    "cost-saver": {"quota": 0.15, "health": 0.20, "cost": 0.40, "latency": 0.05, "task_fit": 0.10, "stability": 0.05, "tier": 0.05},
-    "quality-first": {"quota": 0.10, "health": 0.20, "cost": 0.05, "latency": 0.05, "task_fit": 0.40, "stability": 0.15, "tier": 0.05},
-    "offline-friendly": {"quota": 0.40, "health": 0.30, "cost": 0.10, "latency": 0.05, "task_fit": 0.0, "stability": 0.10, "tier": 0.05},
-}
+__all__ = [
+    "FACTORS", "PACKS", "VARIANTS", "Variant", "Measurements", "HoldStore", "Score", "EXCLUDE_INPUT", "TASK_FIT",
+    "TASK_KEYWORDS", "exclusion_key", "guess_task", "task_patterns", "best_match", "weights_for", "score_pool",
+    "exclusion_seconds", "excluded", "record_exclusions", "account_scores", "auto_pool",
+]
 
 
-@dataclass(frozen=True)
-class Variant:
-    """What a virtual `auto...` combo changes: its pack, a task to assume, its exploration rate constant."""
+class Measurements(Protocol):
+    """What scoring reads of the router's state (strategies.Snapshot is this and more)."""
 
-    pack: str | None
-    task: str | None = None
-    explore_rate: str = "auto_explore_rate"  # the name of the Policy constant
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def now(self) -> float: ...
+
+    def pointer(self, name: str) -> str | None: ...
+
+    def p95(self, c: Candidate) -> float | None: ...
+
+    def latency_spread(self, c: Candidate) -> float | None: ...
+
+    def error_rate(self, c: Candidate) -> float: ...
+
+    def breaker_state(self, c: Candidate) -> str: ...
+
+    def quota_headroom(self, c: Candidate) -> tuple[float | None, float | None]: ...
+
+    def unit_prices(self, c: Candidate) -> tuple[float, float] | None: ...
+
+    def tier(self, c: Candidate) -> str | None: ...
 
 
-VARIANTS: dict[str, Variant] = {
-    "auto": Variant(None),
-    "auto/coding": Variant("quality-first", task="coding"),
-    "auto/fast": Variant("ship-fast"),
-    "auto/cheap": Variant("cost-saver"),
-    "auto/smart": Variant("quality-first", explore_rate="auto_smart_explore_rate"),
-    "auto/offline": Variant("offline-friendly"),
-}
-assert set(VARIANTS) == set(VIRTUAL_COMBOS)
+class _Hold(Protocol):
+    until: float
+
+
+class HoldStore(Protocol):
+    """The part of the state store that records and reads `auto` exclusions."""
+
+    def hold(self, key: str, now: float) -> _Hold | None: ...
+
+    def set_hold(self, key: str, kind: str, until: float, reason: str, detail: str = "") -> Any: ...
+
+    def set_pointer(self, name: str, value: str) -> None: ...
+
 
 #: model-name patterns (`*` matches anything, case-insensitive) per task; the config's `[task_fit]`
 #: table adds its patterns in front. A pattern is matched against the model id and `provider/model`.
@@ -103,6 +122,16 @@ TASK_KEYWORDS: dict[str, tuple[str, ...]] = {
 }
 _WORDS = re.compile(r"[a-z0-9_]+|```")
 
+#: the keywords of each task without a trailing `*`, and its stems (keywords ending in `*`, the `*` cut)
+_EXACT = {task: tuple(k for k in keywords if not k.endswith("*")) for task, keywords in TASK_KEYWORDS.items()}
+_STEMS = {task: tuple(k[:-1] for k in keywords if k.endswith("*")) for task, keywords in TASK_KEYWORDS.items()}
+
+
+@functools.lru_cache(maxsize=8192)
+def _stem_tasks(word: str) -> tuple[str, ...]:
+    """The tasks with a stem that `word` starts with (cached: a prompt's words repeat across calls)."""
+    return tuple(task for task, stems in _STEMS.items() if any(word.startswith(s) for s in stems))
+
 
 #: the decision input through which `auto` proposes an exclusion; the loop records it
 EXCLUDE_INPUT = "exclude_for_s"
@@ -117,66 +146,6 @@ def _streak_key(combo: str, candidate_key: str) -> str:
     return f"auto-streak:{combo}:{candidate_key}"
 
 
-# ---- the candidate pool of auto combos ---------------------------------------------------------
-
-
-def pool_steps(config: Config, pool: Iterable[str] | None) -> list[Step]:
-    """Steps of every enabled candidate: each provider x its `models` (or the pool's providers and targets)."""
-    entries = list(pool) if pool is not None else [name for name in config.providers]
-    steps: list[Step] = []
-    seen: set[str] = set()
-    for entry in entries:
-        if "/" in entry:
-            provider, account, model = parse_target(entry)
-            refs = [(provider, account, model)]
-        else:
-            provider, _, account_text = entry.partition("#")
-            prov = config.providers.get(provider)
-            refs = [(provider, account_text or None, m) for m in (prov.models if prov else [])]
-        for provider, account, model in refs:
-            prov = config.providers.get(provider)
-            if prov is None or not prov.enabled or not model:
-                continue
-            ref = f"{provider}#{account}/{model}" if account else f"{provider}/{model}"
-            if ref in seen:
-                continue
-            seen.add(ref)
-            steps.append(Step(ref=ref, provider=provider, account=account, model=model))
-    return steps
-
-
-def _no_models(config: Config, pool: Iterable[str] | None) -> list[str]:
-    names = [e.partition("#")[0] for e in pool if "/" not in e] if pool is not None else list(config.providers)
-    return [n for n in dict.fromkeys(names) if n in config.providers and config.providers[n].enabled and not config.providers[n].models]
-
-
-def virtual_combo(config: Config, name: str) -> Combo:
-    """The virtual combo `auto`, `auto/coding`, ...: every enabled candidate of the config, built per
-    request (a provider added to the config takes part at once)."""
-    variant = VARIANTS[name]
-    steps = pool_steps(config, None)
-    if not steps:
-        missing = _no_models(config, None)
-        hint = f"providers without models: {', '.join(missing)}" if missing else "no provider is configured"
-        raise ComboConfigError(f"{name} has no candidates: list `models` under each provider ({hint})",
-                               file=config.file_label, combo=name, field="providers.models")
-    return Combo(name=name, steps=steps, strategy="auto", pack=variant.pack, virtual=True)
-
-
-def auto_pool(config: Config, combo: Combo) -> Combo:
-    """A saved `auto` combo without targets, with its steps filled from `candidate_pool` (default: every
-    enabled candidate). Other combos come back as they are."""
-    if combo.strategy != "auto" or combo.steps or combo.virtual:
-        return combo
-    steps = pool_steps(config, combo.candidate_pool)
-    if not steps:
-        missing = _no_models(config, combo.candidate_pool)
-        hint = f" (providers without models: {', '.join(missing)})" if missing else ""
-        raise ComboConfigError(f"the candidate pool is empty: list `models` under the providers{hint}",
-                               file=config.file_label, combo=combo.name, field="candidate_pool")
-    return replace(combo, steps=steps)
-
-
 # ---- tasks --------------------------------------------------------------------------------------
 
 
@@ -185,6 +154,10 @@ def guess_task(prompt: str, scan_chars: int = 4000) -> tuple[str | None, list[st
 
     Only the first and last `scan_chars / 2` characters are read (where an instruction usually is), so a
     long pasted document costs no more than a short one.
+
+    Args:
+        prompt: the request's text.
+        scan_chars: how many characters to read at most.
     """
     if len(prompt) > scan_chars:
         half = scan_chars // 2
@@ -192,16 +165,18 @@ def guess_task(prompt: str, scan_chars: int = 4000) -> tuple[str | None, list[st
     words = _WORDS.findall(prompt.lower())
     counts = Counter(words)
     counts.update(f"{a} {b}" for a, b in zip(words, words[1:]))
+    # every single word against the stems, once (not once per stem)
+    stemmed: dict[str, dict[str, int]] = {task: {} for task in TASK_KEYWORDS}
+    for word, n in counts.items():
+        if " " in word:
+            continue
+        for task in _stem_tasks(word):
+            stemmed[task][word] = n
     best: tuple[int, str | None, list[str]] = (0, None, [])
-    for task, keywords in TASK_KEYWORDS.items():
-        found: dict[str, int] = {}
-        for keyword in keywords:
-            if keyword.endswith("*"):
-                stem = keyword[:-1]
-                for word, n in counts.items():
-                    if word.startswith(stem) and " " not in word:
-                        found[word] = n
-            elif keyword in counts:
+    for task in TASK_KEYWORDS:
+        found = stemmed[task]
+        for keyword in _EXACT[task]:
+            if keyword in counts:
                 found[keyword] = counts[keyword]
         hits = sum(found.values())
         if hits > best[0]:
@@ -223,9 +198,39 @@ def _literal_length(pattern: str) -> int:
 
 def best_match(c: Candidate, patterns: Iterable[str]) -> str | None:
     """The most specific pattern that matches the candidate's model (or `provider/model`), or None."""
-    names = (c.model.lower(), c.target.lower())
-    found = [p for p in patterns if any(fnmatch.fnmatchcase(n, p.lower()) for n in names)]
-    return max(found, key=_literal_length) if found else None
+    return _matcher(tuple(patterns))(c)
+
+
+#: per tuple of patterns, the best match per (provider, model): the patterns of a task rarely change
+_MATCHES: dict[tuple[str, ...], dict[tuple[str, str], str | None]] = {}
+_MATCHES_MAX = 64  # distinct pattern tables remembered (a config's tasks; more only if it is edited a lot)
+_MODELS_MAX = 4096  # (provider, model) pairs remembered per table
+
+
+def _matcher(patterns: tuple[str, ...]) -> Callable[[Candidate], str | None]:
+    """`best_match` against one table of patterns, remembering each (provider, model)'s answer."""
+    known = _MATCHES.get(patterns)
+    if known is None:
+        if len(_MATCHES) >= _MATCHES_MAX:
+            _MATCHES.clear()
+        known = _MATCHES[patterns] = {}
+    lowered = [p.lower() for p in patterns]
+
+    def match(c: Candidate) -> str | None:
+        key = (c.provider, c.model)
+        try:
+            return known[key]
+        except KeyError:
+            pass
+        names = (c.model.lower(), f"{c.provider}/{c.model}".lower())
+        found = [p for p, low in zip(patterns, lowered) if any(fnmatch.fnmatchcase(n, low) for n in names)]
+        best = max(found, key=_literal_length) if found else None
+        if len(known) >= _MODELS_MAX:
+            known.clear()
+        known[key] = best
+        return best
+
+    return match
 
 
 # ---- weights ------------------------------------------------------------------------------------
@@ -250,179 +255,152 @@ def weights_for(combo: Combo, policy: Policy) -> tuple[dict[str, float], str]:
 # ---- factors ------------------------------------------------------------------------------------
 
 
-def _inverse(values: Mapping[str, float | None]) -> tuple[dict[str, float], dict[str, bool]]:
-    """`1 - (value - best) / worst` over the pool (lower is better); a missing value gets the pool median."""
-    known = [v for v in values.values() if v is not None]
-    median = statistics.median(known) if known else None
-    filled = {k: (median if v is None else v) for k, v in values.items()}
-    present = [v for v in filled.values() if v is not None]
-    guessed = {k: v is None for k, v in values.items()}
-    if not present:
-        return {k: 1.0 for k in values}, guessed
-    best, worst = min(present), max(present)
-    out = {}
-    for k, v in filled.items():
-        out[k] = 1.0 if v is None or worst <= 0 else max(0.0, min(1.0, 1.0 - (v - best) / worst))
+def _inverse(values: Sequence[float | None]) -> tuple[list[float], list[bool]]:
+    """`1 - (value - best) / worst` over the pool (lower is better), clamped to [0, 1]; a missing value
+    gets the pool median. Returns the factor and whether it was guessed (no measurement), in order."""
+    known = [v for v in values if v is not None]
+    guessed = [v is None for v in values]
+    if not known:
+        return [1.0] * len(values), guessed
+    median = statistics.median(known)
+    best, worst = min(known), max(known)  # the median lies between them: filling in changes neither
+    if worst <= 0:
+        return [1.0] * len(values), guessed
+    out = []
+    for v in values:
+        x = 1.0 - ((median if v is None else v) - best) / worst
+        out.append(0.0 if x < 0.0 else (x if x < 1.0 else 1.0))
     return out, guessed
 
 
-@dataclass
-class Score:
-    """One candidate's factors, their weighted contributions and the total."""
+class Score(NamedTuple):
+    """One candidate's total and what explain() shows of it: the total (`score`), each factor and its
+    weighted points (`NAME`, `NAME_pts`), then the measurements behind them."""
 
     candidate: Candidate
-    factors: dict[str, float]
-    contributions: dict[str, float]
     total: float
-    raw: dict[str, Any]
+    inputs: dict[str, Any]
 
 
-def score_pool(candidates: list[Candidate], ctx: StrategyContext, weights: Mapping[str, float], task: str | None,
-               patterns: Mapping[str, list[str]]) -> list[Score]:
-    """Every factor of every candidate, normalised over this pool, and the weighted totals."""
-    snap = ctx.snapshot
+#: the factors with (usually) a different value for every candidate; the others repeat a few values
+_SPREAD_OUT = frozenset({"cost", "latency", "stability"})
+
+
+def score_pool(candidates: Sequence[Candidate], snap: Measurements, written: Sequence[Candidate],
+               weights: Mapping[str, float], task: str | None, patterns: Mapping[str, list[str]]) -> list[Score]:
+    """Every factor of every candidate, normalised over this pool, and the weighted totals.
+
+    Computed factor by factor over the whole pool (one list per factor), so that each normalisation and
+    each rounding is done once per decision.
+
+    Args:
+        candidates: the pool to score (after filtering).
+        snap: the state to read.
+        written: the combo's candidates before filtering, as written (their steps give `tier_affinity`).
+        weights: factor weights summing to 1 (`weights_for`).
+        task: the request's task, or None when unknown.
+        patterns: the task-fit table (`task_patterns`).
+    """
     policy = snap.policy
-    keys = [c.key for c in candidates]
-    raw: dict[str, dict[str, Any]] = {k: {} for k in keys}
-    factors: dict[str, dict[str, float]] = {k: {} for k in keys}
+    blend_in, blend_out = policy.cost_blend_input, policy.cost_blend_output
+    n = len(candidates)
 
-    blended: dict[str, float | None] = {}
-    p95: dict[str, float | None] = {}
-    spread: dict[str, float | None] = {}
+    # one pass of reads
+    states: list[str] = []
+    shares: list[float | None] = []
+    tiers: list[str | None] = []
+    errors: list[float] = []
+    blended: list[float | None] = []
+    p95: list[float | None] = []
+    spread: list[float | None] = []
     for c in candidates:
-        f = factors[c.key]
-        state = snap.breaker_state(c)
-        f["health"] = float(policy.auto_health_scores.get(state, 0.0))
-        raw[c.key]["breaker"] = state
-        share, _ = snap.quota_headroom(c)
-        share = share if isinstance(share, (int, float)) else None
-        f["quota"] = policy.auto_unknown_quota_score if share is None else float(share)
-        raw[c.key]["headroom"] = "untracked" if share is None else share
+        states.append(snap.breaker_state(c))
+        share = snap.quota_headroom(c)[0]
+        shares.append(share if isinstance(share, (int, float)) else None)
         prices = snap.unit_prices(c)
-        blended[c.key] = None if prices is None else policy.cost_blend_input * prices[0] + policy.cost_blend_output * prices[1]
-        p95[c.key] = snap.p95(c)
-        spread[c.key] = snap.latency_spread(c)
-        tier = snap.tier(c)
-        f["tier"] = float(policy.auto_tier_scores.get(tier, policy.auto_unknown_tier_score)) if tier else policy.auto_unknown_tier_score
-        raw[c.key]["account_tier"] = tier or "unset"
+        blended.append(None if prices is None else blend_in * prices[0] + blend_out * prices[1])
+        p95.append(snap.p95(c))
+        spread.append(snap.latency_spread(c))
+        errors.append(snap.error_rate(c))
+        tiers.append(snap.tier(c))
 
+    health_scores = policy.auto_health_scores
+    health = [float(health_scores.get(state, 0.0)) for state in states]
+    unknown_quota = policy.auto_unknown_quota_score
+    quota = [unknown_quota if share is None else float(share) for share in shares]
     cost, cost_guessed = _inverse(blended)
     latency, latency_guessed = _inverse(p95)
-    steady, spread_guessed = _inverse(spread)
-    share = policy.auto_stability_spread_share
-    for c in candidates:
-        k = c.key
-        factors[k]["cost"] = cost[k]
-        raw[k]["price_per_mtok"] = "unknown (pool median)" if cost_guessed[k] else blended[k]
-        factors[k]["latency"] = latency[k]
-        raw[k]["p95_s"] = "no data (pool median)" if latency_guessed[k] else p95[k]
-        factors[k]["stability"] = share * steady[k] + (1.0 - share) * (1.0 - snap.error_rate(c))
+    steady, _ = _inverse(spread)
+    spread_share = policy.auto_stability_spread_share
+    stability = [spread_share * st + (1.0 - spread_share) * (1.0 - err) for st, err in zip(steady, errors)]
+    tier_scores, unknown_tier = policy.auto_tier_scores, policy.auto_unknown_tier_score
+    tier = [float(tier_scores.get(t, unknown_tier)) if t else unknown_tier for t in tiers]
 
     # task fit and specificity
-    task_list = patterns.get(task, []) if task else []
-    literal: dict[str, int] = {}
-    for c in candidates:
-        if task is None:
-            factors[c.key]["task_fit"] = policy.auto_unknown_task_fit
-            continue
-        match = best_match(c, task_list)
-        factors[c.key]["task_fit"] = 1.0 if match else 0.0
-        literal[c.key] = _literal_length(match) if match else 0
-        raw[c.key]["pattern"] = match or "none"
-    longest = max(literal.values(), default=0)
-    for c in candidates:
-        if task is None:
-            factors[c.key]["specificity"] = policy.auto_unknown_task_fit
-        else:
-            factors[c.key]["specificity"] = literal[c.key] / longest if longest else 0.0
+    matches: list[str | None] = []
+    if task is None:
+        fit = specificity = [policy.auto_unknown_task_fit] * n
+    else:
+        match = _matcher(tuple(patterns.get(task, [])))
+        matches = [match(c) for c in candidates]
+        fit = [1.0 if m else 0.0 for m in matches]
+        literal = [_literal_length(m) if m else 0 for m in matches]
+        longest = max(literal, default=0)
+        specificity = [x / longest if longest else 0.0 for x in literal]
 
     # tier affinity: the user's written order of steps
-    steps = sorted({c.step for c in (ctx.all_candidates or candidates)})
-    rank = {s: i for i, s in enumerate(steps)}
-    for c in candidates:
-        r = rank.get(c.step, len(steps) - 1)
-        factors[c.key]["tier_affinity"] = 1.0 if len(steps) < 2 else 1.0 - r / (len(steps) - 1)
-
-    scores = []
-    for c in candidates:
-        f = {name: round(factors[c.key][name], 4) for name in FACTORS}
-        contributions = {name: f[name] * weights.get(name, 0.0) for name in FACTORS}
-        # rounded so that float noise in weights that sum to 1 cannot push a score across a threshold
-        total = round(sum(contributions.values()), 6)
-        scores.append(Score(c, f, contributions, total, raw[c.key]))
-    return scores
-
-
-# ---- the auto strategy ----------------------------------------------------------------------------
-
-
-def auto_order(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
-    """Score the pool, order by total (ties as they came), explore now and then, propose exclusions."""
-    snap = ctx.snapshot
-    policy = snap.policy
-    combo = ctx.combo
-    config = snap.config
-    variant = VARIANTS.get(combo.name) if combo.virtual else None
-    weights, source = weights_for(combo, policy)
-    patterns = task_patterns(config)
-
-    task, why = ctx.request.task, "given"
-    if task is None:
-        task, keywords = guess_task(ctx.request.prompt, policy.auto_task_scan_chars)
-        why = f"keywords {', '.join(keywords)}" if task else "no keywords"
-    if task is None and variant is not None and variant.task:
-        task, why = variant.task, f"{combo.name} assumes it"
-
-    stored = config.combos.get(combo.name)
-    if combo.virtual or (stored is not None and not stored.steps):
-        missing = _no_models(config, combo.candidate_pool)
-        if missing:
-            ctx.notes.append(f"auto: providers without `models` contribute nothing: {', '.join(missing)}")
-
-    scores = score_pool(candidates, ctx, weights, task, patterns)
-    index = {c.key: i for i, c in enumerate(candidates)}
-    scores.sort(key=lambda s: (-s.total, index[s.candidate.key]))
-    ordered = [s.candidate for s in scores]
-
-    pool = list(ctx.all_candidates or candidates)
-    open_count = sum(1 for c in pool if snap.breaker_state(c) == "open")
-    incident = open_count > policy.auto_incident_open_share * len(pool)
-    rate = float(getattr(policy, variant.explore_rate if variant else "auto_explore_rate"))
-    draw = ctx.rng.random()  # always drawn, so a seed gives the same sequence whatever the state
-    if not incident and draw < rate and len(ordered) > 1:
-        pick = ordered[ctx.rng.randrange(len(ordered))]
-        ordered = [pick] + [c for c in ordered if c is not pick]
-        ctx.explored = True
-        explore_text = f"explored: drew {draw:.4f} < {rate:g}, tried {pick.key} first"
-    elif incident:
-        explore_text = (f"no exploration: incident mode ({open_count} of {len(pool)} breakers open, more than "
-                        f"{policy.auto_incident_open_share:g})")
+    steps = sorted({c.step for c in (written or candidates)})
+    last = len(steps) - 1
+    if last < 1:
+        affinity = [1.0] * n
     else:
-        explore_text = f"no exploration (drew {draw:.4f}, rate {rate:g})"
+        rank = {s: i for i, s in enumerate(steps)}
+        affinity = [1.0 - rank.get(c.step, last) / last for c in candidates]
 
-    place = {id(c): i for i, c in enumerate(ordered)}
-    for position, s in enumerate(sorted(scores, key=lambda s: place[id(s.candidate)])):
-        values: dict[str, Any] = {"score": s.total}
-        for name in FACTORS:
-            values[name] = s.factors[name]
-            values[f"{name}_pts"] = round(s.contributions[name], 4)
-        values.update(s.raw)
-        if position > 0 and s.total < policy.auto_min_score:
-            values[EXCLUDE_INPUT] = _exclusion_seconds(snap, combo.name, s.candidate.key)
-        ctx.note(s.candidate, **values)
+    # what explain() shows, factor by factor: the factor rounded, then its points (factor x weight)
+    shown: list[list[Any]] = []
+    contributions: list[list[float]] = []
+    keys = ["score"]
+    for name, column in zip(FACTORS, (health, quota, cost, latency, fit, specificity, stability, tier, affinity)):
+        weight = weights.get(name, 0.0)
+        if name in _SPREAD_OUT:  # about one value per candidate
+            values = [round(v, 4) for v in column]
+            points = [v * weight for v in values]
+            shown += [values, [round(v, 4) for v in points]]
+        else:  # a few values repeated: each worked out once
+            once: dict[float, tuple[float, float, float]] = {}
+            for v in set(column):
+                r = round(v, 4)
+                once[v] = (r, r * weight, round(r * weight, 4))
+            worked = [once[v] for v in column]
+            points = [w[1] for w in worked]
+            shown += [[w[0] for w in worked], [w[2] for w in worked]]
+        contributions.append(points)
+        keys += [name, f"{name}_pts"]
+    # the total is the sum in FACTORS order, rounded so that float noise in weights that sum to 1
+    # cannot push a score across a threshold
+    totals = [round(sum(parts), 6) for parts in zip(*contributions)]
+    shown.insert(0, totals)
+    keys += ["breaker", "headroom", "account_tier", "price_per_mtok", "p95_s"]
+    shown += [
+        states,
+        ["untracked" if share is None else share for share in shares],
+        [t or "unset" for t in tiers],
+        ["unknown (pool median)" if guessed else price for guessed, price in zip(cost_guessed, blended)],
+        ["no data (pool median)" if guessed else value for guessed, value in zip(latency_guessed, p95)],
+    ]
+    if task is not None:
+        keys.append("pattern")
+        shown.append([m or "none" for m in matches])
+    return [Score(c, total, dict(zip(keys, row))) for c, total, row in zip(candidates, totals, zip(*shown))]
 
-    weight_text = ", ".join(f"{name} {weights[name]:.3g}" for name in FACTORS if weights[name])
-    ctx.notes.append(f"auto: {source}: {weight_text}")
-    ctx.notes.append(f"auto: task {task or 'unknown'} ({why}); {explore_text}")
-    ctx.notes.append(
-        f"auto: a score below {policy.auto_min_score:g} excludes a candidate from {combo.name} for "
-        f"{policy.auto_exclude_s:g} s, doubling on re-exclusion up to {policy.auto_exclude_cap_s:g} s (never the first)"
-    )
-    return ordered
+
+# ---- exclusions ---------------------------------------------------------------------------------
 
 
-def _exclusion_seconds(snap: Any, combo: str, key: str) -> float:
-    """5 minutes, or double the last exclusion if this one follows it within that exclusion's length."""
+def exclusion_seconds(snap: Measurements, combo: str, key: str) -> float:
+    """How long to exclude a candidate: `auto_exclude_s`, or double the last exclusion if this one
+    follows it within that exclusion's length (up to `auto_exclude_cap_s`)."""
     policy = snap.policy
     last = _parse_streak(snap.pointer(_streak_key(combo, key)))
     if last is not None:
@@ -442,17 +420,15 @@ def _parse_streak(value: str | None) -> tuple[float, float] | None:
         return None
 
 
-def excluded(state: StateStore, combo: str, c: Candidate, now: float, min_score: float) -> tuple[str, float] | None:
+def excluded(state: HoldStore, combo: str, c: Candidate, now: float, min_score: float) -> tuple[str, float] | None:
     """Why an `auto` combo skips a candidate it excluded earlier (and until when), or None."""
     h = state.hold(exclusion_key(combo, c.key), now)
     if h is None:
         return None
-    from ._text import span
-
     return f"auto: score below {min_score:g} ({span(h.until - now)} left)", h.until
 
 
-def record_exclusions(state: StateStore, decision: Decision, now: float) -> None:
+def record_exclusions(state: HoldStore, decision: Decision, now: float) -> None:
     """The loop's half of an exclusion: hold each candidate the decision proposed to exclude."""
     for row in decision.rows:
         seconds = row.inputs.get(EXCLUDE_INPUT)
@@ -469,25 +445,22 @@ def record_exclusions(state: StateStore, decision: Decision, now: float) -> None
 _ACCOUNT_FACTORS = ("health", "quota", "latency")
 
 
-def score_accounts(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
-    """Accounts of one step by health, quota headroom and inverse p95 latency (weighted as in `auto`);
-    an account with no quota left goes last."""
-    snap = ctx.snapshot
+def account_scores(group: Sequence[Candidate], snap: Measurements) -> list[tuple[float, bool, dict[str, Any]]]:
+    """Each account of one step scored by health, quota headroom and inverse p95 latency (weighted as
+    in `auto`): (total, no quota left, the inputs to show), in the order of `group`."""
     policy = snap.policy
     raw_weights = {f: float(policy.auto_weights.get(f, 0.0)) for f in _ACCOUNT_FACTORS}
     total_w = sum(raw_weights.values()) or 1.0
     weights = {f: w / total_w for f, w in raw_weights.items()}
-    latency, _ = _inverse({c.key: snap.p95(c) for c in group})
-    totals: dict[str, float] = {}
-    empty: dict[str, bool] = {}
-    for c in group:
-        share, _ = snap.quota_headroom(c)
-        share = share if isinstance(share, (int, float)) else None
+    latency, _ = _inverse([snap.p95(c) for c in group])
+    out = []
+    for c, lat in zip(group, latency):
+        share = snap.quota_headroom(c)[0]
+        if not isinstance(share, (int, float)):
+            share = None
         health = float(policy.auto_health_scores.get(snap.breaker_state(c), 0.0))
         quota = policy.auto_unknown_quota_score if share is None else float(share)
-        total = round(weights["health"] * health + weights["quota"] * quota + weights["latency"] * latency[c.key], 6)
-        totals[c.key] = total
-        empty[c.key] = share == 0.0
-        ctx.note(c, account_score=total, account_health=health, account_quota=quota, account_latency=round(latency[c.key], 4))
-    index = {c.key: i for i, c in enumerate(group)}
-    return sorted(group, key=lambda c: (empty[c.key], -totals[c.key], index[c.key]))
+        total = round(weights["health"] * health + weights["quota"] * quota + weights["latency"] * lat, 6)
+        out.append((total, share == 0.0, {"account_score": total, "account_health": health, "account_quota": quota,
+                                          "account_latency": round(lat, 4)}))
+    return out

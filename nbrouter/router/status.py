@@ -7,7 +7,7 @@ from typing import Any
 from .._core.text import ms as _ms
 from . import _text
 from .combos import resolve
-from .config import QUOTA_FIELDS
+from .model import QUOTA_FIELDS
 from .decide import Decider
 from .errors import ComboConfigError
 from .state import StateStore

@@ -13,6 +13,9 @@ measurements (`fastest`, `cheapest`, `least-used`, `context-fit`, `auto`, ...) s
 the incoming order between equals.
 
 Account strategies order the accounts inside one step (one `provider/model` target).
+
+The registry (`STRATEGIES`, `ACCOUNT_STRATEGIES`, `COUNTED`) is defined here once; config validation
+reads it.
 """
 
 from __future__ import annotations
@@ -20,13 +23,42 @@ from __future__ import annotations
 import random
 import statistics
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from decimal import Decimal
+from typing import Any, Callable, Protocol, Sequence
 
+from .model import Combo, Provider
+from .packs import FACTORS, VARIANTS
+from .scoring import (
+    EXCLUDE_INPUT,
+    Measurements,
+    account_scores,
+    exclusion_seconds,
+    guess_task,
+    score_pool,
+    task_patterns,
+    weights_for,
+)
 from .types import Candidate
 
-if TYPE_CHECKING:
-    from .config import Combo
-    from .engine import Snapshot
+
+class Snapshot(Measurements, Protocol):
+    """The read-only view of the router's state a strategy reads (the engine implements it at one `now`)."""
+
+    def provider(self, c: Candidate) -> Provider: ...
+
+    def counter(self, name: str) -> int: ...
+
+    def latency(self, c: Candidate, *, stream: bool) -> float | None: ...
+
+    def p50(self, c: Candidate) -> float | None: ...
+
+    def requests_last_hour(self, c: Candidate) -> int: ...
+
+    def estimated_cost(self, c: Candidate, prompt_tokens: int, max_tokens: int) -> Decimal | None: ...
+
+    def context_window(self, c: Candidate) -> int | None: ...
+
+    def hold_until(self, key: str) -> float | None: ...
 
 
 @dataclass
@@ -56,7 +88,16 @@ class StrategyContext:
     explored: bool = False
 
     def note(self, candidate: Candidate, **values: Any) -> None:
-        self.inputs.setdefault(candidate.key, {}).update(values)
+        """Record inputs the order was based on, for explain()."""
+        self.note_all(candidate, values)
+
+    def note_all(self, candidate: Candidate, values: dict[str, Any]) -> None:
+        """`note` with the inputs in a dict, which becomes the candidate's own when it has none yet."""
+        existing = self.inputs.get(candidate.key)
+        if existing is None:
+            self.inputs[candidate.key] = values
+        else:
+            existing.update(values)
 
 
 Strategy = Callable[[list[Candidate], StrategyContext], list[Candidate]]
@@ -264,10 +305,75 @@ def context_fit(candidates: list[Candidate], ctx: StrategyContext) -> list[Candi
 
 
 def auto(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
-    """Multi-factor score, highest first, with seeded exploration (routing.md section 4; see scoring)."""
-    from .scoring import auto_order
+    """Multi-factor score, highest first, with seeded exploration (routing.md section 4; see scoring).
 
-    return auto_order(candidates, ctx)
+    Exploration: `auto_explore_rate` of calls (`auto_smart_explore_rate` for `auto/smart`) try a
+    uniformly drawn candidate first, except in incident mode (more than `auto_incident_open_share` of the
+    pool's breakers OPEN). A candidate scoring below `auto_min_score` (never the one tried first) gets an
+    exclusion proposed in its inputs (`exclude_for_s`).
+    """
+    snap = ctx.snapshot
+    policy = snap.policy
+    combo = ctx.combo
+    config = snap.config
+    variant = VARIANTS.get(combo.name) if combo.virtual else None
+    weights, source = weights_for(combo, policy)
+
+    task, why = ctx.request.task, "given"
+    if task is None:
+        task, keywords = guess_task(ctx.request.prompt, policy.auto_task_scan_chars)
+        why = f"keywords {', '.join(keywords)}" if task else "no keywords"
+    if task is None and variant is not None and variant.task:
+        task, why = variant.task, f"{combo.name} assumes it"
+
+    stored = config.combos.get(combo.name)
+    if combo.virtual or (stored is not None and not stored.steps):
+        missing = config.providers_without_models(combo.candidate_pool)
+        if missing:
+            ctx.notes.append(f"auto: providers without `models` contribute nothing: {', '.join(missing)}")
+
+    scores = score_pool(candidates, snap, ctx.all_candidates, weights, task, task_patterns(config))
+    # highest total first, ties as they came (sorted is stable)
+    scores.sort(key=lambda s: -s.total)
+    ordered = [s.candidate for s in scores]
+
+    pool = ctx.all_candidates or candidates
+    breaker = {s.candidate.key: s.inputs["breaker"] for s in scores}  # read once already for the scored ones
+    open_count = 0
+    for c in pool:
+        state = breaker.get(c.key)
+        if (snap.breaker_state(c) if state is None else state) == "open":
+            open_count += 1
+    incident = open_count > policy.auto_incident_open_share * len(pool)
+    rate = float(getattr(policy, variant.explore_rate if variant else "auto_explore_rate"))
+    draw = ctx.rng.random()  # always drawn, so a seed gives the same sequence whatever the state
+    if not incident and draw < rate and len(ordered) > 1:
+        pick = ordered[ctx.rng.randrange(len(ordered))]
+        ordered = [pick] + [c for c in ordered if c is not pick]
+        first = next(s for s in scores if s.candidate is pick)
+        scores = [first] + [s for s in scores if s is not first]
+        ctx.explored = True
+        explore_text = f"explored: drew {draw:.4f} < {rate:g}, tried {pick.key} first"
+    elif incident:
+        explore_text = (f"no exploration: incident mode ({open_count} of {len(pool)} breakers open, more than "
+                        f"{policy.auto_incident_open_share:g})")
+    else:
+        explore_text = f"no exploration (drew {draw:.4f}, rate {rate:g})"
+
+    min_score = policy.auto_min_score
+    for position, s in enumerate(scores):
+        if position > 0 and s.total < min_score:
+            s.inputs[EXCLUDE_INPUT] = exclusion_seconds(snap, combo.name, s.candidate.key)
+        ctx.note_all(s.candidate, s.inputs)
+
+    weight_text = ", ".join(f"{name} {weights[name]:.3g}" for name in FACTORS if weights[name])
+    ctx.notes.append(f"auto: {source}: {weight_text}")
+    ctx.notes.append(f"auto: task {task or 'unknown'} ({why}); {explore_text}")
+    ctx.notes.append(
+        f"auto: a score below {min_score:g} excludes a candidate from {combo.name} for "
+        f"{policy.auto_exclude_s:g} s, doubling on re-exclusion up to {policy.auto_exclude_cap_s:g} s (never the first)"
+    )
+    return ordered
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -311,9 +417,9 @@ def accounts_round_robin(group: list[Candidate], ctx: StrategyContext) -> list[C
     full = _step_members(ctx, group[0].step) or group
     turn = ctx.snapshot.counter(f"acct:{ctx.combo.name}:{group[0].step}")
     start = turn % len(full)
-    order = [c.account for c in full[start:] + full[:start]]
-    rank = {a: i for i, a in enumerate(order)}
-    return sorted(group, key=lambda c: rank.get(c.account, len(rank)))
+    by_account = {c.account: c for c in group}
+    out = [by_account.pop(c.account) for c in full[start:] + full[:start] if c.account in by_account]
+    return out + [c for c in group if c.account in by_account]  # (none: a step's accounts are all in `full`)
 
 
 def accounts_fill_first(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
@@ -328,9 +434,11 @@ def accounts_p2c(group: list[Candidate], ctx: StrategyContext) -> list[Candidate
 
 def accounts_scored(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     """Accounts by health, quota headroom and latency, weighted as in `auto`; none left last."""
-    from .scoring import score_accounts
-
-    return score_accounts(group, ctx)
+    scored = account_scores(group, ctx.snapshot)
+    for c, (_, _, shown) in zip(group, scored):
+        ctx.note(c, **shown)
+    rank = {id(c): (empty, -total, i) for i, (c, (total, empty, _)) in enumerate(zip(group, scored))}
+    return sorted(group, key=lambda c: rank[id(c)])
 
 
 ACCOUNT_STRATEGIES: dict[str, Strategy] = {

@@ -1,0 +1,202 @@
+"""The configuration as data: providers, accounts, quotas, combos and their steps, and the whole Config.
+
+Plain data classes and the names of their TOML keys; loading and validation live in `config.py`,
+writing combos back in `config_file.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .._core import ErrorKind
+from .policy import Policy
+
+TIERS = ("free", "standard", "pro", "ultra")
+QUOTA_FIELDS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "tokens_per_day")
+#: the keys of a `[combos.NAME]` table
+COMBO_FIELDS = {
+    "targets", "strategy", "account_strategy", "fallback_on", "max_attempts", "timeout_s", "sticky",
+    "when_all_cooling", "max_wait_s", "weights", "pack", "candidate_pool", "deadline_s", "description",
+    "retries", "hedge_after_s",
+}
+#: the keys of a `[providers.NAME]` table
+PROVIDER_FIELDS = {
+    "preset", "protocol", "base_url", "api_key_env", "accounts", "models", "context_window", "context_windows",
+    "tier", "quota", "headers", "enabled", "managed", "model_path", "server_command", "prices_id", "local",
+}
+#: the keys of one `[[providers.NAME.accounts]]` entry
+ACCOUNT_FIELDS = ("name", "api_key_env", "quota", "tier")
+#: the request options one step's inline table may set (`{ target = "p/m", temperature = 0.2 }`), kept in
+#: `Step.options`
+STEP_OPTIONS = ("max_tokens", "temperature", "top_p", "stop", "system", "extra_body")
+#: the keys of one step's inline table
+STEP_FIELDS = ("target", "combo", "weight", *STEP_OPTIONS)
+#: the top-level keys and tables of the file
+TOP_LEVEL_FIELDS = ("providers", "combos", "policy", "prices", "task_fit", "log_content", "state_path", "router")
+#: the keys of the `[router]` table (settings of the whole router)
+ROUTER_FIELDS = ("emergency",)
+#: the keys of one `[prices."provider/model"]` table (USD per million tokens)
+PRICE_FIELDS = ("input_per_mtok", "output_per_mtok")
+DEFAULT_ACCOUNT = "default"
+
+
+def parse_target(text: str) -> tuple[str, str | None, str]:
+    """`provider[#account]/model` -> (provider, account or None, model). The model may contain slashes."""
+    head, _, model = text.partition("/")
+    provider, _, account = head.partition("#")
+    return provider.strip(), (account.strip() or None), model.strip()
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Configured limits of one account (None = not limited)."""
+
+    requests_per_minute: int | None = None
+    requests_per_day: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_empty", all(getattr(self, f) is None for f in QUOTA_FIELDS))
+
+    def is_empty(self) -> bool:
+        """No limit configured (checked for every candidate of every call, so computed once)."""
+        return self._empty  # type: ignore[attr-defined,no-any-return]
+
+
+@dataclass(frozen=True)
+class Account:
+    """One credential of a provider; the key itself is read from the environment at call time."""
+
+    name: str
+    api_key_env: str | None = None
+    quota: Quota = Quota()
+    tier: str | None = None
+
+    def api_key(self) -> str | None:
+        """The key from the environment variable `api_key_env` (None when unset or empty)."""
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+
+@dataclass
+class Provider:
+    """A configured endpoint: protocol, base URL, accounts, known models."""
+
+    name: str
+    protocol: str
+    base_url: str
+    accounts: list[Account]
+    preset: str | None = None
+    local: bool = False
+    models: list[str] = field(default_factory=list)
+    context_windows: dict[str, int] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    enabled: bool = True
+    prices_id: str | None = None
+    managed: bool = False
+    model_path: str | None = None
+    server_command: list[str] | None = None
+    source: str = "config"
+
+    def account(self, name: str) -> Account | None:
+        """The account called `name`, or None."""
+        for acc in self.accounts:
+            if acc.name == name:
+                return acc
+        return None
+
+    def context_window(self, model: str) -> int | None:
+        """The configured context window of `model` in tokens, or None when not configured."""
+        return self.context_windows.get(model)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry of a combo's `targets`: a target (`provider[#account]/model`) or another combo's name."""
+
+    ref: str
+    combo: str | None = None
+    provider: str | None = None
+    account: str | None = None
+    model: str | None = None
+    weight: float = 1.0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def is_combo(self) -> bool:
+        return self.combo is not None
+
+
+@dataclass
+class Combo:
+    """A named, ordered group of steps with a strategy and options."""
+
+    name: str
+    steps: list[Step]
+    strategy: str = "priority"
+    account_strategy: str = "round-robin"
+    fallback_on: frozenset[ErrorKind] | None = None
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+    sticky: int = 1
+    when_all_cooling: str = "fail"
+    max_wait_s: float | None = None
+    deadline_s: float | None = None
+    weights: dict[str, float] | None = None
+    pack: str | None = None
+    candidate_pool: list[str] | None = None
+    virtual: bool = False
+    #: same-target retries per error kind (on top of the policy's `retries`)
+    retries: dict[str, int] | None = None
+    #: start the next candidate too when the first has sent no first byte after this long (off: None)
+    hedge_after_s: float | None = None
+
+
+@dataclass
+class Config:
+    """Everything the router reads from the configuration."""
+
+    providers: dict[str, Provider]
+    combos: dict[str, Combo]
+    policy: Policy
+    prices: dict[str, tuple[float, float]]
+    task_fit: dict[str, list[str]]
+    path: Path | None
+    raw: dict[str, Any]
+    log_content: bool = True
+    state_path: str | None = None
+    source: str = "file"
+    #: `[router] emergency`: a combo or target tried once after every candidate of any combo failed or was skipped
+    emergency: str | None = None
+
+    @functools.cached_property
+    def hash(self) -> str:
+        """A short hash of the configuration, recorded with every decision."""
+        blob = json.dumps(self.raw, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def file_label(self) -> str:
+        return str(self.path) if self.path else "<dict>"
+
+    def providers_without_models(self, pool: Iterable[str] | None = None) -> list[str]:
+        """The enabled providers (of `pool`, default all) that list no `models`: an `auto` pool gets nothing from them.
+
+        Args:
+            pool: a `candidate_pool` (providers, `provider#account` or targets); None for every provider.
+        """
+        names = [e.partition("#")[0] for e in pool if "/" not in e] if pool is not None else list(self.providers)
+        found = []
+        for name in dict.fromkeys(names):
+            prov = self.providers.get(name)
+            if prov is not None and prov.enabled and not prov.models:
+                found.append(name)
+        return found
