@@ -90,7 +90,7 @@ def memory(path: Path, total: int, step: int) -> list[tuple[int, float, float, i
         while done < total:
             record(store, step, done)
             done += step
-            waiting = len(store._log_rows)  # how far the writer lags behind a loop that never waits
+            waiting = len(store._writer.rows) if store._writer else 0  # how far the writer lags behind a loop that never waits
             store.flush(timeout=120.0)
             gc.collect()
             out.append((done, rss_mib(), tracemalloc.get_traced_memory()[0] / 2**20, waiting))

@@ -194,7 +194,7 @@ def test_an_older_call_log_gains_the_decision_columns(tmp_path: Path) -> None:
     conn.close()
     store = StateStore(path)
     try:
-        cols = {r[1] for r in store._reader.execute("PRAGMA table_info(calls)")}
+        cols = store.backend.columns("calls")
         assert {"strategy", "seed", "config_hash"} <= cols
     finally:
         store.close()
@@ -212,3 +212,192 @@ def test_a_rate_limit_window_whose_reset_has_passed_counts_as_refilled(tmp_path:
         assert r is not None and r.remaining_requests == 0 and r.remaining_tokens == 1000
     finally:
         store.close()
+
+
+# ---- time rules, driven by explicit times or a ManualClock (no sleeping) ------------------------------
+
+
+def test_a_breaker_opens_after_enough_failures_within_the_window_only() -> None:
+    from nbrouter.router.health import Breaker, BreakerState
+    from nbrouter.router.policy import Policy
+
+    policy = Policy(breaker_failures=3, breaker_window_s=60.0, breaker_open_s=30.0)
+    b = Breaker()
+    b.failure(1000.0, policy)
+    b.failure(1070.0, policy)  # the first has left the window
+    b.failure(1080.0, policy)
+    assert b.at(1080.0) is BreakerState.CLOSED and b.failures == [1070.0, 1080.0]
+    b.failure(1090.0, policy)
+    assert b.at(1090.0) is BreakerState.OPEN and b.open_until == 1120.0 and b.failures == []
+    assert b.admits(1119.9) == (False, 1120.0)
+
+
+def test_an_open_breaker_half_opens_when_its_time_is_up_and_admits_one_probe() -> None:
+    from nbrouter.router.health import Breaker, BreakerState
+
+    b = Breaker()
+    b.trip(1000.0, 30.0)
+    assert b.at(1029.999) is BreakerState.OPEN
+    assert b.admits(1030.0) == (True, None) and b.state is BreakerState.HALF_OPEN
+    b.begin_probe(1030.0)
+    assert b.admits(1030.5) == (False, None)  # one probe at a time
+    b.end_probe()  # no verdict: the next may probe
+    assert b.admits(1031.0) == (True, None)
+
+
+def test_a_failed_probe_reopens_for_twice_as_long_up_to_the_cap_and_a_success_closes() -> None:
+    from nbrouter.router.health import Breaker, BreakerState
+    from nbrouter.router.policy import Policy
+
+    policy = Policy(breaker_open_s=10.0, breaker_max_multiplier=4)
+    b = Breaker()
+    b.trip(0.0, policy.breaker_open_s)
+    now = 0.0
+    for expected in (20.0, 40.0, 40.0):
+        now = b.open_until
+        b.begin_probe(now)
+        b.failure(now, policy)
+        assert b.state is BreakerState.OPEN and b.open_for == expected and b.opened_at == now
+    assert b.success() is True
+    assert (b.state, b.multiplier, b.failures) == (BreakerState.CLOSED, 1, [])
+    assert b.success() is False  # nothing left to change: nothing to write
+
+
+def test_breaker_states_are_stored_and_shown_as_their_old_strings(tmp_path: Path) -> None:
+    from nbrouter.router.state import HALF_OPEN, OPEN
+    from nbrouter.testing import ManualClock
+
+    clock = ManualClock()
+    store = StateStore(tmp_path / "s.sqlite3", clock=clock)
+    try:
+        now = clock.time()
+        b = store.breaker_failure("p#a/m", now, open_now=True)
+        assert b.state == "open" and b.state is OPEN and f"{b.state}" == "open"
+        store.flush()
+        (value,) = sqlite3.connect(tmp_path / "s.sqlite3").execute("SELECT value FROM state WHERE kind='breaker'").fetchone()
+        assert json.loads(value)["state"] == "open"
+        clock.advance(store.policy.breaker_open_s)
+        assert store.breaker_state("p#a/m", clock.time()) == "half_open" == HALF_OPEN
+    finally:
+        store.close()
+
+
+def test_a_hold_that_expired_while_no_one_ran_is_not_loaded(tmp_path: Path) -> None:
+    from nbrouter.testing import ManualClock
+
+    clock = ManualClock()
+    path = tmp_path / "s.sqlite3"
+    with_clock = StateStore(path, clock=clock)
+    with_clock.set_hold("p#a", "cooldown", clock.time() + 60, "quota exceeded")
+    with_clock.set_hold("p#b", "lock", clock.time() + 600, "account locked")
+    with_clock.close()
+    clock.advance(61)
+    later = StateStore(path, clock=clock)
+    try:
+        assert set(later.holds) == {"p#b"}
+        assert later.hold("p#b", clock.time()) is not None
+        assert later.holds["p#b"].updated == clock.time() - 61  # stamped by the store's clock
+    finally:
+        later.close()
+
+
+def test_usage_windows_roll_over_at_the_minute_and_the_day() -> None:
+    store = StateStore(persist=False)
+    day = 20_000 * 86400.0
+    store.record_usage("p#a", day + 59.0, 10)
+    store.record_usage("p#a", day + 59.5, 5)
+    w = store.usage_window("p#a", day + 59.9)
+    assert (w.minute_requests, w.minute_tokens, w.day_requests, w.day_tokens) == (2, 15, 2, 15)
+    w = store.usage_window("p#a", day + 60.0)
+    assert (w.minute_requests, w.minute_tokens, w.day_requests, w.day_tokens) == (0, 0, 2, 15)
+    w = store.usage_window("p#a", day + 86400.0)
+    assert (w.day_requests, w.day_tokens) == (0, 0)
+
+
+def test_refresh_is_spaced_by_the_stores_clock(tmp_path: Path) -> None:
+    from nbrouter.router.policy import Policy
+    from nbrouter.testing import ManualClock
+
+    clock = ManualClock()
+    path = tmp_path / "s.sqlite3"
+    policy = Policy(state_refresh_s=5.0)
+    reader, writer = StateStore(path, clock=clock, policy=policy), StateStore(path, clock=clock, policy=policy)
+    try:
+        reader.refresh()  # the first look
+        writer.set_hold("p#a", "cooldown", clock.time() + 60, "quota exceeded")
+        writer.flush()
+        reader.refresh()
+        assert "p#a" not in reader.holds  # not yet: the clock has not moved
+        clock.advance(5.0)
+        reader.refresh()
+        assert "p#a" in reader.holds
+    finally:
+        reader.close()
+        writer.close()
+
+
+# ---- the file: one list of columns, numbered migrations, backends -------------------------------------
+
+
+def test_a_file_written_by_schema_1_opens_migrates_and_keeps_everything(tmp_path: Path) -> None:
+    import shutil
+
+    from nbrouter.router.health import BreakerState, HoldKind
+    from nbrouter.router.store import CALL_NAMES, SCHEMA_VERSION
+
+    path = tmp_path / "old.sqlite3"
+    shutil.copy(Path(__file__).parent / "data" / "state-schema1.sqlite3", path)  # written by nbrouter before the split
+    store = StateStore(path)
+    try:
+        assert store.persistent and store.warning is None
+        assert store.holds["old#default/m"].kind is HoldKind.LOCK and store.holds["old#default"].detail == "fp:abcd"
+        assert store.breakers["old#default/b"].state is BreakerState.OPEN
+        assert store.counter("rr:c") == 2 and store.pointers["lkgp:c"] == "old#default/m"
+        assert store.latency["old#default/m"].requests == 1 and store.usage["old#default"].day_tokens == 42
+        r = store.ratelimit("old#default", 1_700_000_000.0)
+        assert (r.limit_requests, r.remaining_requests) == (100, 7)
+        (old,) = store.recent_log(5)
+        assert (old["call_id"], old["response"], old["seed"]) == ("call-1", "hello", 7)
+        store.log_attempts("call-2", "c", [], None, None)
+        store.next_counter("rr:c")
+        store.flush()
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [r[1] for r in conn.execute("PRAGMA table_info(calls)")] == ["id", *CALL_NAMES]
+    assert conn.execute("SELECT value FROM state WHERE kind='counter' AND key='rr:c'").fetchone() == ("3",)
+    conn.close()
+
+
+def test_the_call_log_columns_drive_create_insert_and_select(tmp_path: Path) -> None:
+    from nbrouter.router.store import CALL_NAMES
+    from nbrouter.router.types import Action, Attempt
+
+    store = StateStore(tmp_path / "s.sqlite3")
+    try:
+        a = Attempt(candidate="p#a/m", path="c > p/m", action=Action.SERVED, started_at=1.0, status=200, request_id="r-1")
+        store.log_attempts("call", "c", [a], "q", "answer", ("priority", 3, "h"))
+        (row,) = store.recent_log(1)
+        assert tuple(row) == CALL_NAMES
+        assert (row["request_id"], row["response"], row["strategy"], row["seed"]) == ("r-1", "answer", "priority", 3)
+        assert store.backend.columns("calls") == {"id", *CALL_NAMES}
+    finally:
+        store.close()
+
+
+def test_a_memory_store_keeps_a_bounded_call_log_and_writes_no_file(tmp_path: Path, monkeypatch) -> None:
+    from nbrouter.router.store import MemoryBackend
+    from nbrouter.router.types import Action, Attempt
+
+    monkeypatch.setenv("NBROUTER_STATE", str(tmp_path / "never.sqlite3"))
+    store = StateStore(persist=False)
+    assert isinstance(store.backend, MemoryBackend) and not store.persistent and store.path is None
+    small = StateStore(backend=MemoryBackend(max_calls=3))
+    for i in range(5):
+        a = Attempt(candidate="p#a/m", path="c", action=Action.SERVED, started_at=float(i))
+        store.log_attempts(f"call-{i}", "c", [a], "q", "a")
+        small.log_attempts(f"call-{i}", "c", [a], "q", "a")
+    assert [r["call_id"] for r in store.recent_log(2)] == ["call-3", "call-4"]
+    assert [r["call_id"] for r in small.recent_log(10)] == ["call-2", "call-3", "call-4"]
+    assert not list(tmp_path.iterdir())
