@@ -23,6 +23,9 @@ class ErrorKind(str, enum.Enum):
     CONTENT_FILTER = "content_filter"
     INVALID_REQUEST = "invalid_request"
     CANCELLED = "cancelled"
+    MALFORMED_RESPONSE = "malformed_response"
+    UNSUPPORTED = "unsupported"
+    INVALID_OUTPUT = "invalid_output"
 
     def __str__(self) -> str:
         return self.value
