@@ -58,6 +58,8 @@ class Row:
     input_tokens: int | None = None
     #: when a quota frees up: epoch seconds, or FUTURE for "some time after now" (a rolling reset)
     reset_at: float | str | None = None
+    #: the HTTP status the failure reports, when the row says
+    status: int | None = None
 
 
 def row(id: str, flavour: str, response: Behaviour | str, kind: ErrorKind | None, **kw: Any) -> Any:
@@ -292,7 +294,8 @@ VARIANTS = [
     # transport: a stream that ends without its terminator
     row("transport: stream without terminator -> stream_interrupted", "openai",
         Raw(200, sse=[(None, oa_chunk("Hel"))]), K.STREAM_INTERRUPTED, partial="Hel"),
-    row("transport: ReadError after the headers but before any SSE event -> network", "gemini", CutStream(after_chunks=0), K.NETWORK, stream=True),
+    row("transport: ReadError after the 200 headers but before any SSE event -> stream_interrupted", "gemini", CutStream(after_chunks=0),
+        K.STREAM_INTERRUPTED, stream=True, partial="", status=200),
     row("transport: ReadError after message_start only -> stream_interrupted", "anthropic", CutStream(after_chunks=0), K.STREAM_INTERRUPTED,
         stream=True, partial=""),
     # openai quota codes and text
@@ -464,6 +467,8 @@ def check(sim: Any, r: Row) -> None:
     elif r.reset_at is not None:
         assert result.reset_at == r.reset_at
     assert result.refused is r.refused
+    if r.status is not None:
+        assert result.status == r.status
     assert "sk-classify-0123456789abcdef" not in str(result)
 
 

@@ -516,3 +516,98 @@ def test_requests_go_to_the_transport_httpx_picks_for_the_url_so_proxies_still_a
 
     assert asyncio.run(go()) == "via the mount"
     assert seen == ["http://llm.example/v1/chat/completions"]
+
+
+# -- the Sender: what carries a request ------------------------------------------------------------
+
+
+def _hi() -> ChatRequest:
+    return ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_sender_given_a_transport_sends_every_request_through_it() -> None:
+    """`Sender(transport=...)` takes any httpx transport (here httpx's MockTransport) and leaves it open."""
+    from nbrouter.providers import Sender
+
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers["authorization"]))
+        return httpx.Response(200, json={"model": "m", "choices": [{"message": {"content": "mocked"}, "finish_reason": "stop"}]})
+
+    transport = httpx.MockTransport(handler)
+
+    async def go() -> str:
+        sender = Sender(transport=transport)
+        completion = await sender.send(get_protocol("openai"), Endpoint("p", "openai", "http://llm.example/v1", api_key=OPENAI_KEY), _hi(), timeout_s=5)
+        await sender.aclose()
+        # the transport is the caller's: still usable after the sender closed
+        again = await Sender(transport=transport).send(get_protocol("openai"), Endpoint("p", "openai", "http://llm.example/v1", api_key=OPENAI_KEY), _hi(), timeout_s=5)
+        return completion.text + " " + again.text
+
+    assert asyncio.run(go()) == "mocked mocked"
+    assert seen == [("http://llm.example/v1/chat/completions", f"Bearer {OPENAI_KEY}")] * 2
+
+
+def test_a_sender_given_an_http_client_sends_with_its_headers() -> None:
+    """`Sender(http_client=...)`: the client's own default headers and mounts apply."""
+    from nbrouter.providers import Sender
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("x-team", ""))
+        return httpx.Response(200, json={"model": "m", "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
+
+    async def go() -> str:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler), headers={"x-team": "blue"}) as client:
+            return (await Sender(http_client=client).send(get_protocol("openai"), Endpoint("p", "openai", "http://llm.example/v1"), _hi(), timeout_s=5)).text
+
+    assert asyncio.run(go()) == "ok"
+    assert seen == ["blue"]
+
+
+def test_the_default_sender_honours_http_proxy_and_no_proxy(provider_simulator, monkeypatch) -> None:
+    """HTTP_PROXY from the environment carries requests (the simulator plays the proxy: it serves the
+    absolute-form request it gets); a host in NO_PROXY goes direct (nothing listens there: refused)."""
+    from nbrouter.providers import Sender
+
+    port = provider_simulator.url.rsplit(":", 1)[1]
+    target = f"http://127.0.0.2:{port}/v1"  # loopback too, but not the address the simulator listens on
+    monkeypatch.setenv("HTTP_PROXY", provider_simulator.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    provider_simulator.script([Reply("through the proxy")], model="m")
+
+    async def go() -> Completion | ProviderFailure:
+        sender = Sender()
+        try:
+            return await sender.send(get_protocol("openai"), Endpoint("p", "openai", target, api_key=OPENAI_KEY), ask(), timeout_s=5)
+        except ProviderFailure as failure:
+            return failure
+        finally:
+            await sender.aclose()
+
+    assert completed(asyncio.run(go())).text == "through the proxy"
+    assert provider_simulator.requests[-1].headers["host"] == f"127.0.0.2:{port}"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.2")
+    failure = failed(asyncio.run(go()), ErrorKind.NETWORK)
+    assert failure.refused
+
+
+def test_loopback_is_never_sent_through_a_proxy(provider_simulator, monkeypatch) -> None:
+    """A proxy cannot reach this machine's loopback: local servers stay reachable with HTTP_PROXY set."""
+    from nbrouter.providers import Sender
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens on the discard port
+    provider_simulator.script([Reply("direct")], model="m")
+
+    async def go() -> str:
+        sender = Sender()
+        try:
+            return (await sender.send(get_protocol("openai"), endpoint(provider_simulator, "openai"), ask(), timeout_s=5)).text
+        finally:
+            await sender.aclose()
+
+    assert asyncio.run(go()) == "direct"
