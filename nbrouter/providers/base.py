@@ -8,6 +8,7 @@ about a failure: that is the router's policy.
 from __future__ import annotations
 
 import abc
+import json
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -187,6 +188,17 @@ def count(value: Any, where: str) -> int:
     if number is None or not 0 <= number <= MAX_COUNT:
         raise malformed(f"{where} is {excerpt(repr(value), 40)}, not a token count")
     return number
+
+
+def json_value(data: str | bytes, where: str) -> Any:
+    """The JSON value `data` spells; `malformed_response` (quoting a scrubbed excerpt) when it spells none."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise malformed(f"{where} is JSON nested too deep") from None
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data
+        raise malformed(f"{where} is not valid JSON: {excerpt(text, 120)!r}") from None
 
 
 def loose_text(value: Any) -> str:
