@@ -34,6 +34,8 @@ MIN_SECRET_CHARS = 4
 # longest first, so that a key containing another is removed whole; a tuple swapped in one assignment, so
 # that `scrub` on one thread never iterates a set that `remember_secret` grows on another
 _known: tuple[str, ...] = ()
+#: every value ever passed to remember_secret (what `_known` was built from)
+_seen: set[str] = set()
 _lock = threading.Lock()
 
 
@@ -45,12 +47,11 @@ def remember_secret(value: str | None) -> None:
             remembered too, since that is what goes on the wire.
     """
     global _known
-    if not value:
-        return
-    candidates = {v for v in (value, value.strip()) if len(v) >= MIN_SECRET_CHARS}
-    if candidates <= set(_known):
+    if not value or value in _seen:  # the common case, once per request: one set lookup
         return
     with _lock:
+        _seen.add(value)
+        candidates = {v for v in (value, value.strip()) if len(v) >= MIN_SECRET_CHARS}
         _known = tuple(sorted(set(_known) | candidates, key=len, reverse=True))
 
 

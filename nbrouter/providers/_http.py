@@ -280,10 +280,12 @@ def usable_key(endpoint: Endpoint) -> Endpoint:
     key = endpoint.api_key
     if not key:
         return endpoint
+    # whoever built the endpoint should have; remembered here too, so that nothing this attempt stores
+    # or raises can hold the key whatever its shape
+    remember_secret(key)
     if key.isascii() and key.isprintable() and key[0] != " " and key[-1] != " ":
         return endpoint
     clean = key.strip()
-    remember_secret(clean)
     where = f"the environment variable {endpoint.key_env}" if endpoint.key_env else f"the key of provider {endpoint.provider!r}"
     if not clean:
         raise ProviderFailure(ErrorKind.AUTH, f"{where} holds only whitespace")
