@@ -830,3 +830,26 @@ def test_an_exception_in_on_text_is_the_callers_and_propagates(provider_simulato
 
     with pytest.raises(KeyError, match="consumer bug"):
         asyncio.run(go())
+
+
+@pytest.mark.parametrize("via", ["default", "http_client"])
+def test_a_cookie_a_provider_sets_never_rides_on_later_requests(provider_simulator, via):
+    """Nothing carries state from one request to the next: an odd (here not ASCII, and big) cookie set by
+    one reply is not sent with the next request, which would fail to encode or be refused."""
+    from nbrouter.providers import Sender
+
+    cookie = "a=" + "é" * 10 + "; Path=/"
+    provider_simulator.script([Reply("first", headers={"set-cookie": cookie}), Reply("second")], model="m")
+    ep = Endpoint("p", "openai", provider_simulator.url.replace("127.0.0.1", "localhost") + "/v1", api_key=OPENAI_KEY)
+
+    async def go() -> list[str]:
+        # httpx's own transport keeps no cookies: what is tested is that the client's jar is not read
+        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
+            sender = Sender(http_client=client) if via == "http_client" else Sender()
+            try:
+                return [(await sender.send(get_protocol("openai"), ep, ask(), timeout_s=5)).text for _ in range(2)]
+            finally:
+                await sender.aclose()
+
+    assert asyncio.run(go()) == ["first", "second"]
+    assert "cookie" not in provider_simulator.requests[-1].headers

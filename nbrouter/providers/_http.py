@@ -206,7 +206,11 @@ class Sender:
             merged = {**base, **headers}
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
         if self._client is not None:
-            return self._client.build_request("POST", url, headers=merged, content=content, timeout=timeout_s)
+            # the client's default headers, but never its cookie jar: a cookie one provider set (a
+            # 9,000-byte one, one that is not ASCII) must not ride along on every later request
+            with_client = httpx.Headers(self._client.headers)
+            with_client.update(merged)
+            return httpx.Request("POST", url, headers=with_client, content=content, extensions={"timeout": _timeouts(timeout_s)})
         return httpx.Request("POST", _parsed_url(url), headers=merged, content=content, extensions={"timeout": _timeouts(timeout_s)})
 
     async def _dispatch(self, req: httpx.Request) -> httpx.Response:
@@ -637,24 +641,30 @@ def _timeouts(timeout_s: float) -> dict[str, float]:
     return value
 
 
-def _default_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+def _default_transport(limits: httpx.Limits, proxy: str | None = None) -> httpx.AsyncBaseTransport:
+    """httpx-aiohttp's transport (through `proxy`, an http:// URL, when given), over an aiohttp session
+    that keeps no cookies: LLM APIs need none, and a provider's odd cookie must not reach later requests."""
     try:
+        import aiohttp
         from httpx_aiohttp import AiohttpTransport
     except ImportError:  # pragma: no cover - httpx-aiohttp is a dependency
-        return httpx.AsyncHTTPTransport(limits=limits)
-    return AiohttpTransport(limits=limits)
+        return httpx.AsyncHTTPTransport(limits=limits, proxy=proxy)
+    ssl_context = httpx.create_ssl_context()
+
+    def session() -> aiohttp.ClientSession:
+        # what AiohttpTransport builds by default, plus the cookie jar that drops everything; created on
+        # the first request, inside the event loop that owns it
+        connector = aiohttp.TCPConnector(limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry, ssl=ssl_context)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    return AiohttpTransport(limits=limits, verify=ssl_context, client=session, proxy=httpx.Proxy(proxy) if proxy else None)
 
 
 def _proxy_transport(url: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
     """A transport through the proxy at `url`: aiohttp's for an http:// proxy, httpx's own otherwise
     (https:// and socks5:// proxies, which aiohttp does not speak)."""
     if url.lower().startswith("http://"):
-        try:
-            from httpx_aiohttp import AiohttpTransport
-
-            return AiohttpTransport(limits=limits, proxy=httpx.Proxy(url))
-        except ImportError:  # pragma: no cover - httpx-aiohttp is a dependency
-            pass
+        return _default_transport(limits, proxy=url)
     return httpx.AsyncHTTPTransport(limits=limits, proxy=url)
 
 
