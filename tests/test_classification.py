@@ -58,6 +58,10 @@ class Row:
     input_tokens: int | None = None
     #: when a quota frees up: epoch seconds, or FUTURE for "some time after now" (a rolling reset)
     reset_at: float | str | None = None
+    #: the HTTP status the failure reports, when the row says
+    status: int | None = None
+    #: the reset a header named, in seconds from the response
+    reset_in_s: float | None = None
 
 
 def row(id: str, flavour: str, response: Behaviour | str, kind: ErrorKind | None, **kw: Any) -> Any:
@@ -292,7 +296,8 @@ VARIANTS = [
     # transport: a stream that ends without its terminator
     row("transport: stream without terminator -> stream_interrupted", "openai",
         Raw(200, sse=[(None, oa_chunk("Hel"))]), K.STREAM_INTERRUPTED, partial="Hel"),
-    row("transport: ReadError after the headers but before any SSE event -> network", "gemini", CutStream(after_chunks=0), K.NETWORK, stream=True),
+    row("transport: ReadError after the 200 headers but before any SSE event -> stream_interrupted", "gemini", CutStream(after_chunks=0),
+        K.STREAM_INTERRUPTED, stream=True, partial="", status=200),
     row("transport: ReadError after message_start only -> stream_interrupted", "anthropic", CutStream(after_chunks=0), K.STREAM_INTERRUPTED,
         stream=True, partial=""),
     # openai quota codes and text
@@ -406,6 +411,86 @@ VARIANTS = [
 ]
 
 
+#: the next 00:00 UTC, for `Row.reset_at` (a daily quota with no reset header)
+UTC_MIDNIGHT = "next UTC midnight"
+
+
+def _gemini_no_text(reason: str) -> str:
+    # a 200 whose only candidate has no parts: how generateContent reports a stop before any text
+    return ('{"candidates": [{"content": {"role": "model"},"finishReason": "' + reason + '","index": 0}],'
+            '"usageMetadata": {"promptTokenCount": 8,"totalTokenCount": 8},"modelVersion": "gemini-2.5-flash",'
+            '"responseId": "m3ohaLbTIsKq1MkPlqG7sQs"}')
+
+
+#: real providers' payloads that were misread (issue 12 section 3, issue 14), byte for byte as the
+#: providers' SDKs, documentation and users' reports show them
+REAL_PAYLOADS = [
+    row("anthropic: 429 details.error_code contract_spend_limit_reached -> quota_exceeded (account-wide)", "anthropic",
+        Raw(429, '{"type":"error","error":{"type":"rate_limit_error","message":"You have reached your organization\'s contract spend '
+                 'limit. Please contact your account team to raise it.","details":{"error_code":"contract_spend_limit_reached"}},'
+                 '"request_id":"req_011CUFe7mGm5TSb4cuqSZa4m"}'),
+        K.QUOTA_EXCEEDED, no_retry=True),
+    row("anthropic: 400 error_code organization_on_hold -> account_locked", "anthropic",
+        Raw(400, '{"type":"error","error":{"type":"invalid_request_error","message":"This organization has been disabled. An '
+                 'organization admin can appeal at https://console.anthropic.com/appeal","details":{"error_code":"organization_on_hold"}},'
+                 '"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}'),
+        K.ACCOUNT_LOCKED),
+    *[row(f"gemini: 200 finishReason {reason} with no text -> content_filter", "gemini", Raw(200, _gemini_no_text(reason)), K.CONTENT_FILTER)
+      for reason in ("PROHIBITED_CONTENT", "SPII", "BLOCKLIST", "ESCALATION", "MODEL_ARMOR")],
+    *[row(f"gemini: 200 finishReason {reason} with no text -> empty_response", "gemini", Raw(200, _gemini_no_text(reason)), K.EMPTY_RESPONSE)
+      for reason in ("LANGUAGE", "MALFORMED_FUNCTION_CALL", "MALFORMED_RESPONSE", "OTHER")],
+    row("gemini: stream whose last chunk is finishReason OTHER with no text -> empty_response", "gemini",
+        Raw(200, sse=[(None, _gemini_no_text("OTHER"))]), K.EMPTY_RESPONSE),
+    row("litellm proxy: 400 ContextWindowExceededError -> context_overflow", "openai",
+        Raw(400, '{"error":{"message":"litellm.ContextWindowExceededError: litellm.BadRequestError: ContextWindowExceededError: '
+                 'VertexAIException - The input token count (1250000) exceeds the maximum number of tokens allowed (1048576).\n'
+                 'model=gemini-2.5-flash. context_window_fallbacks=None. fallbacks=None.\n\nSet \'context_window_fallback\' - '
+                 'https://docs.litellm.ai/docs/routing#fallbacks. Received Model Group=gemini-2.5-flash\nAvailable Model Group '
+                 'Fallbacks=None","type":null,"param":null,"code":"400"}}'),
+        K.CONTEXT_OVERFLOW),
+    row("litellm proxy: 400 Invalid model name passed in model= -> model_not_found", "openai",
+        Raw(400, '{"error":{"message":"{\'error\': \'/chat/completions: Invalid model name passed in model=gpt-nope. Call `/v1/models` '
+                 'to view available models for your key.\'}","type":"None","param":"None","code":"400"}}'),
+        K.MODEL_NOT_FOUND),
+    row("azure: 400 code content_filter, innererror ResponsibleAIPolicyViolation -> content_filter", "openai",
+        Raw(400, '{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI\'s content management '
+                 'policy. Please modify your prompt and retry. To learn more about our content filtering policies please read our '
+                 'documentation: https://go.microsoft.com/fwlink/?linkid=2198766","type":null,"param":"prompt","code":"content_filter",'
+                 '"status":400,"innererror":{"code":"ResponsibleAIPolicyViolation","content_filter_result":{"hate":{"filtered":false,'
+                 '"severity":"safe"},"jailbreak":{"filtered":false,"detected":false},"self_harm":{"filtered":false,"severity":"safe"},'
+                 '"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":true,"severity":"medium"}}}}}'),
+        K.CONTENT_FILTER),
+    row("azure: 400 innererror ResponsibleAIPolicyViolation alone -> content_filter", "openai",
+        Raw(400, '{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI\'s content management '
+                 'policy.","type":null,"param":"prompt","code":null,"status":400,"innererror":{"code":"ResponsibleAIPolicyViolation"}}}'),
+        K.CONTENT_FILTER),
+    row("gemini: 403 Method doesn't allow unregistered callers (no key sent) -> auth", "gemini",
+        Raw(403, '{\n  "error": {\n    "code": 403,\n    "message": "Method doesn\'t allow unregistered callers (callers without '
+                 'established identity). Please use API Key or other form of API consumer identity to call this API.",\n    '
+                 '"status": "PERMISSION_DENIED"\n  }\n}\n'),
+        K.AUTH),
+    row("a 404 naming no model (wrong base_url, nginx) -> model_not_found", "openai",
+        Raw(404, "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n"
+                 "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n", content_type="text/html"),
+        K.MODEL_NOT_FOUND),
+    row("a 404 naming no model (wrong base_url, FastAPI) -> model_not_found", "openai",
+        Raw(404, '{"detail":"Not Found"}'), K.MODEL_NOT_FOUND),
+    row("openai: 429 requests per day (RPD), no reset header -> quota_exceeded until the next UTC midnight", "openai",
+        Raw(429, '{\n    "error": {\n        "message": "Rate limit reached for gpt-4o-mini in organization org-Xb1PqR7sT2uVw3Yz on '
+                 'requests per day (RPD): Limit 10000, Used 10000, Requested 1. Please try again in 8.64s. Visit '
+                 'https://platform.openai.com/account/rate-limits to learn more.",\n        "type": "requests",\n        '
+                 '"param": null,\n        "code": "rate_limit_exceeded"\n    }\n}\n'),
+        K.QUOTA_EXCEEDED, no_retry=True, reset_at=UTC_MIDNIGHT),
+    row("openai: 429 tokens per day (TPD) with x-ratelimit-reset-tokens -> quota_exceeded until the header's reset", "openai",
+        Raw(429, '{\n    "error": {\n        "message": "Rate limit reached for gpt-4o in organization org-Xb1PqR7sT2uVw3Yz on '
+                 'tokens per day (TPD): Limit 900000, Used 899852, Requested 1200. Please try again in 3m6.048s. Visit '
+                 'https://platform.openai.com/account/rate-limits to learn more.",\n        "type": "tokens",\n        '
+                 '"param": null,\n        "code": "rate_limit_exceeded"\n    }\n}\n',
+            headers={"x-ratelimit-reset-tokens": "3m6.048s", "x-ratelimit-remaining-tokens": "0"}),
+        K.QUOTA_EXCEEDED, no_retry=True, reset_in_s=186.048),
+]
+
+
 # -- running a row ----------------------------------------------------------------------------
 
 
@@ -445,6 +530,7 @@ def check(sim: Any, r: Row) -> None:
     if isinstance(r.response, Behaviour):
         sim.script([r.response], model="m")
     ep = _endpoint(sim, r.flavour, r.response)
+    sent_at = time.time()
     result = _send(ep, ChatRequest("m", [{"role": "user", "content": "hi"}], stream=r.stream), r.timeout_s)
     if r.kind is None:
         assert isinstance(result, Completion), repr(result)
@@ -461,9 +547,17 @@ def check(sim: Any, r: Row) -> None:
         assert result.partial_text == r.partial
     if r.reset_at == FUTURE:
         assert result.reset_at is not None and result.reset_at > time.time()
+    elif r.reset_at == UTC_MIDNIGHT:
+        now = time.time()
+        assert result.reset_at is not None and result.reset_at % 86400 == 0 and now < result.reset_at <= now + 86400
+    elif r.reset_in_s is not None:
+        # the header's reset counted from when the answer came, which was at most the test's run time ago
+        assert result.reset_at is not None and sent_at + r.reset_in_s <= result.reset_at <= time.time() + r.reset_in_s
     elif r.reset_at is not None:
         assert result.reset_at == r.reset_at
     assert result.refused is r.refused
+    if r.status is not None:
+        assert result.status == r.status
     assert "sk-classify-0123456789abcdef" not in str(result)
 
 
@@ -474,6 +568,11 @@ def test_table_line(provider_simulator: Any, r: Row) -> None:
 
 @pytest.mark.parametrize("r", VARIANTS)
 def test_other_signal_of_a_table_line(provider_simulator: Any, r: Row) -> None:
+    check(provider_simulator, r)
+
+
+@pytest.mark.parametrize("r", REAL_PAYLOADS)
+def test_real_provider_payload(provider_simulator: Any, r: Row) -> None:
     check(provider_simulator, r)
 
 

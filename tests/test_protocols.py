@@ -355,9 +355,11 @@ def test_gemini_bare_multiline_error_in_stream_is_classified(provider_simulator)
 
 
 @pytest.mark.parametrize("flavour", ["openai", "anthropic", "gemini"])
-def test_malformed_stream_event_is_interrupted(provider_simulator, flavour):
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+def test_a_body_or_stream_event_that_is_not_json_is_malformed_response(provider_simulator, flavour, stream):
     provider_simulator.script([Malformed()], model="m")
-    failed(call(endpoint(provider_simulator, flavour), ask(stream=True))[0], ErrorKind.STREAM_INTERRUPTED)
+    failure = failed(call(endpoint(provider_simulator, flavour), ask(stream=stream))[0], ErrorKind.MALFORMED_RESPONSE)
+    assert failure.status == 200 and ("not valid JSON" in failure.message or "malformed JSON" in failure.message)
 
 
 @pytest.mark.parametrize("flavour", ["openai", "anthropic", "gemini"])
@@ -516,3 +518,338 @@ def test_requests_go_to_the_transport_httpx_picks_for_the_url_so_proxies_still_a
 
     assert asyncio.run(go()) == "via the mount"
     assert seen == ["http://llm.example/v1/chat/completions"]
+
+
+# -- the Sender: what carries a request ------------------------------------------------------------
+
+
+def _hi() -> ChatRequest:
+    return ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_sender_given_a_transport_sends_every_request_through_it() -> None:
+    """`Sender(transport=...)` takes any httpx transport (here httpx's MockTransport) and leaves it open."""
+    from nbrouter.providers import Sender
+
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers["authorization"]))
+        return httpx.Response(200, json={"model": "m", "choices": [{"message": {"content": "mocked"}, "finish_reason": "stop"}]})
+
+    transport = httpx.MockTransport(handler)
+
+    async def go() -> str:
+        sender = Sender(transport=transport)
+        completion = await sender.send(get_protocol("openai"), Endpoint("p", "openai", "http://llm.example/v1", api_key=OPENAI_KEY), _hi(), timeout_s=5)
+        await sender.aclose()
+        # the transport is the caller's: still usable after the sender closed
+        again = await Sender(transport=transport).send(get_protocol("openai"), Endpoint("p", "openai", "http://llm.example/v1", api_key=OPENAI_KEY), _hi(), timeout_s=5)
+        return completion.text + " " + again.text
+
+    assert asyncio.run(go()) == "mocked mocked"
+    assert seen == [("http://llm.example/v1/chat/completions", f"Bearer {OPENAI_KEY}")] * 2
+
+
+def test_a_sender_given_an_http_client_sends_with_its_headers() -> None:
+    """`Sender(http_client=...)`: the client's own default headers and mounts apply."""
+    from nbrouter.providers import Sender
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("x-team", ""))
+        return httpx.Response(200, json={"model": "m", "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
+
+    async def go() -> str:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler), headers={"x-team": "blue"}) as client:
+            return (await Sender(http_client=client).send(get_protocol("openai"), Endpoint("p", "openai", "http://llm.example/v1"), _hi(), timeout_s=5)).text
+
+    assert asyncio.run(go()) == "ok"
+    assert seen == ["blue"]
+
+
+def test_the_default_sender_honours_http_proxy_and_no_proxy(provider_simulator, monkeypatch) -> None:
+    """HTTP_PROXY from the environment carries requests (the simulator plays the proxy: it serves the
+    absolute-form request it gets); a host in NO_PROXY goes direct (nothing listens there: refused)."""
+    from nbrouter.providers import Sender
+
+    port = provider_simulator.url.rsplit(":", 1)[1]
+    target = f"http://127.0.0.2:{port}/v1"  # loopback too, but not the address the simulator listens on
+    monkeypatch.setenv("HTTP_PROXY", provider_simulator.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    provider_simulator.script([Reply("through the proxy")], model="m")
+
+    async def go() -> Completion | ProviderFailure:
+        sender = Sender()
+        try:
+            return await sender.send(get_protocol("openai"), Endpoint("p", "openai", target, api_key=OPENAI_KEY), ask(), timeout_s=5)
+        except ProviderFailure as failure:
+            return failure
+        finally:
+            await sender.aclose()
+
+    assert completed(asyncio.run(go())).text == "through the proxy"
+    assert provider_simulator.requests[-1].headers["host"] == f"127.0.0.2:{port}"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.2")
+    failure = failed(asyncio.run(go()), ErrorKind.NETWORK)
+    assert failure.refused
+
+
+def test_loopback_is_never_sent_through_a_proxy(provider_simulator, monkeypatch) -> None:
+    """A proxy cannot reach this machine's loopback: local servers stay reachable with HTTP_PROXY set."""
+    from nbrouter.providers import Sender
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens on the discard port
+    provider_simulator.script([Reply("direct")], model="m")
+
+    async def go() -> str:
+        sender = Sender()
+        try:
+            return (await sender.send(get_protocol("openai"), endpoint(provider_simulator, "openai"), ask(), timeout_s=5)).text
+        finally:
+            await sender.aclose()
+
+    assert asyncio.run(go()) == "direct"
+
+
+# -- nothing escapes send: every field type-checked, any exception classified -----------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    "flavour, raw, where",
+    [
+        pytest.param("openai", Raw(200, {"choices": ["x"]}), "choices[0]", id="openai-choices-of-str"),
+        pytest.param("openai", Raw(200, {"choices": {"0": {}}}), "choices", id="openai-choices-object"),
+        pytest.param("openai", Raw(200, {"choices": [{"message": {"content": 5}, "finish_reason": "stop"}]}), "content", id="openai-content-int"),
+        pytest.param("openai", Raw(200, {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": "abc"}}),
+                     "usage.prompt_tokens", id="openai-usage-abc"),
+        pytest.param("openai", Raw(200, {"choices": [{"message": {"content": "hi"}, "finish_reason": ["stop"]}]}), "finish_reason", id="openai-finish-list"),
+        pytest.param("openai", Raw(200, {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1e400}}),
+                     "usage.prompt_tokens", id="openai-usage-inf"),
+        pytest.param("openai", Raw(200, DEEP), "nested too deep", id="openai-deep-200"),
+        pytest.param("anthropic", Raw(200, {"content": "text", "stop_reason": "end_turn"}), "content", id="anthropic-content-str"),
+        pytest.param("anthropic", Raw(200, {"content": [{"type": "text", "text": ["a"]}], "stop_reason": "end_turn"}), "text", id="anthropic-text-list"),
+        pytest.param("anthropic", Raw(200, {"content": [{"type": "text", "text": "a"}], "stop_reason": "end_turn", "usage": {"input_tokens": -3}}),
+                     "usage.input_tokens", id="anthropic-usage-negative"),
+        pytest.param("gemini", Raw(200, {"candidates": 5}), "candidates", id="gemini-candidates-5"),
+        pytest.param("gemini", Raw(200, {"candidates": [{"content": {"parts": [{"text": "a"}]}, "finishReason": ["STOP"]}]}), "finishReason",
+                     id="gemini-finish-list"),
+        pytest.param("gemini", Raw(200, {"candidates": [{"content": {"parts": "abc"}}]}), "parts", id="gemini-parts-str"),
+        pytest.param("gemini", Raw(200, {"candidates": [{"content": {"parts": [{"text": "a"}]}, "finishReason": "STOP"}],
+                                         "usageMetadata": {"promptTokenCount": "²"}}), "promptTokenCount", id="gemini-usage-superscript"),
+    ],
+)
+def test_a_200_of_the_wrong_shape_is_malformed_response(provider_simulator, flavour, raw, where):
+    provider_simulator.script([raw], model="m")
+    failure = failed(call(endpoint(provider_simulator, flavour), ask())[0], ErrorKind.MALFORMED_RESPONSE)
+    assert where in failure.message and failure.status == 200
+
+
+@pytest.mark.parametrize(
+    "flavour, events, where",
+    [
+        pytest.param("openai", [(None, '{"choices":["x"]}'), (None, "[DONE]")], "choice", id="openai-choice-str"),
+        pytest.param("openai", [(None, '{"choices":[{"delta":{"content":["a"]}}]}'), (None, "[DONE]")], "content", id="openai-delta-list"),
+        pytest.param("anthropic", [("content_block_delta", '{"type":"content_block_delta","delta":"x"}')], "delta", id="anthropic-delta-str"),
+        pytest.param("gemini", [(None, '{"candidates":[{"content":{"parts":[{"text":"a"}]},"finishReason":["STOP"]}]}')], "finishReason",
+                     id="gemini-finish-list"),
+        pytest.param("gemini", [(None, DEEP)], "nested too deep", id="gemini-deep-chunk"),
+    ],
+)
+def test_a_stream_event_of_the_wrong_shape_is_malformed_response(provider_simulator, flavour, events, where):
+    provider_simulator.script([Raw(200, sse=events)], model="m")
+    failure = failed(call(endpoint(provider_simulator, flavour), ask(stream=True))[0], ErrorKind.MALFORMED_RESPONSE)
+    assert where in failure.message and failure.status == 200
+
+
+@pytest.mark.parametrize(
+    "flavour, body, kind",
+    [
+        pytest.param("openai", {"error": {"code": "²", "message": "odd"}}, ErrorKind.SERVER_ERROR, id="openai-code-superscript"),
+        pytest.param("openai", {"error": {"code": 1e400, "message": ["x"], "type": {"a": 1}}}, ErrorKind.SERVER_ERROR, id="openai-code-inf"),
+        pytest.param("gemini", {"error": {"code": 1e400, "message": "odd", "details": "x"}}, ErrorKind.SERVER_ERROR, id="gemini-code-inf"),
+        pytest.param("anthropic", {"type": "error", "error": {"type": 7, "message": None, "details": []}}, ErrorKind.SERVER_ERROR, id="anthropic-type-int"),
+    ],
+)
+def test_an_error_object_of_odd_types_in_a_200_is_still_classified(provider_simulator, flavour, body, kind):
+    provider_simulator.script([Raw(200, body)], model="m")
+    failed(call(endpoint(provider_simulator, flavour), ask())[0], kind)
+
+
+@pytest.mark.parametrize("flavour", ["openai", "anthropic", "gemini"])
+def test_a_429_nested_100000_deep_is_still_a_rate_limit(provider_simulator, flavour):
+    provider_simulator.script([Raw(429, DEEP, headers={"retry-after": "3"})], model="m")
+    failure = failed(call(endpoint(provider_simulator, flavour), ask())[0], ErrorKind.RATE_LIMIT)
+    assert failure.status == 429 and len(failure.message) <= 500
+
+
+@pytest.mark.parametrize("value", ["1e400", "-5", "nan", "inf", "9" * 400, "abc"])
+def test_an_absurd_rate_limit_header_is_ignored_not_a_crash(provider_simulator, value):
+    headers = {"x-ratelimit-remaining-requests": value, "x-ratelimit-limit-requests": value, "x-ratelimit-reset-requests": value,
+               "retry-after": value}
+    provider_simulator.script([Reply("fine", headers=headers)], model="m")
+    completion = completed(call(endpoint(provider_simulator, "openai"), ask())[0])
+    assert completion.text == "fine"
+    assert completion.rate_limits is not None and completion.rate_limits.remaining_requests is None
+    assert completion.rate_limits.reset_requests_at is None
+
+
+def test_an_absurd_retry_after_on_a_429_gives_no_wait(provider_simulator):
+    provider_simulator.script([Raw(429, {"error": {"message": "slow down"}}, headers={"retry-after": "1e400", "retry-after-ms": "nan"})], model="m")
+    failure = failed(call(endpoint(provider_simulator, "openai"), ask())[0], ErrorKind.RATE_LIMIT)
+    assert failure.retry_after_s is None
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+def test_a_9000_byte_set_cookie_header_is_malformed_response(raw_server, stream):
+    from nbrouter.testing import RawResponse
+
+    head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nset-cookie: a=" + "x" * 9000 + "\r\ncontent-length: 2\r\n\r\n{}"
+    raw_server.script(RawResponse([head.encode()]))
+    ep = Endpoint("p", "openai", raw_server.url + "/v1", api_key=OPENAI_KEY)
+    failure = failed(call(ep, ask(stream=stream))[0], ErrorKind.MALFORMED_RESPONSE)
+    assert "ClientResponseError" in failure.message
+
+
+def test_a_stream_line_past_the_cap_is_malformed_response(raw_server):
+    from nbrouter.providers import Sender
+    from nbrouter.testing import RawResponse
+
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+    first = b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n'
+    raw_server.script(RawResponse([head, first, b"data: " + b"x" * 5000, b"y" * 5000]))
+    seen: list[str] = []
+
+    async def go() -> ProviderFailure:
+        sender = Sender()
+        try:
+            await sender.send(get_protocol("openai"), Endpoint("p", "openai", raw_server.url + "/v1", api_key=OPENAI_KEY), ask(stream=True),
+                              timeout_s=5, max_line_bytes=4096, on_text=seen.append)
+        except ProviderFailure as failure:
+            return failure
+        finally:
+            await sender.aclose()
+        raise AssertionError("the long line was accepted")
+
+    failure = asyncio.run(go())
+    assert failure.kind is ErrorKind.MALFORMED_RESPONSE and "4,096 bytes" in failure.message
+    assert failure.status == 200 and failure.partial_text == "Hel" and seen == ["Hel"]
+
+
+def test_the_sse_reader_caps_one_event_s_data_lines_too() -> None:
+    from nbrouter.providers._http import iter_sse
+
+    async def chunks():
+        yield b"data: aaaa\n" * 100  # 100 lines of one event, 1,100 bytes of data
+
+    async def go() -> ProviderFailure:
+        try:
+            async for _ in iter_sse(chunks(), max_line_bytes=500):
+                pass
+        except ProviderFailure as failure:
+            return failure
+        raise AssertionError("the event was accepted")
+
+    assert asyncio.run(go()).kind is ErrorKind.MALFORMED_RESPONSE
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 4096])
+def test_the_sse_reader_yields_the_same_events_whatever_the_chunking(size) -> None:
+    from nbrouter.providers._http import iter_sse
+
+    blob = (b": comment\r\nevent: a\r\ndata: one\r\ndata: two\r\n\r\n" + b"data: " + "é".encode() * 3000 + b"\n\n"
+            + b"id: 7\nretry: 5\nbare line\n\ndata: tail")
+
+    async def chunks():
+        for i in range(0, len(blob), size):
+            yield blob[i : i + size]
+
+    async def go() -> list[tuple[str, str]]:
+        return [(e.event, e.data) async for e in iter_sse(chunks())]
+
+    assert asyncio.run(go()) == [("a", "one\ntwo"), ("", "é" * 3000), ("raw", "bare line"), ("", "tail")]
+
+
+def test_a_stream_that_goes_quiet_past_the_idle_limit_is_a_timeout(raw_server):
+    from nbrouter.providers import Sender
+    from nbrouter.testing import RawResponse
+
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+    raw_server.script(RawResponse([head, b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n', b"data: [DONE]\n\n"], pause_s=3.0))
+
+    async def go() -> ProviderFailure:
+        sender = Sender()
+        try:
+            await sender.send(get_protocol("openai"), Endpoint("p", "openai", raw_server.url + "/v1", api_key=OPENAI_KEY), ask(stream=True),
+                              timeout_s=30, idle_timeout_s=0.3)
+        except ProviderFailure as failure:
+            return failure
+        finally:
+            await sender.aclose()
+        raise AssertionError("the quiet stream was accepted")
+
+    failure = asyncio.run(go())
+    assert failure.kind is ErrorKind.TIMEOUT and "no stream event for 0.3 s" in failure.message
+    assert failure.status == 200
+
+
+def test_an_idle_limit_leaves_a_steady_stream_alone(raw_server):
+    from nbrouter.providers import Sender
+    from nbrouter.testing import RawResponse
+
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+    events = [b'data: {"choices":[{"delta":{"content":"%d "}}]}\n\n' % i for i in range(6)]
+    raw_server.script(RawResponse([head, *events, b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'], pause_s=0.05))
+
+    async def go() -> str:
+        sender = Sender()
+        try:
+            completion = await sender.send(get_protocol("openai"), Endpoint("p", "openai", raw_server.url + "/v1", api_key=OPENAI_KEY),
+                                           ask(stream=True), timeout_s=30, idle_timeout_s=5)
+            return completion.text
+        finally:
+            await sender.aclose()
+
+    assert asyncio.run(go()) == "0 1 2 3 4 5 "
+
+
+def test_an_exception_in_on_text_is_the_callers_and_propagates(provider_simulator):
+    provider_simulator.script([Reply("hello there")], model="m")
+
+    def sink(text: str) -> None:
+        raise KeyError("consumer bug")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+            await send(client, get_protocol("openai"), endpoint(provider_simulator, "openai"), ask(stream=True), timeout_s=5, on_text=sink)
+
+    with pytest.raises(KeyError, match="consumer bug"):
+        asyncio.run(go())
+
+
+@pytest.mark.parametrize("via", ["default", "http_client"])
+def test_a_cookie_a_provider_sets_never_rides_on_later_requests(provider_simulator, via):
+    """Nothing carries state from one request to the next: an odd (here not ASCII, and big) cookie set by
+    one reply is not sent with the next request, which would fail to encode or be refused."""
+    from nbrouter.providers import Sender
+
+    cookie = "a=" + "é" * 10 + "; Path=/"
+    provider_simulator.script([Reply("first", headers={"set-cookie": cookie}), Reply("second")], model="m")
+    ep = Endpoint("p", "openai", provider_simulator.url.replace("127.0.0.1", "localhost") + "/v1", api_key=OPENAI_KEY)
+
+    async def go() -> list[str]:
+        # httpx's own transport keeps no cookies: what is tested is that the client's jar is not read
+        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
+            sender = Sender(http_client=client) if via == "http_client" else Sender()
+            try:
+                return [(await sender.send(get_protocol("openai"), ep, ask(), timeout_s=5)).text for _ in range(2)]
+            finally:
+                await sender.aclose()
+
+    assert asyncio.run(go()) == ["first", "second"]
+    assert "cookie" not in provider_simulator.requests[-1].headers

@@ -916,3 +916,36 @@ def test_stop_does_not_wait_for_a_hanging_handler() -> None:
     assert time.monotonic() - started < 1.5
     caller.join(2)
     assert not caller.is_alive() and isinstance(outcome[0], httpx.TransportError)
+
+
+# -- RawServer: exactly the scripted bytes -----------------------------------------------------------
+
+
+def test_raw_server_sends_exactly_the_scripted_bytes_and_records_the_request(raw_server) -> None:
+    import socket
+
+    from nbrouter.testing import RawResponse
+
+    raw_server.script(RawResponse([b"HTTP/1.1 200 OK\r\n", b"x-odd: \xff\r\ncontent-length: 3\r\n\r\n", b"a\xffb"], pause_s=0.05))
+    host, port = raw_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /v1/x HTTP/1.1\r\nhost: h\r\ncontent-length: 4\r\n\r\nbody")
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    assert got == b"HTTP/1.1 200 OK\r\nx-odd: \xff\r\ncontent-length: 3\r\n\r\na\xffb"
+    assert raw_server.requests == [b"POST /v1/x HTTP/1.1\r\nhost: h\r\ncontent-length: 4\r\n\r\nbody"]
+
+
+def test_raw_server_answers_unscripted_connections_with_a_500(raw_server) -> None:
+    import httpx
+
+    from nbrouter.testing import RawResponse, http_response
+
+    raw_server.script(RawResponse([http_response(201, b"{}", [("x-a", "1")])]))
+    first = httpx.post(raw_server.url + "/a", content=b"{}")
+    second = httpx.post(raw_server.url + "/b", content=b"{}")
+    assert (first.status_code, first.headers["x-a"], first.content) == (201, "1", b"{}")
+    assert second.status_code == 500
+    raw_server.reset()
+    assert raw_server.requests == []

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from .base import ChatRequest, Completion, Endpoint, ProviderFailure, RateLimits, StreamDecoder, WireProtocol
 from .presets import PRESETS, PROTOCOLS, Preset
 
 _MODULES = {"openai": ("openai", "OpenAIProtocol"), "anthropic": ("anthropic", "AnthropicProtocol"), "gemini": ("gemini", "GeminiProtocol")}
 _cache: dict[str, WireProtocol] = {}
+
+if TYPE_CHECKING:
+    from ._http import Sender
 
 
 def get_protocol(name: str) -> WireProtocol:
@@ -21,6 +25,15 @@ def get_protocol(name: str) -> WireProtocol:
     return proto
 
 
+def __getattr__(name: str) -> Any:
+    # Sender imports httpx, which `import nbrouter` must not: it loads on first use
+    if name == "Sender":
+        from ._http import Sender
+
+        return Sender
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "PRESETS",
     "PROTOCOLS",
@@ -30,6 +43,7 @@ __all__ = [
     "Preset",
     "ProviderFailure",
     "RateLimits",
+    "Sender",
     "StreamDecoder",
     "WireProtocol",
     "get_protocol",

@@ -13,10 +13,26 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .._core import scrub
 from .._core import ErrorKind, Usage
-from .base import ChatRequest, Completion, Endpoint, ProviderFailure, RateLimits, SSEEvent, StreamDecoder, WireProtocol
-from .openai import header_int, retry_after
+from .._core.secrets import excerpt
+from .base import (
+    ChatRequest,
+    Completion,
+    Endpoint,
+    ProviderFailure,
+    RateLimits,
+    SSEEvent,
+    StreamDecoder,
+    WireProtocol,
+    arr,
+    clean_id,
+    count,
+    json_value,
+    loose_text,
+    obj,
+    string,
+)
+from .openai import MAX_MESSAGE_CHARS, header_int, retry_after
 
 API_VERSION = "2023-06-01"
 #: `max_tokens` is required by the Messages API; used when the request leaves it open
@@ -36,6 +52,13 @@ _TYPE_KINDS = {
     "request_too_large": ErrorKind.INVALID_REQUEST,
     "invalid_request_error": ErrorKind.INVALID_REQUEST,
 }
+#: `error.details.error_code` values that are the account's spend limit: a quota on the whole account,
+#: lifted when the month (enforced_*) or the contract (contract_*) allows, never by a retry
+SPEND_LIMIT_CODES = frozenset({"enforced_spend_limit_reached", "contract_spend_limit_reached"})
+#: `error_code` values saying the organization itself is disabled: the account is locked, the next
+#: provider is still worth trying
+LOCKED_CODES = frozenset({"organization_on_hold"})
+_LOCKED_TEXT = re.compile(r"this organization has been disabled", re.I)
 _SPEND_LIMIT_TEXT = re.compile(r"you have reached your specified .*api usage limits", re.I | re.S)
 _CONTEXT_TEXT = re.compile(r"prompt is too long|exceed context limit|exceeds? the context window", re.I)
 _RESUME_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\s*(?:at\s*)?(\d{1,2}:\d{2}))?")
@@ -52,12 +75,12 @@ def parse_rfc3339(value: str | None) -> float | None:
     # fromisoformat wants at most 6 fraction digits
     text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
+        when = datetime.fromisoformat(text[:64])
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return when.timestamp()
+    except (ValueError, OverflowError, OSError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
 
 
 def _next_month_utc(now: float | None = None) -> float:
@@ -77,13 +100,14 @@ def _resume_time(message: str) -> float | None:
 
 def usage_from(raw: Any) -> Usage | None:
     """Usage with the cache parts added back: Anthropic's `input_tokens` leaves them out."""
-    if not isinstance(raw, dict):
+    if raw is None:
         return None
-    written = int(raw.get("cache_creation_input_tokens") or 0)
-    read = int(raw.get("cache_read_input_tokens") or 0)
+    raw = obj(raw, "usage")
+    written = count(raw.get("cache_creation_input_tokens"), "usage.cache_creation_input_tokens")
+    read = count(raw.get("cache_read_input_tokens"), "usage.cache_read_input_tokens")
     return Usage(
-        input_tokens=int(raw.get("input_tokens") or 0) + written + read,
-        output_tokens=int(raw.get("output_tokens") or 0),
+        input_tokens=count(raw.get("input_tokens"), "usage.input_tokens") + written + read,
+        output_tokens=count(raw.get("output_tokens"), "usage.output_tokens"),
         cached_tokens=read,
         cache_write_tokens=written,
     )
@@ -96,13 +120,16 @@ def error_parts(body: Any) -> tuple[str, str, dict[str, Any], str | None]:
     if not isinstance(body, dict):
         return "", "", {}, None
     err = body.get("error")
-    request_id = body.get("request_id") if isinstance(body.get("request_id"), str) else None
+    request_id = clean_id(body.get("request_id"))
     if isinstance(err, str):
-        return "", err, {}, request_id
+        return "", err[:MAX_MESSAGE_CHARS], {}, request_id
     if not isinstance(err, dict):
         return "", "", {}, request_id
-    details = err.get("details") if isinstance(err.get("details"), dict) else {}
-    return str(err.get("type") or ""), str(err.get("message") or ""), details, request_id
+    details = dict(err.get("details")) if isinstance(err.get("details"), dict) else {}
+    # `error_code` has been seen both in `details` and beside `type`: one place to read it
+    if "error_code" not in details and isinstance(err.get("error_code"), str):
+        details["error_code"] = err["error_code"]
+    return loose_text(err.get("type"))[:200], loose_text(err.get("message"))[:MAX_MESSAGE_CHARS], details, request_id
 
 
 class AnthropicProtocol(WireProtocol):
@@ -140,18 +167,17 @@ class AnthropicProtocol(WireProtocol):
         return url, headers, body
 
     def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
-        if not isinstance(body, dict):
-            raise ProviderFailure(ErrorKind.SERVER_ERROR, "response is not a JSON object", status=status)
+        body = obj(body, "the response")
         if body.get("type") == "error" or "error" in body:
             raise self.failure(endpoint, status, headers, body, in_stream=True)
         text = "".join(
-            block.get("text") or ""
-            for block in body.get("content") or ()
+            string(block.get("text"), "content[].text") or ""
+            for block in arr(body.get("content"), "content")
             if isinstance(block, dict) and block.get("type") == "text"
         )
         usage = usage_from(body.get("usage"))
-        model = body.get("model")
-        stop = body.get("stop_reason")
+        model = string(body.get("model"), "model")
+        stop = string(body.get("stop_reason"), "stop_reason")
         _check_stop(stop, body.get("stop_details"), text, usage, model, status)
         if not text and not stop:
             raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "200 with no text and no stop reason", status=status, usage=usage)
@@ -191,7 +217,7 @@ class AnthropicProtocol(WireProtocol):
         return None if limits.is_empty() else limits
 
     def request_id(self, headers: Mapping[str, str]) -> str | None:
-        return headers.get("request-id") or super().request_id(headers)
+        return clean_id(headers.get("request-id")) or super().request_id(headers)
 
     # -- classification --------------------------------------------------------------------
 
@@ -208,7 +234,7 @@ class AnthropicProtocol(WireProtocol):
         """A ProviderFailure for an error body (an HTTP error, or an `error` event after a 200)."""
         etype, message, details, body_request_id = error_parts(body)
         if not message:
-            message = raw[:300] if raw else f"HTTP {status}"
+            message = excerpt(raw, 300) if raw else f"HTTP {status}"
         wait = retry_after(headers)
         kind = self.kind_for(status, etype, message, details, in_stream=in_stream)
         reset_at = None
@@ -220,7 +246,7 @@ class AnthropicProtocol(WireProtocol):
         label = f"{status} {etype}" if etype else f"{status}"
         return ProviderFailure(
             kind,
-            scrub(f"{label}: {message}")[:500],
+            excerpt(f"{label}: {message}", 500),
             status=status,
             retry_after_s=wait if kind in (ErrorKind.RATE_LIMIT, ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR) else None,
             reset_at=reset_at,
@@ -237,9 +263,12 @@ class AnthropicProtocol(WireProtocol):
         *,
         in_stream: bool = False,
     ) -> ErrorKind:
-        """The Anthropic table of providers.md section 8: error.type first, then the status."""
-        if details.get("error_code") == "enforced_spend_limit_reached":
+        """The Anthropic table of providers.md section 8: the error code, error.type, then the status."""
+        code = details.get("error_code")
+        if code in SPEND_LIMIT_CODES:
             return ErrorKind.QUOTA_EXCEEDED
+        if code in LOCKED_CODES or _LOCKED_TEXT.search(message):
+            return ErrorKind.ACCOUNT_LOCKED
         if etype == "invalid_request_error" or (not etype and status == 400):
             if _SPEND_LIMIT_TEXT.search(message):
                 return ErrorKind.QUOTA_EXCEEDED
@@ -281,9 +310,9 @@ def _check_stop(stop: Any, details: Any, text: str, usage: Usage | None, model: 
     if stop == "refusal":
         why = ""
         if isinstance(details, dict):
-            why = str(details.get("explanation") or details.get("category") or details.get("type") or "")
+            why = loose_text(details.get("explanation")) or loose_text(details.get("category")) or loose_text(details.get("type"))
         raise ProviderFailure(
-            ErrorKind.CONTENT_FILTER, scrub(f"the model declined (stop_reason refusal){': ' + why if why else ''}"),
+            ErrorKind.CONTENT_FILTER, excerpt(f"the model declined (stop_reason refusal){': ' + why if why else ''}", 500),
             status=status, usage=usage, model=model, partial_text=text,
         )
     if stop == "model_context_window_exceeded":
@@ -330,38 +359,41 @@ class _AnthropicStream(StreamDecoder):
         name = event.event
         if name == "ping":
             return None
-        try:
-            data = json.loads(event.data) if event.data else {}
-        except ValueError:
-            if name == "raw":
+        if name == "raw":
+            # not an SSE field: noise, unless it is a bare JSON error object
+            try:
+                data = json.loads(event.data)
+            except (ValueError, RecursionError):
                 return None
-            raise ProviderFailure(
-                ErrorKind.STREAM_INTERRUPTED, f"malformed stream event {name!r}: {scrub(event.data[:120])!r}"
-            ) from None
+        else:
+            data = json_value(event.data, f"stream event {name[:40]!r}") if event.data else {}
         if not isinstance(data, dict):
             return None
         kind = data.get("type") if name in ("", "raw") else name
         if kind == "error":
             raise self.protocol.failure(self.endpoint, 200, {}, data, in_stream=True)
         if kind == "message_start":
-            message = data.get("message") or {}
-            self.model = message.get("model") or self.model
-            self.message_id = message.get("id") or self.message_id
+            message = obj(data.get("message"), "message_start.message")
+            self.model = string(message.get("model"), "message_start.message.model") or self.model
+            self.message_id = clean_id(message.get("id")) or self.message_id
             self._merge_usage(message.get("usage"))
         elif kind == "content_block_start":
-            block = data.get("content_block") or {}
-            if block.get("type") == "text" and block.get("text"):
+            block = obj(data.get("content_block"), "content_block_start.content_block")
+            text = string(block.get("text"), "content_block_start.content_block.text")
+            if block.get("type") == "text" and text:
                 self.any_text = True
-                return str(block["text"])
+                return text
         elif kind == "content_block_delta":
-            delta = data.get("delta") or {}
-            if delta.get("type") == "text_delta" and delta.get("text"):
+            delta = obj(data.get("delta"), "content_block_delta.delta")
+            text = string(delta.get("text"), "content_block_delta.delta.text")
+            if delta.get("type") == "text_delta" and text:
                 self.any_text = True
-                return str(delta["text"])
+                return text
         elif kind == "message_delta":
-            delta = data.get("delta") or {}
-            if delta.get("stop_reason"):
-                self.stop_reason = delta["stop_reason"]
+            delta = obj(data.get("delta"), "message_delta.delta")
+            stop = string(delta.get("stop_reason"), "message_delta.delta.stop_reason")
+            if stop:
+                self.stop_reason = stop
             if delta.get("stop_details"):
                 self.stop_details = delta["stop_details"]
             self._merge_usage(data.get("usage"))
@@ -371,8 +403,8 @@ class _AnthropicStream(StreamDecoder):
 
     def _merge_usage(self, raw: Any) -> None:
         # message_delta counts are cumulative: a field it carries replaces the message_start value
-        if isinstance(raw, dict):
-            self.usage_raw.update({k: v for k, v in raw.items() if v is not None})
+        if raw is not None:
+            self.usage_raw.update({k: v for k, v in obj(raw, "usage").items() if v is not None})
 
     def finish(self) -> Completion:
         usage = usage_from(self.usage_raw) if self.usage_raw else None

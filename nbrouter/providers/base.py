@@ -8,11 +8,19 @@ about a failure: that is the router's policy.
 from __future__ import annotations
 
 import abc
+import json
+import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
 
 from .._core import ErrorKind, ProviderFailure, RateLimits, Usage  # noqa: F401 - re-exported for the protocol modules
+from .._core.secrets import excerpt
+
+#: the longest request id kept from a response (a proxy can echo anything into `x-request-id`)
+MAX_REQUEST_ID_CHARS = 128
+#: the largest token count believed (beyond it a number is garbage, and SQLite's INTEGER overflows)
+MAX_COUNT = 2**53
 
 
 @dataclass(frozen=True)
@@ -22,10 +30,13 @@ class Endpoint:
     provider: str
     protocol: str
     base_url: str
-    api_key: str | None = None
+    #: never in the repr: an Endpoint printed in a traceback or a log must not show the key
+    api_key: str | None = field(default=None, repr=False)
     preset: str | None = None
     local: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: the environment variable the key was read from, named (never the value) when the key is unusable
+    key_env: str | None = None
 
 
 @dataclass
@@ -111,8 +122,97 @@ class WireProtocol(abc.ABC):
         return None
 
     def request_id(self, headers: Mapping[str, str]) -> str | None:
+        """The response's request id (scrubbed and capped), from the first id header present."""
         for name in ("x-request-id", "request-id", "x-generation-id"):
             value = headers.get(name)
             if value:
-                return value
+                return clean_id(value)
         return None
+
+
+# -- reading what a provider sent ----------------------------------------------------------------
+#
+# Everything in a response is untrusted. In a 2xx body or a stream event, a field of the wrong type means
+# the answer cannot be read: `malformed_response`. In an error body the status still classifies, so the
+# readers there (`loose_text`) drop a wrong-typed field instead.
+
+
+def malformed(message: str, **kw: Any) -> ProviderFailure:
+    """A `malformed_response` failure: a reply that cannot be read (its message is scrubbed)."""
+    return ProviderFailure(ErrorKind.MALFORMED_RESPONSE, excerpt(message, 500), **kw)
+
+
+def _what(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def obj(value: Any, where: str) -> dict[str, Any]:
+    """`value` as a JSON object (null as an empty one)."""
+    if isinstance(value, dict):
+        return value
+    if value is None:
+        return {}
+    raise malformed(f"{where} is a {_what(value)}, not an object")
+
+
+def arr(value: Any, where: str) -> list[Any]:
+    """`value` as a JSON array (null as an empty one)."""
+    if isinstance(value, list):
+        return value
+    if value is None:
+        return []
+    raise malformed(f"{where} is a {_what(value)}, not an array")
+
+
+def string(value: Any, where: str) -> str | None:
+    """`value` as a string, or None for null."""
+    if value is None or isinstance(value, str):
+        return value
+    raise malformed(f"{where} is a {_what(value)}, not a string")
+
+
+def count(value: Any, where: str) -> int:
+    """A token count: a non-negative whole number (null as 0); an integral float or a string of ASCII
+    digits is accepted, since some servers send those."""
+    if value is None:
+        return 0
+    number: Any = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) <= 16:
+        number = int(value)
+    if number is None or not 0 <= number <= MAX_COUNT:
+        raise malformed(f"{where} is {excerpt(repr(value), 40)}, not a token count")
+    return number
+
+
+def json_value(data: str | bytes, where: str) -> Any:
+    """The JSON value `data` spells; `malformed_response` (quoting a scrubbed excerpt) when it spells none."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise malformed(f"{where} is JSON nested too deep") from None
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data
+        raise malformed(f"{where} is not valid JSON: {excerpt(text, 120)!r}") from None
+
+
+def loose_text(value: Any) -> str:
+    """A field of an error body as text: a string, or a number's digits; anything else is dropped."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**6:
+        return str(value)
+    return ""
+
+
+def clean_id(value: Any) -> str | None:
+    """A request id as stored: a string, scrubbed, capped at MAX_REQUEST_ID_CHARS, printable."""
+    if not isinstance(value, str) or not value:
+        return None
+    value = excerpt(value, MAX_REQUEST_ID_CHARS)
+    return value if value.isprintable() else "".join(c if c.isprintable() else "?" for c in value)

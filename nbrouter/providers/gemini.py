@@ -13,10 +13,27 @@ import json
 import re
 from typing import Any, Mapping
 
-from .._core import scrub
 from .._core import ErrorKind, Usage
-from .base import ChatRequest, Completion, Endpoint, ProviderFailure, RateLimits, SSEEvent, StreamDecoder, WireProtocol
-from .openai import parse_duration, retry_after
+from .._core.secrets import excerpt
+from .base import (
+    ChatRequest,
+    Completion,
+    Endpoint,
+    ProviderFailure,
+    RateLimits,
+    SSEEvent,
+    StreamDecoder,
+    WireProtocol,
+    arr,
+    clean_id,
+    count,
+    json_value,
+    loose_text,
+    malformed,
+    obj,
+    string,
+)
+from .openai import MAX_MESSAGE_CHARS, parse_duration, retry_after
 
 #: finish reasons that mean a safety or policy filter stopped the answer (providers.md section 3)
 SAFETY_FINISH_REASONS = frozenset(
@@ -31,12 +48,24 @@ SAFETY_FINISH_REASONS = frozenset(
         "IMAGE_RECITATION",
     }
 )
+#: more finish reasons that mean a policy layer stopped the answer (Vertex AI's Model Armor, escalation
+#: to review): content_filter like the safety ones
+POLICY_FINISH_REASONS = frozenset({"ESCALATION", "MODEL_ARMOR"})
+#: finish reasons that end an answer normally: with no text they are an empty answer only if nothing came
+NORMAL_FINISH_REASONS = frozenset({"STOP", "MAX_TOKENS"})
+# Any other finish reason with no text (LANGUAGE, MALFORMED_FUNCTION_CALL, MALFORMED_RESPONSE, OTHER,
+# UNEXPECTED_TOOL_CALL, NO_IMAGE, FINISH_REASON_UNSPECIFIED...) means the model produced nothing usable
+# but another model may: empty_response.
+#: the most characters of bare (non-SSE) JSON lines gathered while waiting for their brackets to close
+MAX_BARE_JSON_CHARS = 1024 * 1024
 #: daily quotas reset at midnight in this zone (providers.md section 8, "What to do with each kind")
 QUOTA_RESET_ZONE = "America/Los_Angeles"
 
 _CONTEXT_TEXT = re.compile(r"input token count.*exceeds the maximum", re.I | re.S)
 _RETRY_IN_TEXT = re.compile(r"retry in\s+([0-9.]+\s*(?:ms|s|m|h)?(?:[0-9.]+\s*(?:ms|s))?)", re.I)
 _PER_DAY_TEXT = re.compile(r"per[ _-]?day", re.I)
+#: a 403 for a request that carried no API key
+_NO_KEY_TEXT = re.compile(r"method doesn't allow unregistered callers", re.I)
 
 
 def _strip_models(name: Any) -> str | None:
@@ -47,13 +76,14 @@ def _strip_models(name: Any) -> str | None:
 
 def usage_from(raw: Any) -> Usage | None:
     """Usage: prompt tokens already include cached ones; billable output adds the thinking tokens."""
-    if not isinstance(raw, dict):
+    if raw is None:
         return None
-    thoughts = int(raw.get("thoughtsTokenCount") or 0)
+    raw = obj(raw, "usageMetadata")
+    thoughts = count(raw.get("thoughtsTokenCount"), "usageMetadata.thoughtsTokenCount")
     return Usage(
-        input_tokens=int(raw.get("promptTokenCount") or 0),
-        output_tokens=int(raw.get("candidatesTokenCount") or 0) + thoughts,
-        cached_tokens=int(raw.get("cachedContentTokenCount") or 0),
+        input_tokens=count(raw.get("promptTokenCount"), "usageMetadata.promptTokenCount"),
+        output_tokens=count(raw.get("candidatesTokenCount"), "usageMetadata.candidatesTokenCount") + thoughts,
+        cached_tokens=count(raw.get("cachedContentTokenCount"), "usageMetadata.cachedContentTokenCount"),
         reasoning_tokens=thoughts,
     )
 
@@ -66,20 +96,19 @@ def error_parts(body: Any) -> tuple[int | None, str, str, list[dict[str, Any]]]:
         return None, "", "", []
     err = body.get("error", body)
     if isinstance(err, str):
-        return None, "", err, []
+        return None, "", err[:MAX_MESSAGE_CHARS], []
     if not isinstance(err, dict):
         return None, "", "", []
-    code = err.get("code")
-    try:
-        code_int = int(code) if code is not None else None
-    except (TypeError, ValueError):
-        code_int = None
-    details = [d for d in err.get("details") or () if isinstance(d, dict)]
-    return code_int, str(err.get("status") or ""), str(err.get("message") or ""), details
+    code = loose_text(err.get("code"))
+    # ASCII digits of an HTTP status only ("²".isdigit() is True; 1e400 is no status)
+    code_int = int(code) if code.isascii() and code.isdecimal() and len(code) == 3 else None
+    raw_details = err.get("details")
+    details = [d for d in raw_details if isinstance(d, dict)] if isinstance(raw_details, list) else []
+    return code_int, loose_text(err.get("status"))[:100], loose_text(err.get("message"))[:MAX_MESSAGE_CHARS], details
 
 
 def _detail(details: list[dict[str, Any]], type_suffix: str) -> list[dict[str, Any]]:
-    return [d for d in details if str(d.get("@type") or "").endswith(type_suffix)]
+    return [d for d in details if loose_text(d.get("@type")).endswith(type_suffix)]
 
 
 def _next_pacific_midnight(now: _dt.datetime | None = None) -> float | None:
@@ -135,27 +164,26 @@ class GeminiProtocol(WireProtocol):
     def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
         if isinstance(body, list) and len(body) == 1:
             body = body[0]
-        if not isinstance(body, dict):
-            raise ProviderFailure(ErrorKind.SERVER_ERROR, "response is not a JSON object", status=status)
+        body = obj(body, "the response")
         if "error" in body:
             raise self.failure(status, headers, body)
         usage = usage_from(body.get("usageMetadata"))
-        model = _strip_models(body.get("modelVersion"))
-        candidates = body.get("candidates") or []
+        model = _strip_models(string(body.get("modelVersion"), "modelVersion"))
+        candidates = arr(body.get("candidates"), "candidates")
         if not candidates:
             _check_blocked(body, usage, model, status)
             raise ProviderFailure(
                 ErrorKind.EMPTY_RESPONSE, "200 with no candidates and no block reason", status=status, usage=usage, model=model
             )
-        candidate = candidates[0] if isinstance(candidates[0], dict) else {}
+        candidate = obj(candidates[0], "candidates[0]")
         text = _candidate_text(candidate)
-        finish = candidate.get("finishReason")
+        finish = string(candidate.get("finishReason"), "candidates[0].finishReason")
         _check_finish(finish, text, usage, model, status)
         if not text and not finish:
             raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "200 with no text and no finish reason", status=status, usage=usage)
         return Completion(
             text=text, model=model, finish_reason=finish, usage=usage,
-            request_id=self.request_id(headers) or body.get("responseId"),
+            request_id=self.request_id(headers) or clean_id(body.get("responseId")),
             served_model=None if endpoint.local else model,
         )
 
@@ -177,7 +205,7 @@ class GeminiProtocol(WireProtocol):
         """A ProviderFailure for a Google error body (an HTTP error, or an error object in a 200 stream)."""
         code, gstatus, message, details = error_parts(body)
         if not message:
-            message = raw[:300] if raw else f"HTTP {status}"
+            message = excerpt(raw, 300) if raw else f"HTTP {status}"
         judged = code if status < 300 and code else status
         kind = self.kind_for(judged, gstatus, message, details)
         wait = None
@@ -194,7 +222,7 @@ class GeminiProtocol(WireProtocol):
         label = " ".join(str(p) for p in (status, gstatus) if p)
         return ProviderFailure(
             kind,
-            scrub(f"{label}: {message}")[:500],
+            excerpt(f"{label}: {message}", 500),
             status=status,
             retry_after_s=wait,
             reset_at=reset_at,
@@ -207,9 +235,9 @@ class GeminiProtocol(WireProtocol):
         low = message.lower()
         if gstatus == "RESOURCE_EXHAUSTED" or status == 429:
             quota_ids = [
-                str(v.get("quotaId") or "") + " " + str(v.get("quotaMetric") or "")
+                loose_text(v.get("quotaId")) + " " + loose_text(v.get("quotaMetric"))
                 for d in _detail(details, "QuotaFailure")
-                for v in d.get("violations") or ()
+                for v in (d.get("violations") if isinstance(d.get("violations"), list) else ())
                 if isinstance(v, dict)
             ]
             if any(_PER_DAY_TEXT.search(q) for q in quota_ids) or "limit: 0" in low:
@@ -217,8 +245,11 @@ class GeminiProtocol(WireProtocol):
             if "exceeded your current quota" in low and _PER_DAY_TEXT.search(low):
                 return ErrorKind.QUOTA_EXCEEDED
             return ErrorKind.RATE_LIMIT
-        reasons = {str(d.get("reason") or "") for d in _detail(details, "ErrorInfo")}
+        reasons = {loose_text(d.get("reason")) for d in _detail(details, "ErrorInfo")}
         if "API_KEY_INVALID" in reasons or "api key not valid" in low or status == 401 or gstatus == "UNAUTHENTICATED":
+            return ErrorKind.AUTH
+        if _NO_KEY_TEXT.search(message):
+            # a 403 PERMISSION_DENIED for a request that carried no key: the key is missing, nothing is locked
             return ErrorKind.AUTH
         if status == 403 or gstatus in ("PERMISSION_DENIED", "FAILED_PRECONDITION"):
             return ErrorKind.ACCOUNT_LOCKED
@@ -241,7 +272,7 @@ class GeminiProtocol(WireProtocol):
 def _retry_delay(details: list[dict[str, Any]], message: str) -> float | None:
     """Seconds from `RetryInfo.retryDelay` ("32s"), else from "Please retry in 32.5s." in the message."""
     for info in _detail(details, "RetryInfo"):
-        delay = parse_duration(str(info.get("retryDelay") or ""))
+        delay = parse_duration(loose_text(info.get("retryDelay")))
         if delay is not None:
             return delay
     match = _RETRY_IN_TEXT.search(message)
@@ -252,31 +283,41 @@ def _retry_delay(details: list[dict[str, Any]], message: str) -> float | None:
 
 
 def _check_blocked(body: dict[str, Any], usage: Usage | None, model: str | None, status: int | None) -> None:
-    feedback = body.get("promptFeedback") or {}
-    reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
+    feedback = obj(body.get("promptFeedback"), "promptFeedback")
+    reason = loose_text(feedback.get("blockReason"))
     if reason:
-        extra = feedback.get("blockReasonMessage")
+        extra = loose_text(feedback.get("blockReasonMessage"))
         raise ProviderFailure(
             ErrorKind.CONTENT_FILTER,
-            scrub(f"the prompt was blocked: {reason}{' (' + str(extra) + ')' if extra else ''}"),
+            excerpt(f"the prompt was blocked: {reason}{' (' + extra + ')' if extra else ''}", 500),
             status=status, usage=usage, model=model,
         )
 
 
-def _check_finish(finish: Any, text: str, usage: Usage | None, model: str | None, status: int | None) -> None:
-    if finish in SAFETY_FINISH_REASONS:
+def _check_finish(
+    finish: str | None, text: str, usage: Usage | None, model: str | None, status: int | None, *, has_text: bool | None = None
+) -> None:
+    """Raise for the finish reasons that are failures although the status was 200 (`text`: the body's
+    answer; `has_text`: whether a stream sent any text before this chunk)."""
+    has_text = bool(text) if has_text is None else has_text
+    if finish in SAFETY_FINISH_REASONS or finish in POLICY_FINISH_REASONS:
         raise ProviderFailure(
             ErrorKind.CONTENT_FILTER, f"the answer was stopped by a filter: finishReason {finish}",
             status=status, usage=usage, model=model, partial_text=text,
         )
+    if finish and finish not in NORMAL_FINISH_REASONS and not has_text:
+        raise ProviderFailure(
+            ErrorKind.EMPTY_RESPONSE, excerpt(f"no text: finishReason {finish}", 200), status=status, usage=usage, model=model,
+        )
 
 
 def _candidate_text(candidate: dict[str, Any]) -> str:
-    content = candidate.get("content") or {}
-    parts = content.get("parts") if isinstance(content, dict) else None
+    content = obj(candidate.get("content"), "candidate.content")
+    parts = arr(content.get("parts"), "candidate.content.parts")
     # thought summaries (`thought: true`) are not part of the answer
     return "".join(
-        str(p.get("text") or "") for p in parts or () if isinstance(p, dict) and not p.get("thought")
+        string(p.get("text"), "candidate.content.parts[].text") or ""
+        for p in parts if isinstance(p, dict) and not p.get("thought")
     )
 
 
@@ -324,14 +365,19 @@ class _JsonLines:
         self.depth = 0
         self.in_string = False
         self.escaped = False
+        self.size = 0
 
     def _reset(self) -> None:
-        self.lines, self.depth, self.in_string, self.escaped = [], 0, False, False
+        self.lines, self.depth, self.in_string, self.escaped, self.size = [], 0, False, False, 0
 
     def add(self, line: str) -> Any:
         """Take one line; return the parsed value once its brackets balance, else None."""
         if not self.lines and not line.lstrip().startswith(("{", "[")):
             return None  # not JSON at all: ignore it
+        self.size += len(line)
+        if self.size > MAX_BARE_JSON_CHARS:
+            self._reset()
+            raise malformed(f"bare JSON lines in the stream past {MAX_BARE_JSON_CHARS:,} characters without closing")
         self.lines.append(line)
         for ch in line:
             if self.escaped:
@@ -353,7 +399,7 @@ class _JsonLines:
         self._reset()
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
 
 
@@ -369,43 +415,43 @@ class _GeminiStream(StreamDecoder):
         self.model: str | None = None
         self.response_id: str | None = None
         self.usage: Usage | None = None
+        self.any_text = False
         self.bare = _JsonLines()
 
     def feed(self, event: SSEEvent) -> str | None:
         if event.event == "raw":
             value = self.bare.add(event.data)
-            return None if value is None else self._value(value)
-        try:
-            value = json.loads(event.data)
-        except ValueError:
-            raise ProviderFailure(
-                ErrorKind.STREAM_INTERRUPTED, f"malformed stream chunk: {scrub(event.data[:120])!r}", usage=self.usage
-            ) from None
-        return self._value(value)
+            return None if value is None else self._values(value)
+        return self._values(json_value(event.data, "a stream chunk"))
 
-    def _value(self, value: Any) -> str | None:
+    def _values(self, value: Any) -> str | None:
+        # a chunk may come as an array of chunks (one level: a deeper nesting is no Gemini chunk)
         if isinstance(value, list):
             pieces = [self._value(v) for v in value]
             return "".join(p for p in pieces if p) or None
+        return self._value(value)
+
+    def _value(self, value: Any) -> str | None:
         if not isinstance(value, dict):
             return None
         if "error" in value:
             raise self.protocol.failure(200, {}, value)
-        self.model = _strip_models(value.get("modelVersion")) or self.model
-        self.response_id = value.get("responseId") or self.response_id
+        self.model = _strip_models(string(value.get("modelVersion"), "a stream chunk's modelVersion")) or self.model
+        self.response_id = clean_id(value.get("responseId")) or self.response_id
         if value.get("usageMetadata"):
             # each chunk's usage is the running total; the last one holds the final counts
             self.usage = usage_from(value["usageMetadata"])
-        candidates = value.get("candidates") or []
+        candidates = arr(value.get("candidates"), "a stream chunk's candidates")
         if not candidates:
             _check_blocked(value, self.usage, self.model, None)
             return None
-        candidate = candidates[0] if isinstance(candidates[0], dict) else {}
+        candidate = obj(candidates[0], "a stream chunk's candidates[0]")
         text = _candidate_text(candidate)
-        finish = candidate.get("finishReason")
+        self.any_text = self.any_text or bool(text)
+        finish = string(candidate.get("finishReason"), "a stream chunk's finishReason")
         if finish:
             self.finish_reason = finish
-            _check_finish(finish, "", self.usage, self.model, None)
+            _check_finish(finish, "", self.usage, self.model, None, has_text=self.any_text)
         return text or None
 
     def finish(self) -> Completion:

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import re
 import time
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
-from .._core import scrub
 from .._core import ErrorKind, Usage
-from .base import ChatRequest, Completion, Endpoint, ProviderFailure, RateLimits, SSEEvent, StreamDecoder, WireProtocol
+from .._core.secrets import excerpt
+from .base import (
+    ChatRequest,
+    Completion,
+    Endpoint,
+    ProviderFailure,
+    RateLimits,
+    SSEEvent,
+    StreamDecoder,
+    WireProtocol,
+    arr,
+    count,
+    json_value,
+    loose_text,
+    obj,
+    string,
+)
 
 QUOTA_CODES = frozenset(
     {
@@ -26,10 +42,28 @@ QUOTA_CODES = frozenset(
 RATE_CODES = frozenset({"rate_limit_exceeded", "slow_down"})
 _CONTEXT_TEXT = re.compile(
     r"maximum context length|context length is only|exceeds the available context size|context_length_exceeded"
-    r"|prompt is too long|too many tokens",
+    r"|prompt is too long|too many tokens|ContextWindowExceededError",
     re.I,
 )
+#: an OpenAI 429 about a per-day limit ("... on requests per day (RPD): Limit 10000, Used 10000 ..."):
+#: a quota held until the day's reset, not a rate limit retried every minute and a half all day
+_PER_DAY_TEXT = re.compile(r"\b(?:requests|tokens) per day\b|\((?:RPD|TPD)\)", re.I)
+#: LiteLLM's proxy naming a model it does not serve
+_UNKNOWN_MODEL_TEXT = re.compile(r"invalid model name passed in model=", re.I)
+#: Azure OpenAI's inner error code when its content filter refused the prompt
+AZURE_FILTER_CODES = frozenset({"ResponsibleAIPolicyViolation"})
+#: the hour (UTC) a daily quota resets when the provider names no reset: OpenAI's days are UTC days
+DAILY_RESET_HOUR_UTC = 0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+#: the longest provider error message classified and quoted (the rest is noise, and regexes stay cheap)
+MAX_MESSAGE_CHARS = 4000
+#: the longest wait a header or body is believed to ask for (a year); beyond it the value is garbage
+MAX_WAIT_S = 366 * 86400.0
+
+
+def finite(value: float) -> float | None:
+    """`value` when it is a real number of seconds we can wait (0 .. MAX_WAIT_S), else None."""
+    return value if math.isfinite(value) and 0.0 <= value <= MAX_WAIT_S else None
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -38,15 +72,15 @@ def parse_duration(value: str | None) -> float | None:
         return None
     total = 0.0
     found = False
-    for number, unit in _DURATION.findall(value):
+    for number, unit in _DURATION.findall(value[:100]):
         found = True
         total += float(number) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
     if not found:
         try:
-            return float(value)
+            return finite(float(value))
         except ValueError:
             return None
-    return total
+    return finite(total)
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -54,21 +88,23 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            wait = finite(float(ms) / 1000.0)
+            if wait is not None:
+                return wait
         except ValueError:
             pass
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return finite(max(0.0, float(value)))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return finite(max(0.0, when.timestamp() - time.time()))
+    except Exception:  # the email parser raises several kinds on garbage (TypeError, IndexError, OverflowError...)
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def header_int(value: str | None) -> int | None:
@@ -76,9 +112,11 @@ def header_int(value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        return int(float(value))
+        number = float(value)
     except ValueError:
         return None
+    # "1e400" is inf, and int(inf) raises; a negative count or one past 2**53 is no count at all
+    return int(number) if math.isfinite(number) and 0 <= number <= 2**53 else None
 
 
 def is_openrouter(endpoint: Endpoint) -> bool:
@@ -94,13 +132,13 @@ def error_parts(body: Any) -> tuple[str, str, str, Any]:
         return "", "", "", None
     err = body.get("error", body)
     if isinstance(err, str):
-        return "", "", err, None
+        return "", "", err[:MAX_MESSAGE_CHARS], None
     if not isinstance(err, dict):
         return "", "", "", None
-    etype = str(err.get("type") or body.get("object") or "")
-    code = err.get("code")
-    message = str(err.get("message") or "")
-    return etype, "" if code is None else str(code), message, err.get("metadata")
+    # every field as text or nothing: an error body of odd types is still classified by its status
+    etype = loose_text(err.get("type")) or loose_text(body.get("object"))
+    message = loose_text(err.get("message"))[:MAX_MESSAGE_CHARS]
+    return etype[:200], loose_text(err.get("code"))[:200], message, err.get("metadata")
 
 
 class OpenAIProtocol(WireProtocol):
@@ -133,23 +171,21 @@ class OpenAIProtocol(WireProtocol):
         return endpoint.base_url.rstrip("/") + "/chat/completions", headers, body
 
     def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
-        if not isinstance(body, dict):
-            raise ProviderFailure(ErrorKind.SERVER_ERROR, "response is not a JSON object", status=status)
+        body = obj(body, "the response")
         if body.get("error") or body.get("object") == "error":
             raise self._failure_from_body(endpoint, status, headers, body, in_stream=False)
-        choices = body.get("choices") or []
-        choice = choices[0] if choices else {}
-        message = choice.get("message") or {}
-        text = message.get("content") or ""
-        if isinstance(text, list):
-            text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-        finish = choice.get("finish_reason")
+        choices = arr(body.get("choices"), "choices")
+        choice = obj(choices[0], "choices[0]") if choices else {}
+        message = obj(choice.get("message"), "choices[0].message")
+        text = _content_text(message.get("content"), "choices[0].message.content")
+        finish = string(choice.get("finish_reason"), "choices[0].finish_reason")
+        refusal = string(message.get("refusal"), "choices[0].message.refusal")
         usage, cost = self._usage(body.get("usage"))
-        model = body.get("model")
-        if finish == "content_filter" or message.get("refusal"):
+        model = string(body.get("model"), "model")
+        if finish == "content_filter" or refusal:
             raise ProviderFailure(
                 ErrorKind.CONTENT_FILTER,
-                scrub(f"the model declined: {message.get('refusal') or finish}"),
+                excerpt(f"the model declined: {refusal or finish}", 500),
                 status=status, usage=usage, model=model,
             )
         if not text and not finish:
@@ -186,24 +222,19 @@ class OpenAIProtocol(WireProtocol):
 
     @staticmethod
     def _usage(raw: Any) -> tuple[Usage | None, Decimal | None]:
-        if not isinstance(raw, dict):
+        if raw is None:
             return None, None
-        pdet = raw.get("prompt_tokens_details") or {}
-        cdet = raw.get("completion_tokens_details") or {}
+        raw = obj(raw, "usage")
+        pdet = obj(raw.get("prompt_tokens_details"), "usage.prompt_tokens_details")
+        cdet = obj(raw.get("completion_tokens_details"), "usage.completion_tokens_details")
         usage = Usage(
-            input_tokens=int(raw.get("prompt_tokens") or 0),
-            output_tokens=int(raw.get("completion_tokens") or 0),
-            cached_tokens=int(pdet.get("cached_tokens") or 0),
-            cache_write_tokens=int(pdet.get("cache_write_tokens") or 0),
-            reasoning_tokens=int(cdet.get("reasoning_tokens") or 0),
+            input_tokens=count(raw.get("prompt_tokens"), "usage.prompt_tokens"),
+            output_tokens=count(raw.get("completion_tokens"), "usage.completion_tokens"),
+            cached_tokens=count(pdet.get("cached_tokens"), "usage.prompt_tokens_details.cached_tokens"),
+            cache_write_tokens=count(pdet.get("cache_write_tokens"), "usage.prompt_tokens_details.cache_write_tokens"),
+            reasoning_tokens=count(cdet.get("reasoning_tokens"), "usage.completion_tokens_details.reasoning_tokens"),
         )
-        cost = None
-        if raw.get("cost") is not None:
-            try:
-                cost = Decimal(str(raw["cost"]))
-            except InvalidOperation:
-                cost = None
-        return usage, cost
+        return usage, _cost(raw.get("cost"))
 
     def _failure_from_body(
         self,
@@ -217,20 +248,21 @@ class OpenAIProtocol(WireProtocol):
     ) -> ProviderFailure:
         etype, code, message, metadata = error_parts(body)
         if not message:
-            message = raw[:300] if raw else f"HTTP {status}"
+            message = excerpt(raw, 300) if raw else f"HTTP {status}"
         # An error object inside a 200 (a stream chunk, or OpenRouter's and vLLM's bodies) carries
-        # the real status as a numeric `code`: classify by it.
-        judged = int(code) if status < 300 and code.isdigit() else status
-        kind = self.kind_for(endpoint, judged, etype, code, message, metadata, headers, in_stream=in_stream)
+        # the real status as a numeric `code`: classify by it (ASCII digits only: "²".isdigit() is True)
+        judged = int(code) if status < 300 and code.isascii() and code.isdecimal() and len(code) == 3 else status
+        kind = self.kind_for(endpoint, judged, etype, code, message, metadata, headers, in_stream=in_stream, inner=_inner_code(body))
         # a quota does not come back after a Retry-After (providers.md section 8): only its reset counts
         quota = kind is ErrorKind.QUOTA_EXCEEDED
         wait = None if quota else retry_after(headers)
         reset_at = _reset_at(metadata) if quota else None
+        if quota and reset_at is None and judged == 429 and _PER_DAY_TEXT.search(message):
+            reset_at = _daily_reset(message, headers)
         label = " ".join(p for p in (str(status), etype, code if code != str(status) else "") if p)
-        text = scrub(f"{label}: {message}")
         return ProviderFailure(
             kind,
-            text[:500],
+            excerpt(f"{label}: {message}", 500),
             status=status,
             retry_after_s=wait,
             reset_at=reset_at,
@@ -249,8 +281,10 @@ class OpenAIProtocol(WireProtocol):
         headers: Mapping[str, str],
         *,
         in_stream: bool = False,
+        inner: str = "",
     ) -> ErrorKind:
-        """The classification table of providers.md section 8 for OpenAI-shaped servers."""
+        """The classification table of providers.md section 8 for OpenAI-shaped servers (`inner`: Azure's
+        `innererror.code`)."""
         low = message.lower()
         meta = metadata if isinstance(metadata, dict) else {}
         if is_openrouter(endpoint):
@@ -259,21 +293,22 @@ class OpenAIProtocol(WireProtocol):
                 return kind
         if etype == "insufficient_quota" or code in QUOTA_CODES or "exceeded your current quota" in low:
             return ErrorKind.QUOTA_EXCEEDED
+        if status == 429 and _PER_DAY_TEXT.search(message):
+            return ErrorKind.QUOTA_EXCEEDED
         if status == 429 or code in RATE_CODES or etype == "rate_limit_error":
             return ErrorKind.RATE_LIMIT
         if status == 401 or etype == "authentication_error" or code == "invalid_api_key":
             return ErrorKind.AUTH
         if status == 403 or etype == "permission_error":
             return ErrorKind.ACCOUNT_LOCKED
-        if code == "model_not_found" or "does not exist or you do not have access" in low:
+        if code == "model_not_found" or "does not exist or you do not have access" in low or _UNKNOWN_MODEL_TEXT.search(message):
             return ErrorKind.MODEL_NOT_FOUND
         if status == 404:
-            if endpoint.local or "model" in low or etype == "not_found_error":
-                return ErrorKind.MODEL_NOT_FOUND
-            return ErrorKind.INVALID_REQUEST
+            # a 404 naming no model is most often a wrong base_url: this target cannot serve, the next may
+            return ErrorKind.MODEL_NOT_FOUND
         if code == "context_length_exceeded" or etype == "exceed_context_size_error" or _CONTEXT_TEXT.search(message):
             return ErrorKind.CONTEXT_OVERFLOW
-        if code == "invalid_prompt" or "flagged as potentially violating" in low:
+        if code in ("invalid_prompt", "content_filter") or inner in AZURE_FILTER_CODES or "flagged as potentially violating" in low:
             return ErrorKind.CONTENT_FILTER
         if status == 408 or etype == "timeout_error":
             return ErrorKind.TIMEOUT
@@ -288,7 +323,7 @@ class OpenAIProtocol(WireProtocol):
 
 
 def _openrouter_kind(status: int, low: str, meta: dict[str, Any], headers: Mapping[str, str]) -> ErrorKind | None:
-    source = str(meta.get("limit_source") or "")
+    source = loose_text(meta.get("limit_source"))
     if source == "openrouter_credits":
         return ErrorKind.QUOTA_EXCEEDED
     if status == 402:
@@ -319,16 +354,58 @@ def _reset_at(metadata: Any) -> float | None:
     """OpenRouter's budget `metadata.resets_at` (an ISO timestamp, or epoch seconds or milliseconds)."""
     value = metadata.get("resets_at") if isinstance(metadata, dict) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) / 1000.0 if value > 1e11 else float(value)
+        seconds = float(value) / 1000.0 if value > 1e11 else float(value)
+        return seconds if math.isfinite(seconds) and seconds > 0 else None
     if isinstance(value, str) and value:
-        text = value.strip()
+        text = value.strip()[:64]
         text = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
         try:
             when = datetime.fromisoformat(text)
-        except ValueError:
+            return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+        except (ValueError, OverflowError, OSError):
             return None
-        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
     return None
+
+
+def _inner_code(body: Any) -> str:
+    """Azure OpenAI's `error.innererror.code`, or ""."""
+    err = body.get("error") if isinstance(body, dict) else None
+    inner = err.get("innererror") if isinstance(err, dict) else None
+    return loose_text(inner.get("code"))[:100] if isinstance(inner, dict) else ""
+
+
+def next_utc_reset(now: float | None = None, hour: int = DAILY_RESET_HOUR_UTC) -> float:
+    """The next `hour`:00 UTC after `now` (epoch seconds): when a daily quota with no named reset frees up."""
+    now = time.time() if now is None else now
+    day = datetime.fromtimestamp(now, timezone.utc).replace(hour=hour, minute=0, second=0, microsecond=0)
+    reset = day.timestamp()
+    return reset if reset > now else reset + 86400.0
+
+
+def _daily_reset(message: str, headers: Mapping[str, str]) -> float:
+    """When a per-day limit frees up: the reset header of the limit the message names, else the next
+    UTC reset hour."""
+    name = "x-ratelimit-reset-tokens" if re.search(r"tokens per day|\(TPD\)", message, re.I) else "x-ratelimit-reset-requests"
+    wait = parse_duration(headers.get(name))
+    return time.time() + wait if wait is not None else next_utc_reset()
+
+
+def _cost(value: Any) -> Decimal | None:
+    """A cost the provider reported (OpenRouter's `usage.cost`): a finite, non-negative number, else None."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        cost = Decimal(str(value)[:40])
+    except InvalidOperation:
+        return None
+    return cost if cost.is_finite() and cost >= 0 else None
+
+
+def _content_text(content: Any, where: str) -> str:
+    """A message's `content`: a string, or a list of parts whose `text` ones are joined."""
+    if isinstance(content, list):
+        return "".join(string(obj(p, where + "[]").get("text"), where + "[].text") or "" for p in content)
+    return string(content, where) or ""
 
 
 def _price_model(endpoint: Endpoint, model: Any) -> str | None:
@@ -366,7 +443,7 @@ class _OpenAIStream(StreamDecoder):
             data = data[6:] if data.startswith("error:") else data
             try:
                 chunk = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return None
             if isinstance(chunk, dict) and "error" not in chunk and chunk.get("object") != "error" and "code" in chunk:
                 chunk = {"error": chunk}
@@ -376,12 +453,7 @@ class _OpenAIStream(StreamDecoder):
         if data.startswith("[DONE]"):
             self.done = True
             return None
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise ProviderFailure(ErrorKind.STREAM_INTERRUPTED, f"malformed stream chunk: {scrub(data[:120])!r}") from None
-        if not isinstance(chunk, dict):
-            raise ProviderFailure(ErrorKind.STREAM_INTERRUPTED, "stream chunk is not a JSON object")
+        chunk = obj(json_value(data, "a stream chunk"), "a stream chunk")
         if event.event == "error" and "error" not in chunk:
             chunk = {"error": chunk}
         return self._chunk(chunk)
@@ -389,20 +461,24 @@ class _OpenAIStream(StreamDecoder):
     def _chunk(self, chunk: dict[str, Any]) -> str | None:
         if chunk.get("error") or chunk.get("object") == "error":
             raise self.protocol._failure_from_body(self.endpoint, 200, {}, chunk, in_stream=True)
-        if chunk.get("model"):
-            self.model = chunk["model"]
+        model = string(chunk.get("model"), "a stream chunk's model")
+        if model:
+            self.model = model
         if chunk.get("usage"):
             self.usage, self.cost = OpenAIProtocol._usage(chunk["usage"])
         text = None
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            piece = delta.get("content")
+        for choice in arr(chunk.get("choices"), "a stream chunk's choices"):
+            choice = obj(choice, "a stream chunk's choice")
+            delta = obj(choice.get("delta"), "a stream chunk's delta")
+            piece = _content_text(delta.get("content"), "a stream chunk's delta.content")
             if piece:
                 text = (text or "") + piece
-            if delta.get("refusal"):
-                self.refusal += delta["refusal"]
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            refusal = string(delta.get("refusal"), "a stream chunk's delta.refusal")
+            if refusal:
+                self.refusal += refusal
+            finish = string(choice.get("finish_reason"), "a stream chunk's finish_reason")
+            if finish:
+                self.finish_reason = finish
         if text:
             self.any_text = True
         return text
@@ -411,7 +487,7 @@ class _OpenAIStream(StreamDecoder):
         if not self.done:
             raise ProviderFailure(ErrorKind.STREAM_INTERRUPTED, "stream ended without [DONE]", usage=self.usage)
         if self.finish_reason == "content_filter" or self.refusal:
-            raise ProviderFailure(ErrorKind.CONTENT_FILTER, scrub(f"the model declined: {self.refusal or self.finish_reason}"), usage=self.usage)
+            raise ProviderFailure(ErrorKind.CONTENT_FILTER, excerpt(f"the model declined: {self.refusal or self.finish_reason}", 500), usage=self.usage)
         if not self.any_text and not self.finish_reason:
             raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "stream with no text and no finish reason", usage=self.usage)
         return Completion(

@@ -7,7 +7,8 @@
         ...  # point a client at sim.openai_url, sim.anthropic_url, sim.gemini_url or sim.openrouter_url
 
 The behaviours are plain data and import at once; `ProviderSimulator` and `RecordedRequest` load aiohttp,
-so they are imported on first use (the pytest plugin and `import nbrouter` stay light).
+so they are imported on first use (the pytest plugin and `import nbrouter` stay light). `RawServer` answers
+with exactly scripted bytes (`RawResponse`), for replies no HTTP server library would send.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .behaviours import (
 from .clock import ManualClock
 
 if TYPE_CHECKING:
+    from .rawserver import RawResponse, RawServer, http_response
     from .simulator import ProviderSimulator, RecordedRequest
 
 __all__ = [
@@ -57,13 +59,17 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "Raw",
+    "RawResponse",
+    "RawServer",
     "RecordedRequest",
     "Reply",
     "ServerError",
     "Unauthorized",
+    "http_response",
 ]
 
 _LAZY = frozenset({"ProviderSimulator", "RecordedRequest"})
+_RAW = frozenset({"RawResponse", "RawServer", "http_response"})
 
 
 def __getattr__(name: str) -> Any:
@@ -71,4 +77,8 @@ def __getattr__(name: str) -> Any:
         from . import simulator
 
         return getattr(simulator, name)
+    if name in _RAW:
+        from . import rawserver
+
+        return getattr(rawserver, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

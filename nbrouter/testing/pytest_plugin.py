@@ -1,4 +1,5 @@
-"""pytest fixtures: `provider_simulator`, a running ProviderSimulator for one test."""
+"""pytest fixtures: `provider_simulator`, a running ProviderSimulator for one test, and `raw_server`, a
+running RawServer that answers with exactly scripted bytes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 
 if TYPE_CHECKING:
+    from .rawserver import RawServer
     from .simulator import ProviderSimulator
 
 
@@ -22,3 +24,16 @@ def provider_simulator() -> Iterator[ProviderSimulator]:
         yield sim
     finally:
         sim.stop()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[RawServer]:
+    """A started RawServer, stopped after the test."""
+    from .rawserver import RawServer
+
+    server = RawServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
