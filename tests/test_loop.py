@@ -475,7 +475,7 @@ def test_malformed_json_is_classified_logged_and_survived(sim, make_router) -> N
     router = make_router(sim_config(sim, combo("sim/a", "sim/b")))
     result = router.complete("c", "hi")
     assert result.served_by == "sim#default/b"
-    assert result.attempts[0].kind is ErrorKind.SERVER_ERROR and "malformed" in result.attempts[0].message
+    assert result.attempts[0].kind is ErrorKind.MALFORMED_RESPONSE  # routing.md section 5 (issue 12): was server_error
 
 
 def test_context_overflow_advances_only_to_a_larger_known_window(sim, make_router) -> None:

@@ -73,6 +73,8 @@ POLICY_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "max_attempts": (1, None, False),
     "max_depth": (1, None, False),
     "attempt_timeout_s": (0, None, True),
+    "stream_idle_timeout_s": (0, None, True),
+    "sse_max_line_bytes": (1, None, False),
     "breaker_failures": (1, None, False),
     "breaker_window_s": (0, None, True),
     "breaker_open_s": (0, None, True),

@@ -463,7 +463,8 @@ class Loop:
         if ep is None:
             remember_secret(key)
             ep = Endpoint(provider=provider.name, protocol=provider.protocol, base_url=provider.base_url, api_key=key,
-                          preset=provider.preset, local=provider.local, headers=dict(provider.headers))
+                          preset=provider.preset, local=provider.local, headers=dict(provider.headers),
+                          key_env=acc.api_key_env if acc is not None else None)
             self._endpoints[cache_key] = ep
         return ep
 

@@ -24,6 +24,10 @@ class Policy:
     max_attempts: int = 10
     max_depth: int = 3
     attempt_timeout_s: float = 60.0
+    # a stream fails as a timeout when no event came for this long; an SSE line (or event) longer than
+    # this many bytes fails the attempt as malformed
+    stream_idle_timeout_s: float = 30.0
+    sse_max_line_bytes: int = 8 * 1024 * 1024
     max_wait_s: float = 0.0
     # cooldowns and locks (routing.md section 5)
     rate_limit_cooldown_s: float = 90.0
