@@ -97,7 +97,7 @@ def rendered(exc: BaseException) -> str:
 # ---- loading -------------------------------------------------------------------------------
 
 
-def test_load_ext_is_fast_and_imports_no_prices_pydantic_or_widgets(config_file: Path, tmp_path: Path) -> None:
+def test_load_ext_is_fast_and_imports_no_prices_pydantic_widgets_or_markdown(config_file: Path, tmp_path: Path) -> None:
     code = textwrap.dedent("""
         import sys, time
         from traitlets.config import Config
@@ -107,7 +107,8 @@ def test_load_ext_is_fast_and_imports_no_prices_pydantic_or_widgets(config_file:
         t = time.perf_counter()
         ip.run_line_magic("load_ext", "nbrouter")
         took = time.perf_counter() - t
-        heavy = [m for m in ("genai_prices", "pydantic", "ipywidgets", "nbrouter.notebook.widgets") if m in sys.modules]
+        heavy = [m for m in ("genai_prices", "pydantic", "ipywidgets", "nbrouter.notebook.builder", "nbrouter.notebook.board",
+                             "markdown_it", "tabulate") if m in sys.modules]
         print(took, heavy)
         ip.run_line_magic("unload_ext", "nbrouter")
     """)
@@ -311,7 +312,7 @@ def test_code_format_is_a_fenced_block() -> None:
 def test_markdown_html_escapes_and_renders_the_usual_markdown() -> None:
     out = markdown_html("# Title\n\nSome *em* and `<b>` code.\n\n- one\n- two\n\n```py\nx < 1\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |")
     assert "<h1>Title</h1>" in out and "<em>em</em>" in out and "<code>&lt;b&gt;</code>" in out
-    assert "<ul><li>one</li><li>two</li></ul>" in out
+    assert "<ul><li>one</li><li>two</li></ul>" in out.replace("\n", "")
     assert "x &lt; 1" in out and "<td>1</td>" in out
     assert "<script>" not in markdown_html("<script>alert(1)</script>")
 
@@ -544,8 +545,9 @@ def test_builder_and_live_status_without_the_widgets_module_say_so(ip: Any, monk
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     import nbrouter.notebook as package
 
-    monkeypatch.setitem(sys.modules, "nbrouter.notebook.widgets", None)  # import fails
-    monkeypatch.delattr(package, "widgets", raising=False)
+    for name in ("builder", "board"):
+        monkeypatch.setitem(sys.modules, f"nbrouter.notebook.{name}", None)  # import fails
+        monkeypatch.delattr(package, name, raising=False)
     assert run(ip, "%llm builder fast") is None
     assert "widgets are not available" in capsys.readouterr().err
     assert run(ip, "%llm status --live") is None
@@ -556,7 +558,7 @@ def test_builder_calls_the_widget_module_lazily(ip: Any, monkeypatch: pytest.Mon
     import types
 
     calls: list[tuple[str, Any]] = []
-    fake = types.ModuleType("nbrouter.notebook.widgets")
+    fake = types.ModuleType("nbrouter.notebook.builder")
 
     class ComboBuilder:
         def __init__(self, router: Any, combo: Any) -> None:
@@ -573,10 +575,11 @@ def test_builder_calls_the_widget_module_lazily(ip: Any, monkeypatch: pytest.Mon
             calls.append(("shown", None))
 
     fake.ComboBuilder, fake.StatusBoard = ComboBuilder, StatusBoard  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "nbrouter.notebook.widgets", fake)
     import nbrouter.notebook as package
 
-    monkeypatch.setattr(package, "widgets", fake, raising=False)
+    for name in ("builder", "board"):
+        monkeypatch.setitem(sys.modules, f"nbrouter.notebook.{name}", fake)
+        monkeypatch.setattr(package, name, fake, raising=False)
     assert run(ip, "%llm builder fast") is None
     assert run(ip, "%llm status --live") is None
     assert calls[:2] == [("builder", "fast"), ("shown", None)]

@@ -162,7 +162,7 @@ def test_no_api_key_in_any_result_exception_log_row_or_repr(sim, make_router, mo
 
 
 def test_cold_import_is_light() -> None:
-    code = "import sys, nbrouter; print(sorted(m for m in ('genai_prices', 'pydantic', 'ipywidgets', 'IPython', 'aiohttp', 'httpx') if m in sys.modules))"
+    code = "import sys, nbrouter; print(sorted(m for m in ('genai_prices', 'pydantic', 'ipywidgets', 'IPython', 'aiohttp', 'httpx', 'markdown_it', 'tabulate') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -183,3 +183,41 @@ def test_a_provider_that_reports_no_usage_shows_tokens_and_cost_as_unknown(sim, 
     assert "tokens unknown" in result.footer() and "unknown" in result.cost_text
     local = router.complete("l", "hi")
     assert local.cost_usd == Decimal(0) and "tokens unknown" in local.footer()
+
+
+def test_a_table_renders_text_markdown_and_html_and_honours_include_and_exclude() -> None:
+    from nbrouter.report import Table
+
+    table = Table(["name", "cost"], [["a|b", "$1 <x>"], ["c", 2]], title="spend", notes=["$5 to $10"])
+    text = table.text()
+    assert text.splitlines()[0] == "spend" and "a|b" in text and "$1 <x>" in text and text.endswith("$5 to $10")
+    assert "| a\\|b" in table.markdown() and "\\$1 <x>" in table.markdown()  # a pipe is not a column, $ is not maths
+    assert "<td>$1 &lt;x&gt;</td>" in table.html() and "<x>" not in table.html()
+    assert table._repr_mimebundle_() == {"text/plain": text, "text/markdown": table.markdown(), "text/html": table.html()}
+    assert set(table._repr_mimebundle_(include={"text/plain"})) == {"text/plain"}
+    assert set(table._repr_mimebundle_(exclude={"text/html"})) == {"text/plain", "text/markdown"}
+    assert Table(["x"], [], empty="(no attempts)").text() == "(no attempts)"
+
+
+def test_the_errors_docstring_draws_the_real_exception_tree() -> None:
+    import re
+
+    from nbrouter.router import errors
+
+    drawn: dict[str, str] = {}
+    parents: list[tuple[int, str]] = []
+    for line in errors.__doc__.splitlines():
+        m = re.match(r"^(\s*(?:[│ ]\s*)*(?:[└├]── )?)(\w+)\b", line)
+        if not m or not m.group(2)[0].isupper() or not (line.startswith("    ") and ("──" in line or line.strip() == m.group(2))):
+            continue
+        depth = len(m.group(1))
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        if parents:
+            drawn[m.group(2)] = parents[-1][1]
+        parents.append((depth, m.group(2)))
+    classes = {name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, Exception)
+               and cls.__module__ == errors.__name__}
+    assert set(drawn) == set(classes)
+    for name, cls in classes.items():
+        assert cls.__bases__[0].__name__ == drawn[name], name

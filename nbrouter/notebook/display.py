@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..router import _text
+from ..report import escape_markdown, markdown_html
+from ..router import views
 from ..router.types import Action, Attempt, RouteResult
 
 #: a streamed answer's output area is redrawn at most this often (10 times a second)
@@ -86,137 +87,12 @@ def _pre(text: str, lang: str = "") -> str:
     return f"<pre style='white-space:pre-wrap'><code{cls}>{html.escape(text)}</code></pre>"
 
 
-# ---- a small Markdown to HTML renderer ----------------------------------------------------
-# JupyterLab prefers text/html to text/markdown, so the HTML must show the Markdown answer as
-# Markdown would. Everything is escaped; only http(s) links are made.
-
-_CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
-_HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
-_ITEM = re.compile(r"^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$")
-_RULE = re.compile(r"^ {0,3}([-*_])(\s*\1){2,}\s*$")
-_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{1,}:?\s*(\|\s*:?-{1,}:?\s*)*\|?\s*$")
-_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*([\w+#.-]*)")
-
-
-def _emphasis(escaped: str) -> str:
-    s = re.sub(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", r"<strong>\1</strong>", escaped)
-    s = re.sub(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])", r"<em>\1</em>", s)
-    s = re.sub(r"\[([^\]]+)\]\((https?://[^\s)]+)\)", r'<a href="\2" target="_blank" rel="noopener">\1</a>', s)
-    return s
-
-
-def _inline(text: str) -> str:
-    out, pos = [], 0
-    for m in _CODE_SPAN.finditer(text):
-        out.append(_emphasis(html.escape(text[pos : m.start()])))
-        out.append(f"<code>{html.escape(m.group(2).strip())}</code>")
-        pos = m.end()
-    out.append(_emphasis(html.escape(text[pos:])))
-    return "".join(out)
-
-
-def _cells(line: str) -> list[str]:
-    line = line.strip()
-    if line.startswith("|"):
-        line = line[1:]
-    if line.endswith("|") and not line.endswith("\\|"):
-        line = line[:-1]
-    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)]
-
-
-def markdown_html(text: str) -> str:
-    """HTML for the Markdown an LLM usually writes: headings, paragraphs, lists, code, tables, quotes."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    out: list[str] = []
-    para: list[str] = []
-    items: list[str] = []
-    list_tag = ""
-
-    def flush() -> None:
-        nonlocal list_tag
-        if para:
-            out.append("<p>" + "<br>\n".join(_inline(p) for p in para) + "</p>")
-            para.clear()
-        if items:
-            out.append(f"<{list_tag}>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + f"</{list_tag}>")
-            items.clear()
-            list_tag = ""
-
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        opening = _FENCE_OPEN.match(line)
-        if opening:
-            flush()
-            marker, lang = opening.group(1), opening.group(2)
-            body: list[str] = []
-            i += 1
-            while i < len(lines) and not re.match(r"^ {0,3}" + re.escape(marker[0]) + "{" + str(len(marker)) + r",}\s*$", lines[i]):
-                body.append(lines[i])
-                i += 1
-            out.append(_pre("\n".join(body), lang))
-            i += 1
-            continue
-        if not line.strip():
-            flush()
-        elif _RULE.match(line) and not items:
-            flush()
-            out.append("<hr>")
-        elif (m := _HEADING.match(line)) is not None:
-            flush()
-            level = len(m.group(1))
-            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
-        elif "|" in line and i + 1 < len(lines) and _TABLE_SEP.match(lines[i + 1]) and "-" in lines[i + 1]:
-            flush()
-            head = _cells(line)
-            rows = []
-            i += 2
-            while i < len(lines) and "|" in lines[i] and lines[i].strip():
-                rows.append(_cells(lines[i]))
-                i += 1
-            th = "".join(f"<th>{_inline(c)}</th>" for c in head)
-            trs = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
-            out.append(f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>")
-            continue
-        elif line.lstrip().startswith(">"):
-            flush()
-            quote = []
-            while i < len(lines) and lines[i].lstrip().startswith(">"):
-                quote.append(lines[i].lstrip()[1:].removeprefix(" "))
-                i += 1
-            out.append(f"<blockquote>{markdown_html(chr(10).join(quote))}</blockquote>")
-            continue
-        elif (m := _ITEM.match(line)) is not None:
-            tag = "ol" if m.group(2)[0].isdigit() else "ul"
-            if para or (items and tag != list_tag):
-                flush()
-            list_tag = tag
-            items.append(m.group(3))
-        elif items and line.startswith((" ", "\t")):
-            items[-1] += " " + line.strip()
-        else:
-            if items:
-                flush()
-            para.append(line)
-        i += 1
-    flush()
-    return "\n".join(out)
-
-
 # ---- the finished bundle ------------------------------------------------------------------
-
-
-def _escape_dollars(text: str) -> str:
-    # Jupyter's Markdown renders $...$ as LaTeX; costs are dollars
-    return text.replace("$", "\\$")
 
 
 def attempt_markdown(attempts: Sequence[Attempt]) -> str:
     """The attempt log as a Markdown (pipe) table."""
-    from tabulate import tabulate
-
-    rows = [[_escape_dollars(str(c)).replace("|", "\\|") for c in row] for row in _text.attempt_rows(attempts)]
-    return tabulate(rows, headers=_text.ATTEMPT_HEADERS, tablefmt="pipe")
+    return views.attempt_table(attempts).markdown()
 
 
 def result_metadata(result: RouteResult, **extra: Any) -> dict[str, Any]:
@@ -263,52 +139,18 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         notes.append(f"partial answer: {result.error}")
     plain = "\n".join([answer.plain, "", *notes, footer, result.attempt_table()])
     markdown = "\n".join([
-        answer.markdown, "", *(f"> {_escape_dollars(n)}\n" for n in notes),
-        f"<details><summary>{html.escape(_escape_dollars(footer))}</summary>", "",
+        answer.markdown, "", *(f"> {escape_markdown(n)}\n" for n in notes),
+        f"<details><summary>{html.escape(escape_markdown(footer))}</summary>", "",
         attempt_markdown(result.attempts), "", "</details>",
     ])
     note_html = "".join(f"<div class='nbrouter-note'>{html.escape(n)}</div>" for n in notes)
     html_ = (
         f"<div class='nbrouter-result'><div class='nbrouter-answer'>{answer.html}</div>{note_html}"
         f"<details class='nbrouter-attempts'><summary style='color:#777;font-size:0.9em'>{html.escape(footer)}</summary>"
-        f"{_text.attempt_html(result.attempts)}</details></div>"
+        f"{views.attempt_table(result.attempts).html()}</details></div>"
     )
     data = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
     return data, {METADATA_KEY: result_metadata(result, **extra)}
-
-
-# ---- tables for the %llm subcommands ------------------------------------------------------
-
-
-class TablesView:
-    """One or more tables with a title and notes, shown as real `text/plain` and `text/html`."""
-
-    def __init__(self, tables: Sequence[tuple[Sequence[str], Sequence[Sequence[Any]]]], *, title: str = "",
-                 notes: Sequence[str] = ()) -> None:
-        self.tables = list(tables)
-        self.title = title
-        self.notes = list(notes)
-
-    def __str__(self) -> str:
-        from tabulate import tabulate
-
-        parts = [self.title] if self.title else []
-        for headers, rows in self.tables:
-            parts.append(tabulate(rows, headers=list(headers), tablefmt="simple") if rows else "(none)")
-            parts.append("")
-        parts.extend(self.notes)
-        return "\n".join(parts).strip("\n")
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        parts = [f"<div><b>{html.escape(self.title)}</b></div>"] if self.title else []
-        parts.extend(_text.html_table(headers, rows) for headers, rows in self.tables)
-        parts.extend(f"<div>{html.escape(n)}</div>" for n in self.notes)
-        return "<div class='nbrouter-tables'>" + "<br>".join(parts) + "</div>"
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": str(self), "text/html": self._repr_html_()}
 
 
 # ---- errors -------------------------------------------------------------------------------
@@ -411,7 +253,7 @@ class LiveAnswer:
         plain = f"{text}\n\n{status}" if text else status
         if self.fmt != "markdown":
             return {"text/plain": plain}
-        md = f"{text}\n\n*{_escape_dollars(html.escape(status))}*" if text else f"*{html.escape(status)}*"
+        md = f"{text}\n\n*{escape_markdown(html.escape(status))}*" if text else f"*{html.escape(status)}*"
         return {"text/plain": plain, "text/markdown": md}
 
     def _refresh(self, force: bool = False) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Iterable
 
+from ..report import Table, Tables
 from ..router.types import Action, Attempt, ErrorKind
 
 
@@ -152,3 +153,12 @@ class CostLedger:
             left = self.remaining(budget_usd)
             rows.append(["budget", "", "", f"${budget_usd:.6f} (${left:.6f} left)"])
         return rows
+
+    def tables(self, budget_usd: float | None = None) -> Tables:
+        """The session's cost: a row per cell, then the sums per combo, per provider and in total.
+
+        Args:
+            budget_usd: the session budget, shown with what is left of it (None: no budget row).
+        """
+        return Tables([Table(self.CELL_HEADERS, self.cell_rows()), Table(self.SUM_HEADERS, self.sum_rows(budget_usd))],
+                      title="cost of this session")

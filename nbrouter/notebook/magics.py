@@ -26,7 +26,9 @@ from traitlets import Bool, Enum, Float, Unicode
 
 from ..router.errors import BudgetExceeded, ComboConfigError, RouteError
 from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Done, ErrorKind, RouteResult, TextDelta, Usage
-from .display import FORMATS, LiveAnswer, TablesView, render_answer, result_bundle, short_traceback
+from ..report import Table
+from ..router import views
+from .display import FORMATS, LiveAnswer, render_answer, result_bundle, short_traceback
 from .interpolation import interpolate
 from .ledger import CostLedger
 
@@ -162,12 +164,7 @@ class LLMMagics(Magics):
             call["max_cost_usd"] = float(min(caps))
 
         if args.explain:
-            decision = router.explain(combo, prompt, **call)
-            from IPython.display import display
-
-            from ..router import _text
-
-            display({"text/plain": _text.decision_table(decision), "text/html": _text.decision_html(decision)}, raw=True)
+            self._show(router.explain(combo, prompt, **call))
             return None
 
         where = self._cell()
@@ -369,7 +366,7 @@ class LLMMagics(Magics):
         notes = [f"virtual: {', '.join(VIRTUAL_COMBOS)}; any provider/model works as a one-step combo"]
         if self.default_combo:
             notes.append(f"default: {self.default_combo}")
-        self._show(TablesView([(["combo", "strategy", "targets"], rows)], notes=notes))
+        self._show(Table(["combo", "strategy", "targets"], rows, notes=notes))
 
     def _cmd_providers(self, rest: str) -> None:
         from .._core import scrub
@@ -389,13 +386,13 @@ class LLMMagics(Magics):
                     accounts.append(acc.name)
             rows.append([name, p.protocol + (" (local)" if p.local else ""), scrub(p.base_url), ", ".join(accounts),
                          ", ".join(p.models), p.source + ("" if p.enabled else " (disabled)")])
-        self._show(TablesView([(["provider", "protocol", "base url", "accounts", "models", "from"], rows)]))
+        self._show(Table(["provider", "protocol", "base url", "accounts", "models", "from"], rows))
 
     def _cmd_status(self, rest: str) -> None:
         if rest.split() == ["--live"]:
-            widgets = _widgets()
-            if widgets is not None:
-                widgets.StatusBoard(self.router).display()
+            board = _widget_module("board")
+            if board is not None:
+                board.StatusBoard(self.router).display()
             return
         if rest:
             raise UsageError("usage: %llm status [--live]")
@@ -406,29 +403,15 @@ class LLMMagics(Magics):
             n = int(rest) if rest else 20
         except ValueError:
             raise UsageError("usage: %llm log [N]") from None
-        rows = []
-        for r in self.router.log(n):
-            tokens = "" if r.get("input_tokens") is None else f"{r['input_tokens']}+{r.get('output_tokens') or 0}"
-            cost = r.get("cost_usd")
-            cost_text = "" if tokens == "" and cost is None else ("unknown" if cost is None else f"${Decimal(str(cost)):.6f}")
-            rows.append([
-                time.strftime("%H:%M:%S", time.localtime(r["ts"])) if r.get("ts") else "", r.get("combo") or "",
-                r.get("path") or r.get("candidate") or "", r.get("action") or "", r.get("kind") or "",
-                "" if r.get("status") is None else str(r["status"]),
-                "" if r.get("latency_s") is None else f"{r['latency_s'] * 1000:.0f} ms", tokens, cost_text,
-                (r.get("message") or "")[:100],
-            ])
-        headers = ["time", "combo", "candidate", "action", "kind", "status", "latency", "tokens", "cost", "message"]
-        self._show(TablesView([(headers, rows)], title=f"the last {n} attempts"))
+        self._show(views.log_table(self.router.log(n), title=f"the last {n} attempts"))
 
     def _cmd_cost(self, rest: str) -> None:
         ledger = self.ledger
         budget = f"budget ${self.budget_usd:.6f}" if self.budget_usd is not None else "no budget (`%llm budget USD` sets one)"
         if not ledger.cells:
-            self._show(TablesView([], notes=[f"no calls yet in this session; {budget}"]))
+            print(f"no calls yet in this session; {budget}")
             return
-        self._show(TablesView([(ledger.CELL_HEADERS, ledger.cell_rows()), (ledger.SUM_HEADERS, ledger.sum_rows(self.budget_usd))],
-                              title="cost of this session"))
+        self._show(ledger.tables(self.budget_usd))
 
     def _cmd_budget(self, rest: str) -> None:
         if rest.lower() in ("off", "none"):
@@ -456,12 +439,7 @@ class LLMMagics(Magics):
         combo = combo or self.default_combo
         if not combo:
             raise UsageError("usage: %llm explain COMBO [PROMPT]")
-        from ..router import _text
-
-        decision = self.router.explain(combo, prompt.strip() or "")
-        from IPython.display import display
-
-        display({"text/plain": _text.decision_table(decision), "text/html": _text.decision_html(decision)}, raw=True)
+        self._show(self.router.explain(combo, prompt.strip() or ""))
 
     def _cmd_use(self, rest: str) -> None:
         if not rest or " " in rest:
@@ -507,9 +485,9 @@ class LLMMagics(Magics):
         print("\n".join(lines))
 
     def _cmd_builder(self, rest: str) -> None:
-        widgets = _widgets()
-        if widgets is not None:
-            builder = widgets.ComboBuilder(self.router, rest or None)
+        module = _widget_module("builder")
+        if module is not None:
+            builder = module.ComboBuilder(self.router, rest or None)
             self.shell.user_ns["_llm_builder"] = builder  # reachable from Python: _llm_builder.model.targets = [...]
             builder.display()
 
@@ -520,15 +498,17 @@ def _cancel_note(result: RouteResult, text: str) -> str:
     return f"cancelled by the user{who} after {result.latency_s:.2f} s ({kept})"
 
 
-def _widgets() -> Any:
-    """nbrouter.notebook.widgets, imported on demand (ipywidgets is heavy), or None with a message."""
+def _widget_module(name: str) -> Any:
+    """nbrouter.notebook.builder or .board, imported on demand (ipywidgets is heavy), or None with a message."""
+    import importlib
+
     try:
-        from . import widgets
+        module = importlib.import_module(f"{__package__}.{name}")
     except ImportError as exc:
         print(f"the nbrouter widgets are not available ({exc}); `pip install ipywidgets` and use JupyterLab or "
               "Notebook 7, or use `%llm status`, `%llm combos` and `Router.save_combo()`", file=sys.stderr)
         return None
-    return widgets
+    return module
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from .._core import remember_secret, scrub
 from ..providers import ChatRequest, Completion, Endpoint, ProviderFailure, get_protocol
-from . import _text
+from .._core import text as _text
 from ._loop import BackgroundLoop
 from .combos import combo_for, resolve
 from .config import QUOTA_FIELDS, Combo, Config, Provider, combo_table, load_config, set_combo, write_document

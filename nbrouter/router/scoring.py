@@ -447,7 +447,7 @@ def excluded(state: StateStore, combo: str, c: Candidate, now: float, min_score:
     h = state.hold(exclusion_key(combo, c.key), now)
     if h is None:
         return None
-    from ._text import span
+    from .._core.text import span
 
     return f"auto: score below {min_score:g} ({span(h.until - now)} left)", h.until
 
