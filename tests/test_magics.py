@@ -320,18 +320,45 @@ def test_markdown_html_escapes_and_renders_the_usual_markdown() -> None:
 # ---- errors --------------------------------------------------------------------------------
 
 
-def test_all_targets_failed_raises_with_the_attempt_table_and_what_to_do(ip: Any, sim: Any) -> None:
+def test_all_targets_failed_shows_the_attempt_table_and_raises_one_line_saying_what_to_do(ip: Any, sim: Any) -> None:
     sim.script(ServerError(), model="model-a")
     sim.script(ServerError(), model="model-b")
+    magics(ip).live_display = True
     exc = run(ip, "%%llm fast\nhi")
     assert isinstance(exc, AllTargetsFailed)
     text = rendered(exc)
-    assert text.startswith("AllTargetsFailed: every target of 'fast' failed")
-    assert "sim#default/model-a" in text and "server_error" in text
-    assert text.splitlines()[-1] == exc.hint
-    assert "Traceback" not in text
+    assert text == ("AllTargetsFailed: every target of 'fast' failed (2 tried): server_error ×2. "
+                    "`%llm status` shows every cooldown and breaker.")
+    assert "Traceback" not in text and "Router.status()" not in text
+    # the attempt table is where the answer would have been, as HTML, with what was tried in the metadata
+    shown = outputs(ip)[-1]
+    assert "<table" in shown["data"]["text/html"] and "sim#default/model-b" in shown["data"]["text/html"]
+    assert "server_error" in shown["data"]["text/plain"]
+    assert [a["candidate"] for a in shown["metadata"]["nbrouter"]["attempts"]] == ["sim#default/model-a", "sim#default/model-b"]
     assert ip.user_ns["_llm"] is None
     assert run(ip, "%%llm fast --no-stream\nnext cell works") is None
+
+
+def test_a_cooling_down_failure_names_the_soonest_free_candidate_and_how_to_reset_it(ip: Any, sim: Any) -> None:
+    sim.script(RateLimited(retry_after=30), model="model-a")
+    sim.script(RateLimited(retry_after=90), model="model-b")
+    exc = run(ip, "%%llm fast --no-stream\nhi")
+    assert isinstance(exc, AllTargetsFailed)
+    line = rendered(exc)
+    assert "rate_limit ×2" in line and "sim#default/model-a frees up first, in 30 s" in line
+    assert "`%llm reset sim#default/model-a` clears its cooldown" in line
+    again = run(ip, "%%llm fast --no-stream\nhi")  # nothing is sent now: both are cooling down
+    assert "(nothing sent, 2 skipped)" in rendered(again)
+
+
+def test_raise_on_failure_false_shows_the_failure_and_lets_the_notebook_go_on(ip: Any, sim: Any,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    sim.script(ServerError(), model="model-a")
+    sim.script(ServerError(), model="model-b")
+    ip.run_line_magic("config", "LLMMagics.raise_on_failure = False")
+    assert run(ip, "%%llm fast --no-stream\nhi") is None
+    assert "AllTargetsFailed: every target of 'fast' failed" in capsys.readouterr().err
+    assert "server_error" in outputs(ip)[-1]["data"]["text/plain"]
 
 
 def test_config_error_is_one_line_naming_file_combo_and_field(tmp_path: Path, sim: Any, monkeypatch: pytest.MonkeyPatch,

@@ -12,19 +12,25 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..report import escape_markdown, markdown_html
+from .._core.text import span
+from ..report import MUTED_TEXT, escape_dollars, escape_markdown, html_text, markdown_html, tone_border
 from ..router import views
+from ..router.errors import AllTargetsFailed, StopError
 from ..router.types import Action, Attempt, RouteResult
 
 #: a streamed answer's output area is redrawn at most this often (10 times a second)
 UPDATE_INTERVAL_S = 0.1
 FORMATS = ("markdown", "text", "code", "json", "html")
 METADATA_KEY = "nbrouter"
+#: the width plain-text tables are fitted to where no terminal says its own (a kernel's text/plain)
+TEXT_WIDTH = 120
 
 
 # ---- the answer, per format ---------------------------------------------------------------
@@ -44,7 +50,7 @@ class Answer:
 def render_answer(text: str, fmt: str) -> Answer:
     """Render the answer as plain text, Markdown and HTML for `fmt` (one of FORMATS)."""
     if fmt == "markdown":
-        return Answer(text, text, markdown_html(text))
+        return Answer(text, escape_dollars(text), markdown_html(text))
     if fmt == "text":
         return Answer(text, fence(text), _pre(text))
     if fmt == "code":
@@ -90,11 +96,6 @@ def _pre(text: str, lang: str = "") -> str:
 # ---- the finished bundle ------------------------------------------------------------------
 
 
-def attempt_markdown(attempts: Sequence[Attempt]) -> str:
-    """The attempt log as a Markdown (pipe) table."""
-    return views.attempt_table(attempts).markdown()
-
-
 def result_metadata(result: RouteResult, **extra: Any) -> dict[str, Any]:
     """What the saved notebook records about a cell's call (never a key: messages are scrubbed)."""
     meta = {
@@ -137,17 +138,18 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         notes.append(answer.error)
     if result.partial and result.error:
         notes.append(f"partial answer: {result.error}")
-    plain = "\n".join([answer.plain, "", *notes, footer, result.attempt_table()])
+    table = views.attempt_table(result.attempts)
+    plain = "\n".join([answer.plain, "", *notes, footer, table.text(terminal_width())])
     markdown = "\n".join([
         answer.markdown, "", *(f"> {escape_markdown(n)}\n" for n in notes),
         f"<details><summary>{html.escape(escape_markdown(footer))}</summary>", "",
-        attempt_markdown(result.attempts), "", "</details>",
+        table.markdown(), "", "</details>",
     ])
-    note_html = "".join(f"<div class='nbrouter-note'>{html.escape(n)}</div>" for n in notes)
+    note_html = "".join(f"<div class='nbrouter-note' style='{tone_border('warn')}'>{html_text(n)}</div>" for n in notes)
     html_ = (
         f"<div class='nbrouter-result'><div class='nbrouter-answer'>{answer.html}</div>{note_html}"
-        f"<details class='nbrouter-attempts'><summary style='color:#777;font-size:0.9em'>{html.escape(footer)}</summary>"
-        f"{views.attempt_table(result.attempts).html()}</details></div>"
+        f"<details class='nbrouter-attempts'><summary style='color:{MUTED_TEXT};font-size:0.9em'>{html_text(footer)}</summary>"
+        f"{table.html()}</details></div>"
     )
     data = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
     return data, {METADATA_KEY: result_metadata(result, **extra)}
@@ -162,6 +164,53 @@ def short_traceback(exc: BaseException, lines: list[str] | None = None) -> BaseE
     shown = lines if lines is not None else [f"{type(exc).__name__}: {exc}"]
     exc._render_traceback_ = lambda: list(shown)  # type: ignore[attr-defined]
     return exc
+
+
+def _soonest_free(attempts: Sequence[Attempt], now: float) -> tuple[str, float] | None:
+    held = [(a.hold_until, a.candidate) for a in attempts if a.hold_until is not None and a.hold != "disabled"]
+    if not held:
+        return None
+    until, candidate = min(held)
+    return candidate, max(0.0, until - now)
+
+
+def failure_line(exc: AllTargetsFailed, now: float | None = None) -> str:
+    """One line for the error area: what failed and what to do about it, in `%llm` terms.
+
+    Args:
+        exc: the routing failure (it carries every attempt).
+        now: the wall clock, for the time left on cooldowns.
+    """
+    now = time.time() if now is None else now
+    kinds = Counter(a.kind.value for a in exc.attempts if a.kind is not None and a.action is not Action.SKIPPED)
+    what = ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in kinds.items())
+    todo: list[str] = []
+    if isinstance(exc, StopError):
+        todo.append(f"another target would not help: {exc.kind.value} stops the call (the combo's fallback_on can change that)")
+    soonest = _soonest_free(exc.attempts, now)
+    if soonest is not None:
+        todo.append(f"{soonest[0]} frees up first, in {span(soonest[1])}; `%llm reset {soonest[0]}` clears its cooldown")
+    todo.append("`%llm status` shows every cooldown and breaker")
+    return f"{type(exc).__name__}: {exc.headline}" + (f": {what}" if what else "") + ". " + "; ".join(todo) + "."
+
+
+def failure_bundle(exc: AllTargetsFailed, **extra: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """(data, metadata) of a failed call: the headline and hint above the attempt table (HTML in a
+    notebook, fitted text in a terminal), and what was tried in the metadata."""
+    table = views.attempt_table(exc.attempts)
+    hint = exc.hint
+    plain = "\n".join([f"{exc.headline}:", table.text(terminal_width()), *([hint] if hint else [])])
+    html_ = (f"<div class='nbrouter-failure' style='{tone_border('bad')}'><div><b>{html_text(exc.headline)}</b></div>"
+             f"{table.html()}" + (f"<div style='color:{MUTED_TEXT}'>{html_text(hint)}</div>" if hint else "") + "</div>")
+    markdown = "\n\n".join([f"**{escape_markdown(exc.headline)}**", table.markdown(), *([escape_markdown(hint)] if hint else [])])
+    meta = {"combo": exc.combo, "served_by": None, "error": exc.headline,
+            "attempts": [_attempt_record(a) for a in exc.attempts], **{k: v for k, v in extra.items() if v is not None}}
+    return {"text/plain": plain, "text/markdown": markdown, "text/html": html_}, {METADATA_KEY: meta}
+
+
+def terminal_width() -> int:
+    """The terminal's width in columns (the fallback where there is none, as in a kernel)."""
+    return shutil.get_terminal_size((TEXT_WIDTH, 24)).columns
 
 
 # ---- the live output area -----------------------------------------------------------------
@@ -234,11 +283,10 @@ class LiveAnswer:
             self._end_line()
             print(terminal_tail)
 
-    def fail(self, summary: str) -> None:
-        """No answer: leave a one-line summary where the text would have been (the error follows)."""
+    def fail(self, data: dict[str, str], metadata: dict[str, Any]) -> None:
+        """No answer: the failure's bundle where the text would have been (notebook), or end the line."""
         if self.in_kernel:
-            lines = [self.text, ""] if self._pieces else []
-            self._update({"text/plain": "\n".join([*lines, summary])}, {})
+            self._update(data, metadata)
         else:
             self._end_line()
 
@@ -253,8 +301,10 @@ class LiveAnswer:
         plain = f"{text}\n\n{status}" if text else status
         if self.fmt != "markdown":
             return {"text/plain": plain}
-        md = f"{text}\n\n*{escape_markdown(html.escape(status))}*" if text else f"*{html.escape(status)}*"
-        return {"text/plain": plain, "text/markdown": md}
+        # the answer so far as it will finally look (and its dollars as dollars), the status below it
+        md = f"{escape_dollars(text)}\n\n*{escape_markdown(html.escape(status))}*" if text else f"*{escape_markdown(html.escape(status))}*"
+        html_ = (markdown_html(text) if text else "") + f"<div style='color:{MUTED_TEXT}'><em>{html_text(status)}</em></div>"
+        return {"text/plain": plain, "text/markdown": md, "text/html": html_}
 
     def _refresh(self, force: bool = False) -> None:
         if not self.in_kernel or self.handle is None:

@@ -24,11 +24,11 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Float, Unicode
 
-from ..router.errors import BudgetExceeded, ComboConfigError, RouteError
+from ..router.errors import AllTargetsFailed, BudgetExceeded, ComboConfigError, RouteError
 from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Done, ErrorKind, RouteResult, TextDelta, Usage
 from ..report import Table
 from ..router import views
-from .display import FORMATS, LiveAnswer, render_answer, result_bundle, short_traceback
+from .display import FORMATS, LiveAnswer, failure_bundle, failure_line, render_answer, result_bundle, short_traceback, terminal_width
 from .interpolation import interpolate
 from .ledger import CostLedger
 
@@ -49,6 +49,8 @@ class LLMMagics(Magics):
     interpolate = Bool(True, help="Replace `{name}` in a prompt by the variable's value; `--no-interpolate` turns it off for one cell.").tag(config=True)
     format = Enum(FORMATS, default_value="markdown", help="How an answer is shown when a cell gives no `-f`.").tag(config=True)
     budget_usd = Float(None, allow_none=True, help="Session budget in USD: a cell whose estimated cost would pass it is refused before anything is sent.").tag(config=True)
+    raise_on_failure = Bool(True, help="A cell whose every target failed raises, which stops Run All (Jupyter's rule for any error); "
+                            "False shows the failure and lets the notebook go on.").tag(config=True)
 
     def __init__(self, shell: Any = None, router: Router | None = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -169,9 +171,10 @@ class LLMMagics(Magics):
 
         where = self._cell()
         stream = self.stream and not args.no_stream
+        live = LiveAnswer(combo, fmt, in_kernel=self._in_kernel()) if stream else None
         try:
-            if stream:
-                result = self._stream(router, combo, prompt, fmt, call, where)
+            if live is not None:
+                result = self._stream(router, combo, prompt, fmt, call, where, live)
             else:
                 try:
                     result = router.complete(combo, prompt, **call)
@@ -188,6 +191,8 @@ class LLMMagics(Magics):
         except RouteError as exc:
             self.ledger.record(exc.attempts, combo=combo, served_by=None, outcome="failed", **where)
             self._forget_result()
+            if isinstance(exc, AllTargetsFailed):
+                return self._failed(exc, live, where)
             raise short_traceback(exc) from None
 
         self.ledger.record(result.attempts, combo=combo, served_by=result.served_by,
@@ -204,10 +209,26 @@ class LLMMagics(Magics):
             display(data, raw=True, metadata=metadata)
         return None
 
+    def _failed(self, exc: AllTargetsFailed, live: LiveAnswer | None, where: dict[str, Any]) -> None:
+        """Show a failed call: the attempt table where the answer would be, and one line saying what to do
+        (raised, so that Run All stops, unless `raise_on_failure` is False)."""
+        data, metadata = failure_bundle(exc, **where)
+        if live is not None and live.in_kernel:
+            live.fail(data, metadata)
+        else:
+            if live is not None:
+                live.fail(data, metadata)  # a terminal: end the streamed line first
+            from IPython.display import display
+
+            display(data, raw=True, metadata=metadata)
+        line = failure_line(exc)
+        if self.raise_on_failure:
+            raise short_traceback(exc, [line]) from None
+        print(line, file=sys.stderr)
+
     def _stream(self, router: Router, combo: str, prompt: str, fmt: str, call: dict[str, Any],
-                where: dict[str, Any]) -> RouteResult:
+                where: dict[str, Any], live: LiveAnswer) -> RouteResult:
         """Consume Router.stream() events on the main thread, which owns the display."""
-        live = LiveAnswer(combo, fmt, in_kernel=self._in_kernel())
         attempts: list[Attempt] = []
         current: AttemptStarted | None = None  # the last attempt started
         in_flight: AttemptStarted | None = None  # ... while it has not finished
@@ -230,13 +251,12 @@ class LLMMagics(Magics):
                     if event.error is not None:
                         if isinstance(event.error, KeyboardInterrupt):  # the router was closed under us
                             raise KeyboardInterrupt
-                        live.fail(f"no answer from {combo!r}: see the error below")
                         raise event.error
                     assert event.result is not None
                     result = event.result
                     answer = render_answer(result.text, fmt)
                     data, metadata = result_bundle(result, fmt, answer=answer, **where)
-                    tail = "\n".join([*([answer.error] if answer.error else []), result.footer(), result.attempt_table()])
+                    tail = "\n".join([*([answer.error] if answer.error else []), result.footer(), *_terminal_attempts(result)])
                     live.finish(data, metadata, tail)
                     return result
             raise RuntimeError("the router's event stream ended without Done")
@@ -247,7 +267,7 @@ class LLMMagics(Magics):
             self.ledger.record(partial.attempts, combo=combo, served_by=partial.served_by, outcome="cancelled", **where)
             self._remember(partial, None, None)
             data, metadata = result_bundle(partial, fmt, notes=[_cancel_note(partial, live.text)], **where)
-            tail = "\n".join([_cancel_note(partial, live.text), partial.attempt_table()])
+            tail = "\n".join([_cancel_note(partial, live.text), *_terminal_attempts(partial, always=True)])
             live.finish(data, metadata, tail)
             interrupt = KeyboardInterrupt(_cancel_note(partial, live.text))
             raise short_traceback(interrupt, [f"KeyboardInterrupt: {_cancel_note(partial, live.text)}; the partial text is in _llm"]) from None
@@ -490,6 +510,14 @@ class LLMMagics(Magics):
             builder = module.ComboBuilder(self.router, rest or None)
             self.shell.user_ns["_llm_builder"] = builder  # reachable from Python: _llm_builder.model.targets = [...]
             builder.display()
+
+
+def _terminal_attempts(result: RouteResult, always: bool = False) -> list[str]:
+    """The attempt table under a terminal answer, fitted to the terminal: only when there is more to say
+    than the footer (a fallback, a skip, an interruption)."""
+    if not always and len(result.attempts) <= 1:
+        return []
+    return [views.attempt_table(result.attempts, compact=True).text(terminal_width())]
 
 
 def _cancel_note(result: RouteResult, text: str) -> str:

@@ -38,7 +38,8 @@ class AllTargetsFailed(RouteError):
     def __init__(self, combo: str, attempts: list[Attempt], hint: str = "", headline: str = "") -> None:
         self.combo = combo
         self.hint = hint or _hint_for(attempts)
-        lines = [headline or f"every target of {combo!r} failed ({len(attempts)} attempts):", views.attempt_table(attempts).text()]
+        self.headline = headline or f"every target of {combo!r} failed ({views.tried_text(attempts)})"
+        lines = [self.headline + ":", views.attempt_table(attempts).text()]
         if self.hint:
             lines.append(self.hint)
         super().__init__("\n".join(lines), attempts)
@@ -75,7 +76,7 @@ class StopError(AllTargetsFailed):
         super().__init__(
             combo, attempts,
             hint=f"another target would not help: {kind.value} stops by default (the combo option fallback_on can change that).",
-            headline=f"{combo!r} stopped at {candidate} ({kind.value}):",
+            headline=f"{combo!r} stopped at {candidate} ({kind.value})",
         )
 
 
@@ -119,4 +120,4 @@ def _hint_for(attempts: list[Attempt]) -> str:
         return "targets are rate-limited or out of quota: add another provider or account to the combo, or retry later."
     if kinds & {"network", "timeout"}:
         return "targets could not be reached: check the network, the base_url, or that the local server runs."
-    return "see the attempt table; `Router.status()` shows cooldowns and breakers."
+    return "see the attempt table; the router's status() shows cooldowns and breakers."

@@ -117,13 +117,39 @@ def footer(result: ResultLike) -> str:
 
 
 ATTEMPT_HEADERS = ["#", "candidate", "action", "kind", "status", "latency", "tokens", "cost", "note"]
-#: a note longer than this is cut in the attempt table (the full message stays on the Attempt)
+#: a note longer than this is cut in the attempt table (HTML shows the rest on demand; the Attempt keeps it all)
 NOTE_WIDTH = 120
+_STEP = " > "
+
+
+def tried_text(attempts: Sequence[AttemptLike]) -> str:
+    """`2 tried, 1 skipped`: what was sent and what was not, in words."""
+    skipped = sum(1 for a in attempts if a.action.value == "skipped")
+    tried = len(attempts) - skipped
+    if not tried:
+        return f"nothing sent, {skipped} skipped" if skipped else "nothing to try"
+    return f"{tried} tried" + (f", {skipped} skipped" if skipped else "")
+
+
+def combo_path(attempts: Sequence[AttemptLike]) -> list[str]:
+    """The combo steps every attempt's path starts with (`["everyday"]`), shown once above the rows."""
+    paths = [a.path.split(_STEP)[:-1] for a in attempts]
+    if not paths:
+        return []
+    common = paths[0]
+    for path in paths[1:]:
+        n = 0
+        while n < min(len(common), len(path)) and common[n] == path[n]:
+            n += 1
+        common = common[:n]
+    return common
 
 
 def attempt_rows(attempts: Sequence[AttemptLike], now: float | None = None) -> list[list[str]]:
-    """The cells of the attempt table, one row per attempt (skips included)."""
+    """The cells of the attempt table, one row per attempt (skips included); the combo path that every
+    row shares is left out (attempt_table names it once)."""
     now = time.time() if now is None else now
+    shared = len(combo_path(attempts))
     rows = []
     for i, a in enumerate(attempts, 1):
         note = a.message
@@ -134,14 +160,40 @@ def attempt_rows(attempts: Sequence[AttemptLike], now: float | None = None) -> l
             note = f"{note} (warning: {a.warning})".strip()
         tokens = f"{a.usage.input_tokens}+{a.usage.output_tokens}" if a.usage else ""
         cost = "" if a.usage is None and a.cost_usd is None else dollars(a.cost_usd)
-        rows.append([str(i), a.path, a.action.value, a.kind.value if a.kind else "",
-                     "" if a.status is None else str(a.status), ms(a.latency_s), tokens, cost, note[:NOTE_WIDTH]])
+        rows.append([str(i), _STEP.join(a.path.split(_STEP)[shared:]), a.action.value, a.kind.value if a.kind else "",
+                     "" if a.status is None else str(a.status), ms(a.latency_s), tokens, cost, note])
     return rows
 
 
-def attempt_table(attempts: Sequence[AttemptLike], now: float | None = None) -> Table:
-    """Every attempt of one call: candidate, what the loop did, the error kind, latency, tokens, cost."""
-    return Table(ATTEMPT_HEADERS, attempt_rows(attempts, now), empty="(no attempts)")
+def _outcome(action: str, kind: str, status: str) -> str:
+    """`served`, `advance (rate_limit 429)`."""
+    why = " ".join(x for x in (kind, status) if x)
+    return f"{action} ({why})" if why else action
+
+
+#: the columns a narrow (terminal) attempt table keeps: candidate, outcome, latency, note
+COMPACT_ATTEMPT_HEADERS = ["candidate", "outcome", "latency", "note"]
+
+
+def attempt_table(attempts: Sequence[AttemptLike], now: float | None = None, *, compact: bool = False) -> Table:
+    """Every attempt of one call: candidate, what the loop did, the error kind, latency, tokens, cost, and
+    a note cut at NOTE_WIDTH (whole in the HTML, on demand).
+
+    Args:
+        attempts: the call's attempts, skips included.
+        now: the wall clock, for the time left on a hold.
+        compact: four columns (candidate, outcome, latency, note) for a terminal.
+    """
+    path = combo_path(attempts)
+    rows = attempt_rows(attempts, now)
+    headers = list(ATTEMPT_HEADERS)
+    if compact:
+        headers = list(COMPACT_ATTEMPT_HEADERS)
+        rows = [[r[1], _outcome(r[2], r[3], r[4]), r[5], r[8]] for r in rows]
+    candidate = headers.index("candidate")
+    if path:
+        headers[candidate] = f"candidate (of {_STEP.join(path)})"
+    return Table(headers, rows, empty="(no attempts)", cut=NOTE_WIDTH)
 
 
 # ---- a decision ---------------------------------------------------------------------------
