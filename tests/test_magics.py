@@ -466,6 +466,30 @@ def test_ledger_counts_each_cell_per_combo_and_provider_and_unknown_prices(ip: A
     assert "unpriced" in table and "unknown" in table.split("unpriced")[1].splitlines()[0]
 
 
+def test_ledger_counts_a_provider_only_in_cells_that_sent_it_something(ip: Any, sim: Any, config_file: Path) -> None:
+    config_file.write_text(config_toml(sim, textwrap.dedent(f"""
+        [providers.alt]
+        protocol = "openai"
+        base_url = "{sim.openai_url}"
+        api_key_env = "SIM_KEY"
+
+        [combos.pair]
+        targets = ["alt/model-a", "sim/model-b"]
+    """)))
+    assert run(ip, "%llm config reload") is None
+    sim.script(RateLimited(retry_after=60), model="model-a")
+    for _ in range(3):  # alt is cooling down after the first cell: skipped, not sent to, in the next two
+        assert run(ip, "%%llm pair --no-stream\nhi") is None
+    ledger = magics(ip).ledger
+    assert [c.spend.attempts for c in ledger.cells] == [2, 1, 1]
+    by_provider = ledger.by_provider()
+    assert (by_provider["alt"].cells, by_provider["alt"].attempts) == (1, 1)
+    assert (by_provider["sim"].cells, by_provider["sim"].attempts) == (3, 3)
+    assert run(ip, "%llm cost") is None
+    table = outputs(ip)[-1]["data"]["text/plain"]
+    assert "attempts" in table.splitlines()[1]
+
+
 def test_ledger_records_the_cell_id_the_front_end_sends(ip: Any, sim: Any) -> None:
     class Kernel:  # JupyterLab puts cellId in the execute_request's metadata
         def get_parent(self) -> dict[str, Any]:
@@ -474,7 +498,8 @@ def test_ledger_records_the_cell_id_the_front_end_sends(ip: Any, sim: Any) -> No
     ip.kernel = Kernel()
     assert run(ip, "%%llm fast\nhi") is None
     entry = magics(ip).ledger.cells[-1]
-    assert entry.cell_id == "6f1c2d7e-aaaa-bbbb" and entry.label.endswith("6f1c2d7e")
+    # the ledger shows the cell as the notebook numbers it; the id is in the saved metadata, not cut short on screen
+    assert entry.cell_id == "6f1c2d7e-aaaa-bbbb" and entry.label == f"[{entry.execution_count}]"
     assert outputs(ip)[-1]["metadata"]["nbrouter"]["cell_id"] == "6f1c2d7e-aaaa-bbbb"
 
 
