@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from ..router import _text
 from ..router.types import Action, Attempt, RouteResult
+from .frontend import MIME, result_payload
 
 #: a streamed answer's output area is redrawn at most this often (10 times a second)
 UPDATE_INTERVAL_S = 0.1
@@ -274,6 +275,7 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         f"{_text.attempt_html(result.attempts)}</details></div>"
     )
     data = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
+    data[MIME] = result_payload(result)  # the JupyterLab / Notebook 7 extension's renderer
     return data, {METADATA_KEY: result_metadata(result, **extra)}
 
 

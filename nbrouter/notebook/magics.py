@@ -26,6 +26,7 @@ from traitlets import Bool, Enum, Float, Unicode
 
 from ..router.errors import BudgetExceeded, ComboConfigError, RouteError
 from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Done, ErrorKind, RouteResult, TextDelta, Usage
+from . import frontend
 from .display import FORMATS, LiveAnswer, TablesView, render_answer, result_bundle, short_traceback
 from .interpolation import interpolate
 from .ledger import CostLedger
@@ -538,6 +539,7 @@ def load_ipython_extension(ipython: Any) -> None:
         return
     magics = LLMMagics(shell=ipython)
     ipython.register_magics(magics)
+    frontend.register(ipython, lambda: magics.router)  # the extension's status board asks through this comm
     magics.open()
 
 
