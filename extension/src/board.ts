@@ -118,7 +118,7 @@ export function buildBoard(
   const section = (
     title: string,
     headers: string[],
-    rows: { key: string; cells: string[]; held: boolean }[]
+    rows: { key: string; cells: string[]; held: boolean; detail?: string }[]
   ): void => {
     const h = doc.createElement('h3');
     h.textContent = title;
@@ -136,6 +136,9 @@ export function buildBoard(
       const tr = body.insertRow();
       tr.className = row.held ? 'nbr-board-row nbr-held' : 'nbr-board-row';
       tr.dataset.key = row.key;
+      if (row.detail) {
+        tr.title = row.detail;
+      }
       for (const value of row.cells) {
         const td = tr.insertCell();
         td.textContent = value;
@@ -151,18 +154,24 @@ export function buildBoard(
     }
     root.appendChild(table);
   };
+  // three columns and the button, so the board fits a side panel; the rest is in each row's tooltip
   section(
     'candidates',
-    ['candidate', 'state', 'time left', 'p50', 'requests', 'errors'],
+    ['candidate', 'state', 'left'],
     status.candidates.map(r => ({
       key: r.candidate,
       held: unwell(r),
-      cells: [r.candidate, stateText(r), timeLeft(r.hold_left_s, elapsedS), formatSeconds(r.p50_s), String(r.requests), String(r.errors)]
+      cells: [r.candidate, stateText(r), timeLeft(r.hold_left_s, elapsedS)],
+      detail: [
+        `${r.requests} requests, ${r.errors} errors`,
+        r.p50_s === null ? '' : `p50 ${formatSeconds(r.p50_s)}`,
+        r.last_error ? `last error: ${r.last_error}` : ''
+      ].filter(Boolean).join('; ')
     }))
   );
   section(
     'accounts',
-    ['account', 'state', 'time left'],
+    ['account', 'state', 'left'],
     status.accounts.map(r => ({
       key: r.account,
       held: unwell(r),

@@ -15,7 +15,7 @@ export function formatSpan(seconds: number): string {
     return `${Math.ceil(s)} s`;
   }
   if (s < 5400) {
-    return `${Math.round(s / 60)} min`;
+    return `${Math.ceil(s / 60)} min`;
   }
   return `${Math.round(s / 3600)} h`;
 }

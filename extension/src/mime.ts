@@ -7,7 +7,7 @@ import { renderMarkdown } from '@jupyterlab/rendermime';
 import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
 import { Widget } from '@lumino/widgets';
 
-import { answerMarkdown } from './markdown';
+import { answerMarkdown, restoreDollars } from './markdown';
 import { MIME, parsePayload } from './payload';
 import { buildResult } from './view';
 
@@ -40,13 +40,21 @@ export class RenderedResult extends Widget implements IRenderMime.IRenderer {
       linkHandler,
       latexTypesetter,
       markdownParser: markdownParser ?? null,
-      shouldTypeset: this.isAttached,
+      // typeset after the literal dollars are back in elements of their own
+      shouldTypeset: false,
       translator
     });
+    restoreDollars(view.answer);
+    if (this.isAttached) {
+      latexTypesetter?.typeset(view.answer);
+    }
   }
 
   protected onAfterAttach(): void {
-    this.options.latexTypesetter?.typeset(this.node);
+    const answer = this.node.querySelector<HTMLElement>('.nbr-answer');
+    if (answer) {
+      this.options.latexTypesetter?.typeset(answer);
+    }
   }
 }
 

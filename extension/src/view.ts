@@ -44,7 +44,7 @@ export function attemptRow(a: AttemptPayload, index: number): string[] {
     formatSeconds(a.latency),
     tokens,
     cost,
-    note.slice(0, 200)
+    note.slice(0, 120)
   ];
 }
 
