@@ -5,7 +5,8 @@ A person's path: `%load_ext nbrouter`, a `%%llm` cell whose first target is rate
 timeline shows an amber `advance` bar and a green `served` one; hovering a bar shows its row), the spend
 item in the status bar (Notebook 7: the notebook's toolbar) counting the cell's exact cost, a second cell
 (the cooling target is now `skipped`) and the spend updated, then the status board in the side panel
-listing the cooling candidate, whose reset clears it. Screenshots in light and dark themes go to
+listing the cooling candidate, whose reset clears it. The `%%llm` cell's editor shows the magic line and
+the Markdown prompt highlighted. Screenshots in light and dark themes go to
 `artifacts/` at the repository root.
 
 The extension under test is this checkout's build (nbrouter/labextension, which `pip install -e .`
@@ -61,7 +62,7 @@ def _notebook(path: Path) -> None:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nb.cells = [
         nbformat.v4.new_code_cell("%load_ext nbrouter"),
-        nbformat.v4.new_code_cell(f"%%llm {COMBO}\nWhat does it cost?"),
+        nbformat.v4.new_code_cell(f"%%llm {COMBO} -t 0.2\nWhat does it **cost**?"),
         nbformat.v4.new_code_cell(f"%%llm {COMBO}\nAnd now?"),
     ]
     nbformat.write(nb, str(path))
@@ -166,8 +167,9 @@ def test_route_timeline_spend_and_status_board(server: dict[str, Any]) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(STEP_MS)
         expect.set_options(timeout=STEP_MS)
-        errors: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "nbrouter" in m.text.lower() else None)
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
         try:
             page.goto(server["url"])
             cells = page.locator(".jp-Notebook .jp-Cell")
@@ -189,6 +191,15 @@ def test_route_timeline_spend_and_status_board(server: dict[str, Any]) -> None:
                     except AssertionError:
                         continue
                 expect(prompt).to_have_text(re.compile(r"\[\d+\]:"))  # finished, not "[*]:"
+
+            # a %%llm cell reads as a prompt: the magic line, then Markdown; other cells are left alone
+            editor = cells.nth(1).locator(".cm-content")
+            expect(editor.locator(".cm-nbr-magic")).to_have_text("%%llm")
+            expect(editor.locator(".cm-nbr-combo")).to_have_text(COMBO)
+            expect(editor.locator(".cm-nbr-option")).to_have_text("-t")
+            expect(editor.locator(".cm-nbr-md-strong").first).to_be_visible()
+            assert "".join(editor.locator(".cm-nbr-md-strong").all_inner_texts()) == "**cost**"
+            expect(cells.nth(0).locator(".cm-nbr-magic")).to_have_count(0)
 
             spend = page.locator(".nbr-spend-item")
             # hidden while the kernel has no nbrouter
@@ -253,10 +264,12 @@ def test_route_timeline_spend_and_status_board(server: dict[str, Any]) -> None:
             page.screenshot(path=str(ARTIFACTS / f"extension-{app}-dark.png"))
             served = bars.nth(1).evaluate("b => getComputedStyle(b).backgroundColor")
             assert served not in ("", "rgba(0, 0, 0, 0)"), served
-            assert errors == [], errors
+            ours = [m for m in console if m.startswith(("error", "pageerror")) and "nbrouter" in m.lower()]
+            assert ours == [], ours
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / f"extension-{app}-failure.png"), full_page=True)
             print(server["log"].read_text()[-4000:])
+            print("browser console:", *console[-60:], sep="\n")
             raise
         finally:
             browser.close()

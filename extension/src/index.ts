@@ -5,13 +5,17 @@
  */
 
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { EditorExtensionRegistry, IEditorExtensionRegistry, IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
+import { Parser } from '@lezer/common';
+
 import { buildBoard, health, HEALTH_TEXT } from './board';
+import { llmCellHighlight } from './llmcell';
 import { NotebookSession } from './session';
 
 const ROUTE_SVG =
@@ -222,4 +226,29 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+/** `%%llm` cells highlighted as a magic line over a Markdown prompt (see llmcell.ts). */
+const llmCells: JupyterFrontEndPlugin<void> = {
+  id: 'nbrouter-labextension:llm-cells',
+  description: 'Highlights the prompt of a %%llm cell as Markdown.',
+  autoStart: true,
+  requires: [IEditorExtensionRegistry, IEditorLanguageRegistry],
+  activate: (app: JupyterFrontEnd, extensions: IEditorExtensionRegistry, languages: IEditorLanguageRegistry) => {
+    let parser: Parser | null = null;
+    const loaded = languages
+      .getLanguage('markdown')
+      .then(language => {
+        parser = language?.support?.language.parser ?? null;
+      })
+      .catch(() => undefined); // without the parser the magic line is still marked
+    const extension = llmCellHighlight(() => parser, loaded);
+    extensions.addExtension({
+      name: 'nbrouter:llm-cells',
+      // not in Markdown cells and files, where a line starting with %%llm is just text (cell editors
+      // are the "inline" ones; the extension checks the first line itself)
+      factory: options =>
+        /markdown|gfm/.test(options.model.mimeType) ? null : EditorExtensionRegistry.createImmutableExtension(extension)
+    });
+  }
+};
+
+export default [plugin, llmCells];
