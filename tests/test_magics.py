@@ -188,7 +188,7 @@ def test_streamed_cell_updates_one_output_in_place_and_ends_with_the_full_bundle
     assert all(o["transient"]["display_id"] == display_id for o in outs)
     assert not outs[0]["update"] and all(o["update"] for o in outs[1:])
     final = outs[-1]
-    assert set(final["data"]) == {"text/plain", "text/markdown", "text/html"}
+    assert set(final["data"]) == {"text/plain", "text/markdown", "text/html", "application/vnd.nbrouter.result+json"}
     assert final["data"]["text/plain"].startswith("Hello **world**")
     assert "<strong>world</strong>" in final["data"]["text/html"]
     assert "<details" in final["data"]["text/html"]

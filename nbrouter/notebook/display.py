@@ -24,6 +24,7 @@ from ..report import MUTED_TEXT, escape_dollars, escape_markdown, html_text, mar
 from ..router import views
 from ..router.errors import AllTargetsFailed, StopError
 from ..router.types import Action, Attempt, RouteResult
+from .frontend import MIME, result_payload
 
 #: a streamed answer's output area is redrawn at most this often (10 times a second)
 UPDATE_INTERVAL_S = 0.1
@@ -152,6 +153,7 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         f"{table.html()}</details></div>"
     )
     data = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
+    data[MIME] = result_payload(result)  # the JupyterLab / Notebook 7 extension's renderer
     return data, {METADATA_KEY: result_metadata(result, **extra)}
 
 

@@ -31,6 +31,7 @@ from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Don
 from ..report import Table
 from ..router import views
 from .display import FORMATS, LiveAnswer, failure_bundle, failure_line, render_answer, result_bundle, short_traceback, terminal_width
+from . import frontend
 from .interpolation import interpolate
 from .ledger import CostLedger
 
@@ -685,6 +686,7 @@ def load_ipython_extension(ipython: Any) -> None:
     if cleanup is not None and keep_question_marks not in cleanup:
         cleanup.append(keep_question_marks)
     ipython.events.register("post_run_cell", magics.cell_finished)
+    frontend.register(ipython, lambda: magics.router)  # the extension's status board asks through this comm
     magics.open()
 
 
