@@ -95,8 +95,12 @@ def test_the_bundle_carries_the_payload_beside_the_fallbacks_and_no_key(sim: Any
     _, result = _fallback_result(sim, make_router)
     data, _ = result_bundle(result, "markdown")
     assert {"text/plain", "text/markdown", "text/html", MIME} <= set(data)
-    assert data["text/markdown"].startswith(ANSWER)
+    assert _unescaped(data["text/markdown"]).startswith(ANSWER)  # lone dollars come escaped (the dollar rule)
     assert SIM_KEY not in json.dumps(data)
+
+
+def _unescaped(markdown: str) -> str:
+    return markdown.replace("\\$", "$")
 
 
 def _fixture_shape(value: Any) -> Any:
@@ -124,7 +128,8 @@ def test_the_front_end_fixture_has_the_payload_the_kernel_sends_today(sim: Any, 
     assert _fixture_shape(stored[MIME]) == _fixture_shape(fresh[MIME])
     assert [a["action"] for a in stored[MIME]["attempts"]] == [a["action"] for a in fresh[MIME]["attempts"]]
     assert stored[MIME]["cost"] == fresh[MIME]["cost"]
-    assert stored["text/markdown"].startswith(ANSWER) and fresh["text/markdown"].startswith(ANSWER)
+    assert _unescaped(stored["text/markdown"]).startswith(ANSWER) and _unescaped(fresh["text/markdown"]).startswith(ANSWER)
+    assert stored["text/markdown"].split("\n\n")[0] == fresh["text/markdown"].split("\n\n")[0]  # escaped alike
 
 
 # ---- the comm, in a real kernel ---------------------------------------------------------------
