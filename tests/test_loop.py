@@ -76,19 +76,19 @@ def test_no_candidate_outside_the_combo_ever_serves(sim, make_router) -> None:
 def test_explain_shows_the_order_complete_then_uses_with_the_same_seed(sim, make_router) -> None:
     sim.script([RateLimited(retry_after=60)], model="a")
     router = make_router(sim_config(sim, {"c": {"targets": ["sim/a", "sim/b", "sim/c", "sim/d"], "strategy": "round-robin"}}))
-    router.complete("c", "warm up")  # a cools down, the turn counter moves
+    router.complete("c", "warm up")  # a cools down, the turn counter moves (b served a's turn)
     sim.reset()
     sim.script([ServerError(500)], model="c")
     decision = router.explain("c", "hi", seed=7)
     assert decision.seed == 7
-    assert [c.model for c in decision.order] == ["b", "c", "d"]
+    assert [c.model for c in decision.order] == ["c", "d", "b"]  # the next turn, over the three not cooling
     assert [r.candidate.model for r in decision.skipped] == ["a"]
     assert "cooling down" in decision.skipped[0].reason and "left" in decision.skipped[0].reason
     text = str(decision)
     assert "seed 7" in text and "round-robin" in text
     result = router.complete("c", "hi", seed=7)
-    assert tried(sim) == ["b"]
-    assert result.decision is not None and [c.model for c in result.decision.order] == ["b", "c", "d"]
+    assert tried(sim) == ["c", "d"]  # c's 500, then d serves: the order explain showed
+    assert result.decision is not None and [c.model for c in result.decision.order] == ["c", "d", "b"]
 
 
 def test_explain_sends_nothing_and_changes_nothing(sim, make_router) -> None:
