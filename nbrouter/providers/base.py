@@ -52,6 +52,29 @@ class ChatRequest:
     stream: bool = False
     #: OpenRouter only: the whole fallback list, sent as one request with the `models` array.
     models: list[str] | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    #: one portable reasoning setting: "low" | "medium" | "high", or a budget in tokens; each protocol maps
+    #: it (`reasoning_effort`, Anthropic's `thinking` budget, Gemini's `thinkingConfig`)
+    reasoning: str | int | None = None
+    #: anything else, merged into the JSON body as given (the step's or the call's own)
+    extra_body: dict[str, Any] | None = None
+
+
+#: the thinking budget (tokens) of each portable reasoning effort, for protocols that take a budget
+REASONING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
+
+
+def reasoning_effort(value: str | int) -> str:
+    """The effort ("low", "medium", "high") of a portable reasoning setting (a budget maps to the nearest)."""
+    if isinstance(value, str):
+        return value
+    return "low" if value <= REASONING_BUDGETS["low"] * 2 else "medium" if value <= REASONING_BUDGETS["medium"] * 2 else "high"
+
+
+def reasoning_budget(value: str | int) -> int:
+    """The budget in tokens of a portable reasoning setting."""
+    return REASONING_BUDGETS[value] if isinstance(value, str) else int(value)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from .base import (
     loose_text,
     malformed,
     obj,
+    reasoning_budget,
     string,
 )
 from .openai import MAX_MESSAGE_CHARS, parse_duration, retry_after
@@ -152,8 +153,16 @@ class GeminiProtocol(WireProtocol):
             schema = _json_schema(request.response_format)
             if schema is not None:
                 config["responseJsonSchema"] = schema
+        if request.top_p is not None:
+            config["topP"] = request.top_p
+        if request.stop:
+            config["stopSequences"] = request.stop
+        if request.reasoning is not None:
+            config["thinkingConfig"] = {"thinkingBudget": reasoning_budget(request.reasoning)}
         if config:
             body["generationConfig"] = config
+        if request.extra_body:
+            body.update(request.extra_body)
         headers = {"content-type": "application/json", **endpoint.headers}
         if endpoint.api_key:
             headers["x-goog-api-key"] = endpoint.api_key

@@ -27,6 +27,7 @@ from .base import (
     json_value,
     loose_text,
     obj,
+    reasoning_effort,
     string,
 )
 
@@ -162,9 +163,17 @@ class OpenAIProtocol(WireProtocol):
             body["temperature"] = request.temperature
         if request.response_format is not None:
             body["response_format"] = _response_format(request.response_format)
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = request.stop
+        if request.reasoning is not None:
+            body["reasoning_effort"] = reasoning_effort(request.reasoning)
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+        if request.extra_body:
+            body.update(request.extra_body)
         headers = {"content-type": "application/json", **endpoint.headers}
         if endpoint.api_key:
             headers["authorization"] = f"Bearer {endpoint.api_key}"

@@ -105,6 +105,9 @@ POLICY_ORDER = (("rate_limit_cooldown_s", "rate_limit_cooldown_cap_s"), ("auto_e
 #: the kinds a combo's `retries` may name (the policy's `retries` table)
 RETRIABLE = tuple(Policy().retries)
 
+#: the portable reasoning efforts of a step's `reasoning` (or a budget in tokens)
+REASONING_EFFORTS = ("low", "medium", "high")
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -715,7 +718,13 @@ def _step_option(key: str, value: Any, at: _At) -> Any:
     if key == "top_p":
         return _number(value, at, maximum=1.0, exclusive=True)
     if key == "stop":
-        return value if isinstance(value, str) and value else _strings(value, at, "stop sequences")
+        return [value] if isinstance(value, str) and value else _strings(value, at, "stop sequences")
+    if key == "reasoning":
+        if isinstance(value, str) and value in REASONING_EFFORTS:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        at.fail(f"must be one of {', '.join(REASONING_EFFORTS)} or a thinking budget in tokens, not {_describe(value)}")
     if key == "system":
         return _string(value, at, "a system prompt")
     if key == "extra_body":

@@ -24,7 +24,7 @@ from .errors import ComboConfigError, NoProviders
 from .policy import Policy
 from .pricing import PriceBook
 from .requests import CallRequest
-from .scoring import auto_pool
+from .combos import auto_pool
 from .scoring import excluded as auto_excluded
 from .state import StateStore
 from .strategies import STRATEGIES, RequestInfo, StrategyContext, order_accounts

@@ -208,6 +208,10 @@ class Router:
         response_format: dict[str, Any] | None = None,
         strategy: str | None = None,
         stream: bool = False,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        reasoning: str | int | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> RouteResult:
         """The async `complete`, on the caller's event loop.
 
@@ -224,10 +228,18 @@ class Router:
             response_format: an OpenAI-style `response_format`, mapped per protocol.
             strategy: overrides the combo's strategy for this call.
             stream: stream from the provider (the result is the same).
+            top_p: nucleus sampling.
+            stop: stop sequences.
+            reasoning: "low", "medium", "high" or a thinking budget in tokens, mapped per protocol
+                (`reasoning_effort`, Anthropic's `thinking`, Gemini's `thinkingConfig`).
+            extra_body: merged into the request's JSON body as given.
+
+        A step's own options (`{ target = "p/m", temperature = 0.2, ... }`) apply where the call gives none.
         """
         req = build_request(combo, prompt, stream=stream, messages=messages, system=system, max_tokens=max_tokens,
                             temperature=temperature, max_cost_usd=max_cost_usd, timeout_s=timeout_s, seed=seed,
-                            response_format=response_format, strategy=strategy)
+                            response_format=response_format, strategy=strategy, top_p=top_p, stop=stop,
+                            reasoning=reasoning, extra_body=extra_body)
         return await self._route(req, None)
 
     async def astream(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> AsyncIterator[RouteEvent]:

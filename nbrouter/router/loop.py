@@ -44,6 +44,8 @@ from .types import (
 )
 
 Emit = Callable[[RouteEvent], None]
+#: the request options a step may set and a call may override (model.STEP_OPTIONS, as ChatRequest fields)
+STEP_REQUEST_OPTIONS = ("system", "max_tokens", "temperature", "top_p", "stop", "reasoning", "extra_body")
 #: sends one request: (protocol, endpoint, request, timeout, on_text, on_first_byte) -> Completion
 Sender = Callable[..., Awaitable[Completion]]
 T = TypeVar("T")
@@ -477,9 +479,13 @@ class Loop:
         provider = self.decider.config.providers[c.provider]
         endpoint = self._endpoint(provider, c.account)
         req = call.req
-        request = ChatRequest(model=c.model, messages=req.messages, system=req.system, max_tokens=req.max_tokens,
-                              temperature=req.temperature, response_format=req.response_format, stream=req.stream,
-                              models=[g.model for g in group] if group else None)
+        step = dict(c.options) if c.options else {}
+        request = ChatRequest(
+            model=c.model, messages=req.messages, response_format=req.response_format, stream=req.stream,
+            models=[g.model for g in group] if group else None,
+            # a call's own arguments win over its step's options
+            **{name: getattr(req, name) if getattr(req, name) is not None else step.get(name) for name in STEP_REQUEST_OPTIONS},
+        )
         state = self.state
         now = self.clock.time()
         was_half_open = state.breaker_state(c.key, now) == "half_open"

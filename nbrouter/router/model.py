@@ -34,7 +34,7 @@ PROVIDER_FIELDS = {
 ACCOUNT_FIELDS = ("name", "api_key_env", "quota", "tier")
 #: the request options one step's inline table may set (`{ target = "p/m", temperature = 0.2 }`), kept in
 #: `Step.options`
-STEP_OPTIONS = ("max_tokens", "temperature", "top_p", "stop", "system", "extra_body")
+STEP_OPTIONS = ("max_tokens", "temperature", "top_p", "stop", "system", "reasoning", "extra_body")
 #: the keys of one step's inline table
 STEP_FIELDS = ("target", "combo", "weight", *STEP_OPTIONS)
 #: the top-level keys and tables of the file

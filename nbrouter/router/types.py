@@ -36,6 +36,8 @@ class Candidate:
     weight: float = field(default=1.0, compare=False)
     #: index of the step it came from in the resolved combo (accounts of one target share it)
     step: int = field(default=0, compare=False)
+    #: the request options its step sets (`{ target = "p/m", temperature = 0.2 }`); a call's own win
+    options: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         # computed once: the loop looks these up for every filter, state change and log row
