@@ -431,7 +431,13 @@ class Decider:
             fallback = "default" if combo.fallback_on is None else ",".join(sorted(k.value for k in combo.fallback_on))
             if len(self._notes) >= 1024:
                 self._notes.clear()
-            note = self._notes[id(combo)] = (combo, f"max_attempts {combo.max_attempts or self.policy.max_attempts}; fallback_on {fallback}")
+            retries = {k: int(v) for k, v in self.policy.retries.items()}
+            retries.update(combo.retries or {})
+            retry_text = ", ".join(f"{k} {n}" for k, n in sorted(retries.items()) if n) or "none"
+            text = f"max_attempts {combo.max_attempts or self.policy.max_attempts}; fallback_on {fallback}; retries {retry_text}"
+            if combo.hedge_after_s is not None:
+                text += f"; hedging: the next candidate starts too after {combo.hedge_after_s:g} s without a first byte"
+            note = self._notes[id(combo)] = (combo, text)
         return note[1]
 
     def _emergency_rows(self, candidates: list[Candidate], start: int, info: RequestInfo, req: CallRequest, now: float,
