@@ -37,6 +37,8 @@ class Endpoint:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: the environment variable the key was read from, named (never the value) when the key is unusable
     key_env: str | None = None
+    #: the account's name, for the router's own messages
+    account: str | None = None
 
 
 @dataclass

@@ -42,6 +42,7 @@ from .model import (
     parse_target,
 )
 from .packs import FACTORS, PACKS, VIRTUAL_COMBOS
+from .keys import KeySource
 from .policy import Policy
 from .strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from .types import ErrorKind
@@ -441,7 +442,7 @@ def _provider(name: str, raw: Any, at: _At) -> Provider:  # noqa: C901 - one che
 
     accounts: list[Account] = []
     if "accounts" in table:
-        for key in ("api_key_env", "quota", "tier"):
+        for key in ("api_key_env", "api_key_command", "api_key_provider", "quota", "tier"):
             if key in table:
                 at.key(key).fail(f"provider {name!r} lists `accounts`: `{key}` belongs in each [[providers.{name}.accounts]] entry")
         raw_accounts = table["accounts"]
@@ -457,7 +458,8 @@ def _provider(name: str, raw: Any, at: _At) -> Provider:  # noqa: C901 - one che
             env = _env_name(env, at.key("api_key_env"))
         quota = _quota(table["quota"], at.key("quota"), f"the quota of provider {name!r}") if "quota" in table else Quota()
         tier = _choice(table["tier"], TIERS, at.key("tier"), "tier") if "tier" in table else None
-        accounts.append(Account(DEFAULT_ACCOUNT, env, quota, tier))
+        source = _key_source(table, at, f"provider {name!r}")
+        accounts.append(Account(DEFAULT_ACCOUNT, None if source else env, quota, tier, key_source=source))
 
     models = _strings(table["models"], at.key("models"), "model ids") if "models" in table else []
     for i, model in enumerate(models):
@@ -524,7 +526,26 @@ def _account(raw: Any, at: _At, provider: str, index: int, before: list[Account]
     env = _env_name(table["api_key_env"], at.key("api_key_env")) if "api_key_env" in table else None
     quota = _quota(table["quota"], at.key("quota"), f"the quota of {label}") if "quota" in table else Quota()
     tier = _choice(table["tier"], TIERS, at.key("tier"), "tier") if "tier" in table else None
-    return Account(name=name, api_key_env=env, quota=quota, tier=tier)
+    return Account(name=name, api_key_env=env, quota=quota, tier=tier, key_source=_key_source(table, at, label))
+
+
+def _key_source(table: Mapping[str, Any], at: _At, label: str) -> KeySource | None:
+    """`api_key_command = ["prog", "arg"]` or `api_key_provider = "package.module:function"` (one of them,
+    and not with `api_key_env`)."""
+    given = [k for k in ("api_key_env", "api_key_command", "api_key_provider") if k in table]
+    if len(given) > 1:
+        at.key(given[1]).fail(f"{label}: give one of `api_key_env`, `api_key_command` or `api_key_provider`, not {' and '.join(given)}")
+    if "api_key_command" in table:
+        argv = _strings(table["api_key_command"], at.key("api_key_command"), "the command and its arguments (no shell)")
+        if not argv:
+            at.key("api_key_command").fail("must name a program to run")
+        return KeySource(command=tuple(argv))
+    if "api_key_provider" in table:
+        value = table["api_key_provider"]
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            at.key("api_key_provider").fail(f"must be \"package.module:function\", not {_describe(value)}")
+        return KeySource(provider=value)
+    return None
 
 
 def _quota(raw: Any, at: _At, where: str) -> Quota:

@@ -24,6 +24,7 @@ from .._core import Clock, ErrorKind, ProviderFailure, Usage, remember_secret, s
 from ..providers import ChatRequest, Completion, Endpoint, get_protocol
 from .model import Combo, Provider
 from .decide import EMERGENCY, Decider
+from .keys import KeyError_
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
 from .policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
 from .requests import CallRequest
@@ -466,7 +467,7 @@ class Loop:
             remember_secret(key)
             ep = Endpoint(provider=provider.name, protocol=provider.protocol, base_url=provider.base_url, api_key=key,
                           preset=provider.preset, local=provider.local, headers=dict(provider.headers),
-                          key_env=acc.api_key_env if acc is not None else None)
+                          key_env=acc.api_key_env if acc is not None else None, account=account)
             self._endpoints[cache_key] = ep
         return ep
 
@@ -516,8 +517,20 @@ class Loop:
         in_flight = self.decider.in_flight
         in_flight[c.key] = in_flight.get(c.key, 0) + 1
         try:
+            acc = provider.account(c.account)
+            if acc is not None and acc.key_source is not None and acc.key_source.cached() is None:
+                await self._fetch_key(provider, c.account)  # the account's first use (or after a failed fetch)
+                endpoint = self._endpoint(provider, c.account)
             completion = await _within(timeout_s, self._send(provider, endpoint, request, timeout_s, on_text, on_first_byte))
         except ProviderFailure as failure:
+            rule = rule_for(failure.kind)
+            acc = provider.account(c.account)
+            if rule.retry_when_key_changed and not retry and acc is not None and acc.key_source is not None \
+                    and endpoint.api_key is not None:
+                try:  # a refused key of a command or function: fetch a fresh one, so the retry can use it
+                    await self._fetch_key(provider, c.account)
+                except ProviderFailure as refresh_failed:
+                    failure.message += f" ({refresh_failed.message})"
             return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
                                          first[0] if first else None, now, retry, was_half_open)
         except asyncio.CancelledError:
@@ -557,6 +570,17 @@ class Loop:
             c = next((g for g in group if g.model == served), None) or next((g for g in group if served.startswith(g.model)), c)
             note = f"one OpenRouter request with models [{', '.join(g.model for g in group)}]; it served {served}"
         return self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
+
+    async def _fetch_key(self, provider: Provider, account: str) -> None:
+        """Run an account's key command or function (in a thread: it may take seconds); a failure is this
+        attempt's `auth` failure, naming what failed and never its output."""
+        acc = provider.account(account)
+        if acc is None or acc.key_source is None:
+            return
+        try:
+            await asyncio.to_thread(acc.key_source.fetch, self.policy.key_command_timeout_s)
+        except KeyError_ as exc:
+            raise ProviderFailure(ErrorKind.AUTH, f"no key for account {provider.name}#{account}: {exc}") from None
 
     async def _send(self, provider: Provider, endpoint: Endpoint, request: ChatRequest, timeout_s: float,
                     on_text: Callable[[str], None] | None, on_first_byte: Callable[[], None]) -> Completion:

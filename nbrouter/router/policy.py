@@ -38,6 +38,8 @@ class Policy:
     server_error_backoff_s: float = 0.25
     # a managed local server that failed to start is not started again for this long
     managed_start_retry_s: float = 30.0
+    # an account's `api_key_command` may run this long
+    key_command_timeout_s: float = 30.0
     # same-target retries before moving on, per error kind (a combo's `retries` overrides), and their
     # jittered exponential backoff: retry_backoff_s x 2^(n-1), at most retry_backoff_cap_s, times a
     # factor drawn from [1 - retry_jitter, 1 + retry_jitter]; a Retry-After longer than that is honoured
