@@ -20,7 +20,7 @@ import pytest
 from conftest import sim_config
 from nbrouter import Router
 from nbrouter.router.state import StateStore
-from nbrouter.router.store import SQLiteBackend
+from nbrouter.router.store import SCHEMA_VERSION, SQLiteBackend
 from nbrouter.router.types import Action, Attempt
 from nbrouter.testing import NotFound, ServerError
 
@@ -152,13 +152,20 @@ def test_another_programs_file_is_moved_aside_not_written_into(sim, tmp_path: Pa
 HOLDER = """
 import sqlite3
 conn = sqlite3.connect({path!r}, isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
+for sql in {begin!r}:
+    conn.execute(sql)
 print("locked", flush=True)
 sys.stdin.readline()
 conn.execute("COMMIT")
 conn.close()
 print("released", flush=True)
 """
+
+
+#: what another process does to hold the write lock; readers still read a WAL file
+IMMEDIATE = ["BEGIN IMMEDIATE"]
+#: ... and what shuts readers out as well (a stuck program, a connection in exclusive locking mode)
+EXCLUSIVE = ["PRAGMA locking_mode=EXCLUSIVE", "BEGIN EXCLUSIVE"]
 
 
 def _release(holder: subprocess.Popen[str]) -> None:
@@ -178,7 +185,7 @@ def test_a_write_lock_held_by_another_process_is_waited_out_never_taken_for_dama
     path = tmp_path / "s.sqlite3"
     StateStore(path).close()
     inode = path.stat().st_ino
-    with spawn(HOLDER.format(path=str(path))) as holder:
+    with spawn(HOLDER.format(path=str(path), begin=IMMEDIATE)) as holder:
         wait_for_line(holder, "locked")
         store = StateStore(backend=_quick(path))
         with pytest.warns(RuntimeWarning, match="busy"):
@@ -193,12 +200,19 @@ def test_a_write_lock_held_by_another_process_is_waited_out_never_taken_for_dama
         store.close()
 
 
-def test_a_file_busy_at_open_runs_on_memory_says_so_and_recovers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("exclusive", [False, True], ids=["write lock, file to migrate", "exclusive lock"])
+def test_a_file_busy_at_open_runs_on_memory_says_so_and_recovers(tmp_path: Path, exclusive: bool) -> None:
     import shutil
 
     path = tmp_path / "s.sqlite3"
-    shutil.copy(SCHEMA_1, path)  # it needs a migration, which needs the write lock
-    with spawn(HOLDER.format(path=str(path))) as holder:
+    if exclusive:
+        old = StateStore(path)
+        old.set_hold("old#default/m", "lock", 4e9, "model not found")
+        old.log_attempts("call-1", "c", [served(0)], "q", "a")
+        old.close()
+    else:
+        shutil.copy(SCHEMA_1, path)  # it needs a migration, which needs the write lock
+    with spawn(HOLDER.format(path=str(path), begin=EXCLUSIVE if exclusive else IMMEDIATE)) as holder:
         wait_for_line(holder, "locked")
         with pytest.warns(RuntimeWarning, match="running on memory") as record:
             store = StateStore(backend=_quick(path))
@@ -207,15 +221,16 @@ def test_a_file_busy_at_open_runs_on_memory_says_so_and_recovers(tmp_path: Path)
         store.set_hold("p#new", "cooldown", 4e9, "quota exceeded", durable=True)
         store.log_attempts("call-new", "c", [served(1)], "q", "a")
         assert [r["call_id"] for r in store.recent_log(5)] == ["call-new"]  # waiting in memory
-        assert moved_aside(path) == [] and rows(path, "PRAGMA user_version") == [(1,)]
+        assert moved_aside(path) == [] and path.exists()
         _release(holder)
-        store.flush()
-        assert store.persistent and store.warning is None
-        store.refresh()
-        assert "old#default/m" in store.holds and "p#new" in store.holds  # the file's and our own
-        assert ("p#new",) in rows(path, "SELECT key FROM state WHERE kind='hold'")
-        assert [r["call_id"] for r in store.recent_log(5)] == ["call-1", "call-new"]
-        store.close()
+    store.flush()  # tries the file again at once
+    assert store.persistent and store.warning is None
+    store.refresh()
+    assert "old#default/m" in store.holds and "p#new" in store.holds  # the file's and our own
+    assert ("p#new",) in rows(path, "SELECT key FROM state WHERE kind='hold'")
+    assert [r["call_id"] for r in store.recent_log(5)] == ["call-1", "call-new"]
+    assert rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    store.close()
 
 
 # ---- values SQLite refuses ----------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.H
 
 _NO_DECISION = (None, None, None)
 
+_INT = frozenset({int, type(None)})
+_TEXT = frozenset({str, type(None)})
+
 #: how long a durable hold waits for the file (seconds of real time) before the call goes on without it
 DURABLE_WAIT_S = 2.0
 
@@ -221,20 +224,24 @@ class StateStore:
         if not self.log_content:
             prompt = response = None
         rows = []
-        # typed here, so that a provider's odd value (a dict as request id) costs nothing downstream
         for a in attempts:
             action = a.action.value
             u = a.usage
-            rows.append(typed_call(
-                (
-                    call_id, a.started_at, combo, a.candidate, a.path, action, a.kind.value if a.kind else None,
-                    a.status, a.latency_s, a.ttft_s, u.input_tokens if u else None, u.output_tokens if u else None,
-                    u.cached_tokens if u else None, str(a.cost_usd) if a.cost_usd is not None else None, a.message,
-                    a.request_id, a.hold, a.hold_until, a.warning,
-                    prompt if action != "skipped" else None, response if action == "served" else None,
-                    *(decision or _NO_DECISION),
-                )
-            ))
+            row = (
+                call_id, a.started_at, combo, a.candidate, a.path, action, a.kind.value if a.kind else None,
+                a.status, a.latency_s, a.ttft_s, u.input_tokens if u else None, u.output_tokens if u else None,
+                u.cached_tokens if u else None, str(a.cost_usd) if a.cost_usd is not None else None, a.message,
+                a.request_id, a.hold, a.hold_until, a.warning,
+                prompt if action != "skipped" else None, response if action == "served" else None,
+                *(decision or _NO_DECISION),
+            )
+            # the values a provider's reply supplies are checked here (a few type() calls); a row with an
+            # odd one (a dict as request id, a count sent as a string) is typed whole before it is queued
+            if not (type(a.status) in _INT and type(a.request_id) in _TEXT and type(a.message) in _TEXT
+                    and type(a.warning) in _TEXT and (u is None or (type(u.input_tokens) in _INT
+                    and type(u.output_tokens) in _INT and type(u.cached_tokens) in _INT))):
+                row = typed_call(row)
+            rows.append(row)
         if self._writer is not None:
             self._writer.log(rows)
         else:

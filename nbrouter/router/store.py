@@ -4,6 +4,16 @@ that mirrors changes into a backend in batches, off the request's path.
 
 A backend stores opaque rows: (kind, key, value text, updated) for state, and call-log rows whose columns
 are `CALL_COLUMNS`. What the values mean is `health.py`'s business; what to remember is `state.py`'s.
+
+What can go wrong with the file, and what happens:
+
+- not ours or not whole (damaged pages, undecodable text, another program's tables, a newer schema):
+  moved aside at open, with a warning naming both paths, and a fresh file started;
+- busy (another connection holds a lock past the wait): never renamed; `StoreBusy`, the store runs on
+  memory, and the writer keeps the changes and tries the file again in the background;
+- a value SQLite refuses: the batch is written again item by item, and only that item is left out;
+- a killed process: what a durable flush wrote survives; the last batch window (50 ms) may not. The
+  pending batch is written at exit and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -55,8 +65,8 @@ StateRow = tuple[str, str, str, float]  # kind, key, value, updated
 def _add_call_columns(version: int) -> Callable[[sqlite3.Connection], None]:
     def migrate(conn: sqlite3.Connection) -> None:
         have = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
-        for c in CALL_COLUMNS:
-            if c.since == version and c.name not in have:
+        for c in CALL_COLUMNS:  # and any earlier column a hand-made or half-written table lacks
+            if c.since <= version and c.name not in have:
                 conn.execute(f"ALTER TABLE calls ADD COLUMN {c.name} {c.type}")
     migrate.__doc__ = f"The call log gains the columns of schema {version}."
     return migrate
