@@ -703,43 +703,60 @@ class BatchWriter:
 
     def _run(self) -> None:
         while True:
-            if self.healthy or self._closing:
-                self._wake.wait(0.5)
-            else:
-                self._urgent.wait(RETRY_S)  # a busy file is not hammered on every change
-            self._wake.clear()
-            if not self.opened and not self._broken and not self._closing:
-                self._try_open()
-            with self._lock:
-                generation = self._asked
-                durable = self._durable_asked > self._done
-                stop = self._closing
-                self._urgent.clear()  # the flushes asked so far are served by this batch
-                if self.opened or self._broken:
-                    dirty, self._dirty = self._dirty, {}
-                    rows, self.rows = self.rows, []
-                else:  # not open yet: the changes wait for the file
-                    dirty, rows = {}, []
-            # a broken backend takes nothing more: the store's memory is all there is
-            ok = self.opened and not self._broken and self._write(dirty, rows, durable)
-            with self._flushed:
-                if ok:
-                    self._done = max(self._done, generation)
-                else:
-                    self._failed = max(self._failed, generation)
-                self._flushed.notify_all()
-            if stop:
-                return
+            try:
+                if self._step():
+                    return
+            except Exception as exc:  # the writer must outlive any surprise; the store says what happened
+                self._problem = f"state store writer error ({_short(exc)}); recent state kept in memory only"
+                with self._flushed:
+                    self._failed = self._asked
+                    self._flushed.notify_all()
+                if self._closing:
+                    return
+                self._urgent.wait(RETRY_S)
+
+    def _step(self) -> bool:
+        """One turn of the writer: wait, write a batch; True when it is time to stop."""
+        if self.healthy or self._closing:
+            self._wake.wait(0.5)
+        else:
+            self._urgent.wait(RETRY_S)  # a busy file is not hammered on every change
+        self._wake.clear()
+        with self._lock:
+            # the flushes asked so far are answered by this turn (a flush asked during it, by the next)
+            generation = self._asked
+            durable = self._durable_asked > self._done
+            stop = self._closing
+            self._urgent.clear()
+        if not self.opened and not self._broken and not stop:
+            self._try_open()
+        with self._lock:
+            if self.opened or self._broken:
+                dirty, self._dirty = self._dirty, {}
+                rows, self.rows = self.rows, []
+            else:  # not open yet: the changes wait for the file
+                dirty, rows = {}, []
+        # a broken backend takes nothing more: the store's memory is all there is
+        ok = self.opened and not self._broken and self._write(dirty, rows, durable)
+        with self._flushed:
             if ok:
-                # let changes pile up into the next batch, unless a flush is waiting for them
-                self._urgent.wait(WRITE_BATCH_S)
+                self._done = max(self._done, generation)
+            else:
+                self._failed = max(self._failed, generation)
+            self._flushed.notify_all()
+        if stop:
+            return True
+        if ok:
+            # let changes pile up into the next batch, unless a flush is waiting for them
+            self._urgent.wait(WRITE_BATCH_S)
+        return False
 
     def _try_open(self) -> None:
         try:
             self.backend.open()
         except StoreBusy:
             return
-        except StoreUnavailable as exc:
+        except Exception as exc:  # StoreUnavailable, or a warning made an error (a test's filter)
             self._broken = True
             self._busy_warning = f"state store unavailable ({exc}); running on memory: cooldowns will not survive a restart"
             return
@@ -767,13 +784,13 @@ class BatchWriter:
             self._requeue(dirty, rows)
             if self._busy_warning is None:
                 self._busy_warning = f"{exc}; running on memory, changes are kept and written when it frees up"
-                warnings.warn("nbrouter: " + self._busy_warning, RuntimeWarning, stacklevel=1)
+                _warn_from_thread(self._busy_warning)
             return False
         except StoreUnavailable as exc:
             self._broken = isinstance(exc, StoreDamaged)
             self._problem = (f"{exc}; running on memory: cooldowns will not survive a restart"
                              + ("; the file is moved aside at the next start" if self._broken else ""))
-            warnings.warn("nbrouter: " + self._problem, RuntimeWarning, stacklevel=1)
+            _warn_from_thread(self._problem)
             return False
         except Exception as exc:  # the writer thread must not die of a surprise
             self._problem = f"state store write failed ({_short(exc)}); recent state kept in memory only"
@@ -783,7 +800,7 @@ class BatchWriter:
         if problems:
             self._problem = (f"{len(problems)} value(s) could not be stored and were left out of the state file "
                              f"(first: {problems[0]})")
-            warnings.warn("nbrouter: " + self._problem, RuntimeWarning, stacklevel=1)
+            _warn_from_thread(self._problem)
         return True
 
     def _requeue(self, dirty: dict[tuple[str, str], tuple[Any, float]], rows: list[tuple[Any, ...]]) -> None:
@@ -831,6 +848,14 @@ class BatchWriter:
             self._wake.set()
             # a busy file is not waited for again: what it did not take by now stays in memory only
             self._thread.join(timeout=timeout if healthy else 1.0)
+
+
+def _warn_from_thread(message: str) -> None:
+    """Warn from the writer thread; a filter that turns warnings into errors must not stop the writer."""
+    try:
+        warnings.warn("nbrouter: " + message, RuntimeWarning, stacklevel=1)
+    except Exception:
+        pass
 
 
 # ---- at exit and on SIGTERM ------------------------------------------------------------------------
