@@ -399,3 +399,22 @@ def test_a_state_path_that_cannot_be_a_file_runs_on_memory_and_moves_nothing(tmp
         assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
     finally:
         store.close()
+
+
+def test_sigterm_is_left_alone_when_ignored_or_when_the_store_starts_off_the_main_thread(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    with spawn(f"""
+        import threading
+        from nbrouter.router.state import StateStore
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        StateStore({str(path)!r})
+        print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, flush=True)
+    """) as ignored, spawn(f"""
+        import threading
+        from nbrouter.router.state import StateStore
+        t = threading.Thread(target=StateStore, args=({str(path)!r},))
+        t.start(); t.join()
+        print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+    """) as threaded:
+        wait_for_line(ignored, "True")
+        wait_for_line(threaded, "True")
