@@ -4,6 +4,7 @@ process matters, real subprocesses."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -418,3 +419,29 @@ def test_sigterm_is_left_alone_when_ignored_or_when_the_store_starts_off_the_mai
     """) as threaded:
         wait_for_line(ignored, "True")
         wait_for_line(threaded, "True")
+
+
+def test_a_quota_hold_set_by_a_call_survives_kill_9_right_after_the_call_returns(sim, tmp_path: Path) -> None:
+    """routing.md section 6: the holds that protect an account for long are on disk before the call returns."""
+    from nbrouter import Router
+    from nbrouter.testing import QuotaExceeded
+
+    sim.script([QuotaExceeded()], model="a")
+    state = tmp_path / "state.sqlite3"
+    config = {"providers": {"sim": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "SIM_KEY"},
+                            "other": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "SIM_KEY"}},
+              "combos": {"c": {"targets": ["sim/a", "other/b"]}}}
+    code = (
+        "import json, os, signal, sys\n"
+        "from nbrouter import Router\n"
+        f"router = Router(json.loads({json.dumps(json.dumps(config))}), state_path={str(state)!r})\n"
+        "result = router.complete('c', 'hi')\n"
+        "print(result.served_by, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert done.returncode == -signal.SIGKILL and done.stdout.strip() == "other#default/b", done.stderr
+    with Router(config, state_path=state) as after:
+        account = after.status().account("sim#default")
+        assert account["hold"] == "cooldown" and account["hold_reason"] == "quota exceeded"
+        assert [r.candidate.key for r in after.explain("c", "hi").skipped] == ["sim#default/a"]
