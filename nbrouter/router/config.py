@@ -95,6 +95,9 @@ POLICY_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "auto_stability_spread_share": (0, 1, False),
     "auto_task_scan_chars": (1, None, False),
     "retry_jitter": (0, 1, False),
+    "relay_threshold": (0, 1, True),
+    "relay_summary_messages": (1, None, False),
+    "relay_summary_max_tokens": (1, None, False),
 }
 #: `[policy]` tables whose values are scores in [0, 1]
 POLICY_SCORE_TABLES = ("auto_health_scores", "auto_tier_scores")

@@ -160,6 +160,15 @@ class _SeededRandom(random.Random):
         super().setstate(state)
 
 
+def conversation_key(messages: list[dict[str, Any]]) -> str | None:
+    """A conversation's identity: a hash of its first message, when the call carries history (more than
+    one message); None for a single prompt."""
+    if len(messages) < 2:
+        return None
+    first = messages[0]
+    return hashlib.sha256(f"{first.get('role')}\n{first.get('content')}".encode()).hexdigest()[:16]
+
+
 def fingerprint(key: str | None) -> str:
     """A short one-way fingerprint of a key, to notice that it changed without storing it."""
     if not key:
@@ -240,7 +249,10 @@ def _quota_used_up(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest
 
 
 def _context(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
-    """The estimated prompt plus max_tokens larger than the model's known context window."""
+    """The estimated prompt plus max_tokens larger than the model's known context window (a conversation
+    of a context-relay combo is compacted to fit instead)."""
+    if info.relay and info.conversation:
+        return None
     window = d.config.providers[c.provider].context_window(c.model)
     if window is not None and info.prompt_tokens + info.max_tokens > window:
         return f"context: ~{info.prompt_tokens} + {info.max_tokens} tokens > window {window}", None
@@ -369,7 +381,8 @@ class Decider:
         policy = self.policy
         prompt_tokens = estimate_prompt(req.messages, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message)
         max_tokens = req.max_tokens or policy.default_max_tokens_estimate
-        return RequestInfo(prompt_tokens=prompt_tokens, max_tokens=max_tokens, stream=req.stream, prompt=req.prompt_text)
+        return RequestInfo(prompt_tokens=prompt_tokens, max_tokens=max_tokens, stream=req.stream, prompt=req.prompt_text,
+                           conversation=conversation_key(req.messages))
 
     def decide(self, combo: Combo, req: CallRequest, now: float) -> tuple[Decision, RequestInfo]:
         """Resolve, filter and order; pure apart from dropping expired holds."""
@@ -378,6 +391,7 @@ class Decider:
         combo = auto_pool(self.config, combo)
         candidates, single_accounts = self.resolve(combo)
         info = self.request_info(req)
+        info.relay = combo.strategy == "context-relay"
         seed = req.seed if req.seed is not None else random.getrandbits(32)
         rows: list[DecisionRow] = []
         kept: list[Candidate] = []

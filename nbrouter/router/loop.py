@@ -27,10 +27,11 @@ from .decide import EMERGENCY, Decider
 from .keys import KeyError_
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
 from .policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
-from .requests import CallRequest
+from .requests import CallRequest, build_request
 from .scoring import record_exclusions
 from .state import StateStore
-from .strategies import COUNTED, RequestInfo
+from .tokens import estimate_prompt
+from .strategies import COUNTED, RequestInfo, relay_pointer
 from .types import (
     Action,
     Attempt,
@@ -45,6 +46,9 @@ from .types import (
 )
 
 Emit = Callable[[RouteEvent], None]
+#: what context-relay asks the cheapest candidate when a conversation must be compacted
+RELAY_SUMMARY_PROMPT = ("Summarise the conversation above in a few sentences: the facts, decisions and open "
+                        "questions someone continuing it must know. Answer with the summary only.")
 #: the request options a step may set and a call may override (model.STEP_OPTIONS, as ChatRequest fields)
 STEP_REQUEST_OPTIONS = ("system", "max_tokens", "temperature", "top_p", "stop", "reasoning", "extra_body")
 #: sends one request: (protocol, endpoint, request, timeout, on_text, on_first_byte) -> Completion
@@ -104,6 +108,8 @@ class _Call:
         self.id = f"{_call_ids.getrandbits(64):016x}"
         self.attempts: list[Attempt] = []
         self.shown = ""  # text already passed to the caller
+        #: what was done to the request for one candidate (context-relay's compaction), for its attempt row
+        self.notes: dict[str, str] = {}
         self.decision: Decision | None = None
         self.started = time.perf_counter()
         self.started_wall = clock.time()
@@ -370,6 +376,60 @@ class Loop:
                 return f"context overflow earlier: window {window or 'unknown'} is not larger", None
         return None
 
+    async def _relay_fit(self, call: _Call, combo: Combo, c: Candidate, info: RequestInfo) -> list[dict[str, Any]]:
+        """context-relay: the conversation's history as this candidate gets it. Above `relay_threshold` of its
+        known context window, the oldest turns (up to `relay_summary_messages`) are summarised by the combo's
+        cheapest candidate into one system message, or dropped if that fails, until it fits; the attempt row
+        says what was done."""
+        policy, req = self.policy, call.req
+        messages = req.messages
+        window = self.decider.config.providers[c.provider].context_window(c.model)
+        if window is None:
+            return messages
+        limit = policy.relay_threshold * window
+
+        def tokens(ms: list[dict[str, Any]]) -> int:
+            return estimate_prompt(ms, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message)
+
+        if tokens(messages) <= limit:
+            return messages
+        n = min(policy.relay_summary_messages, len(messages) - 1)  # the last message is the new turn
+        summary, by = await self._summarise(combo, messages[:n])
+        notes = []
+        if summary is not None:
+            out = [{"role": "system", "content": f"Summary of the earlier conversation: {summary}"}, *messages[n:]]
+            notes.append(f"summarised the oldest {n} messages into one (by {by})")
+        else:
+            out = list(messages)
+        dropped = 0
+        while len(out) > 1 and tokens(out) > limit:
+            out.pop(1 if summary is not None and len(out) > 2 else 0)
+            dropped += 1
+        if dropped:
+            notes.append(f"dropped the oldest {dropped} messages" + ("" if summary is not None else " (no summary could be made)"))
+        call.notes[c.key] = f"context-relay: {'; '.join(notes)} to fit {limit:.0f} of its {window} tokens"
+        return out
+
+    async def _summarise(self, combo: Combo, messages: list[dict[str, Any]]) -> tuple[str | None, str]:
+        """A short summary of `messages` by the combo's cheapest candidate (a routed call of its own), or None."""
+        candidates, _ = self.decider.resolve(combo)
+        if not candidates:
+            return None, ""
+        prices, providers = self.decider.prices, self.decider.config.providers
+
+        def cost(c: Candidate) -> tuple[bool, Any]:
+            estimate = prices.estimate(providers[c.provider], c.model, 1000, self.policy.relay_summary_max_tokens)
+            return estimate is None, estimate or 0
+
+        cheapest = min(candidates, key=cost)
+        ask = [*messages, {"role": "user", "content": RELAY_SUMMARY_PROMPT}]
+        try:
+            result = await self.run(build_request(cheapest.key, None, stream=False, messages=ask,
+                                                  max_tokens=self.policy.relay_summary_max_tokens), None)
+        except Exception:  # a summary that cannot be made: the oldest turns are dropped instead
+            return None, ""
+        return (result.text.strip() or None), result.served_by
+
     async def _hedged(self, call: _Call, combo: Combo, first: Candidate, info: RequestInfo, timeout_s: float,
                       next_candidate: Callable[[], Candidate | None]) -> RouteResult | tuple[ProviderFailure, Attempt]:
         """Hedging (`hedge_after_s`): when `first` has sent no first byte after that long, the next candidate
@@ -481,8 +541,11 @@ class Loop:
         endpoint = self._endpoint(provider, c.account)
         req = call.req
         step = dict(c.options) if c.options else {}
+        messages = req.messages
+        if combo.strategy == "context-relay" and info.conversation:
+            messages = await self._relay_fit(call, combo, c, info)
         request = ChatRequest(
-            model=c.model, messages=req.messages, response_format=req.response_format, stream=req.stream,
+            model=c.model, messages=messages, response_format=req.response_format, stream=req.stream,
             models=[g.model for g in group] if group else None,
             # a call's own arguments win over its step's options
             **{name: getattr(req, name) if getattr(req, name) is not None else step.get(name) for name in STEP_REQUEST_OPTIONS},
@@ -613,7 +676,7 @@ class Loop:
         a = Attempt(candidate=c.key, path=c.path_text, action=Action.SERVED, started_at=started, status=200,
                     latency_s=latency, ttft_s=ttft if call.req.stream else None, usage=usage, cost_usd=cost,
                     cost_known=cost is not None, request_id=completion.request_id, warning=warning,
-                    model=completion.model, message=note)
+                    model=completion.model, message="; ".join(n for n in (call.notes.pop(c.key, ""), note) if n))
         call.attempts.append(a)
         self.hooks.attempt(a)
         state.breaker_success(c.key)
@@ -623,6 +686,8 @@ class Loop:
         if completion.rate_limits is not None:
             state.record_ratelimits(c.account_key, completion.rate_limits)
         state.set_pointer(f"lkgp:{combo.name}", c.key)
+        if combo.strategy == "context-relay" and info.conversation:
+            state.set_pointer(relay_pointer(combo.name, info.conversation), c.key)  # it holds the conversation now
         if call.emit is not None:
             call.emit(AttemptFinished(a))
         return self._result(call, combo, c, completion=completion, partial_text=None, error=None)
@@ -639,6 +704,9 @@ class Loop:
         action = Action.ADVANCE if kind in fallback_on else Action.STOP
         hold = hold_until = None
         message = scrub(failure.message)
+        relay_note = call.notes.pop(c.key, "")
+        if relay_note:
+            message = f"{relay_note}; {message}"
         if failure.rate_limits is not None:
             state.record_ratelimits(c.account_key, failure.rate_limits)
         fresh_key: str | None = None

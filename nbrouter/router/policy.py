@@ -40,6 +40,11 @@ class Policy:
     managed_start_retry_s: float = 30.0
     # an account's `api_key_command` may run this long
     key_command_timeout_s: float = 30.0
+    # context-relay: a history above this share of the next candidate's context window is compacted to fit;
+    # up to relay_summary_messages of the oldest turns are summarised (in at most relay_summary_max_tokens)
+    relay_threshold: float = 0.85
+    relay_summary_messages: int = 30
+    relay_summary_max_tokens: int = 512
     # same-target retries before moving on, per error kind (a combo's `retries` overrides), and their
     # jittered exponential backoff: retry_backoff_s x 2^(n-1), at most retry_backoff_cap_s, times a
     # factor drawn from [1 - retry_jitter, 1 + retry_jitter]; a Retry-After longer than that is honoured

@@ -72,6 +72,10 @@ class RequestInfo:
     stream: bool
     prompt: str = ""
     task: str | None = None
+    #: a conversation's identity (a hash of its first message) when the call carries history, else None
+    conversation: str | None = None
+    #: the combo relays conversations (context-relay): a history too long for a window is compacted, not skipped
+    relay: bool = False
 
 
 @dataclass
@@ -321,6 +325,25 @@ def lkgp(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     return [pick] + [c for c in candidates if c is not pick]
 
 
+def relay_pointer(combo: str, conversation: str) -> str:
+    """The state pointer naming the candidate that holds a conversation (the loop sets it on success)."""
+    return f"relay:{combo}:{conversation}"
+
+
+def context_relay(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """For conversations: the candidate that holds this conversation first (it answered its last turn),
+    then as written. When the call must move, the loop hands the history over compacted to fit."""
+    conversation = ctx.request.conversation
+    holder = ctx.snapshot.pointer(relay_pointer(ctx.combo.name, conversation)) if conversation else None
+    pick = next((c for c in candidates if c.key == holder), None)
+    if pick is None:
+        if holder:
+            ctx.notes.append(f"context-relay: {holder} holds the conversation but is not available now: it moves")
+        return list(candidates)
+    ctx.note(pick, relay="holds the conversation")
+    return [pick] + [c for c in candidates if c is not pick]
+
+
 def context_fit(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     """Largest known context window first; unknown windows after, as written."""
     windows = {c.key: ctx.snapshot.context_window(c) for c in candidates}
@@ -415,6 +438,7 @@ STRATEGIES: dict[str, Strategy] = {
     "reset-aware": reset_aware,
     "lkgp": lkgp,
     "context-fit": context_fit,
+    "context-relay": context_relay,
     "auto": auto,
 }
 
