@@ -585,3 +585,16 @@ def test_rate_limit_without_retry_after_cools_until_the_spent_windows_reset_head
     account = router.status().account("sim#default")
     # the spent request window sets the cooldown; the token window (not spent) does not
     assert account["remaining_requests"] == 0 and account["remaining_tokens"] == 9000
+
+
+def test_unsupported_advances_to_a_model_that_may_take_the_request(sim, make_router) -> None:
+    from nbrouter.testing import Raw
+
+    body = {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model.",
+                      "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}}
+    sim.script([Raw(400, body)], model="a")
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b")))
+    result = router.complete("c", "hi", max_tokens=50)
+    assert kinds(result)[0] == ("sim#default/a", "advance", "unsupported")
+    assert result.served_by == "sim#default/b"
+    assert "sim#default/a" not in router.state.breakers  # it says nothing about the model's health

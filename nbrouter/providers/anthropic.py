@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from .._core import ErrorKind, Usage
 from .._core.secrets import excerpt
 from .base import (
+    UNSUPPORTED_TEXT,
     ChatRequest,
     Completion,
     Endpoint,
@@ -285,6 +286,8 @@ class AnthropicProtocol(WireProtocol):
                 return ErrorKind.QUOTA_EXCEEDED
             if _CONTEXT_TEXT.search(message):
                 return ErrorKind.CONTEXT_OVERFLOW
+        if etype == "invalid_request_error" and UNSUPPORTED_TEXT.search(message):
+            return ErrorKind.UNSUPPORTED
         kind = _TYPE_KINDS.get(etype)
         if kind is not None:
             return kind

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
@@ -241,3 +242,12 @@ def clean_id(value: Any) -> str | None:
         return None
     value = excerpt(value, MAX_REQUEST_ID_CHARS)
     return value if value.isprintable() else "".join(c if c.isprintable() else "?" for c in value)
+
+
+#: a 4xx whose message says the model refuses a feature the request uses (streaming, a JSON schema, a
+#: parameter): the kind `unsupported`, which falls back (another model may support it), not a stop
+UNSUPPORTED_TEXT = re.compile(
+    r"(?:does not|doesn't|do not) support|(?:is|are) not supported|not supported (?:by|for|with) (?:this|the) model"
+    r"|unsupported (?:parameter|value|model feature)|unrecognized request argument",
+    re.I,
+)

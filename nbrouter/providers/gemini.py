@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from .._core import ErrorKind, Usage
 from .._core.secrets import excerpt
 from .base import (
+    UNSUPPORTED_TEXT,
     ChatRequest,
     Completion,
     Endpoint,
@@ -272,6 +273,8 @@ class GeminiProtocol(WireProtocol):
             return ErrorKind.OVERLOADED
         if gstatus == "INTERNAL" or status >= 500:
             return ErrorKind.SERVER_ERROR
+        if (gstatus == "INVALID_ARGUMENT" or 400 <= status < 500) and UNSUPPORTED_TEXT.search(message):
+            return ErrorKind.UNSUPPORTED
         if gstatus == "INVALID_ARGUMENT" or 400 <= status < 500:
             return ErrorKind.INVALID_REQUEST
         # an error object with neither a known status nor a code, inside a 200 stream

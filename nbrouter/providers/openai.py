@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from .._core import ErrorKind, Usage
 from .._core.secrets import excerpt
 from .base import (
+    UNSUPPORTED_TEXT,
     ChatRequest,
     Completion,
     Endpoint,
@@ -325,6 +326,8 @@ class OpenAIProtocol(WireProtocol):
             return ErrorKind.OVERLOADED
         if status >= 500:
             return ErrorKind.SERVER_ERROR
+        if 400 <= status < 500 and (code in ("unsupported_parameter", "unsupported_value") or UNSUPPORTED_TEXT.search(message)):
+            return ErrorKind.UNSUPPORTED
         if status in (400, 413, 422) or 400 <= status < 500:
             return ErrorKind.INVALID_REQUEST
         # an error object with no status information (mid-stream): the server failed
