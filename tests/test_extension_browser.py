@@ -247,7 +247,7 @@ def test_route_timeline_spend_and_status_board(server: dict[str, Any]) -> None:
             expect(board).to_be_visible()
             row = board.locator('tr.nbr-board-row[data-key="sim#default/model-a"]')
             expect(row).to_contain_text("cooldown")
-            expect(row.locator("td").nth(2)).to_have_text(re.compile(r"\d+ (s|min)"))
+            expect(row.locator("td").nth(1)).to_have_text(re.compile(r"cooldown: .* · \d+ (s|min) left"))
             page.screenshot(path=str(ARTIFACTS / f"extension-{app}-light.png"))
             row.get_by_role("button", name="reset").click()
             expect(row).to_contain_text("healthy")
