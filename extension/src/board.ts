@@ -106,6 +106,11 @@ export function timeLeft(leftS: number | null, elapsedS: number): string {
   return leftS === null ? '' : formatSpan(leftS - elapsedS);
 }
 
+/** `cooldown: rate_limit · 2 min left`, or the state alone when the hold has no end. */
+export function withLeft(state: string, left: string): string {
+  return left ? `${state} · ${left} left` : state;
+}
+
 /** Build the board's tables; `onReset(key)` is called by each row's button. */
 export function buildBoard(
   doc: Document,
@@ -154,14 +159,14 @@ export function buildBoard(
     }
     root.appendChild(table);
   };
-  // three columns and the button, so the board fits a side panel; the rest is in each row's tooltip
+  // two columns and the button, so the board fits JupyterLab's side panel; the rest is in each row's tooltip
   section(
     'candidates',
-    ['candidate', 'state', 'left'],
+    ['candidate', 'state'],
     status.candidates.map(r => ({
       key: r.candidate,
       held: unwell(r),
-      cells: [r.candidate, stateText(r), timeLeft(r.hold_left_s, elapsedS)],
+      cells: [r.candidate, withLeft(stateText(r), timeLeft(r.hold_left_s, elapsedS))],
       detail: [
         `${r.requests} requests, ${r.errors} errors`,
         r.p50_s === null ? '' : `p50 ${formatSeconds(r.p50_s)}`,
@@ -171,11 +176,11 @@ export function buildBoard(
   );
   section(
     'accounts',
-    ['account', 'state', 'left'],
+    ['account', 'state'],
     status.accounts.map(r => ({
       key: r.account,
       held: unwell(r),
-      cells: [r.account, stateText(r), timeLeft(r.hold_left_s, elapsedS)]
+      cells: [r.account, withLeft(stateText(r), timeLeft(r.hold_left_s, elapsedS))]
     }))
   );
   if (status.warning) {

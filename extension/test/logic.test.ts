@@ -185,6 +185,7 @@ describe('the status board', () => {
     expect(buttons.map(b => b.disabled)).toEqual([false, true, true]);
     buttons[0].click();
     expect(reset).toEqual(['sim#default/model-a']);
-    expect(rows[0].textContent).toContain('2 min'); // 100 s left: minutes past 90 s, rounded up
+    expect(rows[0].cells[1].textContent).toBe('cooldown: rate_limit · 2 min left'); // past 90 s in minutes, rounded up
+    expect(rows[1].cells[1].textContent).toBe('healthy');
   });
 });
