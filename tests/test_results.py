@@ -251,3 +251,24 @@ def test_the_errors_docstring_draws_the_real_exception_tree() -> None:
     assert set(drawn) == set(classes)
     for name, cls in classes.items():
         assert cls.__bases__[0].__name__ == drawn[name], name
+
+
+@pytest.mark.parametrize("module_name", ["nbrouter", "nbrouter.testing", "nbrouter.providers", "nbrouter._core", "nbrouter.report"])
+def test_all_lists_every_public_name_and_nothing_else(module_name: str) -> None:
+    """`__all__` checked both ways, as httpx does: every public name of the module is in it, and every name
+    in it exists (submodules and `from __future__` features are not names of the API)."""
+    import __future__
+    import importlib
+    import inspect
+
+    module = importlib.import_module(module_name)
+    public = {
+        name for name, value in vars(module).items()
+        if not name.startswith("_") and not inspect.ismodule(value) and not isinstance(value, __future__._Feature)
+        and not (inspect.isclass(value) and value.__module__ == "typing") and name != "TYPE_CHECKING"
+    }
+    listed = set(module.__all__)
+    lazy = {name for name in listed if name not in vars(module)}  # loaded on first use (module __getattr__)
+    assert public == listed - lazy - {"__version__"}
+    for name in listed:
+        assert getattr(module, name) is not None
