@@ -27,8 +27,9 @@ from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Float, Unicode
 
 from ..router.errors import AllTargetsFailed, BudgetExceeded, ComboConfigError, RouteError
-from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Done, ErrorKind, RouteResult, TextDelta, Usage
-from ..report import Table
+from ..router.status import Status
+from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta, Usage
+from ..report import Shown, Table
 from ..router import views
 from .display import FORMATS, LiveAnswer, failure_bundle, failure_line, render_answer, result_bundle, short_traceback, terminal_width
 from .interpolation import interpolate
@@ -401,8 +402,17 @@ class LLMMagics(Magics):
         return word in combos or word in VIRTUAL_COMBOS or "/" in word
 
     def _show(self, obj: Any) -> None:
+        """Display a table (or a Decision, a Status): HTML in a notebook, text fitted to the terminal."""
         from IPython.display import display
 
+        if isinstance(obj, Decision):
+            display({"text/plain": views.decision_text(obj, terminal_width()), "text/html": views.decision_html(obj)}, raw=True)
+            return
+        if isinstance(obj, Status):
+            obj = obj.tables()
+        if isinstance(obj, Shown):
+            display({**obj._repr_mimebundle_(), "text/plain": obj.text(terminal_width())}, raw=True)
+            return
         display(obj)
 
     def _help(self, rest: str) -> None:
@@ -472,7 +482,7 @@ class LLMMagics(Magics):
                     accounts.append(acc.name)
             rows.append([name, p.protocol + (" (local)" if p.local else ""), scrub(p.base_url), ", ".join(accounts),
                          ", ".join(p.models), p.source + ("" if p.enabled else " (disabled)")])
-        self._show(Table(["provider", "protocol", "base url", "accounts", "models", "from"], rows))
+        self._show(Table(["provider", "protocol", "base url", "accounts", "models", "from"], rows, wrap=[3, 4]))
 
     def _cmd_status(self, rest: str) -> None:
         if rest.split() == ["--live"]:
