@@ -482,7 +482,7 @@ class LLMMagics(Magics):
                     accounts.append(acc.name)
             rows.append([name, p.protocol + (" (local)" if p.local else ""), scrub(p.base_url), ", ".join(accounts),
                          ", ".join(p.models), p.source + ("" if p.enabled else " (disabled)")])
-        self._show(Table(["provider", "protocol", "base url", "accounts", "models", "from"], rows, wrap=[3, 4]))
+        self._show(Table(["provider", "protocol", "base url", "accounts", "models", "from"], rows, wrap=[4]))
 
     def _cmd_status(self, rest: str) -> None:
         if rest.split() == ["--live"]:

@@ -116,8 +116,12 @@ class Table(Shown):
             total = sum(natural) + _GAP * (len(natural) - 1)
             if total > width:
                 fixed = sum(n for i, n in enumerate(natural) if i not in self.wrap) + _GAP * (len(natural) - 1)
-                room = max(MIN_WRAP_WIDTH, (width - fixed) // len(self.wrap))
-                maxcolwidths = [room if i in self.wrap and natural[i] > room else None for i in range(len(natural))]
+                # share the room left: a narrow wrap column keeps its width, the wide ones split the rest
+                remaining, widths = width - fixed, {}
+                for left, i in enumerate(sorted(self.wrap, key=lambda i: natural[i])):
+                    widths[i] = min(natural[i], max(MIN_WRAP_WIDTH, remaining // (len(self.wrap) - left)))
+                    remaining -= widths[i]
+                maxcolwidths = [widths[i] if i in widths and widths[i] < natural[i] else None for i in range(len(natural))]
         return tabulate(rows, headers=self.headers, tablefmt="simple", colalign=self.align, disable_numparse=True,
                         maxcolwidths=maxcolwidths)
 
