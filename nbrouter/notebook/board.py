@@ -47,7 +47,7 @@ class StatusBoard:
         self.note = ""
         self.pause_button = k(w.Button, description="pause", tooltip="stop or restart the live refresh")
         self.pause_button.on_click(lambda _: self.stop() if self.running else self.start())
-        self.reset_choice = k(w.Dropdown, description="reset", options=[], tooltip="a candidate or account to reset")
+        self.reset_choice = k(w.Dropdown, description="target", options=[], tooltip="a candidate or account to reset")
         self.reset_button = k(w.Button, description="reset", tooltip="clear the cooldowns, locks and breaker of the one picked")
         self.reset_button.on_click(lambda _: self.reset(self.reset_choice.value) if self.reset_choice.value else None)
         self.widget = k(w.VBox, children=[self.tables, k(w.HBox, children=[self.pause_button, self.reset_choice, self.reset_button])])
