@@ -662,3 +662,18 @@ def test_llm_providers_says_what_zero_config_found_and_where_from(monkeypatch, c
     finally:
         shell.run_line_magic("unload_ext", "nbrouter")
         InteractiveShell.clear_instance()
+
+
+def test_the_readme_magics_section_names_every_option_and_subcommand(ip: Any) -> None:
+    from nbrouter.notebook.magics import SUBCOMMAND_HELP, SUBCOMMANDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Magics\n", 1)[1].split("\n## ", 1)[0]
+    for action in magics(ip).llm.parser._actions:
+        for option in action.option_strings:
+            if option not in ("-h", "--help"):
+                assert f"`{option}" in section or f", {option}" in section, option
+    for word in SUBCOMMANDS:
+        assert f"| `{word}" in section, word
+    for _, _, example in SUBCOMMAND_HELP:  # the same examples as `%llm help`
+        assert f"`{example}`" in section, example

@@ -9,6 +9,7 @@ lets Run All go on; `%llm log N` pages the log; dollars are dollars; `%llm help`
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import textwrap
@@ -33,6 +34,10 @@ pytestmark = [
 
 CODE_REPLY = "Here you are:\n```python\nprint('hello from a new cell')\n```\nEnjoy."
 MONEY_REPLY = "It costs $5 to $10 a month, and the area is $$x^2$$ or \\(y^2\\)."
+#: pandas is no dependency of nbrouter (the test extra installs it); without it that one test says so and skips
+HAS_PANDAS = importlib.util.find_spec("pandas") is not None
+FRAME_CELL = ("import pandas as pd\nframe = pd.DataFrame({'n': range(30), 'sq': [i * i for i in range(30)]})" if HAS_PANDAS
+              else "frame = None")
 #: the cells, by name; a cell's execution count is its index + 1 (a fresh kernel runs each once)
 CELLS = [
     ("load", "%load_ext nbrouter\n%config LLMMagics.default_combo = 'face'"),
@@ -42,13 +47,13 @@ CELLS = [
     ("error", "%llm error face --no-stream"),
     ("value", "x = 41\nx + 1"),
     ("history", "%%llm face --no-stream\nsource: {In[6]} | output: {Out[6]}"),
-    ("frame", "import pandas as pd\nframe = pd.DataFrame({'n': range(30), 'sq': [i * i for i in range(30)]})"),
-    ("frame_prompt", "%%llm face --no-stream\nSum this:\n{frame}"),
-    ("chat1", "%%llm face --chat --no-stream\nfirst message"),
-    ("chat2", "%%llm face --chat --no-stream\nsecond message"),
-    ("chat_show", "%llm chat show face"),
-    ("chat_clear", "%llm chat clear face"),
-    ("chat3", "%%llm face --chat --no-stream\nthird message"),
+    ("frame", FRAME_CELL),
+    ("frame_prompt", "%%llm framed --no-stream\nSum this:\n{frame}"),
+    ("chat1", "%%llm chatty --chat --no-stream\nfirst message"),
+    ("chat2", "%%llm chatty --chat --no-stream\nsecond message"),
+    ("chat_show", "%llm chat show chatty"),
+    ("chat_clear", "%llm chat clear chatty"),
+    ("chat3", "%%llm chatty --chat --no-stream\nthird message"),
     ("fails", "%%llm doomed\nthis fails"),
     ("goes_on", "%config LLMMagics.raise_on_failure = False"),
     ("fails_quietly", "%%llm doomed --no-stream\nthis fails too"),
@@ -64,7 +69,6 @@ INDEX = {name: i for i, (name, _) in enumerate(CELLS)}
 @pytest.fixture(scope="module")
 def face(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run the notebook once; every test below reads it."""
-    pytest.importorskip("pandas", reason="pandas is not installed: the DataFrame cell needs it (it is no dependency of nbrouter)")
     tmp = tmp_path_factory.mktemp("face")
     sim = ProviderSimulator()
     sim.start()
@@ -80,6 +84,12 @@ def face(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
         [combos.face]
         targets = ["sim/face"]
+
+        [combos.framed]
+        targets = ["sim/framed"]
+
+        [combos.chatty]
+        targets = ["sim/chatty"]
 
         [combos.coder]
         targets = ["sim/coder"]
@@ -162,10 +172,11 @@ def test_in_and_out_of_a_cell_fill_a_prompt(face: dict[str, Any]) -> None:
     assert _sent(face, "face")[2].body["messages"][-1]["content"] == "source: x = 41\nx + 1 | output: 42"
 
 
+@pytest.mark.skipif(not HAS_PANDAS, reason="pandas is not installed (pip install -e '.[test]' brings it)")
 def test_a_dataframe_fills_a_prompt_as_a_markdown_table_cut_to_max_rows(face: dict[str, Any]) -> None:
     from nbrouter.notebook.interpolation import MAX_TABLE_ROWS
 
-    sent = _sent(face, "face")[3].body["messages"][-1]["content"]
+    sent = _sent(face, "framed")[0].body["messages"][-1]["content"]
     lines = sent.splitlines()
     assert lines[0] == "Sum this:" and lines[1].startswith("|") and "sq" in lines[1]
     assert sum(1 for line in lines if line.startswith("|")) == MAX_TABLE_ROWS + 2  # header, rule, rows
@@ -173,11 +184,11 @@ def test_a_dataframe_fills_a_prompt_as_a_markdown_table_cut_to_max_rows(face: di
 
 
 def test_chat_show_lists_the_conversation_and_clear_forgets_it(face: dict[str, Any]) -> None:
-    chats = _sent(face, "face")[4:7]
+    chats = _sent(face, "chatty")
     assert [len(r.body["messages"]) for r in chats] == [1, 3, 1]
     shown = _displays(_cell(face, "chat_show"))[0].data["text/plain"]
     assert "first message" in shown and "second message" in shown and "assistant" in shown
-    assert "cleared the chat of face" in _stream(_cell(face, "chat_clear"))
+    assert "cleared the chat of chatty" in _stream(_cell(face, "chat_clear"))
 
 
 def test_a_failure_is_one_line_above_an_html_attempt_table_and_stops_run_all(face: dict[str, Any]) -> None:

@@ -411,7 +411,8 @@ class LLMMagics(Magics):
         if isinstance(obj, Status):
             obj = obj.tables()
         if isinstance(obj, Shown):
-            display({**obj._repr_mimebundle_(), "text/plain": obj.text(terminal_width())}, raw=True)
+            # HTML for the notebook, text for a terminal; the Markdown form would only be a third copy in the file
+            display({"text/plain": obj.text(terminal_width()), "text/html": obj.html()}, raw=True)
             return
         display(obj)
 
