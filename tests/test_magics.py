@@ -229,6 +229,7 @@ def test_terminal_shell_prints_the_stream_then_the_footer(ip: Any, sim: Any, cap
     out = capsys.readouterr().out
     assert out.startswith("streamed words\n")
     assert "served by sim#default/model-a · 1 attempt" in out
+    assert "outcome" not in out  # one attempt that served: the footer says it all, no table under it
     assert outputs(ip) == []
 
 
