@@ -32,12 +32,11 @@ from ..router.errors import ComboConfigError
 from ..router.policy import DEFAULT_FALLBACK_ON
 from ..router.scoring import FACTORS, PACKS
 from ..router.strategies import STRATEGIES
-from ..router.types import AttemptFinished, AttemptStarted, Done, ErrorKind, TextDelta
+from ..router.types import Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta
 from ._ui import STYLE, Kit, close_tree, note, show_widget
 
 if TYPE_CHECKING:
     from ..router.engine import Router
-    from ..router.types import Attempt, Decision, RouteResult
 
 #: the prompt the builder's Test button sends unless the user edits it
 DEFAULT_TEST_PROMPT = "Say hello in five words."
