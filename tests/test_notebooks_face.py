@@ -21,16 +21,7 @@ import pytest
 from conftest import SIM_KEY
 from nbrouter.testing import ProviderSimulator, Reply, ServerError
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:jupyter_client.*"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:nbclient.*"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:zmq.*"),
-    pytest.mark.filterwarnings("ignore:.*zmq.eventloop.ioloop.*:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-]
+from test_kernel import nbclient, nbformat, pytestmark  # noqa: F401 (the same kernel libraries and their warnings)
 
 CODE_REPLY = "Here you are:\n```python\nprint('hello from a new cell')\n```\nEnjoy."
 MONEY_REPLY = "It costs $5 to $10 a month, and the area is $$x^2$$ or \\(y^2\\)."
