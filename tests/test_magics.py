@@ -678,3 +678,11 @@ def test_the_readme_magics_section_names_every_option_and_subcommand(ip: Any) ->
         assert f"| `{word}" in section, word
     for _, _, example in SUBCOMMAND_HELP:  # the same examples as `%llm help`
         assert f"`{example}`" in section, example
+
+
+def test_a_streaming_answer_shows_its_dollars_as_dollars_while_it_streams() -> None:
+    live = LiveAnswer("fast", "markdown", in_kernel=True, clock=lambda: 0.0)
+    live.add("It costs $5 to $10, and $$x^2$$")
+    bundle = live._live_bundle()
+    assert "It costs <span>$</span>5 to <span>$</span>10, and $$x^2$$" in bundle["text/html"]  # the front end prefers HTML
+    assert bundle["text/markdown"].startswith("It costs \\$5 to \\$10, and $$x^2$$")
