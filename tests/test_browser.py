@@ -186,6 +186,9 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.set_default_timeout(STEP_MS)
+        console_errors: list[str] = []
+        page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: console_errors.append(str(exc)))
         expect.set_options(timeout=STEP_MS)
         try:
             page.goto(lab["url"])
@@ -276,6 +279,7 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
                 assert contrast >= MIN_CONTRAST, f"{element}: contrast {contrast:.2f} in the dark theme"
             page.screenshot(path=str(ARTIFACTS / "builder-browser-dark.png"), full_page=True)
             board.screenshot(path=str(ARTIFACTS / "status-board-dark.png"))
+            assert console_errors == [], console_errors  # the widgets, the answers and MathJax log no error
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "builder-browser-failure.png"), full_page=True)
             print(lab["log"].read_text()[-4000:])
