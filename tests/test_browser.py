@@ -1,9 +1,11 @@
 """The combo builder in a real browser: JupyterLab on loopback, headless Chromium driven by Playwright.
 
 A person's path: `%load_ext nbrouter` and `%llm builder`, name the combo, add three targets with the
-picker, drag the last tag to the top, save, test it from the widget, then run a `%%llm NAME` cell and read
-its served-by footer, and watch the pool with `%llm status --live`. The kernel talks to the loopback provider simulator; a screenshot is kept in
-`artifacts/` at the repository root.
+picker (quickly, one after the other), move the last one to the top, save, test it from the widget, then
+run a `%%llm NAME` cell and read its served-by footer, watch the pool with `%llm status --live`, and read
+an answer with dollar amounts and maths in it. Then the same page in JupyterLab's dark theme, where every
+text must stand out from its background. The kernel talks to the loopback provider simulator; screenshots
+(light and dark) are kept in `artifacts/` at the repository root.
 
 Chromium comes from the system (`/usr/bin/chromium`, Debian's `chromium` package). CI installs it and
 sets NBROUTER_REQUIRE_BROWSER=1 (and CI=true): there a missing Chromium fails the test. On a developer's
@@ -37,6 +39,35 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TOKEN = "nbrouter-browser-test"
 COMBO = "browsercombo"
 MODELS = ["gpt-4o-mini", "gpt-4.1-mini", "claude-haiku-4-5"]
+#: an answer with dollar amounts (shown as written) and maths in $$...$$ and \(...\) (typeset)
+MONEY = "It costs $5 to $10 a month; the area is $$x^2 + y^2$$ and \\(a < b\\)."
+#: WCAG's minimum contrast for text
+MIN_CONTRAST = 4.5
+#: the contrast of a text with what is behind it, as the browser draws it (a tint is laid over the page)
+CONTRAST_JS = """
+(el) => {
+  const parse = (c) => {
+    let m = c.match(/rgba?\\(([^)]+)\\)/);
+    if (m) { const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number); return [p[0] / 255, p[1] / 255, p[2] / 255, p.length > 3 ? p[3] : 1]; }
+    m = c.match(/color\\(srgb ([^)]+)\\)/);
+    if (m) { const p = m[1].split(/[ \\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; }
+    return [0, 0, 0, 0];
+  };
+  const layers = [];
+  for (let n = el; n; n = n.parentElement) {
+    const bg = parse(getComputedStyle(n).backgroundColor);
+    if (bg[3] > 0) layers.push(bg);
+    if (bg[3] >= 1) break;
+  }
+  let under = [1, 1, 1];
+  for (const [r, g, b, a] of layers.reverse()) under = [r * a + under[0] * (1 - a), g * a + under[1] * (1 - a), b * a + under[2] * (1 - a)];
+  const fg = parse(getComputedStyle(el).color);
+  const lum = ([r, g, b]) => [r, g, b].map(v => v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4)
+                                       .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const [hi, lo] = [lum(fg), lum(under)].sort((x, y) => y - x);
+  return (hi + 0.05) / (lo + 0.05);
+}
+"""
 #: how long any one step may take in the browser (the whole test stays well under 90 s)
 STEP_MS = 30_000
 
@@ -58,6 +89,7 @@ def _notebook(path: Path) -> None:
         nbformat.v4.new_code_cell("%load_ext nbrouter\n%llm builder"),
         nbformat.v4.new_code_cell(f"%%llm {COMBO}\nSay hello"),
         nbformat.v4.new_code_cell("%llm status --live"),
+        nbformat.v4.new_code_cell("%%llm sim/money --no-stream\nHow much?"),
     ]
     nbformat.write(nb, str(path))
 
@@ -75,6 +107,9 @@ def _require_chromium() -> None:
 def lab(sim: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """JupyterLab on 127.0.0.1 with its own HOME and Jupyter dirs, a config pointing at the simulator."""
     _require_chromium()
+    from nbrouter.testing import Reply
+
+    sim.script(Reply(MONEY), model="money")
     config = tmp_path / "config.toml"
     config.write_text(
         "[providers.sim]\n"
@@ -151,11 +186,14 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.set_default_timeout(STEP_MS)
+        console_errors: list[str] = []
+        page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: console_errors.append(str(exc)))
         expect.set_options(timeout=STEP_MS)
         try:
             page.goto(lab["url"])
             cells = page.locator(".jp-Notebook .jp-Cell")
-            expect(cells).to_have_count(3)
+            expect(cells).to_have_count(4)
             # a cell run before the kernel is connected is dropped: wait for the status bar's "Idle"
             expect(page.locator("#jp-main-statusbar").get_by_text("Idle")).to_be_visible()
 
@@ -179,20 +217,22 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
 
             name.fill(COMBO)
             model = builder.locator("input[placeholder='pick or type a model id']")
-            tags = builder.locator(".jupyter-widget-tagsinput .jupyter-widget-tag:not(input)")
-            for i, model_id in enumerate(MODELS):
+            steps = builder.locator(".widget-select select option")
+            # one target straight after the other, no pause: none may be lost
+            for model_id in MODELS:
                 model.fill(model_id)
                 builder.get_by_role("button", name="add", exact=True).click()
-                expect(tags).to_have_count(i + 1)
-                # the kernel clears the picker after an add: wait for that, or it may wipe the next fill
-                expect(model).to_have_value("")
-            expect(tags).to_have_text([f"sim/{m}" for m in MODELS])
+            expect(steps).to_have_text([f"{i + 1}. sim/{m}" for i, m in enumerate(MODELS)])
 
-            # drag the last tag to the top
-            tags.nth(2).drag_to(tags.nth(0))
+            # move the last step to the top: pick it, press up twice (it stays picked)
+            builder.locator(".widget-select select").select_option(label=f"3. sim/{MODELS[2]}")
+            up = builder.get_by_role("button", name="up", exact=True)
+            expect(up).to_be_enabled()
+            up.click()
+            expect(steps).to_have_text([f"1. sim/{MODELS[0]}", f"2. sim/{MODELS[2]}", f"3. sim/{MODELS[1]}"])
+            up.click()
             order = [f"sim/{MODELS[2]}", f"sim/{MODELS[0]}", f"sim/{MODELS[1]}"]
-            expect(tags).to_have_text(order)
-            expect(builder.locator(".widget-label", has_text="1. ")).to_have_text(f"1. {order[0]}")
+            expect(steps).to_have_text([f"{i + 1}. {ref}" for i, ref in enumerate(order)])
 
             # live validation says the draft is valid; save writes it through Router.save_combo
             expect(builder.get_by_text("✓ valid; not saved yet")).to_be_visible()
@@ -212,11 +252,34 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
             # the pool's health, live: the serving candidate's row says so in words
             run(2)
             board = cells.nth(2).locator(".jp-OutputArea")
-            expect(board.get_by_text(f"sim#default/{MODELS[2]}", exact=True)).to_be_visible()
+            expect(board.get_by_role("cell", name=f"sim#default/{MODELS[2]}", exact=True)).to_be_visible()
             expect(board.get_by_text("✓ healthy").first).to_be_visible()
             expect(board.get_by_text("refreshed every")).to_be_visible()
+
+            # dollars are dollars; $$...$$ and \(...\) are typeset by JupyterLab's MathJax
+            run(3)
+            answer = cells.nth(3).locator(".jp-OutputArea .nbrouter-answer")
+            expect(answer).to_contain_text("It costs $5 to $10 a month")
+            expect(answer.locator("mjx-container")).to_have_count(2)
+
             page.screenshot(path=str(ARTIFACTS / "builder-browser.png"), full_page=True)
             board.screenshot(path=str(ARTIFACTS / "status-board.png"))
+
+            # the dark theme: every text of the board, the builder and the answer stands out from what is behind it
+            page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()
+            page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
+            page.locator(".lm-Menu-itemLabel").get_by_text("JupyterLab Dark", exact=True).click()
+            expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "false")
+            expect(board.get_by_text("✓ healthy").first).to_be_visible()
+            checked = [board.locator("td").first, board.get_by_text("✓ healthy").first,
+                       builder.get_by_text(f"saved [combos.{COMBO}]"), builder.get_by_text(f"served by sim#default/{MODELS[2]}"),
+                       answer.locator("p").first]
+            for element in checked:
+                contrast = element.evaluate(CONTRAST_JS)
+                assert contrast >= MIN_CONTRAST, f"{element}: contrast {contrast:.2f} in the dark theme"
+            page.screenshot(path=str(ARTIFACTS / "builder-browser-dark.png"), full_page=True)
+            board.screenshot(path=str(ARTIFACTS / "status-board-dark.png"))
+            assert console_errors == [], console_errors  # the widgets, the answers and MathJax log no error
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "builder-browser-failure.png"), full_page=True)
             print(lab["log"].read_text()[-4000:])

@@ -229,6 +229,7 @@ def test_terminal_shell_prints_the_stream_then_the_footer(ip: Any, sim: Any, cap
     out = capsys.readouterr().out
     assert out.startswith("streamed words\n")
     assert "served by sim#default/model-a · 1 attempt" in out
+    assert "outcome" not in out  # one attempt that served: the footer says it all, no table under it
     assert outputs(ip) == []
 
 
@@ -662,3 +663,26 @@ def test_llm_providers_says_what_zero_config_found_and_where_from(monkeypatch, c
     finally:
         shell.run_line_magic("unload_ext", "nbrouter")
         InteractiveShell.clear_instance()
+
+
+def test_the_readme_magics_section_names_every_option_and_subcommand(ip: Any) -> None:
+    from nbrouter.notebook.magics import SUBCOMMAND_HELP, SUBCOMMANDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Magics\n", 1)[1].split("\n## ", 1)[0]
+    for action in magics(ip).llm.parser._actions:
+        for option in action.option_strings:
+            if option not in ("-h", "--help"):
+                assert f"`{option}" in section or f", {option}" in section, option
+    for word in SUBCOMMANDS:
+        assert f"| `{word}" in section, word
+    for _, _, example in SUBCOMMAND_HELP:  # the same examples as `%llm help`
+        assert f"`{example}`" in section, example
+
+
+def test_a_streaming_answer_shows_its_dollars_as_dollars_while_it_streams() -> None:
+    live = LiveAnswer("fast", "markdown", in_kernel=True, clock=lambda: 0.0)
+    live.add("It costs $5 to $10, and $$x^2$$")
+    bundle = live._live_bundle()
+    assert "It costs <span>$</span>5 to <span>$</span>10, and $$x^2$$" in bundle["text/html"]  # the front end prefers HTML
+    assert bundle["text/markdown"].startswith("It costs \\$5 to \\$10, and $$x^2$$")

@@ -13,6 +13,8 @@ from nbrouter.__main__ import DEMO_SIM_URL_ENV, execute_notebook, prompt_cells
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+#: a notebook saved after a run (outputs and widget state, as nbclient and `nbrouter demo` save it) stays under this
+SAVED_SIZE_LIMIT = 100_000
 
 
 def test_the_notebooks_are_there() -> None:
@@ -47,6 +49,8 @@ def test_notebook_runs_top_to_bottom_against_the_simulator(path: Path, tmp_path:
     tracebacks = [o["text"] for cell in nb.cells for o in cell.get("outputs", [])
                   if o.get("output_type") == "stream" and "Traceback" in o.get("text", "")]
     assert not tracebacks, tracebacks
+    saved = len(nbformat.writes(nb).encode())
+    assert saved < SAVED_SIZE_LIMIT, f"{path.name} is {saved} bytes once run and saved (widget state: {len(str(nb.metadata.get('widgets', '')))})"
     for cell in prompt_cells(nb):
         meta = cell["meta"]
         assert meta is not None, f"{path.name}: prompt cell [{cell['execution_count']}] has no nbrouter metadata"

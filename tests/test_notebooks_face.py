@@ -9,7 +9,9 @@ lets Run All go on; `%llm log N` pages the log; dollars are dollars; `%llm help`
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,19 +21,14 @@ import pytest
 from conftest import SIM_KEY
 from nbrouter.testing import ProviderSimulator, Reply, ServerError
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:jupyter_client.*"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:nbclient.*"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:zmq.*"),
-    pytest.mark.filterwarnings("ignore:.*zmq.eventloop.ioloop.*:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-]
+from test_kernel import nbclient, nbformat, pytestmark  # noqa: F401 (the same kernel libraries and their warnings)
 
 CODE_REPLY = "Here you are:\n```python\nprint('hello from a new cell')\n```\nEnjoy."
 MONEY_REPLY = "It costs $5 to $10 a month, and the area is $$x^2$$ or \\(y^2\\)."
+#: pandas is no dependency of nbrouter (the test extra installs it); without it that one test says so and skips
+HAS_PANDAS = importlib.util.find_spec("pandas") is not None
+FRAME_CELL = ("import pandas as pd\nframe = pd.DataFrame({'n': range(30), 'sq': [i * i for i in range(30)]})" if HAS_PANDAS
+              else "frame = None")
 #: the cells, by name; a cell's execution count is its index + 1 (a fresh kernel runs each once)
 CELLS = [
     ("load", "%load_ext nbrouter\n%config LLMMagics.default_combo = 'face'"),
@@ -41,13 +38,13 @@ CELLS = [
     ("error", "%llm error face --no-stream"),
     ("value", "x = 41\nx + 1"),
     ("history", "%%llm face --no-stream\nsource: {In[6]} | output: {Out[6]}"),
-    ("frame", "import pandas as pd\nframe = pd.DataFrame({'n': range(30), 'sq': [i * i for i in range(30)]})"),
-    ("frame_prompt", "%%llm face --no-stream\nSum this:\n{frame}"),
-    ("chat1", "%%llm face --chat --no-stream\nfirst message"),
-    ("chat2", "%%llm face --chat --no-stream\nsecond message"),
-    ("chat_show", "%llm chat show face"),
-    ("chat_clear", "%llm chat clear face"),
-    ("chat3", "%%llm face --chat --no-stream\nthird message"),
+    ("frame", FRAME_CELL),
+    ("frame_prompt", "%%llm framed --no-stream\nSum this:\n{frame}"),
+    ("chat1", "%%llm chatty --chat --no-stream\nfirst message"),
+    ("chat2", "%%llm chatty --chat --no-stream\nsecond message"),
+    ("chat_show", "%llm chat show chatty"),
+    ("chat_clear", "%llm chat clear chatty"),
+    ("chat3", "%%llm chatty --chat --no-stream\nthird message"),
     ("fails", "%%llm doomed\nthis fails"),
     ("goes_on", "%config LLMMagics.raise_on_failure = False"),
     ("fails_quietly", "%%llm doomed --no-stream\nthis fails too"),
@@ -63,7 +60,6 @@ INDEX = {name: i for i, (name, _) in enumerate(CELLS)}
 @pytest.fixture(scope="module")
 def face(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run the notebook once; every test below reads it."""
-    pytest.importorskip("pandas", reason="pandas is not installed: the DataFrame cell needs it (it is no dependency of nbrouter)")
     tmp = tmp_path_factory.mktemp("face")
     sim = ProviderSimulator()
     sim.start()
@@ -79,6 +75,12 @@ def face(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
         [combos.face]
         targets = ["sim/face"]
+
+        [combos.framed]
+        targets = ["sim/framed"]
+
+        [combos.chatty]
+        targets = ["sim/chatty"]
 
         [combos.coder]
         targets = ["sim/coder"]
@@ -161,10 +163,11 @@ def test_in_and_out_of_a_cell_fill_a_prompt(face: dict[str, Any]) -> None:
     assert _sent(face, "face")[2].body["messages"][-1]["content"] == "source: x = 41\nx + 1 | output: 42"
 
 
+@pytest.mark.skipif(not HAS_PANDAS, reason="pandas is not installed (pip install -e '.[test]' brings it)")
 def test_a_dataframe_fills_a_prompt_as_a_markdown_table_cut_to_max_rows(face: dict[str, Any]) -> None:
     from nbrouter.notebook.interpolation import MAX_TABLE_ROWS
 
-    sent = _sent(face, "face")[3].body["messages"][-1]["content"]
+    sent = _sent(face, "framed")[0].body["messages"][-1]["content"]
     lines = sent.splitlines()
     assert lines[0] == "Sum this:" and lines[1].startswith("|") and "sq" in lines[1]
     assert sum(1 for line in lines if line.startswith("|")) == MAX_TABLE_ROWS + 2  # header, rule, rows
@@ -172,11 +175,11 @@ def test_a_dataframe_fills_a_prompt_as_a_markdown_table_cut_to_max_rows(face: di
 
 
 def test_chat_show_lists_the_conversation_and_clear_forgets_it(face: dict[str, Any]) -> None:
-    chats = _sent(face, "face")[4:7]
+    chats = _sent(face, "chatty")
     assert [len(r.body["messages"]) for r in chats] == [1, 3, 1]
     shown = _displays(_cell(face, "chat_show"))[0].data["text/plain"]
     assert "first message" in shown and "second message" in shown and "assistant" in shown
-    assert "cleared the chat of face" in _stream(_cell(face, "chat_clear"))
+    assert "cleared the chat of chatty" in _stream(_cell(face, "chat_clear"))
 
 
 def test_a_failure_is_one_line_above_an_html_attempt_table_and_stops_run_all(face: dict[str, Any]) -> None:
@@ -201,9 +204,11 @@ def test_raise_on_failure_false_lets_the_notebook_go_on(face: dict[str, Any]) ->
 def test_llm_log_shows_n_rows_and_says_how_to_see_more(face: dict[str, Any]) -> None:
     page = _displays(_cell(face, "log"))[0].data["text/plain"]
     assert page.splitlines()[0] == "the last 3 attempts (`%llm log 9` or `--all` for older ones)"
-    assert len(page.splitlines()) == 1 + 2 + 3  # title, header and rule, three rows
+    rows = [line for line in page.splitlines() if re.match(r"\d\d:\d\d:\d\d ", line)]
+    assert len(rows) == 3 and max(len(line) for line in page.splitlines()) <= 120  # fitted: long messages wrap
     everything = _displays(_cell(face, "log_all"))[0].data["text/plain"]
-    assert everything.splitlines()[0].startswith("all ") and len(everything.splitlines()) > len(page.splitlines())
+    assert everything.splitlines()[0].startswith("all ")
+    assert sum(1 for line in everything.splitlines() if re.match(r"\d\d:\d\d:\d\d ", line)) > 3
 
 
 def test_dollars_in_an_answer_stay_dollars_and_maths_stays_maths(face: dict[str, Any]) -> None:

@@ -220,7 +220,8 @@ def test_a_table_aligns_numbers_right_under_right_aligned_headers_and_fits_a_wid
                                                              ["sim#default/b", "9 ms", "unknown", "short"]], cut=120)
     assert table.align == ["left", "right", "right", "left"]
     html = table.html()
-    assert "<th style='text-align:right" in html and "white-space:nowrap'>sim#default/gpt-4o-mini</td>" in html
+    assert "<th style='text-align:right'>latency" in html and "<td style='text-align:left'>sim#default/gpt-4o-mini</td>" in html
+    assert "white-space:nowrap" in html.split("<thead>")[0] and "text-align:left;white-space:normal'><details>" in html
     assert "<details><summary>" in html and note.strip() in html  # the whole note on demand
     header = table.text().splitlines()[0]
     assert header.index("latency") + len("latency") == table.text().splitlines()[2].index("412 ms") + len("412 ms")

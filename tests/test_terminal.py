@@ -29,7 +29,8 @@ def test_terminal_ipython_prints_the_stream_incrementally_then_the_footer(tmp_pa
     """))
     sim.script(RateLimited(retry_after=30), model="limited")
     sim.script([Reply(chunks=WORDS, tokens_per_s=8), Reply("one-liner answer")], model="term")
-    env = {**os.environ, "NBROUTER_CONFIG": str(config), "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "NBROUTER_CONFIG": str(config), "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1",
+           "COLUMNS": "80"}
     stdin = "%load_ext nbrouter\n%%llm fast\nCount for me.\n\n\n%llm fast say it in one line\nexit\n"
     arrivals: list[tuple[float, bytes]] = []
     with subprocess.Popen([sys.executable, "-m", "IPython", "--no-banner", "--colors=NoColor"], stdin=subprocess.PIPE,
@@ -55,6 +56,14 @@ def test_terminal_ipython_prints_the_stream_incrementally_then_the_footer(tmp_pa
     assert out.index(streamed) < out.index(footer_line)
     assert "rate_limit" in out  # the attempt table follows the footer
     assert "one-liner answer" in out
+    # the attempt table fits the terminal's 80 columns, names the combo once, and comes only when there is more
+    # to say than the footer (a fallback; a skip, as in the second answer, whose first target is cooling down)
+    table = out[out.index(footer_line) + len(footer_line):out.index("one-liner answer")].strip("\n").splitlines()
+    assert table[0].split() == ["candidate", "(of", "fast)", "outcome", "latency", "note"]
+    assert all(len(line) <= 80 for line in table) and any("advance (rate_limit 429)" in line for line in table)
+    after = out[out.index("one-liner answer"):]
+    assert "served by sim#default/term · 1 attempt" in after and "skipped" in after
+    assert all(len(line) <= 80 for line in after.splitlines())
 
     # printed as it arrived: the first words were out well before the last one (2 s of streaming)
     first = next(t for t, _ in _prefix_times(arrivals, WORDS[0]))

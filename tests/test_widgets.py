@@ -69,6 +69,10 @@ def builder(router: Router) -> Iterator[ComboBuilder]:
     b.close()
 
 
+def _all_widgets(widget: Any) -> list[Any]:
+    return [widget, *(x for child in getattr(widget, "children", ()) for x in _all_widgets(child))]
+
+
 def visible(widget: Any) -> bool:
     return widget.layout.display != "none"
 
@@ -92,20 +96,22 @@ def test_setting_the_model_from_python_updates_the_widgets(builder: ComboBuilder
     builder.model.fallback_on = ["rate_limit", "timeout"]
 
     assert builder.name.value == "fast"
-    assert builder.tags.value == ["sim/gpt-4o-mini", "sim/gpt-4.1-mini"]
-    assert [r.label.value for r in builder._rows] == ["1. sim/gpt-4o-mini", "2. sim/gpt-4.1-mini"]
+    assert [label for label, _ in builder.steps.options] == ["1. sim/gpt-4o-mini", "2. sim/gpt-4.1-mini"]
     assert builder.strategy.value == "round-robin"
     assert builder.sticky.value == 3
-    assert {k for k, box in builder.fallback.items() if box.value} == {"rate_limit", "timeout"}
+    assert set(builder.fallback.value) == {"rate_limit", "timeout"}
 
 
 def test_editing_the_widgets_updates_the_model(builder: ComboBuilder) -> None:
     builder.name.value = "fast"
-    builder.tags.value = ["sim/gpt-4.1-mini", "sim/gpt-4o-mini"]  # what a drag in the tag list sends
+    pick(builder, "gpt-4o-mini")
+    pick(builder, "gpt-4.1-mini")
+    builder.steps.value = 1  # pick the second step, and move it up
+    builder.up_button.click()
     builder.strategy.value = "weighted"
     builder.account_strategy.value = "fill-first"
-    builder.fallback["content_filter"].value = True
-    builder.fallback["rate_limit"].value = False
+    builder.fallback.value = [*builder.fallback.value, "content_filter"]
+    builder.fallback.value = [k for k in builder.fallback.value if k != "rate_limit"]
     builder.prompt.value = "Name a colour."
 
     m = builder.model
@@ -118,7 +124,7 @@ def test_a_draft_model_can_be_built_first_and_handed_to_the_builder(router: Rout
     draft = ComboDraft(name="pair", targets=["sim/gpt-4o-mini", "base"])
     b = ComboBuilder(router, model=draft)
     try:
-        assert b.model is draft and draft.valid and b.tags.value == ["sim/gpt-4o-mini", "base"]
+        assert b.model is draft and draft.valid and [label for label, _ in b.steps.options] == ["1. sim/gpt-4o-mini", "2. base"]
     finally:
         b.close()
 
@@ -140,7 +146,8 @@ def test_add_builds_provider_account_model_targets(builder: ComboBuilder) -> Non
     pick(builder, "llama-3.3-70b", provider="kr", account="free")
     pick(builder, "a-model-nobody-listed")
     assert builder.model.targets == ["sim/gpt-4o-mini", "kr#free/llama-3.3-70b", "sim/a-model-nobody-listed"]
-    assert builder.model_id.value == ""  # ready for the next
+    # the kernel never writes the picker after an add: such a write could wipe what the person types next
+    assert builder.model_id.value == "a-model-nobody-listed"
 
 
 def test_add_refuses_a_duplicate_and_an_empty_model(builder: ComboBuilder) -> None:
@@ -164,15 +171,28 @@ def test_other_combos_can_be_added_as_steps(builder: ComboBuilder) -> None:
 
 def test_up_down_and_remove_buttons_reorder_the_steps(builder: ComboBuilder) -> None:
     builder.model.targets = ["sim/a", "sim/b", "sim/c"]
-    assert builder._rows[0].up.disabled and builder._rows[2].down.disabled
-    builder._rows[2].up.click()
+    builder.steps.value = 0
+    assert builder.up_button.disabled and not builder.down_button.disabled
+    builder.steps.value = 2
+    assert builder.down_button.disabled and builder.up_button.tooltip == "move sim/c up"
+    builder.up_button.click()
     assert builder.model.targets == ["sim/a", "sim/c", "sim/b"]
-    builder._rows[0].down.click()
+    assert builder.steps.value == 1  # the moved step stays picked: press again to move it further
+    builder.up_button.click()
     assert builder.model.targets == ["sim/c", "sim/a", "sim/b"]
-    assert builder.tags.value == ["sim/c", "sim/a", "sim/b"]
-    builder._rows[1].remove.click()
+    assert [label for label, _ in builder.steps.options] == ["1. sim/c", "2. sim/a", "3. sim/b"]
+    builder.steps.value = 1
+    assert builder.remove_button.tooltip == "remove sim/a from the combo"
+    builder.remove_button.click()
     assert builder.model.targets == ["sim/c", "sim/b"]
-    assert [r.remove.tooltip for r in builder._rows] == ["remove sim/c from the combo", "remove sim/b from the combo"]
+
+
+def test_the_steps_are_listed_once(builder: ComboBuilder) -> None:
+    builder.model.targets = ["sim/a", "sim/b"]
+    assert not hasattr(builder, "tags")
+    labels = [getattr(x, "value", "") for x in _all_widgets(builder.widget)]
+    assert sum("sim/a" in str(v) for v in labels) == 0  # the Select's options carry the list, nothing else
+    assert [label for label, _ in builder.steps.options] == ["1. sim/a", "2. sim/b"]
 
 
 def test_move_from_python_takes_a_step_several_places(builder: ComboBuilder) -> None:
@@ -189,12 +209,12 @@ def test_move_from_python_takes_a_step_several_places(builder: ComboBuilder) -> 
 def test_strategy_fields_appear_only_when_the_strategy_needs_them(builder: ComboBuilder) -> None:
     builder.model.targets = ["sim/a", "sim/b"]
     assert not visible(builder.sticky) and not visible(builder.auto_box)
-    assert not any(visible(r.weight) for r in builder._rows)
+    assert not visible(builder.weight) and not builder.factor_inputs  # auto's inputs are made when needed
 
     builder.strategy.value = "weighted"
-    assert all(visible(r.weight) for r in builder._rows) and not visible(builder.sticky)
+    assert visible(builder.weight) and not visible(builder.sticky)
     builder.strategy.value = "round-robin"
-    assert visible(builder.sticky) and not any(visible(r.weight) for r in builder._rows)
+    assert visible(builder.sticky) and not visible(builder.weight)
     builder.strategy.value = "auto"
     assert visible(builder.auto_box) and not visible(builder.sticky)
     assert "multi-factor" in builder.strategy_help.value or builder.strategy_help.value
@@ -210,7 +230,8 @@ def test_weighted_steps_save_their_weights(builder: ComboBuilder, config_file: P
     builder.model.name = "spread"
     builder.model.targets = ["sim/gpt-4o-mini", "sim/gpt-4.1-mini"]
     builder.strategy.value = "weighted"
-    builder._rows[0].weight.value = 3
+    builder.steps.value = 0
+    builder.weight.value = 3
     assert builder.model.weights == {"sim/gpt-4o-mini": 3.0}
     builder.save_button.click()
     assert '{target = "sim/gpt-4o-mini", weight = 3}' in config_file.read_text()
@@ -242,11 +263,15 @@ def test_round_robin_sticky_is_saved(builder: ComboBuilder) -> None:
     assert builder.router.config.combos["rr"].sticky == 2
 
 
-def test_fallback_checkboxes_save_fallback_on(builder: ComboBuilder) -> None:
+def test_fallback_kinds_save_fallback_on_and_stay_folded_away(builder: ComboBuilder) -> None:
     builder.model.name = "strict"
     builder.model.targets = ["sim/gpt-4o-mini"]
-    assert {k for k, box in builder.fallback.items() if box.value} == set(DEFAULT_FALLBACK)
-    builder.fallback["server_error"].value = False
+    assert set(builder.fallback.value) == set(DEFAULT_FALLBACK)
+    assert builder.fallback_box.selected_index is None  # folded: one line says what it holds
+    assert builder.fallback_box.get_title(0).startswith(f"fall back on {len(DEFAULT_FALLBACK)} of ")
+    assert "(the defaults)" in builder.fallback_box.get_title(0)
+    builder.fallback.value = [k for k in builder.fallback.value if k != "server_error"]
+    assert "(the defaults)" not in builder.fallback_box.get_title(0)
     builder.save_button.click()
     kinds = {k.value for k in builder.router.config.combos["strict"].fallback_on or ()}
     assert "server_error" not in kinds and "rate_limit" in kinds
@@ -365,7 +390,7 @@ def test_delete_asks_for_confirmation_first(router: Router, config_file: Path) -
     try:
         b.delete_button.click()
         assert "base" in router.config.combos and visible(b.confirm_box)
-        assert "delete [combos.base]" in b.confirm_html.value
+        assert "delete [combos.base]" in b.status_html.value and b.confirm_button.description == "yes, delete base"
         b.cancel_button.click()
         assert not visible(b.confirm_box) and "base" in router.config.combos
         b.delete_button.click()
@@ -396,7 +421,8 @@ def test_explain_shows_the_decision_for_the_unsaved_draft(builder: ComboBuilder)
     builder.explain_button.click()
     assert "draft" not in builder.router.config.combos
     html = builder.explain_html.value
-    assert "strategy priority" in html and "sim#default/gpt-4.1-mini" in html and "draft &gt; base &gt; sim#default/gpt-4o-mini" in html
+    assert "strategy priority" in html and "sim#default/gpt-4.1-mini" in html and "base &gt; sim#default/gpt-4o-mini" in html
+    assert "candidate (of draft)" in html
     assert [c.key for c in builder.last_decision.order] == ["sim#default/gpt-4.1-mini", "sim#default/gpt-4o-mini"]
 
 
@@ -461,21 +487,38 @@ def test_the_builder_has_a_readable_text_form(builder: ComboBuilder) -> None:
 
 
 def _cells(board: StatusBoard, table: str, key: str) -> list[str]:
-    return [c.value for c in getattr(board, table).rows[key].cells]
+    return getattr(board, table)[key]
+
+
+def _widgets(widget: Any) -> int:
+    return 1 + sum(_widgets(child) for child in getattr(widget, "children", ()))
 
 
 def test_status_board_lists_every_candidate_and_account(router: Router) -> None:
     router.complete("base", "hi")
     board = StatusBoard(router)
     try:
-        assert "sim#default/gpt-4o-mini" in board.candidates.rows and "sim#default/claude-haiku-4-5" in board.candidates.rows
-        assert set(board.accounts.rows) == {"sim#default", "kr#work", "kr#free"}
+        assert "sim#default/gpt-4o-mini" in board.candidates and "sim#default/claude-haiku-4-5" in board.candidates
+        assert set(board.accounts) == {"sim#default", "kr#work", "kr#free"}
         row = " ".join(_cells(board, "candidates", "sim#default/gpt-4o-mini"))
         assert "✓ healthy" in row and "closed" in row and " ms" in row and "$0.0000" in row
         assert "no calls yet" in " ".join(_cells(board, "candidates", "sim#default/gpt-4.1-mini"))
         account = " ".join(_cells(board, "accounts", "sim#default"))
         assert "set" in account and "1/1 req" in account
         assert "pro" in " ".join(_cells(board, "accounts", "kr#work"))
+        # the same rows as Router.status() shows as text
+        assert "✓ healthy" in str(router.status()) and "sim#default/claude-haiku-4-5" in board.tables.value
+    finally:
+        board.close()
+
+
+def test_status_board_is_one_output_of_a_few_widgets_however_large_the_pool(router: Router) -> None:
+    board = StatusBoard(router)
+    try:
+        assert len(board.candidates) >= 5 and _widgets(board.widget) <= 6
+        before = board.tables.value
+        board.refresh()
+        assert board.tables.value.count("<table") == 2 and board.tables.value.split("·", 2)[2] == before.split("·", 2)[2]
     finally:
         board.close()
 
@@ -490,20 +533,23 @@ def test_status_board_shows_a_cooldown_with_its_countdown_in_words(router: Route
         text = " ".join(cells)
         assert "! cooling down" in text  # words, not colour alone
         assert "cooldown: rate limited (429) · 0:" in text and "left" in text
-        assert "#fff4ce" in cells[0]  # and the colour repeats it
+        row = next(r for r in board.tables.value.split("<tr") if "sim#default/gpt-4o-mini" in r)
+        assert "--jp-warn-color1" in row  # and the theme's warning colour repeats it
+        assert board.reset_choice.options[0] == "sim#default/gpt-4o-mini"  # what needs a reset comes first
     finally:
         board.close()
 
 
-def test_status_board_reset_button_clears_the_cooldown(router: Router, sim: Any) -> None:
+def test_status_board_reset_clears_the_cooldown(router: Router, sim: Any) -> None:
     sim.script([RateLimited(retry_after=30)], model="gpt-4o-mini")
     router.save_combo("pair", ["sim/gpt-4o-mini", "sim/gpt-4.1-mini"])
     router.complete("pair", "hi")
     board = StatusBoard(router)
     try:
-        board.candidates.rows["sim#default/gpt-4o-mini"].reset.click()
+        board.reset_choice.value = "sim#default/gpt-4o-mini"
+        board.reset_button.click()
         assert "cooling down" not in " ".join(_cells(board, "candidates", "sim#default/gpt-4o-mini"))
-        assert "reset sim#default/gpt-4o-mini: 1 entry cleared" in board.note.value
+        assert "reset sim#default/gpt-4o-mini: 1 entry cleared" in board.tables.value
         assert router.status().candidate("sim#default/gpt-4o-mini")["hold"] is None
     finally:
         board.close()
@@ -513,14 +559,14 @@ def test_status_board_refreshes_in_a_thread_until_stopped(router: Router) -> Non
     board = StatusBoard(router, interval_s=0.05)
     try:
         board.start()
-        assert board.running and "refreshed every 0.05 s" in board.header.value
+        assert board.running and "refreshed every 0.05 s" in board.tables.value
         router.complete("base", "hi")
         deadline = time.monotonic() + 5
         while "✓ healthy" not in " ".join(_cells(board, "candidates", "sim#default/gpt-4o-mini")):
             assert time.monotonic() < deadline, "the board did not refresh by itself"
             time.sleep(0.05)
         board.pause_button.click()
-        assert not board.running and board.pause_button.description == "resume" and "paused" in board.header.value
+        assert not board.running and board.pause_button.description == "resume" and "paused" in board.tables.value
         board.pause_button.click()
         assert board.running
     finally:
@@ -544,6 +590,14 @@ def test_candidate_health_words(row: dict[str, Any], expected: tuple[str, str]) 
     assert candidate_health(row) == expected
 
 
+def test_a_candidate_with_tokens_at_an_unknown_price_costs_unknown_never_zero() -> None:
+    from nbrouter.router.views import cost_so_far
+
+    assert cost_so_far({"cost_usd": 0.0, "cost_unknown": 2}) == "unknown"
+    assert cost_so_far({"cost_usd": 0.5, "cost_unknown": 1}) == "$0.500000 + unknown"
+    assert cost_so_far({"cost_usd": 0.0}) == "$0.000000"
+
+
 def test_account_health_words() -> None:
     assert account_health({"hold": "disabled", "key_set": True}) == ("disabled (key refused)", "bad")
     assert account_health({"hold": None, "key_set": False}) == ("key missing", "bad")
@@ -553,3 +607,42 @@ def test_account_health_words() -> None:
 
 def test_countdown() -> None:
     assert [countdown(s) for s in (None, 0, 29.6, 90, 3725)] == ["", "0:00", "0:30", "1:30", "1:02:05"]
+
+
+# ---- the rough edges a new user met ---------------------------------------------------------------
+
+
+def test_the_saved_combo_list_names_the_combo_just_saved(builder: ComboBuilder) -> None:
+    builder.model.name = "fresh"
+    builder.model.targets = ["sim/gpt-4o-mini"]
+    builder.save()
+    assert "fresh" in builder.load_choice.options and builder.load_choice.value == "fresh"
+
+
+def test_an_explain_goes_when_the_draft_changes_and_a_test_replaces_it(builder: ComboBuilder) -> None:
+    builder.model.name = "pair"
+    builder.model.targets = ["sim/gpt-4o-mini"]
+    builder.explain()
+    assert "sim#default/gpt-4o-mini" in builder.explain_html.value
+    builder.model.targets = ["sim/gpt-4o-mini", "sim/gpt-4.1-mini"]
+    assert builder.explain_html.value == ""  # it described the old draft
+    builder.explain()
+    builder.test()
+    builder.wait(20)
+    assert builder.explain_html.value == "" and "served by" in builder.test_html.value
+
+
+def test_with_no_provider_the_builder_says_how_to_add_one_and_reloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBROUTER_CONFIG", str(tmp_path / "none.toml"))
+    router = Router(state_path=tmp_path / "s.db")
+    b = ComboBuilder(router)
+    try:
+        assert list(b.provider.options) == []
+        assert "no provider yet" in b.providers_note.value and "OPENAI_API_KEY" in b.providers_note.value
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-builder-reload-1")  # set in the kernel, after the builder opened
+        b.reload_button.click()
+        assert "openai" in b.provider.options and "no provider" not in b.providers_note.value
+        assert "sk-test-builder-reload-1" not in repr(b._repr_mimebundle_())
+    finally:
+        b.close()
+        router.close()

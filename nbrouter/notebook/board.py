@@ -1,83 +1,28 @@
 """The live status board (`%llm status --live`): every candidate and account of the pool, refreshed.
 
-It reads `Router.status()` and calls `Router.reset()`, nothing else; its rows are the same cells as the
-text and HTML of `Router.status()` (router/views.py builds both).
+It reads `Router.status()` and calls `Router.reset()`, nothing else; its tables are the same rows as the
+text and HTML of `Router.status()` (router/views.py builds both). The tables are one HTML output that a
+refresh replaces in place (a handful of widgets in all: the tables, pause, and a reset picker), so the
+board costs the browser, and a saved notebook, little however large the pool.
 """
 
 from __future__ import annotations
 
-import html
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from ..router.views import ACCOUNT_COLUMNS, CANDIDATE_COLUMNS, account_cells, account_health, candidate_cells, candidate_health
-from ._ui import STYLE, close_tree, note
+from ..report import html_text
+from ..router import views
+from ._ui import STYLE, Kit, close_tree, note
 
 if TYPE_CHECKING:
     from ..router.engine import Router
 
 #: the status board reads Router.status() this often
 STATUS_REFRESH_S = 2.0
-
-_TONES = {"ok": "#e6f4ea", "warn": "#fff4ce", "bad": "#fde7e9", "idle": "#f1f3f4"}
-_MARKS = {"ok": "✓", "warn": "!", "bad": "✗", "idle": "·"}
-
-
-class _BoardRow:
-    """One row of the board: a cell per column and a reset button."""
-
-    def __init__(self, key: str, ncells: int, on_reset: Callable[[str], None]) -> None:
-        self.key = key
-        self.cells = [w.HTML() for _ in range(ncells)]
-        self.reset = w.Button(description="reset", tooltip=f"clear cooldowns, locks and the breaker of {key}",
-                              layout=w.Layout(width="5.5em"))
-        self.reset.on_click(lambda _: on_reset(key))
-
-    def update(self, texts: Sequence[str], tone: str) -> None:
-        colour = _TONES[tone]
-        for i, (cell, text) in enumerate(zip(self.cells, texts)):
-            shown = f"{_MARKS[tone]} {text}" if i == 1 else text
-            value = f"<div style='background:{colour};padding:2px 6px'>{html.escape(shown) or '&nbsp;'}</div>"
-            if cell.value != value:  # an unchanged cell sends nothing to the browser
-                cell.value = value
-
-    @property
-    def children(self) -> list[w.Widget]:
-        return [*self.cells, self.reset]
-
-    def close(self) -> None:
-        for widget in self.children:
-            widget.close()
-
-
-class _BoardTable:
-    """A grid of header cells and rows, keyed so that a refresh updates cells instead of rebuilding them."""
-
-    def __init__(self, columns: Sequence[str], on_reset: Callable[[str], None]) -> None:
-        self.columns = list(columns)
-        self.on_reset = on_reset
-        self.rows: dict[str, _BoardRow] = {}
-        self.header = [w.HTML(f"<b>{html.escape(c)}</b>") for c in self.columns]
-        self.grid = w.GridBox(list(self.header), layout=w.Layout(grid_template_columns=f"repeat({len(self.columns)}, auto)",
-                                                                 grid_gap="1px 0"))
-
-    def update(self, items: Sequence[tuple[str, list[str], str]]) -> None:
-        keys = [key for key, _, _ in items]
-        for key, texts, tone in items:
-            row = self.rows.get(key)
-            if row is None:
-                row = self.rows[key] = _BoardRow(key, len(self.columns) - 1, self.on_reset)
-            row.update(texts, tone)
-        gone = [k for k in self.rows if k not in keys]
-        for key in gone:
-            self.rows.pop(key).close()
-        children = list(self.header) + [c for key in keys for c in self.rows[key].children]
-        if list(self.grid.children) != children:
-            self.grid.children = children
-
 
 class StatusBoard:
     """Every candidate and account of the pool, refreshed from Router.status() in a background thread.
@@ -93,18 +38,19 @@ class StatusBoard:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.header = w.HTML()
-        self.note = w.HTML(STYLE)
-        self.pause_button = w.Button(description="pause", tooltip="stop or restart the live refresh")
+        #: the last rows shown, by key: {candidate or account: cells}
+        self.candidates: dict[str, list[str]] = {}
+        self.accounts: dict[str, list[str]] = {}
+        self._kit = k = Kit()
+        self.tables = k(w.HTML)
+        #: what the last reset (or a failed refresh) said, shown under the tables
+        self.note = ""
+        self.pause_button = k(w.Button, description="pause", tooltip="stop or restart the live refresh")
         self.pause_button.on_click(lambda _: self.stop() if self.running else self.start())
-        self.candidates = _BoardTable([*CANDIDATE_COLUMNS, ""], self.reset)
-        self.accounts = _BoardTable([*ACCOUNT_COLUMNS, ""], self.reset)
-        self.widget = w.VBox([
-            w.HBox([self.header, self.pause_button]),
-            w.HTML("<b>candidates</b>"), self.candidates.grid,
-            w.HTML("<b>accounts</b>"), self.accounts.grid,
-            self.note,
-        ])
+        self.reset_choice = k(w.Dropdown, description="target", options=[], tooltip="a candidate or account to reset")
+        self.reset_button = k(w.Button, description="reset", tooltip="clear the cooldowns, locks and breaker of the one picked")
+        self.reset_button.on_click(lambda _: self.reset(self.reset_choice.value) if self.reset_choice.value else None)
+        self.widget = k(w.VBox, children=[self.tables, k(w.HBox, children=[self.pause_button, self.reset_choice, self.reset_button])])
         self.widget.add_class("nbrouter-widget")
         self.refresh()
 
@@ -113,24 +59,36 @@ class StatusBoard:
         return self._thread is not None and self._thread.is_alive()
 
     def refresh(self) -> None:
-        """Read Router.status() once and update the tables."""
+        """Read Router.status() once and redraw the tables (one update of one output)."""
         with self._lock:
             try:
                 status = self.router.status()
             except Exception as exc:  # the board says so and tries again at the next refresh
-                self.header.value = note(f"status unavailable: {type(exc).__name__}: {exc}", "bad")
+                self.tables.value = note(f"status unavailable: {type(exc).__name__}: {exc}", "bad")
                 return
-            self.candidates.update([(r["candidate"], candidate_cells(r), candidate_health(r)[1]) for r in status.candidates])
-            self.accounts.update([(r["account"], account_cells(r), account_health(r)[1]) for r in status.accounts])
+            self.candidates = {r["candidate"]: views.candidate_cells(r) for r in status.candidates}
+            self.accounts = {r["account"]: views.account_cells(r) for r in status.accounts}
             live = f"refreshed every {self.interval_s:g} s" if self.running else "paused"
-            stamp = time.strftime("%H:%M:%S")
             warning = f" · warning: {status.warning}" if status.warning else ""
-            self.header.value = f"<b>nbrouter pool</b> · {stamp} · {live}{html.escape(warning)}"
+            header = f"<div><b>nbrouter pool</b> · {time.strftime('%H:%M:%S')} · {live}{html_text(warning)}</div>"
+            value = STYLE + header + views.status_tables(status).html() + self.note
+            if self.tables.value != value:  # an unchanged board sends nothing to the browser
+                self.tables.value = value
+            # what needs a reset first: held or open ones, then the rest
+            keys = sorted([*self.candidates, *self.accounts], key=lambda k: (not _held(k, status), k))
+            if list(self.reset_choice.options) != keys:
+                current = self.reset_choice.value
+                self.reset_choice.options = keys
+                self.reset_choice.value = current if current in keys else (keys[0] if keys else None)
 
     def reset(self, key: str) -> int:
-        """Clear the cooldowns, locks and breaker of `key` (Router.reset) and refresh."""
+        """Clear the cooldowns, locks and breaker of `key` (Router.reset) and refresh.
+
+        Args:
+            key: a candidate (`provider#account/model`) or an account (`provider#account`).
+        """
         n = self.router.reset(key)
-        self.note.value = STYLE + note(f"reset {key}: {n} entr{'y' if n == 1 else 'ies'} cleared", "ok")
+        self.note = note(f"reset {key}: {n} entr{'y' if n == 1 else 'ies'} cleared", "ok")
         self.refresh()
         return n
 
@@ -173,6 +131,13 @@ class StatusBoard:
         """Stop refreshing and close the widgets."""
         self.stop()
         close_tree(self.widget)
+        self._kit.close()
+
+
+def _held(key: str, status: Any) -> bool:
+    """Whether a candidate or account is cooling down, locked, or has its breaker open: worth a reset."""
+    row = status.candidate(key) or status.account(key) or {}
+    return bool(row.get("hold")) or row.get("breaker") in ("open", "half_open")
 
 
 __all__ = ["StatusBoard"]

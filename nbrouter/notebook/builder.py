@@ -32,12 +32,11 @@ from ..router.errors import ComboConfigError
 from ..router.policy import DEFAULT_FALLBACK_ON
 from ..router.packs import FACTORS, PACKS
 from ..router.strategies import ACCOUNT_STRATEGIES, STRATEGIES
-from ..router.types import AttemptFinished, AttemptStarted, Done, ErrorKind, TextDelta
-from ._ui import STYLE, close_tree, note, show_widget
+from ..router.types import Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta
+from ._ui import STYLE, Kit, close_tree, note, show_widget
 
 if TYPE_CHECKING:
     from ..router.engine import Router
-    from ..router.types import Attempt, Decision, RouteResult
 
 #: the prompt the builder's Test button sends unless the user edits it
 DEFAULT_TEST_PROMPT = "Say hello in five words."
@@ -152,30 +151,6 @@ def _first_line(doc: str | None) -> str:
 
 
 
-class _StepRow:
-    """One step of the draft, with buttons that work from a keyboard and a screen reader."""
-
-    def __init__(self, builder: ComboBuilder, index: int, ref: str, last: bool) -> None:
-        self.ref = ref
-        self.label = w.Label(f"{index + 1}. {ref}", layout=w.Layout(min_width="16em"))
-        self.up = w.Button(description="up", tooltip=f"move {ref} up", disabled=index == 0, layout=w.Layout(width="4.5em"))
-        self.down = w.Button(description="down", tooltip=f"move {ref} down", disabled=last, layout=w.Layout(width="4.5em"))
-        self.remove = w.Button(description="remove", tooltip=f"remove {ref} from the combo", layout=w.Layout(width="6em"))
-        self.weight = w.BoundedFloatText(value=float(builder.model.weights.get(ref, 1.0)), min=0.0, max=1e6, step=0.5,
-                                         description="weight", tooltip=f"weight of {ref} (0 = only when nothing else is left)",
-                                         layout=w.Layout(width="11em"))
-        show_widget(self.weight, builder.model.uses_step_weights())
-        self.up.on_click(lambda _: builder.move(index, -1))
-        self.down.on_click(lambda _: builder.move(index, +1))
-        self.remove.on_click(lambda _: builder.remove(index))
-        self.weight.observe(lambda change: builder._set_weight(ref, change["new"]), names="value")
-        self.box = w.HBox([self.label, self.up, self.down, self.remove, self.weight])
-
-    def close(self) -> None:
-        for widget in (self.label, self.up, self.down, self.remove, self.weight, self.box):
-            widget.close()
-
-
 class ComboBuilder:
     """Build, reorder, validate, save, explain and test a combo, with every field in `model`.
 
@@ -194,7 +169,7 @@ class ComboBuilder:
         self.last_decision: Decision | None = None
         self._test_thread: threading.Thread | None = None
         self._syncing = False
-        self._rows: list[_StepRow] = []
+        self._kit = Kit()
         self._build()
         self._bind()
         if combo:
@@ -204,97 +179,114 @@ class ComboBuilder:
     # ---- the widgets ---------------------------------------------------------------------------
 
     def _build(self) -> None:
-        self.title = w.HTML(STYLE + "<b>nbrouter combo builder</b>")
-        self.load_choice = w.Dropdown(description="saved combo", options=[], value=None, style={"description_width": "initial"})
-        self.load_button = w.Button(description="load", tooltip="load the saved combo to edit it")
-        self.new_button = w.Button(description="new", tooltip="start an empty draft")
-        self.name = w.Text(description="name", placeholder="used as %%llm NAME", continuous_update=True)
+        k = self._kit
+        self.title = k(w.HTML, value=STYLE + "<b>nbrouter combo builder</b>")
+        self.load_choice = k(w.Dropdown, description="saved combo", options=[], value=None, style={"description_width": "initial"})
+        self.load_button = k(w.Button, description="load", tooltip="load the saved combo to edit it")
+        self.new_button = k(w.Button, description="new", tooltip="start an empty draft")
+        self.name = k(w.Text, description="name", placeholder="used as %%llm NAME", continuous_update=True)
 
-        self.provider = w.Dropdown(description="provider", options=[])
-        self.account = w.Dropdown(description="account", options=[])
-        self.model_id = w.Combobox(description="model", placeholder="pick or type a model id", ensure_option=False)
-        self.add_button = w.Button(description="add", tooltip="add provider/model as the last step")
-        self.combo_choice = w.Dropdown(description="combo", options=[])
-        self.add_combo_button = w.Button(description="add combo", tooltip="add another combo as the last step")
+        self.provider = k(w.Dropdown, description="provider", options=[])
+        self.account = k(w.Dropdown, description="account", options=[])
+        self.model_id = k(w.Combobox, description="model", placeholder="pick or type a model id", ensure_option=False)
+        self.add_button = k(w.Button, description="add", tooltip="add provider/model as the last step")
+        self.combo_choice = k(w.Dropdown, description="combo", options=[])
+        self.add_combo_button = k(w.Button, description="add combo", tooltip="add another combo as the last step")
+        #: the "add a step" heading, and under it how to get a provider when there is none
+        self.providers_note = k(w.HTML, value="<b>add a step</b>")
+        self.reload_button = k(w.Button, description="reload config",
+                               tooltip="read the config file and the environment again (a key set since, a server started since)")
 
-        self.tags = w.TagsInput(description="steps", allow_duplicates=False, placeholder="drag to reorder")
-        self.rows_box = w.VBox([])
+        # the steps, once: a numbered list to pick from, and buttons that work from a keyboard and a screen reader
+        self.steps = k(w.Select, description="steps", options=[], rows=3, tooltip="the steps, tried in this order")
+        self.up_button = k(w.Button, description="up", tooltip="move the picked step up")
+        self.down_button = k(w.Button, description="down", tooltip="move the picked step down")
+        self.remove_button = k(w.Button, description="remove", tooltip="remove the picked step from the combo")
+        self.weight = k(w.BoundedFloatText, min=0.0, max=1e6, step=0.5, description="weight", own_layout=True,
+                        tooltip="the picked step's weight (0 = only when nothing else is left)")
 
-        self.strategy = w.Dropdown(description="strategy", options=list(STRATEGIES))
-        self.strategy_help = w.HTML()
-        self.sticky = w.BoundedIntText(description="sticky", min=1, max=1_000_000, value=1,
-                                       tooltip="round-robin: calls kept on one step before the turn moves")
-        self.pack = w.Dropdown(description="pack", options=[("default weights", "")] + [(p, p) for p in PACKS])
-        self.factor_inputs = {f: w.BoundedFloatText(description=f, min=0.0, max=100.0, step=0.01, layout=w.Layout(width="14em"),
-                                                    style={"description_width": "7em"}) for f in FACTORS}
-        self.factor_reset = w.Button(description="use pack weights", tooltip="forget the factor weights set here",
-                                     layout=w.Layout(width="auto"))
-        self.auto_box = w.VBox([
-            self.pack,
-            w.HTML("factor weights (normalised to sum 1; a value changed here overrides the pack's):"),
-            w.GridBox(list(self.factor_inputs.values()), layout=w.Layout(grid_template_columns="repeat(3, auto)")),
-            self.factor_reset,
-        ])
-        self.account_strategy = w.Dropdown(description="accounts", options=list(ACCOUNT_STRATEGIES),
-                                           tooltip="how the accounts of one provider/model target are ordered")
-        self.fallback = {k.value: w.Checkbox(description=k.value, indent=False, layout=w.Layout(width="13em")) for k in FALLBACK_KINDS}
-        self.fallback_reset = w.Button(description="default kinds", tooltip="the spec's default fallback kinds")
-        self.options_note = w.HTML()
+        self.strategy = k(w.Dropdown, description="strategy", options=list(STRATEGIES))
+        #: what the strategy does, and the fields of a loaded combo the builder keeps as they are
+        self.strategy_help = k(w.HTML)
+        self.sticky = k(w.BoundedIntText, description="sticky", min=1, max=1_000_000, value=1, own_layout=True,
+                        tooltip="round-robin: calls kept on one step before the turn moves")
+        self.pack = k(w.Dropdown, description="pack", options=[("default weights", "")] + [(p, p) for p in PACKS])
+        #: the factor weights of `auto`, made the first time the strategy is auto (most combos never need them)
+        self.factor_inputs: dict[str, w.BoundedFloatText] = {}
+        self.factor_reset = k(w.Button, description="use pack weights", tooltip="forget the factor weights set here")
+        self.auto_box = k(w.VBox, children=[self.pack], own_layout=True)
+        self.account_strategy = k(w.Dropdown, description="accounts", options=list(ACCOUNT_STRATEGIES),
+                                  tooltip="how the accounts of one provider/model target are ordered")
+        self.fallback = k(w.TagsInput, allowed_tags=[kind.value for kind in FALLBACK_KINDS], allow_duplicates=False,
+                          placeholder="add a kind")
+        self.fallback_reset = k(w.Button, description="default kinds", tooltip="the spec's default fallback kinds")
+        self.fallback_box = k(w.Accordion, children=[k(w.VBox, children=[self.fallback, self.fallback_reset])], selected_index=None)
+        self.options_note = self.strategy_help
 
-        self.message_html = w.HTML()
-        self.save_button = w.Button(description="save", button_style="primary", tooltip="validate and write [combos.NAME] to the config file")
-        self.delete_button = w.Button(description="delete", button_style="danger", tooltip="remove the saved combo (asks first)")
-        self.confirm_html = w.HTML()
-        self.confirm_button = w.Button(description="yes, delete", button_style="danger")
-        self.cancel_button = w.Button(description="cancel")
-        self.confirm_box = w.HBox([self.confirm_html, self.confirm_button, self.cancel_button])
+        self.message_html = k(w.HTML)
+        self.save_button = k(w.Button, description="save", button_style="primary", tooltip="validate and write [combos.NAME] to the config file")
+        self.delete_button = k(w.Button, description="delete", button_style="danger", tooltip="remove the saved combo (asks first)")
+        self.confirm_button = k(w.Button, description="yes, delete", button_style="danger", layout=k.layout_of(width="auto"))
+        self.cancel_button = k(w.Button, description="cancel")
+        self.confirm_box = k(w.HBox, children=[self.confirm_button, self.cancel_button], own_layout=True)
         show_widget(self.confirm_box, False)
-        self.status_html = w.HTML()
+        self.status_html = k(w.HTML)
 
-        self.prompt = w.Textarea(description="test prompt", rows=2, layout=w.Layout(width="40em"))
-        self.test_button = w.Button(description="test", tooltip="send the prompt through the saved combo")
-        self.explain_button = w.Button(description="explain", tooltip="show the order the router would try for this draft now")
-        self.test_html = w.HTML()
-        self.explain_html = w.HTML()
+        self.prompt = k(w.Textarea, description="test prompt", rows=2, layout=k.layout_of(width="40em"))
+        self.test_button = k(w.Button, description="test", tooltip="send the prompt through the saved combo")
+        self.explain_button = k(w.Button, description="explain", tooltip="show the order the router would try for this draft now")
+        # one place for what the last test or explain said: a newer one replaces it, an edit clears an explain
+        self.test_html = k(w.HTML)
+        self.explain_html = k(w.HTML)
 
-        self.widget = w.VBox([
+        self.widget = k(w.VBox, children=[
             self.title,
-            w.HBox([self.load_choice, self.load_button, self.new_button]),
+            k(w.HBox, children=[self.load_choice, self.load_button, self.new_button]),
             self.name,
-            w.HTML("<b>add a step</b>"),
-            w.HBox([self.provider, self.account, self.model_id, self.add_button]),
-            w.HBox([self.combo_choice, self.add_combo_button]),
-            w.HTML("<b>steps</b>, tried in this order (drag a tag, or use the buttons)"),
-            self.tags,
-            self.rows_box,
-            w.HTML("<b>routing</b>"),
-            w.HBox([self.strategy, self.strategy_help]),
+            self.providers_note,
+            k(w.HBox, children=[self.provider, self.account, self.model_id, self.add_button, self.reload_button]),
+            k(w.HBox, children=[self.combo_choice, self.add_combo_button]),
+            k(w.HBox, children=[self.steps, k(w.VBox, children=[self.up_button, self.down_button, self.remove_button, self.weight])]),
+            self.strategy,
+            self.strategy_help,
             self.sticky,
             self.auto_box,
             self.account_strategy,
-            w.HTML("fall back on these error kinds (an unticked kind stops the call):"),
-            w.GridBox(list(self.fallback.values()), layout=w.Layout(grid_template_columns="repeat(4, auto)")),
-            self.fallback_reset,
-            self.options_note,
+            self.fallback_box,
             self.message_html,
-            w.HBox([self.save_button, self.delete_button]),
+            k(w.HBox, children=[self.save_button, self.delete_button]),
             self.confirm_box,
             self.status_html,
-            w.HTML("<b>try it</b>"),
             self.prompt,
-            w.HBox([self.test_button, self.explain_button]),
+            k(w.HBox, children=[self.test_button, self.explain_button]),
             self.test_html,
             self.explain_html,
         ])
         self.widget.add_class("nbrouter-widget")
         self.refresh_choices()
 
+    def _ensure_factor_inputs(self) -> None:
+        """Make the factor weight inputs of `auto` (the first time they are needed)."""
+        if self.factor_inputs:
+            return
+        k = self._kit
+        self.factor_inputs = {f: k(w.BoundedFloatText, description=f, min=0.0, max=100.0, step=0.01,
+                                   layout=k.layout_of(width="14em")) for f in FACTORS}
+        for factor, box in self.factor_inputs.items():
+            box.observe(lambda change, factor=factor: self._set_factor(factor, change["new"]), names="value")
+        self.auto_box.children = [
+            self.pack,
+            k(w.HTML, value="factor weights (normalised to sum 1; a value changed here overrides the pack's):"),
+            k(w.GridBox, children=list(self.factor_inputs.values()), layout=k.layout_of(grid_template_columns="repeat(3, auto)")),
+            self.factor_reset,
+        ]
+        self._sync_factors()
+
     def _bind(self) -> None:
         m = self.model
-        # a free text field and the tag list hold any value the model can: a plain two-way link
+        # a free text field holds any value the model can: a plain two-way link
         self._links = [
             link((m, "name"), (self.name, "value")),
-            link((m, "targets"), (self.tags, "value")),
             link((m, "test_prompt"), (self.prompt, "value")),
         ]
         # a dropdown refuses a value it does not list; the model may still hold it, and validation says why
@@ -302,18 +294,17 @@ class ComboBuilder:
         self._pair(m, "account_strategy", self.account_strategy)
         self._pair(m, "pack", self.pack)
         self._pair(m, "sticky", self.sticky)
-        for kind, box in self.fallback.items():
-            box.observe(lambda change, kind=kind: self._tick(kind, change["new"]), names="value")
-        for factor, box in self.factor_inputs.items():
-            box.observe(lambda change, factor=factor: self._set_factor(factor, change["new"]), names="value")
+        self.fallback.observe(lambda change: self._set_fallback(change["new"]), names="value")
+        self.weight.observe(lambda change: self._set_weight(change["new"]), names="value")
+        self.steps.observe(lambda _: self._sync_picked(), names="value")
         m.observe(lambda _: self._sync_fallback(), names="fallback_on")
         m.observe(lambda _: self._sync_factors(), names=["pack", "factor_weights"])
         m.observe(lambda _: self._sync_rows(), names=["targets", "strategy"])
         m.observe(lambda _: self._sync_weights(), names="weights")
         m.observe(lambda _: self._sync_sections(), names=["strategy", "options"])
         m.observe(lambda _: self._sync_buttons(), names=["valid", "saved", "testing", "message", "name"])
-        m.observe(lambda _: self.validate(), names=["name", "targets", "strategy", "account_strategy", "fallback_on", "sticky",
-                                                    "weights", "pack", "factor_weights", "options", "step_options"])
+        m.observe(lambda _: self._draft_changed(), names=["name", "targets", "strategy", "account_strategy", "fallback_on",
+                                                          "sticky", "weights", "pack", "factor_weights", "options", "step_options"])
         m.observe(lambda _: self.refresh_choices(), names="name")
 
         self.provider.observe(lambda _: self._provider_changed(), names="value")
@@ -329,6 +320,10 @@ class ComboBuilder:
         self.explain_button.on_click(lambda _: self.explain())
         self.fallback_reset.on_click(lambda _: setattr(self.model, "fallback_on", list(DEFAULT_FALLBACK)))
         self.factor_reset.on_click(lambda _: setattr(self.model, "factor_weights", {}))
+        self.up_button.on_click(lambda _: self._move_picked(-1))
+        self.down_button.on_click(lambda _: self._move_picked(+1))
+        self.remove_button.on_click(lambda _: self.remove(self.steps.value) if self.steps.value is not None else None)
+        self.reload_button.on_click(lambda _: self.reload())
 
         self._sync_fallback()
         self._sync_factors()
@@ -369,22 +364,26 @@ class ComboBuilder:
             self._syncing = False
 
     def _sync_fallback(self) -> None:
-        ticked = set(self.model.fallback_on)
+        kinds = [k.value for k in FALLBACK_KINDS]
+        ticked = sorted(set(self.model.fallback_on), key=lambda k: kinds.index(k) if k in kinds else len(kinds))
+        default = set(ticked) == set(DEFAULT_FALLBACK)
+        self.fallback_box.set_title(0, f"fall back on {len(ticked)} of {len(kinds)} error kinds"
+                                       + (" (the defaults)" if default else "") + "; any other kind stops the call")
         with self._quietly():
-            for kind, box in self.fallback.items():
-                box.value = kind in ticked
+            if list(self.fallback.value) != ticked:
+                self.fallback.value = ticked
 
-    def _tick(self, kind: str, on: bool) -> None:
-        if self._syncing:
-            return
-        current = [k for k in self.model.fallback_on if k != kind]
-        self.model.fallback_on = current + [kind] if on else current
+    def _set_fallback(self, kinds: Sequence[str]) -> None:
+        if not self._syncing and set(kinds) != set(self.model.fallback_on):
+            self.model.fallback_on = list(kinds)
 
     def _base_factors(self) -> dict[str, float]:
         base = PACKS.get(self.model.pack) if self.model.pack else self.router.policy.auto_weights
         return {f: float((base or {}).get(f, 0.0)) for f in FACTORS}
 
     def _sync_factors(self) -> None:
+        if not self.factor_inputs:
+            return
         base = self._base_factors()
         with self._quietly():
             for factor, box in self.factor_inputs.items():
@@ -401,23 +400,53 @@ class ComboBuilder:
         self.model.factor_weights = weights
 
     def _sync_rows(self) -> None:
+        """The numbered list of steps, keeping the picked one picked."""
         targets = list(self.model.targets)
-        old = self._rows
-        self._rows = [_StepRow(self, i, ref, i == len(targets) - 1) for i, ref in enumerate(targets)]
-        self.rows_box.children = [r.box for r in self._rows]
-        for row in old:
-            row.close()
+        picked = self.steps.value
+        with self._quietly():
+            self.steps.options = [(f"{i + 1}. {ref}", i) for i, ref in enumerate(targets)]
+            self.steps.rows = max(3, min(len(targets), 12))
+            self.steps.value = picked if picked is not None and picked < len(targets) else (0 if targets else None)
+        self._sync_picked()
+
+    def _sync_picked(self) -> None:
+        """The buttons and the weight say what they would do to the picked step."""
+        targets = list(self.model.targets)
+        index = self.steps.value
+        ref = targets[index] if index is not None and index < len(targets) else None
+        self.up_button.disabled = ref is None or index == 0
+        self.down_button.disabled = ref is None or index == len(targets) - 1
+        self.remove_button.disabled = ref is None
+        for button, what in ((self.up_button, "move {} up"), (self.down_button, "move {} down"),
+                             (self.remove_button, "remove {} from the combo")):
+            button.tooltip = what.format(ref) if ref else "pick a step first"
+        self._sync_weights()
+
+    def _move_picked(self, by: int) -> None:
+        index = self.steps.value
+        if index is None:
+            return
+        self.move(index, by)
+        with self._quietly():
+            self.steps.value = min(max(index + by, 0), len(self.model.targets) - 1)
+        self._sync_picked()
 
     def _sync_weights(self) -> None:
-        show = self.model.uses_step_weights()
+        targets = list(self.model.targets)
+        index = self.steps.value
+        ref = targets[index] if index is not None and index < len(targets) else None
         with self._quietly():
-            for row in self._rows:
-                row.weight.value = float(self.model.weights.get(row.ref, 1.0))
-                show_widget(row.weight, show)
+            self.weight.value = float(self.model.weights.get(ref, 1.0)) if ref else 1.0
+            show_widget(self.weight, ref is not None and self.model.uses_step_weights())
 
-    def _set_weight(self, ref: str, value: float) -> None:
+    def _set_weight(self, value: float) -> None:
         if self._syncing:
             return
+        targets = list(self.model.targets)
+        index = self.steps.value
+        if index is None or index >= len(targets):
+            return
+        ref = targets[index]
         weights = dict(self.model.weights)
         if float(value) == 1.0:
             weights.pop(ref, None)
@@ -425,14 +454,22 @@ class ComboBuilder:
             weights[ref] = float(value)
         self.model.weights = weights
 
+    def _draft_changed(self) -> None:
+        """Validate the new draft; an explain of the old one would now mislead, so it goes."""
+        self.explain_html.value = ""
+        self.validate()
+
     def _sync_sections(self) -> None:
         strategy = self.model.strategy
         fn = STRATEGIES.get(strategy)
-        self.strategy_help.value = html.escape(_first_line(fn.__doc__) if fn else f"unknown strategy {strategy!r}")
+        help_ = html.escape(_first_line(fn.__doc__) if fn else f"unknown strategy {strategy!r}")
         show_widget(self.sticky, strategy == "round-robin")
+        if strategy == "auto":
+            self._ensure_factor_inputs()
         show_widget(self.auto_box, strategy == "auto")
         kept = {k: v for k, v in self.model.options.items() if k not in EDITED_FIELDS}
-        self.options_note.value = ("other fields kept as they are: " + html.escape(" · ".join(f"{k} = {v}" for k, v in kept.items()))) if kept else ""
+        kept_text = ("<br>other fields kept as they are: " + html.escape(" · ".join(f"{k} = {v}" for k, v in kept.items()))) if kept else ""
+        self.strategy_help.value = help_ + kept_text
 
     def _sync_buttons(self) -> None:
         m = self.model
@@ -469,17 +506,30 @@ class ComboBuilder:
         self.model_id.options = models
 
     def refresh_choices(self) -> None:
-        """Offer the configuration's current providers and saved combos."""
+        """Offer the configuration's current providers (with what zero-config found) and saved combos."""
+        providers = list(self.router.providers)
         config = self.router.config
-        providers = list(config.providers)
         if list(self.provider.options) != providers:
             current = self.provider.value
             self.provider.options = providers
             self.provider.value = current if current in providers else (providers[0] if providers else None)
+        if providers:
+            self.providers_note.value = "<b>add a step</b>"
+        else:
+            where = config.file_label
+            self.providers_note.value = "<b>add a step</b>" + note(
+                "no provider yet, so there is nothing to pick: set a key in this kernel (os.environ['OPENAI_API_KEY'] = "
+                f"'...', or ANTHROPIC_API_KEY, GEMINI_API_KEY...) or start a local server, then reload; or add a "
+                f"[providers.NAME] table to {where}", "warn")
         saved = sorted(config.combos)
+        name = self.model.name.strip()
         if list(self.load_choice.options) != saved:
+            current = self.load_choice.value
             self.load_choice.options = saved
-            self.load_choice.value = None
+            # after a save the list names the combo being edited; otherwise what was picked stays picked
+            self.load_choice.value = name if name in saved else (current if current in saved else None)
+        elif name in saved and self.model.saved and self.load_choice.value != name:
+            self.load_choice.value = name
         steps = [n for n in saved if n != self.model.name.strip()] + list(VIRTUAL_COMBOS)
         if list(self.combo_choice.options) != steps:
             current = self.combo_choice.value
@@ -487,13 +537,24 @@ class ComboBuilder:
             self.combo_choice.value = current if current in steps else steps[0]
         self._sync_buttons()
 
+    def reload(self) -> None:
+        """Read the configuration and the environment again (Router.reload), and offer what is there now."""
+        try:
+            self.router.reload()
+        except ComboConfigError as exc:
+            self._status(f"the configuration has a mistake: {exc}", "bad")
+            return
+        self.refresh_choices()
+        self._provider_changed()
+        self.validate()
+        self._status(f"reloaded: {len(self.router.providers)} provider(s)")
+
     # ---- editing -------------------------------------------------------------------------------
 
     def add_target(self, provider: str | None = None, model: str | None = None, account: str | None = None) -> str | None:
         """Add `provider[#account]/model` (the picker's values by default) as the last step."""
         provider = provider if provider is not None else (self.provider.value or "")
         account = account if account is not None else (self.account.value or "")
-        picked = model is None
         model = (self.model_id.value if model is None else model).strip()
         if not provider:
             self._status("no provider to pick: add one to the config file first", "bad")
@@ -504,8 +565,8 @@ class ComboBuilder:
         target = f"{provider}#{account}/{model}" if account else f"{provider}/{model}"
         if not self.add_step(target):
             return None
-        if picked:
-            self.model_id.value = ""  # ready for the next one
+        # the picker keeps what it shows: clearing it from here could wipe a model id the person is already
+        # typing for the next step (their keystrokes and this write cross on the wire)
         return target
 
     def add_step(self, ref: str) -> bool:
@@ -627,7 +688,8 @@ class ComboBuilder:
         if name not in self.router.config.combos:
             self._status(f"{name!r} is not a saved combo", "bad")
             return
-        self.confirm_html.value = note(f"delete [combos.{name}] from {self.router.config.file_label}?", "bad")
+        self._status(f"delete [combos.{name}] from {self.router.config.file_label}?", "bad")
+        self.confirm_button.description = f"yes, delete {name}"
         show_widget(self.confirm_box, True)
 
     def _hide_confirm(self) -> None:
@@ -657,7 +719,8 @@ class ComboBuilder:
             self.explain_html.value = note(f"cannot explain: {exc}", "bad")
             return None
         self.last_decision = decision
-        self.explain_html.value = views.decision_table(decision).html()
+        self.test_html.value = ""  # the newest answer is the only one shown
+        self.explain_html.value = views.decision_html(decision)
         return decision
 
     def test(self) -> threading.Thread | None:
@@ -676,6 +739,7 @@ class ComboBuilder:
             return None
         m.testing = True
         self.last_result = self.last_error = None
+        self.explain_html.value = ""  # the newest answer is the only one shown
         self.test_html.value = note(f"sending to {m.name}...", "busy")
         thread = threading.Thread(target=self._run_test, args=(draft, m.test_prompt or DEFAULT_TEST_PROMPT),
                                   name="nbrouter-builder-test", daemon=True)
@@ -738,12 +802,10 @@ class ComboBuilder:
 
     def close(self) -> None:
         """Close every widget of the builder."""
-        for row in self._rows:
-            row.close()
         for link_ in self._links:
             link_.unlink()
         close_tree(self.widget)
-
+        self._kit.close()
 
 
 def _same(draft: Combo, saved: Combo) -> bool:

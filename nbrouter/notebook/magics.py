@@ -21,14 +21,17 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable
 
 from IPython.core.error import UsageError
+from IPython.display import display
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Float, Unicode
 
 from ..router.errors import AllTargetsFailed, BudgetExceeded, ComboConfigError, RouteError
-from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Done, ErrorKind, RouteResult, TextDelta, Usage
-from ..report import Table
+from ..router.status import Status
+from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta, Usage
+from .._core import scrub
+from ..report import Shown, Table
 from ..router import views
 from .display import FORMATS, LiveAnswer, failure_bundle, failure_line, render_answer, result_bundle, short_traceback, terminal_width
 from . import frontend
@@ -234,8 +237,6 @@ class LLMMagics(Magics):
             self.chats[combo] = [*call["messages"], {"role": "user", "content": prompt},
                                  {"role": "assistant", "content": result.text}]
         if not stream:
-            from IPython.display import display
-
             data, metadata = result_bundle(result, fmt, answer=answer, **where)
             display(data, raw=True, metadata=metadata)
         return None
@@ -249,8 +250,6 @@ class LLMMagics(Magics):
         else:
             if live is not None:
                 live.fail(data, metadata)  # a terminal: end the streamed line first
-            from IPython.display import display
-
             display(data, raw=True, metadata=metadata)
         line = failure_line(exc)
         if self.raise_on_failure:
@@ -402,8 +401,16 @@ class LLMMagics(Magics):
         return word in combos or word in VIRTUAL_COMBOS or "/" in word
 
     def _show(self, obj: Any) -> None:
-        from IPython.display import display
-
+        """Display a table (or a Decision, a Status): HTML in a notebook, text fitted to the terminal."""
+        if isinstance(obj, Decision):
+            display({"text/plain": views.decision_text(obj, terminal_width()), "text/html": views.decision_html(obj)}, raw=True)
+            return
+        if isinstance(obj, Status):
+            obj = obj.tables()
+        if isinstance(obj, Shown):
+            # HTML for the notebook, text for a terminal; the Markdown form would only be a third copy in the file
+            display({"text/plain": obj.text(terminal_width()), "text/html": obj.html()}, raw=True)
+            return
         display(obj)
 
     def _help(self, rest: str) -> None:
@@ -416,8 +423,6 @@ class LLMMagics(Magics):
         if self.last_failure is None:
             print("no cell has raised an error in this session yet")
             return
-        from .._core import scrub
-
         source, error = self.last_failure
         lines = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip("\n").splitlines()
         shown = "\n".join(lines[-ERROR_TRACEBACK_LINES:])
@@ -456,8 +461,6 @@ class LLMMagics(Magics):
         self._show(Table(["combo", "strategy", "targets"], rows, notes=notes))
 
     def _cmd_providers(self, rest: str) -> None:
-        from .._core import scrub
-
         rows = []
         providers = self.router.providers  # with no config file: what zero-config found, and where from
         if not providers:
@@ -473,7 +476,7 @@ class LLMMagics(Magics):
                     accounts.append(acc.name)
             rows.append([name, p.protocol + (" (local)" if p.local else ""), scrub(p.base_url), ", ".join(accounts),
                          ", ".join(p.models), p.source + ("" if p.enabled else " (disabled)")])
-        self._show(Table(["provider", "protocol", "base url", "accounts", "models", "from"], rows))
+        self._show(Table(["provider", "protocol", "base url", "accounts", "models", "from"], rows, wrap=[4]))
 
     def _cmd_status(self, rest: str) -> None:
         if rest.split() == ["--live"]:

@@ -116,8 +116,12 @@ class Table(Shown):
             total = sum(natural) + _GAP * (len(natural) - 1)
             if total > width:
                 fixed = sum(n for i, n in enumerate(natural) if i not in self.wrap) + _GAP * (len(natural) - 1)
-                room = max(MIN_WRAP_WIDTH, (width - fixed) // len(self.wrap))
-                maxcolwidths = [room if i in self.wrap and natural[i] > room else None for i in range(len(natural))]
+                # share the room left: a narrow wrap column keeps its width, the wide ones split the rest
+                remaining, widths = width - fixed, {}
+                for left, i in enumerate(sorted(self.wrap, key=lambda i: natural[i])):
+                    widths[i] = min(natural[i], max(MIN_WRAP_WIDTH, remaining // (len(self.wrap) - left)))
+                    remaining -= widths[i]
+                maxcolwidths = [widths[i] if i in widths and widths[i] < natural[i] else None for i in range(len(natural))]
         return tabulate(rows, headers=self.headers, tablefmt="simple", colalign=self.align, disable_numparse=True,
                         maxcolwidths=maxcolwidths)
 
@@ -151,7 +155,8 @@ class Table(Shown):
     def _cell_html(self, index: int, text: str) -> str:
         align = self.align[index] if index < len(self.align) else "left"
         wraps = index in self.wrap
-        style = f"text-align:{align};vertical-align:top;padding:2px 8px" + ("" if wraps else ";white-space:nowrap")
+        # the table does not wrap (white-space is inherited); only a wrap column's cells may
+        style = f"text-align:{align}" + (";white-space:normal" if wraps else "")
         shown = _cut(text, self.cut) if wraps else text
         if shown != text:  # the whole note on demand
             body = f"<details><summary>{html_text(shown)}</summary>{html_text(text)}</details>"
@@ -163,14 +168,14 @@ class Table(Shown):
         """The table alone as an HTML `<table>`; every cell is escaped."""
         if not self.rows:
             return f"<div>{html_text(self.empty)}</div>"
-        head = "".join(f"<th style='text-align:{a};padding:2px 8px;white-space:nowrap'>{html_text(h)}</th>"
+        head = "".join(f"<th style='text-align:{a}'>{html_text(h)}</th>"
                        for h, a in zip(self.headers, self.align))
         body = []
         for r, row in enumerate(self.rows):
             tone = self.tones[r] if self.tones is not None and r < len(self.tones) else ""
             style = f" style='{tone_tint(tone)}'" if tone_tint(tone) else ""
             body.append(f"<tr{style}>" + "".join(self._cell_html(i, c) for i, c in enumerate(row)) + "</tr>")
-        return (f"<table class='nbrouter-table' style='border-collapse:collapse'><thead><tr>{head}</tr></thead>"
+        return (f"<table class='nbrouter-table' style='border-collapse:collapse;white-space:nowrap'><thead><tr>{head}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table>")
 
     def html(self) -> str:

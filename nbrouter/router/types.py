@@ -141,17 +141,18 @@ class Decision:
         return [r for r in self.rows if r.skipped]
 
     def table(self) -> str:
-        """The decision as plain text: the order, the skips and why, the policy constants."""
-        return views.decision_text(self)
+        """The whole decision as plain text: the order, the skips and why, every input, every policy constant."""
+        return views.decision_text(self, full=True)
 
     def __str__(self) -> str:
-        return self.table()
+        """The decision as a screen shows it: the order and why, the inputs cut short, no policy dump."""
+        return views.decision_text(self)
 
     def __repr__(self) -> str:
-        return self.table()
+        return str(self)
 
     def _repr_html_(self) -> str:
-        return views.decision_table(self).html()
+        return views.decision_html(self)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any, Mapping, Protocol, Sequence
 
 from .._core.text import dollars, duration, ms, span
-from ..report import Table, Tables
+from ..report import TONE_MARKS, Table, Tables, html_text
 
 # ---- what the views read ------------------------------------------------------------------
 
@@ -133,7 +133,12 @@ def tried_text(attempts: Sequence[AttemptLike]) -> str:
 
 def combo_path(attempts: Sequence[AttemptLike]) -> list[str]:
     """The combo steps every attempt's path starts with (`["everyday"]`), shown once above the rows."""
-    paths = [a.path.split(_STEP)[:-1] for a in attempts]
+    return shared_steps([a.path for a in attempts])
+
+
+def shared_steps(path_texts: Sequence[str]) -> list[str]:
+    """The combo steps that every `combo > step > candidate` path starts with."""
+    paths = [p.split(_STEP)[:-1] for p in path_texts]
     if not paths:
         return []
     common = paths[0]
@@ -201,27 +206,65 @@ def attempt_table(attempts: Sequence[AttemptLike], now: float | None = None, *, 
 DECISION_HEADERS = ["order", "candidate", "", "why", "inputs"]
 
 
-def _inputs_text(inputs: Mapping[str, Any]) -> str:
-    return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in inputs.items())
+#: the inputs of a decision row are cut here in text (the HTML shows them all on demand)
+INPUTS_WIDTH = 60
+_POINTS = "_pts"
 
 
-def decision_table(decision: DecisionLike) -> Table:
+def _value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def inputs_text(inputs: Mapping[str, Any], full: bool = False) -> str:
+    """What went into a candidate's place, most telling first: an `auto` score and the factors that gave it
+    the most points (`score 0.887: health 0.22, quota 0.17, ...`), then everything else; `full`: every
+    input as `name=value`, as the scoring wrote them."""
+    if full:
+        return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in inputs.items())
+    points = sorted(((k[: -len(_POINTS)], v) for k, v in inputs.items() if k.endswith(_POINTS) and isinstance(v, (int, float))),
+                    key=lambda kv: -kv[1])
+    shown = {"score", *(k + _POINTS for k, _ in points)}
+    head = f"score {_value(inputs['score'])}: " if "score" in inputs else ""
+    parts = [f"{k} {_value(v)}" for k, v in points]
+    parts += [f"{k}={_value(v)}" for k, v in inputs.items() if k not in shown]
+    return head + ", ".join(parts)
+
+
+def decision_table(decision: DecisionLike, full: bool = False) -> Table:
     """The candidates in the order they are tried (skipped ones last, with why), under a line naming the
-    combo, strategy, seed and config."""
+    combo, strategy, seed and config; `full`: every input of every row, uncut."""
     head = (
         f"combo {decision.combo!r} · strategy {decision.strategy} · accounts {decision.account_strategy} · "
         f"seed {decision.seed}" + (" · explored" if decision.explored else "") + f" · config {decision.config_hash}"
     )
     ranked = sorted(decision.rows, key=lambda r: (r.position is None, r.position or 0))
-    rows = [["-" if r.position is None else str(r.position + 1), r.candidate.path_text, "skipped" if r.skipped else "try",
-             r.reason, _inputs_text(r.inputs)] for r in ranked]
-    return Table(DECISION_HEADERS, rows, title=head, notes=decision.notes)
+    shared = shared_steps([r.candidate.path_text for r in ranked])
+    headers = list(DECISION_HEADERS)
+    if shared:
+        headers[1] = f"candidate (of {_STEP.join(shared)})"
+    rows = [["-" if r.position is None else str(r.position + 1), _STEP.join(r.candidate.path_text.split(_STEP)[len(shared):]),
+             "skipped" if r.skipped else "try", r.reason, inputs_text(r.inputs, full)] for r in ranked]
+    return Table(headers, rows, title=head, notes=decision.notes, wrap=[3, 4], cut=None if full else INPUTS_WIDTH)
 
 
-def decision_text(decision: DecisionLike) -> str:
-    """The decision table as plain text, followed by the policy constants it used."""
-    text = decision_table(decision).text()
-    return text + "\n" + constants_text(decision.constants) if decision.constants else text
+def decision_text(decision: DecisionLike, width: int | None = None, full: bool = False) -> str:
+    """The decision table as plain text, and one line saying where the policy constants it used are (all
+    of them are a screenful: `decision.constants` holds them, the HTML shows them on demand); `full`:
+    every input uncut, and every constant."""
+    text = decision_table(decision, full).text(width)
+    if decision.constants:
+        text += "\n" + (constants_text(decision.constants) if full else
+                        f"policy: {len(decision.constants)} constants, in decision.constants")
+    return text
+
+
+def decision_html(decision: DecisionLike) -> str:
+    """The decision table as HTML, with the policy constants folded away under it."""
+    html = decision_table(decision).html()
+    if decision.constants:
+        html += (f"<details><summary>policy: {len(decision.constants)} constants</summary>"
+                 f"<div style='white-space:pre-wrap'>{html_text(constants_text(decision.constants))}</div></details>")
+    return html
 
 
 def constants_text(constants: Mapping[str, Any], width: int = 110) -> str:
@@ -316,17 +359,34 @@ def _quota_text(quota: Mapping[str, Any]) -> str:
     return " · ".join(f"{_count(v)} {short.get(k, k)}" for k, v in quota.items()) or "not set"
 
 
+def _health_text(words: str, tone: str) -> str:
+    """`✓ healthy`: a mark that says the tone in a character, for those who do not see the colour."""
+    return f"{TONE_MARKS[tone]} {words}"
+
+
+def cost_so_far(row: Mapping[str, Any]) -> str:
+    """A candidate's cost so far: `unknown` when its calls had no known price (never a silent `$0.000000`).
+
+    A row may say how many of its calls had tokens at an unknown price (`cost_unknown`); without it, the
+    known sum is all there is to show."""
+    unknown = int(row.get("cost_unknown") or 0)
+    known = float(row.get("cost_usd") or 0.0)
+    if unknown:
+        return "unknown" if not known else f"${known:.6f} + unknown"
+    return f"${known:.6f}"
+
+
 def candidate_cells(row: Mapping[str, Any]) -> list[str]:
     """One candidate row of Router.status() as the cells of CANDIDATE_COLUMNS (health first)."""
-    words, _ = candidate_health(row)
-    return [row["candidate"], words, row.get("breaker") or "", _hold_text(row), ms(row.get("p50_s")), ms(row.get("p95_s")),
-            str(row.get("requests", 0)), f"{float(row.get('error_rate') or 0.0):.0%}",
-            f"${float(row.get('cost_usd') or 0.0):.6f}", row.get("last_error") or ""]
+    words, tone = candidate_health(row)
+    return [row["candidate"], _health_text(words, tone), row.get("breaker") or "", _hold_text(row), ms(row.get("p50_s")),
+            ms(row.get("p95_s")), str(row.get("requests", 0)), f"{float(row.get('error_rate') or 0.0):.0%}",
+            cost_so_far(row), row.get("last_error") or ""]
 
 
 def account_cells(row: Mapping[str, Any]) -> list[str]:
     """One account row of Router.status() as the cells of ACCOUNT_COLUMNS (health first)."""
-    words, _ = account_health(row)
+    words, tone = account_health(row)
     key = {True: "set", False: "MISSING", None: "-"}[row.get("key_set")]
     used = (f"{row.get('requests_minute', 0)}/{row.get('requests_day', 0)} req · "
             f"{_count(row.get('tokens_minute', 0))}/{_count(row.get('tokens_day', 0))} tok")
@@ -337,14 +397,25 @@ def account_cells(row: Mapping[str, Any]) -> list[str]:
         if reset is not None:
             remaining += f" (resets in {countdown(reset)})"
     headroom = "" if row.get("headroom") is None else f"{row['headroom']:.0%}"
-    return [row["account"], words, key, row.get("tier") or "", _hold_text(row), used, _quota_text(row.get("quota") or {}),
-            remaining, headroom]
+    return [row["account"], _health_text(words, tone), key, row.get("tier") or "", _hold_text(row), used,
+            _quota_text(row.get("quota") or {}), remaining, headroom]
+
+
+def candidate_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """The candidates of Router.status(), each row tinted with its health."""
+    return Table(CANDIDATE_COLUMNS, [candidate_cells(r) for r in rows], tones=[candidate_health(r)[1] for r in rows],
+                 title="candidates", cut=NOTE_WIDTH)
+
+
+def account_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """The accounts of Router.status(), each row tinted with its health."""
+    return Table(ACCOUNT_COLUMNS, [account_cells(r) for r in rows], tones=[account_health(r)[1] for r in rows],
+                 title="accounts", wrap=[])
 
 
 def status_tables(status: StatusLike) -> Tables:
     """The candidates table and the accounts table of a Status, and its warning if any."""
-    return Tables([Table(CANDIDATE_COLUMNS, [candidate_cells(r) for r in status.candidates]),
-                   Table(ACCOUNT_COLUMNS, [account_cells(r) for r in status.accounts])],
+    return Tables([candidate_table(status.candidates), account_table(status.accounts)],
                   notes=[f"warning: {status.warning}"] if status.warning else [])
 
 
@@ -353,6 +424,14 @@ def status_tables(status: StatusLike) -> Tables:
 LOG_HEADERS = ["time", "combo", "candidate", "action", "kind", "status", "latency", "tokens", "cost", "message"]
 #: a log message longer than this is cut in the table
 LOG_MESSAGE_WIDTH = 100
+
+
+def _log_candidate(row: Mapping[str, Any]) -> str:
+    """The candidate and any nested combos it came through; the combo itself has its own column."""
+    path = (row.get("path") or row.get("candidate") or "").split(_STEP)
+    if row.get("combo") and len(path) > 1 and path[0] == row["combo"]:
+        path = path[1:]
+    return _STEP.join(path)
 
 
 def log_table(rows: Sequence[Mapping[str, Any]], title: str = "") -> Table:
@@ -364,7 +443,7 @@ def log_table(rows: Sequence[Mapping[str, Any]], title: str = "") -> Table:
         cost_text = "" if tokens == "" and cost is None else dollars(None if cost is None else Decimal(str(cost)))
         cells.append([
             time.strftime("%H:%M:%S", time.localtime(r["ts"])) if r.get("ts") else "", r.get("combo") or "",
-            r.get("path") or r.get("candidate") or "", r.get("action") or "", r.get("kind") or "",
+            _log_candidate(r), r.get("action") or "", r.get("kind") or "",
             "" if r.get("status") is None else str(r["status"]), ms(r.get("latency_s")), tokens, cost_text,
             (r.get("message") or "")[:LOG_MESSAGE_WIDTH],
         ])
