@@ -273,3 +273,13 @@ def test_all_lists_every_public_name_and_nothing_else(module_name: str) -> None:
     assert public == listed - lazy - {"__version__"}
     for name in listed:
         assert getattr(module, name) is not None
+
+
+def test_status_shows_an_unknown_price_as_unknown_never_as_zero(sim, make_router) -> None:
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a-model-nobody-prices"]}}))
+    router.complete("c", "hi")
+    status = router.status()
+    row = status.candidate("sim#default/a-model-nobody-prices")
+    assert row["cost_usd"] == 0.0 and row["cost_unknown"] == 1
+    text = str(status)
+    assert "$0.000000" not in text and "unknown" in text

@@ -83,3 +83,37 @@ def test_auto_works_over_what_zero_config_found(sim, monkeypatch: pytest.MonkeyP
         assert result.decision is not None and result.decision.strategy == "auto"
     finally:
         router.close()
+
+
+def test_a_key_set_during_the_session_is_noticed_without_a_reload(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from nbrouter.testing import ManualClock
+
+    clock = ManualClock()
+    router = Router(state_path=tmp_path / "s.db", clock=clock)
+    try:
+        with pytest.raises(NoProviders):
+            router.explain("auto", "hi")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-set-later-1")  # as `os.environ[...] = ...` in a cell
+        clock.advance(1)  # env_recheck_s: the variables are looked at again at most once a second
+        assert "openai" in router.providers
+        assert any(c.provider == "openai" for c in router.explain("auto", "hi").order)
+    finally:
+        router.close()
+
+
+def test_a_local_server_started_later_is_found_by_a_later_probe(sim, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from nbrouter.testing import ManualClock
+
+    monkeypatch.setenv("NBROUTER_LOCAL_URLS", "ollama=http://127.0.0.1:9/v1")  # nothing listens there yet
+    clock = ManualClock()
+    router = Router(state_path=tmp_path / "s.db", clock=clock)
+    try:
+        assert router.providers == {}
+        sim.models = ["llama3.2:3b"]
+        monkeypatch.setenv("NBROUTER_LOCAL_URLS", f"ollama={sim.openai_url}")  # the server is up now
+        clock.advance(29)
+        assert router.providers == {}  # the last probe is recent: not probed again yet
+        clock.advance(1)  # local_probe_refresh_s
+        assert list(router.providers) == ["ollama"]
+    finally:
+        router.close()

@@ -22,7 +22,7 @@ from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
 from .background import BackgroundLoop
 from .budget import Budget
-from .config import build_config, load_config, local_provider
+from .config import build_config, environment_providers, load_config, local_provider
 from .config_file import combo_table, set_combo, write_document
 from .clients import Senders
 from .decide import Decider
@@ -103,6 +103,8 @@ class Router:
         self._bg = BackgroundLoop()
         self._closed = False
         self._discovered = self.config.source != "environment"
+        self._discovered_at: float | None = None
+        self._env_checked_at = float("-inf")
         _routers.add(self)
 
     @property
@@ -113,8 +115,9 @@ class Router:
     # ---- configuration ----------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Read the configuration again (from the same file or dict)."""
+        """Read the configuration again (from the same file or dict); with none, look for keys and local servers again."""
         self._set_config(load_config(self._config_source, strategies=STRATEGIES))
+        self._discovered = self.config.source != "environment"
 
     def _set_config(self, config: Config) -> None:
         self.config = config
@@ -297,8 +300,10 @@ class Router:
     async def _route(self, req: CallRequest, emit: Emit | None) -> RouteResult:
         if self._closed:
             raise RuntimeError("this Router is closed")
+        if self.config.source == "environment":
+            self._notice_environment()
         if not self._discovered:
-            await self.discover()
+            await self.discover(refresh=self._discovered_at is not None)
         self.state.refresh()
         return await self._loop.run(req, emit)
 
@@ -340,10 +345,29 @@ class Router:
                 self.config.providers[server.preset] = local_provider(server.preset, server.base_url, server.models)
         self._decider.forget()
         self._discovered = True
+        self._discovered_at = self.clock.monotonic()
+
+    def _notice_environment(self) -> None:
+        """Zero-config: a key variable set since the last look adds its provider at once, and the local
+        ports are probed again once the last probe is older than `local_probe_refresh_s`."""
+        now = self.clock.monotonic()
+        if now - self._env_checked_at < self.config.policy.env_recheck_s:
+            return
+        self._env_checked_at = now
+        found = environment_providers()
+        added = [name for name in found if name not in self.config.providers]
+        for name in added:
+            self.config.providers[name] = found[name]
+        if added:
+            self._decider.forget()
+        if self._discovered_at is not None and now - self._discovered_at >= self.config.policy.local_probe_refresh_s:
+            self._discovered = False
 
     def _ensure_discovered(self) -> None:
+        if self.config.source == "environment":
+            self._notice_environment()
         if not self._discovered and not self._bg.in_loop_thread():
-            self._bg.run(self.discover())
+            self._bg.run(self.discover(refresh=self._discovered_at is not None))
 
     @property
     def providers(self) -> dict[str, Provider]:

@@ -159,6 +159,8 @@ class LatencyStats:
     requests: int = 0
     errors: int = 0
     cost_usd: float = 0.0
+    #: attempts charged at a price nobody knows (tokens used, or an answer served, with no price)
+    cost_unknown: int = 0
     last_error: str | None = None
     last_used: float = 0.0
     hour_buckets: dict[int, int] = field(default_factory=dict)
@@ -182,8 +184,9 @@ class LatencyStats:
         return (len(self.outcomes) - sum(self.outcomes)) / len(self.outcomes) if self.outcomes else 0.0
 
     def record(self, now: float, *, ok: bool, latency_s: float | None, ttft_s: float | None, streamed: bool,
-               cost: float | None, error: ErrorKind | None, alpha: float) -> None:
-        """Count one attempt that ended at `now`; `alpha` weighs the new latency in the moving averages."""
+               cost: float | None, error: ErrorKind | None, alpha: float, charged_unknown: bool = False) -> None:
+        """Count one attempt that ended at `now`; `alpha` weighs the new latency in the moving averages;
+        `charged_unknown`: it was charged at an unknown price."""
         self.requests += 1
         self.last_used = now
         minute = int(now // 60)
@@ -204,6 +207,8 @@ class LatencyStats:
             self.last_error = error.value if error else None
         if cost:
             self.cost_usd += cost
+        elif cost is None and charged_unknown:
+            self.cost_unknown += 1
 
 
 @dataclass

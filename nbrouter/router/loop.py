@@ -681,7 +681,7 @@ class Loop:
         self.hooks.attempt(a)
         state.breaker_success(c.key)
         state.record_outcome(c.key, now, ok=True, latency_s=latency, ttft_s=ttft, streamed=call.req.stream,
-                             cost=float(cost) if cost is not None else None, error=None)
+                             cost=float(cost) if cost is not None else None, error=None, charged_unknown=cost is None)
         state.record_usage(c.account_key, now, usage.total_tokens if usage else 0)
         if completion.rate_limits is not None:
             state.record_ratelimits(c.account_key, completion.rate_limits)
@@ -738,7 +738,8 @@ class Loop:
         usage = failure.usage
         cost = self.decider.prices.cost(provider, c.model, usage, None) if usage is not None else None
         state.record_outcome(c.key, now, ok=False, latency_s=latency, ttft_s=ttft, streamed=call.req.stream,
-                             cost=float(cost) if cost is not None else None, error=kind)
+                             cost=float(cost) if cost is not None else None, error=kind,
+                             charged_unknown=cost is None and usage is not None)
         if usage is not None:
             state.record_usage(c.account_key, now, usage.total_tokens)
         a = Attempt(candidate=c.key, path=c.path_text, action=action, started_at=started, kind=kind, status=failure.status,

@@ -38,6 +38,11 @@ class Policy:
     server_error_backoff_s: float = 0.25
     # a managed local server that failed to start is not started again for this long
     managed_start_retry_s: float = 30.0
+    # zero-config (no config file): how often the key variables are looked at again (a key set during the
+    # session is noticed), and how old a probe of the local servers' ports may get before the next call
+    # probes again
+    env_recheck_s: float = 1.0
+    local_probe_refresh_s: float = 30.0
     # an account's `api_key_command` may run this long
     key_command_timeout_s: float = 30.0
     # context-relay: a history above this share of the next candidate's context window is compacted to fit;

@@ -376,12 +376,12 @@ class StateStore:
 
     def record_outcome(
         self, key: str, now: float, *, ok: bool, latency_s: float | None, ttft_s: float | None, streamed: bool,
-        cost: float | None, error: ErrorKind | None,
+        cost: float | None, error: ErrorKind | None, charged_unknown: bool = False,
     ) -> None:
-        """Count one attempt of the candidate that ended at `now`."""
+        """Count one attempt of the candidate that ended at `now` (`charged_unknown`: at an unknown price)."""
         s = self.stats(key)
         s.record(now, ok=ok, latency_s=latency_s, ttft_s=ttft_s, streamed=streamed, cost=cost, error=error,
-                 alpha=self.policy.latency_ewma_alpha)
+                 alpha=self.policy.latency_ewma_alpha, charged_unknown=charged_unknown)
         self._put("latency", key, s)
 
     def record_usage(self, account_key: str, now: float, tokens: int) -> UsageWindow:

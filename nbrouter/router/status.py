@@ -90,6 +90,7 @@ def collect_status(decider: Decider, state: StateStore, now: float) -> Status:
             "errors": s.errors if s else 0,
             "error_rate": s.error_rate() if s else 0.0,
             "cost_usd": s.cost_usd if s else 0.0,
+            "cost_unknown": s.cost_unknown if s else 0,
             "last_error": s.last_error if s else None,
         })
     accounts = []
