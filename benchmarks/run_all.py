@@ -31,6 +31,7 @@ BENCHMARKS = [
     ("bench_streaming.py", ["--rounds", "2", "--n", "30", "--repeat", "1"]),
     ("bench_startup.py", ["--rounds", "2"]),
     ("bench_state.py", ["--rounds", "2", "--per-round", "5000", "--attempts", "20000"]),
+    ("bench_chaos.py", ["--calls", "1000"]),
 ]
 
 
