@@ -105,6 +105,7 @@ EXPECTED = {
     "reset-aware": ["d", "a", "b", "c"],  # b resets sooner but has nothing left
     "lkgp": ["c", "a", "b", "d"],
     "context-fit": ["b", "d", "a", "c"],
+    "context-relay": ["a", "b", "c", "d"],  # a single prompt is no conversation: as written
     # health, quota, cost, latency, tier affinity (no task guessed): d .772, c .702, b .697, a .537
     "auto": ["d", "c", "b", "a"],
 }
@@ -133,7 +134,7 @@ def _state_image(router: Router) -> str:
     parts = {}
     for name in ("holds", "breakers", "latency", "usage", "ratelimits", "counters", "pointers"):
         table = getattr(st, name)
-        parts[name] = {k: (v if isinstance(v, (int, str)) else {kk: (list(vv) if hasattr(vv, "maxlen") else vv) for kk, vv in v.__dict__.items() if kk != "updated"}) for k, v in table.items()}
+        parts[name] = {k: (v if isinstance(v, (int, str)) else {kk: (list(vv) if hasattr(vv, "maxlen") else vv) for kk, vv in v.__dict__.items() if kk != "updated" and not kk.startswith("_")}) for k, v in table.items()}
     return json.dumps(parts, sort_keys=True, default=str)
 
 

@@ -168,11 +168,19 @@ class LatencyStats:
 
     def percentile(self, q: float) -> float | None:
         """The `q` quantile (0..1) of the recent latencies, None without samples."""
+        # worked out once per new sample, not once per read: every decision reads every candidate
+        memo = self.__dict__.get("_quantiles")
+        if memo is None:
+            memo = self.__dict__["_quantiles"] = {}
+        elif q in memo:
+            return memo[q]  # type: ignore[no-any-return]
         if not self.samples:
-            return None
-        ordered = sorted(self.samples)
-        idx = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
-        return ordered[idx]
+            value = None
+        else:
+            ordered = sorted(self.samples)
+            value = ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+        memo[q] = value
+        return value
 
     def requests_last_hour(self, now: float) -> int:
         """Requests in the 60 minutes up to `now`."""
@@ -181,7 +189,10 @@ class LatencyStats:
 
     def error_rate(self) -> float:
         """Share of failures among the recent outcomes."""
-        return (len(self.outcomes) - sum(self.outcomes)) / len(self.outcomes) if self.outcomes else 0.0
+        rate = self.__dict__.get("_error_rate")
+        if rate is None:
+            rate = self.__dict__["_error_rate"] = (len(self.outcomes) - sum(self.outcomes)) / len(self.outcomes) if self.outcomes else 0.0
+        return rate
 
     def record(self, now: float, *, ok: bool, latency_s: float | None, ttft_s: float | None, streamed: bool,
                cost: float | None, error: ErrorKind | None, alpha: float, charged_unknown: bool = False) -> None:
@@ -189,6 +200,8 @@ class LatencyStats:
         `charged_unknown`: it was charged at an unknown price."""
         self.requests += 1
         self.last_used = now
+        self.__dict__.pop("_quantiles", None)  # the memos of percentile() and error_rate()
+        self.__dict__.pop("_error_rate", None)
         minute = int(now // 60)
         buckets = self.hour_buckets
         buckets[minute] = buckets.get(minute, 0) + 1
@@ -276,7 +289,7 @@ def encode(obj: Any) -> str:
     """The JSON text the store keeps for a health value."""
     # copies made in C (list(deque), dict(dict)) are atomic under the GIL, so the loop thread may go on
     # changing the object while the writer thread encodes it
-    data = dict(obj.__dict__)
+    data = {k: v for k, v in dict(obj.__dict__).items() if not k.startswith("_")}  # not the memos
     for key, value in list(data.items()):
         if isinstance(value, deque):
             data[key] = list(value)

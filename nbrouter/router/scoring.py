@@ -35,6 +35,7 @@ import functools
 import re
 import statistics
 from collections import Counter
+from collections.abc import Iterator, MutableMapping
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from .._core.text import span
@@ -279,7 +280,7 @@ class Score(NamedTuple):
 
     candidate: Candidate
     total: float
-    inputs: dict[str, Any]
+    inputs: MutableMapping[str, Any]
 
 
 #: the factors with (usually) a different value for every candidate; the others repeat a few values
@@ -357,42 +358,95 @@ def score_pool(candidates: Sequence[Candidate], snap: Measurements, written: Seq
         rank = {s: i for i, s in enumerate(steps)}
         affinity = [1.0 - rank.get(c.step, last) / last for c in candidates]
 
-    # what explain() shows, factor by factor: the factor rounded, then its points (factor x weight)
-    shown: list[list[Any]] = []
+    # the totals, eagerly (they order the pool): each factor rounded to 4 places, times its weight, summed in
+    # FACTORS order and rounded to 6, so that float noise in weights that sum to 1 cannot push a score across
+    # a threshold; a factor with a few repeated values is rounded once per value
+    columns = (health, quota, cost, latency, fit, specificity, stability, tier, affinity)
+    rounded: list[list[float]] = []
     contributions: list[list[float]] = []
-    keys = ["score"]
-    for name, column in zip(FACTORS, (health, quota, cost, latency, fit, specificity, stability, tier, affinity)):
+    for name, column in zip(FACTORS, columns):
         weight = weights.get(name, 0.0)
-        if name in _SPREAD_OUT:  # about one value per candidate
+        if name in _SPREAD_OUT:
             values = [round(v, 4) for v in column]
-            points = [v * weight for v in values]
-            shown += [values, [round(v, 4) for v in points]]
-        else:  # a few values repeated: each worked out once
-            once: dict[float, tuple[float, float, float]] = {}
-            for v in set(column):
-                r = round(v, 4)
-                once[v] = (r, r * weight, round(r * weight, 4))
-            worked = [once[v] for v in column]
-            points = [w[1] for w in worked]
-            shown += [[w[0] for w in worked], [w[2] for w in worked]]
-        contributions.append(points)
-        keys += [name, f"{name}_pts"]
-    # the total is the sum in FACTORS order, rounded so that float noise in weights that sum to 1
-    # cannot push a score across a threshold
+        else:
+            once = {v: round(v, 4) for v in set(column)}
+            values = [once[v] for v in column]
+        rounded.append(values)
+        contributions.append([v * weight for v in values])
     totals = [round(sum(parts), 6) for parts in zip(*contributions)]
-    shown.insert(0, totals)
-    keys += ["breaker", "headroom", "account_tier", "price_per_mtok", "p95_s"]
-    shown += [
-        states,
-        ["untracked" if share is None else share for share in shares],
-        [t or "unset" for t in tiers],
-        ["unknown (pool median)" if guessed else price for guessed, price in zip(cost_guessed, blended)],
-        ["no data (pool median)" if guessed else value for guessed, value in zip(latency_guessed, p95)],
-    ]
+    # what explain() shows (25 values a candidate) is laid out only when someone reads it
+    extra = {
+        "breaker": states,
+        "headroom": ["untracked" if share is None else share for share in shares],
+        "account_tier": [t or "unset" for t in tiers],
+        "price_per_mtok": ["unknown (pool median)" if guessed else price for guessed, price in zip(cost_guessed, blended)],
+        "p95_s": ["no data (pool median)" if guessed else value for guessed, value in zip(latency_guessed, p95)],
+    }
     if task is not None:
-        keys.append("pattern")
-        shown.append([m or "none" for m in matches])
-    return [Score(c, total, dict(zip(keys, row))) for c, total, row in zip(candidates, totals, zip(*shown))]
+        extra["pattern"] = [m or "none" for m in matches]
+    pool = _ShownPool(totals, rounded, contributions, extra)
+    return [Score(c, total, ShownInputs(pool, i)) for i, (c, total) in enumerate(zip(candidates, totals))]
+
+
+class _ShownPool:
+    """The columns explain() shows for a scored pool, laid out on first read (a call that is only routed,
+    not explained, never pays for them)."""
+
+    def __init__(self, totals: list[float], rounded: list[list[float]], contributions: list[list[float]],
+                 extra: dict[str, list[Any]]) -> None:
+        self.keys = ["score"] + [k for name in FACTORS for k in (name, f"{name}_pts")] + list(extra)
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        self._totals, self._rounded, self._contributions, self._extra = totals, rounded, contributions, extra
+        self._columns: list[list[Any]] | None = None
+
+    def columns(self) -> list[list[Any]]:
+        if self._columns is None:
+            cols: list[list[Any]] = [self._totals]
+            for values, points in zip(self._rounded, self._contributions):
+                cols += [values, [round(p, 4) for p in points]]
+            cols += list(self._extra.values())
+            self._columns = cols
+        return self._columns
+
+    def get(self, key: str, i: int) -> Any:
+        extra = self._extra.get(key)
+        if extra is not None:  # the raw measurements need no layout
+            return extra[i]
+        return self.columns()[self.index[key]][i]
+
+
+class ShownInputs(MutableMapping[str, Any]):
+    """One candidate's row of explain() values: the pool's columns at its index, plus what a strategy
+    adds (`exclude_for_s`)."""
+
+    __slots__ = ("_pool", "_i", "_added")
+
+    def __init__(self, pool: _ShownPool, i: int) -> None:
+        self._pool, self._i = pool, i
+        self._added: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._added:
+            return self._added[key]
+        if key not in self._pool.index:
+            raise KeyError(key)
+        return self._pool.get(key, self._i)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._added[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._added[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._pool.keys
+        yield from (k for k in self._added if k not in self._pool.index)
+
+    def __len__(self) -> int:
+        return len(self._pool.keys) + sum(1 for k in self._added if k not in self._pool.index)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 # ---- exclusions ---------------------------------------------------------------------------------
