@@ -15,7 +15,9 @@ any other exception, a body that is not JSON, a field of the wrong type or an SS
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import ssl
 import urllib.request
 from dataclasses import replace
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
@@ -32,6 +34,9 @@ TextSink = Optional[Callable[[str], Optional[Awaitable[None]]]]
 #: the longest SSE line, and the most data one event may gather, that the stream reader accepts; past it
 #: the attempt fails as malformed_response (a router passes its Policy's value to `send`)
 MAX_LINE_BYTES = 8 * 1024 * 1024
+#: the largest body (after decompression) read from a reply that is not a stream; past it the attempt is
+#: malformed_response (no chat answer comes near it; a runaway or hostile server might)
+MAX_BODY_BYTES = 64 * 1024 * 1024
 #: the default transport's connection pool, above the highest concurrency the router is driven at
 MAX_CONNECTIONS = 256
 #: how much of a reply a failure message quotes (scrubbed before it is cut)
@@ -337,7 +342,14 @@ def _call_first_byte(on_first_byte: Callable[[], None] | None) -> None:
 async def _read_body(
     ex: _Exchange, protocol: WireProtocol, endpoint: Endpoint, response: httpx.Response, on_first_byte: Callable[[], None] | None
 ) -> Completion:
-    raw = await response.aread()
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise malformed(f"a {ex.status} response body larger than {MAX_BODY_BYTES:,} bytes")
+        parts.append(part)
+    raw = parts[0] if len(parts) == 1 else b"".join(parts)
     ex.raw = raw
     _call_first_byte(on_first_byte)
     status = ex.status or 0
@@ -649,7 +661,7 @@ def _default_transport(limits: httpx.Limits, proxy: str | None = None) -> httpx.
         from httpx_aiohttp import AiohttpTransport
     except ImportError:  # pragma: no cover - httpx-aiohttp is a dependency
         return httpx.AsyncHTTPTransport(limits=limits, proxy=proxy)
-    ssl_context = httpx.create_ssl_context()
+    ssl_context = _ssl_context()
 
     def session() -> aiohttp.ClientSession:
         # what AiohttpTransport builds by default, plus the cookie jar that drops everything; created on
@@ -658,6 +670,14 @@ def _default_transport(limits: httpx.Limits, proxy: str | None = None) -> httpx.
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     return AiohttpTransport(limits=limits, verify=ssl_context, client=session, proxy=httpx.Proxy(proxy) if proxy else None)
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """The TLS settings of every default transport, made once: loading the CA bundle takes tens of
+    milliseconds, and a Router makes a Sender per event loop (one per `asyncio.run`). An SSLContext is
+    safe to share between connections, threads and loops."""
+    return httpx.create_ssl_context()
 
 
 def _proxy_transport(url: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
