@@ -285,7 +285,11 @@ async def send(
 
 def usable_key(endpoint: Endpoint) -> Endpoint:
     """The endpoint with its key stripped of surrounding whitespace; an `auth` failure naming the key's
-    environment variable (never the value) when a character of it cannot go in an HTTP header."""
+    environment variable (never the value) when a character of it cannot go in an HTTP header.
+
+    Args:
+        endpoint: the endpoint about to be sent to; its `key_env` names the variable in the message.
+    """
     key = endpoint.api_key
     if not key:
         return endpoint
@@ -464,6 +468,10 @@ async def iter_sse(chunks: AsyncIterator[bytes], *, max_line_bytes: int = MAX_LI
     The reader is linear in the bytes it gets: each chunk is searched once, and an unfinished line is
     kept in a growing buffer rather than copied per chunk. A line, or the data of one event, longer than
     `max_line_bytes` ends the stream with a `malformed_response` failure.
+
+    Args:
+        chunks: the response body's bytes as they arrive.
+        max_line_bytes: the longest line (and the most data one event may gather) accepted.
     """
     pending = bytearray()
     event = ""
