@@ -37,6 +37,9 @@ MAX_LINE_BYTES = 8 * 1024 * 1024
 #: the largest body (after decompression) read from a reply that is not a stream; past it the attempt is
 #: malformed_response (no chat answer comes near it; a runaway or hostile server might)
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: how much of a body is decoded to classify or quote it: the scrubber's window and more, never all of a
+#: huge body
+_TEXT_BYTES = 2 * 65536
 #: the default transport's connection pool, above the highest concurrency the router is driven at
 MAX_CONNECTIONS = 256
 #: how much of a reply a failure message quotes (scrubbed before it is cut)
@@ -360,16 +363,16 @@ async def _read_body(
     parsed, problem = _parse_json(raw)
     headers = response.headers
     if status >= 300:
-        text = raw[: 2 * EXCERPT_CHARS + 65536].decode("utf-8", "replace")
+        text = raw[:_TEXT_BYTES].decode("utf-8", "replace")
         try:
-            return_failure = protocol.classify(endpoint, status, headers, parsed, text)
-        except ProviderFailure as failure:
-            return_failure = failure
+            failure = protocol.classify(endpoint, status, headers, parsed, text)
+        except ProviderFailure as raised:
+            failure = raised
         except Exception:  # a body the classifier cannot read: the status alone still says what happened
-            return_failure = protocol.classify(endpoint, status, headers, None, text)
-        raise return_failure
+            failure = protocol.classify(endpoint, status, headers, None, text)
+        raise failure
     if problem:
-        raise malformed(f"{problem} in a {status} response: {excerpt(raw.decode('utf-8', 'replace'), EXCERPT_CHARS)!r}", status=status)
+        raise malformed(f"{problem} in a {status} response: {excerpt(raw[:_TEXT_BYTES].decode('utf-8', 'replace'), EXCERPT_CHARS)!r}", status=status)
     completion = protocol.parse(endpoint, status, headers, parsed)
     _stamp(completion, protocol, response)
     return completion
@@ -562,7 +565,7 @@ def _unexpected(exc: Exception, ex: _Exchange) -> ProviderFailure:
     what = "the response headers" if ex.status is None else (
         "a stream event" if ex.streaming else f"a {ex.status} response"
     )
-    quoted = ex.last_event if ex.streaming else (ex.raw.decode("utf-8", "replace") if ex.raw is not None else None)
+    quoted = ex.last_event if ex.streaming else (ex.raw[:_TEXT_BYTES].decode("utf-8", "replace") if ex.raw is not None else None)
     message = f"{_describe(exc)} (reading {what})"
     if quoted:
         message += f": {excerpt(quoted, EXCERPT_CHARS)!r}"
