@@ -42,7 +42,6 @@ class Level(Driver):
 
     async def call(self, stream: bool) -> str:
         from nbrouter.providers import ChatRequest
-        from nbrouter.providers._http import send
         from nbrouter.router.loop import _Call
         from nbrouter.router.requests import build_request
 
@@ -65,7 +64,7 @@ class Level(Driver):
             if self.level >= 4:
                 loop._log(call, combo.name, result.text)
             return result.text
-        completion = await send(r._clients.get(), self.protocol, endpoint, ChatRequest(model="bench-model", messages=MESSAGES), timeout_s=60.0)
+        completion = await r._senders.get().send(self.protocol, endpoint, ChatRequest(model="bench-model", messages=MESSAGES), timeout_s=60.0)
         if self.level >= 2:
             loop._served(call, combo, c, provider, completion, info, 0.001, None, time.time())
         return completion.text

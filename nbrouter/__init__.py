@@ -53,6 +53,11 @@ def unload_ipython_extension(ipython):  # type: ignore[no-untyped-def]
     unload(ipython)
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the built JupyterLab extension is, for `jupyter labextension develop .` (extension/ builds it)."""
+    return [{"src": "labextension", "dest": "nbrouter-labextension"}]
+
+
 __all__ = [
     "Action",
     "AllCoolingDown",

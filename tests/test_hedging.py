@@ -61,3 +61,10 @@ def test_hedging_is_off_by_default(sim, make_router) -> None:
     router = make_router(sim_config(sim, combo("sim/a", "sim/b")))
     result = router.complete("c", "hi")
     assert result.served_by == "sim#default/a" and tried(sim) == ["a"]
+
+
+def test_explain_says_when_hedging_and_retries_will_happen(sim, make_router) -> None:
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b", hedge_after_s=0.5, retries={"server_error": 2})))
+    notes = " ".join(router.explain("c", "hi").notes)
+    assert "hedging: the next candidate starts too after 0.5 s without a first byte" in notes
+    assert "retries invalid_output 1, server_error 2" in notes

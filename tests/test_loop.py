@@ -76,19 +76,19 @@ def test_no_candidate_outside_the_combo_ever_serves(sim, make_router) -> None:
 def test_explain_shows_the_order_complete_then_uses_with_the_same_seed(sim, make_router) -> None:
     sim.script([RateLimited(retry_after=60)], model="a")
     router = make_router(sim_config(sim, {"c": {"targets": ["sim/a", "sim/b", "sim/c", "sim/d"], "strategy": "round-robin"}}))
-    router.complete("c", "warm up")  # a cools down, the turn counter moves
+    router.complete("c", "warm up")  # a cools down, the turn counter moves (b served a's turn)
     sim.reset()
     sim.script([ServerError(500)], model="c")
     decision = router.explain("c", "hi", seed=7)
     assert decision.seed == 7
-    assert [c.model for c in decision.order] == ["b", "c", "d"]
+    assert [c.model for c in decision.order] == ["c", "d", "b"]  # the next turn, over the three not cooling
     assert [r.candidate.model for r in decision.skipped] == ["a"]
     assert "cooling down" in decision.skipped[0].reason and "left" in decision.skipped[0].reason
     text = str(decision)
     assert "seed 7" in text and "round-robin" in text
     result = router.complete("c", "hi", seed=7)
-    assert tried(sim) == ["b"]
-    assert result.decision is not None and [c.model for c in result.decision.order] == ["b", "c", "d"]
+    assert tried(sim) == ["c", "d"]  # c's 500, then d serves: the order explain showed
+    assert result.decision is not None and [c.model for c in result.decision.order] == ["c", "d", "b"]
 
 
 def test_explain_sends_nothing_and_changes_nothing(sim, make_router) -> None:
@@ -475,7 +475,7 @@ def test_malformed_json_is_classified_logged_and_survived(sim, make_router) -> N
     router = make_router(sim_config(sim, combo("sim/a", "sim/b")))
     result = router.complete("c", "hi")
     assert result.served_by == "sim#default/b"
-    assert result.attempts[0].kind is ErrorKind.SERVER_ERROR and "malformed" in result.attempts[0].message
+    assert result.attempts[0].kind is ErrorKind.MALFORMED_RESPONSE  # routing.md section 5 (issue 12): was server_error
 
 
 def test_context_overflow_advances_only_to_a_larger_known_window(sim, make_router) -> None:
@@ -585,3 +585,16 @@ def test_rate_limit_without_retry_after_cools_until_the_spent_windows_reset_head
     account = router.status().account("sim#default")
     # the spent request window sets the cooldown; the token window (not spent) does not
     assert account["remaining_requests"] == 0 and account["remaining_tokens"] == 9000
+
+
+def test_unsupported_advances_to_a_model_that_may_take_the_request(sim, make_router) -> None:
+    from nbrouter.testing import Raw
+
+    body = {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model.",
+                      "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}}
+    sim.script([Raw(400, body)], model="a")
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b")))
+    result = router.complete("c", "hi", max_tokens=50)
+    assert kinds(result)[0] == ("sim#default/a", "advance", "unsupported")
+    assert result.served_by == "sim#default/b"
+    assert "sim#default/a" not in router.state.breakers  # it says nothing about the model's health

@@ -97,7 +97,7 @@ def rendered(exc: BaseException) -> str:
 # ---- loading -------------------------------------------------------------------------------
 
 
-def test_load_ext_is_fast_and_imports_no_prices_pydantic_or_widgets(config_file: Path, tmp_path: Path) -> None:
+def test_load_ext_is_fast_and_imports_no_prices_pydantic_widgets_or_markdown(config_file: Path, tmp_path: Path) -> None:
     code = textwrap.dedent("""
         import sys, time
         from traitlets.config import Config
@@ -107,7 +107,8 @@ def test_load_ext_is_fast_and_imports_no_prices_pydantic_or_widgets(config_file:
         t = time.perf_counter()
         ip.run_line_magic("load_ext", "nbrouter")
         took = time.perf_counter() - t
-        heavy = [m for m in ("genai_prices", "pydantic", "ipywidgets", "nbrouter.notebook.widgets") if m in sys.modules]
+        heavy = [m for m in ("genai_prices", "pydantic", "ipywidgets", "nbrouter.notebook.builder", "nbrouter.notebook.board",
+                             "markdown_it", "tabulate") if m in sys.modules]
         print(took, heavy)
         ip.run_line_magic("unload_ext", "nbrouter")
     """)
@@ -187,7 +188,7 @@ def test_streamed_cell_updates_one_output_in_place_and_ends_with_the_full_bundle
     assert all(o["transient"]["display_id"] == display_id for o in outs)
     assert not outs[0]["update"] and all(o["update"] for o in outs[1:])
     final = outs[-1]
-    assert set(final["data"]) == {"text/plain", "text/markdown", "text/html"}
+    assert set(final["data"]) == {"text/plain", "text/markdown", "text/html", "application/vnd.nbrouter.result+json"}
     assert final["data"]["text/plain"].startswith("Hello **world**")
     assert "<strong>world</strong>" in final["data"]["text/html"]
     assert "<details" in final["data"]["text/html"]
@@ -311,7 +312,7 @@ def test_code_format_is_a_fenced_block() -> None:
 def test_markdown_html_escapes_and_renders_the_usual_markdown() -> None:
     out = markdown_html("# Title\n\nSome *em* and `<b>` code.\n\n- one\n- two\n\n```py\nx < 1\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |")
     assert "<h1>Title</h1>" in out and "<em>em</em>" in out and "<code>&lt;b&gt;</code>" in out
-    assert "<ul><li>one</li><li>two</li></ul>" in out
+    assert "<ul><li>one</li><li>two</li></ul>" in out.replace("\n", "")
     assert "x &lt; 1" in out and "<td>1</td>" in out
     assert "<script>" not in markdown_html("<script>alert(1)</script>")
 
@@ -319,18 +320,45 @@ def test_markdown_html_escapes_and_renders_the_usual_markdown() -> None:
 # ---- errors --------------------------------------------------------------------------------
 
 
-def test_all_targets_failed_raises_with_the_attempt_table_and_what_to_do(ip: Any, sim: Any) -> None:
+def test_all_targets_failed_shows_the_attempt_table_and_raises_one_line_saying_what_to_do(ip: Any, sim: Any) -> None:
     sim.script(ServerError(), model="model-a")
     sim.script(ServerError(), model="model-b")
+    magics(ip).live_display = True
     exc = run(ip, "%%llm fast\nhi")
     assert isinstance(exc, AllTargetsFailed)
     text = rendered(exc)
-    assert text.startswith("AllTargetsFailed: every target of 'fast' failed")
-    assert "sim#default/model-a" in text and "server_error" in text
-    assert text.splitlines()[-1] == exc.hint
-    assert "Traceback" not in text
+    assert text == ("AllTargetsFailed: every target of 'fast' failed (2 tried): server_error ×2. "
+                    "`%llm status` shows every cooldown and breaker.")
+    assert "Traceback" not in text and "Router.status()" not in text
+    # the attempt table is where the answer would have been, as HTML, with what was tried in the metadata
+    shown = outputs(ip)[-1]
+    assert "<table" in shown["data"]["text/html"] and "sim#default/model-b" in shown["data"]["text/html"]
+    assert "server_error" in shown["data"]["text/plain"]
+    assert [a["candidate"] for a in shown["metadata"]["nbrouter"]["attempts"]] == ["sim#default/model-a", "sim#default/model-b"]
     assert ip.user_ns["_llm"] is None
     assert run(ip, "%%llm fast --no-stream\nnext cell works") is None
+
+
+def test_a_cooling_down_failure_names_the_soonest_free_candidate_and_how_to_reset_it(ip: Any, sim: Any) -> None:
+    sim.script(RateLimited(retry_after=30), model="model-a")
+    sim.script(RateLimited(retry_after=90), model="model-b")
+    exc = run(ip, "%%llm fast --no-stream\nhi")
+    assert isinstance(exc, AllTargetsFailed)
+    line = rendered(exc)
+    assert "rate_limit ×2" in line and "sim#default/model-a frees up first, in 30 s" in line
+    assert "`%llm reset sim#default/model-a` clears its cooldown" in line
+    again = run(ip, "%%llm fast --no-stream\nhi")  # nothing is sent now: both are cooling down
+    assert "(nothing sent, 2 skipped)" in rendered(again)
+
+
+def test_raise_on_failure_false_shows_the_failure_and_lets_the_notebook_go_on(ip: Any, sim: Any,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    sim.script(ServerError(), model="model-a")
+    sim.script(ServerError(), model="model-b")
+    ip.run_line_magic("config", "LLMMagics.raise_on_failure = False")
+    assert run(ip, "%%llm fast --no-stream\nhi") is None
+    assert "AllTargetsFailed: every target of 'fast' failed" in capsys.readouterr().err
+    assert "server_error" in outputs(ip)[-1]["data"]["text/plain"]
 
 
 def test_config_error_is_one_line_naming_file_combo_and_field(tmp_path: Path, sim: Any, monkeypatch: pytest.MonkeyPatch,
@@ -438,6 +466,30 @@ def test_ledger_counts_each_cell_per_combo_and_provider_and_unknown_prices(ip: A
     assert "unpriced" in table and "unknown" in table.split("unpriced")[1].splitlines()[0]
 
 
+def test_ledger_counts_a_provider_only_in_cells_that_sent_it_something(ip: Any, sim: Any, config_file: Path) -> None:
+    config_file.write_text(config_toml(sim, textwrap.dedent(f"""
+        [providers.alt]
+        protocol = "openai"
+        base_url = "{sim.openai_url}"
+        api_key_env = "SIM_KEY"
+
+        [combos.pair]
+        targets = ["alt/model-a", "sim/model-b"]
+    """)))
+    assert run(ip, "%llm config reload") is None
+    sim.script(RateLimited(retry_after=60), model="model-a")
+    for _ in range(3):  # alt is cooling down after the first cell: skipped, not sent to, in the next two
+        assert run(ip, "%%llm pair --no-stream\nhi") is None
+    ledger = magics(ip).ledger
+    assert [c.spend.attempts for c in ledger.cells] == [2, 1, 1]
+    by_provider = ledger.by_provider()
+    assert (by_provider["alt"].cells, by_provider["alt"].attempts) == (1, 1)
+    assert (by_provider["sim"].cells, by_provider["sim"].attempts) == (3, 3)
+    assert run(ip, "%llm cost") is None
+    table = outputs(ip)[-1]["data"]["text/plain"]
+    assert "attempts" in table.splitlines()[1]
+
+
 def test_ledger_records_the_cell_id_the_front_end_sends(ip: Any, sim: Any) -> None:
     class Kernel:  # JupyterLab puts cellId in the execute_request's metadata
         def get_parent(self) -> dict[str, Any]:
@@ -446,7 +498,8 @@ def test_ledger_records_the_cell_id_the_front_end_sends(ip: Any, sim: Any) -> No
     ip.kernel = Kernel()
     assert run(ip, "%%llm fast\nhi") is None
     entry = magics(ip).ledger.cells[-1]
-    assert entry.cell_id == "6f1c2d7e-aaaa-bbbb" and entry.label.endswith("6f1c2d7e")
+    # the ledger shows the cell as the notebook numbers it; the id is in the saved metadata, not cut short on screen
+    assert entry.cell_id == "6f1c2d7e-aaaa-bbbb" and entry.label == f"[{entry.execution_count}]"
     assert outputs(ip)[-1]["metadata"]["nbrouter"]["cell_id"] == "6f1c2d7e-aaaa-bbbb"
 
 
@@ -544,8 +597,9 @@ def test_builder_and_live_status_without_the_widgets_module_say_so(ip: Any, monk
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     import nbrouter.notebook as package
 
-    monkeypatch.setitem(sys.modules, "nbrouter.notebook.widgets", None)  # import fails
-    monkeypatch.delattr(package, "widgets", raising=False)
+    for name in ("builder", "board"):
+        monkeypatch.setitem(sys.modules, f"nbrouter.notebook.{name}", None)  # import fails
+        monkeypatch.delattr(package, name, raising=False)
     assert run(ip, "%llm builder fast") is None
     assert "widgets are not available" in capsys.readouterr().err
     assert run(ip, "%llm status --live") is None
@@ -556,7 +610,7 @@ def test_builder_calls_the_widget_module_lazily(ip: Any, monkeypatch: pytest.Mon
     import types
 
     calls: list[tuple[str, Any]] = []
-    fake = types.ModuleType("nbrouter.notebook.widgets")
+    fake = types.ModuleType("nbrouter.notebook.builder")
 
     class ComboBuilder:
         def __init__(self, router: Any, combo: Any) -> None:
@@ -573,10 +627,11 @@ def test_builder_calls_the_widget_module_lazily(ip: Any, monkeypatch: pytest.Mon
             calls.append(("shown", None))
 
     fake.ComboBuilder, fake.StatusBoard = ComboBuilder, StatusBoard  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "nbrouter.notebook.widgets", fake)
     import nbrouter.notebook as package
 
-    monkeypatch.setattr(package, "widgets", fake, raising=False)
+    for name in ("builder", "board"):
+        monkeypatch.setitem(sys.modules, f"nbrouter.notebook.{name}", fake)
+        monkeypatch.setattr(package, name, fake, raising=False)
     assert run(ip, "%llm builder fast") is None
     assert run(ip, "%llm status --live") is None
     assert calls[:2] == [("builder", "fast"), ("shown", None)]

@@ -78,10 +78,23 @@ def test_all_targets_failed_message_is_the_attempt_table(sim, make_router) -> No
     with pytest.raises(AllTargetsFailed) as err:
         router.complete("c", "hi")
     text = str(err.value)
-    assert text.splitlines()[0] == "every target of 'c' failed (2 attempts):"
-    assert "c > sim#default/a" in text and "server_error" in text and "rate_limit" in text
-    assert "candidate" in text.splitlines()[1] and "action" in text.splitlines()[1]
+    assert text.splitlines()[0] == "every target of 'c' failed (2 tried):"
+    assert "sim#default/a" in text and "server_error" in text and "rate_limit" in text
+    # the combo path is named once, in the header, not on every row
+    assert "candidate (of c)" in text.splitlines()[1] and "action" in text.splitlines()[1]
+    assert "c > sim#default" not in text
     assert len(err.value.attempts) == 2
+
+
+def test_the_headline_counts_what_was_tried_and_what_was_skipped(sim, make_router) -> None:
+    sim.script([RateLimited(retry_after=30)], model="a")
+    sim.script([Reply("b"), ServerError(500)], model="b")
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a", "sim/b"]}}, policy={"server_error_backoff_s": 0.0}))
+    assert router.complete("c", "hi").served_by == "sim#default/b"  # a is cooling down from now on
+    with pytest.raises(AllTargetsFailed) as err:
+        router.complete("c", "hi")
+    assert err.value.headline == "every target of 'c' failed (1 tried, 1 skipped)"
+    assert [a.action.value for a in err.value.attempts] == ["skipped", "advance"]
 
 
 def test_stream_events_arrive_in_order_and_end_with_done(sim, make_router) -> None:
@@ -162,7 +175,7 @@ def test_no_api_key_in_any_result_exception_log_row_or_repr(sim, make_router, mo
 
 
 def test_cold_import_is_light() -> None:
-    code = "import sys, nbrouter; print(sorted(m for m in ('genai_prices', 'pydantic', 'ipywidgets', 'IPython', 'aiohttp', 'httpx') if m in sys.modules))"
+    code = "import sys, nbrouter; print(sorted(m for m in ('genai_prices', 'pydantic', 'ipywidgets', 'IPython', 'aiohttp', 'httpx', 'markdown_it', 'tabulate') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -183,3 +196,58 @@ def test_a_provider_that_reports_no_usage_shows_tokens_and_cost_as_unknown(sim, 
     assert "tokens unknown" in result.footer() and "unknown" in result.cost_text
     local = router.complete("l", "hi")
     assert local.cost_usd == Decimal(0) and "tokens unknown" in local.footer()
+
+
+def test_a_table_renders_text_markdown_and_html_and_honours_include_and_exclude() -> None:
+    from nbrouter.report import Table
+
+    table = Table(["name", "cost"], [["a|b", "$1 <x>"], ["c", 2]], title="spend", notes=["$5 to $10"])
+    text = table.text()
+    assert text.splitlines()[0] == "spend" and "a|b" in text and "$1 <x>" in text and text.endswith("$5 to $10")
+    assert "| a\\|b" in table.markdown() and "\\$1 <x>" in table.markdown()  # a pipe is not a column, $ is not maths
+    assert "><span>$</span>1 &lt;x&gt;</td>" in table.html() and "<x>" not in table.html()
+    assert table._repr_mimebundle_() == {"text/plain": text, "text/markdown": table.markdown(), "text/html": table.html()}
+    assert set(table._repr_mimebundle_(include={"text/plain"})) == {"text/plain"}
+    assert set(table._repr_mimebundle_(exclude={"text/html"})) == {"text/plain", "text/markdown"}
+    assert Table(["x"], [], empty="(no attempts)").text() == "(no attempts)"
+
+
+def test_a_table_aligns_numbers_right_under_right_aligned_headers_and_fits_a_width() -> None:
+    from nbrouter.report import Table
+
+    note = "a long note that explains what went wrong and what to do about it, in many words " * 2
+    table = Table(["candidate", "latency", "cost", "note"], [["sim#default/gpt-4o-mini", "412 ms", "$0.000020", note],
+                                                             ["sim#default/b", "9 ms", "unknown", "short"]], cut=120)
+    assert table.align == ["left", "right", "right", "left"]
+    html = table.html()
+    assert "<th style='text-align:right" in html and "white-space:nowrap'>sim#default/gpt-4o-mini</td>" in html
+    assert "<details><summary>" in html and note.strip() in html  # the whole note on demand
+    header = table.text().splitlines()[0]
+    assert header.index("latency") + len("latency") == table.text().splitlines()[2].index("412 ms") + len("412 ms")
+    lines = table.text(width=80).splitlines()
+    assert max(len(line) for line in lines) <= 80 and "gpt-4o-mini" in lines[2]  # names are never cut or wrapped
+    assert "…" in table.text() and len(table.text().splitlines()[2]) < len(note) + 40
+
+
+def test_the_errors_docstring_draws_the_real_exception_tree() -> None:
+    import re
+
+    from nbrouter.router import errors
+
+    drawn: dict[str, str] = {}
+    parents: list[tuple[int, str]] = []
+    for line in errors.__doc__.splitlines():
+        m = re.match(r"^(\s*(?:[│ ]\s*)*(?:[└├]── )?)(\w+)\b", line)
+        if not m or not m.group(2)[0].isupper() or not (line.startswith("    ") and ("──" in line or line.strip() == m.group(2))):
+            continue
+        depth = len(m.group(1))
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        if parents:
+            drawn[m.group(2)] = parents[-1][1]
+        parents.append((depth, m.group(2)))
+    classes = {name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, Exception)
+               and cls.__module__ == errors.__name__}
+    assert set(drawn) == set(classes)
+    for name, cls in classes.items():
+        assert cls.__bases__[0].__name__ == drawn[name], name

@@ -6,6 +6,7 @@ State is set up through the router's own state store (`router.state`), never moc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -98,6 +99,7 @@ EXPECTED = {
     "p2c": ["c", "a", "d", "b"],  # seed 7 draws c and a: c has more headroom; b has none left: last
     "weighted": ["c", "a", "d", "b"],  # weights 1, 0, 3, 1: seed 7 draws c, a, d; b's weight 0 comes last
     "random": ["d", "b", "a", "c"],  # seed 7's shuffle
+    "strict-random": ["c", "a", "b", "d"],  # turn 0: the first card of deck 0 (its shuffle c, a, b, d)
     "least-used": ["c", "d", "a", "b"],
     "fill-first": ["a", "c", "d", "b"],  # b has no quota left: last
     "reset-aware": ["d", "a", "b", "c"],  # b resets sooner but has nothing left
@@ -355,25 +357,29 @@ def _served(router: Router, combo: str, n: int, **kwargs: Any) -> list[str]:
     return [router.complete(combo, "hi", **kwargs).served_by for _ in range(n)]
 
 
-def test_round_robin_skips_cooling_candidates_without_losing_their_turn(make_router: Any, sim: Any) -> None:
+def test_rotation_stays_even_while_a_target_cools(make_router: Any, sim: Any) -> None:
     router = make_router({"providers": {p: _provider(["m"], sim.openai_url, api_key_env="SIM_KEY") for p in "abc"},
                           "combos": {"rr": {"targets": ["a/m", "b/m", "c/m"], "strategy": "round-robin"}}})
-    assert [s[0] for s in _served(router, "rr", 1)] == ["a"]
-    router.state.set_hold("b#default/m", "cooldown", time.time() + 60, "rate limited")
-    # b's turn comes and goes (c serves it), c's own turn follows
-    assert [s[0] for s in _served(router, "rr", 2)] == ["c", "c"]
-    router.state.clear_hold("b#default/m")
-    # the rotation did not shift: a, then b again at its place
     assert [s[0] for s in _served(router, "rr", 3)] == ["a", "b", "c"]
+    router.state.set_hold("b#default/m", "cooldown", time.time() + 600, "rate limited")
+    # b's turns go to the next in rotation, without a double share: a and c alternate
+    served = [s[0] for s in _served(router, "rr", 8)]
+    assert Counter(served) == {"a": 4, "c": 4}
+    assert all(x != y for x, y in zip(served, served[1:]))
+    router.state.clear_hold("b#default/m")
+    assert Counter(s[0] for s in _served(router, "rr", 9)) == {"a": 3, "b": 3, "c": 3}
 
 
-def test_account_round_robin_skips_cooling_accounts_without_losing_their_turn(make_router: Any, sim: Any) -> None:
+def test_account_rotation_stays_even_while_an_account_cools(make_router: Any, sim: Any) -> None:
     router = make_router(_accounts_config(base_url=sim.openai_url))
-    assert _served(router, "x", 1) == ["p#k1/m"]
-    router.state.set_hold("p#k2", "cooldown", time.time() + 60, "quota exceeded")
-    assert _served(router, "x", 2) == ["p#k3/m", "p#k3/m"]
-    router.state.clear_hold("p#k2")
     assert _served(router, "x", 3) == ["p#k1/m", "p#k2/m", "p#k3/m"]
+    router.state.set_hold("p#k3", "cooldown", time.time() + 600, "quota exceeded")
+    # lina-router's example: 1 and 2 round-robin while 3 waits for its reset, 12 calls 6:6
+    served = _served(router, "x", 12)
+    assert Counter(served) == {"p#k1/m": 6, "p#k2/m": 6}
+    assert all(x != y for x, y in zip(served, served[1:]))
+    router.state.clear_hold("p#k3")
+    assert Counter(_served(router, "x", 6)) == {"p#k1/m": 2, "p#k2/m": 2, "p#k3/m": 2}
 
 
 def test_round_robin_counters_are_independent_per_combo(make_router: Any, sim: Any) -> None:
@@ -472,3 +478,123 @@ def test_every_strategy_and_auto_variant_serves_through_complete(make_router: An
             assert result.decision.strategy == combos.get(name, {}).get("strategy", "auto" if name.startswith("auto") else "priority")
             served[name] = result.served_by
     assert set(served.values()) <= {f"p#{a}/{m}" for a in ("k1", "k2") for m in ("e2e-gpt-5-mini", "e2e-qwen-coder")} | {"q#default/e2e-llama"}
+
+
+# ---- strict-random, least-used by load, partial weights, fallback_on presets (issue 14) ---------------
+
+
+def _three(sim: Any, strategy: str, **combo: Any) -> dict[str, Any]:
+    return {"providers": {p: _provider(["m"], sim.openai_url, api_key_env="SIM_KEY") for p in "abc"},
+            "combos": {"sr": {"targets": ["a/m", "b/m", "c/m"], "strategy": strategy, **combo}}}
+
+
+def test_strict_random_serves_every_target_once_before_any_repeats(make_router: Any, sim: Any) -> None:
+    router = make_router(_three(sim, "strict-random"))
+    served = [s[0] for s in _served(router, "sr", 12)]
+    decks = [served[i:i + 3] for i in range(0, 12, 3)]
+    assert all(sorted(deck) == ["a", "b", "c"] for deck in decks)
+    assert len({tuple(deck) for deck in decks}) > 1  # a new shuffle for each deck, not one fixed order
+
+
+def test_strict_random_deck_survives_a_restart(make_router: Any, sim: Any, tmp_path: Path) -> None:
+    config = _three(sim, "strict-random")
+    first = make_router(config)
+    dealt = [s[0] for s in _served(first, "sr", 2)]
+    first.close()
+    again = make_router(config)
+    rest = [s[0] for s in _served(again, "sr", 1)]
+    assert sorted(dealt + rest) == ["a", "b", "c"]  # the third card of the same deck
+
+
+def test_strict_random_deals_the_deck_over_the_targets_that_can_be_tried(make_router: Any, sim: Any) -> None:
+    router = make_router(_three(sim, "strict-random"))
+    router.state.set_hold("b#default/m", "cooldown", time.time() + 600, "rate limited")
+    served = [s[0] for s in _served(router, "sr", 8)]
+    assert all(sorted(served[i:i + 2]) == ["a", "c"] for i in range(0, 8, 2))
+
+
+def test_strict_random_is_pure_and_explains_its_card(make_router: Any) -> None:
+    router = make_router(pool_config())
+    before = _state_image(router)
+    decision = router.explain("s-strict-random", "hi", seed=1)
+    assert _state_image(router) == before
+    first = decision.rows[0].inputs
+    assert (first["turn"], first["deck"], first["card"]) == (0, 0, 0)
+
+
+def test_least_used_orders_by_requests_in_flight_then_the_last_hour(make_router: Any, sim: Any) -> None:
+    from nbrouter.testing import Hang
+
+    sim.script([Hang(30)], model="busy")
+    router = make_router({
+        "providers": {"a": _provider(["busy"], sim.openai_url, api_key_env="SIM_KEY"),
+                      "b": _provider(["idle"], sim.openai_url, api_key_env="SIM_KEY")},
+        "combos": {"hang": {"targets": ["a/busy"]}, "lu": {"targets": ["a/busy", "b/idle"], "strategy": "least-used"}},
+    })
+    now = time.time()
+    for _ in range(3):  # b was used more in the last hour: by that alone it would go last
+        router.state.record_outcome("b#default/idle", now, ok=True, latency_s=0.1, ttft_s=None, streamed=False, cost=None, error=None)
+    assert _keys(router.explain("lu", "hi")) == ["a#default/busy", "b#default/idle"]
+
+    async def while_busy() -> Any:
+        task = asyncio.ensure_future(router.acomplete("hang", "hi"))
+        for _ in range(1000):  # until the hanging request has reached the server
+            if sim.requests:
+                break
+            await asyncio.sleep(0.01)
+        decision = router.explain("lu", "hi")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return decision
+
+    decision = asyncio.run(while_busy())
+    assert _keys(decision) == ["b#default/idle", "a#default/busy"]
+    rows = {r.candidate.key: r.inputs for r in decision.rows}
+    assert rows["a#default/busy"]["in_flight"] == 1 and rows["b#default/idle"]["in_flight"] == 0
+    assert rows["b#default/idle"]["requests_last_hour"] == 3
+
+
+def test_a_partial_weights_set_with_a_zero_is_not_refused_as_all_zero(make_router: Any) -> None:
+    from nbrouter.router.policy import Policy
+
+    router = make_router({"providers": {"a": _provider(["m"])},
+                          "combos": {"x": {"strategy": "auto", "weights": {"tier_affinity": 0}}}})
+    assert router.config.combos["x"].weights == {"tier_affinity": 0.0}
+    decision = router.explain("x", "hi", seed=1)
+    defaults = Policy().auto_weights
+    total = sum(defaults.values()) - defaults["tier_affinity"]
+    assert any(f"health {defaults['health'] / total:.3g}" in note for note in decision.notes)
+    assert all("tier_affinity" not in note for note in decision.notes if note.startswith("auto: default weights"))
+    with pytest.raises(ComboConfigError, match="weights are all zero"):
+        make_router({"providers": {"a": _provider(["m"])},
+                     "combos": {"x": {"strategy": "auto", "pack": "ship-fast",
+                                      "weights": {f: 0 for f in ("quota", "health", "cost", "latency", "task_fit", "tier")}}}})
+
+
+def test_fallback_on_transient_is_combycodes_set_and_stops_on_auth(make_router: Any, sim: Any) -> None:
+    from nbrouter import StopError
+    from nbrouter.router.types import ErrorKind
+    from nbrouter.testing import Unauthorized
+
+    router = make_router({"providers": {p: _provider([f"ft-{p}"], sim.openai_url, api_key_env="SIM_KEY") for p in "ab"},
+                          "combos": {"t": {"targets": ["a/ft-a", "b/ft-b"], "fallback_on": "transient"}}})
+    assert router.config.combos["t"].fallback_on == {
+        ErrorKind.RATE_LIMIT, ErrorKind.QUOTA_EXCEEDED, ErrorKind.SERVER_ERROR, ErrorKind.OVERLOADED, ErrorKind.TIMEOUT,
+        ErrorKind.NETWORK, ErrorKind.MODEL_NOT_FOUND, ErrorKind.UNSUPPORTED}
+    sim.script([Unauthorized()], model="ft-a")
+    with pytest.raises(StopError) as err:
+        router.complete("t", "hi")
+    assert err.value.kind is ErrorKind.AUTH
+    assert [r.model for r in sim.requests] == ["ft-a"]  # auth is not transient: b was not tried
+
+
+def test_fallback_on_all_advances_on_every_kind(make_router: Any, sim: Any) -> None:
+    from nbrouter.router.types import ErrorKind
+    from nbrouter.testing import ContentFilter
+
+    router = make_router({"providers": {p: _provider([f"fa-{p}"], sim.openai_url, api_key_env="SIM_KEY") for p in "ab"},
+                          "combos": {"all": {"targets": ["a/fa-a", "b/fa-b"], "fallback_on": "all"}}})
+    assert router.config.combos["all"].fallback_on == frozenset(ErrorKind)
+    sim.script([ContentFilter()], model="fa-a")  # content_filter stops by default
+    assert router.complete("all", "hi").served_by == "b#default/fa-b"

@@ -14,15 +14,9 @@ from typing import Any, Iterator
 import pytest
 
 from nbrouter import Router
-from nbrouter.notebook.widgets import (
-    DEFAULT_FALLBACK,
-    ComboBuilder,
-    ComboDraft,
-    StatusBoard,
-    account_health,
-    candidate_health,
-    countdown,
-)
+from nbrouter.notebook.board import StatusBoard
+from nbrouter.notebook.builder import DEFAULT_FALLBACK, ComboBuilder, ComboDraft
+from nbrouter.router.views import account_health, candidate_health, countdown
 from nbrouter.testing import RateLimited, Reply, ServerError
 
 CONFIG = """\

@@ -12,18 +12,26 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..router import _text
+from .._core.text import span
+from ..report import MUTED_TEXT, escape_dollars, escape_markdown, html_text, markdown_html, tone_border
+from ..router import views
+from ..router.errors import AllTargetsFailed, StopError
 from ..router.types import Action, Attempt, RouteResult
+from .frontend import MIME, result_payload
 
 #: a streamed answer's output area is redrawn at most this often (10 times a second)
 UPDATE_INTERVAL_S = 0.1
 FORMATS = ("markdown", "text", "code", "json", "html")
 METADATA_KEY = "nbrouter"
+#: the width plain-text tables are fitted to where no terminal says its own (a kernel's text/plain)
+TEXT_WIDTH = 120
 
 
 # ---- the answer, per format ---------------------------------------------------------------
@@ -43,7 +51,7 @@ class Answer:
 def render_answer(text: str, fmt: str) -> Answer:
     """Render the answer as plain text, Markdown and HTML for `fmt` (one of FORMATS)."""
     if fmt == "markdown":
-        return Answer(text, text, markdown_html(text))
+        return Answer(text, escape_dollars(text), markdown_html(text))
     if fmt == "text":
         return Answer(text, fence(text), _pre(text))
     if fmt == "code":
@@ -86,137 +94,7 @@ def _pre(text: str, lang: str = "") -> str:
     return f"<pre style='white-space:pre-wrap'><code{cls}>{html.escape(text)}</code></pre>"
 
 
-# ---- a small Markdown to HTML renderer ----------------------------------------------------
-# JupyterLab prefers text/html to text/markdown, so the HTML must show the Markdown answer as
-# Markdown would. Everything is escaped; only http(s) links are made.
-
-_CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
-_HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
-_ITEM = re.compile(r"^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$")
-_RULE = re.compile(r"^ {0,3}([-*_])(\s*\1){2,}\s*$")
-_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{1,}:?\s*(\|\s*:?-{1,}:?\s*)*\|?\s*$")
-_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*([\w+#.-]*)")
-
-
-def _emphasis(escaped: str) -> str:
-    s = re.sub(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", r"<strong>\1</strong>", escaped)
-    s = re.sub(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])", r"<em>\1</em>", s)
-    s = re.sub(r"\[([^\]]+)\]\((https?://[^\s)]+)\)", r'<a href="\2" target="_blank" rel="noopener">\1</a>', s)
-    return s
-
-
-def _inline(text: str) -> str:
-    out, pos = [], 0
-    for m in _CODE_SPAN.finditer(text):
-        out.append(_emphasis(html.escape(text[pos : m.start()])))
-        out.append(f"<code>{html.escape(m.group(2).strip())}</code>")
-        pos = m.end()
-    out.append(_emphasis(html.escape(text[pos:])))
-    return "".join(out)
-
-
-def _cells(line: str) -> list[str]:
-    line = line.strip()
-    if line.startswith("|"):
-        line = line[1:]
-    if line.endswith("|") and not line.endswith("\\|"):
-        line = line[:-1]
-    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)]
-
-
-def markdown_html(text: str) -> str:
-    """HTML for the Markdown an LLM usually writes: headings, paragraphs, lists, code, tables, quotes."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    out: list[str] = []
-    para: list[str] = []
-    items: list[str] = []
-    list_tag = ""
-
-    def flush() -> None:
-        nonlocal list_tag
-        if para:
-            out.append("<p>" + "<br>\n".join(_inline(p) for p in para) + "</p>")
-            para.clear()
-        if items:
-            out.append(f"<{list_tag}>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + f"</{list_tag}>")
-            items.clear()
-            list_tag = ""
-
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        opening = _FENCE_OPEN.match(line)
-        if opening:
-            flush()
-            marker, lang = opening.group(1), opening.group(2)
-            body: list[str] = []
-            i += 1
-            while i < len(lines) and not re.match(r"^ {0,3}" + re.escape(marker[0]) + "{" + str(len(marker)) + r",}\s*$", lines[i]):
-                body.append(lines[i])
-                i += 1
-            out.append(_pre("\n".join(body), lang))
-            i += 1
-            continue
-        if not line.strip():
-            flush()
-        elif _RULE.match(line) and not items:
-            flush()
-            out.append("<hr>")
-        elif (m := _HEADING.match(line)) is not None:
-            flush()
-            level = len(m.group(1))
-            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
-        elif "|" in line and i + 1 < len(lines) and _TABLE_SEP.match(lines[i + 1]) and "-" in lines[i + 1]:
-            flush()
-            head = _cells(line)
-            rows = []
-            i += 2
-            while i < len(lines) and "|" in lines[i] and lines[i].strip():
-                rows.append(_cells(lines[i]))
-                i += 1
-            th = "".join(f"<th>{_inline(c)}</th>" for c in head)
-            trs = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
-            out.append(f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>")
-            continue
-        elif line.lstrip().startswith(">"):
-            flush()
-            quote = []
-            while i < len(lines) and lines[i].lstrip().startswith(">"):
-                quote.append(lines[i].lstrip()[1:].removeprefix(" "))
-                i += 1
-            out.append(f"<blockquote>{markdown_html(chr(10).join(quote))}</blockquote>")
-            continue
-        elif (m := _ITEM.match(line)) is not None:
-            tag = "ol" if m.group(2)[0].isdigit() else "ul"
-            if para or (items and tag != list_tag):
-                flush()
-            list_tag = tag
-            items.append(m.group(3))
-        elif items and line.startswith((" ", "\t")):
-            items[-1] += " " + line.strip()
-        else:
-            if items:
-                flush()
-            para.append(line)
-        i += 1
-    flush()
-    return "\n".join(out)
-
-
 # ---- the finished bundle ------------------------------------------------------------------
-
-
-def _escape_dollars(text: str) -> str:
-    # Jupyter's Markdown renders $...$ as LaTeX; costs are dollars
-    return text.replace("$", "\\$")
-
-
-def attempt_markdown(attempts: Sequence[Attempt]) -> str:
-    """The attempt log as a Markdown (pipe) table."""
-    from tabulate import tabulate
-
-    rows = [[_escape_dollars(str(c)).replace("|", "\\|") for c in row] for row in _text.attempt_rows(attempts)]
-    return tabulate(rows, headers=_text.ATTEMPT_HEADERS, tablefmt="pipe")
 
 
 def result_metadata(result: RouteResult, **extra: Any) -> dict[str, Any]:
@@ -261,54 +139,22 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         notes.append(answer.error)
     if result.partial and result.error:
         notes.append(f"partial answer: {result.error}")
-    plain = "\n".join([answer.plain, "", *notes, footer, result.attempt_table()])
+    table = views.attempt_table(result.attempts)
+    plain = "\n".join([answer.plain, "", *notes, footer, table.text(terminal_width())])
     markdown = "\n".join([
-        answer.markdown, "", *(f"> {_escape_dollars(n)}\n" for n in notes),
-        f"<details><summary>{html.escape(_escape_dollars(footer))}</summary>", "",
-        attempt_markdown(result.attempts), "", "</details>",
+        answer.markdown, "", *(f"> {escape_markdown(n)}\n" for n in notes),
+        f"<details><summary>{html.escape(escape_markdown(footer))}</summary>", "",
+        table.markdown(), "", "</details>",
     ])
-    note_html = "".join(f"<div class='nbrouter-note'>{html.escape(n)}</div>" for n in notes)
+    note_html = "".join(f"<div class='nbrouter-note' style='{tone_border('warn')}'>{html_text(n)}</div>" for n in notes)
     html_ = (
         f"<div class='nbrouter-result'><div class='nbrouter-answer'>{answer.html}</div>{note_html}"
-        f"<details class='nbrouter-attempts'><summary style='color:#777;font-size:0.9em'>{html.escape(footer)}</summary>"
-        f"{_text.attempt_html(result.attempts)}</details></div>"
+        f"<details class='nbrouter-attempts'><summary style='color:{MUTED_TEXT};font-size:0.9em'>{html_text(footer)}</summary>"
+        f"{table.html()}</details></div>"
     )
     data = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
+    data[MIME] = result_payload(result)  # the JupyterLab / Notebook 7 extension's renderer
     return data, {METADATA_KEY: result_metadata(result, **extra)}
-
-
-# ---- tables for the %llm subcommands ------------------------------------------------------
-
-
-class TablesView:
-    """One or more tables with a title and notes, shown as real `text/plain` and `text/html`."""
-
-    def __init__(self, tables: Sequence[tuple[Sequence[str], Sequence[Sequence[Any]]]], *, title: str = "",
-                 notes: Sequence[str] = ()) -> None:
-        self.tables = list(tables)
-        self.title = title
-        self.notes = list(notes)
-
-    def __str__(self) -> str:
-        from tabulate import tabulate
-
-        parts = [self.title] if self.title else []
-        for headers, rows in self.tables:
-            parts.append(tabulate(rows, headers=list(headers), tablefmt="simple") if rows else "(none)")
-            parts.append("")
-        parts.extend(self.notes)
-        return "\n".join(parts).strip("\n")
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        parts = [f"<div><b>{html.escape(self.title)}</b></div>"] if self.title else []
-        parts.extend(_text.html_table(headers, rows) for headers, rows in self.tables)
-        parts.extend(f"<div>{html.escape(n)}</div>" for n in self.notes)
-        return "<div class='nbrouter-tables'>" + "<br>".join(parts) + "</div>"
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/plain": str(self), "text/html": self._repr_html_()}
 
 
 # ---- errors -------------------------------------------------------------------------------
@@ -320,6 +166,53 @@ def short_traceback(exc: BaseException, lines: list[str] | None = None) -> BaseE
     shown = lines if lines is not None else [f"{type(exc).__name__}: {exc}"]
     exc._render_traceback_ = lambda: list(shown)  # type: ignore[attr-defined]
     return exc
+
+
+def _soonest_free(attempts: Sequence[Attempt], now: float) -> tuple[str, float] | None:
+    held = [(a.hold_until, a.candidate) for a in attempts if a.hold_until is not None and a.hold != "disabled"]
+    if not held:
+        return None
+    until, candidate = min(held)
+    return candidate, max(0.0, until - now)
+
+
+def failure_line(exc: AllTargetsFailed, now: float | None = None) -> str:
+    """One line for the error area: what failed and what to do about it, in `%llm` terms.
+
+    Args:
+        exc: the routing failure (it carries every attempt).
+        now: the wall clock, for the time left on cooldowns.
+    """
+    now = time.time() if now is None else now
+    kinds = Counter(a.kind.value for a in exc.attempts if a.kind is not None and a.action is not Action.SKIPPED)
+    what = ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in kinds.items())
+    todo: list[str] = []
+    if isinstance(exc, StopError):
+        todo.append(f"another target would not help: {exc.kind.value} stops the call (the combo's fallback_on can change that)")
+    soonest = _soonest_free(exc.attempts, now)
+    if soonest is not None:
+        todo.append(f"{soonest[0]} frees up first, in {span(soonest[1])}; `%llm reset {soonest[0]}` clears its cooldown")
+    todo.append("`%llm status` shows every cooldown and breaker")
+    return f"{type(exc).__name__}: {exc.headline}" + (f": {what}" if what else "") + ". " + "; ".join(todo) + "."
+
+
+def failure_bundle(exc: AllTargetsFailed, **extra: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """(data, metadata) of a failed call: the headline and hint above the attempt table (HTML in a
+    notebook, fitted text in a terminal), and what was tried in the metadata."""
+    table = views.attempt_table(exc.attempts)
+    hint = exc.hint
+    plain = "\n".join([f"{exc.headline}:", table.text(terminal_width()), *([hint] if hint else [])])
+    html_ = (f"<div class='nbrouter-failure' style='{tone_border('bad')}'><div><b>{html_text(exc.headline)}</b></div>"
+             f"{table.html()}" + (f"<div style='color:{MUTED_TEXT}'>{html_text(hint)}</div>" if hint else "") + "</div>")
+    markdown = "\n\n".join([f"**{escape_markdown(exc.headline)}**", table.markdown(), *([escape_markdown(hint)] if hint else [])])
+    meta = {"combo": exc.combo, "served_by": None, "error": exc.headline,
+            "attempts": [_attempt_record(a) for a in exc.attempts], **{k: v for k, v in extra.items() if v is not None}}
+    return {"text/plain": plain, "text/markdown": markdown, "text/html": html_}, {METADATA_KEY: meta}
+
+
+def terminal_width() -> int:
+    """The terminal's width in columns (the fallback where there is none, as in a kernel)."""
+    return shutil.get_terminal_size((TEXT_WIDTH, 24)).columns
 
 
 # ---- the live output area -----------------------------------------------------------------
@@ -392,11 +285,10 @@ class LiveAnswer:
             self._end_line()
             print(terminal_tail)
 
-    def fail(self, summary: str) -> None:
-        """No answer: leave a one-line summary where the text would have been (the error follows)."""
+    def fail(self, data: dict[str, str], metadata: dict[str, Any]) -> None:
+        """No answer: the failure's bundle where the text would have been (notebook), or end the line."""
         if self.in_kernel:
-            lines = [self.text, ""] if self._pieces else []
-            self._update({"text/plain": "\n".join([*lines, summary])}, {})
+            self._update(data, metadata)
         else:
             self._end_line()
 
@@ -411,8 +303,10 @@ class LiveAnswer:
         plain = f"{text}\n\n{status}" if text else status
         if self.fmt != "markdown":
             return {"text/plain": plain}
-        md = f"{text}\n\n*{_escape_dollars(html.escape(status))}*" if text else f"*{html.escape(status)}*"
-        return {"text/plain": plain, "text/markdown": md}
+        # the answer so far as it will finally look (and its dollars as dollars), the status below it
+        md = f"{escape_dollars(text)}\n\n*{escape_markdown(html.escape(status))}*" if text else f"*{escape_markdown(html.escape(status))}*"
+        html_ = (markdown_html(text) if text else "") + f"<div style='color:{MUTED_TEXT}'><em>{html_text(status)}</em></div>"
+        return {"text/plain": plain, "text/markdown": md, "text/html": html_}
 
     def _refresh(self, force: bool = False) -> None:
         if not self.in_kernel or self.handle is None:

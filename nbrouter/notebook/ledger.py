@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Iterable
 
+from ..report import Table, Tables
 from ..router.types import Action, Attempt, ErrorKind
 
 
@@ -21,11 +22,14 @@ class Spend:
     unknown: int = 0
     tokens: int = 0
     cells: int = 0
+    #: attempts sent (skips are not attempts)
+    attempts: int = 0
 
     def add(self, other: Spend) -> None:
         self.usd += other.usd
         self.unknown += other.unknown
         self.tokens += other.tokens
+        self.attempts += other.attempts
 
     @property
     def text(self) -> str:
@@ -49,9 +53,8 @@ class CellCost:
 
     @property
     def label(self) -> str:
-        count = "" if self.execution_count is None else f"[{self.execution_count}]"
-        cell = f" {self.cell_id[:8]}" if self.cell_id else ""
-        return (count + cell).strip() or "-"
+        """`[3]`, the cell's execution count as the notebook shows it (the cell id stays in the metadata)."""
+        return "-" if self.execution_count is None else f"[{self.execution_count}]"
 
 
 def attempt_spend(attempt: Attempt) -> Spend:
@@ -66,13 +69,13 @@ def attempt_spend(attempt: Attempt) -> Spend:
     if attempt.usage is not None:
         tokens = attempt.usage.total_tokens
         if attempt.cost_usd is None:
-            return Spend(unknown=1, tokens=tokens)
-        return Spend(usd=attempt.cost_usd, tokens=tokens)
+            return Spend(unknown=1, tokens=tokens, attempts=1)
+        return Spend(usd=attempt.cost_usd, tokens=tokens, attempts=1)
     if attempt.cost_usd is not None:
-        return Spend(usd=attempt.cost_usd)
+        return Spend(usd=attempt.cost_usd, attempts=1)
     if attempt.action is Action.SERVED or attempt.kind is ErrorKind.CANCELLED:
-        return Spend(unknown=1)
-    return Spend()
+        return Spend(unknown=1, attempts=1)
+    return Spend(attempts=1)
 
 
 def _provider(candidate: str) -> str:
@@ -92,6 +95,8 @@ class CostLedger:
         total = Spend(unknown=unknown, cells=1)
         providers: dict[str, Spend] = {}
         for a in attempts:
+            if a.action is Action.SKIPPED:  # nothing was sent: the provider was not used by this cell
+                continue
             s = attempt_spend(a)
             total.add(s)
             providers.setdefault(_provider(a.candidate), Spend(cells=1)).add(s)
@@ -134,21 +139,33 @@ class CostLedger:
 
     # ---- tables ----------------------------------------------------------------------------
 
-    CELL_HEADERS = ["cell", "combo", "served by", "outcome", "tokens", "cost"]
-    SUM_HEADERS = ["", "cells", "tokens", "cost"]
+    CELL_HEADERS = ["cell", "combo", "served by", "outcome", "attempts", "tokens", "cost"]
+    SUM_HEADERS = ["", "cells", "attempts", "tokens", "cost"]
 
     def cell_rows(self) -> list[list[str]]:
-        return [[c.label, c.combo, c.served_by or "", c.outcome, str(c.spend.tokens), c.spend.text] for c in self.cells]
+        """One row per cell: its number, combo, what served it, the outcome, attempts, tokens, cost."""
+        return [[c.label, c.combo, c.served_by or "", c.outcome, str(c.spend.attempts), str(c.spend.tokens), c.spend.text]
+                for c in self.cells]
 
     def sum_rows(self, budget_usd: float | None = None) -> list[list[str]]:
+        """The sums per combo and per provider (cells that sent it something), the total, the budget."""
         rows: list[list[str]] = []
         for name, s in sorted(self.by_combo().items()):
-            rows.append([f"combo {name}", str(s.cells), str(s.tokens), s.text])
+            rows.append([f"combo {name}", str(s.cells), str(s.attempts), str(s.tokens), s.text])
         for name, s in sorted(self.by_provider().items()):
-            rows.append([f"provider {name}", str(s.cells), str(s.tokens), s.text])
+            rows.append([f"provider {name}", str(s.cells), str(s.attempts), str(s.tokens), s.text])
         total = self.total
-        rows.append(["total", str(total.cells), str(total.tokens), total.text])
+        rows.append(["total", str(total.cells), str(total.attempts), str(total.tokens), total.text])
         if budget_usd is not None:
             left = self.remaining(budget_usd)
-            rows.append(["budget", "", "", f"${budget_usd:.6f} (${left:.6f} left)"])
+            rows.append(["budget", "", "", "", f"${budget_usd:.6f} (${left:.6f} left)"])
         return rows
+
+    def tables(self, budget_usd: float | None = None) -> Tables:
+        """The session's cost: a row per cell, then the sums per combo, per provider and in total.
+
+        Args:
+            budget_usd: the session budget, shown with what is left of it (None: no budget row).
+        """
+        return Tables([Table(self.CELL_HEADERS, self.cell_rows()), Table(self.SUM_HEADERS, self.sum_rows(budget_usd))],
+                      title="cost of this session")

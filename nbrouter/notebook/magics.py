@@ -13,8 +13,10 @@ ledger of what each cell cost.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+import traceback
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,18 +26,41 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Float, Unicode
 
-from ..router.errors import BudgetExceeded, ComboConfigError, RouteError
+from ..router.errors import AllTargetsFailed, BudgetExceeded, ComboConfigError, RouteError
 from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Done, ErrorKind, RouteResult, TextDelta, Usage
-from .display import FORMATS, LiveAnswer, TablesView, render_answer, result_bundle, short_traceback
+from ..report import Table
+from ..router import views
+from .display import FORMATS, LiveAnswer, failure_bundle, failure_line, render_answer, result_bundle, short_traceback, terminal_width
+from . import frontend
 from .interpolation import interpolate
 from .ledger import CostLedger
 
 if TYPE_CHECKING:
     from ..router.engine import Router
 
-SUBCOMMANDS = ("combos", "providers", "status", "log", "cost", "budget", "explain", "use", "reset", "config", "builder", "help")
+SUBCOMMANDS = ("combos", "providers", "status", "log", "cost", "budget", "explain", "use", "reset", "config", "builder",
+               "chat", "error", "help")
 LAST_RESULT = "_llm"
 LAST_JSON = "_llm_json"
+#: `%llm log` shows this many attempts unless told (one screen)
+LOG_ROWS = 10
+#: `%llm log --all` reads at most this many (the whole log in practice)
+LOG_ALL = 1_000_000
+#: `%llm error` sends at most this many of the traceback's last lines
+ERROR_TRACEBACK_LINES = 40
+#: `%llm chat show` cuts a message longer than this (the whole message is on demand in the HTML)
+CHAT_SHOW_WIDTH = 200
+ERROR_PROMPT = """A cell of my notebook raised an error. Explain briefly what went wrong and how to fix it, and give the corrected code.
+
+The cell:
+```python
+{cell}
+```
+
+The error:
+```
+{error}
+```"""
 
 
 @magics_class
@@ -47,6 +72,8 @@ class LLMMagics(Magics):
     interpolate = Bool(True, help="Replace `{name}` in a prompt by the variable's value; `--no-interpolate` turns it off for one cell.").tag(config=True)
     format = Enum(FORMATS, default_value="markdown", help="How an answer is shown when a cell gives no `-f`.").tag(config=True)
     budget_usd = Float(None, allow_none=True, help="Session budget in USD: a cell whose estimated cost would pass it is refused before anything is sent.").tag(config=True)
+    raise_on_failure = Bool(True, help="A cell whose every target failed raises, which stops Run All (Jupyter's rule for any error); "
+                            "False shows the failure and lets the notebook go on.").tag(config=True)
 
     def __init__(self, shell: Any = None, router: Router | None = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -56,6 +83,8 @@ class LLMMagics(Magics):
         #: None: decide from the shell (a kernel updates displays in place, a terminal prints)
         self.live_display: bool | None = None
         self.closed = False
+        #: the source and the exception of the last cell that raised (for `%llm error`)
+        self.last_failure: tuple[str, BaseException] | None = None
 
     # ---- the router --------------------------------------------------------------------------
 
@@ -111,8 +140,9 @@ class LLMMagics(Magics):
         `{{name}}` stays a literal `{name}`. The result is in `_llm` (a RouteResult).
 
         As a line magic: `%llm COMBO PROMPT...` sends a one-line prompt, and these subcommands manage the
-        session: `combos`, `providers`, `status [--live]`, `log [N]`, `cost`, `budget [USD|off]`,
-        `explain COMBO [PROMPT]`, `use COMBO`, `reset [TARGET]`, `config [reload]`, `builder [COMBO]`.
+        session: `combos`, `providers`, `status [--live]`, `log [N] [--all]`, `cost`, `budget [USD|off]`,
+        `explain COMBO [PROMPT]`, `use COMBO`, `reset [TARGET]`, `config [reload]`, `builder [COMBO]`,
+        `chat [show|clear] [COMBO]`, `error [COMBO]`; `%llm help` lists them with examples.
         """
         if cell is None:
             return self._line(line)
@@ -135,7 +165,9 @@ class LLMMagics(Magics):
         ns = self.shell.user_ns if self.shell is not None else {}
         if self.interpolate and not args.no_interpolate:
             hidden = getattr(self.shell, "user_ns_hidden", {})
-            body = interpolate(body, ns, hidden)
+            history = getattr(self.shell, "history_manager", None)
+            body = interpolate(body, ns, hidden, inputs=getattr(history, "input_hist_raw", []),
+                               outputs=getattr(history, "output_hist", {}))
         prompt = body.strip()
         if not prompt:
             raise UsageError("the prompt is empty: write it in the cell below `%%llm`")
@@ -162,19 +194,15 @@ class LLMMagics(Magics):
             call["max_cost_usd"] = float(min(caps))
 
         if args.explain:
-            decision = router.explain(combo, prompt, **call)
-            from IPython.display import display
-
-            from ..router import _text
-
-            display({"text/plain": _text.decision_table(decision), "text/html": _text.decision_html(decision)}, raw=True)
+            self._show(router.explain(combo, prompt, **call))
             return None
 
         where = self._cell()
         stream = self.stream and not args.no_stream
+        live = LiveAnswer(combo, fmt, in_kernel=self._in_kernel()) if stream else None
         try:
-            if stream:
-                result = self._stream(router, combo, prompt, fmt, call, where)
+            if live is not None:
+                result = self._stream(router, combo, prompt, fmt, call, where, live)
             else:
                 try:
                     result = router.complete(combo, prompt, **call)
@@ -191,12 +219,17 @@ class LLMMagics(Magics):
         except RouteError as exc:
             self.ledger.record(exc.attempts, combo=combo, served_by=None, outcome="failed", **where)
             self._forget_result()
+            if isinstance(exc, AllTargetsFailed):
+                return self._failed(exc, live, where)
             raise short_traceback(exc) from None
 
         self.ledger.record(result.attempts, combo=combo, served_by=result.served_by,
                            outcome="partial" if result.partial else "served", **where)
         answer = render_answer(result.text, fmt)
         self._remember(result, args.out, answer.value if fmt == "json" else None)
+        if fmt == "code" and self.shell is not None and answer.plain.strip():
+            # as `%%ai -f code` does: the code in a new cell below (the next prompt in a terminal)
+            self.shell.set_next_input(answer.plain, replace=False)
         if chat and not result.partial:
             self.chats[combo] = [*call["messages"], {"role": "user", "content": prompt},
                                  {"role": "assistant", "content": result.text}]
@@ -207,10 +240,26 @@ class LLMMagics(Magics):
             display(data, raw=True, metadata=metadata)
         return None
 
+    def _failed(self, exc: AllTargetsFailed, live: LiveAnswer | None, where: dict[str, Any]) -> None:
+        """Show a failed call: the attempt table where the answer would be, and one line saying what to do
+        (raised, so that Run All stops, unless `raise_on_failure` is False)."""
+        data, metadata = failure_bundle(exc, **where)
+        if live is not None and live.in_kernel:
+            live.fail(data, metadata)
+        else:
+            if live is not None:
+                live.fail(data, metadata)  # a terminal: end the streamed line first
+            from IPython.display import display
+
+            display(data, raw=True, metadata=metadata)
+        line = failure_line(exc)
+        if self.raise_on_failure:
+            raise short_traceback(exc, [line]) from None
+        print(line, file=sys.stderr)
+
     def _stream(self, router: Router, combo: str, prompt: str, fmt: str, call: dict[str, Any],
-                where: dict[str, Any]) -> RouteResult:
+                where: dict[str, Any], live: LiveAnswer) -> RouteResult:
         """Consume Router.stream() events on the main thread, which owns the display."""
-        live = LiveAnswer(combo, fmt, in_kernel=self._in_kernel())
         attempts: list[Attempt] = []
         current: AttemptStarted | None = None  # the last attempt started
         in_flight: AttemptStarted | None = None  # ... while it has not finished
@@ -233,13 +282,12 @@ class LLMMagics(Magics):
                     if event.error is not None:
                         if isinstance(event.error, KeyboardInterrupt):  # the router was closed under us
                             raise KeyboardInterrupt
-                        live.fail(f"no answer from {combo!r}: see the error below")
                         raise event.error
                     assert event.result is not None
                     result = event.result
                     answer = render_answer(result.text, fmt)
                     data, metadata = result_bundle(result, fmt, answer=answer, **where)
-                    tail = "\n".join([*([answer.error] if answer.error else []), result.footer(), result.attempt_table()])
+                    tail = "\n".join([*([answer.error] if answer.error else []), result.footer(), *_terminal_attempts(result)])
                     live.finish(data, metadata, tail)
                     return result
             raise RuntimeError("the router's event stream ended without Done")
@@ -250,7 +298,7 @@ class LLMMagics(Magics):
             self.ledger.record(partial.attempts, combo=combo, served_by=partial.served_by, outcome="cancelled", **where)
             self._remember(partial, None, None)
             data, metadata = result_bundle(partial, fmt, notes=[_cancel_note(partial, live.text)], **where)
-            tail = "\n".join([_cancel_note(partial, live.text), partial.attempt_table()])
+            tail = "\n".join([_cancel_note(partial, live.text), *_terminal_attempts(partial, always=True)])
             live.finish(data, metadata, tail)
             interrupt = KeyboardInterrupt(_cancel_note(partial, live.text))
             raise short_traceback(interrupt, [f"KeyboardInterrupt: {_cancel_note(partial, live.text)}; the partial text is in _llm"]) from None
@@ -315,6 +363,13 @@ class LLMMagics(Magics):
             cell_id = (parent.get("metadata") or {}).get("cellId")
         return {"execution_count": count, "cell_id": cell_id}
 
+    def cell_finished(self, result: Any) -> None:
+        """IPython's post_run_cell event: remember the last cell that raised, for `%llm error`."""
+        error = getattr(result, "error_in_exec", None)
+        source = getattr(getattr(result, "info", None), "raw_cell", None) or ""
+        if error is not None and not source.lstrip().startswith("%llm error"):
+            self.last_failure = (source, error)
+
     # ---- %llm subcommands --------------------------------------------------------------------
 
     def _line(self, line: str) -> None:
@@ -352,12 +407,41 @@ class LLMMagics(Magics):
         display(obj)
 
     def _help(self, rest: str) -> None:
-        print("%%llm [COMBO] [options]  a prompt cell (see %%llm?)\n"
-              "%llm COMBO PROMPT...     a one-line prompt\n"
-              "%llm combos | providers | status [--live] | log [N] | cost | budget [USD|off]\n"
-              "%llm explain COMBO [PROMPT] | use COMBO | reset [TARGET] | config [reload] | builder [COMBO]")
+        print(help_text(self.llm.parser))
 
     _cmd_help = _help
+
+    def _cmd_error(self, rest: str) -> None:
+        """`%llm error [COMBO] [options]`: ask for an explanation and a fix of the last error."""
+        if self.last_failure is None:
+            print("no cell has raised an error in this session yet")
+            return
+        from .._core import scrub
+
+        source, error = self.last_failure
+        lines = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip("\n").splitlines()
+        shown = "\n".join(lines[-ERROR_TRACEBACK_LINES:])
+        args = self._parse(rest)
+        args.no_interpolate = True  # the cell and the traceback are sent as they are, braces and all
+        self._prompt(args, ERROR_PROMPT.format(cell=scrub(source.strip("\n")), error=scrub(shown)))
+
+    def _cmd_chat(self, rest: str) -> None:
+        """`%llm chat [show|clear] [COMBO]`: the conversation `--chat` keeps per combo."""
+        action, _, combo = rest.partition(" ")
+        action, combo = action or "show", combo.strip()
+        if action not in ("show", "clear"):
+            raise UsageError("usage: %llm chat [show|clear] [COMBO]")
+        names = [combo] if combo else sorted(self.chats)
+        if action == "clear":
+            cleared = [n for n in names if self.chats.pop(n, None) is not None]
+            print(f"cleared the chat of {', '.join(cleared)}" if cleared else "no chat to clear")
+            return
+        rows = [[name, m["role"], m["content"]] for name in names for m in self.chats.get(name, [])]
+        if not rows:
+            print("no chat yet" + (f" with {combo}" if combo else "") + ": `%%llm COMBO --chat` starts one")
+            return
+        self._show(Table(["combo", "role", "message"], rows, cut=CHAT_SHOW_WIDTH,
+                         notes=["`%llm chat clear [COMBO]` forgets it; `--new` starts afresh"]))
 
     def _cmd_combos(self, rest: str) -> None:
         from ..router.config import VIRTUAL_COMBOS
@@ -369,7 +453,7 @@ class LLMMagics(Magics):
         notes = [f"virtual: {', '.join(VIRTUAL_COMBOS)}; any provider/model works as a one-step combo"]
         if self.default_combo:
             notes.append(f"default: {self.default_combo}")
-        self._show(TablesView([(["combo", "strategy", "targets"], rows)], notes=notes))
+        self._show(Table(["combo", "strategy", "targets"], rows, notes=notes))
 
     def _cmd_providers(self, rest: str) -> None:
         from .._core import scrub
@@ -389,46 +473,44 @@ class LLMMagics(Magics):
                     accounts.append(acc.name)
             rows.append([name, p.protocol + (" (local)" if p.local else ""), scrub(p.base_url), ", ".join(accounts),
                          ", ".join(p.models), p.source + ("" if p.enabled else " (disabled)")])
-        self._show(TablesView([(["provider", "protocol", "base url", "accounts", "models", "from"], rows)]))
+        self._show(Table(["provider", "protocol", "base url", "accounts", "models", "from"], rows))
 
     def _cmd_status(self, rest: str) -> None:
         if rest.split() == ["--live"]:
-            widgets = _widgets()
-            if widgets is not None:
-                widgets.StatusBoard(self.router).display()
+            board = _widget_module("board")
+            if board is not None:
+                board.StatusBoard(self.router).display()
             return
         if rest:
             raise UsageError("usage: %llm status [--live]")
         self._show(self.router.status())
 
     def _cmd_log(self, rest: str) -> None:
+        words = rest.split()
+        show_all = "--all" in words
+        words = [w for w in words if w != "--all"]
         try:
-            n = int(rest) if rest else 20
+            n = LOG_ALL if show_all else int(words[0]) if words else LOG_ROWS
+            if n <= 0 or len(words) > 1:
+                raise ValueError
         except ValueError:
-            raise UsageError("usage: %llm log [N]") from None
-        rows = []
-        for r in self.router.log(n):
-            tokens = "" if r.get("input_tokens") is None else f"{r['input_tokens']}+{r.get('output_tokens') or 0}"
-            cost = r.get("cost_usd")
-            cost_text = "" if tokens == "" and cost is None else ("unknown" if cost is None else f"${Decimal(str(cost)):.6f}")
-            rows.append([
-                time.strftime("%H:%M:%S", time.localtime(r["ts"])) if r.get("ts") else "", r.get("combo") or "",
-                r.get("path") or r.get("candidate") or "", r.get("action") or "", r.get("kind") or "",
-                "" if r.get("status") is None else str(r["status"]),
-                "" if r.get("latency_s") is None else f"{r['latency_s'] * 1000:.0f} ms", tokens, cost_text,
-                (r.get("message") or "")[:100],
-            ])
-        headers = ["time", "combo", "candidate", "action", "kind", "status", "latency", "tokens", "cost", "message"]
-        self._show(TablesView([(headers, rows)], title=f"the last {n} attempts"))
+            raise UsageError("usage: %llm log [N] [--all]") from None
+        rows = self.router.log(n + 1)  # one more than shown: is there an older page?
+        more = len(rows) > n
+        rows = rows[-n:]
+        if show_all:
+            title = f"all {len(rows)} attempts of the call log"
+        else:
+            title = f"the last {len(rows)} attempts" + (f" (`%llm log {n * 3}` or `--all` for older ones)" if more else "")
+        self._show(views.log_table(rows, title=title))
 
     def _cmd_cost(self, rest: str) -> None:
         ledger = self.ledger
         budget = f"budget ${self.budget_usd:.6f}" if self.budget_usd is not None else "no budget (`%llm budget USD` sets one)"
         if not ledger.cells:
-            self._show(TablesView([], notes=[f"no calls yet in this session; {budget}"]))
+            print(f"no calls yet in this session; {budget}")
             return
-        self._show(TablesView([(ledger.CELL_HEADERS, ledger.cell_rows()), (ledger.SUM_HEADERS, ledger.sum_rows(self.budget_usd))],
-                              title="cost of this session"))
+        self._show(ledger.tables(self.budget_usd))
 
     def _cmd_budget(self, rest: str) -> None:
         if rest.lower() in ("off", "none"):
@@ -456,12 +538,7 @@ class LLMMagics(Magics):
         combo = combo or self.default_combo
         if not combo:
             raise UsageError("usage: %llm explain COMBO [PROMPT]")
-        from ..router import _text
-
-        decision = self.router.explain(combo, prompt.strip() or "")
-        from IPython.display import display
-
-        display({"text/plain": _text.decision_table(decision), "text/html": _text.decision_html(decision)}, raw=True)
+        self._show(self.router.explain(combo, prompt.strip() or ""))
 
     def _cmd_use(self, rest: str) -> None:
         if not rest or " " in rest:
@@ -507,11 +584,54 @@ class LLMMagics(Magics):
         print("\n".join(lines))
 
     def _cmd_builder(self, rest: str) -> None:
-        widgets = _widgets()
-        if widgets is not None:
-            builder = widgets.ComboBuilder(self.router, rest or None)
+        module = _widget_module("builder")
+        if module is not None:
+            builder = module.ComboBuilder(self.router, rest or None)
             self.shell.user_ns["_llm_builder"] = builder  # reachable from Python: _llm_builder.model.targets = [...]
             builder.display()
+
+
+#: every `%llm` subcommand: (how to write it, what it does, an example); `%llm help` and the README list them
+SUBCOMMAND_HELP = [
+    ("COMBO PROMPT...", "send a one-line prompt (a trailing ? is part of it)", "%llm fast What is the capital of Italy?"),
+    ("combos", "the saved combos, their strategy and targets", "%llm combos"),
+    ("providers", "the providers, their accounts and keys (set or missing), and where they came from", "%llm providers"),
+    ("status [--live]", "every candidate's and account's health; --live: a board that refreshes", "%llm status --live"),
+    ("log [N] [--all]", "the last N attempts of the call log (10 by default)", "%llm log 30"),
+    ("cost", "what this session spent, per cell, combo and provider", "%llm cost"),
+    ("budget [USD|off]", "a session budget: cells that would pass it are refused before sending", "%llm budget 0.50"),
+    ("explain COMBO [PROMPT]", "the order the router would try and why; sends nothing", "%llm explain fast"),
+    ("use COMBO", "the combo a %%llm cell without a name uses", "%llm use fast"),
+    ("reset [TARGET]", "clear cooldowns, locks and breakers (of TARGET, or all)", "%llm reset sim#default/gpt-4o-mini"),
+    ("config [reload]", "which files are read; reload: read them again", "%llm config reload"),
+    ("builder [COMBO]", "build or edit a combo with widgets", "%llm builder fast"),
+    ("chat [show|clear] [COMBO]", "the conversation --chat keeps per combo", "%llm chat show fast"),
+    ("error [COMBO] [options]", "send the last error and its cell, asking for an explanation and a fix", "%llm error fast"),
+    ("help", "this list", "%llm help"),
+]
+
+
+def help_text(parser: Any) -> str:
+    """The `%%llm` options (from the magic's own argument parser) and the `%llm` subcommands."""
+    lines = ["%%llm [COMBO] [options]: the cell below is the prompt; {name}, {In[3]}, {Out[3]} are filled in", ""]
+    for action in parser._actions:
+        if not action.option_strings:
+            continue
+        names = ", ".join(action.option_strings)
+        if action.nargs != 0:
+            names += " " + (action.metavar or action.dest.upper())
+        lines.append(f"  {names:<30} {action.help}")
+    lines.extend(["", "%llm SUBCOMMAND:", ""])
+    lines.extend(f"  %llm {syntax:<25} {what} ({example})" for syntax, what, example in SUBCOMMAND_HELP)
+    return "\n".join(lines)
+
+
+def _terminal_attempts(result: RouteResult, always: bool = False) -> list[str]:
+    """The attempt table under a terminal answer, fitted to the terminal: only when there is more to say
+    than the footer (a fallback, a skip, an interruption)."""
+    if not always and len(result.attempts) <= 1:
+        return []
+    return [views.attempt_table(result.attempts, compact=True).text(terminal_width())]
 
 
 def _cancel_note(result: RouteResult, text: str) -> str:
@@ -520,15 +640,39 @@ def _cancel_note(result: RouteResult, text: str) -> str:
     return f"cancelled by the user{who} after {result.latency_s:.2f} s ({kept})"
 
 
-def _widgets() -> Any:
-    """nbrouter.notebook.widgets, imported on demand (ipywidgets is heavy), or None with a message."""
+def _widget_module(name: str) -> Any:
+    """nbrouter.notebook.builder or .board, imported on demand (ipywidgets is heavy), or None with a message."""
+    import importlib
+
     try:
-        from . import widgets
+        module = importlib.import_module(f"{__package__}.{name}")
     except ImportError as exc:
         print(f"the nbrouter widgets are not available ({exc}); `pip install ipywidgets` and use JupyterLab or "
               "Notebook 7, or use `%llm status`, `%llm combos` and `Router.save_combo()`", file=sys.stderr)
         return None
-    return widgets
+    return module
+
+
+_LLM_LINE = re.compile(r"^([ \t]*)%llm([ \t]+[^\n]*?)?[ \t]*(\n?)$")
+
+
+def keep_question_marks(lines: list[str]) -> list[str]:
+    """An IPython cleanup input transformer: a `%llm ...` line is always a prompt or a subcommand, even
+    when it ends in `?` (IPython would otherwise read `%llm fast What is X?` as a help request for `X`).
+
+    Cleanup transformers run before IPython's help transformer; the line becomes the call IPython itself
+    makes for a line magic. `%llm?` alone still shows the help, and a `%%` cell is left to its magic.
+    """
+    if lines and lines[0].lstrip().startswith("%%"):
+        return lines
+    out = []
+    for line in lines:
+        m = _LLM_LINE.match(line)
+        rest = (m.group(2) or "").strip() if m else ""
+        if m and rest and rest.strip("?"):
+            line = f"{m.group(1)}get_ipython().run_line_magic('llm', {rest!r}){m.group(3)}"
+        out.append(line)
+    return out
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -538,6 +682,11 @@ def load_ipython_extension(ipython: Any) -> None:
         return
     magics = LLMMagics(shell=ipython)
     ipython.register_magics(magics)
+    cleanup = getattr(ipython, "input_transformers_cleanup", None)
+    if cleanup is not None and keep_question_marks not in cleanup:
+        cleanup.append(keep_question_marks)
+    ipython.events.register("post_run_cell", magics.cell_finished)
+    frontend.register(ipython, lambda: magics.router)  # the extension's status board asks through this comm
     magics.open()
 
 
@@ -549,6 +698,11 @@ def unload_ipython_extension(ipython: Any) -> None:
         return
     magics.close()
     registry.pop(LLMMagics.__name__, None)
+    cleanup = getattr(ipython, "input_transformers_cleanup", [])
+    if keep_question_marks in cleanup:
+        cleanup.remove(keep_question_marks)
+    if magics.cell_finished in ipython.events.callbacks.get("post_run_cell", []):
+        ipython.events.unregister("post_run_cell", magics.cell_finished)
     for kind in ("line", "cell"):
         table = ipython.magics_manager.magics[kind]
         if getattr(table.get("llm"), "__self__", None) is magics:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from .._core import ErrorKind, Usage
 from .._core.secrets import excerpt
 from .base import (
+    UNSUPPORTED_TEXT,
     ChatRequest,
     Completion,
     Endpoint,
@@ -30,6 +31,7 @@ from .base import (
     json_value,
     loose_text,
     obj,
+    reasoning_budget,
     string,
 )
 from .openai import MAX_MESSAGE_CHARS, header_int, retry_after
@@ -157,8 +159,18 @@ class AnthropicProtocol(WireProtocol):
             body["temperature"] = request.temperature
         if request.response_format is not None:
             body["output_config"] = {"format": _output_format(request.response_format)}
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop_sequences"] = request.stop
+        if request.reasoning is not None:
+            budget = reasoning_budget(request.reasoning)
+            body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            body["max_tokens"] = max(body["max_tokens"], budget + 1)  # the answer's limit includes the thinking
         if request.stream:
             body["stream"] = True
+        if request.extra_body:
+            body.update(request.extra_body)
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION, **endpoint.headers}
         if endpoint.api_key:
             headers["x-api-key"] = endpoint.api_key
@@ -274,6 +286,8 @@ class AnthropicProtocol(WireProtocol):
                 return ErrorKind.QUOTA_EXCEEDED
             if _CONTEXT_TEXT.search(message):
                 return ErrorKind.CONTEXT_OVERFLOW
+        if etype == "invalid_request_error" and UNSUPPORTED_TEXT.search(message):
+            return ErrorKind.UNSUPPORTED
         kind = _TYPE_KINDS.get(etype)
         if kind is not None:
             return kind

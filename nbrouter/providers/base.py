@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
@@ -37,6 +38,8 @@ class Endpoint:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: the environment variable the key was read from, named (never the value) when the key is unusable
     key_env: str | None = None
+    #: the account's name, for the router's own messages
+    account: str | None = None
 
 
 @dataclass
@@ -52,6 +55,29 @@ class ChatRequest:
     stream: bool = False
     #: OpenRouter only: the whole fallback list, sent as one request with the `models` array.
     models: list[str] | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    #: one portable reasoning setting: "low" | "medium" | "high", or a budget in tokens; each protocol maps
+    #: it (`reasoning_effort`, Anthropic's `thinking` budget, Gemini's `thinkingConfig`)
+    reasoning: str | int | None = None
+    #: anything else, merged into the JSON body as given (the step's or the call's own)
+    extra_body: dict[str, Any] | None = None
+
+
+#: the thinking budget (tokens) of each portable reasoning effort, for protocols that take a budget
+REASONING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
+
+
+def reasoning_effort(value: str | int) -> str:
+    """The effort ("low", "medium", "high") of a portable reasoning setting (a budget maps to the nearest)."""
+    if isinstance(value, str):
+        return value
+    return "low" if value <= REASONING_BUDGETS["low"] * 2 else "medium" if value <= REASONING_BUDGETS["medium"] * 2 else "high"
+
+
+def reasoning_budget(value: str | int) -> int:
+    """The budget in tokens of a portable reasoning setting."""
+    return REASONING_BUDGETS[value] if isinstance(value, str) else int(value)
 
 
 @dataclass
@@ -216,3 +242,12 @@ def clean_id(value: Any) -> str | None:
         return None
     value = excerpt(value, MAX_REQUEST_ID_CHARS)
     return value if value.isprintable() else "".join(c if c.isprintable() else "?" for c in value)
+
+
+#: a 4xx whose message says the model refuses a feature the request uses (streaming, a JSON schema, a
+#: parameter): the kind `unsupported`, which falls back (another model may support it), not a stop
+UNSUPPORTED_TEXT = re.compile(
+    r"(?:does not|doesn't|do not) support|(?:is|are) not supported|not supported (?:by|for|with) (?:this|the) model"
+    r"|unsupported (?:parameter|value|model feature)|unrecognized request argument",
+    re.I,
+)

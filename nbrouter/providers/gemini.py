@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from .._core import ErrorKind, Usage
 from .._core.secrets import excerpt
 from .base import (
+    UNSUPPORTED_TEXT,
     ChatRequest,
     Completion,
     Endpoint,
@@ -31,6 +32,7 @@ from .base import (
     loose_text,
     malformed,
     obj,
+    reasoning_budget,
     string,
 )
 from .openai import MAX_MESSAGE_CHARS, parse_duration, retry_after
@@ -152,8 +154,16 @@ class GeminiProtocol(WireProtocol):
             schema = _json_schema(request.response_format)
             if schema is not None:
                 config["responseJsonSchema"] = schema
+        if request.top_p is not None:
+            config["topP"] = request.top_p
+        if request.stop:
+            config["stopSequences"] = request.stop
+        if request.reasoning is not None:
+            config["thinkingConfig"] = {"thinkingBudget": reasoning_budget(request.reasoning)}
         if config:
             body["generationConfig"] = config
+        if request.extra_body:
+            body.update(request.extra_body)
         headers = {"content-type": "application/json", **endpoint.headers}
         if endpoint.api_key:
             headers["x-goog-api-key"] = endpoint.api_key
@@ -263,6 +273,8 @@ class GeminiProtocol(WireProtocol):
             return ErrorKind.OVERLOADED
         if gstatus == "INTERNAL" or status >= 500:
             return ErrorKind.SERVER_ERROR
+        if (gstatus == "INVALID_ARGUMENT" or 400 <= status < 500) and UNSUPPORTED_TEXT.search(message):
+            return ErrorKind.UNSUPPORTED
         if gstatus == "INVALID_ARGUMENT" or 400 <= status < 500:
             return ErrorKind.INVALID_REQUEST
         # an error object with neither a known status nor a code, inside a 200 stream

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from .._core import ErrorKind, Usage
 from .._core.secrets import excerpt
 from .base import (
+    UNSUPPORTED_TEXT,
     ChatRequest,
     Completion,
     Endpoint,
@@ -27,6 +28,7 @@ from .base import (
     json_value,
     loose_text,
     obj,
+    reasoning_effort,
     string,
 )
 
@@ -163,9 +165,17 @@ class OpenAIProtocol(WireProtocol):
             body["temperature"] = request.temperature
         if request.response_format is not None:
             body["response_format"] = _response_format(request.response_format)
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = request.stop
+        if request.reasoning is not None:
+            body["reasoning_effort"] = reasoning_effort(request.reasoning)
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+        if request.extra_body:
+            body.update(request.extra_body)
         headers = {"content-type": "application/json", **endpoint.headers}
         if endpoint.api_key:
             headers["authorization"] = f"Bearer {endpoint.api_key}"
@@ -317,6 +327,8 @@ class OpenAIProtocol(WireProtocol):
             return ErrorKind.OVERLOADED
         if status >= 500:
             return ErrorKind.SERVER_ERROR
+        if 400 <= status < 500 and (code in ("unsupported_parameter", "unsupported_value") or UNSUPPORTED_TEXT.search(message)):
+            return ErrorKind.UNSUPPORTED
         if status in (400, 413, 422) or 400 <= status < 500:
             return ErrorKind.INVALID_REQUEST
         # an error object with no status information (mid-stream): the server failed

@@ -1,10 +1,11 @@
-"""HTTP clients for the router: one per event loop, closed with that loop, or the caller's own.
+"""What carries the router's requests: one `providers.Sender` per event loop, closed with that loop.
 
-httpx clients are bound to the event loop that first used them, so a Router keeps one per loop. A loop
-other than the router's own (a notebook's, or one `asyncio.run` made) may end at any time: the client is
-tied to it through an async generator, which asyncio finalises when the loop shuts down
-(`loop.shutdown_asyncgens()`, which `asyncio.run` calls), so the client's connections close with the loop
-instead of leaking one client per `asyncio.run(router.acomplete(...))`.
+A Sender's connections belong to the event loop that opened them, so a Router keeps one per loop. A loop
+other than the router's own (a notebook's, or one that `asyncio.run` made) may end at any time: its
+Sender is tied to it through an async generator, which asyncio finalises when the loop shuts down
+(`loop.shutdown_asyncgens()`, which `asyncio.run` calls), so the connections close with the loop instead
+of leaking one pool per `asyncio.run(router.acomplete(...))`. A transport or client the caller gave is
+never closed here: whoever made it closes it.
 """
 
 from __future__ import annotations
@@ -14,59 +15,54 @@ import weakref
 from typing import Any, AsyncIterator
 
 
-class Clients:
-    """The HTTP client of each event loop; built from an injected transport or client, else the default."""
+class Senders:
+    """The Sender of each event loop, made from an injected transport or client, or the default."""
 
-    def __init__(self, *, transport: Any = None, http_client: Any = None, timeout_s: float = 60.0) -> None:
+    def __init__(self, *, transport: Any = None, http_client: Any = None) -> None:
+        if transport is not None and http_client is not None:
+            raise ValueError("give a transport or an http_client, not both")
         self._transport = transport
-        self._given = http_client
-        self._timeout_s = timeout_s
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._client = http_client
+        self._senders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
     def get(self) -> Any:
-        """The client for the running loop (made on first use)."""
-        if self._given is not None:
-            return self._given  # the caller's: the caller closes it
+        """The Sender of the running loop (made on first use)."""
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            from ..providers.http import new_client
+        sender = self._senders.get(loop)
+        if sender is None:
+            from ..providers import Sender
 
-            client = self._clients[loop] = new_client(transport=self._transport, timeout_s=self._timeout_s)
-            keeper = _close_with_loop(client)
-            self._keepers[loop] = keeper
+            sender = self._senders[loop] = Sender(self._transport, http_client=self._client)
+            keeper = self._keepers[loop] = _close_with_loop(sender)
             # the first step registers the generator with the loop (sys.set_asyncgen_hooks), so that the
-            # loop's shutdown_asyncgens() closes it, and the client with it
+            # loop's shutdown_asyncgens() closes it, and the Sender with it
             asyncio.ensure_future(keeper.__anext__())
-        return client
+        return sender
 
     async def aclose(self) -> None:
-        """Close the client of the running loop (made by us; an injected client is left to its owner)."""
+        """Close the Sender of the running loop."""
         loop = asyncio.get_running_loop()
-        client = self._clients.pop(loop, None)
+        sender = self._senders.pop(loop, None)
         keeper = self._keepers.pop(loop, None)
         if keeper is not None:
             await keeper.aclose()
-        elif client is not None:
-            await client.aclose()
+        elif sender is not None:
+            await sender.aclose()
 
     def close_on(self, loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> None:
-        """Close the client of `loop` (a loop running in another thread) and wait for it."""
-        if loop not in self._clients and loop not in self._keepers:
+        """Close the Sender of `loop` (a loop running in another thread) and wait for it."""
+        if loop not in self._senders:
             return
         try:
-            asyncio.run_coroutine_threadsafe(self._aclose_loop(loop), loop).result(timeout=timeout)
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(timeout=timeout)
         except Exception:
             pass
 
-    async def _aclose_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        await self.aclose()
 
-
-async def _close_with_loop(client: Any) -> AsyncIterator[None]:
+async def _close_with_loop(sender: Any) -> AsyncIterator[None]:
     try:
         yield
         yield  # never reached: the loop's shutdown (or aclose) closes the generator here
     finally:
-        await client.aclose()
+        await sender.aclose()

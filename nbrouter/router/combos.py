@@ -60,7 +60,8 @@ def _expand(config: Config, combo: Combo, path: tuple[str, ...], weight: float, 
         for acc in accounts:
             if acc is None:
                 continue
-            out.append(Candidate(provider.name, acc.name, step.model or "", path=path, weight=weight * step.weight, step=index))
+            out.append(Candidate(provider.name, acc.name, step.model or "", path=path, weight=weight * step.weight, step=index,
+                                 options=step.options))
 
 
 # ---- the candidate pool of auto combos ---------------------------------------------------------

@@ -42,6 +42,7 @@ from .model import (
     parse_target,
 )
 from .packs import FACTORS, PACKS, VIRTUAL_COMBOS
+from .keys import KeySource
 from .policy import Policy
 from .strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from .types import ErrorKind
@@ -73,6 +74,8 @@ POLICY_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "max_attempts": (1, None, False),
     "max_depth": (1, None, False),
     "attempt_timeout_s": (0, None, True),
+    "stream_idle_timeout_s": (0, None, True),
+    "sse_max_line_bytes": (1, None, False),
     "breaker_failures": (1, None, False),
     "breaker_window_s": (0, None, True),
     "breaker_open_s": (0, None, True),
@@ -92,6 +95,9 @@ POLICY_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "auto_stability_spread_share": (0, 1, False),
     "auto_task_scan_chars": (1, None, False),
     "retry_jitter": (0, 1, False),
+    "relay_threshold": (0, 1, True),
+    "relay_summary_messages": (1, None, False),
+    "relay_summary_max_tokens": (1, None, False),
 }
 #: `[policy]` tables whose values are scores in [0, 1]
 POLICY_SCORE_TABLES = ("auto_health_scores", "auto_tier_scores")
@@ -102,6 +108,9 @@ POLICY_ORDER = (("rate_limit_cooldown_s", "rate_limit_cooldown_cap_s"), ("auto_e
                 ("retry_backoff_s", "retry_backoff_cap_s"))
 #: the kinds a combo's `retries` may name (the policy's `retries` table)
 RETRIABLE = tuple(Policy().retries)
+
+#: the portable reasoning efforts of a step's `reasoning` (or a budget in tokens)
+REASONING_EFFORTS = ("low", "medium", "high")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -436,7 +445,7 @@ def _provider(name: str, raw: Any, at: _At) -> Provider:  # noqa: C901 - one che
 
     accounts: list[Account] = []
     if "accounts" in table:
-        for key in ("api_key_env", "quota", "tier"):
+        for key in ("api_key_env", "api_key_command", "api_key_provider", "quota", "tier"):
             if key in table:
                 at.key(key).fail(f"provider {name!r} lists `accounts`: `{key}` belongs in each [[providers.{name}.accounts]] entry")
         raw_accounts = table["accounts"]
@@ -452,7 +461,8 @@ def _provider(name: str, raw: Any, at: _At) -> Provider:  # noqa: C901 - one che
             env = _env_name(env, at.key("api_key_env"))
         quota = _quota(table["quota"], at.key("quota"), f"the quota of provider {name!r}") if "quota" in table else Quota()
         tier = _choice(table["tier"], TIERS, at.key("tier"), "tier") if "tier" in table else None
-        accounts.append(Account(DEFAULT_ACCOUNT, env, quota, tier))
+        source = _key_source(table, at, f"provider {name!r}")
+        accounts.append(Account(DEFAULT_ACCOUNT, None if source else env, quota, tier, key_source=source))
 
     models = _strings(table["models"], at.key("models"), "model ids") if "models" in table else []
     for i, model in enumerate(models):
@@ -519,7 +529,26 @@ def _account(raw: Any, at: _At, provider: str, index: int, before: list[Account]
     env = _env_name(table["api_key_env"], at.key("api_key_env")) if "api_key_env" in table else None
     quota = _quota(table["quota"], at.key("quota"), f"the quota of {label}") if "quota" in table else Quota()
     tier = _choice(table["tier"], TIERS, at.key("tier"), "tier") if "tier" in table else None
-    return Account(name=name, api_key_env=env, quota=quota, tier=tier)
+    return Account(name=name, api_key_env=env, quota=quota, tier=tier, key_source=_key_source(table, at, label))
+
+
+def _key_source(table: Mapping[str, Any], at: _At, label: str) -> KeySource | None:
+    """`api_key_command = ["prog", "arg"]` or `api_key_provider = "package.module:function"` (one of them,
+    and not with `api_key_env`)."""
+    given = [k for k in ("api_key_env", "api_key_command", "api_key_provider") if k in table]
+    if len(given) > 1:
+        at.key(given[1]).fail(f"{label}: give one of `api_key_env`, `api_key_command` or `api_key_provider`, not {' and '.join(given)}")
+    if "api_key_command" in table:
+        argv = _strings(table["api_key_command"], at.key("api_key_command"), "the command and its arguments (no shell)")
+        if not argv:
+            at.key("api_key_command").fail("must name a program to run")
+        return KeySource(command=tuple(argv))
+    if "api_key_provider" in table:
+        value = table["api_key_provider"]
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            at.key("api_key_provider").fail(f"must be \"package.module:function\", not {_describe(value)}")
+        return KeySource(provider=value)
+    return None
 
 
 def _quota(raw: Any, at: _At, where: str) -> Quota:
@@ -713,7 +742,13 @@ def _step_option(key: str, value: Any, at: _At) -> Any:
     if key == "top_p":
         return _number(value, at, maximum=1.0, exclusive=True)
     if key == "stop":
-        return value if isinstance(value, str) and value else _strings(value, at, "stop sequences")
+        return [value] if isinstance(value, str) and value else _strings(value, at, "stop sequences")
+    if key == "reasoning":
+        if isinstance(value, str) and value in REASONING_EFFORTS:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        at.fail(f"must be one of {', '.join(REASONING_EFFORTS)} or a thinking budget in tokens, not {_describe(value)}")
     if key == "system":
         return _string(value, at, "a system prompt")
     if key == "extra_body":

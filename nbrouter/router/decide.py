@@ -24,7 +24,7 @@ from .errors import ComboConfigError, NoProviders
 from .policy import Policy
 from .pricing import PriceBook
 from .requests import CallRequest
-from .scoring import auto_pool
+from .combos import auto_pool
 from .scoring import excluded as auto_excluded
 from .state import StateStore
 from .strategies import STRATEGIES, RequestInfo, StrategyContext, order_accounts
@@ -160,6 +160,15 @@ class _SeededRandom(random.Random):
         super().setstate(state)
 
 
+def conversation_key(messages: list[dict[str, Any]]) -> str | None:
+    """A conversation's identity: a hash of its first message, when the call carries history (more than
+    one message); None for a single prompt."""
+    if len(messages) < 2:
+        return None
+    first = messages[0]
+    return hashlib.sha256(f"{first.get('role')}\n{first.get('content')}".encode()).hexdigest()[:16]
+
+
 def fingerprint(key: str | None) -> str:
     """A short one-way fingerprint of a key, to notice that it changed without storing it."""
     if not key:
@@ -240,7 +249,10 @@ def _quota_used_up(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest
 
 
 def _context(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
-    """The estimated prompt plus max_tokens larger than the model's known context window."""
+    """The estimated prompt plus max_tokens larger than the model's known context window (a conversation
+    of a context-relay combo is compacted to fit instead)."""
+    if info.relay and info.conversation:
+        return None
     window = d.config.providers[c.provider].context_window(c.model)
     if window is not None and info.prompt_tokens + info.max_tokens > window:
         return f"context: ~{info.prompt_tokens} + {info.max_tokens} tokens > window {window}", None
@@ -369,7 +381,8 @@ class Decider:
         policy = self.policy
         prompt_tokens = estimate_prompt(req.messages, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message)
         max_tokens = req.max_tokens or policy.default_max_tokens_estimate
-        return RequestInfo(prompt_tokens=prompt_tokens, max_tokens=max_tokens, stream=req.stream, prompt=req.prompt_text)
+        return RequestInfo(prompt_tokens=prompt_tokens, max_tokens=max_tokens, stream=req.stream, prompt=req.prompt_text,
+                           conversation=conversation_key(req.messages))
 
     def decide(self, combo: Combo, req: CallRequest, now: float) -> tuple[Decision, RequestInfo]:
         """Resolve, filter and order; pure apart from dropping expired holds."""
@@ -378,6 +391,7 @@ class Decider:
         combo = auto_pool(self.config, combo)
         candidates, single_accounts = self.resolve(combo)
         info = self.request_info(req)
+        info.relay = combo.strategy == "context-relay"
         seed = req.seed if req.seed is not None else random.getrandbits(32)
         rows: list[DecisionRow] = []
         kept: list[Candidate] = []
@@ -431,7 +445,13 @@ class Decider:
             fallback = "default" if combo.fallback_on is None else ",".join(sorted(k.value for k in combo.fallback_on))
             if len(self._notes) >= 1024:
                 self._notes.clear()
-            note = self._notes[id(combo)] = (combo, f"max_attempts {combo.max_attempts or self.policy.max_attempts}; fallback_on {fallback}")
+            retries = {k: int(v) for k, v in self.policy.retries.items()}
+            retries.update(combo.retries or {})
+            retry_text = ", ".join(f"{k} {n}" for k, n in sorted(retries.items()) if n) or "none"
+            text = f"max_attempts {combo.max_attempts or self.policy.max_attempts}; fallback_on {fallback}; retries {retry_text}"
+            if combo.hedge_after_s is not None:
+                text += f"; hedging: the next candidate starts too after {combo.hedge_after_s:g} s without a first byte"
+            note = self._notes[id(combo)] = (combo, text)
         return note[1]
 
     def _emergency_rows(self, candidates: list[Candidate], start: int, info: RequestInfo, req: CallRequest, now: float,

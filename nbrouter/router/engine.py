@@ -24,7 +24,7 @@ from .background import BackgroundLoop
 from .budget import Budget
 from .config import build_config, load_config, local_provider
 from .config_file import combo_table, set_combo, write_document
-from .clients import Clients
+from .clients import Senders
 from .decide import Decider
 from .errors import ComboConfigError
 from .loop import Emit, Hooks, Loop
@@ -98,7 +98,7 @@ class Router:
         #: the session budget (spent is counted even without a limit)
         self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
         self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget)
-        self._clients = Clients(transport=transport, http_client=http_client, timeout_s=self.config.policy.attempt_timeout_s)
+        self._senders = Senders(transport=transport, http_client=http_client)
         self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result))
         self._bg = BackgroundLoop()
         self._closed = False
@@ -208,6 +208,10 @@ class Router:
         response_format: dict[str, Any] | None = None,
         strategy: str | None = None,
         stream: bool = False,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        reasoning: str | int | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> RouteResult:
         """The async `complete`, on the caller's event loop.
 
@@ -224,10 +228,18 @@ class Router:
             response_format: an OpenAI-style `response_format`, mapped per protocol.
             strategy: overrides the combo's strategy for this call.
             stream: stream from the provider (the result is the same).
+            top_p: nucleus sampling.
+            stop: stop sequences.
+            reasoning: "low", "medium", "high" or a thinking budget in tokens, mapped per protocol
+                (`reasoning_effort`, Anthropic's `thinking`, Gemini's `thinkingConfig`).
+            extra_body: merged into the request's JSON body as given.
+
+        A step's own options (`{ target = "p/m", temperature = 0.2, ... }`) apply where the call gives none.
         """
         req = build_request(combo, prompt, stream=stream, messages=messages, system=system, max_tokens=max_tokens,
                             temperature=temperature, max_cost_usd=max_cost_usd, timeout_s=timeout_s, seed=seed,
-                            response_format=response_format, strategy=strategy)
+                            response_format=response_format, strategy=strategy, top_p=top_p, stop=stop,
+                            reasoning=reasoning, extra_body=extra_body)
         return await self._route(req, None)
 
     async def astream(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> AsyncIterator[RouteEvent]:
@@ -291,9 +303,9 @@ class Router:
         return await self._loop.run(req, emit)
 
     async def _send(self, protocol: Any, endpoint: Any, request: Any, **options: Any) -> Any:
-        from ..providers._http import send
-
-        return await send(self._clients.get(), protocol, endpoint, request, **options)
+        policy = self.config.policy
+        return await self._senders.get().send(protocol, endpoint, request, idle_timeout_s=policy.stream_idle_timeout_s,
+                                               max_line_bytes=policy.sse_max_line_bytes, **options)
 
     def explain(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> Decision:
         """What the loop would do now: resolution, filtering and ordering with the live state and the
@@ -364,7 +376,7 @@ class Router:
     async def aclose(self) -> None:
         """Close the HTTP client of the running loop (call it before that loop ends; a loop that ends
         without it closes the client itself on shutdown)."""
-        await self._clients.aclose()
+        await self._senders.aclose()
 
     def close(self) -> None:
         """Close HTTP clients, flush the state file and stop the background loop."""
@@ -372,7 +384,7 @@ class Router:
             return
         self._closed = True
         if self._bg.running:
-            self._clients.close_on(self._bg.loop())
+            self._senders.close_on(self._bg.loop())
             self._bg.stop()
         self.state.close()
 

@@ -1,4 +1,6 @@
-"""The exceptions nbrouter raises.
+"""The exceptions nbrouter raises, and what each one means.
+
+The tree (catch `RouteError` for any routing failure; every one carries the `attempts` made):
 
     Exception
     └── RouteError                  any failure to route a call
@@ -6,16 +8,17 @@
         │   ├── AllCoolingDown      every candidate is cooling down; names the first to free up
         │   └── StopError           an attempt failed with a kind whose action is `stop`
         ├── BudgetExceeded          the estimated cost is above the call's or session's budget
-        └── ComboConfigError        the configuration is wrong; names file, combo and field
+        └── ComboConfigError        the configuration is wrong; names file, combo and field (also a ValueError)
             └── NoProviders         nothing configured, no key set, no local server found
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .types import Attempt, RouteResult
+from .._core.text import span
+from . import views
+from .types import Attempt, RouteResult
 
 
 class RouteError(Exception):
@@ -33,11 +36,10 @@ class AllTargetsFailed(RouteError):
     """Every candidate of the combo failed or was skipped. `str()` is the attempt table."""
 
     def __init__(self, combo: str, attempts: list[Attempt], hint: str = "", headline: str = "") -> None:
-        from ._text import attempt_table
-
         self.combo = combo
         self.hint = hint or _hint_for(attempts)
-        lines = [headline or f"every target of {combo!r} failed ({len(attempts)} attempts):", attempt_table(attempts)]
+        self.headline = headline or f"every target of {combo!r} failed ({views.tried_text(attempts)})"
+        lines = [self.headline + ":", views.attempt_table(attempts).text()]
         if self.hint:
             lines.append(self.hint)
         super().__init__("\n".join(lines), attempts)
@@ -51,7 +53,7 @@ class AllCoolingDown(AllTargetsFailed):
         self.free_at = free_at
         wait = max(0.0, free_at - now)
         hint = (
-            f"all candidates are cooling down; {first_free} frees up first, in {_span(wait)}. "
+            f"all candidates are cooling down; {first_free} frees up first, in {span(wait)}. "
             "Wait, add another target to the combo, or set when_all_cooling = \"wait\" with max_wait_s."
         )
         super().__init__(combo, attempts, hint)
@@ -74,7 +76,7 @@ class StopError(AllTargetsFailed):
         super().__init__(
             combo, attempts,
             hint=f"another target would not help: {kind.value} stops by default (the combo option fallback_on can change that).",
-            headline=f"{combo!r} stopped at {candidate} ({kind.value}):",
+            headline=f"{combo!r} stopped at {candidate} ({kind.value})",
         )
 
 
@@ -108,14 +110,6 @@ class NoProviders(ComboConfigError):
         )
 
 
-def _span(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _hint_for(attempts: list[Attempt]) -> str:
     kinds = {a.kind.value for a in attempts if a.kind is not None}
     if not attempts:
@@ -126,4 +120,4 @@ def _hint_for(attempts: list[Attempt]) -> str:
         return "targets are rate-limited or out of quota: add another provider or account to the combo, or retry later."
     if kinds & {"network", "timeout"}:
         return "targets could not be reached: check the network, the base_url, or that the local server runs."
-    return "see the attempt table; `Router.status()` shows cooldowns and breakers."
+    return "see the attempt table; the router's status() shows cooldowns and breakers."

@@ -22,6 +22,9 @@ from typing import Any
 from .._core import ErrorKind, RateLimits
 from .policy import Policy
 
+__all__ = ["FOREVER", "KINDS", "Breaker", "BreakerState", "Hold", "HoldKind", "LatencyStats", "RateLimitState", "UsageWindow",
+           "decode", "encode"]
+
 #: a hold that ends when something changes (a new key), not at a time
 FOREVER = 10 * 365 * 86400.0
 

@@ -24,12 +24,14 @@ from .._core import Clock, ErrorKind, ProviderFailure, Usage, remember_secret, s
 from ..providers import ChatRequest, Completion, Endpoint, get_protocol
 from .model import Combo, Provider
 from .decide import EMERGENCY, Decider
+from .keys import KeyError_
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
 from .policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
-from .requests import CallRequest
+from .requests import CallRequest, build_request
 from .scoring import record_exclusions
 from .state import StateStore
-from .strategies import COUNTED, RequestInfo
+from .tokens import estimate_prompt
+from .strategies import COUNTED, RequestInfo, relay_pointer
 from .types import (
     Action,
     Attempt,
@@ -44,6 +46,11 @@ from .types import (
 )
 
 Emit = Callable[[RouteEvent], None]
+#: what context-relay asks the cheapest candidate when a conversation must be compacted
+RELAY_SUMMARY_PROMPT = ("Summarise the conversation above in a few sentences: the facts, decisions and open "
+                        "questions someone continuing it must know. Answer with the summary only.")
+#: the request options a step may set and a call may override (model.STEP_OPTIONS, as ChatRequest fields)
+STEP_REQUEST_OPTIONS = ("system", "max_tokens", "temperature", "top_p", "stop", "reasoning", "extra_body")
 #: sends one request: (protocol, endpoint, request, timeout, on_text, on_first_byte) -> Completion
 Sender = Callable[..., Awaitable[Completion]]
 T = TypeVar("T")
@@ -101,6 +108,8 @@ class _Call:
         self.id = f"{_call_ids.getrandbits(64):016x}"
         self.attempts: list[Attempt] = []
         self.shown = ""  # text already passed to the caller
+        #: what was done to the request for one candidate (context-relay's compaction), for its attempt row
+        self.notes: dict[str, str] = {}
         self.decision: Decision | None = None
         self.started = time.perf_counter()
         self.started_wall = clock.time()
@@ -367,6 +376,60 @@ class Loop:
                 return f"context overflow earlier: window {window or 'unknown'} is not larger", None
         return None
 
+    async def _relay_fit(self, call: _Call, combo: Combo, c: Candidate, info: RequestInfo) -> list[dict[str, Any]]:
+        """context-relay: the conversation's history as this candidate gets it. Above `relay_threshold` of its
+        known context window, the oldest turns (up to `relay_summary_messages`) are summarised by the combo's
+        cheapest candidate into one system message, or dropped if that fails, until it fits; the attempt row
+        says what was done."""
+        policy, req = self.policy, call.req
+        messages = req.messages
+        window = self.decider.config.providers[c.provider].context_window(c.model)
+        if window is None:
+            return messages
+        limit = policy.relay_threshold * window
+
+        def tokens(ms: list[dict[str, Any]]) -> int:
+            return estimate_prompt(ms, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message)
+
+        if tokens(messages) <= limit:
+            return messages
+        n = min(policy.relay_summary_messages, len(messages) - 1)  # the last message is the new turn
+        summary, by = await self._summarise(combo, messages[:n])
+        notes = []
+        if summary is not None:
+            out = [{"role": "system", "content": f"Summary of the earlier conversation: {summary}"}, *messages[n:]]
+            notes.append(f"summarised the oldest {n} messages into one (by {by})")
+        else:
+            out = list(messages)
+        dropped = 0
+        while len(out) > 1 and tokens(out) > limit:
+            out.pop(1 if summary is not None and len(out) > 2 else 0)
+            dropped += 1
+        if dropped:
+            notes.append(f"dropped the oldest {dropped} messages" + ("" if summary is not None else " (no summary could be made)"))
+        call.notes[c.key] = f"context-relay: {'; '.join(notes)} to fit {limit:.0f} of its {window} tokens"
+        return out
+
+    async def _summarise(self, combo: Combo, messages: list[dict[str, Any]]) -> tuple[str | None, str]:
+        """A short summary of `messages` by the combo's cheapest candidate (a routed call of its own), or None."""
+        candidates, _ = self.decider.resolve(combo)
+        if not candidates:
+            return None, ""
+        prices, providers = self.decider.prices, self.decider.config.providers
+
+        def cost(c: Candidate) -> tuple[bool, Any]:
+            estimate = prices.estimate(providers[c.provider], c.model, 1000, self.policy.relay_summary_max_tokens)
+            return estimate is None, estimate or 0
+
+        cheapest = min(candidates, key=cost)
+        ask = [*messages, {"role": "user", "content": RELAY_SUMMARY_PROMPT}]
+        try:
+            result = await self.run(build_request(cheapest.key, None, stream=False, messages=ask,
+                                                  max_tokens=self.policy.relay_summary_max_tokens), None)
+        except Exception:  # a summary that cannot be made: the oldest turns are dropped instead
+            return None, ""
+        return (result.text.strip() or None), result.served_by
+
     async def _hedged(self, call: _Call, combo: Combo, first: Candidate, info: RequestInfo, timeout_s: float,
                       next_candidate: Callable[[], Candidate | None]) -> RouteResult | tuple[ProviderFailure, Attempt]:
         """Hedging (`hedge_after_s`): when `first` has sent no first byte after that long, the next candidate
@@ -463,7 +526,8 @@ class Loop:
         if ep is None:
             remember_secret(key)
             ep = Endpoint(provider=provider.name, protocol=provider.protocol, base_url=provider.base_url, api_key=key,
-                          preset=provider.preset, local=provider.local, headers=dict(provider.headers))
+                          preset=provider.preset, local=provider.local, headers=dict(provider.headers),
+                          key_env=acc.api_key_env if acc is not None else None, account=account)
             self._endpoints[cache_key] = ep
         return ep
 
@@ -476,9 +540,16 @@ class Loop:
         provider = self.decider.config.providers[c.provider]
         endpoint = self._endpoint(provider, c.account)
         req = call.req
-        request = ChatRequest(model=c.model, messages=req.messages, system=req.system, max_tokens=req.max_tokens,
-                              temperature=req.temperature, response_format=req.response_format, stream=req.stream,
-                              models=[g.model for g in group] if group else None)
+        step = dict(c.options) if c.options else {}
+        messages = req.messages
+        if combo.strategy == "context-relay" and info.conversation:
+            messages = await self._relay_fit(call, combo, c, info)
+        request = ChatRequest(
+            model=c.model, messages=messages, response_format=req.response_format, stream=req.stream,
+            models=[g.model for g in group] if group else None,
+            # a call's own arguments win over its step's options
+            **{name: getattr(req, name) if getattr(req, name) is not None else step.get(name) for name in STEP_REQUEST_OPTIONS},
+        )
         state = self.state
         now = self.clock.time()
         was_half_open = state.breaker_state(c.key, now) == "half_open"
@@ -509,8 +580,20 @@ class Loop:
         in_flight = self.decider.in_flight
         in_flight[c.key] = in_flight.get(c.key, 0) + 1
         try:
+            acc = provider.account(c.account)
+            if acc is not None and acc.key_source is not None and acc.key_source.cached() is None:
+                await self._fetch_key(provider, c.account)  # the account's first use (or after a failed fetch)
+                endpoint = self._endpoint(provider, c.account)
             completion = await _within(timeout_s, self._send(provider, endpoint, request, timeout_s, on_text, on_first_byte))
         except ProviderFailure as failure:
+            rule = rule_for(failure.kind)
+            acc = provider.account(c.account)
+            if rule.retry_when_key_changed and not retry and acc is not None and acc.key_source is not None \
+                    and endpoint.api_key is not None:
+                try:  # a refused key of a command or function: fetch a fresh one, so the retry can use it
+                    await self._fetch_key(provider, c.account)
+                except ProviderFailure as refresh_failed:
+                    failure.message += f" ({refresh_failed.message})"
             return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
                                          first[0] if first else None, now, retry, was_half_open)
         except asyncio.CancelledError:
@@ -551,6 +634,17 @@ class Loop:
             note = f"one OpenRouter request with models [{', '.join(g.model for g in group)}]; it served {served}"
         return self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
 
+    async def _fetch_key(self, provider: Provider, account: str) -> None:
+        """Run an account's key command or function (in a thread: it may take seconds); a failure is this
+        attempt's `auth` failure, naming what failed and never its output."""
+        acc = provider.account(account)
+        if acc is None or acc.key_source is None:
+            return
+        try:
+            await asyncio.to_thread(acc.key_source.fetch, self.policy.key_command_timeout_s)
+        except KeyError_ as exc:
+            raise ProviderFailure(ErrorKind.AUTH, f"no key for account {provider.name}#{account}: {exc}") from None
+
     async def _send(self, provider: Provider, endpoint: Endpoint, request: ChatRequest, timeout_s: float,
                     on_text: Callable[[str], None] | None, on_first_byte: Callable[[], None]) -> Completion:
         if provider.managed:
@@ -582,7 +676,7 @@ class Loop:
         a = Attempt(candidate=c.key, path=c.path_text, action=Action.SERVED, started_at=started, status=200,
                     latency_s=latency, ttft_s=ttft if call.req.stream else None, usage=usage, cost_usd=cost,
                     cost_known=cost is not None, request_id=completion.request_id, warning=warning,
-                    model=completion.model, message=note)
+                    model=completion.model, message="; ".join(n for n in (call.notes.pop(c.key, ""), note) if n))
         call.attempts.append(a)
         self.hooks.attempt(a)
         state.breaker_success(c.key)
@@ -592,6 +686,8 @@ class Loop:
         if completion.rate_limits is not None:
             state.record_ratelimits(c.account_key, completion.rate_limits)
         state.set_pointer(f"lkgp:{combo.name}", c.key)
+        if combo.strategy == "context-relay" and info.conversation:
+            state.set_pointer(relay_pointer(combo.name, info.conversation), c.key)  # it holds the conversation now
         if call.emit is not None:
             call.emit(AttemptFinished(a))
         return self._result(call, combo, c, completion=completion, partial_text=None, error=None)
@@ -608,6 +704,9 @@ class Loop:
         action = Action.ADVANCE if kind in fallback_on else Action.STOP
         hold = hold_until = None
         message = scrub(failure.message)
+        relay_note = call.notes.pop(c.key, "")
+        if relay_note:
+            message = f"{relay_note}; {message}"
         if failure.rate_limits is not None:
             state.record_ratelimits(c.account_key, failure.rate_limits)
         fresh_key: str | None = None

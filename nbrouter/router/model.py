@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .._core import ErrorKind
+from .keys import KeySource
 from .policy import Policy
 
 TIERS = ("free", "standard", "pro", "ultra")
@@ -29,12 +30,13 @@ COMBO_FIELDS = {
 PROVIDER_FIELDS = {
     "preset", "protocol", "base_url", "api_key_env", "accounts", "models", "context_window", "context_windows",
     "tier", "quota", "headers", "enabled", "managed", "model_path", "server_command", "prices_id", "local",
+    "api_key_command", "api_key_provider",
 }
 #: the keys of one `[[providers.NAME.accounts]]` entry
-ACCOUNT_FIELDS = ("name", "api_key_env", "quota", "tier")
+ACCOUNT_FIELDS = ("name", "api_key_env", "api_key_command", "api_key_provider", "quota", "tier")
 #: the request options one step's inline table may set (`{ target = "p/m", temperature = 0.2 }`), kept in
 #: `Step.options`
-STEP_OPTIONS = ("max_tokens", "temperature", "top_p", "stop", "system", "extra_body")
+STEP_OPTIONS = ("max_tokens", "temperature", "top_p", "stop", "system", "reasoning", "extra_body")
 #: the keys of one step's inline table
 STEP_FIELDS = ("target", "combo", "weight", *STEP_OPTIONS)
 #: the top-level keys and tables of the file
@@ -72,15 +74,20 @@ class Quota:
 
 @dataclass(frozen=True)
 class Account:
-    """One credential of a provider; the key itself is read from the environment at call time."""
+    """One credential of a provider; the key is read from the environment at call time, or fetched by a
+    command or a function (`key_source`) at first use and again after a 401."""
 
     name: str
     api_key_env: str | None = None
     quota: Quota = Quota()
     tier: str | None = None
+    #: `api_key_command` / `api_key_provider`: where the key is fetched from instead of the environment
+    key_source: KeySource | None = field(default=None, compare=False)
 
     def api_key(self) -> str | None:
-        """The key from the environment variable `api_key_env` (None when unset or empty)."""
+        """The key: the environment variable `api_key_env` (None when unset or empty), or the fetched one."""
+        if self.key_source is not None:
+            return self.key_source.cached()
         if not self.api_key_env:
             return None
         return os.environ.get(self.api_key_env) or None

@@ -24,6 +24,10 @@ class Policy:
     max_attempts: int = 10
     max_depth: int = 3
     attempt_timeout_s: float = 60.0
+    # a stream fails as a timeout when no event came for this long; an SSE line (or event) longer than
+    # this many bytes fails the attempt as malformed
+    stream_idle_timeout_s: float = 30.0
+    sse_max_line_bytes: int = 8 * 1024 * 1024
     max_wait_s: float = 0.0
     # cooldowns and locks (routing.md section 5)
     rate_limit_cooldown_s: float = 90.0
@@ -34,6 +38,13 @@ class Policy:
     server_error_backoff_s: float = 0.25
     # a managed local server that failed to start is not started again for this long
     managed_start_retry_s: float = 30.0
+    # an account's `api_key_command` may run this long
+    key_command_timeout_s: float = 30.0
+    # context-relay: a history above this share of the next candidate's context window is compacted to fit;
+    # up to relay_summary_messages of the oldest turns are summarised (in at most relay_summary_max_tokens)
+    relay_threshold: float = 0.85
+    relay_summary_messages: int = 30
+    relay_summary_max_tokens: int = 512
     # same-target retries before moving on, per error kind (a combo's `retries` overrides), and their
     # jittered exponential backoff: retry_backoff_s x 2^(n-1), at most retry_backoff_cap_s, times a
     # factor drawn from [1 - retry_jitter, 1 + retry_jitter]; a Retry-After longer than that is honoured

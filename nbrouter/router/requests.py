@@ -25,6 +25,10 @@ class CallRequest:
     stream: bool = False
     response_format: dict[str, Any] | None = None
     strategy: str | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    reasoning: str | int | None = None
+    extra_body: dict[str, Any] | None = None
 
     @cached_property  # read by the decision and again by the call log
     def prompt_text(self) -> str:

@@ -25,21 +25,30 @@ from . import health
 from .health import FOREVER, Breaker, BreakerState, Hold, HoldKind, LatencyStats, RateLimitState, UsageWindow
 from .policy import Policy
 from .store import (
+    CALL_NAMES,
     SCHEMA_VERSION,
     BatchWriter,
     MemoryBackend,
     SQLiteBackend,
     StateBackend,
+    StoreBusy,
     StoreUnavailable,
     default_state_path,
+    typed_call,
 )
 from .types import Attempt
 
-__all__ = ["CLOSED", "FOREVER", "HALF_OPEN", "OPEN", "SCHEMA_VERSION", "StateStore", "default_state_path"]
+__all__ = ["CLOSED", "DURABLE_WAIT_S", "FOREVER", "HALF_OPEN", "OPEN", "SCHEMA_VERSION", "StateStore", "default_state_path"]
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 _NO_DECISION = (None, None, None)
+
+_INT = frozenset({int, type(None)})
+_TEXT = frozenset({str, type(None)})
+
+#: how long a durable hold waits for the file (seconds of real time) before the call goes on without it
+DURABLE_WAIT_S = 2.0
 
 
 def _encode(kind: str, obj: Any) -> str:
@@ -67,7 +76,7 @@ class StateStore:
         self.policy = policy or Policy()
         self.clock = clock
         self.log_content = log_content
-        self.warning: str | None = None
+        self._warning: str | None = None
         self.holds: dict[str, Hold] = {}
         self.breakers: dict[str, Breaker] = {}
         self.latency: dict[str, LatencyStats] = {}
@@ -81,33 +90,50 @@ class StateStore:
         self._data_version = -1
         self._next_refresh = 0.0
         self._closed = False
-        if backend is None:
-            if path is None and persist:
-                path = default_state_path()
-            backend = SQLiteBackend(path) if path is not None else MemoryBackend()
-        self.path: Path | None = backend.path
+        if backend is None and path is None and persist:
+            path = default_state_path()
+        self.path: Path | None = None
+        busy: str | None = None
         try:
+            if backend is None:
+                backend = SQLiteBackend(path) if path is not None else MemoryBackend()
+            self.path = backend.path
             backend.open()
-        except StoreUnavailable as exc:
-            self._fail(str(exc))
+        except StoreBusy as exc:
+            # a healthy file another process holds: run on memory now, write it when it frees up
+            busy = f"{exc}; running on memory and trying again in the background"
+            warnings.warn("nbrouter: " + busy, RuntimeWarning, stacklevel=2)
+        except Exception as exc:  # StoreUnavailable, or any surprise: a call never fails for the state file
+            why = str(exc) if isinstance(exc, StoreUnavailable) else f"{type(exc).__name__}: {exc}"
+            self._warning = f"state store unavailable ({why}); running on memory: cooldowns will not survive a restart"
+            warnings.warn("nbrouter: " + self._warning, RuntimeWarning, stacklevel=2)
             backend = MemoryBackend()
+        assert backend is not None
         self.backend = backend
         if backend.persistent:
-            self._load_all()
-            self._writer = BatchWriter(backend, _encode, self._write_failed)
+            if busy is None:
+                try:
+                    self._load_all()
+                except Exception as exc:  # opened but not readable after all: start with nothing loaded
+                    self._warning = f"the state file {self.path} could not be read ({exc}); starting with empty state"
+                    warnings.warn("nbrouter: " + self._warning, RuntimeWarning, stacklevel=2)
+            self._writer = BatchWriter(backend, _encode, opened=busy is None, warning=busy)
             _open_stores.add(self)
 
-    def _fail(self, why: str) -> None:
-        self.warning = f"state store unavailable ({why}); running on memory: cooldowns will not survive a restart"
-        warnings.warn("nbrouter: " + self.warning, RuntimeWarning, stacklevel=3)
+    @property
+    def warning(self) -> str | None:
+        """Why the state is not (all) reaching the file, or None."""
+        w = self._writer
+        return (w.warning if w is not None else None) or self._warning
 
-    def _write_failed(self, message: str) -> None:
-        self.warning = message
+    @warning.setter
+    def warning(self, value: str | None) -> None:
+        self._warning = value
 
     @property
     def persistent(self) -> bool:
-        """Do changes reach a file that other processes and later runs read?"""
-        return self._writer is not None and self.backend.persistent
+        """Do changes reach a file that other processes and later runs read (now)?"""
+        return self._writer is not None and self._writer.healthy
 
     # ---- loading and refreshing -----------------------------------------------------------
 
@@ -144,8 +170,12 @@ class StateStore:
         Args:
             now: the clock's monotonic time (default: read from the store's clock).
         """
-        if not self.persistent:
+        w = self._writer
+        if w is None or not w.opened:
             return
+        if w.reopened:  # the file was busy when the store opened and has been opened since
+            w.reopened = False
+            self._next_refresh = float("-inf")
         now = self.clock.monotonic() if now is None else now
         if now < self._next_refresh:
             return
@@ -173,9 +203,10 @@ class StateStore:
             obj.updated = now
         self._writer.put(kind, key, obj, now)
 
-    def _delete(self, kind: str, key: str) -> None:
+    def _delete(self, kind: str, key: str, stamp: float | None = None) -> None:
+        """Mark an entry removed; in the file, a version newer than `stamp` (default: now) stays."""
         if self._writer is not None:
-            self._writer.delete(kind, key)
+            self._writer.delete(kind, key, self.clock.time() if stamp is None else stamp)
 
     def log_attempts(self, call_id: str, combo: str, attempts: list[Attempt], prompt: str | None, response: str | None,
                      decision: tuple[str, int, str] | None = None) -> None:
@@ -196,16 +227,21 @@ class StateStore:
         for a in attempts:
             action = a.action.value
             u = a.usage
-            rows.append(
-                (
-                    call_id, a.started_at, combo, a.candidate, a.path, action, a.kind.value if a.kind else None,
-                    a.status, a.latency_s, a.ttft_s, u.input_tokens if u else None, u.output_tokens if u else None,
-                    u.cached_tokens if u else None, str(a.cost_usd) if a.cost_usd is not None else None, a.message,
-                    a.request_id, a.hold, a.hold_until, a.warning,
-                    prompt if action != "skipped" else None, response if action == "served" else None,
-                    *(decision or _NO_DECISION),
-                )
+            row = (
+                call_id, a.started_at, combo, a.candidate, a.path, action, a.kind.value if a.kind else None,
+                a.status, a.latency_s, a.ttft_s, u.input_tokens if u else None, u.output_tokens if u else None,
+                u.cached_tokens if u else None, str(a.cost_usd) if a.cost_usd is not None else None, a.message,
+                a.request_id, a.hold, a.hold_until, a.warning,
+                prompt if action != "skipped" else None, response if action == "served" else None,
+                *(decision or _NO_DECISION),
             )
+            # the values a provider's reply supplies are checked here (a few type() calls); a row with an
+            # odd one (a dict as request id, a count sent as a string) is typed whole before it is queued
+            if not (type(a.status) in _INT and type(a.request_id) in _TEXT and type(a.message) in _TEXT
+                    and type(a.warning) in _TEXT and (u is None or (type(u.input_tokens) in _INT
+                    and type(u.output_tokens) in _INT and type(u.cached_tokens) in _INT))):
+                row = typed_call(row)
+            rows.append(row)
         if self._writer is not None:
             self._writer.log(rows)
         else:
@@ -218,7 +254,7 @@ class StateStore:
             timeout: the longest wait, in seconds of real time (the writer is a real thread).
         """
         if self._writer is not None:
-            self._writer.flush(timeout)
+            self._writer.flush(timeout)  # also tries a busy file again at once
 
     def close(self) -> None:
         """Flush and stop the writer; the store keeps working on memory afterwards."""
@@ -240,7 +276,7 @@ class StateStore:
             return None
         if not h.active(now):
             del self.holds[key]
-            self._delete("hold", key)
+            self._delete("hold", key, h.updated)  # not a hold another process set since
             return None
         return h
 
@@ -253,10 +289,15 @@ class StateStore:
             until: when the hold ends.
             reason: why, as status shows it.
             detail: what ends a "disabled" hold early (the refused key's fingerprint).
+            durable: write the hold to the file before returning (with a full sync), for holds that
+                keep a user away from a banned or exhausted account: a killed process keeps them.
+                While the file is busy the hold waits in memory with the rest.
         """
         h = Hold(kind=HoldKind(kind), until=until, reason=reason, detail=detail)
         self.holds[key] = h
         self._put("hold", key, h)
+        if durable and self._writer is not None and self._writer.healthy:
+            self._writer.flush(DURABLE_WAIT_S, durable=True)
         return h
 
     def clear_hold(self, key: str) -> None:
@@ -396,11 +437,15 @@ class StateStore:
 
     def recent_log(self, limit: int = 20) -> list[dict[str, Any]]:
         """The last `limit` attempts of the call log, oldest first."""
+        w = self._writer
+        if w is not None and not w.opened:  # the file is busy: what waits for it is all there is
+            rows = w.pending_rows()[-limit:] if limit > 0 else []
+            return [dict(zip(CALL_NAMES, row)) for row in rows]
         self.flush()
         try:
             rows = self.backend.recent_calls(limit)
         except Exception as exc:  # the log is a record; failing to read it must not fail the caller
-            self.warning = f"the call log could not be read ({exc})"
+            self._warning = f"the call log could not be read ({exc})"
             return []
         return rows[::-1]
 

@@ -7,8 +7,8 @@ changes state and never calls a provider. What it based its order on goes into `
 low-scoring candidates for a while) proposes it in its inputs (`exclude_for_s`), where explain() shows it
 and the loop records it (`scoring.record_exclusions`).
 
-Strategies that order whole steps (`priority`, `round-robin`, `weighted`, `random`) keep the accounts of
-one step together, in the order the account strategy gave them. Strategies that read per-candidate
+Strategies that order whole steps (`priority`, `round-robin`, `weighted`, `random`, `strict-random`) keep
+the accounts of one step together, in the order the account strategy gave them. Strategies that read per-candidate
 measurements (`fastest`, `cheapest`, `least-used`, `context-fit`, `auto`, ...) sort candidates, and keep
 the incoming order between equals.
 
@@ -54,6 +54,8 @@ class Snapshot(Measurements, Protocol):
 
     def requests_last_hour(self, c: Candidate) -> int: ...
 
+    def in_flight(self, c: Candidate) -> int: ...
+
     def estimated_cost(self, c: Candidate, prompt_tokens: int, max_tokens: int) -> Decimal | None: ...
 
     def context_window(self, c: Candidate) -> int | None: ...
@@ -70,6 +72,10 @@ class RequestInfo:
     stream: bool
     prompt: str = ""
     task: str | None = None
+    #: a conversation's identity (a hash of its first message) when the call carries history, else None
+    conversation: str | None = None
+    #: the combo relays conversations (context-relay): a history too long for a window is compacted, not skipped
+    relay: bool = False
 
 
 @dataclass
@@ -80,7 +86,7 @@ class StrategyContext:
     request: RequestInfo
     snapshot: Snapshot
     rng: random.Random
-    #: the combo's candidates before filtering (round-robin keeps turns over these)
+    #: the combo's candidates before filtering (fill-first ranks accounts and auto ranks steps over these)
     all_candidates: Sequence[Candidate] = ()
     #: per-candidate inputs the strategy used, shown by explain(): {candidate key: {name: value}}
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -127,8 +133,9 @@ def priority(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidat
 
 
 def round_robin(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
-    """Rotate the starting step by one per call (`sticky` calls per step); cooling steps keep their turn."""
-    steps = sorted({c.step for c in (ctx.all_candidates or candidates)})
+    """Rotate the starting step by one per call (`sticky` calls per step) over the steps that can be
+    tried now: while one cools, the others take its turns in rotation, evenly (no double share)."""
+    steps = sorted({c.step for c in candidates})
     if not steps:
         return []
     sticky = max(1, ctx.combo.sticky)
@@ -138,7 +145,7 @@ def round_robin(candidates: list[Candidate], ctx: StrategyContext) -> list[Candi
     rank = {s: i for i, s in enumerate(rotated)}
     for c in candidates:
         ctx.note(c, turn=turn, start_step=rotated[0])
-    return sorted(candidates, key=lambda c: rank.get(c.step, len(rank)))
+    return sorted(candidates, key=lambda c: rank[c.step])
 
 
 def fastest(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
@@ -239,11 +246,33 @@ def random_order(candidates: list[Candidate], ctx: StrategyContext) -> list[Cand
 
 
 def least_used(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
-    """Ascending number of requests in the last hour."""
-    counts = {c.key: ctx.snapshot.requests_last_hour(c) for c in candidates}
+    """Fewest requests in flight first (sent and not answered yet, by this process), then fewest in the
+    last hour."""
+    snap = ctx.snapshot
+    load = {c.key: (snap.in_flight(c), snap.requests_last_hour(c)) for c in candidates}
     for c in candidates:
-        ctx.note(c, requests_last_hour=counts[c.key])
-    return _sort_stable(candidates, lambda c: counts[c.key])
+        in_flight, last_hour = load[c.key]
+        ctx.note(c, in_flight=in_flight, requests_last_hour=last_hour)
+    return _sort_stable(candidates, lambda c: load[c.key])
+
+
+def strict_random(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """A shuffled deck of the steps that can be tried now: every step once before any repeats, then a
+    new shuffle. The deck is drawn from the combo's turn counter (the one round-robin keeps, persisted),
+    so it survives a restart and stays pure: deck `turn // n` is the shuffle seeded by the combo name, the
+    deck number and n; this call takes its card `turn % n` first, the rest of the deck after it."""
+    groups = _groups(candidates)
+    if not groups:
+        return []
+    turn = ctx.snapshot.counter(f"rr:{ctx.combo.name}")
+    n = len(groups)
+    number, card = divmod(turn, n)
+    deck = list(range(n))
+    random.Random(f"strict-random:{ctx.combo.name}:{number}:{n}").shuffle(deck)
+    order = deck[card:] + deck[:card]
+    for c in candidates:
+        ctx.note(c, turn=turn, deck=number, card=card)
+    return [c for i in order for c in groups[i]]
 
 
 def fill_first(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
@@ -293,6 +322,25 @@ def lkgp(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     if pick is None:
         return list(candidates)
     ctx.note(pick, lkgp="last good")
+    return [pick] + [c for c in candidates if c is not pick]
+
+
+def relay_pointer(combo: str, conversation: str) -> str:
+    """The state pointer naming the candidate that holds a conversation (the loop sets it on success)."""
+    return f"relay:{combo}:{conversation}"
+
+
+def context_relay(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
+    """For conversations: the candidate that holds this conversation first (it answered its last turn),
+    then as written. When the call must move, the loop hands the history over compacted to fit."""
+    conversation = ctx.request.conversation
+    holder = ctx.snapshot.pointer(relay_pointer(ctx.combo.name, conversation)) if conversation else None
+    pick = next((c for c in candidates if c.key == holder), None)
+    if pick is None:
+        if holder:
+            ctx.notes.append(f"context-relay: {holder} holds the conversation but is not available now: it moves")
+        return list(candidates)
+    ctx.note(pick, relay="holds the conversation")
     return [pick] + [c for c in candidates if c is not pick]
 
 
@@ -384,42 +432,31 @@ STRATEGIES: dict[str, Strategy] = {
     "p2c": p2c,
     "weighted": weighted,
     "random": random_order,
+    "strict-random": strict_random,
     "least-used": least_used,
     "fill-first": fill_first,
     "reset-aware": reset_aware,
     "lkgp": lkgp,
     "context-fit": context_fit,
+    "context-relay": context_relay,
     "auto": auto,
 }
 
-#: strategies whose loop turn counter advances once per call
-COUNTED = {"round-robin"}
+#: strategies whose turn counter (`rr:COMBO`) the loop advances once per call
+COUNTED = {"round-robin", "strict-random"}
 
 
 # ---- account strategies ---------------------------------------------------------------------
 
 
-def _step_members(ctx: StrategyContext, step: int) -> list[Candidate] | None:
-    """The unfiltered candidates of one step (indexed once per decision, not scanned per step)."""
-    by_step = ctx.__dict__.get("_by_step")
-    if by_step is None:
-        by_step = {}
-        for c in ctx.all_candidates:
-            by_step.setdefault(c.step, []).append(c)
-        ctx.__dict__["_by_step"] = by_step
-    return by_step.get(step)
-
-
 def accounts_round_robin(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
-    """Rotate accounts inside one step, one per call; a cooling account keeps its place in the rotation."""
+    """Rotate the accounts of one step that can be tried now, one per call: while one cools, the others
+    take its turns in rotation, evenly (no double share)."""
     if len(group) < 2:
         return group
-    full = _step_members(ctx, group[0].step) or group
     turn = ctx.snapshot.counter(f"acct:{ctx.combo.name}:{group[0].step}")
-    start = turn % len(full)
-    by_account = {c.account: c for c in group}
-    out = [by_account.pop(c.account) for c in full[start:] + full[:start] if c.account in by_account]
-    return out + [c for c in group if c.account in by_account]  # (none: a step's accounts are all in `full`)
+    start = turn % len(group)
+    return group[start:] + group[:start]
 
 
 def accounts_fill_first(group: list[Candidate], ctx: StrategyContext) -> list[Candidate]:

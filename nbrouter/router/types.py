@@ -8,6 +8,8 @@ from decimal import Decimal
 from typing import Any, Union
 
 from .._core import ErrorKind, Usage
+from .._core.text import dollars
+from . import views
 
 
 class Action(str, enum.Enum):
@@ -34,6 +36,8 @@ class Candidate:
     weight: float = field(default=1.0, compare=False)
     #: index of the step it came from in the resolved combo (accounts of one target share it)
     step: int = field(default=0, compare=False)
+    #: the request options its step sets (`{ target = "p/m", temperature = 0.2 }`); a call's own win
+    options: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         # computed once: the loop looks these up for every filter, state change and log row
@@ -137,9 +141,8 @@ class Decision:
         return [r for r in self.rows if r.skipped]
 
     def table(self) -> str:
-        from ..router._text import decision_table
-
-        return decision_table(self)
+        """The decision as plain text: the order, the skips and why, the policy constants."""
+        return views.decision_text(self)
 
     def __str__(self) -> str:
         return self.table()
@@ -148,9 +151,7 @@ class Decision:
         return self.table()
 
     def _repr_html_(self) -> str:
-        from ..router._text import decision_html
-
-        return decision_html(self)
+        return views.decision_table(self).html()
 
 
 @dataclass
@@ -176,29 +177,17 @@ class RouteResult:
 
     @property
     def cost_text(self) -> str:
-        if self.cost_usd is None:
-            return "unknown"
-        text = f"${self.cost_usd:.6f}"
-        return text + " + unknown" if self.cost_unknown_attempts else text
+        """The call's cost in dollars, `unknown` when no price is known, `+ unknown` when part of it is not."""
+        text = dollars(self.cost_usd)
+        return text + " + unknown" if self.cost_usd is not None and self.cost_unknown_attempts else text
 
     def footer(self) -> str:
         """One line: who served, how many attempts, tokens, cost, time."""
-        tries = sum(1 for a in self.attempts if a.action is not Action.SKIPPED)
-        parts = [
-            f"served by {self.served_by}",
-            f"{tries} attempt{'s' if tries != 1 else ''}",
-            f"{self.usage.total_tokens} tokens" if self.usage_known else "tokens unknown",
-            self.cost_text,
-            f"{self.latency_s * 1000:.0f} ms" if self.latency_s < 1 else f"{self.latency_s:.2f} s",
-        ]
-        if self.partial:
-            parts.append("PARTIAL")
-        return " · ".join(parts)
+        return views.footer(self)
 
     def attempt_table(self) -> str:
-        from ..router._text import attempt_table
-
-        return attempt_table(self.attempts)
+        """Every attempt as a plain-text table."""
+        return views.attempt_table(self.attempts).text()
 
     def __str__(self) -> str:
         return self.text

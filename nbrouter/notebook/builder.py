@@ -1,9 +1,9 @@
-"""Widgets: the combo builder (`%llm builder [COMBO]`) and the live status board (`%llm status --live`).
+"""The combo builder (`%llm builder [COMBO]`): build, reorder, validate, save, explain and test a combo.
 
-Both only call Router methods, as the magics and the Python API do: the builder checks a draft with
+It only calls Router methods, as the magics and the Python API do: it checks a draft with
 `Router.validate_combo`, saves it with `Router.save_combo`, removes it with `Router.delete_combo`, shows
-`Router.explain_combo` for the draft and tests the draft (saved or not) with `Router.stream`; the board reads
-`Router.status()` and calls `Router.reset()`. Neither keeps routing state of its own.
+`Router.explain_combo` for the draft and tests the draft (saved or not) with `Router.stream`. It keeps no
+routing state of its own.
 
 What the builder edits lives in one traitlets model, `ComboDraft`, that its widgets are linked to, so
 Python code can read and set it as well as a person can:
@@ -19,19 +19,21 @@ from __future__ import annotations
 import html
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import ipywidgets as w
 from traitlets import Bool, Dict, HasTraits, Int, List, Unicode, link
 
-from ..router import _text
+from ..router import views
 from ..router.config import VIRTUAL_COMBOS, Combo
 from ..router.errors import ComboConfigError
 from ..router.policy import DEFAULT_FALLBACK_ON
 from ..router.packs import FACTORS, PACKS
 from ..router.strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from ..router.types import AttemptFinished, AttemptStarted, Done, ErrorKind, TextDelta
+from ._ui import STYLE, close_tree, note, show_widget
 
 if TYPE_CHECKING:
     from ..router.engine import Router
@@ -43,12 +45,6 @@ DEFAULT_TEST_PROMPT = "Say hello in five words."
 TEST_MAX_TOKENS = 64
 #: the test output is redrawn at most this often while an answer streams in
 TEST_REDRAW_S = 0.1
-#: the status board reads Router.status() this often
-STATUS_REFRESH_S = 2.0
-#: a candidate whose recent error rate is at least this is shown as "flaky"
-FLAKY_ERROR_RATE = 0.25
-#: an account with less than this share of its quota left is shown as "low quota"
-LOW_HEADROOM = 0.1
 
 #: the kinds a person can tick for `fallback_on` (a cancelled call always stops)
 FALLBACK_KINDS = tuple(k for k in ErrorKind if k is not ErrorKind.CANCELLED)
@@ -155,15 +151,6 @@ def _first_line(doc: str | None) -> str:
     return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
 
 
-def _show(widget: w.Widget, visible: bool) -> None:
-    widget.layout.display = None if visible else "none"
-
-
-def _note(text: str, tone: str = "") -> str:
-    """An inline note: the words carry the meaning, colour only repeats it."""
-    colour = {"ok": "#1b5e20", "bad": "#b71c1c", "busy": "#6d4c00"}.get(tone, "inherit")
-    return f"<div style='color:{colour};white-space:pre-wrap'>{html.escape(text)}</div>"
-
 
 class _StepRow:
     """One step of the draft, with buttons that work from a keyboard and a screen reader."""
@@ -177,7 +164,7 @@ class _StepRow:
         self.weight = w.BoundedFloatText(value=float(builder.model.weights.get(ref, 1.0)), min=0.0, max=1e6, step=0.5,
                                          description="weight", tooltip=f"weight of {ref} (0 = only when nothing else is left)",
                                          layout=w.Layout(width="11em"))
-        _show(self.weight, builder.model.uses_step_weights())
+        show_widget(self.weight, builder.model.uses_step_weights())
         self.up.on_click(lambda _: builder.move(index, -1))
         self.down.on_click(lambda _: builder.move(index, +1))
         self.remove.on_click(lambda _: builder.remove(index))
@@ -217,7 +204,7 @@ class ComboBuilder:
     # ---- the widgets ---------------------------------------------------------------------------
 
     def _build(self) -> None:
-        self.title = w.HTML(_STYLE + "<b>nbrouter combo builder</b>")
+        self.title = w.HTML(STYLE + "<b>nbrouter combo builder</b>")
         self.load_choice = w.Dropdown(description="saved combo", options=[], value=None, style={"description_width": "initial"})
         self.load_button = w.Button(description="load", tooltip="load the saved combo to edit it")
         self.new_button = w.Button(description="new", tooltip="start an empty draft")
@@ -261,7 +248,7 @@ class ComboBuilder:
         self.confirm_button = w.Button(description="yes, delete", button_style="danger")
         self.cancel_button = w.Button(description="cancel")
         self.confirm_box = w.HBox([self.confirm_html, self.confirm_button, self.cancel_button])
-        _show(self.confirm_box, False)
+        show_widget(self.confirm_box, False)
         self.status_html = w.HTML()
 
         self.prompt = w.Textarea(description="test prompt", rows=2, layout=w.Layout(width="40em"))
@@ -372,14 +359,20 @@ class ComboBuilder:
 
     # ---- keeping the widgets in step with the model --------------------------------------------
 
-    def _sync_fallback(self) -> None:
-        ticked = set(self.model.fallback_on)
+    @contextmanager
+    def _quietly(self) -> Iterator[None]:
+        """Set widgets from the model without their change handlers writing back to the model."""
         self._syncing = True
         try:
-            for kind, box in self.fallback.items():
-                box.value = kind in ticked
+            yield
         finally:
             self._syncing = False
+
+    def _sync_fallback(self) -> None:
+        ticked = set(self.model.fallback_on)
+        with self._quietly():
+            for kind, box in self.fallback.items():
+                box.value = kind in ticked
 
     def _tick(self, kind: str, on: bool) -> None:
         if self._syncing:
@@ -393,12 +386,9 @@ class ComboBuilder:
 
     def _sync_factors(self) -> None:
         base = self._base_factors()
-        self._syncing = True
-        try:
+        with self._quietly():
             for factor, box in self.factor_inputs.items():
                 box.value = float(self.model.factor_weights.get(factor, base[factor]))
-        finally:
-            self._syncing = False
 
     def _set_factor(self, factor: str, value: float) -> None:
         if self._syncing:
@@ -420,13 +410,10 @@ class ComboBuilder:
 
     def _sync_weights(self) -> None:
         show = self.model.uses_step_weights()
-        self._syncing = True
-        try:
+        with self._quietly():
             for row in self._rows:
                 row.weight.value = float(self.model.weights.get(row.ref, 1.0))
-                _show(row.weight, show)
-        finally:
-            self._syncing = False
+                show_widget(row.weight, show)
 
     def _set_weight(self, ref: str, value: float) -> None:
         if self._syncing:
@@ -442,8 +429,8 @@ class ComboBuilder:
         strategy = self.model.strategy
         fn = STRATEGIES.get(strategy)
         self.strategy_help.value = html.escape(_first_line(fn.__doc__) if fn else f"unknown strategy {strategy!r}")
-        _show(self.sticky, strategy == "round-robin")
-        _show(self.auto_box, strategy == "auto")
+        show_widget(self.sticky, strategy == "round-robin")
+        show_widget(self.auto_box, strategy == "auto")
         kept = {k: v for k, v in self.model.options.items() if k not in EDITED_FIELDS}
         self.options_note.value = ("other fields kept as they are: " + html.escape(" · ".join(f"{k} = {v}" for k, v in kept.items()))) if kept else ""
 
@@ -609,7 +596,7 @@ class ComboBuilder:
                     message = "valid; not saved yet"
         with m.hold_trait_notifications():
             m.valid, m.saved, m.message = valid, saved, message
-        self.message_html.value = _note(("✓ " if valid else "✗ cannot save: ") + message, "ok" if valid else "bad")
+        self.message_html.value = note(("✓ " if valid else "✗ cannot save: ") + message, "ok" if valid else "bad")
         self._sync_buttons()
         return valid
 
@@ -640,11 +627,11 @@ class ComboBuilder:
         if name not in self.router.config.combos:
             self._status(f"{name!r} is not a saved combo", "bad")
             return
-        self.confirm_html.value = _note(f"delete [combos.{name}] from {self.router.config.file_label}?", "bad")
-        _show(self.confirm_box, True)
+        self.confirm_html.value = note(f"delete [combos.{name}] from {self.router.config.file_label}?", "bad")
+        show_widget(self.confirm_box, True)
 
     def _hide_confirm(self) -> None:
-        _show(self.confirm_box, False)
+        show_widget(self.confirm_box, False)
 
     def delete(self) -> bool:
         """Delete the saved combo of the draft's name through Router.delete_combo (the draft stays)."""
@@ -667,10 +654,10 @@ class ComboBuilder:
         try:
             decision = self.router.explain_combo(self.draft_combo(), self.model.test_prompt or None)
         except ComboConfigError as exc:
-            self.explain_html.value = _note(f"cannot explain: {exc}", "bad")
+            self.explain_html.value = note(f"cannot explain: {exc}", "bad")
             return None
         self.last_decision = decision
-        self.explain_html.value = _text.decision_html(decision)
+        self.explain_html.value = views.decision_table(decision).html()
         return decision
 
     def test(self) -> threading.Thread | None:
@@ -685,11 +672,11 @@ class ComboBuilder:
         try:
             draft = self.draft_combo()
         except ComboConfigError as exc:
-            self.test_html.value = _note(f"cannot test: {exc}", "bad")
+            self.test_html.value = note(f"cannot test: {exc}", "bad")
             return None
         m.testing = True
         self.last_result = self.last_error = None
-        self.test_html.value = _note(f"sending to {m.name}...", "busy")
+        self.test_html.value = note(f"sending to {m.name}...", "busy")
         thread = threading.Thread(target=self._run_test, args=(draft, m.test_prompt or DEFAULT_TEST_PROMPT),
                                   name="nbrouter-builder-test", daemon=True)
         self._test_thread = thread
@@ -715,8 +702,8 @@ class ComboBuilder:
                 now = time.monotonic()
                 if now - drawn >= TEST_REDRAW_S:
                     drawn = now
-                    self.test_html.value = (_note(f"trying {trying}...", "busy") + _answer_html("".join(text))
-                                            + (_text.attempt_html(attempts) if attempts else ""))
+                    self.test_html.value = (note(f"trying {trying}...", "busy") + _answer_html("".join(text))
+                                            + (views.attempt_table(attempts).html() if attempts else ""))
         except Exception as exc:  # shown in the widget: a thread has nobody else to tell
             self.last_error = exc
         finally:
@@ -731,7 +718,7 @@ class ComboBuilder:
     # ---- display -------------------------------------------------------------------------------
 
     def _status(self, text: str, tone: str = "") -> None:
-        self.status_html.value = _note(text, tone) if text else ""
+        self.status_html.value = note(text, tone) if text else ""
 
     def display(self) -> None:
         """Show the builder in the notebook."""
@@ -755,13 +742,8 @@ class ComboBuilder:
             row.close()
         for link_ in self._links:
             link_.unlink()
-        _close_tree(self.widget)
+        close_tree(self.widget)
 
-
-def _close_tree(widget: w.Widget) -> None:
-    for child in getattr(widget, "children", ()):
-        _close_tree(child)
-    widget.close()
 
 
 def _same(draft: Combo, saved: Combo) -> bool:
@@ -772,10 +754,6 @@ def _same(draft: Combo, saved: Combo) -> bool:
     return norm(draft) == norm(saved)
 
 
-#: the router's HTML tables have no spacing of their own; inside nbrouter's widgets they get some
-_STYLE = ("<style>.nbrouter-widget .nbrouter-table td, .nbrouter-widget .nbrouter-table th "
-          "{padding: 1px 10px 1px 0; vertical-align: top}</style>")
-
 
 def _answer_html(text: str) -> str:
     return f"<pre style='white-space:pre-wrap;margin:4px 0'>{html.escape(text)}</pre>" if text else ""
@@ -783,263 +761,13 @@ def _answer_html(text: str) -> str:
 
 def _test_html(result: RouteResult | None, error: BaseException | None, text: str, attempts: Sequence[Attempt]) -> str:
     if result is not None and error is None:
-        return (_note(result.footer(), "ok") + _answer_html(result.text)
-                + f"<div>cost: {html.escape(result.cost_text)}</div>" + _text.attempt_html(result.attempts))
+        return (note(result.footer(), "ok") + _answer_html(result.text)
+                + f"<div>cost: {html.escape(result.cost_text)}</div>" + views.attempt_table(result.attempts).html())
     summary = "test failed" if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     shown = list(getattr(error, "attempts", None) or attempts)
     partial = result.text if result is not None else text
-    return _note(summary, "bad") + _answer_html(partial) + (_text.attempt_html(shown) if shown else "")
+    return note(summary, "bad") + _answer_html(partial) + (views.attempt_table(shown).html() if shown else "")
 
 
-# ---- the status board ---------------------------------------------------------------------------
 
-_TONES = {"ok": "#e6f4ea", "warn": "#fff4ce", "bad": "#fde7e9", "idle": "#f1f3f4"}
-_MARKS = {"ok": "✓", "warn": "!", "bad": "✗", "idle": "·"}
-
-
-def candidate_health(row: dict[str, Any]) -> tuple[str, str]:
-    """(words, tone) for one candidate row of Router.status(): the words say it, the colour repeats it."""
-    hold = row.get("hold")
-    if hold == "disabled":
-        return "disabled", "bad"
-    if hold == "lock":
-        return "locked", "bad"
-    if row.get("breaker") == "open":
-        return "breaker open", "bad"
-    if hold:
-        return "cooling down", "warn"
-    if row.get("breaker") == "half_open":
-        return "probing (half open)", "warn"
-    if row.get("errors") and float(row.get("error_rate") or 0.0) >= FLAKY_ERROR_RATE:
-        return "flaky", "warn"
-    if not row.get("requests"):
-        return "no calls yet", "idle"
-    return "healthy", "ok"
-
-
-def account_health(row: dict[str, Any]) -> tuple[str, str]:
-    """(words, tone) for one account row of Router.status()."""
-    hold = row.get("hold")
-    if hold == "disabled":
-        return "disabled (key refused)", "bad"
-    if hold == "lock":
-        return "locked", "bad"
-    if hold:
-        return "cooling down", "warn"
-    if row.get("key_set") is False:
-        return "key missing", "bad"
-    headroom = row.get("headroom")
-    if headroom is not None and headroom < LOW_HEADROOM:
-        return "low quota", "warn"
-    return "healthy", "ok"
-
-
-def countdown(seconds: float | None) -> str:
-    """`0:42`, `12:05`, `3:02:10` (a hold's time left)."""
-    if seconds is None:
-        return ""
-    s = max(0, int(round(seconds)))
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _hold_text(row: dict[str, Any]) -> str:
-    if not row.get("hold"):
-        return ""
-    left = row.get("hold_left_s")
-    text = f"{row['hold']}: {row.get('hold_reason') or ''}".strip()
-    return f"{text} · {countdown(left)} left" if left is not None else f"{text} · until the key changes"
-
-
-def _ms(value: float | None) -> str:
-    return "" if value is None else f"{value * 1000:.0f} ms"
-
-
-def _count(value: int | None) -> str:
-    if value is None:
-        return "?"
-    return f"{value / 1_000_000:.1f}M" if value >= 1_000_000 else f"{value / 1000:.0f}k" if value >= 10_000 else str(value)
-
-
-def _quota_text(quota: dict[str, Any]) -> str:
-    short = {"requests_per_minute": "req/min", "requests_per_day": "req/day", "tokens_per_minute": "tok/min", "tokens_per_day": "tok/day"}
-    return " · ".join(f"{_count(v)} {short.get(k, k)}" for k, v in quota.items()) or "not set"
-
-
-def candidate_cells(row: dict[str, Any]) -> list[str]:
-    """The board's text for one candidate row (health first)."""
-    words, _ = candidate_health(row)
-    return [row["candidate"], words, row.get("breaker") or "", _hold_text(row), _ms(row.get("p50_s")), _ms(row.get("p95_s")),
-            str(row.get("requests", 0)), f"{float(row.get('error_rate') or 0.0):.0%}", f"${float(row.get('cost_usd') or 0.0):.6f}"]
-
-
-def account_cells(row: dict[str, Any]) -> list[str]:
-    """The board's text for one account row (health first)."""
-    words, _ = account_health(row)
-    key = {True: "set", False: "MISSING", None: "-"}[row.get("key_set")]
-    used = f"{row.get('requests_minute', 0)}/{row.get('requests_day', 0)} req · {_count(row.get('tokens_minute', 0))}/{_count(row.get('tokens_day', 0))} tok"
-    remaining = ""
-    if row.get("remaining_requests") is not None or row.get("remaining_tokens") is not None:
-        remaining = f"{_count(row.get('remaining_requests'))} req · {_count(row.get('remaining_tokens'))} tok"
-        reset = row.get("reset_requests_in_s") or row.get("reset_tokens_in_s")
-        if reset is not None:
-            remaining += f" (resets in {countdown(reset)})"
-    headroom = "" if row.get("headroom") is None else f"{row['headroom']:.0%}"
-    return [row["account"], words, key, row.get("tier") or "", _hold_text(row), used, _quota_text(row.get("quota") or {}), remaining, headroom]
-
-
-CANDIDATE_COLUMNS = ["candidate", "health", "breaker", "cooldown / lock", "p50", "p95", "requests", "errors", "cost so far", ""]
-ACCOUNT_COLUMNS = ["account", "health", "key", "tier", "cooldown / lock", "used (min/day)", "quota", "remaining", "headroom", ""]
-
-
-class _BoardRow:
-    """One row of the board: a cell per column and a reset button."""
-
-    def __init__(self, key: str, ncells: int, on_reset: Callable[[str], None]) -> None:
-        self.key = key
-        self.cells = [w.HTML() for _ in range(ncells)]
-        self.reset = w.Button(description="reset", tooltip=f"clear cooldowns, locks and the breaker of {key}",
-                              layout=w.Layout(width="5.5em"))
-        self.reset.on_click(lambda _: on_reset(key))
-
-    def update(self, texts: Sequence[str], tone: str) -> None:
-        colour = _TONES[tone]
-        for i, (cell, text) in enumerate(zip(self.cells, texts)):
-            shown = f"{_MARKS[tone]} {text}" if i == 1 else text
-            value = f"<div style='background:{colour};padding:2px 6px'>{html.escape(shown) or '&nbsp;'}</div>"
-            if cell.value != value:  # an unchanged cell sends nothing to the browser
-                cell.value = value
-
-    @property
-    def children(self) -> list[w.Widget]:
-        return [*self.cells, self.reset]
-
-    def close(self) -> None:
-        for widget in self.children:
-            widget.close()
-
-
-class _BoardTable:
-    """A grid of header cells and rows, keyed so that a refresh updates cells instead of rebuilding them."""
-
-    def __init__(self, columns: Sequence[str], on_reset: Callable[[str], None]) -> None:
-        self.columns = list(columns)
-        self.on_reset = on_reset
-        self.rows: dict[str, _BoardRow] = {}
-        self.header = [w.HTML(f"<b>{html.escape(c)}</b>") for c in self.columns]
-        self.grid = w.GridBox(list(self.header), layout=w.Layout(grid_template_columns=f"repeat({len(self.columns)}, auto)",
-                                                                 grid_gap="1px 0"))
-
-    def update(self, items: Sequence[tuple[str, list[str], str]]) -> None:
-        keys = [key for key, _, _ in items]
-        for key, texts, tone in items:
-            row = self.rows.get(key)
-            if row is None:
-                row = self.rows[key] = _BoardRow(key, len(self.columns) - 1, self.on_reset)
-            row.update(texts, tone)
-        gone = [k for k in self.rows if k not in keys]
-        for key in gone:
-            self.rows.pop(key).close()
-        children = list(self.header) + [c for key in keys for c in self.rows[key].children]
-        if list(self.grid.children) != children:
-            self.grid.children = children
-
-
-class StatusBoard:
-    """Every candidate and account of the pool, refreshed from Router.status() in a background thread.
-
-    Args:
-        router: the Router to watch.
-        interval_s: seconds between refreshes.
-    """
-
-    def __init__(self, router: Router, *, interval_s: float = STATUS_REFRESH_S) -> None:
-        self.router = router
-        self.interval_s = interval_s
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.header = w.HTML()
-        self.note = w.HTML(_STYLE)
-        self.pause_button = w.Button(description="pause", tooltip="stop or restart the live refresh")
-        self.pause_button.on_click(lambda _: self.stop() if self.running else self.start())
-        self.candidates = _BoardTable(CANDIDATE_COLUMNS, self.reset)
-        self.accounts = _BoardTable(ACCOUNT_COLUMNS, self.reset)
-        self.widget = w.VBox([
-            w.HBox([self.header, self.pause_button]),
-            w.HTML("<b>candidates</b>"), self.candidates.grid,
-            w.HTML("<b>accounts</b>"), self.accounts.grid,
-            self.note,
-        ])
-        self.widget.add_class("nbrouter-widget")
-        self.refresh()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def refresh(self) -> None:
-        """Read Router.status() once and update the tables."""
-        with self._lock:
-            try:
-                status = self.router.status()
-            except Exception as exc:  # the board says so and tries again at the next refresh
-                self.header.value = _note(f"status unavailable: {type(exc).__name__}: {exc}", "bad")
-                return
-            self.candidates.update([(r["candidate"], candidate_cells(r), candidate_health(r)[1]) for r in status.candidates])
-            self.accounts.update([(r["account"], account_cells(r), account_health(r)[1]) for r in status.accounts])
-            live = f"refreshed every {self.interval_s:g} s" if self.running else "paused"
-            stamp = time.strftime("%H:%M:%S")
-            warning = f" · warning: {status.warning}" if status.warning else ""
-            self.header.value = f"<b>nbrouter pool</b> · {stamp} · {live}{html.escape(warning)}"
-
-    def reset(self, key: str) -> int:
-        """Clear the cooldowns, locks and breaker of `key` (Router.reset) and refresh."""
-        n = self.router.reset(key)
-        self.note.value = _STYLE + _note(f"reset {key}: {n} entr{'y' if n == 1 else 'ies'} cleared", "ok")
-        self.refresh()
-        return n
-
-    def start(self) -> None:
-        """Refresh every `interval_s` seconds in a daemon thread until stop()."""
-        if self.running:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="nbrouter-status-board", daemon=True)
-        self._thread.start()
-        self.pause_button.description = "pause"
-        self.refresh()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.refresh()
-
-    def stop(self) -> None:
-        """Stop the live refresh (the table stays as it was)."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.interval_s + 5.0)
-        self.pause_button.description = "resume"
-        self.refresh()
-
-    def display(self) -> None:
-        """Show the board and start refreshing it."""
-        from IPython.display import display
-
-        display(self)
-        self.start()
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = dict(self.widget._repr_mimebundle_(**kwargs))
-        bundle["text/plain"] = str(self.router.status())
-        return bundle
-
-    def close(self) -> None:
-        """Stop refreshing and close the widgets."""
-        self.stop()
-        _close_tree(self.widget)
-
-
-__all__ = ["ComboBuilder", "ComboDraft", "StatusBoard", "candidate_health", "account_health", "countdown"]
+__all__ = ["ComboBuilder", "ComboDraft", "DEFAULT_FALLBACK", "DEFAULT_TEST_PROMPT"]

@@ -1,0 +1,191 @@
+import { describe, expect, it } from 'vitest';
+
+import { buildBoard, health, parseStatus, stateText, timeLeft } from '../src/board';
+import { costText, formatDollars, formatSeconds, parseDollars } from '../src/format';
+import { answerMarkdown, DOLLAR, dollarRule, restoreDollars, stripFooter } from '../src/markdown';
+import { MIME, parsePayload, ResultPayload } from '../src/payload';
+import { SpendTally } from '../src/spend';
+import { barShares, buildResult, summaryParts } from '../src/view';
+import fixture from './fixtures/fallback-result.json';
+
+const bundle = fixture as Record<string, unknown>;
+
+function payload(overrides: Partial<ResultPayload> = {}): ResultPayload {
+  const base = parsePayload(bundle[MIME]);
+  if (base === null) {
+    throw new Error('the fixture has no payload');
+  }
+  return { ...base, ...overrides };
+}
+
+describe('the payload', () => {
+  it('reads the fixture the kernel wrote', () => {
+    const p = payload();
+    expect(p.served_by).toBe('sim#default/model-b');
+    expect(p.attempts.map(a => a.action)).toEqual(['advance', 'served']);
+    expect(p.cost).toBe('0.072');
+  });
+
+  it('drops what is not ours and never invents a price', () => {
+    expect(parsePayload(null)).toBeNull();
+    expect(parsePayload({ attempts: 'no' })).toBeNull();
+    const p = parsePayload({ attempts: [{ action: 'launch', cost: 0, latency: -1 }, 7], cost: 'NaN' });
+    expect(p?.attempts).toHaveLength(1);
+    expect(p?.attempts[0].action).toBe('other');
+    expect(p?.attempts[0].cost).toBeNull(); // a number is not the decimal string we send: unknown
+    expect(p?.attempts[0].latency).toBe(0);
+    expect(p?.cost).toBeNull();
+  });
+});
+
+describe('numbers', () => {
+  it('adds dollars exactly and writes them as the footer does', () => {
+    expect(parseDollars('0.1')! + parseDollars('0.2')!).toBe(parseDollars('0.3'));
+    expect(formatDollars(parseDollars('0.072')!)).toBe('$0.072000');
+    expect(formatDollars(parseDollars('0.0000004')!)).toBe('$0.000000');
+    expect(formatDollars(parseDollars('0.0000005')!)).toBe('$0.000001');
+    expect(parseDollars(null)).toBeNull();
+    expect(parseDollars('1e-3')).toBeNull();
+  });
+
+  it('writes times and costs', () => {
+    expect(formatSeconds(0.0189)).toBe('19 ms');
+    expect(formatSeconds(1.5)).toBe('1.50 s');
+    expect(formatSeconds(null)).toBe('');
+    expect(costText(null)).toBe('cost unknown');
+    expect(costText('0.01', 1)).toBe('$0.010000 + unknown');
+  });
+});
+
+describe('the spend tally', () => {
+  it('sums known prices and counts each result once', () => {
+    const tally = new SpendTally();
+    expect(tally.text).toBe('nbrouter: no calls yet');
+    expect(tally.add(payload(), 'display-1')).toBe(true);
+    expect(tally.add(payload(), 'display-1')).toBe(false); // the same display updated again
+    expect(tally.add(payload({ cost: '0.000001' }), 'display-2')).toBe(true);
+    expect(tally.text).toBe('$0.072001 · 2 calls');
+    expect(tally.unknown).toBe(0);
+  });
+
+  it('shows an unknown price as unknown, never as $0', () => {
+    const tally = new SpendTally();
+    tally.add(payload({ cost: null }), 'a');
+    expect(tally.text).toBe('cost unknown · 1 call');
+    expect(tally.text).not.toContain('$0');
+    tally.add(payload({ cost: '0.5' }), 'b');
+    expect(tally.text).toBe('$0.500000 + unknown · 2 calls');
+    tally.add(payload({ cost: '0.5', cost_unknown_attempts: 1 }), 'c');
+    expect(tally.unknown).toBe(2);
+    expect(tally.title).toContain('2 calls at an unknown price');
+    tally.reset();
+    expect(tally.calls).toBe(0);
+    expect(tally.known).toBe(0n);
+  });
+});
+
+describe('the dollar-sign rule', () => {
+  it('shows single dollars as written and keeps real maths', () => {
+    expect(dollarRule('costs $5 to $10')).toBe(`costs ${DOLLAR}5 to ${DOLLAR}10`);
+    expect(dollarRule('$$E = mc^2$$')).toBe('$$E = mc^2$$');
+    expect(dollarRule('inline \\(a^2\\) and \\[b\\]')).toBe('inline \\\\(a^2\\\\) and \\\\[b\\\\]');
+    expect(dollarRule('escaped \\$5 and \\\\(x\\\\)')).toBe(`escaped ${DOLLAR}5 and \\\\(x\\\\)`);
+  });
+
+  it('leaves code as it is', () => {
+    expect(dollarRule('run `echo $HOME` for $5')).toBe(`run \`echo $HOME\` for ${DOLLAR}5`);
+    expect(dollarRule('```sh\necho $HOME\n```\n$1')).toBe(`\`\`\`sh\necho $HOME\n\`\`\`\n${DOLLAR}1`);
+    expect(dollarRule('an unclosed ` and $2')).toBe(`an unclosed \` and ${DOLLAR}2`);
+  });
+
+  it('drops the footer the kernel writes for other front ends', () => {
+    const md = bundle['text/markdown'] as string;
+    expect(md).toContain('<details>');
+    expect(stripFooter(md)).not.toContain('<details>');
+    expect(answerMarkdown(md).startsWith(`It costs ${DOLLAR}5 to ${DOLLAR}10 a month.`)).toBe(true);
+    expect(stripFooter('no footer here')).toBe('no footer here');
+  });
+
+  it('puts each literal dollar back in an element of its own, so maths never pairs them', () => {
+    const host = document.createElement('div');
+    host.innerHTML = `<p>from ${DOLLAR}5 to ${DOLLAR}10</p><a href="http://x/${DOLLAR}y">link</a>`;
+    restoreDollars(host);
+    expect(host.textContent).toBe('from $5 to $10link');
+    expect(host.querySelectorAll('span.nbr-dollar')).toHaveLength(2);
+    expect(host.querySelector('a')?.getAttribute('href')).toBe('http://x/$y');
+    expect(host.innerHTML).not.toContain(DOLLAR);
+  });
+});
+
+describe('the result view', () => {
+  it('draws one bar per attempt, coloured by its action, sized by its latency', () => {
+    const view = buildResult(document, payload());
+    expect(view.bars).toHaveLength(2);
+    expect(view.bars.map(b => b.className)).toEqual(['nbr-bar nbr-action-advance', 'nbr-bar nbr-action-served']);
+    const shares = barShares(payload().attempts);
+    expect(shares[0]).toBeGreaterThan(shares[1]); // 19 ms against 1 ms
+    expect(shares.reduce((a, b) => a + b, 0)).toBeCloseTo(1);
+    expect(view.table.tBodies[0].rows).toHaveLength(2);
+  });
+
+  it('shows the hovered attempt row', () => {
+    const view = buildResult(document, payload());
+    expect(view.tip.hidden).toBe(true);
+    view.bars[0].dispatchEvent(new Event('mouseenter'));
+    expect(view.tip.hidden).toBe(false);
+    expect(view.tip.textContent).toContain('sim#default/model-a');
+    expect(view.tip.textContent).toContain('status: 429');
+    expect(view.tip.textContent).toContain('kind: rate_limit');
+    view.bars[0].dispatchEvent(new Event('mouseleave'));
+    expect(view.tip.hidden).toBe(true);
+  });
+
+  it('writes the compact line: served by, tokens, cost, time', () => {
+    expect(summaryParts(payload())).toEqual(['served by sim#default/model-b', '2 attempts', '42 tokens', '$0.072000', '20 ms']);
+    expect(summaryParts(payload({ cost: null, usage: null, partial: true }))).toContain('cost unknown');
+    expect(summaryParts(payload({ partial: true }))).toContain('PARTIAL');
+  });
+
+  it('puts provider text in as text, never as HTML', () => {
+    const p = payload();
+    p.attempts[0].note = '<img src=x onerror=alert(1)>';
+    const view = buildResult(document, p);
+    expect(view.root.querySelector('img')).toBeNull();
+    expect(view.table.textContent).toContain('<img src=x onerror=alert(1)>');
+  });
+});
+
+describe('the status board', () => {
+  const status = parseStatus({
+    candidates: [
+      { candidate: 'sim#default/model-a', breaker: 'closed', hold: 'cooldown', hold_reason: 'rate_limit', hold_left_s: 100, requests: 1, errors: 1 },
+      { candidate: 'sim#default/model-b', breaker: 'closed', hold: null, requests: 2, errors: 0, p50_s: 0.02 },
+      { breaker: 'open' }
+    ],
+    accounts: [{ account: 'sim#default', hold: null }],
+    warning: null
+  });
+
+  it('reads the rows and tells the pool health', () => {
+    expect(status.candidates).toHaveLength(2);
+    expect(health(status)).toBe('degraded');
+    expect(health(null)).toBe('unknown');
+    expect(health(parseStatus({ candidates: [{ candidate: 'x', breaker: 'closed', hold: null }] }))).toBe('ok');
+    expect(health(parseStatus({ candidates: [{ candidate: 'x', breaker: 'open', hold: null }] }))).toBe('down');
+    expect(stateText(status.candidates[0])).toBe('cooldown: rate_limit');
+    expect(timeLeft(100, 40)).toBe('60 s');
+  });
+
+  it('has a reset button on each held row', () => {
+    const reset: string[] = [];
+    const board = buildBoard(document, status, 0, key => reset.push(key));
+    const rows = [...board.querySelectorAll<HTMLTableRowElement>('tr.nbr-board-row')];
+    expect(rows.map(r => r.dataset.key)).toEqual(['sim#default/model-a', 'sim#default/model-b', 'sim#default']);
+    const buttons = rows.map(r => r.querySelector('button')!);
+    expect(buttons.map(b => b.disabled)).toEqual([false, true, true]);
+    buttons[0].click();
+    expect(reset).toEqual(['sim#default/model-a']);
+    expect(rows[0].cells[1].textContent).toBe('cooldown: rate_limit · 2 min left'); // past 90 s in minutes, rounded up
+    expect(rows[1].cells[1].textContent).toBe('healthy');
+  });
+});

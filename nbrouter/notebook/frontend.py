@@ -1,0 +1,171 @@
+"""The kernel's side of nbrouter's JupyterLab / Notebook 7 extension (`extension/`).
+
+Two things, both light: `result_payload()` is the JSON a `%%llm` result bundle carries under `MIME` for
+the extension's renderer (the route as a picture, the session's spend), and `register()` installs the
+comm target `nbrouter` through which the extension's status board asks for `Router.status()` rows and
+resets a candidate. Other front ends (VS Code, nbviewer, GitHub, nbclient) ignore both and show the
+bundle's text/html, text/markdown and text/plain.
+
+The comm protocol (every message's `data`):
+
+    front end -> kernel   {"request": "status", "id": N}
+                          {"request": "reset", "key": "prov#acct/model", "id": N}
+    kernel -> front end   {"reply": "status", "id": N, "candidates": [...], "accounts": [...], "warning": str|null}
+                          {"reply": "reset", "id": N, "key": ..., "cleared": int, ...status fields}
+                          {"reply": "error", "id": N, "message": str}
+                          {"hello": VERSION}   (once, when the kernel opens its own comm at load)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from .._core import scrub
+
+#: the MIME type of the payload the extension renders (beside text/html, text/markdown, text/plain)
+MIME = "application/vnd.nbrouter.result+json"
+#: the comm target name, the same on both sides
+COMM_TARGET = "nbrouter"
+#: the payload's and the comm protocol's version; the front end ignores what it does not know
+VERSION = 1
+#: the fields of a status row the board shows (the rest of Router.status() stays in the kernel)
+CANDIDATE_FIELDS = ("candidate", "breaker", "hold", "hold_reason", "hold_left_s", "p50_s", "requests", "errors", "last_error")
+ACCOUNT_FIELDS = ("account", "key_set", "tier", "hold", "hold_reason", "hold_left_s", "requests_minute", "requests_day")
+
+
+def _cost(value: Any) -> str | None:
+    # a Decimal as its exact string; None stays None so an unknown price is never shown as $0
+    return None if value is None else str(value)
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def result_payload(result: Any) -> dict[str, Any]:
+    """The JSON the extension renders for one routed answer (never a key: the router scrubs the notes).
+
+    Args:
+        result: a `RouteResult` (read through its public attributes only).
+
+    Returns:
+        `{"version", "combo", "served_by", "model", "usage", "cost", "cost_unknown_attempts", "latency",
+        "partial", "cached", "attempts": [{"candidate", "path", "action", "kind", "status", "latency",
+        "usage", "cost", "hold", "note"}]}`. `cost` is a decimal string in USD, or None when the price is
+        unknown; `usage` is None when the provider reported no token counts; latencies are seconds.
+    """
+    attempts = []
+    for a in result.attempts:
+        attempts.append({
+            "candidate": a.candidate,
+            "path": a.path,
+            "action": a.action.value,
+            "kind": a.kind.value if a.kind is not None else None,
+            "status": a.status,
+            "latency": _seconds(a.latency_s),
+            "usage": a.usage.as_dict() if a.usage is not None else None,
+            "cost": _cost(a.cost_usd) if a.cost_known else None,
+            "hold": a.hold,
+            "note": a.message or "",
+        })
+    return {
+        "version": VERSION,
+        "combo": result.combo,
+        "served_by": result.served_by,
+        "model": result.model,
+        "usage": result.usage.as_dict() if result.usage_known else None,
+        "cost": _cost(result.cost_usd),
+        "cost_unknown_attempts": int(result.cost_unknown_attempts),
+        "latency": _seconds(result.latency_s),
+        "partial": bool(result.partial),
+        "cached": False,  # the router has no response cache yet
+        "attempts": attempts,
+    }
+
+
+def _json_value(value: Any) -> Any:
+    # status rows hold floats that may be inf/nan (JSON has neither) and enum-like values
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return str(value)
+
+
+def status_payload(router: Any) -> dict[str, Any]:
+    """`Router.status()` as the board's rows: candidates and accounts with their holds and time left.
+
+    Args:
+        router: the session's Router.
+    """
+    status = router.status()
+    return {
+        "candidates": [{k: _json_value(row.get(k)) for k in CANDIDATE_FIELDS} for row in status.candidates],
+        "accounts": [{k: _json_value(row.get(k)) for k in ACCOUNT_FIELDS} for row in status.accounts],
+        "warning": status.warning,
+    }
+
+
+class _Endpoint:
+    """Answers the requests of every `nbrouter` comm of one kernel, with the router the magics hold."""
+
+    def __init__(self, get_router: Callable[[], Any]) -> None:
+        self.get_router = get_router
+
+    def answer(self, data: Any) -> dict[str, Any] | None:
+        if not isinstance(data, dict) or "request" not in data:
+            return None
+        request, ident = data.get("request"), data.get("id")
+        try:
+            if request == "status":
+                return {"reply": "status", "id": ident, **status_payload(self.get_router())}
+            if request == "reset":
+                key = data.get("key")
+                if not isinstance(key, str) or not key:
+                    raise ValueError("reset needs the candidate's or account's key")
+                router = self.get_router()
+                cleared = router.reset(key)
+                return {"reply": "reset", "id": ident, "key": key, "cleared": cleared, **status_payload(router)}
+            raise ValueError(f"unknown request {str(request)[:40]!r} (requests: status, reset)")
+        except Exception as exc:  # the board shows the reason; the kernel keeps running
+            return {"reply": "error", "id": ident, "message": scrub(f"{type(exc).__name__}: {exc}")[:500]}
+
+    def attach(self, comm: Any) -> None:
+        def on_msg(msg: dict[str, Any]) -> None:
+            reply = self.answer(msg.get("content", {}).get("data"))
+            if reply is not None:
+                comm.send(reply)
+
+        comm.on_msg(on_msg)
+
+
+def register(shell: Any, get_router: Callable[[], Any]) -> bool:
+    """Install the `nbrouter` comm target on this kernel and tell the front end nbrouter is loaded.
+
+    A no-op outside a kernel (terminal IPython). The front end shows its status-bar item once it sees
+    the kernel's `hello` comm, and opens a comm of its own after a page reload.
+
+    Args:
+        shell: the IPython shell `%load_ext nbrouter` runs in.
+        get_router: returns the session's Router (the magics create it on first use).
+
+    Returns:
+        True when the target was installed (the shell has a kernel).
+    """
+    if getattr(shell, "kernel", None) is None:
+        return False
+    import comm  # ipykernel has imported it already, and set its kernel-backed manager
+
+    endpoint = _Endpoint(get_router)
+
+    def opened(channel: Any, open_msg: dict[str, Any]) -> None:
+        endpoint.attach(channel)
+        reply = endpoint.answer(open_msg.get("content", {}).get("data"))
+        if reply is not None:
+            channel.send(reply)
+
+    comm.get_comm_manager().register_target(COMM_TARGET, opened)
+    hello = comm.create_comm(target_name=COMM_TARGET, data={"hello": VERSION})
+    endpoint.attach(hello)
+    return True

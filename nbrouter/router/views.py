@@ -1,0 +1,371 @@
+"""How the router's values look: the footer and the attempt, decision, status and log tables.
+
+Every table is a `report.Table`, so it shows as plain text in a terminal and as HTML or Markdown in a
+notebook from the same rows. The render methods of types.py (`RouteResult.footer()`,
+`RouteResult.attempt_table()`, `Decision.table()`) and of status.py's `Status` delegate here, and the
+live status board builds its rows from the same functions. This module reads those values through
+their attributes only (the small Protocols below), so types.py can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from decimal import Decimal
+from typing import Any, Mapping, Protocol, Sequence
+
+from .._core.text import dollars, duration, ms, span
+from ..report import Table, Tables
+
+# ---- what the views read ------------------------------------------------------------------
+
+
+class _Valued(Protocol):
+    value: str
+
+
+class _UsageLike(Protocol):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class AttemptLike(Protocol):
+    """The fields of an Attempt that its row shows."""
+
+    candidate: str
+    path: str
+    action: _Valued
+    kind: _Valued | None
+    status: int | None
+    message: str
+    latency_s: float | None
+    hold: str | None
+    hold_until: float | None
+    usage: _UsageLike | None
+    cost_usd: Any
+    warning: str | None
+
+
+class ResultLike(Protocol):
+    """The fields of a RouteResult that its footer shows."""
+
+    served_by: str
+    attempts: Sequence[AttemptLike]
+    usage: _UsageLike
+    usage_known: bool
+    latency_s: float
+    partial: bool
+
+    @property
+    def cost_text(self) -> str: ...
+
+
+class _CandidateLike(Protocol):
+    @property
+    def path_text(self) -> str: ...
+
+
+class DecisionRowLike(Protocol):
+    """The fields of a DecisionRow that its row shows."""
+
+    candidate: _CandidateLike
+    position: int | None
+    reason: str
+    skipped: bool
+    inputs: Mapping[str, Any]
+
+
+class DecisionLike(Protocol):
+    """The fields of a Decision that its table shows."""
+
+    combo: str
+    strategy: str
+    account_strategy: str
+    seed: int
+    rows: Sequence[DecisionRowLike]
+    config_hash: str
+    explored: bool
+    notes: Sequence[str]
+    constants: Mapping[str, Any]
+
+
+class StatusLike(Protocol):
+    """The rows of a Status (dicts, as `Router.status()` builds them)."""
+
+    candidates: Sequence[Mapping[str, Any]]
+    accounts: Sequence[Mapping[str, Any]]
+    warning: str | None
+
+
+# ---- one call: the footer and the attempt table -------------------------------------------
+
+
+def footer(result: ResultLike) -> str:
+    """One line: who served, how many attempts, tokens, cost, time."""
+    tries = sum(1 for a in result.attempts if a.action.value != "skipped")
+    parts = [
+        f"served by {result.served_by}",
+        f"{tries} attempt{'s' if tries != 1 else ''}",
+        f"{result.usage.total_tokens} tokens" if result.usage_known else "tokens unknown",
+        result.cost_text,
+        duration(result.latency_s),
+    ]
+    if result.partial:
+        parts.append("PARTIAL")
+    return " · ".join(parts)
+
+
+ATTEMPT_HEADERS = ["#", "candidate", "action", "kind", "status", "latency", "tokens", "cost", "note"]
+#: a note longer than this is cut in the attempt table (HTML shows the rest on demand; the Attempt keeps it all)
+NOTE_WIDTH = 120
+_STEP = " > "
+
+
+def tried_text(attempts: Sequence[AttemptLike]) -> str:
+    """`2 tried, 1 skipped`: what was sent and what was not, in words."""
+    skipped = sum(1 for a in attempts if a.action.value == "skipped")
+    tried = len(attempts) - skipped
+    if not tried:
+        return f"nothing sent, {skipped} skipped" if skipped else "nothing to try"
+    return f"{tried} tried" + (f", {skipped} skipped" if skipped else "")
+
+
+def combo_path(attempts: Sequence[AttemptLike]) -> list[str]:
+    """The combo steps every attempt's path starts with (`["everyday"]`), shown once above the rows."""
+    paths = [a.path.split(_STEP)[:-1] for a in attempts]
+    if not paths:
+        return []
+    common = paths[0]
+    for path in paths[1:]:
+        n = 0
+        while n < min(len(common), len(path)) and common[n] == path[n]:
+            n += 1
+        common = common[:n]
+    return common
+
+
+def attempt_rows(attempts: Sequence[AttemptLike], now: float | None = None) -> list[list[str]]:
+    """The cells of the attempt table, one row per attempt (skips included); the combo path that every
+    row shares is left out (attempt_table names it once)."""
+    now = time.time() if now is None else now
+    shared = len(combo_path(attempts))
+    rows = []
+    for i, a in enumerate(attempts, 1):
+        note = a.message
+        if a.hold:
+            left = f" {span(max(0.0, a.hold_until - now))}" if a.hold_until else ""
+            note = f"[{a.hold}{left}] {note}".strip()
+        if a.warning:
+            note = f"{note} (warning: {a.warning})".strip()
+        tokens = f"{a.usage.input_tokens}+{a.usage.output_tokens}" if a.usage else ""
+        cost = "" if a.usage is None and a.cost_usd is None else dollars(a.cost_usd)
+        rows.append([str(i), _STEP.join(a.path.split(_STEP)[shared:]), a.action.value, a.kind.value if a.kind else "",
+                     "" if a.status is None else str(a.status), ms(a.latency_s), tokens, cost, note])
+    return rows
+
+
+def _outcome(action: str, kind: str, status: str) -> str:
+    """`served`, `advance (rate_limit 429)`."""
+    why = " ".join(x for x in (kind, status) if x)
+    return f"{action} ({why})" if why else action
+
+
+#: the columns a narrow (terminal) attempt table keeps: candidate, outcome, latency, note
+COMPACT_ATTEMPT_HEADERS = ["candidate", "outcome", "latency", "note"]
+
+
+def attempt_table(attempts: Sequence[AttemptLike], now: float | None = None, *, compact: bool = False) -> Table:
+    """Every attempt of one call: candidate, what the loop did, the error kind, latency, tokens, cost, and
+    a note cut at NOTE_WIDTH (whole in the HTML, on demand).
+
+    Args:
+        attempts: the call's attempts, skips included.
+        now: the wall clock, for the time left on a hold.
+        compact: four columns (candidate, outcome, latency, note) for a terminal.
+    """
+    path = combo_path(attempts)
+    rows = attempt_rows(attempts, now)
+    headers = list(ATTEMPT_HEADERS)
+    if compact:
+        headers = list(COMPACT_ATTEMPT_HEADERS)
+        rows = [[r[1], _outcome(r[2], r[3], r[4]), r[5], r[8]] for r in rows]
+    candidate = headers.index("candidate")
+    if path:
+        headers[candidate] = f"candidate (of {_STEP.join(path)})"
+    return Table(headers, rows, empty="(no attempts)", cut=NOTE_WIDTH)
+
+
+# ---- a decision ---------------------------------------------------------------------------
+
+DECISION_HEADERS = ["order", "candidate", "", "why", "inputs"]
+
+
+def _inputs_text(inputs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in inputs.items())
+
+
+def decision_table(decision: DecisionLike) -> Table:
+    """The candidates in the order they are tried (skipped ones last, with why), under a line naming the
+    combo, strategy, seed and config."""
+    head = (
+        f"combo {decision.combo!r} · strategy {decision.strategy} · accounts {decision.account_strategy} · "
+        f"seed {decision.seed}" + (" · explored" if decision.explored else "") + f" · config {decision.config_hash}"
+    )
+    ranked = sorted(decision.rows, key=lambda r: (r.position is None, r.position or 0))
+    rows = [["-" if r.position is None else str(r.position + 1), r.candidate.path_text, "skipped" if r.skipped else "try",
+             r.reason, _inputs_text(r.inputs)] for r in ranked]
+    return Table(DECISION_HEADERS, rows, title=head, notes=decision.notes)
+
+
+def decision_text(decision: DecisionLike) -> str:
+    """The decision table as plain text, followed by the policy constants it used."""
+    text = decision_table(decision).text()
+    return text + "\n" + constants_text(decision.constants) if decision.constants else text
+
+
+def constants_text(constants: Mapping[str, Any], width: int = 110) -> str:
+    """The policy constants as `name=value` pairs, wrapped."""
+    pairs = []
+    for key, value in constants.items():
+        if isinstance(value, dict):
+            value = "{" + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items()) + "}"
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        pairs.append(f"{key}={value}")
+    return textwrap.fill("policy: " + "; ".join(pairs), width=width, subsequent_indent="  ")
+
+
+# ---- the pool's health: Status and the live board -----------------------------------------
+
+#: a candidate whose recent error rate is at least this is shown as "flaky"
+FLAKY_ERROR_RATE = 0.25
+#: an account with less than this share of its quota left is shown as "low quota"
+LOW_HEADROOM = 0.1
+
+CANDIDATE_COLUMNS = ["candidate", "health", "breaker", "cooldown / lock", "p50", "p95", "requests", "errors", "cost",
+                     "last error"]
+ACCOUNT_COLUMNS = ["account", "health", "key", "tier", "cooldown / lock", "used (min/day)", "quota", "remaining", "headroom"]
+
+
+def candidate_health(row: Mapping[str, Any]) -> tuple[str, str]:
+    """(words, tone) for one candidate row of Router.status(): the words say it, a colour may repeat it.
+
+    The tone is one of `ok`, `warn`, `bad`, `idle`."""
+    hold = row.get("hold")
+    if hold == "disabled":
+        return "disabled", "bad"
+    if hold == "lock":
+        return "locked", "bad"
+    if row.get("breaker") == "open":
+        return "breaker open", "bad"
+    if hold:
+        return "cooling down", "warn"
+    if row.get("breaker") == "half_open":
+        return "probing (half open)", "warn"
+    if row.get("errors") and float(row.get("error_rate") or 0.0) >= FLAKY_ERROR_RATE:
+        return "flaky", "warn"
+    if not row.get("requests"):
+        return "no calls yet", "idle"
+    return "healthy", "ok"
+
+
+def account_health(row: Mapping[str, Any]) -> tuple[str, str]:
+    """(words, tone) for one account row of Router.status()."""
+    hold = row.get("hold")
+    if hold == "disabled":
+        return "disabled (key refused)", "bad"
+    if hold == "lock":
+        return "locked", "bad"
+    if hold:
+        return "cooling down", "warn"
+    if row.get("key_set") is False:
+        return "key missing", "bad"
+    headroom = row.get("headroom")
+    if headroom is not None and headroom < LOW_HEADROOM:
+        return "low quota", "warn"
+    return "healthy", "ok"
+
+
+def countdown(seconds: float | None) -> str:
+    """`0:42`, `12:05`, `3:02:10` (a hold's time left)."""
+    if seconds is None:
+        return ""
+    s = max(0, int(round(seconds)))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _hold_text(row: Mapping[str, Any]) -> str:
+    if not row.get("hold"):
+        return ""
+    left = row.get("hold_left_s")
+    text = f"{row['hold']}: {row.get('hold_reason') or ''}".strip()
+    return f"{text} · {countdown(left)} left" if left is not None else f"{text} · until the key changes"
+
+
+def _count(value: int | None) -> str:
+    if value is None:
+        return "?"
+    return f"{value / 1_000_000:.1f}M" if value >= 1_000_000 else f"{value / 1000:.0f}k" if value >= 10_000 else str(value)
+
+
+def _quota_text(quota: Mapping[str, Any]) -> str:
+    short = {"requests_per_minute": "req/min", "requests_per_day": "req/day", "tokens_per_minute": "tok/min", "tokens_per_day": "tok/day"}
+    return " · ".join(f"{_count(v)} {short.get(k, k)}" for k, v in quota.items()) or "not set"
+
+
+def candidate_cells(row: Mapping[str, Any]) -> list[str]:
+    """One candidate row of Router.status() as the cells of CANDIDATE_COLUMNS (health first)."""
+    words, _ = candidate_health(row)
+    return [row["candidate"], words, row.get("breaker") or "", _hold_text(row), ms(row.get("p50_s")), ms(row.get("p95_s")),
+            str(row.get("requests", 0)), f"{float(row.get('error_rate') or 0.0):.0%}",
+            f"${float(row.get('cost_usd') or 0.0):.6f}", row.get("last_error") or ""]
+
+
+def account_cells(row: Mapping[str, Any]) -> list[str]:
+    """One account row of Router.status() as the cells of ACCOUNT_COLUMNS (health first)."""
+    words, _ = account_health(row)
+    key = {True: "set", False: "MISSING", None: "-"}[row.get("key_set")]
+    used = (f"{row.get('requests_minute', 0)}/{row.get('requests_day', 0)} req · "
+            f"{_count(row.get('tokens_minute', 0))}/{_count(row.get('tokens_day', 0))} tok")
+    remaining = ""
+    if row.get("remaining_requests") is not None or row.get("remaining_tokens") is not None:
+        remaining = f"{_count(row.get('remaining_requests'))} req · {_count(row.get('remaining_tokens'))} tok"
+        reset = row.get("reset_requests_in_s") or row.get("reset_tokens_in_s")
+        if reset is not None:
+            remaining += f" (resets in {countdown(reset)})"
+    headroom = "" if row.get("headroom") is None else f"{row['headroom']:.0%}"
+    return [row["account"], words, key, row.get("tier") or "", _hold_text(row), used, _quota_text(row.get("quota") or {}),
+            remaining, headroom]
+
+
+def status_tables(status: StatusLike) -> Tables:
+    """The candidates table and the accounts table of a Status, and its warning if any."""
+    return Tables([Table(CANDIDATE_COLUMNS, [candidate_cells(r) for r in status.candidates]),
+                   Table(ACCOUNT_COLUMNS, [account_cells(r) for r in status.accounts])],
+                  notes=[f"warning: {status.warning}"] if status.warning else [])
+
+
+# ---- the call log -------------------------------------------------------------------------
+
+LOG_HEADERS = ["time", "combo", "candidate", "action", "kind", "status", "latency", "tokens", "cost", "message"]
+#: a log message longer than this is cut in the table
+LOG_MESSAGE_WIDTH = 100
+
+
+def log_table(rows: Sequence[Mapping[str, Any]], title: str = "") -> Table:
+    """Rows of `Router.log()` (newest last) as a table."""
+    cells = []
+    for r in rows:
+        tokens = "" if r.get("input_tokens") is None else f"{r['input_tokens']}+{r.get('output_tokens') or 0}"
+        cost = r.get("cost_usd")
+        cost_text = "" if tokens == "" and cost is None else dollars(None if cost is None else Decimal(str(cost)))
+        cells.append([
+            time.strftime("%H:%M:%S", time.localtime(r["ts"])) if r.get("ts") else "", r.get("combo") or "",
+            r.get("path") or r.get("candidate") or "", r.get("action") or "", r.get("kind") or "",
+            "" if r.get("status") is None else str(r["status"]), ms(r.get("latency_s")), tokens, cost_text,
+            (r.get("message") or "")[:LOG_MESSAGE_WIDTH],
+        ])
+    return Table(LOG_HEADERS, cells, title=title)
