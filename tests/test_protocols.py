@@ -853,3 +853,13 @@ def test_a_cookie_a_provider_sets_never_rides_on_later_requests(provider_simulat
 
     assert asyncio.run(go()) == ["first", "second"]
     assert "cookie" not in provider_simulator.requests[-1].headers
+
+
+def test_a_body_past_the_size_cap_is_malformed_response(raw_server, monkeypatch):
+    from nbrouter.providers import _http
+    from nbrouter.testing import RawResponse, http_response
+
+    monkeypatch.setattr(_http, "MAX_BODY_BYTES", 10_000)
+    raw_server.script(RawResponse([http_response(200, b'{"pad": "' + b"x" * 20_000 + b'"}')]))
+    failure = failed(call(Endpoint("p", "openai", raw_server.url + "/v1", api_key=OPENAI_KEY), ask())[0], ErrorKind.MALFORMED_RESPONSE)
+    assert "larger than 10,000 bytes" in failure.message and failure.status == 200

@@ -209,3 +209,20 @@ def test_json_escapes_do_not_hide_a_key_from_the_failure_message(provider_simula
 
 def test_http_response_helper_builds_what_it_says() -> None:
     assert http_response(201, b"{}", [("x-a", "1")]).startswith(b"HTTP/1.1 201 X\r\ncontent-length: 2\r\n")
+
+
+@pytest.mark.parametrize("field", ["type", "code", "status"])
+@pytest.mark.parametrize("protocol", ["openai", "anthropic", "gemini"])
+def test_a_key_across_the_cut_of_an_error_field_leaves_no_piece(provider_simulator, protocol, field):
+    value = "x" * 95 + KEY  # the short fields (type, code, status) are cut near 100-200 characters
+    long_value = "y" * 190 + KEY
+    if protocol == "anthropic":
+        body: Any = {"type": "error", "error": {"type": long_value if field == "type" else "api_error", "message": "boom"}}
+    elif protocol == "gemini":
+        body = {"error": {"code": 500, "message": "boom", "status": value}}
+    else:
+        body = {"error": {"message": "boom", "type": long_value if field == "type" else None, "code": long_value if field == "code" else None}}
+    provider_simulator.script([Raw(500, body)], model="m")
+    failure = send(endpoint(base_url(provider_simulator, protocol), protocol))
+    assert isinstance(failure, ProviderFailure)
+    assert_failure_clean(failure)

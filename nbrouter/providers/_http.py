@@ -15,7 +15,9 @@ any other exception, a body that is not JSON, a field of the wrong type or an SS
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import ssl
 import urllib.request
 from dataclasses import replace
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
@@ -32,6 +34,12 @@ TextSink = Optional[Callable[[str], Optional[Awaitable[None]]]]
 #: the longest SSE line, and the most data one event may gather, that the stream reader accepts; past it
 #: the attempt fails as malformed_response (a router passes its Policy's value to `send`)
 MAX_LINE_BYTES = 8 * 1024 * 1024
+#: the largest body (after decompression) read from a reply that is not a stream; past it the attempt is
+#: malformed_response (no chat answer comes near it; a runaway or hostile server might)
+MAX_BODY_BYTES = 64 * 1024 * 1024
+#: how much of a body is decoded to classify or quote it: the scrubber's window and more, never all of a
+#: huge body
+_TEXT_BYTES = 2 * 65536
 #: the default transport's connection pool, above the highest concurrency the router is driven at
 MAX_CONNECTIONS = 256
 #: how much of a reply a failure message quotes (scrubbed before it is cut)
@@ -280,7 +288,11 @@ async def send(
 
 def usable_key(endpoint: Endpoint) -> Endpoint:
     """The endpoint with its key stripped of surrounding whitespace; an `auth` failure naming the key's
-    environment variable (never the value) when a character of it cannot go in an HTTP header."""
+    environment variable (never the value) when a character of it cannot go in an HTTP header.
+
+    Args:
+        endpoint: the endpoint about to be sent to; its `key_env` names the variable in the message.
+    """
     key = endpoint.api_key
     if not key:
         return endpoint
@@ -337,23 +349,30 @@ def _call_first_byte(on_first_byte: Callable[[], None] | None) -> None:
 async def _read_body(
     ex: _Exchange, protocol: WireProtocol, endpoint: Endpoint, response: httpx.Response, on_first_byte: Callable[[], None] | None
 ) -> Completion:
-    raw = await response.aread()
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise malformed(f"a {ex.status} response body larger than {MAX_BODY_BYTES:,} bytes")
+        parts.append(part)
+    raw = parts[0] if len(parts) == 1 else b"".join(parts)
     ex.raw = raw
     _call_first_byte(on_first_byte)
     status = ex.status or 0
     parsed, problem = _parse_json(raw)
     headers = response.headers
     if status >= 300:
-        text = raw[: 2 * EXCERPT_CHARS + 65536].decode("utf-8", "replace")
+        text = raw[:_TEXT_BYTES].decode("utf-8", "replace")
         try:
-            return_failure = protocol.classify(endpoint, status, headers, parsed, text)
-        except ProviderFailure as failure:
-            return_failure = failure
+            failure = protocol.classify(endpoint, status, headers, parsed, text)
+        except ProviderFailure as raised:
+            failure = raised
         except Exception:  # a body the classifier cannot read: the status alone still says what happened
-            return_failure = protocol.classify(endpoint, status, headers, None, text)
-        raise return_failure
+            failure = protocol.classify(endpoint, status, headers, None, text)
+        raise failure
     if problem:
-        raise malformed(f"{problem} in a {status} response: {excerpt(raw.decode('utf-8', 'replace'), EXCERPT_CHARS)!r}", status=status)
+        raise malformed(f"{problem} in a {status} response: {excerpt(raw[:_TEXT_BYTES].decode('utf-8', 'replace'), EXCERPT_CHARS)!r}", status=status)
     completion = protocol.parse(endpoint, status, headers, parsed)
     _stamp(completion, protocol, response)
     return completion
@@ -452,6 +471,10 @@ async def iter_sse(chunks: AsyncIterator[bytes], *, max_line_bytes: int = MAX_LI
     The reader is linear in the bytes it gets: each chunk is searched once, and an unfinished line is
     kept in a growing buffer rather than copied per chunk. A line, or the data of one event, longer than
     `max_line_bytes` ends the stream with a `malformed_response` failure.
+
+    Args:
+        chunks: the response body's bytes as they arrive.
+        max_line_bytes: the longest line (and the most data one event may gather) accepted.
     """
     pending = bytearray()
     event = ""
@@ -542,7 +565,7 @@ def _unexpected(exc: Exception, ex: _Exchange) -> ProviderFailure:
     what = "the response headers" if ex.status is None else (
         "a stream event" if ex.streaming else f"a {ex.status} response"
     )
-    quoted = ex.last_event if ex.streaming else (ex.raw.decode("utf-8", "replace") if ex.raw is not None else None)
+    quoted = ex.last_event if ex.streaming else (ex.raw[:_TEXT_BYTES].decode("utf-8", "replace") if ex.raw is not None else None)
     message = f"{_describe(exc)} (reading {what})"
     if quoted:
         message += f": {excerpt(quoted, EXCERPT_CHARS)!r}"
@@ -649,7 +672,7 @@ def _default_transport(limits: httpx.Limits, proxy: str | None = None) -> httpx.
         from httpx_aiohttp import AiohttpTransport
     except ImportError:  # pragma: no cover - httpx-aiohttp is a dependency
         return httpx.AsyncHTTPTransport(limits=limits, proxy=proxy)
-    ssl_context = httpx.create_ssl_context()
+    ssl_context = _ssl_context()
 
     def session() -> aiohttp.ClientSession:
         # what AiohttpTransport builds by default, plus the cookie jar that drops everything; created on
@@ -658,6 +681,14 @@ def _default_transport(limits: httpx.Limits, proxy: str | None = None) -> httpx.
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     return AiohttpTransport(limits=limits, verify=ssl_context, client=session, proxy=httpx.Proxy(proxy) if proxy else None)
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """The TLS settings of every default transport, made once: loading the CA bundle takes tens of
+    milliseconds, and a Router makes a Sender per event loop (one per `asyncio.run`). An SSLContext is
+    safe to share between connections, threads and loops."""
+    return httpx.create_ssl_context()
 
 
 def _proxy_transport(url: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:

@@ -124,14 +124,14 @@ def error_parts(body: Any) -> tuple[str, str, dict[str, Any], str | None]:
     err = body.get("error")
     request_id = clean_id(body.get("request_id"))
     if isinstance(err, str):
-        return "", err[:MAX_MESSAGE_CHARS], {}, request_id
+        return "", excerpt(err, MAX_MESSAGE_CHARS), {}, request_id
     if not isinstance(err, dict):
         return "", "", {}, request_id
     details = dict(err.get("details")) if isinstance(err.get("details"), dict) else {}
     # `error_code` has been seen both in `details` and beside `type`: one place to read it
     if "error_code" not in details and isinstance(err.get("error_code"), str):
         details["error_code"] = err["error_code"]
-    return loose_text(err.get("type"))[:200], loose_text(err.get("message"))[:MAX_MESSAGE_CHARS], details, request_id
+    return excerpt(loose_text(err.get("type")), 200), excerpt(loose_text(err.get("message")), MAX_MESSAGE_CHARS), details, request_id
 
 
 class AnthropicProtocol(WireProtocol):
@@ -380,7 +380,7 @@ class _AnthropicStream(StreamDecoder):
             except (ValueError, RecursionError):
                 return None
         else:
-            data = json_value(event.data, f"stream event {name[:40]!r}") if event.data else {}
+            data = json_value(event.data, f"stream event {excerpt(name, 40)!r}") if event.data else {}
         if not isinstance(data, dict):
             return None
         kind = data.get("type") if name in ("", "raw") else name

@@ -98,7 +98,7 @@ def error_parts(body: Any) -> tuple[int | None, str, str, list[dict[str, Any]]]:
         return None, "", "", []
     err = body.get("error", body)
     if isinstance(err, str):
-        return None, "", err[:MAX_MESSAGE_CHARS], []
+        return None, "", excerpt(err, MAX_MESSAGE_CHARS), []
     if not isinstance(err, dict):
         return None, "", "", []
     code = loose_text(err.get("code"))
@@ -106,7 +106,7 @@ def error_parts(body: Any) -> tuple[int | None, str, str, list[dict[str, Any]]]:
     code_int = int(code) if code.isascii() and code.isdecimal() and len(code) == 3 else None
     raw_details = err.get("details")
     details = [d for d in raw_details if isinstance(d, dict)] if isinstance(raw_details, list) else []
-    return code_int, loose_text(err.get("status"))[:100], loose_text(err.get("message"))[:MAX_MESSAGE_CHARS], details
+    return code_int, excerpt(loose_text(err.get("status")), 100), excerpt(loose_text(err.get("message")), MAX_MESSAGE_CHARS), details
 
 
 def _detail(details: list[dict[str, Any]], type_suffix: str) -> list[dict[str, Any]]:

@@ -134,13 +134,14 @@ def error_parts(body: Any) -> tuple[str, str, str, Any]:
         return "", "", "", None
     err = body.get("error", body)
     if isinstance(err, str):
-        return "", "", err[:MAX_MESSAGE_CHARS], None
+        return "", "", excerpt(err, MAX_MESSAGE_CHARS), None
     if not isinstance(err, dict):
         return "", "", "", None
     # every field as text or nothing: an error body of odd types is still classified by its status
     etype = loose_text(err.get("type")) or loose_text(body.get("object"))
-    message = loose_text(err.get("message"))[:MAX_MESSAGE_CHARS]
-    return etype[:200], loose_text(err.get("code"))[:200], message, err.get("metadata")
+    # scrubbed before they are cut (a key cut in two no longer matches), like every excerpt
+    message = excerpt(loose_text(err.get("message")), MAX_MESSAGE_CHARS)
+    return excerpt(etype, 200), excerpt(loose_text(err.get("code")), 200), message, err.get("metadata")
 
 
 class OpenAIProtocol(WireProtocol):
