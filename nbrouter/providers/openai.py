@@ -466,32 +466,54 @@ class _OpenAIStream(StreamDecoder):
         if data.startswith("[DONE]"):
             self.done = True
             return None
-        chunk = obj(json_value(data, "a stream chunk"), "a stream chunk")
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError):
+            chunk = json_value(data, "a stream chunk")  # raises malformed_response, quoting an excerpt
+        if type(chunk) is not dict:
+            chunk = obj(chunk, "a stream chunk")
         if event.event == "error" and "error" not in chunk:
             chunk = {"error": chunk}
         return self._chunk(chunk)
 
     def _chunk(self, chunk: dict[str, Any]) -> str | None:
+        # every field type-checked, the well-formed case (str, dict, list) in place: this runs per chunk
         if chunk.get("error") or chunk.get("object") == "error":
             raise self.protocol._failure_from_body(self.endpoint, 200, {}, chunk, in_stream=True)
-        model = string(chunk.get("model"), "a stream chunk's model")
-        if model:
-            self.model = model
+        model = chunk.get("model")
+        if model is not None:
+            if type(model) is not str:
+                model = string(model, "a stream chunk's model")
+            if model:
+                self.model = model
         if chunk.get("usage"):
             self.usage, self.cost = OpenAIProtocol._usage(chunk["usage"])
+        choices = chunk.get("choices")
+        if type(choices) is not list:
+            choices = arr(choices, "a stream chunk's choices")
         text = None
-        for choice in arr(chunk.get("choices"), "a stream chunk's choices"):
-            choice = obj(choice, "a stream chunk's choice")
-            delta = obj(choice.get("delta"), "a stream chunk's delta")
-            piece = _content_text(delta.get("content"), "a stream chunk's delta.content")
-            if piece:
-                text = (text or "") + piece
-            refusal = string(delta.get("refusal"), "a stream chunk's delta.refusal")
-            if refusal:
-                self.refusal += refusal
-            finish = string(choice.get("finish_reason"), "a stream chunk's finish_reason")
-            if finish:
-                self.finish_reason = finish
+        for choice in choices:
+            if type(choice) is not dict:
+                choice = obj(choice, "a stream chunk's choice")
+            delta = choice.get("delta")
+            if delta is not None:
+                if type(delta) is not dict:
+                    delta = obj(delta, "a stream chunk's delta")
+                content = delta.get("content")
+                piece = content if type(content) is str else _content_text(content, "a stream chunk's delta.content")
+                if piece:
+                    text = piece if text is None else text + piece
+                refusal = delta.get("refusal")
+                if refusal is not None:
+                    refusal = string(refusal, "a stream chunk's delta.refusal")
+                    if refusal:
+                        self.refusal += refusal
+            finish = choice.get("finish_reason")
+            if finish is not None:
+                if type(finish) is not str:
+                    finish = string(finish, "a stream chunk's finish_reason")
+                if finish:
+                    self.finish_reason = finish
         if text:
             self.any_text = True
         return text

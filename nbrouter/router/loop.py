@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import random
-import sys
 import time
 from collections import Counter
 from dataclasses import replace
@@ -101,6 +100,8 @@ class Hooks:
 class _Call:
     """Mutable bookkeeping of one call in flight."""
 
+    __slots__ = ("req", "emit", "hooks", "id", "attempts", "shown", "notes", "decision", "started")
+
     def __init__(self, req: CallRequest, emit: Emit | None, clock: Clock, hooks: Hooks) -> None:
         self.req = req
         self.emit = emit
@@ -112,7 +113,6 @@ class _Call:
         self.notes: dict[str, str] = {}
         self.decision: Decision | None = None
         self.started = time.perf_counter()
-        self.started_wall = clock.time()
 
     def add(self, attempt: Attempt) -> None:
         self.attempts.append(attempt)
@@ -165,13 +165,31 @@ def _uncancel() -> None:
         task.uncancel()
 
 
-if sys.version_info >= (3, 11):
-    async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-else:  # pragma: no cover - Python 3.10
-    async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
-        return await asyncio.wait_for(awaitable, seconds)
+async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """`awaitable`, cancelled and turned into a TimeoutError once `seconds` of wall-clock time have passed.
+
+    One timer that cancels the running task, as `asyncio.timeout` does, without its context machinery (it
+    runs once per attempt, on the request's path)."""
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    handle = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if expired:
+            if hasattr(task, "uncancel"):
+                task.uncancel()
+            raise TimeoutError from None
+        raise
+    finally:
+        handle.cancel()
 
 
 class Loop:
@@ -184,6 +202,7 @@ class Loop:
         self.clock = clock
         self.send = send
         self._endpoints: dict[tuple[str, str, str | None], Endpoint] = {}
+        self._retry_tables: dict[int, tuple[Combo, dict[str, int]]] = {}
 
     @property
     def policy(self) -> Policy:
@@ -191,6 +210,7 @@ class Loop:
 
     def forget_endpoints(self) -> None:
         self._endpoints.clear()
+        self._retry_tables.clear()
 
     # ---- one call ---------------------------------------------------------------------------
 
@@ -218,9 +238,7 @@ class Loop:
         timeout_s = req.timeout_s or combo.timeout_s or policy.attempt_timeout_s
         queue: list[Candidate] = list(ordered)
         group = self._openrouter_group(combo, ordered)
-        retries = {k: int(v) for k, v in policy.retries.items()}
-        retries.update(combo.retries or {})
-        used: Counter[tuple[str, ErrorKind]] = Counter()
+        used: dict[tuple[str, ErrorKind], int] = {}
         tries = 0
         overflow_window: int | None | bool = False  # False: no context overflow seen yet
         last_failure: ProviderFailure | None = None
@@ -264,6 +282,7 @@ class Loop:
                     result = await self._attempt(call, combo, c, info, attempt_timeout, retry=True)
                 while not hedged and not isinstance(result, RouteResult) and not call.shown:
                     # same-target retries (policy `retries`, a combo's `retries`), each its own row
+                    retries = self._retries(combo)
                     wait = self._retry_wait(c, result[0], retries, used, tries, max_attempts, deadline)
                     if wait is None:
                         break
@@ -476,11 +495,23 @@ class Loop:
         stops = [f for f in failures if f[1].action is Action.STOP]
         return stops[0] if stops else failures[-1]
 
-    def _retry_wait(self, c: Candidate, failure: ProviderFailure, retries: dict[str, int], used: Counter[tuple[str, ErrorKind]],
+    def _retries(self, combo: Combo) -> dict[str, int]:
+        """Same-target retries per kind for this combo: the policy's, with the combo's on top (worked out
+        once per combo, and only when a call has failed)."""
+        hit = self._retry_tables.get(id(combo))
+        if hit is None or hit[0] is not combo:
+            table = {k: int(v) for k, v in self.policy.retries.items()}
+            table.update(combo.retries or {})
+            if len(self._retry_tables) >= 1024:
+                self._retry_tables.clear()
+            hit = self._retry_tables[id(combo)] = (combo, table)
+        return hit[1]
+
+    def _retry_wait(self, c: Candidate, failure: ProviderFailure, retries: dict[str, int], used: dict[tuple[str, ErrorKind], int],
                     tries: int, max_attempts: int, deadline: float | None) -> float | None:
         """How long to wait before retrying the same candidate after this failure, or None for no retry:
         none left for its kind, max_attempts reached, the breaker now open, or the wait past the deadline."""
-        n = used[(c.key, failure.kind)] + 1
+        n = used.get((c.key, failure.kind), 0) + 1
         if n > retries.get(failure.kind.value, 0) or tries >= max_attempts:
             return None
         wait = retry_wait(self.policy, failure, n, random.random())
@@ -540,16 +571,19 @@ class Loop:
         provider = self.decider.config.providers[c.provider]
         endpoint = self._endpoint(provider, c.account)
         req = call.req
-        step = dict(c.options) if c.options else {}
         messages = req.messages
         if combo.strategy == "context-relay" and info.conversation:
             messages = await self._relay_fit(call, combo, c, info)
         request = ChatRequest(
             model=c.model, messages=messages, response_format=req.response_format, stream=req.stream,
-            models=[g.model for g in group] if group else None,
-            # a call's own arguments win over its step's options
-            **{name: getattr(req, name) if getattr(req, name) is not None else step.get(name) for name in STEP_REQUEST_OPTIONS},
+            models=[g.model for g in group] if group else None, system=req.system, max_tokens=req.max_tokens,
+            temperature=req.temperature, top_p=req.top_p, stop=req.stop, reasoning=req.reasoning, extra_body=req.extra_body,
         )
+        if c.options:
+            # the step's options, where the call gave none of its own (a call's own arguments win)
+            for name, value in c.options:
+                if name in STEP_REQUEST_OPTIONS and getattr(request, name) is None:
+                    setattr(request, name, value)
         state = self.state
         now = self.clock.time()
         was_half_open = state.breaker_state(c.key, now) == "half_open"
