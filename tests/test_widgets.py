@@ -263,6 +263,35 @@ def test_round_robin_sticky_is_saved(builder: ComboBuilder) -> None:
     assert builder.router.config.combos["rr"].sticky == 2
 
 
+def test_the_strategy_list_has_every_registered_strategy(builder: ComboBuilder) -> None:
+    from nbrouter.router.strategies import STRATEGIES
+
+    assert list(builder.strategy.options) == list(STRATEGIES)
+    assert {"strict-random", "context-relay"} <= set(builder.strategy.options)
+
+
+def test_retries_and_hedging_are_saved_and_loaded_back(builder: ComboBuilder) -> None:
+    builder.model.name = "careful"
+    builder.model.targets = ["sim/gpt-4o-mini", "sim/gpt-4.1-mini"]
+    builder.retries.value = "server_error=1, timeout=2"
+    builder.hedge.value = 0.5
+    assert builder.model.retries == {"server_error": 1, "timeout": 2} and builder.model.hedge_after_s == 0.5
+    builder.save()
+    combo = builder.router.config.combos["careful"]
+    assert combo.retries == {"server_error": 1, "timeout": 2} and combo.hedge_after_s == 0.5
+    builder.new()
+    assert builder.retries.value == "" and builder.hedge.value == 0.0
+    builder.load("careful")
+    assert builder.retries.value == "server_error=1, timeout=2" and builder.hedge.value == 0.5
+
+
+def test_a_bad_retry_kind_is_refused_with_the_router_s_message(builder: ComboBuilder) -> None:
+    builder.model.name = "odd"
+    builder.model.targets = ["sim/gpt-4o-mini"]
+    builder.retries.value = "content_filter=1"
+    assert not builder.model.valid and "retries" in builder.model.message and builder.save_button.disabled
+
+
 def test_fallback_kinds_save_fallback_on_and_stay_folded_away(builder: ComboBuilder) -> None:
     builder.model.name = "strict"
     builder.model.targets = ["sim/gpt-4o-mini"]

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import ipywidgets as w
-from traitlets import Bool, Dict, HasTraits, Int, List, Unicode, link
+from traitlets import Bool, Dict, Float, HasTraits, Int, List, Unicode, link
 
 from ..router import views
 from ..router.config import VIRTUAL_COMBOS, Combo
@@ -50,7 +50,8 @@ FALLBACK_KINDS = tuple(k for k in ErrorKind if k is not ErrorKind.CANCELLED)
 DEFAULT_FALLBACK = tuple(k.value for k in FALLBACK_KINDS if k in DEFAULT_FALLBACK_ON)
 DEFAULT_ACCOUNT_STRATEGY = next(iter(ACCOUNT_STRATEGIES))
 #: the combo fields the builder has a control for; any other field of a loaded combo is kept as it is
-EDITED_FIELDS = frozenset({"targets", "strategy", "account_strategy", "fallback_on", "sticky", "weights", "pack"})
+EDITED_FIELDS = frozenset({"targets", "strategy", "account_strategy", "fallback_on", "sticky", "weights", "pack",
+                           "retries", "hedge_after_s"})
 
 
 class ComboDraft(HasTraits):
@@ -65,6 +66,8 @@ class ComboDraft(HasTraits):
     weights = Dict(help="weighted: the weight of each step, {step: weight}; a step not named weighs 1.")
     pack = Unicode("", help="auto: the mode pack replacing the default factor weights ('' = the defaults).")
     factor_weights = Dict(help="auto: factor weights that override the pack's or the defaults, {factor: weight}.")
+    retries = Dict(help="Same-target retries per error kind before moving on, {kind: count} (on top of [policy] retries).")
+    hedge_after_s = Float(0.0, help="Start the next step too when the first has sent nothing after this long (0 = off).")
     options = Dict(help="The other fields of a loaded combo (max_attempts, timeout_s...), saved as they were.")
     step_options = Dict(help="Extra keys of a loaded step's inline table, {step: {key: value}}, saved as they were.")
     test_prompt = Unicode(DEFAULT_TEST_PROMPT, help="The prompt the Test button sends.")
@@ -96,6 +99,10 @@ class ComboDraft(HasTraits):
             options["fallback_on"] = sorted(set(self.fallback_on), key=lambda k: known.index(k) if k in known else len(known))
         if self.strategy == "round-robin" and self.sticky != 1:
             options["sticky"] = self.sticky
+        if self.retries:
+            options["retries"] = {k: int(v) for k, v in self.retries.items()}
+        if self.hedge_after_s > 0:
+            options["hedge_after_s"] = _number(self.hedge_after_s)
         if self.strategy == "auto":
             if self.pack:
                 options["pack"] = self.pack
@@ -131,13 +138,15 @@ class ComboDraft(HasTraits):
             self.sticky = int(table.get("sticky", 1) or 1)
             self.pack = str(table.get("pack") or "")
             self.factor_weights = {str(k): float(v) for k, v in (table.get("weights") or {}).items()}
+            self.retries = dict(table.get("retries") or {})
+            self.hedge_after_s = float(table.get("hedge_after_s") or 0.0)
             self.options = {k: v for k, v in table.items() if k not in EDITED_FIELDS}
 
     def clear(self) -> None:
         """Start a new, empty draft (the test prompt is kept)."""
         with self.hold_trait_notifications():
             for name in ("name", "targets", "strategy", "account_strategy", "fallback_on", "sticky", "weights", "pack",
-                         "factor_weights", "options", "step_options"):
+                         "factor_weights", "options", "step_options", "retries", "hedge_after_s"):
                 self.set_trait(name, self.trait_defaults(name))
 
 
@@ -221,6 +230,10 @@ class ComboBuilder:
                           placeholder="add a kind")
         self.fallback_reset = k(w.Button, description="default kinds", tooltip="the spec's default fallback kinds")
         self.fallback_box = k(w.Accordion, children=[k(w.VBox, children=[self.fallback, self.fallback_reset])], selected_index=None)
+        self.retries = k(w.Text, description="retries", placeholder="server_error=1, timeout=1",
+                         tooltip="same-target retries per error kind before the next step (kind=count, comma-separated)")
+        self.hedge = k(w.BoundedFloatText, description="hedge after", min=0.0, max=600.0, step=0.1, value=0.0,
+                       tooltip="seconds without a first byte before the next step starts too (0 = off)")
         self.options_note = self.strategy_help
 
         self.message_html = k(w.HTML)
@@ -253,6 +266,7 @@ class ComboBuilder:
             self.auto_box,
             self.account_strategy,
             self.fallback_box,
+            k(w.HBox, children=[self.retries, self.hedge]),
             self.message_html,
             k(w.HBox, children=[self.save_button, self.delete_button]),
             self.confirm_box,
@@ -294,6 +308,9 @@ class ComboBuilder:
         self._pair(m, "account_strategy", self.account_strategy)
         self._pair(m, "pack", self.pack)
         self._pair(m, "sticky", self.sticky)
+        self._pair(m, "hedge_after_s", self.hedge)
+        self.retries.observe(lambda change: self._set_retries(change["new"]), names="value")
+        m.observe(lambda _: self._sync_retries(), names="retries")
         self.fallback.observe(lambda change: self._set_fallback(change["new"]), names="value")
         self.weight.observe(lambda change: self._set_weight(change["new"]), names="value")
         self.steps.observe(lambda _: self._sync_picked(), names="value")
@@ -304,7 +321,8 @@ class ComboBuilder:
         m.observe(lambda _: self._sync_sections(), names=["strategy", "options"])
         m.observe(lambda _: self._sync_buttons(), names=["valid", "saved", "testing", "message", "name"])
         m.observe(lambda _: self._draft_changed(), names=["name", "targets", "strategy", "account_strategy", "fallback_on",
-                                                          "sticky", "weights", "pack", "factor_weights", "options", "step_options"])
+                                                          "sticky", "weights", "pack", "factor_weights", "options", "step_options",
+                                                          "retries", "hedge_after_s"])
         m.observe(lambda _: self.refresh_choices(), names="name")
 
         self.provider.observe(lambda _: self._provider_changed(), names="value")
@@ -330,8 +348,26 @@ class ComboBuilder:
         self._sync_rows()
         self._sync_sections()
         self._provider_changed()
-        for name in ("strategy", "account_strategy", "pack", "sticky"):
+        for name in ("strategy", "account_strategy", "pack", "sticky", "hedge_after_s"):
             self._to_widget(name)
+        self._sync_retries()
+
+    def _set_retries(self, text: str) -> None:
+        """`server_error=1, timeout=1` typed in the retries field, into the model (validation names a bad kind)."""
+        retries: dict[str, Any] = {}
+        for part in text.split(","):
+            kind, _, count = part.partition("=")
+            if kind.strip():
+                count = count.strip()
+                retries[kind.strip()] = int(count) if count.isdigit() else count
+        if retries != self.model.retries:
+            self.model.retries = retries
+
+    def _sync_retries(self) -> None:
+        text = ", ".join(f"{k}={v}" for k, v in self.model.retries.items())
+        parsed = {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in self.retries.value.split(",")) if k.strip()}
+        if {k: str(v) for k, v in self.model.retries.items()} != parsed:
+            self.retries.value = text
 
     def _pair(self, model: ComboDraft, name: str, widget: w.ValueWidget) -> None:
         """Two-way binding that leaves the widget alone when the model holds a value it cannot show."""
