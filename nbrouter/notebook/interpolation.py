@@ -1,33 +1,8 @@
-"""`{name}` in a prompt cell, replaced by the value of `name` in the user namespace.
-
-Only a brace pair around a bare name that exists in the namespace is replaced; every other brace stays
-exactly as written, so pasted code and JSON pass through untouched. `{{name}}` writes a literal
-`{name}` even when `name` exists.
-"""
+"""`{name}` in a prompt cell, replaced by the value of `name` in the user namespace (the rules live in
+`nbrouter._core.template`, shared with `Router.map`'s prompt templates)."""
 
 from __future__ import annotations
 
-import re
-from typing import Any, Container, Mapping
+from .._core.template import interpolate
 
-_FIELD = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def interpolate(text: str, namespace: Mapping[str, Any], hidden: Container[str] = ()) -> str:
-    """Replace `{name}` by `str(namespace[name])`; `{{name}}` by `{name}`; leave everything else alone.
-
-    Args:
-        text: the prompt as typed.
-        namespace: the user's variables.
-        hidden: names that are in the namespace but not the user's (IPython's `In`, `Out`, `exit`...).
-    """
-
-    def replace(match: re.Match[str]) -> str:
-        escaped, name = match.group(1), match.group(2)
-        if escaped is not None:
-            return "{" + escaped + "}"
-        if name in namespace and name not in hidden:
-            return str(namespace[name])
-        return match.group(0)
-
-    return _FIELD.sub(replace, text)
+__all__ = ["interpolate"]

@@ -241,6 +241,13 @@ def _budget(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: 
     return None
 
 
+def _paced(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
+    """A paced call (a batch): no headroom now in the candidate's or its account's buckets (pacing.py)."""
+    if req.pacer is None:
+        return None
+    return req.pacer.skip(c, info.prompt_tokens + info.max_tokens, now)
+
+
 #: the skip checks, in the order they are asked; the first that says no names the reason
 SKIP_CHECKS: tuple[SkipCheck, ...] = (
     SkipCheck("hold", _held),
@@ -249,6 +256,7 @@ SKIP_CHECKS: tuple[SkipCheck, ...] = (
     SkipCheck("quota", _quota_used_up),
     SkipCheck("context_window", _context),
     SkipCheck("budget", _budget),
+    SkipCheck("paced", _paced),
 )
 
 

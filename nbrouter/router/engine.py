@@ -21,6 +21,8 @@ from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
 from .background import BackgroundLoop
+from .batch import BatchResult, arun, prepare, run_sync
+from .cache import MEMORY, ResponseCache, through_cache
 from .config import Combo, Config, Provider, build_config, combo_table, load_config, local_provider, set_combo, write_document
 from .clients import Clients
 from .decide import Decider
@@ -86,6 +88,8 @@ class Router:
         self._bg = BackgroundLoop()
         self._closed = False
         self._discovered = self.config.source != "environment"
+        self._cache: ResponseCache | None = None
+        self._persist = persist
         _routers.add(self)
 
     @property
@@ -191,6 +195,8 @@ class Router:
         response_format: dict[str, Any] | None = None,
         strategy: str | None = None,
         stream: bool = False,
+        schema: Any = None,
+        cache: bool = False,
     ) -> RouteResult:
         """The async `complete`, on the caller's event loop.
 
@@ -207,10 +213,13 @@ class Router:
             response_format: an OpenAI-style `response_format`, mapped per protocol.
             strategy: overrides the combo's strategy for this call.
             stream: stream from the provider (the result is the same).
+            schema: a JSON schema dict or a pydantic model class the answer must match (sent natively;
+                `result.parsed` holds the validated value; a mismatch is retried once, then falls back).
+            cache: answer from the response cache when it holds this request, and store the answer.
         """
         req = build_request(combo, prompt, stream=stream, messages=messages, system=system, max_tokens=max_tokens,
                             temperature=temperature, max_cost_usd=max_cost_usd, timeout_s=timeout_s, seed=seed,
-                            response_format=response_format, strategy=strategy)
+                            response_format=response_format, strategy=strategy, schema=schema, cache=cache)
         return await self._route(req, None)
 
     async def astream(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> AsyncIterator[RouteEvent]:
@@ -271,7 +280,40 @@ class Router:
         if not self._discovered:
             await self.discover()
         self.state.refresh()
+        if req.cache:
+            return await through_cache(self.cache, self._decider, self.state, self.clock.time(), req, lambda: self._loop.run(req, emit))
         return await self._loop.run(req, emit)
+
+    # ---- batch work (batch.py) ----------------------------------------------------------------
+
+    def map(self, combo: str | Combo, items: Any, **options: Any) -> BatchResult:
+        """Run one prompt over many items, pacing every account to its limit; Ctrl-C returns what finished.
+
+        Args:
+            combo: as for `complete`.
+            items: a list (any iterable), a pandas Series or a DataFrame (one call per row).
+            **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict; other braces stay),
+                `messages` (a list, or a function of the item), `system`, `schema` (its fields become
+                columns), `concurrency` (default `batch.DEFAULT_CONCURRENCY`), `account_concurrency`,
+                `max_cost_usd` (the whole batch's budget), `cache` (default on unless `log_content =
+                false`), `progress` (True: a tqdm bar; or a callable), and any option of `acomplete`.
+        """
+        return run_sync(self, prepare(self, combo, items, **options))
+
+    async def amap(self, combo: str | Combo, items: Any, **options: Any) -> BatchResult:
+        """The async `map`, on the caller's event loop; cancelling it returns what finished."""
+        return await arun(prepare(self, combo, items, **options))
+
+    @property
+    def cache(self) -> ResponseCache:
+        """The response cache (`NBROUTER_CACHE` or the user cache dir; in memory with persist=False)."""
+        if self._cache is None:
+            self._cache = ResponseCache(None if self._persist else MEMORY)
+        return self._cache
+
+    @cache.setter
+    def cache(self, value: ResponseCache) -> None:
+        self._cache = value
 
     async def _send(self, protocol: Any, endpoint: Any, request: Any, **options: Any) -> Any:
         from ..providers._http import send
@@ -358,6 +400,8 @@ class Router:
             self._clients.close_on(self._bg.loop())
             self._bg.stop()
         self.state.close()
+        if self._cache is not None:
+            self._cache.close()
 
     def __enter__(self) -> Router:
         return self

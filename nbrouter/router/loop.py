@@ -29,6 +29,7 @@ from .requests import CallRequest
 from .scoring import record_exclusions
 from .state import StateStore
 from .strategies import COUNTED, RequestInfo
+from .structured import checked_output
 from .types import (
     Action,
     Attempt,
@@ -189,6 +190,12 @@ class Loop:
         skipped = decision.skipped
         waits = [r.hold_until for r in skipped if r.hold_until is not None]
         all_holding = bool(skipped) and len(waits) == len(skipped)
+        if call.req.pacer is not None and waits and len(waits) == len(skipped):
+            # issue 17: a paced call (a batch) waits for the earliest refill or cooldown end, not a 429
+            soonest = min(waits) - now
+            if soonest <= call.req.pacer.max_wait_s and (deadline is None or clock.monotonic() + soonest <= deadline):
+                await clock.sleep(max(0.0, soonest))
+                return
         if all_holding and combo.when_all_cooling == "wait":
             max_wait = combo.max_wait_s if combo.max_wait_s is not None else policy.max_wait_s
             soonest = min(waits) - now
@@ -248,6 +255,8 @@ class Loop:
 
     def _finish(self, call: _Call, combo: str, result: RouteResult, decision: Decision) -> RouteResult:
         result.decision = decision
+        if call.req.schema is not None and not result.partial:  # issue 17: checked by checked_output already
+            result.parsed = call.req.schema.parse(result.text)
         self._log(call, combo, result.text)
         return result
 
@@ -320,8 +329,13 @@ class Loop:
 
         in_flight = self.decider.in_flight
         in_flight[c.key] = in_flight.get(c.key, 0) + 1
+        sending = self._send(provider, endpoint, request, timeout_s, on_text, on_first_byte)
+        if req.schema is not None:  # issue 17: an answer that does not match the schema is invalid_output
+            sending = checked_output(sending, req.schema)
+        if req.pacer is not None:  # issue 17: a batch's buckets take this request and learn from its reply
+            sending = req.pacer.around(c, info.prompt_tokens + info.max_tokens, now, sending)
         try:
-            completion = await _within(timeout_s, self._send(provider, endpoint, request, timeout_s, on_text, on_first_byte))
+            completion = await _within(timeout_s, sending)
         except ProviderFailure as failure:
             return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
                                          first[0] if first else None, now, retry, was_half_open)
@@ -422,6 +436,9 @@ class Loop:
         if rule.retry_when_key_changed and not retry and fresh_key and fresh_key != endpoint.api_key:
             action = Action.RETRY
             message += " (the key changed since: retrying once with the new key)"
+        elif rule.retry_once and not retry and action is Action.ADVANCE:
+            action = Action.RETRY
+            message += " (retrying once on the same target)"
         else:
             for hr in rule.holds:
                 until = hr.until(failure, policy, now)

@@ -133,6 +133,8 @@ class Rule:
     retry_when_key_changed: bool = False
     #: after it the loop only moves to a candidate with a larger known context window
     needs_larger_window: bool = False
+    #: try the same candidate once more before falling back (an answer that did not match the schema)
+    retry_once: bool = False
 
 
 def spent_window_reset(failure: ProviderFailure, now: float) -> float | None:
@@ -192,7 +194,7 @@ RULES: dict[ErrorKind, Rule] = {
         Rule(ErrorKind.CANCELLED, Action.STOP),
         Rule(ErrorKind.MALFORMED_RESPONSE, Action.ADVANCE, breaker=True),
         Rule(ErrorKind.UNSUPPORTED, Action.ADVANCE),
-        Rule(ErrorKind.INVALID_OUTPUT, Action.ADVANCE, breaker=True),
+        Rule(ErrorKind.INVALID_OUTPUT, Action.ADVANCE, breaker=True, retry_once=True),
     )
 }
 
