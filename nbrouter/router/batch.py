@@ -491,7 +491,7 @@ def pacer_for(router: Router) -> Pacer:
     """The router's pacer, made on first use and again after its config changed."""
     pacer = _pacers.get(router)
     if pacer is None or pacer.config is not router.config:
-        pacer = _pacers[router] = Pacer(router.config)
+        pacer = _pacers[router] = Pacer(router.config, clock=router.clock)
     return pacer
 
 

@@ -22,7 +22,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Mapping, TypeVar
 
-from .._core import ErrorKind, ProviderFailure, RateLimits
+from .._core import Clock, ErrorKind, ProviderFailure, RateLimits
+from .._core.clock import SYSTEM_CLOCK
 from .._core.text import span
 from .config import Config
 from .types import Candidate
@@ -35,12 +36,13 @@ DAY_S = 86400.0
 BURST_S = 1.0
 #: the share of a limit the pacer aims at: our clock and the provider's see each request at slightly
 #: different moments, so pacing at exactly the limit would meet an occasional 429
-PACING_MARGIN = 0.98
+PACING_MARGIN = 0.99
 #: a bucket seen for the first time holds this many requests until headers say more: an account's
 #: state at the provider is unknown (it may be in use elsewhere), so the pacer probes before it bursts
 PROBE_REQUESTS = 1.0
-#: a reset further away than this (seconds) means the header describes a per-day window (Groq's RPD)
-DAY_WINDOW_AFTER_S = 61.0
+#: a header whose implied window (limit x reset / used) is longer than this describes a per-day limit
+#: (Groq's x-ratelimit-limit-requests is requests per day); shorter, a per-minute one
+DAY_WINDOW_AFTER_S = 600.0
 #: the shortest wait the pacer asks for (a shorter one may vanish in the rounding of epoch seconds)
 MIN_WAIT_S = 0.001
 #: how soon an account at its concurrency limit is looked at again
@@ -112,8 +114,13 @@ class Bucket:
         return f"{self.limit:g} {self.what}/{per}"
 
 
-def _window_of(reset_at: float | None, now: float) -> float:
-    return DAY_S if reset_at is not None and reset_at - now > DAY_WINDOW_AFTER_S else MINUTE_S
+def _window_of(limit: float, remaining: float | None, reset_at: float | None, now: float) -> float:
+    """The window a rate-limit header describes: a bucket refilling `limit - remaining` in `reset_at - now`
+    refills `limit` in limit x reset / used seconds (about 60 for a minute limit, 86400 for a day)."""
+    if remaining is None or reset_at is None or remaining >= limit or reset_at <= now:
+        return MINUTE_S
+    implied = limit * (reset_at - now) / (limit - remaining)
+    return DAY_S if implied > DAY_WINDOW_AFTER_S else MINUTE_S
 
 
 class Pacer:
@@ -121,21 +128,25 @@ class Pacer:
 
     Args:
         config: the router's configuration (the accounts' `quota` tables seed the account buckets).
+        clock: the router's clock (a reply is learned from at the time it arrives).
         account_concurrency: at most this many requests in flight per account (an int for all, or a
             mapping `provider#account -> int`); None: no limit but the rates.
         margin: the share of each limit to pace at.
         max_wait_s: how long a paced call may wait for headroom before it fails as usual.
     """
 
-    def __init__(self, config: Config, *, account_concurrency: int | Mapping[str, int] | None = None,
+    def __init__(self, config: Config, *, clock: Clock = SYSTEM_CLOCK, account_concurrency: int | Mapping[str, int] | None = None,
                  margin: float = PACING_MARGIN, max_wait_s: float = MAX_WAIT_S) -> None:
         self.config = config
+        self.clock = clock
         self.margin = margin
         self.max_wait_s = max_wait_s
         self.account_concurrency = account_concurrency
         self._lock = threading.Lock()
         self._buckets: dict[str, dict[tuple[str, float], Bucket]] = {}
         self._in_flight: dict[str, int] = {}
+        #: candidates that have answered at least once (before that, one request at a time probes them)
+        self._answered: set[str] = set()
         #: requests sent and 429s met, per candidate key (what the batch summary shows)
         self.sent: dict[str, int] = {}
         self.limited: dict[str, int] = {}
@@ -179,8 +190,12 @@ class Pacer:
             limit = self._concurrency_limit(c)
             if limit is not None and self._in_flight.get(c.account_key, 0) >= limit:
                 return RECHECK_S, f"{limit} in flight on {c.account_key}"
+            buckets = self._all(c, now)
+            if not buckets and c.key not in self._answered and self._in_flight.get(c.key, 0) >= 1:
+                # nothing known of its limits yet: one request finds them out (its reply's headers) first
+                return RECHECK_S, "the first request is finding out its limits"
             worst, why = 0.0, ""
-            for b in self._all(c, now):
+            for b in buckets:
                 w = b.wait_s(1.0 if b.what == "requests" else float(tokens), now)
                 if w > worst:
                     worst, why = w, b.describe()
@@ -203,12 +218,12 @@ class Pacer:
         try:
             completion = await sending
         except ProviderFailure as failure:
-            self.failed(c, tokens, failure, now)
+            self.failed(c, tokens, failure, self.clock.time())
             raise
         except BaseException:
             self.release(c)
             raise
-        self.served(c, tokens, completion, now)
+        self.served(c, tokens, completion, self.clock.time())
         return completion
 
     def take(self, c: Candidate, tokens: int, now: float) -> None:
@@ -235,6 +250,7 @@ class Pacer:
         """A reply: correct the token estimate by the reported usage, and learn from its headers."""
         with self._lock:
             self._release(c)
+            self._answered.add(c.key)
             usage = getattr(completion, "usage", None)
             if usage is not None and usage.total_tokens:
                 for b in self._all(c, now):
@@ -248,6 +264,7 @@ class Pacer:
         """A failure: a 429 empties the candidate's and account's buckets (until its retry-after)."""
         with self._lock:
             self._release(c)
+            self._answered.add(c.key)
             if failure.rate_limits is not None:
                 self._learn(c, failure.rate_limits, now)
             if failure.kind is ErrorKind.RATE_LIMIT:
@@ -271,7 +288,7 @@ class Pacer:
         ):
             if not limit:
                 continue
-            window = _window_of(reset_at, now)
+            window = _window_of(limit, remaining, reset_at, now)
             b = buckets.get((what, window))
             if b is None:
                 b = buckets[(what, window)] = self._new(what, window, limit, now)
