@@ -82,6 +82,14 @@ def test_a_dataframe_fills_the_template_from_its_columns_and_other_braces_stay(s
     assert str(table["n"].dtype) == "int64" and table["attempts"].tolist() == [1, 1]
 
 
+def test_an_input_column_named_like_an_output_column_is_kept_as_input_name(sim, make_router) -> None:
+    router = make_router(one(sim))
+    table = router.map("c", pd.DataFrame({"text": ["a"], "error": [0.5]}), prompt="{text}", cache=False).to_pandas()
+    assert list(table.columns) == ["input_text", "input_error", "text", "served_by", "cost_usd", "latency_s", "attempts", "cached", "error"]
+    assert table["input_text"].tolist() == ["a"] and table["text"].tolist() == ["Simulated reply from m: a"]
+    assert str(table["input_error"].dtype) == "float64"
+
+
 def test_messages_may_be_a_function_of_the_item(sim, make_router) -> None:
     router = make_router(one(sim))
     router.map("c", [{"q": "one"}, {"q": "two"}], messages=lambda item: [{"role": "user", "content": item["q"].upper()}], cache=False)

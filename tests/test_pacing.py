@@ -161,3 +161,24 @@ def test_account_concurrency_holds_a_second_request_to_a_busy_account() -> None:
     assert pacer.wait_s(c, 10, 0.0) == (RECHECK_S, "1 in flight on p#default")
     pacer.release(c)
     assert pacer.wait_s(c, 10, 0.0) == (0.0, "")
+
+
+def test_a_candidate_with_no_known_limits_is_probed_one_request_at_a_time() -> None:
+    from nbrouter.router.config import build_config
+    from nbrouter.router.strategies import STRATEGIES
+
+    config = build_config({"providers": {"p": {"protocol": "openai", "base_url": "http://127.0.0.1:9", "api_key_env": "X"}}},
+                          path=None, strategies=STRATEGIES)
+    pacer = Pacer(config)
+    c = Candidate("p", "default", "m")
+    pacer.take(c, 10, 0.0)
+    assert pacer.wait_s(c, 10, 0.0) == (RECHECK_S, "the first request is finding out its limits")
+
+    class NoHeaders:
+        usage = None
+        rate_limits = None
+
+    pacer.served(c, 10, NoHeaders(), 0.0)  # it answered without headers: nothing to pace it by
+    pacer.take(c, 10, 0.0)
+    pacer.take(c, 10, 0.0)
+    assert pacer.wait_s(c, 10, 0.0) == (0.0, "")

@@ -27,6 +27,7 @@ from traitlets import Bool, Enum, Float, Unicode
 from ..router.errors import BudgetExceeded, ComboConfigError, RouteError
 from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Done, ErrorKind, RouteResult, TextDelta, Usage
 from .display import FORMATS, LiveAnswer, TablesView, render_answer, result_bundle, short_traceback
+from .batch_view import run_batch_cell
 from .interpolation import interpolate
 from .ledger import CostLedger
 
@@ -102,6 +103,10 @@ class LLMMagics(Magics):
     @argument("--chat", action="store_true", help="Continue this combo's conversation in this kernel.")
     @argument("--new", action="store_true", help="Start this combo's conversation afresh (implies --chat).")
     @argument("--no-interpolate", action="store_true", help="Send `{name}` as written instead of the variable's value.")
+    @argument("--over", default=None, metavar="VAR", help="Run the cell as a template over every item of VAR (a list, Series or DataFrame): {item}, or {column} of a row.")
+    @argument("--column", default=None, metavar="COL", help="With --over: the items are this column of VAR.")
+    @argument("--concurrency", type=int, default=None, metavar="N", help="With --over: at most N calls in flight.")
+    @argument("--schema", default=None, metavar="VAR", help="With --over: each answer is JSON matching the schema in VAR; its fields become columns.")
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> None:
         """Send the cell to a combo: stream the answer, fall back on failure, show who served it and the cost.
@@ -133,7 +138,7 @@ class LLMMagics(Magics):
         if not combo:
             raise UsageError("no combo: write `%%llm NAME`, or choose a default with `%llm use NAME`")
         ns = self.shell.user_ns if self.shell is not None else {}
-        if self.interpolate and not args.no_interpolate:
+        if self.interpolate and not args.no_interpolate and not args.over:  # --over: braces are the items' fields
             hidden = getattr(self.shell, "user_ns_hidden", {})
             body = interpolate(body, ns, hidden)
         prompt = body.strip()
@@ -161,6 +166,9 @@ class LLMMagics(Magics):
         if caps:
             call["max_cost_usd"] = float(min(caps))
 
+        if args.over:  # issue 17: a batch over VAR's items (batch_view.py)
+            run_batch_cell(self, router, combo, args, body, call)
+            return None
         if args.explain:
             decision = router.explain(combo, prompt, **call)
             from IPython.display import display

@@ -44,6 +44,8 @@ Router = Any
 DEFAULT_CONCURRENCY = 8
 #: an item that met a 429 and found every other candidate paced is sent again, at most this many times
 REQUEUE_LIMIT = 3
+#: the columns `to_pandas()` adds after the answer (or the schema's fields)
+RESULT_COLUMNS = ("served_by", "cost_usd", "latency_s", "attempts", "cached", "error")
 #: how many of the slowest and of the failed items the summary names
 SUMMARY_ROWS = 5
 
@@ -113,10 +115,12 @@ def read_items(items: Iterable[Any]) -> Inputs:
     return Inputs(values, list(range(len(values))), "items")
 
 
-def fill(template: str, value: Any) -> str:
-    """The prompt of one item: `{item}` is the item; `{column}` a field of a dict or DataFrame row.
-    Other braces are left exactly as written (the magic's rules, `_core.template`)."""
+def fill(template: str, value: Any, name: str | None = None) -> str:
+    """The prompt of one item: `{item}` is the item (also `{name}` for a named Series' values); `{column}`
+    a field of a dict or DataFrame row. Other braces are left exactly as written (`_core.template`)."""
     namespace: dict[str, Any] = {"item": value}
+    if name:
+        namespace[name] = value
     if isinstance(value, Mapping):
         namespace.update((str(k), v) for k, v in value.items())
     return interpolate(template, namespace)
@@ -134,7 +138,7 @@ def build_items(combo: Any, inputs: Inputs, *, prompt: str | None, messages: Any
         if msgs is not None and not isinstance(msgs, list):
             raise TypeError(f"messages for item {i} must be a list of chat messages, not {type(msgs).__name__}")
         if prompt is not None:
-            text: str | None = fill(prompt, value)
+            text: str | None = fill(prompt, value, inputs.name)
         elif msgs is None:
             if isinstance(value, Mapping):
                 raise TypeError("give prompt= (a template such as 'Summarise: {text}') or messages= for rows and dicts")
@@ -377,13 +381,24 @@ class BatchResult(Sequence[Any]):
 
     # ---- the table ----------------------------------------------------------------------------
 
+    def _input_names(self) -> dict[str, str]:
+        """The input's column names in the table: one that an output column also has (`text` is a common
+        name of a DataFrame's column) becomes `input_<name>`."""
+        outputs = {*(self.schema.fields if self.schema is not None else {"text": None}), *RESULT_COLUMNS}
+        names = self.inputs.columns if self.inputs.kind == "frame" else [self.inputs.name or "item"]
+        return {n: f"input_{n}" if n in outputs else n for n in names}
+
     def rows(self) -> list[dict[str, Any]]:
         """One dict per item: the input's fields, the answer (or the schema's fields), who, cost, time."""
         out = []
         fields = self.schema.fields if self.schema is not None else {}
+        names = self._input_names()
         for i, e in enumerate(self.entries):
             value = self.inputs.values[i]
-            row: dict[str, Any] = dict(value) if self.inputs.kind == "frame" else {self.inputs.name or "item": value}
+            if self.inputs.kind == "frame":
+                row: dict[str, Any] = {names[k]: v for k, v in value.items()}
+            else:
+                row = {names[self.inputs.name or "item"]: value}
             if self.schema is not None:
                 parsed = self.schema.row(e.parsed) if isinstance(e, RouteResult) else {}
                 row.update({name: parsed.get(name) for name in fields})
@@ -407,9 +422,8 @@ class BatchResult(Sequence[Any]):
         rows = self.rows()
         frame = pd.DataFrame(rows, index=self.inputs.index if self.inputs.kind != "items" else None)
         if self.inputs.kind == "frame" and self.inputs.frame is not None:
-            for col in self.inputs.columns:  # the input's own dtypes, not what a round trip through dicts guessed
-                if col in frame.columns and col in self.inputs.frame.columns:
-                    frame[col] = self.inputs.frame[col].to_numpy()
+            for col, name in self._input_names().items():  # the input's own dtypes, not a guess from dicts
+                frame[name] = self.inputs.frame[col].to_numpy()
         if self.schema is not None:
             for name, kind in self.schema.fields.items():
                 dtype = PANDAS_DTYPES.get(kind or "")
