@@ -250,3 +250,23 @@ def test_a_pydantic_model_is_a_schema_and_parsed_is_its_instance(sim, make_route
     assert isinstance(batch.parsed[0], Review) and batch.parsed[0].score == 2
     table = batch.to_pandas()
     assert str(table["score"].dtype) == "Int64" and table["label"].tolist() == ["pos"]
+
+
+def test_ctrl_c_during_map_returns_what_finished(sim, make_router) -> None:
+    import os
+    import signal
+    import time
+
+    _hang_after(sim, 2)
+    router = make_router(one(sim))
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 30
+        while len(sim.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the main thread is waiting in map
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    batch = router.map("c", [f"q{i}" for i in range(6)], concurrency=1)
+    assert batch.interrupted and batch.done == 2
+    assert [e.reason for e in batch if isinstance(e, NotDone)] == [CANCELLED, NOT_SENT_INTERRUPTED, NOT_SENT_INTERRUPTED, NOT_SENT_INTERRUPTED]

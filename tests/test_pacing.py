@@ -182,3 +182,14 @@ def test_a_candidate_with_no_known_limits_is_probed_one_request_at_a_time() -> N
     pacer.take(c, 10, 0.0)
     pacer.take(c, 10, 0.0)
     assert pacer.wait_s(c, 10, 0.0) == (0.0, "")
+
+
+def test_an_item_whose_only_candidate_met_a_429_waits_for_it_and_is_sent_again(sim, make_router) -> None:
+    sim.script([RateLimited(retry_after=2), Reply("second time lucky")], model="m")
+    clock = ManualClock()
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/m"]}}), clock=clock)
+    batch = router.map("c", ["x"], cache=False)
+    result = batch[0]
+    assert result.text == "second time lucky" and len(sim.requests) == 2
+    assert [(a.action.value, a.kind.value if a.kind else None) for a in result.attempts] == [("advance", "rate_limit"), ("served", None)]
+    assert len(clock.slept) == 1 and 2.0 <= clock.slept[0] <= 2.05  # waited out the retry-after on the clock
