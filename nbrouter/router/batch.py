@@ -308,7 +308,17 @@ class FailedItem:
 
 class BatchResult(Sequence[Any]):
     """One entry per item, in input order: a RouteResult, or the item's RouteError (a `NotDone` for
-    items not sent or cancelled). Shows a summary in a notebook; `to_pandas()` is the table."""
+    items not sent or cancelled). Shows a summary in a notebook; `to_pandas()` is the table.
+
+    Args:
+        entries: the outcome of each item, in input order.
+        inputs: the batch's input (its values, index and kind).
+        combo: the combo's name.
+        elapsed_s: the batch's wall time.
+        interrupted: stopped by Ctrl-C or a cancel before every item was sent.
+        schema: the answers' schema, when the batch had one (its fields become columns).
+        rerun: sends the items at the given positions again (`retry_failed`).
+    """
 
     def __init__(self, entries: list[RouteResult | RouteError], inputs: Inputs, *, combo: str, elapsed_s: float,
                  interrupted: bool, schema: OutputSchema | None, rerun: Callable[[list[int]], BatchResult] | None = None) -> None:

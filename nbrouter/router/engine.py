@@ -296,7 +296,11 @@ class Router:
                 `messages` (a list, or a function of the item), `system`, `schema` (its fields become
                 columns), `concurrency` (default `batch.DEFAULT_CONCURRENCY`), `account_concurrency`,
                 `max_cost_usd` (the whole batch's budget), `cache` (default on unless `log_content =
-                false`), `progress` (True: a tqdm bar; or a callable), and any option of `acomplete`.
+                false`), `progress` (True: a `tqdm.auto` bar, tqdm being installed; or a callable given a
+                `batch.Progress` after each item), and any option of `acomplete`.
+
+        Returns:
+            a BatchResult: one RouteResult or RouteError per item, in input order.
         """
         return run_sync(self, prepare(self, combo, items, **options))
 
