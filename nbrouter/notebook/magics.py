@@ -35,6 +35,7 @@ from ..report import Shown, Table
 from ..router import views
 from .display import FORMATS, LiveAnswer, failure_bundle, failure_line, render_answer, result_bundle, short_traceback, terminal_width
 from . import frontend
+from .batch_view import run_batch_cell
 from .interpolation import interpolate
 from .ledger import CostLedger
 
@@ -134,6 +135,10 @@ class LLMMagics(Magics):
     @argument("--chat", action="store_true", help="Continue this combo's conversation in this kernel.")
     @argument("--new", action="store_true", help="Start this combo's conversation afresh (implies --chat).")
     @argument("--no-interpolate", action="store_true", help="Send `{name}` as written instead of the variable's value.")
+    @argument("--over", default=None, metavar="VAR", help="Run the cell as a template over every item of VAR (a list, Series or DataFrame): {item}, or {column} of a row.")
+    @argument("--column", default=None, metavar="COL", help="With --over: the items are this column of VAR.")
+    @argument("--concurrency", type=int, default=None, metavar="N", help="With --over: at most N calls in flight.")
+    @argument("--schema", default=None, metavar="VAR", help="With --over: each answer is JSON matching the schema in VAR; its fields become columns.")
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> None:
         """Send the cell to a combo: stream the answer, fall back on failure, show who served it and the cost.
@@ -166,7 +171,7 @@ class LLMMagics(Magics):
         if not combo:
             raise UsageError("no combo: write `%%llm NAME`, or choose a default with `%llm use NAME`")
         ns = self.shell.user_ns if self.shell is not None else {}
-        if self.interpolate and not args.no_interpolate:
+        if self.interpolate and not args.no_interpolate and not args.over:  # --over: braces are the items' fields
             hidden = getattr(self.shell, "user_ns_hidden", {})
             history = getattr(self.shell, "history_manager", None)
             body = interpolate(body, ns, hidden, inputs=getattr(history, "input_hist_raw", []),
@@ -196,6 +201,9 @@ class LLMMagics(Magics):
         if caps:
             call["max_cost_usd"] = float(min(caps))
 
+        if args.over:  # issue 17: a batch over VAR's items (batch_view.py)
+            run_batch_cell(self, router, combo, args, body, call)
+            return None
         if args.explain:
             self._show(router.explain(combo, prompt, **call))
             return None

@@ -269,6 +269,13 @@ def _budget(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: 
     return None
 
 
+def _paced(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
+    """A paced call (a batch): no headroom now in the candidate's or its account's buckets (pacing.py)."""
+    if req.pacer is None:
+        return None
+    return req.pacer.skip(c, info.prompt_tokens + info.max_tokens, now)
+
+
 def _account(config: Config, c: Candidate) -> Any:
     return config.providers[c.provider].account(c.account)
 
@@ -281,6 +288,7 @@ SKIP_CHECKS: tuple[SkipCheck, ...] = (
     SkipCheck("quota", _quota_used_up, lambda config, c: _account(config, c) is not None and not _account(config, c).quota.is_empty()),
     SkipCheck("context_window", _context, lambda config, c: config.providers[c.provider].context_window(c.model) is not None),
     SkipCheck("budget", _budget),
+    SkipCheck("paced", _paced),
 )
 
 

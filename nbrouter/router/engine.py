@@ -25,6 +25,8 @@ from .budget import Budget
 from .config import build_config, environment_providers, load_config, local_provider
 from .config_file import combo_table, set_combo, write_document
 from .clients import Senders
+from .batch import BatchResult, arun, prepare, run_sync
+from .cache import MEMORY, ResponseCache, through_cache
 from .decide import Decider
 from .errors import ComboConfigError
 from .loop import Emit, Hooks, Loop
@@ -105,6 +107,8 @@ class Router:
         self._discovered = self.config.source != "environment"
         self._discovered_at: float | None = None
         self._env_checked_at = float("-inf")
+        self._cache: ResponseCache | None = None
+        self._persist = persist
         _routers.add(self)
 
     @property
@@ -215,6 +219,8 @@ class Router:
         stop: list[str] | None = None,
         reasoning: str | int | None = None,
         extra_body: dict[str, Any] | None = None,
+        schema: Any = None,
+        cache: bool = False,
     ) -> RouteResult:
         """The async `complete`, on the caller's event loop.
 
@@ -237,12 +243,16 @@ class Router:
                 (`reasoning_effort`, Anthropic's `thinking`, Gemini's `thinkingConfig`).
             extra_body: merged into the request's JSON body as given.
 
+            schema: a JSON schema dict or a pydantic model class the answer must match (sent natively;
+                `result.parsed` holds the validated value; a mismatch is retried once, then falls back).
+            cache: answer from the response cache when it holds this request, and store the answer.
+
         A step's own options (`{ target = "p/m", temperature = 0.2, ... }`) apply where the call gives none.
         """
         req = build_request(combo, prompt, stream=stream, messages=messages, system=system, max_tokens=max_tokens,
                             temperature=temperature, max_cost_usd=max_cost_usd, timeout_s=timeout_s, seed=seed,
                             response_format=response_format, strategy=strategy, top_p=top_p, stop=stop,
-                            reasoning=reasoning, extra_body=extra_body)
+                            reasoning=reasoning, extra_body=extra_body, schema=schema, cache=cache)
         return await self._route(req, None)
 
     async def astream(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> AsyncIterator[RouteEvent]:
@@ -305,7 +315,44 @@ class Router:
         if not self._discovered:
             await self.discover(refresh=self._discovered_at is not None)
         self.state.refresh()
+        if req.cache:
+            return await through_cache(self.cache, self._decider, self.state, self.clock.time(), req, lambda: self._loop.run(req, emit))
         return await self._loop.run(req, emit)
+
+    # ---- batch work (batch.py) ----------------------------------------------------------------
+
+    def map(self, combo: str | Combo, items: Any, **options: Any) -> BatchResult:
+        """Run one prompt over many items, pacing every account to its limit; Ctrl-C returns what finished.
+
+        Args:
+            combo: as for `complete`.
+            items: a list (any iterable), a pandas Series or a DataFrame (one call per row).
+            **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict; other braces stay),
+                `messages` (a list, or a function of the item), `system`, `schema` (its fields become
+                columns), `concurrency` (default `batch.DEFAULT_CONCURRENCY`), `account_concurrency`,
+                `max_cost_usd` (the whole batch's budget), `cache` (default on unless `log_content =
+                false`), `progress` (True: a `tqdm.auto` bar, tqdm being installed; or a callable given a
+                `batch.Progress` after each item), and any option of `acomplete`.
+
+        Returns:
+            a BatchResult: one RouteResult or RouteError per item, in input order.
+        """
+        return run_sync(self, prepare(self, combo, items, **options))
+
+    async def amap(self, combo: str | Combo, items: Any, **options: Any) -> BatchResult:
+        """The async `map`, on the caller's event loop; cancelling it returns what finished."""
+        return await arun(prepare(self, combo, items, **options))
+
+    @property
+    def cache(self) -> ResponseCache:
+        """The response cache (`NBROUTER_CACHE` or the user cache dir; in memory with persist=False)."""
+        if self._cache is None:
+            self._cache = ResponseCache(None if self._persist else MEMORY)
+        return self._cache
+
+    @cache.setter
+    def cache(self, value: ResponseCache) -> None:
+        self._cache = value
 
     async def _send(self, protocol: Any, endpoint: Any, request: Any, **options: Any) -> Any:
         policy = self.config.policy
@@ -411,6 +458,8 @@ class Router:
             self._senders.close_on(self._bg.loop())
             self._bg.stop()
         self.state.close()
+        if self._cache is not None:
+            self._cache.close()
 
     def __enter__(self) -> Router:
         return self

@@ -31,6 +31,7 @@ from .scoring import record_exclusions
 from .state import StateStore
 from .tokens import estimate_prompt
 from .strategies import COUNTED, RequestInfo, relay_pointer
+from .structured import checked_output
 from .types import (
     Action,
     Attempt,
@@ -332,6 +333,12 @@ class Loop:
         skipped = decision.skipped
         waits = [r.hold_until for r in skipped if r.hold_until is not None]
         all_holding = bool(skipped) and len(waits) == len(skipped)
+        if call.req.pacer is not None and waits and len(waits) == len(skipped):
+            # issue 17: a paced call (a batch) waits for the earliest refill or cooldown end, not a 429
+            soonest = min(waits) - now
+            if soonest <= call.req.pacer.max_wait_s and (deadline is None or clock.monotonic() + soonest <= deadline):
+                await clock.sleep(max(0.0, soonest))
+                return
         if all_holding and combo.when_all_cooling == "wait":
             max_wait = combo.max_wait_s if combo.max_wait_s is not None else policy.max_wait_s
             soonest = min(waits) - now
@@ -524,6 +531,8 @@ class Loop:
 
     def _finish(self, call: _Call, combo: str, result: RouteResult, decision: Decision) -> RouteResult:
         result.decision = decision
+        if call.req.schema is not None and not result.partial:  # issue 17: checked by checked_output already
+            result.parsed = call.req.schema.parse(result.text)
         self._log(call, combo, result.text)
         self.hooks.result(result)
         return result
@@ -618,7 +627,12 @@ class Loop:
             if acc is not None and acc.key_source is not None and acc.key_source.cached() is None:
                 await self._fetch_key(provider, c.account)  # the account's first use (or after a failed fetch)
                 endpoint = self._endpoint(provider, c.account)
-            completion = await _within(timeout_s, self._send(provider, endpoint, request, timeout_s, on_text, on_first_byte))
+            sending = self._send(provider, endpoint, request, timeout_s, on_text, on_first_byte)
+            if req.schema is not None:  # an answer that does not match the schema is invalid_output
+                sending = checked_output(sending, req.schema)
+            if req.pacer is not None:  # a batch's buckets take this request and learn from its reply
+                sending = req.pacer.around(c, info.prompt_tokens + info.max_tokens, now, sending)
+            completion = await _within(timeout_s, sending)
         except ProviderFailure as failure:
             rule = rule_for(failure.kind)
             acc = provider.account(c.account)

@@ -218,6 +218,7 @@ RULES: dict[ErrorKind, Rule] = {
         Rule(ErrorKind.CANCELLED, Action.STOP),
         Rule(ErrorKind.MALFORMED_RESPONSE, Action.ADVANCE, breaker=True),
         Rule(ErrorKind.UNSUPPORTED, Action.ADVANCE),
+        # retried once on the same target first: the policy's `retries` table says invalid_output = 1
         Rule(ErrorKind.INVALID_OUTPUT, Action.ADVANCE, breaker=True),
     )
 }

@@ -7,6 +7,8 @@ from functools import cached_property
 from typing import Any
 
 from .model import Combo
+from .pacing import Pacer
+from .structured import OutputSchema, output_schema
 
 
 @dataclass
@@ -29,6 +31,13 @@ class CallRequest:
     stop: list[str] | None = None
     reasoning: str | int | None = None
     extra_body: dict[str, Any] | None = None
+    # ---- issue 17 (batch work): a response cache, pacing, structured output ----
+    #: answer from / store in the response cache (`Router.cache`)
+    cache: bool = False
+    #: the buckets a batch paces its calls with (set by `Router.map`; the skip check "paced" reads it)
+    pacer: Pacer | None = None
+    #: the answer must be JSON matching this schema (sent as `response_format`; `result.parsed` holds it)
+    schema: OutputSchema | None = None
 
     @cached_property  # read by the decision and again by the call log
     def prompt_text(self) -> str:
@@ -37,7 +46,7 @@ class CallRequest:
 
 
 #: the keyword arguments every call method accepts (the fields of CallRequest after `combo` and `messages`)
-OPTIONS = frozenset(f.name for f in fields(CallRequest)) - {"combo", "messages", "stream"}
+OPTIONS = frozenset(f.name for f in fields(CallRequest)) - {"combo", "messages", "stream", "pacer"}
 
 
 def build_request(combo: str | Combo, prompt: str | None, *, stream: bool, messages: list[dict[str, Any]] | None = None,
@@ -50,7 +59,7 @@ def build_request(combo: str | Combo, prompt: str | None, *, stream: bool, messa
         stream: whether the answer is streamed.
         messages: the conversation so far, as chat messages.
         **options: any of `OPTIONS` (system, max_tokens, temperature, max_cost_usd, timeout_s, seed,
-            response_format, strategy).
+            response_format, strategy, cache, schema).
     """
     unknown = set(options) - OPTIONS
     if unknown:
@@ -61,4 +70,8 @@ def build_request(combo: str | Combo, prompt: str | None, *, stream: bool, messa
         messages = [{"role": "user", "content": prompt}]
     elif prompt is not None:
         messages = [*messages, {"role": "user", "content": prompt}]
+    if options.get("schema") is not None:
+        options["schema"] = output_schema(options["schema"])
+        if options.get("response_format") is None:
+            options["response_format"] = options["schema"].json_schema
     return CallRequest(combo=combo, messages=messages, stream=stream, **options)

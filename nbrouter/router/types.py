@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,6 +21,7 @@ class Action(str, enum.Enum):
     RETRY = "retry"
     STOP = "stop"
     SKIPPED = "skipped"
+    CACHED = "cached"
 
     def __str__(self) -> str:
         return self.value
@@ -155,6 +157,22 @@ class Decision:
         return views.decision_html(self)
 
 
+@dataclass(frozen=True)
+class CacheInfo:
+    """Where a cached answer came from: who served it, when, and what it cost then (it costs $0 now)."""
+
+    served_by: str
+    served_at: float
+    cost_usd: Decimal | None
+    usage: Usage
+
+    def footer(self) -> str:
+        """`cached · served by X on 2026-11-30 · $0 now ($0.0012 then)`."""
+        day = datetime.datetime.fromtimestamp(self.served_at).date().isoformat()
+        then = "unknown" if self.cost_usd is None else "$" + (f"{self.cost_usd:.6f}".rstrip("0").rstrip(".") or "0")
+        return f"cached · served by {self.served_by} on {day} · $0 now ({then} then)"
+
+
 @dataclass
 class RouteResult:
     """The answer of one routed call and the honest account of how it was obtained."""
@@ -175,6 +193,10 @@ class RouteResult:
     cost_unknown_attempts: int = 0
     #: False when the serving provider reported no token usage (the token count is then not the truth)
     usage_known: bool = True
+    #: the validated answer of a call with `schema=` (a dict, or an instance of the pydantic model given)
+    parsed: Any = None
+    #: set when the answer came from the response cache (`complete(..., cache=True)`, `map`)
+    cached: CacheInfo | None = None
 
     @property
     def cost_text(self) -> str:
@@ -184,6 +206,8 @@ class RouteResult:
 
     def footer(self) -> str:
         """One line: who served, how many attempts, tokens, cost, time."""
+        if self.cached is not None:
+            return self.cached.footer()
         return views.footer(self)
 
     def attempt_table(self) -> str:

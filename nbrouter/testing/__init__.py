@@ -1,9 +1,10 @@
 """A loopback provider simulator that tests, benchmarks, notebooks and users share.
 
-    from nbrouter.testing import ProviderSimulator, RateLimited, Reply
+    from nbrouter.testing import KeyLimits, ProviderSimulator, RateLimited, Reply
 
     with ProviderSimulator() as sim:
         sim.script([RateLimited(retry_after=30), Reply("hi")], model="gpt-x")
+        sim.rate_limits.set("key-a", KeyLimits(requests_per_minute=300))  # real 429s past the limit
         ...  # point a client at sim.openai_url, sim.anthropic_url, sim.gemini_url or sim.openrouter_url
 
 The behaviours are plain data and import at once; `ProviderSimulator` and `RecordedRequest` load aiohttp,
@@ -36,6 +37,7 @@ from .behaviours import (
     Unauthorized,
 )
 from .clock import ManualClock
+from .ratelimits import KeyLimits
 
 if TYPE_CHECKING:
     from .rawserver import RawResponse, RawServer, http_response
@@ -51,6 +53,7 @@ __all__ = [
     "Failure",
     "Forbidden",
     "Hang",
+    "KeyLimits",
     "Malformed",
     "ManualClock",
     "NotFound",

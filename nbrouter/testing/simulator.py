@@ -15,7 +15,7 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from aiohttp import web
@@ -35,10 +35,12 @@ from .behaviours import (
     Failure,
     Hang,
     Malformed,
+    RateLimited,
     Raw,
     Reply,
     is_failure,
 )
+from .ratelimits import RateLimiter
 
 #: how long `stop()` waits for the server's loop to wind down before giving up on it
 STOP_TIMEOUT_S = 5.0
@@ -99,6 +101,8 @@ class ProviderSimulator:
         self._log: list[RecordedRequest] = []
         self._log_lock = threading.Lock()
         self._models: list[str] | None = None
+        #: per-key requests and tokens per minute (`sim.rate_limits.set(key, KeyLimits(...))`)
+        self.rate_limits = RateLimiter()
         self._state_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -217,9 +221,10 @@ class ProviderSimulator:
         self._book.set_default(behaviour)
 
     def reset(self) -> None:
-        """Forget scripts, the default, the `models` list and the request log."""
+        """Forget scripts, the default, the `models` list, the rate limits and the request log."""
         self._book.clear()
         self._models = None
+        self.rate_limits.clear()
         with self._log_lock:
             self._log.clear()
 
@@ -331,6 +336,10 @@ class ProviderSimulator:
             count = {"input_tokens": call.prompt_tokens} if protocol == "anthropic" else {"totalTokens": call.prompt_tokens}
             return self._json(wire, call, 200, count, {})
 
+        verdict = self.rate_limits.admit(key, body, call.prompt_tokens) if kind == "chat" else None
+        if verdict is not None and not verdict.ok:  # per-key limits (ratelimits.py): a real 429 with its headers
+            status, payload, extra = wire.failure(call, RateLimited(retry_after=verdict.retry_after_s))
+            return self._json(wire, call, status, payload, {**extra, **wire.rate_limit_headers(verdict.fields)})
         fallbacks = _models_field(body) if protocol == "openrouter" else None
         if fallbacks:
             behaviour = await self._walk(call, fallbacks)
@@ -338,6 +347,8 @@ class ProviderSimulator:
             behaviour = self._book.next(key, model)
             if behaviour.delay_s:
                 await asyncio.sleep(behaviour.delay_s)
+        if verdict is not None and isinstance(behaviour, Reply):
+            behaviour = replace(behaviour, rate_limit={**verdict.fields, **(behaviour.rate_limit or {})})
         return await self._perform(request, wire, call, behaviour)
 
     async def _walk(self, call: Call, models: list[str]) -> Behaviour:

@@ -1,0 +1,195 @@
+"""Issue 17, pacing: token buckets per account and candidate keep a batch within every limit, over loopback.
+
+Time rules run on a ManualClock that the router and the simulator's rate limiter share, so a minute of
+pacing takes no real time and the simulator's own count says what the "provider" saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import sim_config
+from nbrouter.router.batch import pacer_for
+from nbrouter.router.pacing import BURST_S, PACING_MARGIN, RECHECK_S, Pacer
+from nbrouter.router.types import Candidate
+from nbrouter.testing import KeyLimits, ManualClock, RateLimited, Reply
+from nbrouter.testing.ratelimits import RateLimiter
+
+
+def two_accounts(sim: Any, *, quota_one: dict[str, int] | None = None, **combo: Any) -> dict[str, Any]:
+    one: dict[str, Any] = {"name": "one", "api_key_env": "SIM_KEY"}
+    if quota_one:
+        one["quota"] = quota_one
+    providers = {"sim": {"protocol": "openai", "base_url": sim.openai_url,
+                         "accounts": [one, {"name": "two", "api_key_env": "SIM_KEY_2"}]}}
+    return sim_config(sim, {"c": {"targets": ["sim/m"], **combo}}, providers=providers)
+
+
+@pytest.fixture
+def keys(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    monkeypatch.setenv("SIM_KEY_2", "sim-test-key-0002")
+    import os
+
+    return os.environ["SIM_KEY"], "sim-test-key-0002"
+
+
+@pytest.fixture
+def clock_sim(sim: Any) -> Iterator[tuple[Any, ManualClock]]:
+    """The simulator with a rate limiter on a ManualClock (the router gets the same clock)."""
+    clock = ManualClock()
+    kept = sim.rate_limits
+    sim.rate_limits = RateLimiter(time=clock.monotonic)
+    try:
+        yield sim, clock
+    finally:
+        sim.rate_limits = kept
+
+
+def test_a_paced_batch_keeps_each_account_within_its_limit_as_the_simulator_counts(clock_sim, keys, make_router) -> None:
+    sim, clock = clock_sim
+    sim.rate_limits.set(keys[0], KeyLimits(requests_per_minute=60))
+    sim.rate_limits.set(keys[1], KeyLimits(requests_per_minute=120))
+    router = make_router(two_accounts(sim), clock=clock)
+    batch = router.map("c", [f"q{i}" for i in range(60)], concurrency=1, cache=False)
+    assert batch.done == 60 and not batch.failed
+    counts = sim.rate_limits.counts
+    assert counts[keys[0]].refused == 0 and counts[keys[1]].refused == 0  # no 429 at all
+    assert counts[keys[0]].accepted + counts[keys[1]].accepted == 60
+    # each key's buckets started full (60 and 120), so unpaced the 60 requests would all arrive at once;
+    # paced, no 10 s holds more than the limit's share of it plus one burst
+    for key, rpm in ((keys[0], 60), (keys[1], 120)):
+        assert counts[key].most_in(10.0) <= rpm / 6 + rpm / 60 * BURST_S + 1
+    # and the faster account served about twice as many
+    assert counts[keys[1]].accepted > 1.5 * counts[keys[0]].accepted
+
+
+def test_a_paced_call_waits_on_the_router_clock_for_the_refill_instead_of_sending(sim, make_router) -> None:
+    clock = ManualClock()
+    config = sim_config(sim, {"c": {"targets": ["sim/m"]}})
+    config["providers"]["sim"]["quota"] = {"requests_per_minute": 30}
+    router = make_router(config, clock=clock)
+    batch = router.map("c", ["a", "b", "c", "d", "e"], concurrency=1, cache=False)
+    assert batch.done == 5 and len(sim.requests) == 5
+    interval = 60 / (30 * PACING_MARGIN)
+    assert len(clock.slept) == 4  # the first request goes at once, every later one waits for its refill
+    assert all(abs(s - interval) < 0.01 for s in clock.slept)
+    # a call without the pacer (a plain complete) is not paced
+    router.complete("c", "f")
+    assert len(clock.slept) == 4 and len(sim.requests) == 6
+
+
+def test_the_paced_skip_is_shown_in_the_decision_of_a_paced_request(sim, make_router) -> None:
+    clock = ManualClock()
+    config = sim_config(sim, {"c": {"targets": ["sim/m"]}})
+    config["providers"]["sim"]["quota"] = {"requests_per_minute": 6}
+    router = make_router(config, clock=clock)
+    router.map("c", ["a"], cache=False)
+    pacer = pacer_for(router)
+    c = Candidate("sim", "default", "m")
+    reason, until = pacer.skip(c, 100, clock.time())
+    assert reason.startswith("paced: no headroom now (6 requests/min")
+    assert until == pytest.approx(clock.time() + 60 / (6 * PACING_MARGIN), abs=0.01)
+
+
+def test_a_429_empties_the_bucket_until_its_retry_after_and_the_item_falls_back(sim, keys, make_router) -> None:
+    sim.script([RateLimited(retry_after=5)], key=keys[0])
+    clock = ManualClock()
+    router = make_router(two_accounts(sim, quota_one={"requests_per_minute": 600}, account_strategy="fill-first"), clock=clock)
+    batch = router.map("c", ["x"], cache=False)
+    result = batch[0]
+    assert result.served_by == "sim#two/m"
+    assert [(a.candidate, a.action.value, a.kind.value if a.kind else None) for a in result.attempts] == [
+        ("sim#one/m", "advance", "rate_limit"), ("sim#two/m", "served", None)]
+    pacer = pacer_for(router)
+    assert pacer.limited == {"sim#one/m": 1}
+    wait, why = pacer.wait_s(Candidate("sim", "one", "m"), 10, clock.time())
+    assert why == "600 requests/min" and 4.9 <= wait <= 5.0  # the bucket is empty until the retry-after
+
+
+def test_rate_limit_headers_set_the_candidates_buckets(sim, make_router) -> None:
+    sim.script([Reply(rate_limit={"limit_requests": 600, "remaining_requests": 0, "reset_requests_s": 6,
+                                  "limit_tokens": 100000, "remaining_tokens": 90000, "reset_tokens_s": 6})], model="m")
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/m"]}}))
+    router.map("c", ["x"], cache=False)
+    pacer = pacer_for(router)
+    assert pacer.limits()["sim#default/m"] == ["600 requests/min", "100000 tokens/min"]
+    wait, why = pacer.wait_s(Candidate("sim", "default", "m"), 10, router.clock.time())
+    assert why == "600 requests/min" and 0 < wait <= 60 / (600 * PACING_MARGIN) + 0.01
+
+
+def test_a_reset_minutes_away_is_read_as_a_per_day_limit(sim, make_router) -> None:
+    # Groq's x-ratelimit-limit-requests is requests per day: its reset is minutes away, not seconds
+    sim.script([Reply(rate_limit={"limit_requests": 14400, "remaining_requests": 14399, "reset_requests_s": 180})], model="m")
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/m"]}}))
+    router.map("c", ["x"], cache=False)
+    assert pacer_for(router).limits()["sim#default/m"] == ["14400 requests/day"]
+
+
+def test_tokens_per_minute_are_taken_by_estimate_and_given_back_by_reported_usage() -> None:
+    from nbrouter.router.config import build_config
+    from nbrouter.router.strategies import STRATEGIES
+
+    config = build_config({"providers": {"p": {"protocol": "openai", "base_url": "http://127.0.0.1:9", "api_key_env": "X",
+                                               "quota": {"tokens_per_minute": 6000}}}}, path=None, strategies=STRATEGIES)
+    pacer = Pacer(config)
+    c = Candidate("p", "default", "m")
+    now = 1000.0
+    assert pacer.wait_s(c, 90, now) == (0.0, "")
+    pacer.take(c, 90, now)  # the capacity is one second of refill: 6000 * margin / 60 = 98 tokens
+    wait, why = pacer.wait_s(c, 90, now)
+    assert why == "6000 tokens/min" and wait > 0
+
+    class Reported:
+        usage = type("U", (), {"total_tokens": 10})()
+        rate_limits = None
+
+    pacer.served(c, 90, Reported(), now)  # 80 of the 90 estimated were not used: back in the bucket
+    assert pacer.wait_s(c, 80, now)[0] == 0.0
+
+
+def test_account_concurrency_holds_a_second_request_to_a_busy_account() -> None:
+    from nbrouter.router.config import build_config
+    from nbrouter.router.strategies import STRATEGIES
+
+    config = build_config({"providers": {"p": {"protocol": "openai", "base_url": "http://127.0.0.1:9", "api_key_env": "X"}}},
+                          path=None, strategies=STRATEGIES)
+    pacer = Pacer(config, account_concurrency=1)
+    c = Candidate("p", "default", "m")
+    pacer.take(c, 10, 0.0)
+    assert pacer.wait_s(c, 10, 0.0) == (RECHECK_S, "1 in flight on p#default")
+    pacer.release(c)
+    assert pacer.wait_s(c, 10, 0.0) == (0.0, "")
+
+
+def test_a_candidate_with_no_known_limits_is_probed_one_request_at_a_time() -> None:
+    from nbrouter.router.config import build_config
+    from nbrouter.router.strategies import STRATEGIES
+
+    config = build_config({"providers": {"p": {"protocol": "openai", "base_url": "http://127.0.0.1:9", "api_key_env": "X"}}},
+                          path=None, strategies=STRATEGIES)
+    pacer = Pacer(config)
+    c = Candidate("p", "default", "m")
+    pacer.take(c, 10, 0.0)
+    assert pacer.wait_s(c, 10, 0.0) == (RECHECK_S, "the first request is finding out its limits")
+
+    class NoHeaders:
+        usage = None
+        rate_limits = None
+
+    pacer.served(c, 10, NoHeaders(), 0.0)  # it answered without headers: nothing to pace it by
+    pacer.take(c, 10, 0.0)
+    pacer.take(c, 10, 0.0)
+    assert pacer.wait_s(c, 10, 0.0) == (0.0, "")
+
+
+def test_an_item_whose_only_candidate_met_a_429_waits_for_it_and_is_sent_again(sim, make_router) -> None:
+    sim.script([RateLimited(retry_after=2), Reply("second time lucky")], model="m")
+    clock = ManualClock()
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/m"]}}), clock=clock)
+    batch = router.map("c", ["x"], cache=False)
+    result = batch[0]
+    assert result.text == "second time lucky" and len(sim.requests) == 2
+    assert [(a.action.value, a.kind.value if a.kind else None) for a in result.attempts] == [("advance", "rate_limit"), ("served", None)]
+    assert len(clock.slept) == 1 and 2.0 <= clock.slept[0] <= 2.05  # waited out the retry-after on the clock
