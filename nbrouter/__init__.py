@@ -12,6 +12,8 @@ you which target served each call, every attempt, and what it cost.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .router.engine import Router, Status
 from .router.errors import (
     AllCoolingDown,
@@ -37,6 +39,15 @@ from .router.types import (
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # BatchResult loads with batch work (router/batch.py), not with `import nbrouter`
+    if name == "BatchResult":
+        from .router.batch import BatchResult
+
+        return BatchResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython):  # type: ignore[no-untyped-def]
@@ -65,6 +76,7 @@ __all__ = [
     "Attempt",
     "AttemptFinished",
     "AttemptStarted",
+    "BatchResult",
     "BudgetExceeded",
     "Candidate",
     "ComboConfigError",

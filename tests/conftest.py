@@ -15,6 +15,7 @@ SIM_KEY = "sim-test-key-0001"
 def _isolated_user_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NBROUTER_CONFIG", str(tmp_path / "no-config.toml"))
     monkeypatch.setenv("NBROUTER_STATE", str(tmp_path / "state.sqlite3"))
+    monkeypatch.setenv("NBROUTER_CACHE", str(tmp_path / "cache.sqlite3"))
     monkeypatch.setenv("SIM_KEY", SIM_KEY)
     monkeypatch.setenv("NBROUTER_LOCAL_URLS", "")  # zero-config probes nothing unless a test says where
     for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENROUTER_API_KEY",

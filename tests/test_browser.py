@@ -181,7 +181,6 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    started = time.monotonic()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
@@ -258,7 +257,8 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
 
             # dollars are dollars; $$...$$ and \(...\) are typeset by JupyterLab's MathJax
             run(3)
-            answer = cells.nth(3).locator(".jp-OutputArea .nbrouter-answer")
+            # the HTML fallback (.nbrouter-answer), or the extension's renderer where it is installed (.nbr-answer)
+            answer = cells.nth(3).locator(".jp-OutputArea .nbrouter-answer, .jp-OutputArea .nbr-answer").first
             expect(answer).to_contain_text("It costs $5 to $10 a month")
             expect(answer.locator("mjx-container")).to_have_count(2)
 
@@ -286,4 +286,3 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
             raise
         finally:
             browser.close()
-    assert time.monotonic() - started < 90

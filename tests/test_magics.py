@@ -686,3 +686,50 @@ def test_a_streaming_answer_shows_its_dollars_as_dollars_while_it_streams() -> N
     bundle = live._live_bundle()
     assert "It costs <span>$</span>5 to <span>$</span>10, and $$x^2$$" in bundle["text/html"]  # the front end prefers HTML
     assert bundle["text/markdown"].startswith("It costs \\$5 to \\$10, and $$x^2$$")
+
+
+# ---- issue 17: the magic returns its result, and the response cache -------------------------------
+
+
+def test_a_line_prompt_returns_the_route_result(ip: Any, sim: Any) -> None:
+    from nbrouter import RouteResult
+
+    assert run(ip, "x = %llm fast say hi") is None
+    x = ip.user_ns["x"]
+    assert isinstance(x, RouteResult) and x.served_by == "sim#default/model-a" and x is ip.user_ns["_llm"]
+
+
+def test_cache_answers_a_cell_again_without_sending_it(ip: Any, sim: Any) -> None:
+    assert run(ip, "%%llm fast --cache\nthe same question") is None
+    sent = len(sim.requests)
+    assert run(ip, "%%llm fast --cache\nthe same question") is None
+    assert len(sim.requests) == sent  # answered from the cache
+    again = ip.user_ns["_llm"]
+    assert again.cached is not None and again.cost_usd == 0
+    assert run(ip, "%%llm fast\nthe same question") is None  # without --cache: sent
+    assert len(sim.requests) == sent + 1
+
+
+def test_config_cache_makes_every_cell_use_the_cache(ip: Any, sim: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    magics(ip).cache = True  # %config LLMMagics.cache = True: Run All without paying again
+    run(ip, "%%llm fast\nrun all")
+    sent = len(sim.requests)
+    run(ip, "%%llm fast\nrun all")
+    assert len(sim.requests) == sent
+    assert run(ip, "%llm cache stats") is None
+    out = capsys.readouterr().out
+    assert "1 hits" in out and "answers" in out
+    assert run(ip, "%llm cache clear") is None
+    assert "response cache cleared (1 answers)" in capsys.readouterr().out
+    run(ip, "%%llm fast\nrun all")
+    assert len(sim.requests) == sent + 1
+
+
+def test_the_magics_budget_is_the_router_s_own(ip: Any, sim: Any) -> None:
+    run(ip, "%llm budget 0.25")
+    router = magics(ip).router
+    assert router.budget.limit == Decimal("0.25")
+    run(ip, "%%llm fast -m 10\nhi")
+    assert router.budget.spent > 0 and router.budget.remaining < Decimal("0.25")
+    run(ip, "%llm budget off")
+    assert router.budget.limit is None

@@ -20,7 +20,7 @@ from nbrouter.testing import RateLimited, Reply, ServerError
 def test_public_api_is_exactly_what_all_lists() -> None:
     assert sorted(nbrouter.__all__) == sorted(
         [
-            "Action", "AllCoolingDown", "AllTargetsFailed", "Attempt", "AttemptFinished", "AttemptStarted",
+            "Action", "AllCoolingDown", "AllTargetsFailed", "Attempt", "AttemptFinished", "AttemptStarted", "BatchResult",
             "BudgetExceeded", "Candidate", "ComboConfigError", "Decision", "Done", "ErrorKind", "NoProviders", "RouteError",
             "RouteResult", "Router", "Status", "StopError", "TextDelta", "Usage", "__version__",
             "load_ipython_extension", "unload_ipython_extension",

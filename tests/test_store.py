@@ -445,3 +445,22 @@ def test_a_quota_hold_set_by_a_call_survives_kill_9_right_after_the_call_returns
         account = after.status().account("sim#default")
         assert account["hold"] == "cooldown" and account["hold_reason"] == "quota exceeded"
         assert [r.candidate.key for r in after.explain("c", "hi").skipped] == ["sim#default/a"]
+
+
+def test_a_reset_stays_reset_when_the_store_reads_its_file_again(sim, make_router) -> None:
+    """A reset is written in a batch; a refresh that reads the file before it lands must not bring the hold back."""
+    from nbrouter.testing import ManualClock, RateLimited
+
+    sim.script([RateLimited(retry_after=300)], model="a")
+    clock = ManualClock()
+    config = {"providers": {"sim": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "SIM_KEY"}},
+              "combos": {"c": {"targets": ["sim/a", "sim/b"]}}}
+    router = make_router(config, clock=clock)
+    router.complete("c", "hi")
+    router.state.flush()  # the hold is in the file
+    clock.advance(2)  # past state_refresh_s: the next status() reads the file
+    assert router.reset("sim#default/a") == 1
+    assert router.status().candidate("sim#default/a")["hold"] is None
+    clock.advance(2)
+    assert router.status().candidate("sim#default/a")["hold"] is None
+    assert router.complete("c", "again").served_by == "sim#default/a"

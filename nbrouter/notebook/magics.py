@@ -25,7 +25,7 @@ from IPython.display import display
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
-from traitlets import Bool, Enum, Float, Unicode
+from traitlets import Bool, Enum, Float, Unicode, observe
 
 from ..router.errors import AllTargetsFailed, BudgetExceeded, ComboConfigError, RouteError
 from ..router.status import Status
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..router.engine import Router
 
 SUBCOMMANDS = ("combos", "providers", "status", "log", "cost", "budget", "explain", "use", "reset", "config", "builder",
-               "chat", "error", "help")
+               "chat", "error", "cache", "help")
 LAST_RESULT = "_llm"
 LAST_JSON = "_llm_json"
 #: `%llm log` shows this many attempts unless told (one screen)
@@ -73,6 +73,8 @@ class LLMMagics(Magics):
 
     default_combo = Unicode("", help="The combo a `%%llm` cell uses when it names none (`%llm use NAME` sets it).").tag(config=True)
     stream = Bool(True, help="Stream answers as they arrive; `--no-stream` turns it off for one cell.").tag(config=True)
+    cache = Bool(False, help="Answer a cell from the response cache when it holds the same request (Run All without "
+                             "paying again); `--cache` asks for it in one cell.").tag(config=True)
     interpolate = Bool(True, help="Replace `{name}` in a prompt by the variable's value; `--no-interpolate` turns it off for one cell.").tag(config=True)
     format = Enum(FORMATS, default_value="markdown", help="How an answer is shown when a cell gives no `-f`.").tag(config=True)
     budget_usd = Float(None, allow_none=True, help="Session budget in USD: a cell whose estimated cost would pass it is refused before anything is sent.").tag(config=True)
@@ -101,7 +103,20 @@ class LLMMagics(Magics):
             from ..router.engine import Router
 
             self._router = Router()
+            self._apply_budget()
         return self._router
+
+    @observe("budget_usd")
+    def _budget_changed(self, change: Any) -> None:
+        if self._router is not None:
+            self._apply_budget()
+
+    def _apply_budget(self) -> None:
+        """The session budget is the Router's own (`router.budget`), which every call is held against: a
+        candidate whose estimate does not fit what is left is skipped, and the call is refused when none fits."""
+        assert self._router is not None
+        self._router.budget.on_budget = "cheapest"
+        self._router.budget.set_limit(self.budget_usd)
 
     def open(self) -> None:
         """Read the configuration now, so that a mistake in it is reported when the extension loads."""
@@ -135,6 +150,7 @@ class LLMMagics(Magics):
     @argument("--chat", action="store_true", help="Continue this combo's conversation in this kernel.")
     @argument("--new", action="store_true", help="Start this combo's conversation afresh (implies --chat).")
     @argument("--no-interpolate", action="store_true", help="Send `{name}` as written instead of the variable's value.")
+    @argument("--cache", action="store_true", help="Answer from the response cache when it holds this request (and store the answer).")
     @argument("--over", default=None, metavar="VAR", help="Run the cell as a template over every item of VAR (a list, Series or DataFrame): {item}, or {column} of a row.")
     @argument("--column", default=None, metavar="COL", help="With --over: the items are this column of VAR.")
     @argument("--concurrency", type=int, default=None, metavar="N", help="With --over: at most N calls in flight.")
@@ -153,8 +169,9 @@ class LLMMagics(Magics):
         `chat [show|clear] [COMBO]`, `error [COMBO]`; `%llm help` lists them with examples.
         """
         if cell is None:
-            return self._line(line)
-        return self._prompt(self._parse(line), cell)
+            return self._line(line)  # `x = %llm COMBO PROMPT` gives the RouteResult
+        self._prompt(self._parse(line), cell)
+        return None  # a cell's answer is displayed already: no Out[] repeating it
 
     def _parse(self, line: str) -> Any:
         # like magic_arguments.parse_argstring, but quotes are removed: -s "Be brief." is `Be brief.`
@@ -162,7 +179,7 @@ class LLMMagics(Magics):
 
     # ---- sending a prompt --------------------------------------------------------------------
 
-    def _prompt(self, args: Any, body: str) -> None:
+    def _prompt(self, args: Any, body: str) -> RouteResult | None:
         try:
             router = self.router
         except ComboConfigError as exc:
@@ -185,21 +202,20 @@ class LLMMagics(Magics):
             "system": args.system, "max_tokens": args.max_tokens, "temperature": args.temperature,
             "strategy": args.strategy,
         }
+        if args.cache or self.cache:
+            call["cache"] = True
         chat = args.chat or args.new
         if args.new:
             self.chats.pop(combo, None)
         if chat:
             call["messages"] = list(self.chats.get(combo, []))
-        remaining = self.ledger.remaining(self.budget_usd)
-        caps = [Decimal(str(args.max_cost))] if args.max_cost is not None else []
-        if remaining is not None:
-            if remaining <= 0:
-                raise short_traceback(BudgetExceeded(
-                    f"the session budget of ${self.budget_usd:.6f} is spent (${self.ledger.total.usd:.6f} so far); "
-                    "nothing was sent. Raise it with `%llm budget USD`, or `%llm budget off`."))
-            caps.append(remaining)
-        if caps:
-            call["max_cost_usd"] = float(min(caps))
+        remaining = router.budget.remaining
+        if remaining is not None and remaining <= 0:
+            raise short_traceback(BudgetExceeded(
+                f"the session budget of ${self.budget_usd:.6f} is spent (${router.budget.spent:.6f} so far); "
+                "nothing was sent. Raise it with `%llm budget USD`, or `%llm budget off`."))
+        if args.max_cost is not None:
+            call["max_cost_usd"] = args.max_cost
 
         if args.over:  # issue 17: a batch over VAR's items (batch_view.py)
             run_batch_cell(self, router, combo, args, body, call)
@@ -247,7 +263,7 @@ class LLMMagics(Magics):
         if not stream:
             data, metadata = result_bundle(result, fmt, answer=answer, **where)
             display(data, raw=True, metadata=metadata)
-        return None
+        return result
 
     def _failed(self, exc: AllTargetsFailed, live: LiveAnswer | None, where: dict[str, Any]) -> None:
         """Show a failed call: the attempt table where the answer would be, and one line saying what to do
@@ -379,7 +395,7 @@ class LLMMagics(Magics):
 
     # ---- %llm subcommands --------------------------------------------------------------------
 
-    def _line(self, line: str) -> None:
+    def _line(self, line: str) -> Any:
         word, _, rest = line.strip().partition(" ")
         rest = rest.strip()
         if not word:
@@ -536,13 +552,26 @@ class LLMMagics(Magics):
             if value < 0:
                 raise UsageError("a budget cannot be negative")
             self.budget_usd = value
+        budget = self.router.budget  # the Router's own: every call of this session is held against it
         if self.budget_usd is None:
-            print(f"no session budget; spent {self.ledger.total.text} so far")
+            print(f"no session budget; {budget.text()}")
             return
-        left = self.ledger.remaining(self.budget_usd)
-        unknown = self.ledger.total.unknown
-        print(f"session budget ${self.budget_usd:.6f}: spent ${self.ledger.total.usd:.6f}, ${left:.6f} left"
+        left = budget.remaining if budget.remaining is not None else Decimal(0)
+        unknown = budget.unknown_calls
+        print(f"session budget ${self.budget_usd:.6f}: spent ${budget.spent:.6f}, ${left:.6f} left"
               + (f" ({unknown} attempts at an unknown price not counted)" if unknown else ""))
+
+    def _cmd_cache(self, rest: str) -> None:
+        cache = self.router.cache
+        if rest == "clear":
+            print(f"response cache cleared ({cache.clear()} answers)")
+            return
+        if rest not in ("", "stats"):
+            raise UsageError("usage: %llm cache [stats|clear]")
+        s = cache.stats()
+        ttl = "kept until cleared" if s["ttl_s"] is None else f"kept {s['ttl_s']:g} s"
+        print(f"response cache {s['path']}: {s['entries']} answers ({ttl}); this session {s['hits']} hits, "
+              f"{s['misses']} misses, ${s['saved_usd']:.6f} not paid again")
 
     def _cmd_explain(self, rest: str) -> None:
         combo, _, prompt = rest.partition(" ")
@@ -618,6 +647,7 @@ SUBCOMMAND_HELP = [
     ("builder [COMBO]", "build or edit a combo with widgets", "%llm builder fast"),
     ("chat [show|clear] [COMBO]", "the conversation --chat keeps per combo", "%llm chat show fast"),
     ("error [COMBO] [options]", "send the last error and its cell, asking for an explanation and a fix", "%llm error fast"),
+    ("cache [stats|clear]", "the response cache: what it holds and saved, or empty it", "%llm cache stats"),
     ("help", "this list", "%llm help"),
 ]
 

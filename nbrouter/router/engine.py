@@ -16,7 +16,7 @@ import copy
 import os
 import queue
 import weakref
-from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
@@ -25,8 +25,6 @@ from .budget import Budget
 from .config import build_config, environment_providers, load_config, local_provider
 from .config_file import combo_table, set_combo, write_document
 from .clients import Senders
-from .batch import BatchResult, arun, prepare, run_sync
-from .cache import MEMORY, ResponseCache, through_cache
 from .decide import Decider
 from .errors import ComboConfigError
 from .loop import Emit, Hooks, Loop
@@ -37,6 +35,10 @@ from .state import StateStore
 from .status import Status, collect_status
 from .strategies import STRATEGIES
 from .types import Attempt, Candidate, Decision, Done, RouteEvent, RouteResult
+
+if TYPE_CHECKING:  # batch work and the response cache load on first use: `import nbrouter` stays light
+    from .batch import BatchResult
+    from .cache import ResponseCache
 
 _routers: "weakref.WeakSet[Router]" = weakref.WeakSet()
 
@@ -316,6 +318,8 @@ class Router:
             await self.discover(refresh=self._discovered_at is not None)
         self.state.refresh()
         if req.cache:
+            from .cache import through_cache
+
             return await through_cache(self.cache, self._decider, self.state, self.clock.time(), req, lambda: self._loop.run(req, emit))
         return await self._loop.run(req, emit)
 
@@ -337,16 +341,22 @@ class Router:
         Returns:
             a BatchResult: one RouteResult or RouteError per item, in input order.
         """
+        from .batch import prepare, run_sync
+
         return run_sync(self, prepare(self, combo, items, **options))
 
     async def amap(self, combo: str | Combo, items: Any, **options: Any) -> BatchResult:
         """The async `map`, on the caller's event loop; cancelling it returns what finished."""
+        from .batch import arun, prepare
+
         return await arun(prepare(self, combo, items, **options))
 
     @property
     def cache(self) -> ResponseCache:
         """The response cache (`NBROUTER_CACHE` or the user cache dir; in memory with persist=False)."""
         if self._cache is None:
+            from .cache import MEMORY, ResponseCache
+
             self._cache = ResponseCache(None if self._persist else MEMORY)
         return self._cache
 

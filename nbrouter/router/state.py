@@ -88,6 +88,8 @@ class StateStore:
                                                    "usage": self.usage, "ratelimit": self.ratelimits}
         self._writer: BatchWriter | None = None
         self._data_version = -1
+        #: (kind, key) -> when this process removed it (a reset, an expired hold): older rows stay removed
+        self._removed: dict[tuple[str, str], float] = {}
         self._next_refresh = 0.0
         self._closed = False
         if backend is None and path is None and persist:
@@ -156,6 +158,11 @@ class StateStore:
                 current = target.get(key)
                 if only_newer and current is not None and getattr(current, "updated", 0.0) >= updated:
                     continue
+                removed = self._removed.get((kind, key))
+                if removed is not None:
+                    if updated <= removed:
+                        continue  # removed here (a reset) after this version was written: it stays removed
+                    del self._removed[(kind, key)]
                 obj = health.decode(kind, value)
                 if kind == "hold" and not obj.active(now):
                     target.pop(key, None)
@@ -201,12 +208,18 @@ class StateStore:
         now = self.clock.time()
         if kind not in ("counter", "pointer"):
             obj.updated = now
+        self._removed.pop((kind, key), None)
         self._writer.put(kind, key, obj, now)
 
     def _delete(self, kind: str, key: str, stamp: float | None = None) -> None:
         """Mark an entry removed; in the file, a version newer than `stamp` (default: now) stays."""
         if self._writer is not None:
-            self._writer.delete(kind, key, self.clock.time() if stamp is None else stamp)
+            stamp = self.clock.time() if stamp is None else stamp
+            # until the file has it too, a refresh must not bring the entry back from an older row
+            if len(self._removed) >= 100_000:
+                self._removed.clear()
+            self._removed[(kind, key)] = stamp
+            self._writer.delete(kind, key, stamp)
 
     def log_attempts(self, call_id: str, combo: str, attempts: list[Attempt], prompt: str | None, response: str | None,
                      decision: tuple[str, int, str] | None = None) -> None:
