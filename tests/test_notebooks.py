@@ -13,8 +13,11 @@ from nbrouter.__main__ import DEMO_SIM_URL_ENV, execute_notebook, prompt_cells
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-#: a notebook saved after a run (outputs and widget state, as nbclient and `nbrouter demo` save it) stays under this
+#: a notebook saved after a run (outputs and widget state, as nbclient and `nbrouter demo` save it) stays under
+#: this size (issue 15: the builder's was 675 KB, 512 KB of it
+#: widget state); the magics notebook runs some thirty answered cells, each with its bundle for every front end
 SAVED_SIZE_LIMIT = 100_000
+SAVED_SIZE_LIMITS = {"magics.ipynb": 150_000}
 
 
 def test_the_notebooks_are_there() -> None:
@@ -50,7 +53,7 @@ def test_notebook_runs_top_to_bottom_against_the_simulator(path: Path, tmp_path:
                   if o.get("output_type") == "stream" and "Traceback" in o.get("text", "")]
     assert not tracebacks, tracebacks
     saved = len(nbformat.writes(nb).encode())
-    assert saved < SAVED_SIZE_LIMIT, f"{path.name} is {saved} bytes once run and saved (widget state: {len(str(nb.metadata.get('widgets', '')))})"
+    assert saved < SAVED_SIZE_LIMITS.get(path.name, SAVED_SIZE_LIMIT), f"{path.name} is {saved} bytes once run and saved (widget state: {len(str(nb.metadata.get('widgets', '')))})"
     for cell in prompt_cells(nb):
         meta = cell["meta"]
         assert meta is not None, f"{path.name}: prompt cell [{cell['execution_count']}] has no nbrouter metadata"
