@@ -63,7 +63,7 @@ def test_terminal_ipython_prints_the_stream_incrementally_then_the_footer(tmp_pa
     assert all(len(line) <= 80 for line in table) and any("advance (rate_limit 429)" in line for line in table)
     after = out[out.index("one-liner answer"):]
     assert "served by sim#default/term · 1 attempt" in after and "skipped" in after
-    assert all(len(line) <= 80 for line in after.splitlines())
+    assert all(len(line) <= 80 for line in after.splitlines()), [line for line in after.splitlines() if len(line) > 80]
 
     # printed as it arrived: the first words were out well before the last one (2 s of streaming)
     first = next(t for t, _ in _prefix_times(arrivals, WORDS[0]))

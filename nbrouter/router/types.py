@@ -220,6 +220,15 @@ class RouteResult:
     def __repr__(self) -> str:
         return f"RouteResult(served_by={self.served_by!r}, text={self.text[:60]!r}, attempts={len(self.attempts)}, cost_usd={self.cost_usd})"
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        # IPython's Out[] for `%llm COMBO PROMPT` (its answer is shown already): one short line, not the text again
+        text = f"<RouteResult of {self.combo}: {self.footer()}>"
+        p.text(text if len(text) <= RESULT_PRETTY_WIDTH else text[:RESULT_PRETTY_WIDTH - 2] + "…>")
+
+
+#: the widest Out[] line of a RouteResult (IPython prefixes `Out[n]: `; a terminal is 80 columns)
+RESULT_PRETTY_WIDTH = 70
+
 
 # ---- stream events -------------------------------------------------------------------
 
