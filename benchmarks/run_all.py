@@ -32,6 +32,7 @@ BENCHMARKS = [
     ("bench_startup.py", ["--rounds", "2"]),
     ("bench_state.py", ["--rounds", "2", "--per-round", "5000", "--attempts", "20000"]),
     ("bench_chaos.py", ["--calls", "1000"]),
+    ("bench_batch.py", ["--items", "300"]),
 ]
 
 

@@ -61,9 +61,8 @@ def build_request(combo: str | Combo, prompt: str | None, *, stream: bool, messa
         **options: any of `OPTIONS` (system, max_tokens, temperature, max_cost_usd, timeout_s, seed,
             response_format, strategy, cache, schema).
     """
-    unknown = set(options) - OPTIONS
-    if unknown:
-        raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+    if not OPTIONS.issuperset(options):
+        raise TypeError(f"unexpected arguments: {', '.join(sorted(set(options) - OPTIONS))}")
     if messages is None:
         if prompt is None:
             raise TypeError("give a prompt or messages")
