@@ -21,34 +21,12 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Any
 
 from _common import heading, isolate_user_state, machine, table
 
 DEADLINE_S = 0.8
 TIMEOUT_S = 0.25
 MARGIN_S = 2.0
-
-
-def _behaviour(rng: random.Random) -> Any:
-    from nbrouter.testing import CutStream, Drop, Empty, Hang, Malformed, RateLimited, Raw, Reply, ServerError, Unauthorized
-
-    if rng.random() < 0.5:
-        return Reply()
-    return rng.choice([
-        lambda: RateLimited(retry_after=0.02),
-        lambda: RateLimited(),
-        lambda: ServerError(rng.choice([500, 502, 503, 504])),
-        lambda: Unauthorized() if rng.random() < 0.1 else ServerError(500),
-        lambda: Hang(2.0),
-        lambda: Reply("drip " * 20, tokens_per_s=4),
-        lambda: CutStream(after_chunks=rng.randint(0, 2)),
-        lambda: Malformed(),
-        lambda: Raw(200, rng.choice(['{"choices":["x"]}', '{"choices":[{"message":5}]}', "[]", "{"])),
-        lambda: Empty(),
-        lambda: Drop(),
-    ])()
-
 
 def _rss_mib() -> float | None:
     try:
@@ -57,20 +35,19 @@ def _rss_mib() -> float | None:
         return None
     return psutil.Process().memory_info().rss / 2**20
 
-
 def _fds() -> int | None:
     path = f"/proc/{os.getpid()}/fd"
     return len(os.listdir(path)) if os.path.isdir(path) else None
 
-
 def run(calls: int, concurrency: int) -> list[list[str]]:
-    from nbrouter import RouteError, RouteResult, Router
+    from nbrouter import RouteError, Router
     from nbrouter.testing import ProviderSimulator, Reply
+    from nbrouter.testing.chaos import random_behaviour
 
     rng = random.Random(20261201)
     with ProviderSimulator() as sim:
         for model in ("t1", "t2", "t3"):
-            sim.script([_behaviour(rng) for _ in range(calls * 2)], model=model)
+            sim.script([random_behaviour(rng) for _ in range(calls * 2)], model=model)
         sim.set_default(Reply())
         providers = {f"p{i}": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "BENCH_KEY"} for i in (1, 2, 3)}
         policy = {"rate_limit_cooldown_s": 0.05, "rate_limit_cooldown_cap_s": 0.05, "breaker_open_s": 0.05,
@@ -134,7 +111,6 @@ def run(calls: int, concurrency: int) -> list[list[str]]:
         ["RSS before / after", "psutil not installed" if rss0 is None else f"{rss0:.0f} MiB / {rss1:.0f} MiB"],
     ]
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10_000)
@@ -144,7 +120,6 @@ def main() -> None:
     heading("Chaos: every call ends in a result or a RouteError", "python benchmarks/bench_chaos.py")
     print(f"Machine: {machine()}\n")
     print(table(["what", "measured"], run(args.calls, args.concurrency)))
-
 
 if __name__ == "__main__":
     main()

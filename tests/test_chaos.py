@@ -22,33 +22,14 @@ import pytest
 
 from conftest import sim_config
 from nbrouter import RouteError, RouteResult
-from nbrouter.testing import CutStream, Drop, Empty, Hang, Malformed, RateLimited, Raw, Reply, ServerError, Unauthorized
+from nbrouter.testing import Reply
+from nbrouter.testing.chaos import random_behaviour
 
 DEADLINE_S = 0.8
 TIMEOUT_S = 0.25
 #: how far past its deadline a call may end: scheduling on a busy two-core machine, not a rule
 MARGIN_S = 2.0
 ROUNDS = ((1, 150), (16, 600), (64, 750))  # (concurrency, calls): 1,500 in all
-
-
-def _behaviour(rng: random.Random) -> Any:
-    roll = rng.random()
-    if roll < 0.50:
-        return Reply()
-    choices = [
-        lambda: RateLimited(retry_after=0.02),
-        lambda: RateLimited(),
-        lambda: ServerError(rng.choice([500, 502, 503, 504])),
-        lambda: Unauthorized() if rng.random() < 0.1 else ServerError(500),
-        lambda: Hang(2.0),
-        lambda: Reply("drip " * 20, tokens_per_s=4),
-        lambda: CutStream(after_chunks=rng.randint(0, 2)),
-        lambda: Malformed(),
-        lambda: Raw(200, rng.choice(['{"choices":["x"]}', '{"choices":[{"message":5}]}', "[]", "{", '{"usage":{"prompt_tokens":"abc"}}'])),
-        lambda: Empty(),
-        lambda: Drop(),
-    ]
-    return rng.choice(choices)()
 
 
 def _fds() -> int:
@@ -59,7 +40,7 @@ def _fds() -> int:
 def test_chaos_every_call_ends_in_a_result_or_a_route_error(sim, make_router) -> None:
     rng = random.Random(20261201)
     for model in ("t1", "t2", "t3"):
-        sim.script([_behaviour(rng) for _ in range(1200)], model=model)
+        sim.script([random_behaviour(rng) for _ in range(1200)], model=model)
     sim.set_default(Reply())
     policy = {"rate_limit_cooldown_s": 0.05, "rate_limit_cooldown_cap_s": 0.05, "breaker_open_s": 0.05,
               "server_error_backoff_s": 0.0, "quota_cooldown_s": 0.05}
