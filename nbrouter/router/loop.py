@@ -101,7 +101,7 @@ class Hooks:
 class _Call:
     """Mutable bookkeeping of one call in flight."""
 
-    __slots__ = ("req", "emit", "hooks", "id", "attempts", "shown", "notes", "decision", "started")
+    __slots__ = ("req", "emit", "hooks", "id", "attempts", "shown_parts", "notes", "decision", "started")
 
     def __init__(self, req: CallRequest, emit: Emit | None, clock: Clock, hooks: Hooks) -> None:
         self.req = req
@@ -109,11 +109,16 @@ class _Call:
         self.hooks = hooks
         self.id = f"{_call_ids.getrandbits(64):016x}"
         self.attempts: list[Attempt] = []
-        self.shown = ""  # text already passed to the caller
+        #: the text already passed to the caller, piece by piece (joined once, when it is needed)
+        self.shown_parts: list[str] = []
         #: what was done to the request for one candidate (context-relay's compaction), for its attempt row
         self.notes: dict[str, str] = {}
         self.decision: Decision | None = None
         self.started = time.perf_counter()
+
+    @property
+    def shown(self) -> str:
+        return "".join(self.shown_parts)
 
     def add(self, attempt: Attempt) -> None:
         self.attempts.append(attempt)
@@ -281,7 +286,7 @@ class Loop:
                     # the policy row asked for one more try of this candidate (a key that changed since)
                     tries += 1
                     result = await self._attempt(call, combo, c, info, attempt_timeout, retry=True)
-                while not hedged and not isinstance(result, RouteResult) and not call.shown:
+                while not hedged and not isinstance(result, RouteResult) and not call.shown_parts:
                     # same-target retries (policy `retries`, a combo's `retries`), each its own row
                     retries = self._retries(combo)
                     wait = self._retry_wait(c, result[0], retries, used, tries, max_attempts, deadline)
@@ -300,7 +305,7 @@ class Loop:
                 failure, attempt = result
                 last_failure = failure
                 rule = rule_for(failure.kind)
-                if call.shown:
+                if call.shown_parts:
                     # text already reached the caller: stop, and return it marked partial with the error, so
                     # the deltas a consumer saw add up to the result's text (no second answer glued on)
                     attempt.action = Action.STOP
@@ -616,7 +621,7 @@ class Loop:
                 if lane is not None and not lane.may_show():
                     return  # another attempt of the hedge is answering
                 pieces.append(text)
-                call.shown += text
+                call.shown_parts.append(text)
                 if call.emit is not None:
                     call.emit(TextDelta(text, c.key))
 
