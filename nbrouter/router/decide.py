@@ -13,7 +13,7 @@ import os
 import random
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .._core import Clock
 from .._core.text import span
@@ -25,6 +25,7 @@ from .policy import Policy
 from .pricing import PriceBook
 from .requests import CallRequest
 from .combos import auto_pool
+from .scoring import EXCLUSION_PREFIX, PoolReadings
 from .scoring import excluded as auto_excluded
 from .state import StateStore
 from .strategies import STRATEGIES, RequestInfo, StrategyContext, order_accounts
@@ -118,6 +119,37 @@ class Snapshot:
     def tier(self, c: Candidate) -> str | None:
         acc = self.provider(c).account(c.account)
         return None if acc is None else acc.tier
+
+    def pool_readings(self, candidates: Sequence[Candidate]) -> PoolReadings:
+        """Every measurement scoring reads, for the whole pool in one pass (the per-candidate reads above,
+        without a method call per value)."""
+        now, decider = self.now, self._decider
+        state = self._state
+        breakers, latency = state.breakers, state.latency
+        providers, prices = decider.config.providers, decider.prices
+        headroom = decider.headroom
+        out = PoolReadings([], [], [], [], [], [], [])
+        breaker, room, unit, p95, spread, errors, tiers = out
+        for c in candidates:
+            breaker.append(state.breaker_state(c.key, now) if c.key in breakers else "closed")
+            provider = providers[c.provider]
+            room.append(headroom(c, now)[0])
+            per = prices.unit_prices(provider, c.model)
+            unit.append(None if per is None else per.per_mtok())
+            s = latency.get(c.key)
+            if s is None:
+                p95.append(None)
+                spread.append(None)
+                errors.append(0.0)
+            else:
+                high = s.percentile(0.95)
+                p95.append(high)
+                low = s.percentile(0.5) if len(s.samples) >= 2 else None
+                spread.append(None if low is None or high is None else high - low)
+                errors.append(s.error_rate())
+            acc = provider.account(c.account)
+            tiers.append(None if acc is None else acc.tier)
+        return out
 
     def hold_until(self, key: str) -> float | None:
         h = self._state.holds.get(key)
@@ -403,7 +435,8 @@ class Decider:
         seed = req.seed if req.seed is not None else random.getrandbits(32)
         rows: list[DecisionRow] = []
         kept: list[Candidate] = []
-        is_auto = combo.strategy == "auto"
+        # an auto combo's exclusions are holds: when the store holds none, no candidate needs the lookup
+        is_auto = combo.strategy == "auto" and any(k.startswith(EXCLUSION_PREFIX) for k in self.state.holds)
         plans = self._plans
         for c in candidates:
             plan = plans.get(c.key) or self._plan(c)
@@ -507,9 +540,12 @@ class Decider:
 
     def headroom(self, c: Candidate, now: float) -> tuple[float | None, float | None]:
         """Share of quota left (the scarcest of configured quotas and rate-limit headers) and its reset."""
-        shares: list[tuple[float, float | None]] = []
         acc = self.config.providers[c.provider].account(c.account)
-        if acc is not None and not acc.quota.is_empty():
+        quota = acc is not None and not acc.quota.is_empty()
+        if not quota and c.account_key not in self.state.ratelimits:
+            return None, None  # nothing tracked: the common case, without building anything
+        shares: list[tuple[float, float | None]] = []
+        if quota:
             for limit, used, _, reset in quota_windows(acc.quota, self.state.usage_window(c.account_key, now)):
                 if limit:
                     shares.append((max(0.0, 1.0 - used / limit), reset))

@@ -80,6 +80,20 @@ class Measurements(Protocol):
 
     def tier(self, c: Candidate) -> str | None: ...
 
+    def pool_readings(self, candidates: Sequence[Candidate]) -> PoolReadings: ...
+
+
+class PoolReadings(NamedTuple):
+    """What scoring reads of every candidate of a pool, read in one pass (one list per measurement)."""
+
+    breaker: list[str]
+    headroom: list[float | None]
+    prices: list[tuple[float, float] | None]
+    p95: list[float | None]
+    spread: list[float | None]
+    error_rate: list[float]
+    tier: list[str | None]
+
 
 class _Hold(Protocol):
     until: float
@@ -138,9 +152,13 @@ def _stem_tasks(word: str) -> tuple[str, ...]:
 EXCLUDE_INPUT = "exclude_for_s"
 
 
+#: the start of every `auto` exclusion's hold key
+EXCLUSION_PREFIX = "auto-exclude:"
+
+
 def exclusion_key(combo: str, candidate_key: str) -> str:
     """The hold key of an `auto` exclusion: per combo, so it never blocks a combo the user wrote."""
-    return f"auto-exclude:{combo}:{candidate_key}"
+    return f"{EXCLUSION_PREFIX}{combo}:{candidate_key}"
 
 
 def _streak_key(combo: str, candidate_key: str) -> str:
@@ -306,24 +324,11 @@ def score_pool(candidates: Sequence[Candidate], snap: Measurements, written: Seq
     blend_in, blend_out = policy.cost_blend_input, policy.cost_blend_output
     n = len(candidates)
 
-    # one pass of reads
-    states: list[str] = []
-    shares: list[float | None] = []
-    tiers: list[str | None] = []
-    errors: list[float] = []
-    blended: list[float | None] = []
-    p95: list[float | None] = []
-    spread: list[float | None] = []
-    for c in candidates:
-        states.append(snap.breaker_state(c))
-        share = snap.quota_headroom(c)[0]
-        shares.append(share if isinstance(share, (int, float)) else None)
-        prices = snap.unit_prices(c)
-        blended.append(None if prices is None else blend_in * prices[0] + blend_out * prices[1])
-        p95.append(snap.p95(c))
-        spread.append(snap.latency_spread(c))
-        errors.append(snap.error_rate(c))
-        tiers.append(snap.tier(c))
+    # one pass of reads over the whole pool
+    readings = snap.pool_readings(candidates)
+    states, tiers, errors, p95, spread = readings.breaker, readings.tier, readings.error_rate, readings.p95, readings.spread
+    shares = [share if isinstance(share, (int, float)) else None for share in readings.headroom]
+    blended = [None if prices is None else blend_in * prices[0] + blend_out * prices[1] for prices in readings.prices]
 
     health_scores = policy.auto_health_scores
     health = [float(health_scores.get(state, 0.0)) for state in states]
