@@ -14,6 +14,7 @@ machine without it the test skips and says how to install it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -122,15 +123,21 @@ def lab(sim: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     root = tmp_path / "notebooks"
     root.mkdir()
     _notebook(root / "builder.ipynb")
+    env = isolated_jupyter_env(tmp_path, NBROUTER_CONFIG=str(config), NBROUTER_STATE=str(tmp_path / "state.sqlite3"))
+    with jupyter_server("lab", root, env, tmp_path / "jupyterlab.log") as base:
+        yield {"url": f"{base}/lab/tree/builder.ipynb?token={TOKEN}", "config": config, "log": tmp_path / "jupyterlab.log"}
+
+
+def isolated_jupyter_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a Jupyter server that touches nothing of the user's: its own HOME and Jupyter
+    dirs under `tmp_path`, and no news or update checks (nothing leaves the machine, no toast covers a cell)."""
     settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
-    # no news or update checks: nothing leaves the machine, and no toast covers the notebook
     (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    env = dict(
+    (tmp_path / "home").mkdir()
+    return dict(
         os.environ,
         HOME=str(tmp_path / "home"),
-        NBROUTER_CONFIG=str(config),
-        NBROUTER_STATE=str(tmp_path / "state.sqlite3"),
         SIM_KEY=os.environ["SIM_KEY"],
         JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
         JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"),
@@ -139,37 +146,46 @@ def lab(sim: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
         IPYTHONDIR=str(tmp_path / "ipython"),
         JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),
         JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "lab-workspaces"),
+        **extra,
     )
-    (tmp_path / "home").mkdir()
+
+
+@contextlib.contextmanager
+def jupyter_server(app: str, root: Path, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """JupyterLab (`app="lab"`) or Notebook 7 (`"notebook"`) on 127.0.0.1 serving `root`; yields its base
+    URL once it answers, and stops it afterwards."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", "--no-browser", f"--port={port}",
-           f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.extension_manager=readonly"]
+    cmd = [sys.executable, "-m", "jupyterlab" if app == "lab" else "notebook", "--ServerApp.ip=127.0.0.1",
+           "--no-browser", f"--port={port}", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}"]
+    if app == "lab":
+        cmd += ["--LabApp.extension_manager=readonly", "--LabApp.expose_app_in_browser=True"]
+    else:
+        cmd += ["--JupyterNotebookApp.expose_app_in_browser=True"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # CI containers run as root
-    log_path = tmp_path / "jupyterlab.log"
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
-            if server.poll() is not None:
-                pytest.fail(f"JupyterLab exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+            if proc.poll() is not None:
+                pytest.fail(f"{app} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
                 urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2).close()
                 break
             except (urllib.error.URLError, OSError):
                 if time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not answer within 60 s:\n{log_path.read_text()[-3000:]}")
+                    pytest.fail(f"{app} did not answer within 60 s:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.2)
-        yield {"url": f"{base}/lab/tree/builder.ipynb?token={TOKEN}", "config": config, "log": log_path}
+        yield base
     finally:
-        server.terminate()
+        proc.terminate()
         try:
-            server.wait(15)
+            proc.wait(15)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+            proc.kill()
+            proc.wait(5)
 
 
 def _saved_targets(config: Path) -> list[Any] | None:

@@ -38,7 +38,7 @@ def _fds() -> int:
 
 @pytest.mark.timeout(120)
 def test_chaos_every_call_ends_in_a_result_or_a_route_error(sim, make_router) -> None:
-    rng = random.Random(20261201)
+    rng = random.Random(int(os.environ.get("NBROUTER_CHAOS_SEED", "20261201")))  # another seed: another run of chaos
     for model in ("t1", "t2", "t3"):
         sim.script([random_behaviour(rng) for _ in range(1200)], model=model)
     sim.set_default(Reply())
@@ -48,7 +48,10 @@ def test_chaos_every_call_ends_in_a_result_or_a_route_error(sim, make_router) ->
     config = sim_config(sim, {"c": {"targets": ["p1/t1", "p2/t2", "p3/t3"], "timeout_s": TIMEOUT_S, "deadline_s": DEADLINE_S}},
                         providers=providers, policy=policy)
     router = make_router(config)
-    router.complete("c", "warm up")  # the router's own loop and client exist before counting
+    try:  # the router's own loop and client exist before counting (the answer itself may be chaos)
+        router.complete("c", "warm up")
+    except RouteError:
+        pass
     gc.collect()
     threads_before, fds_before = threading.active_count(), _fds()
 

@@ -17,24 +17,17 @@ missing Chromium, build or Notebook 7 fails the test instead of skipping it.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _require_chromium
+from test_browser import CHROMIUM, CHROMIUM_ARGS, TOKEN, _require_chromium, isolated_jupyter_env, jupyter_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "nbrouter" / "labextension"
 ARTIFACTS = ROOT / "artifacts"
-TOKEN = "nbrouter-extension-test"
 COMBO = "pair"
 #: a price for model-b so the spend is a real sum: 1000 / 2000 USD per million tokens in / out
 PRICE = {"input_per_mtok": 1000, "output_per_mtok": 2000}
@@ -98,59 +91,15 @@ def server(request: pytest.FixtureRequest, sim: Any, tmp_path: Path) -> Iterator
     labextensions = tmp_path / "jupyter-path" / "labextensions"
     labextensions.mkdir(parents=True)
     (labextensions / "nbrouter-labextension").symlink_to(BUILT, target_is_directory=True)
-    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    (tmp_path / "home").mkdir()
-    env = dict(
-        os.environ,
-        HOME=str(tmp_path / "home"),
-        NBROUTER_CONFIG=str(config),
-        NBROUTER_STATE=str(tmp_path / "state.sqlite3"),
+    env = isolated_jupyter_env(
+        tmp_path, NBROUTER_CONFIG=str(config), NBROUTER_STATE=str(tmp_path / "state.sqlite3"),
         PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p),
         JUPYTER_PATH=str(tmp_path / "jupyter-path"),
-        JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
-        JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"),
-        JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
-        JUPYTER_PLATFORM_DIRS="1",
-        IPYTHONDIR=str(tmp_path / "ipython"),
-        JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),
-        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "lab-workspaces"),
     )
-    port = _free_port()
-    cmd = [sys.executable, "-m", "jupyterlab" if app == "lab" else "notebook", "--ServerApp.ip=127.0.0.1",
-           "--no-browser", f"--port={port}", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}"]
-    if app == "lab":
-        cmd += ["--LabApp.extension_manager=readonly", "--LabApp.expose_app_in_browser=True"]
-    else:
-        cmd += ["--JupyterNotebookApp.expose_app_in_browser=True"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-root")  # CI containers run as root
+    path = "lab/tree/route.ipynb" if app == "lab" else "notebooks/route.ipynb"
     log_path = tmp_path / f"{app}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{app} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2).close()
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{app} did not answer within 60 s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
-        path = "lab/tree/route.ipynb" if app == "lab" else "notebooks/route.ipynb"
+    with jupyter_server(app, root, env, log_path) as base:
         yield {"app": app, "url": f"{base}/{path}?token={TOKEN}", "log": log_path}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def _cost(input_tokens: int, output_tokens: int) -> float:

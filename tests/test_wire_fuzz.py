@@ -32,9 +32,11 @@ T = TypeVar("T")
 KEY = "fz7Qw2Er9Ty4Ui8Op3As"
 #: the SSE line cap the sends use: small, so that the long-line cases cost little
 LINE_CAP = 64 * 1024
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+#: `NBROUTER_FUZZ_EXAMPLES=N` runs N random examples per test (and N/3 through a Router) instead of CI's fixed set
+_MORE = int(os.environ.get("NBROUTER_FUZZ_EXAMPLES", "0") or 0)
+FUZZ = settings(max_examples=_MORE or 60, deadline=None, derandomize=not _MORE, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-ROUTER_FUZZ = settings(FUZZ, max_examples=20)
+ROUTER_FUZZ = settings(FUZZ, max_examples=max(20, _MORE // 3))
 PROTOCOLS = ("openai", "anthropic", "gemini")
 
 # -- valid templates, one answer "Hello" each -----------------------------------------------------
