@@ -9,14 +9,12 @@ Markdown table of its first MAX_TABLE_ROWS rows.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Container, Mapping, Sequence
+
+from .._core import template
 
 #: a DataFrame in a prompt is cut to this many rows (a prompt is not the place for a whole data set)
 MAX_TABLE_ROWS = 20
-
-_FIELD = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{(In|Out)\[(\d+)\]\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
 
 def value_text(value: Any) -> str:
     """How a value reads in a prompt: `str()`, or a Markdown table for a DataFrame.
@@ -50,19 +48,11 @@ def interpolate(text: str, namespace: Mapping[str, Any], hidden: Container[str] 
     """
     outputs = outputs or {}
 
-    def replace(match: re.Match[str]) -> str:
-        escaped, history, index, name = match.groups()
-        if escaped is not None:
-            return "{" + escaped + "}"
-        if history is not None:
-            n = int(index)
-            if history == "In" and 0 < n < len(inputs):
-                return inputs[n].rstrip("\n")
-            if history == "Out" and n in outputs:
-                return value_text(outputs[n])
-            return match.group(0)
-        if name in namespace and name not in hidden:
-            return value_text(namespace[name])
-        return match.group(0)
+    def history(kind: str, n: int) -> str | None:
+        if kind == "In" and 0 < n < len(inputs):
+            return inputs[n].rstrip("\n")
+        if kind == "Out" and n in outputs:
+            return value_text(outputs[n])
+        return None
 
-    return _FIELD.sub(replace, text)
+    return template.interpolate(text, namespace, hidden, render=value_text, history=history)
