@@ -82,10 +82,7 @@ class Snapshot:
 
     def latency_spread(self, c: Candidate) -> float | None:
         s = self._state.latency.get(c.key)
-        if s is None or len(s.samples) < 2:
-            return None
-        p50, p95 = s.percentile(0.5), s.percentile(0.95)
-        return None if p50 is None or p95 is None else p95 - p50
+        return None if s is None else s.spread()
 
     def error_rate(self, c: Candidate) -> float:
         s = self._state.latency.get(c.key)
@@ -142,10 +139,8 @@ class Snapshot:
                 spread.append(None)
                 errors.append(0.0)
             else:
-                high = s.percentile(0.95)
-                p95.append(high)
-                low = s.percentile(0.5) if len(s.samples) >= 2 else None
-                spread.append(None if low is None or high is None else high - low)
+                p95.append(s.percentile(0.95))
+                spread.append(s.spread())
                 errors.append(s.error_rate())
             acc = provider.account(c.account)
             tiers.append(None if acc is None else acc.tier)

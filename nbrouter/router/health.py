@@ -182,6 +182,13 @@ class LatencyStats:
         memo[q] = value
         return value
 
+    def spread(self) -> float | None:
+        """p95 - p50 of the recent latencies (None with fewer than two samples)."""
+        if len(self.samples) < 2:
+            return None
+        low, high = self.percentile(0.5), self.percentile(0.95)
+        return None if low is None or high is None else high - low
+
     def requests_last_hour(self, now: float) -> int:
         """Requests in the 60 minutes up to `now`."""
         minute = int(now // 60)
