@@ -228,12 +228,6 @@ ACTIONS: dict[ErrorKind, Action] = {kind: rule.action for kind, rule in RULES.it
 
 DEFAULT_FALLBACK_ON: frozenset[ErrorKind] = frozenset(k for k, a in ACTIONS.items() if a is Action.ADVANCE)
 
-#: kinds that count toward a candidate's circuit breaker
-BREAKER_KINDS: frozenset[ErrorKind] = frozenset(k for k, r in RULES.items() if r.breaker)
-
-#: kinds after which the loop waits `server_error_backoff_s` before the next try
-BACKOFF_KINDS: frozenset[ErrorKind] = frozenset(k for k, r in RULES.items() if r.backoff)
-
 #: a kind the table has no row for (one added to ErrorKind later): advance and count toward the breaker
 FALLBACK_RULE = Rule(ErrorKind.NETWORK, Action.ADVANCE, breaker=True)
 
