@@ -106,6 +106,51 @@ def test_stability_rewards_low_latency_spread_and_low_error_rate(make_router: An
     assert rows["steady"]["stability"] == 1.0  # the pool's lowest spread, no errors
 
 
+def test_a_new_measurement_moves_the_next_score(make_router: Any) -> None:
+    # scoring keeps what only the configuration changes; what the state says is read afresh every decision
+    router = make_router(_pool())
+    _latencies(router, cheap=1.0, fast=1.0, steady=1.0)
+    before = _rows(router.explain("pick", "hello", seed=1))
+    assert before["fast"]["latency"] == before["cheap"]["latency"] == 1.0
+    _latencies(router, cheap=9.0)  # cheap's p95 is now 9 s
+    after = _rows(router.explain("pick", "hello", seed=1))
+    assert after["cheap"]["latency"] == pytest.approx(1 - (9.0 - 1.0) / 9.0, abs=1e-4)
+    assert after["cheap"]["score"] < before["cheap"]["score"]
+    for _ in range(5):
+        router.state.breaker_failure("fast#default/m", time.time())
+    assert "fast" not in _rows(router.explain("pick", "hello", seed=1))  # open: skipped now
+
+
+def test_a_reloaded_price_moves_the_cost_factor(make_router: Any, tmp_path: Path) -> None:
+    path = tmp_path / "nbrouter.toml"
+    body = """
+[providers.cheap]
+protocol = "openai"
+base_url = "http://127.0.0.1:9/v1"
+models = ["m"]
+[providers.dear]
+protocol = "openai"
+base_url = "http://127.0.0.1:9/v1"
+models = ["m"]
+[prices."cheap/m"]
+input_per_mtok = PRICE
+output_per_mtok = PRICE
+[prices."dear/m"]
+input_per_mtok = 10
+output_per_mtok = 10
+[combos.pick]
+strategy = "auto"
+targets = ["cheap/m", "dear/m"]
+"""
+    path.write_text(body.replace("PRICE", "1"))
+    router = make_router(path)
+    assert _rows(router.explain("pick", "hello", seed=1))["cheap"]["cost"] == 1.0
+    path.write_text(body.replace("PRICE", "20"))  # now the dearer one
+    router.reload()
+    rows = _rows(router.explain("pick", "hello", seed=1))
+    assert rows["dear"]["cost"] == 1.0 and rows["cheap"]["cost"] == pytest.approx(1 - (20 - 10) / 20, abs=1e-4)
+
+
 def test_default_weights_are_the_policy_constants_and_the_score_is_the_weighted_sum(make_router: Any) -> None:
     router = make_router(_pool())
     decision = router.explain("pick", "hello", seed=1)

@@ -13,7 +13,7 @@ import os
 import random
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .._core import Clock
 from .._core.text import span
@@ -36,6 +36,8 @@ from .types import Candidate, Decision, DecisionRow
 EMERGENCY = "emergency"
 #: where the emergency tier's step numbers start (a combo has far fewer steps)
 EMERGENCY_STEPS = 100_000
+#: the reason shown for each emergency-tier candidate
+EMERGENCY_REASON = "emergency tier: tried once, after every candidate above"
 
 #: why a candidate cannot be tried now, and until when (None: not a timed hold)
 Skip = tuple[str, "float | None"]
@@ -117,34 +119,30 @@ class Snapshot:
         acc = self.provider(c).account(c.account)
         return None if acc is None else acc.tier
 
+    @property
+    def memo(self) -> dict[Any, Any]:
+        return self._decider.memo
+
     def pool_readings(self, candidates: Sequence[Candidate]) -> PoolReadings:
-        """Every measurement scoring reads, for the whole pool in one pass (the per-candidate reads above,
-        without a method call per value)."""
-        now, decider = self.now, self._decider
-        state = self._state
-        breakers, latency = state.breakers, state.latency
-        providers, prices = decider.config.providers, decider.prices
-        headroom = decider.headroom
-        out = PoolReadings([], [], [], [], [], [], [])
-        breaker, room, unit, p95, spread, errors, tiers = out
-        for c in candidates:
-            breaker.append(state.breaker_state(c.key, now) if c.key in breakers else "closed")
-            provider = providers[c.provider]
-            room.append(headroom(c, now)[0])
-            per = prices.unit_prices(provider, c.model)
-            unit.append(None if per is None else per.per_mtok())
-            s = latency.get(c.key)
-            if s is None:
-                p95.append(None)
-                spread.append(None)
-                errors.append(0.0)
-            else:
-                p95.append(s.percentile(0.95))
-                spread.append(s.spread())
-                errors.append(s.error_rate())
-            acc = provider.account(c.account)
-            tiers.append(None if acc is None else acc.tier)
-        return out
+        """What scoring reads of the state, for the whole pool in one pass (the per-candidate reads above,
+        without a method call per value where nothing is tracked)."""
+        now, state, n = self.now, self._state, len(candidates)
+        breakers, latency, ratelimits = state.breakers, state.latency, state.ratelimits
+        if breakers:
+            breaker = [state.breaker_state(c.key, now) if c.key in breakers else "closed" for c in candidates]
+        else:
+            breaker = ["closed"] * n
+        decider = self._decider
+        quotas = decider.quota_accounts
+        if quotas or ratelimits:
+            headroom = decider.headroom
+            room = [headroom(c, now)[0] if c.account_key in quotas or c.account_key in ratelimits else None for c in candidates]
+        else:
+            room = [None] * n
+        nothing = (None, None, 0.0)
+        readings = [nothing if s is None else s.reading() for s in map(latency.get, [c.key for c in candidates])]
+        p95, spread, errors = (list(column) for column in zip(*readings)) if readings else ([], [], [])
+        return PoolReadings(breaker, room, p95, spread, errors)
 
     def hold_until(self, key: str) -> float | None:
         h = self._state.holds.get(key)
@@ -208,12 +206,15 @@ class SkipCheck:
     """One named reason a candidate may not be tried now (routing.md section 3, step 2).
 
     `applies` says, once per candidate and configuration, whether the check can ever say no for it (an
-    account without a quota has no quota to use up), so a decision asks only the checks that matter.
+    account without a quota has no quota to use up); `wanted`, once per decision, whether it can say no
+    for any candidate now (no holds at all, a call without its own budget), so a decision asks only the
+    checks that matter.
     """
 
     name: str
     check: Callable[[Decider, Candidate, RequestInfo, CallRequest, float], "Skip | None"]
     applies: Callable[[Config, Candidate], bool] = lambda config, c: True
+    wanted: Callable[[Decider, CallRequest], bool] = lambda d, req: True
 
 
 def quota_windows(quota: Any, w: Any) -> tuple[tuple[int | None, int, str, float], ...]:
@@ -309,13 +310,14 @@ def _account(config: Config, c: Candidate) -> Any:
 
 #: the skip checks, in the order they are asked; the first that says no names the reason
 SKIP_CHECKS: tuple[SkipCheck, ...] = (
-    SkipCheck("hold", _held),
-    SkipCheck("breaker", _breaker),
-    SkipCheck("no_key", _no_key, lambda config, c: bool(getattr(_account(config, c), "api_key_env", None))),
+    SkipCheck("hold", _held, wanted=lambda d, req: bool(d.state.holds)),
+    SkipCheck("breaker", _breaker, wanted=lambda d, req: bool(d.state.breakers)),
+    SkipCheck("no_key", _no_key, lambda config, c: bool(getattr(_account(config, c), "api_key_env", None)),
+              lambda d, req: d.some_key_missing()),
     SkipCheck("quota", _quota_used_up, lambda config, c: _account(config, c) is not None and not _account(config, c).quota.is_empty()),
     SkipCheck("context_window", _context, lambda config, c: config.providers[c.provider].context_window(c.model) is not None),
-    SkipCheck("budget", _budget),
-    SkipCheck("paced", _paced),
+    SkipCheck("budget", _budget, wanted=lambda d, req: req.max_cost_usd is not None),
+    SkipCheck("paced", _paced, wanted=lambda d, req: req.pacer is not None),
 )
 
 
@@ -339,16 +341,39 @@ class Decider:
         self._named: dict[str, Combo] = {}
         self._resolved: dict[int, tuple[Combo, list[Candidate], bool]] = {}
         self._plans: dict[str, tuple[Callable[..., Skip | None], ...]] = {}
+        self._pool_plans: dict[tuple[int, tuple[bool, ...]], tuple[list[Candidate], list[tuple[Candidate, tuple[Callable[..., Skip | None], ...]]]]] = {}
         self._notes: dict[int, tuple[Combo, str]] = {}
         self._env: dict[str, str | None] = {}
         self._emergency: list[Candidate] | None = None
+        #: what strategies compute once per configuration (`Snapshot.memo`)
+        self.memo: dict[Any, Any] = {}
+        self.quota_accounts = self._quota_accounts()
+        self.key_variables = self._key_variables()
+
+    def _key_variables(self) -> frozenset[str]:
+        """The environment variables the accounts read their keys from."""
+        return frozenset(acc.api_key_env for p in self.config.providers.values() for acc in p.accounts if acc.api_key_env)
+
+    def some_key_missing(self) -> bool:
+        """Whether any account's key variable is unset now (read once per decision)."""
+        env = self.env
+        return any(not env(name) for name in self.key_variables)
+
+    def _quota_accounts(self) -> frozenset[str]:
+        """The account keys with a configured quota."""
+        return frozenset(f"{name}#{acc.name}" for name, p in self.config.providers.items()
+                         for acc in p.accounts if not acc.quota.is_empty())
 
     def forget(self) -> None:
         """Drop the cached resolutions (the providers changed, e.g. after local discovery)."""
         self._named.clear()
         self._resolved.clear()
         self._plans.clear()
+        self._pool_plans.clear()
         self._notes.clear()
+        self.memo.clear()
+        self.quota_accounts = self._quota_accounts()
+        self.key_variables = self._key_variables()
         self._emergency = None
 
     def _plan(self, c: Candidate) -> tuple[Callable[..., Skip | None], ...]:
@@ -358,6 +383,21 @@ class Decider:
             if len(self._plans) >= 8192:
                 self._plans.clear()
             plan = self._plans[c.key] = tuple(check.check for check in SKIP_CHECKS if check.applies(self.config, c))
+        return plan
+
+    def _pool_plan(self, candidates: list[Candidate], req: CallRequest) -> list[tuple[Candidate, tuple[Callable[..., Skip | None], ...]]]:
+        """Each candidate of a resolved combo with the checks to ask it in this decision (those that apply
+        to it and are wanted now), remembered per combo and set of wanted checks."""
+        wanted = tuple(check.wanted(self, req) for check in SKIP_CHECKS)
+        key = (id(candidates), wanted)
+        hit = self._pool_plans.get(key)
+        if hit is not None and hit[0] is candidates:
+            return hit[1]
+        asked = {check.check for check, want in zip(SKIP_CHECKS, wanted) if want}
+        plan = [(c, tuple(check for check in self._plan(c) if check in asked)) for c in candidates]
+        if len(self._pool_plans) >= 1024:
+            self._pool_plans.clear()
+        self._pool_plans[key] = (candidates, plan)
         return plan
 
     def env(self, name: str) -> str | None:
@@ -432,9 +472,10 @@ class Decider:
         kept: list[Candidate] = []
         # an auto combo's exclusions are holds: when the store holds none, no candidate needs the lookup
         is_auto = combo.strategy == "auto" and any(k.startswith(EXCLUSION_PREFIX) for k in self.state.holds)
-        plans = self._plans
-        for c in candidates:
-            plan = plans.get(c.key) or self._plan(c)
+        for c, plan in self._pool_plan(candidates, req):
+            if not plan and not is_auto:
+                kept.append(c)
+                continue
             skip = None
             for check in plan:
                 skip = check(self, c, info, req, now)
@@ -446,9 +487,10 @@ class Decider:
                 kept.append(c)
             else:
                 rows.append(DecisionRow(c, None, skip[0], skipped=True, hold_until=skip[1]))
-        inputs: dict[str, dict[str, Any]] = {}
+        inputs: Mapping[str, Mapping[str, Any]] = {}
         notes: list[str] = []
         explored = False
+        exclusions: dict[str, float] = {}
         if combo.strategy == "priority" and single_accounts:
             ordered = kept  # as written, and no accounts to order: the common waterfall needs no context
         else:
@@ -459,18 +501,21 @@ class Decider:
             ordered = strategy(order_accounts(kept, ctx), ctx)
             if len(ordered) != len(kept):
                 raise RuntimeError(f"strategy {combo.strategy} dropped candidates")  # a strategy never drops one
-            inputs, notes, explored = ctx.inputs, list(ctx.notes), ctx.explored
+            inputs, notes, explored, exclusions = ctx.inputs, list(ctx.notes), ctx.explored, ctx.exclusions
         if self.budget.limit is not None:
             ordered, over = self._within_budget(ordered, info)
             rows.extend(over)
             notes.append(f"session budget: {self.budget.text()}")
-        order_rows = [DecisionRow(c, i, "first" if i == 0 else "next", inputs=inputs.get(c.key, {})) for i, c in enumerate(ordered)]
+        reasons: dict[int, str] = {}
         if self.config.emergency is not None and combo.name != self.config.emergency:
-            order_rows.extend(self._emergency_rows(candidates, len(order_rows), info, req, now, rows))
+            tier = self._emergency_tier(candidates, info, req, now, rows)
+            if tier:
+                reasons = dict.fromkeys(range(len(ordered), len(ordered) + len(tier)), EMERGENCY_REASON)
+                ordered = ordered + tier
         decision = Decision(
             combo=combo.name, strategy=combo.strategy, account_strategy=combo.account_strategy, seed=seed,
-            rows=order_rows + rows, config_hash=self.config.hash, explored=explored, notes=notes,
-            constants=self.constants,
+            order=ordered, skipped=rows, config_hash=self.config.hash, explored=explored, notes=notes,
+            constants=self.constants, inputs=inputs, reasons=reasons, exclusions=exclusions,
         )
         decision.notes.append(f"estimated prompt {info.prompt_tokens} tokens + max_tokens {info.max_tokens}; {self._limits_note(combo)}")
         return decision, info
@@ -490,8 +535,8 @@ class Decider:
             note = self._notes[id(combo)] = (combo, text)
         return note[1]
 
-    def _emergency_rows(self, candidates: list[Candidate], start: int, info: RequestInfo, req: CallRequest, now: float,
-                        skipped: list[DecisionRow]) -> list[DecisionRow]:
+    def _emergency_tier(self, candidates: list[Candidate], info: RequestInfo, req: CallRequest, now: float,
+                        skipped: list[DecisionRow]) -> list[Candidate]:
         """The emergency tier (`[router] emergency`): its candidates after everything else, each once, marked
         with the path `emergency > ...`; those already in the combo are not repeated."""
         tier = self._emergency
@@ -501,7 +546,7 @@ class Decider:
             tier = self._emergency = [replace(c, path=(EMERGENCY, *c.path), step=EMERGENCY_STEPS + c.step)
                                       for c in resolve(self.config, inner)]
         seen = {c.key for c in candidates}
-        out: list[DecisionRow] = []
+        out: list[Candidate] = []
         for c in tier:
             if c.key in seen:
                 continue
@@ -511,7 +556,7 @@ class Decider:
                 reason = self.budget.check(self.prices.estimate(self.config.providers[c.provider], c.model, info.prompt_tokens, info.max_tokens))
                 skip = None if reason is None else (reason, None)
             if skip is None:
-                out.append(DecisionRow(c, start + len(out), "emergency tier: tried once, after every candidate above"))
+                out.append(c)
             else:
                 skipped.append(DecisionRow(c, None, skip[0], skipped=True, hold_until=skip[1]))
         return out

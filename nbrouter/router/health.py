@@ -189,6 +189,13 @@ class LatencyStats:
         low, high = self.percentile(0.5), self.percentile(0.95)
         return None if low is None or high is None else high - low
 
+    def reading(self) -> tuple[float | None, float | None, float]:
+        """(p95, spread, error rate): what `auto` reads of every candidate, once per new sample."""
+        memo = self.__dict__.get("_reading")
+        if memo is None:
+            memo = self.__dict__["_reading"] = (self.percentile(0.95), self.spread(), self.error_rate())
+        return memo  # type: ignore[no-any-return]
+
     def requests_last_hour(self, now: float) -> int:
         """Requests in the 60 minutes up to `now`."""
         minute = int(now // 60)
@@ -207,8 +214,9 @@ class LatencyStats:
         `charged_unknown`: it was charged at an unknown price."""
         self.requests += 1
         self.last_used = now
-        self.__dict__.pop("_quantiles", None)  # the memos of percentile() and error_rate()
+        self.__dict__.pop("_quantiles", None)  # the memos of percentile(), error_rate() and reading()
         self.__dict__.pop("_error_rate", None)
+        self.__dict__.pop("_reading", None)
         minute = int(now // 60)
         buckets = self.hour_buckets
         buckets[minute] = buckets.get(minute, 0) + 1

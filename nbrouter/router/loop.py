@@ -230,7 +230,7 @@ class Loop:
             now = clock.time()
             decision, info = decider.decide(combo, req, now)
             call.decision = decision
-            ordered = [r.candidate for r in decision.rows if r.position is not None]  # rows come in trying order
+            ordered = decision.order
             if ordered:
                 break
             await self._no_candidate(call, combo, decision, now, deadline)
@@ -379,9 +379,11 @@ class Loop:
         state = self.state
         if combo.strategy in COUNTED:
             state.next_counter(f"rr:{combo.name}")
-        if combo.account_strategy == "round-robin" and len(decision.rows) > 1:
-            per_step = Counter(r.candidate.step for r in decision.rows)
-            if len(per_step) < len(decision.rows):  # some step has several accounts
+        total = len(decision.order) + len(decision.skipped)
+        if combo.account_strategy == "round-robin" and total > 1:
+            per_step = Counter(c.step for c in decision.order)
+            per_step.update(r.candidate.step for r in decision.skipped)
+            if len(per_step) < total:  # some step has several accounts
                 for step, n in per_step.items():
                     if n > 1:
                         state.next_counter(f"acct:{combo.name}:{step}")

@@ -19,8 +19,11 @@ and a free model does not zero every paid one. A candidate without a measurement
 (so a new target is tried). The score is the weighted sum; the weights are the defaults
 (`Policy.auto_weights`), or a mode pack, with a combo's `weights` on top, normalised to sum 1.
 
-Each normalisation is computed once per decision over the whole pool, and a model's task-fit pattern
-once per (task patterns, model): a decision over 100 candidates stays a few reads per candidate.
+Each normalisation is computed once per decision over the whole pool. What only the configuration
+changes (prices, tiers, task fit, the written order) is computed once per pool and kept in the decider's
+`memo` until the configuration changes; what the state says (breakers, quota, latency, errors) is read
+afresh every decision, one memoised reading per candidate. The total is the weighted sum rounded to 6
+places; the factors and points explain() shows are rounded to 4 when read, and laid out only then.
 
 Exclusion: a candidate scoring below `auto_min_score` (never the one tried first) is left out of this
 combo for `auto_exclude_s`, doubled up to `auto_exclude_cap_s` when it follows the last exclusion within
@@ -46,7 +49,7 @@ from .policy import Policy
 from .types import Candidate, Decision
 
 __all__ = [
-    "FACTORS", "PACKS", "VARIANTS", "Variant", "Measurements", "HoldStore", "Score", "EXCLUDE_INPUT", "TASK_FIT",
+    "FACTORS", "PACKS", "VARIANTS", "Variant", "Measurements", "HoldStore", "ScoredPool", "PoolInputs", "EXCLUDE_INPUT", "TASK_FIT",
     "TASK_KEYWORDS", "exclusion_key", "guess_task", "task_patterns", "best_match", "weights_for", "score_pool",
     "exclusion_seconds", "excluded", "record_exclusions", "account_scores", "auto_pool",
 ]
@@ -82,17 +85,20 @@ class Measurements(Protocol):
 
     def pool_readings(self, candidates: Sequence[Candidate]) -> PoolReadings: ...
 
+    @property
+    def memo(self) -> MutableMapping[Any, Any]:
+        """A cache for what only the configuration changes (emptied when it does)."""
+        ...
+
 
 class PoolReadings(NamedTuple):
-    """What scoring reads of every candidate of a pool, read in one pass (one list per measurement)."""
+    """What scoring reads of the state for every candidate of a pool, in one pass (a list per measurement)."""
 
     breaker: list[str]
     headroom: list[float | None]
-    prices: list[tuple[float, float] | None]
     p95: list[float | None]
     spread: list[float | None]
     error_rate: list[float]
-    tier: list[str | None]
 
 
 class _Hold(Protocol):
@@ -137,15 +143,22 @@ TASK_KEYWORDS: dict[str, tuple[str, ...]] = {
 }
 _WORDS = re.compile(r"[a-z0-9_]+|```")
 
-#: the keywords of each task without a trailing `*`, and its stems (keywords ending in `*`, the `*` cut)
-_EXACT = {task: tuple(k for k in keywords if not k.endswith("*")) for task, keywords in TASK_KEYWORDS.items()}
+#: the single-word keywords of each task without a trailing `*`, its stems (keywords ending in `*`, the `*`
+#: cut), and its two-word phrases
+_EXACT = {task: frozenset(k for k in keywords if not k.endswith("*") and " " not in k) for task, keywords in TASK_KEYWORDS.items()}
 _STEMS = {task: tuple(k[:-1] for k in keywords if k.endswith("*")) for task, keywords in TASK_KEYWORDS.items()}
+_PHRASES = {task: frozenset(k for k in keywords if " " in k) for task, keywords in TASK_KEYWORDS.items()}
+_PHRASE_STARTS = frozenset(k.split(" ")[0] for phrases in _PHRASES.values() for k in phrases)
 
 
 @functools.lru_cache(maxsize=8192)
-def _stem_tasks(word: str) -> tuple[str, ...]:
-    """The tasks with a stem that `word` starts with (cached: a prompt's words repeat across calls)."""
-    return tuple(task for task, stems in _STEMS.items() if any(word.startswith(s) for s in stems))
+def _word_tasks(word: str) -> tuple[str, ...]:
+    """The tasks a word (or two-word phrase) is a keyword of, exactly or by a stem it starts with (cached:
+    a prompt's words repeat across calls)."""
+    if " " in word:
+        return tuple(task for task, phrases in _PHRASES.items() if word in phrases)
+    return tuple(task for task in TASK_KEYWORDS
+                 if word in _EXACT[task] or any(word.startswith(stem) for stem in _STEMS[task]))
 
 
 #: the decision input through which `auto` proposes an exclusion; the loop records it
@@ -183,23 +196,16 @@ def guess_task(prompt: str, scan_chars: int = 4000) -> tuple[str | None, list[st
         prompt = prompt[:half] + "\n" + prompt[-half:]
     words = _WORDS.findall(prompt.lower())
     counts = Counter(words)
-    counts.update(f"{a} {b}" for a, b in zip(words, words[1:]))
-    # every single word against the stems, once (not once per stem)
-    stemmed: dict[str, dict[str, int]] = {task: {} for task in TASK_KEYWORDS}
+    counts.update(f"{a} {b}" for a, b in zip(words, words[1:]) if a in _PHRASE_STARTS)
+    found: dict[str, dict[str, int]] = {task: {} for task in TASK_KEYWORDS}
     for word, n in counts.items():
-        if " " in word:
-            continue
-        for task in _stem_tasks(word):
-            stemmed[task][word] = n
+        for task in _word_tasks(word):
+            found[task][word] = n
     best: tuple[int, str | None, list[str]] = (0, None, [])
-    for task in TASK_KEYWORDS:
-        found = stemmed[task]
-        for keyword in _EXACT[task]:
-            if keyword in counts:
-                found[keyword] = counts[keyword]
-        hits = sum(found.values())
+    for task, hits_by_word in found.items():
+        hits = sum(hits_by_word.values())
         if hits > best[0]:
-            best = (hits, task, sorted(found))
+            best = (hits, task, sorted(hits_by_word))
     return best[1], best[2]
 
 
@@ -277,72 +283,53 @@ def weights_for(combo: Combo, policy: Policy) -> tuple[dict[str, float], str]:
 def _inverse(values: Sequence[float | None]) -> tuple[list[float], list[bool]]:
     """`1 - (value - best) / worst` over the pool (lower is better), clamped to [0, 1]; a missing value
     gets the pool median. Returns the factor and whether it was guessed (no measurement), in order."""
+    n = len(values)
     known = [v for v in values if v is not None]
-    guessed = [v is None for v in values]
+    guessed = [v is None for v in values] if len(known) < n else [False] * n
     if not known:
-        return [1.0] * len(values), guessed
-    median = statistics.median(known)
+        return [1.0] * n, guessed
     best, worst = min(known), max(known)  # the median lies between them: filling in changes neither
     if worst <= 0:
-        return [1.0] * len(values), guessed
-    out = []
-    for v in values:
-        x = 1.0 - ((median if v is None else v) - best) / worst
-        out.append(0.0 if x < 0.0 else (x if x < 1.0 else 1.0))
+        return [1.0] * n, guessed
+    if len(known) < n:
+        median = statistics.median(known)
+        values = [median if v is None else v for v in values]
+    out = [1.0 - (v - best) / worst for v in values]  # type: ignore[operator]
+    if best < 0:  # from 0 up, best <= v <= worst keeps every value in [0, 1] already
+        out = [0.0 if x < 0.0 else (x if x < 1.0 else 1.0) for x in out]
     return out, guessed
 
 
-class Score(NamedTuple):
-    """One candidate's total and what explain() shows of it: the total (`score`), each factor and its
-    weighted points (`NAME`, `NAME_pts`), then the measurements behind them."""
-
-    candidate: Candidate
-    total: float
-    inputs: MutableMapping[str, Any]
+#: the factors that do not change while the configuration does not (a pool's prices, tiers, task fit and
+#: written order); the others read the state
+_STATIC = ("cost", "task_fit", "specificity", "tier", "tier_affinity")
+_MEMO_MAX = 256  # pools remembered per configuration
 
 
-#: the factors with (usually) a different value for every candidate; the others repeat a few values
-_SPREAD_OUT = frozenset({"cost", "latency", "stability"})
+class _StaticPool(NamedTuple):
+    """What scoring computes once per pool, task and weights while the configuration stays."""
+
+    keys: dict[str, int]  # candidate key -> index in the pool
+    points: list[float]  # the static factors' weighted sum, per candidate
+    columns: dict[str, list[float]]  # each static factor
+    extra: dict[str, list[Any]]  # what explain() shows of them (prices, tiers, patterns)
+    shown: dict[str, int]  # the names of what explain() shows, in order
 
 
-def score_pool(candidates: Sequence[Candidate], snap: Measurements, written: Sequence[Candidate],
-               weights: Mapping[str, float], task: str | None, patterns: Mapping[str, list[str]]) -> list[Score]:
-    """Every factor of every candidate, normalised over this pool, and the weighted totals.
-
-    Computed factor by factor over the whole pool (one list per factor), so that each normalisation and
-    each rounding is done once per decision.
-
-    Args:
-        candidates: the pool to score (after filtering).
-        snap: the state to read.
-        written: the combo's candidates before filtering, as written (their steps give `tier_affinity`).
-        weights: factor weights summing to 1 (`weights_for`).
-        task: the request's task, or None when unknown.
-        patterns: the task-fit table (`task_patterns`).
-    """
+def _static_pool(candidates: Sequence[Candidate], snap: Measurements, written: Sequence[Candidate],
+                 weights: Mapping[str, float], task: str | None, patterns: Mapping[str, list[str]]) -> _StaticPool:
     policy = snap.policy
-    blend_in, blend_out = policy.cost_blend_input, policy.cost_blend_output
     n = len(candidates)
-
-    # one pass of reads over the whole pool
-    readings = snap.pool_readings(candidates)
-    states, tiers, errors, p95, spread = readings.breaker, readings.tier, readings.error_rate, readings.p95, readings.spread
-    shares = [share if isinstance(share, (int, float)) else None for share in readings.headroom]
-    blended = [None if prices is None else blend_in * prices[0] + blend_out * prices[1] for prices in readings.prices]
-
-    health_scores = policy.auto_health_scores
-    health = [float(health_scores.get(state, 0.0)) for state in states]
-    unknown_quota = policy.auto_unknown_quota_score
-    quota = [unknown_quota if share is None else float(share) for share in shares]
+    blend_in, blend_out = policy.cost_blend_input, policy.cost_blend_output
+    blended: list[float | None] = []
+    for c in candidates:
+        prices = snap.unit_prices(c)
+        blended.append(None if prices is None else blend_in * prices[0] + blend_out * prices[1])
     cost, cost_guessed = _inverse(blended)
-    latency, latency_guessed = _inverse(p95)
-    steady, _ = _inverse(spread)
-    spread_share = policy.auto_stability_spread_share
-    stability = [spread_share * st + (1.0 - spread_share) * (1.0 - err) for st, err in zip(steady, errors)]
+    tiers = [snap.tier(c) for c in candidates]
     tier_scores, unknown_tier = policy.auto_tier_scores, policy.auto_unknown_tier_score
     tier = [float(tier_scores.get(t, unknown_tier)) if t else unknown_tier for t in tiers]
 
-    # task fit and specificity
     matches: list[str | None] = []
     if task is None:
         fit = specificity = [policy.auto_unknown_task_fit] * n
@@ -363,79 +350,123 @@ def score_pool(candidates: Sequence[Candidate], snap: Measurements, written: Seq
         rank = {s: i for i, s in enumerate(steps)}
         affinity = [1.0 - rank.get(c.step, last) / last for c in candidates]
 
-    # the totals, eagerly (they order the pool): each factor rounded to 4 places, times its weight, summed in
-    # FACTORS order and rounded to 6, so that float noise in weights that sum to 1 cannot push a score across
-    # a threshold; a factor with a few repeated values is rounded once per value
-    columns = (health, quota, cost, latency, fit, specificity, stability, tier, affinity)
-    rounded: list[list[float]] = []
-    contributions: list[list[float]] = []
-    for name, column in zip(FACTORS, columns):
-        weight = weights.get(name, 0.0)
-        if name in _SPREAD_OUT:
-            values = [round(v, 4) for v in column]
-        else:
-            once = {v: round(v, 4) for v in set(column)}
-            values = [once[v] for v in column]
-        rounded.append(values)
-        contributions.append([v * weight for v in values])
-    totals = [round(sum(parts), 6) for parts in zip(*contributions)]
-    # what explain() shows (25 values a candidate) is laid out only when someone reads it
-    extra = {
-        "breaker": states,
-        "headroom": ["untracked" if share is None else share for share in shares],
+    columns = dict(zip(_STATIC, (cost, fit, specificity, tier, affinity)))
+    w = [weights.get(name, 0.0) for name in _STATIC]
+    points = [w[0] * a + w[1] * b + w[2] * c + w[3] * d + w[4] * e for a, b, c, d, e in zip(cost, fit, specificity, tier, affinity)]
+    extra: dict[str, list[Any]] = {
         "account_tier": [t or "unset" for t in tiers],
         "price_per_mtok": ["unknown (pool median)" if guessed else price for guessed, price in zip(cost_guessed, blended)],
-        "p95_s": ["no data (pool median)" if guessed else value for guessed, value in zip(latency_guessed, p95)],
     }
     if task is not None:
         extra["pattern"] = [m or "none" for m in matches]
-    pool = _ShownPool(totals, rounded, contributions, extra)
-    return [Score(c, total, ShownInputs(pool, i)) for i, (c, total) in enumerate(zip(candidates, totals))]
+    shown = ["score"] + [k for name in FACTORS for k in (name, f"{name}_pts")]
+    shown += ["breaker", "headroom", "account_tier", "price_per_mtok", "p95_s"] + (["pattern"] if task is not None else [])
+    return _StaticPool({c.key: i for i, c in enumerate(candidates)}, points, columns, extra, dict.fromkeys(shown, 0))
 
 
-class _ShownPool:
-    """The columns explain() shows for a scored pool, laid out on first read (a call that is only routed,
-    not explained, never pays for them)."""
+class ScoredPool:
+    """A scored pool: each candidate's total (`totals`, in the pool's order), and on demand what explain()
+    shows of it (`inputs(key)`: the total, each factor and its weighted points, the measurements)."""
 
-    def __init__(self, totals: list[float], rounded: list[list[float]], contributions: list[list[float]],
-                 extra: dict[str, list[Any]]) -> None:
-        self.keys = ["score"] + [k for name in FACTORS for k in (name, f"{name}_pts")] + list(extra)
-        self.index = {k: i for i, k in enumerate(self.keys)}
-        self._totals, self._rounded, self._contributions, self._extra = totals, rounded, contributions, extra
-        self._columns: list[list[Any]] | None = None
+    def __init__(self, candidates: Sequence[Candidate], totals: list[float], columns: dict[str, list[float]],
+                 weights: Mapping[str, float], extra: dict[str, list[Any]], index: dict[str, int],
+                 shown: dict[str, int]) -> None:
+        self.candidates, self.totals, self.breaker = candidates, totals, extra["breaker"]
+        self._columns, self._weights, self._extra, self.index = columns, weights, extra, index
+        self.keys, self._at = list(shown), shown
 
-    def columns(self) -> list[list[Any]]:
-        if self._columns is None:
-            cols: list[list[Any]] = [self._totals]
-            for values, points in zip(self._rounded, self._contributions):
-                cols += [values, [round(p, 4) for p in points]]
-            cols += list(self._extra.values())
-            self._columns = cols
-        return self._columns
-
-    def get(self, key: str, i: int) -> Any:
+    def value(self, key: str, i: int) -> Any:
+        """One shown value of candidate `i`: factors rounded to 4 places, as are their points."""
+        if key == "headroom":
+            share = self._extra["headroom"][i]
+            return "untracked" if share is None else share
+        if key == "p95_s":
+            return "no data (pool median)" if self._extra["p95_guessed"][i] else self._extra["p95_s"][i]
         extra = self._extra.get(key)
-        if extra is not None:  # the raw measurements need no layout
+        if extra is not None:
             return extra[i]
-        return self.columns()[self.index[key]][i]
+        if key == "score":
+            return self.totals[i]
+        if key.endswith("_pts"):
+            name = key[:-4]
+            return round(self._columns[name][i] * self._weights.get(name, 0.0), 4)
+        return round(self._columns[key][i], 4)
+
+    def shows(self, key: str) -> bool:
+        return key in self._at
+
+    def inputs(self, key: str, earlier: Mapping[str, Any] | None = None) -> ShownInputs:
+        """The explain() row of the candidate with this key, after what was noted of it before (`earlier`)."""
+        return ShownInputs(self, self.index[key], earlier)
+
+
+def score_pool(candidates: Sequence[Candidate], snap: Measurements, written: Sequence[Candidate],
+               weights: Mapping[str, float], task: str | None, patterns: Mapping[str, list[str]]) -> ScoredPool:
+    """Every factor of every candidate, normalised over this pool, and the weighted totals.
+
+    Computed factor by factor over the whole pool (one list per factor), so each normalisation is done
+    once per decision; the factors that only the configuration changes (cost, task fit, specificity,
+    tier, tier affinity) once per pool while the configuration stays (`snap.memo`). The total is the
+    weighted sum rounded to 6 places, so that float noise in weights that sum to 1 cannot push a score
+    across a threshold; the factors explain() shows are rounded to 4 when read.
+
+    Args:
+        candidates: the pool to score (after filtering).
+        snap: the state to read.
+        written: the combo's candidates before filtering, as written (their steps give `tier_affinity`).
+        weights: factor weights summing to 1 (`weights_for`).
+        task: the request's task, or None when unknown.
+        patterns: the task-fit table (`task_patterns`).
+    """
+    policy = snap.policy
+    n = len(candidates)
+    memo = snap.memo
+    memo_key = ("auto", tuple([c.key for c in candidates]), tuple(sorted({c.step for c in (written or candidates)})),
+                tuple(weights.items()), task, tuple(patterns.get(task, ())) if task else ())
+    static = memo.get(memo_key)
+    if static is None:
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        static = memo[memo_key] = _static_pool(candidates, snap, written, weights, task, patterns)
+
+    # one pass of reads over the whole pool
+    readings = snap.pool_readings(candidates)
+    states, errors, p95 = readings.breaker, readings.error_rate, readings.p95
+    shares = readings.headroom
+
+    health_scores, unknown_quota = policy.auto_health_scores, policy.auto_unknown_quota_score
+    health = [float(health_scores.get(state, 0.0)) for state in states]
+    quota = [unknown_quota if share is None else share for share in shares]
+    latency, latency_guessed = _inverse(p95)
+    steady, _ = _inverse(readings.spread)
+    spread_share = policy.auto_stability_spread_share
+    stability = [spread_share * st + (1.0 - spread_share) * (1.0 - err) for st, err in zip(steady, errors)]
+
+    wh, wq, wl, ws = (weights.get(name, 0.0) for name in ("health", "quota", "latency", "stability"))
+    totals = [round(wh * h + wq * q + wl * lat + ws * st + pts, 6)
+              for h, q, lat, st, pts in zip(health, quota, latency, stability, static.points)]
+    columns = {"health": health, "quota": quota, "latency": latency, "stability": stability, **static.columns}
+    measured = {"breaker": states, "headroom": shares, "p95_s": p95, "p95_guessed": latency_guessed}
+    return ScoredPool(candidates, totals, columns, weights, {**static.extra, **measured}, static.keys, static.shown)
 
 
 class ShownInputs(MutableMapping[str, Any]):
-    """One candidate's row of explain() values: the pool's columns at its index, plus what a strategy
-    adds (`exclude_for_s`)."""
+    """One candidate's row of explain() values: the scored pool's values at its index, plus what was
+    noted before and what a strategy adds (`exclude_for_s`)."""
 
-    __slots__ = ("_pool", "_i", "_added")
+    __slots__ = ("_pool", "_i", "_added", "_first")
 
-    def __init__(self, pool: _ShownPool, i: int) -> None:
+    def __init__(self, pool: ScoredPool, i: int, earlier: Mapping[str, Any] | None = None) -> None:
         self._pool, self._i = pool, i
-        self._added: dict[str, Any] = {}
+        self._added: dict[str, Any] = dict(earlier) if earlier else {}
+        self._first = len(self._added)  # the earlier values come first when listed, then the pool's, then the rest
 
     def __getitem__(self, key: str) -> Any:
         if key in self._added:
             return self._added[key]
-        if key not in self._pool.index:
+        if not self._pool.shows(key):
             raise KeyError(key)
-        return self._pool.get(key, self._i)
+        return self._pool.value(key, self._i)
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._added[key] = value
@@ -444,14 +475,48 @@ class ShownInputs(MutableMapping[str, Any]):
         del self._added[key]
 
     def __iter__(self) -> Iterator[str]:
+        later = [k for k in self._added if not self._pool.shows(k)]
+        yield from later[:self._first]
         yield from self._pool.keys
-        yield from (k for k in self._added if k not in self._pool.index)
+        yield from later[self._first:]
 
     def __len__(self) -> int:
-        return len(self._pool.keys) + sum(1 for k in self._added if k not in self._pool.index)
+        return len(self._pool.keys) + sum(1 for k in self._added if not self._pool.shows(k))
 
     def __repr__(self) -> str:
         return repr(dict(self))
+
+
+class PoolInputs(MutableMapping[str, MutableMapping[str, Any]]):
+    """The explain() rows of a scored pool by candidate key, each laid out on first read (a call that is
+    only routed, not explained, never pays for them); rows of other candidates kept as given."""
+
+    def __init__(self, pool: ScoredPool, earlier: MutableMapping[str, MutableMapping[str, Any]]) -> None:
+        self._pool = pool
+        self._earlier = earlier
+        self._made: dict[str, MutableMapping[str, Any]] = {}
+
+    def __getitem__(self, key: str) -> MutableMapping[str, Any]:
+        made = self._made.get(key)
+        if made is not None:
+            return made
+        if key in self._pool.index:
+            made = self._made[key] = self._pool.inputs(key, self._earlier.get(key))
+            return made
+        return self._earlier[key]
+
+    def __setitem__(self, key: str, value: MutableMapping[str, Any]) -> None:
+        self._made[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("a scored pool's rows are not removed")
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._pool.index
+        yield from (k for k in self._earlier if k not in self._pool.index)
+
+    def __len__(self) -> int:
+        return len(self._pool.index) + sum(1 for k in self._earlier if k not in self._pool.index)
 
 
 # ---- exclusions ---------------------------------------------------------------------------------
@@ -489,13 +554,10 @@ def excluded(state: HoldStore, combo: str, c: Candidate, now: float, min_score: 
 
 def record_exclusions(state: HoldStore, decision: Decision, now: float) -> None:
     """The loop's half of an exclusion: hold each candidate the decision proposed to exclude."""
-    for row in decision.rows:
-        seconds = row.inputs.get(EXCLUDE_INPUT)
-        if not seconds:
-            continue
-        key = row.candidate.key
+    for key, seconds in decision.exclusions.items():
         until = now + float(seconds)
-        state.set_hold(exclusion_key(decision.combo, key), "cooldown", until, f"auto: score {row.inputs.get('score')} below the minimum")
+        score = decision.inputs.get(key, {}).get("score")
+        state.set_hold(exclusion_key(decision.combo, key), "cooldown", until, f"auto: score {score} below the minimum")
         state.set_pointer(_streak_key(decision.combo, key), f"{float(seconds):g}@{until:.3f}")
 
 

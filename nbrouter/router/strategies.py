@@ -24,13 +24,15 @@ import random
 import statistics
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, MutableMapping, Protocol, Sequence
 
 from .model import Combo, Provider
 from .packs import FACTORS, VARIANTS
 from .scoring import (
     EXCLUDE_INPUT,
     Measurements,
+    PoolInputs,
+    ScoredPool,
     account_scores,
     exclusion_seconds,
     guess_task,
@@ -89,15 +91,23 @@ class StrategyContext:
     #: the combo's candidates before filtering (fill-first ranks accounts and auto ranks steps over these)
     all_candidates: Sequence[Candidate] = ()
     #: per-candidate inputs the strategy used, shown by explain(): {candidate key: {name: value}}
-    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inputs: MutableMapping[str, MutableMapping[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     explored: bool = False
+    #: the exclusions `auto` proposes, {candidate key: seconds} (also shown in the inputs); the loop records them
+    exclusions: dict[str, float] = field(default_factory=dict)
 
     def note(self, candidate: Candidate, **values: Any) -> None:
         """Record inputs the order was based on, for explain()."""
         self.note_all(candidate, values)
 
-    def note_all(self, candidate: Candidate, values: dict[str, Any]) -> None:
+    def note_pool(self, scored: ScoredPool) -> PoolInputs:
+        """Every scored candidate's inputs at once, laid out only when read, after what was noted before."""
+        inputs = PoolInputs(scored, self.inputs)
+        self.inputs = inputs
+        return inputs
+
+    def note_all(self, candidate: Candidate, values: MutableMapping[str, Any]) -> None:
         """`note` with the inputs in a dict, which becomes the candidate's own when it has none yet."""
         existing = self.inputs.get(candidate.key)
         if existing is None:
@@ -365,7 +375,7 @@ def auto(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     combo = ctx.combo
     config = snap.config
     variant = VARIANTS.get(combo.name) if combo.virtual else None
-    weights, source = weights_for(combo, policy)
+    weights, fixed_notes = _auto_setup(combo, snap)
 
     task, why = ctx.request.task, "given"
     if task is None:
@@ -374,54 +384,74 @@ def auto(candidates: list[Candidate], ctx: StrategyContext) -> list[Candidate]:
     if task is None and variant is not None and variant.task:
         task, why = variant.task, f"{combo.name} assumes it"
 
-    stored = config.combos.get(combo.name)
-    if combo.virtual or (stored is not None and not stored.steps):
-        missing = config.providers_without_models(combo.candidate_pool)
-        if missing:
-            ctx.notes.append(f"auto: providers without `models` contribute nothing: {', '.join(missing)}")
-
-    scores = score_pool(candidates, snap, ctx.all_candidates, weights, task, task_patterns(config))
+    ctx.notes.extend(fixed_notes[:-2])
+    patterns = snap.memo.get("task_patterns")
+    if patterns is None:
+        patterns = snap.memo["task_patterns"] = task_patterns(config)
+    scored = score_pool(candidates, snap, ctx.all_candidates, weights, task, patterns)
+    totals = scored.totals
     # highest total first, ties as they came (sorted is stable)
-    scores.sort(key=lambda s: -s.total)
-    ordered = [s.candidate for s in scores]
+    negated = [-t for t in totals]
+    ranked = sorted(range(len(totals)), key=negated.__getitem__)
 
     pool = ctx.all_candidates or candidates
-    breaker = {s.candidate.key: s.inputs["breaker"] for s in scores}  # read once already for the scored ones
-    open_count = 0
-    for c in pool:
-        state = breaker.get(c.key)
-        if (snap.breaker_state(c) if state is None else state) == "open":
-            open_count += 1
+    open_count = scored.breaker.count("open")
+    if len(pool) != len(candidates):  # the candidates filtered out count toward incident mode too
+        index = scored.index
+        open_count += sum(1 for c in pool if c.key not in index and snap.breaker_state(c) == "open")
     incident = open_count > policy.auto_incident_open_share * len(pool)
     rate = float(getattr(policy, variant.explore_rate if variant else "auto_explore_rate"))
     draw = ctx.rng.random()  # always drawn, so a seed gives the same sequence whatever the state
-    if not incident and draw < rate and len(ordered) > 1:
-        pick = ordered[ctx.rng.randrange(len(ordered))]
-        ordered = [pick] + [c for c in ordered if c is not pick]
-        first = next(s for s in scores if s.candidate is pick)
-        scores = [first] + [s for s in scores if s is not first]
+    if not incident and draw < rate and len(ranked) > 1:
+        pick = ranked[ctx.rng.randrange(len(ranked))]
+        ranked = [pick] + [i for i in ranked if i != pick]
         ctx.explored = True
-        explore_text = f"explored: drew {draw:.4f} < {rate:g}, tried {pick.key} first"
+        explore_text = f"explored: drew {draw:.4f} < {rate:g}, tried {candidates[pick].key} first"
     elif incident:
         explore_text = (f"no exploration: incident mode ({open_count} of {len(pool)} breakers open, more than "
                         f"{policy.auto_incident_open_share:g})")
     else:
         explore_text = f"no exploration (drew {draw:.4f}, rate {rate:g})"
 
+    inputs = ctx.note_pool(scored)
     min_score = policy.auto_min_score
-    for position, s in enumerate(scores):
-        if position > 0 and s.total < min_score:
-            s.inputs[EXCLUDE_INPUT] = exclusion_seconds(snap, combo.name, s.candidate.key)
-        ctx.note_all(s.candidate, s.inputs)
+    for i in ranked[1:]:  # never the first; the low scores are at the end, apart from an explored pick
+        if totals[i] < min_score:
+            key = candidates[i].key
+            seconds = ctx.exclusions[key] = exclusion_seconds(snap, combo.name, key)
+            inputs[key][EXCLUDE_INPUT] = seconds
 
-    weight_text = ", ".join(f"{name} {weights[name]:.3g}" for name in FACTORS if weights[name])
-    ctx.notes.append(f"auto: {source}: {weight_text}")
+    ctx.notes.append(fixed_notes[-2])
     ctx.notes.append(f"auto: task {task or 'unknown'} ({why}); {explore_text}")
-    ctx.notes.append(
-        f"auto: a score below {min_score:g} excludes a candidate from {combo.name} for "
+    ctx.notes.append(fixed_notes[-1])
+    return [candidates[i] for i in ranked]
+
+
+def _auto_setup(combo: Combo, snap: Snapshot) -> tuple[dict[str, float], list[str]]:
+    """What `auto` works out once per combo and configuration: the weights, and the notes that do not
+    change between calls (providers left out, the weights, the exclusion rule)."""
+    key = ("auto-setup", id(combo))
+    hit = snap.memo.get(key)
+    if hit is not None and hit[0] is combo:
+        return hit[1], hit[2]
+    config, policy = snap.config, snap.policy
+    weights, source = weights_for(combo, policy)
+    notes = []
+    stored = config.combos.get(combo.name)
+    if combo.virtual or (stored is not None and not stored.steps):
+        missing = config.providers_without_models(combo.candidate_pool)
+        if missing:
+            notes.append(f"auto: providers without `models` contribute nothing: {', '.join(missing)}")
+    weight_text = ", ".join(f"{name} {weights[name]:.3g}" for name in FACTORS if weights[name])
+    notes.append(f"auto: {source}: {weight_text}")
+    notes.append(
+        f"auto: a score below {policy.auto_min_score:g} excludes a candidate from {combo.name} for "
         f"{policy.auto_exclude_s:g} s, doubling on re-exclusion up to {policy.auto_exclude_cap_s:g} s (never the first)"
     )
-    return ordered
+    if len(snap.memo) >= 256:  # drafts are new objects each time
+        snap.memo.clear()
+    snap.memo[key] = (combo, weights, notes)
+    return weights, notes
 
 
 STRATEGIES: dict[str, Strategy] = {

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Union
+from typing import Any, Mapping, Union
 
 from .._core import ErrorKind, Usage
 from .._core.text import dollars
@@ -114,7 +115,7 @@ class DecisionRow:
     reason: str
     skipped: bool = False
     hold_until: float | None = None
-    inputs: dict[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,22 +126,28 @@ class Decision:
     strategy: str
     account_strategy: str
     seed: int
-    rows: list[DecisionRow]
+    #: the candidates in the order they are (or were) tried
+    order: list[Candidate]
+    #: the candidates left out, each with why (and until when)
+    skipped: list[DecisionRow] = field(default_factory=list)
     config_hash: str = ""
     explored: bool = False
     notes: list[str] = field(default_factory=list)
     constants: dict[str, Any] = field(default_factory=dict)
+    #: what the strategy based the order on, per candidate key (explain() shows it)
+    inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: the reason of a position in `order` other than "first" / "next" (the emergency tier's)
+    reasons: dict[int, str] = field(default_factory=dict)
+    #: the exclusions `auto` proposes, {candidate key: seconds}; the loop records them
+    exclusions: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def order(self) -> list[Candidate]:
-        """The candidates in the order they are (or were) tried."""
-        ranked = [r for r in self.rows if r.position is not None]
-        ranked.sort(key=lambda r: r.position or 0)
-        return [r.candidate for r in ranked]
-
-    @property
-    def skipped(self) -> list[DecisionRow]:
-        return [r for r in self.rows if r.skipped]
+    @functools.cached_property
+    def rows(self) -> list[DecisionRow]:
+        """Every candidate with where it stands and why: the order, then the skipped (laid out when read)."""
+        reasons, inputs = self.reasons, self.inputs
+        ordered = [DecisionRow(c, i, reasons.get(i) or ("first" if i == 0 else "next"), inputs=inputs.get(c.key) or {})
+                   for i, c in enumerate(self.order)]
+        return ordered + self.skipped
 
     def table(self) -> str:
         """The whole decision as plain text: the order, the skips and why, every input, every policy constant."""
