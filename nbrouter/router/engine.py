@@ -14,7 +14,6 @@ import asyncio
 import atexit
 import copy
 import os
-import queue
 import weakref
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
@@ -278,25 +277,9 @@ class Router:
 
     def stream(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> Iterator[RouteEvent]:
         """The sync `astream`: events arrive through a thread-safe queue from the router's loop."""
-        return self._sync_stream(build_request(combo, prompt, stream=True, **options))
-
-    def _sync_stream(self, req: CallRequest) -> Iterator[RouteEvent]:
-        if self._bg.in_loop_thread():
-            raise RuntimeError("Router.stream was called from the router's own loop; use astream")
-        events: queue.SimpleQueue[RouteEvent] = queue.SimpleQueue()
-        future, finished = self._bg.submit(self._route_events(req, events.put))
-        try:
-            while True:
-                event = events.get()
-                yield event
-                if isinstance(event, Done):
-                    break
-        finally:
-            if not finished.is_set():
-                # the consumer stopped early (Ctrl-C, or it closed the generator): cancel, and wait until
-                # the call has logged its cancelled attempt so the state is whole when we return
-                future.cancel()
-                finished.wait(2.0)
+        req = build_request(combo, prompt, stream=True, **options)
+        return self._bg.iterate(lambda put: self._route_events(req, put), lambda event: isinstance(event, Done),
+                                "Router.stream was called from the router's own loop; use astream")
 
     async def _route_events(self, req: CallRequest, emit: Emit) -> None:
         try:
