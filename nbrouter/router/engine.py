@@ -21,10 +21,11 @@ from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
 from .background import BackgroundLoop
 from .budget import Budget
-from .config import build_config, environment_providers, load_config, local_provider
+from .config import build_config, load_config
 from .config_file import combo_table, set_combo, write_document
 from .clients import Senders
 from .decide import Decider
+from .discovery import Discovery
 from .errors import ComboConfigError
 from .loop import Emit, Hooks, Loop
 from .model import Combo, Config, Provider
@@ -105,9 +106,7 @@ class Router:
         self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result))
         self._bg = BackgroundLoop()
         self._closed = False
-        self._discovered = self.config.source != "environment"
-        self._discovered_at: float | None = None
-        self._env_checked_at = float("-inf")
+        self._discovery = Discovery(self.config, self._decider, self.clock)
         self._cache: ResponseCache | None = None
         self._persist = persist
         _routers.add(self)
@@ -122,7 +121,7 @@ class Router:
     def reload(self) -> None:
         """Read the configuration again (from the same file or dict); with none, look for keys and local servers again."""
         self._set_config(load_config(self._config_source, strategies=STRATEGIES))
-        self._discovered = self.config.source != "environment"
+        self._discovery.reset(self.config)
 
     def _set_config(self, config: Config) -> None:
         self.config = config
@@ -295,10 +294,8 @@ class Router:
     async def _route(self, req: CallRequest, emit: Emit | None) -> RouteResult:
         if self._closed:
             raise RuntimeError("this Router is closed")
-        if self.config.source == "environment":
-            self._notice_environment()
-        if not self._discovered:
-            await self.discover(refresh=self._discovered_at is not None)
+        if self._discovery.due(self.config):
+            await self._discovery.probe(self.config)
         self.state.refresh()
         if req.cache:
             from .cache import through_cache
@@ -375,39 +372,16 @@ class Router:
     # ---- zero-config ------------------------------------------------------------------------
 
     async def discover(self, *, refresh: bool = False) -> None:
-        """Zero-config (no config file): add the local servers listening on their default ports."""
-        if self.config.source != "environment" or (self._discovered and not refresh):
-            return
-        from ..providers.discovery import find_local_servers
+        """Zero-config (no config file): add the local servers listening on their default ports.
 
-        for server in await find_local_servers(refresh=refresh):
-            if server.preset not in self.config.providers:
-                self.config.providers[server.preset] = local_provider(server.preset, server.base_url, server.models)
-        self._decider.forget()
-        self._discovered = True
-        self._discovered_at = self.clock.monotonic()
-
-    def _notice_environment(self) -> None:
-        """Zero-config: a key variable set since the last look adds its provider at once, and the local
-        ports are probed again once the last probe is older than `local_probe_refresh_s`."""
-        now = self.clock.monotonic()
-        if now - self._env_checked_at < self.config.policy.env_recheck_s:
-            return
-        self._env_checked_at = now
-        found = environment_providers()
-        added = [name for name in found if name not in self.config.providers]
-        for name in added:
-            self.config.providers[name] = found[name]
-        if added:
-            self._decider.forget()
-        if self._discovered_at is not None and now - self._discovered_at >= self.config.policy.local_probe_refresh_s:
-            self._discovered = False
+        Args:
+            refresh: probe again even when a probe has run, past the cache of its answers.
+        """
+        await self._discovery.discover(self.config, refresh=refresh)
 
     def _ensure_discovered(self) -> None:
-        if self.config.source == "environment":
-            self._notice_environment()
-        if not self._discovered and not self._bg.in_loop_thread():
-            self._bg.run(self.discover(refresh=self._discovered_at is not None))
+        if self._discovery.due(self.config) and not self._bg.in_loop_thread():
+            self._bg.run(self._discovery.probe(self.config))
 
     @property
     def providers(self) -> dict[str, Provider]:
