@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import copy
 import os
 import weakref
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -21,12 +20,11 @@ from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
 from .background import BackgroundLoop
 from .budget import Budget
-from .config import build_config, load_config
-from .config_file import combo_table, set_combo, write_document
+from . import editing
+from .config import load_config
 from .clients import Senders
 from .decide import Decider
 from .discovery import Discovery
-from .errors import ComboConfigError
 from .loop import Emit, Hooks, Loop
 from .model import Combo, Config, Provider
 from .pricing import PriceBook
@@ -135,19 +133,9 @@ class Router:
         """The saved combos by name."""
         return dict(self.config.combos)
 
-    def _with_combo(self, name: str, table: Mapping[str, Any] | None) -> Config:
-        raw = copy.deepcopy(dict(self.config.raw))
-        combos = raw.setdefault("combos", {})
-        if table is None:
-            combos.pop(name, None)
-        else:
-            combos[name] = table
-        return build_config(raw, path=self.config.path, strategies=STRATEGIES)
-
     def save_combo(self, name: str, targets: Sequence[str | Mapping[str, Any]], **options: Any) -> Combo:
-        """Validate and save `[combos.NAME]` to the config file (other tables and comments kept).
-
-        The file is written atomically with mode 0600; a config given as a dict is updated in memory.
+        """Validate and save `[combos.NAME]` to the config file (atomically, mode 0600, other tables and comments
+        kept); a config given as a dict is updated in memory.
 
         Args:
             name: the combo's name (one word).
@@ -157,28 +145,24 @@ class Router:
         Raises:
             ComboConfigError: naming the field, when the combo is invalid; nothing is written then.
         """
-        table = combo_table(list(targets), options)
-        config = self._with_combo(name, table)
-        if self.config.path is not None:
-            write_document(self.config.path, lambda doc: set_combo(doc, name, table))
-        self._set_config(config)
-        return config.combos[name]
+        self._set_config(editing.save_combo(self.config, name, targets, options, STRATEGIES))
+        return self.config.combos[name]
 
     def delete_combo(self, name: str) -> None:
-        """Remove `[combos.NAME]` from the config file; refused if another combo names it."""
-        if name not in self.config.combos:
-            raise ComboConfigError(f"no combo named {name!r}", file=self.config.file_label, combo=name, field="name")
-        users = [c.name for c in self.config.combos.values() if any(s.combo == name for s in c.steps)]
-        if users:
-            raise ComboConfigError(f"combo(s) {', '.join(users)} use it; remove it from them first", file=self.config.file_label, combo=name, field="name")
-        config = self._with_combo(name, None)
-        if self.config.path is not None:
-            write_document(self.config.path, lambda doc: set_combo(doc, name, None))
-        self._set_config(config)
+        """Remove `[combos.NAME]` from the config file; refused if another combo names it.
+
+        Args:
+            name: the combo's name.
+        """
+        self._set_config(editing.delete_combo(self.config, name, STRATEGIES))
 
     def validate_combo(self, name: str, targets: Sequence[str | Mapping[str, Any]], **options: Any) -> Combo:
-        """Validate a draft combo against the current config without saving it (the builder's Test uses it)."""
-        return self._with_combo(name, combo_table(list(targets), options)).combos[name]
+        """Validate a draft combo against the current config without saving it (the builder's Test uses it).
+
+        Args:
+            name, targets, **options: as for `save_combo`.
+        """
+        return editing.draft_combo(self.config, name, targets, options, STRATEGIES)
 
     def context_window(self, c: Candidate) -> int | None:
         """The candidate's known context window in tokens, or None."""
