@@ -7,16 +7,18 @@ methods hand their coroutine to this loop and wait for it. Started on first use,
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import queue
 import threading
 import weakref
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
+from .._core.closing import close_at_exit
+
 T = TypeVar("T")
 
-_loops: "weakref.WeakSet[BackgroundLoop]" = weakref.WeakSet()
+#: made first (engine.py imports this module before those of the other sets): the loops stop last at exit
+_loops: "weakref.WeakSet[BackgroundLoop]" = close_at_exit("stop")
 
 
 class BackgroundLoop:
@@ -124,12 +126,3 @@ class BackgroundLoop:
         thread.join(timeout=5.0)
         if not thread.is_alive():
             loop.close()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for bg in list(_loops):
-        try:
-            bg.stop()
-        except Exception:
-            pass

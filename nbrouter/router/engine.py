@@ -11,13 +11,13 @@ loop (a Jupyter cell) and from several threads at once.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import os
 import weakref
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
+from .._core.closing import close_at_exit
 from .background import BackgroundLoop
 from .budget import Budget
 from . import editing
@@ -38,17 +38,8 @@ if TYPE_CHECKING:  # batch work and the response cache load on first use: `impor
     from .batch import BatchResult
     from .cache import ResponseCache
 
-_routers: "weakref.WeakSet[Router]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_routers() -> None:
-    # runs before the background loops stop (atexit is last-in, first-out), so clients close cleanly
-    for router in list(_routers):
-        try:
-            router.close()
-        except Exception:
-            pass
+# made after the sets of state.py, store.py and background.py (imported above): closed before them at exit
+_routers: "weakref.WeakSet[Router]" = close_at_exit()
 
 
 class Router:
