@@ -31,12 +31,14 @@ def with_combo(config: Config, name: str, table: Mapping[str, Any] | None, strat
     return build_config(raw, path=config.path, strategies=strategies)
 
 
-def draft_combo(config: Config, name: str, targets: Targets, options: Mapping[str, Any], strategies: Iterable[str] | None) -> Combo:
+def draft_combo(config: Config, name: str, targets: Targets, options: Mapping[str, Any],
+                strategies: Iterable[str] | None) -> Combo:
     """The combo as it would be saved, validated against `config`; nothing is written."""
     return with_combo(config, name, combo_table(list(targets), options), strategies).combos[name]
 
 
-def save_combo(config: Config, name: str, targets: Targets, options: Mapping[str, Any], strategies: Iterable[str] | None) -> Config:
+def save_combo(config: Config, name: str, targets: Targets, options: Mapping[str, Any],
+               strategies: Iterable[str] | None) -> Config:
     """The Config with the combo saved, written to the config file first when there is one."""
     table = combo_table(list(targets), options)
     new = with_combo(config, name, table, strategies)
@@ -51,7 +53,8 @@ def delete_combo(config: Config, name: str, strategies: Iterable[str] | None) ->
         raise ComboConfigError(f"no combo named {name!r}", file=config.file_label, combo=name, field="name")
     users = [c.name for c in config.combos.values() if any(s.combo == name for s in c.steps)]
     if users:
-        raise ComboConfigError(f"combo(s) {', '.join(users)} use it; remove it from them first", file=config.file_label, combo=name, field="name")
+        raise ComboConfigError(f"combo(s) {', '.join(users)} use it; remove it from them first", file=config.file_label,
+                               combo=name, field="name")
     new = with_combo(config, name, None, strategies)
     if config.path is not None:
         write_document(config.path, lambda doc: set_combo(doc, name, None))

@@ -3,9 +3,11 @@
     config (config.py) ─> Decider (decide.py: resolve, skip checks, strategy) ─> Loop (loop.py: attempts,
     policy table) ─> providers (the wire) ; StateStore (state.py) remembers ; Status (status.py) reports
 
-The async core runs on the caller's loop (`acomplete`, `astream`) or, for the sync methods, on a private
-loop in a daemon thread (`background.py`), so a sync call works in plain Python, inside a running event
-loop (a Jupyter cell) and from several threads at once.
+Around them: combo edits (editing.py), zero-config discovery (discovery.py), one HTTP sender per event loop
+(clients.py), the session budget (budget.py), batch work and the response cache (batch.py, cache.py, loaded
+on first use). The async core runs on the caller's loop (`acomplete`, `astream`) or, for the sync methods,
+on a private loop in a daemon thread (`background.py`), so a sync call works in plain Python, inside a
+running event loop (a Jupyter cell) and from several threads at once.
 """
 
 from __future__ import annotations
@@ -46,40 +48,29 @@ class Router:
     """Routes calls to combos of provider/model targets, with fallback, remembered state and costs.
 
     Args:
-        config: a path to a TOML file, a dict of the same shape, or None for `NBROUTER_CONFIG` or the
-            user config dir (and with no file at all, the providers found in the environment).
-        state_path: the SQLite state file (default: `NBROUTER_STATE`, the config's `state_path`, or the
-            user state dir).
+        config: a TOML file's path, a dict of the same shape, or None for `NBROUTER_CONFIG` or the user
+            config dir (with no file at all: the providers found in the environment).
+        state_path: the SQLite state file (default: `NBROUTER_STATE`, the config's `state_path`, the user state dir).
         persist: False keeps all state in memory only.
-        clock: what the router reads the time from and waits on (`nbrouter.testing.ManualClock` in
-            tests of time rules); the real clock by default.
-        transport: an `httpx.AsyncBaseTransport` to send through (`httpx.MockTransport` in a test);
-            default httpx over aiohttp.
+        clock: what the router reads the time from and waits on (tests: `nbrouter.testing.ManualClock`).
+        transport: an `httpx.AsyncBaseTransport` to send through (a test's `httpx.MockTransport`); default httpx
+            over aiohttp.
         http_client: an `httpx.AsyncClient` of yours to send with; you close it.
         budget_usd: a session budget in dollars for every call of this Router (`router.budget`).
-        on_budget: "stop" (refuse a call whose first choice does not fit what is left) or "cheapest"
-            (move to the cheapest candidate whose estimate fits).
+        on_budget: "stop" (refuse a call whose first choice does not fit what is left) or "cheapest" (move to
+            the cheapest candidate whose estimate fits).
         budget_strict: with a budget, also skip candidates whose price is unknown.
-        on_attempt: called with each `Attempt` as it ends (off the request path; an exception in it is
-            logged, never raised into the call).
+        on_attempt: called with each `Attempt` as it ends (off the request path; what it raises is logged, never
+            raised into the call).
         on_result: called with each `RouteResult` (likewise).
     """
 
-    def __init__(
-        self,
-        config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-        *,
-        state_path: str | os.PathLike[str] | None = None,
-        persist: bool = True,
-        clock: Clock | None = None,
-        transport: Any = None,
-        http_client: Any = None,
-        budget_usd: float | None = None,
-        on_budget: str = "stop",
-        budget_strict: bool = False,
-        on_attempt: Callable[[Attempt], Any] | None = None,
-        on_result: Callable[[RouteResult], Any] | None = None,
-    ) -> None:
+    def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
+                 state_path: str | os.PathLike[str] | None = None, persist: bool = True, clock: Clock | None = None,
+                 transport: Any = None, http_client: Any = None, budget_usd: float | None = None,
+                 on_budget: str = "stop", budget_strict: bool = False,
+                 on_attempt: Callable[[Attempt], Any] | None = None,
+                 on_result: Callable[[RouteResult], Any] | None = None) -> None:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
         self.clock: Clock = clock or SYSTEM_CLOCK
@@ -175,28 +166,14 @@ class Router:
         """
         return self._bg.run(self.acomplete(combo, prompt, **options))
 
-    async def acomplete(
-        self,
-        combo: str | Combo,
-        prompt: str | None = None,
-        *,
-        messages: list[dict[str, Any]] | None = None,
-        system: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        max_cost_usd: float | None = None,
-        timeout_s: float | None = None,
-        seed: int | None = None,
-        response_format: dict[str, Any] | None = None,
-        strategy: str | None = None,
-        stream: bool = False,
-        top_p: float | None = None,
-        stop: list[str] | None = None,
-        reasoning: str | int | None = None,
-        extra_body: dict[str, Any] | None = None,
-        schema: Any = None,
-        cache: bool = False,
-    ) -> RouteResult:
+    async def acomplete(self, combo: str | Combo, prompt: str | None = None, *,
+                        messages: list[dict[str, Any]] | None = None, system: str | None = None,
+                        max_tokens: int | None = None, temperature: float | None = None,
+                        max_cost_usd: float | None = None, timeout_s: float | None = None, seed: int | None = None,
+                        response_format: dict[str, Any] | None = None, strategy: str | None = None,
+                        stream: bool = False, top_p: float | None = None, stop: list[str] | None = None,
+                        reasoning: str | int | None = None, extra_body: dict[str, Any] | None = None,
+                        schema: Any = None, cache: bool = False) -> RouteResult:
         """The async `complete`, on the caller's event loop.
 
         Args:
@@ -217,7 +194,6 @@ class Router:
             reasoning: "low", "medium", "high" or a thinking budget in tokens, mapped per protocol
                 (`reasoning_effort`, Anthropic's `thinking`, Gemini's `thinkingConfig`).
             extra_body: merged into the request's JSON body as given.
-
             schema: a JSON schema dict or a pydantic model class the answer must match (sent natively;
                 `result.parsed` holds the validated value; a mismatch is retried once, then falls back).
             cache: answer from the response cache when it holds this request, and store the answer.
@@ -287,11 +263,10 @@ class Router:
             combo: as for `complete`.
             items: a list (any iterable), a pandas Series or a DataFrame (one call per row).
             **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict; other braces stay),
-                `messages` (a list, or a function of the item), `system`, `schema` (its fields become
-                columns), `concurrency` (default `batch.DEFAULT_CONCURRENCY`), `account_concurrency`,
-                `max_cost_usd` (the whole batch's budget), `cache` (default on unless `log_content =
-                false`), `progress` (True: a `tqdm.auto` bar, tqdm being installed; or a callable given a
-                `batch.Progress` after each item), and any option of `acomplete`.
+                `messages` (a list, or a function of the item), `system`, `schema` (its fields become columns), `concurrency` (default
+                `batch.DEFAULT_CONCURRENCY`), `account_concurrency`, `max_cost_usd` (the whole batch's),
+                `cache` (on unless `log_content = false`), `progress` (True: a `tqdm.auto` bar; or a callable
+                given a `batch.Progress` after each item), and any option of `acomplete`.
 
         Returns:
             a BatchResult: one RouteResult or RouteError per item, in input order.
