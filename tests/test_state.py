@@ -401,3 +401,36 @@ def test_a_memory_store_keeps_a_bounded_call_log_and_writes_no_file(tmp_path: Pa
     assert [r["call_id"] for r in store.recent_log(2)] == ["call-3", "call-4"]
     assert [r["call_id"] for r in small.recent_log(10)] == ["call-2", "call-3", "call-4"]
     assert not list(tmp_path.iterdir())
+
+
+
+def test_at_exit_routers_close_first_then_stores_then_writers_and_the_background_loops_last(tmp_path: Path) -> None:
+    # atexit is last-in, first-out: each module makes its set of live objects at import, in the reverse order
+    code = f"""
+        from nbrouter import Router
+        from nbrouter.router.background import BackgroundLoop
+        from nbrouter.router.state import StateStore
+        from nbrouter.router.store import BatchWriter
+
+        watched = {{}}
+
+        def noting(cls, name):
+            original = getattr(cls, name)
+            def wrapped(self, *args, **kwargs):
+                if id(self) in watched:
+                    print(watched[id(self)], flush=True)
+                return original(self, *args, **kwargs)
+            setattr(cls, name, wrapped)
+
+        for cls, name in [(Router, "close"), (StateStore, "close"), (BatchWriter, "close"), (BackgroundLoop, "stop")]:
+            noting(cls, name)
+        bg = BackgroundLoop()
+        bg.loop()  # started, and no router's
+        store = StateStore({str(tmp_path / "state.sqlite3")!r})
+        router = Router({{}}, persist=False)  # holds neither
+        watched.update({{id(bg): "loop", id(store): "store", id(store._writer): "writer", id(router): "router"}})
+    """
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    first_seen = list(dict.fromkeys(done.stdout.split()))  # a store closes its own writer too
+    assert first_seen == ["router", "store", "writer", "loop"]

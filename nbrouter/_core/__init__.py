@@ -1,5 +1,5 @@
 """The floor every layer stands on: error kinds, token usage, rate limits, the failure of an attempt,
-secret scrubbing, the clock and the small text formats shared by every table.
+secret scrubbing, the clock, closing what is live at exit and the small text formats shared by every table.
 
 Nothing here imports any other part of nbrouter; providers, router, report and notebook all import it.
 """

@@ -7,15 +7,18 @@ methods hand their coroutine to this loop and wait for it. Started on first use,
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
+import queue
 import threading
 import weakref
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, Iterator, TypeVar
+
+from .._core.closing import close_at_exit
 
 T = TypeVar("T")
 
-_loops: "weakref.WeakSet[BackgroundLoop]" = weakref.WeakSet()
+#: made first (engine.py imports this module before those of the other sets): the loops stop last at exit
+_loops: "weakref.WeakSet[BackgroundLoop]" = close_at_exit("stop")
 
 
 class BackgroundLoop:
@@ -79,6 +82,27 @@ class BackgroundLoop:
             finished.wait(2.0)
             raise
 
+    def iterate(self, produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, Any]], last: Callable[[T], bool],
+                refusal: str) -> Iterator[T]:
+        """Run `produce(put)` on the loop and yield, in the caller's thread, what it puts through a thread-safe
+        queue, up to the item for which `last` is true. A consumer that stops early (Ctrl-C, or closing the
+        generator) cancels it and waits until it has finished, so that what it recorded is whole. Called from
+        the loop's own thread: RuntimeError(refusal)."""
+        if self.in_loop_thread():
+            raise RuntimeError(refusal)
+        items: queue.SimpleQueue[T] = queue.SimpleQueue()
+        future, finished = self.submit(produce(items.put))
+        try:
+            while True:
+                item = items.get()
+                yield item
+                if last(item):
+                    break
+        finally:
+            if not finished.is_set():
+                future.cancel()
+                finished.wait(2.0)
+
     def stop(self) -> None:
         """Cancel what is running, stop the loop and join its thread."""
         with self._lock:
@@ -102,12 +126,3 @@ class BackgroundLoop:
         thread.join(timeout=5.0)
         if not thread.is_alive():
             loop.close()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for bg in list(_loops):
-        try:
-            bg.stop()
-        except Exception:
-            pass

@@ -591,7 +591,7 @@ class Batch:
         router = self.router
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        if not router._discovered:
+        if not router._discovery.done:
             await router.discover()
         started = time.perf_counter()
         dispatcher = Dispatcher(self.items, concurrency=self.concurrency, max_cost_usd=self.max_cost_usd,

@@ -4,7 +4,8 @@ from a TOML file or a dict of the same shape.
 Every value is checked for its type and its range (a TOML string is never taken for a boolean, a zero
 timeout is refused), every table refuses keys it does not know and suggests the nearest known one, and
 every failure is a ComboConfigError naming the file, the combo (or the provider, in the field) and the
-field. The data classes are in `model.py`; writing combos back is in `config_file.py`.
+field. The data classes are in `model.py`; editing combos is in `editing.py`, writing them back in
+`config_file.py`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Writing combos back to the configuration file: the TOML table of a combo, and an atomic rewrite of
 the file through tomlkit (imported on first use) that keeps the user's other tables and comments.
+`editing.py` validates an edit before anything here writes it.
 """
 
 from __future__ import annotations

@@ -3,30 +3,30 @@
     config (config.py) ─> Decider (decide.py: resolve, skip checks, strategy) ─> Loop (loop.py: attempts,
     policy table) ─> providers (the wire) ; StateStore (state.py) remembers ; Status (status.py) reports
 
-The async core runs on the caller's loop (`acomplete`, `astream`) or, for the sync methods, on a private
-loop in a daemon thread (`background.py`), so a sync call works in plain Python, inside a running event
-loop (a Jupyter cell) and from several threads at once.
+Around them: combo edits (editing.py), zero-config discovery (discovery.py), one HTTP sender per event loop
+(clients.py), the session budget (budget.py), batch work and the response cache (batch.py, cache.py, loaded
+on first use). The async core runs on the caller's loop (`acomplete`, `astream`) or, for the sync methods,
+on a private loop in a daemon thread (`background.py`), so a sync call works in plain Python, inside a
+running event loop (a Jupyter cell) and from several threads at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import copy
 import os
-import queue
 import weakref
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
+from .._core.closing import close_at_exit
 from .background import BackgroundLoop
 from .budget import Budget
-from .config import build_config, environment_providers, load_config, local_provider
-from .config_file import combo_table, set_combo, write_document
+from . import editing
+from .config import load_config
 from .clients import Senders
 from .decide import Decider
-from .errors import ComboConfigError
+from .discovery import Discovery
 from .loop import Emit, Hooks, Loop
 from .model import Combo, Config, Provider
 from .pricing import PriceBook
@@ -40,57 +40,37 @@ if TYPE_CHECKING:  # batch work and the response cache load on first use: `impor
     from .batch import BatchResult
     from .cache import ResponseCache
 
-_routers: "weakref.WeakSet[Router]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_routers() -> None:
-    # runs before the background loops stop (atexit is last-in, first-out), so clients close cleanly
-    for router in list(_routers):
-        try:
-            router.close()
-        except Exception:
-            pass
+# made after the sets of state.py, store.py and background.py (imported above): closed before them at exit
+_routers: "weakref.WeakSet[Router]" = close_at_exit()
 
 
 class Router:
     """Routes calls to combos of provider/model targets, with fallback, remembered state and costs.
 
     Args:
-        config: a path to a TOML file, a dict of the same shape, or None for `NBROUTER_CONFIG` or the
-            user config dir (and with no file at all, the providers found in the environment).
-        state_path: the SQLite state file (default: `NBROUTER_STATE`, the config's `state_path`, or the
-            user state dir).
+        config: a TOML file's path, a dict of the same shape, or None for `NBROUTER_CONFIG` or the user
+            config dir (with no file at all: the providers found in the environment).
+        state_path: the SQLite state file (default: `NBROUTER_STATE`, the config's `state_path`, the user state dir).
         persist: False keeps all state in memory only.
-        clock: what the router reads the time from and waits on (`nbrouter.testing.ManualClock` in
-            tests of time rules); the real clock by default.
-        transport: an `httpx.AsyncBaseTransport` to send through (`httpx.MockTransport` in a test);
-            default httpx over aiohttp.
+        clock: what the router reads the time from and waits on (tests: `nbrouter.testing.ManualClock`).
+        transport: an `httpx.AsyncBaseTransport` to send through (a test's `httpx.MockTransport`); default httpx
+            over aiohttp.
         http_client: an `httpx.AsyncClient` of yours to send with; you close it.
         budget_usd: a session budget in dollars for every call of this Router (`router.budget`).
-        on_budget: "stop" (refuse a call whose first choice does not fit what is left) or "cheapest"
-            (move to the cheapest candidate whose estimate fits).
+        on_budget: "stop" (refuse a call whose first choice does not fit what is left) or "cheapest" (move to
+            the cheapest candidate whose estimate fits).
         budget_strict: with a budget, also skip candidates whose price is unknown.
-        on_attempt: called with each `Attempt` as it ends (off the request path; an exception in it is
-            logged, never raised into the call).
+        on_attempt: called with each `Attempt` as it ends (off the request path; what it raises is logged, never
+            raised into the call).
         on_result: called with each `RouteResult` (likewise).
     """
 
-    def __init__(
-        self,
-        config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-        *,
-        state_path: str | os.PathLike[str] | None = None,
-        persist: bool = True,
-        clock: Clock | None = None,
-        transport: Any = None,
-        http_client: Any = None,
-        budget_usd: float | None = None,
-        on_budget: str = "stop",
-        budget_strict: bool = False,
-        on_attempt: Callable[[Attempt], Any] | None = None,
-        on_result: Callable[[RouteResult], Any] | None = None,
-    ) -> None:
+    def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
+                 state_path: str | os.PathLike[str] | None = None, persist: bool = True, clock: Clock | None = None,
+                 transport: Any = None, http_client: Any = None, budget_usd: float | None = None,
+                 on_budget: str = "stop", budget_strict: bool = False,
+                 on_attempt: Callable[[Attempt], Any] | None = None,
+                 on_result: Callable[[RouteResult], Any] | None = None) -> None:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
         self.clock: Clock = clock or SYSTEM_CLOCK
@@ -106,9 +86,7 @@ class Router:
         self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result))
         self._bg = BackgroundLoop()
         self._closed = False
-        self._discovered = self.config.source != "environment"
-        self._discovered_at: float | None = None
-        self._env_checked_at = float("-inf")
+        self._discovery = Discovery(self.config, self._decider, self.clock)
         self._cache: ResponseCache | None = None
         self._persist = persist
         _routers.add(self)
@@ -123,7 +101,7 @@ class Router:
     def reload(self) -> None:
         """Read the configuration again (from the same file or dict); with none, look for keys and local servers again."""
         self._set_config(load_config(self._config_source, strategies=STRATEGIES))
-        self._discovered = self.config.source != "environment"
+        self._discovery.reset(self.config)
 
     def _set_config(self, config: Config) -> None:
         self.config = config
@@ -137,19 +115,9 @@ class Router:
         """The saved combos by name."""
         return dict(self.config.combos)
 
-    def _with_combo(self, name: str, table: Mapping[str, Any] | None) -> Config:
-        raw = copy.deepcopy(dict(self.config.raw))
-        combos = raw.setdefault("combos", {})
-        if table is None:
-            combos.pop(name, None)
-        else:
-            combos[name] = table
-        return build_config(raw, path=self.config.path, strategies=STRATEGIES)
-
     def save_combo(self, name: str, targets: Sequence[str | Mapping[str, Any]], **options: Any) -> Combo:
-        """Validate and save `[combos.NAME]` to the config file (other tables and comments kept).
-
-        The file is written atomically with mode 0600; a config given as a dict is updated in memory.
+        """Validate and save `[combos.NAME]` to the config file (atomically, mode 0600, other tables and comments
+        kept); a config given as a dict is updated in memory.
 
         Args:
             name: the combo's name (one word).
@@ -159,28 +127,24 @@ class Router:
         Raises:
             ComboConfigError: naming the field, when the combo is invalid; nothing is written then.
         """
-        table = combo_table(list(targets), options)
-        config = self._with_combo(name, table)
-        if self.config.path is not None:
-            write_document(self.config.path, lambda doc: set_combo(doc, name, table))
-        self._set_config(config)
-        return config.combos[name]
+        self._set_config(editing.save_combo(self.config, name, targets, options, STRATEGIES))
+        return self.config.combos[name]
 
     def delete_combo(self, name: str) -> None:
-        """Remove `[combos.NAME]` from the config file; refused if another combo names it."""
-        if name not in self.config.combos:
-            raise ComboConfigError(f"no combo named {name!r}", file=self.config.file_label, combo=name, field="name")
-        users = [c.name for c in self.config.combos.values() if any(s.combo == name for s in c.steps)]
-        if users:
-            raise ComboConfigError(f"combo(s) {', '.join(users)} use it; remove it from them first", file=self.config.file_label, combo=name, field="name")
-        config = self._with_combo(name, None)
-        if self.config.path is not None:
-            write_document(self.config.path, lambda doc: set_combo(doc, name, None))
-        self._set_config(config)
+        """Remove `[combos.NAME]` from the config file; refused if another combo names it.
+
+        Args:
+            name: the combo's name.
+        """
+        self._set_config(editing.delete_combo(self.config, name, STRATEGIES))
 
     def validate_combo(self, name: str, targets: Sequence[str | Mapping[str, Any]], **options: Any) -> Combo:
-        """Validate a draft combo against the current config without saving it (the builder's Test uses it)."""
-        return self._with_combo(name, combo_table(list(targets), options)).combos[name]
+        """Validate a draft combo against the current config without saving it (the builder's Test uses it).
+
+        Args:
+            name, targets, **options: as for `save_combo`.
+        """
+        return editing.draft_combo(self.config, name, targets, options, STRATEGIES)
 
     def context_window(self, c: Candidate) -> int | None:
         """The candidate's known context window in tokens, or None."""
@@ -202,28 +166,14 @@ class Router:
         """
         return self._bg.run(self.acomplete(combo, prompt, **options))
 
-    async def acomplete(
-        self,
-        combo: str | Combo,
-        prompt: str | None = None,
-        *,
-        messages: list[dict[str, Any]] | None = None,
-        system: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        max_cost_usd: float | None = None,
-        timeout_s: float | None = None,
-        seed: int | None = None,
-        response_format: dict[str, Any] | None = None,
-        strategy: str | None = None,
-        stream: bool = False,
-        top_p: float | None = None,
-        stop: list[str] | None = None,
-        reasoning: str | int | None = None,
-        extra_body: dict[str, Any] | None = None,
-        schema: Any = None,
-        cache: bool = False,
-    ) -> RouteResult:
+    async def acomplete(self, combo: str | Combo, prompt: str | None = None, *,
+                        messages: list[dict[str, Any]] | None = None, system: str | None = None,
+                        max_tokens: int | None = None, temperature: float | None = None,
+                        max_cost_usd: float | None = None, timeout_s: float | None = None, seed: int | None = None,
+                        response_format: dict[str, Any] | None = None, strategy: str | None = None,
+                        stream: bool = False, top_p: float | None = None, stop: list[str] | None = None,
+                        reasoning: str | int | None = None, extra_body: dict[str, Any] | None = None,
+                        schema: Any = None, cache: bool = False) -> RouteResult:
         """The async `complete`, on the caller's event loop.
 
         Args:
@@ -244,7 +194,6 @@ class Router:
             reasoning: "low", "medium", "high" or a thinking budget in tokens, mapped per protocol
                 (`reasoning_effort`, Anthropic's `thinking`, Gemini's `thinkingConfig`).
             extra_body: merged into the request's JSON body as given.
-
             schema: a JSON schema dict or a pydantic model class the answer must match (sent natively;
                 `result.parsed` holds the validated value; a mismatch is retried once, then falls back).
             cache: answer from the response cache when it holds this request, and store the answer.
@@ -278,25 +227,9 @@ class Router:
 
     def stream(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> Iterator[RouteEvent]:
         """The sync `astream`: events arrive through a thread-safe queue from the router's loop."""
-        return self._sync_stream(build_request(combo, prompt, stream=True, **options))
-
-    def _sync_stream(self, req: CallRequest) -> Iterator[RouteEvent]:
-        if self._bg.in_loop_thread():
-            raise RuntimeError("Router.stream was called from the router's own loop; use astream")
-        events: queue.SimpleQueue[RouteEvent] = queue.SimpleQueue()
-        future, finished = self._bg.submit(self._route_events(req, events.put))
-        try:
-            while True:
-                event = events.get()
-                yield event
-                if isinstance(event, Done):
-                    break
-        finally:
-            if not finished.is_set():
-                # the consumer stopped early (Ctrl-C, or it closed the generator): cancel, and wait until
-                # the call has logged its cancelled attempt so the state is whole when we return
-                future.cancel()
-                finished.wait(2.0)
+        req = build_request(combo, prompt, stream=True, **options)
+        return self._bg.iterate(lambda put: self._route_events(req, put), lambda event: isinstance(event, Done),
+                                "Router.stream was called from the router's own loop; use astream")
 
     async def _route_events(self, req: CallRequest, emit: Emit) -> None:
         try:
@@ -312,10 +245,8 @@ class Router:
     async def _route(self, req: CallRequest, emit: Emit | None) -> RouteResult:
         if self._closed:
             raise RuntimeError("this Router is closed")
-        if self.config.source == "environment":
-            self._notice_environment()
-        if not self._discovered:
-            await self.discover(refresh=self._discovered_at is not None)
+        if self._discovery.due(self.config):
+            await self._discovery.probe(self.config)
         self.state.refresh()
         if req.cache:
             from .cache import through_cache
@@ -332,11 +263,10 @@ class Router:
             combo: as for `complete`.
             items: a list (any iterable), a pandas Series or a DataFrame (one call per row).
             **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict; other braces stay),
-                `messages` (a list, or a function of the item), `system`, `schema` (its fields become
-                columns), `concurrency` (default `batch.DEFAULT_CONCURRENCY`), `account_concurrency`,
-                `max_cost_usd` (the whole batch's budget), `cache` (default on unless `log_content =
-                false`), `progress` (True: a `tqdm.auto` bar, tqdm being installed; or a callable given a
-                `batch.Progress` after each item), and any option of `acomplete`.
+                `messages` (a list, or a function of the item), `system`, `schema` (its fields become columns), `concurrency` (default
+                `batch.DEFAULT_CONCURRENCY`), `account_concurrency`, `max_cost_usd` (the whole batch's),
+                `cache` (on unless `log_content = false`), `progress` (True: a `tqdm.auto` bar; or a callable
+                given a `batch.Progress` after each item), and any option of `acomplete`.
 
         Returns:
             a BatchResult: one RouteResult or RouteError per item, in input order.
@@ -392,39 +322,16 @@ class Router:
     # ---- zero-config ------------------------------------------------------------------------
 
     async def discover(self, *, refresh: bool = False) -> None:
-        """Zero-config (no config file): add the local servers listening on their default ports."""
-        if self.config.source != "environment" or (self._discovered and not refresh):
-            return
-        from ..providers.discovery import find_local_servers
+        """Zero-config (no config file): add the local servers listening on their default ports.
 
-        for server in await find_local_servers(refresh=refresh):
-            if server.preset not in self.config.providers:
-                self.config.providers[server.preset] = local_provider(server.preset, server.base_url, server.models)
-        self._decider.forget()
-        self._discovered = True
-        self._discovered_at = self.clock.monotonic()
-
-    def _notice_environment(self) -> None:
-        """Zero-config: a key variable set since the last look adds its provider at once, and the local
-        ports are probed again once the last probe is older than `local_probe_refresh_s`."""
-        now = self.clock.monotonic()
-        if now - self._env_checked_at < self.config.policy.env_recheck_s:
-            return
-        self._env_checked_at = now
-        found = environment_providers()
-        added = [name for name in found if name not in self.config.providers]
-        for name in added:
-            self.config.providers[name] = found[name]
-        if added:
-            self._decider.forget()
-        if self._discovered_at is not None and now - self._discovered_at >= self.config.policy.local_probe_refresh_s:
-            self._discovered = False
+        Args:
+            refresh: probe again even when a probe has run, past the cache of its answers.
+        """
+        await self._discovery.discover(self.config, refresh=refresh)
 
     def _ensure_discovered(self) -> None:
-        if self.config.source == "environment":
-            self._notice_environment()
-        if not self._discovered and not self._bg.in_loop_thread():
-            self._bg.run(self.discover(refresh=self._discovered_at is not None))
+        if self._discovery.due(self.config) and not self._bg.in_loop_thread():
+            self._bg.run(self._discovery.probe(self.config))
 
     @property
     def providers(self) -> dict[str, Provider]:

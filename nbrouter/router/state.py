@@ -10,7 +10,6 @@ on memory and says so (`warning`).
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import warnings
@@ -21,6 +20,7 @@ from typing import Any, Iterator
 
 from .._core import Clock, ErrorKind
 from .._core.clock import SYSTEM_CLOCK
+from .._core.closing import close_at_exit
 from . import health
 from .health import FOREVER, Breaker, BreakerState, Hold, HoldKind, LatencyStats, RateLimitState, UsageWindow
 from .policy import Policy
@@ -467,13 +467,5 @@ class StateStore:
         return iter(self.recent_log(1_000_000))
 
 
-_open_stores: "weakref.WeakSet[StateStore]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for store in list(_open_stores):
-        try:
-            store.close()
-        except Exception:
-            pass
+#: made after store.py's writers: a store is closed at exit before the writers left over
+_open_stores: "weakref.WeakSet[StateStore]" = close_at_exit()

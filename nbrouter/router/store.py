@@ -19,7 +19,6 @@ What can go wrong with the file, and what happens:
 from __future__ import annotations
 
 import abc
-import atexit
 import json
 import os
 import signal
@@ -31,6 +30,8 @@ import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
+
+from .._core.closing import close_at_exit
 
 __all__ = ["CALL_COLUMNS", "CALL_NAMES", "MAX_PENDING_ROWS", "MIGRATIONS", "QUICK_CHECK_MAX_BYTES", "RETRY_S", "SCHEMA_VERSION",
            "WRITE_BATCH_S", "BatchWriter", "Column", "MemoryBackend", "SQLiteBackend", "StateBackend", "StateRow",
@@ -860,7 +861,8 @@ def _warn_from_thread(message: str) -> None:
 
 # ---- at exit and on SIGTERM ------------------------------------------------------------------------
 
-_live_writers: "weakref.WeakSet[BatchWriter]" = weakref.WeakSet()
+#: made before state.py's stores (it imports this module): the writers left over close after the stores
+_live_writers: "weakref.WeakSet[BatchWriter]" = close_at_exit()
 _sigterm_lock = threading.Lock()
 _sigterm_installed = False
 
@@ -901,12 +903,3 @@ def _install_sigterm_flush() -> None:
         except (ValueError, OSError):  # not the main interpreter, or a platform without it
             return
         _sigterm_installed = True
-
-
-@atexit.register
-def _close_all() -> None:
-    for writer in list(_live_writers):
-        try:
-            writer.close()
-        except Exception:
-            pass
