@@ -213,3 +213,57 @@ def test_asyncio_run_in_a_loop_does_not_leak_a_client_per_call(sim, make_router)
         asyncio.run(router.acomplete("c", "hi"))
     gc.collect()
     assert _open_fds() - before < 10  # without closing per loop: one connection (and client) per call
+
+
+# ---- the limit itself (router/deadlines.py) -------------------------------------------------------
+
+
+def test_an_attempt_limit_fires_never_early_and_turns_into_a_timeout() -> None:
+    from nbrouter.router.deadlines import GRAIN_S, within
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            await within(0.05, asyncio.sleep(30))
+        return start, loop.time()
+
+    start, end = asyncio.run(main())
+    assert end - start >= 0.05 - GRAIN_S / 10  # the loop's clock: never before the limit
+
+
+def test_limits_that_share_a_timer_each_fire_and_the_ones_that_finish_leave_nothing_behind() -> None:
+    from nbrouter.router import deadlines
+
+    async def one(i: int) -> str:
+        try:
+            return await deadlines.within(0.05, asyncio.sleep(0 if i % 2 else 30, result=f"done {i}"))
+        except TimeoutError:
+            return f"timeout {i}"
+
+    async def main() -> tuple[list[str], int]:
+        results = await asyncio.gather(*(one(i) for i in range(40)))
+        slots = deadlines._by_loop[asyncio.get_running_loop()].slots
+        return results, sum(len(s) for s in slots.values())
+
+    results, left = asyncio.run(main())
+    assert results == [f"done {i}" if i % 2 else f"timeout {i}" for i in range(40)]
+    assert left == 0
+
+
+def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
+    from nbrouter.router.deadlines import within
+
+    async def main() -> str:
+        task = asyncio.ensure_future(within(30, asyncio.sleep(30)))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        except TimeoutError:
+            return "timeout"
+        return "finished"
+
+    assert asyncio.run(main()) == "cancelled"

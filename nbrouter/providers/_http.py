@@ -319,7 +319,7 @@ def usable_key(endpoint: Endpoint) -> Endpoint:
 class _Exchange:
     """What one exchange got so far, for the failure message when something goes wrong."""
 
-    __slots__ = ("response", "status", "raw", "pieces", "streaming", "last_event")
+    __slots__ = ("response", "status", "raw", "pieces", "streaming", "last_event", "_headers")
 
     def __init__(self) -> None:
         self.response: httpx.Response | None = None
@@ -328,6 +328,19 @@ class _Exchange:
         self.pieces: list[str] | None = None
         self.streaming = False
         self.last_event: str | None = None
+        self._headers: dict[str, str] | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The response's headers as a plain dict of lower-case names, made once: the protocols read up to a
+        dozen, and each lookup in httpx's `Headers` lower-cases the name and scans the list. A repeated
+        header is joined with ", ", as `Headers.get` does."""
+        if self._headers is None:
+            out: dict[str, str] = {}
+            if self.response is not None:
+                for name, value in self.response.headers.multi_items():
+                    out[name] = f"{out[name]}, {value}" if name in out else value
+            self._headers = out
+        return self._headers
 
 
 class _CallerError(Exception):
@@ -361,7 +374,7 @@ async def _read_body(
     _call_first_byte(on_first_byte)
     status = ex.status or 0
     parsed, problem = _parse_json(raw)
-    headers = response.headers
+    headers = ex.headers()
     if status >= 300:
         text = raw[:_TEXT_BYTES].decode("utf-8", "replace")
         try:
@@ -374,7 +387,7 @@ async def _read_body(
     if problem:
         raise malformed(f"{problem} in a {status} response: {excerpt(raw[:_TEXT_BYTES].decode('utf-8', 'replace'), EXCERPT_CHARS)!r}", status=status)
     completion = protocol.parse(endpoint, status, headers, parsed)
-    _stamp(completion, protocol, response)
+    _stamp(completion, protocol, ex)
     return completion
 
 
@@ -428,7 +441,7 @@ async def _read_stream(
     ex.last_event = None
     completion = decoder.finish()
     completion.text = "".join(pieces)
-    _stamp(completion, protocol, response)
+    _stamp(completion, protocol, ex)
     return completion
 
 
@@ -596,9 +609,9 @@ def _complete(failure: ProviderFailure, ex: _Exchange, protocol: WireProtocol) -
         return
     try:
         if failure.rate_limits is None:
-            failure.rate_limits = protocol.rate_limits(response.headers)
+            failure.rate_limits = protocol.rate_limits(ex.headers())
         if failure.request_id is None:
-            failure.request_id = protocol.request_id(response.headers)
+            failure.request_id = protocol.request_id(ex.headers())
     except Exception:  # headers too odd to read add nothing to a failure already classified
         pass
 
@@ -619,11 +632,11 @@ def _is_refused(exc: BaseException) -> bool:
     return False
 
 
-def _stamp(completion: Completion, protocol: WireProtocol, response: httpx.Response) -> None:
+def _stamp(completion: Completion, protocol: WireProtocol, ex: _Exchange) -> None:
     if completion.request_id is None:
-        completion.request_id = protocol.request_id(response.headers)
+        completion.request_id = protocol.request_id(ex.headers())
     if completion.rate_limits is None:
-        completion.rate_limits = protocol.rate_limits(response.headers)
+        completion.rate_limits = protocol.rate_limits(ex.headers())
 
 
 def _parse_json(raw: bytes) -> tuple[Any, str]:

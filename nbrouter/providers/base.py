@@ -200,6 +200,8 @@ def string(value: Any, where: str) -> str | None:
 def count(value: Any, where: str) -> int:
     """A token count: a non-negative whole number (null as 0); an integral float or a string of ASCII
     digits is accepted, since some servers send those."""
+    if type(value) is int and 0 <= value <= MAX_COUNT:  # the common case, first
+        return value
     if value is None:
         return 0
     number: Any = None

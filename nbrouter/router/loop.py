@@ -17,11 +17,12 @@ import time
 from collections import Counter
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable
 
 from .._core import Clock, ErrorKind, ProviderFailure, Usage, remember_secret, scrub
 from ..providers import ChatRequest, Completion, Endpoint, get_protocol
 from .model import Combo, Provider
+from .deadlines import within
 from .decide import EMERGENCY, Decider
 from .keys import KeyError_
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
@@ -53,7 +54,6 @@ RELAY_SUMMARY_PROMPT = ("Summarise the conversation above in a few sentences: th
 STEP_REQUEST_OPTIONS = ("system", "max_tokens", "temperature", "top_p", "stop", "reasoning", "extra_body")
 #: sends one request: (protocol, endpoint, request, timeout, on_text, on_first_byte) -> Completion
 Sender = Callable[..., Awaitable[Completion]]
-T = TypeVar("T")
 
 #: call ids: 64 bits from a private generator seeded from os.urandom (again in a forked child); uuid4
 #: would cost a system call per call
@@ -169,33 +169,6 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None and hasattr(task, "uncancel"):
         task.uncancel()
-
-
-async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
-    """`awaitable`, cancelled and turned into a TimeoutError once `seconds` of wall-clock time have passed.
-
-    One timer that cancels the running task, as `asyncio.timeout` does, without its context machinery (it
-    runs once per attempt, on the request's path)."""
-    task = asyncio.current_task()
-    assert task is not None
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    handle = asyncio.get_running_loop().call_later(seconds, expire)
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if expired:
-            if hasattr(task, "uncancel"):
-                task.uncancel()
-            raise TimeoutError from None
-        raise
-    finally:
-        handle.cancel()
 
 
 class Loop:
@@ -639,7 +612,7 @@ class Loop:
                 sending = checked_output(sending, req.schema)
             if req.pacer is not None:  # a batch's buckets take this request and learn from its reply
                 sending = req.pacer.around(c, info.prompt_tokens + info.max_tokens, now, sending)
-            completion = await _within(timeout_s, sending)
+            completion = await within(timeout_s, sending)
         except ProviderFailure as failure:
             rule = rule_for(failure.kind)
             acc = provider.account(c.account)
