@@ -142,18 +142,42 @@ class Sender:
             on_text: called with each streamed text delta (a function or a coroutine function).
             on_first_byte: called once when the body (or the first stream event) arrived.
         """
-        exchange = _Exchange()
+        ex = _Exchange()
         try:
-            return await self._exchange(
-                exchange, protocol, endpoint, request, timeout_s, idle_timeout_s, max_line_bytes, on_text, on_first_byte
-            )
+            # one coroutine from here to the transport (this runs on every request's path)
+            endpoint = usable_key(endpoint)
+            try:
+                url, headers, body = protocol.build(endpoint, request)
+                req = self._request(url, headers, body, timeout_s, request.stream)
+            except ProviderFailure:
+                raise
+            except Exception as exc:  # the caller's request cannot go on the wire (NaN, a bad header value...)
+                raise ProviderFailure(ErrorKind.INVALID_REQUEST, f"the request could not be built: {_describe(exc)}") from None
+            if self._client is not None:
+                response = await self._client.send(req, stream=True)
+            else:
+                transport = self._transport_for(req.url) if self._proxies else self._direct
+                assert transport is not None
+                response = await transport.handle_async_request(req)
+                response.request = req
+            ex.response = response
+            ex.status = response.status_code
+            try:
+                if ex.status >= 300 or not request.stream:
+                    return await _read_body(ex, protocol, endpoint, response, on_first_byte)
+                return await _read_stream(ex, protocol, endpoint, request, response, idle_timeout_s, max_line_bytes, on_text, on_first_byte)
+            finally:
+                try:
+                    await response.aclose()
+                except Exception:  # closing a broken connection can fail again; the attempt's outcome stands
+                    pass
         except _CallerError as caller:
             raise caller.error from None
         except ProviderFailure as known:
             failure = known
         except Exception as exc:  # noqa: BLE001 - the point: nothing but a ProviderFailure leaves an attempt
-            failure = _unexpected(exc, exchange)
-        _complete(failure, exchange, protocol)
+            failure = _unexpected(exc, ex)
+        _complete(failure, ex, protocol)
         # raised outside the handlers, so that no exception (a UnicodeError quoting a header, say) rides
         # along as its __context__
         raise failure
@@ -167,41 +191,6 @@ class Sender:
             try:
                 await transport.aclose()
             except Exception:  # a transport that fails to close must not keep the others open
-                pass
-
-    # -- one exchange ------------------------------------------------------------------------
-
-    async def _exchange(
-        self,
-        ex: _Exchange,
-        protocol: WireProtocol,
-        endpoint: Endpoint,
-        request: ChatRequest,
-        timeout_s: float,
-        idle_timeout_s: float | None,
-        max_line_bytes: int,
-        on_text: TextSink,
-        on_first_byte: Callable[[], None] | None,
-    ) -> Completion:
-        endpoint = usable_key(endpoint)
-        try:
-            url, headers, body = protocol.build(endpoint, request)
-            req = self._request(url, headers, body, timeout_s, request.stream)
-        except ProviderFailure:
-            raise
-        except Exception as exc:  # the caller's request cannot go on the wire (NaN, a bad header value...)
-            raise ProviderFailure(ErrorKind.INVALID_REQUEST, f"the request could not be built: {_describe(exc)}") from None
-        response = await self._dispatch(req)
-        ex.response = response
-        ex.status = response.status_code
-        try:
-            if ex.status >= 300 or not request.stream:
-                return await _read_body(ex, protocol, endpoint, response, on_first_byte)
-            return await _read_stream(ex, protocol, endpoint, request, response, idle_timeout_s, max_line_bytes, on_text, on_first_byte)
-        finally:
-            try:
-                await response.aclose()
-            except Exception:  # closing a broken connection can fail again; the attempt's outcome stands
                 pass
 
     def _request(self, url: str, headers: dict[str, str], body: Any, timeout_s: float, stream: bool) -> httpx.Request:
@@ -220,15 +209,6 @@ class Sender:
             with_client.update(merged)
             return httpx.Request("POST", url, headers=with_client, content=content, extensions={"timeout": _timeouts(timeout_s)})
         return httpx.Request("POST", _parsed_url(url), headers=merged, content=content, extensions={"timeout": _timeouts(timeout_s)})
-
-    async def _dispatch(self, req: httpx.Request) -> httpx.Response:
-        if self._client is not None:
-            return await self._client.send(req, stream=True)
-        transport = self._transport_for(req.url) if self._proxies else self._direct
-        assert transport is not None
-        response = await transport.handle_async_request(req)
-        response.request = req
-        return response
 
     # -- proxies -----------------------------------------------------------------------------
 

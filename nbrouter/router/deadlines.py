@@ -19,14 +19,32 @@ T = TypeVar("T")
 GRAIN_S = 0.01
 
 
-class _Watch:
-    """One attempt's limit: its task, and whether the limit cancelled it."""
+class Limit:
+    """One running limit (`start`): whether it has cancelled its task, and `stop()` once the bounded work
+    is over, whichever way it ended."""
 
-    __slots__ = ("task", "expired")
+    __slots__ = ("task", "expired", "_slot", "_absorbed")
 
-    def __init__(self, task: asyncio.Task[object]) -> None:
+    def __init__(self, task: asyncio.Task[object], slot: set[Limit]) -> None:
         self.task = task
+        #: the limit passed and cancelled the task
         self.expired = False
+        self._slot = slot
+        self._absorbed = False
+
+    def stop(self) -> None:
+        """The bounded work is over: the limit no longer applies. A cancellation it asked for that the work
+        turned into something else (a failure it raised) is taken back too."""
+        self._slot.discard(self)
+        if self.expired:
+            self.absorb()
+
+    def absorb(self) -> None:
+        """Take back the cancellation the limit asked for (once), so the task goes on normally."""
+        if self.expired and not self._absorbed:
+            self._absorbed = True
+            if hasattr(self.task, "uncancel"):
+                self.task.uncancel()
 
 
 class _Slots:
@@ -34,17 +52,17 @@ class _Slots:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.slots: dict[int, set[_Watch]] = {}
+        self.slots: dict[int, set[Limit]] = {}
 
-    def watch(self, seconds: float, task: asyncio.Task[object]) -> tuple[set[_Watch], _Watch]:
+    def start(self, seconds: float, task: asyncio.Task[object]) -> Limit:
         slot = math.ceil((self.loop.time() + seconds) / GRAIN_S)
-        watches = self.slots.get(slot)
-        if watches is None:
-            watches = self.slots[slot] = set()
+        limits = self.slots.get(slot)
+        if limits is None:
+            limits = self.slots[slot] = set()
             self.loop.call_at(slot * GRAIN_S, self._expire, slot)
-        w = _Watch(task)
-        watches.add(w)
-        return watches, w
+        limit = Limit(task, limits)
+        limits.add(limit)
+        return limit
 
     def _expire(self, slot: int) -> None:
         for w in self.slots.pop(slot, ()):
@@ -56,6 +74,24 @@ class _Slots:
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slots] = weakref.WeakKeyDictionary()
 
 
+def start(seconds: float) -> Limit:
+    """Start a limit of `seconds` on the current task: once it passes (up to `GRAIN_S` later), the task is
+    cancelled and the limit's `expired` is set, so that the task can tell it from any other cancellation.
+    Call `stop()` when the bounded work ends. (`within` wraps this; the loop's attempt uses it directly, one
+    coroutine fewer per request.)
+
+    Args:
+        seconds: the limit.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = task.get_loop()
+    slots = _by_loop.get(loop)
+    if slots is None:
+        slots = _by_loop[loop] = _Slots(loop)
+    return slots.start(seconds, task)
+
+
 async def within(seconds: float, awaitable: Awaitable[T]) -> T:
     """`awaitable`, cancelled and turned into a TimeoutError once `seconds` of wall-clock time have passed
     (up to `GRAIN_S` later). A cancellation from anywhere else stays a cancellation.
@@ -64,23 +100,16 @@ async def within(seconds: float, awaitable: Awaitable[T]) -> T:
         seconds: the limit.
         awaitable: what to bound; it runs in the current task.
     """
-    task = asyncio.current_task()
-    assert task is not None
-    loop = task.get_loop()
-    slots = _by_loop.get(loop)
-    if slots is None:
-        slots = _by_loop[loop] = _Slots(loop)
-    watches, w = slots.watch(seconds, task)
+    limit = start(seconds)
     try:
         return await awaitable
     except asyncio.CancelledError:
-        if w.expired:
-            if hasattr(task, "uncancel"):
-                task.uncancel()
+        if limit.expired:
+            limit.absorb()
             raise TimeoutError from None
         raise
     finally:
-        watches.discard(w)
+        limit.stop()
 
 
-__all__ = ["GRAIN_S", "within"]
+__all__ = ["GRAIN_S", "Limit", "start", "within"]

@@ -294,10 +294,11 @@ class Router:
     def cache(self, value: ResponseCache) -> None:
         self._cache = value
 
-    async def _send(self, protocol: Any, endpoint: Any, request: Any, **options: Any) -> Any:
+    def _send(self, protocol: Any, endpoint: Any, request: Any, **options: Any) -> Any:
+        """The sending through this loop's Sender, to await (no coroutine of its own per request)."""
         policy = self.config.policy
-        return await self._senders.get().send(protocol, endpoint, request, idle_timeout_s=policy.stream_idle_timeout_s,
-                                               max_line_bytes=policy.sse_max_line_bytes, **options)
+        return self._senders.get().send(protocol, endpoint, request, idle_timeout_s=policy.stream_idle_timeout_s,
+                                        max_line_bytes=policy.sse_max_line_bytes, **options)
 
     def explain(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> Decision:
         """What the loop would do now: resolution, filtering and ordering with the live state and the

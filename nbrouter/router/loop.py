@@ -22,7 +22,8 @@ from typing import Any, Awaitable, Callable
 from .._core import Clock, ErrorKind, ProviderFailure, Usage, remember_secret, scrub
 from ..providers import ChatRequest, Completion, Endpoint, get_protocol
 from .model import Combo, Provider
-from .deadlines import within
+from .deadlines import Limit
+from .deadlines import start as start_limit
 from .decide import EMERGENCY, Decider
 from .keys import KeyError_
 from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
@@ -101,7 +102,7 @@ class Hooks:
 class _Call:
     """Mutable bookkeeping of one call in flight."""
 
-    __slots__ = ("req", "emit", "hooks", "id", "attempts", "shown_parts", "notes", "decision", "started")
+    __slots__ = ("req", "emit", "hooks", "id", "attempts", "shown_parts", "notes", "decision", "started", "tries")
 
     def __init__(self, req: CallRequest, emit: Emit | None, clock: Clock, hooks: Hooks) -> None:
         self.req = req
@@ -115,6 +116,8 @@ class _Call:
         self.notes: dict[str, str] = {}
         self.decision: Decision | None = None
         self.started = time.perf_counter()
+        #: attempts sent so far (skips not counted), against max_attempts
+        self.tries = 0
 
     @property
     def shown(self) -> str:
@@ -171,6 +174,36 @@ def _uncancel() -> None:
         task.uncancel()
 
 
+class _Progress:
+    """How far one attempt got: when its first byte came, the text it passed on (`first_byte` and `text` are
+    what the sender calls). A class rather than closures: the variables closures read become cells, which
+    every request pays for."""
+
+    __slots__ = ("call", "key", "lane", "t0", "first", "pieces")
+
+    def __init__(self, call: _Call, key: str, lane: _Lane | None) -> None:
+        self.call, self.key, self.lane = call, key, lane
+        self.t0 = time.perf_counter()
+        self.first: list[float] = []
+        self.pieces: list[str] = []
+
+    def first_byte(self) -> None:
+        if not self.first:
+            self.first.append(time.perf_counter() - self.t0)
+            if self.lane is not None:
+                self.lane.first_byte.set()
+
+    def text(self, text: str) -> None:
+        lane = self.lane
+        if lane is not None and not lane.may_show():
+            return  # another attempt of the hedge is answering
+        self.pieces.append(text)
+        call = self.call
+        call.shown_parts.append(text)
+        if call.emit is not None:
+            call.emit(TextDelta(text, self.key))
+
+
 class Loop:
     """Runs calls: decides, tries candidates in order, applies the policy table after each failure."""
 
@@ -218,35 +251,24 @@ class Loop:
         queue: list[Candidate] = list(ordered)
         group = self._openrouter_group(combo, ordered)
         used: dict[tuple[str, ErrorKind], int] = {}
-        tries = 0
         overflow_window: int | None | bool = False  # False: no context overflow seen yet
         last_failure: ProviderFailure | None = None
         try:
             while queue:
                 c = queue.pop(0)
                 now = clock.time()
-                skip = self._skip_now(call, c, info, tries, max_attempts, deadline, overflow_window, now)
+                skip = self._skip_now(call, c, info, call.tries, max_attempts, deadline, overflow_window, now)
                 if skip is not None:
                     call.add(self._skipped(c, skip[0], skip[1], now))
                     continue
                 attempt_timeout = timeout_s
                 if deadline is not None:
                     attempt_timeout = max(0.001, min(timeout_s, deadline - clock.monotonic()))
-                tries += 1
+                call.tries += 1
                 members = group if group and c is group[0] else None
                 hedged = combo.hedge_after_s is not None and bool(queue) and members is None
                 if hedged:
-                    def next_candidate() -> Candidate | None:
-                        nonlocal tries
-                        while queue and tries < max_attempts:
-                            other = queue.pop(0)
-                            why = self._skip_now(call, other, info, tries, max_attempts, deadline, overflow_window, clock.time())
-                            if why is None:
-                                tries += 1
-                                return other
-                            call.add(self._skipped(other, why[0], why[1], clock.time()))
-                        return None
-
+                    next_candidate = self._hedge_source(call, queue, info, max_attempts, deadline, overflow_window)
                     result = await self._hedged(call, combo, c, info, attempt_timeout, next_candidate)
                 else:
                     result = await self._attempt(call, combo, c, info, attempt_timeout, group=members)
@@ -257,19 +279,19 @@ class Loop:
                             call.add(self._skipped(other, "tried inside the one OpenRouter request (models array)", None, now))
                 if not isinstance(result, RouteResult) and result[1].action is Action.RETRY:
                     # the policy row asked for one more try of this candidate (a key that changed since)
-                    tries += 1
+                    call.tries += 1
                     result = await self._attempt(call, combo, c, info, attempt_timeout, retry=True)
                 while not hedged and not isinstance(result, RouteResult) and not call.shown_parts:
                     # same-target retries (policy `retries`, a combo's `retries`), each its own row
                     retries = self._retries(combo)
-                    wait = self._retry_wait(c, result[0], retries, used, tries, max_attempts, deadline)
+                    wait = self._retry_wait(c, result[0], retries, used, call.tries, max_attempts, deadline)
                     if wait is None:
                         break
                     attempt = result[1]
                     attempt.action = Action.RETRY
                     attempt.message += f" (retry {used[(c.key, result[0].kind)]} of {retries[result[0].kind.value]} in {wait:.2f} s)"
                     await clock.sleep(wait)
-                    tries += 1
+                    call.tries += 1
                     if deadline is not None:
                         attempt_timeout = max(0.001, min(timeout_s, deadline - clock.monotonic()))
                     result = await self._attempt(call, combo, c, info, attempt_timeout, retry=True)
@@ -303,6 +325,25 @@ class Loop:
         if last_failure is not None and rule_for(last_failure.kind).needs_larger_window:
             hint = "the prompt does not fit: no candidate with a larger known context window is left (set context_window in the config, or shorten the prompt)."
         raise AllTargetsFailed(combo.name, call.attempts, hint)
+
+    def _hedge_source(self, call: _Call, queue: list[Candidate], info: RequestInfo, max_attempts: int,
+                      deadline: float | None, overflow_window: int | None | bool) -> Callable[[], Candidate | None]:
+        """What a hedge starts next: the next candidate of the queue that may be tried now (the others are
+        logged as skipped), within max_attempts; None when there is none. (A method, not a closure in
+        `run`: variables a nested function reads become cells for every call, hedged or not.)"""
+        clock = self.clock
+
+        def next_candidate() -> Candidate | None:
+            while queue and call.tries < max_attempts:
+                other = queue.pop(0)
+                why = self._skip_now(call, other, info, call.tries, max_attempts, deadline, overflow_window, clock.time())
+                if why is None:
+                    call.tries += 1
+                    return other
+                call.add(self._skipped(other, why[0], why[1], clock.time()))
+            return None
+
+        return next_candidate
 
     async def _no_candidate(self, call: _Call, combo: Combo, decision: Decision, now: float, deadline: float | None) -> None:
         """Every candidate was filtered out: wait for the first to free up (when the combo says so and it
@@ -580,39 +621,24 @@ class Loop:
             state.begin_probe(c.key, now)
         if call.emit is not None:
             call.emit(AttemptStarted(c.key, c.path_text, sum(1 for a in call.attempts if a.action is not Action.SKIPPED) + 1))
-        t0 = time.perf_counter()
-        first: list[float] = []
-        pieces: list[str] = []
-
-        def on_first_byte() -> None:
-            if not first:
-                first.append(time.perf_counter() - t0)
-                if lane is not None:
-                    lane.first_byte.set()
-
-        on_text = None
-        if req.stream:
-            def on_text(text: str) -> None:
-                if lane is not None and not lane.may_show():
-                    return  # another attempt of the hedge is answering
-                pieces.append(text)
-                call.shown_parts.append(text)
-                if call.emit is not None:
-                    call.emit(TextDelta(text, c.key))
-
+        progress = _Progress(call, c.key, lane)
+        first, pieces = progress.first, progress.pieces
+        t0 = progress.t0
         in_flight = self.decider.in_flight
         in_flight[c.key] = in_flight.get(c.key, 0) + 1
+        limit: Limit | None = None
         try:
             acc = provider.account(c.account)
             if acc is not None and acc.key_source is not None and acc.key_source.cached() is None:
                 await self._fetch_key(provider, c.account)  # the account's first use (or after a failed fetch)
                 endpoint = self._endpoint(provider, c.account)
-            sending = self._send(provider, endpoint, request, timeout_s, on_text, on_first_byte)
+            sending = self._send(provider, endpoint, request, timeout_s, progress.text if req.stream else None, progress.first_byte)
             if req.schema is not None:  # an answer that does not match the schema is invalid_output
                 sending = checked_output(sending, req.schema)
             if req.pacer is not None:  # a batch's buckets take this request and learn from its reply
                 sending = req.pacer.around(c, info.prompt_tokens + info.max_tokens, now, sending)
-            completion = await within(timeout_s, sending)
+            limit = start_limit(timeout_s)  # wall-clock, connect to last byte
+            completion = await sending
         except ProviderFailure as failure:
             rule = rule_for(failure.kind)
             acc = provider.account(c.account)
@@ -625,6 +651,9 @@ class Loop:
             return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
                                          first[0] if first else None, now, retry, was_half_open)
         except asyncio.CancelledError:
+            if limit is not None and limit.expired:  # the attempt's own limit passed: a timeout, not a cancel
+                limit.absorb()
+                return self._timed_out(call, combo, c, provider, endpoint, timeout_s, progress, now, retry, was_half_open)
             lost = lane is not None and lane.lost_to is not None
             message = (f"hedge: cancelled, {lane.lost_to} answered first" if lane is not None and lane.lost_to
                        else "cancelled by the user" + (f" after {len(''.join(pieces))} characters" if pieces else ""))
@@ -639,16 +668,15 @@ class Loop:
                 return ProviderFailure(ErrorKind.CANCELLED, message), a
             raise
         except (TimeoutError, asyncio.TimeoutError):
-            failure = ProviderFailure(ErrorKind.TIMEOUT, f"the attempt ran past its limit of {timeout_s:g} s and was cancelled",
-                                      partial_text="".join(pieces))
-            return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
-                                         first[0] if first else None, now, retry, was_half_open)
+            return self._timed_out(call, combo, c, provider, endpoint, timeout_s, progress, now, retry, was_half_open)
         except Exception as exc:  # nothing raised while an attempt runs may escape the loop
             failure = ProviderFailure(ErrorKind.MALFORMED_RESPONSE, scrub(f"{type(exc).__name__} while reading the answer: {exc}")[:300],
                                       partial_text="".join(pieces))
             return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
                                          first[0] if first else None, now, retry, was_half_open)
         finally:
+            if limit is not None:
+                limit.stop()
             left = in_flight.get(c.key, 1) - 1
             if left:
                 in_flight[c.key] = left
@@ -662,6 +690,13 @@ class Loop:
             note = f"one OpenRouter request with models [{', '.join(g.model for g in group)}]; it served {served}"
         return self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
 
+    def _timed_out(self, call: _Call, combo: Combo, c: Candidate, provider: Provider, endpoint: Endpoint, timeout_s: float,
+                   progress: _Progress, started: float, retry: bool, was_half_open: bool) -> tuple[ProviderFailure, Attempt]:
+        failure = ProviderFailure(ErrorKind.TIMEOUT, f"the attempt ran past its limit of {timeout_s:g} s and was cancelled",
+                                  partial_text="".join(progress.pieces))
+        return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - progress.t0,
+                                     progress.first[0] if progress.first else None, started, retry, was_half_open)
+
     async def _fetch_key(self, provider: Provider, account: str) -> None:
         """Run an account's key command or function (in a thread: it may take seconds); a failure is this
         attempt's `auth` failure, naming what failed and never its output."""
@@ -673,14 +708,21 @@ class Loop:
         except KeyError_ as exc:
             raise ProviderFailure(ErrorKind.AUTH, f"no key for account {provider.name}#{account}: {exc}") from None
 
-    async def _send(self, provider: Provider, endpoint: Endpoint, request: ChatRequest, timeout_s: float,
-                    on_text: Callable[[str], None] | None, on_first_byte: Callable[[], None]) -> Completion:
+    def _send(self, provider: Provider, endpoint: Endpoint, request: ChatRequest, timeout_s: float,
+              on_text: Callable[[str], None] | None, on_first_byte: Callable[[], None]) -> Awaitable[Completion]:
+        """The sending, to await (a plain function: no coroutine of its own on every request's path)."""
         if provider.managed:
-            # a local server nbrouter starts on first need (providers/managed.py); failing to start is a
-            # classified failure of this attempt (a hold of the policy table), and the combo falls back
-            from ..providers.managed import ensure_server
+            return self._send_managed(provider, endpoint, request, timeout_s, on_text, on_first_byte)
+        return self.send(get_protocol(provider.protocol), endpoint, request, timeout_s=timeout_s, on_text=on_text,
+                         on_first_byte=on_first_byte)
 
-            endpoint = replace(endpoint, base_url=await ensure_server(provider.name, provider.model_path, provider.server_command))
+    async def _send_managed(self, provider: Provider, endpoint: Endpoint, request: ChatRequest, timeout_s: float,
+                            on_text: Callable[[str], None] | None, on_first_byte: Callable[[], None]) -> Completion:
+        # a local server nbrouter starts on first need (providers/managed.py); failing to start is a
+        # classified failure of this attempt (a hold of the policy table), and the combo falls back
+        from ..providers.managed import ensure_server
+
+        endpoint = replace(endpoint, base_url=await ensure_server(provider.name, provider.model_path, provider.server_command))
         return await self.send(get_protocol(provider.protocol), endpoint, request, timeout_s=timeout_s, on_text=on_text,
                                on_first_byte=on_first_byte)
 

@@ -208,7 +208,8 @@ class StateStore:
         now = self.clock.time()
         if kind not in ("counter", "pointer"):
             obj.updated = now
-        self._removed.pop((kind, key), None)
+        if self._removed:
+            self._removed.pop((kind, key), None)
         self._writer.put(kind, key, obj, now)
 
     def _delete(self, kind: str, key: str, stamp: float | None = None) -> None:
