@@ -6,6 +6,7 @@ State is set up through the router's own state store (`router.state`); calls tha
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from nbrouter.providers import RateLimits
 from nbrouter.router.packs import FACTORS, PACKS, VARIANTS, VIRTUAL_COMBOS
 from nbrouter.router.policy import Policy
 from nbrouter.router.scoring import exclusion_key, guess_task
+from nbrouter.testing import ManualClock
 
 DEAD = "http://127.0.0.1:9/v1"  # never called: these tests only decide
 
@@ -400,3 +402,59 @@ def test_every_auto_variant_serves_through_complete(make_router: Any, sim: Any) 
         result = router.complete(name, "implement a python function", seed=3)
         assert result.text and result.decision is not None and result.decision.strategy == "auto"
         assert result.served_by == result.decision.order[0].key
+
+
+# ---- what scoring keeps between decisions ----------------------------------------------------------
+
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PROVIDERS = ("cheap", "fast", "steady")
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("outcome"), st.sampled_from(_PROVIDERS), st.booleans(), st.floats(0.01, 20.0)),
+    st.tuples(st.just("breaker"), st.sampled_from(_PROVIDERS), st.integers(1, 6), st.floats(0.0, 100.0)),
+    st.tuples(st.just("usage"), st.sampled_from(_PROVIDERS), st.integers(0, 3), st.floats(0.0, 1.0)),
+    st.tuples(st.just("explain"), st.sampled_from(["fix this bug", "hello", "plan the roadmap"]), st.integers(0, 3), st.floats(0, 1)),
+    st.tuples(st.just("advance"), st.just(""), st.integers(0, 0), st.floats(0.0, 90.0)),
+), min_size=1, max_size=25)
+
+
+@settings(max_examples=int(os.environ.get("NBROUTER_FUZZ_EXAMPLES", "50")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS)
+@example(ops=[("outcome", "fast", True, 1.0), ("explain", "hello", 1, 0.0), ("outcome", "fast", True, 5.0)])
+@example(ops=[("breaker", "fast", 5, 0.0), ("explain", "hello", 1, 0.0), ("advance", "", 0, 45.0)])
+def test_a_decision_with_what_scoring_kept_equals_a_fresh_routers(make_router: Any, tmp_path: Path, ops: list[Any]) -> None:
+    # scoring keeps per-pool columns and per-candidate readings between decisions; after any sequence of
+    # state changes, its decision must be the one a router that kept nothing makes from the same state
+    config = _pool()
+    config["providers"]["cheap"]["quota"] = {"requests_per_day": 3}
+    path = tmp_path / f"state-{next(_EXAMPLE)}.sqlite3"
+    clock = ManualClock()
+    router = make_router(config, state_path=path, clock=clock)
+    for op in ops:
+        kind, name = op[0], op[1]
+        now = clock.time()
+        if kind == "outcome":
+            router.state.record_outcome(f"{name}#default/m", now, ok=op[2], latency_s=op[3], ttft_s=None, streamed=False, cost=None, error=None)
+        elif kind == "breaker":
+            for _ in range(op[2]):
+                router.state.breaker_failure(f"{name}#default/m", now - op[3])
+        elif kind == "usage":
+            for _ in range(op[2]):
+                router.state.record_usage(f"{name}#default", now, 10)
+        elif kind == "advance":
+            clock.advance(op[3])
+        else:
+            router.explain("pick", name, seed=op[2])  # decisions in between fill what scoring keeps
+    router.state.flush()
+    fresh = make_router(config, state_path=path, clock=clock)
+    for prompt in ("fix this bug", "hello"):
+        for seed in range(3):
+            kept, anew = router.explain("pick", prompt, seed=seed), fresh.explain("pick", prompt, seed=seed)
+            assert [c.key for c in kept.order] == [c.key for c in anew.order]
+            assert [r.reason for r in kept.skipped] == [r.reason for r in anew.skipped]
+            assert {k: dict(v) for k, v in kept.inputs.items()} == {k: dict(v) for k, v in anew.inputs.items()}
+
+
+_EXAMPLE = iter(range(10**9))
