@@ -321,6 +321,10 @@ SKIP_CHECKS: tuple[SkipCheck, ...] = (
 )
 
 
+#: each check's `wanted`, in order (asked once per decision)
+_WANTS = tuple(check.wanted for check in SKIP_CHECKS)
+
+
 class Decider:
     """Resolves, filters and orders candidates against the live state; owns the per-config caches."""
 
@@ -388,12 +392,12 @@ class Decider:
     def _pool_plan(self, candidates: list[Candidate], req: CallRequest) -> list[tuple[Candidate, tuple[Callable[..., Skip | None], ...]]]:
         """Each candidate of a resolved combo with the checks to ask it in this decision (those that apply
         to it and are wanted now), remembered per combo and set of wanted checks."""
-        wanted = tuple(check.wanted(self, req) for check in SKIP_CHECKS)
+        wanted = tuple([want(self, req) for want in _WANTS])
         key = (id(candidates), wanted)
         hit = self._pool_plans.get(key)
         if hit is not None and hit[0] is candidates:
             return hit[1]
-        asked = {check.check for check, want in zip(SKIP_CHECKS, wanted) if want}
+        asked = {check.check for check, want in zip(SKIP_CHECKS, wanted) if want}  # (one entry per check)
         plan = [(c, tuple(check for check in self._plan(c) if check in asked)) for c in candidates]
         if len(self._pool_plans) >= 1024:
             self._pool_plans.clear()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
@@ -242,9 +242,16 @@ class Router:
             return
         emit(Done(result))
 
-    async def _route(self, req: CallRequest, emit: Emit | None) -> RouteResult:
+    def _route(self, req: CallRequest, emit: Emit | None) -> Awaitable[RouteResult]:
+        """The call's route, to await (the common case adds no coroutine of its own to a request's path)."""
         if self._closed:
             raise RuntimeError("this Router is closed")
+        if req.cache or self._discovery.due(self.config):
+            return self._route_first(req, emit)
+        self.state.refresh()
+        return self._loop.run(req, emit)
+
+    async def _route_first(self, req: CallRequest, emit: Emit | None) -> RouteResult:
         if self._discovery.due(self.config):
             await self._discovery.probe(self.config)
         self.state.refresh()
