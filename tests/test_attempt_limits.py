@@ -16,7 +16,7 @@ import pytest
 
 from conftest import sim_config
 from nbrouter import AllCoolingDown, AllTargetsFailed, ErrorKind, TextDelta
-from nbrouter.testing import CutStream, ManualClock, RateLimited, Raw, Reply
+from nbrouter.testing import CutStream, ManualClock, RateLimited, Raw
 
 
 def combo(*targets: Any, **options: Any) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import importlib.util
 import os
 import re
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest

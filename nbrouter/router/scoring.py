@@ -419,7 +419,6 @@ def score_pool(candidates: Sequence[Candidate], snap: Measurements, written: Seq
         patterns: the task-fit table (`task_patterns`).
     """
     policy = snap.policy
-    n = len(candidates)
     memo = snap.memo
     memo_key = ("auto", tuple([c.key for c in candidates]), tuple(sorted({c.step for c in (written or candidates)})),
                 tuple(weights.items()), task, tuple(patterns.get(task, ())) if task else ())
