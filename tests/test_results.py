@@ -110,6 +110,26 @@ def test_stream_events_arrive_in_order_and_end_with_done(sim, make_router) -> No
     assert events[-1].result.ttft_s is not None
 
 
+def test_a_consumer_that_stops_an_astream_early_finds_the_call_cancelled_and_logged(sim, make_router) -> None:
+    import contextlib
+
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a"]}}))
+    sim.script([Reply(chunks=["one ", "two ", "three ", "four"], tokens_per_s=20)], model="a")
+
+    async def go() -> list[dict[str, object]]:
+        async with contextlib.aclosing(router.astream("c", "hi")) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    break
+        rows = router.log(5)  # the generator is closed: the call's end is recorded already
+        await router.aclose()
+        return rows
+
+    rows = asyncio.run(go())
+    assert rows and rows[-1]["candidate"] == "sim#default/a"
+    assert rows[-1]["kind"] == "cancelled" and rows[-1]["action"] == "stop"
+
+
 def test_astream_works_on_the_callers_loop(sim, make_router) -> None:
     router = make_router(sim_config(sim, {"c": {"targets": ["sim/a"]}}))
 

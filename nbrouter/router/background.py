@@ -11,7 +11,7 @@ import concurrent.futures
 import queue
 import threading
 import weakref
-from typing import Any, Callable, Coroutine, Iterator, TypeVar
+from typing import Any, AsyncIterator, Callable, Coroutine, Iterator, TypeVar
 
 from .._core.closing import close_at_exit
 
@@ -102,6 +102,26 @@ class BackgroundLoop:
             if not finished.is_set():
                 future.cancel()
                 finished.wait(2.0)
+
+    @staticmethod
+    async def aiterate(produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, Any]], last: Callable[[T], bool]) -> AsyncIterator[T]:
+        """`iterate` on the caller's own loop: run `produce(put)` as a task and yield what it puts, up to the
+        item for which `last` is true; a consumer that stops early cancels the task and waits for it."""
+        items: asyncio.Queue[T] = asyncio.Queue()
+        task = asyncio.ensure_future(produce(items.put_nowait))
+        try:
+            while True:
+                item = await items.get()
+                yield item
+                if last(item):
+                    break
+        finally:
+            if not task.done():
+                task.cancel()
+                try:
+                    await task
+                except BaseException:
+                    pass
 
     def stop(self) -> None:
         """Cancel what is running, stop the loop and join its thread."""

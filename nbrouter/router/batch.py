@@ -657,7 +657,22 @@ def prepare(router: Router, combo: Any, items: Iterable[Any], *, prompt: str | N
             system: str | None = None, schema: Any = None, concurrency: int | None = None,
             account_concurrency: int | Mapping[str, int] | None = None, max_cost_usd: float | None = None,
             cache: bool | None = None, progress: Any = None, **call_options: Any) -> Batch:
-    """Check the arguments of `map` and build its Batch (nothing is sent yet). See `Router.map`.
+    """Check the arguments of `Router.map` and build its Batch (nothing is sent yet).
+
+    Args:
+        router: the Router the batch runs on.
+        combo: as for `Router.complete`.
+        items: a list (any iterable), a pandas Series or a DataFrame (one call per row).
+        prompt: a template: `{item}`, or `{column}` of a row or a dict; other braces stay as written.
+        messages: a list of chat messages, or a function of the item that returns one.
+        system: the system prompt of every call.
+        schema: a JSON schema or pydantic model each answer must match; its fields become columns.
+        concurrency: calls in flight at once (default `DEFAULT_CONCURRENCY`).
+        account_concurrency: calls in flight per account (a number, or one per account key).
+        max_cost_usd: the whole batch's budget.
+        cache: answer from the response cache and store answers (default: on unless `log_content = false`).
+        progress: True for a `tqdm.auto` bar, or a callable given a `Progress` after each item.
+        **call_options: any option of `Router.acomplete` (not `stream`).
 
     Raises:
         TypeError: an unknown option, or items/prompt/messages that do not fit together.

@@ -13,6 +13,7 @@ running event loop (a Jupyter cell) and from several threads at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import weakref
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ from .model import Combo, Config, Provider
 from .pricing import PriceBook
 from .requests import CallRequest, build_request
 from .state import StateStore
-from .status import Status, collect_status
+from .status import Status, collect_status, reset_holds
 from .strategies import STRATEGIES
 from .types import Attempt, Candidate, Decision, Done, RouteEvent, RouteResult
 
@@ -42,6 +43,10 @@ if TYPE_CHECKING:  # batch work and the response cache load on first use: `impor
 
 # made after the sets of state.py, store.py and background.py (imported above): closed before them at exit
 _routers: "weakref.WeakSet[Router]" = close_at_exit()
+
+
+def _is_done(event: RouteEvent) -> bool:
+    return isinstance(event, Done)
 
 
 class Router:
@@ -209,26 +214,15 @@ class Router:
     async def astream(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> AsyncIterator[RouteEvent]:
         """Yield AttemptStarted, TextDelta and AttemptFinished events, and last Done (with the result or the error)."""
         req = build_request(combo, prompt, stream=True, **options)
-        events: asyncio.Queue[RouteEvent] = asyncio.Queue()
-        task = asyncio.ensure_future(self._route_events(req, events.put_nowait))
-        try:
-            while True:
-                event = await events.get()
+        # closed with this generator, so that a consumer that stops early finds the call cancelled and logged
+        async with contextlib.aclosing(self._bg.aiterate(lambda put: self._route_events(req, put), _is_done)) as events:
+            async for event in events:
                 yield event
-                if isinstance(event, Done):
-                    break
-        finally:
-            if not task.done():
-                task.cancel()
-                try:
-                    await task
-                except BaseException:
-                    pass
 
     def stream(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> Iterator[RouteEvent]:
         """The sync `astream`: events arrive through a thread-safe queue from the router's loop."""
         req = build_request(combo, prompt, stream=True, **options)
-        return self._bg.iterate(lambda put: self._route_events(req, put), lambda event: isinstance(event, Done),
+        return self._bg.iterate(lambda put: self._route_events(req, put), _is_done,
                                 "Router.stream was called from the router's own loop; use astream")
 
     async def _route_events(self, req: CallRequest, emit: Emit) -> None:
@@ -269,11 +263,10 @@ class Router:
         Args:
             combo: as for `complete`.
             items: a list (any iterable), a pandas Series or a DataFrame (one call per row).
-            **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict; other braces stay),
-                `messages` (a list, or a function of the item), `system`, `schema` (its fields become columns), `concurrency` (default
-                `batch.DEFAULT_CONCURRENCY`), `account_concurrency`, `max_cost_usd` (the whole batch's),
-                `cache` (on unless `log_content = false`), `progress` (True: a `tqdm.auto` bar; or a callable
-                given a `batch.Progress` after each item), and any option of `acomplete`.
+            **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict), `messages` (or a function
+                of the item), `concurrency`, `account_concurrency`, `max_cost_usd` (the whole batch's), `cache`,
+                `progress`, `schema` (its fields become columns), and any option of `acomplete`; each is
+                described in `batch.prepare`.
 
         Returns:
             a BatchResult: one RouteResult or RouteError per item, in input order.
@@ -357,11 +350,7 @@ class Router:
 
     def reset(self, target: str | None = None) -> int:
         """Clear cooldowns, locks and breakers (of keys containing `target`, or all). Returns how many."""
-        if target and "/" in target and "#" not in target:
-            prov, _, model = target.partition("/")
-            provider = self.config.providers.get(prov)
-            return sum(self.state.reset(f"{prov}#{acc.name}/{model}") for acc in (provider.accounts if provider else []))
-        return self.state.reset(target)
+        return reset_holds(self.config, self.state, target)
 
     def log(self, n: int = 20) -> list[dict[str, Any]]:
         """The last `n` attempts of the call log (one row per attempt), oldest first."""

@@ -9,7 +9,7 @@ from . import views
 from .combos import resolve
 from .decide import Decider
 from .errors import ComboConfigError
-from .model import QUOTA_FIELDS
+from .model import QUOTA_FIELDS, Config
 from .state import StateStore
 from .types import Candidate
 
@@ -117,6 +117,16 @@ def collect_status(decider: Decider, state: StateStore, now: float) -> Status:
                 "headroom": share,
             })
     return Status(rows, accounts, state.warning)
+
+
+def reset_holds(config: Config, state: StateStore, target: str | None) -> int:
+    """Clear cooldowns, locks and breakers of keys containing `target` (all when None); a `provider/model`
+    target means that model on every account of the provider. Returns how many were cleared."""
+    if target and "/" in target and "#" not in target:
+        name, _, model = target.partition("/")
+        provider = config.providers.get(name)
+        return sum(state.reset(f"{name}#{acc.name}/{model}") for acc in (provider.accounts if provider else []))
+    return state.reset(target)
 
 
 def _hold_fields(h: Any, now: float) -> dict[str, Any]:
