@@ -215,31 +215,47 @@ def test_asyncio_run_in_a_loop_does_not_leak_a_client_per_call(sim, make_router)
     assert _open_fds() - before < 10  # without closing per loop: one connection (and client) per call
 
 
-# ---- the limit itself (router/deadlines.py) -------------------------------------------------------
+# ---- the limit itself (router/deadlines.py, as Loop._attempt uses it) -----------------------------
 
 
-def test_an_attempt_limit_fires_never_early_and_turns_into_a_timeout() -> None:
-    from nbrouter.router.deadlines import GRAIN_S, within
+async def _bounded(seconds: float, work: Any) -> str:
+    """What `Loop._attempt` does around the sending: start a limit, tell its expiry from another cancel."""
+    from nbrouter.router import deadlines
 
-    async def main() -> tuple[float, float]:
+    limit = deadlines.start(seconds)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not limit.expired:
+            raise
+        limit.absorb()
+        return "timeout"
+    finally:
+        limit.stop()
+
+
+def test_an_attempt_limit_fires_never_early_and_the_task_goes_on_normally() -> None:
+    from nbrouter.router.deadlines import GRAIN_S
+
+    async def main() -> tuple[str, float, int]:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        with pytest.raises(TimeoutError):
-            await within(0.05, asyncio.sleep(30))
-        return start, loop.time()
+        outcome = await _bounded(0.05, asyncio.sleep(30))
+        elapsed = loop.time() - start
+        await asyncio.sleep(0)  # a cancellation still pending would be raised here
+        return outcome, elapsed, asyncio.current_task().cancelling()  # type: ignore[union-attr]
 
-    start, end = asyncio.run(main())
-    assert end - start >= 0.05 - GRAIN_S / 10  # the loop's clock: never before the limit
+    outcome, elapsed, cancelling = asyncio.run(main())
+    assert outcome == "timeout"
+    assert elapsed >= 0.05 - GRAIN_S / 10  # the loop's clock: never before the limit
+    assert cancelling == 0  # the limit's cancellation was taken back
 
 
 def test_limits_that_share_a_timer_each_fire_and_the_ones_that_finish_leave_nothing_behind() -> None:
     from nbrouter.router import deadlines
 
     async def one(i: int) -> str:
-        try:
-            return await deadlines.within(0.05, asyncio.sleep(0 if i % 2 else 30, result=f"done {i}"))
-        except TimeoutError:
-            return f"timeout {i}"
+        return await _bounded(0.05, asyncio.sleep(0 if i % 2 else 30, result=f"done {i}"))
 
     async def main() -> tuple[list[str], int]:
         results = await asyncio.gather(*(one(i) for i in range(40)))
@@ -247,23 +263,28 @@ def test_limits_that_share_a_timer_each_fire_and_the_ones_that_finish_leave_noth
         return results, sum(len(s) for s in slots.values())
 
     results, left = asyncio.run(main())
-    assert results == [f"done {i}" if i % 2 else f"timeout {i}" for i in range(40)]
+    assert results == [f"done {i}" if i % 2 else "timeout" for i in range(40)]
     assert left == 0
 
 
 def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
-    from nbrouter.router.deadlines import within
-
     async def main() -> str:
-        task = asyncio.ensure_future(within(30, asyncio.sleep(30)))
+        task = asyncio.ensure_future(_bounded(30, asyncio.sleep(30)))
         await asyncio.sleep(0.01)
         task.cancel()
         try:
-            await task
+            return await task
         except asyncio.CancelledError:
             return "cancelled"
-        except TimeoutError:
-            return "timeout"
-        return "finished"
 
     assert asyncio.run(main()) == "cancelled"
+
+
+def test_a_stopped_limit_never_cancels_what_the_task_does_next() -> None:
+    # the next attempt of a call runs in the same task: the first attempt's limit must be gone with it
+    async def main() -> list[str]:
+        first = await _bounded(0.03, asyncio.sleep(0, result="first"))
+        second = await _bounded(30, asyncio.sleep(0.1, result="second"))  # outlives the first limit's slot
+        return [first, second]
+
+    assert asyncio.run(main()) == ["first", "second"]

@@ -1,4 +1,4 @@
-"""Wall-clock limits on attempts: `within(seconds, awaitable)`, with one timer per 10 ms of deadlines.
+"""Wall-clock limits on attempts: `start(seconds)` on the current task, with one timer per 10 ms of deadlines.
 
 An attempt is bounded from connect to its last byte by one wall-clock limit. A timer per attempt
 (`loop.call_later`, as `asyncio.timeout` makes) costs a handle, a heap push and a cancel on every request;
@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 import weakref
-from typing import Awaitable, TypeVar
-
-T = TypeVar("T")
 
 #: deadlines are rounded up to a multiple of this (seconds): the attempts in one slot share a timer
 GRAIN_S = 0.01
@@ -77,8 +74,8 @@ _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slots] = weakref
 def start(seconds: float) -> Limit:
     """Start a limit of `seconds` on the current task: once it passes (up to `GRAIN_S` later), the task is
     cancelled and the limit's `expired` is set, so that the task can tell it from any other cancellation.
-    Call `stop()` when the bounded work ends. (`within` wraps this; the loop's attempt uses it directly, one
-    coroutine fewer per request.)
+    Call `stop()` when the bounded work ends, and on a CancelledError while `expired` is set, `absorb()` it
+    and treat it as the timeout it is (`Loop._attempt` does).
 
     Args:
         seconds: the limit.
@@ -92,24 +89,4 @@ def start(seconds: float) -> Limit:
     return slots.start(seconds, task)
 
 
-async def within(seconds: float, awaitable: Awaitable[T]) -> T:
-    """`awaitable`, cancelled and turned into a TimeoutError once `seconds` of wall-clock time have passed
-    (up to `GRAIN_S` later). A cancellation from anywhere else stays a cancellation.
-
-    Args:
-        seconds: the limit.
-        awaitable: what to bound; it runs in the current task.
-    """
-    limit = start(seconds)
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if limit.expired:
-            limit.absorb()
-            raise TimeoutError from None
-        raise
-    finally:
-        limit.stop()
-
-
-__all__ = ["GRAIN_S", "Limit", "start", "within"]
+__all__ = ["GRAIN_S", "Limit", "start"]

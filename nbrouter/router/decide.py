@@ -82,14 +82,6 @@ class Snapshot:
         s = self._state.latency.get(c.key)
         return None if s is None else s.percentile(0.5)
 
-    def latency_spread(self, c: Candidate) -> float | None:
-        s = self._state.latency.get(c.key)
-        return None if s is None else s.spread()
-
-    def error_rate(self, c: Candidate) -> float:
-        s = self._state.latency.get(c.key)
-        return 0.0 if s is None else s.error_rate()
-
     def requests_last_hour(self, c: Candidate) -> int:
         s = self._state.latency.get(c.key)
         return 0 if s is None else s.requests_last_hour(self.now)

@@ -71,10 +71,6 @@ class Measurements(Protocol):
 
     def p95(self, c: Candidate) -> float | None: ...
 
-    def latency_spread(self, c: Candidate) -> float | None: ...
-
-    def error_rate(self, c: Candidate) -> float: ...
-
     def breaker_state(self, c: Candidate) -> str: ...
 
     def quota_headroom(self, c: Candidate) -> tuple[float | None, float | None]: ...
@@ -371,7 +367,7 @@ class ScoredPool:
     def __init__(self, candidates: Sequence[Candidate], totals: list[float], columns: dict[str, list[float]],
                  weights: Mapping[str, float], extra: dict[str, list[Any]], index: dict[str, int],
                  shown: dict[str, int]) -> None:
-        self.candidates, self.totals, self.breaker = candidates, totals, extra["breaker"]
+        self.totals, self.breaker = totals, extra["breaker"]
         self._columns, self._weights, self._extra, self.index = columns, weights, extra, index
         self.keys, self._at = list(shown), shown
 
