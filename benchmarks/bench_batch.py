@@ -31,7 +31,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm 
 from _common import heading, isolate_user_state, machine, table, versions
 
 from nbrouter import Router
-from nbrouter.router.batch import DEFAULT_CONCURRENCY
+from nbrouter.router.batch.dispatch import DEFAULT_CONCURRENCY
 from nbrouter.testing import KeyLimits, ProviderSimulator, Reply
 
 KEYS = ("bench-batch-key-1", "bench-batch-key-2", "bench-batch-key-3")

@@ -42,7 +42,7 @@ class Level(Driver):
 
     async def call(self, stream: bool) -> str:
         from nbrouter.providers import ChatRequest
-        from nbrouter.router.loop import _Call
+        from nbrouter.router.run.loop import _Call
         from nbrouter.router.requests import build_request
 
         r = self.router
@@ -79,7 +79,7 @@ def alone() -> list[list[str]]:
     from nbrouter import Router
     from nbrouter.providers import Completion
     from nbrouter._core import Usage
-    from nbrouter.router.loop import _Call
+    from nbrouter.router.run.loop import _Call
     from nbrouter.router.requests import build_request
 
     r = Router(router_config("http://127.0.0.1:9/v1", {"one": {"targets": ["bench/bench-model"]}}), persist=False)

@@ -48,7 +48,7 @@ def provider(models: list[str], accounts: int = 1) -> dict[str, Any]:
 
 def config_10() -> dict[str, Any]:
     """Two providers, ten targets; one combo per strategy over the same ten; and a 3-deep nesting."""
-    from nbrouter.router.strategies import STRATEGIES
+    from nbrouter.router.decide.strategies import STRATEGIES
 
     targets = [f"p{p}/m{m}" for p in range(2) for m in range(5)]
     combos: dict[str, Any] = {f"s-{name}": {"targets": targets, "strategy": name} for name in STRATEGIES}
@@ -70,7 +70,7 @@ def config_100() -> dict[str, Any]:
 
 def warm_state(router: Any) -> None:
     """A latency and usage history for every candidate, as after some use."""
-    from nbrouter.router.combos import combo_for, resolve
+    from nbrouter.router.decide.combos import combo_for, resolve
 
     now = time.time()
     seen = set()
@@ -99,7 +99,7 @@ def timer_after_outcome(router: Any, combo: str, n: int) -> Callable[[], float]:
     """`timer`, with one new outcome recorded before each decision (a different candidate each time), as
     in real use: whatever scoring keeps between decisions must not make this case dearer. Recording costs
     about 1 us; it is timed with the decision."""
-    from nbrouter.router.combos import combo_for, resolve
+    from nbrouter.router.decide.combos import combo_for, resolve
 
     keys = [c.key for c in resolve(router.config, combo_for(router.config, combo))]
 
@@ -143,7 +143,7 @@ def main() -> None:
     args = p.parse_args()
     isolate_user_state()
     from nbrouter import Router
-    from nbrouter.router.strategies import STRATEGIES
+    from nbrouter.router.decide.strategies import STRATEGIES
 
     r10 = Router(config_10(), persist=False)
     r100 = Router(config_100(), persist=False)

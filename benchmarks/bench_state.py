@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _common import fmt_ratio, fmt_us, heading, isolate_user_state, machine, median, spread, table
 
-from nbrouter.router.state import StateStore
+from nbrouter.router.state.store import StateStore
 from nbrouter.router.types import Action, Attempt, Usage
 
 KEYS = [f"bench#default/model-{i}" for i in range(4)]

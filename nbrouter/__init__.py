@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .router.engine import Router, Status
-from .router.errors import (
+from .router import Router, Status
+from .router import (
     AllCoolingDown,
     AllTargetsFailed,
     BudgetExceeded,
@@ -24,7 +24,7 @@ from .router.errors import (
     RouteError,
     StopError,
 )
-from .router.types import (
+from .router import (
     Action,
     Attempt,
     AttemptFinished,
@@ -44,7 +44,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     # BatchResult loads with batch work (router/batch.py), not with `import nbrouter`
     if name == "BatchResult":
-        from .router.batch import BatchResult
+        from .router import BatchResult
 
         return BatchResult
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -220,7 +220,7 @@ def test_asyncio_run_in_a_loop_does_not_leak_a_client_per_call(sim, make_router)
 
 async def _bounded(seconds: float, work: Any) -> str:
     """What `Loop._attempt` does around the sending: start a limit, tell its expiry from another cancel."""
-    from nbrouter.router import deadlines
+    from nbrouter.router.run import deadlines
 
     limit = deadlines.start(seconds)
     try:
@@ -235,7 +235,7 @@ async def _bounded(seconds: float, work: Any) -> str:
 
 
 def test_an_attempt_limit_fires_never_early_and_the_task_goes_on_normally() -> None:
-    from nbrouter.router.deadlines import GRAIN_S
+    from nbrouter.router.run.deadlines import GRAIN_S
 
     async def main() -> tuple[str, float, int]:
         loop = asyncio.get_running_loop()
@@ -252,7 +252,7 @@ def test_an_attempt_limit_fires_never_early_and_the_task_goes_on_normally() -> N
 
 
 def test_limits_that_share_a_timer_each_fire_and_the_ones_that_finish_leave_nothing_behind() -> None:
-    from nbrouter.router import deadlines
+    from nbrouter.router.run import deadlines
 
     async def one(i: int) -> str:
         return await _bounded(0.05, asyncio.sleep(0 if i % 2 else 30, result=f"done {i}"))

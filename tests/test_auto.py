@@ -15,9 +15,9 @@ import pytest
 
 from nbrouter import ComboConfigError
 from nbrouter.providers import RateLimits
-from nbrouter.router.packs import FACTORS, PACKS, VARIANTS, VIRTUAL_COMBOS
+from nbrouter.router.decide.packs import FACTORS, PACKS, VARIANTS, VIRTUAL_COMBOS
 from nbrouter.router.policy import Policy
-from nbrouter.router.scoring import exclusion_key, guess_task
+from nbrouter.router.decide.scoring import exclusion_key, guess_task
 from nbrouter.testing import ManualClock
 
 DEAD = "http://127.0.0.1:9/v1"  # never called: these tests only decide

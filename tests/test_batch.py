@@ -13,7 +13,7 @@ import pytest
 
 from conftest import sim_config
 from nbrouter import ComboConfigError
-from nbrouter.router.batch import CANCELLED, NOT_SENT_BUDGET, NOT_SENT_INTERRUPTED, BatchResult, NotDone
+from nbrouter.router.batch.dispatch import CANCELLED, NOT_SENT_BUDGET, NOT_SENT_INTERRUPTED, BatchResult, NotDone
 from nbrouter.testing import Hang, Reply, ServerError
 
 pd = pytest.importorskip("pandas")  # the `test` extra installs it; the batch itself never needs it

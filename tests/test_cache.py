@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from conftest import SIM_KEY, sim_config
-from nbrouter.router.cache import ResponseCache
+from nbrouter.router.run.cache import ResponseCache
 from nbrouter.testing import ManualClock, Reply
 
 PRICES = {"sim/m": {"input_per_mtok": 100, "output_per_mtok": 100}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nbrouter import ComboConfigError, Router
-from nbrouter.router.combos import combo_for, resolve
+from nbrouter.router.decide.combos import combo_for, resolve
 
 BASE = """
 # my providers

@@ -11,8 +11,8 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import sim_config
-from nbrouter.router.batch import pacer_for
-from nbrouter.router.pacing import BURST_S, PACING_MARGIN, RECHECK_S, Pacer
+from nbrouter.router.batch.dispatch import pacer_for
+from nbrouter.router.state.pacing import BURST_S, PACING_MARGIN, RECHECK_S, Pacer
 from nbrouter.router.types import Candidate
 from nbrouter.testing import KeyLimits, ManualClock, RateLimited, Reply
 from nbrouter.testing.ratelimits import RateLimiter
@@ -128,8 +128,8 @@ def test_a_reset_minutes_away_is_read_as_a_per_day_limit(sim, make_router) -> No
 
 
 def test_tokens_per_minute_are_taken_by_estimate_and_given_back_by_reported_usage() -> None:
-    from nbrouter.router.config import build_config
-    from nbrouter.router.strategies import STRATEGIES
+    from nbrouter.router.config.loading import build_config
+    from nbrouter.router.decide.strategies import STRATEGIES
 
     config = build_config({"providers": {"p": {"protocol": "openai", "base_url": "http://127.0.0.1:9", "api_key_env": "X",
                                                "quota": {"tokens_per_minute": 6000}}}}, path=None, strategies=STRATEGIES)
@@ -150,8 +150,8 @@ def test_tokens_per_minute_are_taken_by_estimate_and_given_back_by_reported_usag
 
 
 def test_account_concurrency_holds_a_second_request_to_a_busy_account() -> None:
-    from nbrouter.router.config import build_config
-    from nbrouter.router.strategies import STRATEGIES
+    from nbrouter.router.config.loading import build_config
+    from nbrouter.router.decide.strategies import STRATEGIES
 
     config = build_config({"providers": {"p": {"protocol": "openai", "base_url": "http://127.0.0.1:9", "api_key_env": "X"}}},
                           path=None, strategies=STRATEGIES)
@@ -164,8 +164,8 @@ def test_account_concurrency_holds_a_second_request_to_a_busy_account() -> None:
 
 
 def test_a_candidate_with_no_known_limits_is_probed_one_request_at_a_time() -> None:
-    from nbrouter.router.config import build_config
-    from nbrouter.router.strategies import STRATEGIES
+    from nbrouter.router.config.loading import build_config
+    from nbrouter.router.decide.strategies import STRATEGIES
 
     config = build_config({"providers": {"p": {"protocol": "openai", "base_url": "http://127.0.0.1:9", "api_key_env": "X"}}},
                           path=None, strategies=STRATEGIES)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import sim_config
 from nbrouter import Router
-from nbrouter.router.state import StateStore
+from nbrouter.router.state.store import StateStore
 from nbrouter.testing import NotFound, RateLimited, ServerError
 
 
@@ -218,7 +218,7 @@ def test_a_rate_limit_window_whose_reset_has_passed_counts_as_refilled(tmp_path:
 
 
 def test_a_breaker_opens_after_enough_failures_within_the_window_only() -> None:
-    from nbrouter.router.health import Breaker, BreakerState
+    from nbrouter.router.state.health import Breaker, BreakerState
     from nbrouter.router.policy import Policy
 
     policy = Policy(breaker_failures=3, breaker_window_s=60.0, breaker_open_s=30.0)
@@ -233,7 +233,7 @@ def test_a_breaker_opens_after_enough_failures_within_the_window_only() -> None:
 
 
 def test_an_open_breaker_half_opens_when_its_time_is_up_and_admits_one_probe() -> None:
-    from nbrouter.router.health import Breaker, BreakerState
+    from nbrouter.router.state.health import Breaker, BreakerState
 
     b = Breaker()
     b.trip(1000.0, 30.0)
@@ -246,7 +246,7 @@ def test_an_open_breaker_half_opens_when_its_time_is_up_and_admits_one_probe() -
 
 
 def test_a_failed_probe_reopens_for_twice_as_long_up_to_the_cap_and_a_success_closes() -> None:
-    from nbrouter.router.health import Breaker, BreakerState
+    from nbrouter.router.state.health import Breaker, BreakerState
     from nbrouter.router.policy import Policy
 
     policy = Policy(breaker_open_s=10.0, breaker_max_multiplier=4)
@@ -264,7 +264,7 @@ def test_a_failed_probe_reopens_for_twice_as_long_up_to_the_cap_and_a_success_cl
 
 
 def test_breaker_states_are_stored_and_shown_as_their_old_strings(tmp_path: Path) -> None:
-    from nbrouter.router.state import HALF_OPEN, OPEN
+    from nbrouter.router.state.store import HALF_OPEN, OPEN
     from nbrouter.testing import ManualClock
 
     clock = ManualClock()
@@ -342,8 +342,8 @@ def test_refresh_is_spaced_by_the_stores_clock(tmp_path: Path) -> None:
 def test_a_file_written_by_schema_1_opens_migrates_and_keeps_everything(tmp_path: Path) -> None:
     import shutil
 
-    from nbrouter.router.health import BreakerState, HoldKind
-    from nbrouter.router.store import CALL_NAMES, SCHEMA_VERSION
+    from nbrouter.router.state.health import BreakerState, HoldKind
+    from nbrouter.router.state.backends import CALL_NAMES, SCHEMA_VERSION
 
     path = tmp_path / "old.sqlite3"
     shutil.copy(Path(__file__).parent / "data" / "state-schema1.sqlite3", path)  # written by nbrouter before the split
@@ -371,7 +371,7 @@ def test_a_file_written_by_schema_1_opens_migrates_and_keeps_everything(tmp_path
 
 
 def test_the_call_log_columns_drive_create_insert_and_select(tmp_path: Path) -> None:
-    from nbrouter.router.store import CALL_NAMES
+    from nbrouter.router.state.backends import CALL_NAMES
     from nbrouter.router.types import Action, Attempt
 
     store = StateStore(tmp_path / "s.sqlite3")
@@ -387,7 +387,7 @@ def test_the_call_log_columns_drive_create_insert_and_select(tmp_path: Path) -> 
 
 
 def test_a_memory_store_keeps_a_bounded_call_log_and_writes_no_file(tmp_path: Path, monkeypatch) -> None:
-    from nbrouter.router.store import MemoryBackend
+    from nbrouter.router.state.backends import MemoryBackend
     from nbrouter.router.types import Action, Attempt
 
     monkeypatch.setenv("NBROUTER_STATE", str(tmp_path / "never.sqlite3"))
@@ -408,9 +408,9 @@ def test_at_exit_routers_close_first_then_stores_then_writers_and_the_background
     # atexit is last-in, first-out: each module makes its set of live objects at import, in the reverse order
     code = f"""
         from nbrouter import Router
-        from nbrouter.router.background import BackgroundLoop
-        from nbrouter.router.state import StateStore
-        from nbrouter.router.store import BatchWriter
+        from nbrouter.router.run.background import BackgroundLoop
+        from nbrouter.router.state.store import StateStore
+        from nbrouter.router.state.backends import BatchWriter
 
         watched = {{}}
 

@@ -20,8 +20,8 @@ import pytest
 
 from conftest import sim_config
 from nbrouter import Router
-from nbrouter.router.state import StateStore
-from nbrouter.router.store import SCHEMA_VERSION, SQLiteBackend
+from nbrouter.router.state.store import StateStore
+from nbrouter.router.state.backends import SCHEMA_VERSION, SQLiteBackend
 from nbrouter.router.types import Action, Attempt
 from nbrouter.testing import NotFound, ServerError
 
@@ -266,9 +266,9 @@ def test_one_bad_row_costs_only_itself_and_odd_values_are_typed(tmp_path: Path) 
 
 #: a writer whose batch window never ends: only what is flushed reaches the file
 NO_BATCHES = """
-from nbrouter.router import store as store_module
+from nbrouter.router.state import backends as store_module
 store_module.WRITE_BATCH_S = 3600.0
-from nbrouter.router.state import StateStore
+from nbrouter.router.state.store import StateStore
 """
 
 
@@ -406,13 +406,13 @@ def test_sigterm_is_left_alone_when_ignored_or_when_the_store_starts_off_the_mai
     path = tmp_path / "s.sqlite3"
     with spawn(f"""
         import threading
-        from nbrouter.router.state import StateStore
+        from nbrouter.router.state.store import StateStore
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         StateStore({str(path)!r})
         print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, flush=True)
     """) as ignored, spawn(f"""
         import threading
-        from nbrouter.router.state import StateStore
+        from nbrouter.router.state.store import StateStore
         t = threading.Thread(target=StateStore, args=({str(path)!r},))
         t.start(); t.join()
         print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)

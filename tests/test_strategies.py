@@ -20,9 +20,9 @@ import pytest
 
 from nbrouter import ComboConfigError, Router
 from nbrouter.providers import RateLimits
-from nbrouter.router.packs import VIRTUAL_COMBOS
-from nbrouter.router.strategies import ACCOUNT_STRATEGIES, STRATEGIES
-from nbrouter.router.tokens import estimate_prompt, estimate_text
+from nbrouter.router.decide.packs import VIRTUAL_COMBOS
+from nbrouter.router.decide.strategies import ACCOUNT_STRATEGIES, STRATEGIES
+from nbrouter.router.decide.tokens import estimate_prompt, estimate_text
 
 DEAD = "http://127.0.0.1:9/v1"  # never called: the pure tests only decide
 

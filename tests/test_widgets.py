@@ -221,7 +221,7 @@ def test_strategy_fields_appear_only_when_the_strategy_needs_them(builder: Combo
 
 
 def test_every_registered_strategy_is_offered(builder: ComboBuilder) -> None:
-    from nbrouter.router.strategies import STRATEGIES
+    from nbrouter.router.decide.strategies import STRATEGIES
 
     assert list(builder.strategy.options) == list(STRATEGIES)
 
@@ -264,7 +264,7 @@ def test_round_robin_sticky_is_saved(builder: ComboBuilder) -> None:
 
 
 def test_the_strategy_list_has_every_registered_strategy(builder: ComboBuilder) -> None:
-    from nbrouter.router.strategies import STRATEGIES
+    from nbrouter.router.decide.strategies import STRATEGIES
 
     assert list(builder.strategy.options) == list(STRATEGIES)
     assert {"strict-random", "context-relay"} <= set(builder.strategy.options)

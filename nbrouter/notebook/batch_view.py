@@ -15,7 +15,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from ..router.batch import BatchResult, Progress
+from ..router import BatchResult, Progress
 
 #: the variable the last batch's result is kept in
 BATCH_VAR = "_llm_batch"
@@ -82,7 +82,7 @@ def run_batch_cell(magics: Any, router: Any, combo: str, args: Any, template: st
     ns[args.out or BATCH_VAR] = result
     ns[BATCH_VAR] = result
     attempts = [a for entry in result for a in entry.attempts]
-    magics.ledger.record(attempts, combo=combo, served_by=None, outcome="batch", **magics._cell())
+    magics.ledger.record(attempts, combo=combo, served_by=None, outcome="batch", **magics.cell_context())
 
     from IPython.display import display
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from ..report import html_text
-from ..router import views
+from ..router import account_cells, candidate_cells, status_tables
 from ._ui import STYLE, Kit, close_tree, note
 
 if TYPE_CHECKING:
-    from ..router.engine import Router
+    from ..router import Router
 
 #: the status board reads Router.status() this often
 STATUS_REFRESH_S = 2.0
@@ -66,12 +66,12 @@ class StatusBoard:
             except Exception as exc:  # the board says so and tries again at the next refresh
                 self.tables.value = note(f"status unavailable: {type(exc).__name__}: {exc}", "bad")
                 return
-            self.candidates = {r["candidate"]: views.candidate_cells(r) for r in status.candidates}
-            self.accounts = {r["account"]: views.account_cells(r) for r in status.accounts}
+            self.candidates = {r["candidate"]: candidate_cells(r) for r in status.candidates}
+            self.accounts = {r["account"]: account_cells(r) for r in status.accounts}
             live = f"refreshed every {self.interval_s:g} s" if self.running else "paused"
             warning = f" · warning: {status.warning}" if status.warning else ""
             header = f"<div><b>nbrouter pool</b> · {time.strftime('%H:%M:%S')} · {live}{html_text(warning)}</div>"
-            value = STYLE + header + views.status_tables(status).html() + self.note
+            value = STYLE + header + status_tables(status).html() + self.note
             if self.tables.value != value:  # an unchanged board sends nothing to the browser
                 self.tables.value = value
             # what needs a reset first: held or open ones, then the rest

@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import ipywidgets as w
 from traitlets import Bool, Dict, Float, HasTraits, Int, List, Unicode, link
 
-from ..router import views
-from ..router.config import VIRTUAL_COMBOS, Combo
-from ..router.errors import ComboConfigError
-from ..router.policy import DEFAULT_FALLBACK_ON
-from ..router.packs import FACTORS, PACKS
-from ..router.strategies import ACCOUNT_STRATEGIES, STRATEGIES
-from ..router.types import Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta
+from ..router import attempt_table, decision_html
+from ..router import VIRTUAL_COMBOS, Combo
+from ..router import ComboConfigError
+from ..router import DEFAULT_FALLBACK_ON
+from ..router import FACTORS, PACKS
+from ..router import ACCOUNT_STRATEGIES, STRATEGIES
+from ..router import Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta
 from ._ui import STYLE, Kit, close_tree, note, show_widget
 
 if TYPE_CHECKING:
-    from ..router.engine import Router
+    from ..router import Router
 
 #: the prompt the builder's Test button sends unless the user edits it
 DEFAULT_TEST_PROMPT = "Say hello in five words."
@@ -756,7 +756,7 @@ class ComboBuilder:
             return None
         self.last_decision = decision
         self.test_html.value = ""  # the newest answer is the only one shown
-        self.explain_html.value = views.decision_html(decision)
+        self.explain_html.value = decision_html(decision)
         return decision
 
     def test(self) -> threading.Thread | None:
@@ -803,7 +803,7 @@ class ComboBuilder:
                 if now - drawn >= TEST_REDRAW_S:
                     drawn = now
                     self.test_html.value = (note(f"trying {trying}...", "busy") + _answer_html("".join(text))
-                                            + (views.attempt_table(attempts).html() if attempts else ""))
+                                            + (attempt_table(attempts).html() if attempts else ""))
         except Exception as exc:  # shown in the widget: a thread has nobody else to tell
             self.last_error = exc
         finally:
@@ -860,11 +860,11 @@ def _answer_html(text: str) -> str:
 def _test_html(result: RouteResult | None, error: BaseException | None, text: str, attempts: Sequence[Attempt]) -> str:
     if result is not None and error is None:
         return (note(result.footer(), "ok") + _answer_html(result.text)
-                + f"<div>cost: {html.escape(result.cost_text)}</div>" + views.attempt_table(result.attempts).html())
+                + f"<div>cost: {html.escape(result.cost_text)}</div>" + attempt_table(result.attempts).html())
     summary = "test failed" if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     shown = list(getattr(error, "attempts", None) or attempts)
     partial = result.text if result is not None else text
-    return note(summary, "bad") + _answer_html(partial) + (views.attempt_table(shown).html() if shown else "")
+    return note(summary, "bad") + _answer_html(partial) + (attempt_table(shown).html() if shown else "")
 
 
 

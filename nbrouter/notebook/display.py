@@ -21,9 +21,9 @@ from typing import Any, Callable, Sequence
 
 from .._core.text import span
 from ..report import MUTED_TEXT, escape_dollars, escape_markdown, html_text, markdown_html, tone_border
-from ..router import views
-from ..router.errors import AllTargetsFailed, StopError
-from ..router.types import Action, Attempt, RouteResult
+from ..router import attempt_table
+from ..router import AllTargetsFailed, StopError
+from ..router import Action, Attempt, RouteResult
 from .frontend import MIME, result_payload
 
 #: a streamed answer's output area is redrawn at most this often (10 times a second)
@@ -139,7 +139,7 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         notes.append(answer.error)
     if result.partial and result.error:
         notes.append(f"partial answer: {result.error}")
-    table = views.attempt_table(result.attempts)
+    table = attempt_table(result.attempts)
     plain = "\n".join([answer.plain, "", *notes, footer, table.text(terminal_width())])
     markdown = "\n".join([
         answer.markdown, "", *(f"> {escape_markdown(n)}\n" for n in notes),
@@ -199,7 +199,7 @@ def failure_line(exc: AllTargetsFailed, now: float | None = None) -> str:
 def failure_bundle(exc: AllTargetsFailed, **extra: Any) -> tuple[dict[str, str], dict[str, Any]]:
     """(data, metadata) of a failed call: the headline and hint above the attempt table (HTML in a
     notebook, fitted text in a terminal), and what was tried in the metadata."""
-    table = views.attempt_table(exc.attempts)
+    table = attempt_table(exc.attempts)
     hint = exc.hint
     plain = "\n".join([f"{exc.headline}:", table.text(terminal_width()), *([hint] if hint else [])])
     html_ = (f"<div class='nbrouter-failure' style='{tone_border('bad')}'><div><b>{html_text(exc.headline)}</b></div>"

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Iterable
 
 from ..report import Table, Tables
-from ..router.types import Action, Attempt, ErrorKind
+from ..router import Action, Attempt, ErrorKind
 
 
 @dataclass

@@ -27,12 +27,12 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Float, Unicode, observe
 
-from ..router.errors import AllTargetsFailed, BudgetExceeded, ComboConfigError, RouteError
-from ..router.status import Status
-from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta, Usage
+from ..router import AllTargetsFailed, BudgetExceeded, ComboConfigError, RouteError
+from ..router import Status
+from ..router import Action, Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta, Usage
 from .._core import scrub
 from ..report import Shown, Table
-from ..router import views
+from ..router import attempt_table, decision_html, decision_text, log_table
 from .display import FORMATS, LiveAnswer, failure_bundle, failure_line, render_answer, result_bundle, short_traceback, terminal_width
 from . import frontend
 from .batch_view import run_batch_cell
@@ -40,7 +40,7 @@ from .interpolation import interpolate
 from .ledger import CostLedger
 
 if TYPE_CHECKING:
-    from ..router.engine import Router
+    from ..router import Router
 
 SUBCOMMANDS = ("combos", "providers", "status", "log", "cost", "budget", "explain", "use", "reset", "config", "builder",
                "chat", "error", "cache", "help")
@@ -100,7 +100,7 @@ class LLMMagics(Magics):
         if self.closed:
             raise UsageError("nbrouter was unloaded; run %load_ext nbrouter again")
         if self._router is None:
-            from ..router.engine import Router
+            from ..router import Router
 
             self._router = Router()
             self._apply_budget()
@@ -224,7 +224,7 @@ class LLMMagics(Magics):
             self._show(router.explain(combo, prompt, **call))
             return None
 
-        where = self._cell()
+        where = self.cell_context()
         stream = self.stream and not args.no_stream
         live = LiveAnswer(combo, fmt, in_kernel=self._in_kernel()) if stream else None
         try:
@@ -368,7 +368,7 @@ class LLMMagics(Magics):
             return self.live_display
         return getattr(self.shell, "kernel", None) is not None
 
-    def _cell(self) -> dict[str, Any]:
+    def cell_context(self) -> dict[str, Any]:
         """The running cell's execution count, and its id when the front end sends one (JupyterLab does)."""
         shell = self.shell
         # the running cell's ExecutionResult knows its number (IPython 9 increments
@@ -416,7 +416,7 @@ class LLMMagics(Magics):
         )
 
     def _names_a_combo(self, word: str) -> bool:
-        from ..router.config import VIRTUAL_COMBOS
+        from ..router import VIRTUAL_COMBOS
 
         try:
             combos = self.router.config.combos
@@ -427,7 +427,7 @@ class LLMMagics(Magics):
     def _show(self, obj: Any) -> None:
         """Display a table (or a Decision, a Status): HTML in a notebook, text fitted to the terminal."""
         if isinstance(obj, Decision):
-            display({"text/plain": views.decision_text(obj, terminal_width()), "text/html": views.decision_html(obj)}, raw=True)
+            display({"text/plain": decision_text(obj, terminal_width()), "text/html": decision_html(obj)}, raw=True)
             return
         if isinstance(obj, Status):
             obj = obj.tables()
@@ -473,7 +473,7 @@ class LLMMagics(Magics):
                          notes=["`%llm chat clear [COMBO]` forgets it; `--new` starts afresh"]))
 
     def _cmd_combos(self, rest: str) -> None:
-        from ..router.config import VIRTUAL_COMBOS
+        from ..router import VIRTUAL_COMBOS
 
         rows = []
         for name, combo in sorted(self.router.combos.items()):
@@ -529,7 +529,7 @@ class LLMMagics(Magics):
             title = f"all {len(rows)} attempts of the call log"
         else:
             title = f"the last {len(rows)} attempts" + (f" (`%llm log {n * 3}` or `--all` for older ones)" if more else "")
-        self._show(views.log_table(rows, title=title))
+        self._show(log_table(rows, title=title))
 
     def _cmd_cost(self, rest: str) -> None:
         ledger = self.ledger
@@ -672,7 +672,7 @@ def _terminal_attempts(result: RouteResult, always: bool = False) -> list[str]:
     than the footer (a fallback, a skip, an interruption)."""
     if not always and len(result.attempts) <= 1:
         return []
-    return [views.attempt_table(result.attempts, compact=True).text(terminal_width())]
+    return [attempt_table(result.attempts, compact=True).text(terminal_width())]
 
 
 def _cancel_note(result: RouteResult, text: str) -> str:

@@ -1,0 +1,133 @@
+"""The router: decides where each call goes and remembers what happened. This module is its one face.
+
+Everything above the router (`nbrouter.notebook`, `nbrouter.__main__`, the package's `__init__`) imports
+from here and nowhere deeper; `tests/test_layers.py` holds it. Inside, the parts are folders:
+
+    router/                the vocabulary: types (results, events), errors, requests, model (the config
+                           as data), policy (every number, the table of error kinds), keys, structured
+                           output, views (tables); engine (the Router facade) and status
+    router/config/         loading and validating the configuration, writing it back, editing combos,
+                           zero-config discovery
+    router/decide/         the decider (skip checks), combos, strategies, auto scoring and its packs,
+                           pricing, the session budget, token estimates
+    router/state/          what is remembered: the backend port (memory, SQLite), the store, health
+                           (holds, breakers, latency), pacing
+    router/run/            the attempt loop, attempt deadlines, the background event loop, the HTTP
+                           senders, the response cache
+    router/batch/          batch work: items, the dispatcher, the executor port, the result
+
+The ports (something a user or a test swaps), each a typed protocol accepted by a public argument:
+`Clock` (`Router(clock=...)`), `StateBackend` (`Router(backend=...)`), `Executor`
+(`Router.map(..., executor=...)`); the transport is httpx's (`Router(transport=...)`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._core.clock import Clock
+from .decide.packs import FACTORS, PACKS, VIRTUAL_COMBOS
+from .decide.strategies import ACCOUNT_STRATEGIES, STRATEGIES
+from .engine import Router
+from .errors import (
+    AllCoolingDown,
+    AllTargetsFailed,
+    BudgetExceeded,
+    ComboConfigError,
+    NoProviders,
+    RouteError,
+    StopError,
+)
+from .model import Combo, Config, Provider
+from .policy import DEFAULT_FALLBACK_ON, Policy
+from .requests import CallRequest, build_request
+from .state.backends import MemoryBackend, SQLiteBackend, StateBackend
+from .status import Status
+from .types import (
+    Action,
+    Attempt,
+    AttemptFinished,
+    AttemptStarted,
+    Candidate,
+    Decision,
+    Done,
+    ErrorKind,
+    RouteEvent,
+    RouteResult,
+    TextDelta,
+    Usage,
+)
+from .views import (
+    account_cells,
+    attempt_table,
+    candidate_cells,
+    decision_html,
+    decision_text,
+    log_table,
+    status_tables,
+)
+
+if TYPE_CHECKING:  # batch work loads on first use, so that `import nbrouter` stays light
+    from .batch.dispatch import BatchResult, Executor, LocalExecutor, Progress
+
+_BATCH = ("BatchResult", "Executor", "LocalExecutor", "Progress")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BATCH:
+        from .batch import dispatch
+
+        return getattr(dispatch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ACCOUNT_STRATEGIES",
+    "Action",
+    "AllCoolingDown",
+    "AllTargetsFailed",
+    "Attempt",
+    "AttemptFinished",
+    "AttemptStarted",
+    "BatchResult",
+    "BudgetExceeded",
+    "CallRequest",
+    "Candidate",
+    "Clock",
+    "Combo",
+    "ComboConfigError",
+    "Config",
+    "DEFAULT_FALLBACK_ON",
+    "Decision",
+    "Done",
+    "ErrorKind",
+    "Executor",
+    "FACTORS",
+    "LocalExecutor",
+    "MemoryBackend",
+    "NoProviders",
+    "PACKS",
+    "Policy",
+    "Progress",
+    "Provider",
+    "RouteError",
+    "RouteEvent",
+    "RouteResult",
+    "Router",
+    "SQLiteBackend",
+    "STRATEGIES",
+    "StateBackend",
+    "Status",
+    "StopError",
+    "TextDelta",
+    "Usage",
+    "VIRTUAL_COMBOS",
+    "account_cells",
+    "attempt_table",
+    "build_request",
+    "candidate_cells",
+    "decision_html",
+    "decision_text",
+    "log_table",
+    "status_tables",
+]

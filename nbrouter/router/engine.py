@@ -16,30 +16,32 @@ import asyncio
 import contextlib
 import os
 import weakref
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
 from .._core.closing import close_at_exit
-from .background import BackgroundLoop
-from .budget import Budget
-from . import editing
-from .config import load_config
-from .clients import Senders
-from .decide import Decider
-from .discovery import Discovery
-from .loop import Emit, Hooks, Loop
+from .run.background import BackgroundLoop
+from .decide.budget import Budget
+from .config import editing
+from .config.loading import load_config
+from .run.clients import Senders
+from .decide.decider import Decider
+from .config.discovery import Discovery
+from .run.loop import Emit, Hooks, Loop
 from .model import Combo, Config, Provider
-from .pricing import PriceBook
+from .decide.pricing import PriceBook
 from .requests import CallRequest, build_request
-from .state import StateStore
+from .state.backends import StateBackend
+from .state.store import StateStore
 from .status import Status, collect_status, reset_holds
-from .strategies import STRATEGIES
+from .decide.strategies import STRATEGIES
 from .types import Attempt, Candidate, Decision, Done, RouteEvent, RouteResult
 
 if TYPE_CHECKING:  # batch work and the response cache load on first use: `import nbrouter` stays light
-    from .batch import BatchResult
-    from .cache import ResponseCache
+    from .batch.dispatch import BatchResult
+    from .run.cache import ResponseCache
 
 # made after the sets of state.py, store.py and background.py (imported above): closed before them at exit
 _routers: "weakref.WeakSet[Router]" = close_at_exit()
@@ -68,6 +70,8 @@ class Router:
         on_attempt: called with each `Attempt` as it ends (off the request path; what it raises is logged, never
             raised into the call).
         on_result: called with each `RouteResult` (likewise).
+        backend: where the state is kept, a `StateBackend` (default: the SQLite file of `state_path`, or memory
+            with persist=False).
     """
 
     def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
@@ -75,14 +79,14 @@ class Router:
                  transport: Any = None, http_client: Any = None, budget_usd: float | None = None,
                  on_budget: str = "stop", budget_strict: bool = False,
                  on_attempt: Callable[[Attempt], Any] | None = None,
-                 on_result: Callable[[RouteResult], Any] | None = None) -> None:
+                 on_result: Callable[[RouteResult], Any] | None = None, backend: StateBackend | None = None) -> None:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
         self.clock: Clock = clock or SYSTEM_CLOCK
         if state_path is None and persist:
             state_path = os.environ.get("NBROUTER_STATE") or self.config.state_path
         self.state = StateStore(state_path, policy=self.config.policy, persist=persist, log_content=self.config.log_content,
-                                clock=self.clock)
+                                clock=self.clock, backend=backend)
         self.prices = PriceBook(self.config)
         #: the session budget (spent is counted even without a limit)
         self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
@@ -236,6 +240,42 @@ class Router:
             return
         emit(Done(result))
 
+    def route(self, request: CallRequest) -> Awaitable[RouteResult]:
+        """Route one built request (`nbrouter.router.build_request`) and return its result, to await.
+
+        The public call under `acomplete` and batch work: an executor that runs calls elsewhere uses this.
+
+        Raises:
+            RouteError: when no candidate served the call.
+        """
+        return self._route(request, None)
+
+    def check(self, request: CallRequest) -> Combo:
+        """The combo a request names, resolved now: an unknown name fails here, before anything is sent.
+
+        Raises:
+            ComboConfigError: the combo is not known (the message suggests the nearest name).
+        """
+        return self._decider.combo(request)
+
+    def estimate(self, request: CallRequest) -> Decimal | None:
+        """The most this request may cost: 0 when its answer is cached, else its dearest candidate's estimate
+        (None when no candidate's price is known)."""
+        if request.cache and self.cache.contains(self.cache_key(request), self.clock.time()):
+            return Decimal(0)
+        return self._decider.max_estimate(request)
+
+    def cache_key(self, request: CallRequest) -> str:
+        """The response cache's key for a request (its combo's targets and what decides the answer)."""
+        from .run.cache import request_key
+
+        return request_key(self.cache, self._decider, request)
+
+    @property
+    def background(self) -> BackgroundLoop:
+        """The router's own event loop, in a daemon thread: the sync methods run their coroutines there."""
+        return self._bg
+
     def _route(self, req: CallRequest, emit: Emit | None) -> Awaitable[RouteResult]:
         """The call's route, to await (the common case adds no coroutine of its own to a request's path)."""
         if self._closed:
@@ -250,7 +290,7 @@ class Router:
             await self._discovery.probe(self.config)
         self.state.refresh()
         if req.cache:
-            from .cache import through_cache
+            from .run.cache import through_cache
 
             return await through_cache(self.cache, self._decider, self.state, self.clock.time(), req, lambda: self._loop.run(req, emit))
         return await self._loop.run(req, emit)
@@ -271,13 +311,13 @@ class Router:
         Returns:
             a BatchResult: one RouteResult or RouteError per item, in input order.
         """
-        from .batch import prepare, run_sync
+        from .batch.dispatch import prepare, run_sync
 
         return run_sync(self, prepare(self, combo, items, **options))
 
     async def amap(self, combo: str | Combo, items: Any, **options: Any) -> BatchResult:
         """The async `map`, on the caller's event loop; cancelling it returns what finished."""
-        from .batch import arun, prepare
+        from .batch.dispatch import arun, prepare
 
         return await arun(prepare(self, combo, items, **options))
 
@@ -285,7 +325,7 @@ class Router:
     def cache(self) -> ResponseCache:
         """The response cache (`NBROUTER_CACHE` or the user cache dir; in memory with persist=False)."""
         if self._cache is None:
-            from .cache import MEMORY, ResponseCache
+            from .run.cache import MEMORY, ResponseCache
 
             self._cache = ResponseCache(None if self._persist else MEMORY)
         return self._cache

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._core.text import span
-from . import views
+from .views import attempt_table, tried_text
 from .types import Attempt, RouteResult
 
 
@@ -38,8 +38,8 @@ class AllTargetsFailed(RouteError):
     def __init__(self, combo: str, attempts: list[Attempt], hint: str = "", headline: str = "") -> None:
         self.combo = combo
         self.hint = hint or _hint_for(attempts)
-        self.headline = headline or f"every target of {combo!r} failed ({views.tried_text(attempts)})"
-        lines = [self.headline + ":", views.attempt_table(attempts).text()]
+        self.headline = headline or f"every target of {combo!r} failed ({tried_text(attempts)})"
+        lines = [self.headline + ":", attempt_table(attempts).text()]
         if self.hint:
             lines.append(self.hint)
         super().__init__("\n".join(lines), attempts)

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import Any
+from typing import Any, Awaitable, Protocol, TypeVar
 
 from .model import Combo
-from .pacing import Pacer
 from .structured import OutputSchema, output_schema
+from .types import Candidate
+
+T = TypeVar("T")
+
+
+class Pacing(Protocol):
+    """The buckets a batch paces its calls with (`state.pacing.Pacer` is one): asked before a candidate is
+    tried, and told around each attempt's send."""
+
+    max_wait_s: float
+
+    def skip(self, c: Candidate, tokens: int, now: float) -> tuple[str, float] | None:
+        """None when `c` has headroom now, else (the reason, when the bucket refills)."""
+
+    def around(self, c: Candidate, tokens: int, now: float, sending: Awaitable[T]) -> Awaitable[T]:
+        """Await one attempt's send, taking from the buckets first and learning from how it ended."""
 
 
 @dataclass
@@ -35,7 +50,7 @@ class CallRequest:
     #: answer from / store in the response cache (`Router.cache`)
     cache: bool = False
     #: the buckets a batch paces its calls with (set by `Router.map`; the skip check "paced" reads it)
-    pacer: Pacer | None = None
+    pacer: Pacing | None = None
     #: the answer must be JSON matching this schema (sent as `response_format`; `result.parsed` holds it)
     schema: OutputSchema | None = None
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..report import Tables
-from . import views
-from .combos import resolve
-from .decide import Decider
+from .views import status_tables
+from .decide.combos import resolve
+from .decide.decider import Decider
 from .errors import ComboConfigError
 from .model import QUOTA_FIELDS, Config
-from .state import StateStore
+from .state.store import StateStore
 from .types import Candidate
 
 
@@ -40,7 +40,7 @@ class Status:
 
     def tables(self) -> Tables:
         """The candidates and accounts tables (the same rows the live status board shows)."""
-        return views.status_tables(self)
+        return status_tables(self)
 
     def __str__(self) -> str:
         return self.tables().text()

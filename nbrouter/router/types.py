@@ -11,7 +11,7 @@ from typing import Any, Mapping, Union
 
 from .._core import ErrorKind, Usage
 from .._core.text import dollars
-from . import views
+from .views import attempt_table, decision_html, decision_text, footer
 
 
 class Action(str, enum.Enum):
@@ -151,17 +151,17 @@ class Decision:
 
     def table(self) -> str:
         """The whole decision as plain text: the order, the skips and why, every input, every policy constant."""
-        return views.decision_text(self, full=True)
+        return decision_text(self, full=True)
 
     def __str__(self) -> str:
         """The decision as a screen shows it: the order and why, the inputs cut short, no policy dump."""
-        return views.decision_text(self)
+        return decision_text(self)
 
     def __repr__(self) -> str:
         return str(self)
 
     def _repr_html_(self) -> str:
-        return views.decision_html(self)
+        return decision_html(self)
 
 
 @dataclass(frozen=True)
@@ -215,11 +215,11 @@ class RouteResult:
         """One line: who served, how many attempts, tokens, cost, time."""
         if self.cached is not None:
             return self.cached.footer()
-        return views.footer(self)
+        return footer(self)
 
     def attempt_table(self) -> str:
         """Every attempt as a plain-text table."""
-        return views.attempt_table(self.attempts).text()
+        return attempt_table(self.attempts).text()
 
     def __str__(self) -> str:
         return self.text

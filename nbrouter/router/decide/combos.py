@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
-from .errors import ComboConfigError
-from .model import Combo, Config, Step, parse_target
+from ..errors import ComboConfigError
+from ..model import Combo, Config, Step, parse_target
 from .packs import VARIANTS, VIRTUAL_COMBOS
-from .types import Candidate
+from ..types import Candidate
 
 
 def combo_for(config: Config, name: str) -> Combo:

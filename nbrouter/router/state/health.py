@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
-from .._core import ErrorKind, RateLimits
-from .policy import Policy
+from ..._core import ErrorKind, RateLimits
+from ..policy import Policy
 
 __all__ = ["FOREVER", "KINDS", "Breaker", "BreakerState", "Hold", "HoldKind", "LatencyStats", "RateLimitState", "UsageWindow",
            "decode", "encode"]

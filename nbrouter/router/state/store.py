@@ -18,13 +18,13 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
-from .._core import Clock, ErrorKind
-from .._core.clock import SYSTEM_CLOCK
-from .._core.closing import close_at_exit
+from ..._core import Clock, ErrorKind
+from ..._core.clock import SYSTEM_CLOCK
+from ..._core.closing import close_at_exit
 from . import health
 from .health import FOREVER, Breaker, BreakerState, Hold, HoldKind, LatencyStats, RateLimitState, UsageWindow
-from .policy import Policy
-from .store import (
+from ..policy import Policy
+from .backends import (
     CALL_NAMES,
     SCHEMA_VERSION,
     BatchWriter,
@@ -36,7 +36,7 @@ from .store import (
     default_state_path,
     typed_call,
 )
-from .types import Attempt
+from ..types import Attempt
 
 __all__ = ["CLOSED", "DURABLE_WAIT_S", "FOREVER", "HALF_OPEN", "OPEN", "SCHEMA_VERSION", "StateStore", "default_state_path"]
 

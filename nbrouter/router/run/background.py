@@ -13,7 +13,7 @@ import threading
 import weakref
 from typing import Any, AsyncIterator, Callable, Coroutine, Iterator, TypeVar
 
-from .._core.closing import close_at_exit
+from ..._core.closing import close_at_exit
 
 T = TypeVar("T")
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable, Mapping, Sequence
 
-from .config import build_config
-from .config_file import combo_table, set_combo, write_document
-from .errors import ComboConfigError
-from .model import Combo, Config
+from .loading import build_config
+from .file import combo_table, set_combo, write_document
+from ..errors import ComboConfigError
+from ..model import Combo, Config
 
 #: the steps of a combo as the caller gives them: targets, combo names, or `{"target": ..., "weight": ...}` tables
 Targets = Sequence[str | Mapping[str, Any]]

@@ -41,12 +41,12 @@ from collections import Counter
 from collections.abc import Iterator, MutableMapping
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
-from .._core.text import span
+from ..._core.text import span
 from .combos import auto_pool  # moved to combos.py; importable here until engine.py imports it from there
-from .model import Combo, Config
+from ..model import Combo, Config
 from .packs import FACTORS, PACKS, VARIANTS, Variant
-from .policy import Policy
-from .types import Candidate, Decision
+from ..policy import Policy
+from ..types import Candidate, Decision
 
 __all__ = [
     "FACTORS", "PACKS", "VARIANTS", "Variant", "Measurements", "HoldStore", "ScoredPool", "PoolInputs", "EXCLUDE_INPUT", "TASK_FIT",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable, MutableMapping, Protocol, Sequence
 
-from .model import Combo, Provider
+from ..model import Combo, Provider
 from .packs import FACTORS, VARIANTS
 from .scoring import (
     EXCLUDE_INPUT,
@@ -40,7 +40,7 @@ from .scoring import (
     task_patterns,
     weights_for,
 )
-from .types import Candidate
+from ..types import Candidate
 
 
 class Snapshot(Measurements, Protocol):

@@ -15,22 +15,22 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Callable, Mapping, Sequence
 
-from .._core import Clock
-from .._core.text import span
+from ..._core import Clock
+from ..._core.text import span
 from .budget import Budget
 from .combos import combo_for, resolve
-from .model import Combo, Config, Provider
-from .errors import ComboConfigError, NoProviders
-from .policy import Policy
+from ..model import Combo, Config, Provider
+from ..errors import ComboConfigError, NoProviders
+from ..policy import Policy
 from .pricing import PriceBook
-from .requests import CallRequest
+from ..requests import CallRequest
 from .combos import auto_pool
 from .scoring import EXCLUSION_PREFIX, PoolReadings
 from .scoring import excluded as auto_excluded
-from .state import StateStore
+from ..state.store import StateStore
 from .strategies import STRATEGIES, RequestInfo, StrategyContext, order_accounts
 from .tokens import estimate_prompt
-from .types import Candidate, Decision, DecisionRow
+from ..types import Candidate, Decision, DecisionRow
 
 #: the first element of the path of an emergency-tier candidate (`[router] emergency`)
 EMERGENCY = "emergency"
@@ -447,6 +447,15 @@ class Decider:
             if reason is not None:
                 return reason
         return None
+
+    def max_estimate(self, req: CallRequest) -> Decimal | None:
+        """The dearest estimate among the call's candidates (None when no price is known)."""
+        candidates, _ = self.resolve(auto_pool(self.config, self.combo(req)))
+        info = self.request_info(req)
+        estimates = [self.prices.estimate(self.config.providers[c.provider], c.model, info.prompt_tokens, info.max_tokens)
+                     for c in candidates]
+        known = [e for e in estimates if e is not None]
+        return max(known) if known else None
 
     def request_info(self, req: CallRequest) -> RequestInfo:
         policy = self.policy

@@ -31,7 +31,7 @@ class Senders:
         loop = asyncio.get_running_loop()
         sender = self._senders.get(loop)
         if sender is None:
-            from ..providers import Sender
+            from ...providers import Sender
 
             sender = self._senders[loop] = Sender(self._transport, http_client=self._client)
             keeper = self._keepers[loop] = _close_with_loop(sender)

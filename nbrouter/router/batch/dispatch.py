@@ -24,21 +24,39 @@ import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
-from .._core import ErrorKind
-from .._core.template import interpolate
-from .._core.text import dollars, duration
-from .cache import request_key
-from .errors import AllTargetsFailed, RouteError, StopError
-from .pacing import Pacer
-from .requests import CallRequest, build_request
-from .scoring import auto_pool
-from .structured import PANDAS_DTYPES, OutputSchema
-from .types import Action, RouteResult
+from ..._core import Clock
 
-#: the Router facade (engine.py imports this module, so it is named here only as `Any`)
-Router = Any
+from ..._core import ErrorKind
+from ..._core.template import interpolate
+from ..._core.text import dollars, duration
+from ..errors import AllTargetsFailed, RouteError, StopError
+from ..state.pacing import Pacer
+from ..requests import CallRequest, build_request
+from ..structured import PANDAS_DTYPES, OutputSchema
+from ..model import Combo, Config
+from ..run.background import BackgroundLoop
+from ..types import Action, RouteResult
+
+
+class BatchRouter(Protocol):
+    """What batch work needs of a router: public calls of `nbrouter.Router`, which is one."""
+
+    config: Config
+    clock: Clock
+
+    @property
+    def background(self) -> BackgroundLoop: ...
+
+    def route(self, request: CallRequest) -> Awaitable[RouteResult]: ...
+
+    def check(self, request: CallRequest) -> Combo: ...
+
+    def estimate(self, request: CallRequest) -> Decimal | None: ...
+
+    async def discover(self, *, refresh: bool = False) -> None: ...
+
 
 #: how many calls of one batch are in flight at once unless `concurrency=` says otherwise
 DEFAULT_CONCURRENCY = 8
@@ -246,12 +264,12 @@ class Executor(Protocol):
 class LocalExecutor:
     """Runs calls in this process, on the caller's event loop, through a Router."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: BatchRouter) -> None:
         self.router = router
 
     async def run(self, item: BatchItem) -> RouteResult | RouteError:
         try:
-            return await self.router._route(item.request, None)
+            return await self.router.route(item.request)
         except RouteError as error:
             return error
 
@@ -511,7 +529,7 @@ def _error_text(error: RouteError) -> str:
 _pacers: "weakref.WeakKeyDictionary[Any, Pacer]" = weakref.WeakKeyDictionary()
 
 
-def pacer_for(router: Router) -> Pacer:
+def pacer_for(router: BatchRouter) -> Pacer:
     """The router's pacer, made on first use and again after its config changed."""
     pacer = _pacers.get(router)
     if pacer is None or pacer.config is not router.config:
@@ -559,7 +577,7 @@ def _progress_sink(progress: Any, total: int) -> tuple[Callable[[Progress], None
 class Batch:
     """One run of `map`: its items, dispatcher and executor; `stop()` may be called from any thread."""
 
-    def __init__(self, router: Router, combo: Any, inputs: Inputs, items: list[BatchItem], *, concurrency: int,
+    def __init__(self, router: BatchRouter, combo: Any, inputs: Inputs, items: list[BatchItem], *, concurrency: int,
                  max_cost_usd: float | None, progress: Any, executor: Executor | None = None) -> None:
         self.router = router
         self.combo = combo
@@ -575,24 +593,14 @@ class Batch:
 
     def _estimate(self, item: BatchItem) -> Decimal | None:
         """The most this item may cost: 0 when its answer is cached, else the dearest candidate's estimate."""
-        router, req = self.router, item.request
-        decider = router._decider
-        if req.cache and router.cache.contains(request_key(router.cache, decider, req), router.clock.time()):
-            return Decimal(0)
-        candidates, _ = decider.resolve(auto_pool(decider.config, decider.combo(req)))
-        info = decider.request_info(req)
-        estimates = [router.prices.estimate(decider.config.providers[c.provider], c.model, info.prompt_tokens, info.max_tokens)
-                     for c in candidates]
-        known = [e for e in estimates if e is not None]
-        return max(known) if known else None
+        return self.router.estimate(item.request)
 
     async def run(self) -> BatchResult:
         """Run every item; returns the BatchResult (also after `stop()` or a cancel: what finished)."""
         router = self.router
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        if not router._discovery.done:
-            await router.discover()
+        await router.discover()
         started = time.perf_counter()
         dispatcher = Dispatcher(self.items, concurrency=self.concurrency, max_cost_usd=self.max_cost_usd,
                                 estimate=self._estimate if self.max_cost_usd is not None else (lambda item: None))
@@ -653,10 +661,11 @@ class Batch:
     _previous: BatchResult
 
 
-def prepare(router: Router, combo: Any, items: Iterable[Any], *, prompt: str | None = None, messages: Any = None,
+def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: str | None = None, messages: Any = None,
             system: str | None = None, schema: Any = None, concurrency: int | None = None,
             account_concurrency: int | Mapping[str, int] | None = None, max_cost_usd: float | None = None,
-            cache: bool | None = None, progress: Any = None, **call_options: Any) -> Batch:
+            cache: bool | None = None, progress: Any = None, executor: Executor | None = None,
+            **call_options: Any) -> Batch:
     """Check the arguments of `Router.map` and build its Batch (nothing is sent yet).
 
     Args:
@@ -672,6 +681,7 @@ def prepare(router: Router, combo: Any, items: Iterable[Any], *, prompt: str | N
         max_cost_usd: the whole batch's budget.
         cache: answer from the response cache and store answers (default: on unless `log_content = false`).
         progress: True for a `tqdm.auto` bar, or a callable given a `Progress` after each item.
+        executor: what runs the calls (an `Executor`); default `LocalExecutor`, this process's router.
         **call_options: any option of `Router.acomplete` (not `stream`).
 
     Raises:
@@ -692,11 +702,12 @@ def prepare(router: Router, combo: Any, items: Iterable[Any], *, prompt: str | N
     for item in built:
         item.request.pacer = pacer
     if built:
-        router._decider.combo(built[0].request)  # an unknown combo fails now, not once per item
+        router.check(built[0].request)  # an unknown combo fails now, not once per item
     limit = concurrency if concurrency is not None else DEFAULT_CONCURRENCY
     if limit < 1:
         raise ValueError(f"concurrency must be at least 1, not {limit}")
-    batch = Batch(router, combo, inputs, built, concurrency=limit, max_cost_usd=max_cost_usd, progress=progress)
+    batch = Batch(router, combo, inputs, built, concurrency=limit, max_cost_usd=max_cost_usd, progress=progress,
+                  executor=executor)
     return batch
 
 
@@ -707,9 +718,9 @@ async def arun(batch: Batch) -> BatchResult:
     return result
 
 
-def run_sync(router: Router, batch: Batch) -> BatchResult:
+def run_sync(router: BatchRouter, batch: Batch) -> BatchResult:
     """Run a batch on the router's own loop and wait (`Router.map`); Ctrl-C stops it and returns what finished."""
-    bg = router._bg
+    bg = router.background
     if bg.in_loop_thread():
         raise RuntimeError("Router.map was called from the router's own loop; use amap")
     future, finished = bg.submit(arun(batch))
@@ -721,4 +732,4 @@ def run_sync(router: Router, batch: Batch) -> BatchResult:
         return future.result(timeout=10.0)
 
 
-__all__ = ["BatchResult", "DEFAULT_CONCURRENCY", "Dispatcher", "Executor", "LocalExecutor", "NotDone", "prepare"]
+__all__ = ["BatchResult", "BatchRouter", "DEFAULT_CONCURRENCY", "Dispatcher", "Executor", "LocalExecutor", "NotDone", "prepare"]

@@ -22,11 +22,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Mapping, TypeVar
 
-from .._core import Clock, ErrorKind, ProviderFailure, RateLimits
-from .._core.clock import SYSTEM_CLOCK
-from .._core.text import span
-from .config import Config
-from .types import Candidate
+from ..._core import Clock, ErrorKind, ProviderFailure, RateLimits
+from ..._core.clock import SYSTEM_CLOCK
+from ..._core.text import span
+from ..model import Config
+from ..types import Candidate
 
 T = TypeVar("T")
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Collection, Iterable, Mapping, NoReturn
 from urllib.parse import urlsplit
 
-from ..providers.presets import ENV_PRESETS, PRESETS, PROTOCOLS, Preset
-from .config_file import combo_table, set_combo, write_document
-from .errors import ComboConfigError
-from .model import (
+from ...providers.presets import ENV_PRESETS, PRESETS, PROTOCOLS, Preset
+from .file import combo_table, set_combo, write_document
+from ..errors import ComboConfigError
+from ..model import (
     ACCOUNT_FIELDS,
     COMBO_FIELDS,
     DEFAULT_ACCOUNT,
@@ -42,11 +42,11 @@ from .model import (
     Step,
     parse_target,
 )
-from .packs import FACTORS, PACKS, VIRTUAL_COMBOS
-from .keys import KeySource
-from .policy import Policy
-from .strategies import ACCOUNT_STRATEGIES, STRATEGIES
-from .types import ErrorKind
+from ..decide.packs import FACTORS, PACKS, VIRTUAL_COMBOS
+from ..keys import KeySource
+from ..policy import Policy
+from ..decide.strategies import ACCOUNT_STRATEGIES, STRATEGIES
+from ..types import ErrorKind
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -22,12 +22,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from .._core import Usage
-from .decide import Decider
-from .requests import CallRequest
-from .scoring import auto_pool
-from .state import StateStore
-from .types import Action, Attempt, CacheInfo, RouteResult
+from ..._core import Usage
+from ..decide.decider import Decider
+from ..requests import CallRequest
+from ..decide.scoring import auto_pool
+from ..state.store import StateStore
+from ..types import Action, Attempt, CacheInfo, RouteResult
 
 #: bump when the key's ingredients change: old entries then simply never match
 KEY_VERSION = 1

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .errors import ComboConfigError
-from .model import COMBO_FIELDS
+from ..errors import ComboConfigError
+from ..model import COMBO_FIELDS
 
 
 def combo_table(targets: list[Any], options: Mapping[str, Any]) -> dict[str, Any]:

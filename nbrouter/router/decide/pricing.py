@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from .._core import Usage
-from .model import Config, Provider
+from ..._core import Usage
+from ..model import Config, Provider
 
 MTOK = Decimal(1_000_000)
 

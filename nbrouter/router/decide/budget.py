@@ -18,7 +18,7 @@ import threading
 from decimal import Decimal
 from typing import Iterable
 
-from .types import Action, Attempt
+from ..types import Action, Attempt
 
 ON_BUDGET = ("stop", "cheapest")
 

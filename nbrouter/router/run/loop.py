@@ -19,22 +19,22 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Awaitable, Callable
 
-from .._core import Clock, ErrorKind, ProviderFailure, Usage, remember_secret, scrub
-from ..providers import ChatRequest, Completion, Endpoint, get_protocol
-from .model import Combo, Provider
+from ..._core import Clock, ErrorKind, ProviderFailure, Usage, remember_secret, scrub
+from ...providers import ChatRequest, Completion, Endpoint, get_protocol
+from ..model import Combo, Provider
 from .deadlines import Limit
 from .deadlines import start as start_limit
-from .decide import EMERGENCY, Decider
-from .keys import KeyError_
-from .errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
-from .policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
-from .requests import CallRequest, build_request
-from .scoring import record_exclusions
-from .state import StateStore
-from .tokens import estimate_prompt
-from .strategies import COUNTED, RequestInfo, relay_pointer
-from .structured import checked_output
-from .types import (
+from ..decide.decider import EMERGENCY, Decider
+from ..keys import KeyError_
+from ..errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
+from ..policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
+from ..requests import CallRequest, build_request
+from ..decide.scoring import record_exclusions
+from ..state.store import StateStore
+from ..decide.tokens import estimate_prompt
+from ..decide.strategies import COUNTED, RequestInfo, relay_pointer
+from ..structured import checked_output
+from ..types import (
     Action,
     Attempt,
     AttemptFinished,
@@ -720,7 +720,7 @@ class Loop:
                             on_text: Callable[[str], None] | None, on_first_byte: Callable[[], None]) -> Completion:
         # a local server nbrouter starts on first need (providers/managed.py); failing to start is a
         # classified failure of this attempt (a hold of the policy table), and the combo falls back
-        from ..providers.managed import ensure_server
+        from ...providers.managed import ensure_server
 
         endpoint = replace(endpoint, base_url=await ensure_server(provider.name, provider.model_path, provider.server_command))
         return await self.send(get_protocol(provider.protocol), endpoint, request, timeout_s=timeout_s, on_text=on_text,

@@ -31,7 +31,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
-from .._core.closing import close_at_exit
+from ..._core.closing import close_at_exit
 
 __all__ = ["CALL_COLUMNS", "CALL_NAMES", "MAX_PENDING_ROWS", "MIGRATIONS", "QUICK_CHECK_MAX_BYTES", "RETRY_S", "SCHEMA_VERSION",
            "WRITE_BATCH_S", "BatchWriter", "Column", "MemoryBackend", "SQLiteBackend", "StateBackend", "StateRow",

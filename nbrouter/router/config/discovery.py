@@ -8,11 +8,11 @@ The key variables are looked at again at most once per `env_recheck_s`, so a key
 
 from __future__ import annotations
 
-from .._core import Clock
-from ..providers.discovery import find_local_servers
-from .config import environment_providers, local_provider
-from .decide import Decider
-from .model import Config
+from ..._core import Clock
+from ...providers.discovery import find_local_servers
+from .loading import environment_providers, local_provider
+from ..decide.decider import Decider
+from ..model import Config
 
 
 class Discovery:

@@ -1,0 +1,1 @@
+"""Running calls: the attempt loop, attempt deadlines, the background event loop, the HTTP senders, the response cache."""
