@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, Awaitable, Protocol, TypeVar
@@ -64,6 +65,20 @@ class CallRequest:
 OPTIONS = frozenset(f.name for f in fields(CallRequest)) - {"combo", "messages", "stream", "pacer"}
 
 
+#: the numeric call options, and whether zero is allowed (a zero timeout is refused, as the config refuses it,
+#: rather than read as "no timeout"; a zero budget means only free calls)
+NUMERIC_OPTIONS = {"timeout_s": False, "max_tokens": False, "max_cost_usd": True}
+
+
+def _check_number(name: str, value: Any, zero_ok: bool) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
+            or (value == 0 and not zero_ok):
+        wanted = "a number of at least 0" if zero_ok else "a number above 0"
+        raise ValueError(f"{name} must be {wanted}, not {value!r}")
+
+
 def build_request(combo: str | Combo, prompt: str | None, *, stream: bool, messages: list[dict[str, Any]] | None = None,
                   **options: Any) -> CallRequest:
     """A CallRequest from a public method's arguments; an unknown keyword is a TypeError naming it.
@@ -78,6 +93,8 @@ def build_request(combo: str | Combo, prompt: str | None, *, stream: bool, messa
     """
     if not OPTIONS.issuperset(options):
         raise TypeError(f"unexpected arguments: {', '.join(sorted(set(options) - OPTIONS))}")
+    for name, zero_ok in NUMERIC_OPTIONS.items():
+        _check_number(name, options.get(name), zero_ok)
     if messages is None:
         if prompt is None:
             raise TypeError("give a prompt or messages")

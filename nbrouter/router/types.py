@@ -85,6 +85,9 @@ class Attempt:
     request_id: str | None = None
     warning: str | None = None
     model: str | None = None
+    #: the usage is nbrouter's estimate (a stream cut after text, with no usage from the provider): the
+    #: provider billed it, so it is charged, but its numbers are not the provider's
+    usage_estimated: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +106,7 @@ class Attempt:
             "cost_usd": str(self.cost_usd) if self.cost_usd is not None else None,
             "request_id": self.request_id,
             "warning": self.warning,
+            "usage_estimated": self.usage_estimated,
         }
 
 
@@ -204,11 +208,16 @@ class RouteResult:
     parsed: Any = None
     #: set when the answer came from the response cache (`complete(..., cache=True)`, `map`)
     cached: CacheInfo | None = None
+    #: part of the usage and cost is nbrouter's estimate (an attempt cut after text, with no usage reported)
+    cost_estimated: bool = False
 
     @property
     def cost_text(self) -> str:
-        """The call's cost in dollars, `unknown` when no price is known, `+ unknown` when part of it is not."""
+        """The call's cost in dollars, `unknown` when no price is known, `+ unknown` when part of it is not,
+        `~$0.0012 (estimated)` when part of it is an estimate."""
         text = dollars(self.cost_usd)
+        if self.cost_usd is not None and self.cost_estimated:
+            text = f"~{text} (estimated)"
         return text + " + unknown" if self.cost_usd is not None and self.cost_unknown_attempts else text
 
     def footer(self) -> str:

@@ -54,6 +54,7 @@ class ResultLike(Protocol):
     attempts: Sequence[AttemptLike]
     usage: _UsageLike
     usage_known: bool
+    cost_estimated: bool
     latency_s: float
     partial: bool
 
@@ -107,13 +108,21 @@ def footer(result: ResultLike) -> str:
     parts = [
         f"served by {result.served_by}",
         f"{tries} attempt{'s' if tries != 1 else ''}",
-        f"{result.usage.total_tokens} tokens" if result.usage_known else "tokens unknown",
+        _tokens_text(result),
         result.cost_text,
         duration(result.latency_s),
     ]
     if result.partial:
         parts.append("PARTIAL")
     return " · ".join(parts)
+
+
+def _tokens_text(result: ResultLike) -> str:
+    if result.usage_known:
+        return f"{result.usage.total_tokens} tokens"
+    if result.cost_estimated:
+        return f"~{result.usage.total_tokens} tokens (estimated)"
+    return "tokens unknown"
 
 
 ATTEMPT_HEADERS = ["#", "candidate", "action", "kind", "status", "latency", "tokens", "cost", "note"]

@@ -62,7 +62,7 @@ class Budget:
             for a in attempts:
                 if a.cost_usd is not None:
                     self.spent += a.cost_usd
-                elif a.usage is not None or a.action is Action.SERVED:
+                elif a.usage is not None or a.action is Action.SERVED or not a.cost_known:
                     self.unknown_calls += 1
 
     def check(self, estimate: Decimal | None) -> str | None:

@@ -31,7 +31,7 @@ from ..policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
 from ..requests import CallRequest, build_request
 from ..decide.scoring import record_exclusions
 from ..state.store import StateStore
-from ..decide.tokens import estimate_prompt
+from ..decide.tokens import estimate_prompt, estimate_text
 from ..decide.strategies import COUNTED, RequestInfo, relay_pointer
 from ..structured import checked_output
 from ..types import (
@@ -247,7 +247,9 @@ class Loop:
 
         fallback_on = combo.fallback_on if combo.fallback_on is not None else DEFAULT_FALLBACK_ON
         max_attempts = combo.max_attempts or policy.max_attempts
-        timeout_s = req.timeout_s or combo.timeout_s or policy.attempt_timeout_s
+        # `is None`, not `or`: a call's own value wins even when it is small (0 is refused when the call is built)
+        timeout_s = req.timeout_s if req.timeout_s is not None else (
+            combo.timeout_s if combo.timeout_s is not None else policy.attempt_timeout_s)
         queue: list[Candidate] = list(ordered)
         group = self._openrouter_group(combo, ordered)
         used: dict[tuple[str, ErrorKind], int] = {}
@@ -508,8 +510,8 @@ class Loop:
                             other.cancel()
                         if pending:
                             await asyncio.wait(pending)
-                            result.attempts = list(call.attempts)  # with the cancelled attempt's row
-                        return result
+                        # with the cancelled attempt's row (and its charge), whenever it was added
+                        return self._recount(result, call)
                     failures.append(result)
                     if hedge.winner == tasks[task].key:
                         return result  # the attempt that showed text failed: the loop returns the partial
@@ -657,9 +659,17 @@ class Loop:
             lost = lane is not None and lane.lost_to is not None
             message = (f"hedge: cancelled, {lane.lost_to} answered first" if lane is not None and lane.lost_to
                        else "cancelled by the user" + (f" after {len(''.join(pieces))} characters" if pieces else ""))
+            # cancelled after text: charged an estimate of it; after the first byte only: the provider had
+            # started, so it is charged at an unknown cost; before any byte: nothing was billed
+            shown = "".join(pieces) if pieces else ""
+            usage = self._estimated_usage(req, shown) if shown else None
+            cost = self.decider.prices.cost(provider, c.model, usage, None) if usage is not None else None
             a = Attempt(candidate=c.key, path=c.path_text, action=Action.ADVANCE if lost else Action.STOP, started_at=now,
                         kind=ErrorKind.CANCELLED, message=message, latency_s=time.perf_counter() - t0,
-                        ttft_s=first[0] if first else None)
+                        ttft_s=first[0] if first else None, usage=usage, cost_usd=cost,
+                        cost_known=cost is not None or not (shown or first), usage_estimated=usage is not None)
+            if usage is not None:
+                state.record_usage(c.account_key, self.clock.time(), usage.total_tokens)
             if was_half_open:
                 state.end_probe(c.key)
             call.add(a)
@@ -806,6 +816,9 @@ class Loop:
         elif was_half_open:
             state.end_probe(c.key)
         usage = failure.usage
+        estimated = usage is None and bool(failure.partial_text)
+        if estimated:  # text was sent, so it was billed: never a silent 0 (routing.md: partial attempts are charged)
+            usage = self._estimated_usage(call.req, failure.partial_text)
         cost = self.decider.prices.cost(provider, c.model, usage, None) if usage is not None else None
         state.record_outcome(c.key, now, ok=False, latency_s=latency, ttft_s=ttft, streamed=call.req.stream,
                              cost=float(cost) if cost is not None else None, error=kind,
@@ -814,35 +827,51 @@ class Loop:
             state.record_usage(c.account_key, now, usage.total_tokens)
         a = Attempt(candidate=c.key, path=c.path_text, action=action, started_at=started, kind=kind, status=failure.status,
                     message=message, latency_s=latency, ttft_s=ttft, hold=hold, hold_until=hold_until, usage=usage,
-                    cost_usd=cost, cost_known=cost is not None or usage is None, request_id=failure.request_id)
+                    cost_usd=cost, cost_known=cost is not None or usage is None, request_id=failure.request_id,
+                    usage_estimated=estimated)
         call.add(a)
         return a
 
+    def _estimated_usage(self, req: CallRequest, shown: str) -> Usage:
+        """What an attempt cut after `shown` was billed, estimated: the prompt, and the text it had sent."""
+        info = self.decider.request_info(req)
+        return Usage(input_tokens=info.prompt_tokens, output_tokens=estimate_text(shown))
+
     def _result(self, call: _Call, combo: Combo, c: Candidate, *, completion: Completion | None, partial_text: str | None,
                 error: str | None) -> RouteResult:
+        served = next((a for a in reversed(call.attempts) if a.action is Action.SERVED), None)
+        text = completion.text if completion is not None else (partial_text or "")
+        result = RouteResult(
+            text=text, served_by=c.key, model=(completion.model if completion and completion.model else c.model),
+            combo=combo.name, attempts=[], usage=Usage(), cost_usd=None, latency_s=time.perf_counter() - call.started,
+            ttft_s=served.ttft_s if served else None, partial=completion is None, error=error,
+            finish_reason=completion.finish_reason if completion else None,
+        )
+        return self._recount(result, call)
+
+    @staticmethod
+    def _recount(result: RouteResult, call: _Call) -> RouteResult:
+        """Give a result the call's attempts so far and their totals: usage, cost, what is unknown or estimated."""
         usage = Usage()
         cost = Decimal(0)
         known = unknown = 0
         for a in call.attempts:
             if a.usage is not None:
                 usage = usage + a.usage
-            charged = a.usage is not None or a.action is Action.SERVED  # a served answer was billed
+            charged = a.usage is not None or a.action is Action.SERVED or not a.cost_known  # a served answer was billed
             if a.cost_usd is not None:
                 known += 1
                 cost += a.cost_usd
             elif charged:
                 unknown += 1
         served = next((a for a in reversed(call.attempts) if a.action is Action.SERVED), None)
-        text = completion.text if completion is not None else (partial_text or "")
-        return RouteResult(
-            text=text, served_by=c.key, model=(completion.model if completion and completion.model else c.model),
-            combo=combo.name, attempts=list(call.attempts), usage=usage,
-            cost_usd=(cost if known or not unknown else None), latency_s=time.perf_counter() - call.started,
-            ttft_s=served.ttft_s if served else None, partial=completion is None, error=error,
-            finish_reason=completion.finish_reason if completion else None,
-            cost_unknown_attempts=unknown if known else 0,
-            usage_known=served is None or served.usage is not None,
-        )
+        result.attempts = list(call.attempts)
+        result.usage = usage
+        result.cost_usd = cost if known or not unknown else None
+        result.cost_unknown_attempts = unknown if known else 0
+        result.usage_known = (served is None or served.usage is not None) and not any(a.usage_estimated for a in call.attempts)
+        result.cost_estimated = any(a.usage_estimated and a.cost_usd is not None for a in call.attempts)
+        return result
 
     def _log(self, call: _Call, combo: str, response: str | None) -> None:
         """The call ended (whichever way): log its attempts and count its cost against the session budget."""
