@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from .._core import ErrorKind, Usage
+from .._core.clock import Clock
 from .._core.secrets import excerpt
 from .base import (
     UNSUPPORTED_TEXT,
@@ -85,9 +86,9 @@ def parse_rfc3339(value: str | None) -> float | None:
         return None
 
 
-def _next_month_utc(now: float | None = None) -> float:
-    """00:00 UTC on the 1st of next month: when a monthly spend cap is lifted (providers.md §2)."""
-    t = time.gmtime(time.time() if now is None else now)
+def next_month_utc(now: float) -> float:
+    """00:00 UTC on the 1st of the month after `now`: when a monthly spend cap is lifted (providers.md §2)."""
+    t = time.gmtime(now)
     year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
     return float(calendar.timegm((year, month, 1, 0, 0, 0)))
 
@@ -178,10 +179,10 @@ class AnthropicProtocol(WireProtocol):
         url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
         return url, headers, body
 
-    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
+    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, *, now: float) -> Completion:
         body = obj(body, "the response")
         if body.get("type") == "error" or "error" in body:
-            raise self.failure(endpoint, status, headers, body, in_stream=True)
+            raise self.failure(endpoint, status, headers, body, now=now, in_stream=True)
         text = "".join(
             string(block.get("text"), "content[].text") or ""
             for block in arr(body.get("content"), "content")
@@ -198,15 +199,16 @@ class AnthropicProtocol(WireProtocol):
             served_model=None if endpoint.local else model,
         )
 
-    def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
-        return _AnthropicStream(self, endpoint)
+    def decoder(self, endpoint: Endpoint, request: ChatRequest, *, clock: Clock) -> StreamDecoder:
+        return _AnthropicStream(self, endpoint, clock)
 
     def classify(
-        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str, *, now: float
     ) -> ProviderFailure:
-        return self.failure(endpoint, status, headers, body, raw=text)
+        return self.failure(endpoint, status, headers, body, now=now, raw=text)
 
-    def rate_limits(self, headers: Mapping[str, str]) -> RateLimits | None:
+    def rate_limits(self, headers: Mapping[str, str], *, now: float) -> RateLimits | None:
+        # Anthropic's resets are absolute times (RFC 3339): `now` is not needed to date them
         prefix = "anthropic-ratelimit-"
         if not any(name.lower().startswith(prefix) for name in headers):
             return None
@@ -240,19 +242,21 @@ class AnthropicProtocol(WireProtocol):
         headers: Mapping[str, str],
         body: Any,
         *,
+        now: float,
         in_stream: bool = False,
         raw: str = "",
     ) -> ProviderFailure:
-        """A ProviderFailure for an error body (an HTTP error, or an `error` event after a 200)."""
+        """A ProviderFailure for an error body (an HTTP error, or an `error` event after a 200); `now` is
+        the clock's time it came at."""
         etype, message, details, body_request_id = error_parts(body)
         if not message:
             message = excerpt(raw, 300) if raw else f"HTTP {status}"
-        wait = retry_after(headers)
+        wait = retry_after(headers, now)
         kind = self.kind_for(status, etype, message, details, in_stream=in_stream)
         reset_at = None
         if kind is ErrorKind.QUOTA_EXCEEDED:
             if details.get("error_code") == "enforced_spend_limit_reached":
-                reset_at = _next_month_utc()
+                reset_at = next_month_utc(now)
             elif _SPEND_LIMIT_TEXT.search(message):
                 reset_at = _resume_time(message)
         label = f"{status} {etype}" if etype else f"{status}"
@@ -263,7 +267,7 @@ class AnthropicProtocol(WireProtocol):
             retry_after_s=wait if kind in (ErrorKind.RATE_LIMIT, ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR) else None,
             reset_at=reset_at,
             request_id=self.request_id(headers) or body_request_id,
-            rate_limits=self.rate_limits(headers),
+            rate_limits=self.rate_limits(headers, now=now),
         )
 
     @staticmethod
@@ -358,9 +362,10 @@ def _output_format(response_format: dict[str, Any]) -> dict[str, Any]:
 class _AnthropicStream(StreamDecoder):
     """Reads `message_start` .. `message_stop`; `ping` and non-text deltas are skipped."""
 
-    def __init__(self, protocol: AnthropicProtocol, endpoint: Endpoint) -> None:
+    def __init__(self, protocol: AnthropicProtocol, endpoint: Endpoint, clock: Clock) -> None:
         self.protocol = protocol
         self.endpoint = endpoint
+        self.clock = clock
         self.done = False
         self.model: str | None = None
         self.message_id: str | None = None
@@ -385,7 +390,7 @@ class _AnthropicStream(StreamDecoder):
             return None
         kind = data.get("type") if name in ("", "raw") else name
         if kind == "error":
-            raise self.protocol.failure(self.endpoint, 200, {}, data, in_stream=True)
+            raise self.protocol.failure(self.endpoint, 200, {}, data, now=self.clock.time(), in_stream=True)
         if kind == "message_start":
             message = obj(data.get("message"), "message_start.message")
             self.model = string(message.get("model"), "message_start.message.model") or self.model

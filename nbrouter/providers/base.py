@@ -3,6 +3,9 @@
 A protocol module knows how to build a request, parse a response or a stream, read rate-limit headers
 and classify a failure into an :class:`~nbrouter._core.ErrorKind`. It never decides what to do
 about a failure: that is the router's policy.
+
+A protocol never reads the system clock: whatever it dates (a reset in N seconds, a Retry-After date, the
+next daily reset) is counted from the `now` it is given, the router's Clock read by the Sender.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from decimal import Decimal
 from typing import Any, Mapping
 
 from .._core import ErrorKind, ProviderFailure, RateLimits, Usage  # noqa: F401 - re-exported for the protocol modules
+from .._core.clock import Clock
 from .._core.secrets import excerpt
 
 #: the longest request id kept from a response (a proxy can echo anything into `x-request-id`)
@@ -130,21 +134,23 @@ class WireProtocol(abc.ABC):
         """URL, headers and JSON body for this request."""
 
     @abc.abstractmethod
-    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
-        """Parse a 2xx JSON body. Raise ProviderFailure when the body says it failed."""
+    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, *, now: float) -> Completion:
+        """Parse a 2xx JSON body (`now`: the clock's time when it came). Raise ProviderFailure when the body
+        says it failed."""
 
     @abc.abstractmethod
-    def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
-        """A fresh decoder for one streamed response."""
+    def decoder(self, endpoint: Endpoint, request: ChatRequest, *, clock: Clock) -> StreamDecoder:
+        """A fresh decoder for one streamed response; an error event is dated on `clock`."""
 
     @abc.abstractmethod
     def classify(
-        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str, *, now: float
     ) -> ProviderFailure:
-        """Classify a non-2xx response (`body` is the parsed JSON or None, `text` the raw body)."""
+        """Classify a non-2xx response (`body` is the parsed JSON or None, `text` the raw body, `now` the
+        clock's time when it came)."""
 
-    def rate_limits(self, headers: Mapping[str, str]) -> RateLimits | None:
-        """Quota headroom from response headers; None when the provider sent none."""
+    def rate_limits(self, headers: Mapping[str, str], *, now: float) -> RateLimits | None:
+        """Quota headroom from response headers (resets counted from `now`); None when the provider sent none."""
         return None
 
     def request_id(self, headers: Mapping[str, str]) -> str | None:

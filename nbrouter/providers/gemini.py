@@ -14,6 +14,7 @@ import re
 from typing import Any, Mapping
 
 from .._core import ErrorKind, Usage
+from .._core.clock import Clock
 from .._core.secrets import excerpt
 from .base import (
     UNSUPPORTED_TEXT,
@@ -113,14 +114,16 @@ def _detail(details: list[dict[str, Any]], type_suffix: str) -> list[dict[str, A
     return [d for d in details if loose_text(d.get("@type")).endswith(type_suffix)]
 
 
-def _next_pacific_midnight(now: _dt.datetime | None = None) -> float | None:
+def next_pacific_midnight(now: float) -> float | None:
+    """The first midnight in QUOTA_RESET_ZONE after `now` (epoch seconds): when a Gemini daily quota resets;
+    None when this machine has no time-zone database."""
     try:
         from zoneinfo import ZoneInfo
 
         zone = ZoneInfo(QUOTA_RESET_ZONE)
     except Exception:  # no tz database on this machine: the router falls back to its default
         return None
-    local = (now or _dt.datetime.now(_dt.timezone.utc)).astimezone(zone)
+    local = _dt.datetime.fromtimestamp(now, zone)
     tomorrow = (local + _dt.timedelta(days=1)).date()
     return _dt.datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=zone).timestamp()
 
@@ -171,12 +174,12 @@ class GeminiProtocol(WireProtocol):
         method = ":streamGenerateContent?alt=sse" if request.stream else ":generateContent"
         return f"{endpoint.base_url.rstrip('/')}/models/{model}{method}", headers, body
 
-    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
+    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, *, now: float) -> Completion:
         if isinstance(body, list) and len(body) == 1:
             body = body[0]
         body = obj(body, "the response")
         if "error" in body:
-            raise self.failure(status, headers, body)
+            raise self.failure(status, headers, body, now=now)
         usage = usage_from(body.get("usageMetadata"))
         model = _strip_models(string(body.get("modelVersion"), "modelVersion"))
         candidates = arr(body.get("candidates"), "candidates")
@@ -197,22 +200,23 @@ class GeminiProtocol(WireProtocol):
             served_model=None if endpoint.local else model,
         )
 
-    def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
-        return _GeminiStream(self, endpoint)
+    def decoder(self, endpoint: Endpoint, request: ChatRequest, *, clock: Clock) -> StreamDecoder:
+        return _GeminiStream(self, endpoint, clock)
 
     def classify(
-        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str, *, now: float
     ) -> ProviderFailure:
-        return self.failure(status, headers, body, raw=text)
+        return self.failure(status, headers, body, now=now, raw=text)
 
-    def rate_limits(self, headers: Mapping[str, str]) -> RateLimits | None:
+    def rate_limits(self, headers: Mapping[str, str], *, now: float) -> RateLimits | None:
         # The Generative Language API sends no rate-limit headers; headroom comes from 429 bodies.
         return None
 
     # -- classification --------------------------------------------------------------------
 
-    def failure(self, status: int, headers: Mapping[str, str], body: Any, *, raw: str = "") -> ProviderFailure:
-        """A ProviderFailure for a Google error body (an HTTP error, or an error object in a 200 stream)."""
+    def failure(self, status: int, headers: Mapping[str, str], body: Any, *, now: float, raw: str = "") -> ProviderFailure:
+        """A ProviderFailure for a Google error body (an HTTP error, or an error object in a 200 stream);
+        `now` is the clock's time it came at."""
         code, gstatus, message, details = error_parts(body)
         if not message:
             message = excerpt(raw, 300) if raw else f"HTTP {status}"
@@ -223,12 +227,12 @@ class GeminiProtocol(WireProtocol):
         if kind is ErrorKind.RATE_LIMIT:
             wait = _retry_delay(details, message)
             if wait is None:
-                wait = retry_after(headers)
+                wait = retry_after(headers, now)
         elif kind is ErrorKind.QUOTA_EXCEEDED:
             # a daily quota: retryDelay may be present, but retrying before the reset is pointless
-            reset_at = _next_pacific_midnight()
+            reset_at = next_pacific_midnight(now)
         elif kind in (ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR):
-            wait = retry_after(headers)
+            wait = retry_after(headers, now)
         label = " ".join(str(p) for p in (status, gstatus) if p)
         return ProviderFailure(
             kind,
@@ -419,9 +423,10 @@ class _GeminiStream(StreamDecoder):
     """Reads `data:` chunks until the connection closes (there is no terminator, so `done` stays
     False); the answer is complete only if a chunk carried a `finishReason`."""
 
-    def __init__(self, protocol: GeminiProtocol, endpoint: Endpoint) -> None:
+    def __init__(self, protocol: GeminiProtocol, endpoint: Endpoint, clock: Clock) -> None:
         self.protocol = protocol
         self.endpoint = endpoint
+        self.clock = clock
         self.done = False
         self.finish_reason: str | None = None
         self.model: str | None = None
@@ -447,7 +452,7 @@ class _GeminiStream(StreamDecoder):
         if not isinstance(value, dict):
             return None
         if "error" in value:
-            raise self.protocol.failure(200, {}, value)
+            raise self.protocol.failure(200, {}, value, now=self.clock.time())
         self.model = _strip_models(string(value.get("modelVersion"), "a stream chunk's modelVersion")) or self.model
         self.response_id = clean_id(value.get("responseId")) or self.response_id
         if value.get("usageMetadata"):
