@@ -200,7 +200,7 @@ class Sender:
             except Exception:  # a transport that fails to close must not keep the others open
                 pass
 
-    def _request(self, url: str, headers: dict[str, str], body: Any, timeout_s: float, stream: bool) -> httpx.Request:
+    def _request(self, url: str, headers: dict[str, str], body: dict[str, Any], timeout_s: float, stream: bool) -> httpx.Request:
         base = _STREAM_HEADERS if stream else _BASE_HEADERS
         if any(name.lower() in base for name in headers):
             named = {name.lower() for name in headers}
@@ -655,7 +655,7 @@ def _parse_json(raw: bytes) -> tuple[Any, str]:
 _URLS: dict[str, httpx.URL] = {}
 _URLS_MAX = 1024
 #: httpx's per-request timeout extension by its value
-_TIMEOUTS: dict[float, dict[str, float]] = {}
+_TIMEOUTS: dict[float, dict[str, float | None]] = {}
 
 
 def _parsed_url(url: str) -> httpx.URL:
@@ -667,7 +667,7 @@ def _parsed_url(url: str) -> httpx.URL:
     return parsed
 
 
-def _timeouts(timeout_s: float) -> dict[str, float]:
+def _timeouts(timeout_s: float) -> dict[str, float | None]:
     value = _TIMEOUTS.get(timeout_s)
     if value is None:
         if len(_TIMEOUTS) >= _URLS_MAX:

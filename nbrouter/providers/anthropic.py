@@ -128,7 +128,8 @@ def error_parts(body: Any) -> tuple[str, str, dict[str, Any], str | None]:
         return "", excerpt(err, MAX_MESSAGE_CHARS), {}, request_id
     if not isinstance(err, dict):
         return "", "", {}, request_id
-    details = dict(err.get("details")) if isinstance(err.get("details"), dict) else {}
+    raw_details = err.get("details")
+    details = dict(raw_details) if isinstance(raw_details, dict) else {}
     # `error_code` has been seen both in `details` and beside `type`: one place to read it
     if "error_code" not in details and isinstance(err.get("error_code"), str):
         details["error_code"] = err["error_code"]

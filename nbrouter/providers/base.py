@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
 
-from .._core import ErrorKind, ProviderFailure, RateLimits, Usage  # noqa: F401 - re-exported for the protocol modules
+# re-exported for the protocol modules (the `X as X` form says so to a type checker)
+from .._core import ErrorKind as ErrorKind
+from .._core import ProviderFailure as ProviderFailure
+from .._core import RateLimits as RateLimits
+from .._core import Usage as Usage
 from .._core.clock import Clock
 from .._core.secrets import excerpt
 
@@ -210,7 +214,7 @@ def count(value: Any, where: str) -> int:
         return value
     if value is None:
         return 0
-    number: Any = None
+    number: int | None = None
     if isinstance(value, bool):
         number = None
     elif isinstance(value, int):

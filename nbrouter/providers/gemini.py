@@ -110,6 +110,11 @@ def error_parts(body: Any) -> tuple[int | None, str, str, list[dict[str, Any]]]:
     return code_int, excerpt(loose_text(err.get("status")), 100), excerpt(loose_text(err.get("message")), MAX_MESSAGE_CHARS), details
 
 
+def _list(value: Any) -> list[Any]:
+    """`value` if it is a JSON array, else an empty one (an error body's odd field is dropped)."""
+    return value if isinstance(value, list) else []
+
+
 def _detail(details: list[dict[str, Any]], type_suffix: str) -> list[dict[str, Any]]:
     return [d for d in details if loose_text(d.get("@type")).endswith(type_suffix)]
 
@@ -251,7 +256,7 @@ class GeminiProtocol(WireProtocol):
             quota_ids = [
                 loose_text(v.get("quotaId")) + " " + loose_text(v.get("quotaMetric"))
                 for d in _detail(details, "QuotaFailure")
-                for v in (d.get("violations") if isinstance(d.get("violations"), list) else ())
+                for v in _list(d.get("violations"))
                 if isinstance(v, dict)
             ]
             if any(_PER_DAY_TEXT.search(q) for q in quota_ids) or "limit: 0" in low:
