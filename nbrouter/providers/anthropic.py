@@ -31,9 +31,11 @@ from .base import (
     count,
     json_value,
     loose_text,
+    names_model,
     obj,
     reasoning_budget,
     string,
+    wrong_url_message,
 )
 from .openai import MAX_MESSAGE_CHARS, header_int, retry_after
 
@@ -261,9 +263,10 @@ class AnthropicProtocol(WireProtocol):
             elif _SPEND_LIMIT_TEXT.search(message):
                 reset_at = _resume_time(message)
         label = f"{status} {etype}" if etype else f"{status}"
+        text = wrong_url_message(endpoint, status, excerpt(message, 200)) if kind is ErrorKind.ENDPOINT_NOT_FOUND else f"{label}: {message}"
         return ProviderFailure(
             kind,
-            excerpt(f"{label}: {message}", 500),
+            excerpt(text, 500),
             status=status,
             retry_after_s=wait if kind in (ErrorKind.RATE_LIMIT, ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR) else None,
             reset_at=reset_at,
@@ -293,10 +296,12 @@ class AnthropicProtocol(WireProtocol):
                 return ErrorKind.CONTEXT_OVERFLOW
         if etype == "invalid_request_error" and UNSUPPORTED_TEXT.search(message):
             return ErrorKind.UNSUPPORTED
-        kind = _TYPE_KINDS.get(etype)
-        if kind is not None:
-            return kind
-        return _status_kind(status, in_stream=in_stream)
+        kind = _TYPE_KINDS.get(etype) or _status_kind(status, in_stream=in_stream)
+        if kind is ErrorKind.MODEL_NOT_FOUND or status == 404:
+            # a model that is not there is named ("model: claude-x"); a bare "Not Found", or any 404 naming no
+            # model (a proxy's own error shape), is the URL's fault
+            return ErrorKind.MODEL_NOT_FOUND if names_model(message) else ErrorKind.ENDPOINT_NOT_FOUND
+        return kind
 
 
 def _status_kind(status: int, *, in_stream: bool) -> ErrorKind:

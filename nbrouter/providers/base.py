@@ -14,6 +14,7 @@ import abc
 import json
 import math
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
@@ -254,6 +255,33 @@ def clean_id(value: Any) -> str | None:
         return None
     value = excerpt(value, MAX_REQUEST_ID_CHARS)
     return value if value.isprintable() else "".join(c if c.isprintable() else "?" for c in value)
+
+
+#: a 404 whose message names a model (or a model id, as Google's `models/x` does): that model is missing
+_MODEL_TEXT = re.compile(r"\bmodels?\b", re.I)
+
+
+def names_model(message: str) -> bool:
+    """Whether a 404's message speaks of a model; one that does not is taken for a wrong URL."""
+    return _MODEL_TEXT.search(message) is not None
+
+
+def shown_url(url: str) -> str:
+    """A URL as a message may name it: no user or password, no query (where a key can ride), scrubbed."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(an unreadable URL)"
+    netloc = parts.netloc.rpartition("@")[2]
+    return excerpt(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")), 300)
+
+
+def wrong_url_message(endpoint: Endpoint, status: int, said: str) -> str:
+    """The message of an `endpoint_not_found` failure: the base_url, named, looks wrong (`said`: what the
+    server answered, already scrubbed)."""
+    return excerpt(
+        f"the base_url {shown_url(endpoint.base_url)} of {endpoint.provider!r} looks wrong: a {status} naming no model ({said})", 500
+    )
 
 
 #: a 4xx whose message says the model refuses a feature the request uses (streaming, a JSON schema, a

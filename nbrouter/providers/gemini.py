@@ -32,9 +32,11 @@ from .base import (
     json_value,
     loose_text,
     malformed,
+    names_model,
     obj,
     reasoning_budget,
     string,
+    wrong_url_message,
 )
 from .openai import MAX_MESSAGE_CHARS, parse_duration, retry_after
 
@@ -52,11 +54,15 @@ SAFETY_FINISH_REASONS = frozenset(
     }
 )
 #: more finish reasons that mean a policy layer stopped the answer (Vertex AI's Model Armor, escalation
-#: to review): content_filter like the safety ones
-POLICY_FINISH_REASONS = frozenset({"ESCALATION", "MODEL_ARMOR"})
+#: to review, an answer flagged for a language the model may not use): content_filter like the safety
+#: ones, a refusal and not an empty answer
+POLICY_FINISH_REASONS = frozenset({"ESCALATION", "MODEL_ARMOR", "LANGUAGE"})
+#: finish reasons that say the account itself is limited or disabled (for Prohibited Use Policy
+#: violations): account_locked, so the account is held and another provider is tried
+ACCOUNT_FINISH_REASONS = frozenset({"PUP_LIMITED_DISABLED"})
 #: finish reasons that end an answer normally: with no text they are an empty answer only if nothing came
 NORMAL_FINISH_REASONS = frozenset({"STOP", "MAX_TOKENS"})
-# Any other finish reason with no text (LANGUAGE, MALFORMED_FUNCTION_CALL, MALFORMED_RESPONSE, OTHER,
+# Any other finish reason with no text (MALFORMED_FUNCTION_CALL, MALFORMED_RESPONSE, OTHER,
 # UNEXPECTED_TOOL_CALL, NO_IMAGE, FINISH_REASON_UNSPECIFIED...) means the model produced nothing usable
 # but another model may: empty_response.
 #: the most characters of bare (non-SSE) JSON lines gathered while waiting for their brackets to close
@@ -184,7 +190,7 @@ class GeminiProtocol(WireProtocol):
             body = body[0]
         body = obj(body, "the response")
         if "error" in body:
-            raise self.failure(status, headers, body, now=now)
+            raise self.failure(endpoint, status, headers, body, now=now)
         usage = usage_from(body.get("usageMetadata"))
         model = _strip_models(string(body.get("modelVersion"), "modelVersion"))
         candidates = arr(body.get("candidates"), "candidates")
@@ -211,7 +217,7 @@ class GeminiProtocol(WireProtocol):
     def classify(
         self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str, *, now: float
     ) -> ProviderFailure:
-        return self.failure(status, headers, body, now=now, raw=text)
+        return self.failure(endpoint, status, headers, body, now=now, raw=text)
 
     def rate_limits(self, headers: Mapping[str, str], *, now: float) -> RateLimits | None:
         # The Generative Language API sends no rate-limit headers; headroom comes from 429 bodies.
@@ -219,7 +225,9 @@ class GeminiProtocol(WireProtocol):
 
     # -- classification --------------------------------------------------------------------
 
-    def failure(self, status: int, headers: Mapping[str, str], body: Any, *, now: float, raw: str = "") -> ProviderFailure:
+    def failure(
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, *, now: float, raw: str = ""
+    ) -> ProviderFailure:
         """A ProviderFailure for a Google error body (an HTTP error, or an error object in a 200 stream);
         `now` is the clock's time it came at."""
         code, gstatus, message, details = error_parts(body)
@@ -239,9 +247,10 @@ class GeminiProtocol(WireProtocol):
         elif kind in (ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR):
             wait = retry_after(headers, now)
         label = " ".join(str(p) for p in (status, gstatus) if p)
+        text = wrong_url_message(endpoint, status, excerpt(message, 200)) if kind is ErrorKind.ENDPOINT_NOT_FOUND else f"{label}: {message}"
         return ProviderFailure(
             kind,
-            excerpt(f"{label}: {message}", 500),
+            excerpt(text, 500),
             status=status,
             retry_after_s=wait,
             reset_at=reset_at,
@@ -273,7 +282,11 @@ class GeminiProtocol(WireProtocol):
         if status == 403 or gstatus in ("PERMISSION_DENIED", "FAILED_PRECONDITION"):
             return ErrorKind.ACCOUNT_LOCKED
         if status == 404 or gstatus == "NOT_FOUND":
-            return ErrorKind.MODEL_NOT_FOUND
+            # Google's own 404 names the model ("models/x is not found for API version v1beta"); a 404 that is
+            # no Google error (the front end's HTML page, which quotes the path, /models/ and all) is the URL's
+            if gstatus == "NOT_FOUND" and names_model(message):
+                return ErrorKind.MODEL_NOT_FOUND
+            return ErrorKind.ENDPOINT_NOT_FOUND
         if _CONTEXT_TEXT.search(message):
             return ErrorKind.CONTEXT_OVERFLOW
         if gstatus == "DEADLINE_EXCEEDED" or status in (408, 504):
@@ -324,6 +337,11 @@ def _check_finish(
     if finish in SAFETY_FINISH_REASONS or finish in POLICY_FINISH_REASONS:
         raise ProviderFailure(
             ErrorKind.CONTENT_FILTER, f"the answer was stopped by a filter: finishReason {finish}",
+            status=status, usage=usage, model=model, partial_text=text,
+        )
+    if finish in ACCOUNT_FINISH_REASONS:
+        raise ProviderFailure(
+            ErrorKind.ACCOUNT_LOCKED, f"the account is limited or disabled for Prohibited Use Policy violations: finishReason {finish}",
             status=status, usage=usage, model=model, partial_text=text,
         )
     if finish and finish not in NORMAL_FINISH_REASONS and not has_text:
@@ -457,7 +475,7 @@ class _GeminiStream(StreamDecoder):
         if not isinstance(value, dict):
             return None
         if "error" in value:
-            raise self.protocol.failure(200, {}, value, now=self.clock.time())
+            raise self.protocol.failure(self.endpoint, 200, {}, value, now=self.clock.time())
         self.model = _strip_models(string(value.get("modelVersion"), "a stream chunk's modelVersion")) or self.model
         self.response_id = clean_id(value.get("responseId")) or self.response_id
         if value.get("usageMetadata"):

@@ -27,9 +27,11 @@ from .base import (
     count,
     json_value,
     loose_text,
+    names_model,
     obj,
     reasoning_effort,
     string,
+    wrong_url_message,
 )
 
 QUOTA_CODES = frozenset(
@@ -52,6 +54,8 @@ _CONTEXT_TEXT = re.compile(
 _PER_DAY_TEXT = re.compile(r"\b(?:requests|tokens) per day\b|\((?:RPD|TPD)\)", re.I)
 #: LiteLLM's proxy naming a model it does not serve
 _UNKNOWN_MODEL_TEXT = re.compile(r"invalid model name passed in model=", re.I)
+#: error codes of a 404 for a model that is not there (Azure names its models deployments)
+MODEL_NOT_FOUND_CODES = frozenset({"model_not_found", "DeploymentNotFound"})
 #: Azure OpenAI's inner error code when its content filter refused the prompt
 AZURE_FILTER_CODES = frozenset({"ResponsibleAIPolicyViolation"})
 #: the hour (UTC) a daily quota resets when the provider names no reset: OpenAI's days are UTC days
@@ -59,13 +63,23 @@ DAILY_RESET_HOUR_UTC = 0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 #: the longest provider error message classified and quoted (the rest is noise, and regexes stay cheap)
 MAX_MESSAGE_CHARS = 4000
-#: the longest wait a header or body is believed to ask for (a year); beyond it the value is garbage
+#: the longest wait a header or body is believed to name (a year): a reset duration beyond it is garbage,
+#: and a Retry-After beyond it (`inf`, `1e30`) is taken as this long (the router caps it further, by policy)
 MAX_WAIT_S = 366 * 86400.0
 
 
 def finite(value: float) -> float | None:
     """`value` when it is a real number of seconds we can wait (0 .. MAX_WAIT_S), else None."""
     return value if math.isfinite(value) and 0.0 <= value <= MAX_WAIT_S else None
+
+
+def capped_wait(value: float) -> float | None:
+    """A wait a server asked for, as it is honoured: NaN asks for nothing (None: the policy's default
+    applies), a negative wait is 0, and one past MAX_WAIT_S (`inf`, `1e30`) is MAX_WAIT_S: a server that
+    asks for forever gets the longest wait, not none."""
+    if math.isnan(value):
+        return None
+    return min(max(value, 0.0), MAX_WAIT_S)
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -90,7 +104,7 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            wait = finite(float(ms) / 1000.0)
+            wait = capped_wait(float(ms) / 1000.0)
             if wait is not None:
                 return wait
         except ValueError:
@@ -99,12 +113,12 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
     if not value:
         return None
     try:
-        return finite(max(0.0, float(value)))
+        return capped_wait(float(value))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-        return finite(max(0.0, when.timestamp() - now))
+        return capped_wait(when.timestamp() - now)
     except Exception:  # the email parser raises several kinds on garbage (TypeError, IndexError, OverflowError...)
         return None
 
@@ -271,9 +285,10 @@ class OpenAIProtocol(WireProtocol):
         if quota and reset_at is None and judged == 429 and _PER_DAY_TEXT.search(message):
             reset_at = _daily_reset(message, headers, now)
         label = " ".join(p for p in (str(status), etype, code if code != str(status) else "") if p)
+        text = wrong_url_message(endpoint, status, excerpt(message, 200)) if kind is ErrorKind.ENDPOINT_NOT_FOUND else f"{label}: {message}"
         return ProviderFailure(
             kind,
-            excerpt(f"{label}: {message}", 500),
+            excerpt(text, 500),
             status=status,
             retry_after_s=wait,
             reset_at=reset_at,
@@ -312,11 +327,14 @@ class OpenAIProtocol(WireProtocol):
             return ErrorKind.AUTH
         if status == 403 or etype == "permission_error":
             return ErrorKind.ACCOUNT_LOCKED
-        if code == "model_not_found" or "does not exist or you do not have access" in low or _UNKNOWN_MODEL_TEXT.search(message):
+        if code in MODEL_NOT_FOUND_CODES or "does not exist or you do not have access" in low or _UNKNOWN_MODEL_TEXT.search(message):
             return ErrorKind.MODEL_NOT_FOUND
         if status == 404:
-            # a 404 naming no model is most often a wrong base_url: this target cannot serve, the next may
-            return ErrorKind.MODEL_NOT_FOUND
+            # a 404 speaking of a model: that model is missing here. One naming none (nginx's page, FastAPI's
+            # {"detail":"Not Found"}, OpenAI's "Unknown request URL") is the base_url's fault, for every model
+            if names_model(message) and code != "unknown_url":
+                return ErrorKind.MODEL_NOT_FOUND
+            return ErrorKind.ENDPOINT_NOT_FOUND
         if code == "context_length_exceeded" or etype == "exceed_context_size_error" or _CONTEXT_TEXT.search(message):
             return ErrorKind.CONTEXT_OVERFLOW
         if code in ("invalid_prompt", "content_filter") or inner in AZURE_FILTER_CODES or "flagged as potentially violating" in low:
