@@ -67,13 +67,14 @@ async def _aiter(items: list[bytes]) -> AsyncIterator[bytes]:
 
 
 async def parse_nbrouter(items: list[bytes]) -> str:
+    from nbrouter._core.clock import SYSTEM_CLOCK
     from nbrouter.providers import ChatRequest, Endpoint, get_protocol
     from nbrouter.providers._http import iter_sse
 
     protocol = get_protocol("openai")
     endpoint = Endpoint(provider="bench", protocol="openai", base_url="http://127.0.0.1:9/v1", api_key="k",
                         preset=None, local=False, headers={})
-    decoder = protocol.decoder(endpoint, ChatRequest(model="bench-model", messages=MESSAGES, stream=True))
+    decoder = protocol.decoder(endpoint, ChatRequest(model="bench-model", messages=MESSAGES, stream=True), clock=SYSTEM_CLOCK)
     out = []
     async for event in iter_sse(_aiter(items)):
         text = decoder.feed(event)

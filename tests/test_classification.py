@@ -446,9 +446,13 @@ REAL_PAYLOADS = [
                  '"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}'),
         K.ACCOUNT_LOCKED),
     *[row(f"gemini: 200 finishReason {reason} with no text -> content_filter", "gemini", Raw(200, _gemini_no_text(reason)), K.CONTENT_FILTER)
-      for reason in ("PROHIBITED_CONTENT", "SPII", "BLOCKLIST", "ESCALATION", "MODEL_ARMOR")],
+      for reason in ("PROHIBITED_CONTENT", "SPII", "BLOCKLIST", "ESCALATION", "MODEL_ARMOR", "LANGUAGE")],
+    row("gemini: 200 finishReason PUP_LIMITED_DISABLED with no text -> account_locked", "gemini",
+        Raw(200, _gemini_no_text("PUP_LIMITED_DISABLED")), K.ACCOUNT_LOCKED),
+    row("gemini: stream whose last chunk is finishReason LANGUAGE with no text -> content_filter", "gemini",
+        Raw(200, sse=[(None, _gemini_no_text("LANGUAGE"))]), K.CONTENT_FILTER),
     *[row(f"gemini: 200 finishReason {reason} with no text -> empty_response", "gemini", Raw(200, _gemini_no_text(reason)), K.EMPTY_RESPONSE)
-      for reason in ("LANGUAGE", "MALFORMED_FUNCTION_CALL", "MALFORMED_RESPONSE", "OTHER")],
+      for reason in ("MALFORMED_FUNCTION_CALL", "MALFORMED_RESPONSE", "OTHER")],
     row("gemini: stream whose last chunk is finishReason OTHER with no text -> empty_response", "gemini",
         Raw(200, sse=[(None, _gemini_no_text("OTHER"))]), K.EMPTY_RESPONSE),
     row("litellm proxy: 400 ContextWindowExceededError -> context_overflow", "openai",
@@ -479,12 +483,23 @@ REAL_PAYLOADS = [
                  'established identity). Please use API Key or other form of API consumer identity to call this API.",\n    '
                  '"status": "PERMISSION_DENIED"\n  }\n}\n'),
         K.AUTH),
-    row("a 404 naming no model (wrong base_url, nginx) -> model_not_found", "openai",
+    row("a 404 naming no model (wrong base_url, nginx) -> endpoint_not_found", "openai",
         Raw(404, "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n"
                  "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n", content_type="text/html"),
-        K.MODEL_NOT_FOUND),
-    row("a 404 naming no model (wrong base_url, FastAPI) -> model_not_found", "openai",
-        Raw(404, '{"detail":"Not Found"}'), K.MODEL_NOT_FOUND),
+        K.ENDPOINT_NOT_FOUND),
+    row("a 404 naming no model (wrong base_url, FastAPI) -> endpoint_not_found", "openai",
+        Raw(404, '{"detail":"Not Found"}'), K.ENDPOINT_NOT_FOUND),
+    row("openai: 404 Invalid URL (a typo in the path) -> endpoint_not_found", "openai",
+        Raw(404, oa("Invalid URL (POST /v1/chat/completionz)", "invalid_request_error")), K.ENDPOINT_NOT_FOUND),
+    row("azure openai: 404 DeploymentNotFound -> model_not_found (a deployment is the model)", "openai",
+        Raw(404, oa("The API deployment for this resource does not exist. If you created the deployment within the last "
+                    "5 minutes, please wait a moment and try again.", None, "DeploymentNotFound")), K.MODEL_NOT_FOUND),
+    row("anthropic: 404 not_found_error Not Found (a wrong path) -> endpoint_not_found", "anthropic",
+        Raw(404, an("not_found_error", "Not Found")), K.ENDPOINT_NOT_FOUND),
+    row("gemini: 404 HTML page of the front end (a wrong path, quoting /models/) -> endpoint_not_found", "gemini",
+        Raw(404, "<!DOCTYPE html>\n<html lang=en><title>Error 404 (Not Found)!!1</title><p><b>404.</b> <ins>That's an "
+                 "error.</ins><p>The requested URL <code>/v1betx/models/gemini-2.5-flash:generateContent</code> was not found "
+                 "on this server.  <ins>That's all we know.</ins>", content_type="text/html"), K.ENDPOINT_NOT_FOUND),
     row("openai: 429 requests per day (RPD), no reset header -> quota_exceeded until the next UTC midnight", "openai",
         Raw(429, '{\n    "error": {\n        "message": "Rate limit reached for gpt-4o-mini in organization org-Xb1PqR7sT2uVw3Yz on '
                  'requests per day (RPD): Limit 10000, Used 10000, Requested 1. Please try again in 8.64s. Visit '

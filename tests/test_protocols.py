@@ -699,8 +699,14 @@ def test_an_absurd_rate_limit_header_is_ignored_not_a_crash(provider_simulator, 
     assert completion.rate_limits.reset_requests_at is None
 
 
-def test_an_absurd_retry_after_on_a_429_gives_no_wait(provider_simulator):
+def test_an_endless_retry_after_on_a_429_is_capped_and_a_nan_one_is_no_hint(provider_simulator):
+    from nbrouter.providers.openai import MAX_WAIT_S
+
+    # issue 26: a wait of forever (1e400 is inf) is the longest wait believed, not none; NaN is no number at all
     provider_simulator.script([Raw(429, {"error": {"message": "slow down"}}, headers={"retry-after": "1e400", "retry-after-ms": "nan"})], model="m")
+    failure = failed(call(endpoint(provider_simulator, "openai"), ask())[0], ErrorKind.RATE_LIMIT)
+    assert failure.retry_after_s == MAX_WAIT_S
+    provider_simulator.script([Raw(429, {"error": {"message": "slow down"}}, headers={"retry-after": "nan"})], model="m")
     failure = failed(call(endpoint(provider_simulator, "openai"), ask())[0], ErrorKind.RATE_LIMIT)
     assert failure.retry_after_s is None
 

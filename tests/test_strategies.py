@@ -582,7 +582,7 @@ def test_fallback_on_transient_is_combycodes_set_and_stops_on_auth(make_router: 
                           "combos": {"t": {"targets": ["a/ft-a", "b/ft-b"], "fallback_on": "transient"}}})
     assert router.config.combos["t"].fallback_on == {
         ErrorKind.RATE_LIMIT, ErrorKind.QUOTA_EXCEEDED, ErrorKind.SERVER_ERROR, ErrorKind.OVERLOADED, ErrorKind.TIMEOUT,
-        ErrorKind.NETWORK, ErrorKind.MODEL_NOT_FOUND, ErrorKind.UNSUPPORTED}
+        ErrorKind.NETWORK, ErrorKind.MODEL_NOT_FOUND, ErrorKind.ENDPOINT_NOT_FOUND, ErrorKind.UNSUPPORTED}
     sim.script([Unauthorized()], model="ft-a")
     with pytest.raises(StopError) as err:
         router.complete("t", "hi")

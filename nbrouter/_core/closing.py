@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import atexit
 import weakref
-from typing import Any
+from typing import TypeVar
+
+#: the kind of object a set holds (its maker names it: `_routers: WeakSet[Router] = close_at_exit()`)
+T = TypeVar("T")
 
 
-def close_at_exit(method: str = "close") -> "weakref.WeakSet[Any]":
+def close_at_exit(method: str = "close") -> "weakref.WeakSet[T]":
     """A new weak set of live objects; at exit, `method` of each one still in it is called, and an
     exception it raises is swallowed (the interpreter is going away; the others are closed still)."""
-    live: weakref.WeakSet[Any] = weakref.WeakSet()
+    live: weakref.WeakSet[T] = weakref.WeakSet()
 
     def close_all() -> None:
         for obj in list(live):

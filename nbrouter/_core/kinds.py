@@ -13,6 +13,8 @@ class ErrorKind(str, enum.Enum):
     AUTH = "auth"
     ACCOUNT_LOCKED = "account_locked"
     MODEL_NOT_FOUND = "model_not_found"
+    #: a 404 that names no model: the account's base_url looks wrong (every model there would answer so)
+    ENDPOINT_NOT_FOUND = "endpoint_not_found"
     SERVER_ERROR = "server_error"
     OVERLOADED = "overloaded"
     TIMEOUT = "timeout"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .base import ChatRequest, Completion, Endpoint, ProviderFailure, RateLimits, StreamDecoder, WireProtocol
 from .presets import PRESETS, PROTOCOLS, Preset
@@ -25,7 +25,7 @@ def get_protocol(name: str) -> WireProtocol:
     return proto
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> type[Sender]:
     # Sender imports httpx, which `import nbrouter` must not: it loads on first use
     if name == "Sender":
         from ._http import Sender

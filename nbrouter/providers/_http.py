@@ -25,6 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 import httpx
 
 from .._core import ErrorKind
+from .._core.clock import SYSTEM_CLOCK, Clock
 from .._core.secrets import excerpt, remember_secret
 from .base import ChatRequest, Completion, Endpoint, ProviderFailure, SSEEvent, WireProtocol, malformed
 
@@ -83,6 +84,8 @@ class Sender:
             default headers, auth and event hooks apply (at that client's cost per request).
         max_connections: the pool size of the default transport.
         trust_env: read proxies from the environment for the default transport.
+        clock: what a reply's times are read against (a Retry-After date, a rate-limit reset in N
+            seconds, the next daily reset): the router's own clock, so that they agree with its holds.
 
     Example:
         sender = Sender(transport=httpx.MockTransport(handler))
@@ -96,9 +99,11 @@ class Sender:
         http_client: httpx.AsyncClient | None = None,
         max_connections: int = MAX_CONNECTIONS,
         trust_env: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if transport is not None and http_client is not None:
             raise ValueError("give a transport or an http_client, not both")
+        self.clock = clock
         self._client = http_client
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._owned: list[httpx.AsyncBaseTransport] = []
@@ -164,8 +169,10 @@ class Sender:
             ex.status = response.status_code
             try:
                 if ex.status >= 300 or not request.stream:
-                    return await _read_body(ex, protocol, endpoint, response, on_first_byte)
-                return await _read_stream(ex, protocol, endpoint, request, response, idle_timeout_s, max_line_bytes, on_text, on_first_byte)
+                    return await _read_body(ex, protocol, endpoint, response, on_first_byte, self.clock)
+                return await _read_stream(
+                    ex, protocol, endpoint, request, response, idle_timeout_s, max_line_bytes, on_text, on_first_byte, self.clock
+                )
             finally:
                 try:
                     await response.aclose()
@@ -177,7 +184,7 @@ class Sender:
             failure = known
         except Exception as exc:  # noqa: BLE001 - the point: nothing but a ProviderFailure leaves an attempt
             failure = _unexpected(exc, ex)
-        _complete(failure, ex, protocol)
+        _complete(failure, ex, protocol, self.clock.time())
         # raised outside the handlers, so that no exception (a UnicodeError quoting a header, say) rides
         # along as its __context__
         raise failure
@@ -193,7 +200,7 @@ class Sender:
             except Exception:  # a transport that fails to close must not keep the others open
                 pass
 
-    def _request(self, url: str, headers: dict[str, str], body: Any, timeout_s: float, stream: bool) -> httpx.Request:
+    def _request(self, url: str, headers: dict[str, str], body: dict[str, Any], timeout_s: float, stream: bool) -> httpx.Request:
         base = _STREAM_HEADERS if stream else _BASE_HEADERS
         if any(name.lower() in base for name in headers):
             named = {name.lower() for name in headers}
@@ -251,6 +258,7 @@ async def send(
     protocol: WireProtocol,
     endpoint: Endpoint,
     request: ChatRequest,
+    clock: Clock = SYSTEM_CLOCK,
     **kwargs: Any,
 ) -> Completion:
     """`Sender.send` through `via`: a Sender, or an `httpx.AsyncClient` (sent with `client.send`).
@@ -260,9 +268,10 @@ async def send(
         protocol: the wire protocol.
         endpoint: where and as whom to send.
         request: the request.
+        clock: the clock of a Sender made for a client (a Sender given as `via` keeps its own).
         **kwargs: `timeout_s` and the other keyword arguments of `Sender.send`.
     """
-    sender = via if isinstance(via, Sender) else Sender(http_client=via)
+    sender = via if isinstance(via, Sender) else Sender(http_client=via, clock=clock)
     return await sender.send(protocol, endpoint, request, **kwargs)
 
 
@@ -340,7 +349,12 @@ def _call_first_byte(on_first_byte: Callable[[], None] | None) -> None:
 
 
 async def _read_body(
-    ex: _Exchange, protocol: WireProtocol, endpoint: Endpoint, response: httpx.Response, on_first_byte: Callable[[], None] | None
+    ex: _Exchange,
+    protocol: WireProtocol,
+    endpoint: Endpoint,
+    response: httpx.Response,
+    on_first_byte: Callable[[], None] | None,
+    clock: Clock,
 ) -> Completion:
     parts: list[bytes] = []
     size = 0
@@ -355,19 +369,20 @@ async def _read_body(
     status = ex.status or 0
     parsed, problem = _parse_json(raw)
     headers = ex.headers()
+    now = clock.time()
     if status >= 300:
         text = raw[:_TEXT_BYTES].decode("utf-8", "replace")
         try:
-            failure = protocol.classify(endpoint, status, headers, parsed, text)
+            failure = protocol.classify(endpoint, status, headers, parsed, text, now=now)
         except ProviderFailure as raised:
             failure = raised
         except Exception:  # a body the classifier cannot read: the status alone still says what happened
-            failure = protocol.classify(endpoint, status, headers, None, text)
+            failure = protocol.classify(endpoint, status, headers, None, text, now=now)
         raise failure
     if problem:
         raise malformed(f"{problem} in a {status} response: {excerpt(raw[:_TEXT_BYTES].decode('utf-8', 'replace'), EXCERPT_CHARS)!r}", status=status)
-    completion = protocol.parse(endpoint, status, headers, parsed)
-    _stamp(completion, protocol, ex)
+    completion = protocol.parse(endpoint, status, headers, parsed, now=now)
+    _stamp(completion, protocol, ex, now)
     return completion
 
 
@@ -381,11 +396,12 @@ async def _read_stream(
     max_line_bytes: int,
     on_text: TextSink,
     on_first_byte: Callable[[], None] | None,
+    clock: Clock,
 ) -> Completion:
     ex.streaming = True
     pieces: list[str] = []
     ex.pieces = pieces
-    decoder = protocol.decoder(endpoint, request)
+    decoder = protocol.decoder(endpoint, request, clock=clock)
     watch = _IdleWatch(idle_timeout_s) if idle_timeout_s else None
     first = True
     try:
@@ -421,13 +437,16 @@ async def _read_stream(
     ex.last_event = None
     completion = decoder.finish()
     completion.text = "".join(pieces)
-    _stamp(completion, protocol, ex)
+    _stamp(completion, protocol, ex, clock.time())
     return completion
 
 
 class _IdleWatch:
     """Cancels the reading task when no stream event came for `limit` seconds. Per event the reader only
-    notes the time; the timer re-arms itself from that note, so there is no timer call per event."""
+    notes the time; the timer re-arms itself from that note, so there is no timer call per event.
+
+    It runs on the event loop's timer, not the router's Clock: it bounds a wait for bytes from a socket (I/O,
+    like httpx's read timeout), which a test's ManualClock would never see pass."""
 
     def __init__(self, limit: float) -> None:
         self.loop = asyncio.get_running_loop()
@@ -576,7 +595,7 @@ def _transport_failure(exc: BaseException, ex: _Exchange) -> ProviderFailure:
     return ProviderFailure(ErrorKind.NETWORK, ("connection refused: " if refused else "network: ") + msg, refused=refused)
 
 
-def _complete(failure: ProviderFailure, ex: _Exchange, protocol: WireProtocol) -> None:
+def _complete(failure: ProviderFailure, ex: _Exchange, protocol: WireProtocol, now: float) -> None:
     """Fill in what the exchange knows and the failure does not: status, partial text, headers' data."""
     failure.__context__ = None
     failure.__cause__ = None
@@ -589,7 +608,7 @@ def _complete(failure: ProviderFailure, ex: _Exchange, protocol: WireProtocol) -
         return
     try:
         if failure.rate_limits is None:
-            failure.rate_limits = protocol.rate_limits(ex.headers())
+            failure.rate_limits = protocol.rate_limits(ex.headers(), now=now)
         if failure.request_id is None:
             failure.request_id = protocol.request_id(ex.headers())
     except Exception:  # headers too odd to read add nothing to a failure already classified
@@ -612,11 +631,11 @@ def _is_refused(exc: BaseException) -> bool:
     return False
 
 
-def _stamp(completion: Completion, protocol: WireProtocol, ex: _Exchange) -> None:
+def _stamp(completion: Completion, protocol: WireProtocol, ex: _Exchange, now: float) -> None:
     if completion.request_id is None:
         completion.request_id = protocol.request_id(ex.headers())
     if completion.rate_limits is None:
-        completion.rate_limits = protocol.rate_limits(ex.headers())
+        completion.rate_limits = protocol.rate_limits(ex.headers(), now=now)
 
 
 def _parse_json(raw: bytes) -> tuple[Any, str]:
@@ -636,7 +655,7 @@ def _parse_json(raw: bytes) -> tuple[Any, str]:
 _URLS: dict[str, httpx.URL] = {}
 _URLS_MAX = 1024
 #: httpx's per-request timeout extension by its value
-_TIMEOUTS: dict[float, dict[str, float]] = {}
+_TIMEOUTS: dict[float, dict[str, float | None]] = {}
 
 
 def _parsed_url(url: str) -> httpx.URL:
@@ -648,7 +667,7 @@ def _parsed_url(url: str) -> httpx.URL:
     return parsed
 
 
-def _timeouts(timeout_s: float) -> dict[str, float]:
+def _timeouts(timeout_s: float) -> dict[str, float | None]:
     value = _TIMEOUTS.get(timeout_s)
     if value is None:
         if len(_TIMEOUTS) >= _URLS_MAX:

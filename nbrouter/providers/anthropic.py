@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from .._core import ErrorKind, Usage
+from .._core.clock import Clock
 from .._core.secrets import excerpt
 from .base import (
     UNSUPPORTED_TEXT,
@@ -30,9 +31,11 @@ from .base import (
     count,
     json_value,
     loose_text,
+    names_model,
     obj,
     reasoning_budget,
     string,
+    wrong_url_message,
 )
 from .openai import MAX_MESSAGE_CHARS, header_int, retry_after
 
@@ -85,9 +88,9 @@ def parse_rfc3339(value: str | None) -> float | None:
         return None
 
 
-def _next_month_utc(now: float | None = None) -> float:
-    """00:00 UTC on the 1st of next month: when a monthly spend cap is lifted (providers.md §2)."""
-    t = time.gmtime(time.time() if now is None else now)
+def next_month_utc(now: float) -> float:
+    """00:00 UTC on the 1st of the month after `now`: when a monthly spend cap is lifted (providers.md §2)."""
+    t = time.gmtime(now)
     year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
     return float(calendar.timegm((year, month, 1, 0, 0, 0)))
 
@@ -127,7 +130,8 @@ def error_parts(body: Any) -> tuple[str, str, dict[str, Any], str | None]:
         return "", excerpt(err, MAX_MESSAGE_CHARS), {}, request_id
     if not isinstance(err, dict):
         return "", "", {}, request_id
-    details = dict(err.get("details")) if isinstance(err.get("details"), dict) else {}
+    raw_details = err.get("details")
+    details = dict(raw_details) if isinstance(raw_details, dict) else {}
     # `error_code` has been seen both in `details` and beside `type`: one place to read it
     if "error_code" not in details and isinstance(err.get("error_code"), str):
         details["error_code"] = err["error_code"]
@@ -178,10 +182,10 @@ class AnthropicProtocol(WireProtocol):
         url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
         return url, headers, body
 
-    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
+    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, *, now: float) -> Completion:
         body = obj(body, "the response")
         if body.get("type") == "error" or "error" in body:
-            raise self.failure(endpoint, status, headers, body, in_stream=True)
+            raise self.failure(endpoint, status, headers, body, now=now, in_stream=True)
         text = "".join(
             string(block.get("text"), "content[].text") or ""
             for block in arr(body.get("content"), "content")
@@ -198,15 +202,16 @@ class AnthropicProtocol(WireProtocol):
             served_model=None if endpoint.local else model,
         )
 
-    def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
-        return _AnthropicStream(self, endpoint)
+    def decoder(self, endpoint: Endpoint, request: ChatRequest, *, clock: Clock) -> StreamDecoder:
+        return _AnthropicStream(self, endpoint, clock)
 
     def classify(
-        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str, *, now: float
     ) -> ProviderFailure:
-        return self.failure(endpoint, status, headers, body, raw=text)
+        return self.failure(endpoint, status, headers, body, now=now, raw=text)
 
-    def rate_limits(self, headers: Mapping[str, str]) -> RateLimits | None:
+    def rate_limits(self, headers: Mapping[str, str], *, now: float) -> RateLimits | None:
+        # Anthropic's resets are absolute times (RFC 3339): `now` is not needed to date them
         prefix = "anthropic-ratelimit-"
         if not any(name.lower().startswith(prefix) for name in headers):
             return None
@@ -240,30 +245,33 @@ class AnthropicProtocol(WireProtocol):
         headers: Mapping[str, str],
         body: Any,
         *,
+        now: float,
         in_stream: bool = False,
         raw: str = "",
     ) -> ProviderFailure:
-        """A ProviderFailure for an error body (an HTTP error, or an `error` event after a 200)."""
+        """A ProviderFailure for an error body (an HTTP error, or an `error` event after a 200); `now` is
+        the clock's time it came at."""
         etype, message, details, body_request_id = error_parts(body)
         if not message:
             message = excerpt(raw, 300) if raw else f"HTTP {status}"
-        wait = retry_after(headers)
+        wait = retry_after(headers, now)
         kind = self.kind_for(status, etype, message, details, in_stream=in_stream)
         reset_at = None
         if kind is ErrorKind.QUOTA_EXCEEDED:
             if details.get("error_code") == "enforced_spend_limit_reached":
-                reset_at = _next_month_utc()
+                reset_at = next_month_utc(now)
             elif _SPEND_LIMIT_TEXT.search(message):
                 reset_at = _resume_time(message)
         label = f"{status} {etype}" if etype else f"{status}"
+        text = wrong_url_message(endpoint, status, excerpt(message, 200)) if kind is ErrorKind.ENDPOINT_NOT_FOUND else f"{label}: {message}"
         return ProviderFailure(
             kind,
-            excerpt(f"{label}: {message}", 500),
+            excerpt(text, 500),
             status=status,
             retry_after_s=wait if kind in (ErrorKind.RATE_LIMIT, ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR) else None,
             reset_at=reset_at,
             request_id=self.request_id(headers) or body_request_id,
-            rate_limits=self.rate_limits(headers),
+            rate_limits=self.rate_limits(headers, now=now),
         )
 
     @staticmethod
@@ -288,10 +296,12 @@ class AnthropicProtocol(WireProtocol):
                 return ErrorKind.CONTEXT_OVERFLOW
         if etype == "invalid_request_error" and UNSUPPORTED_TEXT.search(message):
             return ErrorKind.UNSUPPORTED
-        kind = _TYPE_KINDS.get(etype)
-        if kind is not None:
-            return kind
-        return _status_kind(status, in_stream=in_stream)
+        kind = _TYPE_KINDS.get(etype) or _status_kind(status, in_stream=in_stream)
+        if kind is ErrorKind.MODEL_NOT_FOUND or status == 404:
+            # a model that is not there is named ("model: claude-x"); a bare "Not Found", or any 404 naming no
+            # model (a proxy's own error shape), is the URL's fault
+            return ErrorKind.MODEL_NOT_FOUND if names_model(message) else ErrorKind.ENDPOINT_NOT_FOUND
+        return kind
 
 
 def _status_kind(status: int, *, in_stream: bool) -> ErrorKind:
@@ -358,9 +368,10 @@ def _output_format(response_format: dict[str, Any]) -> dict[str, Any]:
 class _AnthropicStream(StreamDecoder):
     """Reads `message_start` .. `message_stop`; `ping` and non-text deltas are skipped."""
 
-    def __init__(self, protocol: AnthropicProtocol, endpoint: Endpoint) -> None:
+    def __init__(self, protocol: AnthropicProtocol, endpoint: Endpoint, clock: Clock) -> None:
         self.protocol = protocol
         self.endpoint = endpoint
+        self.clock = clock
         self.done = False
         self.model: str | None = None
         self.message_id: str | None = None
@@ -385,7 +396,7 @@ class _AnthropicStream(StreamDecoder):
             return None
         kind = data.get("type") if name in ("", "raw") else name
         if kind == "error":
-            raise self.protocol.failure(self.endpoint, 200, {}, data, in_stream=True)
+            raise self.protocol.failure(self.endpoint, 200, {}, data, now=self.clock.time(), in_stream=True)
         if kind == "message_start":
             message = obj(data.get("message"), "message_start.message")
             self.model = string(message.get("model"), "message_start.message.model") or self.model

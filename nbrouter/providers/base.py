@@ -3,6 +3,9 @@
 A protocol module knows how to build a request, parse a response or a stream, read rate-limit headers
 and classify a failure into an :class:`~nbrouter._core.ErrorKind`. It never decides what to do
 about a failure: that is the router's policy.
+
+A protocol never reads the system clock: whatever it dates (a reset in N seconds, a Retry-After date, the
+next daily reset) is counted from the `now` it is given, the router's Clock read by the Sender.
 """
 
 from __future__ import annotations
@@ -11,11 +14,17 @@ import abc
 import json
 import math
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
 
-from .._core import ErrorKind, ProviderFailure, RateLimits, Usage  # noqa: F401 - re-exported for the protocol modules
+# re-exported for the protocol modules (the `X as X` form says so to a type checker)
+from .._core import ErrorKind as ErrorKind
+from .._core import ProviderFailure as ProviderFailure
+from .._core import RateLimits as RateLimits
+from .._core import Usage as Usage
+from .._core.clock import Clock
 from .._core.secrets import excerpt
 
 #: the longest request id kept from a response (a proxy can echo anything into `x-request-id`)
@@ -130,21 +139,23 @@ class WireProtocol(abc.ABC):
         """URL, headers and JSON body for this request."""
 
     @abc.abstractmethod
-    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
-        """Parse a 2xx JSON body. Raise ProviderFailure when the body says it failed."""
+    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, *, now: float) -> Completion:
+        """Parse a 2xx JSON body (`now`: the clock's time when it came). Raise ProviderFailure when the body
+        says it failed."""
 
     @abc.abstractmethod
-    def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
-        """A fresh decoder for one streamed response."""
+    def decoder(self, endpoint: Endpoint, request: ChatRequest, *, clock: Clock) -> StreamDecoder:
+        """A fresh decoder for one streamed response; an error event is dated on `clock`."""
 
     @abc.abstractmethod
     def classify(
-        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str, *, now: float
     ) -> ProviderFailure:
-        """Classify a non-2xx response (`body` is the parsed JSON or None, `text` the raw body)."""
+        """Classify a non-2xx response (`body` is the parsed JSON or None, `text` the raw body, `now` the
+        clock's time when it came)."""
 
-    def rate_limits(self, headers: Mapping[str, str]) -> RateLimits | None:
-        """Quota headroom from response headers; None when the provider sent none."""
+    def rate_limits(self, headers: Mapping[str, str], *, now: float) -> RateLimits | None:
+        """Quota headroom from response headers (resets counted from `now`); None when the provider sent none."""
         return None
 
     def request_id(self, headers: Mapping[str, str]) -> str | None:
@@ -204,7 +215,7 @@ def count(value: Any, where: str) -> int:
         return value
     if value is None:
         return 0
-    number: Any = None
+    number: int | None = None
     if isinstance(value, bool):
         number = None
     elif isinstance(value, int):
@@ -244,6 +255,33 @@ def clean_id(value: Any) -> str | None:
         return None
     value = excerpt(value, MAX_REQUEST_ID_CHARS)
     return value if value.isprintable() else "".join(c if c.isprintable() else "?" for c in value)
+
+
+#: a 404 whose message names a model (or a model id, as Google's `models/x` does): that model is missing
+_MODEL_TEXT = re.compile(r"\bmodels?\b", re.I)
+
+
+def names_model(message: str) -> bool:
+    """Whether a 404's message speaks of a model; one that does not is taken for a wrong URL."""
+    return _MODEL_TEXT.search(message) is not None
+
+
+def shown_url(url: str) -> str:
+    """A URL as a message may name it: no user or password, no query (where a key can ride), scrubbed."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(an unreadable URL)"
+    netloc = parts.netloc.rpartition("@")[2]
+    return excerpt(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")), 300)
+
+
+def wrong_url_message(endpoint: Endpoint, status: int, said: str) -> str:
+    """The message of an `endpoint_not_found` failure: the base_url, named, looks wrong (`said`: what the
+    server answered, already scrubbed)."""
+    return excerpt(
+        f"the base_url {shown_url(endpoint.base_url)} of {endpoint.provider!r} looks wrong: a {status} naming no model ({said})", 500
+    )
 
 
 #: a 4xx whose message says the model refuses a feature the request uses (streaming, a JSON schema, a

@@ -61,6 +61,8 @@ async def _probe_one(client: object, preset: str, base_url: str) -> LocalServer 
 async def find_local_servers(*, refresh: bool = False) -> tuple[LocalServer, ...]:
     """The local servers listening now (cached for CACHE_TTL_S)."""
     global _cache
+    # real time, not the router's Clock: how old a probe of this machine's ports is (I/O shared by every
+    # router in the process); the router decides when to ask again on its own clock (local_probe_refresh_s)
     now = time.monotonic()
     if not refresh and _cache is not None and now - _cache[0] < CACHE_TTL_S:
         return _cache[1]

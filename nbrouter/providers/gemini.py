@@ -14,6 +14,7 @@ import re
 from typing import Any, Mapping
 
 from .._core import ErrorKind, Usage
+from .._core.clock import Clock
 from .._core.secrets import excerpt
 from .base import (
     UNSUPPORTED_TEXT,
@@ -31,9 +32,11 @@ from .base import (
     json_value,
     loose_text,
     malformed,
+    names_model,
     obj,
     reasoning_budget,
     string,
+    wrong_url_message,
 )
 from .openai import MAX_MESSAGE_CHARS, parse_duration, retry_after
 
@@ -51,11 +54,15 @@ SAFETY_FINISH_REASONS = frozenset(
     }
 )
 #: more finish reasons that mean a policy layer stopped the answer (Vertex AI's Model Armor, escalation
-#: to review): content_filter like the safety ones
-POLICY_FINISH_REASONS = frozenset({"ESCALATION", "MODEL_ARMOR"})
+#: to review, an answer flagged for a language the model may not use): content_filter like the safety
+#: ones, a refusal and not an empty answer
+POLICY_FINISH_REASONS = frozenset({"ESCALATION", "MODEL_ARMOR", "LANGUAGE"})
+#: finish reasons that say the account itself is limited or disabled (for Prohibited Use Policy
+#: violations): account_locked, so the account is held and another provider is tried
+ACCOUNT_FINISH_REASONS = frozenset({"PUP_LIMITED_DISABLED"})
 #: finish reasons that end an answer normally: with no text they are an empty answer only if nothing came
 NORMAL_FINISH_REASONS = frozenset({"STOP", "MAX_TOKENS"})
-# Any other finish reason with no text (LANGUAGE, MALFORMED_FUNCTION_CALL, MALFORMED_RESPONSE, OTHER,
+# Any other finish reason with no text (MALFORMED_FUNCTION_CALL, MALFORMED_RESPONSE, OTHER,
 # UNEXPECTED_TOOL_CALL, NO_IMAGE, FINISH_REASON_UNSPECIFIED...) means the model produced nothing usable
 # but another model may: empty_response.
 #: the most characters of bare (non-SSE) JSON lines gathered while waiting for their brackets to close
@@ -109,18 +116,25 @@ def error_parts(body: Any) -> tuple[int | None, str, str, list[dict[str, Any]]]:
     return code_int, excerpt(loose_text(err.get("status")), 100), excerpt(loose_text(err.get("message")), MAX_MESSAGE_CHARS), details
 
 
+def _list(value: Any) -> list[Any]:
+    """`value` if it is a JSON array, else an empty one (an error body's odd field is dropped)."""
+    return value if isinstance(value, list) else []
+
+
 def _detail(details: list[dict[str, Any]], type_suffix: str) -> list[dict[str, Any]]:
     return [d for d in details if loose_text(d.get("@type")).endswith(type_suffix)]
 
 
-def _next_pacific_midnight(now: _dt.datetime | None = None) -> float | None:
+def next_pacific_midnight(now: float) -> float | None:
+    """The first midnight in QUOTA_RESET_ZONE after `now` (epoch seconds): when a Gemini daily quota resets;
+    None when this machine has no time-zone database."""
     try:
         from zoneinfo import ZoneInfo
 
         zone = ZoneInfo(QUOTA_RESET_ZONE)
     except Exception:  # no tz database on this machine: the router falls back to its default
         return None
-    local = (now or _dt.datetime.now(_dt.timezone.utc)).astimezone(zone)
+    local = _dt.datetime.fromtimestamp(now, zone)
     tomorrow = (local + _dt.timedelta(days=1)).date()
     return _dt.datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=zone).timestamp()
 
@@ -171,12 +185,12 @@ class GeminiProtocol(WireProtocol):
         method = ":streamGenerateContent?alt=sse" if request.stream else ":generateContent"
         return f"{endpoint.base_url.rstrip('/')}/models/{model}{method}", headers, body
 
-    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
+    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, *, now: float) -> Completion:
         if isinstance(body, list) and len(body) == 1:
             body = body[0]
         body = obj(body, "the response")
         if "error" in body:
-            raise self.failure(status, headers, body)
+            raise self.failure(endpoint, status, headers, body, now=now)
         usage = usage_from(body.get("usageMetadata"))
         model = _strip_models(string(body.get("modelVersion"), "modelVersion"))
         candidates = arr(body.get("candidates"), "candidates")
@@ -197,22 +211,25 @@ class GeminiProtocol(WireProtocol):
             served_model=None if endpoint.local else model,
         )
 
-    def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
-        return _GeminiStream(self, endpoint)
+    def decoder(self, endpoint: Endpoint, request: ChatRequest, *, clock: Clock) -> StreamDecoder:
+        return _GeminiStream(self, endpoint, clock)
 
     def classify(
-        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str, *, now: float
     ) -> ProviderFailure:
-        return self.failure(status, headers, body, raw=text)
+        return self.failure(endpoint, status, headers, body, now=now, raw=text)
 
-    def rate_limits(self, headers: Mapping[str, str]) -> RateLimits | None:
+    def rate_limits(self, headers: Mapping[str, str], *, now: float) -> RateLimits | None:
         # The Generative Language API sends no rate-limit headers; headroom comes from 429 bodies.
         return None
 
     # -- classification --------------------------------------------------------------------
 
-    def failure(self, status: int, headers: Mapping[str, str], body: Any, *, raw: str = "") -> ProviderFailure:
-        """A ProviderFailure for a Google error body (an HTTP error, or an error object in a 200 stream)."""
+    def failure(
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, *, now: float, raw: str = ""
+    ) -> ProviderFailure:
+        """A ProviderFailure for a Google error body (an HTTP error, or an error object in a 200 stream);
+        `now` is the clock's time it came at."""
         code, gstatus, message, details = error_parts(body)
         if not message:
             message = excerpt(raw, 300) if raw else f"HTTP {status}"
@@ -223,16 +240,17 @@ class GeminiProtocol(WireProtocol):
         if kind is ErrorKind.RATE_LIMIT:
             wait = _retry_delay(details, message)
             if wait is None:
-                wait = retry_after(headers)
+                wait = retry_after(headers, now)
         elif kind is ErrorKind.QUOTA_EXCEEDED:
             # a daily quota: retryDelay may be present, but retrying before the reset is pointless
-            reset_at = _next_pacific_midnight()
+            reset_at = next_pacific_midnight(now)
         elif kind in (ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR):
-            wait = retry_after(headers)
+            wait = retry_after(headers, now)
         label = " ".join(str(p) for p in (status, gstatus) if p)
+        text = wrong_url_message(endpoint, status, excerpt(message, 200)) if kind is ErrorKind.ENDPOINT_NOT_FOUND else f"{label}: {message}"
         return ProviderFailure(
             kind,
-            excerpt(f"{label}: {message}", 500),
+            excerpt(text, 500),
             status=status,
             retry_after_s=wait,
             reset_at=reset_at,
@@ -247,7 +265,7 @@ class GeminiProtocol(WireProtocol):
             quota_ids = [
                 loose_text(v.get("quotaId")) + " " + loose_text(v.get("quotaMetric"))
                 for d in _detail(details, "QuotaFailure")
-                for v in (d.get("violations") if isinstance(d.get("violations"), list) else ())
+                for v in _list(d.get("violations"))
                 if isinstance(v, dict)
             ]
             if any(_PER_DAY_TEXT.search(q) for q in quota_ids) or "limit: 0" in low:
@@ -264,7 +282,11 @@ class GeminiProtocol(WireProtocol):
         if status == 403 or gstatus in ("PERMISSION_DENIED", "FAILED_PRECONDITION"):
             return ErrorKind.ACCOUNT_LOCKED
         if status == 404 or gstatus == "NOT_FOUND":
-            return ErrorKind.MODEL_NOT_FOUND
+            # Google's own 404 names the model ("models/x is not found for API version v1beta"); a 404 that is
+            # no Google error (the front end's HTML page, which quotes the path, /models/ and all) is the URL's
+            if gstatus == "NOT_FOUND" and names_model(message):
+                return ErrorKind.MODEL_NOT_FOUND
+            return ErrorKind.ENDPOINT_NOT_FOUND
         if _CONTEXT_TEXT.search(message):
             return ErrorKind.CONTEXT_OVERFLOW
         if gstatus == "DEADLINE_EXCEEDED" or status in (408, 504):
@@ -315,6 +337,11 @@ def _check_finish(
     if finish in SAFETY_FINISH_REASONS or finish in POLICY_FINISH_REASONS:
         raise ProviderFailure(
             ErrorKind.CONTENT_FILTER, f"the answer was stopped by a filter: finishReason {finish}",
+            status=status, usage=usage, model=model, partial_text=text,
+        )
+    if finish in ACCOUNT_FINISH_REASONS:
+        raise ProviderFailure(
+            ErrorKind.ACCOUNT_LOCKED, f"the account is limited or disabled for Prohibited Use Policy violations: finishReason {finish}",
             status=status, usage=usage, model=model, partial_text=text,
         )
     if finish and finish not in NORMAL_FINISH_REASONS and not has_text:
@@ -419,9 +446,10 @@ class _GeminiStream(StreamDecoder):
     """Reads `data:` chunks until the connection closes (there is no terminator, so `done` stays
     False); the answer is complete only if a chunk carried a `finishReason`."""
 
-    def __init__(self, protocol: GeminiProtocol, endpoint: Endpoint) -> None:
+    def __init__(self, protocol: GeminiProtocol, endpoint: Endpoint, clock: Clock) -> None:
         self.protocol = protocol
         self.endpoint = endpoint
+        self.clock = clock
         self.done = False
         self.finish_reason: str | None = None
         self.model: str | None = None
@@ -447,7 +475,7 @@ class _GeminiStream(StreamDecoder):
         if not isinstance(value, dict):
             return None
         if "error" in value:
-            raise self.protocol.failure(200, {}, value)
+            raise self.protocol.failure(self.endpoint, 200, {}, value, now=self.clock.time())
         self.model = _strip_models(string(value.get("modelVersion"), "a stream chunk's modelVersion")) or self.model
         self.response_id = clean_id(value.get("responseId")) or self.response_id
         if value.get("usageMetadata"):

@@ -170,6 +170,8 @@ class ManagedServer:
         import httpx
 
         assert self.process is not None
+        # real time, not the router's Clock: this waits on a real process to open a real port (I/O, in a
+        # worker thread); a test's ManualClock does not move while it waits, so on it this would never end
         deadline = time.monotonic() + timeout_s
         paths = list(spec.health_paths)
         last = "no answer yet"

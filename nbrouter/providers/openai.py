@@ -6,12 +6,12 @@ import email.utils
 import json
 import math
 import re
-import time
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
 from .._core import ErrorKind, Usage
+from .._core.clock import Clock
 from .._core.secrets import excerpt
 from .base import (
     UNSUPPORTED_TEXT,
@@ -27,9 +27,11 @@ from .base import (
     count,
     json_value,
     loose_text,
+    names_model,
     obj,
     reasoning_effort,
     string,
+    wrong_url_message,
 )
 
 QUOTA_CODES = frozenset(
@@ -52,6 +54,8 @@ _CONTEXT_TEXT = re.compile(
 _PER_DAY_TEXT = re.compile(r"\b(?:requests|tokens) per day\b|\((?:RPD|TPD)\)", re.I)
 #: LiteLLM's proxy naming a model it does not serve
 _UNKNOWN_MODEL_TEXT = re.compile(r"invalid model name passed in model=", re.I)
+#: error codes of a 404 for a model that is not there (Azure names its models deployments)
+MODEL_NOT_FOUND_CODES = frozenset({"model_not_found", "DeploymentNotFound"})
 #: Azure OpenAI's inner error code when its content filter refused the prompt
 AZURE_FILTER_CODES = frozenset({"ResponsibleAIPolicyViolation"})
 #: the hour (UTC) a daily quota resets when the provider names no reset: OpenAI's days are UTC days
@@ -59,13 +63,23 @@ DAILY_RESET_HOUR_UTC = 0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 #: the longest provider error message classified and quoted (the rest is noise, and regexes stay cheap)
 MAX_MESSAGE_CHARS = 4000
-#: the longest wait a header or body is believed to ask for (a year); beyond it the value is garbage
+#: the longest wait a header or body is believed to name (a year): a reset duration beyond it is garbage,
+#: and a Retry-After beyond it (`inf`, `1e30`) is taken as this long (the router caps it further, by policy)
 MAX_WAIT_S = 366 * 86400.0
 
 
 def finite(value: float) -> float | None:
     """`value` when it is a real number of seconds we can wait (0 .. MAX_WAIT_S), else None."""
     return value if math.isfinite(value) and 0.0 <= value <= MAX_WAIT_S else None
+
+
+def capped_wait(value: float) -> float | None:
+    """A wait a server asked for, as it is honoured: NaN asks for nothing (None: the policy's default
+    applies), a negative wait is 0, and one past MAX_WAIT_S (`inf`, `1e30`) is MAX_WAIT_S: a server that
+    asks for forever gets the longest wait, not none."""
+    if math.isnan(value):
+        return None
+    return min(max(value, 0.0), MAX_WAIT_S)
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -85,12 +99,12 @@ def parse_duration(value: str | None) -> float | None:
     return finite(total)
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from `retry-after-ms`, then `retry-after` (seconds or an HTTP date)."""
+def retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, then `retry-after` (seconds, or an HTTP date counted from `now`)."""
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            wait = finite(float(ms) / 1000.0)
+            wait = capped_wait(float(ms) / 1000.0)
             if wait is not None:
                 return wait
         except ValueError:
@@ -99,12 +113,12 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     if not value:
         return None
     try:
-        return finite(max(0.0, float(value)))
+        return capped_wait(float(value))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-        return finite(max(0.0, when.timestamp() - time.time()))
+        return capped_wait(when.timestamp() - now)
     except Exception:  # the email parser raises several kinds on garbage (TypeError, IndexError, OverflowError...)
         return None
 
@@ -181,10 +195,10 @@ class OpenAIProtocol(WireProtocol):
             headers["authorization"] = f"Bearer {endpoint.api_key}"
         return endpoint.base_url.rstrip("/") + "/chat/completions", headers, body
 
-    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any) -> Completion:
+    def parse(self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, *, now: float) -> Completion:
         body = obj(body, "the response")
         if body.get("error") or body.get("object") == "error":
-            raise self._failure_from_body(endpoint, status, headers, body, in_stream=False)
+            raise self._failure_from_body(endpoint, status, headers, body, in_stream=False, now=now)
         choices = arr(body.get("choices"), "choices")
         choice = obj(choices[0], "choices[0]") if choices else {}
         message = obj(choice.get("message"), "choices[0].message")
@@ -206,18 +220,17 @@ class OpenAIProtocol(WireProtocol):
             served_model=_price_model(endpoint, model),
         )
 
-    def decoder(self, endpoint: Endpoint, request: ChatRequest) -> StreamDecoder:
-        return _OpenAIStream(self, endpoint)
+    def decoder(self, endpoint: Endpoint, request: ChatRequest, *, clock: Clock) -> StreamDecoder:
+        return _OpenAIStream(self, endpoint, clock)
 
     def classify(
-        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str
+        self, endpoint: Endpoint, status: int, headers: Mapping[str, str], body: Any, text: str, *, now: float
     ) -> ProviderFailure:
-        return self._failure_from_body(endpoint, status, headers, body, in_stream=False, raw=text)
+        return self._failure_from_body(endpoint, status, headers, body, in_stream=False, raw=text, now=now)
 
-    def rate_limits(self, headers: Mapping[str, str]) -> RateLimits | None:
+    def rate_limits(self, headers: Mapping[str, str], *, now: float) -> RateLimits | None:
         if "x-ratelimit-remaining-requests" not in headers and "x-ratelimit-remaining-tokens" not in headers:
             return None
-        now = time.time()
         reset_r = parse_duration(headers.get("x-ratelimit-reset-requests"))
         reset_t = parse_duration(headers.get("x-ratelimit-reset-tokens"))
         return RateLimits(
@@ -255,6 +268,7 @@ class OpenAIProtocol(WireProtocol):
         body: Any,
         *,
         in_stream: bool,
+        now: float,
         raw: str = "",
     ) -> ProviderFailure:
         etype, code, message, metadata = error_parts(body)
@@ -266,19 +280,20 @@ class OpenAIProtocol(WireProtocol):
         kind = self.kind_for(endpoint, judged, etype, code, message, metadata, headers, in_stream=in_stream, inner=_inner_code(body))
         # a quota does not come back after a Retry-After (providers.md section 8): only its reset counts
         quota = kind is ErrorKind.QUOTA_EXCEEDED
-        wait = None if quota else retry_after(headers)
+        wait = None if quota else retry_after(headers, now)
         reset_at = _reset_at(metadata) if quota else None
         if quota and reset_at is None and judged == 429 and _PER_DAY_TEXT.search(message):
-            reset_at = _daily_reset(message, headers)
+            reset_at = _daily_reset(message, headers, now)
         label = " ".join(p for p in (str(status), etype, code if code != str(status) else "") if p)
+        text = wrong_url_message(endpoint, status, excerpt(message, 200)) if kind is ErrorKind.ENDPOINT_NOT_FOUND else f"{label}: {message}"
         return ProviderFailure(
             kind,
-            excerpt(f"{label}: {message}", 500),
+            excerpt(text, 500),
             status=status,
             retry_after_s=wait,
             reset_at=reset_at,
             request_id=self.request_id(headers),
-            rate_limits=self.rate_limits(headers),
+            rate_limits=self.rate_limits(headers, now=now),
         )
 
     def kind_for(
@@ -312,11 +327,14 @@ class OpenAIProtocol(WireProtocol):
             return ErrorKind.AUTH
         if status == 403 or etype == "permission_error":
             return ErrorKind.ACCOUNT_LOCKED
-        if code == "model_not_found" or "does not exist or you do not have access" in low or _UNKNOWN_MODEL_TEXT.search(message):
+        if code in MODEL_NOT_FOUND_CODES or "does not exist or you do not have access" in low or _UNKNOWN_MODEL_TEXT.search(message):
             return ErrorKind.MODEL_NOT_FOUND
         if status == 404:
-            # a 404 naming no model is most often a wrong base_url: this target cannot serve, the next may
-            return ErrorKind.MODEL_NOT_FOUND
+            # a 404 speaking of a model: that model is missing here. One naming none (nginx's page, FastAPI's
+            # {"detail":"Not Found"}, OpenAI's "Unknown request URL") is the base_url's fault, for every model
+            if names_model(message) and code != "unknown_url":
+                return ErrorKind.MODEL_NOT_FOUND
+            return ErrorKind.ENDPOINT_NOT_FOUND
         if code == "context_length_exceeded" or etype == "exceed_context_size_error" or _CONTEXT_TEXT.search(message):
             return ErrorKind.CONTEXT_OVERFLOW
         if code in ("invalid_prompt", "content_filter") or inner in AZURE_FILTER_CODES or "flagged as potentially violating" in low:
@@ -387,20 +405,19 @@ def _inner_code(body: Any) -> str:
     return loose_text(inner.get("code"))[:100] if isinstance(inner, dict) else ""
 
 
-def next_utc_reset(now: float | None = None, hour: int = DAILY_RESET_HOUR_UTC) -> float:
+def next_utc_reset(now: float, hour: int = DAILY_RESET_HOUR_UTC) -> float:
     """The next `hour`:00 UTC after `now` (epoch seconds): when a daily quota with no named reset frees up."""
-    now = time.time() if now is None else now
     day = datetime.fromtimestamp(now, timezone.utc).replace(hour=hour, minute=0, second=0, microsecond=0)
     reset = day.timestamp()
     return reset if reset > now else reset + 86400.0
 
 
-def _daily_reset(message: str, headers: Mapping[str, str]) -> float:
-    """When a per-day limit frees up: the reset header of the limit the message names, else the next
-    UTC reset hour."""
+def _daily_reset(message: str, headers: Mapping[str, str], now: float) -> float:
+    """When a per-day limit frees up: the reset header of the limit the message names (counted from
+    `now`), else the next UTC reset hour after `now`."""
     name = "x-ratelimit-reset-tokens" if re.search(r"tokens per day|\(TPD\)", message, re.I) else "x-ratelimit-reset-requests"
     wait = parse_duration(headers.get(name))
-    return time.time() + wait if wait is not None else next_utc_reset()
+    return now + wait if wait is not None else next_utc_reset(now)
 
 
 def _cost(value: Any) -> Decimal | None:
@@ -437,9 +454,10 @@ def _response_format(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 class _OpenAIStream(StreamDecoder):
-    def __init__(self, protocol: OpenAIProtocol, endpoint: Endpoint) -> None:
+    def __init__(self, protocol: OpenAIProtocol, endpoint: Endpoint, clock: Clock) -> None:
         self.protocol = protocol
         self.endpoint = endpoint
+        self.clock = clock
         self.done = False
         self.finish_reason: str | None = None
         self.model: str | None = None
@@ -479,7 +497,7 @@ class _OpenAIStream(StreamDecoder):
     def _chunk(self, chunk: dict[str, Any]) -> str | None:
         # every field type-checked, the well-formed case (str, dict, list) in place: this runs per chunk
         if chunk.get("error") or chunk.get("object") == "error":
-            raise self.protocol._failure_from_body(self.endpoint, 200, {}, chunk, in_stream=True)
+            raise self.protocol._failure_from_body(self.endpoint, 200, {}, chunk, in_stream=True, now=self.clock.time())
         model = chunk.get("model")
         if model is not None:
             if type(model) is not str:

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # markdown-it is imported on first use
+    from markdown_it import MarkdownIt
+    from markdown_it.rules_inline import StateInline
 
 #: the maths delimiters that are kept, longest first: (opening, closing)
 MATH_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"))
 #: a lone dollar sign, in an element of its own so that MathJax cannot pair it with another
 DOLLAR_HTML = "<span>$</span>"
 
-_renderer: Any = None
+_renderer: MarkdownIt | None = None
 
 
 def html_text(text: str) -> str:
@@ -31,7 +35,7 @@ def html_text(text: str) -> str:
     return html.escape(text).replace("$", DOLLAR_HTML)
 
 
-def _math(state: Any, silent: bool) -> bool:
+def _math(state: StateInline, silent: bool) -> bool:
     """markdown-it inline rule: a maths span, kept as written (the escape rule would eat `\\(`)."""
     for opening, closing in MATH_DELIMITERS:
         if state.src.startswith(opening, state.pos):
@@ -47,7 +51,7 @@ def _math(state: Any, silent: bool) -> bool:
     return False
 
 
-def _markdown_it() -> Any:
+def _markdown_it() -> MarkdownIt:
     global _renderer
     if _renderer is None:
         from markdown_it import MarkdownIt
@@ -71,7 +75,8 @@ def markdown_html(text: str) -> str:
     Args:
         text: the answer as the model wrote it (untrusted: any HTML in it is escaped).
     """
-    return _markdown_it().render(text)
+    rendered: str = _markdown_it().render(text)  # markdown-it types it Any; its HTML renderer returns a str
+    return rendered
 
 
 # code (fenced or inline) and maths, where a `$` is left as it is; anything else is prose

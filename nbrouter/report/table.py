@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Container, Sequence
+from typing import Container, Sequence
 
 from .markdown import html_text
 from .theme import tone_tint
@@ -76,7 +76,7 @@ class Table(Shown):
         tones: one tone per row (`ok`, `warn`, `bad`, `idle` or ""), a light tint of the row in HTML.
     """
 
-    def __init__(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str = "",
+    def __init__(self, headers: Sequence[str], rows: Sequence[Sequence[object]], *, title: str = "",
                  notes: Sequence[str] = (), empty: str = "(none)", wrap: Sequence[int] | None = None,
                  cut: int | None = None, tones: Sequence[str] | None = None) -> None:
         self.headers = [str(h) for h in headers]
@@ -122,8 +122,9 @@ class Table(Shown):
                     widths[i] = min(natural[i], max(MIN_WRAP_WIDTH, remaining // (len(self.wrap) - left)))
                     remaining -= widths[i]
                 maxcolwidths = [widths[i] if i in widths and widths[i] < natural[i] else None for i in range(len(natural))]
-        return tabulate(rows, headers=self.headers, tablefmt="simple", colalign=self.align, disable_numparse=True,
-                        maxcolwidths=maxcolwidths)
+        text: str = tabulate(rows, headers=self.headers, tablefmt="simple", colalign=self.align, disable_numparse=True,
+                             maxcolwidths=maxcolwidths)  # tabulate ships no types
+        return text
 
     def text(self, width: int | None = None) -> str:
         """Title, table and notes as plain text.

@@ -91,7 +91,7 @@ class Router:
         #: the session budget (spent is counted even without a limit)
         self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
         self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget)
-        self._senders = Senders(transport=transport, http_client=http_client)
+        self._senders = Senders(transport=transport, http_client=http_client, clock=self.clock)
         self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result))
         self._bg = BackgroundLoop()
         self._closed = False

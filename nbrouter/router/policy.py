@@ -205,6 +205,10 @@ RULES: dict[ErrorKind, Rule] = {
                      lambda f, p, now: now + p.account_lock_s, durable=True),)),
         Rule(ErrorKind.MODEL_NOT_FOUND, Action.ADVANCE, holds=(
             HoldRule("candidate", "lock", "lock", "model not found", lambda f, p, now: now + p.model_not_found_lock_s, durable=True),)),
+        # a 404 naming no model: the account's base_url looks wrong, so every model of it is held at once
+        Rule(ErrorKind.ENDPOINT_NOT_FOUND, Action.ADVANCE, holds=(
+            HoldRule("account", "lock", "account lock", "base_url looks wrong ({status})",
+                     lambda f, p, now: now + p.model_not_found_lock_s, durable=True),)),
         Rule(ErrorKind.SERVER_ERROR, Action.ADVANCE, breaker=True, backoff=True),
         Rule(ErrorKind.OVERLOADED, Action.ADVANCE, breaker=True, backoff=True),
         Rule(ErrorKind.TIMEOUT, Action.ADVANCE, breaker=True),

@@ -65,7 +65,7 @@ __all__ = [
 FALLBACK_PRESETS: dict[str, frozenset[ErrorKind]] = {
     "transient": frozenset({
         ErrorKind.RATE_LIMIT, ErrorKind.QUOTA_EXCEEDED, ErrorKind.SERVER_ERROR, ErrorKind.OVERLOADED, ErrorKind.TIMEOUT,
-        ErrorKind.NETWORK, ErrorKind.MODEL_NOT_FOUND, ErrorKind.UNSUPPORTED,
+        ErrorKind.NETWORK, ErrorKind.MODEL_NOT_FOUND, ErrorKind.ENDPOINT_NOT_FOUND, ErrorKind.UNSUPPORTED,
     }),
     "all": frozenset(ErrorKind),
 }

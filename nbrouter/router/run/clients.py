@@ -14,13 +14,17 @@ import asyncio
 import weakref
 from typing import Any, AsyncIterator
 
+from .._core.clock import SYSTEM_CLOCK, Clock
+
 
 class Senders:
-    """The Sender of each event loop, made from an injected transport or client, or the default."""
+    """The Sender of each event loop, made from an injected transport or client, or the default; each reads
+    replies' times (rate-limit resets, Retry-After dates, daily resets) on the router's `clock`."""
 
-    def __init__(self, *, transport: Any = None, http_client: Any = None) -> None:
+    def __init__(self, *, transport: Any = None, http_client: Any = None, clock: Clock = SYSTEM_CLOCK) -> None:
         if transport is not None and http_client is not None:
             raise ValueError("give a transport or an http_client, not both")
+        self._clock = clock
         self._transport = transport
         self._client = http_client
         self._senders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
@@ -33,7 +37,7 @@ class Senders:
         if sender is None:
             from ...providers import Sender
 
-            sender = self._senders[loop] = Sender(self._transport, http_client=self._client)
+            sender = self._senders[loop] = Sender(self._transport, http_client=self._client, clock=self._clock)
             keeper = self._keepers[loop] = _close_with_loop(sender)
             # the first step registers the generator with the loop (sys.set_asyncgen_hooks), so that the
             # loop's shutdown_asyncgens() closes it, and the Sender with it
