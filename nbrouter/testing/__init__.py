@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .behaviours import (
     Behaviour,
+    Capabilities,
     ContentFilter,
     ContextOverflow,
     CutStream,
@@ -38,6 +39,7 @@ from .behaviours import (
     Raw,
     Reply,
     ServerError,
+    ToolCall,
     Unauthorized,
 )
 from .clock import ManualClock
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Behaviour",
+    "Capabilities",
     "ContentFilter",
     "ContextOverflow",
     "CutStream",
@@ -74,6 +77,7 @@ __all__ = [
     "Reply",
     "ServerError",
     "SimulatorProcess",
+    "ToolCall",
     "Unauthorized",
     "WindowLimits",
     "http_response",
