@@ -170,10 +170,37 @@ def test_use_sets_the_default_and_refuses_an_unknown_combo(ip: Any, capsys: pyte
     assert magics(ip).default_combo == "fast"
 
 
-def test_a_cell_without_combo_or_default_is_a_usage_error(ip: Any) -> None:
+def test_a_cell_without_combo_or_default_is_a_usage_error_that_mentions_auto(ip: Any) -> None:
     from IPython.core.error import UsageError
 
-    assert isinstance(run(ip, "%%llm\nhello"), UsageError)
+    exc = run(ip, "%%llm\nhello")
+    assert isinstance(exc, UsageError)
+    assert "`%%llm auto`" in str(exc) and "`%llm use NAME`" in str(exc)
+
+
+def test_a_mistyped_combo_gets_did_you_mean_in_a_cell_and_in_a_line(ip: Any, sim: Any) -> None:
+    from IPython.core.error import UsageError
+
+    exc = run(ip, "%%llm fsat\nhi")
+    assert isinstance(exc, ComboConfigError)
+    assert "no combo named 'fsat': did you mean 'fast'?" in rendered(exc)
+    line = run(ip, "%llm fsat What now?")
+    assert isinstance(line, UsageError) and "unknown subcommand or combo 'fsat': did you mean 'fast'?" in str(line)
+    assert "did you mean 'status'?" in str(run(ip, "%llm stauts"))
+    assert "did you mean" not in str(run(ip, "%llm zzzzzz"))  # nothing near: no guess
+    assert sim.requests == []
+
+
+def test_the_routing_line_does_not_stay_above_an_error_that_replaced_it(ip: Any, sim: Any) -> None:
+    magics(ip).live_display = True
+    exc = run(ip, "%%llm fsat\nhi")
+    assert isinstance(exc, ComboConfigError)
+    shown = outputs(ip)
+    assert shown, "the live area was drawn"
+    last: dict[str, str] = {}
+    for o in shown:  # what each display id shows in the end
+        last[o["transient"]["display_id"]] = o["data"]["text/plain"]
+    assert all("routing to" not in text for text in last.values()), last
 
 
 # ---- the cell ------------------------------------------------------------------------------

@@ -292,6 +292,16 @@ class LiveAnswer:
         else:
             self._end_line()
 
+    def withdraw(self) -> None:
+        """The call ended in an error shown elsewhere: the "routing to ..." line goes (text already shown stays)."""
+        self.status = ""
+        if self.in_kernel and self.handle is not None:
+            text = self.text
+            self._update({"text/plain": text} if not text or self.fmt != "markdown" else
+                         {"text/plain": text, "text/markdown": escape_dollars(text), "text/html": markdown_html(text)}, {})
+        elif not self.in_kernel:
+            self._end_line()
+
     def _end_line(self) -> None:
         if not self._printed_newline:
             print()

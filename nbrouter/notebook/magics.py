@@ -13,6 +13,7 @@ ledger of what each cell cost.
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 import time
@@ -186,7 +187,8 @@ class LLMMagics(Magics):
             raise short_traceback(exc) from None
         combo = args.combo or self.default_combo
         if not combo:
-            raise UsageError("no combo: write `%%llm NAME`, or choose a default with `%llm use NAME`")
+            raise UsageError("no combo: write `%%llm NAME` (`%%llm auto` lets the router choose among every configured "
+                             "model), or choose a default with `%llm use NAME`")
         ns = self.shell.user_ns if self.shell is not None else {}
         if self.interpolate and not args.no_interpolate and not args.over:  # --over: braces are the items' fields
             hidden = getattr(self.shell, "user_ns_hidden", {})
@@ -314,6 +316,10 @@ class LLMMagics(Magics):
                     live.finish(data, metadata, tail)
                     return result
             raise RuntimeError("the router's event stream ended without Done")
+        except Exception as exc:
+            if not isinstance(exc, AllTargetsFailed):  # a failure's table replaces the status line itself
+                live.withdraw()
+            raise
         except KeyboardInterrupt:
             # closing the generator cancels the task on the router's loop, which logs the attempt as cancelled
             events.close()
@@ -410,10 +416,22 @@ class LLMMagics(Magics):
                 return self._prompt(self._parse(word), rest)
         except ComboConfigError as exc:
             raise short_traceback(exc) from None
+        nearest = self._nearest_word(word)
         raise UsageError(
-            f"unknown subcommand or combo {word!r}. Subcommands: {', '.join(SUBCOMMANDS)}; "
-            "or `%llm COMBO PROMPT` with a combo name, an auto... combo or a provider/model"
+            f"unknown subcommand or combo {word!r}" + (f": did you mean {nearest!r}?" if nearest else ".")
+            + f" Subcommands: {', '.join(SUBCOMMANDS)}; or `%llm COMBO PROMPT` with a combo name, an auto... combo or a provider/model"
         )
+
+    def _nearest_word(self, word: str) -> str | None:
+        """The subcommand or combo nearest to a mistyped word (`everydy` -> `everyday`), or None."""
+        from ..router.config import VIRTUAL_COMBOS
+
+        try:
+            combos = list(self.router.config.combos)
+        except ComboConfigError:
+            combos = []
+        close = difflib.get_close_matches(word, [*SUBCOMMANDS, *combos, *VIRTUAL_COMBOS], n=1, cutoff=0.6)
+        return close[0] if close else None
 
     def _names_a_combo(self, word: str) -> bool:
         from ..router.config import VIRTUAL_COMBOS
