@@ -348,14 +348,14 @@ def test_markdown_html_escapes_and_renders_the_usual_markdown() -> None:
 # ---- errors --------------------------------------------------------------------------------
 
 
-def test_all_targets_failed_shows_the_attempt_table_and_raises_one_line_saying_what_to_do(ip: Any, sim: Any) -> None:
+def test_all_targets_failed_shows_the_attempt_table_and_raises_short_lines_saying_what_to_do(ip: Any, sim: Any) -> None:
     sim.script(ServerError(), model="model-a")
     sim.script(ServerError(), model="model-b")
     magics(ip).live_display = True
     exc = run(ip, "%%llm fast\nhi")
     assert isinstance(exc, AllTargetsFailed)
     text = rendered(exc)
-    assert text == ("AllTargetsFailed: every target of 'fast' failed (2 tried): server_error ×2. "
+    assert text == ("AllTargetsFailed: every target of 'fast' failed (2 tried): server_error ×2.\n"
                     "`%llm status` shows every cooldown and breaker.")
     assert "Traceback" not in text and "Router.status()" not in text
     # the attempt table is where the answer would have been, as HTML, with what was tried in the metadata
@@ -377,6 +377,59 @@ def test_a_cooling_down_failure_names_the_soonest_free_candidate_and_how_to_rese
     assert "`%llm reset sim#default/model-a` clears its cooldown" in line
     again = run(ip, "%%llm fast --no-stream\nhi")  # nothing is sent now: both are cooling down
     assert "(nothing sent, 2 skipped)" in rendered(again)
+
+
+LONG_MODELS = [f"{tier}-tier-model-with-a-long-dated-name-2026-01-15-preview" for tier in ("first", "second", "third")]
+
+
+def test_every_line_of_an_all_fail_error_is_under_160_characters(ip: Any, sim: Any, config_file: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    config_file.write_text(config_toml(sim, f'\n[combos.longnames]\ntargets = {json.dumps([f"sim/{m}" for m in LONG_MODELS])}\n'))
+    run(ip, "%llm config reload")
+    for i, model in enumerate(LONG_MODELS):
+        sim.script(RateLimited(retry_after=30 + i), model=model)
+    magics(ip).live_display = True
+    exc = run(ip, "%%llm longnames\nhi")
+    assert isinstance(exc, AllTargetsFailed)
+    shown = outputs(ip)[-1]["data"]["text/plain"]
+    for text in (rendered(exc), str(exc), shown):
+        too_long = [line for line in text.splitlines() if len(line) >= 160]
+        assert too_long == [], too_long
+    assert f"sim#default/{LONG_MODELS[0]} frees up first, in 30 s" in rendered(exc)  # still says what to do
+
+
+def test_llm_help_and_attempt_table_fit_the_output_width(ip: Any, sim: Any, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    capsys.readouterr()
+    assert run(ip, "%llm help") is None
+    help_lines = capsys.readouterr().out.splitlines()
+    assert any("--no-interpolate" in line for line in help_lines) and any("cache [stats|clear]" in line for line in help_lines)
+    assert [line for line in help_lines if len(line) > 80] == []
+    sim.script(ServerError(), model="model-a")
+    assert run(ip, "%%llm fast --no-stream\nhi") is None  # model-a fails, model-b serves
+    table = ip.user_ns["_llm"].attempt_table()
+    assert "sim#default/model-a" in table and "server_error" in table
+    assert [line for line in table.splitlines() if len(line) > 80] == []
+    wide = ip.user_ns["_llm"].attempt_table(width=200)
+    assert "tokens" in wide.splitlines()[0]  # room for every column
+
+
+def test_attempts_read_as_a_table_not_as_dataclass_fields(ip: Any, sim: Any) -> None:
+    sim.script(ServerError(), model="model-a")
+    assert run(ip, "%%llm fast --no-stream\nhi") is None
+    attempts = ip.user_ns["_llm"].attempts
+    for text in (repr(attempts), repr(attempts[0])):
+        assert "Decimal(" not in text and "started_at" not in text and "Attempt(candidate=" not in text
+    assert repr(attempts).splitlines()[0].split()[:2] == ["#", "candidate"]
+    assert "sim#default/model-a" in repr(attempts[0]) and "server_error" in repr(attempts[0])
+    assert "<table" in attempts._repr_html_() and "sim#default/model-b" in attempts._repr_html_()
+    run(ip, "shown = _llm.attempts")
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(attempts)
+    assert "text/html" in data and data["text/plain"] == repr(attempts)
 
 
 def test_raise_on_failure_false_shows_the_failure_and_lets_the_notebook_go_on(ip: Any, sim: Any,
@@ -443,7 +496,12 @@ def test_interrupt_keeps_the_partial_text_and_the_next_cell_works(ip: Any, sim: 
     assert partial.attempts[-1].kind.value == "cancelled"
     final = outputs(ip)[-1]
     assert final["data"]["text/plain"].startswith(partial.text)
-    assert "cancelled by the user" in final["data"]["text/plain"]
+    # the note is said once in each form, and the error line only points to the text
+    for mime in ("text/plain", "text/html", "text/markdown"):
+        assert final["data"][mime].count("cancelled by the user") == 1, final["data"][mime]
+    assert rendered(exc) == "KeyboardInterrupt: the partial text is in _llm"
+    # nobody counted the tokens of a cut stream: not "0 tokens"
+    assert "tokens unknown" in partial.footer() and "0 tokens" not in final["data"]["text/plain"]
     # the router logs the cancelled attempt from its own loop, just after the interrupt
     deadline = time.monotonic() + 5
     while not (logged := magics(ip).router.log(5)) and time.monotonic() < deadline:
@@ -726,6 +784,15 @@ def test_a_line_prompt_returns_the_route_result(ip: Any, sim: Any) -> None:
     assert isinstance(x, RouteResult) and x.served_by == "sim#default/model-a" and x is ip.user_ns["_llm"]
 
 
+def test_a_bare_line_prompt_shows_its_answer_without_an_out_repr(ip: Any, sim: Any) -> None:
+    magics(ip).live_display = True
+    assert run(ip, "%llm fast say hi") is None
+    assert ip.user_ns["_llm"].served_by == "sim#default/model-a"
+    assert ip.user_ns.get("Out", {}) == {}  # the answer is displayed; no Out[] repeats it as a repr
+    assert run(ip, "1 + 1\n%llm fast and again") is None
+    assert ip.user_ns.get("Out", {}) == {}
+
+
 def test_cache_answers_a_cell_again_without_sending_it(ip: Any, sim: Any) -> None:
     assert run(ip, "%%llm fast --cache\nthe same question") is None
     sent = len(sim.requests)
@@ -760,3 +827,14 @@ def test_the_magics_budget_is_the_router_s_own(ip: Any, sim: Any) -> None:
     assert router.budget.spent > 0 and router.budget.remaining < Decimal("0.25")
     run(ip, "%llm budget off")
     assert router.budget.limit is None
+
+
+def test_a_partial_answer_with_no_usage_reported_says_tokens_unknown_not_zero() -> None:
+    from nbrouter.router.types import Usage
+
+    partial = RouteResult(text="half an ans", served_by="sim#default/model-a", model="model-a", combo="fast", attempts=[],
+                          usage=Usage(), cost_usd=None, latency_s=0.5, ttft_s=None, partial=True)
+    assert "tokens unknown" in partial.footer() and "0 tokens" not in partial.footer()
+    whole = RouteResult(text="", served_by="sim#default/model-a", model="model-a", combo="fast", attempts=[],
+                        usage=Usage(), cost_usd=None, latency_s=0.5, ttft_s=None)
+    assert "0 tokens" in whole.footer()  # a finished empty answer did use 0 tokens

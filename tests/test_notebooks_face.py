@@ -3,7 +3,7 @@ test per rule reading what the kernel showed, what it sent and what it saved.
 
 The rules: a `%llm` line ending in `?` is a prompt; `-f code` puts the code in a new cell below;
 `%llm error` sends the last error and its cell; `{In[n]}`, `{Out[n]}` and a DataFrame fill a prompt;
-`%llm chat show|clear`; a failure is one line above an HTML attempt table, and `raise_on_failure = False`
+`%llm chat show|clear`; a failure is a few short lines above an HTML attempt table, and `raise_on_failure = False`
 lets Run All go on; `%llm log N` pages the log; dollars are dollars; `%llm help` lists every subcommand.
 """
 
@@ -137,6 +137,8 @@ def _sent(face: dict[str, Any], model: str) -> list[Any]:
 def test_a_llm_line_ending_in_a_question_mark_is_sent_as_a_prompt(face: dict[str, Any]) -> None:
     cell = _cell(face, "question")
     assert not _errors(cell) and "not found" not in _stream(cell)
+    # the answer is shown once: no Out[] repeating it as a RouteResult repr
+    assert [o for o in cell.outputs if o.output_type == "execute_result"] == []
     assert _sent(face, "face")[0].body["messages"][-1]["content"] == "What is the capital of Italy?"
     (answer,) = _displays(cell)
     assert answer.data["text/plain"].startswith("Simulated reply from face: What is the capital of Italy?")
@@ -181,11 +183,11 @@ def test_chat_show_lists_the_conversation_and_clear_forgets_it(face: dict[str, A
     assert "cleared the chat of chatty" in _stream(_cell(face, "chat_clear"))
 
 
-def test_a_failure_is_one_line_above_an_html_attempt_table_and_stops_run_all(face: dict[str, Any]) -> None:
+def test_a_failure_is_short_lines_above_an_html_attempt_table_and_stops_run_all(face: dict[str, Any]) -> None:
     cell = _cell(face, "fails")
     (error,) = _errors(cell)
     assert error.ename == "AllTargetsFailed"
-    assert error.traceback == ["AllTargetsFailed: every target of 'doomed' failed (1 tried): server_error. "
+    assert error.traceback == ["AllTargetsFailed: every target of 'doomed' failed (1 tried): server_error.",
                                "`%llm status` shows every cooldown and breaker."]
     (table,) = _displays(cell)
     assert "<table" in table.data["text/html"] and "sim#default/dead" in table.data["text/html"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+import textwrap
 import time
 import traceback
 from decimal import Decimal
@@ -34,7 +35,7 @@ from ..router.types import Action, Attempt, AttemptFinished, AttemptStarted, Dec
 from .._core import scrub
 from ..report import Shown, Table
 from ..router import views
-from .display import FORMATS, LiveAnswer, failure_bundle, failure_line, render_answer, result_bundle, short_traceback, terminal_width
+from .display import FORMATS, LiveAnswer, failure_bundle, failure_lines, render_answer, result_bundle, short_traceback, terminal_width
 from . import frontend
 from .batch_view import run_batch_cell
 from .interpolation import interpolate
@@ -277,10 +278,10 @@ class LLMMagics(Magics):
             if live is not None:
                 live.fail(data, metadata)  # a terminal: end the streamed line first
             display(data, raw=True, metadata=metadata)
-        line = failure_line(exc)
+        lines = failure_lines(exc)
         if self.raise_on_failure:
-            raise short_traceback(exc, [line]) from None
-        print(line, file=sys.stderr)
+            raise short_traceback(exc, lines) from None
+        print("\n".join(lines), file=sys.stderr)
 
     def _stream(self, router: Router, combo: str, prompt: str, fmt: str, call: dict[str, Any],
                 where: dict[str, Any], live: LiveAnswer) -> RouteResult:
@@ -326,11 +327,12 @@ class LLMMagics(Magics):
             partial = self._cancelled(combo, live.text, attempts, current, in_flight, started)
             self.ledger.record(partial.attempts, combo=combo, served_by=partial.served_by, outcome="cancelled", **where)
             self._remember(partial, None, None)
-            data, metadata = result_bundle(partial, fmt, notes=[_cancel_note(partial, live.text)], **where)
-            tail = "\n".join([_cancel_note(partial, live.text), *_terminal_attempts(partial, always=True)])
+            # the note is said once, under the partial text (the result's `error`); the traceback only points to it
+            data, metadata = result_bundle(partial, fmt, **where)
+            tail = "\n".join([f"partial answer: {partial.error}", partial.footer(), *_terminal_attempts(partial, always=True)])
             live.finish(data, metadata, tail)
-            interrupt = KeyboardInterrupt(_cancel_note(partial, live.text))
-            raise short_traceback(interrupt, [f"KeyboardInterrupt: {_cancel_note(partial, live.text)}; the partial text is in _llm"]) from None
+            interrupt = KeyboardInterrupt(partial.error)
+            raise short_traceback(interrupt, ["KeyboardInterrupt: the partial text is in _llm"]) from None
         finally:
             events.close()
 
@@ -341,17 +343,18 @@ class LLMMagics(Magics):
         The router logs the cancelled attempt itself; its event arrives after we stopped listening, so
         the row shown here is a copy of what it records."""
         shown = list(attempts)
-        if in_flight is not None:
+        if in_flight is not None:  # its kind says it was cancelled; the note under the answer says the rest
             shown.append(Attempt(candidate=in_flight.candidate, path=in_flight.path, action=Action.STOP, started_at=time.time(),
-                                 kind=ErrorKind.CANCELLED,
-                                 message="cancelled by the user" + (f" after {len(text)} characters" if text else "")))
+                                 kind=ErrorKind.CANCELLED))
         usage = Usage()
         for a in shown:
             if a.usage is not None:
                 usage = usage + a.usage
-        return RouteResult(text=text, served_by=current.candidate if current else "", model="", combo=combo, attempts=shown,
-                           usage=usage, cost_usd=None, latency_s=time.perf_counter() - started, ttft_s=None,
-                           partial=True, error="cancelled by the user")
+        result = RouteResult(text=text, served_by=current.candidate if current else "", model="", combo=combo, attempts=shown,
+                             usage=usage, cost_usd=None, latency_s=time.perf_counter() - started, ttft_s=None, partial=True,
+                             usage_known=any(a.usage is not None for a in shown))
+        result.error = _cancel_note(result, text)
+        return result
 
     def _remember(self, result: RouteResult, out: str | None, json_value: Any) -> None:
         if self.shell is None:
@@ -670,19 +673,31 @@ SUBCOMMAND_HELP = [
 ]
 
 
-def help_text(parser: Any) -> str:
-    """The `%%llm` options (from the magic's own argument parser) and the `%llm` subcommands."""
-    lines = ["%%llm [COMBO] [options]: the cell below is the prompt; {name}, {In[3]}, {Out[3]} are filled in", ""]
+def help_text(parser: Any, width: int | None = None) -> str:
+    """The `%%llm` options (from the magic's own argument parser) and the `%llm` subcommands, wrapped to
+    `width` columns (the output's width by default)."""
+    width = max(60, terminal_width() if width is None else width)
+    lines = textwrap.wrap("%%llm [COMBO] [options]: the cell below is the prompt; {name}, {In[3]}, {Out[3]} are filled in",
+                          width) + [""]
     for action in parser._actions:
         if not action.option_strings:
             continue
         names = ", ".join(action.option_strings)
         if action.nargs != 0:
             names += " " + (action.metavar or action.dest.upper())
-        lines.append(f"  {names:<30} {action.help}")
+        lines.extend(_entry(f"  {names:<30} ", action.help or "", width))
     lines.extend(["", "%llm SUBCOMMAND:", ""])
-    lines.extend(f"  %llm {syntax:<25} {what} ({example})" for syntax, what, example in SUBCOMMAND_HELP)
+    for syntax, what, example in SUBCOMMAND_HELP:
+        lines.extend(_entry(f"  %llm {syntax:<25} ", f"{what} ({example})", width))
     return "\n".join(lines)
+
+
+def _entry(head: str, text: str, width: int) -> list[str]:
+    """`head` then `text` wrapped under itself; a head wider than half the width puts the text below it."""
+    indent = " " * min(len(head), width // 2)
+    if len(head) > width // 2:
+        return [head.rstrip(), *textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent)]
+    return textwrap.wrap(text, width, initial_indent=head, subsequent_indent=indent) or [head.rstrip()]
 
 
 def _terminal_attempts(result: RouteResult, always: bool = False) -> list[str]:
@@ -690,7 +705,7 @@ def _terminal_attempts(result: RouteResult, always: bool = False) -> list[str]:
     than the footer (a fallback, a skip, an interruption)."""
     if not always and len(result.attempts) <= 1:
         return []
-    return [views.attempt_table(result.attempts, compact=True).text(terminal_width())]
+    return [views.attempt_text(result.attempts, terminal_width())]
 
 
 def _cancel_note(result: RouteResult, text: str) -> str:
@@ -729,7 +744,9 @@ def keep_question_marks(lines: list[str]) -> list[str]:
         m = _LLM_LINE.match(line)
         rest = (m.group(2) or "").strip() if m else ""
         if m and rest and rest.strip("?"):
-            line = f"{m.group(1)}get_ipython().run_line_magic('llm', {rest!r}){m.group(3)}"
+            # `and None`: the answer is displayed already, so a bare `%llm COMBO PROMPT` shows no Out[] repeating it
+            # (`x = %llm ...` is no bare line: x gets the RouteResult)
+            line = f"{m.group(1)}get_ipython().run_line_magic('llm', {rest!r}) and None{m.group(3)}"
         out.append(line)
     return out
 

@@ -7,7 +7,7 @@ import enum
 import functools
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Mapping, Union
+from typing import Any, List, Mapping, Union
 
 from .._core import ErrorKind, Usage
 from .._core.text import dollars
@@ -86,6 +86,10 @@ class Attempt:
     warning: str | None = None
     model: str | None = None
 
+    def __repr__(self) -> str:
+        # one readable line, not the fields with epoch floats and Decimals (as_dict() has every field)
+        return f"<Attempt {views.attempt_line(self)}>"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "candidate": self.candidate,
@@ -104,6 +108,20 @@ class Attempt:
             "request_id": self.request_id,
             "warning": self.warning,
         }
+
+
+class Attempts(List[Attempt]):
+    """A call's attempts: a list that shows itself as the attempt table (text fitted to the output's
+    width; HTML in a notebook)."""
+
+    def __repr__(self) -> str:
+        return views.attempt_text(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text("[...]" if cycle else repr(self))
+
+    def _repr_html_(self) -> str:
+        return views.attempt_table(self).html()
 
 
 @dataclass
@@ -205,6 +223,10 @@ class RouteResult:
     #: set when the answer came from the response cache (`complete(..., cache=True)`, `map`)
     cached: CacheInfo | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, Attempts):
+            self.attempts = Attempts(self.attempts)
+
     @property
     def cost_text(self) -> str:
         """The call's cost in dollars, `unknown` when no price is known, `+ unknown` when part of it is not."""
@@ -217,9 +239,9 @@ class RouteResult:
             return self.cached.footer()
         return views.footer(self)
 
-    def attempt_table(self) -> str:
-        """Every attempt as a plain-text table."""
-        return views.attempt_table(self.attempts).text()
+    def attempt_table(self, width: int | None = None) -> str:
+        """Every attempt as a plain-text table fitted to `width` columns (the output's width by default)."""
+        return views.attempt_text(self.attempts, width)
 
     def __str__(self) -> str:
         return self.text
