@@ -52,6 +52,8 @@ CELLS = [
     ("log_all", "%llm log --all"),
     ("money", "%%llm money --no-stream\nhow much?"),
     ("help", "%llm help"),
+    ("dollar_line", "price = 7\n%llm face Is it cheaper than $5 to $10, or $price? Say {price}."),
+    ("dollar_cell", "%%llm face -s 'Prices in $USD, never $price' --no-stream\nIt costs $5, not $price; say {price}."),
 ]
 INDEX = {name: i for i, (name, _) in enumerate(CELLS)}
 
@@ -231,3 +233,12 @@ def test_llm_help_lists_every_subcommand_with_an_example(face: dict[str, Any]) -
 
 def test_no_key_in_the_saved_notebook(face: dict[str, Any]) -> None:
     assert SIM_KEY not in nbformat.writes(face["nb"])
+
+
+def test_dollars_are_sent_as_written_by_the_line_and_the_cell_magic(face: dict[str, Any]) -> None:
+    # IPython expands `$name` in a magic's line unless the magic says not to: `{name}` is nbrouter's one way in
+    line, cell = _sent(face, "face")[-2:]
+    assert not _errors(_cell(face, "dollar_line")) and not _errors(_cell(face, "dollar_cell"))
+    assert line.body["messages"][-1]["content"] == "Is it cheaper than $5 to $10, or $price? Say 7."
+    assert cell.body["messages"][0] == {"role": "system", "content": "Prices in $USD, never $price"}
+    assert cell.body["messages"][-1]["content"] == "It costs $5, not $price; say 7."

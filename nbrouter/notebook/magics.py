@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.display import display
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Float, Unicode, observe
@@ -157,6 +157,7 @@ class LLMMagics(Magics):
     @argument("--column", default=None, metavar="COL", help="With --over: the items are this column of VAR.")
     @argument("--concurrency", type=int, default=None, metavar="N", help="With --over: at most N calls in flight.")
     @argument("--schema", default=None, metavar="VAR", help="With --over: each answer is JSON matching the schema in VAR; its fields become columns.")
+    @no_var_expand  # `$5` stays `$5` in both forms (IPython would expand `$name` and `{name}` in the magic's line)
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> None:
         """Send the cell to a combo: stream the answer, fall back on failure, show who served it and the cost.
@@ -164,6 +165,9 @@ class LLMMagics(Magics):
         As a cell magic, the cell body is the prompt: `%%llm [COMBO] [options]`. `{name}` in the prompt is
         replaced by the value of the variable `name` when it exists; other braces are left as written and
         `{{name}}` stays a literal `{name}`. The result is in `_llm` (a RouteResult).
+
+        `$` is always sent as written, in the cell and in the line (`$5`, `$name`); `{name}` is the one way
+        to put a variable's value in a prompt.
 
         As a line magic: `%llm COMBO PROMPT...` sends a one-line prompt, and these subcommands manage the
         session: `combos`, `providers`, `status [--live]`, `log [N] [--all]`, `cost`, `budget [USD|off]`,
