@@ -97,27 +97,32 @@ def rendered(exc: BaseException) -> str:
 # ---- loading -------------------------------------------------------------------------------
 
 
-def test_load_ext_is_fast_and_imports_no_prices_pydantic_widgets_or_markdown(config_file: Path, tmp_path: Path) -> None:
-    code = textwrap.dedent("""
-        import sys, time
+#: what `%load_ext nbrouter` must not import: each is paid for on first use (its cost is benchmarks/bench_startup.py's
+#: to measure, never a test's to time)
+HEAVY_ON_FIRST_USE = ("genai_prices", "pydantic", "ipywidgets", "nbrouter.notebook.builder", "nbrouter.notebook.board",
+                      "markdown_it", "tabulate", "jsonschema", "tqdm", "pandas")
+
+
+def test_load_ext_imports_no_prices_pydantic_widgets_markdown_or_tables(config_file: Path, tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import json, sys
         from traitlets.config import Config
         from IPython.core.interactiveshell import InteractiveShell
         cfg = Config(); cfg.HistoryManager.enabled = False
         ip = InteractiveShell.instance(config=cfg)
-        t = time.perf_counter()
+        before = set(sys.modules)
         ip.run_line_magic("load_ext", "nbrouter")
-        took = time.perf_counter() - t
-        heavy = [m for m in ("genai_prices", "pydantic", "ipywidgets", "nbrouter.notebook.builder", "nbrouter.notebook.board",
-                             "markdown_it", "tabulate") if m in sys.modules]
-        print(took, heavy)
+        added = sorted(set(sys.modules) - before)
+        print(json.dumps(added))
         ip.run_line_magic("unload_ext", "nbrouter")
     """)
     env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
-    took, heavy = out.stdout.strip().split(" ", 1)
-    assert heavy == "[]"
-    assert float(took) < 0.5
+    added = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "nbrouter.notebook.magics" in added  # it did load
+    heavy = [m for m in added if m.split(".")[0] in HEAVY_ON_FIRST_USE or m in HEAVY_ON_FIRST_USE]
+    assert heavy == []
 
 
 def test_loading_twice_is_harmless_and_unload_stops_the_router(ip: Any) -> None:
