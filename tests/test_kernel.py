@@ -180,7 +180,7 @@ def test_a_notebook_run_records_answers_fallback_stream_interrupt_and_costs(kern
     assert SIM_KEY not in nbformat.writes(nb)
 
 
-def test_a_failing_cell_stops_run_all_with_one_line_and_the_attempt_table(kernel_env: Path, sim: Any) -> None:
+def test_a_failing_cell_stops_run_all_with_short_lines_and_the_attempt_table(kernel_env: Path, sim: Any) -> None:
     sim.script(ServerError(), model="dead-1")
     sim.script(ServerError(status=502), model="dead-2")
     nb = notebook(
@@ -195,7 +195,7 @@ def test_a_failing_cell_stops_run_all_with_one_line_and_the_attempt_table(kernel
     (error,) = [o for o in nb.cells[1].outputs if o.output_type == "error"]
     assert error.ename == "AllTargetsFailed"
     shown = "\n".join(error.traceback)
-    assert shown == ("AllTargetsFailed: every target of 'doomed' failed (2 tried): server_error ×2. "
+    assert shown == ("AllTargetsFailed: every target of 'doomed' failed (2 tried): server_error ×2.\n"
                      "`%llm status` shows every cooldown and breaker.")
     (table,) = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
     assert "sim#default/dead-1" in table.data["text/html"] and "sim#default/dead-2" in table.data["text/html"]

@@ -3,7 +3,7 @@ test per rule reading what the kernel showed, what it sent and what it saved.
 
 The rules: a `%llm` line ending in `?` is a prompt; `-f code` puts the code in a new cell below;
 `%llm error` sends the last error and its cell; `{In[n]}`, `{Out[n]}` and a DataFrame fill a prompt;
-`%llm chat show|clear`; a failure is one line above an HTML attempt table, and `raise_on_failure = False`
+`%llm chat show|clear`; a failure is a few short lines above an HTML attempt table, and `raise_on_failure = False`
 lets Run All go on; `%llm log N` pages the log; dollars are dollars; `%llm help` lists every subcommand.
 """
 
@@ -52,6 +52,8 @@ CELLS = [
     ("log_all", "%llm log --all"),
     ("money", "%%llm money --no-stream\nhow much?"),
     ("help", "%llm help"),
+    ("dollar_line", "price = 7\n%llm face Is it cheaper than $5 to $10, or $price? Say {price}."),
+    ("dollar_cell", "%%llm face -s 'Prices in $USD, never $price' --no-stream\nIt costs $5, not $price; say {price}."),
 ]
 INDEX = {name: i for i, (name, _) in enumerate(CELLS)}
 
@@ -137,6 +139,8 @@ def _sent(face: dict[str, Any], model: str) -> list[Any]:
 def test_a_llm_line_ending_in_a_question_mark_is_sent_as_a_prompt(face: dict[str, Any]) -> None:
     cell = _cell(face, "question")
     assert not _errors(cell) and "not found" not in _stream(cell)
+    # the answer is shown once: no Out[] repeating it as a RouteResult repr
+    assert [o for o in cell.outputs if o.output_type == "execute_result"] == []
     assert _sent(face, "face")[0].body["messages"][-1]["content"] == "What is the capital of Italy?"
     (answer,) = _displays(cell)
     assert answer.data["text/plain"].startswith("Simulated reply from face: What is the capital of Italy?")
@@ -181,11 +185,11 @@ def test_chat_show_lists_the_conversation_and_clear_forgets_it(face: dict[str, A
     assert "cleared the chat of chatty" in _stream(_cell(face, "chat_clear"))
 
 
-def test_a_failure_is_one_line_above_an_html_attempt_table_and_stops_run_all(face: dict[str, Any]) -> None:
+def test_a_failure_is_short_lines_above_an_html_attempt_table_and_stops_run_all(face: dict[str, Any]) -> None:
     cell = _cell(face, "fails")
     (error,) = _errors(cell)
     assert error.ename == "AllTargetsFailed"
-    assert error.traceback == ["AllTargetsFailed: every target of 'doomed' failed (1 tried): server_error. "
+    assert error.traceback == ["AllTargetsFailed: every target of 'doomed' failed (1 tried): server_error.",
                                "`%llm status` shows every cooldown and breaker."]
     (table,) = _displays(cell)
     assert "<table" in table.data["text/html"] and "sim#default/dead" in table.data["text/html"]
@@ -229,3 +233,12 @@ def test_llm_help_lists_every_subcommand_with_an_example(face: dict[str, Any]) -
 
 def test_no_key_in_the_saved_notebook(face: dict[str, Any]) -> None:
     assert SIM_KEY not in nbformat.writes(face["nb"])
+
+
+def test_dollars_are_sent_as_written_by_the_line_and_the_cell_magic(face: dict[str, Any]) -> None:
+    # IPython expands `$name` in a magic's line unless the magic says not to: `{name}` is nbrouter's one way in
+    line, cell = _sent(face, "face")[-2:]
+    assert not _errors(_cell(face, "dollar_line")) and not _errors(_cell(face, "dollar_cell"))
+    assert line.body["messages"][-1]["content"] == "Is it cheaper than $5 to $10, or $price? Say 7."
+    assert cell.body["messages"][0] == {"role": "system", "content": "Prices in $USD, never $price"}
+    assert cell.body["messages"][-1]["content"] == "It costs $5, not $price; say 7."

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import sys
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from .._core.text import span
 from ..report import MUTED_TEXT, escape_dollars, escape_markdown, html_text, markdown_html, tone_border
-from ..router import attempt_table
+from ..router import attempt_table, attempt_text, output_width
 from ..router import AllTargetsFailed, StopError
 from ..router import Action, Attempt, RouteResult
 from .frontend import MIME, result_payload
@@ -30,8 +29,6 @@ from .frontend import MIME, result_payload
 UPDATE_INTERVAL_S = 0.1
 FORMATS = ("markdown", "text", "code", "json", "html")
 METADATA_KEY = "nbrouter"
-#: the width plain-text tables are fitted to where no terminal says its own (a kernel's text/plain)
-TEXT_WIDTH = 120
 
 
 # ---- the answer, per format ---------------------------------------------------------------
@@ -176,8 +173,9 @@ def _soonest_free(attempts: Sequence[Attempt], now: float) -> tuple[str, float] 
     return candidate, max(0.0, until - now)
 
 
-def failure_line(exc: AllTargetsFailed, now: float | None = None) -> str:
-    """One line for the error area: what failed and what to do about it, in `%llm` terms.
+def failure_lines(exc: AllTargetsFailed, now: float | None = None) -> list[str]:
+    """The lines of the error area: what failed, then what to do about it in `%llm` terms, one thing a
+    line (each shorter than a screen).
 
     Args:
         exc: the routing failure (it carries every attempt).
@@ -191,9 +189,10 @@ def failure_line(exc: AllTargetsFailed, now: float | None = None) -> str:
         todo.append(f"another target would not help: {exc.kind.value} stops the call (the combo's fallback_on can change that)")
     soonest = _soonest_free(exc.attempts, now)
     if soonest is not None:
-        todo.append(f"{soonest[0]} frees up first, in {span(soonest[1])}; `%llm reset {soonest[0]}` clears its cooldown")
+        todo.append(f"{soonest[0]} frees up first, in {span(soonest[1])}")
+        todo.append(f"`%llm reset {soonest[0]}` clears its cooldown")
     todo.append("`%llm status` shows every cooldown and breaker")
-    return f"{type(exc).__name__}: {exc.headline}" + (f": {what}" if what else "") + ". " + "; ".join(todo) + "."
+    return [f"{type(exc).__name__}: {exc.headline}" + (f": {what}" if what else "") + ".", *(t + "." for t in todo)]
 
 
 def failure_bundle(exc: AllTargetsFailed, **extra: Any) -> tuple[dict[str, str], dict[str, Any]]:
@@ -201,7 +200,7 @@ def failure_bundle(exc: AllTargetsFailed, **extra: Any) -> tuple[dict[str, str],
     notebook, fitted text in a terminal), and what was tried in the metadata."""
     table = attempt_table(exc.attempts)
     hint = exc.hint
-    plain = "\n".join([f"{exc.headline}:", table.text(terminal_width()), *([hint] if hint else [])])
+    plain = "\n".join([f"{exc.headline}:", attempt_text(exc.attempts, terminal_width()), *([hint] if hint else [])])
     html_ = (f"<div class='nbrouter-failure' style='{tone_border('bad')}'><div><b>{html_text(exc.headline)}</b></div>"
              f"{table.html()}" + (f"<div style='color:{MUTED_TEXT}'>{html_text(hint)}</div>" if hint else "") + "</div>")
     markdown = "\n\n".join([f"**{escape_markdown(exc.headline)}**", table.markdown(), *([escape_markdown(hint)] if hint else [])])
@@ -211,8 +210,8 @@ def failure_bundle(exc: AllTargetsFailed, **extra: Any) -> tuple[dict[str, str],
 
 
 def terminal_width() -> int:
-    """The terminal's width in columns (the fallback where there is none, as in a kernel)."""
-    return shutil.get_terminal_size((TEXT_WIDTH, 24)).columns
+    """The terminal's width in columns (views.TEXT_WIDTH where there is none, as in a kernel)."""
+    return output_width()
 
 
 # ---- the live output area -----------------------------------------------------------------
@@ -290,6 +289,16 @@ class LiveAnswer:
         if self.in_kernel:
             self._update(data, metadata)
         else:
+            self._end_line()
+
+    def withdraw(self) -> None:
+        """The call ended in an error shown elsewhere: the "routing to ..." line goes (text already shown stays)."""
+        self.status = ""
+        if self.in_kernel and self.handle is not None:
+            text = self.text
+            self._update({"text/plain": text} if not text or self.fmt != "markdown" else
+                         {"text/plain": text, "text/markdown": escape_dollars(text), "text/html": markdown_html(text)}, {})
+        elif not self.in_kernel:
             self._end_line()
 
     def _end_line(self) -> None:

@@ -13,8 +13,10 @@ ledger of what each cell cost.
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
+import textwrap
 import time
 import traceback
 from decimal import Decimal
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.display import display
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Float, Unicode, observe
@@ -32,8 +34,8 @@ from ..router import Status
 from ..router import Action, Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta, Usage
 from .._core import scrub
 from ..report import Shown, Table
-from ..router import attempt_table, decision_html, decision_text, log_table
-from .display import FORMATS, LiveAnswer, failure_bundle, failure_line, render_answer, result_bundle, short_traceback, terminal_width
+from ..router import attempt_text, decision_html, decision_text, log_table
+from .display import FORMATS, LiveAnswer, failure_bundle, failure_lines, render_answer, result_bundle, short_traceback, terminal_width
 from . import frontend
 from .batch_view import run_batch_cell
 from .interpolation import interpolate
@@ -155,6 +157,7 @@ class LLMMagics(Magics):
     @argument("--column", default=None, metavar="COL", help="With --over: the items are this column of VAR.")
     @argument("--concurrency", type=int, default=None, metavar="N", help="With --over: at most N calls in flight.")
     @argument("--schema", default=None, metavar="VAR", help="With --over: each answer is JSON matching the schema in VAR; its fields become columns.")
+    @no_var_expand  # `$5` stays `$5` in both forms (IPython would expand `$name` and `{name}` in the magic's line)
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> None:
         """Send the cell to a combo: stream the answer, fall back on failure, show who served it and the cost.
@@ -162,6 +165,9 @@ class LLMMagics(Magics):
         As a cell magic, the cell body is the prompt: `%%llm [COMBO] [options]`. `{name}` in the prompt is
         replaced by the value of the variable `name` when it exists; other braces are left as written and
         `{{name}}` stays a literal `{name}`. The result is in `_llm` (a RouteResult).
+
+        `$` is always sent as written, in the cell and in the line (`$5`, `$name`); `{name}` is the one way
+        to put a variable's value in a prompt.
 
         As a line magic: `%llm COMBO PROMPT...` sends a one-line prompt, and these subcommands manage the
         session: `combos`, `providers`, `status [--live]`, `log [N] [--all]`, `cost`, `budget [USD|off]`,
@@ -186,7 +192,8 @@ class LLMMagics(Magics):
             raise short_traceback(exc) from None
         combo = args.combo or self.default_combo
         if not combo:
-            raise UsageError("no combo: write `%%llm NAME`, or choose a default with `%llm use NAME`")
+            raise UsageError("no combo: write `%%llm NAME` (`%%llm auto` lets the router choose among every configured "
+                             "model), or choose a default with `%llm use NAME`")
         ns = self.shell.user_ns if self.shell is not None else {}
         if self.interpolate and not args.no_interpolate and not args.over:  # --over: braces are the items' fields
             hidden = getattr(self.shell, "user_ns_hidden", {})
@@ -275,10 +282,10 @@ class LLMMagics(Magics):
             if live is not None:
                 live.fail(data, metadata)  # a terminal: end the streamed line first
             display(data, raw=True, metadata=metadata)
-        line = failure_line(exc)
+        lines = failure_lines(exc)
         if self.raise_on_failure:
-            raise short_traceback(exc, [line]) from None
-        print(line, file=sys.stderr)
+            raise short_traceback(exc, lines) from None
+        print("\n".join(lines), file=sys.stderr)
 
     def _stream(self, router: Router, combo: str, prompt: str, fmt: str, call: dict[str, Any],
                 where: dict[str, Any], live: LiveAnswer) -> RouteResult:
@@ -314,17 +321,22 @@ class LLMMagics(Magics):
                     live.finish(data, metadata, tail)
                     return result
             raise RuntimeError("the router's event stream ended without Done")
+        except Exception as exc:
+            if not isinstance(exc, AllTargetsFailed):  # a failure's table replaces the status line itself
+                live.withdraw()
+            raise
         except KeyboardInterrupt:
             # closing the generator cancels the task on the router's loop, which logs the attempt as cancelled
             events.close()
             partial = self._cancelled(combo, live.text, attempts, current, in_flight, started)
             self.ledger.record(partial.attempts, combo=combo, served_by=partial.served_by, outcome="cancelled", **where)
             self._remember(partial, None, None)
-            data, metadata = result_bundle(partial, fmt, notes=[_cancel_note(partial, live.text)], **where)
-            tail = "\n".join([_cancel_note(partial, live.text), *_terminal_attempts(partial, always=True)])
+            # the note is said once, under the partial text (the result's `error`); the traceback only points to it
+            data, metadata = result_bundle(partial, fmt, **where)
+            tail = "\n".join([f"partial answer: {partial.error}", partial.footer(), *_terminal_attempts(partial, always=True)])
             live.finish(data, metadata, tail)
-            interrupt = KeyboardInterrupt(_cancel_note(partial, live.text))
-            raise short_traceback(interrupt, [f"KeyboardInterrupt: {_cancel_note(partial, live.text)}; the partial text is in _llm"]) from None
+            interrupt = KeyboardInterrupt(partial.error)
+            raise short_traceback(interrupt, ["KeyboardInterrupt: the partial text is in _llm"]) from None
         finally:
             events.close()
 
@@ -335,17 +347,18 @@ class LLMMagics(Magics):
         The router logs the cancelled attempt itself; its event arrives after we stopped listening, so
         the row shown here is a copy of what it records."""
         shown = list(attempts)
-        if in_flight is not None:
+        if in_flight is not None:  # its kind says it was cancelled; the note under the answer says the rest
             shown.append(Attempt(candidate=in_flight.candidate, path=in_flight.path, action=Action.STOP, started_at=time.time(),
-                                 kind=ErrorKind.CANCELLED,
-                                 message="cancelled by the user" + (f" after {len(text)} characters" if text else "")))
+                                 kind=ErrorKind.CANCELLED))
         usage = Usage()
         for a in shown:
             if a.usage is not None:
                 usage = usage + a.usage
-        return RouteResult(text=text, served_by=current.candidate if current else "", model="", combo=combo, attempts=shown,
-                           usage=usage, cost_usd=None, latency_s=time.perf_counter() - started, ttft_s=None,
-                           partial=True, error="cancelled by the user")
+        result = RouteResult(text=text, served_by=current.candidate if current else "", model="", combo=combo, attempts=shown,
+                             usage=usage, cost_usd=None, latency_s=time.perf_counter() - started, ttft_s=None, partial=True,
+                             usage_known=any(a.usage is not None for a in shown))
+        result.error = _cancel_note(result, text)
+        return result
 
     def _remember(self, result: RouteResult, out: str | None, json_value: Any) -> None:
         if self.shell is None:
@@ -410,10 +423,22 @@ class LLMMagics(Magics):
                 return self._prompt(self._parse(word), rest)
         except ComboConfigError as exc:
             raise short_traceback(exc) from None
+        nearest = self._nearest_word(word)
         raise UsageError(
-            f"unknown subcommand or combo {word!r}. Subcommands: {', '.join(SUBCOMMANDS)}; "
-            "or `%llm COMBO PROMPT` with a combo name, an auto... combo or a provider/model"
+            f"unknown subcommand or combo {word!r}" + (f": did you mean {nearest!r}?" if nearest else ".")
+            + f" Subcommands: {', '.join(SUBCOMMANDS)}; or `%llm COMBO PROMPT` with a combo name, an auto... combo or a provider/model"
         )
+
+    def _nearest_word(self, word: str) -> str | None:
+        """The subcommand or combo nearest to a mistyped word (`everydy` -> `everyday`), or None."""
+        from ..router import VIRTUAL_COMBOS
+
+        try:
+            combos = list(self.router.config.combos)
+        except ComboConfigError:
+            combos = []
+        close = difflib.get_close_matches(word, [*SUBCOMMANDS, *combos, *VIRTUAL_COMBOS], n=1, cutoff=0.6)
+        return close[0] if close else None
 
     def _names_a_combo(self, word: str) -> bool:
         from ..router import VIRTUAL_COMBOS
@@ -652,19 +677,31 @@ SUBCOMMAND_HELP = [
 ]
 
 
-def help_text(parser: Any) -> str:
-    """The `%%llm` options (from the magic's own argument parser) and the `%llm` subcommands."""
-    lines = ["%%llm [COMBO] [options]: the cell below is the prompt; {name}, {In[3]}, {Out[3]} are filled in", ""]
+def help_text(parser: Any, width: int | None = None) -> str:
+    """The `%%llm` options (from the magic's own argument parser) and the `%llm` subcommands, wrapped to
+    `width` columns (the output's width by default)."""
+    width = max(60, terminal_width() if width is None else width)
+    lines = textwrap.wrap("%%llm [COMBO] [options]: the cell below is the prompt; {name}, {In[3]}, {Out[3]} are filled in",
+                          width) + [""]
     for action in parser._actions:
         if not action.option_strings:
             continue
         names = ", ".join(action.option_strings)
         if action.nargs != 0:
             names += " " + (action.metavar or action.dest.upper())
-        lines.append(f"  {names:<30} {action.help}")
+        lines.extend(_entry(f"  {names:<30} ", action.help or "", width))
     lines.extend(["", "%llm SUBCOMMAND:", ""])
-    lines.extend(f"  %llm {syntax:<25} {what} ({example})" for syntax, what, example in SUBCOMMAND_HELP)
+    for syntax, what, example in SUBCOMMAND_HELP:
+        lines.extend(_entry(f"  %llm {syntax:<25} ", f"{what} ({example})", width))
     return "\n".join(lines)
+
+
+def _entry(head: str, text: str, width: int) -> list[str]:
+    """`head` then `text` wrapped under itself; a head wider than half the width puts the text below it."""
+    indent = " " * min(len(head), width // 2)
+    if len(head) > width // 2:
+        return [head.rstrip(), *textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent)]
+    return textwrap.wrap(text, width, initial_indent=head, subsequent_indent=indent) or [head.rstrip()]
 
 
 def _terminal_attempts(result: RouteResult, always: bool = False) -> list[str]:
@@ -672,7 +709,7 @@ def _terminal_attempts(result: RouteResult, always: bool = False) -> list[str]:
     than the footer (a fallback, a skip, an interruption)."""
     if not always and len(result.attempts) <= 1:
         return []
-    return [attempt_table(result.attempts, compact=True).text(terminal_width())]
+    return [attempt_text(result.attempts, terminal_width())]
 
 
 def _cancel_note(result: RouteResult, text: str) -> str:
@@ -711,7 +748,9 @@ def keep_question_marks(lines: list[str]) -> list[str]:
         m = _LLM_LINE.match(line)
         rest = (m.group(2) or "").strip() if m else ""
         if m and rest and rest.strip("?"):
-            line = f"{m.group(1)}get_ipython().run_line_magic('llm', {rest!r}){m.group(3)}"
+            # `and None`: the answer is displayed already, so a bare `%llm COMBO PROMPT` shows no Out[] repeating it
+            # (`x = %llm ...` is no bare line: x gets the RouteResult)
+            line = f"{m.group(1)}get_ipython().run_line_magic('llm', {rest!r}) and None{m.group(3)}"
         out.append(line)
     return out
 

@@ -60,10 +60,12 @@ from .types import (
 from .views import (
     account_cells,
     attempt_table,
+    attempt_text,
     candidate_cells,
     decision_html,
     decision_text,
     log_table,
+    output_width,
     status_tables,
 )
 
@@ -124,10 +126,12 @@ __all__ = [
     "VIRTUAL_COMBOS",
     "account_cells",
     "attempt_table",
+    "attempt_text",
     "build_request",
     "candidate_cells",
     "decision_html",
     "decision_text",
     "log_table",
+    "output_width",
     "status_tables",
 ]

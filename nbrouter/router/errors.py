@@ -17,8 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from .._core.text import span
-from .views import attempt_table, tried_text
-from .types import Attempt, RouteResult
+from .views import attempt_text, output_width, tried_text
+from .types import Attempt, Attempts, RouteResult
+
+#: the widest line of an error's message (its attempt table is fitted to it)
+ERROR_WIDTH = 150
 
 
 class RouteError(Exception):
@@ -28,7 +31,7 @@ class RouteError(Exception):
 
     def __init__(self, message: str, attempts: list[Attempt] | None = None) -> None:
         super().__init__(message)
-        self.attempts = list(attempts or [])
+        self.attempts = Attempts(attempts or [])
         self.partial: RouteResult | None = None
 
 
@@ -39,7 +42,7 @@ class AllTargetsFailed(RouteError):
         self.combo = combo
         self.hint = hint or _hint_for(attempts)
         self.headline = headline or f"every target of {combo!r} failed ({tried_text(attempts)})"
-        lines = [self.headline + ":", attempt_table(attempts).text()]
+        lines = [self.headline + ":", attempt_text(attempts, min(ERROR_WIDTH, output_width()))]
         if self.hint:
             lines.append(self.hint)
         super().__init__("\n".join(lines), attempts)

@@ -7,11 +7,11 @@ import enum
 import functools
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Mapping, Union
+from typing import Any, List, Mapping, Union
 
 from .._core import ErrorKind, Usage
 from .._core.text import dollars
-from .views import attempt_table, decision_html, decision_text, footer
+from .views import attempt_line, attempt_table, attempt_text, decision_html, decision_text, footer
 
 
 class Action(str, enum.Enum):
@@ -89,6 +89,10 @@ class Attempt:
     #: provider billed it, so it is charged, but its numbers are not the provider's
     usage_estimated: bool = False
 
+    def __repr__(self) -> str:
+        # one readable line, not the fields with epoch floats and Decimals (as_dict() has every field)
+        return f"<Attempt {attempt_line(self)}>"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "candidate": self.candidate,
@@ -108,6 +112,20 @@ class Attempt:
             "warning": self.warning,
             "usage_estimated": self.usage_estimated,
         }
+
+
+class Attempts(List[Attempt]):
+    """A call's attempts: a list that shows itself as the attempt table (text fitted to the output's
+    width; HTML in a notebook)."""
+
+    def __repr__(self) -> str:
+        return attempt_text(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text("[...]" if cycle else repr(self))
+
+    def _repr_html_(self) -> str:
+        return attempt_table(self).html()
 
 
 @dataclass
@@ -211,6 +229,10 @@ class RouteResult:
     #: part of the usage and cost is nbrouter's estimate (an attempt cut after text, with no usage reported)
     cost_estimated: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, Attempts):
+            self.attempts = Attempts(self.attempts)
+
     @property
     def cost_text(self) -> str:
         """The call's cost in dollars, `unknown` when no price is known, `+ unknown` when part of it is not,
@@ -226,9 +248,9 @@ class RouteResult:
             return self.cached.footer()
         return footer(self)
 
-    def attempt_table(self) -> str:
-        """Every attempt as a plain-text table."""
-        return attempt_table(self.attempts).text()
+    def attempt_table(self, width: int | None = None) -> str:
+        """Every attempt as a plain-text table fitted to `width` columns (the output's width by default)."""
+        return attempt_text(self.attempts, width)
 
     def __str__(self) -> str:
         return self.text

@@ -9,6 +9,7 @@ their attributes only (the small Protocols below), so types.py can import it wit
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 import time
 from decimal import Decimal
@@ -97,6 +98,17 @@ class StatusLike(Protocol):
     candidates: Sequence[Mapping[str, Any]]
     accounts: Sequence[Mapping[str, Any]]
     warning: str | None
+
+
+# ---- the width of plain text --------------------------------------------------------------
+
+#: the width plain text is fitted to where no terminal says its own (a kernel's text/plain, a pipe)
+TEXT_WIDTH = 120
+
+
+def output_width() -> int:
+    """The columns plain text is fitted to: the terminal's (or COLUMNS when set), else TEXT_WIDTH."""
+    return shutil.get_terminal_size((TEXT_WIDTH, 24)).columns
 
 
 # ---- one call: the footer and the attempt table -------------------------------------------
@@ -208,6 +220,23 @@ def attempt_table(attempts: Sequence[AttemptLike], now: float | None = None, *, 
     if path:
         headers[candidate] = f"candidate (of {_STEP.join(path)})"
     return Table(headers, rows, empty="(no attempts)", cut=NOTE_WIDTH)
+
+
+def attempt_text(attempts: Sequence[AttemptLike], width: int | None = None, now: float | None = None) -> str:
+    """The attempt table as plain text fitted to `width` (the output's, by default): every column when
+    they fit, the four of the compact table when they do not."""
+    width = output_width() if width is None else width
+    full = attempt_table(attempts, now).text(width)
+    if max(map(len, full.splitlines()), default=0) <= width:
+        return full
+    return attempt_table(attempts, now, compact=True).text(width)
+
+
+def attempt_line(a: AttemptLike, now: float | None = None) -> str:
+    """One attempt in a line: `sim#default/model-a: advance (rate_limit 429) · 120 ms · 12+30 tokens · $0.000123`."""
+    row = attempt_rows([a], now)[0]
+    parts = [f"{a.candidate}: {_outcome(row[2], row[3], row[4])}", row[5], f"{row[6]} tokens" if row[6] else "", row[7], row[8]]
+    return " · ".join(p for p in parts if p)
 
 
 # ---- a decision ---------------------------------------------------------------------------

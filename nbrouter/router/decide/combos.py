@@ -3,6 +3,7 @@ virtual combos (`auto`, `auto/coding`, ...) and saved `auto` combos whose steps 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import replace
 from typing import Iterable
 
@@ -33,7 +34,14 @@ def combo_for(config: Config, name: str) -> Combo:
             known = ", ".join(sorted(config.providers)) or "none configured"
             raise ComboConfigError(f"unknown provider {provider!r} (known: {known})", file=config.file_label, combo=name, field="target")
     known = ", ".join(sorted(config.combos)) or "none defined"
-    raise ComboConfigError(f"no combo named {name!r} (combos: {known}; or write provider/model)", file=config.file_label, combo=name, field="name")
+    raise ComboConfigError(f"no combo named {name!r}{nearest_combo(config, name)} (combos: {known}; or write provider/model)",
+                           file=config.file_label, combo=name, field="name")
+
+
+def nearest_combo(config: Config, name: str) -> str:
+    """`: did you mean 'everyday'?` for the saved or virtual combo nearest to a mistyped `name`, or nothing."""
+    close = difflib.get_close_matches(name, [*config.combos, *VIRTUAL_COMBOS], n=1, cutoff=0.6)
+    return f": did you mean {close[0]!r}?" if close else ""
 
 
 def resolve(config: Config, combo: Combo) -> list[Candidate]:

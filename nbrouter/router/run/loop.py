@@ -37,6 +37,7 @@ from ..structured import checked_output
 from ..types import (
     Action,
     Attempt,
+    Attempts,
     AttemptFinished,
     AttemptStarted,
     Candidate,
@@ -865,7 +866,7 @@ class Loop:
             elif charged:
                 unknown += 1
         served = next((a for a in reversed(call.attempts) if a.action is Action.SERVED), None)
-        result.attempts = list(call.attempts)
+        result.attempts = Attempts(call.attempts)
         result.usage = usage
         result.cost_usd = cost if known or not unknown else None
         result.cost_unknown_attempts = unknown if known else 0
