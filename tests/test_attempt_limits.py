@@ -63,7 +63,7 @@ class DripServer:
             payload = b": keep-alive\n" if self.stream else b" "
             while not self.stopped.is_set():
                 conn.sendall(payload)
-                time.sleep(self.every_s)
+                time.sleep(self.every_s)  # real I/O is the point: a server that drips bytes on real time
         except OSError:
             pass
         finally:
@@ -240,7 +240,7 @@ def test_an_attempt_limit_fires_never_early_and_the_task_goes_on_normally() -> N
     async def main() -> tuple[str, float, int]:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        outcome = await _bounded(0.05, asyncio.sleep(30))
+        outcome = await _bounded(0.05, asyncio.sleep(30))  # the limit's real timer cuts this wait
         elapsed = loop.time() - start
         await asyncio.sleep(0)  # a cancellation still pending would be raised here
         return outcome, elapsed, asyncio.current_task().cancelling()  # type: ignore[union-attr]
@@ -255,6 +255,7 @@ def test_limits_that_share_a_timer_each_fire_and_the_ones_that_finish_leave_noth
     from nbrouter.router.run import deadlines
 
     async def one(i: int) -> str:
+        # the limits' real timer cuts the long waits (deadlines.py runs on the event loop's time)
         return await _bounded(0.05, asyncio.sleep(0 if i % 2 else 30, result=f"done {i}"))
 
     async def main() -> tuple[list[str], int]:
@@ -270,7 +271,7 @@ def test_limits_that_share_a_timer_each_fire_and_the_ones_that_finish_leave_noth
 def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
     async def main() -> str:
         task = asyncio.ensure_future(_bounded(30, asyncio.sleep(30)))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one turn of the loop: the task starts and waits inside its limit
         task.cancel()
         try:
             return await task
@@ -284,7 +285,9 @@ def test_a_stopped_limit_never_cancels_what_the_task_does_next() -> None:
     # the next attempt of a call runs in the same task: the first attempt's limit must be gone with it
     async def main() -> list[str]:
         first = await _bounded(0.03, asyncio.sleep(0, result="first"))
-        second = await _bounded(30, asyncio.sleep(0.1, result="second"))  # outlives the first limit's slot
+        # a real wait: the limits run on the event loop's timer (deadlines.py), and this one outlives the
+        # first limit's slot
+        second = await _bounded(30, asyncio.sleep(0.1, result="second"))
         return [first, second]
 
     assert asyncio.run(main()) == ["first", "second"]

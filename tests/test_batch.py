@@ -127,7 +127,7 @@ def test_cancelling_amap_returns_what_finished_and_logs_the_cancelled_calls(sim,
 
         task = asyncio.ensure_future(router.amap("c", items, concurrency=2, progress=progress))
         await finished.wait()
-        while len(sim.requests) < 5:  # the two calls after the third answer are on the wire
+        while len(sim.requests) < 5:  # the two calls after the third answer are on the wire (real I/O, polled)
             await asyncio.sleep(0.01)
         task.cancel()
         return await task
@@ -148,7 +148,7 @@ def test_a_second_run_after_an_interrupt_sends_only_the_missing_items(sim, make_
 
     async def interrupted() -> BatchResult:
         task = asyncio.ensure_future(router.amap("c", items, concurrency=1))
-        while len(sim.requests) < 5:
+        while len(sim.requests) < 5:  # real I/O: the fifth request has reached the simulator
             await asyncio.sleep(0.01)
         task.cancel()
         return await task
@@ -263,7 +263,7 @@ def test_ctrl_c_during_map_returns_what_finished(sim, make_router) -> None:
     def interrupt() -> None:
         deadline = time.monotonic() + 30
         while len(sim.requests) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.01)  # real I/O, from another thread: the third request has reached the simulator
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the main thread is waiting in map
 
     threading.Thread(target=interrupt, daemon=True).start()

@@ -177,7 +177,7 @@ def jupyter_server(app: str, root: Path, env: dict[str, str], log_path: Path) ->
             except (urllib.error.URLError, OSError):
                 if time.monotonic() > deadline:
                     pytest.fail(f"{app} did not answer within 60 s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
+                time.sleep(0.2)  # real I/O: a server process starting up
         yield base
     finally:
         proc.terminate()

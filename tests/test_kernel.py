@@ -89,6 +89,7 @@ def interrupt_when_streaming(client: Any, sim: Any, model: str, after_s: float) 
 
     def run() -> None:
         deadline = time.monotonic() + 60
+        # real I/O is the point: a real kernel is interrupted while its cell streams from the simulator
         while time.monotonic() < deadline and not any(r.model == model for r in sim.requests):
             time.sleep(0.02)
         time.sleep(after_s)

@@ -229,12 +229,14 @@ def test_rate_limit_cooldown_is_capped_at_one_hour(sim, make_router) -> None:
 
 
 def test_rate_limit_does_not_count_toward_the_breaker(sim, make_router) -> None:
-    router = make_router(sim_config(sim, combo("sim/a", "sim/b")))
+    clock = ManualClock()
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b")), clock=clock)
     for _ in range(6):
         sim.script([RateLimited(retry_after=0.01)], model="a")
         router.complete("c", "hi")
-        time.sleep(0.02)
-    assert router.state.breaker_state("sim#default/a", time.time()) == "closed"
+        clock.advance(0.02)  # the cooldown is over: the next call tries a again
+    assert tried(sim).count("a") == 6
+    assert router.state.breaker_state("sim#default/a", clock.time()) == "closed"
     assert router.status().candidate("sim#default/a")["breaker"] == "closed"
 
 
@@ -410,7 +412,7 @@ def test_half_open_admits_one_probe_at_a_time(sim, make_router) -> None:
 
     async def two() -> list[Any]:
         first = asyncio.ensure_future(router.acomplete("c", "hi"))
-        while not sim.requests:  # the probe is in flight
+        while not sim.requests:  # the probe is in flight (real I/O: polled until it reaches the simulator)
             await asyncio.sleep(0.01)
         second = await router.acomplete("c", "hi")
         result = [await first, second]
@@ -533,7 +535,8 @@ def test_cancelled_stops_and_counts_nothing_against_the_provider(sim, make_route
 
     async def cancel_it() -> None:
         task = asyncio.ensure_future(router.acomplete("c", "hi"))
-        await asyncio.sleep(0.3)
+        while not sim.requests:  # real I/O: cancelled once the request hangs at the simulator, not after a guess
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -510,7 +510,7 @@ def test_interrupt_keeps_the_partial_text_and_the_next_cell_works(ip: Any, sim: 
     # the router logs the cancelled attempt from its own loop, just after the interrupt
     deadline = time.monotonic() + 5
     while not (logged := magics(ip).router.log(5)) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.02)  # real threads: the router's loop thread writes the log
     assert logged[-1]["kind"] == "cancelled"
     monkeypatch.setattr(LiveAnswer, "add", original)
     assert run(ip, "%%llm fast\nagain") is None

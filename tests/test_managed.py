@@ -273,7 +273,7 @@ def test_servers_are_stopped_when_python_exits(sim: Any, tmp_path: Path, fake_se
     assert served == "local#default/tiny"
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and _alive(int(pid)):
-        time.sleep(0.05)
+        time.sleep(0.05)  # real processes: the server's exit is polled
     assert not _alive(int(pid)), "the managed server outlived the Python process that started it"
 
 
@@ -287,7 +287,7 @@ def test_servers_are_stopped_when_python_is_killed_outright(sim: Any, tmp_path: 
         router = Router({_config(sim, _fake(fake_server))!r}, persist=False)
         router.complete("local-only", "hello", max_tokens=8)
         print(managed.get_server("local").process.pid, flush=True)
-        time.sleep(60)
+        time.sleep(60)  # a real process, waiting to be killed
     """))
     proc = subprocess.Popen([sys.executable, str(program)], stdout=subprocess.PIPE, text=True, env=os.environ)
     try:
@@ -297,7 +297,7 @@ def test_servers_are_stopped_when_python_is_killed_outright(sim: Any, tmp_path: 
         proc.wait(10)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
+            time.sleep(0.05)  # real processes: the server's exit is polled
         assert not _alive(pid), "the managed server outlived a killed Python process"
     finally:
         if proc.poll() is None:

@@ -640,7 +640,7 @@ def test_hang_is_cut_by_the_client_timeout_and_does_not_block_other_requests(sim
         async with httpx.AsyncClient() as client:
             url, headers, body = request_parts(sim, "openai", "slow", stream=False, key=KEY, include_usage=False, text=PROMPT)
             hanging = asyncio.create_task(client.post(url, headers=headers, json=body, timeout=0.5))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # real I/O: the hanging request is on its way before the quick one
             started = time.monotonic()
             url, headers, body = request_parts(sim, "openai", "fast", stream=False, key=KEY, include_usage=False, text=PROMPT)
             quick = await client.post(url, headers=headers, json=body, timeout=2)
@@ -909,7 +909,7 @@ def test_stop_does_not_wait_for_a_hanging_handler() -> None:
     caller.start()
     deadline = time.monotonic() + 2
     while not sim.requests and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.01)  # real I/O, from another thread: the request has reached the simulator
     assert sim.requests
     started = time.monotonic()
     sim.stop()

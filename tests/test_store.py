@@ -282,7 +282,7 @@ def test_durable_holds_survive_kill_9(tmp_path: Path) -> None:
         s.set_hold("p#locked", "lock", 4e9, "account locked", durable=True)
         s.set_hold("p#a/m", "cooldown", 4e9, "rate limited")  # batched
         print("held", flush=True)
-        time.sleep(600)
+        time.sleep(600)  # a real process, waiting to be killed
     """)
     with proc:
         wait_for_line(proc, "held")
@@ -312,7 +312,7 @@ def test_sigterm_flushes_the_pending_batch_and_keeps_what_sigterm_did(tmp_path: 
             s.log_attempts(f"call-{{i}}", "c", [attempt(i)], "q", "a")
         s.set_hold("p#a/m", "cooldown", 4e9, "rate limited")
         print("ready", flush=True)
-        time.sleep(600)
+        time.sleep(600)  # a real process, waiting for its SIGTERM
     """)
     with proc:
         wait_for_line(proc, "ready")
@@ -351,7 +351,7 @@ def test_processes_sharing_a_file_never_see_locked_errors_and_honour_each_others
         r = Router({str(config)!r}, state_path={str(path)!r})
         print("up", flush=True)
         while not Path({str(start)!r}).exists():
-            time.sleep(0.01)
+            time.sleep(0.01)  # real processes meet through files
         for _ in range(25):
             assert r.complete("load", "hi").text
         if first:
@@ -361,7 +361,7 @@ def test_processes_sharing_a_file_never_see_locked_errors_and_honour_each_others
             Path({str(locked)!r}).touch()
         else:
             while not Path({str(locked)!r}).exists():
-                time.sleep(0.01)
+                time.sleep(0.01)  # real processes meet through files
             for _ in range(5):
                 res = r.complete("c", "hi")
                 assert res.attempts[0].action.value == "skipped" and res.served_by == "sim#default/b", res.attempts

@@ -539,7 +539,7 @@ def test_least_used_orders_by_requests_in_flight_then_the_last_hour(make_router:
 
     async def while_busy() -> Any:
         task = asyncio.ensure_future(router.acomplete("hang", "hi"))
-        for _ in range(1000):  # until the hanging request has reached the server
+        for _ in range(1000):  # until the hanging request has reached the server (real I/O, polled)
             if sim.requests:
                 break
             await asyncio.sleep(0.01)

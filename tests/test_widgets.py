@@ -593,7 +593,7 @@ def test_status_board_refreshes_in_a_thread_until_stopped(router: Router) -> Non
         deadline = time.monotonic() + 5
         while "✓ healthy" not in " ".join(_cells(board, "candidates", "sim#default/gpt-4o-mini")):
             assert time.monotonic() < deadline, "the board did not refresh by itself"
-            time.sleep(0.05)
+            time.sleep(0.05)  # real threads: the board's own thread refreshes it on real time
         board.pause_button.click()
         assert not board.running and board.pause_button.description == "resume" and "paused" in board.tables.value
         board.pause_button.click()

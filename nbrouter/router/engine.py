@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import weakref
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -72,6 +73,8 @@ class Router:
         on_result: called with each `RouteResult` (likewise).
         backend: where the state is kept, a `StateBackend` (default: the SQLite file of `state_path`, or memory
             with persist=False).
+        seed: the seed of the router's own draws (the jitter of retry waits), so that a test can fix them
+            (default: drawn from the system).
     """
 
     def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
@@ -79,7 +82,8 @@ class Router:
                  transport: Any = None, http_client: Any = None, budget_usd: float | None = None,
                  on_budget: str = "stop", budget_strict: bool = False,
                  on_attempt: Callable[[Attempt], Any] | None = None,
-                 on_result: Callable[[RouteResult], Any] | None = None, backend: StateBackend | None = None) -> None:
+                 on_result: Callable[[RouteResult], Any] | None = None, backend: StateBackend | None = None,
+                 seed: int | None = None) -> None:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
         self.clock: Clock = clock or SYSTEM_CLOCK
@@ -92,7 +96,7 @@ class Router:
         self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
         self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget)
         self._senders = Senders(transport=transport, http_client=http_client, clock=self.clock)
-        self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result))
+        self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result), random.Random(seed))
         self._bg = BackgroundLoop()
         self._closed = False
         self._discovery = Discovery(self.config, self._decider, self.clock)

@@ -36,13 +36,18 @@ class RouteError(Exception):
 
 
 class AllTargetsFailed(RouteError):
-    """Every candidate of the combo failed or was skipped. `str()` is the attempt table."""
+    """Every candidate of the combo failed or was skipped. `str()` is the attempt table.
 
-    def __init__(self, combo: str, attempts: list[Attempt], hint: str = "", headline: str = "") -> None:
+    `now` is the router's clock when the call ended: the time left on a hold in the table is counted from
+    it (default: the system's).
+    """
+
+    def __init__(self, combo: str, attempts: list[Attempt], hint: str = "", headline: str = "", *,
+                 now: float | None = None) -> None:
         self.combo = combo
         self.hint = hint or _hint_for(attempts)
         self.headline = headline or f"every target of {combo!r} failed ({tried_text(attempts)})"
-        lines = [self.headline + ":", attempt_text(attempts, min(ERROR_WIDTH, output_width()))]
+        lines = [self.headline + ":", attempt_text(attempts, min(ERROR_WIDTH, output_width()), now)]
         if self.hint:
             lines.append(self.hint)
         super().__init__("\n".join(lines), attempts)
@@ -59,7 +64,7 @@ class AllCoolingDown(AllTargetsFailed):
             f"all candidates are cooling down; {first_free} frees up first, in {span(wait)}. "
             "Wait, add another target to the combo, or set when_all_cooling = \"wait\" with max_wait_s."
         )
-        super().__init__(combo, attempts, hint)
+        super().__init__(combo, attempts, hint, now=now)
 
 
 class BudgetExceeded(RouteError):
@@ -73,13 +78,13 @@ class BudgetExceeded(RouteError):
 class StopError(AllTargetsFailed):
     """An attempt failed in a way that another target would not fix (invalid request, content filter...)."""
 
-    def __init__(self, combo: str, attempts: list[Attempt], kind: Any, candidate: str) -> None:
+    def __init__(self, combo: str, attempts: list[Attempt], kind: Any, candidate: str, *, now: float | None = None) -> None:
         self.kind = kind
         self.candidate = candidate
         super().__init__(
             combo, attempts,
             hint=f"another target would not help: {kind.value} stops by default (the combo option fallback_on can change that).",
-            headline=f"{combo!r} stopped at {candidate} ({kind.value})",
+            headline=f"{combo!r} stopped at {candidate} ({kind.value})", now=now,
         )
 
 

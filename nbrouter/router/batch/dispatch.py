@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import time
 import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ from decimal import Decimal
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from ..._core import Clock
+from ..._core.clock import SYSTEM_CLOCK
 
 from ..._core import ErrorKind
 from ..._core.template import interpolate
@@ -540,16 +540,17 @@ def pacer_for(router: BatchRouter) -> Pacer:
 class Progress:
     """Where a running batch stands, for a progress display (`progress=` callable gets one per item)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.total = total
         self.done = 0
         self.failed = 0
         self.cost_usd = Decimal(0)
-        self.started = time.perf_counter()
+        self._clock = clock  # the router's: elapsed time agrees with its holds (a test's ManualClock)
+        self.started = clock.monotonic()
 
     @property
     def elapsed_s(self) -> float:
-        return time.perf_counter() - self.started
+        return self._clock.monotonic() - self.started
 
     def text(self) -> str:
         rate = self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
@@ -601,10 +602,10 @@ class Batch:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         await router.discover()
-        started = time.perf_counter()
+        started = router.clock.monotonic()
         dispatcher = Dispatcher(self.items, concurrency=self.concurrency, max_cost_usd=self.max_cost_usd,
                                 estimate=self._estimate if self.max_cost_usd is not None else (lambda item: None))
-        state = Progress(len(self.items))
+        state = Progress(len(self.items), router.clock)
         update, close = _progress_sink(self.progress, len(self.items))
 
         def on_finish(item: BatchItem) -> None:
@@ -629,7 +630,7 @@ class Batch:
         name = entries and next((e.combo for e in entries if isinstance(e, RouteResult)), None)
         combo_name = name or (self.combo if isinstance(self.combo, str) else getattr(self.combo, "name", "combo"))
         schema = self.items[0].request.schema if self.items else None
-        return BatchResult(entries, self.inputs, combo=combo_name, elapsed_s=time.perf_counter() - started,
+        return BatchResult(entries, self.inputs, combo=combo_name, elapsed_s=router.clock.monotonic() - started,
                            interrupted=not completed or dispatcher.stopped == NOT_SENT_INTERRUPTED, schema=schema,
                            rerun=self._rerun)
 

@@ -14,7 +14,7 @@ import asyncio
 import weakref
 from typing import Any, AsyncIterator
 
-from .._core.clock import SYSTEM_CLOCK, Clock
+from ..._core.clock import SYSTEM_CLOCK, Clock
 
 
 class Senders:

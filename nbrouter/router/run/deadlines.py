@@ -4,6 +4,11 @@ An attempt is bounded from connect to its last byte by one wall-clock limit. A t
 (`loop.call_later`, as `asyncio.timeout` makes) costs a handle, a heap push and a cancel on every request;
 here the attempts whose deadlines fall in the same 10 ms share one timer, so a busy router pays for a set
 insertion instead. A limit therefore fires up to `GRAIN_S` late, never early.
+
+The timers run on the event loop's time, not the router's `Clock`: a limit cancels a wait for bytes from a
+socket, and real I/O takes real time, which a test's ManualClock never sees pass (a limit on it would
+never fire, or fire at once). What the router records about an attempt, its latency and when it started,
+it reads from its Clock (`Loop`), so those agree with its holds and windows.
 """
 
 from __future__ import annotations

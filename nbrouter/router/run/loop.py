@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import random
-import time
 from collections import Counter
 from dataclasses import replace
 from decimal import Decimal
@@ -103,12 +102,15 @@ class Hooks:
 class _Call:
     """Mutable bookkeeping of one call in flight."""
 
-    __slots__ = ("req", "emit", "hooks", "id", "attempts", "shown_parts", "notes", "decision", "started", "tries")
+    __slots__ = ("req", "emit", "hooks", "id", "attempts", "shown_parts", "notes", "decision", "started", "tries",
+                 "monotonic")
 
     def __init__(self, req: CallRequest, emit: Emit | None, clock: Clock, hooks: Hooks) -> None:
         self.req = req
         self.emit = emit
         self.hooks = hooks
+        #: the router's clock, read for every latency of this call (a test's ManualClock decides them)
+        self.monotonic = clock.monotonic
         self.id = f"{_call_ids.getrandbits(64):016x}"
         self.attempts: list[Attempt] = []
         #: the text already passed to the caller, piece by piece (joined once, when it is needed)
@@ -116,7 +118,7 @@ class _Call:
         #: what was done to the request for one candidate (context-relay's compaction), for its attempt row
         self.notes: dict[str, str] = {}
         self.decision: Decision | None = None
-        self.started = time.perf_counter()
+        self.started = self.monotonic()
         #: attempts sent so far (skips not counted), against max_attempts
         self.tries = 0
 
@@ -184,13 +186,13 @@ class _Progress:
 
     def __init__(self, call: _Call, key: str, lane: _Lane | None) -> None:
         self.call, self.key, self.lane = call, key, lane
-        self.t0 = time.perf_counter()
+        self.t0 = call.monotonic()
         self.first: list[float] = []
         self.pieces: list[str] = []
 
     def first_byte(self) -> None:
         if not self.first:
-            self.first.append(time.perf_counter() - self.t0)
+            self.first.append(self.call.monotonic() - self.t0)
             if self.lane is not None:
                 self.lane.first_byte.set()
 
@@ -208,11 +210,14 @@ class _Progress:
 class Loop:
     """Runs calls: decides, tries candidates in order, applies the policy table after each failure."""
 
-    def __init__(self, decider: Decider, state: StateStore, clock: Clock, send: Sender, hooks: Hooks | None = None) -> None:
+    def __init__(self, decider: Decider, state: StateStore, clock: Clock, send: Sender, hooks: Hooks | None = None,
+                 rng: random.Random | None = None) -> None:
         self.decider = decider
         self.hooks = hooks or Hooks()
         self.state = state
         self.clock = clock
+        #: the draws of retry jitter: a Router's own source, seeded by `Router(seed=...)` so a test can fix them
+        self.rng = rng or random.Random()
         self.send = send
         self._endpoints: dict[tuple[str, str, str | None], Endpoint] = {}
         self._retry_tables: dict[int, tuple[Combo, dict[str, int]]] = {}
@@ -312,7 +317,7 @@ class Loop:
                 if attempt.action is Action.STOP or failure.kind not in fallback_on:
                     attempt.action = Action.STOP
                     self._log(call, combo.name, None)
-                    raise StopError(combo.name, call.attempts, failure.kind, c.key)
+                    raise StopError(combo.name, call.attempts, failure.kind, c.key, now=clock.time())
                 if rule.needs_larger_window:
                     overflow_window = decider.config.providers[c.provider].context_window(c.model)
                 if rule.backoff and queue:
@@ -327,7 +332,7 @@ class Loop:
         hint = ""
         if last_failure is not None and rule_for(last_failure.kind).needs_larger_window:
             hint = "the prompt does not fit: no candidate with a larger known context window is left (set context_window in the config, or shorten the prompt)."
-        raise AllTargetsFailed(combo.name, call.attempts, hint)
+        raise AllTargetsFailed(combo.name, call.attempts, hint, now=clock.time())
 
     def _hedge_source(self, call: _Call, queue: list[Candidate], info: RequestInfo, max_attempts: int,
                       deadline: float | None, overflow_window: int | None | bool) -> Callable[[], Candidate | None]:
@@ -389,7 +394,7 @@ class Loop:
         if all_holding:
             first = min(skipped, key=lambda r: r.hold_until or 0.0)
             raise AllCoolingDown(combo.name, attempts, first.candidate.key, first.hold_until or now, now)
-        raise AllTargetsFailed(combo.name, attempts)
+        raise AllTargetsFailed(combo.name, attempts, now=now)
 
     def _advance_turns(self, combo: Combo, decision: Decision, now: float) -> None:
         """The state the loop owns for strategies: turn counters advance once per call, proposals are recorded."""
@@ -492,6 +497,7 @@ class Loop:
         failures: list[tuple[ProviderFailure, Attempt]] = []
         try:
             wait_first_byte = asyncio.ensure_future(lanes[first.key].first_byte.wait())
+            # on the event loop's time, like the attempt limit: it waits for bytes from a socket
             done, _ = await asyncio.wait([*tasks, wait_first_byte], timeout=combo.hedge_after_s, return_when=asyncio.FIRST_COMPLETED)
             wait_first_byte.cancel()
             if not done:
@@ -545,7 +551,7 @@ class Loop:
         n = used.get((c.key, failure.kind), 0) + 1
         if n > retries.get(failure.kind.value, 0) or tries >= max_attempts:
             return None
-        wait = retry_wait(self.policy, failure, n, random.random())
+        wait = retry_wait(self.policy, failure, n, self.rng.random())
         if deadline is not None and self.clock.monotonic() + wait >= deadline:
             return None
         if not self.state.admit(c.key, self.clock.time())[0]:
@@ -640,6 +646,9 @@ class Loop:
                 sending = checked_output(sending, req.schema)
             if req.pacer is not None:  # a batch's buckets take this request and learn from its reply
                 sending = req.pacer.around(c, info.prompt_tokens + info.max_tokens, now, sending)
+            # the limit fires on the event loop's timer, not the router's clock: it bounds waiting for a
+            # socket (real I/O, which a ManualClock never sees pass); what the attempt records (its
+            # latency) is still read from the clock (deadlines.py says more)
             limit = start_limit(timeout_s)  # wall-clock, connect to last byte
             completion = await sending
         except ProviderFailure as failure:
@@ -651,7 +660,7 @@ class Loop:
                     await self._fetch_key(provider, c.account)
                 except ProviderFailure as refresh_failed:
                     failure.message += f" ({refresh_failed.message})"
-            return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
+            return failure, self._failed(call, combo, c, provider, endpoint, failure, call.monotonic() - t0,
                                          first[0] if first else None, now, retry, was_half_open)
         except asyncio.CancelledError:
             if limit is not None and limit.expired:  # the attempt's own limit passed: a timeout, not a cancel
@@ -666,7 +675,7 @@ class Loop:
             usage = self._estimated_usage(req, shown) if shown else None
             cost = self.decider.prices.cost(provider, c.model, usage, None) if usage is not None else None
             a = Attempt(candidate=c.key, path=c.path_text, action=Action.ADVANCE if lost else Action.STOP, started_at=now,
-                        kind=ErrorKind.CANCELLED, message=message, latency_s=time.perf_counter() - t0,
+                        kind=ErrorKind.CANCELLED, message=message, latency_s=call.monotonic() - t0,
                         ttft_s=first[0] if first else None, usage=usage, cost_usd=cost,
                         cost_known=cost is not None or not (shown or first), usage_estimated=usage is not None)
             if usage is not None:
@@ -683,7 +692,7 @@ class Loop:
         except Exception as exc:  # nothing raised while an attempt runs may escape the loop
             failure = ProviderFailure(ErrorKind.MALFORMED_RESPONSE, scrub(f"{type(exc).__name__} while reading the answer: {exc}")[:300],
                                       partial_text="".join(pieces))
-            return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
+            return failure, self._failed(call, combo, c, provider, endpoint, failure, call.monotonic() - t0,
                                          first[0] if first else None, now, retry, was_half_open)
         finally:
             if limit is not None:
@@ -693,7 +702,7 @@ class Loop:
                 in_flight[c.key] = left
             else:
                 in_flight.pop(c.key, None)
-        latency = time.perf_counter() - t0
+        latency = call.monotonic() - t0
         note = ""
         if group:
             served = completion.served_model or c.model
@@ -705,7 +714,7 @@ class Loop:
                    progress: _Progress, started: float, retry: bool, was_half_open: bool) -> tuple[ProviderFailure, Attempt]:
         failure = ProviderFailure(ErrorKind.TIMEOUT, f"the attempt ran past its limit of {timeout_s:g} s and was cancelled",
                                   partial_text="".join(progress.pieces))
-        return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - progress.t0,
+        return failure, self._failed(call, combo, c, provider, endpoint, failure, call.monotonic() - progress.t0,
                                      progress.first[0] if progress.first else None, started, retry, was_half_open)
 
     async def _fetch_key(self, provider: Provider, account: str) -> None:
@@ -844,7 +853,7 @@ class Loop:
         text = completion.text if completion is not None else (partial_text or "")
         result = RouteResult(
             text=text, served_by=c.key, model=(completion.model if completion and completion.model else c.model),
-            combo=combo.name, attempts=[], usage=Usage(), cost_usd=None, latency_s=time.perf_counter() - call.started,
+            combo=combo.name, attempts=[], usage=Usage(), cost_usd=None, latency_s=call.monotonic() - call.started,
             ttft_s=served.ttft_s if served else None, partial=completion is None, error=error,
             finish_reason=completion.finish_reason if completion else None,
         )
