@@ -130,7 +130,8 @@ def footer(result: ResultLike) -> str:
 
 
 def _tokens_text(result: ResultLike) -> str:
-    if result.usage_known:
+    # a partial answer whose provider reported no usage before it stopped used tokens nobody counted: not 0
+    if result.usage_known and not (result.partial and result.usage.total_tokens == 0):
         return f"{result.usage.total_tokens} tokens"
     if result.cost_estimated:
         return f"~{result.usage.total_tokens} tokens (estimated)"
