@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from .._core.content import Tool, ToolCall
 from .base import ChatRequest, Completion, Endpoint, ProviderFailure, RateLimits, StreamDecoder, WireProtocol
 from .presets import PRESETS, PROTOCOLS, Preset
 
@@ -45,6 +46,8 @@ __all__ = [
     "RateLimits",
     "Sender",
     "StreamDecoder",
+    "Tool",
+    "ToolCall",
     "WireProtocol",
     "get_protocol",
 ]

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from .._core import ErrorKind, Usage
 from .._core.clock import Clock
+from .._core.content import JSON_MODE, Tool, ToolCall, calls_of, image_of
 from .._core.secrets import excerpt
 from .base import (
     UNSUPPORTED_TEXT,
@@ -35,6 +36,7 @@ from .base import (
     obj,
     reasoning_budget,
     string,
+    tool_arguments,
     wrong_url_message,
 )
 from .openai import MAX_MESSAGE_CHARS, header_int, retry_after
@@ -146,12 +148,22 @@ class AnthropicProtocol(WireProtocol):
     def build(self, endpoint: Endpoint, request: ChatRequest) -> tuple[str, dict[str, str], dict[str, Any]]:
         system_parts = [request.system] if request.system else []
         messages: list[dict[str, Any]] = []
+        #: the `tool_result` blocks of the user message being gathered: every result of a turn goes in one
+        results: list[dict[str, Any]] | None = None
         for message in request.messages:
-            if message.get("role") in ("system", "developer"):
+            role = message.get("role")
+            if role in ("system", "developer"):
                 content = message.get("content")
                 system_parts.append(content if isinstance(content, str) else _text_of(content))
+            elif role == "tool":
+                if results is None:
+                    results = []
+                    messages.append({"role": "user", "content": results})
+                results.append(_result_block(message))
             else:
-                messages.append(message)
+                results = None
+                plain = type(message.get("content")) is str and "tool_calls" not in message
+                messages.append(message if plain else _wire_message(message))
         body: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
@@ -167,6 +179,10 @@ class AnthropicProtocol(WireProtocol):
             body["top_p"] = request.top_p
         if request.stop:
             body["stop_sequences"] = request.stop
+        if request.tools:
+            body["tools"] = [_wire_tool(t) for t in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = _tool_choice(request.tool_choice)
         if request.reasoning is not None:
             budget = reasoning_budget(request.reasoning)
             body["thinking"] = {"type": "enabled", "budget_tokens": budget}
@@ -186,20 +202,23 @@ class AnthropicProtocol(WireProtocol):
         body = obj(body, "the response")
         if body.get("type") == "error" or "error" in body:
             raise self.failure(endpoint, status, headers, body, now=now, in_stream=True)
+        blocks = arr(body.get("content"), "content")
         text = "".join(
             string(block.get("text"), "content[].text") or ""
-            for block in arr(body.get("content"), "content")
+            for block in blocks
             if isinstance(block, dict) and block.get("type") == "text"
         )
+        calls = [_reply_call(block, f"content[{i}]") for i, block in enumerate(blocks)
+                 if isinstance(block, dict) and block.get("type") == "tool_use"]
         usage = usage_from(body.get("usage"))
         model = string(body.get("model"), "model")
         stop = string(body.get("stop_reason"), "stop_reason")
         _check_stop(stop, body.get("stop_details"), text, usage, model, status)
-        if not text and not stop:
+        if not text and not stop and not calls:
             raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "200 with no text and no stop reason", status=status, usage=usage)
         return Completion(
             text=text, model=model, finish_reason=stop, usage=usage,
-            served_model=None if endpoint.local else model,
+            served_model=None if endpoint.local else model, tool_calls=calls,
         )
 
     def decoder(self, endpoint: Endpoint, request: ChatRequest, *, clock: Clock) -> StreamDecoder:
@@ -352,8 +371,13 @@ def _text_of(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def _output_format(response_format: dict[str, Any]) -> dict[str, Any]:
-    """`output_config.format` for a JSON schema; OpenAI-shaped response_format values are unwrapped."""
+def _output_format(response_format: dict[str, Any] | str) -> dict[str, Any]:
+    """`output_config.format` for a JSON schema; OpenAI-shaped response_format values are unwrapped, and
+    "json" (Anthropic has no JSON mode without a schema) asks for any object."""
+    if isinstance(response_format, str):
+        if response_format != JSON_MODE:
+            raise ValueError(f"response_format {response_format!r}: give a JSON Schema, or {JSON_MODE!r} for any JSON object")
+        return {"type": "json_schema", "schema": {"type": "object"}}
     if response_format.get("type") == "json_schema" and isinstance(response_format.get("json_schema"), dict):
         schema = response_format["json_schema"].get("schema") or {"type": "object"}
     elif response_format.get("type") == "json_schema" and isinstance(response_format.get("schema"), dict):
@@ -363,6 +387,72 @@ def _output_format(response_format: dict[str, Any]) -> dict[str, Any]:
     else:
         schema = response_format
     return {"type": "json_schema", "schema": schema}
+
+
+# -- images and tools (multimodal_tools.md section 2) --------------------------------------------
+
+
+def _wire_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A user or assistant message in Anthropic's shape: parts as blocks (images as `image` blocks),
+    an assistant's tool calls as `tool_use` blocks after its text."""
+    content = message.get("content")
+    blocks = [_block(p) for p in content] if isinstance(content, list) else (
+        [{"type": "text", "text": content}] if isinstance(content, str) and content else []
+    )
+    out = {k: v for k, v in message.items() if k != "tool_calls"}
+    calls = calls_of(message)
+    if calls:
+        blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in calls]
+    out["content"] = blocks if (calls or isinstance(content, list)) else content
+    return out
+
+
+def _block(part: Any) -> Any:
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if isinstance(part, dict):
+        image = image_of(part)
+        if image is not None:
+            if image.url is not None:
+                return {"type": "image", "source": {"type": "url", "url": image.url}}
+            return {"type": "image", "source": {"type": "base64", "media_type": image.media_type, "data": image.data}}
+    return part
+
+
+def _result_block(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": message.get("tool_call_id"),
+        "content": [_block(p) for p in content] if isinstance(content, list) else ("" if content is None else content),
+    }
+    if message.get("is_error"):
+        block["is_error"] = True
+    return block
+
+
+def _wire_tool(tool: Tool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tool.name, "input_schema": tool.schema()}
+    if tool.description:
+        out["description"] = tool.description
+    return out
+
+
+#: the portable tool_choice values in Anthropic's words
+_TOOL_CHOICES = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}
+
+
+def _tool_choice(choice: str) -> dict[str, Any]:
+    return dict(_TOOL_CHOICES[choice]) if choice in _TOOL_CHOICES else {"type": "tool", "name": choice}
+
+
+def _reply_call(value: Any, where: str) -> ToolCall:
+    """A `tool_use` block of a reply (its `input` is an object already)."""
+    block = obj(value, where)
+    name = string(block.get("name"), where + ".name")
+    if not name:
+        raise ProviderFailure(ErrorKind.MALFORMED_RESPONSE, f"{where} is a tool_use block naming no tool")
+    return ToolCall(string(block.get("id"), where + ".id") or "", name, obj(block.get("input"), where + ".input"))
 
 
 class _AnthropicStream(StreamDecoder):
@@ -379,6 +469,8 @@ class _AnthropicStream(StreamDecoder):
         self.stop_details: Any = None
         self.usage_raw: dict[str, Any] = {}
         self.any_text = False
+        #: streamed tool_use blocks by their index: the call as its start said, and the pieces of its input's JSON
+        self.calls: dict[int, tuple[ToolCall, list[str]]] = {}
 
     def feed(self, event: SSEEvent) -> str | None:
         name = event.event
@@ -404,12 +496,24 @@ class _AnthropicStream(StreamDecoder):
             self._merge_usage(message.get("usage"))
         elif kind == "content_block_start":
             block = obj(data.get("content_block"), "content_block_start.content_block")
+            if block.get("type") == "tool_use":
+                call = _reply_call(block, "content_block_start.content_block")
+                self.calls[_index(data)] = (call, [])
+                return None
             text = string(block.get("text"), "content_block_start.content_block.text")
             if block.get("type") == "text" and text:
                 self.any_text = True
                 return text
         elif kind == "content_block_delta":
             delta = obj(data.get("delta"), "content_block_delta.delta")
+            if delta.get("type") == "input_json_delta":
+                pending = self.calls.get(_index(data))
+                piece = string(delta.get("partial_json"), "content_block_delta.delta.partial_json")
+                if pending is None:
+                    raise ProviderFailure(ErrorKind.MALFORMED_RESPONSE, "an input_json_delta for a block that is no tool_use")
+                if piece:
+                    pending[1].append(piece)
+                return None
             text = string(delta.get("text"), "content_block_delta.delta.text")
             if delta.get("type") == "text_delta" and text:
                 self.any_text = True
@@ -436,9 +540,20 @@ class _AnthropicStream(StreamDecoder):
         if not self.done:
             raise ProviderFailure(ErrorKind.STREAM_INTERRUPTED, "stream ended without message_stop", usage=usage, model=self.model)
         _check_stop(self.stop_reason, self.stop_details, "", usage, self.model, None)
-        if not self.any_text and not self.stop_reason:
+        # the input comes in input_json_delta pieces; the start block's own (an empty object) when none came
+        calls = [ToolCall(start.id, start.name, tool_arguments("".join(pieces), f"streamed tool_use {i} input")) if pieces else start
+                 for i, (start, pieces) in sorted(self.calls.items())]
+        if not self.any_text and not self.stop_reason and not calls:
             raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "stream with no text and no stop reason", usage=usage)
         return Completion(
             text="", model=self.model, finish_reason=self.stop_reason, usage=usage,
-            served_model=None if self.endpoint.local else self.model,
+            served_model=None if self.endpoint.local else self.model, tool_calls=calls,
         )
+
+
+def _index(data: dict[str, Any]) -> int:
+    """A stream event's content block index."""
+    index = data.get("index", 0)
+    if type(index) is not int or not 0 <= index < 1024:
+        raise ProviderFailure(ErrorKind.MALFORMED_RESPONSE, f"a stream event's content block index is {excerpt(repr(index), 40)}")
+    return index

@@ -24,6 +24,7 @@ from .._core import ErrorKind as ErrorKind
 from .._core import ProviderFailure as ProviderFailure
 from .._core import RateLimits as RateLimits
 from .._core import Usage as Usage
+from .._core.content import Tool, ToolCall
 from .._core.clock import Clock
 from .._core.secrets import excerpt
 
@@ -60,7 +61,8 @@ class ChatRequest:
     system: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
-    response_format: dict[str, Any] | None = None
+    #: an OpenAI-style `response_format` or a bare JSON Schema (mapped per protocol), or "json": any JSON object
+    response_format: dict[str, Any] | str | None = None
     stream: bool = False
     #: OpenRouter only: the whole fallback list, sent as one request with the `models` array.
     models: list[str] | None = None
@@ -71,6 +73,10 @@ class ChatRequest:
     reasoning: str | int | None = None
     #: anything else, merged into the JSON body as given (the step's or the call's own)
     extra_body: dict[str, Any] | None = None
+    #: functions the model may call (`nbrouter._core.content.Tool`)
+    tools: list[Tool] | None = None
+    #: "auto" | "required" | "none", or the name of the one tool the model must call
+    tool_choice: str | None = None
 
 
 #: the thinking budget (tokens) of each portable reasoning effort, for protocols that take a budget
@@ -104,6 +110,8 @@ class Completion:
     warning: str | None = None
     #: set when the provider routed internally (OpenRouter `models`): which model served
     served_model: str | None = None
+    #: the tools the model asked to call, in order (its text may be empty then)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 @dataclass
@@ -229,6 +237,20 @@ def count(value: Any, where: str) -> int:
     return number
 
 
+def tool_arguments(text: str, where: str) -> dict[str, Any]:
+    """A tool call's arguments from the JSON text a model wrote: an object (empty text: none). Anything else
+    is `invalid_output`: the model's own output is wrong, and it may get it right when asked again."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise ProviderFailure(ErrorKind.INVALID_OUTPUT, f"{where} is not a JSON object: {excerpt(text, 120)!r}")
+    return value
+
+
 def json_value(data: str | bytes, where: str) -> Any:
     """The JSON value `data` spells; `malformed_response` (quoting a scrubbed excerpt) when it spells none."""
     try:
@@ -288,6 +310,16 @@ def wrong_url_message(endpoint: Endpoint, status: int, said: str) -> str:
 #: parameter): the kind `unsupported`, which falls back (another model may support it), not a stop
 UNSUPPORTED_TEXT = re.compile(
     r"(?:does not|doesn't|do not) support|(?:is|are) not supported|not supported (?:by|for|with) (?:this|the) model"
-    r"|unsupported (?:parameter|value|model feature)|unrecognized request argument",
+    r"|unsupported (?:parameter|value|model feature)|unrecognized request argument|is only supported by certain models"
+    r"|(?:function calling|json mode)(?: mode `?\w+`?)? is not enabled for",
+    re.I,
+)
+#: a model or server without images or tools, in words that mean it whatever the status (llama.cpp without
+#: its mmproj answers 500, OpenRouter 404, vLLM without its tool parser 400): `unsupported` before any rule
+#: of the status (multimodal_tools.md, "Errors when unsupported")
+FEATURE_MISSING_TEXT = re.compile(
+    r"image input is not supported|does not support (?:tools|image input|images|vision)"
+    r"|no endpoints found that support (?:image input|tool use|the requested output modalities)"
+    r"|tool choice requires --enable-auto-tool-choice|image_url is only supported by certain models",
     re.I,
 )

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from .._core import ErrorKind, Usage
 from .._core.clock import Clock
+from .._core.content import JSON_MODE, Tool, ToolCall, calls_of, image_of
 from .._core.secrets import excerpt
 from .base import (
     UNSUPPORTED_TEXT,
@@ -147,13 +148,29 @@ class GeminiProtocol(WireProtocol):
     def build(self, endpoint: Endpoint, request: ChatRequest) -> tuple[str, dict[str, str], dict[str, Any]]:
         system_parts = [request.system] if request.system else []
         contents: list[dict[str, Any]] = []
+        #: the `functionResponse` parts of the user turn being gathered (every result of a turn goes in one),
+        #: and the name of each call by its id (a result must name its function)
+        results: list[dict[str, Any]] | None = None
+        names: dict[str, str] = {}
         for message in request.messages:
             role = message.get("role")
             content = message.get("content")
             if role in ("system", "developer"):
                 system_parts.append(content if isinstance(content, str) else _text_of(content))
                 continue
-            contents.append({"role": "model" if role in ("assistant", "model") else "user", "parts": _parts(content)})
+            if role == "tool":
+                if results is None:
+                    results = []
+                    contents.append({"role": "user", "parts": results})
+                results.append(_response_part(message, names))
+                continue
+            results = None
+            parts = _parts(content)
+            if "tool_calls" in message:
+                calls = calls_of(message)
+                names.update((c.id, c.name) for c in calls)
+                parts = [p for p in parts if p != {"text": ""}] + [_call_part(c) for c in calls]
+            contents.append({"role": "model" if role in ("assistant", "model") else "user", "parts": parts})
         body: dict[str, Any] = {"contents": contents}
         system = "\n\n".join(p for p in system_parts if p)
         if system:
@@ -176,6 +193,10 @@ class GeminiProtocol(WireProtocol):
             config["thinkingConfig"] = {"thinkingBudget": reasoning_budget(request.reasoning)}
         if config:
             body["generationConfig"] = config
+        if request.tools:
+            body["tools"] = [{"functionDeclarations": [_declaration(t) for t in request.tools]}]
+        if request.tool_choice is not None:
+            body["toolConfig"] = {"functionCallingConfig": _calling_config(request.tool_choice)}
         if request.extra_body:
             body.update(request.extra_body)
         headers = {"content-type": "application/json", **endpoint.headers}
@@ -201,14 +222,15 @@ class GeminiProtocol(WireProtocol):
             )
         candidate = obj(candidates[0], "candidates[0]")
         text = _candidate_text(candidate)
+        calls = _candidate_calls(candidate, 0)
         finish = string(candidate.get("finishReason"), "candidates[0].finishReason")
         _check_finish(finish, text, usage, model, status)
-        if not text and not finish:
+        if not text and not finish and not calls:
             raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "200 with no text and no finish reason", status=status, usage=usage)
         return Completion(
             text=text, model=model, finish_reason=finish, usage=usage,
             request_id=self.request_id(headers) or clean_id(body.get("responseId")),
-            served_model=None if endpoint.local else model,
+            served_model=None if endpoint.local else model, tool_calls=calls,
         )
 
     def decoder(self, endpoint: Endpoint, request: ChatRequest, *, clock: Clock) -> StreamDecoder:
@@ -360,6 +382,70 @@ def _candidate_text(candidate: dict[str, Any]) -> str:
     )
 
 
+#: the start of the id nbrouter gives a Gemini call that came without one; never sent back as an id
+GENERATED_ID_PREFIX = "nbr-call-"
+
+
+def _candidate_calls(candidate: dict[str, Any], first: int) -> list[ToolCall]:
+    """The `functionCall` parts of a candidate as ToolCalls (`first`: how many calls came before, for the
+    ids of calls that came without one)."""
+    content = obj(candidate.get("content"), "candidate.content")
+    calls: list[ToolCall] = []
+    for part in arr(content.get("parts"), "candidate.content.parts"):
+        if not isinstance(part, dict) or part.get("functionCall") is None:
+            continue
+        call = obj(part["functionCall"], "candidate.content.parts[].functionCall")
+        name = string(call.get("name"), "functionCall.name")
+        if not name:
+            raise ProviderFailure(ErrorKind.MALFORMED_RESPONSE, "a functionCall part names no function")
+        ident = string(call.get("id"), "functionCall.id") or f"{GENERATED_ID_PREFIX}{first + len(calls)}"
+        calls.append(ToolCall(ident, name, obj(call.get("args"), "functionCall.args"),
+                              string(part.get("thoughtSignature"), "a functionCall part's thoughtSignature")))
+    return calls
+
+
+#: what Gemini 3 takes in place of a thought signature for a call it did not make (multimodal_tools.md §3)
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+
+def _call_part(call: ToolCall) -> dict[str, Any]:
+    """A model turn's `functionCall` part, with the signature the call came with (it is required back)."""
+    fn: dict[str, Any] = {"name": call.name, "args": call.arguments}
+    if call.id and not call.id.startswith(GENERATED_ID_PREFIX):
+        fn["id"] = call.id
+    return {"functionCall": fn, "thoughtSignature": call.signature or SKIP_SIGNATURE}
+
+
+def _response_part(message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """A tool result as a `functionResponse` part: `output`, or `error` when the tool failed."""
+    ident = message.get("tool_call_id")
+    ident = ident if isinstance(ident, str) else ""
+    name = message.get("name") if isinstance(message.get("name"), str) else names.get(ident, "")
+    content = message.get("content")
+    value = content if isinstance(content, str) else _text_of(content)
+    fn: dict[str, Any] = {"name": name, "response": {"error" if message.get("is_error") else "output": value}}
+    if ident and not ident.startswith(GENERATED_ID_PREFIX):
+        fn["id"] = ident
+    return {"functionResponse": fn}
+
+
+def _declaration(tool: Tool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tool.name, "parametersJsonSchema": tool.schema()}
+    if tool.description:
+        out["description"] = tool.description
+    return out
+
+
+#: the portable tool_choice values as Gemini's function-calling modes
+_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+
+
+def _calling_config(choice: str) -> dict[str, Any]:
+    if choice in _MODES:
+        return {"mode": _MODES[choice]}
+    return {"mode": "ANY", "allowedFunctionNames": [choice]}
+
+
 def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
@@ -376,14 +462,33 @@ def _parts(content: Any) -> list[dict[str, Any]]:
                 parts.append({"text": part})
             elif isinstance(part, dict) and part.get("type") == "text":
                 parts.append({"text": str(part.get("text") or "")})
+            elif isinstance(part, dict) and part.get("type") in ("image", "image_url"):
+                parts.append(_image_part(part))
             elif isinstance(part, dict):
                 parts.append(part)
         return parts
     return [{"text": "" if content is None else str(content)}]
 
 
-def _json_schema(response_format: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema to send as `responseJsonSchema`; OpenAI-shaped values are unwrapped."""
+def _image_part(part: dict[str, Any]) -> dict[str, Any]:
+    """An image part as `inlineData` (base64 with its MIME type) or `fileData` (a URL)."""
+    image = image_of(part)
+    if image is None:
+        return part
+    if image.url is not None:
+        data: dict[str, Any] = {"fileUri": image.url}
+        if isinstance(part.get("media_type"), str):
+            data["mimeType"] = part["media_type"]
+        return {"fileData": data}
+    return {"inlineData": {"mimeType": image.media_type, "data": image.data}}
+
+
+def _json_schema(response_format: dict[str, Any] | str) -> dict[str, Any] | None:
+    """The JSON schema to send as `responseJsonSchema`; OpenAI-shaped values are unwrapped; "json" has none."""
+    if isinstance(response_format, str):
+        if response_format != JSON_MODE:
+            raise ValueError(f"response_format {response_format!r}: give a JSON Schema, or {JSON_MODE!r} for any JSON object")
+        return None
     kind = response_format.get("type")
     if kind == "json_object":
         return None
@@ -457,6 +562,8 @@ class _GeminiStream(StreamDecoder):
         self.usage: Usage | None = None
         self.any_text = False
         self.bare = _JsonLines()
+        #: the functionCall parts seen so far (each chunk carries whole calls)
+        self.calls: list[ToolCall] = []
 
     def feed(self, event: SSEEvent) -> str | None:
         if event.event == "raw":
@@ -488,6 +595,7 @@ class _GeminiStream(StreamDecoder):
         candidate = obj(candidates[0], "a stream chunk's candidates[0]")
         text = _candidate_text(candidate)
         self.any_text = self.any_text or bool(text)
+        self.calls += _candidate_calls(candidate, len(self.calls))
         finish = string(candidate.get("finishReason"), "a stream chunk's finishReason")
         if finish:
             self.finish_reason = finish
@@ -501,5 +609,5 @@ class _GeminiStream(StreamDecoder):
             )
         return Completion(
             text="", model=self.model, finish_reason=self.finish_reason, usage=self.usage,
-            request_id=self.response_id, served_model=None if self.endpoint.local else self.model,
+            request_id=self.response_id, served_model=None if self.endpoint.local else self.model, tool_calls=self.calls,
         )

@@ -12,8 +12,10 @@ from typing import Any, Mapping
 
 from .._core import ErrorKind, Usage
 from .._core.clock import Clock
+from .._core.content import JSON_MODE, TOOL_CHOICES, Tool, ToolCall, calls_of, image_of, text_parts
 from .._core.secrets import excerpt
 from .base import (
+    FEATURE_MISSING_TEXT,
     UNSUPPORTED_TEXT,
     ChatRequest,
     Completion,
@@ -31,6 +33,7 @@ from .base import (
     obj,
     reasoning_effort,
     string,
+    tool_arguments,
     wrong_url_message,
 )
 
@@ -164,7 +167,7 @@ class OpenAIProtocol(WireProtocol):
     name = "openai"
 
     def build(self, endpoint: Endpoint, request: ChatRequest) -> tuple[str, dict[str, str], dict[str, Any]]:
-        messages = list(request.messages)
+        messages = wire_messages(request.messages)
         if request.system:
             messages.insert(0, {"role": "system", "content": request.system})
         body: dict[str, Any] = {"model": request.model, "messages": messages}
@@ -185,6 +188,10 @@ class OpenAIProtocol(WireProtocol):
             body["stop"] = request.stop
         if request.reasoning is not None:
             body["reasoning_effort"] = reasoning_effort(request.reasoning)
+        if request.tools:
+            body["tools"] = [_wire_tool(t) for t in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = _tool_choice(request.tool_choice)
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -205,6 +212,8 @@ class OpenAIProtocol(WireProtocol):
         text = _content_text(message.get("content"), "choices[0].message.content")
         finish = string(choice.get("finish_reason"), "choices[0].finish_reason")
         refusal = string(message.get("refusal"), "choices[0].message.refusal")
+        calls = [_reply_call(c, f"choices[0].message.tool_calls[{i}]")
+                 for i, c in enumerate(arr(message.get("tool_calls"), "choices[0].message.tool_calls"))]
         usage, cost = self._usage(body.get("usage"))
         model = string(body.get("model"), "model")
         if finish == "content_filter" or refusal:
@@ -213,11 +222,11 @@ class OpenAIProtocol(WireProtocol):
                 excerpt(f"the model declined: {refusal or finish}", 500),
                 status=status, usage=usage, model=model,
             )
-        if not text and not finish:
+        if not text and not finish and not calls:
             raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "200 with no text and no finish reason", status=status, usage=usage)
         return Completion(
             text=text, model=model, finish_reason=finish, usage=usage, reported_cost=cost,
-            served_model=_price_model(endpoint, model),
+            served_model=_price_model(endpoint, model), tool_calls=calls,
         )
 
     def decoder(self, endpoint: Endpoint, request: ChatRequest, *, clock: Clock) -> StreamDecoder:
@@ -327,6 +336,8 @@ class OpenAIProtocol(WireProtocol):
             return ErrorKind.AUTH
         if status == 403 or etype == "permission_error":
             return ErrorKind.ACCOUNT_LOCKED
+        if FEATURE_MISSING_TEXT.search(message):
+            return ErrorKind.UNSUPPORTED
         if code in MODEL_NOT_FOUND_CODES or "does not exist or you do not have access" in low or _UNKNOWN_MODEL_TEXT.search(message):
             return ErrorKind.MODEL_NOT_FOUND
         if status == 404:
@@ -371,6 +382,9 @@ def _openrouter_kind(status: int, low: str, meta: dict[str, Any], headers: Mappi
     if status == 404:
         if "guardrail" in low or "data policy" in low:
             return ErrorKind.ACCOUNT_LOCKED
+        if FEATURE_MISSING_TEXT.search(low):
+            # "No endpoints found that support image input": the model is there, without the feature
+            return ErrorKind.UNSUPPORTED
         return ErrorKind.MODEL_NOT_FOUND
     if status == 400 and "not a valid model id" in low:
         return ErrorKind.MODEL_NOT_FOUND
@@ -446,11 +460,95 @@ def _price_model(endpoint: Endpoint, model: Any) -> str | None:
     return model
 
 
-def _response_format(schema: dict[str, Any]) -> dict[str, Any]:
+def _response_format(schema: dict[str, Any] | str) -> dict[str, Any]:
+    if isinstance(schema, str):
+        if schema != JSON_MODE:
+            raise ValueError(f"response_format {schema!r}: give a JSON Schema, or {JSON_MODE!r} for any JSON object")
+        return {"type": "json_object"}
     if schema.get("type") in ("json_schema", "json_object"):
         return schema
     name = re.sub(r"[^a-zA-Z0-9_-]", "_", str(schema.get("title") or "response"))[:64] or "response"
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
+
+
+# -- images and tools (multimodal_tools.md section 1) --------------------------------------------
+
+
+def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages in OpenAI's shape: portable image parts as `image_url` parts, portable tool calls with a
+    `function` whose arguments are JSON text, tool results with only what OpenAI reads. A message of plain
+    text (the common case) is passed as it is."""
+    out = []
+    for m in messages:
+        if type(m.get("content")) is str and "tool_calls" not in m and m.get("role") != "tool":
+            out.append(m)
+        else:
+            out.append(_wire_message(m))
+    return out
+
+
+def _wire_message(m: dict[str, Any]) -> dict[str, Any]:
+    content = m.get("content")
+    if m.get("role") == "tool":
+        # OpenAI has no error flag on a result: the text says it
+        text = text_parts(content)
+        return {"role": "tool", "tool_call_id": m.get("tool_call_id"), "content": f"error: {text}" if m.get("is_error") else text}
+    msg = dict(m)
+    if isinstance(content, list):
+        msg["content"] = [_wire_part(p) for p in content]
+    if "tool_calls" in m:
+        calls = calls_of(m)
+        msg["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
+            for c in calls
+        ]
+        if not calls:
+            del msg["tool_calls"]
+    return msg
+
+
+def _wire_part(part: Any) -> Any:
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if isinstance(part, dict) and part.get("type") == "image":
+        image = image_of(part)
+        if image is not None:
+            return {"type": "image_url", "image_url": {"url": image.data_url()}}
+    return part
+
+
+def _wire_tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": tool.schema()}
+    if tool.description:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: str) -> str | dict[str, Any]:
+    return choice if choice in TOOL_CHOICES else {"type": "function", "function": {"name": choice}}
+
+
+def _reply_call(value: Any, where: str) -> ToolCall:
+    """One `tool_calls` item of a reply (untrusted: a wrong type is malformed, arguments that are no JSON
+    object are invalid_output)."""
+    item = obj(value, where)
+    fn = obj(item.get("function"), where + ".function")
+    name = string(fn.get("name"), where + ".function.name")
+    if not name:
+        raise ProviderFailure(ErrorKind.MALFORMED_RESPONSE, f"{where} names no function")
+    args = tool_arguments(string(fn.get("arguments"), where + ".function.arguments") or "", where + ".function.arguments")
+    return ToolCall(string(item.get("id"), where + ".id") or "", name, args)
+
+
+class _CallPieces:
+    """One streamed tool call as its chunks build it: the id and name come first, the arguments in pieces."""
+
+    __slots__ = ("id", "name", "arguments")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.arguments: list[str] = []
 
 
 class _OpenAIStream(StreamDecoder):
@@ -465,6 +563,8 @@ class _OpenAIStream(StreamDecoder):
         self.cost: Decimal | None = None
         self.refusal = ""
         self.any_text = False
+        #: streamed tool calls by their `index`
+        self.calls: dict[int, _CallPieces] = {}
 
     def feed(self, event: SSEEvent) -> str | None:
         data = event.data
@@ -526,6 +626,8 @@ class _OpenAIStream(StreamDecoder):
                     refusal = string(refusal, "a stream chunk's delta.refusal")
                     if refusal:
                         self.refusal += refusal
+                if delta.get("tool_calls") is not None:
+                    self._call_deltas(delta["tool_calls"])
             finish = choice.get("finish_reason")
             if finish is not None:
                 if type(finish) is not str:
@@ -536,14 +638,33 @@ class _OpenAIStream(StreamDecoder):
             self.any_text = True
         return text
 
+    def _call_deltas(self, value: Any) -> None:
+        """Gather `delta.tool_calls` items by their index: the first brings id and name, the rest arguments."""
+        for item in arr(value, "a stream chunk's delta.tool_calls"):
+            item = obj(item, "a stream chunk's tool call")
+            index = item.get("index", 0)
+            if type(index) is not int or not 0 <= index < 1024:
+                raise ProviderFailure(ErrorKind.MALFORMED_RESPONSE, f"a stream chunk's tool call index is {excerpt(repr(index), 40)}")
+            call = self.calls.get(index)
+            if call is None:
+                call = self.calls[index] = _CallPieces()
+            call.id = string(item.get("id"), "a stream chunk's tool call id") or call.id
+            fn = obj(item.get("function"), "a stream chunk's tool call function")
+            call.name += string(fn.get("name"), "a stream chunk's tool call name") or ""
+            piece = string(fn.get("arguments"), "a stream chunk's tool call arguments")
+            if piece:
+                call.arguments.append(piece)
+
     def finish(self) -> Completion:
         if not self.done:
             raise ProviderFailure(ErrorKind.STREAM_INTERRUPTED, "stream ended without [DONE]", usage=self.usage)
         if self.finish_reason == "content_filter" or self.refusal:
             raise ProviderFailure(ErrorKind.CONTENT_FILTER, excerpt(f"the model declined: {self.refusal or self.finish_reason}", 500), usage=self.usage)
-        if not self.any_text and not self.finish_reason:
+        calls = [ToolCall(c.id, c.name, tool_arguments("".join(c.arguments), f"streamed tool call {i} arguments"))
+                 for i, c in sorted(self.calls.items())]
+        if not self.any_text and not self.finish_reason and not calls:
             raise ProviderFailure(ErrorKind.EMPTY_RESPONSE, "stream with no text and no finish reason", usage=self.usage)
         return Completion(
             text="", model=self.model, finish_reason=self.finish_reason, usage=self.usage,
-            reported_cost=self.cost, served_model=_price_model(self.endpoint, self.model),
+            reported_cost=self.cost, served_model=_price_model(self.endpoint, self.model), tool_calls=calls,
         )
