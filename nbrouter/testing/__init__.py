@@ -8,6 +8,8 @@
         sim.rate_limits.set_default(WindowLimits(requests=120, window_s=60))  # every key: a sliding window
         ...  # point a client at sim.openai_url, sim.anthropic_url, sim.gemini_url or sim.openrouter_url
 
+`sim.script_batch(BatchScript(...))` scripts the three batch APIs (OpenAI Files + /v1/batches, Anthropic
+/v1/messages/batches, Gemini batchGenerateContent), whose jobs run on the simulator's clock.
 `start_simulator_process(config)` runs one in a process of its own (`python -m nbrouter.testing serve`)
 that several router processes share; `GET /_sim/stats` (or `sim.stats()`) gives its counts per key.
 
@@ -42,6 +44,7 @@ from .behaviours import (
     ToolCall,
     Unauthorized,
 )
+from .batches import BatchScript
 from .clock import ManualClock
 from .ratelimits import KeyLimits, WindowLimits
 from .stats import key_id
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from .simulator import ProviderSimulator, RecordedRequest
 
 __all__ = [
+    "BatchScript",
     "Behaviour",
     "Capabilities",
     "ContentFilter",

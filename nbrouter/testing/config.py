@@ -8,6 +8,7 @@
       "scripts": [{"model": "gpt-x", "behaviours": [{"type": "RateLimited", "retry_after": 3}, {"type": "Reply"}]}],
       "default": {"type": "Reply", "text": "hi"},
       "capabilities": {"text-only": {"vision": false, "tools": false}},
+      "batch_scripts": [{"model": "gpt-x", "line_s": 60, "lines": {"row-2": {"type": "ServerError", "status": 503}}}],
       "models": ["gpt-x"], "default_text": null, "tokens_per_s": null
     }
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
 from . import behaviours as _behaviours
+from .batches import BatchScript
 from .behaviours import Behaviour, Capabilities
 from .ratelimits import KeyLimits, Limits, RateLimiter, WindowLimits
 
@@ -47,10 +49,13 @@ class Configurable(Protocol):
         self, model: str, *, vision: bool | None = None, tools: bool | None = None, json_schema: bool | None = None
     ) -> Capabilities: ...
 
+    def script_batch(self, scripts: Iterable[BatchScript] | BatchScript, *, model: str | None = None,
+                     key: str | None = None, repeat_last: bool = False) -> None: ...
+
     def script(self, behaviours: Iterable[Behaviour] | Behaviour, *, model: str | None = None, key: str | None = None,
                repeat_last: bool = False) -> None: ...
 
-_SECTIONS = frozenset({"rate_limits", "scripts", "default", "models", "default_text", "tokens_per_s", "capabilities"})
+_SECTIONS = frozenset({"rate_limits", "scripts", "default", "models", "default_text", "tokens_per_s", "capabilities", "batch_scripts"})
 _WINDOW_FIELDS = frozenset({"requests", "tokens", "window_s", "start_full"})
 _BUCKET_FIELDS = frozenset({"requests_per_minute", "tokens_per_minute", "start_full"})
 
@@ -122,6 +127,8 @@ def apply(sim: Configurable, config: Mapping[str, Any]) -> None:
         if unknown:
             raise ValueError(f"unknown capabilities {sorted(unknown)} for {model!r}; use vision, tools, json_schema")
         sim.capabilities(model, **caps)
+    for entry in config.get("batch_scripts") or ():
+        _apply_batch_script(sim, dict(entry))
 
 
 def _apply_limits(sim: Configurable, spec: Mapping[str, Any]) -> None:
@@ -132,6 +139,19 @@ def _apply_limits(sim: Configurable, spec: Mapping[str, Any]) -> None:
         sim.rate_limits.set_default(limits(spec["default"]) if spec["default"] else None)
     for key, one in (spec.get("keys") or {}).items():
         sim.rate_limits.set(key, limits(one) if one else None)
+
+
+def _apply_batch_script(sim: Configurable, entry: dict[str, Any]) -> None:
+    """`{"model"?, "key"?, "repeat_last"?, **BatchScript fields}`; `lines` and `refuse` hold behaviours as dicts."""
+    selectors = {name: entry.pop(name) for name in ("model", "key", "repeat_last") if name in entry}
+    lines = entry.get("lines")
+    if isinstance(lines, dict):
+        entry["lines"] = {custom_id: behaviour(spec) for custom_id, spec in lines.items()}
+    elif isinstance(lines, list):
+        entry["lines"] = [None if spec is None else behaviour(spec) for spec in lines]
+    if isinstance(entry.get("refuse"), dict):
+        entry["refuse"] = behaviour(entry["refuse"])
+    sim.script_batch(BatchScript(**entry), **selectors)
 
 
 __all__ = ["apply", "behaviour", "limits", "load"]

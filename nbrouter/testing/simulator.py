@@ -24,6 +24,8 @@ from multidict import CIMultiDict
 from nbrouter._core.clock import SYSTEM_CLOCK
 
 from ._anthropic_wire import AnthropicWire
+from ._batch_http import BatchService
+from ._batch_jobs import LineResult
 from ._features import ANTHROPIC_IMAGE_TYPES, Features, Image, example, sniffed_type
 from ._features import read as read_features
 from ._gemini_wire import GeminiWire
@@ -46,11 +48,14 @@ from .behaviours import (
     ToolCall,
     is_failure,
 )
+from .batches import BatchScript
 from .ratelimits import RateLimiter, Verdict
 from .stats import SimStats
 
 #: how long `stop()` waits for the server's loop to wind down before giving up on it
 STOP_TIMEOUT_S = 5.0
+#: the biggest request body read (images and batch files are big; aiohttp's own default is 1 MiB)
+MAX_BODY_BYTES = 1 << 30
 _SSE_TYPE = "text/event-stream; charset=utf-8"
 _GEMINI_PREFIX = "/v1beta/models/"
 _GEMINI_ACTIONS = {"generateContent": ("chat", False), "streamGenerateContent": ("chat", True), "countTokens": ("count", False)}
@@ -148,7 +153,8 @@ class ProviderSimulator:
         self.tokens_per_s = tokens_per_s
         self.default_text = default_text
         self.clock: SimClock = clock if clock is not None else SYSTEM_CLOCK
-        self._book = ScriptBook()
+        self._book: ScriptBook[Behaviour] = ScriptBook()
+        self._batch_book: ScriptBook[BatchScript] = ScriptBook(BatchScript(), BatchScript, "BatchScript")
         self._log: list[RecordedRequest] = []
         self._log_lock = threading.Lock()
         self._models: list[str] | None = None
@@ -174,6 +180,7 @@ class ProviderSimulator:
         }
         for wire in self._wires.values():
             wire.wall = self.clock.time
+        self._batches = BatchService(self._wires, self.clock.time, self._render_line, self._batch_book.next, _credential, self._record_batch)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -272,6 +279,43 @@ class ProviderSimulator:
         items = [behaviours] if isinstance(behaviours, Behaviour) else list(behaviours)
         self._book.add(items, model=model, key=key, repeat_last=repeat_last)
 
+    def script_batch(
+        self,
+        scripts: Iterable[BatchScript] | BatchScript,
+        *,
+        model: str | None = None,
+        key: str | None = None,
+        repeat_last: bool = False,
+    ) -> None:
+        """Queue how the next batch jobs run (see `batches.BatchScript`), with the same selectors and
+        precedence as `script`; a job nothing is queued for runs as `BatchScript()`: one second to
+        validate, one per line, one to finalize, every line taking the scripts a live call would."""
+        items = [scripts] if isinstance(scripts, BatchScript) else list(scripts)
+        self._batch_book.add(items, model=model, key=key, repeat_last=repeat_last)
+
+    def batch_jobs(self) -> list[dict[str, Any]]:
+        """Every batch job now: id, protocol, model, status (OpenAI's words), lines, done and pending."""
+        return self._batches.jobs()
+
+    @property
+    def batch_max_bytes(self) -> int | None:
+        """The biggest batch input taken: an uploaded file, an Anthropic create body, a Gemini inline
+        create (None: each provider's own, 200 MB / 256 MB / 20 MB, and 2 GB for a Gemini file)."""
+        return self._batches.max_bytes
+
+    @batch_max_bytes.setter
+    def batch_max_bytes(self, value: int | None) -> None:
+        self._batches.max_bytes = value
+
+    @property
+    def batch_max_requests(self) -> int | None:
+        """The most requests one batch takes (None: 50,000 OpenAI, 100,000 Anthropic)."""
+        return self._batches.max_requests
+
+    @batch_max_requests.setter
+    def batch_max_requests(self, value: int | None) -> None:
+        self._batches.max_requests = value
+
     def set_default(self, behaviour: Behaviour) -> None:
         """What unscripted requests get (initially `Reply()`, the echo)."""
         self._book.set_default(behaviour)
@@ -294,8 +338,12 @@ class ProviderSimulator:
             return updated
 
     def reset(self) -> None:
-        """Forget scripts, the default, the `models` list, capabilities, rate limits, stats and the request log."""
+        """Forget scripts, the default, the `models` list, capabilities, rate limits, stats, batch jobs and
+        files, and the request log."""
         self._book.clear()
+        self._batch_book.clear()
+        self._batches.clear()
+        self._batches.max_bytes = self._batches.max_requests = None
         self._models = None
         self._caps = {}
         self.rate_limits.clear()
@@ -356,7 +404,12 @@ class ProviderSimulator:
             loop.close()
 
     async def _serve(self) -> int:
-        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        loop = asyncio.get_running_loop()
+
+        def request_factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY_BYTES)
+
+        server = web.Server(self._handle, request_factory=request_factory, handler_cancellation=True, access_log=None)
         runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self._listen_port, backlog=1024)
@@ -381,6 +434,8 @@ class ProviderSimulator:
         try:
             if request.path.startswith("/_sim/"):
                 return await self._control(request)
+            if self._batches.owns(request.method, request.path):
+                return await self._batches.handle(request, arrived)
             return await self._dispatch(request, arrived)
         finally:
             if task is not None:
@@ -573,6 +628,38 @@ class ProviderSimulator:
         with self._log_lock:
             self._log.append(recorded)
 
+    def _record_batch(self, protocol: str, request: web.BaseRequest, model: str | None, key: str | None, body: Any,
+                      arrived: float, status: int) -> None:
+        self._record(RecordedRequest(protocol, request.path, model, key, False, body, _headers(request), arrived, status))
+
+    def _render_line(self, protocol: str, key: str | None, model: str, params: Any, behaviour: Behaviour | None) -> LineResult:
+        """What one batch line comes to: its behaviour (scripted for the line, else the scripts a live call
+        takes) rendered as the protocol's non-stream body or error, after the checks a live call gets."""
+        wire = self._wires[protocol]
+        body = params if isinstance(params, dict) else {}
+        call = self._call(protocol, model, key, False, body, read_features(protocol, body))
+        b = behaviour if behaviour is not None else self._book.next(key, model)
+        if not isinstance(params, dict):
+            return _errored(wire, call, wire.bad_request(call, "The request body must be a JSON object."))
+        if protocol == "anthropic" and params.get("stream") is True:
+            return _errored(wire, call, wire.bad_request(call, "stream: Streaming is not supported for message batches."))
+        refused = self._refuse(wire, call)
+        if refused is not None:
+            return _errored(wire, call, refused)
+        if isinstance(b, Reply):
+            return _succeeded(wire, call, self._outcome(call, self._shaped(call, b)))
+        if isinstance(b, (Empty, ContentFilter)):
+            return _succeeded(wire, call, self._silent(call, None if isinstance(b, Empty) else "content_filter"))
+        if isinstance(b, Failure):
+            status, payload, _ = wire.failure(call, b)
+            return _errored(wire, call, (status, payload))
+        if isinstance(b, Malformed):
+            return replace(_succeeded(wire, call, self._outcome(call, Reply())), kind="malformed")
+        if isinstance(b, Raw):
+            kind = "errored" if b.status >= 400 else "succeeded"
+            return LineResult(kind, b.status, b.body, wire.request_id(call))
+        return LineResult("never", 0, None, wire.request_id(call))  # Hang, Drop, CutStream: never finishes
+
     def _call(self, protocol: str, model: str | None, key: str | None, stream: bool, body: Any, features: Features) -> Call:
         chars, last_user = _prompt(protocol, body) if isinstance(body, dict) else (0, "")
         chars += features.tool_result_chars
@@ -727,6 +814,18 @@ class ProviderSimulator:
 # -- helpers --------------------------------------------------------------------------------
 
 
+def _succeeded(wire: Wire, call: Call, outcome: Outcome) -> LineResult:
+    body = wire.body(call, outcome)
+    if call.protocol == "anthropic":
+        body["usage"]["service_tier"] = "batch"
+    tokens = (outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens)
+    return LineResult("succeeded", 200, body, wire.request_id(call), *tokens)
+
+
+def _errored(wire: Wire, call: Call, refusal: tuple[int, Any]) -> LineResult:
+    return LineResult("errored", refusal[0], refusal[1], wire.request_id(call))
+
+
 def _rendered(call: Call, index: int, tool: ToolCall) -> RenderedTool:
     """A scripted tool call in wire form: an id in the protocol's style, arguments as text and object."""
     prefix = "toolu_" if call.protocol == "anthropic" else "call_"
@@ -832,7 +931,7 @@ def _model_list(protocol: str, kind: str, models: list[str], caps: dict[str, Cap
             ]
         }
     if protocol == "gemini":
-        methods = ["generateContent", "streamGenerateContent", "countTokens"]
+        methods = ["generateContent", "streamGenerateContent", "countTokens", "batchGenerateContent"]
         return {"models": [{"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": methods} for m in models]}
     if protocol == "anthropic":
         data = [
