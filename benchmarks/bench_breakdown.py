@@ -21,7 +21,7 @@ from _clients import MESSAGES, Driver, RawHttpx, drive
 from _common import SERVER_NOTE, LoopbackServer, heading, isolate_user_state, machine, median, router_config, spread, table
 
 LEVELS = [
-    "send only: `providers._http.send` (with the request object, `Decider.combo`, `_Call`, `Loop._endpoint`)",
+    "send only: `providers._http.send` (with the request object, `Decider.route`, `_Call`, `Loop._endpoint`)",
     "+ `Decider.decide` (resolve, skip checks, order, the Decision)",
     "+ `Loop._served` (state updates, the Attempt, the RouteResult)",
     "`Loop._attempt` in place of send + served (events, closures, probe check, timeout)",
@@ -50,14 +50,15 @@ class Level(Driver):
             return (await r.acomplete("one", messages=MESSAGES)).text
         loop = r._loop
         req = build_request("one", None, stream=False, messages=MESSAGES)
-        combo = r._decider.combo(req)
-        call = _Call(req, None, r.clock, loop.hooks)
+        route = r._decider.route(req)
+        combo = route.combo
+        call = _Call(route, req, None, r.clock, loop.hooks)
         provider = r.config.providers["bench"]
         endpoint = loop._endpoint(provider, "default")
         info: Any = None
         c: Any = None
         if self.level >= 1:
-            decision, info = r._decider.decide(combo, req, time.time())
+            decision, info = r._decider.decide(route, req, time.time())
             c = decision.order[0]
         if self.level >= 3:
             result = await loop._attempt(call, combo, c, info, 60.0)
@@ -84,17 +85,18 @@ def alone() -> list[list[str]]:
 
     r = Router(router_config("http://127.0.0.1:9/v1", {"one": {"targets": ["bench/bench-model"]}}), persist=False)
     req = build_request("one", None, stream=False, messages=MESSAGES)
-    combo = r._decider.combo(req)
-    decision, info = r._decider.decide(combo, req, time.time())
+    route = r._decider.route(req)
+    combo = route.combo
+    decision, info = r._decider.decide(route, req, time.time())
     c = decision.order[0]
     provider = r.config.providers["bench"]
 
     def decide() -> None:
-        r._decider.decide(combo, build_request("one", None, stream=False, messages=MESSAGES), time.time())
+        r._decider.decide(route, build_request("one", None, stream=False, messages=MESSAGES), time.time())
 
     def served() -> None:
         completion = Completion(text="hi", model="bench-model", finish_reason="stop", usage=Usage(input_tokens=12, output_tokens=9))
-        r._loop._served(_Call(req, None, r.clock, r._loop.hooks), combo, c, provider, completion, info, 0.001, None, time.time())
+        r._loop._served(_Call(route, req, None, r.clock, r._loop.hooks), combo, c, provider, completion, info, 0.001, None, time.time())
 
     rows = []
     for name, fn in (("`Decider.decide` (with a new request object)", decide), ("`Loop._served` (with `_Call` and a Completion)", served)):

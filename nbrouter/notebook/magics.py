@@ -441,13 +441,13 @@ class LLMMagics(Magics):
         return close[0] if close else None
 
     def _names_a_combo(self, word: str) -> bool:
-        from ..router import VIRTUAL_COMBOS
+        from ..router import combo_kind
 
         try:
             combos = self.router.config.combos
         except ComboConfigError:
             combos = {}
-        return word in combos or word in VIRTUAL_COMBOS or "/" in word
+        return combo_kind(word, combos) is not None
 
     def _show(self, obj: Any) -> None:
         """Display a table (or a Decision, a Status): HTML in a notebook, text fitted to the terminal."""

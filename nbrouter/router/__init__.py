@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._core.clock import Clock
+from .decide.combos import combo_kind
 from .decide.packs import FACTORS, PACKS, VIRTUAL_COMBOS
 from .decide.strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from .engine import Router
@@ -129,6 +130,7 @@ __all__ = [
     "attempt_text",
     "build_request",
     "candidate_cells",
+    "combo_kind",
     "decision_html",
     "decision_text",
     "log_table",

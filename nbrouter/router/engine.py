@@ -260,20 +260,24 @@ class Router:
         Raises:
             ComboConfigError: the combo is not known (the message suggests the nearest name).
         """
-        return self._decider.combo(request)
+        return self._decider.route(request).combo
 
     def estimate(self, request: CallRequest) -> Decimal | None:
         """The most this request may cost: 0 when its answer is cached, else its dearest candidate's estimate
         (None when no candidate's price is known)."""
-        if request.cache and self.cache.contains(self.cache_key(request), self.clock.time()):
-            return Decimal(0)
-        return self._decider.max_estimate(request)
+        route = self._decider.route(request)
+        if request.cache:
+            from .run.cache import request_key
+
+            if self.cache.contains(request_key(self.cache, route, request), self.clock.time()):
+                return Decimal(0)
+        return self._decider.max_estimate(route, request)
 
     def cache_key(self, request: CallRequest) -> str:
         """The response cache's key for a request (its combo's targets and what decides the answer)."""
         from .run.cache import request_key
 
-        return request_key(self.cache, self._decider, request)
+        return request_key(self.cache, self._decider.route(request), request)
 
     @property
     def background(self) -> BackgroundLoop:
@@ -287,17 +291,19 @@ class Router:
         if req.cache or self._discovery.due(self.config):
             return self._route_first(req, emit)
         self.state.refresh()
-        return self._loop.run(req, emit)
+        return self._loop.run(self._decider.route(req), req, emit)
 
     async def _route_first(self, req: CallRequest, emit: Emit | None) -> RouteResult:
         if self._discovery.due(self.config):
             await self._discovery.probe(self.config)
         self.state.refresh()
+        route = self._decider.route(req)  # after the probe: it may have found the providers
         if req.cache:
             from .run.cache import through_cache
 
-            return await through_cache(self.cache, self._decider, self.state, self.clock.time(), req, lambda: self._loop.run(req, emit))
-        return await self._loop.run(req, emit)
+            return await through_cache(self.cache, route, self.state, self.clock.time(), req,
+                                       lambda: self._loop.run(route, req, emit))
+        return await self._loop.run(route, req, emit)
 
     # ---- batch work (batch.py) ----------------------------------------------------------------
 
@@ -357,7 +363,7 @@ class Router:
         req = build_request(combo, prompt, stream=stream, **options)
         self._ensure_discovered()
         self.state.refresh()
-        decision, _ = self._decider.decide(self._decider.combo(req), req, self.clock.time())
+        decision, _ = self._decider.decide(self._decider.route(req), req, self.clock.time())
         return decision
 
     def explain_combo(self, combo: Combo, prompt: str | None = None, **options: Any) -> Decision:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import replace
-from typing import Iterable
+from typing import Collection, Iterable, Literal
 
 from ..errors import ComboConfigError
 from ..model import Combo, Config, Step, parse_target
@@ -13,16 +13,29 @@ from .packs import VARIANTS, VIRTUAL_COMBOS
 from ..types import Candidate
 
 
+def combo_kind(name: str, saved: Collection[str]) -> Literal["saved", "virtual", "target"] | None:
+    """What a word names as a combo: one of the `saved` combos, a virtual `auto...` combo, a target (it has
+    a `/`: `provider[#account]/model`, checked when it is resolved), or nothing (None)."""
+    if name in saved:
+        return "saved"
+    if name in VIRTUAL_COMBOS:
+        return "virtual"
+    if "/" in name:
+        return "target"
+    return None
+
+
 def combo_for(config: Config, name: str) -> Combo:
     """The named combo, a virtual `auto...` combo, or a bare `provider[#account]/model` as a one-step combo."""
-    combo = config.combos.get(name)
-    if combo is not None:
+    kind = combo_kind(name, config.combos)
+    if kind == "saved":
+        combo = config.combos[name]
         if combo.strategy == "auto" and not combo.steps:
             return auto_pool(config, combo)  # a saved auto combo without targets: its pool, also when nested
         return combo
-    if name in VIRTUAL_COMBOS:
+    if kind == "virtual":
         return virtual_combo(config, name)
-    if "/" in name:
+    if kind == "target":
         provider, account, model = parse_target(name)
         if provider in config.providers and model:
             prov = config.providers[provider]

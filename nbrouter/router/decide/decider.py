@@ -18,17 +18,16 @@ from typing import Any, Callable, Mapping, Sequence
 from ..._core import Clock
 from ..._core.text import span
 from .budget import Budget
-from .combos import combo_for, resolve
+from .combos import auto_pool, combo_for, resolve
 from ..model import Combo, Config, Provider
 from ..errors import ComboConfigError, NoProviders
 from ..policy import Policy
 from .pricing import PriceBook
 from ..requests import CallRequest
-from .combos import auto_pool
 from .scoring import EXCLUSION_PREFIX, PoolReadings
 from .scoring import excluded as auto_excluded
 from ..state.store import StateStore
-from .strategies import STRATEGIES, RequestInfo, StrategyContext, order_accounts
+from .strategies import STRATEGIES, RequestInfo, Strategy, StrategyContext, order_accounts
 from .tokens import estimate_prompt
 from ..types import Candidate, Decision, DecisionRow
 
@@ -139,6 +138,34 @@ class Snapshot:
     def hold_until(self, key: str) -> float | None:
         h = self._state.holds.get(key)
         return None if h is None or h.until <= self.now else h.until
+
+
+@dataclass(frozen=True, eq=False)
+class Route:
+    """A call's combo, resolved once: the Combo as the call uses it (its strategy override applied, an auto
+    pool filled), its candidates in the combo's order, and the strategy that orders them.
+
+    `Decider.route` makes it, once per combo name (or draft Combo) and strategy override until the
+    configuration changes; the decision, the response cache's key, the cost estimate and the loop all read
+    this one value instead of looking the name up again.
+    """
+
+    combo: Combo
+    #: every candidate of the combo, nested combos expanded, one per account (resolve)
+    candidates: list[Candidate]
+    #: every step has a single account (then there are no accounts to order)
+    single_accounts: bool
+    #: orders the candidates that pass the skip checks (the combo's strategy)
+    strategy: Strategy
+
+    @property
+    def name(self) -> str:
+        return self.combo.name
+
+    @property
+    def targets(self) -> list[str]:
+        """The `provider/model` of every candidate (what may serve the call)."""
+        return [c.target for c in self.candidates]
 
 
 class _SeededRandom(random.Random):
@@ -334,8 +361,8 @@ class Decider:
         self.policy = config.policy
         self.prices = prices
         self.constants = config.policy.as_dict()
-        self._named: dict[str, Combo] = {}
-        self._resolved: dict[int, tuple[Combo, list[Candidate], bool]] = {}
+        #: routes by (combo name, or a draft Combo's id, and the call's strategy override)
+        self._routes: dict[tuple[str | int, str | None], tuple[str | Combo, Route]] = {}
         self._plans: dict[str, tuple[Callable[..., Skip | None], ...]] = {}
         self._pool_plans: dict[tuple[int, tuple[bool, ...]], tuple[list[Candidate], list[tuple[Candidate, tuple[Callable[..., Skip | None], ...]]]]] = {}
         self._notes: dict[int, tuple[Combo, str]] = {}
@@ -362,8 +389,7 @@ class Decider:
 
     def forget(self) -> None:
         """Drop the cached resolutions (the providers changed, e.g. after local discovery)."""
-        self._named.clear()
-        self._resolved.clear()
+        self._routes.clear()
         self._plans.clear()
         self._pool_plans.clear()
         self._notes.clear()
@@ -408,37 +434,41 @@ class Decider:
         acc = self.config.providers[c.provider].account(c.account)
         return fingerprint(acc.api_key() if acc else None)
 
-    def combo(self, req: CallRequest) -> Combo:
-        """The combo a call names: saved, virtual, a bare target, or a draft object; with a strategy override."""
+    def route(self, req: CallRequest) -> Route:
+        """The call's combo resolved once (saved, virtual, a bare target, or a draft object; with the call's
+        strategy override), remembered until the configuration changes.
+
+        Raises:
+            NoProviders: nothing is configured.
+            ComboConfigError: the name is unknown, or the call's strategy override is.
+        """
         if not self.config.providers:
             raise NoProviders(str(self.config.path) if self.config.path else "a config file")
-        if isinstance(req.combo, Combo):
-            combo = req.combo
-        else:
-            combo = self._named.get(req.combo)
-            if combo is None:
-                if len(self._named) >= 4096:
-                    self._named.clear()
-                combo = self._named[req.combo] = combo_for(self.config, req.combo)
-        if req.strategy and req.strategy != combo.strategy:
-            if req.strategy not in STRATEGIES:
-                raise ComboConfigError(f"unknown strategy {req.strategy!r} (known: {', '.join(sorted(STRATEGIES))})",
-                                       combo=combo.name, field="strategy")
-            combo = replace(combo, strategy=req.strategy)
-        return combo
+        named = req.combo
+        key = (named if isinstance(named, str) else id(named), req.strategy)
+        hit = self._routes.get(key)
+        if hit is not None and (isinstance(named, str) or hit[0] is named):  # a draft's id may be reused
+            return hit[1]
+        route = self._make_route(named, req.strategy)
+        if len(self._routes) >= 4096:  # drafts are new objects each time
+            self._routes.clear()
+        self._routes[key] = (named, route)
+        return route
 
-    def resolve(self, combo: Combo) -> tuple[list[Candidate], bool]:
-        """`resolve`, cached per combo object until the configuration changes (candidates are immutable),
-        and whether every step has a single account (then there are no accounts to order)."""
-        hit = self._resolved.get(id(combo))
-        if hit is not None and hit[0] is combo:
-            return hit[1], hit[2]
+    def _make_route(self, named: str | Combo, strategy: str | None) -> Route:
+        combo = named if isinstance(named, Combo) else combo_for(self.config, named)
+        if strategy and strategy != combo.strategy:
+            combo = replace(combo, strategy=strategy)
+        # a saved combo's strategy was checked at load and a draft's by validate_combo: the one check left
+        # is the call's own override (or a Combo object made by hand)
+        order = STRATEGIES.get(combo.strategy)
+        if order is None:
+            raise ComboConfigError(f"unknown strategy {combo.strategy!r} (known: {', '.join(sorted(STRATEGIES))})",
+                                   file=self.config.file_label, combo=combo.name, field="strategy")
+        combo = auto_pool(self.config, combo)
         candidates = resolve(self.config, combo)
         single = len({c.step for c in candidates}) == len(candidates)
-        if len(self._resolved) >= 1024:  # drafts and filled auto pools are new objects each time
-            self._resolved.clear()
-        self._resolved[id(combo)] = (combo, candidates, single)
-        return candidates, single
+        return Route(combo, candidates, single, order)
 
     def skip(self, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
         """Why a candidate cannot be tried now (and until when), or None."""
@@ -448,12 +478,11 @@ class Decider:
                 return reason
         return None
 
-    def max_estimate(self, req: CallRequest) -> Decimal | None:
+    def max_estimate(self, route: Route, req: CallRequest) -> Decimal | None:
         """The dearest estimate among the call's candidates (None when no price is known)."""
-        candidates, _ = self.resolve(auto_pool(self.config, self.combo(req)))
         info = self.request_info(req)
         estimates = [self.prices.estimate(self.config.providers[c.provider], c.model, info.prompt_tokens, info.max_tokens)
-                     for c in candidates]
+                     for c in route.candidates]
         known = [e for e in estimates if e is not None]
         return max(known) if known else None
 
@@ -464,12 +493,11 @@ class Decider:
         return RequestInfo(prompt_tokens=prompt_tokens, max_tokens=max_tokens, stream=req.stream, prompt=req.prompt_text,
                            conversation=conversation_key(req.messages))
 
-    def decide(self, combo: Combo, req: CallRequest, now: float) -> tuple[Decision, RequestInfo]:
-        """Resolve, filter and order; pure apart from dropping expired holds."""
+    def decide(self, route: Route, req: CallRequest, now: float) -> tuple[Decision, RequestInfo]:
+        """Filter and order the route's candidates; pure apart from dropping expired holds."""
         policy = self.policy
         self._env = {}
-        combo = auto_pool(self.config, combo)
-        candidates, single_accounts = self.resolve(combo)
+        combo, candidates = route.combo, route.candidates
         info = self.request_info(req)
         info.relay = combo.strategy == "context-relay"
         seed = req.seed if req.seed is not None else random.getrandbits(32)
@@ -496,12 +524,10 @@ class Decider:
         notes: list[str] = []
         explored = False
         exclusions: dict[str, float] = {}
-        if combo.strategy == "priority" and single_accounts:
+        if combo.strategy == "priority" and route.single_accounts:
             ordered = kept  # as written, and no accounts to order: the common waterfall needs no context
         else:
-            strategy = STRATEGIES.get(combo.strategy)
-            if strategy is None:
-                raise ComboConfigError(f"unknown strategy {combo.strategy!r}", file=self.config.file_label, combo=combo.name, field="strategy")
+            strategy = route.strategy
             ctx = StrategyContext(combo=combo, request=info, snapshot=Snapshot(self, now), rng=_SeededRandom(seed), all_candidates=candidates)
             ordered = strategy(order_accounts(kept, ctx), ctx)
             if len(ordered) != len(kept):

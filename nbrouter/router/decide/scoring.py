@@ -42,7 +42,6 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from ..._core.text import span
-from .combos import auto_pool  # moved to combos.py; importable here until engine.py imports it from there
 from ..model import Combo, Config
 from .packs import FACTORS, PACKS, VARIANTS, Variant
 from ..policy import Policy
@@ -51,7 +50,7 @@ from ..types import Candidate, Decision
 __all__ = [
     "FACTORS", "PACKS", "VARIANTS", "Variant", "Measurements", "HoldStore", "ScoredPool", "PoolInputs", "EXCLUDE_INPUT", "TASK_FIT",
     "TASK_KEYWORDS", "exclusion_key", "guess_task", "task_patterns", "best_match", "weights_for", "score_pool",
-    "exclusion_seconds", "excluded", "record_exclusions", "account_scores", "auto_pool",
+    "exclusion_seconds", "excluded", "record_exclusions", "account_scores",
 ]
 
 

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ..._core import Usage
-from ..decide.decider import Decider
+from ..decide.decider import Route
 from ..requests import CallRequest
-from ..decide.scoring import auto_pool
 from ..state.store import StateStore
 from ..types import Action, Attempt, CacheInfo, RouteResult
 
@@ -170,10 +169,9 @@ class ResponseCache:
 # ---- the router's use of it -----------------------------------------------------------------------
 
 
-def request_key(cache: ResponseCache, decider: Decider, req: CallRequest) -> str:
-    """The cache key of a call: its combo resolved to targets, and the request."""
-    candidates, _ = decider.resolve(auto_pool(decider.config, decider.combo(req)))
-    return cache.key([c.target for c in candidates], req)
+def request_key(cache: ResponseCache, route: Route, req: CallRequest) -> str:
+    """The cache key of a call: its resolved combo's targets, and the request."""
+    return cache.key(route.targets, req)
 
 
 def hit_result(entry: dict[str, Any], req: CallRequest, combo: str, now: float) -> RouteResult | None:
@@ -194,13 +192,13 @@ def hit_result(entry: dict[str, Any], req: CallRequest, combo: str, now: float) 
                        finish_reason=entry["finish_reason"], parsed=parsed, cached=info)
 
 
-async def through_cache(cache: ResponseCache, decider: Decider, state: StateStore, now: float, req: CallRequest,
+async def through_cache(cache: ResponseCache, route: Route, state: StateStore, now: float, req: CallRequest,
                         run: Callable[[], Awaitable[RouteResult]]) -> RouteResult:
-    """Answer `req` from the cache, or run it and store the answer."""
-    key = request_key(cache, decider, req)
+    """Answer `req` (resolved to `route`) from the cache, or run it and store the answer."""
+    key = request_key(cache, route, req)
     entry = cache.get(key, now)
     if entry is not None:
-        result = hit_result(entry, req, decider.combo(req).name, now)
+        result = hit_result(entry, req, route.name, now)
         if result is not None:
             cache.hits += 1
             if result.cached is not None and result.cached.cost_usd is not None:

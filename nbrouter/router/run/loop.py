@@ -23,7 +23,7 @@ from ...providers import ChatRequest, Completion, Endpoint, get_protocol
 from ..model import Combo, Provider
 from .deadlines import Limit
 from .deadlines import start as start_limit
-from ..decide.decider import EMERGENCY, Decider
+from ..decide.decider import EMERGENCY, Decider, Route
 from ..keys import KeyError_
 from ..errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
 from ..policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
@@ -102,10 +102,11 @@ class Hooks:
 class _Call:
     """Mutable bookkeeping of one call in flight."""
 
-    __slots__ = ("req", "emit", "hooks", "id", "attempts", "shown_parts", "notes", "decision", "started", "tries",
+    __slots__ = ("route", "req", "emit", "hooks", "id", "attempts", "shown_parts", "notes", "decision", "started", "tries",
                  "monotonic")
 
-    def __init__(self, req: CallRequest, emit: Emit | None, clock: Clock, hooks: Hooks) -> None:
+    def __init__(self, route: Route, req: CallRequest, emit: Emit | None, clock: Clock, hooks: Hooks) -> None:
+        self.route = route
         self.req = req
         self.emit = emit
         self.hooks = hooks
@@ -232,15 +233,15 @@ class Loop:
 
     # ---- one call ---------------------------------------------------------------------------
 
-    async def run(self, req: CallRequest, emit: Emit | None) -> RouteResult:
-        """Route one call: the result, or a RouteError carrying every attempt."""
+    async def run(self, route: Route, req: CallRequest, emit: Emit | None) -> RouteResult:
+        """Route one call along its resolved combo: the result, or a RouteError carrying every attempt."""
         decider, clock, policy = self.decider, self.clock, self.policy
-        combo = decider.combo(req)
-        call = _Call(req, emit, clock, self.hooks)
+        combo = route.combo
+        call = _Call(route, req, emit, clock, self.hooks)
         deadline = None if combo.deadline_s is None else clock.monotonic() + combo.deadline_s
         while True:
             now = clock.time()
-            decision, info = decider.decide(combo, req, now)
+            decision, info = decider.decide(route, req, now)
             call.decision = decision
             ordered = decision.order
             if ordered:
@@ -449,7 +450,7 @@ class Loop:
         if tokens(messages) <= limit:
             return messages
         n = min(policy.relay_summary_messages, len(messages) - 1)  # the last message is the new turn
-        summary, by = await self._summarise(combo, messages[:n])
+        summary, by = await self._summarise(call.route, messages[:n])
         notes = []
         if summary is not None:
             out = [{"role": "system", "content": f"Summary of the earlier conversation: {summary}"}, *messages[n:]]
@@ -465,9 +466,9 @@ class Loop:
         call.notes[c.key] = f"context-relay: {'; '.join(notes)} to fit {limit:.0f} of its {window} tokens"
         return out
 
-    async def _summarise(self, combo: Combo, messages: list[dict[str, Any]]) -> tuple[str | None, str]:
+    async def _summarise(self, route: Route, messages: list[dict[str, Any]]) -> tuple[str | None, str]:
         """A short summary of `messages` by the combo's cheapest candidate (a routed call of its own), or None."""
-        candidates, _ = self.decider.resolve(combo)
+        candidates = route.candidates
         if not candidates:
             return None, ""
         prices, providers = self.decider.prices, self.decider.config.providers
@@ -479,8 +480,8 @@ class Loop:
         cheapest = min(candidates, key=cost)
         ask = [*messages, {"role": "user", "content": RELAY_SUMMARY_PROMPT}]
         try:
-            result = await self.run(build_request(cheapest.key, None, stream=False, messages=ask,
-                                                  max_tokens=self.policy.relay_summary_max_tokens), None)
+            summarise = build_request(cheapest.key, None, stream=False, messages=ask, max_tokens=self.policy.relay_summary_max_tokens)
+            result = await self.run(self.decider.route(summarise), summarise, None)
         except Exception:  # a summary that cannot be made: the oldest turns are dropped instead
             return None, ""
         return (result.text.strip() or None), result.served_by
