@@ -202,3 +202,92 @@ def test_a_failing_cell_stops_run_all_with_short_lines_and_the_attempt_table(ker
     assert "candidate (of doomed)" in table.data["text/plain"] and "server_error" in table.data["text/plain"]
     assert nb.cells[2].outputs == [] and nb.cells[2].execution_count is None
     assert SIM_KEY not in json.dumps(nb)
+
+
+# ---- `-f code` as JupyterLab runs it: the code goes to the cell below, and Run All leaves that cell alone --------
+
+CODE_REPLY = "Here you are:\n```python\nprint('hello from the new code')\n```"
+#: what JupyterLab and Notebook 7 send with every execute_request (the cell's own metadata is merged in too)
+LAB_METADATA = {"deletedCells": [], "recordTiming": False}
+
+
+class LabLikeKernel:
+    """A real kernel driven as JupyterLab drives it: each execute_request carries the cell's id and metadata,
+    and Run All sends every cell's request at once, before the first has finished."""
+
+    def __init__(self) -> None:
+        from jupyter_client.manager import start_new_kernel
+
+        self.km, self.kc = start_new_kernel(kernel_name="python3")
+
+    def send(self, code: str, cell_id: str, **cell_metadata: Any) -> str:
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False,
+                   "stop_on_error": True}
+        msg = self.kc.session.msg("execute_request", content, metadata={**LAB_METADATA, **cell_metadata, "cellId": cell_id})
+        self.kc.shell_channel.send(msg)
+        return str(msg["header"]["msg_id"])
+
+    def results(self, *msg_ids: str) -> dict[str, dict[str, Any]]:
+        """Each request's reply and iopub outputs, once the kernel has gone idle after each."""
+        out: dict[str, dict[str, Any]] = {m: {"reply": None, "outputs": [], "idle": False} for m in msg_ids}
+        deadline = time.monotonic() + 60
+        while not all(r["reply"] is not None and r["idle"] for r in out.values()):
+            assert time.monotonic() < deadline, "the kernel did not answer within 60 s"
+            try:
+                msg = self.kc.get_iopub_msg(timeout=0.2)
+            except Exception:
+                msg = None
+            if msg is not None and msg["parent_header"].get("msg_id") in out:
+                entry = out[msg["parent_header"]["msg_id"]]
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    entry["idle"] = True
+                elif msg["msg_type"] in ("stream", "display_data", "update_display_data", "execute_result", "error"):
+                    entry["outputs"].append(msg)
+            try:
+                reply = self.kc.get_shell_msg(timeout=0.01)
+            except Exception:
+                continue
+            if reply["parent_header"].get("msg_id") in out:
+                out[reply["parent_header"]["msg_id"]]["reply"] = reply
+        return out
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def _printed(result: dict[str, Any]) -> str:
+    return "".join(m["content"]["text"] for m in result["outputs"] if m["msg_type"] == "stream")
+
+
+def test_format_code_in_jupyterlab_writes_the_cell_below_and_run_all_does_not_run_it(kernel_env: Path, sim: Any) -> None:
+    from nbrouter.notebook.frontend import MIME
+
+    sim.script(Reply(CODE_REPLY), model="coder", repeat_last=True)
+    lab = LabLikeKernel()
+    try:
+        (load,) = lab.results(lab.send("%load_ext nbrouter", "load")).values()
+        assert load["reply"]["content"]["status"] == "ok"
+        # Run All: the -f code cell and the cell the extension wrote its code into last time, sent together
+        writer = lab.send("%%llm sim/coder -f code --no-stream\nprint hello", "writer")
+        below = lab.send("print('the old code ran')", "below", nbrouter={"code_of": "writer"})
+        done = lab.results(writer, below)
+        # no set_next_input (JupyterLab would add a cell on every run): the code goes to the extension
+        assert done[writer]["reply"]["content"]["payload"] == []
+        (shown,) = [m for m in done[writer]["outputs"] if m["msg_type"] == "display_data"]
+        assert shown["content"]["data"][MIME]["code"] == {"source": "print('hello from the new code')", "cell": "writer"}
+        # the cell below, queued with its writer, did not run the code it held
+        assert done[below]["reply"]["content"]["status"] == "ok"
+        assert "the old code ran" not in _printed(done[below]) and "nbrouter: not run" in _printed(done[below])
+        # streamed, the final update carries the code the same way
+        streamed = lab.results(lab.send("%%llm sim/coder -f code\nprint hello", "streamer"))
+        final = [m for m in next(iter(streamed.values()))["outputs"] if MIME in m["content"].get("data", {})][-1]
+        assert final["content"]["data"][MIME]["code"]["cell"] == "streamer"
+        # run on its own, after its writer finished, the cell below runs
+        (alone,) = lab.results(lab.send("print('the new code ran')", "below", nbrouter={"code_of": "writer"})).values()
+        assert _printed(alone) == "the new code ran\n"
+        # a cell that no -f code cell of this kernel wrote runs whatever its metadata says
+        (other,) = lab.results(lab.send("print('unrelated')", "other", nbrouter={"code_of": "nobody"})).values()
+        assert _printed(other) == "unrelated\n"
+    finally:
+        lab.close()

@@ -127,8 +127,9 @@ def _attempt_record(a: Attempt) -> dict[str, Any]:
 
 
 def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None, notes: Sequence[str] = (),
-                  **extra: Any) -> tuple[dict[str, str], dict[str, Any]]:
-    """(data, metadata) of a finished answer: the answer per `fmt`, the footer, the attempt table."""
+                  code_below: str | None = None, **extra: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """(data, metadata) of a finished answer: the answer per `fmt`, the footer, the attempt table;
+    `code_below`: the id of the cell whose code (`-f code`) the extension writes into a cell below it."""
     answer = answer or render_answer(result.text, fmt)
     footer = result.footer()
     notes = list(notes)
@@ -150,7 +151,8 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         f"{table.html()}</details></div>"
     )
     data = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
-    data[MIME] = result_payload(result)  # the JupyterLab / Notebook 7 extension's renderer
+    code = {"source": answer.plain, "cell": code_below} if code_below and answer.plain.strip() else None
+    data[MIME] = result_payload(result, code)  # the JupyterLab / Notebook 7 extension's renderer
     return data, {METADATA_KEY: result_metadata(result, **extra)}
 
 

@@ -43,11 +43,13 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
-def result_payload(result: Any) -> dict[str, Any]:
+def result_payload(result: Any, code: dict[str, str] | None = None) -> dict[str, Any]:
     """The JSON the extension renders for one routed answer (never a key: the router scrubs the notes).
 
     Args:
         result: a `RouteResult` (read through its public attributes only).
+        code: `{"source", "cell"}` for `-f code` in JupyterLab or Notebook 7: the extension writes the
+            code into the cell it made below cell `cell` last time (found by its metadata), or makes one.
 
     Returns:
         `{"version", "combo", "served_by", "model", "usage", "cost", "cost_unknown_attempts", "latency",
@@ -81,6 +83,7 @@ def result_payload(result: Any) -> dict[str, Any]:
         "partial": bool(result.partial),
         "cached": False,  # the router has no response cache yet
         "attempts": attempts,
+        **({"code": code} if code is not None else {}),
     }
 
 
