@@ -21,6 +21,7 @@ from conftest import SIM_KEY
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+from nbrouter.notebook.frontend import MIME  # noqa: E402
 from nbrouter.testing import RateLimited, Reply, ServerError  # noqa: E402
 
 pytestmark = [
@@ -53,6 +54,9 @@ def kernel_env(tmp_path: Path, sim: Any, monkeypatch: pytest.MonkeyPatch) -> Pat
 
         [combos.doomed]
         targets = ["sim/dead-1", "sim/dead-2"]
+
+        [combos.three]
+        targets = ["sim/limited", "sim/dead-1", "sim/model-b"]
 
         [prices."sim/model-a"]
         input_per_mtok = 1.0
@@ -127,24 +131,24 @@ def test_a_notebook_run_records_answers_fallback_stream_interrupt_and_costs(kern
     interrupter.join(5)
     cells = nb.cells
 
-    # a plain answer: final text, footer, attempt table, and what served it in the metadata
+    # a plain answer: final text and footer, the attempts in the payload, what served it in the metadata
     (answer,) = displays(cells[1])
     plain = answer.data["text/plain"]
     assert plain.startswith("The answer is 42.")
     assert "served by sim#default/model-a · 1 attempt · 150 tokens · $0.000200 ·" in plain
-    assert "candidate (of fast)" in plain and "sim#default/model-a" in plain
-    assert "<details" in answer.data["text/html"] and "text/markdown" in answer.data
+    assert "The answer is 42." in answer.data["text/html"] and "text/markdown" in answer.data
+    assert [a["action"] for a in answer.data[MIME]["attempts"]] == ["served"]
     meta = answer.metadata["nbrouter"]
     assert meta["combo"] == "fast" and meta["served_by"] == "sim#default/model-a"
     assert meta["cost_usd"] == "0.000200" and meta["usage"]["input_tokens"] == 100
-    assert meta["latency_s"] > 0 and [a["action"] for a in meta["attempts"]] == ["served"]
+    assert meta["latency_s"] > 0 and meta["tried"] == 1
 
-    # fallback: the rate-limited target is in the table, the second one served (cost unknown)
+    # fallback: the rate-limited target is in the route, the second one served (cost unknown)
     (fallback,) = displays(cells[2])
     assert fallback.data["text/plain"].startswith("Served by the second target.")
-    assert "2 attempts" in fallback.data["text/plain"] and "rate_limit" in fallback.data["text/plain"]
-    assert "· unknown ·" in fallback.data["text/plain"]
-    assert [a["action"] for a in fallback.metadata["nbrouter"]["attempts"]] == ["advance", "served"]
+    assert "2 attempts" in fallback.data["text/plain"] and "· unknown ·" in fallback.data["text/plain"]
+    assert "sim#default/limited: advance (rate_limit 429)" in fallback.data["text/html"]
+    assert [a["action"] for a in fallback.data[MIME]["attempts"]] == ["advance", "served"]
 
     # a streamed cell: one output, updated in place, saved as the final text
     (streamed,) = displays(cells[3])
@@ -178,6 +182,45 @@ def test_a_notebook_run_records_answers_fallback_stream_interrupt_and_costs(kern
 
     # no API key anywhere in the saved notebook
     assert SIM_KEY not in nbformat.writes(nb)
+
+
+#: the most a saved three-attempt answer may take beyond its text (issue 26: it took 5.5-10 KB)
+SAVED_ANSWER_BOUND = 3 * 1024
+#: a 60-character answer, as a newcomer measured
+SHORT_ANSWER = "Paris is the capital of France, on the Seine, since 508 AD."
+
+
+def _saved_bytes(nb: Any, cell: int, output: int) -> int:
+    """What one output adds to the notebook file, as nbformat writes it."""
+    import copy
+
+    without = copy.deepcopy(nb)
+    del without.cells[cell].outputs[output]
+    return len(nbformat.writes(nb).encode()) - len(nbformat.writes(without).encode())
+
+
+def test_a_saved_three_attempt_answer_keeps_its_record_once_in_3_kb_beyond_its_text(kernel_env: Path, sim: Any) -> None:
+    sim.script(RateLimited(retry_after=30), model="limited", repeat_last=True)
+    sim.script(ServerError(), model="dead-1", repeat_last=True)
+    sim.script(Reply(SHORT_ANSWER), model="model-b", repeat_last=True)
+    nb = notebook(
+        "%load_ext nbrouter",
+        "%%llm three --no-stream\nWhat is the capital of France?",
+        "%llm reset",
+        "%%llm three\nWhat is the capital of France?",  # streamed: saved as its final update
+    )
+    client_for(nb, kernel_env).execute()
+    for index in (1, 3):
+        (position, answer), = [(i, o) for i, o in enumerate(nb.cells[index].outputs) if o.output_type == "display_data"]
+        assert answer.data["text/plain"].startswith(SHORT_ANSWER)
+        attempts = answer.data[MIME]["attempts"]
+        assert [a["action"] for a in attempts] == ["advance", "advance", "served"]
+        # the attempt record once: in the extension's payload, not again in the metadata or a fallback's table
+        assert "attempts" not in answer.metadata["nbrouter"] and answer.metadata["nbrouter"]["tried"] == 3
+        for mime in ("text/plain", "text/markdown", "text/html"):
+            assert "<table" not in answer.data[mime] and "requests per min" not in answer.data[mime], mime
+        overhead = _saved_bytes(nb, index, position) - len(SHORT_ANSWER.encode())
+        assert overhead <= SAVED_ANSWER_BOUND, f"cell {index}: {overhead} bytes beyond the answer's text"
 
 
 def test_a_failing_cell_stops_run_all_with_short_lines_and_the_attempt_table(kernel_env: Path, sim: Any) -> None:

@@ -281,6 +281,9 @@ class LLMMagics(Magics):
         if not stream:
             data, metadata = result_bundle(result, fmt, answer=answer, code_below=code_below, **where)
             display(data, raw=True, metadata=metadata)
+            if not self._in_kernel():  # a terminal shows text/plain: the route under it when there is more to say
+                for table in _terminal_attempts(result):
+                    print(table)
         return result
 
     def _failed(self, exc: AllTargetsFailed, live: LiveAnswer | None, where: dict[str, Any]) -> None:
