@@ -232,7 +232,9 @@ def prompt_cells(nb: Any) -> list[dict[str, Any]]:
         for output in cell.get("outputs", []):
             mine = (output.get("metadata") or {}).get("nbrouter")
             if mine:
-                meta = mine
+                # the attempts are kept once, in the extension's payload beside the metadata
+                payload = (output.get("data") or {}).get("application/vnd.nbrouter.result+json") or {}
+                meta = {**mine, "attempts": mine.get("attempts") or payload.get("attempts") or []}
                 plain = (output.get("data") or {}).get("text/plain", "")
                 answer = next((line.strip() for line in plain.splitlines() if line.strip()), "")
         found.append({"execution_count": cell.get("execution_count"), "source": cell.source, "meta": meta,

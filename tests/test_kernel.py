@@ -21,6 +21,7 @@ from conftest import SIM_KEY
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+from nbrouter.notebook.frontend import MIME  # noqa: E402
 from nbrouter.testing import RateLimited, Reply, ServerError  # noqa: E402
 
 pytestmark = [
@@ -53,6 +54,9 @@ def kernel_env(tmp_path: Path, sim: Any, monkeypatch: pytest.MonkeyPatch) -> Pat
 
         [combos.doomed]
         targets = ["sim/dead-1", "sim/dead-2"]
+
+        [combos.three]
+        targets = ["sim/limited", "sim/dead-1", "sim/model-b"]
 
         [prices."sim/model-a"]
         input_per_mtok = 1.0
@@ -128,24 +132,24 @@ def test_a_notebook_run_records_answers_fallback_stream_interrupt_and_costs(kern
     interrupter.join(5)
     cells = nb.cells
 
-    # a plain answer: final text, footer, attempt table, and what served it in the metadata
+    # a plain answer: final text and footer, the attempts in the payload, what served it in the metadata
     (answer,) = displays(cells[1])
     plain = answer.data["text/plain"]
     assert plain.startswith("The answer is 42.")
     assert "served by sim#default/model-a · 1 attempt · 150 tokens · $0.000200 ·" in plain
-    assert "candidate (of fast)" in plain and "sim#default/model-a" in plain
-    assert "<details" in answer.data["text/html"] and "text/markdown" in answer.data
+    assert "The answer is 42." in answer.data["text/html"] and "text/markdown" in answer.data
+    assert [a["action"] for a in answer.data[MIME]["attempts"]] == ["served"]
     meta = answer.metadata["nbrouter"]
     assert meta["combo"] == "fast" and meta["served_by"] == "sim#default/model-a"
     assert meta["cost_usd"] == "0.000200" and meta["usage"]["input_tokens"] == 100
-    assert meta["latency_s"] > 0 and [a["action"] for a in meta["attempts"]] == ["served"]
+    assert meta["latency_s"] > 0 and meta["tried"] == 1
 
-    # fallback: the rate-limited target is in the table, the second one served (cost unknown)
+    # fallback: the rate-limited target is in the route, the second one served (cost unknown)
     (fallback,) = displays(cells[2])
     assert fallback.data["text/plain"].startswith("Served by the second target.")
-    assert "2 attempts" in fallback.data["text/plain"] and "rate_limit" in fallback.data["text/plain"]
-    assert "· unknown ·" in fallback.data["text/plain"]
-    assert [a["action"] for a in fallback.metadata["nbrouter"]["attempts"]] == ["advance", "served"]
+    assert "2 attempts" in fallback.data["text/plain"] and "· unknown ·" in fallback.data["text/plain"]
+    assert "sim#default/limited: advance (rate_limit 429)" in fallback.data["text/html"]
+    assert [a["action"] for a in fallback.data[MIME]["attempts"]] == ["advance", "served"]
 
     # a streamed cell: one output, updated in place, saved as the final text
     (streamed,) = displays(cells[3])
@@ -181,6 +185,45 @@ def test_a_notebook_run_records_answers_fallback_stream_interrupt_and_costs(kern
     assert SIM_KEY not in nbformat.writes(nb)
 
 
+#: the most a saved three-attempt answer may take beyond its text (issue 26: it took 5.5-10 KB)
+SAVED_ANSWER_BOUND = 3 * 1024
+#: a 60-character answer, as a newcomer measured
+SHORT_ANSWER = "Paris is the capital of France, on the Seine, since 508 AD."
+
+
+def _saved_bytes(nb: Any, cell: int, output: int) -> int:
+    """What one output adds to the notebook file, as nbformat writes it."""
+    import copy
+
+    without = copy.deepcopy(nb)
+    del without.cells[cell].outputs[output]
+    return len(nbformat.writes(nb).encode()) - len(nbformat.writes(without).encode())
+
+
+def test_a_saved_three_attempt_answer_keeps_its_record_once_in_3_kb_beyond_its_text(kernel_env: Path, sim: Any) -> None:
+    sim.script(RateLimited(retry_after=30), model="limited", repeat_last=True)
+    sim.script(ServerError(), model="dead-1", repeat_last=True)
+    sim.script(Reply(SHORT_ANSWER), model="model-b", repeat_last=True)
+    nb = notebook(
+        "%load_ext nbrouter",
+        "%%llm three --no-stream\nWhat is the capital of France?",
+        "%llm reset",
+        "%%llm three\nWhat is the capital of France?",  # streamed: saved as its final update
+    )
+    client_for(nb, kernel_env).execute()
+    for index in (1, 3):
+        (position, answer), = [(i, o) for i, o in enumerate(nb.cells[index].outputs) if o.output_type == "display_data"]
+        assert answer.data["text/plain"].startswith(SHORT_ANSWER)
+        attempts = answer.data[MIME]["attempts"]
+        assert [a["action"] for a in attempts] == ["advance", "advance", "served"]
+        # the attempt record once: in the extension's payload, not again in the metadata or a fallback's table
+        assert "attempts" not in answer.metadata["nbrouter"] and answer.metadata["nbrouter"]["tried"] == 3
+        for mime in ("text/plain", "text/markdown", "text/html"):
+            assert "<table" not in answer.data[mime] and "requests per min" not in answer.data[mime], mime
+        overhead = _saved_bytes(nb, index, position) - len(SHORT_ANSWER.encode())
+        assert overhead <= SAVED_ANSWER_BOUND, f"cell {index}: {overhead} bytes beyond the answer's text"
+
+
 def test_a_failing_cell_stops_run_all_with_short_lines_and_the_attempt_table(kernel_env: Path, sim: Any) -> None:
     sim.script(ServerError(), model="dead-1")
     sim.script(ServerError(status=502), model="dead-2")
@@ -203,3 +246,92 @@ def test_a_failing_cell_stops_run_all_with_short_lines_and_the_attempt_table(ker
     assert "candidate (of doomed)" in table.data["text/plain"] and "server_error" in table.data["text/plain"]
     assert nb.cells[2].outputs == [] and nb.cells[2].execution_count is None
     assert SIM_KEY not in json.dumps(nb)
+
+
+# ---- `-f code` as JupyterLab runs it: the code goes to the cell below, and Run All leaves that cell alone --------
+
+CODE_REPLY = "Here you are:\n```python\nprint('hello from the new code')\n```"
+#: what JupyterLab and Notebook 7 send with every execute_request (the cell's own metadata is merged in too)
+LAB_METADATA = {"deletedCells": [], "recordTiming": False}
+
+
+class LabLikeKernel:
+    """A real kernel driven as JupyterLab drives it: each execute_request carries the cell's id and metadata,
+    and Run All sends every cell's request at once, before the first has finished."""
+
+    def __init__(self) -> None:
+        from jupyter_client.manager import start_new_kernel
+
+        self.km, self.kc = start_new_kernel(kernel_name="python3")
+
+    def send(self, code: str, cell_id: str, **cell_metadata: Any) -> str:
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False,
+                   "stop_on_error": True}
+        msg = self.kc.session.msg("execute_request", content, metadata={**LAB_METADATA, **cell_metadata, "cellId": cell_id})
+        self.kc.shell_channel.send(msg)
+        return str(msg["header"]["msg_id"])
+
+    def results(self, *msg_ids: str) -> dict[str, dict[str, Any]]:
+        """Each request's reply and iopub outputs, once the kernel has gone idle after each."""
+        out: dict[str, dict[str, Any]] = {m: {"reply": None, "outputs": [], "idle": False} for m in msg_ids}
+        deadline = time.monotonic() + 60
+        while not all(r["reply"] is not None and r["idle"] for r in out.values()):
+            assert time.monotonic() < deadline, "the kernel did not answer within 60 s"
+            try:
+                msg = self.kc.get_iopub_msg(timeout=0.2)
+            except Exception:
+                msg = None
+            if msg is not None and msg["parent_header"].get("msg_id") in out:
+                entry = out[msg["parent_header"]["msg_id"]]
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    entry["idle"] = True
+                elif msg["msg_type"] in ("stream", "display_data", "update_display_data", "execute_result", "error"):
+                    entry["outputs"].append(msg)
+            try:
+                reply = self.kc.get_shell_msg(timeout=0.01)
+            except Exception:
+                continue
+            if reply["parent_header"].get("msg_id") in out:
+                out[reply["parent_header"]["msg_id"]]["reply"] = reply
+        return out
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def _printed(result: dict[str, Any]) -> str:
+    return "".join(m["content"]["text"] for m in result["outputs"] if m["msg_type"] == "stream")
+
+
+def test_format_code_in_jupyterlab_writes_the_cell_below_and_run_all_does_not_run_it(kernel_env: Path, sim: Any) -> None:
+    from nbrouter.notebook.frontend import MIME
+
+    sim.script(Reply(CODE_REPLY), model="coder", repeat_last=True)
+    lab = LabLikeKernel()
+    try:
+        (load,) = lab.results(lab.send("%load_ext nbrouter", "load")).values()
+        assert load["reply"]["content"]["status"] == "ok"
+        # Run All: the -f code cell and the cell the extension wrote its code into last time, sent together
+        writer = lab.send("%%llm sim/coder -f code --no-stream\nprint hello", "writer")
+        below = lab.send("print('the old code ran')", "below", nbrouter={"code_of": "writer"})
+        done = lab.results(writer, below)
+        # no set_next_input (JupyterLab would add a cell on every run): the code goes to the extension
+        assert done[writer]["reply"]["content"]["payload"] == []
+        (shown,) = [m for m in done[writer]["outputs"] if m["msg_type"] == "display_data"]
+        assert shown["content"]["data"][MIME]["code"] == {"source": "print('hello from the new code')", "cell": "writer"}
+        # the cell below, queued with its writer, did not run the code it held
+        assert done[below]["reply"]["content"]["status"] == "ok"
+        assert "the old code ran" not in _printed(done[below]) and "nbrouter: not run" in _printed(done[below])
+        # streamed, the final update carries the code the same way
+        streamed = lab.results(lab.send("%%llm sim/coder -f code\nprint hello", "streamer"))
+        final = [m for m in next(iter(streamed.values()))["outputs"] if MIME in m["content"].get("data", {})][-1]
+        assert final["content"]["data"][MIME]["code"]["cell"] == "streamer"
+        # run on its own, after its writer finished, the cell below runs
+        (alone,) = lab.results(lab.send("print('the new code ran')", "below", nbrouter={"code_of": "writer"})).values()
+        assert _printed(alone) == "the new code ran\n"
+        # a cell that no -f code cell of this kernel wrote runs whatever its metadata says
+        (other,) = lab.results(lab.send("print('unrelated')", "other", nbrouter={"code_of": "nobody"})).values()
+        assert _printed(other) == "unrelated\n"
+    finally:
+        lab.close()

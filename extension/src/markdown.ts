@@ -14,14 +14,17 @@
 /** Stands for a literal `$` between dollarRule and restoreDollars (a private-use code point). */
 export const DOLLAR = '\uE024';
 
-const FOOTER = /\n*<details><summary>[\s\S]*<\/details>\s*$/;
+/** The footer line the kernel ends text/markdown with: `*served by ... · 1.2 s*` (or a cached answer's). */
+const FOOTER = /\n*\*(?:served by |cached · )[^\n]*\*\s*$/;
+/** What notebooks saved before wrote instead: the footer folded over the attempt table. */
+const OLD_FOOTER = /\n*<details><summary>[\s\S]*<\/details>\s*$/;
 
 /**
- * The bundle's text/markdown without the collapsible footer and table the kernel adds for front ends
- * that lack this extension (the renderer draws its own).
+ * The bundle's text/markdown without the footer the kernel adds for front ends that lack this
+ * extension (the renderer draws its own line and route).
  */
 export function stripFooter(markdown: string): string {
-  return markdown.replace(FOOTER, '');
+  return markdown.replace(OLD_FOOTER, '').replace(FOOTER, '');
 }
 
 const FENCE = /^ {0,3}(`{3,}|~{3,})/;

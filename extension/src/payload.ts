@@ -3,6 +3,8 @@
  * by field: it comes from a saved notebook as often as from a live kernel, so nothing in it is trusted.
  */
 
+import { CodeBelow } from './codecell';
+
 export const MIME = 'application/vnd.nbrouter.result+json';
 
 /** What the router did with one candidate; anything else is shown as `other`. */
@@ -41,6 +43,8 @@ export interface ResultPayload {
   partial: boolean;
   cached: boolean;
   attempts: AttemptPayload[];
+  /** `-f code`: the code to write into the cell below the cell `code.cell` */
+  code: CodeBelow | null;
 }
 
 type Json = Record<string, unknown>;
@@ -100,6 +104,13 @@ function attempt(value: unknown): AttemptPayload | null {
   };
 }
 
+function codeBelow(value: unknown): CodeBelow | null {
+  if (!isObject(value) || typeof value.source !== 'string' || typeof value.cell !== 'string' || !value.cell) {
+    return null;
+  }
+  return { source: value.source, cell: value.cell };
+}
+
 /** The payload checked and typed, or null when it is not one of ours. */
 export function parsePayload(value: unknown): ResultPayload | null {
   if (!isObject(value) || !Array.isArray(value.attempts)) {
@@ -119,6 +130,7 @@ export function parsePayload(value: unknown): ResultPayload | null {
     latency: number(value.latency),
     partial: value.partial === true,
     cached: value.cached === true,
-    attempts
+    attempts,
+    code: codeBelow(value.code)
   };
 }

@@ -8,6 +8,7 @@ import { Kernel, KernelMessage } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { BoardStatus, parseStatus } from './board';
+import { writeCodeBelow } from './codecell';
 import { MIME, parsePayload } from './payload';
 import { SpendTally } from './spend';
 
@@ -30,6 +31,8 @@ export class NotebookSession {
   private comm: Kernel.IComm | null = null;
   private kernel: Kernel.IKernelConnection | null = null;
   private nextId = 1;
+  /** the results whose `-f code` was written into a cell already */
+  private readonly written = new Set<string>();
   private readonly _changed = new Signal<this, void>(this);
 
   constructor(readonly panel: NotebookPanel) {
@@ -155,6 +158,12 @@ export class NotebookSession {
     }
     // a streamed answer arrives as updates of one display: its final bundle is counted once
     const key = content.transient?.display_id ?? msg.header.msg_id;
+    if (payload.code !== null && !this.written.has(key)) {
+      // live results only: a saved output shown again (a reload) writes nothing
+      this.written.add(key);
+      const shared = this.panel.context.model.sharedModel;
+      writeCodeBelow(shared as unknown as Parameters<typeof writeCodeBelow>[0], payload.code);
+    }
     if (this.tally.add(payload, key)) {
       this.loaded = true;
       this._changed.emit();

@@ -100,10 +100,15 @@ describe('the dollar-sign rule', () => {
 
   it('drops the footer the kernel writes for other front ends', () => {
     const md = bundle['text/markdown'] as string;
-    expect(md).toContain('<details>');
-    expect(stripFooter(md)).not.toContain('<details>');
+    expect(md).toContain('*served by sim#default/model-b');
+    expect(stripFooter(md)).not.toContain('served by');
+    expect(stripFooter(md).endsWith('`echo $HOME`.')).toBe(true);
     expect(answerMarkdown(md).startsWith(`It costs ${DOLLAR}5 to ${DOLLAR}10 a month.`)).toBe(true);
     expect(stripFooter('no footer here')).toBe('no footer here');
+    expect(stripFooter('an *italic* last line*')).toBe('an *italic* last line*');
+    // a notebook saved before: the footer folded over the table
+    expect(stripFooter('answer\n\n<details><summary>served by x</summary>\n\n| a |\n\n</details>')).toBe('answer');
+    expect(stripFooter('cached\n\n*cached · served by x on 2026-11-30 · \\$0 now (\\$0.0012 then)*')).toBe('cached');
   });
 
   it('puts each literal dollar back in an element of its own, so maths never pairs them', () => {

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from .._core.text import span
 from ..report import MUTED_TEXT, escape_dollars, escape_markdown, html_text, markdown_html, tone_border
-from ..router import attempt_table, attempt_text, output_width
+from ..router import attempt_line, attempt_table, attempt_text, output_width
 from ..router import AllTargetsFailed, StopError
 from ..router import Action, Attempt, RouteResult
 from .frontend import MIME, result_payload
@@ -28,6 +28,8 @@ from .frontend import MIME, result_payload
 #: a streamed answer's output area is redrawn at most this often (10 times a second)
 UPDATE_INTERVAL_S = 0.1
 FORMATS = ("markdown", "text", "code", "json", "html")
+#: an attempt's note is cut here in the HTML fallback (the whole note is in the payload and `_llm.attempts`)
+FALLBACK_NOTE_WIDTH = 40
 METADATA_KEY = "nbrouter"
 
 
@@ -95,12 +97,13 @@ def _pre(text: str, lang: str = "") -> str:
 
 
 def result_metadata(result: RouteResult, **extra: Any) -> dict[str, Any]:
-    """What the saved notebook records about a cell's call (never a key: messages are scrubbed)."""
+    """What the saved notebook records about a cell's call: what served it and what it cost (never a key).
+    The attempts are in the result's payload (`MIME`), once."""
     meta = {
         "combo": result.combo,
         "served_by": result.served_by,
         "model": result.model,
-        "attempts": [_attempt_record(a) for a in result.attempts],
+        "tried": sum(1 for a in result.attempts if a.action is not Action.SKIPPED),
         "usage": result.usage.as_dict(),
         "cost_usd": None if result.cost_usd is None else str(result.cost_usd),
         "latency_s": round(result.latency_s, 3),
@@ -126,31 +129,41 @@ def _attempt_record(a: Attempt) -> dict[str, Any]:
     return record
 
 
-def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None, notes: Sequence[str] = (),
-                  **extra: Any) -> tuple[dict[str, str], dict[str, Any]]:
-    """(data, metadata) of a finished answer: the answer per `fmt`, the footer, the attempt table."""
-    answer = answer or render_answer(result.text, fmt)
-    footer = result.footer()
+def result_notes(result: RouteResult, answer: Answer, notes: Sequence[str] = ()) -> list[str]:
+    """The lines said under an answer: the given notes, a JSON that did not parse, a partial answer's why."""
     notes = list(notes)
     if answer.error:
         notes.append(answer.error)
     if result.partial and result.error:
         notes.append(f"partial answer: {result.error}")
-    table = attempt_table(result.attempts)
-    plain = "\n".join([answer.plain, "", *notes, footer, table.text(terminal_width())])
-    markdown = "\n".join([
-        answer.markdown, "", *(f"> {escape_markdown(n)}\n" for n in notes),
-        f"<details><summary>{html.escape(escape_markdown(footer))}</summary>", "",
-        table.markdown(), "", "</details>",
-    ])
+    return notes
+
+
+def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None, notes: Sequence[str] = (),
+                  code_below: str | None = None, **extra: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """(data, metadata) of a finished answer, small enough to save.
+
+    The attempt record is kept once, in the extension's payload (`MIME`), which renders it. The other
+    front ends' fallbacks carry the answer per `fmt`, the notes and the footer, and the HTML one line
+    per attempt when there was more than one; the metadata says what served and what it cost.
+
+    Args:
+        code_below: the id of the cell whose code (`-f code`) the extension writes into a cell below it.
+    """
+    answer = answer or render_answer(result.text, fmt)
+    footer = result.footer()
+    notes = result_notes(result, answer, notes)
+    plain = "\n".join([answer.plain, "", *notes, footer])
+    markdown = "\n".join([answer.markdown, "", *(f"> {escape_markdown(n)}\n" for n in notes), f"*{escape_markdown(footer)}*"])
     note_html = "".join(f"<div class='nbrouter-note' style='{tone_border('warn')}'>{html_text(n)}</div>" for n in notes)
-    html_ = (
-        f"<div class='nbrouter-result'><div class='nbrouter-answer'>{answer.html}</div>{note_html}"
-        f"<details class='nbrouter-attempts'><summary style='color:{MUTED_TEXT};font-size:0.9em'>{html_text(footer)}</summary>"
-        f"{table.html()}</details></div>"
-    )
+    footer_html = f"<span style='color:{MUTED_TEXT};font-size:0.9em'>{html_text(footer)}</span>"
+    if len(result.attempts) > 1:  # the route, one line an attempt; a single one is the footer already
+        route = "".join(f"<div>{html_text(attempt_line(a, cut=FALLBACK_NOTE_WIDTH))}</div>" for a in result.attempts)
+        footer_html = f"<details class='nbrouter-attempts'><summary>{footer_html}</summary>{route}</details>"
+    html_ = f"<div class='nbrouter-result'><div class='nbrouter-answer'>{answer.html}</div>{note_html}{footer_html}</div>"
     data = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
-    data[MIME] = result_payload(result)  # the JupyterLab / Notebook 7 extension's renderer
+    code = {"source": answer.plain, "cell": code_below} if code_below and answer.plain.strip() else None
+    data[MIME] = result_payload(result, code)  # the JupyterLab / Notebook 7 extension's renderer
     return data, {METADATA_KEY: result_metadata(result, **extra)}
 
 

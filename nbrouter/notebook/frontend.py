@@ -39,49 +39,64 @@ def _cost(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _usage(usage: Any) -> dict[str, int]:
+    counts: dict[str, int] = usage.as_dict()
+    return {k: v for k, v in counts.items() if v or k in ("input_tokens", "output_tokens")}
+
+
 def _seconds(value: float | None) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
-def result_payload(result: Any) -> dict[str, Any]:
+def result_payload(result: Any, code: dict[str, str] | None = None) -> dict[str, Any]:
     """The JSON the extension renders for one routed answer (never a key: the router scrubs the notes).
 
     Args:
         result: a `RouteResult` (read through its public attributes only).
+        code: `{"source", "cell"}` for `-f code` in JupyterLab or Notebook 7: the extension writes the
+            code into the cell it made below cell `cell` last time (found by its metadata), or makes one.
 
     Returns:
         `{"version", "combo", "served_by", "model", "usage", "cost", "cost_unknown_attempts", "latency",
         "partial", "cached", "attempts": [{"candidate", "path", "action", "kind", "status", "latency",
         "usage", "cost", "hold", "note"}]}`. `cost` is a decimal string in USD, or None when the price is
-        unknown; `usage` is None when the provider reported no token counts; latencies are seconds.
+        unknown; `usage` is None when the provider reported no token counts; latencies are seconds. This
+        is the one copy of the attempt record a saved notebook keeps: an attempt leaves out the fields
+        that are None or empty (missing means None, `""` for the note, 0 cached tokens) and its `path`
+        when it is only the combo and the candidate.
     """
-    attempts = []
-    for a in result.attempts:
-        attempts.append({
-            "candidate": a.candidate,
-            "path": a.path,
-            "action": a.action.value,
-            "kind": a.kind.value if a.kind is not None else None,
-            "status": a.status,
-            "latency": _seconds(a.latency_s),
-            "usage": a.usage.as_dict() if a.usage is not None else None,
-            "cost": _cost(a.cost_usd) if a.cost_known else None,
-            "hold": a.hold,
-            "note": a.message or "",
-        })
     return {
         "version": VERSION,
         "combo": result.combo,
         "served_by": result.served_by,
         "model": result.model,
-        "usage": result.usage.as_dict() if result.usage_known else None,
+        "usage": _usage(result.usage) if result.usage_known else None,
         "cost": _cost(result.cost_usd),
         "cost_unknown_attempts": int(result.cost_unknown_attempts),
         "latency": _seconds(result.latency_s),
         "partial": bool(result.partial),
         "cached": False,  # the router has no response cache yet
-        "attempts": attempts,
+        "attempts": [attempt_record(a, result.combo) for a in result.attempts],
+        **({"code": code} if code is not None else {}),
     }
+
+
+def attempt_record(a: Any, combo: str = "") -> dict[str, Any]:
+    """One attempt of the payload, without the fields that say nothing: None, empty, no cached tokens, and
+    a path that is only the combo and the candidate (the front end shows the candidate then)."""
+    record = {
+        "candidate": a.candidate,
+        "path": a.path if a.path not in (a.candidate, f"{combo} > {a.candidate}") else None,
+        "action": a.action.value,
+        "kind": a.kind.value if a.kind is not None else None,
+        "status": a.status,
+        "latency": _seconds(a.latency_s),
+        "usage": _usage(a.usage) if a.usage is not None else None,
+        "cost": _cost(a.cost_usd) if a.cost_known else None,
+        "hold": a.hold,
+        "note": a.message or None,
+    }
+    return {k: v for k, v in record.items() if v is not None}
 
 
 def _json_value(value: Any) -> Any:

@@ -56,6 +56,10 @@ LOG_ALL = 1_000_000
 ERROR_TRACEBACK_LINES = 40
 #: `%llm chat show` cuts a message longer than this (the whole message is on demand in the HTML)
 CHAT_SHOW_WIDTH = 200
+#: what a cell written by `-f code` prints instead of running when it was queued with the cell that wrote it
+SKIPPED_CODE_CELL = ("nbrouter: not run. This cell holds the code that `%%llm -f code` writes from the cell above, "
+                     "and it was queued with that cell (Run All): it would have run the code of the answer before. "
+                     "Run it on its own to run the code now in it.")
 ERROR_PROMPT = """A cell of my notebook raised an error. Explain briefly what went wrong and how to fix it, and give the corrected code.
 
 The cell:
@@ -93,6 +97,8 @@ class LLMMagics(Magics):
         self.closed = False
         #: the source and the exception of the last cell that raised (for `%llm error`)
         self.last_failure: tuple[str, BaseException] | None = None
+        #: the cells whose `-f code` the extension writes below them: {cell id: (request sent at, seconds run)}
+        self._code_below: dict[str, tuple[float | None, float]] = {}
 
     # ---- the router --------------------------------------------------------------------------
 
@@ -232,11 +238,14 @@ class LLMMagics(Magics):
             return None
 
         where = self.cell_context()
+        # -f code in JupyterLab / Notebook 7: the extension writes the code into the cell below (see _code_below)
+        code_below = where["cell_id"] if fmt == "code" and self._front_end_writes_cells() else None
+        started = time.monotonic()
         stream = self.stream and not args.no_stream
         live = LiveAnswer(combo, fmt, in_kernel=self._in_kernel()) if stream else None
         try:
             if live is not None:
-                result = self._stream(router, combo, prompt, fmt, call, where, live)
+                result = self._stream(router, combo, prompt, fmt, call, where, live, code_below)
             else:
                 try:
                     result = router.complete(combo, prompt, **call)
@@ -261,15 +270,20 @@ class LLMMagics(Magics):
                            outcome="partial" if result.partial else "served", **where)
         answer = render_answer(result.text, fmt)
         self._remember(result, args.out, answer.value if fmt == "json" else None)
-        if fmt == "code" and self.shell is not None and answer.plain.strip():
-            # as `%%ai -f code` does: the code in a new cell below (the next prompt in a terminal)
+        if code_below and answer.plain.strip():
+            self._code_below[code_below] = (_request_date(self._parent()), time.monotonic() - started)
+        elif fmt == "code" and self.shell is not None and answer.plain.strip():
+            # elsewhere, as `%%ai -f code` does: the code in a new cell below (the next prompt in a terminal)
             self.shell.set_next_input(answer.plain, replace=False)
         if chat and not result.partial:
             self.chats[combo] = [*call["messages"], {"role": "user", "content": prompt},
                                  {"role": "assistant", "content": result.text}]
         if not stream:
-            data, metadata = result_bundle(result, fmt, answer=answer, **where)
+            data, metadata = result_bundle(result, fmt, answer=answer, code_below=code_below, **where)
             display(data, raw=True, metadata=metadata)
+            if not self._in_kernel():  # a terminal shows text/plain: the route under it when there is more to say
+                for table in _terminal_attempts(result):
+                    print(table)
         return result
 
     def _failed(self, exc: AllTargetsFailed, live: LiveAnswer | None, where: dict[str, Any]) -> None:
@@ -288,7 +302,7 @@ class LLMMagics(Magics):
         print("\n".join(lines), file=sys.stderr)
 
     def _stream(self, router: Router, combo: str, prompt: str, fmt: str, call: dict[str, Any],
-                where: dict[str, Any], live: LiveAnswer) -> RouteResult:
+                where: dict[str, Any], live: LiveAnswer, code_below: str | None = None) -> RouteResult:
         """Consume Router.stream() events on the main thread, which owns the display."""
         attempts: list[Attempt] = []
         current: AttemptStarted | None = None  # the last attempt started
@@ -316,7 +330,7 @@ class LLMMagics(Magics):
                     assert event.result is not None
                     result = event.result
                     answer = render_answer(result.text, fmt)
-                    data, metadata = result_bundle(result, fmt, answer=answer, **where)
+                    data, metadata = result_bundle(result, fmt, answer=answer, code_below=code_below, **where)
                     tail = "\n".join([*([answer.error] if answer.error else []), result.footer(), *_terminal_attempts(result)])
                     live.finish(data, metadata, tail)
                     return result
@@ -381,6 +395,16 @@ class LLMMagics(Magics):
             return self.live_display
         return getattr(self.shell, "kernel", None) is not None
 
+    def _parent(self) -> dict[str, Any]:
+        """The message that asked for the running cell (its header and metadata), or {} outside a kernel."""
+        shell = self.shell
+        kernel = getattr(shell, "kernel", None)
+        try:
+            parent = kernel.get_parent() if kernel is not None and hasattr(kernel, "get_parent") else getattr(shell, "parent_header", None)
+        except Exception:
+            parent = None
+        return parent if isinstance(parent, dict) else {}
+
     def cell_context(self) -> dict[str, Any]:
         """The running cell's execution count, and its id when the front end sends one (JupyterLab does)."""
         shell = self.shell
@@ -388,16 +412,36 @@ class LLMMagics(Magics):
         # shell.execution_count before the cell runs, older versions after)
         running = getattr(getattr(shell, "displayhook", None), "exec_result", None)
         count = getattr(running, "execution_count", None) or getattr(shell, "execution_count", None)
-        parent: Any = None
-        kernel = getattr(shell, "kernel", None)
-        try:
-            parent = kernel.get_parent() if kernel is not None and hasattr(kernel, "get_parent") else getattr(shell, "parent_header", None)
-        except Exception:
-            parent = None
-        cell_id = None
-        if isinstance(parent, dict):
-            cell_id = (parent.get("metadata") or {}).get("cellId")
-        return {"execution_count": count, "cell_id": cell_id}
+        cell_id = (self._parent().get("metadata") or {}).get("cellId")
+        return {"execution_count": count, "cell_id": cell_id if isinstance(cell_id, str) else None}
+
+    def _front_end_writes_cells(self) -> bool:
+        """Whether the cell runs in JupyterLab or Notebook 7 (they send the cell's id and `deletedCells`),
+        where nbrouter's extension writes `-f code` into a cell below instead of IPython's set_next_input,
+        which adds a new cell on every run."""
+        metadata = self._parent().get("metadata") or {}
+        return isinstance(metadata.get("cellId"), str) and "deletedCells" in metadata
+
+    def skip_queued_code_cell(self, lines: list[str]) -> list[str]:
+        """An IPython cleanup input transformer: the cell the extension wrote `-f code` into is not run
+        when it was queued with the cell that wrote it (Run All, run all below).
+
+        Such a cell's metadata names the cell that wrote it (JupyterLab sends a cell's metadata with its
+        code). Queued with it, it would run the code it held before the new answer was written in, and on
+        every Run All; run on its own afterwards, it runs. "Queued with it" means it was sent before that
+        cell had finished: the time between the two requests, both stamped by the same front end, is
+        shorter than the writing cell took to run.
+        """
+        parent = self._parent()
+        mark = (parent.get("metadata") or {}).get("nbrouter")
+        made_by = mark.get("code_of") if isinstance(mark, dict) else None
+        if not isinstance(made_by, str) or made_by not in self._code_below:
+            return lines
+        writer_sent, writer_ran = self._code_below[made_by]
+        sent = _request_date(parent)
+        if sent is None or writer_sent is None or sent - writer_sent >= writer_ran:
+            return lines
+        return [f"print({SKIPPED_CODE_CELL!r})\n"]
 
     def cell_finished(self, result: Any) -> None:
         """IPython's post_run_cell event: remember the last cell that raised, for `%llm error`."""
@@ -712,6 +756,24 @@ def _terminal_attempts(result: RouteResult, always: bool = False) -> list[str]:
     return [attempt_text(result.attempts, terminal_width())]
 
 
+def _request_date(parent: dict[str, Any]) -> float | None:
+    """When the front end sent the message `parent` (its header's date, by the front end's clock), in
+    epoch seconds; None when it has none."""
+    import datetime
+
+    date = (parent.get("header") or {}).get("date")
+    if isinstance(date, str):
+        try:
+            date = datetime.datetime.fromisoformat(date.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(date, datetime.datetime):
+        return None
+    if date.tzinfo is None:
+        date = date.replace(tzinfo=datetime.timezone.utc)
+    return date.timestamp()
+
+
 def _cancel_note(result: RouteResult, text: str) -> str:
     who = f" from {result.served_by}" if result.served_by else ""
     kept = f"{len(text)} characters kept" if text else "nothing received yet"
@@ -765,6 +827,8 @@ def load_ipython_extension(ipython: Any) -> None:
     cleanup = getattr(ipython, "input_transformers_cleanup", None)
     if cleanup is not None and keep_question_marks not in cleanup:
         cleanup.append(keep_question_marks)
+    if cleanup is not None:
+        cleanup.append(magics.skip_queued_code_cell)
     ipython.events.register("post_run_cell", magics.cell_finished)
     frontend.register(ipython, lambda: magics.router)  # the extension's status board asks through this comm
     magics.open()
@@ -781,6 +845,8 @@ def unload_ipython_extension(ipython: Any) -> None:
     cleanup = getattr(ipython, "input_transformers_cleanup", [])
     if keep_question_marks in cleanup:
         cleanup.remove(keep_question_marks)
+    if magics.skip_queued_code_cell in cleanup:
+        cleanup.remove(magics.skip_queued_code_cell)
     if magics.cell_finished in ipython.events.callbacks.get("post_run_cell", []):
         ipython.events.unregister("post_run_cell", magics.cell_finished)
     for kind in ("line", "cell"):

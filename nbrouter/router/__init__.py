@@ -60,6 +60,7 @@ from .types import (
 )
 from .views import (
     account_cells,
+    attempt_line,
     attempt_table,
     attempt_text,
     candidate_cells,
@@ -126,6 +127,7 @@ __all__ = [
     "Usage",
     "VIRTUAL_COMBOS",
     "account_cells",
+    "attempt_line",
     "attempt_table",
     "attempt_text",
     "build_request",

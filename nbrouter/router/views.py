@@ -233,10 +233,12 @@ def attempt_text(attempts: Sequence[AttemptLike], width: int | None = None, now:
     return attempt_table(attempts, now, compact=True).text(width)
 
 
-def attempt_line(a: AttemptLike, now: float | None = None) -> str:
-    """One attempt in a line: `sim#default/model-a: advance (rate_limit 429) · 120 ms · 12+30 tokens · $0.000123`."""
+def attempt_line(a: AttemptLike, now: float | None = None, *, cut: int | None = None) -> str:
+    """One attempt in a line: `sim#default/model-a: advance (rate_limit 429) · 120 ms · 12+30 tokens · $0.000123`,
+    and its note (cut at `cut` characters when given)."""
     row = attempt_rows([a], now)[0]
-    parts = [f"{a.candidate}: {_outcome(row[2], row[3], row[4])}", row[5], f"{row[6]} tokens" if row[6] else "", row[7], row[8]]
+    note = row[8] if cut is None or len(row[8]) <= cut else row[8][: max(1, cut - 1)] + "…"
+    parts = [f"{a.candidate}: {_outcome(row[2], row[3], row[4])}", row[5], f"{row[6]} tokens" if row[6] else "", row[7], note]
     return " · ".join(p for p in parts if p)
 
 
