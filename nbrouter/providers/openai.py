@@ -650,7 +650,9 @@ class _OpenAIStream(StreamDecoder):
                 call = self.calls[index] = _CallPieces()
             call.id = string(item.get("id"), "a stream chunk's tool call id") or call.id
             fn = obj(item.get("function"), "a stream chunk's tool call function")
-            call.name += string(fn.get("name"), "a stream chunk's tool call name") or ""
+            name = string(fn.get("name"), "a stream chunk's tool call name")
+            if name and name != call.name:  # the name comes once; a server that repeats it is not doubled
+                call.name += name
             piece = string(fn.get("arguments"), "a stream chunk's tool call arguments")
             if piece:
                 call.arguments.append(piece)
