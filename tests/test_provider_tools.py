@@ -24,6 +24,9 @@ from nbrouter.testing import Raw
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(40))
 PNG_B64 = base64.b64encode(PNG).decode("ascii")
+# a JPEG's own first bytes: the simulator, as Anthropic does, refuses bytes that do not match their media type
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(40))
+JPEG_B64 = base64.b64encode(JPEG).decode("ascii")
 WEATHER = Tool("get_weather", "The weather in a city", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
 OSLO = ToolCall("call_1", "get_weather", {"city": "Oslo"})
 PROTOCOLS = ["openai", "anthropic", "gemini"]
@@ -63,7 +66,7 @@ def _ask(*messages: dict[str, Any], **kw: Any) -> ChatRequest:
 # -- images ------------------------------------------------------------------------------------------
 
 USER_WITH_IMAGES = {"role": "user", "content": ["What is this?", image_part(PNG, "image/png"),
-                                                image_url_part(f"data:image/jpeg;base64,{PNG_B64}"),
+                                                image_url_part(f"data:image/jpeg;base64,{JPEG_B64}"),
                                                 image_url_part("https://example.com/cat.webp")]}
 
 
@@ -72,7 +75,7 @@ def test_openai_sends_image_parts_as_image_url_data_urls(provider_simulator: Any
     assert body["messages"][0]["content"] == [
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
-        {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{PNG_B64}"}},
+        {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{JPEG_B64}"}},
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.webp"}},
     ]
 
@@ -82,7 +85,7 @@ def test_anthropic_sends_image_parts_as_base64_or_url_image_blocks(provider_simu
     assert body["messages"][0]["content"] == [
         {"type": "text", "text": "What is this?"},
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": PNG_B64}},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": JPEG_B64}},
         {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.webp"}},
     ]
 
@@ -92,7 +95,7 @@ def test_gemini_sends_image_parts_as_inline_data_or_file_data(provider_simulator
     assert body["contents"][0]["parts"] == [
         {"text": "What is this?"},
         {"inlineData": {"mimeType": "image/png", "data": PNG_B64}},
-        {"inlineData": {"mimeType": "image/jpeg", "data": PNG_B64}},
+        {"inlineData": {"mimeType": "image/jpeg", "data": JPEG_B64}},
         {"fileData": {"fileUri": "https://example.com/cat.webp"}},
     ]
 
