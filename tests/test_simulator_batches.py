@@ -491,3 +491,21 @@ def test_batch_scripts_from_a_config(client) -> None:
         batch = openai_batch(client, sim, ["a", "b"])
         clock.advance(50)
         assert openai_get(client, sim, batch["id"])["status"] == "expired"
+
+
+def test_the_openai_sdk_uploads_creates_polls_and_reads_a_batch(sim, clock) -> None:
+    openai = pytest.importorskip("openai", reason="the openai SDK is not installed in this venv")
+    sdk = openai.OpenAI(base_url=sim.openai_url, api_key=KEY, max_retries=0)
+    sim.script_batch(BatchScript(lines={"b": ServerError(500)}))
+    uploaded = sdk.files.create(file=("rows.jsonl", openai_jsonl(["a", "b", "c"])), purpose="batch")
+    batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.status == "validating"
+    clock.advance(100)
+    batch = sdk.batches.retrieve(batch.id)
+    assert batch.status == "completed" and (batch.request_counts.completed, batch.request_counts.failed) == (2, 1)
+    output, _ = parse_jsonl(sdk.files.content(batch.output_file_id).text)
+    errors, _ = parse_jsonl(sdk.files.content(batch.error_file_id).text)
+    assert sorted(line["custom_id"] for line in output) == ["a", "c"] and errors[0]["response"]["status_code"] == 500
+    second = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert sdk.batches.cancel(second.id).status == "cancelling"
+    assert [b.id for b in sdk.batches.list()] == [second.id, batch.id]

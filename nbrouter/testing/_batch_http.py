@@ -36,6 +36,8 @@ CredentialOf = Callable[[str, web.BaseRequest], "str | None"]
 #: (protocol, request, model, key, body, arrived, status) -> None: the request log
 Recorder = Callable[[str, web.BaseRequest, "str | None", "str | None", Any, float, int], None]
 
+#: the paths the batch endpoints live under (besides Gemini's `models/{model}:batchGenerateContent`)
+_PREFIXES = ("/v1/files", "/v1/batches", "/v1/messages/batches", "/v1beta/batches", "/v1beta/files", "/upload/", "/download/")
 _ANTHROPIC_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _GEMINI_OP = "type.googleapis.com/google.ai.generativelanguage.v1beta."
 _GEMINI_STATES = {
@@ -165,7 +167,9 @@ class BatchService:
     # -- the service's own surface ----------------------------------------------------------------
 
     def owns(self, method: str, path: str) -> bool:
-        """Whether a request is for a batch or file endpoint."""
+        """Whether a request is for a batch or file endpoint (a prefix check first: model calls pass here)."""
+        if not (path.startswith(_PREFIXES) or path.endswith(":batchGenerateContent")):
+            return False
         return any(m == method and pattern.fullmatch(path) for m, pattern, _, _ in self._routes)
 
     async def handle(self, request: web.BaseRequest, arrived: float) -> web.StreamResponse:
