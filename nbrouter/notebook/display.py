@@ -152,7 +152,7 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         f"<details class='nbrouter-attempts'><summary style='color:{MUTED_TEXT};font-size:0.9em'>{html_text(footer)}</summary>"
         f"{table.html()}</details></div>"
     )
-    data = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
+    data: dict[str, Any] = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
     data[MIME] = result_payload(result)  # the JupyterLab / Notebook 7 extension's renderer
     return data, {METADATA_KEY: result_metadata(result, **extra)}
 
