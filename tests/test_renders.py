@@ -16,7 +16,7 @@ import pytest
 
 from nbrouter import Action, Attempt, Decision, ErrorKind, RouteResult, Router, Usage
 from nbrouter.router import Status, attempt_table
-from nbrouter.router.views import decision_table
+from nbrouter.router.types import decision_table
 from nbrouter.testing import ManualClock
 
 CONFIG = {

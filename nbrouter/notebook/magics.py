@@ -263,7 +263,8 @@ class LLMMagics(Magics):
             self.ledger.record(exc.attempts, combo=combo, served_by=None, outcome="failed", **where)
             self._forget_result()
             if isinstance(exc, AllTargetsFailed):
-                return self._failed(exc, live, where)
+                self._failed(exc, live, where)
+                return None
             raise short_traceback(exc) from None
 
         self.ledger.record(result.attempts, combo=combo, served_by=result.served_by,
@@ -696,7 +697,8 @@ class LLMMagics(Magics):
         module = _widget_module("builder")
         if module is not None:
             builder = module.ComboBuilder(self.router, rest or None)
-            self.shell.user_ns["_llm_builder"] = builder  # reachable from Python: _llm_builder.model.targets = [...]
+            if self.shell is not None:  # reachable from Python: _llm_builder.model.targets = [...]
+                self.shell.user_ns["_llm_builder"] = builder
             builder.display()
 
 

@@ -3,9 +3,10 @@
 Everything above the router (`nbrouter.notebook`, `nbrouter.__main__`, the package's `__init__`) imports
 from here and nowhere deeper; `tests/test_layers.py` holds it. Inside, the parts are folders:
 
-    router/                the vocabulary: types (results, events), errors, requests, model (the config
-                           as data), policy (every number, the table of error kinds), keys, structured
-                           output, views (tables); engine (the Router facade) and status
+    router/                the vocabulary: types (results, events, and one call's footer, attempt and
+                           decision tables), errors, requests, model (the config as data), policy (every
+                           number, the table of error kinds), keys, structured output, views (the status
+                           and log tables); engine (the Router facade) and status
     router/config/         loading and validating the configuration, writing it back, editing combos,
                            zero-config discovery
     router/decide/         the decider (skip checks), combos, strategies, auto scoring and its packs,
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._core import ErrorKind, Usage
 from .._core.clock import Clock
 from .decide.combos import combo_kind
 from .decide.packs import FACTORS, PACKS, VIRTUAL_COMBOS
@@ -43,7 +45,7 @@ from .model import Combo, Config, Provider
 from .policy import DEFAULT_FALLBACK_ON, Policy
 from .requests import CallRequest, build_request
 from .state.backends import MemoryBackend, SQLiteBackend, StateBackend
-from .status import Status
+from .status import Status, status_tables
 from .types import (
     Action,
     Attempt,
@@ -52,24 +54,17 @@ from .types import (
     Candidate,
     Decision,
     Done,
-    ErrorKind,
     RouteEvent,
     RouteResult,
     TextDelta,
-    Usage,
-)
-from .views import (
-    account_cells,
     attempt_line,
     attempt_table,
     attempt_text,
-    candidate_cells,
     decision_html,
     decision_text,
-    log_table,
     output_width,
-    status_tables,
 )
+from .views import account_cells, candidate_cells, log_table
 
 if TYPE_CHECKING:  # batch work loads on first use, so that `import nbrouter` stays light
     from .batch.dispatch import BatchResult, Executor, LocalExecutor, Progress

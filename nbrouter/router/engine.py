@@ -18,7 +18,7 @@ import os
 import random
 import weakref
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
@@ -33,7 +33,8 @@ from .config.discovery import Discovery
 from .run.loop import Emit, Hooks, Loop
 from .model import Combo, Config, Provider
 from .decide.pricing import PriceBook
-from .requests import CallRequest, build_request
+from .policy import Policy
+from .requests import CallOptions, CallRequest, build_request
 from .state.backends import StateBackend
 from .state.store import StateStore
 from .status import Status, collect_status, reset_holds
@@ -41,8 +42,13 @@ from .decide.strategies import STRATEGIES
 from .types import Attempt, Candidate, Decision, Done, RouteEvent, RouteResult
 
 if TYPE_CHECKING:  # batch work and the response cache load on first use: `import nbrouter` stays light
+    import httpx
+    from typing_extensions import Unpack
+
+    from ..providers import ChatRequest, Completion, Endpoint, WireProtocol
     from .batch.dispatch import BatchResult
     from .run.cache import ResponseCache
+    from .structured import SchemaSpec
 
 # made after the sets of state.py, store.py and background.py (imported above): closed before them at exit
 _routers: "weakref.WeakSet[Router]" = close_at_exit()
@@ -79,10 +85,10 @@ class Router:
 
     def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
                  state_path: str | os.PathLike[str] | None = None, persist: bool = True, clock: Clock | None = None,
-                 transport: Any = None, http_client: Any = None, budget_usd: float | None = None,
-                 on_budget: str = "stop", budget_strict: bool = False,
-                 on_attempt: Callable[[Attempt], Any] | None = None,
-                 on_result: Callable[[RouteResult], Any] | None = None, backend: StateBackend | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None, http_client: httpx.AsyncClient | None = None,
+                 budget_usd: float | None = None, on_budget: str = "stop", budget_strict: bool = False,
+                 on_attempt: Callable[[Attempt], object] | None = None,
+                 on_result: Callable[[RouteResult], object] | None = None, backend: StateBackend | None = None,
                  seed: int | None = None) -> None:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
@@ -105,7 +111,7 @@ class Router:
         _routers.add(self)
 
     @property
-    def policy(self) -> Any:
+    def policy(self) -> Policy:
         """The named constants in force (`[policy]` overrides on top of routing.md's defaults)."""
         return self.config.policy
 
@@ -165,7 +171,7 @@ class Router:
 
     # ---- the public calls -------------------------------------------------------------------
 
-    def complete(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> RouteResult:
+    def complete(self, combo: str | Combo, prompt: str | None = None, **options: Unpack[CallOptions]) -> RouteResult:
         """Send a prompt through a combo and wait for the answer.
 
         Args:
@@ -186,7 +192,7 @@ class Router:
                         response_format: dict[str, Any] | None = None, strategy: str | None = None,
                         stream: bool = False, top_p: float | None = None, stop: list[str] | None = None,
                         reasoning: str | int | None = None, extra_body: dict[str, Any] | None = None,
-                        schema: Any = None, cache: bool = False) -> RouteResult:
+                        schema: SchemaSpec | None = None, cache: bool = False) -> RouteResult:
         """The async `complete`, on the caller's event loop.
 
         Args:
@@ -219,7 +225,8 @@ class Router:
                             reasoning=reasoning, extra_body=extra_body, schema=schema, cache=cache)
         return await self._route(req, None)
 
-    async def astream(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> AsyncIterator[RouteEvent]:
+    async def astream(self, combo: str | Combo, prompt: str | None = None,
+                      **options: Unpack[CallOptions]) -> AsyncGenerator[RouteEvent, None]:
         """Yield AttemptStarted, TextDelta and AttemptFinished events, and last Done (with the result or the error)."""
         req = build_request(combo, prompt, stream=True, **options)
         # closed with this generator, so that a consumer that stops early finds the call cancelled and logged
@@ -227,7 +234,8 @@ class Router:
             async for event in events:
                 yield event
 
-    def stream(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> Iterator[RouteEvent]:
+    def stream(self, combo: str | Combo, prompt: str | None = None,
+               **options: Unpack[CallOptions]) -> Generator[RouteEvent, None, None]:
         """The sync `astream`: events arrive through a thread-safe queue from the router's loop."""
         req = build_request(combo, prompt, stream=True, **options)
         return self._bg.iterate(lambda put: self._route_events(req, put), _is_done,
@@ -344,29 +352,30 @@ class Router:
     def cache(self, value: ResponseCache) -> None:
         self._cache = value
 
-    def _send(self, protocol: Any, endpoint: Any, request: Any, **options: Any) -> Any:
+    def _send(self, protocol: WireProtocol, endpoint: Endpoint, request: ChatRequest, **options: Any) -> Awaitable[Completion]:
         """The sending through this loop's Sender, to await (no coroutine of its own per request)."""
         policy = self.config.policy
         return self._senders.get().send(protocol, endpoint, request, idle_timeout_s=policy.stream_idle_timeout_s,
                                         max_line_bytes=policy.sse_max_line_bytes, **options)
 
-    def explain(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> Decision:
+    def explain(self, combo: str | Combo, prompt: str | None = None, *, stream: bool = False,
+                **options: Unpack[CallOptions]) -> Decision:
         """What the loop would do now: resolution, filtering and ordering with the live state and the
         given (or a drawn) seed. Sends nothing, changes nothing.
 
         Args:
             combo: as for `complete`.
             prompt: the prompt to decide for (its size and task matter to some strategies).
+            stream: decide for a streamed call.
             **options: as for `acomplete` (`seed=` replays a logged decision).
         """
-        stream = bool(options.pop("stream", False))
         req = build_request(combo, prompt, stream=stream, **options)
         self._ensure_discovered()
         self.state.refresh()
         decision, _ = self._decider.decide(self._decider.route(req), req, self.clock.time())
         return decision
 
-    def explain_combo(self, combo: Combo, prompt: str | None = None, **options: Any) -> Decision:
+    def explain_combo(self, combo: Combo, prompt: str | None = None, **options: Unpack[CallOptions]) -> Decision:
         """`explain` for a draft Combo object that is not saved (the combo builder's explain button)."""
         return self.explain(combo, prompt, **options)
 
@@ -428,7 +437,7 @@ class Router:
     def __enter__(self) -> Router:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -14,11 +14,11 @@ The tree (catch `RouteError` for any routing failure; every one carries the `att
 
 from __future__ import annotations
 
-from typing import Any
+from decimal import Decimal
 
+from .._core import ErrorKind
 from .._core.text import span
-from .views import attempt_text, output_width, tried_text
-from .types import Attempt, Attempts, RouteResult
+from .types import Attempt, Attempts, RouteResult, attempt_text, output_width, tried_text
 
 #: the widest line of an error's message (its attempt table is fitted to it)
 ERROR_WIDTH = 150
@@ -70,7 +70,7 @@ class AllCoolingDown(AllTargetsFailed):
 class BudgetExceeded(RouteError):
     """The call's estimated cost is above its budget; nothing was sent."""
 
-    def __init__(self, message: str, attempts: list[Attempt] | None = None, estimate: Any = None) -> None:
+    def __init__(self, message: str, attempts: list[Attempt] | None = None, estimate: Decimal | None = None) -> None:
         super().__init__(message, attempts)
         self.estimate = estimate
 
@@ -78,7 +78,7 @@ class BudgetExceeded(RouteError):
 class StopError(AllTargetsFailed):
     """An attempt failed in a way that another target would not fix (invalid request, content filter...)."""
 
-    def __init__(self, combo: str, attempts: list[Attempt], kind: Any, candidate: str, *, now: float | None = None) -> None:
+    def __init__(self, combo: str, attempts: list[Attempt], kind: ErrorKind, candidate: str, *, now: float | None = None) -> None:
         self.kind = kind
         self.candidate = candidate
         super().__init__(

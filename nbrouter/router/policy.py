@@ -238,7 +238,7 @@ FALLBACK_RULE = Rule(ErrorKind.NETWORK, Action.ADVANCE, breaker=True)
 
 def retry_wait(policy: Policy, failure: ProviderFailure, n: int, draw: float) -> float:
     """How long to wait before the `n`-th retry of one candidate (`draw` uniform in [0, 1))."""
-    wait = min(policy.retry_backoff_cap_s, policy.retry_backoff_s * 2 ** (n - 1))
+    wait = min(policy.retry_backoff_cap_s, policy.retry_backoff_s * 2.0 ** (n - 1))
     wait *= 1.0 - policy.retry_jitter + 2.0 * policy.retry_jitter * draw
     if failure.retry_after_s is not None:
         wait = max(wait, failure.retry_after_s)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import Any, Awaitable, Protocol, TypeVar
+from typing import Any, Awaitable, Protocol, TypedDict, TypeVar
 
 from .model import Combo
-from .structured import OutputSchema, output_schema
+from .structured import OutputSchema, SchemaSpec, output_schema
 from .types import Candidate
 
 T = TypeVar("T")
@@ -63,6 +63,27 @@ class CallRequest:
 
 #: the keyword arguments every call method accepts (the fields of CallRequest after `combo` and `messages`)
 OPTIONS = frozenset(f.name for f in fields(CallRequest)) - {"combo", "messages", "stream", "pacer"}
+
+
+class CallOptions(TypedDict, total=False):
+    """The keyword arguments of `Router.complete`, `stream`, `astream` and `explain`, as `Router.acomplete`
+    describes them (`OPTIONS` and `messages`): typed, so that a checker catches a misspelt one."""
+
+    messages: list[dict[str, Any]] | None
+    system: str | None
+    max_tokens: int | None
+    temperature: float | None
+    max_cost_usd: float | None
+    timeout_s: float | None
+    seed: int | None
+    response_format: dict[str, Any] | None
+    strategy: str | None
+    top_p: float | None
+    stop: list[str] | None
+    reasoning: str | int | None
+    extra_body: dict[str, Any] | None
+    schema: SchemaSpec | None
+    cache: bool
 
 
 #: the numeric call options, and whether zero is allowed (a zero timeout is refused, as the config refuses it,

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..report import Tables
-from .views import status_tables
+from .views import account_table, candidate_table
 from .decide.combos import resolve
 from .decide.decider import Decider
 from .errors import ComboConfigError
 from .model import QUOTA_FIELDS, Config
+from .state.health import Hold
 from .state.store import StateStore
 from .types import Candidate
 
@@ -50,6 +51,12 @@ class Status:
 
     def __repr__(self) -> str:
         return str(self)
+
+
+def status_tables(status: Status) -> Tables:
+    """The candidates table and the accounts table of a Status, and its warning if any."""
+    return Tables([candidate_table(status.candidates), account_table(status.accounts)],
+                  notes=[f"warning: {status.warning}"] if status.warning else [])
 
 
 def collect_status(decider: Decider, state: StateStore, now: float) -> Status:
@@ -129,7 +136,7 @@ def reset_holds(config: Config, state: StateStore, target: str | None) -> int:
     return state.reset(target)
 
 
-def _hold_fields(h: Any, now: float) -> dict[str, Any]:
+def _hold_fields(h: Hold | None, now: float) -> dict[str, Any]:
     return {
         "hold": h.kind if h else None,
         "hold_reason": h.reason if h else None,

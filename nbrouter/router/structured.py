@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Awaitable, Mapping
+from typing import Any, Awaitable, Mapping, Union
 
 from .._core import ErrorKind, ProviderFailure
 
@@ -84,7 +84,11 @@ def _strip_fence(text: str) -> str:
     return t
 
 
-def output_schema(schema: Any) -> OutputSchema:
+#: what a caller may give as `schema=`: a JSON schema dict, a pydantic model class, or an OutputSchema
+SchemaSpec = Union[Mapping[str, Any], "type[Any]", OutputSchema]
+
+
+def output_schema(schema: SchemaSpec) -> OutputSchema:
     """An OutputSchema from what a caller gives: a JSON schema dict, a pydantic model class, or an OutputSchema.
 
     Args:

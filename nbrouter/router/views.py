@@ -1,324 +1,20 @@
-"""How the router's values look: the footer and the attempt, decision, status and log tables.
+"""How the pool's health and the call log look: the rows and tables of `Router.status()`, shared with the
+live status board, and the table of `Router.log()`.
 
 Every table is a `report.Table`, so it shows as plain text in a terminal and as HTML or Markdown in a
-notebook from the same rows. The render methods of types.py (`RouteResult.footer()`,
-`RouteResult.attempt_table()`, `Decision.table()`) and of status.py's `Status` delegate here, and the
-live status board builds its rows from the same functions. This module reads those values through
-their attributes only (the small Protocols below), so types.py can import it without a cycle.
+notebook from the same rows. One call's values (the footer, the attempt and decision tables) render with
+their types, in types.py.
 """
 
 from __future__ import annotations
 
-import shutil
-import textwrap
 import time
 from decimal import Decimal
-from typing import Any, Mapping, Protocol, Sequence
-
-from .._core.text import dollars, duration, ms, span
-from ..report import TONE_MARKS, Table, Tables, html_text
-
-# ---- what the views read ------------------------------------------------------------------
-
-
-class _Valued(Protocol):
-    value: str
-
-
-class _UsageLike(Protocol):
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
-
-
-class AttemptLike(Protocol):
-    """The fields of an Attempt that its row shows."""
-
-    candidate: str
-    path: str
-    action: _Valued
-    kind: _Valued | None
-    status: int | None
-    message: str
-    latency_s: float | None
-    hold: str | None
-    hold_until: float | None
-    usage: _UsageLike | None
-    cost_usd: Any
-    warning: str | None
-
-
-class ResultLike(Protocol):
-    """The fields of a RouteResult that its footer shows."""
-
-    served_by: str
-    attempts: Sequence[AttemptLike]
-    usage: _UsageLike
-    usage_known: bool
-    cost_estimated: bool
-    latency_s: float
-    partial: bool
-
-    @property
-    def cost_text(self) -> str: ...
-
-
-class _CandidateLike(Protocol):
-    @property
-    def path_text(self) -> str: ...
-
-
-class DecisionRowLike(Protocol):
-    """The fields of a DecisionRow that its row shows."""
-
-    candidate: _CandidateLike
-    position: int | None
-    reason: str
-    skipped: bool
-    inputs: Mapping[str, Any]
-
-
-class DecisionLike(Protocol):
-    """The fields of a Decision that its table shows."""
-
-    combo: str
-    strategy: str
-    account_strategy: str
-    seed: int
-    rows: Sequence[DecisionRowLike]
-    config_hash: str
-    explored: bool
-    notes: Sequence[str]
-    constants: Mapping[str, Any]
-
-
-class StatusLike(Protocol):
-    """The rows of a Status (dicts, as `Router.status()` builds them)."""
-
-    candidates: Sequence[Mapping[str, Any]]
-    accounts: Sequence[Mapping[str, Any]]
-    warning: str | None
-
-
-# ---- the width of plain text --------------------------------------------------------------
-
-#: the width plain text is fitted to where no terminal says its own (a kernel's text/plain, a pipe)
-TEXT_WIDTH = 120
-
-
-def output_width() -> int:
-    """The columns plain text is fitted to: the terminal's (or COLUMNS when set), else TEXT_WIDTH."""
-    return shutil.get_terminal_size((TEXT_WIDTH, 24)).columns
-
-
-# ---- one call: the footer and the attempt table -------------------------------------------
-
-
-def footer(result: ResultLike) -> str:
-    """One line: who served, how many attempts, tokens, cost, time."""
-    tries = sum(1 for a in result.attempts if a.action.value != "skipped")
-    parts = [
-        f"served by {result.served_by}",
-        f"{tries} attempt{'s' if tries != 1 else ''}",
-        _tokens_text(result),
-        result.cost_text,
-        duration(result.latency_s),
-    ]
-    if result.partial:
-        parts.append("PARTIAL")
-    return " · ".join(parts)
-
-
-def _tokens_text(result: ResultLike) -> str:
-    # a partial answer whose provider reported no usage before it stopped used tokens nobody counted: not 0
-    if result.usage_known and not (result.partial and result.usage.total_tokens == 0):
-        return f"{result.usage.total_tokens} tokens"
-    if result.cost_estimated:
-        return f"~{result.usage.total_tokens} tokens (estimated)"
-    return "tokens unknown"
-
-
-ATTEMPT_HEADERS = ["#", "candidate", "action", "kind", "status", "latency", "tokens", "cost", "note"]
-#: a note longer than this is cut in the attempt table (HTML shows the rest on demand; the Attempt keeps it all)
-NOTE_WIDTH = 120
-_STEP = " > "
-
-
-def tried_text(attempts: Sequence[AttemptLike]) -> str:
-    """`2 tried, 1 skipped`: what was sent and what was not, in words."""
-    skipped = sum(1 for a in attempts if a.action.value == "skipped")
-    tried = len(attempts) - skipped
-    if not tried:
-        return f"nothing sent, {skipped} skipped" if skipped else "nothing to try"
-    return f"{tried} tried" + (f", {skipped} skipped" if skipped else "")
-
-
-def combo_path(attempts: Sequence[AttemptLike]) -> list[str]:
-    """The combo steps every attempt's path starts with (`["everyday"]`), shown once above the rows."""
-    return shared_steps([a.path for a in attempts])
-
-
-def shared_steps(path_texts: Sequence[str]) -> list[str]:
-    """The combo steps that every `combo > step > candidate` path starts with."""
-    paths = [p.split(_STEP)[:-1] for p in path_texts]
-    if not paths:
-        return []
-    common = paths[0]
-    for path in paths[1:]:
-        n = 0
-        while n < min(len(common), len(path)) and common[n] == path[n]:
-            n += 1
-        common = common[:n]
-    return common
-
-
-def attempt_rows(attempts: Sequence[AttemptLike], now: float | None = None) -> list[list[str]]:
-    """The cells of the attempt table, one row per attempt (skips included); the combo path that every
-    row shares is left out (attempt_table names it once)."""
-    now = time.time() if now is None else now
-    shared = len(combo_path(attempts))
-    rows = []
-    for i, a in enumerate(attempts, 1):
-        note = a.message
-        if a.hold:
-            left = f" {span(max(0.0, a.hold_until - now))}" if a.hold_until else ""
-            note = f"[{a.hold}{left}] {note}".strip()
-        if a.warning:
-            note = f"{note} (warning: {a.warning})".strip()
-        tokens = f"{a.usage.input_tokens}+{a.usage.output_tokens}" if a.usage else ""
-        cost = "" if a.usage is None and a.cost_usd is None else dollars(a.cost_usd)
-        rows.append([str(i), _STEP.join(a.path.split(_STEP)[shared:]), a.action.value, a.kind.value if a.kind else "",
-                     "" if a.status is None else str(a.status), ms(a.latency_s), tokens, cost, note])
-    return rows
-
-
-def _outcome(action: str, kind: str, status: str) -> str:
-    """`served`, `advance (rate_limit 429)`."""
-    why = " ".join(x for x in (kind, status) if x)
-    return f"{action} ({why})" if why else action
-
-
-#: the columns a narrow (terminal) attempt table keeps: candidate, outcome, latency, note
-COMPACT_ATTEMPT_HEADERS = ["candidate", "outcome", "latency", "note"]
-
-
-def attempt_table(attempts: Sequence[AttemptLike], now: float | None = None, *, compact: bool = False) -> Table:
-    """Every attempt of one call: candidate, what the loop did, the error kind, latency, tokens, cost, and
-    a note cut at NOTE_WIDTH (whole in the HTML, on demand).
-
-    Args:
-        attempts: the call's attempts, skips included.
-        now: the wall clock, for the time left on a hold.
-        compact: four columns (candidate, outcome, latency, note) for a terminal.
-    """
-    path = combo_path(attempts)
-    rows = attempt_rows(attempts, now)
-    headers = list(ATTEMPT_HEADERS)
-    if compact:
-        headers = list(COMPACT_ATTEMPT_HEADERS)
-        rows = [[r[1], _outcome(r[2], r[3], r[4]), r[5], r[8]] for r in rows]
-    candidate = headers.index("candidate")
-    if path:
-        headers[candidate] = f"candidate (of {_STEP.join(path)})"
-    return Table(headers, rows, empty="(no attempts)", cut=NOTE_WIDTH)
-
-
-def attempt_text(attempts: Sequence[AttemptLike], width: int | None = None, now: float | None = None) -> str:
-    """The attempt table as plain text fitted to `width` (the output's, by default): every column when
-    they fit, the four of the compact table when they do not."""
-    width = output_width() if width is None else width
-    full = attempt_table(attempts, now).text(width)
-    if max(map(len, full.splitlines()), default=0) <= width:
-        return full
-    return attempt_table(attempts, now, compact=True).text(width)
-
-
-def attempt_line(a: AttemptLike, now: float | None = None, *, cut: int | None = None) -> str:
-    """One attempt in a line: `sim#default/model-a: advance (rate_limit 429) · 120 ms · 12+30 tokens · $0.000123`,
-    and its note (cut at `cut` characters when given)."""
-    row = attempt_rows([a], now)[0]
-    note = row[8] if cut is None or len(row[8]) <= cut else row[8][: max(1, cut - 1)] + "…"
-    parts = [f"{a.candidate}: {_outcome(row[2], row[3], row[4])}", row[5], f"{row[6]} tokens" if row[6] else "", row[7], note]
-    return " · ".join(p for p in parts if p)
-
-
-# ---- a decision ---------------------------------------------------------------------------
-
-DECISION_HEADERS = ["order", "candidate", "", "why", "inputs"]
-
-
-#: the inputs of a decision row are cut here in text (the HTML shows them all on demand)
-INPUTS_WIDTH = 60
-_POINTS = "_pts"
-
-
-def _value(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def inputs_text(inputs: Mapping[str, Any], full: bool = False) -> str:
-    """What went into a candidate's place, most telling first: an `auto` score and the factors that gave it
-    the most points (`score 0.887: health 0.22, quota 0.17, ...`), then everything else; `full`: every
-    input as `name=value`, as the scoring wrote them."""
-    if full:
-        return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in inputs.items())
-    points = sorted(((k[: -len(_POINTS)], v) for k, v in inputs.items() if k.endswith(_POINTS) and isinstance(v, (int, float))),
-                    key=lambda kv: -kv[1])
-    shown = {"score", *(k + _POINTS for k, _ in points)}
-    head = f"score {_value(inputs['score'])}: " if "score" in inputs else ""
-    parts = [f"{k} {_value(v)}" for k, v in points]
-    parts += [f"{k}={_value(v)}" for k, v in inputs.items() if k not in shown]
-    return head + ", ".join(parts)
-
-
-def decision_table(decision: DecisionLike, full: bool = False) -> Table:
-    """The candidates in the order they are tried (skipped ones last, with why), under a line naming the
-    combo, strategy, seed and config; `full`: every input of every row, uncut."""
-    head = (
-        f"combo {decision.combo!r} · strategy {decision.strategy} · accounts {decision.account_strategy} · "
-        f"seed {decision.seed}" + (" · explored" if decision.explored else "") + f" · config {decision.config_hash}"
-    )
-    ranked = sorted(decision.rows, key=lambda r: (r.position is None, r.position or 0))
-    shared = shared_steps([r.candidate.path_text for r in ranked])
-    headers = list(DECISION_HEADERS)
-    if shared:
-        headers[1] = f"candidate (of {_STEP.join(shared)})"
-    rows = [["-" if r.position is None else str(r.position + 1), _STEP.join(r.candidate.path_text.split(_STEP)[len(shared):]),
-             "skipped" if r.skipped else "try", r.reason, inputs_text(r.inputs, full)] for r in ranked]
-    return Table(headers, rows, title=head, notes=decision.notes, wrap=[3, 4], cut=None if full else INPUTS_WIDTH)
-
-
-def decision_text(decision: DecisionLike, width: int | None = None, full: bool = False) -> str:
-    """The decision table as plain text, and one line saying where the policy constants it used are (all
-    of them are a screenful: `decision.constants` holds them, the HTML shows them on demand); `full`:
-    every input uncut, and every constant."""
-    text = decision_table(decision, full).text(width)
-    if decision.constants:
-        text += "\n" + (constants_text(decision.constants) if full else
-                        f"policy: {len(decision.constants)} constants, in decision.constants")
-    return text
-
-
-def decision_html(decision: DecisionLike) -> str:
-    """The decision table as HTML, with the policy constants folded away under it."""
-    html = decision_table(decision).html()
-    if decision.constants:
-        html += (f"<details><summary>policy: {len(decision.constants)} constants</summary>"
-                 f"<div style='white-space:pre-wrap'>{html_text(constants_text(decision.constants))}</div></details>")
-    return html
-
-
-def constants_text(constants: Mapping[str, Any], width: int = 110) -> str:
-    """The policy constants as `name=value` pairs, wrapped."""
-    pairs = []
-    for key, value in constants.items():
-        if isinstance(value, dict):
-            value = "{" + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items()) + "}"
-        elif isinstance(value, float):
-            value = f"{value:g}"
-        pairs.append(f"{key}={value}")
-    return textwrap.fill("policy: " + "; ".join(pairs), width=width, subsequent_indent="  ")
-
+from typing import Any, Mapping, Sequence
+
+from .._core.text import dollars, ms
+from ..report import TONE_MARKS, Table
+from .types import NOTE_WIDTH, PATH_STEP
 
 # ---- the pool's health: Status and the live board -----------------------------------------
 
@@ -454,12 +150,6 @@ def account_table(rows: Sequence[Mapping[str, Any]]) -> Table:
                  title="accounts", wrap=[])
 
 
-def status_tables(status: StatusLike) -> Tables:
-    """The candidates table and the accounts table of a Status, and its warning if any."""
-    return Tables([candidate_table(status.candidates), account_table(status.accounts)],
-                  notes=[f"warning: {status.warning}"] if status.warning else [])
-
-
 # ---- the call log -------------------------------------------------------------------------
 
 LOG_HEADERS = ["time", "combo", "candidate", "action", "kind", "status", "latency", "tokens", "cost", "message"]
@@ -469,10 +159,10 @@ LOG_MESSAGE_WIDTH = 100
 
 def _log_candidate(row: Mapping[str, Any]) -> str:
     """The candidate and any nested combos it came through; the combo itself has its own column."""
-    path = (row.get("path") or row.get("candidate") or "").split(_STEP)
+    path = (row.get("path") or row.get("candidate") or "").split(PATH_STEP)
     if row.get("combo") and len(path) > 1 and path[0] == row["combo"]:
         path = path[1:]
-    return _STEP.join(path)
+    return PATH_STEP.join(path)
 
 
 def log_table(rows: Sequence[Mapping[str, Any]], title: str = "") -> Table:

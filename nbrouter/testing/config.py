@@ -21,6 +21,7 @@ that part of the simulator's settings, and anything unknown is an error rather t
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
@@ -64,7 +65,10 @@ def load(path: str | Path) -> dict[str, Any]:
     """A config file: TOML when its name ends `.toml`, else JSON."""
     path = Path(path)
     if path.suffix == ".toml":
-        import tomllib
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # the backport the package depends on below 3.11
+            import tomli as tomllib
 
         with path.open("rb") as fh:
             return tomllib.load(fh)

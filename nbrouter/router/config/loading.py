@@ -46,7 +46,7 @@ from ..decide.packs import FACTORS, PACKS, VIRTUAL_COMBOS
 from ..keys import KeySource
 from ..policy import Policy
 from ..decide.strategies import ACCOUNT_STRATEGIES, STRATEGIES
-from ..types import ErrorKind
+from ..._core import ErrorKind
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -19,13 +19,14 @@ from ..._core import Clock
 from ..._core.text import span
 from .budget import Budget
 from .combos import auto_pool, combo_for, resolve
-from ..model import Combo, Config, Provider
+from ..model import Account, Combo, Config, Provider, Quota
 from ..errors import ComboConfigError, NoProviders
 from ..policy import Policy
 from .pricing import PriceBook
 from ..requests import CallRequest
 from .scoring import EXCLUSION_PREFIX, PoolReadings
 from .scoring import excluded as auto_excluded
+from ..state.health import UsageWindow
 from ..state.store import StateStore
 from .strategies import STRATEGIES, RequestInfo, Strategy, StrategyContext, order_accounts
 from .tokens import estimate_prompt
@@ -236,7 +237,7 @@ class SkipCheck:
     wanted: Callable[[Decider, CallRequest], bool] = lambda d, req: True
 
 
-def quota_windows(quota: Any, w: Any) -> tuple[tuple[int | None, int, str, float], ...]:
+def quota_windows(quota: Quota, w: UsageWindow) -> tuple[tuple[int | None, int, str, float], ...]:
     """(limit, used, what, window end) for each configured quota window, from our own usage counters."""
     minute_end, day_end = (w.minute + 1) * 60.0, (w.day + 1) * 86400.0
     return (
@@ -323,8 +324,13 @@ def _paced(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: f
     return req.pacer.skip(c, info.prompt_tokens + info.max_tokens, now)
 
 
-def _account(config: Config, c: Candidate) -> Any:
+def _account(config: Config, c: Candidate) -> Account | None:
     return config.providers[c.provider].account(c.account)
+
+
+def _has_quota(config: Config, c: Candidate) -> bool:
+    acc = _account(config, c)
+    return acc is not None and not acc.quota.is_empty()
 
 
 #: the skip checks, in the order they are asked; the first that says no names the reason
@@ -333,7 +339,7 @@ SKIP_CHECKS: tuple[SkipCheck, ...] = (
     SkipCheck("breaker", _breaker, wanted=lambda d, req: bool(d.state.breakers)),
     SkipCheck("no_key", _no_key, lambda config, c: bool(getattr(_account(config, c), "api_key_env", None)),
               lambda d, req: d.some_key_missing()),
-    SkipCheck("quota", _quota_used_up, lambda config, c: _account(config, c) is not None and not _account(config, c).quota.is_empty()),
+    SkipCheck("quota", _quota_used_up, _has_quota),
     SkipCheck("context_window", _context, lambda config, c: config.providers[c.provider].context_window(c.model) is not None),
     SkipCheck("budget", _budget, wanted=lambda d, req: req.max_cost_usd is not None),
     SkipCheck("paced", _paced, wanted=lambda d, req: req.pacer is not None),
@@ -346,6 +352,8 @@ _WANTS = tuple(check.wanted for check in SKIP_CHECKS)
 
 class Decider:
     """Resolves, filters and orders candidates against the live state; owns the per-config caches."""
+
+    state: StateStore  # declared here: the skip checks above read it before the class is defined
 
     def __init__(self, config: Config, state: StateStore, prices: PriceBook, clock: Clock, budget: Budget | None = None) -> None:
         self.state = state
@@ -616,7 +624,7 @@ class Decider:
         if not quota and c.account_key not in self.state.ratelimits:
             return None, None  # nothing tracked: the common case, without building anything
         shares: list[tuple[float, float | None]] = []
-        if quota:
+        if quota and acc is not None:
             for limit, used, _, reset in quota_windows(acc.quota, self.state.usage_window(c.account_key, now)):
                 if limit:
                     shares.append((max(0.0, 1.0 - used / limit), reset))

@@ -92,13 +92,13 @@ def _genai_prices(provider_id: str | None, model: str) -> UnitPrices | None:
     try:
         from genai_prices import Usage as GUsage, calc_price  # imported on first use: it takes ~0.5 s
 
-        kwargs = {"provider_id": provider_id} if provider_id else {}
+        provider = provider_id or None
         # priced on a small request: long-context tiers (above 200k tokens) are not the usual price
         n = 1000
-        inp = calc_price(GUsage(input_tokens=n), ref, **kwargs).total_price
-        out = calc_price(GUsage(output_tokens=n), ref, **kwargs).total_price
+        inp = calc_price(GUsage(input_tokens=n), ref, provider_id=provider).total_price
+        out = calc_price(GUsage(output_tokens=n), ref, provider_id=provider).total_price
         try:
-            cached = calc_price(GUsage(input_tokens=n, cache_read_tokens=n), ref, **kwargs).total_price
+            cached = calc_price(GUsage(input_tokens=n, cache_read_tokens=n), ref, provider_id=provider).total_price
         except (LookupError, ValueError):
             cached = inp
         result = UnitPrices(Decimal(inp) / n, Decimal(cached) / n, Decimal(out) / n, "genai-prices")

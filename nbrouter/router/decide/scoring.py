@@ -440,7 +440,7 @@ def score_pool(candidates: Sequence[Candidate], snap: Measurements, written: Seq
     totals = [round(wh * h + wq * q + wl * lat + ws * st + pts, 6)
               for h, q, lat, st, pts in zip(health, quota, latency, stability, static.points)]
     columns = {"health": health, "quota": quota, "latency": latency, "stability": stability, **static.columns}
-    measured = {"breaker": states, "headroom": shares, "p95_s": p95, "p95_guessed": latency_guessed}
+    measured: dict[str, list[Any]] = {"breaker": states, "headroom": shares, "p95_s": p95, "p95_guessed": latency_guessed}
     return ScoredPool(candidates, totals, columns, weights, {**static.extra, **measured}, static.keys, static.shown)
 
 

@@ -11,7 +11,7 @@ import concurrent.futures
 import queue
 import threading
 import weakref
-from typing import Any, AsyncIterator, Callable, Coroutine, Iterator, TypeVar
+from typing import Any, AsyncGenerator, Callable, Coroutine, Generator, TypeVar
 
 from ..._core.closing import close_at_exit
 
@@ -83,7 +83,7 @@ class BackgroundLoop:
             raise
 
     def iterate(self, produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, Any]], last: Callable[[T], bool],
-                refusal: str) -> Iterator[T]:
+                refusal: str) -> Generator[T, None, None]:
         """Run `produce(put)` on the loop and yield, in the caller's thread, what it puts through a thread-safe
         queue, up to the item for which `last` is true. A consumer that stops early (Ctrl-C, or closing the
         generator) cancels it and waits until it has finished, so that what it recorded is whole. Called from
@@ -104,7 +104,7 @@ class BackgroundLoop:
                 finished.wait(2.0)
 
     @staticmethod
-    async def aiterate(produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, Any]], last: Callable[[T], bool]) -> AsyncIterator[T]:
+    async def aiterate(produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, Any]], last: Callable[[T], bool]) -> AsyncGenerator[T, None]:
         """`iterate` on the caller's own loop: run `produce(put)` as a task and yield what it puts, up to the
         item for which `last` is true; a consumer that stops early cancels the task and waits for it."""
         items: asyncio.Queue[T] = asyncio.Queue()

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, AsyncGenerator
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ...providers import Sender
 
 from ..._core.clock import SYSTEM_CLOCK, Clock
 
@@ -21,16 +26,17 @@ class Senders:
     """The Sender of each event loop, made from an injected transport or client, or the default; each reads
     replies' times (rate-limit resets, Retry-After dates, daily resets) on the router's `clock`."""
 
-    def __init__(self, *, transport: Any = None, http_client: Any = None, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None, http_client: httpx.AsyncClient | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         if transport is not None and http_client is not None:
             raise ValueError("give a transport or an http_client, not both")
         self._clock = clock
         self._transport = transport
         self._client = http_client
-        self._senders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self._keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._senders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Sender] = weakref.WeakKeyDictionary()
+        self._keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = weakref.WeakKeyDictionary()
 
-    def get(self) -> Any:
+    def get(self) -> Sender:
         """The Sender of the running loop (made on first use)."""
         loop = asyncio.get_running_loop()
         sender = self._senders.get(loop)
@@ -64,7 +70,7 @@ class Senders:
             pass
 
 
-async def _close_with_loop(sender: Any) -> AsyncIterator[None]:
+async def _close_with_loop(sender: Sender) -> AsyncGenerator[None, None]:
     try:
         yield
         yield  # never reached: the loop's shutdown (or aclose) closes the generator here

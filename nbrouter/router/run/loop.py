@@ -16,7 +16,7 @@ import random
 from collections import Counter
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from ..._core import Clock, ErrorKind, ProviderFailure, Usage, remember_secret, scrub
 from ...providers import ChatRequest, Completion, Endpoint, get_protocol
@@ -48,6 +48,7 @@ from ..types import (
 )
 
 Emit = Callable[[RouteEvent], None]
+T = TypeVar("T")
 #: what context-relay asks the cheapest candidate when a conversation must be compacted
 RELAY_SUMMARY_PROMPT = ("Summarise the conversation above in a few sentences: the facts, decisions and open "
                         "questions someone continuing it must know. Answer with the summary only.")
@@ -73,7 +74,8 @@ class Hooks:
     is logged, never raised into the call.
     """
 
-    def __init__(self, on_attempt: Callable[[Attempt], Any] | None = None, on_result: Callable[[RouteResult], Any] | None = None) -> None:
+    def __init__(self, on_attempt: Callable[[Attempt], object] | None = None,
+                 on_result: Callable[[RouteResult], object] | None = None) -> None:
         self.on_attempt = on_attempt
         self.on_result = on_result
 
@@ -86,7 +88,7 @@ class Hooks:
             self._later(self.on_result, result)
 
     @staticmethod
-    def _later(hook: Callable[[Any], Any], value: Any) -> None:
+    def _later(hook: Callable[[T], object], value: T) -> None:
         def run() -> None:
             try:
                 hook(value)
@@ -165,7 +167,7 @@ class _Lane:
         self.first_byte = asyncio.Event()
         #: the candidate that answered first, once this lane has lost
         self.lost_to: str | None = None
-        self.task: asyncio.Future[Any] | None = None
+        self.task: asyncio.Future[RouteResult | tuple[ProviderFailure, Attempt]] | None = None
 
     def may_show(self) -> bool:
         return self.hedge.win(self.key)
@@ -473,9 +475,9 @@ class Loop:
             return None, ""
         prices, providers = self.decider.prices, self.decider.config.providers
 
-        def cost(c: Candidate) -> tuple[bool, Any]:
+        def cost(c: Candidate) -> tuple[bool, Decimal]:
             estimate = prices.estimate(providers[c.provider], c.model, 1000, self.policy.relay_summary_max_tokens)
-            return estimate is None, estimate or 0
+            return estimate is None, estimate or Decimal(0)
 
         cheapest = min(candidates, key=cost)
         ask = [*messages, {"role": "user", "content": RELAY_SUMMARY_PROMPT}]
@@ -499,9 +501,10 @@ class Loop:
         try:
             wait_first_byte = asyncio.ensure_future(lanes[first.key].first_byte.wait())
             # on the event loop's time, like the attempt limit: it waits for bytes from a socket
-            done, _ = await asyncio.wait([*tasks, wait_first_byte], timeout=combo.hedge_after_s, return_when=asyncio.FIRST_COMPLETED)
+            first_done, _ = await asyncio.wait([*tasks, wait_first_byte], timeout=combo.hedge_after_s,
+                                               return_when=asyncio.FIRST_COMPLETED)
             wait_first_byte.cancel()
-            if not done:
+            if not first_done:
                 second = next_candidate()
                 if second is not None:
                     lanes[second.key] = hedge.lane(second.key)
@@ -691,9 +694,9 @@ class Loop:
         except (TimeoutError, asyncio.TimeoutError):
             return self._timed_out(call, combo, c, provider, endpoint, timeout_s, progress, now, retry, was_half_open)
         except Exception as exc:  # nothing raised while an attempt runs may escape the loop
-            failure = ProviderFailure(ErrorKind.MALFORMED_RESPONSE, scrub(f"{type(exc).__name__} while reading the answer: {exc}")[:300],
-                                      partial_text="".join(pieces))
-            return failure, self._failed(call, combo, c, provider, endpoint, failure, call.monotonic() - t0,
+            broken = ProviderFailure(ErrorKind.MALFORMED_RESPONSE, scrub(f"{type(exc).__name__} while reading the answer: {exc}")[:300],
+                                     partial_text="".join(pieces))
+            return broken, self._failed(call, combo, c, provider, endpoint, broken, call.monotonic() - t0,
                                          first[0] if first else None, now, retry, was_half_open)
         finally:
             if limit is not None:
