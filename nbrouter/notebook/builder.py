@@ -33,7 +33,7 @@ from ..router.policy import DEFAULT_FALLBACK_ON
 from ..router.packs import FACTORS, PACKS
 from ..router.strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from ..router.types import Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta
-from ._ui import STYLE, Kit, close_tree, note, show_widget
+from ._ui import STYLE, Kit, close_tree, note, scrolling, show_widget
 
 if TYPE_CHECKING:
     from ..router.engine import Router
@@ -213,6 +213,7 @@ class ComboBuilder:
         # for the keyboard and a screen reader, a step picked from a dropdown and buttons that move or remove it
         self.step_tags = k(w.TagsInput, description="steps", allowed_tags=[], allow_duplicates=False,
                            placeholder="drag a step to move it", tooltip="the steps, tried in this order (left to right)")
+        self.step_tags.add_class("nbrouter-steps")
         self.steps = k(w.Dropdown, description="step", options=[], tooltip="the step the buttons move or remove")
         self.up_button = k(w.Button, description="up", tooltip="move the picked step up")
         self.down_button = k(w.Button, description="down", tooltip="move the picked step down")
@@ -255,6 +256,7 @@ class ComboBuilder:
         self.test_button = k(w.Button, description="test", tooltip="send the prompt through the saved combo")
         self.explain_button = k(w.Button, description="explain", tooltip="show the order the router would try for this draft now")
         # one place for what the last test or explain said: a newer one replaces it, an edit clears an explain
+        # a wide table scrolls inside them (see _ui.scrolling)
         self.test_html = k(w.HTML)
         self.explain_html = k(w.HTML)
 
@@ -447,11 +449,11 @@ class ComboBuilder:
         """The steps' tags and the numbered picker, keeping the picked step picked."""
         targets = list(self.model.targets)
         picked = self.steps.value
-        with self._quietly():
+        # one message per widget (a busy kernel makes the front end queue a widget's later messages)
+        with self._quietly(), self.step_tags.hold_sync(), self.steps.hold_sync():
             # the tags offer no other step than those there: adding is the picker's job
-            self.step_tags.allowed_tags = sorted(set(targets) | set(self.step_tags.value))
-            self.step_tags.value = targets
             self.step_tags.allowed_tags = sorted(set(targets))
+            self.step_tags.value = targets
             self.steps.options = [(f"{i + 1}. {ref}", i) for i, ref in enumerate(targets)]
             self.steps.value = picked if picked is not None and picked < len(targets) else (0 if targets else None)
         self._sync_picked()
@@ -777,7 +779,7 @@ class ComboBuilder:
             return None
         self.last_decision = decision
         self.test_html.value = ""  # the newest answer is the only one shown
-        self.explain_html.value = views.decision_html(decision)
+        self.explain_html.value = scrolling(views.decision_html(decision))
         return decision
 
     def test(self) -> threading.Thread | None:
@@ -824,7 +826,7 @@ class ComboBuilder:
                 if now - drawn >= TEST_REDRAW_S:
                     drawn = now
                     self.test_html.value = (note(f"trying {trying}...", "busy") + _answer_html("".join(text))
-                                            + (views.attempt_table(attempts).html() if attempts else ""))
+                                            + (scrolling(views.attempt_table(attempts).html()) if attempts else ""))
         except Exception as exc:  # shown in the widget: a thread has nobody else to tell
             self.last_error = exc
         finally:
@@ -884,11 +886,11 @@ def _answer_html(text: str) -> str:
 def _test_html(result: RouteResult | None, error: BaseException | None, text: str, attempts: Sequence[Attempt]) -> str:
     if result is not None and error is None:
         return (note(result.footer(), "ok") + _answer_html(result.text)
-                + f"<div>cost: {html.escape(result.cost_text)}</div>" + views.attempt_table(result.attempts).html())
+                + f"<div>cost: {html.escape(result.cost_text)}</div>" + scrolling(views.attempt_table(result.attempts).html()))
     summary = "test failed" if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     shown = list(getattr(error, "attempts", None) or attempts)
     partial = result.text if result is not None else text
-    return note(summary, "bad") + _answer_html(partial) + (views.attempt_table(shown).html() if shown else "")
+    return note(summary, "bad") + _answer_html(partial) + (scrolling(views.attempt_table(shown).html()) if shown else "")
 
 
 
