@@ -349,7 +349,7 @@ def demo(argv: Sequence[str] = ()) -> int:
     print("\n".join(summary_lines(prompt_cells(nb))))
     print(f"\nthe executed notebook: {out}\nopen it:  jupyter lab {_shell_path(out)}")
     if shutil.which("jupyter-lab") is None:
-        print("          (JupyterLab is not installed here: pip install jupyterlab)")
+        print("          (JupyterLab is not installed here: pip install 'nbrouter[notebooks]' brings it, and pandas)")
     return 0
 
 

@@ -1,10 +1,11 @@
 """The combo builder in a real browser: JupyterLab on loopback, headless Chromium driven by Playwright.
 
 A person's path: `%load_ext nbrouter` and `%llm builder`, name the combo, add three targets with the
-picker (quickly, one after the other), move the last one to the top, save, test it from the widget, then
-run a `%%llm NAME` cell and read its served-by footer, watch the pool with `%llm status --live`, and read
-an answer with dollar amounts and maths in it. Then the same page in JupyterLab's dark theme, where every
-text must stand out from its background. The kernel talks to the loopback provider simulator; screenshots
+picker (quickly, one after the other), drag the last one to the top (and move one with the keyboard's
+picker and buttons), save, test it from the widget, then run a `%%llm NAME` cell and read its served-by
+footer, watch the pool with `%llm status --live` (its tables fit or scroll in their box at 1,400 px), and
+read an answer with dollar amounts and maths in it. In JupyterLab's light and dark themes every text of
+the outputs must stand out from its background (4.5:1). The kernel talks to the loopback provider simulator; screenshots
 (light and dark) are kept in `artifacts/` at the repository root.
 
 Chromium comes from the system (`/usr/bin/chromium`, Debian's `chromium` package). CI installs it and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -44,31 +46,128 @@ MODELS = ["gpt-4o-mini", "gpt-4.1-mini", "claude-haiku-4-5"]
 MONEY = "It costs $5 to $10 a month; the area is $$x^2 + y^2$$ and \\(a < b\\)."
 #: WCAG's minimum contrast for text
 MIN_CONTRAST = 4.5
-#: the contrast of a text with what is behind it, as the browser draws it (a tint is laid over the page)
-CONTRAST_JS = """
-(el) => {
-  const parse = (c) => {
-    let m = c.match(/rgba?\\(([^)]+)\\)/);
-    if (m) { const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number); return [p[0] / 255, p[1] / 255, p[2] / 255, p.length > 3 ? p[3] : 1]; }
-    m = c.match(/color\\(srgb ([^)]+)\\)/);
-    if (m) { const p = m[1].split(/[ \\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; }
-    return [0, 0, 0, 0];
+#: every text under the elements matching `selector` whose contrast with what is behind it (as the browser
+#: draws both, any CSS colour format, text and background alpha and opacities blended) is under `min`:
+#: [{text, contrast, color, background, where}]. Disabled controls are left out (WCAG exempts them),
+#: and so is typeset maths (drawn glyphs, not text colours of ours).
+TEXT_CONTRAST_JS = """
+([selector, min]) => {
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = 1;
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  const rgba = (css) => {
+    ctx.clearRect(0, 0, 1, 1);
+    ctx.fillStyle = '#000';
+    ctx.fillStyle = css;
+    ctx.fillRect(0, 0, 1, 1);
+    const [r, g, b, a] = ctx.getImageData(0, 0, 1, 1).data;
+    return a === 0 ? [0, 0, 0, 0] : [r, g, b, a / 255];
   };
-  const layers = [];
-  for (let n = el; n; n = n.parentElement) {
-    const bg = parse(getComputedStyle(n).backgroundColor);
-    if (bg[3] > 0) layers.push(bg);
-    if (bg[3] >= 1) break;
+  const over = (top, under) => [0, 1, 2].map(i => top[i] * top[3] + under[i] * (1 - top[3]));
+  const lum = (c) => c.map(v => v / 255).map(v => v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4)
+                      .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const behind = (el) => {
+    const layers = [];
+    for (let n = el; n; n = n.parentElement) {
+      const bg = rgba(getComputedStyle(n).backgroundColor);
+      if (bg[3] > 0) layers.push(bg);
+      if (bg[3] >= 1) break;
+    }
+    let under = rgba(getComputedStyle(document.body).backgroundColor);
+    under = under[3] > 0 ? under.slice(0, 3) : [255, 255, 255];
+    for (const layer of layers.reverse()) under = over(layer, under);
+    return under;
+  };
+  const opacity = (el) => { let o = 1; for (let n = el; n; n = n.parentElement) o *= parseFloat(getComputedStyle(n).opacity); return o; };
+  const failures = [];
+  const checked = new Set();
+  for (const root of document.querySelectorAll(selector)) {
+    for (const el of [root, ...root.querySelectorAll('*')]) {
+      if (checked.has(el)) continue;
+      checked.add(el);
+      const text = [...el.childNodes].filter(n => n.nodeType === 3).map(n => n.data).join('').trim();
+      if (!text || el.closest('mjx-container, svg, script, style')) continue;
+      if (el.closest(':disabled, [disabled], .mod-disabled, [aria-disabled=true]')) continue;
+      const box = el.getBoundingClientRect();
+      const style = getComputedStyle(el);
+      if (!box.width || !box.height || style.visibility === 'hidden') continue;
+      const under = behind(el);
+      const fg = rgba(style.color);
+      fg[3] *= opacity(el);
+      const [hi, lo] = [lum(over(fg, under)), lum(under)].sort((x, y) => y - x);
+      const contrast = (hi + 0.05) / (lo + 0.05);
+      if (contrast < min) {
+        failures.push({ text: text.slice(0, 40), contrast: Math.round(contrast * 100) / 100, color: style.color,
+                        background: 'rgb(' + under.map(Math.round).join(',') + ')',
+                        where: (el.className && typeof el.className === 'string' ? el.className : el.tagName).slice(0, 60) });
+      }
+    }
   }
-  let under = [1, 1, 1];
-  for (const [r, g, b, a] of layers.reverse()) under = [r * a + under[0] * (1 - a), g * a + under[1] * (1 - a), b * a + under[2] * (1 - a)];
-  const fg = parse(getComputedStyle(el).color);
-  const lum = ([r, g, b]) => [r, g, b].map(v => v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4)
-                                       .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
-  const [hi, lo] = [lum(fg), lum(under)].sort((x, y) => y - x);
-  return (hi + 0.05) / (lo + 0.05);
+  return failures;
 }
 """
+#: where a text's lines break: the character before each break (for a name: `#` or `/` only)
+LINE_BREAKS_JS = """
+(el) => {
+  const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  const chars = [];
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    for (let i = 0; i < n.data.length; i++) {
+      const range = document.createRange();
+      range.setStart(n, i);
+      range.setEnd(n, i + 1);
+      const rect = range.getClientRects()[0];
+      if (rect) chars.push([n.data[i], rect.top]);
+    }
+  }
+  const breaks = [];
+  for (let i = 1; i < chars.length; i++) {
+    if (chars[i][1] > chars[i - 1][1] + 2) breaks.push(chars[i - 1][0] + chars[i][0]);
+  }
+  return breaks;
+}
+"""
+#: the tables of an output that neither fit in the output's width nor scroll in a box of their own (one
+#: without the widget's buttons, no wider than the output): [{table, why}]
+BOX_OVERFLOW_JS = """
+(el) => {
+  const area = el.closest('.jp-OutputArea-output') || el;
+  const limit = area.getBoundingClientRect().right + 1;
+  const problems = [];
+  for (const table of el.querySelectorAll('table')) {
+    const name = (table.querySelector('th') || table).textContent.slice(0, 30);
+    if (table.getBoundingClientRect().right <= limit) continue;
+    let box = table.parentElement;
+    while (box && box !== area && !['auto', 'scroll'].includes(getComputedStyle(box).overflowX)) box = box.parentElement;
+    if (!box || box === area) problems.push({ table: name, why: 'cut off: wider than the output and no box of its own scrolls' });
+    else if (box.querySelector('button, select, input')) problems.push({ table: name, why: 'only the whole widget scrolls, buttons and all' });
+    else if (box.getBoundingClientRect().right > limit) problems.push({ table: name, why: 'its scrolling box is wider than the output' });
+  }
+  return problems;
+}
+"""
+
+
+def assert_readable(page: Any, selector: str, where: str) -> None:
+    """Every text under `selector` has at least MIN_CONTRAST with what is behind it."""
+    failures = page.evaluate(TEXT_CONTRAST_JS, [selector, MIN_CONTRAST])
+    assert failures == [], f"{where}: text under {MIN_CONTRAST}:1 contrast: {failures}"
+
+
+def set_theme(page: Any, theme: str) -> None:
+    """Switch JupyterLab's (or Notebook 7's) theme and wait for its colours to apply."""
+    from playwright.sync_api import expect
+
+    light = theme == "JupyterLab Light"
+    page.evaluate(f"() => window.jupyterapp.commands.execute('apputils:change-theme', {{theme: '{theme}'}})")
+    expect(page.locator(f"body[data-jp-theme-light='{str(light).lower()}']")).to_have_count(1)
+    # JupyterLab covers the page with its splash while the theme's stylesheet loads
+    expect(page.locator("#jupyterlab-splash")).to_have_count(0)
+    page.wait_for_function("(light) => { const s = getComputedStyle(document.body);"
+                           " const white = ['rgb(255, 255, 255)', 'rgba(0, 0, 0, 0)'].includes(s.backgroundColor);"
+                           " return s.getPropertyValue('--jp-layout-color0').trim() !== '' && white === light; }", light)
+
+
 #: how long any one step may take in the browser (the whole test stays well under 90 s)
 STEP_MS = 30_000
 
@@ -91,6 +190,7 @@ def _notebook(path: Path) -> None:
         nbformat.v4.new_code_cell(f"%%llm {COMBO}\nSay hello"),
         nbformat.v4.new_code_cell("%llm status --live"),
         nbformat.v4.new_code_cell("%%llm sim/money --no-stream\nHow much?"),
+        nbformat.v4.new_code_cell("%%llm sim/broken --no-stream\nThis one fails"),
     ]
     nbformat.write(nb, str(path))
 
@@ -108,9 +208,10 @@ def _require_chromium() -> None:
 def lab(sim: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """JupyterLab on 127.0.0.1 with its own HOME and Jupyter dirs, a config pointing at the simulator."""
     _require_chromium()
-    from nbrouter.testing import Reply
+    from nbrouter.testing import Reply, ServerError
 
     sim.script(Reply(MONEY), model="money")
+    sim.script(ServerError(), model="broken", repeat_last=True)
     config = tmp_path / "config.toml"
     config.write_text(
         "[providers.sim]\n"
@@ -208,7 +309,7 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
         try:
             page.goto(lab["url"])
             cells = page.locator(".jp-Notebook .jp-Cell")
-            expect(cells).to_have_count(4)
+            expect(cells).to_have_count(5)
             # a cell run before the kernel is connected is dropped: wait for the status bar's "Idle"
             expect(page.locator("#jp-main-statusbar").get_by_text("Idle")).to_be_visible()
 
@@ -232,22 +333,27 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
 
             name.fill(COMBO)
             model = builder.locator("input[placeholder='pick or type a model id']")
-            steps = builder.locator(".widget-select select option")
+            tags = builder.locator(".nbrouter-steps .jupyter-widget-tag:not(input)")
+            picker = builder.locator(".widget-dropdown", has=page.locator("label", has_text=re.compile(r"^step$"))).locator("select")
             # one target straight after the other, no pause: none may be lost
             for model_id in MODELS:
                 model.fill(model_id)
                 builder.get_by_role("button", name="add", exact=True).click()
-            expect(steps).to_have_text([f"{i + 1}. sim/{m}" for i, m in enumerate(MODELS)])
+            expect(tags).to_have_text([f"sim/{m}" for m in MODELS])
 
-            # move the last step to the top: pick it, press up twice (it stays picked)
-            builder.locator(".widget-select select").select_option(label=f"3. sim/{MODELS[2]}")
+            # drag the last step onto the first: it goes to the top (issue 26: reorder by drag)
+            tags.nth(2).drag_to(tags.nth(0))
+            order = [f"sim/{MODELS[2]}", f"sim/{MODELS[0]}", f"sim/{MODELS[1]}"]
+            expect(tags).to_have_text(order)
+            expect(picker.locator("option")).to_have_text([f"{i + 1}. {ref}" for i, ref in enumerate(order)])
+            # the keyboard's way still works: pick the last step, up, then down again (it stays picked)
+            picker.select_option(label=f"3. {order[2]}")
             up = builder.get_by_role("button", name="up", exact=True)
             expect(up).to_be_enabled()
             up.click()
-            expect(steps).to_have_text([f"1. sim/{MODELS[0]}", f"2. sim/{MODELS[2]}", f"3. sim/{MODELS[1]}"])
-            up.click()
-            order = [f"sim/{MODELS[2]}", f"sim/{MODELS[0]}", f"sim/{MODELS[1]}"]
-            expect(steps).to_have_text([f"{i + 1}. {ref}" for i, ref in enumerate(order)])
+            expect(tags).to_have_text([order[0], order[2], order[1]])
+            builder.get_by_role("button", name="down", exact=True).click()
+            expect(tags).to_have_text(order)
 
             # live validation says the draft is valid; save writes it through Router.save_combo
             expect(builder.get_by_text("✓ valid; not saved yet")).to_be_visible()
@@ -281,18 +387,26 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
             page.screenshot(path=str(ARTIFACTS / "builder-browser.png"), full_page=True)
             board.screenshot(path=str(ARTIFACTS / "status-board.png"))
 
-            # the dark theme: every text of the board, the builder and the answer stands out from what is behind it
+            # a failed call: the live board's candidates table gets a long "last error" column
+            run(4)
+            expect(cells.nth(4).locator(".jp-OutputArea")).to_contain_text("AllTargetsFailed")
+            expect(board.get_by_role("cell", name="sim#default/broken", exact=True)).to_be_visible()
+            # the live board fits or scrolls in its own box at 1,400 px, also with a side panel open beside the
+            # notebook: nothing is cut off on the right (issue 26: "last e..." was)
+            page.evaluate("() => window.jupyterapp.shell.activateById('jp-property-inspector')")
+            expect(page.locator("#jp-property-inspector")).to_be_visible()
+            assert board.evaluate(BOX_OVERFLOW_JS) == []
+            # light, then dark: every text of the builder, the board, the tables and the answer stands out from
+            # what is behind it (issue 26: amber and green text on white were 2.7:1 and 4.1:1)
+            assert_readable(page, ".jp-Notebook .jp-OutputArea", "JupyterLab light")
             page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()
             page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
             page.locator(".lm-Menu-itemLabel").get_by_text("JupyterLab Dark", exact=True).click()
             expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "false")
+            expect(page.locator("#jupyterlab-splash")).to_have_count(0)
+            page.wait_for_function("() => getComputedStyle(document.body).backgroundColor !== 'rgb(255, 255, 255)'")
             expect(board.get_by_text("✓ healthy").first).to_be_visible()
-            checked = [board.locator("td").first, board.get_by_text("✓ healthy").first,
-                       builder.get_by_text(f"saved [combos.{COMBO}]"), builder.get_by_text(f"served by sim#default/{MODELS[2]}"),
-                       answer.locator("p").first]
-            for element in checked:
-                contrast = element.evaluate(CONTRAST_JS)
-                assert contrast >= MIN_CONTRAST, f"{element}: contrast {contrast:.2f} in the dark theme"
+            assert_readable(page, ".jp-Notebook .jp-OutputArea", "JupyterLab dark")
             page.screenshot(path=str(ARTIFACTS / "builder-browser-dark.png"), full_page=True)
             board.screenshot(path=str(ARTIFACTS / "status-board-dark.png"))
             assert console_errors == [], console_errors  # the widgets, the answers and MathJax log no error

@@ -847,3 +847,22 @@ def test_a_partial_answer_with_no_usage_reported_says_tokens_unknown_not_zero() 
     whole = RouteResult(text="", served_by="sim#default/model-a", model="model-a", combo="fast", attempts=[],
                         usage=Usage(), cost_usd=None, latency_s=0.5, ttft_s=None)
     assert "0 tokens" in whole.footer()  # a finished empty answer did use 0 tokens
+
+
+def test_the_session_total_counts_cells_batches_and_builder_tests_once(ip: Any, sim: Any) -> None:
+    pushed: list[int] = []
+    ledger = magics(ip).ledger
+    ledger.listeners.append(lambda: pushed.append(ledger.calls))  # as the extension's comm is told
+    assert run(ip, "%%llm fast --no-stream\nhi") is None
+    ip.user_ns["items"] = ["a", "b", "c"]
+    assert run(ip, "%%llm fast --over items\nSay {item}") is None
+    assert run(ip, "%llm builder fast") is None
+    builder = ip.user_ns["_llm_builder"]
+    builder.test()
+    builder.wait(30)
+    assert builder.last_result is not None
+    assert [c.outcome for c in ledger.cells] == ["served", "batch", "test"]
+    assert ledger.calls == 5 and pushed == [1, 4, 5]
+    # one total: the ledger's (what the status bar shows) is the router's budget's, which every call is held against
+    assert ledger.total.usd == magics(ip).router.budget.spent > 0
+    builder.close()

@@ -11,6 +11,7 @@ from html import unescape
 from pathlib import Path
 from typing import Any, Iterator
 
+import ipywidgets as w
 import pytest
 
 from nbrouter import Router
@@ -187,12 +188,26 @@ def test_up_down_and_remove_buttons_reorder_the_steps(builder: ComboBuilder) -> 
     assert builder.model.targets == ["sim/c", "sim/b"]
 
 
-def test_the_steps_are_listed_once(builder: ComboBuilder) -> None:
+def test_the_steps_are_shown_once(builder: ComboBuilder) -> None:
     builder.model.targets = ["sim/a", "sim/b"]
-    assert not hasattr(builder, "tags")
-    labels = [getattr(x, "value", "") for x in _all_widgets(builder.widget)]
-    assert sum("sim/a" in str(v) for v in labels) == 0  # the Select's options carry the list, nothing else
+    values = [getattr(x, "value", "") for x in _all_widgets(builder.widget)]
+    # on screen once, as the tags; the keyboard's picker lists them only when opened
+    assert sum("sim/a" in str(v) for v in values) == 1 and builder.step_tags.value == ["sim/a", "sim/b"]
     assert [label for label, _ in builder.steps.options] == ["1. sim/a", "2. sim/b"]
+    assert not any(isinstance(x, w.Select) for x in _all_widgets(builder.widget))
+
+
+def test_dragging_a_step_tag_reorders_the_steps_and_the_buttons_still_work(builder: ComboBuilder) -> None:
+    builder.model.targets = ["sim/a", "sim/b", "sim/c"]
+    builder.step_tags.value = ["sim/c", "sim/a", "sim/b"]  # what a drag of sim/c to the front sends
+    assert builder.model.targets == ["sim/c", "sim/a", "sim/b"]
+    assert [label for label, _ in builder.steps.options] == ["1. sim/c", "2. sim/a", "3. sim/b"]
+    builder.steps.value = 2
+    builder.up_button.click()  # the keyboard's way keeps working, and the tags follow
+    assert builder.model.targets == ["sim/c", "sim/b", "sim/a"] and builder.step_tags.value == ["sim/c", "sim/b", "sim/a"]
+    builder.step_tags.value = ["sim/c", "sim/a"]  # a tag's x removes its step
+    assert builder.model.targets == ["sim/c", "sim/a"]
+    assert builder.step_tags.allowed_tags == ["sim/a", "sim/c"]  # the tags add no step of their own
 
 
 def test_move_from_python_takes_a_step_several_places(builder: ComboBuilder) -> None:
@@ -477,11 +492,10 @@ def test_test_runs_in_the_background_and_shows_served_by_attempts_and_cost(build
     builder.save()
     builder.prompt.value = "Say hello"
 
-    started = time.monotonic()
     thread = builder.test_button.click() or builder._test_thread
-    assert time.monotonic() - started < 0.5  # the kernel is not blocked while the answer streams
+    # the click returned while the answer still streams (a few seconds at 8 tokens a second): the kernel is free
+    assert thread is not None and thread.is_alive() and builder.last_result is None
     assert builder.model.testing and builder.test_button.disabled and builder.test_button.description == "testing..."
-    assert thread is not None
     builder.wait(20)
 
     assert not builder.model.testing and not builder.test_button.disabled

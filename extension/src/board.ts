@@ -1,12 +1,20 @@
 /**
  * The live status board's data and DOM (no JupyterLab imports): the rows the kernel's comm sends
- * (Router.status(), see nbrouter/notebook/frontend.py), the pool's health as one colour, and the table
- * with a reset button per row.
+ * (Router.status(), see nbrouter/notebook/frontend.py), each with its health in the words `%llm status`
+ * uses (the kernel words it: one rule), the pool's health as one colour, and the table with a reset
+ * button per row.
  */
 
 import { formatSeconds, formatSpan } from './format';
 
-export interface CandidateRow {
+/** A row's health as `%llm status` says it: `✓ healthy`, `! flaky`, `! cooling down`, `✗ locked`... */
+export interface Health {
+  health: string;
+  /** ok, warn, bad, idle (or '' from a kernel that did not say) */
+  tone: string;
+}
+
+export interface CandidateRow extends Health {
   candidate: string;
   breaker: string;
   hold: string | null;
@@ -16,10 +24,12 @@ export interface CandidateRow {
   p50_s: number | null;
   requests: number;
   errors: number;
+  /** the recent share of failed requests, as `%llm status` shows it */
+  error_rate: number;
   last_error: string | null;
 }
 
-export interface AccountRow {
+export interface AccountRow extends Health {
   account: string;
   hold: string | null;
   hold_reason: string | null;
@@ -49,13 +59,18 @@ export function parseStatus(data: unknown): BoardStatus {
     p50_s: num(r.p50_s),
     requests: num(r.requests) ?? 0,
     errors: num(r.errors) ?? 0,
-    last_error: str(r.last_error)
+    error_rate: num(r.error_rate) ?? 0,
+    last_error: str(r.last_error),
+    health: str(r.health) ?? '',
+    tone: str(r.tone) ?? ''
   }));
   const accounts = (Array.isArray(obj.accounts) ? obj.accounts : []).filter(isObject).map(r => ({
     account: str(r.account) ?? '',
     hold: str(r.hold),
     hold_reason: str(r.hold_reason),
-    hold_left_s: num(r.hold_left_s)
+    hold_left_s: num(r.hold_left_s),
+    health: str(r.health) ?? '',
+    tone: str(r.tone) ?? ''
   }));
   return {
     candidates: candidates.filter(r => r.candidate),
@@ -64,14 +79,27 @@ export function parseStatus(data: unknown): BoardStatus {
   };
 }
 
-export type Health = 'ok' | 'degraded' | 'down' | 'unknown';
+export type PoolHealth = 'ok' | 'degraded' | 'down' | 'unknown';
 
-function unwell(row: { hold: string | null; breaker?: string }): boolean {
+type HeldRow = { hold: string | null; breaker?: string };
+
+/** Held or tripped: what a reset clears. */
+function held(row: HeldRow): boolean {
   return row.hold !== null || (row.breaker !== undefined && row.breaker !== 'closed');
 }
 
-/** ok: nothing held or tripped; degraded: some of it; down: every candidate; unknown: no status yet. */
-export function health(status: BoardStatus | null): Health {
+/** Not well by the kernel's rule (`%llm status`'s warn or bad), or held where the kernel did not say. */
+function unwell(row: HeldRow & Health): boolean {
+  return row.tone ? row.tone === 'warn' || row.tone === 'bad' : held(row);
+}
+
+/** Cannot serve now: held, tripped or disabled. */
+function out(row: HeldRow & Health): boolean {
+  return held(row) || row.tone === 'bad';
+}
+
+/** ok: every row well; degraded: some not (cooling, tripped, flaky, low quota); down: no candidate can serve. */
+export function health(status: BoardStatus | null): PoolHealth {
   if (status === null || status.candidates.length === 0) {
     return 'unknown';
   }
@@ -79,26 +107,47 @@ export function health(status: BoardStatus | null): Health {
   if (bad === 0) {
     return 'ok';
   }
-  return status.candidates.every(unwell) ? 'down' : 'degraded';
+  return status.candidates.every(out) ? 'down' : 'degraded';
 }
 
-export const HEALTH_TEXT: Record<Health, string> = {
+export const HEALTH_TEXT: Record<PoolHealth, string> = {
   ok: 'every candidate healthy',
-  degraded: 'some candidates cooling down or tripped',
+  degraded: 'some candidates cooling down, tripped or flaky',
   down: 'every candidate cooling down or tripped',
   unknown: 'pool health not known yet'
 };
 
-/** A row's state in words: `healthy`, `cooldown: rate_limited`, `breaker open`. */
-export function stateText(row: { hold: string | null; hold_reason: string | null; breaker?: string }): string {
-  const parts: string[] = [];
+/**
+ * A row's state in words, as `%llm status` says it: its health (`! flaky`), then its hold and the share
+ * of errors when there are any: `! cooling down · cooldown: rate_limit`, `! flaky · 33% errors`.
+ */
+export function stateText(row: HeldRow & Health & { hold_reason: string | null; errors?: number; error_rate?: number }): string {
+  const parts = [row.health || (held(row) ? 'held' : 'healthy')];
   if (row.hold) {
     parts.push(row.hold_reason ? `${row.hold}: ${row.hold_reason}` : row.hold);
   }
-  if (row.breaker !== undefined && row.breaker !== 'closed') {
+  if (row.breaker !== undefined && row.breaker !== 'closed' && !row.health.includes('breaker')) {
     parts.push(`breaker ${row.breaker}`);
   }
-  return parts.length ? parts.join(', ') : 'healthy';
+  if (row.errors && row.error_rate) {
+    parts.push(`${Math.round(row.error_rate * 100)}% errors`);
+  }
+  return parts.join(' · ');
+}
+
+/**
+ * A candidate or account name that wraps only after `#` and `/` (`fastco#` / `default/` / `gpt-4o-mini`),
+ * never inside a part: each part is a span that does not break, with a break opportunity after it.
+ */
+export function nameNode(doc: Document, name: string): DocumentFragment {
+  const fragment = doc.createDocumentFragment();
+  for (const part of name.split(/(?<=[#/])/)) {
+    const span = doc.createElement('span');
+    span.className = 'nbr-name-part';
+    span.textContent = part;
+    fragment.append(span, doc.createElement('wbr'));
+  }
+  return fragment;
 }
 
 /** The time left on a hold `elapsed` seconds after the kernel answered. */
@@ -123,7 +172,7 @@ export function buildBoard(
   const section = (
     title: string,
     headers: string[],
-    rows: { key: string; cells: string[]; held: boolean; detail?: string }[]
+    rows: { key: string; cells: string[]; held: boolean; tone: string; detail?: string }[]
   ): void => {
     const h = doc.createElement('h3');
     h.textContent = title;
@@ -141,13 +190,20 @@ export function buildBoard(
       const tr = body.insertRow();
       tr.className = row.held ? 'nbr-board-row nbr-held' : 'nbr-board-row';
       tr.dataset.key = row.key;
+      tr.dataset.tone = row.tone;
       if (row.detail) {
         tr.title = row.detail;
       }
-      for (const value of row.cells) {
+      row.cells.forEach((value, i) => {
         const td = tr.insertCell();
-        td.textContent = value;
-      }
+        if (i === 0) {
+          td.className = 'nbr-name';
+          td.appendChild(nameNode(doc, value));
+        } else {
+          td.className = 'nbr-state';
+          td.textContent = value;
+        }
+      });
       const td = tr.insertCell();
       const button = doc.createElement('button');
       button.className = 'nbr-reset jp-Button';
@@ -165,7 +221,8 @@ export function buildBoard(
     ['candidate', 'state'],
     status.candidates.map(r => ({
       key: r.candidate,
-      held: unwell(r),
+      held: held(r),
+      tone: r.tone,
       cells: [r.candidate, withLeft(stateText(r), timeLeft(r.hold_left_s, elapsedS))],
       detail: [
         `${r.requests} requests, ${r.errors} errors`,
@@ -179,7 +236,8 @@ export function buildBoard(
     ['account', 'state'],
     status.accounts.map(r => ({
       key: r.account,
-      held: unwell(r),
+      held: held(r),
+      tone: r.tone,
       cells: [r.account, withLeft(stateText(r), timeLeft(r.hold_left_s, elapsedS))]
     }))
   );

@@ -17,6 +17,7 @@ import { Parser } from '@lezer/common';
 import { buildBoard, health, HEALTH_TEXT } from './board';
 import { llmCellHighlight } from './llmcell';
 import { NotebookSession } from './session';
+import { spendText, spendTitle } from './spend';
 
 const ROUTE_SVG =
   '<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 16 16">' +
@@ -29,6 +30,8 @@ const routeIcon = new LabIcon({ name: 'nbrouter:route', svgstr: ROUTE_SVG });
 /** How often the open board asks the kernel again, and redraws the time left. */
 const POLL_MS = 3000;
 const TICK_MS = 1000;
+/** The side panel opens wide enough for every name on one line, up to this share of the window. */
+const MAX_PANEL_SHARE = 0.45;
 
 /** The spend item: a health dot and `$0.000123 · 2 calls`; a click opens the board. */
 class SpendItem extends Widget {
@@ -71,8 +74,8 @@ class SpendItem extends Widget {
     }
     const h = health(s.status);
     this.dot.className = `nbr-dot nbr-health-${h}`;
-    this.label.textContent = s.tally.text;
-    this.node.title = `${s.tally.title}. Pool: ${HEALTH_TEXT[h]}.`;
+    this.label.textContent = spendText(s.spend);
+    this.node.title = `${spendTitle(s.spend)}. Pool: ${HEALTH_TEXT[h]}.`;
     this.node.dataset.health = h;
   }
 }
@@ -82,6 +85,8 @@ class BoardPanel extends Widget {
   private session: NotebookSession | null = null;
   private poll = 0;
   private tick = 0;
+  /** the min-width asked of the side area so far (it only grows: the panel does not jump) */
+  private minWidth = 0;
   private readonly heading = document.createElement('div');
   private readonly body = document.createElement('div');
 
@@ -139,7 +144,7 @@ class BoardPanel extends Widget {
     if (s === null || !s.loaded) {
       summary.textContent = 'no notebook with nbrouter loaded (run %load_ext nbrouter)';
     } else {
-      summary.textContent = `${s.tally.text} · ${HEALTH_TEXT[h]}`;
+      summary.textContent = `${spendText(s.spend)} · ${HEALTH_TEXT[h]}`;
     }
     this.heading.append(dot, title, summary);
     if (s?.error) {
@@ -154,6 +159,33 @@ class BoardPanel extends Widget {
     }
     const elapsed = (Date.now() - s.fetchedAt) / 1000;
     this.body.replaceChildren(buildBoard(document, s.status, elapsed, key => s.reset(key)));
+    this.fitNames();
+  }
+
+  /**
+   * Ask for a width that shows every name on one line (up to MAX_PANEL_SHARE of the window): the
+   * panel's min-width, which JupyterLab's and Notebook 7's side areas honour once told to fit again.
+   * Narrower than that, a name wraps after its `#` and `/` only.
+   */
+  private fitNames(): void {
+    if (!this.isVisible) {
+      return;
+    }
+    const tables = [...this.body.querySelectorAll<HTMLTableElement>('table')];
+    let natural = 0;
+    for (const table of tables) {
+      table.style.width = 'max-content';
+      natural = Math.max(natural, table.getBoundingClientRect().width);
+      table.style.width = '';
+    }
+    const style = getComputedStyle(this.node);
+    const padding = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+    const wanted = Math.min(Math.ceil(natural + padding + 2), Math.floor(window.innerWidth * MAX_PANEL_SHARE));
+    if (wanted > this.minWidth) {
+      this.minWidth = wanted;
+      this.node.style.minWidth = `${wanted}px`;
+      this.parent?.fit();
+    }
   }
 }
 

@@ -1,6 +1,7 @@
 /**
- * One notebook's nbrouter session in the front end: the spend summed from the results its kernel sends,
- * and the `nbrouter` comm through which the status board asks for status and resets.
+ * One notebook's nbrouter session in the front end: the session's spend and the pool's status as its
+ * kernel sends them through the `nbrouter` comm (through which the status board also resets), and the
+ * code of `-f code` results written into the cell below their cell.
  */
 
 import { NotebookPanel } from '@jupyterlab/notebook';
@@ -10,14 +11,15 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { BoardStatus, parseStatus } from './board';
 import { writeCodeBelow } from './codecell';
 import { MIME, parsePayload } from './payload';
-import { SpendTally } from './spend';
+import { parseSpend, SessionSpend } from './spend';
 
 export const COMM_TARGET = 'nbrouter';
 
 const RESULT_MESSAGES = new Set(['display_data', 'update_display_data', 'execute_result']);
 
 export class NotebookSession {
-  readonly tally = new SpendTally();
+  /** the session's spend as the kernel's ledger counts it (null until the kernel said) */
+  spend: SessionSpend | null = null;
   /** the last status the kernel sent, and when (ms since the epoch) */
   status: BoardStatus | null = null;
   fetchedAt = 0;
@@ -31,8 +33,8 @@ export class NotebookSession {
   private comm: Kernel.IComm | null = null;
   private kernel: Kernel.IKernelConnection | null = null;
   private nextId = 1;
-  /** the results whose `-f code` was written into a cell already */
-  private readonly written = new Set<string>();
+  /** the results handled already (a streamed one arrives as several updates of one display) */
+  private readonly seen = new Set<string>();
   private readonly _changed = new Signal<this, void>(this);
 
   constructor(readonly panel: NotebookPanel) {
@@ -130,8 +132,17 @@ export class NotebookSession {
       return;
     }
     const d = data as Record<string, unknown>;
+    const spend = parseSpend(d.spend);
+    if (spend !== null) {
+      this.spend = spend;
+    }
     if ('hello' in d) {
+      this._changed.emit();
       this.refresh();
+      return;
+    }
+    if (d.reply === 'spend') {
+      this._changed.emit();
       return;
     }
     if (d.reply === 'status' || d.reply === 'reset') {
@@ -156,19 +167,20 @@ export class NotebookSession {
     if (payload === null) {
       return;
     }
-    // a streamed answer arrives as updates of one display: its final bundle is counted once
+    // a streamed answer arrives as updates of one display: its final bundle is handled once
     const key = content.transient?.display_id ?? msg.header.msg_id;
-    if (payload.code !== null && !this.written.has(key)) {
+    if (this.seen.has(key)) {
+      return;
+    }
+    this.seen.add(key);
+    if (payload.code !== null) {
       // live results only: a saved output shown again (a reload) writes nothing
-      this.written.add(key);
       const shared = this.panel.context.model.sharedModel;
       writeCodeBelow(shared as unknown as Parameters<typeof writeCodeBelow>[0], payload.code);
     }
-    if (this.tally.add(payload, key)) {
-      this.loaded = true;
-      this._changed.emit();
-      this.refresh(); // the pool changed: the health dot follows
-    }
+    this.loaded = true;
+    this._changed.emit();
+    this.refresh(); // the pool changed: the health dot follows
   }
 
   private forget(): void {
@@ -177,7 +189,8 @@ export class NotebookSession {
     this.status = null;
     this.error = null;
     this.waiting = false;
-    this.tally.reset();
+    this.spend = null;
+    this.seen.clear();
     this._changed.emit();
   }
 }

@@ -1,74 +1,58 @@
-/** This notebook's spend in this session, summed from the results as they arrive. */
+/**
+ * The session's spend as the kernel counts it: its cost ledger's total, the one `%llm cost` shows, with
+ * `%%llm` cells, `--over` batches and the builder's tests (see nbrouter/notebook/frontend.py). The kernel
+ * sends it with every status reply and whenever it grows, so it survives a page reload.
+ */
 
 import { formatDollars, parseDollars, plural } from './format';
-import { ResultPayload } from './payload';
 
-export class SpendTally {
-  /** results counted */
-  calls = 0;
-  /** the known part, in picodollars */
-  known = 0n;
-  /** results whose price is unknown in whole or in part (never counted as $0) */
-  unknown = 0;
-  private seen = new Set<string>();
+export interface SessionSpend {
+  /** the known part, USD as a decimal string */
+  usd: string;
+  /** attempts that used tokens at an unknown price (never counted as $0) */
+  unknown: number;
+  /** routed calls: a cell counts one, a batch its items, a builder test one */
+  calls: number;
+}
 
-  /**
-   * Count one result once.
-   *
-   * @param payload the result's payload
-   * @param key what identifies the result (its display id or message id): a result updated in place
-   *   or shown again is not counted twice
-   * @returns whether it was counted
-   */
-  add(payload: ResultPayload, key: string): boolean {
-    if (this.seen.has(key)) {
-      return false;
-    }
-    this.seen.add(key);
-    this.calls += 1;
-    const pico = parseDollars(payload.cost);
-    if (pico === null) {
-      this.unknown += 1;
-    } else {
-      this.known += pico;
-      if (payload.cost_unknown_attempts > 0) {
-        this.unknown += 1;
-      }
-    }
-    return true;
+const DECIMAL = /^-?\d+(\.\d+)?$/;
+
+/** The kernel's spend, checked; null for anything else. */
+export function parseSpend(value: unknown): SessionSpend | null {
+  if (typeof value !== 'object' || value === null) {
+    return null;
   }
-
-  /** Forget everything (a new kernel is a new session). */
-  reset(): void {
-    this.calls = 0;
-    this.known = 0n;
-    this.unknown = 0;
-    this.seen.clear();
+  const v = value as Record<string, unknown>;
+  const count = (x: unknown): number => (typeof x === 'number' && Number.isFinite(x) && x > 0 ? Math.floor(x) : 0);
+  if (typeof v.usd !== 'string' || !DECIMAL.test(v.usd)) {
+    return null;
   }
+  return { usd: v.usd, unknown: count(v.unknown), calls: count(v.calls) };
+}
 
-  /** The amount: `$0.000123`, `$0.000123 + unknown`, `cost unknown`, or `no calls yet`. */
-  get amount(): string {
-    if (this.calls === 0) {
-      return 'no calls yet';
-    }
-    if (this.unknown === this.calls && this.known === 0n) {
-      return 'cost unknown';
-    }
-    return formatDollars(this.known) + (this.unknown > 0 ? ' + unknown' : '');
+/** The amount: `$0.000123`, `$0.000123 + unknown`, `cost unknown`, or `no calls yet`. */
+export function spendAmount(spend: SessionSpend | null): string {
+  if (spend === null || spend.calls === 0) {
+    return 'no calls yet';
   }
+  const pico = parseDollars(spend.usd) ?? 0n;
+  if (spend.unknown > 0 && pico === 0n) {
+    return 'cost unknown';
+  }
+  return formatDollars(pico) + (spend.unknown > 0 ? ' + unknown' : '');
+}
 
-  /** The status bar's text: `$0.000123 · 2 calls`. */
-  get text(): string {
-    return this.calls === 0 ? 'nbrouter: no calls yet' : `${this.amount} · ${plural(this.calls, 'call')}`;
-  }
+/** The status bar's text: `$0.000123 · 2 calls`. */
+export function spendText(spend: SessionSpend | null): string {
+  return spend === null || spend.calls === 0 ? 'nbrouter: no calls yet' : `${spendAmount(spend)} · ${plural(spend.calls, 'call')}`;
+}
 
-  /** The tooltip: what the sum covers. */
-  get title(): string {
-    const parts = [`nbrouter: ${plural(this.calls, 'call')} from this notebook in this kernel session`];
-    if (this.unknown > 0) {
-      parts.push(`${plural(this.unknown, 'call')} at an unknown price, not counted in the sum`);
-    }
-    parts.push('click for the live status board');
-    return parts.join('; ');
+/** The tooltip: what the sum covers. */
+export function spendTitle(spend: SessionSpend | null): string {
+  const parts = [`nbrouter: ${plural(spend?.calls ?? 0, 'call')} in this kernel session (cells, batches, builder tests), as %llm cost counts them`];
+  if (spend !== null && spend.unknown > 0) {
+    parts.push(`${plural(spend.unknown, 'attempt')} at an unknown price, not counted in the sum`);
   }
+  parts.push('click for the live status board');
+  return parts.join('; ');
 }

@@ -159,7 +159,10 @@ export function buildResult(doc: Document, p: ResultPayload): ResultView {
   summary.appendChild(tip);
   details.appendChild(summary);
   const table = attemptTable(doc, p.attempts);
-  details.appendChild(table);
+  // a wide table scrolls in its own box instead of breaking its notes mid-word
+  const box = el(doc, 'div', 'nbr-attempts-box');
+  box.appendChild(table);
+  details.appendChild(box);
   root.appendChild(details);
   return { root, answer, timeline, bars, tip, table };
 }

@@ -4,7 +4,7 @@ import { buildBoard, health, parseStatus, stateText, timeLeft } from '../src/boa
 import { costText, formatDollars, formatSeconds, parseDollars } from '../src/format';
 import { answerMarkdown, DOLLAR, dollarRule, restoreDollars, stripFooter } from '../src/markdown';
 import { MIME, parsePayload, ResultPayload } from '../src/payload';
-import { SpendTally } from '../src/spend';
+import { parseSpend, spendText, spendTitle } from '../src/spend';
 import { barShares, buildResult, summaryParts } from '../src/view';
 import fixture from './fixtures/fallback-result.json';
 
@@ -57,30 +57,28 @@ describe('numbers', () => {
   });
 });
 
-describe('the spend tally', () => {
-  it('sums known prices and counts each result once', () => {
-    const tally = new SpendTally();
-    expect(tally.text).toBe('nbrouter: no calls yet');
-    expect(tally.add(payload(), 'display-1')).toBe(true);
-    expect(tally.add(payload(), 'display-1')).toBe(false); // the same display updated again
-    expect(tally.add(payload({ cost: '0.000001' }), 'display-2')).toBe(true);
-    expect(tally.text).toBe('$0.072001 · 2 calls');
-    expect(tally.unknown).toBe(0);
+describe('the session spend', () => {
+  it('shows the kernel ledger total, and nothing before the kernel said', () => {
+    expect(spendText(null)).toBe('nbrouter: no calls yet');
+    expect(spendText(parseSpend({ usd: '0', unknown: 0, calls: 0 }))).toBe('nbrouter: no calls yet');
+    expect(spendText(parseSpend({ usd: '0.072001', unknown: 0, calls: 2 }))).toBe('$0.072001 · 2 calls');
+    expect(spendText(parseSpend({ usd: '0.000272', unknown: 0, calls: 1 }))).toBe('$0.000272 · 1 call');
   });
 
   it('shows an unknown price as unknown, never as $0', () => {
-    const tally = new SpendTally();
-    tally.add(payload({ cost: null }), 'a');
-    expect(tally.text).toBe('cost unknown · 1 call');
-    expect(tally.text).not.toContain('$0');
-    tally.add(payload({ cost: '0.5' }), 'b');
-    expect(tally.text).toBe('$0.500000 + unknown · 2 calls');
-    tally.add(payload({ cost: '0.5', cost_unknown_attempts: 1 }), 'c');
-    expect(tally.unknown).toBe(2);
-    expect(tally.title).toContain('2 calls at an unknown price');
-    tally.reset();
-    expect(tally.calls).toBe(0);
-    expect(tally.known).toBe(0n);
+    const unknown = parseSpend({ usd: '0', unknown: 1, calls: 1 });
+    expect(spendText(unknown)).toBe('cost unknown · 1 call');
+    expect(spendText(unknown)).not.toContain('$0');
+    const part = parseSpend({ usd: '0.5', unknown: 2, calls: 2 });
+    expect(spendText(part)).toBe('$0.500000 + unknown · 2 calls');
+    expect(spendTitle(part)).toContain('2 attempts at an unknown price');
+  });
+
+  it('refuses what is not the kernel spend', () => {
+    expect(parseSpend(null)).toBeNull();
+    expect(parseSpend({ usd: 0.5, calls: 1 })).toBeNull();
+    expect(parseSpend({ usd: 'NaN', calls: 1 })).toBeNull();
+    expect(parseSpend({ usd: '0.1', calls: -3, unknown: 'x' })).toEqual({ usd: '0.1', unknown: 0, calls: 0 });
   });
 });
 
@@ -163,21 +161,28 @@ describe('the result view', () => {
 describe('the status board', () => {
   const status = parseStatus({
     candidates: [
-      { candidate: 'sim#default/model-a', breaker: 'closed', hold: 'cooldown', hold_reason: 'rate_limit', hold_left_s: 100, requests: 1, errors: 1 },
-      { candidate: 'sim#default/model-b', breaker: 'closed', hold: null, requests: 2, errors: 0, p50_s: 0.02 },
+      { candidate: 'sim#default/model-a', breaker: 'closed', hold: 'cooldown', hold_reason: 'rate_limit', hold_left_s: 100,
+        requests: 1, errors: 1, error_rate: 1, health: '! cooling down', tone: 'warn' },
+      { candidate: 'sim#default/model-b', breaker: 'closed', hold: null, requests: 2, errors: 0, p50_s: 0.02,
+        health: '✓ healthy', tone: 'ok' },
       { breaker: 'open' }
     ],
-    accounts: [{ account: 'sim#default', hold: null }],
+    accounts: [{ account: 'sim#default', hold: null, health: '✓ healthy', tone: 'ok' }],
     warning: null
   });
 
-  it('reads the rows and tells the pool health', () => {
+  it('reads the rows and tells the pool health by the kernel rule', () => {
     expect(status.candidates).toHaveLength(2);
     expect(health(status)).toBe('degraded');
     expect(health(null)).toBe('unknown');
-    expect(health(parseStatus({ candidates: [{ candidate: 'x', breaker: 'closed', hold: null }] }))).toBe('ok');
-    expect(health(parseStatus({ candidates: [{ candidate: 'x', breaker: 'open', hold: null }] }))).toBe('down');
-    expect(stateText(status.candidates[0])).toBe('cooldown: rate_limit');
+    expect(health(parseStatus({ candidates: [{ candidate: 'x', breaker: 'closed', hold: null, tone: 'ok' }] }))).toBe('ok');
+    expect(health(parseStatus({ candidates: [{ candidate: 'x', breaker: 'open', hold: null, tone: 'bad' }] }))).toBe('down');
+    // flaky by `%llm status`'s rule: not healthy here either, though nothing is held
+    const flaky = parseStatus({ candidates: [{ candidate: 'x', breaker: 'closed', hold: null, requests: 3, errors: 1,
+                                                error_rate: 0.33, health: '! flaky', tone: 'warn' }] });
+    expect(health(flaky)).toBe('degraded');
+    expect(stateText(flaky.candidates[0])).toBe('! flaky · 33% errors');
+    expect(stateText(status.candidates[0])).toBe('! cooling down · cooldown: rate_limit · 100% errors');
     expect(timeLeft(100, 40)).toBe('60 s');
   });
 
@@ -190,7 +195,17 @@ describe('the status board', () => {
     expect(buttons.map(b => b.disabled)).toEqual([false, true, true]);
     buttons[0].click();
     expect(reset).toEqual(['sim#default/model-a']);
-    expect(rows[0].cells[1].textContent).toBe('cooldown: rate_limit · 2 min left'); // past 90 s in minutes, rounded up
-    expect(rows[1].cells[1].textContent).toBe('healthy');
+    // past 90 s in minutes, rounded up
+    expect(rows[0].cells[1].textContent).toBe('! cooling down · cooldown: rate_limit · 100% errors · 2 min left');
+    expect(rows[1].cells[1].textContent).toBe('✓ healthy');
+    expect(rows.map(r => r.dataset.tone)).toEqual(['warn', 'ok', 'ok']);
+  });
+
+  it('lets a name wrap only after # and /', () => {
+    const board = buildBoard(document, status, 0, () => undefined);
+    const name = board.querySelector<HTMLTableCellElement>('td.nbr-name')!;
+    expect(name.textContent).toBe('sim#default/model-a');
+    expect([...name.querySelectorAll('.nbr-name-part')].map(p => p.textContent)).toEqual(['sim#', 'default/', 'model-a']);
+    expect(name.querySelectorAll('wbr')).toHaveLength(3);
   });
 });

@@ -82,7 +82,7 @@ def run_batch_cell(magics: Any, router: Any, combo: str, args: Any, template: st
     ns[args.out or BATCH_VAR] = result
     ns[BATCH_VAR] = result
     attempts = [a for entry in result for a in entry.attempts]
-    magics.ledger.record(attempts, combo=combo, served_by=None, outcome="batch", **magics.cell_context())
+    magics.ledger.record(attempts, combo=combo, served_by=None, outcome="batch", calls=len(result), **magics.cell_context())
 
     from IPython.display import display
 

@@ -16,7 +16,7 @@ import ipywidgets as w
 
 from ..report import html_text
 from ..router import account_cells, candidate_cells, status_tables
-from ._ui import STYLE, Kit, close_tree, note
+from ._ui import STYLE, Kit, close_tree, note, scrolling
 
 if TYPE_CHECKING:
     from ..router import Router
@@ -42,7 +42,7 @@ class StatusBoard:
         self.candidates: dict[str, list[str]] = {}
         self.accounts: dict[str, list[str]] = {}
         self._kit = k = Kit()
-        self.tables = k(w.HTML)
+        self.tables = k(w.HTML)  # a wide table scrolls inside it (see _ui.scrolling)
         #: what the last reset (or a failed refresh) said, shown under the tables
         self.note = ""
         self.pause_button = k(w.Button, description="pause", tooltip="stop or restart the live refresh")
@@ -71,7 +71,7 @@ class StatusBoard:
             live = f"refreshed every {self.interval_s:g} s" if self.running else "paused"
             warning = f" · warning: {status.warning}" if status.warning else ""
             header = f"<div><b>nbrouter pool</b> · {time.strftime('%H:%M:%S')} · {live}{html_text(warning)}</div>"
-            value = STYLE + header + status_tables(status).html() + self.note
+            value = STYLE + header + scrolling(status_tables(status).html()) + self.note
             if self.tables.value != value:  # an unchanged board sends nothing to the browser
                 self.tables.value = value
             # what needs a reset first: held or open ones, then the rest

@@ -21,7 +21,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import ipywidgets as w
 from traitlets import Bool, Dict, Float, HasTraits, Int, List, Unicode, link
@@ -33,7 +33,7 @@ from ..router import DEFAULT_FALLBACK_ON
 from ..router import FACTORS, PACKS
 from ..router import ACCOUNT_STRATEGIES, STRATEGIES
 from ..router import Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta
-from ._ui import STYLE, Kit, close_tree, note, show_widget
+from ._ui import STYLE, Kit, close_tree, note, scrolling, show_widget
 
 if TYPE_CHECKING:
     from ..router import Router
@@ -177,6 +177,9 @@ class ComboBuilder:
         self.last_error: BaseException | None = None
         self.last_decision: Decision | None = None
         self._test_thread: threading.Thread | None = None
+        #: told of each finished test call, (combo, attempts, served by or None), from the test's thread
+        #: (`%llm builder` records them in the session's cost ledger)
+        self.on_test: Callable[[str, list[Attempt], str | None], None] | None = None
         self._syncing = False
         self._kit = Kit()
         self._build()
@@ -206,8 +209,12 @@ class ComboBuilder:
         self.reload_button = k(w.Button, description="reload config",
                                tooltip="read the config file and the environment again (a key set since, a server started since)")
 
-        # the steps, once: a numbered list to pick from, and buttons that work from a keyboard and a screen reader
-        self.steps = k(w.Select, description="steps", options=[], rows=3, tooltip="the steps, tried in this order")
+        # the steps, shown once as tags in the order they are tried: drag one to move it, x to remove it; and
+        # for the keyboard and a screen reader, a step picked from a dropdown and buttons that move or remove it
+        self.step_tags = k(w.TagsInput, description="steps", allowed_tags=[], allow_duplicates=False,
+                           placeholder="drag a step to move it", tooltip="the steps, tried in this order (left to right)")
+        self.step_tags.add_class("nbrouter-steps")
+        self.steps = k(w.Dropdown, description="step", options=[], tooltip="the step the buttons move or remove")
         self.up_button = k(w.Button, description="up", tooltip="move the picked step up")
         self.down_button = k(w.Button, description="down", tooltip="move the picked step down")
         self.remove_button = k(w.Button, description="remove", tooltip="remove the picked step from the combo")
@@ -249,6 +256,7 @@ class ComboBuilder:
         self.test_button = k(w.Button, description="test", tooltip="send the prompt through the saved combo")
         self.explain_button = k(w.Button, description="explain", tooltip="show the order the router would try for this draft now")
         # one place for what the last test or explain said: a newer one replaces it, an edit clears an explain
+        # a wide table scrolls inside them (see _ui.scrolling)
         self.test_html = k(w.HTML)
         self.explain_html = k(w.HTML)
 
@@ -259,7 +267,8 @@ class ComboBuilder:
             self.providers_note,
             k(w.HBox, children=[self.provider, self.account, self.model_id, self.add_button, self.reload_button]),
             k(w.HBox, children=[self.combo_choice, self.add_combo_button]),
-            k(w.HBox, children=[self.steps, k(w.VBox, children=[self.up_button, self.down_button, self.remove_button, self.weight])]),
+            self.step_tags,
+            k(w.HBox, children=[self.steps, self.up_button, self.down_button, self.remove_button, self.weight]),
             self.strategy,
             self.strategy_help,
             self.sticky,
@@ -314,6 +323,7 @@ class ComboBuilder:
         self.fallback.observe(lambda change: self._set_fallback(change["new"]), names="value")
         self.weight.observe(lambda change: self._set_weight(change["new"]), names="value")
         self.steps.observe(lambda _: self._sync_picked(), names="value")
+        self.step_tags.observe(lambda change: self._set_steps(change["new"]), names="value")
         m.observe(lambda _: self._sync_fallback(), names="fallback_on")
         m.observe(lambda _: self._sync_factors(), names=["pack", "factor_weights"])
         m.observe(lambda _: self._sync_rows(), names=["targets", "strategy"])
@@ -436,14 +446,27 @@ class ComboBuilder:
         self.model.factor_weights = weights
 
     def _sync_rows(self) -> None:
-        """The numbered list of steps, keeping the picked one picked."""
+        """The steps' tags and the numbered picker, keeping the picked step picked."""
         targets = list(self.model.targets)
         picked = self.steps.value
-        with self._quietly():
+        # one message per widget (a busy kernel makes the front end queue a widget's later messages)
+        with self._quietly(), self.step_tags.hold_sync(), self.steps.hold_sync():
+            # the tags offer no other step than those there: adding is the picker's job
+            self.step_tags.allowed_tags = sorted(set(targets))
+            self.step_tags.value = targets
             self.steps.options = [(f"{i + 1}. {ref}", i) for i, ref in enumerate(targets)]
-            self.steps.rows = max(3, min(len(targets), 12))
             self.steps.value = picked if picked is not None and picked < len(targets) else (0 if targets else None)
         self._sync_picked()
+
+    def _set_steps(self, order: Sequence[str]) -> None:
+        """The tags were dragged into a new order, or one was removed: the model follows (a tag the
+        model does not hold is refused, as the tags offer none)."""
+        if self._syncing:
+            return
+        targets = list(self.model.targets)
+        order = [ref for ref in order if ref in targets]
+        if order != targets:
+            self.model.targets = order
 
     def _sync_picked(self) -> None:
         """The buttons and the weight say what they would do to the picked step."""
@@ -756,7 +779,7 @@ class ComboBuilder:
             return None
         self.last_decision = decision
         self.test_html.value = ""  # the newest answer is the only one shown
-        self.explain_html.value = decision_html(decision)
+        self.explain_html.value = scrolling(decision_html(decision))
         return decision
 
     def test(self) -> threading.Thread | None:
@@ -803,12 +826,15 @@ class ComboBuilder:
                 if now - drawn >= TEST_REDRAW_S:
                     drawn = now
                     self.test_html.value = (note(f"trying {trying}...", "busy") + _answer_html("".join(text))
-                                            + (attempt_table(attempts).html() if attempts else ""))
+                                            + (scrolling(attempt_table(attempts).html()) if attempts else ""))
         except Exception as exc:  # shown in the widget: a thread has nobody else to tell
             self.last_error = exc
         finally:
             self.test_html.value = _test_html(self.last_result, self.last_error, "".join(text), attempts)
             self.model.testing = False
+            if self.on_test is not None:
+                served = self.last_result.served_by if self.last_result is not None else None
+                self.on_test(combo.name or "builder test", attempts, served)
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for a running test to finish."""
@@ -860,11 +886,11 @@ def _answer_html(text: str) -> str:
 def _test_html(result: RouteResult | None, error: BaseException | None, text: str, attempts: Sequence[Attempt]) -> str:
     if result is not None and error is None:
         return (note(result.footer(), "ok") + _answer_html(result.text)
-                + f"<div>cost: {html.escape(result.cost_text)}</div>" + attempt_table(result.attempts).html())
+                + f"<div>cost: {html.escape(result.cost_text)}</div>" + scrolling(attempt_table(result.attempts).html()))
     summary = "test failed" if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     shown = list(getattr(error, "attempts", None) or attempts)
     partial = result.text if result is not None else text
-    return note(summary, "bad") + _answer_html(partial) + (attempt_table(shown).html() if shown else "")
+    return note(summary, "bad") + _answer_html(partial) + (scrolling(attempt_table(shown).html()) if shown else "")
 
 
 

@@ -10,10 +10,16 @@ The comm protocol (every message's `data`):
 
     front end -> kernel   {"request": "status", "id": N}
                           {"request": "reset", "key": "prov#acct/model", "id": N}
-    kernel -> front end   {"reply": "status", "id": N, "candidates": [...], "accounts": [...], "warning": str|null}
+    kernel -> front end   {"reply": "status", "id": N, "candidates": [...], "accounts": [...], "warning": str|null,
+                           "spend": {...}}
                           {"reply": "reset", "id": N, "key": ..., "cleared": int, ...status fields}
+                          {"reply": "spend", "spend": {...}}   (whenever the session's cost ledger grows)
                           {"reply": "error", "id": N, "message": str}
-                          {"hello": VERSION}   (once, when the kernel opens its own comm at load)
+                          {"hello": VERSION, "spend": {...}}   (once, when the kernel opens its own comm at load)
+
+`spend` is the session's one total, the cost ledger's that `%llm cost` shows (cells, `--over` batches,
+the builder's tests): `{"usd": decimal string, "unknown": attempts at an unknown price, "calls": int}`.
+A status row carries its health in words as `%llm status` says it (`health`, `tone`: one rule, views.py).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import math
 from typing import Any, Callable
 
 from .._core import scrub
+from ..router import account_health, candidate_health, health_text
 
 #: the MIME type of the payload the extension renders (beside text/html, text/markdown, text/plain)
 MIME = "application/vnd.nbrouter.result+json"
@@ -30,7 +37,8 @@ COMM_TARGET = "nbrouter"
 #: the payload's and the comm protocol's version; the front end ignores what it does not know
 VERSION = 1
 #: the fields of a status row the board shows (the rest of Router.status() stays in the kernel)
-CANDIDATE_FIELDS = ("candidate", "breaker", "hold", "hold_reason", "hold_left_s", "p50_s", "requests", "errors", "last_error")
+CANDIDATE_FIELDS = ("candidate", "breaker", "hold", "hold_reason", "hold_left_s", "p50_s", "requests", "errors", "error_rate",
+                    "last_error")
 ACCOUNT_FIELDS = ("account", "key_set", "tier", "hold", "hold_reason", "hold_left_s", "requests_minute", "requests_day")
 
 
@@ -108,25 +116,58 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
+def _with_health(row: dict[str, Any], fields: tuple[str, ...], health: Callable[[Any], tuple[str, str]]) -> dict[str, Any]:
+    out = {k: _json_value(row.get(k)) for k in fields}
+    words, tone = health(row)
+    out["health"] = health_text(words, tone)  # `! flaky`, as `%llm status` writes it
+    out["tone"] = tone
+    return out
+
+
 def status_payload(router: Any) -> dict[str, Any]:
-    """`Router.status()` as the board's rows: candidates and accounts with their holds and time left.
+    """`Router.status()` as the board's rows: candidates and accounts with their holds and time left, and
+    their health as `%llm status` words it.
 
     Args:
         router: the session's Router.
     """
     status = router.status()
     return {
-        "candidates": [{k: _json_value(row.get(k)) for k in CANDIDATE_FIELDS} for row in status.candidates],
-        "accounts": [{k: _json_value(row.get(k)) for k in ACCOUNT_FIELDS} for row in status.accounts],
+        "candidates": [_with_health(row, CANDIDATE_FIELDS, candidate_health) for row in status.candidates],
+        "accounts": [_with_health(row, ACCOUNT_FIELDS, account_health) for row in status.accounts],
         "warning": status.warning,
     }
 
 
-class _Endpoint:
-    """Answers the requests of every `nbrouter` comm of one kernel, with the router the magics hold."""
+def spend_payload(ledger: Any) -> dict[str, Any]:
+    """The session's total from the cost ledger: `{"usd", "unknown", "calls"}` (see the module's comment)."""
+    total = ledger.total
+    return {"usd": str(total.usd), "unknown": int(total.unknown), "calls": int(ledger.calls)}
 
-    def __init__(self, get_router: Callable[[], Any]) -> None:
+
+class _Endpoint:
+    """Answers the requests of every `nbrouter` comm of one kernel, with the router the magics hold, and
+    tells every open comm when the session's spend changes."""
+
+    def __init__(self, get_router: Callable[[], Any], ledger: Any = None) -> None:
         self.get_router = get_router
+        self.ledger = ledger
+        self.comms: list[Any] = []
+
+    def _spend(self) -> dict[str, Any]:
+        return {"spend": spend_payload(self.ledger)} if self.ledger is not None else {}
+
+    def push_spend(self) -> None:
+        """Send the session's spend to every open comm (called from any thread: a builder test runs in one)."""
+        message = {"reply": "spend", **self._spend()}
+        for comm in list(self.comms):
+            if getattr(comm, "_closed", False):
+                self.comms.remove(comm)
+                continue
+            try:
+                comm.send(message)
+            except Exception:  # a comm the front end closed meanwhile: forget it
+                self.comms.remove(comm)
 
     def answer(self, data: Any) -> dict[str, Any] | None:
         if not isinstance(data, dict) or "request" not in data:
@@ -134,14 +175,14 @@ class _Endpoint:
         request, ident = data.get("request"), data.get("id")
         try:
             if request == "status":
-                return {"reply": "status", "id": ident, **status_payload(self.get_router())}
+                return {"reply": "status", "id": ident, **status_payload(self.get_router()), **self._spend()}
             if request == "reset":
                 key = data.get("key")
                 if not isinstance(key, str) or not key:
                     raise ValueError("reset needs the candidate's or account's key")
                 router = self.get_router()
                 cleared = router.reset(key)
-                return {"reply": "reset", "id": ident, "key": key, "cleared": cleared, **status_payload(router)}
+                return {"reply": "reset", "id": ident, "key": key, "cleared": cleared, **status_payload(router), **self._spend()}
             raise ValueError(f"unknown request {str(request)[:40]!r} (requests: status, reset)")
         except Exception as exc:  # the board shows the reason; the kernel keeps running
             return {"reply": "error", "id": ident, "message": scrub(f"{type(exc).__name__}: {exc}")[:500]}
@@ -153,9 +194,11 @@ class _Endpoint:
                 comm.send(reply)
 
         comm.on_msg(on_msg)
+        comm.on_close(lambda _msg: self.comms.remove(comm) if comm in self.comms else None)
+        self.comms.append(comm)
 
 
-def register(shell: Any, get_router: Callable[[], Any]) -> bool:
+def register(shell: Any, get_router: Callable[[], Any], ledger: Any = None) -> bool:
     """Install the `nbrouter` comm target on this kernel and tell the front end nbrouter is loaded.
 
     A no-op outside a kernel (terminal IPython). The front end shows its status-bar item once it sees
@@ -164,6 +207,7 @@ def register(shell: Any, get_router: Callable[[], Any]) -> bool:
     Args:
         shell: the IPython shell `%load_ext nbrouter` runs in.
         get_router: returns the session's Router (the magics create it on first use).
+        ledger: the session's CostLedger, whose total the front end shows; it is told of every change.
 
     Returns:
         True when the target was installed (the shell has a kernel).
@@ -172,7 +216,9 @@ def register(shell: Any, get_router: Callable[[], Any]) -> bool:
         return False
     import comm  # ipykernel has imported it already, and set its kernel-backed manager
 
-    endpoint = _Endpoint(get_router)
+    endpoint = _Endpoint(get_router, ledger)
+    if ledger is not None:
+        ledger.listeners.append(endpoint.push_spend)
 
     def opened(channel: Any, open_msg: dict[str, Any]) -> None:
         endpoint.attach(channel)
@@ -181,6 +227,6 @@ def register(shell: Any, get_router: Callable[[], Any]) -> bool:
             channel.send(reply)
 
     comm.get_comm_manager().register_target(COMM_TARGET, opened)
-    hello = comm.create_comm(target_name=COMM_TARGET, data={"hello": VERSION})
+    hello = comm.create_comm(target_name=COMM_TARGET, data={"hello": VERSION, **endpoint._spend()})
     endpoint.attach(hello)
     return True

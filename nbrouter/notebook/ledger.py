@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..report import Table, Tables
 from ..router import Action, Attempt, ErrorKind
@@ -47,9 +47,11 @@ class CellCost:
     cell_id: str | None
     combo: str
     served_by: str | None
-    outcome: str  # served, partial, failed, cancelled
+    outcome: str  # served, partial, failed, cancelled, batch, test
     spend: Spend
     providers: dict[str, Spend] = field(default_factory=dict)
+    #: routed calls: 1 for a cell, the items of an `--over` batch
+    calls: int = 1
 
     @property
     def label(self) -> str:
@@ -87,11 +89,19 @@ class CostLedger:
 
     def __init__(self) -> None:
         self.cells: list[CellCost] = []
+        #: called after every record (the extension's comm pushes the new total to the status bar)
+        self.listeners: list[Callable[[], None]] = []
+
+    @property
+    def calls(self) -> int:
+        """The routed calls recorded: a cell counts one, an `--over` batch its items, a builder test one."""
+        return sum(c.calls for c in self.cells)
 
     def record(self, attempts: Iterable[Attempt], *, combo: str, served_by: str | None, outcome: str,
-               execution_count: int | None = None, cell_id: str | None = None, unknown: int = 0) -> CellCost:
-        """Add one call's attempts to the ledger; `unknown` counts calls whose attempts are not known
-        (interrupted before the router reported them)."""
+               execution_count: int | None = None, cell_id: str | None = None, unknown: int = 0,
+               calls: int = 1) -> CellCost:
+        """Add one call's (or one batch's) attempts to the ledger; `unknown` counts calls whose attempts
+        are not known (interrupted before the router reported them)."""
         total = Spend(unknown=unknown, cells=1)
         providers: dict[str, Spend] = {}
         for a in attempts:
@@ -100,8 +110,10 @@ class CostLedger:
             s = attempt_spend(a)
             total.add(s)
             providers.setdefault(_provider(a.candidate), Spend(cells=1)).add(s)
-        entry = CellCost(execution_count, cell_id, combo, served_by, outcome, total, providers)
+        entry = CellCost(execution_count, cell_id, combo, served_by, outcome, total, providers, calls)
         self.cells.append(entry)
+        for listener in list(self.listeners):
+            listener()
         return entry
 
     @property

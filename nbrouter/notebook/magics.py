@@ -542,6 +542,10 @@ class LLMMagics(Magics):
         self._show(Table(["combo", "role", "message"], rows, cut=CHAT_SHOW_WIDTH,
                          notes=["`%llm chat clear [COMBO]` forgets it; `--new` starts afresh"]))
 
+    def _builder_tested(self, combo: str, attempts: list[Attempt], served_by: str | None) -> None:
+        """Record a builder test call in the session's ledger (it runs in the builder's thread)."""
+        self.ledger.record(attempts, combo=combo, served_by=served_by, outcome="test")
+
     def _cmd_combos(self, rest: str) -> None:
         from ..router import VIRTUAL_COMBOS
 
@@ -698,6 +702,7 @@ class LLMMagics(Magics):
         if module is not None:
             builder = module.ComboBuilder(self.router, rest or None)
             if self.shell is not None:  # reachable from Python: _llm_builder.model.targets = [...]
+                builder.on_test = self._builder_tested  # its test calls are the session's spending too
                 self.shell.user_ns["_llm_builder"] = builder
             builder.display()
 
@@ -832,7 +837,8 @@ def load_ipython_extension(ipython: Any) -> None:
     if cleanup is not None:
         cleanup.append(magics.skip_queued_code_cell)
     ipython.events.register("post_run_cell", magics.cell_finished)
-    frontend.register(ipython, lambda: magics.router)  # the extension's status board asks through this comm
+    # the extension's status board asks through this comm, and its status bar shows the ledger's total
+    frontend.register(ipython, lambda: magics.router, magics.ledger)
     magics.open()
 
 

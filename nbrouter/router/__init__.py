@@ -64,7 +64,7 @@ from .types import (
     decision_text,
     output_width,
 )
-from .views import account_cells, candidate_cells, log_table
+from .views import account_cells, account_health, candidate_cells, candidate_health, health_text, log_table
 
 if TYPE_CHECKING:  # batch work loads on first use, so that `import nbrouter` stays light
     from .batch.dispatch import BatchResult, Executor, LocalExecutor, Progress
@@ -133,4 +133,7 @@ __all__ = [
     "log_table",
     "output_width",
     "status_tables",
+    "account_health",
+    "candidate_health",
+    "health_text",
 ]

@@ -96,7 +96,7 @@ def _quota_text(quota: Mapping[str, Any]) -> str:
     return " · ".join(f"{_count(v)} {short.get(k, k)}" for k, v in quota.items()) or "not set"
 
 
-def _health_text(words: str, tone: str) -> str:
+def health_text(words: str, tone: str) -> str:
     """`✓ healthy`: a mark that says the tone in a character, for those who do not see the colour."""
     return f"{TONE_MARKS[tone]} {words}"
 
@@ -116,7 +116,7 @@ def cost_so_far(row: Mapping[str, Any]) -> str:
 def candidate_cells(row: Mapping[str, Any]) -> list[str]:
     """One candidate row of Router.status() as the cells of CANDIDATE_COLUMNS (health first)."""
     words, tone = candidate_health(row)
-    return [row["candidate"], _health_text(words, tone), row.get("breaker") or "", _hold_text(row), ms(row.get("p50_s")),
+    return [row["candidate"], health_text(words, tone), row.get("breaker") or "", _hold_text(row), ms(row.get("p50_s")),
             ms(row.get("p95_s")), str(row.get("requests", 0)), f"{float(row.get('error_rate') or 0.0):.0%}",
             cost_so_far(row), row.get("last_error") or ""]
 
@@ -134,7 +134,7 @@ def account_cells(row: Mapping[str, Any]) -> list[str]:
         if reset is not None:
             remaining += f" (resets in {countdown(reset)})"
     headroom = "" if row.get("headroom") is None else f"{row['headroom']:.0%}"
-    return [row["account"], _health_text(words, tone), key, row.get("tier") or "", _hold_text(row), used,
+    return [row["account"], health_text(words, tone), key, row.get("tier") or "", _hold_text(row), used,
             _quota_text(row.get("quota") or {}), remaining, headroom]
 
 
