@@ -26,16 +26,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._core.clock import Clock
+from .._core.content import Tool, ToolCall, image_part, image_url_part, tool_result
 from .decide.combos import combo_kind
 from .decide.packs import FACTORS, PACKS, VIRTUAL_COMBOS
 from .decide.strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from .engine import Router
+from .media import image_input
 from .errors import (
     AllCoolingDown,
     AllTargetsFailed,
     BudgetExceeded,
     ComboConfigError,
     NoProviders,
+    NotCapable,
     RouteError,
     StopError,
 )
@@ -56,6 +59,7 @@ from .types import (
     RouteEvent,
     RouteResult,
     TextDelta,
+    ToolCalled,
     Usage,
 )
 from .views import (
@@ -110,6 +114,7 @@ __all__ = [
     "LocalExecutor",
     "MemoryBackend",
     "NoProviders",
+    "NotCapable",
     "PACKS",
     "Policy",
     "Progress",
@@ -124,6 +129,9 @@ __all__ = [
     "Status",
     "StopError",
     "TextDelta",
+    "Tool",
+    "ToolCall",
+    "ToolCalled",
     "Usage",
     "VIRTUAL_COMBOS",
     "account_cells",
@@ -135,7 +143,11 @@ __all__ = [
     "combo_kind",
     "decision_html",
     "decision_text",
+    "image_input",
+    "image_part",
+    "image_url_part",
     "log_table",
     "output_width",
     "status_tables",
+    "tool_result",
 ]

@@ -7,8 +7,11 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, Awaitable, Protocol, TypeVar
 
+from .._core.content import JSON_MODE, Tool, text_parts
+from .media import ImageInfo, Sent, image_inputs, images_in, sent_of, size_text, with_images
 from .model import Combo
 from .structured import OutputSchema, output_schema
+from .tools import check_tool_choice, tools_of
 from .types import Candidate
 
 T = TypeVar("T")
@@ -41,7 +44,8 @@ class CallRequest:
     timeout_s: float | None = None
     seed: int | None = None
     stream: bool = False
-    response_format: dict[str, Any] | None = None
+    #: an OpenAI-style `response_format` or a JSON Schema (mapped per protocol), or "json": any JSON object
+    response_format: dict[str, Any] | str | None = None
     strategy: str | None = None
     top_p: float | None = None
     stop: list[str] | None = None
@@ -54,15 +58,60 @@ class CallRequest:
     pacer: Pacing | None = None
     #: the answer must be JSON matching this schema (sent as `response_format`; `result.parsed` holds it)
     schema: OutputSchema | None = None
+    # ---- issue 25: tools (images travel in the messages, as content parts) ----
+    #: functions the model may call
+    tools: list[Tool] | None = None
+    #: "auto" | "required" | "none", or the name of the one tool the model must call
+    tool_choice: str | None = None
 
     @cached_property  # read by the decision and again by the call log
     def prompt_text(self) -> str:
-        parts = [self.system or ""] + [m.get("content", "") if isinstance(m.get("content"), str) else str(m.get("content")) for m in self.messages]
+        """The prompt as text: the system prompt and each message's text, an image as `[image]` (the call
+        log keeps this; never an image's bytes)."""
+        parts = [self.system or ""] + [_message_text(m) for m in self.messages]
         return "\n".join(p for p in parts if p)
 
+    @cached_property
+    def images(self) -> list[ImageInfo]:
+        """Every image the messages carry (its type and size; the limits of each protocol read them)."""
+        return images_in(self.messages)
 
-#: the keyword arguments every call method accepts (the fields of CallRequest after `combo` and `messages`)
-OPTIONS = frozenset(f.name for f in fields(CallRequest)) - {"combo", "messages", "stream", "pacer"}
+    @cached_property
+    def needs(self) -> frozenset[str]:
+        """The capabilities a target needs to take this call: `vision` (an image in the messages), `tools`
+        (tools declared, or tool calls and results in the history), `json_schema` (a schema or JSON mode)."""
+        out = set()
+        if self.images:
+            out.add("vision")
+        if self.tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in self.messages):
+            out.add("tools")
+        if self.schema is not None or self.response_format is not None:
+            out.add("json_schema")
+        return frozenset(out)
+
+    @cached_property
+    def sent(self) -> Sent:
+        """What the call sends besides text (images: how many, their bytes; tools: how many)."""
+        return sent_of(self.messages, len(self.tools or ()))
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    text = text_parts(content)
+    images = images_in([message])
+    if images:
+        sizes = [size_text(i.size) if i.size is not None else "URL" for i in images]
+        text = f"{text} [image: {', '.join(sizes)}]".strip()
+    return text
+
+
+#: the keyword arguments every call method accepts (the fields of CallRequest after `combo` and `messages`,
+#: and `images`, which go into the last user message)
+OPTIONS = (frozenset(f.name for f in fields(CallRequest)) | {"images"}) - {"combo", "messages", "stream", "pacer"}
+#: what `response_format="json"` is checked against: any JSON object (as `schema=` is checked)
+JSON_OBJECT = OutputSchema({"type": "object"})
 
 
 #: the numeric call options, and whether zero is allowed (a zero timeout is refused, as the config refuses it,
@@ -89,7 +138,11 @@ def build_request(combo: str | Combo, prompt: str | None, *, stream: bool, messa
         stream: whether the answer is streamed.
         messages: the conversation so far, as chat messages.
         **options: any of `OPTIONS` (system, max_tokens, temperature, max_cost_usd, timeout_s, seed,
-            response_format, strategy, cache, schema).
+            response_format, strategy, cache, schema, images, tools, tool_choice).
+
+    Raises:
+        TypeError: an unknown keyword, or neither prompt nor messages.
+        ValueError: an image, a tool or the tool choice is not valid (the message says which).
     """
     if not OPTIONS.issuperset(options):
         raise TypeError(f"unexpected arguments: {', '.join(sorted(set(options) - OPTIONS))}")
@@ -101,6 +154,14 @@ def build_request(combo: str | Combo, prompt: str | None, *, stream: bool, messa
         messages = [{"role": "user", "content": prompt}]
     elif prompt is not None:
         messages = [*messages, {"role": "user", "content": prompt}]
+    messages = with_images(messages, image_inputs(options.pop("images", None)))
+    if options.get("tools") is not None or options.get("tool_choice") is not None:
+        options["tools"] = tools_of(options.get("tools"))
+        options["tool_choice"] = check_tool_choice(options.get("tool_choice"), options["tools"])
+    if options.get("response_format") == JSON_MODE and options.get("schema") is None:
+        options["schema"] = JSON_OBJECT  # JSON mode is checked as a schema is: not JSON is invalid_output
+    elif isinstance(options.get("response_format"), str):
+        raise ValueError(f"response_format is {JSON_MODE!r} (any JSON object) or a dict, not {options['response_format']!r}")
     if options.get("schema") is not None:
         options["schema"] = output_schema(options["schema"])
         if options.get("response_format") is None:

@@ -62,6 +62,9 @@ class ResultLike(Protocol):
     @property
     def cost_text(self) -> str: ...
 
+    @property
+    def sent_text(self) -> str: ...
+
 
 class _CandidateLike(Protocol):
     @property
@@ -115,11 +118,12 @@ def output_width() -> int:
 
 
 def footer(result: ResultLike) -> str:
-    """One line: who served, how many attempts, tokens, cost, time."""
+    """One line: who served, how many attempts, what was sent besides text (images, tools), tokens, cost, time."""
     tries = sum(1 for a in result.attempts if a.action.value != "skipped")
     parts = [
         f"served by {result.served_by}",
         f"{tries} attempt{'s' if tries != 1 else ''}",
+        *([result.sent_text] if result.sent_text else []),
         _tokens_text(result),
         result.cost_text,
         duration(result.latency_s),
