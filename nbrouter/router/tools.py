@@ -135,7 +135,8 @@ def tool_of(value: Any) -> Tool:
     if isinstance(value, Tool):
         return Tool(_check_name(value.name, "a Tool"), value.description, value.parameters)
     if isinstance(value, Mapping):
-        spec = value.get("function") if value.get("type") == "function" and isinstance(value.get("function"), Mapping) else value
+        inner = value.get("function")
+        spec: Mapping[str, Any] = inner if value.get("type") == "function" and isinstance(inner, Mapping) else value
         unknown = set(spec) - {"name", "description", "parameters", "strict"}
         if unknown:
             raise ValueError(f"a tool dict has name, description and parameters, not {', '.join(sorted(map(str, unknown)))}")
