@@ -83,3 +83,10 @@ def test_tools_names_that_are_no_functions_are_a_usage_error(ip: Any, sim: Any) 
     error = run(ip, "%%llm solo --tools number\nHi")
     assert isinstance(error, UsageError) and "'number' is not a function" in str(error)
     assert sim.requests == []
+
+
+def test_image_with_over_names_the_column_of_each_rows_image(ip: Any, sim: Any) -> None:
+    ip.user_ns["rows"] = [{"name": "a", "scan": png(grey=35)}, {"name": "b", "scan": png(grey=36)}]
+    assert run(ip, "%%llm solo --over rows --image scan\nDescribe scan {name}.") is None
+    assert sorted(r.image_bytes for r in sim.requests) == sorted(len(png(grey=g)) for g in (35, 36))
+    assert all(r.images == 1 for r in sim.requests) and len(sim.requests) == 2

@@ -239,9 +239,8 @@ class Sent:
         return ", ".join(parts)
 
 
-def sent_of(messages: Iterable[Mapping[str, Any]], tools: int) -> Sent:
-    """The summary of what `messages` and `tools` declarations carry beyond text."""
-    images = images_in(messages)
+def sent_of(images: Sequence[ImageInfo], tools: int) -> Sent:
+    """The summary of what a request carries beyond text: its images (`images_in`) and how many tools."""
     return Sent(images=len(images), image_bytes=sum(i.size or 0 for i in images),
                 image_urls=sum(1 for i in images if i.size is None), tools=tools)
 

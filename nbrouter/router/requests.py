@@ -92,7 +92,7 @@ class CallRequest:
     @cached_property
     def sent(self) -> Sent:
         """What the call sends besides text (images: how many, their bytes; tools: how many)."""
-        return sent_of(self.messages, len(self.tools or ()))
+        return sent_of(self.images, len(self.tools or ()))
 
 
 def _message_text(message: dict[str, Any]) -> str:
