@@ -872,18 +872,22 @@ def keep_question_marks(lines: list[str]) -> list[str]:
 
 def _tool_lines(result: RouteResult) -> list[str]:
     """One line per tool the model called in a `--tools` cell, with what it returned (cut short)."""
+    def arguments(values: Any) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in (values or {}).items())
+
     lines = []
     calls = {c.get("id"): c for m in result.transcript for c in m.get("tool_calls") or []}
     for message in result.transcript:
         if message.get("role") != "tool":
             continue
         call = calls.get(message.get("tool_call_id")) or {}
-        args = ", ".join(f"{k}={v!r}" for k, v in (call.get("arguments") or {}).items())
         content = str(message.get("content") or "")
         shown = content if len(content) <= 80 else content[:79] + "…"
-        lines.append(f"tool {message.get('name')}({args}) -> {'error: ' if message.get('is_error') else ''}{shown}")
-    if result.tool_calls:  # the last answer still asks for calls (the rounds ran out)
-        lines.append("the model still asks for: " + ", ".join(c.name for c in result.tool_calls))
+        lines.append(f"tool {message.get('name')}({arguments(call.get('arguments'))}) -> "
+                     f"{'error: ' if message.get('is_error') else ''}{shown}")
+    if result.tool_calls:  # calls nobody ran: tools declared without --tools, or the rounds ran out
+        asked = ", ".join(f"{c.name}({arguments(c.arguments)})" for c in result.tool_calls)
+        lines.append(f"the model asks to call {asked}" + ("" if result.transcript else " (`--tools NAME` runs it)"))
     return lines
 
 
