@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from functools import cached_property
-from typing import Any, Awaitable, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar, overload
 
 from .._core.content import JSON_MODE, Tool, text_parts
 from .media import ImageInfo, Sent, image_inputs, images_in, sent_of, size_text, with_images
@@ -15,6 +14,29 @@ from .tools import check_tool_choice, tools_of
 from .types import Candidate
 
 T = TypeVar("T")
+V = TypeVar("V")
+
+
+class _once(Generic[V]):
+    """A value computed on first read and kept in the instance (functools.cached_property without its lock,
+    which Python 3.11 takes on every first read: these are read once per call, on every call)."""
+
+    def __init__(self, compute: Callable[[Any], V]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _once[V]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> V: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> V | _once[V]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.compute(obj)
+        return value
 
 
 class Pacing(Protocol):
@@ -64,22 +86,35 @@ class CallRequest:
     #: "auto" | "required" | "none", or the name of the one tool the model must call
     tool_choice: str | None = None
 
-    @cached_property  # read by the decision and again by the call log
+    @_once  # read by the decision and again by the call log
     def prompt_text(self) -> str:
         """The prompt as text: the system prompt and each message's text, an image as `[image]` (the call
         log keeps this; never an image's bytes)."""
-        parts = [self.system or ""] + [_message_text(m) for m in self.messages]
+        parts = [self.system or ""] + [c if isinstance(c := m.get("content", ""), str) else _message_text(m) for m in self.messages]
         return "\n".join(p for p in parts if p)
 
-    @cached_property
+    @_once
+    def plain(self) -> bool:
+        """Text messages only (no parts, no tool turns), and no tools, schema or response format: what most
+        calls are, told apart in one pass so that they pay for nothing else."""
+        if self.tools is not None or self.schema is not None or self.response_format is not None:
+            return False
+        for m in self.messages:
+            if type(m.get("content")) is not str or m.get("role") not in _PLAIN_ROLES or "tool_calls" in m:
+                return False
+        return True
+
+    @_once
     def images(self) -> list[ImageInfo]:
         """Every image the messages carry (its type and size; the limits of each protocol read them)."""
-        return images_in(self.messages)
+        return [] if self.plain else images_in(self.messages)
 
-    @cached_property
+    @_once
     def needs(self) -> frozenset[str]:
         """The capabilities a target needs to take this call: `vision` (an image in the messages), `tools`
         (tools declared, or tool calls and results in the history), `json_schema` (a schema or JSON mode)."""
+        if self.plain:
+            return _NOTHING
         out = set()
         if self.images:
             out.add("vision")
@@ -89,10 +124,15 @@ class CallRequest:
             out.add("json_schema")
         return frozenset(out)
 
-    @cached_property
+    @_once
     def sent(self) -> Sent:
         """What the call sends besides text (images: how many, their bytes; tools: how many)."""
         return sent_of(self.images, len(self.tools or ()))
+
+
+#: the roles of a plain text conversation, and what such a call needs
+_PLAIN_ROLES = frozenset({"system", "user", "assistant", "developer"})
+_NOTHING: frozenset[str] = frozenset()
 
 
 def _message_text(message: dict[str, Any]) -> str:
