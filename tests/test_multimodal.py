@@ -497,10 +497,13 @@ def test_a_cached_call_with_a_different_image_is_not_a_hit(sim: Any, make_router
     assert len(sim.requests) == 2
     from nbrouter.router import build_request
 
-    key = router.cache_key(build_request("p/m1", "What is this?", stream=False, images=[png(grey=10)]))
+    from nbrouter.router.media import digest_messages
+
+    request = build_request("p/m1", "What is this?", stream=False, images=[png(grey=10)])
+    assert router.cache_key(request) != router.cache_key(build_request("p/m1", "What is this?", stream=False, images=[png(grey=11)]))
+    # the key hashes each image's SHA-256, not its base64 text
     digest = hashlib.sha256(b64(png(grey=10)).encode()).hexdigest()
-    assert key != router.cache_key(build_request("p/m1", "What is this?", stream=False, images=[png(grey=11)]))
-    assert digest  # the key hashes the image's digest, not its text (media.digest_messages)
+    assert digest_messages(request.messages)[-1]["content"][1] == {"type": "image", "media_type": "image/png", "sha256": digest}
 
 
 def test_a_cached_call_with_other_tools_is_not_a_hit_and_a_tool_call_is_not_stored(sim: Any, make_router: Any) -> None:
