@@ -21,6 +21,7 @@ from .router import (
     BudgetExceeded,
     ComboConfigError,
     NoProviders,
+    NotCapable,
     RouteError,
     StopError,
 )
@@ -35,7 +36,13 @@ from .router import (
     ErrorKind,
     RouteResult,
     TextDelta,
+    Tool,
+    ToolCall,
+    ToolCalled,
     Usage,
+    image_part,
+    image_url_part,
+    tool_result,
 )
 
 __version__ = "0.1.0"
@@ -84,14 +91,21 @@ __all__ = [
     "Done",
     "ErrorKind",
     "NoProviders",
+    "NotCapable",
     "RouteError",
     "RouteResult",
     "Router",
     "Status",
     "StopError",
     "TextDelta",
+    "Tool",
+    "ToolCall",
+    "ToolCalled",
     "Usage",
     "__version__",
+    "image_part",
+    "image_url_part",
     "load_ipython_extension",
+    "tool_result",
     "unload_ipython_extension",
 ]

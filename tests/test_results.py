@@ -24,6 +24,8 @@ def test_public_api_is_exactly_what_all_lists() -> None:
             "BudgetExceeded", "Candidate", "ComboConfigError", "Decision", "Done", "ErrorKind", "NoProviders", "RouteError",
             "RouteResult", "Router", "Status", "StopError", "TextDelta", "Usage", "__version__",
             "load_ipython_extension", "unload_ipython_extension",
+            # issue 25: images and tools
+            "NotCapable", "Tool", "ToolCall", "ToolCalled", "image_part", "image_url_part", "tool_result",
         ]
     )
     for name in nbrouter.__all__:

@@ -34,7 +34,7 @@ from ..router import Status
 from ..router import Action, Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta, Usage
 from .._core import scrub
 from ..report import Shown, Table
-from ..router import attempt_text, decision_html, decision_text, log_table
+from ..router import attempt_text, decision_html, decision_text, image_input, log_table
 from .display import FORMATS, LiveAnswer, failure_bundle, failure_lines, render_answer, result_bundle, short_traceback, terminal_width
 from . import frontend
 from .batch_view import run_batch_cell
@@ -163,6 +163,13 @@ class LLMMagics(Magics):
     @argument("--column", default=None, metavar="COL", help="With --over: the items are this column of VAR.")
     @argument("--concurrency", type=int, default=None, metavar="N", help="With --over: at most N calls in flight.")
     @argument("--schema", default=None, metavar="VAR", help="With --over: each answer is JSON matching the schema in VAR; its fields become columns.")
+    @argument("--image", action="append", default=None, metavar="VAR",
+              help="Send the image in VAR with the prompt (a matplotlib figure, a PIL image, bytes, a path or a URL); "
+                   "`_` is the last figure shown (pyplot's current figure, else the last output). Repeat for more. "
+                   "With --over: the column holding each row's image.")
+    @argument("--tools", default=None, metavar="F,G",
+              help="Let the model call these Python functions (variables, comma-separated): the calls it asks for "
+                   "are run and their results sent back until it answers.")
     @no_var_expand  # `$5` stays `$5` in both forms (IPython would expand `$name` and `{name}` in the magic's line)
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> None:
@@ -229,6 +236,10 @@ class LLMMagics(Magics):
                 "nothing was sent. Raise it with `%llm budget USD`, or `%llm budget off`."))
         if args.max_cost is not None:
             call["max_cost_usd"] = args.max_cost
+        if args.image:  # issue 25: images with the prompt (with --over: the column of each row's image)
+            call["images"] = args.image[0] if args.over else self._images(args.image, ns)
+        if args.tools:
+            call["tools"] = self._tools(args.tools, ns)
 
         if args.over:  # issue 17: a batch over VAR's items (batch_view.py)
             run_batch_cell(self, router, combo, args, body, call)
@@ -241,14 +252,14 @@ class LLMMagics(Magics):
         # -f code in JupyterLab / Notebook 7: the extension writes the code into the cell below (see _code_below)
         code_below = where["cell_id"] if fmt == "code" and self._front_end_writes_cells() else None
         started = time.monotonic()
-        stream = self.stream and not args.no_stream
+        stream = self.stream and not args.no_stream and not args.tools  # a tool loop is several requests: not streamed
         live = LiveAnswer(combo, fmt, in_kernel=self._in_kernel()) if stream else None
         try:
             if live is not None:
                 result = self._stream(router, combo, prompt, fmt, call, where, live, code_below)
             else:
                 try:
-                    result = router.complete(combo, prompt, **call)
+                    result = router.run_tools(combo, prompt, **call) if args.tools else router.complete(combo, prompt, **call)
                 except KeyboardInterrupt:  # Router.complete cancelled the request before giving it back
                     self.ledger.record([], combo=combo, served_by=None, outcome="cancelled", unknown=1, **where)
                     self._forget_result()
@@ -279,6 +290,8 @@ class LLMMagics(Magics):
         if chat and not result.partial:
             self.chats[combo] = [*call["messages"], {"role": "user", "content": prompt},
                                  {"role": "assistant", "content": result.text}]
+        for line in _tool_lines(result):
+            print(line)
         if not stream:
             data, metadata = result_bundle(result, fmt, answer=answer, code_below=code_below, **where)
             display(data, raw=True, metadata=metadata)
@@ -286,6 +299,46 @@ class LLMMagics(Magics):
                 for table in _terminal_attempts(result):
                     print(table)
         return result
+
+    def _images(self, names: list[str], ns: dict[str, Any]) -> list[Any]:
+        """`--image VAR` (repeated): each image read as a call reads it, a mistake said before anything is sent."""
+        images = []
+        for name in names:
+            try:
+                images.append(image_input(self._image_value(name, ns)))
+            except (ValueError, OSError) as exc:
+                raise UsageError(f"--image {name}: {exc}") from None
+        return images
+
+    def _image_value(self, name: str, ns: dict[str, Any]) -> Any:
+        """The value `--image NAME` means: `_` the last figure shown, else a variable, else a path or URL."""
+        if name == "_":
+            pyplot = sys.modules.get("matplotlib.pyplot")
+            if pyplot is not None and pyplot.get_fignums():
+                return pyplot.gcf()
+            last = ns.get("_")
+            if last is None or isinstance(last, str) and not last:
+                raise UsageError("--image _: no figure is open and no output was shown yet")
+            return last
+        if name in ns:
+            return ns[name]
+        if "/" in name or "." in name or ":" in name:
+            return name  # a path or a URL
+        raise UsageError(f"--image {name}: there is no variable of that name (give a figure, an image, bytes, a path or `_`)")
+
+    def _tools(self, names: str, ns: dict[str, Any]) -> list[Any]:
+        """`--tools f,g`: the functions (or tool dicts) of those variables."""
+        tools = []
+        for name in (n.strip() for n in names.split(",")):
+            if not name:
+                continue
+            value = ns.get(name)
+            if value is None or not (callable(value) or isinstance(value, dict)):
+                raise UsageError(f"--tools {names}: {name!r} is not a function (or a tool dict) in this kernel")
+            tools.append(value)
+        if not tools:
+            raise UsageError("--tools needs the names of functions, comma-separated")
+        return tools
 
     def _failed(self, exc: AllTargetsFailed, live: LiveAnswer | None, where: dict[str, Any]) -> None:
         """Show a failed call: the attempt table where the answer would be, and one line saying what to do
@@ -822,6 +875,27 @@ def keep_question_marks(lines: list[str]) -> list[str]:
             line = f"{m.group(1)}get_ipython().run_line_magic('llm', {rest!r}) and None{m.group(3)}"
         out.append(line)
     return out
+
+
+def _tool_lines(result: RouteResult) -> list[str]:
+    """One line per tool the model called in a `--tools` cell, with what it returned (cut short)."""
+    def arguments(values: Any) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in (values or {}).items())
+
+    lines = []
+    calls = {c.get("id"): c for m in result.transcript for c in m.get("tool_calls") or []}
+    for message in result.transcript:
+        if message.get("role") != "tool":
+            continue
+        call = calls.get(message.get("tool_call_id")) or {}
+        content = str(message.get("content") or "")
+        shown = content if len(content) <= 80 else content[:79] + "…"
+        lines.append(f"tool {message.get('name')}({arguments(call.get('arguments'))}) -> "
+                     f"{'error: ' if message.get('is_error') else ''}{shown}")
+    if result.tool_calls:  # calls nobody ran: tools declared without --tools, or the rounds ran out
+        asked = ", ".join(f"{c.name}({arguments(c.arguments)})" for c in result.tool_calls)
+        lines.append(f"the model asks to call {asked}" + ("" if result.transcript else " (`--tools NAME` runs it)"))
+    return lines
 
 
 def load_ipython_extension(ipython: Any) -> None:

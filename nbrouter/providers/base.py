@@ -311,7 +311,7 @@ def wrong_url_message(endpoint: Endpoint, status: int, said: str) -> str:
 UNSUPPORTED_TEXT = re.compile(
     r"(?:does not|doesn't|do not) support|(?:is|are) not supported|not supported (?:by|for|with) (?:this|the) model"
     r"|unsupported (?:parameter|value|model feature)|unrecognized request argument|is only supported by certain models"
-    r"|(?:function calling|json mode)(?: mode `?\w+`?)? is not enabled for",
+    r"|(?:function calling|json mode|image input modality)(?: mode `?\w+`?)? is not enabled for",
     re.I,
 )
 #: a model or server without images or tools, in words that mean it whatever the status (llama.cpp without

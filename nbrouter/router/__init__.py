@@ -28,16 +28,19 @@ from typing import TYPE_CHECKING, Any
 
 from .._core import ErrorKind, Usage
 from .._core.clock import Clock
+from .._core.content import Tool, ToolCall, image_part, image_url_part, tool_result
 from .decide.combos import combo_kind
 from .decide.packs import FACTORS, PACKS, VIRTUAL_COMBOS
 from .decide.strategies import ACCOUNT_STRATEGIES, STRATEGIES
 from .engine import Router
+from .media import image_input
 from .errors import (
     AllCoolingDown,
     AllTargetsFailed,
     BudgetExceeded,
     ComboConfigError,
     NoProviders,
+    NotCapable,
     RouteError,
     StopError,
 )
@@ -57,6 +60,7 @@ from .types import (
     RouteEvent,
     RouteResult,
     TextDelta,
+    ToolCalled,
     attempt_line,
     attempt_table,
     attempt_text,
@@ -105,6 +109,7 @@ __all__ = [
     "LocalExecutor",
     "MemoryBackend",
     "NoProviders",
+    "NotCapable",
     "PACKS",
     "Policy",
     "Progress",
@@ -119,6 +124,9 @@ __all__ = [
     "Status",
     "StopError",
     "TextDelta",
+    "Tool",
+    "ToolCall",
+    "ToolCalled",
     "Usage",
     "VIRTUAL_COMBOS",
     "account_cells",
@@ -130,10 +138,14 @@ __all__ = [
     "combo_kind",
     "decision_html",
     "decision_text",
+    "image_input",
+    "image_part",
+    "image_url_part",
     "log_table",
     "output_width",
     "status_tables",
     "account_health",
     "candidate_health",
     "health_text",
+    "tool_result",
 ]

@@ -166,8 +166,8 @@ class Router:
         return editing.draft_combo(self.config, name, targets, options, STRATEGIES)
 
     def context_window(self, c: Candidate) -> int | None:
-        """The candidate's known context window in tokens, or None."""
-        return self.config.providers[c.provider].context_window(c.model)
+        """The candidate's known context window in tokens (the config's, else the bundled table's), or None."""
+        return self._decider.context_window(c)
 
     # ---- the public calls -------------------------------------------------------------------
 
@@ -192,7 +192,8 @@ class Router:
                         response_format: dict[str, Any] | None = None, strategy: str | None = None,
                         stream: bool = False, top_p: float | None = None, stop: list[str] | None = None,
                         reasoning: str | int | None = None, extra_body: dict[str, Any] | None = None,
-                        schema: SchemaSpec | None = None, cache: bool = False) -> RouteResult:
+                        schema: SchemaSpec | None = None, cache: bool = False, images: Any = None, tools: Any = None,
+                        tool_choice: str | None = None) -> RouteResult:
         """The async `complete`, on the caller's event loop.
 
         Args:
@@ -205,7 +206,8 @@ class Router:
             max_cost_usd: skip candidates whose estimated cost is above it.
             timeout_s: one attempt's limit, from connect to its last byte.
             seed: the seed of the strategy's draws (the same seed and state give the same order).
-            response_format: an OpenAI-style `response_format`, mapped per protocol.
+            response_format: "json" for any JSON object (checked as `schema=` is; `result.parsed` holds it), or
+                an OpenAI-style `response_format`, mapped per protocol.
             strategy: overrides the combo's strategy for this call.
             stream: stream from the provider (the result is the same).
             top_p: nucleus sampling.
@@ -216,18 +218,65 @@ class Router:
             schema: a JSON schema dict or a pydantic model class the answer must match (sent natively;
                 `result.parsed` holds the validated value; a mismatch is retried once, then falls back).
             cache: answer from the response cache when it holds this request, and store the answer.
+            images: an image or a list, each a path, bytes, an `http(s)://` or `data:` URL, a PIL image or a
+                matplotlib figure (rendered to PNG), put after the prompt in the last user message; the media
+                type is read from the bytes. Targets that lack vision, or whose provider's limits an image
+                passes, are skipped before sending.
+            tools: functions the model may call: dicts `{"name", "description", "parameters"}` or plain
+                Python functions (the schema read from the signature and docstring). `result.tool_calls`
+                holds the calls the model asked for; send each answer back with `tool_result(call, text)`
+                after `result.as_message()` (or let `run_tools` do it).
+            tool_choice: "auto", "required", "none", or the name of the tool the model must call.
 
         A step's own options (`{ target = "p/m", temperature = 0.2, ... }`) apply where the call gives none.
         """
         req = build_request(combo, prompt, stream=stream, messages=messages, system=system, max_tokens=max_tokens,
                             temperature=temperature, max_cost_usd=max_cost_usd, timeout_s=timeout_s, seed=seed,
                             response_format=response_format, strategy=strategy, top_p=top_p, stop=stop,
-                            reasoning=reasoning, extra_body=extra_body, schema=schema, cache=cache)
+                            reasoning=reasoning, extra_body=extra_body, schema=schema, cache=cache, images=images,
+                            tools=tools, tool_choice=tool_choice)
         return await self._route(req, None)
+
+    def run_tools(self, combo: str | Combo, prompt: str | None = None, *, tools: Sequence[Any], max_rounds: int = 5,
+                  **options: Any) -> RouteResult:
+        """Send a prompt with Python functions as tools, run the calls the model asks for, send the results
+        back, and repeat until the model answers without calling (at most `max_rounds` requests).
+
+        Args:
+            combo: as for `complete`.
+            prompt: the user message (or give `messages`).
+            tools: the functions (dict tools are declared too, but a call to one is answered as an error).
+            max_rounds: the most requests; the last one is sent with `tool_choice="none"`.
+            **options: as for `acomplete`.
+
+        Returns:
+            the last answer, with the attempts, usage and cost of every round, and `transcript`: the
+            assistant's calls and the tool results in between.
+        """
+        return self._bg.run(self.arun_tools(combo, prompt, tools=tools, max_rounds=max_rounds, **options))
+
+    async def arun_tools(self, combo: str | Combo, prompt: str | None = None, *, tools: Sequence[Any], max_rounds: int = 5,
+                         **options: Any) -> RouteResult:
+        """The async `run_tools`, on the caller's event loop."""
+        from .tools import functions_of, run_tool_loop
+
+        if max_rounds < 1:
+            raise ValueError(f"max_rounds must be at least 1, not {max_rounds}")
+        functions = functions_of(tools)
+        first_choice = options.pop("tool_choice", None)
+        messages = list(options.pop("messages", None) or [])
+        if prompt is not None:
+            messages.append({"role": "user", "content": prompt})
+
+        def ask(history: list[dict[str, Any]], choice: str | None) -> Awaitable[RouteResult]:
+            return self.acomplete(combo, None, messages=history, tools=tools, tool_choice=choice, **options)
+
+        return await run_tool_loop(ask, functions, messages, max_rounds, first_choice)
 
     async def astream(self, combo: str | Combo, prompt: str | None = None,
                       **options: Unpack[CallOptions]) -> AsyncGenerator[RouteEvent, None]:
-        """Yield AttemptStarted, TextDelta and AttemptFinished events, and last Done (with the result or the error)."""
+        """Yield AttemptStarted, TextDelta, ToolCalled (each tool call an answer asks for) and AttemptFinished
+        events, and last Done (with the result or the error)."""
         req = build_request(combo, prompt, stream=True, **options)
         # closed with this generator, so that a consumer that stops early finds the call cancelled and logged
         async with contextlib.aclosing(self._bg.aiterate(lambda put: self._route_events(req, put), _is_done)) as events:
@@ -322,7 +371,7 @@ class Router:
             combo: as for `complete`.
             items: a list (any iterable), a pandas Series or a DataFrame (one call per row).
             **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict), `messages` (or a function
-                of the item), `concurrency`, `account_concurrency`, `max_cost_usd` (the whole batch's), `cache`,
+                of the item), `images` (a column holding each row's image, "item", or a function of the item), `concurrency`, `account_concurrency`, `max_cost_usd` (the whole batch's), `cache`,
                 `progress`, `schema` (its fields become columns), and any option of `acomplete`; each is
                 described in `batch.prepare`.
 

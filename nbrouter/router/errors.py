@@ -6,6 +6,7 @@ The tree (catch `RouteError` for any routing failure; every one carries the `att
     └── RouteError                  any failure to route a call
         ├── AllTargetsFailed        every candidate failed or was skipped; carries every attempt
         │   ├── AllCoolingDown      every candidate is cooling down; names the first to free up
+        │   ├── NotCapable          no candidate can take what the call carries (images, tools, a schema)
         │   └── StopError           an attempt failed with a kind whose action is `stop`
         ├── BudgetExceeded          the estimated cost is above the call's or session's budget
         └── ComboConfigError        the configuration is wrong; names file, combo and field (also a ValueError)
@@ -65,6 +66,22 @@ class AllCoolingDown(AllTargetsFailed):
             "Wait, add another target to the combo, or set when_all_cooling = \"wait\" with max_wait_s."
         )
         super().__init__(combo, attempts, hint, now=now)
+
+
+class NotCapable(AllTargetsFailed):
+    """No candidate can take the call: each lacks a capability it needs (vision, tools, JSON schema) or an
+    image passes its provider's limits. Nothing was sent. `needed` names what the call needed, `lacking`
+    each candidate's reason."""
+
+    def __init__(self, combo: str, attempts: list[Attempt], needed: list[str], lacking: dict[str, str], *,
+                 now: float | None = None) -> None:
+        self.needed = needed
+        self.lacking = lacking
+        what = " and ".join(needed) or "what it carries"
+        hint = ("declare what a target takes in the config (capabilities = { vision = true, tools = true, "
+                "json_schema = true } on a provider, or per model), or add a target that has it.")
+        super().__init__(combo, attempts, hint, headline=f"no target of {combo!r} can take this call: it needs {what}",
+                         now=now)
 
 
 class BudgetExceeded(RouteError):

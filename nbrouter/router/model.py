@@ -30,10 +30,13 @@ COMBO_FIELDS = {
 PROVIDER_FIELDS = {
     "preset", "protocol", "base_url", "api_key_env", "accounts", "models", "context_window", "context_windows",
     "tier", "quota", "headers", "enabled", "managed", "model_path", "server_command", "prices_id", "local",
-    "api_key_command", "api_key_provider",
+    "api_key_command", "api_key_provider", "capabilities",
 }
 #: the keys of one `[[providers.NAME.accounts]]` entry
-ACCOUNT_FIELDS = ("name", "api_key_env", "api_key_command", "api_key_provider", "quota", "tier")
+ACCOUNT_FIELDS = ("name", "api_key_env", "api_key_command", "api_key_provider", "quota", "tier", "capabilities")
+#: what a target may take besides text, as `capabilities = { vision = true, tools = true, json_schema = true }`
+#: names them (on a provider or an account, or per model: `capabilities = { "model-id" = { vision = false } }`)
+CAPABILITY_FIELDS = ("vision", "tools", "json_schema")
 #: the request options one step's inline table may set (`{ target = "p/m", temperature = 0.2 }`), kept in
 #: `Step.options`
 STEP_OPTIONS = ("max_tokens", "temperature", "top_p", "stop", "system", "reasoning", "extra_body")
@@ -73,6 +76,30 @@ class Quota:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a configuration says a provider's or an account's targets take: for all of them (`flags`), and
+    per model (`models`, which wins). A capability it does not name is not known from here."""
+
+    flags: tuple[tuple[str, bool], ...] = ()
+    models: tuple[tuple[str, tuple[tuple[str, bool], ...]], ...] = ()
+
+    def of(self, model: str, capability: str) -> tuple[bool, str] | None:
+        """(whether `model` has `capability`, "model" or "all") when this configuration says, else None."""
+        for name, flags in self.models:
+            if name == model:
+                for key, value in flags:
+                    if key == capability:
+                        return value, "model"
+        for key, value in self.flags:
+            if key == capability:
+                return value, "all"
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.flags or self.models)
+
+
+@dataclass(frozen=True)
 class Account:
     """One credential of a provider; the key is read from the environment at call time, or fetched by a
     command or a function (`key_source`) at first use and again after a 401."""
@@ -83,6 +110,8 @@ class Account:
     tier: str | None = None
     #: `api_key_command` / `api_key_provider`: where the key is fetched from instead of the environment
     key_source: KeySource | None = field(default=None, compare=False)
+    #: `capabilities = {...}` of this account (it wins over its provider's)
+    capabilities: Capabilities = Capabilities()
 
     def api_key(self) -> str | None:
         """The key: the environment variable `api_key_env` (None when unset or empty), or the fetched one."""
@@ -112,6 +141,8 @@ class Provider:
     model_path: str | None = None
     server_command: list[str] | None = None
     source: str = "config"
+    #: `capabilities = {...}` of this provider: what its targets take besides text
+    capabilities: Capabilities = field(default_factory=Capabilities)
 
     def account(self, name: str) -> Account | None:
         """The account called `name`, or None."""

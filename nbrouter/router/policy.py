@@ -72,6 +72,8 @@ class Policy:
     token_safety_margin: float = 1.2
     tokens_per_message: int = 4
     default_max_tokens_estimate: int = 1024
+    # an image's prompt tokens in an estimate (the providers count them by its size, after sending)
+    image_tokens_estimate: int = 1600
     # local servers: reported prompt tokens below this share of the estimate = silent truncation
     truncation_ratio: float = 0.5
     # state store: how often another process's writes are looked for
@@ -159,6 +161,9 @@ class Rule:
     retry_when_key_changed: bool = False
     #: after it the loop only moves to a candidate with a larger known context window
     needs_larger_window: bool = False
+    #: the target lacks what the call needed and the answer names (images, tools, JSON schema): remembered for
+    #: the session, so that the next call that needs it skips the target before sending
+    marks_capability: bool = False
 
 
 def spent_window_reset(failure: ProviderFailure, now: float) -> float | None:
@@ -221,7 +226,7 @@ RULES: dict[ErrorKind, Rule] = {
         Rule(ErrorKind.INVALID_REQUEST, Action.STOP),
         Rule(ErrorKind.CANCELLED, Action.STOP),
         Rule(ErrorKind.MALFORMED_RESPONSE, Action.ADVANCE, breaker=True),
-        Rule(ErrorKind.UNSUPPORTED, Action.ADVANCE),
+        Rule(ErrorKind.UNSUPPORTED, Action.ADVANCE, marks_capability=True),
         # retried once on the same target first: the policy's `retries` table says invalid_output = 1
         Rule(ErrorKind.INVALID_OUTPUT, Action.ADVANCE, breaker=True),
     )

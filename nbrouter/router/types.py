@@ -20,8 +20,10 @@ from decimal import Decimal
 from typing import Any, List, Mapping, Protocol, Sequence, Union
 
 from .._core import ErrorKind, Usage
+from .._core.content import ToolCall
 from .._core.text import dollars, duration, ms, span
 from ..report import Table, html_text
+from .media import Sent
 
 
 class Action(str, enum.Enum):
@@ -238,10 +240,28 @@ class RouteResult:
     cached: CacheInfo | None = None
     #: part of the usage and cost is nbrouter's estimate (an attempt cut after text, with no usage reported)
     cost_estimated: bool = False
+    #: the tools the model asked to call (`.id`, `.name`, `.arguments`); answer each with `tool_result(call, text)`
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    #: what the call sent besides text: images (how many, their bytes) and tools (how many)
+    sent: Sent = field(default_factory=Sent)
+    #: `Router.run_tools`: the turns of the tool loop after the prompt (the assistant's calls and the results)
+    transcript: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, Attempts):
             self.attempts = Attempts(self.attempts)
+
+    @property
+    def sent_text(self) -> str:
+        """`1 image (34 KB), 2 tools`: what the call sent besides text (empty for text only)."""
+        return self.sent.text()
+
+    def as_message(self) -> dict[str, Any]:
+        """The answer as the assistant turn of the next request's `messages` (with its tool calls, if any)."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = [c.as_dict() for c in self.tool_calls]
+        return message
 
     @property
     def cost_text(self) -> str:
@@ -305,6 +325,14 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ToolCalled:
+    """The model asked to call a tool (sent when the attempt that asked has ended, with every call it made)."""
+
+    call: ToolCall
+    candidate: str
+
+
+@dataclass(frozen=True)
 class AttemptFinished:
     """An attempt ended (served, failed or skipped)."""
 
@@ -319,7 +347,7 @@ class Done:
     error: BaseException | None = None
 
 
-RouteEvent = Union[AttemptStarted, TextDelta, AttemptFinished, Done]
+RouteEvent = Union[AttemptStarted, TextDelta, ToolCalled, AttemptFinished, Done]
 
 
 # ---- one call: the footer and the attempt table -------------------------------------------
@@ -335,11 +363,12 @@ def output_width() -> int:
 
 
 def footer(result: RouteResult) -> str:
-    """One line: who served, how many attempts, tokens, cost, time."""
+    """One line: who served, how many attempts, what was sent besides text (images, tools), tokens, cost, time."""
     tries = sum(1 for a in result.attempts if a.action.value != "skipped")
     parts = [
         f"served by {result.served_by}",
         f"{tries} attempt{'s' if tries != 1 else ''}",
+        *([result.sent_text] if result.sent_text else []),
         _tokens_text(result),
         result.cost_text,
         duration(result.latency_s),

@@ -32,6 +32,7 @@ from ..._core import ErrorKind
 from ..._core.template import interpolate
 from ..._core.text import dollars, duration
 from ..errors import AllTargetsFailed, RouteError, StopError
+from ..media import item_images
 from ..state.pacing import Pacer
 from ..requests import CallRequest, build_request
 from ..structured import PANDAS_DTYPES, OutputSchema
@@ -163,7 +164,8 @@ def build_items(combo: Any, inputs: Inputs, *, prompt: str | None, messages: Any
             text = str(value)
         else:
             text = None
-        out.append(BatchItem(i, value, build_request(combo, text, stream=False, messages=msgs, **options)))
+        item_options = options if options.get("images") is None else {**options, "images": item_images(options["images"], value, i)}
+        out.append(BatchItem(i, value, build_request(combo, text, stream=False, messages=msgs, **item_options)))
     return out
 
 
@@ -677,6 +679,8 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
         messages: a list of chat messages, or a function of the item that returns one.
         system: the system prompt of every call.
         schema: a JSON schema or pydantic model each answer must match; its fields become columns.
+        images (in call_options): each item's images: the name of a column of a row or dict (a path, bytes,
+            a URL, a figure, or a list of them), "item" for the item itself, or a function of the item.
         concurrency: calls in flight at once (default `DEFAULT_CONCURRENCY`).
         account_concurrency: calls in flight per account (a number, or one per account key).
         max_cost_usd: the whole batch's budget.

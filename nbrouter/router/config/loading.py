@@ -25,6 +25,7 @@ from .file import combo_table, set_combo, write_document
 from ..errors import ComboConfigError
 from ..model import (
     ACCOUNT_FIELDS,
+    CAPABILITY_FIELDS,
     COMBO_FIELDS,
     DEFAULT_ACCOUNT,
     PRICE_FIELDS,
@@ -35,6 +36,7 @@ from ..model import (
     TIERS,
     TOP_LEVEL_FIELDS,
     Account,
+    Capabilities,
     Combo,
     Config,
     Provider,
@@ -446,7 +448,7 @@ def _provider(name: str, raw: Any, at: _At) -> Provider:  # noqa: C901 - one che
 
     accounts: list[Account] = []
     if "accounts" in table:
-        for key in ("api_key_env", "api_key_command", "api_key_provider", "quota", "tier"):
+        for key in ("api_key_env", "api_key_command", "api_key_provider", "quota", "tier"):  # capabilities may be on both
             if key in table:
                 at.key(key).fail(f"provider {name!r} lists `accounts`: `{key}` belongs in each [[providers.{name}.accounts]] entry")
         raw_accounts = table["accounts"]
@@ -493,6 +495,7 @@ def _provider(name: str, raw: Any, at: _At) -> Provider:  # noqa: C901 - one che
         server_command = _strings(table["server_command"], at.key("server_command"), "strings (the program and its arguments)")
         if not server_command:
             at.key("server_command").fail("must name a program to run: the array is empty")
+    capabilities = _capabilities(table["capabilities"], at.key("capabilities"), f"provider {name!r}") if "capabilities" in table else Capabilities()
     if "prices_id" in table:
         prices_id: str | None = _string(table["prices_id"], at.key("prices_id"), "a genai-prices provider id")
     else:
@@ -501,6 +504,7 @@ def _provider(name: str, raw: Any, at: _At) -> Provider:  # noqa: C901 - one che
         name=name, protocol=protocol, base_url=base_url, accounts=accounts, preset=preset.name if preset else None,
         local=local, models=models, context_windows=windows, headers=headers, source=f"config file {at.label}",
         enabled=enabled, prices_id=prices_id, managed=managed, model_path=model_path, server_command=server_command,
+        capabilities=capabilities,
     )
 
 
@@ -530,7 +534,28 @@ def _account(raw: Any, at: _At, provider: str, index: int, before: list[Account]
     env = _env_name(table["api_key_env"], at.key("api_key_env")) if "api_key_env" in table else None
     quota = _quota(table["quota"], at.key("quota"), f"the quota of {label}") if "quota" in table else Quota()
     tier = _choice(table["tier"], TIERS, at.key("tier"), "tier") if "tier" in table else None
-    return Account(name=name, api_key_env=env, quota=quota, tier=tier, key_source=_key_source(table, at, label))
+    capabilities = _capabilities(table["capabilities"], at.key("capabilities"), label) if "capabilities" in table else Capabilities()
+    return Account(name=name, api_key_env=env, quota=quota, tier=tier, key_source=_key_source(table, at, label),
+                   capabilities=capabilities)
+
+
+def _capabilities(raw: Any, at: _At, label: str) -> Capabilities:
+    """`capabilities = { vision = true, tools = false, json_schema = true }` for every model, and
+    `"model-id" = { vision = false }` tables for one model (which win)."""
+    table = _table(raw, at)
+    flags: list[tuple[str, bool]] = []
+    models: list[tuple[str, tuple[tuple[str, bool], ...]]] = []
+    for key, value in table.items():
+        where = at.key(key)
+        if key in CAPABILITY_FIELDS:
+            flags.append((key, _bool(value, where)))
+        elif isinstance(value, Mapping):
+            _known_keys(value, CAPABILITY_FIELDS, where, f"the capabilities of model {key!r} of {label}")
+            models.append((key, tuple((name, _bool(flag, where.key(name))) for name, flag in value.items())))
+        else:
+            where.fail(f"unknown capability {key!r} of {label}{_suggest(key, CAPABILITY_FIELDS)}; a model's own "
+                       f"capabilities are a table: \"{key}\" = {{ vision = false }}")
+    return Capabilities(tuple(flags), tuple(models))
 
 
 def _key_source(table: Mapping[str, Any], at: _At, label: str) -> KeySource | None:

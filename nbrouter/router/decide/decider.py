@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 from ..._core import Clock
 from ..._core.text import span
 from .budget import Budget
+from .capabilities import CapabilityBook, images_over_limit, lacking
+from .capabilities import context_window as known_context_window
 from .combos import auto_pool, combo_for, resolve
 from ..model import Account, Combo, Config, Provider, Quota
 from ..errors import ComboConfigError, NoProviders
@@ -29,7 +31,7 @@ from .scoring import excluded as auto_excluded
 from ..state.health import UsageWindow
 from ..state.store import StateStore
 from .strategies import STRATEGIES, RequestInfo, Strategy, StrategyContext, order_accounts
-from .tokens import estimate_prompt
+from .tokens import estimate_prompt, estimate_tools
 from ..types import Candidate, Decision, DecisionRow
 
 #: the first element of the path of an emergency-tier candidate (`[router] emergency`)
@@ -105,7 +107,7 @@ class Snapshot:
         return self._decider.prices.estimate(self.provider(c), c.model, prompt_tokens, max_tokens)
 
     def context_window(self, c: Candidate) -> int | None:
-        return self._decider.config.providers[c.provider].context_window(c.model)
+        return self._decider.context_window(c)
 
     def tier(self, c: Candidate) -> str | None:
         acc = self.provider(c).account(c.account)
@@ -301,7 +303,7 @@ def _context(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now:
     of a context-relay combo is compacted to fit instead)."""
     if info.relay and info.conversation:
         return None
-    window = d.config.providers[c.provider].context_window(c.model)
+    window = d.context_window(c)
     if window is not None and info.prompt_tokens + info.max_tokens > window:
         return f"context: ~{info.prompt_tokens} + {info.max_tokens} tokens > window {window}", None
     return None
@@ -335,12 +337,15 @@ def _has_quota(config: Config, c: Candidate) -> bool:
 
 #: the skip checks, in the order they are asked; the first that says no names the reason
 SKIP_CHECKS: tuple[SkipCheck, ...] = (
+    # what a target cannot take (issue 25) comes first: it is the reason that does not pass with time
+    SkipCheck("capability", lacking, wanted=lambda d, req: bool(req.needs)),
+    SkipCheck("image_limits", images_over_limit, wanted=lambda d, req: bool(req.images)),
     SkipCheck("hold", _held, wanted=lambda d, req: bool(d.state.holds)),
     SkipCheck("breaker", _breaker, wanted=lambda d, req: bool(d.state.breakers)),
     SkipCheck("no_key", _no_key, lambda config, c: bool(getattr(_account(config, c), "api_key_env", None)),
               lambda d, req: d.some_key_missing()),
     SkipCheck("quota", _quota_used_up, _has_quota),
-    SkipCheck("context_window", _context, lambda config, c: config.providers[c.provider].context_window(c.model) is not None),
+    SkipCheck("context_window", _context, lambda config, c: known_context_window(config.providers[c.provider], c.model) is not None),
     SkipCheck("budget", _budget, wanted=lambda d, req: req.max_cost_usd is not None),
     SkipCheck("paced", _paced, wanted=lambda d, req: req.pacer is not None),
 )
@@ -362,6 +367,8 @@ class Decider:
         self.budget = budget or Budget()
         #: requests in flight per candidate key (the loop counts them; `least-used` reads them)
         self.in_flight: dict[str, int] = {}
+        #: what each target takes besides text (the skip check `capability` reads it; the loop teaches it)
+        self.capabilities = CapabilityBook()
         self.set_config(config, prices)
 
     def set_config(self, config: Config, prices: PriceBook) -> None:
@@ -369,6 +376,8 @@ class Decider:
         self.policy = config.policy
         self.prices = prices
         self.constants = config.policy.as_dict()
+        self.capabilities.set_config(config)
+        self._windows: dict[str, int | None] = {}
         #: routes by (combo name, or a draft Combo's id, and the call's strategy override)
         self._routes: dict[tuple[str | int, str | None], tuple[str | Combo, Route]] = {}
         self._plans: dict[str, tuple[Callable[..., Skip | None], ...]] = {}
@@ -402,6 +411,7 @@ class Decider:
         self._pool_plans.clear()
         self._notes.clear()
         self.memo.clear()
+        self._windows.clear()
         self.quota_accounts = self._quota_accounts()
         self.key_variables = self._key_variables()
         self._emergency = None
@@ -437,6 +447,16 @@ class Decider:
         except KeyError:
             value = self._env[name] = os.environ.get(name)
             return value
+
+    def context_window(self, c: Candidate) -> int | None:
+        """The candidate's context window in tokens: the config's, else the bundled table's, else None."""
+        try:
+            return self._windows[c.target]
+        except KeyError:
+            if len(self._windows) >= 8192:
+                self._windows.clear()
+            window = self._windows[c.target] = known_context_window(self.config.providers[c.provider], c.model)
+            return window
 
     def key_fingerprint(self, c: Candidate) -> str:
         acc = self.config.providers[c.provider].account(c.account)
@@ -496,7 +516,10 @@ class Decider:
 
     def request_info(self, req: CallRequest) -> RequestInfo:
         policy = self.policy
-        prompt_tokens = estimate_prompt(req.messages, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message)
+        prompt_tokens = estimate_prompt(req.messages, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message,
+                                        per_image=policy.image_tokens_estimate)
+        if req.tools:
+            prompt_tokens += int(estimate_tools(req.tools) * policy.token_safety_margin)
         max_tokens = req.max_tokens or policy.default_max_tokens_estimate
         return RequestInfo(prompt_tokens=prompt_tokens, max_tokens=max_tokens, stream=req.stream, prompt=req.prompt_text,
                            conversation=conversation_key(req.messages))

@@ -1,8 +1,9 @@
 """The response cache: an exact-match store of answers in SQLite, so the same request is never paid for twice.
 
 The key is a hash of what decides the answer: the combo's resolved targets (provider/model, sorted: any
-of them may serve), the messages, the system prompt, max_tokens, temperature, the response format and
-the schema. The value is the text, the model, who served it, the usage, the cost paid then and when.
+of them may serve), the messages (an image by the SHA-256 of its data), the system prompt, max_tokens,
+temperature, the response format, the schema, and the tools and tool choice. An answer that asks for tool
+calls is not stored (the calls are not kept: a hit would lose them). The value is the text, the model, who served it, the usage, the cost paid then and when.
 A hit costs nothing now: it shows as an attempt with action `cached`, `result.cached` says where the
 answer came from, and its footer reads "cached · served by X on DATE · $0 now ($0.0012 then)".
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ..._core import Usage
+from ..media import digest_messages
 from ..decide.decider import Route
 from ..requests import CallRequest
 from ..state.store import StateStore
@@ -98,16 +100,19 @@ class ResponseCache:
     @staticmethod
     def key(targets: list[str], req: CallRequest) -> str:
         """The hash of everything that decides the answer of `req` on these targets."""
-        material = {
+        material: dict[str, Any] = {
             "v": KEY_VERSION,
             "targets": sorted(set(targets)),
-            "messages": req.messages,
+            "messages": digest_messages(req.messages) if req.images else req.messages,
             "system": req.system,
             "max_tokens": req.max_tokens,
             "temperature": req.temperature,
             "response_format": req.response_format,
             "schema": req.schema.json_schema if req.schema is not None else None,
         }
+        if req.tools or req.tool_choice is not None:  # only then: the keys of calls without tools stay as they were
+            material["tools"] = [[t.name, t.description, t.schema()] for t in req.tools or ()]
+            material["tool_choice"] = req.tool_choice
         blob = json.dumps(material, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -130,7 +135,7 @@ class ResponseCache:
 
     def put(self, key: str, result: RouteResult, now: float) -> None:
         """Store a whole answer (a partial one is never stored)."""
-        if result.partial or result.cached is not None:
+        if result.partial or result.cached is not None or result.tool_calls:
             return
         u = result.usage
         with self._lock:

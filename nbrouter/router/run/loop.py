@@ -23,6 +23,7 @@ from ...providers import ChatRequest, Completion, Endpoint, get_protocol
 from ..model import Combo, Provider
 from .deadlines import Limit
 from .deadlines import start as start_limit
+from ..decide.capabilities import not_capable
 from ..decide.decider import EMERGENCY, Decider, Route
 from ..keys import KeyError_
 from ..errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
@@ -45,6 +46,7 @@ from ..types import (
     RouteEvent,
     RouteResult,
     TextDelta,
+    ToolCalled,
 )
 
 Emit = Callable[[RouteEvent], None]
@@ -322,7 +324,7 @@ class Loop:
                     self._log(call, combo.name, None)
                     raise StopError(combo.name, call.attempts, failure.kind, c.key, now=clock.time())
                 if rule.needs_larger_window:
-                    overflow_window = decider.config.providers[c.provider].context_window(c.model)
+                    overflow_window = decider.context_window(c)
                 if rule.backoff and queue:
                     wait = policy.server_error_backoff_s
                     if deadline is not None:
@@ -394,6 +396,9 @@ class Loop:
                 + ". Raise max_cost_usd or lower max_tokens.",
                 attempts,
             )
+        lacking = not_capable(combo.name, skipped, req, attempts, now)
+        if lacking is not None:  # issue 25: what the call carries, no candidate can take
+            raise lacking
         if all_holding:
             first = min(skipped, key=lambda r: r.hold_until or 0.0)
             raise AllCoolingDown(combo.name, attempts, first.candidate.key, first.hold_until or now, now)
@@ -429,7 +434,7 @@ class Loop:
             if skip is not None:
                 return skip
         if overflow_window is not False:
-            window = self.decider.config.providers[c.provider].context_window(c.model)
+            window = self.decider.context_window(c)
             if window is None or (overflow_window is not None and window <= overflow_window):
                 return f"context overflow earlier: window {window or 'unknown'} is not larger", None
         return None
@@ -441,7 +446,7 @@ class Loop:
         says what was done."""
         policy, req = self.policy, call.req
         messages = req.messages
-        window = self.decider.config.providers[c.provider].context_window(c.model)
+        window = self.decider.context_window(c)
         if window is None:
             return messages
         limit = policy.relay_threshold * window
@@ -621,7 +626,10 @@ class Loop:
             model=c.model, messages=messages, response_format=req.response_format, stream=req.stream,
             models=[g.model for g in group] if group else None, system=req.system, max_tokens=req.max_tokens,
             temperature=req.temperature, top_p=req.top_p, stop=req.stop, reasoning=req.reasoning, extra_body=req.extra_body,
+            tools=req.tools, tool_choice=req.tool_choice,
         )
+        if req.sent:  # issue 25: the attempt's row says what was sent besides text (never the bytes)
+            call.notes[c.key] = "; ".join(n for n in (call.notes.get(c.key), f"sent {req.sent.text()}") if n)
         if c.options:
             # the step's options, where the call gave none of its own (a call's own arguments win)
             for name, value in c.options:
@@ -783,6 +791,8 @@ class Loop:
         if combo.strategy == "context-relay" and info.conversation:
             state.set_pointer(relay_pointer(combo.name, info.conversation), c.key)  # it holds the conversation now
         if call.emit is not None:
+            for tool_call in completion.tool_calls:
+                call.emit(ToolCalled(tool_call, c.key))
             call.emit(AttemptFinished(a))
         return self._result(call, combo, c, completion=completion, partial_text=None, error=None)
 
@@ -798,6 +808,8 @@ class Loop:
         action = Action.ADVANCE if kind in fallback_on else Action.STOP
         hold = hold_until = None
         message = scrub(failure.message)
+        if rule.marks_capability:  # the target lacks what the answer names: the next call skips it
+            self.decider.capabilities.learn(c, call.req, message)
         relay_note = call.notes.pop(c.key, "")
         if relay_note:
             message = f"{relay_note}; {message}"
@@ -860,6 +872,7 @@ class Loop:
             combo=combo.name, attempts=[], usage=Usage(), cost_usd=None, latency_s=call.monotonic() - call.started,
             ttft_s=served.ttft_s if served else None, partial=completion is None, error=error,
             finish_reason=completion.finish_reason if completion else None,
+            tool_calls=list(completion.tool_calls) if completion is not None else [], sent=call.req.sent,
         )
         return self._recount(result, call)
 
