@@ -140,7 +140,7 @@ def result_notes(result: RouteResult, answer: Answer, notes: Sequence[str] = ())
 
 
 def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None, notes: Sequence[str] = (),
-                  code_below: str | None = None, **extra: Any) -> tuple[dict[str, str], dict[str, Any]]:
+                  code_below: str | None = None, **extra: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(data, metadata) of a finished answer, small enough to save.
 
     The attempt record is kept once, in the extension's payload (`MIME`), which renders it. The other
@@ -161,7 +161,7 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         route = "".join(f"<div>{html_text(views.attempt_line(a, cut=FALLBACK_NOTE_WIDTH))}</div>" for a in result.attempts)
         footer_html = f"<details class='nbrouter-attempts'><summary>{footer_html}</summary>{route}</details>"
     html_ = f"<div class='nbrouter-result'><div class='nbrouter-answer'>{answer.html}</div>{note_html}{footer_html}</div>"
-    data = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
+    data: dict[str, Any] = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
     code = {"source": answer.plain, "cell": code_below} if code_below and answer.plain.strip() else None
     data[MIME] = result_payload(result, code)  # the JupyterLab / Notebook 7 extension's renderer
     return data, {METADATA_KEY: result_metadata(result, **extra)}
