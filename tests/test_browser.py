@@ -163,9 +163,13 @@ def set_theme(page: Any, theme: str) -> None:
     expect(page.locator(f"body[data-jp-theme-light='{str(light).lower()}']")).to_have_count(1)
     # JupyterLab covers the page with its splash while the theme's stylesheet loads
     expect(page.locator("#jupyterlab-splash")).to_have_count(0)
+    # the page's background is bright in a light theme and dark in a dark one once the stylesheet applies
     page.wait_for_function("(light) => { const s = getComputedStyle(document.body);"
-                           " const white = ['rgb(255, 255, 255)', 'rgba(0, 0, 0, 0)'].includes(s.backgroundColor);"
-                           " return s.getPropertyValue('--jp-layout-color0').trim() !== '' && white === light; }", light)
+                           " const c = (s.getPropertyValue('--jp-layout-color0').trim() || 'x');"
+                           " const probe = document.createElement('div'); probe.style.color = c; document.body.appendChild(probe);"
+                           " const m = getComputedStyle(probe).color.match(/\\d+(\\.\\d+)?/g); probe.remove();"
+                           " if (!m) return false; const bright = (+m[0] + +m[1] + +m[2]) / 3 > 128;"
+                           " return bright === light; }", arg=light)
 
 
 #: how long any one step may take in the browser (the whole test stays well under 90 s)

@@ -4,10 +4,13 @@ headless Chromium driven by Playwright, the kernel talking to the loopback provi
 A person's path: `%load_ext nbrouter`, a `%%llm` cell whose first target is rate limited (the route's
 timeline shows an amber `advance` bar and a green `served` one; hovering a bar shows its row), the spend
 item in the status bar (Notebook 7: the notebook's toolbar) counting the cell's exact cost, a second cell
-(the cooling target is now `skipped`) and the spend updated, then the status board in the side panel
-listing the cooling candidate, whose reset clears it. The `%%llm` cell's editor shows the magic line and
-the Markdown prompt highlighted. Screenshots in light and dark themes go to
-`artifacts/` at the repository root.
+(the cooling target is now `skipped`), an `--over` batch and a test from the combo builder, and the spend
+is the session's one total, the kernel ledger's that `%llm cost` counts, also after a page reload. The
+status board in the side panel lists the cooling candidate, with names that wrap only at `#` and `/` in a
+panel wide enough for them, and its reset leaves it "flaky", as `%llm status` calls it. Every text of the
+outputs, the status item, the board and the highlighted `%%llm` editor is at least 4.5:1 in the light and
+the dark theme. A second notebook runs `-f code` with Run All twice and keeps the same cells. Screenshots
+in light and dark themes go to `artifacts/` at the repository root.
 
 The extension under test is this checkout's build (nbrouter/labextension, which `pip install -e .`
 builds). Chromium comes from the system (`/usr/bin/chromium`); under NBROUTER_REQUIRE_BROWSER=1 or CI a
@@ -23,7 +26,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, TOKEN, _require_chromium, isolated_jupyter_env, jupyter_server
+from test_browser import (CHROMIUM, CHROMIUM_ARGS, LINE_BREAKS_JS, TOKEN, _require_chromium, assert_readable,
+                          isolated_jupyter_env, jupyter_server, set_theme)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "nbrouter" / "labextension"
@@ -56,7 +60,31 @@ def _notebook(path: Path) -> None:
     nb.cells = [
         nbformat.v4.new_code_cell("%load_ext nbrouter"),
         nbformat.v4.new_code_cell(f"%%llm {COMBO} -t 0.2\nWhat does it **cost**?"),
-        nbformat.v4.new_code_cell(f"%%llm {COMBO}\nAnd now?"),
+        nbformat.v4.new_code_cell(f"%%llm {COMBO}\n# And now?\n> a *quote* with `code` and a [link](https://example.org)"),
+        nbformat.v4.new_code_cell("items = ['one', 'two']"),
+        nbformat.v4.new_code_cell(f"%%llm {COMBO} --over items\nSay {{item}}"),
+        nbformat.v4.new_code_cell(f"%llm builder {COMBO}"),
+        nbformat.v4.new_code_cell("%llm status"),
+        nbformat.v4.new_code_cell(TOTAL_CELL),
+    ]
+    nbformat.write(nb, str(path))
+
+
+#: prints the session's total as the kernel counts it: the ledger's (`%llm cost`) and the router's budget's
+TOTAL_CELL = ("m = get_ipython().magics_manager.registry['LLMMagics']\n"
+              "print(f'TOTAL ${m.ledger.total.usd:.6f} · {m.ledger.calls} calls · budget ${m.router.budget.spent:.6f}')")
+CODE_REPLY = "```python\nprint('written below')\n```"
+
+
+def _code_notebook(path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext nbrouter"),
+        nbformat.v4.new_code_cell("%%llm sim/coder -f code --no-stream\nprint something"),
+        nbformat.v4.new_code_cell("print('the end')"),
     ]
     nbformat.write(nb, str(path))
 
@@ -87,6 +115,7 @@ def server(request: pytest.FixtureRequest, sim: Any, tmp_path: Path) -> Iterator
     root = tmp_path / "notebooks"
     root.mkdir()
     _notebook(root / "route.ipynb")
+    _code_notebook(root / "code.ipynb")
     # this checkout's build first on Jupyter's path, before any installed copy
     labextensions = tmp_path / "jupyter-path" / "labextensions"
     labextensions.mkdir(parents=True)
@@ -96,14 +125,53 @@ def server(request: pytest.FixtureRequest, sim: Any, tmp_path: Path) -> Iterator
         PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p),
         JUPYTER_PATH=str(tmp_path / "jupyter-path"),
     )
-    path = "lab/tree/route.ipynb" if app == "lab" else "notebooks/route.ipynb"
     log_path = tmp_path / f"{app}.log"
+
+    def url(base: str, name: str) -> str:
+        return f"{base}/{'lab/tree' if app == 'lab' else 'notebooks'}/{name}?token={TOKEN}"
+
     with jupyter_server(app, root, env, log_path) as base:
-        yield {"app": app, "url": f"{base}/{path}?token={TOKEN}", "log": log_path}
+        yield {"app": app, "url": url(base, "route.ipynb"), "code_url": url(base, "code.ipynb"), "log": log_path}
 
 
 def _cost(input_tokens: int, output_tokens: int) -> float:
     return (input_tokens * PRICE["input_per_mtok"] + output_tokens * PRICE["output_per_mtok"]) / 1e6
+
+
+#: what the test reads and checks the contrast of: the outputs, the status item, the board, the %%llm editor
+READ = (".jp-Notebook .jp-OutputArea, .nbr-spend-item, #nbrouter-board, .cm-nbr-magic, .cm-nbr-combo, .cm-nbr-option,"
+        " .cm-nbr-prompt-line")
+#: a line of a note may break after a space or a punctuation mark, never between two letters or digits
+MID_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9]$")
+
+
+def _open(page: Any, url: str, cells: int) -> Any:
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    found = page.locator(".jp-Notebook .jp-Cell")
+    expect(found).to_have_count(cells)
+    # a cell run before the kernel is connected is dropped: wait for the kernel to be idle
+    page.wait_for_function(
+        "() => { const a = window.jupyterapp; const w = a && a.shell.currentWidget;"
+        " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
+        " return !!k && k.status === 'idle' && k.connectionStatus === 'connected'; }")
+    return found
+
+
+def _run(page: Any, cells: Any, i: int) -> None:
+    from playwright.sync_api import expect
+
+    prompt = cells.nth(i).locator(".jp-InputPrompt")
+    for _ in range(3):  # a keypress that lands while the page is still settling is lost: press again
+        cells.nth(i).locator(".cm-content").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            expect(prompt).not_to_have_text("[ ]:", timeout=5_000)
+            break
+        except AssertionError:
+            continue
+    expect(prompt).to_have_text(re.compile(r"\[\d+\]:"))  # finished, not "[*]:"
 
 
 def test_route_timeline_spend_and_status_board(server: dict[str, Any]) -> None:
@@ -120,26 +188,10 @@ def test_route_timeline_spend_and_status_board(server: dict[str, Any]) -> None:
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
         try:
-            page.goto(server["url"])
-            cells = page.locator(".jp-Notebook .jp-Cell")
-            expect(cells).to_have_count(3)
-            # a cell run before the kernel is connected is dropped: wait for the kernel to be idle
-            page.wait_for_function(
-                "() => { const a = window.jupyterapp; const w = a && a.shell.currentWidget;"
-                " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
-                " return !!k && k.status === 'idle' && k.connectionStatus === 'connected'; }")
+            cells = _open(page, server["url"], 8)
 
             def run(i: int) -> None:
-                prompt = cells.nth(i).locator(".jp-InputPrompt")
-                for _ in range(3):  # a keypress that lands while the page is still settling is lost: press again
-                    cells.nth(i).locator(".cm-content").click()
-                    page.keyboard.press("Shift+Enter")
-                    try:
-                        expect(prompt).not_to_have_text("[ ]:", timeout=5_000)
-                        break
-                    except AssertionError:
-                        continue
-                expect(prompt).to_have_text(re.compile(r"\[\d+\]:"))  # finished, not "[*]:"
+                _run(page, cells, i)
 
             # a %%llm cell reads as a prompt: the magic line, then Markdown; other cells are left alone
             editor = cells.nth(1).locator(".cm-content")
@@ -190,34 +242,70 @@ def test_route_timeline_spend_and_status_board(server: dict[str, Any]) -> None:
             expect(spend).to_have_text(f"${first + _cost(10, 10):.6f} · 2 calls")
             expect(spend).to_have_attribute("data-health", "degraded")
 
-            # the status board lists the cooling candidate; its reset clears it
+            # an --over batch (two calls) and a test from the builder count in the same total (issue 26)
+            run(3)
+            run(4)
+            expect(spend).to_have_text(re.compile(r" · 4 calls$"))
+            run(5)
+            cells.nth(5).locator(".jp-OutputArea").get_by_role("button", name="test", exact=True).click()
+            expect(cells.nth(5).locator(".jp-OutputArea").get_by_text("served by sim#default/model-b").first).to_be_visible()
+            expect(spend).to_have_text(re.compile(r" · 5 calls$"))
+            run(7)
+            printed = cells.nth(7).locator(".jp-OutputArea")
+            expect(printed).to_contain_text("TOTAL")
+            total = re.search(r"TOTAL \$(\S+) · (\d+) calls · budget \$(\S+)", printed.inner_text())
+            assert total is not None, printed.inner_text()
+            assert total.group(1) == total.group(3), total.group(0)  # the ledger's total is the router's budget's
+            session_total = f"${total.group(1)} · {total.group(2)} calls"
+            expect(spend).to_have_text(session_total)
+
+            # the status board lists the cooling candidate, in a panel wide enough for every name on one line
             spend.click()
             board = page.locator("#nbrouter-board")
             expect(board).to_be_visible()
             row = board.locator('tr.nbr-board-row[data-key="sim#default/model-a"]')
             expect(row).to_contain_text("cooldown")
-            expect(row.locator("td").nth(1)).to_have_text(re.compile(r"cooldown: .* · \d+ (s|min) left"))
+            expect(row.locator("td").nth(1)).to_have_text(re.compile(r"! cooling down · cooldown: .* · \d+ (s|min) left"))
+            page.wait_for_function("() => { const b = document.querySelector('#nbrouter-board');"
+                                   " return b && b.scrollWidth <= b.clientWidth && b.getBoundingClientRect().right <= window.innerWidth; }")
+            for name in board.locator("td.nbr-name").all():  # at 1,400 px every name fits on its line
+                breaks = name.evaluate(LINE_BREAKS_JS)
+                assert breaks == [], f"{name.inner_text()} breaks at {breaks}"
+            # a narrow panel: names wrap only after their `#` and `/`
+            board.evaluate("b => { b.style.maxWidth = '150px'; b.querySelectorAll('td.nbr-name').forEach(c => c.style.minWidth = ''); }")
+            narrow = {name.inner_text(): name.evaluate(LINE_BREAKS_JS) for name in board.locator("td.nbr-name").all()}
+            assert narrow["sim#default/model-a"], narrow  # it did have to wrap
+            assert all(pair[0] in "#/" for breaks in narrow.values() for pair in breaks), narrow
+            board.evaluate("b => { b.style.maxWidth = ''; }")
+            # with the panel open, the notebook's attempt notes still break between words only
+            note = out.locator("table.nbr-attempts tbody tr").first.locator("td").last
+            breaks = note.evaluate(LINE_BREAKS_JS)
+            assert not [b for b in breaks if MID_WORD.match(b)], f"a note breaks mid-word: {breaks}"
             page.screenshot(path=str(ARTIFACTS / f"extension-{app}-light.png"))
-            row.get_by_role("button", name="reset").click()
-            expect(row).to_contain_text("healthy")
-            expect(row.get_by_role("button", name="reset")).to_be_disabled()
-            expect(spend).to_have_attribute("data-health", "ok")
 
-            # the dark theme: the same page, read from JupyterLab's theme variables
-            page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
-            expect(page.locator("body[data-jp-theme-light='false']")).to_have_count(1)
-            # JupyterLab covers the page with its splash while the theme's stylesheet loads
-            expect(page.locator("#jupyterlab-splash")).to_have_count(0)
-            page.wait_for_function("() => getComputedStyle(document.body).getPropertyValue('--jp-layout-color0').trim() !== ''"
-                                   " && getComputedStyle(document.body).backgroundColor !== 'rgb(255, 255, 255)'")
+            # its reset clears the cooldown; 1 error in 1 request is still "! flaky", as `%llm status` says
+            row.get_by_role("button", name="reset").click()
+            expect(row.locator("td").nth(1)).to_have_text(re.compile(r"^! flaky · 100% errors"))
+            expect(row.get_by_role("button", name="reset")).to_be_disabled()
+            expect(spend).to_have_attribute("data-health", "degraded")
+            run(6)
+            status_row = cells.nth(6).locator(".jp-OutputArea tr", has=page.locator("td", has_text=re.compile(r"^sim#default/model-a$")))
+            expect(status_row.locator("td").nth(1)).to_have_text("! flaky")
+
+            # every text of ours reads in the light theme, then in the dark one (issue 26: amber 2.7:1, green 4.1:1)
+            assert_readable(page, READ, f"{app} light")
+            set_theme(page, "JupyterLab Dark")
             page.screenshot(path=str(ARTIFACTS / f"extension-{app}-dark.png"))
             served = bars.nth(1).evaluate("b => getComputedStyle(b).backgroundColor")
             assert served not in ("", "rgba(0, 0, 0, 0)"), served
-            # after a page reload the kernel still has nbrouter: the item finds its comm again
+            assert_readable(page, READ, f"{app} dark")
+            set_theme(page, "JupyterLab Light")
+
+            # after a page reload the kernel still has nbrouter: the item finds its comm, and the session's total
             page.reload()
-            expect(cells).to_have_count(3)
+            expect(cells).to_have_count(8)
             expect(spend).to_be_visible()
-            expect(spend).to_have_text("nbrouter: no calls yet")  # the spend counts what arrives from now on
+            expect(spend).to_have_text(session_total)
 
             ours = [m for m in console if m.startswith(("error", "pageerror")) and "nbrouter" in m.lower()]
             assert ours == [], ours
@@ -225,6 +313,51 @@ def test_route_timeline_spend_and_status_board(server: dict[str, Any]) -> None:
             page.screenshot(path=str(ARTIFACTS / f"extension-{app}-failure.png"), full_page=True)
             print(server["log"].read_text()[-4000:])
             print("browser console:", *console[-60:], sep="\n")
+            raise
+        finally:
+            browser.close()
+
+
+def test_format_code_run_all_twice_keeps_the_same_cells(server: dict[str, Any], sim: Any) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from nbrouter.testing.behaviours import Reply
+
+    sim.script(Reply(CODE_REPLY), model="coder", repeat_last=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(STEP_MS)
+        expect.set_options(timeout=STEP_MS)
+        try:
+            cells = _open(page, server["code_url"], 3)
+
+            def run_all() -> None:
+                page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+                last = cells.last.locator(".jp-InputPrompt")
+                expect(last).to_have_text(re.compile(r"\[\d+\]:"))
+                expect(cells.last.locator(".jp-OutputArea")).to_contain_text("the end")
+                page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'")
+
+            run_all()
+            # the code went into one new cell right below its cell, marked as made by it
+            expect(cells).to_have_count(4)
+            expect(cells.nth(2).locator(".cm-content")).to_have_text("print('written below')")
+            mark = page.evaluate("() => { const m = window.jupyterapp.shell.currentWidget.content.model;"
+                                 " return [m.cells.get(2).getMetadata('nbrouter'), m.cells.get(1).id]; }")
+            assert mark[0] == {"code_of": mark[1]}, mark
+            # Run All again: the same cells; the written cell, queued with its writer, did not run its code
+            run_all()
+            expect(cells).to_have_count(4)
+            expect(cells.nth(2).locator(".jp-OutputArea")).to_contain_text("nbrouter: not run")
+            expect(cells.nth(2).locator(".jp-OutputArea")).not_to_contain_text("written below")
+            # run on its own, it runs
+            _run(page, cells, 2)
+            expect(cells.nth(2).locator(".jp-OutputArea")).to_have_text(re.compile(r"^\s*written below\s*$"))
+            expect(cells).to_have_count(4)
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / f"extension-{server['app']}-code-failure.png"), full_page=True)
+            print(server["log"].read_text()[-4000:])
             raise
         finally:
             browser.close()

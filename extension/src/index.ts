@@ -10,7 +10,7 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Signal } from '@lumino/signaling';
-import { Widget } from '@lumino/widgets';
+import { SplitPanel, Widget } from '@lumino/widgets';
 
 import { Parser } from '@lezer/common';
 
@@ -85,8 +85,10 @@ class BoardPanel extends Widget {
   private session: NotebookSession | null = null;
   private poll = 0;
   private tick = 0;
-  /** the min-width asked of the side area so far (it only grows: the panel does not jump) */
+  /** the min-width asked of the side area so far (it only grows while shown: the panel does not jump) */
   private minWidth = 0;
+  /** the side area's split child given a min-width of its own (Notebook 7's does not follow ours) */
+  private widened: Widget | null = null;
   private readonly heading = document.createElement('div');
   private readonly body = document.createElement('div');
 
@@ -125,6 +127,14 @@ class BoardPanel extends Widget {
   protected onAfterHide(): void {
     window.clearInterval(this.poll);
     window.clearInterval(this.tick);
+    // another panel in the side area takes its own width again
+    if (this.widened !== null) {
+      this.widened.node.style.minWidth = '';
+      this.widened.parent?.fit();
+      this.widened = null;
+    }
+    this.node.style.minWidth = '';
+    this.minWidth = 0;
   }
 
   protected onBeforeDetach(): void {
@@ -163,6 +173,25 @@ class BoardPanel extends Widget {
   }
 
   /**
+   * Give the name column the width of its longest name while that leaves the state column half of the
+   * board: the state wraps between its words first, a name only after its `#` and `/` when it must.
+   */
+  private keepNamesWhole(): void {
+    const names = [...this.body.querySelectorAll<HTMLElement>('td.nbr-name')];
+    let widest = 0;
+    for (const cell of names) {
+      cell.style.whiteSpace = 'nowrap';
+      cell.style.minWidth = '';
+      widest = Math.max(widest, cell.scrollWidth);
+      cell.style.whiteSpace = '';
+    }
+    const room = this.body.clientWidth / 2;
+    for (const cell of names) {
+      cell.style.minWidth = widest <= room ? `${widest}px` : '';
+    }
+  }
+
+  /**
    * Ask for a width that shows every name on one line (up to MAX_PANEL_SHARE of the window): the
    * panel's min-width, which JupyterLab's and Notebook 7's side areas honour once told to fit again.
    * Narrower than that, a name wraps after its `#` and `/` only.
@@ -171,6 +200,7 @@ class BoardPanel extends Widget {
     if (!this.isVisible) {
       return;
     }
+    this.keepNamesWhole();
     const tables = [...this.body.querySelectorAll<HTMLTableElement>('table')];
     let natural = 0;
     for (const table of tables) {
@@ -181,10 +211,27 @@ class BoardPanel extends Widget {
     const style = getComputedStyle(this.node);
     const padding = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
     const wanted = Math.min(Math.ceil(natural + padding + 2), Math.floor(window.innerWidth * MAX_PANEL_SHARE));
-    if (wanted > this.minWidth) {
-      this.minWidth = wanted;
-      this.node.style.minWidth = `${wanted}px`;
-      this.parent?.fit();
+    if (wanted <= this.minWidth) {
+      return;
+    }
+    window.requestAnimationFrame(() => this.keepNamesWhole());  // once the panel has its new width
+    this.minWidth = wanted;
+    // JupyterLab's side area passes a child's min-width up to its split panel when told to fit
+    this.node.style.minWidth = `${wanted}px`;
+    this.parent?.fit();
+    // Notebook 7's side panel does not: give the split panel's child the width itself
+    let child: Widget | null = this;
+    while (child !== null && !(child.parent instanceof SplitPanel)) {
+      child = child.parent;
+    }
+    if (child !== null && child !== this) {
+      const extra = child.node.getBoundingClientRect().width - this.node.getBoundingClientRect().width;
+      const needed = wanted + Math.max(0, extra);
+      if (child.node.getBoundingClientRect().width < needed - 1) {
+        child.node.style.minWidth = `${needed}px`;
+        this.widened = child;
+        child.parent?.fit();
+      }
     }
   }
 }

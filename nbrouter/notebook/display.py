@@ -140,7 +140,7 @@ def result_notes(result: RouteResult, answer: Answer, notes: Sequence[str] = ())
 
 
 def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None, notes: Sequence[str] = (),
-                  code_below: str | None = None, **extra: Any) -> tuple[dict[str, str], dict[str, Any]]:
+                  code_below: str | None = None, **extra: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(data, metadata) of a finished answer, small enough to save.
 
     The attempt record is kept once, in the extension's payload (`MIME`), which renders it. The other

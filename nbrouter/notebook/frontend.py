@@ -154,16 +154,14 @@ class _Endpoint:
         self.ledger = ledger
         self.comms: list[Any] = []
 
-    def _spend(self) -> dict[str, Any]:
+    def spend_fields(self) -> dict[str, Any]:
+        """`{"spend": ...}` for a message to the front end (nothing without a ledger)."""
         return {"spend": spend_payload(self.ledger)} if self.ledger is not None else {}
 
     def push_spend(self) -> None:
         """Send the session's spend to every open comm (called from any thread: a builder test runs in one)."""
-        message = {"reply": "spend", **self._spend()}
+        message = {"reply": "spend", **self.spend_fields()}
         for comm in list(self.comms):
-            if getattr(comm, "_closed", False):
-                self.comms.remove(comm)
-                continue
             try:
                 comm.send(message)
             except Exception:  # a comm the front end closed meanwhile: forget it
@@ -175,14 +173,14 @@ class _Endpoint:
         request, ident = data.get("request"), data.get("id")
         try:
             if request == "status":
-                return {"reply": "status", "id": ident, **status_payload(self.get_router()), **self._spend()}
+                return {"reply": "status", "id": ident, **status_payload(self.get_router()), **self.spend_fields()}
             if request == "reset":
                 key = data.get("key")
                 if not isinstance(key, str) or not key:
                     raise ValueError("reset needs the candidate's or account's key")
                 router = self.get_router()
                 cleared = router.reset(key)
-                return {"reply": "reset", "id": ident, "key": key, "cleared": cleared, **status_payload(router), **self._spend()}
+                return {"reply": "reset", "id": ident, "key": key, "cleared": cleared, **status_payload(router), **self.spend_fields()}
             raise ValueError(f"unknown request {str(request)[:40]!r} (requests: status, reset)")
         except Exception as exc:  # the board shows the reason; the kernel keeps running
             return {"reply": "error", "id": ident, "message": scrub(f"{type(exc).__name__}: {exc}")[:500]}
@@ -227,6 +225,6 @@ def register(shell: Any, get_router: Callable[[], Any], ledger: Any = None) -> b
             channel.send(reply)
 
     comm.get_comm_manager().register_target(COMM_TARGET, opened)
-    hello = comm.create_comm(target_name=COMM_TARGET, data={"hello": VERSION, **endpoint._spend()})
+    hello = comm.create_comm(target_name=COMM_TARGET, data={"hello": VERSION, **endpoint.spend_fields()})
     endpoint.attach(hello)
     return True
