@@ -69,8 +69,10 @@ from .views import (
 
 if TYPE_CHECKING:  # batch work loads on first use, so that `import nbrouter` stays light
     from .batch.dispatch import BatchResult, Executor, LocalExecutor, Progress
+    from .batch.jobs import BatchJob, JobList, JobResult, NoBatchTarget
 
 _BATCH = ("BatchResult", "Executor", "LocalExecutor", "Progress")
+_JOBS = ("BatchJob", "JobList", "JobResult", "NoBatchTarget")
 
 
 def __getattr__(name: str) -> Any:
@@ -78,6 +80,10 @@ def __getattr__(name: str) -> Any:
         from .batch import dispatch
 
         return getattr(dispatch, name)
+    if name in _JOBS:
+        from .batch import jobs
+
+        return getattr(jobs, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -89,6 +95,7 @@ __all__ = [
     "Attempt",
     "AttemptFinished",
     "AttemptStarted",
+    "BatchJob",
     "BatchResult",
     "BudgetExceeded",
     "CallRequest",
@@ -103,8 +110,11 @@ __all__ = [
     "ErrorKind",
     "Executor",
     "FACTORS",
+    "JobList",
+    "JobResult",
     "LocalExecutor",
     "MemoryBackend",
+    "NoBatchTarget",
     "NoProviders",
     "PACKS",
     "Policy",
