@@ -10,8 +10,11 @@ from ._wire import (
     Call,
     Outcome,
     Wire,
+    amount_text,
+    argument_pieces,
     dumps,
     overflow_tokens,
+    per_window,
     protocol_finish,
     retry_hint_s,
     rfc3339_in,
@@ -48,7 +51,7 @@ class AnthropicWire(Wire):
                 out[f"anthropic-ratelimit-{what}-remaining"] = str(int(limits[f"remaining_{what}"]))
             reset = limits.get(f"reset_{what}_s", limits.get("reset_s"))
             if reset is not None:
-                out[f"anthropic-ratelimit-{what}-reset"] = rfc3339_in(float(reset))
+                out[f"anthropic-ratelimit-{what}-reset"] = rfc3339_in(float(reset), self.wall())
         return out
 
     # -- success ----------------------------------------------------------------------------
@@ -78,7 +81,8 @@ class AnthropicWire(Wire):
         }
 
     def body(self, call: Call, outcome: Outcome) -> Any:
-        content = [{"type": "text", "text": outcome.text}] if outcome.text or outcome.finish == "stop" else []
+        content: list[Any] = [{"type": "text", "text": outcome.text}] if outcome.text or outcome.finish == "stop" else []
+        content += [{"type": "tool_use", "id": t.id, "name": t.name, "input": t.value} for t in outcome.tool_calls]
         return self._message(call, outcome, content, protocol_finish(self.name, outcome.finish), outcome.output_tokens)
 
     def stream_head(self, call: Call, outcome: Outcome) -> str:
@@ -92,8 +96,23 @@ class AnthropicWire(Wire):
         delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
         return _event("content_block_delta", delta)
 
-    def stream_tail(self, call: Call, outcome: Outcome) -> str:
+    def stream_tools(self, call: Call, outcome: Outcome) -> str:
+        """The text block's stop, then per call a `tool_use` block: start, `input_json_delta` pieces, stop."""
+        if not outcome.tool_calls:
+            return ""
         out = _event("content_block_stop", {"type": "content_block_stop", "index": 0}) if outcome.chunks else ""
+        for index, tool in enumerate(outcome.tool_calls, start=1 if outcome.chunks else 0):
+            block = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
+            out += _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+            for piece in argument_pieces(tool.text):
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                out += _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            out += _event("content_block_stop", {"type": "content_block_stop", "index": index})
+        return out
+
+    def stream_tail(self, call: Call, outcome: Outcome) -> str:
+        text_open = outcome.chunks and not outcome.tool_calls  # stream_tools closed it otherwise
+        out = _event("content_block_stop", {"type": "content_block_stop", "index": 0}) if text_open else ""
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": protocol_finish(self.name, outcome.finish), "stop_sequence": None},
@@ -129,9 +148,11 @@ class AnthropicWire(Wire):
         headers = {"retry-after": seconds_text(math.ceil(hint)) if hint is not None else str(IMPLIED_RETRY_S)}
         if b.retry_after_ms is not None:
             headers["retry-after-ms"] = seconds_text(b.retry_after_ms)
+        limit = amount_text(b.limit) if b.limit is not None else "50"
+        what = "requests" if b.metric == "requests" else "input tokens"
         message = (
-            "This request would exceed the rate limit for your organization of 50 requests per minute. "
-            "For details, refer to: https://docs.claude.com/en/api/rate-limits."
+            f"This request would exceed the rate limit for your organization of {limit} {what} per "
+            f"{per_window(b.window_s)}. For details, refer to: https://docs.claude.com/en/api/rate-limits."
         )
         return 429, self._error(call, "rate_limit_error", message), headers
 
@@ -165,5 +186,16 @@ class AnthropicWire(Wire):
         message = f"prompt is too long: {overflow_tokens(call, b)} tokens > {b.limit} maximum"
         return 400, self._error(call, "invalid_request_error", message), {}
 
-    def bad_request(self, call: Call, message: str) -> tuple[int, Any]:
+    def bad_request(self, call: Call, message: str, param: str | None = None) -> tuple[int, Any]:
+        return 400, self._error(call, "invalid_request_error", message)
+
+    def unsupported(self, call: Call, feature: str, where: str) -> tuple[int, Any]:
+        # structured output: the real refusal (multimodal_tools.md section 2); for images and tools the
+        # first-party wording is not established, so these messages are the simulator's, in the same style
+        if feature == "vision":
+            message = f"{where.rsplit('.image.', 1)[0]}: This model does not support image input."
+        elif feature == "tools":
+            message = "tools: This model does not support tool use."
+        else:
+            message = "output_config.format: Extra inputs are not permitted"
         return 400, self._error(call, "invalid_request_error", message)
