@@ -95,7 +95,8 @@ NOT_SENT_NO_PROMPT = "not sent: its prompt is not kept (log_content = false), so
 PENDING = "pending: in a batch job"
 
 #: a refusal that says the job was too big: split it and submit the halves
-_TOO_BIG = re.compile(r"too large|too many (?:tasks|requests|lines)|too_many_tasks|request_too_large|file size|exceeds the (?:maximum|limit)", re.I)
+_TOO_BIG = re.compile(r"too large|too many (?:tasks|requests|lines)|too_many_tasks|request_too_large|exceeds the (?:maximum|limit)"
+                      r"|has more than [\d,]+ requests|at most [\d,]+ (?:items|requests|are allowed)", re.I)
 
 QUEUED, SUBMITTED, DONE, FAILED, NOT_SENT = "queued", "submitted", "done", "failed", "not_sent"
 SETTLED = frozenset({DONE, FAILED, NOT_SENT})
@@ -559,15 +560,16 @@ class BatchJob:
         """A succeeded line: the row's RouteResult (checked against the schema), into the cache."""
         target = self.targets[part.target]
         completion = line.completion
-        assert completion is not None and row.request is not None
+        assert completion is not None
+        schema = row.request.schema if row.request is not None else self.schema
         usage = completion.usage
         cost = self._batch_cost(target, usage)
         live = self.router.prices.cost(self.router.config.providers[target.provider], target.model, usage, None)
         parsed = None
         problem = None
-        if row.request.schema is not None:
+        if schema is not None:
             try:
-                parsed = row.request.schema.parse(completion.text)
+                parsed = schema.parse(completion.text)
             except ValueError as exc:
                 problem = str(exc)
         attempt = Attempt(target.key, target.key, Action.BATCHED, part.submitted_at, status=200,
@@ -808,14 +810,10 @@ class BatchJob:
         saved = row.saved
         usage = usage_from(saved["usage"]) if isinstance(saved.get("usage"), dict) else Usage()
         parsed = None
-        if row.request is not None and row.request.schema is not None:
+        schema = row.request.schema if row.request is not None else self.schema
+        if schema is not None:
             try:
-                parsed = row.request.schema.parse(text)
-            except ValueError:
-                parsed = None
-        elif self.schema is not None:
-            try:
-                parsed = self.schema.parse(text)
+                parsed = schema.parse(text)
             except ValueError:
                 parsed = None
         return RouteResult(text=text, served_by=str(saved.get("served_by") or ""), model=str(saved.get("model") or ""),
