@@ -20,7 +20,7 @@ from nbrouter import Router
 from nbrouter.router import Action, BatchJob, NoBatchTarget, StopError
 from nbrouter.router.batch.dispatch import NOT_SENT_BUDGET, NotDone
 from nbrouter.router.batch.jobs import NOT_SENT_CANCELLED, NOT_SENT_NO_PROMPT, PENDING
-from nbrouter.testing import BatchScript, ContentFilter, Hang, ManualClock, ProviderSimulator, RateLimited, ServerError
+from nbrouter.testing import BatchScript, ContentFilter, Hang, ManualClock, ProviderSimulator, RateLimited, Reply, ServerError
 
 pd = pytest.importorskip("pandas")
 
@@ -103,6 +103,9 @@ def test_a_dataframe_goes_through_a_batch_job_to_typed_columns_in_input_order(pr
     frame = pd.DataFrame({"name": [f"n{i}" for i in range(6)], "n": list(range(6))}, index=[f"r{i}" for i in range(6)])
     schema = {"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "integer"}},
               "required": ["label", "score"]}
+    # each line's answer names its row, so the order of the table shows (OpenAI and Anthropic shuffle result lines)
+    answers = {f"row-{i}": Reply(json.dumps({"label": f"label {i}", "score": 10 * i})) for i in range(6)}
+    bsim.script_batch(BatchScript(line_s=5, lines=answers))
     job = router.map("c", frame, prompt="Rate {name} ({n})", schema=schema, mode="batch")
     assert isinstance(job, BatchJob) and job.id.startswith("job-")
     assert job.providers == [target(protocol)] and len(job.ids) == 1
@@ -115,8 +118,8 @@ def test_a_dataframe_goes_through_a_batch_job_to_typed_columns_in_input_order(pr
     assert list(table.index) == [f"r{i}" for i in range(6)]
     assert list(table["name"]) == [f"n{i}" for i in range(6)]
     assert str(table["score"].dtype) == "Int64" and str(table["label"].dtype) == "string"
-    assert table["score"].notna().all() and table["label"].notna().all()
-    assert all(isinstance(p, dict) and set(p) >= {"label", "score"} for p in result.parsed)
+    assert list(table["score"]) == [0, 10, 20, 30, 40, 50] and list(table["label"]) == [f"label {i}" for i in range(6)]
+    assert result.parsed == [{"label": f"label {i}", "score": 10 * i} for i in range(6)]
     # each row's attempt log: one `batched` attempt naming the job and the line's status
     first = result[0].attempts
     assert [a.action for a in first] == [Action.BATCHED] and job.ids[0] in first[0].message
@@ -198,7 +201,8 @@ def test_a_new_router_finds_the_job_after_a_restart_and_collects_it(protocol: st
     cfg = config(bsim, protocol)
     first = routers(cfg)
     bsim.script_batch(BatchScript(line_s=30))
-    job = first.map("c", ["a", "b", "c"], prompt="Say {item}", mode="batch")
+    # no response cache: a settled job's answers then come from its record alone
+    job = first.map("c", ["a", "b", "c"], prompt="Say {item}", mode="batch", cache=False)
     job_id, provider_id = job.id, job.ids[0]
     first.close()  # the kernel dies with the job running
     clock.advance(3600)
@@ -282,8 +286,14 @@ def test_cost_is_at_the_batch_price_with_the_live_cost_beside_it(protocol: str, 
     assert router.budget.spent == result.cost_usd  # the session budget counts what the batch cost
 
 
-def test_a_batch_price_that_is_not_known_stays_unknown(bsim: Any, routers: Any) -> None:
-    cfg = config(bsim, "openai", prices={"oa/gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 1}})
+@pytest.mark.parametrize("why", ["a [prices] override", "no batch variant in genai-prices"])
+def test_a_batch_price_that_is_not_known_stays_unknown(why: str, bsim: Any, routers: Any) -> None:
+    if why == "a [prices] override":
+        cfg = config(bsim, "openai", prices={"oa/gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 1}})
+    else:  # Groq's llama has a live price, and no batch one
+        cfg = config(bsim, "openai")
+        cfg["providers"]["oa"]["prices_id"] = "groq"
+        cfg["combos"]["c"]["targets"] = ["oa/llama-3.1-8b-instant"]
     router = routers(cfg)
     job = router.map("c", ["a"], mode="batch")
     assert job.estimated_cost_usd is None
@@ -420,3 +430,15 @@ def test_batch_options_are_refused_on_a_live_map_and_bad_values_are_named(bsim: 
         router.map("c", ["a"], mode="later")
     with pytest.raises(ValueError, match="fallback"):
         router.map("c", ["a"], mode="batch", fallback="never")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_429_at_create_waits_its_retry_after_on_the_clock_and_submits_again(protocol: str, bsim: Any, routers: Any,
+                                                                             clock: ManualClock) -> None:
+    router = routers(config(bsim, protocol, SECOND[protocol]))
+    bsim.script_batch([BatchScript(refuse=RateLimited(retry_after=45)), BatchScript()], model=TARGETS[protocol][1])
+    job = router.map("c", ["a", "b"], mode="batch")
+    assert 45 in [round(s) for s in clock.slept]  # the batch endpoint's own limit, honoured
+    assert job.providers == [target(protocol)] and len(job.ids) == 1
+    result = job.wait()
+    assert result.done == 2 and all(e.served_by == target(protocol) for e in result)
