@@ -424,7 +424,7 @@ def test_amap_submits_and_await_result_waits(bsim: Any, routers: Any) -> None:
 
 def test_batch_options_are_refused_on_a_live_map_and_bad_values_are_named(bsim: Any, routers: Any) -> None:
     router = routers(config(bsim, "openai"))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="mode='batch'"):
         router.map("c", ["a"], fallback="batch")
     with pytest.raises(ValueError, match="mode"):
         router.map("c", ["a"], mode="later")

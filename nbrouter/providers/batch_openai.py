@@ -70,21 +70,21 @@ class OpenAIBatchAPI(BatchAPI):
     def __init__(self) -> None:
         self.chat = get_protocol("openai")
 
-    def _line(self, endpoint: Endpoint, line: BatchLine) -> dict[str, Any]:
+    def request_line(self, endpoint: Endpoint, line: BatchLine) -> dict[str, Any]:
         _, _, body = self.chat.build(endpoint, line.request)
         body.pop("stream", None)
         body.pop("stream_options", None)
         return {"custom_id": line.custom_id, "method": "POST", "url": CHAT_URL, "body": body}
 
     def line_bytes(self, endpoint: Endpoint, line: BatchLine) -> int:
-        return len(jsonl([self._line(endpoint, line)]))
+        return len(jsonl([self.request_line(endpoint, line)]))
 
     def _base(self, endpoint: Endpoint) -> str:
         return endpoint.base_url.rstrip("/")
 
     async def submit(self, http: BatchHTTP, endpoint: Endpoint, model: str, lines: Sequence[BatchLine], label: str) -> JobStatus:
         headers = auth_headers(self.chat, endpoint, model)
-        content = jsonl([self._line(endpoint, line) for line in lines])
+        content = jsonl([self.request_line(endpoint, line) for line in lines])
         upload = await http.send(endpoint, "POST", self._base(endpoint) + "/files", headers=headers,
                                  files={"file": ("rows.jsonl", content, "application/jsonl")}, data={"purpose": "batch"},
                                  missing_means_unsupported=True)
