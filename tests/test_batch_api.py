@@ -442,3 +442,21 @@ def test_a_429_at_create_waits_its_retry_after_on_the_clock_and_submits_again(pr
     assert job.providers == [target(protocol)] and len(job.ids) == 1
     result = job.wait()
     assert result.done == 2 and all(e.served_by == target(protocol) for e in result)
+
+
+def test_ctrl_c_stops_waiting_not_the_job(bsim: Any, routers: Any, clock: ManualClock) -> None:
+    import signal
+    import threading
+
+    router = routers(config(bsim, "openai"))
+    bsim.script_batch(BatchScript(line_s=10**6, window_s=10**8))
+    job = router.map("c", ["a", "b"], mode="batch")
+    timer = threading.Timer(0.5, lambda: signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        job.wait()
+    timer.cancel()
+    assert [j["status"] for j in bsim.batch_jobs()] == ["in_progress"]  # the provider's job runs on
+    assert not job.settled
+    clock.advance(3 * 10**6)
+    assert job.wait().done == 2

@@ -36,6 +36,7 @@ from ..router import attempt_table, decision_html, decision_text, log_table
 from .display import FORMATS, LiveAnswer, failure_bundle, failure_line, render_answer, result_bundle, short_traceback, terminal_width
 from . import frontend
 from .batch_view import run_batch_cell
+from .jobs_view import install as show_job_waits, run_job_cell, uninstall as hide_job_waits
 from .interpolation import interpolate
 from .ledger import CostLedger
 
@@ -155,6 +156,7 @@ class LLMMagics(Magics):
     @argument("--column", default=None, metavar="COL", help="With --over: the items are this column of VAR.")
     @argument("--concurrency", type=int, default=None, metavar="N", help="With --over: at most N calls in flight.")
     @argument("--schema", default=None, metavar="VAR", help="With --over: each answer is JSON matching the schema in VAR; its fields become columns.")
+    @argument("--batch", action="store_true", help="With --over: through the providers' batch APIs at half price, as a job that outlives the kernel (kept in _llm_job); waits with a live view, Ctrl-C stops waiting, not the job.")
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> None:
         """Send the cell to a combo: stream the answer, fall back on failure, show who served it and the cost.
@@ -217,8 +219,8 @@ class LLMMagics(Magics):
         if args.max_cost is not None:
             call["max_cost_usd"] = args.max_cost
 
-        if args.over:  # issue 17: a batch over VAR's items (batch_view.py)
-            run_batch_cell(self, router, combo, args, body, call)
+        if args.over:  # issue 17: a batch over VAR's items (batch_view.py); issue 24: --batch (jobs_view.py)
+            (run_job_cell if args.batch else run_batch_cell)(self, router, combo, args, body, call)
             return None
         if args.explain:
             self._show(router.explain(combo, prompt, **call))
@@ -728,6 +730,7 @@ def load_ipython_extension(ipython: Any) -> None:
         cleanup.append(keep_question_marks)
     ipython.events.register("post_run_cell", magics.cell_finished)
     frontend.register(ipython, lambda: magics.router)  # the extension's status board asks through this comm
+    show_job_waits()  # issue 24: every job.wait() in the notebook shows the job's live view
     magics.open()
 
 
@@ -738,6 +741,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     if not isinstance(magics, LLMMagics):
         return
     magics.close()
+    hide_job_waits()
     registry.pop(LLMMagics.__name__, None)
     cleanup = getattr(ipython, "input_transformers_cleanup", [])
     if keep_question_marks in cleanup:

@@ -70,6 +70,7 @@ from .views import (
 if TYPE_CHECKING:  # batch work loads on first use, so that `import nbrouter` stays light
     from .batch.dispatch import BatchResult, Executor, LocalExecutor, Progress
     from .batch.jobs import BatchJob, JobList, JobResult, NoBatchTarget
+    from .batch.waiting import set_wait_display
 
 _BATCH = ("BatchResult", "Executor", "LocalExecutor", "Progress")
 _JOBS = ("BatchJob", "JobList", "JobResult", "NoBatchTarget")
@@ -80,6 +81,10 @@ def __getattr__(name: str) -> Any:
         from .batch import dispatch
 
         return getattr(dispatch, name)
+    if name == "set_wait_display":
+        from .batch import waiting
+
+        return waiting.set_wait_display
     if name in _JOBS:
         from .batch import jobs
 
@@ -139,5 +144,6 @@ __all__ = [
     "decision_html",
     "decision_text",
     "log_table",
+    "set_wait_display",
     "status_tables",
 ]

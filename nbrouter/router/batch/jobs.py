@@ -72,6 +72,7 @@ from .dispatch import (
     pacer_for,
     prepare,
 )
+from . import waiting
 from .prices import batch_unit_prices
 from .records import RECORD_VERSION, JobRecords, attempt_from, attempt_record, jobs_path, usage_from
 
@@ -688,7 +689,7 @@ class BatchJob:
         """
         clock = self.router.clock
         deadline = None if timeout_s is None else clock.monotonic() + timeout_s
-        update, close = progress_sink(progress, len(self.rows))
+        update, close = progress_sink(progress, len(self.rows), self)
         wait = POLL_FIRST_S
         try:
             while True:
@@ -884,6 +885,10 @@ class BatchJob:
     def __repr__(self) -> str:
         return f"<BatchJob {self.summary_lines()[0]}>"
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        # IPython's text form (a notebook's text/plain): the whole summary, not the one-line repr
+        p.text(str(self))
+
     def _repr_html_(self) -> str:
         lines = self.summary_lines()
         body = "".join(f"<div>{html.escape(line)}</div>" for line in lines[1:])
@@ -951,8 +956,12 @@ def plan_parts(api: BatchAPI, endpoint: Endpoint, lines: Sequence[BatchLine], ma
     return parts
 
 
-def progress_sink(progress: Any, total: int) -> tuple[Callable[[BatchJob], None] | None, Callable[[], None]]:
-    """(called after each poll, called at the end) for `wait(progress=)`: None/False, True (tqdm), or a callable."""
+def progress_sink(progress: Any, total: int, job: BatchJob | None = None) -> tuple[Callable[[BatchJob], None] | None, Callable[[], None]]:
+    """(called after each poll, called at the end) for `wait(progress=)`: None (the display set by
+    `set_wait_display`, if any), False, True (a tqdm bar), or a callable given the job."""
+    shown = waiting.display()
+    if progress is None and shown is not None and job is not None:
+        return shown(job)
     if not progress:
         return None, lambda: None
     if callable(progress):
