@@ -907,7 +907,8 @@ class JobResult(BatchResult):
         self.live_cost_usd = job.live_cost_usd
 
     def summary_lines(self) -> list[str]:
-        lines = super().summary_lines()
+        # a batch's rows all wait for their job: the live summary's "slowest" items say nothing here
+        lines = [line for line in super().summary_lines() if not line.startswith("slowest: ")]
         live = self.live_cost_usd
         lines.insert(1, f"batch job {self.job_id}: {', '.join(self.job.ids) or 'no provider job'} · "
                         f"{dollars(self.cost_usd)} at the batch price; live it would have cost "
