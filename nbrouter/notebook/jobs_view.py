@@ -36,10 +36,10 @@ class JobView:
         from IPython.display import display
 
         self.total = len(job.rows)
-        self.handle = display(job, display_id=True)
+        self.handle = display(job, display_id=True)  # type: ignore[no-untyped-call]
         self.bar: Any = None
         try:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
             self.bar = tqdm(total=self.total, unit="row", desc=job.id)
         except ImportError:  # tqdm is optional: the summary alone then says how far it is
@@ -142,12 +142,12 @@ def run_job_cell(magics: Any, router: Any, combo: str, args: Any, template: str,
 
     from IPython.display import display
 
-    display(result)
+    display(result)  # type: ignore[no-untyped-call]
     try:
         table = result.to_pandas()
     except ImportError:  # pandas is not a dependency: the summary is the whole display then
         return job
-    display(table.head(SHOWN_ROWS))
+    display(table.head(SHOWN_ROWS))  # type: ignore[no-untyped-call]
     return job
 
 
