@@ -460,3 +460,14 @@ def test_ctrl_c_stops_waiting_not_the_job(bsim: Any, routers: Any, clock: Manual
     assert not job.settled
     clock.advance(3 * 10**6)
     assert job.wait().done == 2
+
+
+def test_a_job_the_provider_no_longer_knows_is_given_up_and_its_rows_fall_back(bsim: Any, routers: Any) -> None:
+    router = routers(config(bsim, "anthropic", "openai"))
+    bsim.script_batch(BatchScript(line_s=60))
+    job = router.map("c", ["a", "b"], prompt="Say {item}", mode="batch")
+    bsim.reset()  # the provider forgets the job: every poll is a 404 now
+    result = job.wait(timeout_s=3600)
+    assert result.done == 2 and all(e.served_by == target("openai") for e in result)
+    first = result[0].attempts[0]
+    assert first.action is Action.BATCHED and "could not be read 3 times" in first.message

@@ -51,6 +51,7 @@ from ..decide.budget import Budget
 from ..decide.pricing import PriceBook
 from ..decide.tokens import estimate_prompt
 from ..errors import AllTargetsFailed, RouteError, StopError
+from ..keys import KeyError_
 from ..model import Combo, Config, Step
 from ..policy import DEFAULT_FALLBACK_ON
 from ..requests import CallRequest
@@ -88,6 +89,10 @@ POLL_MAX_S = 60.0
 SUBMIT_RETRIES = 3
 SUBMIT_BACKOFF_S = 30.0
 MAX_SUBMIT_WAIT_S = 600.0
+#: polls in a row that may fail with a kind that will not pass (404, 401, ...) before a job is given up
+MAX_POLL_FAILURES = 3
+#: the kinds of a failed poll that pass on their own: the job is asked again, however often
+TRANSIENT = frozenset({ErrorKind.RATE_LIMIT, ErrorKind.TIMEOUT, ErrorKind.NETWORK, ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR})
 #: the request options a step may set (model.STEP_OPTIONS, as ChatRequest fields)
 STEP_REQUEST_OPTIONS = ("system", "max_tokens", "temperature", "top_p", "stop", "reasoning", "extra_body")
 
@@ -173,6 +178,8 @@ class Part:
     collected: bool = False
     cancel_asked: bool = False
     note: str = ""
+    #: polls in a row that failed (a job the provider no longer knows is given up after MAX_POLL_FAILURES)
+    poll_failures: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -311,12 +318,14 @@ class BatchJob:
         left = self.router.budget.remaining
         if left is not None:
             limit = left if limit is None else min(limit, left)
+        held = Decimal(0)  # an unknown estimate holds nothing, as in a live map's dispatcher
         total: Decimal | None = Decimal(0)
         for row in rows:
             estimate = self._estimate(row, target)
-            if limit is not None and total is not None and estimate is not None and total + estimate > limit:
+            if limit is not None and held + (estimate or 0) > limit:
                 self._settle(row, NOT_SENT, NotDone(NOT_SENT_BUDGET), {"reason": NOT_SENT_BUDGET})
                 continue
+            held += estimate or 0
             total = None if total is None or estimate is None else total + estimate
         self.estimated_cost_usd = total
 
@@ -385,7 +394,11 @@ class BatchJob:
         target = self.targets[index]
         api = get_batch_api(self.router.config.providers[target.provider].protocol)
         assert api is not None
-        endpoint = await self._endpoint(target)
+        try:
+            endpoint = await self._endpoint(target)
+        except ProviderFailure as failure:
+            self._refused(rows, index, self.router.clock.time(), failure.kind, None, failure.message)
+            return
         lines = [BatchLine(r.custom_id, self._chat_request(r, target)) for r in rows]
         for chunk in plan_parts(api, endpoint, lines, self.max_job_rows):
             if not self.targets[index].batch:
@@ -426,6 +439,7 @@ class BatchJob:
             self.parts.append(part)
             for r in rows:
                 r.state, r.part = SUBMITTED, part.index
+            self.save()  # at once: a kernel that dies now must not lose (and later pay again for) an accepted job
             return
 
     def _refused(self, rows: list[Row], index: int, started: float, kind: ErrorKind | None, status: int | None, message: str) -> None:
@@ -455,7 +469,10 @@ class BatchJob:
         provider = self.router.config.providers[target.provider]
         acc = provider.account(target.account)
         if acc is not None and acc.key_source is not None and acc.key_source.cached() is None:
-            await asyncio.to_thread(acc.key_source.fetch, self.router.config.policy.key_command_timeout_s)
+            try:
+                await asyncio.to_thread(acc.key_source.fetch, self.router.config.policy.key_command_timeout_s)
+            except KeyError_ as exc:  # names what failed, never its output
+                raise ProviderFailure(ErrorKind.AUTH, f"no key for account {target.provider}#{target.account}: {exc}") from None
         return Endpoint(provider=provider.name, protocol=provider.protocol, base_url=provider.base_url,
                         api_key=acc.api_key() if acc is not None else None, preset=provider.preset, local=provider.local,
                         headers=dict(provider.headers), key_env=acc.api_key_env if acc is not None else None,
@@ -481,9 +498,9 @@ class BatchJob:
         target = self.targets[part.target]
         api = get_batch_api(self.router.config.providers[target.provider].protocol)
         assert api is not None
-        endpoint = await self._endpoint(target)
         wire = BatchHTTP(http, api_protocol(api))
         try:
+            endpoint = await self._endpoint(target)
             status = await api.status(wire, endpoint, part.job_id)
             self._update(part, status)
             if not status.terminal:
@@ -494,7 +511,11 @@ class BatchJob:
             results = await api.results(wire, endpoint, status, part.custom_ids)
         except ProviderFailure as failure:  # the poll failed: the job is untouched, the next refresh asks again
             part.note = f"last poll failed: {failure.kind.value}: {failure.message}"[:300]
+            part.poll_failures += 1
+            if failure.kind not in TRANSIENT and part.poll_failures >= MAX_POLL_FAILURES:
+                self._lost(part, failure)
             return
+        part.poll_failures = 0
         part.note = f"{results.unreadable} result lines could not be read" if results.unreadable else ""
         collected = []
         for custom_id in part.custom_ids:
@@ -504,6 +525,13 @@ class BatchJob:
             collected.append(self._apply(row, part, results.lines.get(custom_id), results.unreadable))
         self._log_each(collected)
         part.collected = True
+
+    def _lost(self, part: Part, failure: ProviderFailure) -> None:
+        """A job that cannot be read any more (gone, or the account refused): its rows go on to the next target."""
+        rows = [self._by_id[c] for c in part.custom_ids if self._by_id[c].state == SUBMITTED and self._by_id[c].part == part.index]
+        part.collected = True
+        self._refused(rows, part.target, part.submitted_at, failure.kind, failure.status,
+                      f"batch {part.job_id} could not be read {part.poll_failures} times: {failure.message}")
 
     async def _job_failed(self, http: Any, part: Part, status: JobStatus) -> None:
         """A job that failed as a whole (validation): split and resubmit when it was too big, else fall back."""
@@ -849,7 +877,7 @@ class BatchJob:
                          "batch": t.batch} for t in self.targets],
             "parts": [{"i": p.index, "target": p.target, "job": p.job_id, "ids": p.custom_ids, "at": p.submitted_at,
                        "state": p.state, "wire": p.wire_status, "counts": p.counts, "collected": p.collected,
-                       "cancel": p.cancel_asked, "note": p.note} for p in self.parts],
+                       "cancel": p.cancel_asked, "note": p.note, "fails": p.poll_failures} for p in self.parts],
             "inputs": inputs, "rows": rows,
         }
 
@@ -1158,7 +1186,8 @@ def from_record(router: JobRouter, record: dict[str, Any]) -> BatchJob:
     job.estimated_cost_usd = None if estimate is None else Decimal(str(estimate))
     job.parts = [Part(int(p["i"]), int(p["target"]), str(p["job"]), list(p["ids"]), float(p["at"]), state=str(p["state"]),
                       wire_status=str(p.get("wire") or ""), counts=dict(p.get("counts") or {}), collected=bool(p.get("collected")),
-                      cancel_asked=bool(p.get("cancel")), note=str(p.get("note") or "")) for p in record.get("parts") or []]
+                      cancel_asked=bool(p.get("cancel")), note=str(p.get("note") or ""), poll_failures=int(p.get("fails") or 0))
+                 for p in record.get("parts") or []]
     return job
 
 
