@@ -471,3 +471,27 @@ def test_a_job_the_provider_no_longer_knows_is_given_up_and_its_rows_fall_back(b
     assert result.done == 2 and all(e.served_by == target("openai") for e in result)
     first = result[0].attempts[0]
     assert first.action is Action.BATCHED and "could not be read 3 times" in first.message
+
+
+def test_an_answer_that_does_not_match_the_schema_is_paid_and_falls_back(bsim: Any, routers: Any) -> None:
+    router = routers(config(bsim, "openai", "anthropic"))
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    bsim.script_batch(BatchScript(lines={"row-0": Reply('{"n": 1}'), "row-1": Reply("not JSON at all")}))
+    bsim.set_default(Reply('{"n": 2}'))
+    result = router.map("c", ["a", "b"], schema=schema, mode="batch").wait()
+    assert result.parsed == [{"n": 1}, {"n": 2}]
+    first, live = result[1].attempts
+    assert first.action is Action.BATCHED and first.kind is not None and first.kind.value == "invalid_output"
+    assert live.action is Action.SERVED and live.candidate == target("anthropic")
+    assert first.cost_usd is not None and first.cost_usd > 0  # the line was billed: it counts
+    assert result[1].cost_usd == first.cost_usd + live.cost_usd
+
+
+def test_the_jobs_file_has_numbered_migrations_and_is_the_users_alone(bsim: Any, routers: Any, tmp_path: Path) -> None:
+    from nbrouter.router.batch.records import SCHEMA_VERSION
+
+    routers(config(bsim, "openai")).map("c", ["a"], mode="batch")
+    path = tmp_path / "state.jobs.sqlite3"
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 1
+    assert path.stat().st_mode & 0o077 == 0

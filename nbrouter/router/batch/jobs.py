@@ -342,6 +342,14 @@ class BatchJob:
         prompt = estimate_prompt(req.messages, req.system, margin=policy.token_safety_margin, per_message=policy.tokens_per_message)
         return prices.input * prompt + prices.output * (req.max_tokens or policy.default_max_tokens_estimate)
 
+    def _api(self, target: Target) -> BatchAPI:
+        """The batch API of a target's provider (a provider removed from the config since fails like a 404)."""
+        provider = self.router.config.providers.get(target.provider)
+        api = get_batch_api(provider.protocol) if provider is not None else None
+        if api is None:
+            raise ProviderFailure(ErrorKind.MODEL_NOT_FOUND, f"provider {target.provider!r} is no longer configured with a batch API")
+        return api
+
     def _overridden(self, t: Target) -> bool:
         return f"{t.provider}/{t.model}" in self.router.config.prices
 
@@ -389,18 +397,18 @@ class BatchJob:
             if not progressed:
                 return
 
-    async def _submit(self, http: Any, rows: list[Row], index: int) -> None:
-        """Submit rows to one target's batch API, in parts within its limits."""
+    async def _submit(self, http: Any, rows: list[Row], index: int, max_rows: int | None = None) -> None:
+        """Submit rows to one target's batch API, in parts within its limits (and `max_rows`)."""
         target = self.targets[index]
-        api = get_batch_api(self.router.config.providers[target.provider].protocol)
-        assert api is not None
         try:
+            api = self._api(target)
             endpoint = await self._endpoint(target)
         except ProviderFailure as failure:
             self._refused(rows, index, self.router.clock.time(), failure.kind, None, failure.message)
             return
         lines = [BatchLine(r.custom_id, self._chat_request(r, target)) for r in rows]
-        for chunk in plan_parts(api, endpoint, lines, self.max_job_rows):
+        cap = self.max_job_rows if max_rows is None else min(max_rows, self.max_job_rows or max_rows)
+        for chunk in plan_parts(api, endpoint, lines, cap):
             if not self.targets[index].batch:
                 break  # it answered that it has no batch API: the remaining rows stay queued and move on
             await self._submit_part(http, api, endpoint, [self._by_id[line.custom_id] for line in chunk], chunk, index)
@@ -466,7 +474,9 @@ class BatchJob:
 
     async def _endpoint(self, target: Target) -> Endpoint:
         """Where and as whom to send, with the account's key read now (fetched first when it comes from a command)."""
-        provider = self.router.config.providers[target.provider]
+        provider = self.router.config.providers.get(target.provider)
+        if provider is None:
+            raise ProviderFailure(ErrorKind.MODEL_NOT_FOUND, f"provider {target.provider!r} is no longer configured")
         acc = provider.account(target.account)
         if acc is not None and acc.key_source is not None and acc.key_source.cached() is None:
             try:
@@ -496,10 +506,9 @@ class BatchJob:
 
     async def _poll(self, http: Any, part: Part) -> None:
         target = self.targets[part.target]
-        api = get_batch_api(self.router.config.providers[target.provider].protocol)
-        assert api is not None
-        wire = BatchHTTP(http, api_protocol(api))
         try:
+            api = self._api(target)
+            wire = BatchHTTP(http, api_protocol(api))
             endpoint = await self._endpoint(target)
             status = await api.status(wire, endpoint, part.job_id)
             self._update(part, status)
@@ -538,17 +547,12 @@ class BatchJob:
         rows = [self._by_id[c] for c in part.custom_ids if self._by_id[c].state == SUBMITTED and self._by_id[c].part == part.index]
         part.collected = True
         message = status.error or "the batch failed"
-        if _TOO_BIG.search(message) and len(rows) > 1:
+        if _TOO_BIG.search(message) and len(rows) > 1 and all(r.request is not None for r in rows):
             for r in rows:
                 r.state, r.part = QUEUED, None
-            target = self.targets[part.target]
-            api = get_batch_api(self.router.config.providers[target.provider].protocol)
-            assert api is not None
-            endpoint = await self._endpoint(target)
-            lines = [BatchLine(r.custom_id, self._chat_request(r, target)) for r in rows if r.request is not None]
-            half = len(lines) // 2
-            for chunk in (lines[:half], lines[half:]):
-                await self._submit_part(http, api, endpoint, [self._by_id[line.custom_id] for line in chunk], chunk, part.target)
+            half = len(rows) // 2
+            for chunk in (rows[:half], rows[half:]):
+                await self._submit(http, chunk, part.target, max_rows=len(chunk))
             return
         self._refused(rows, part.target, part.submitted_at, status.error_kind, None, f"batch {part.job_id} failed: {message}")
 
@@ -655,13 +659,16 @@ class BatchJob:
             outcome = dispatcher.outcomes.get(item.position)
             if outcome is None or (isinstance(outcome, NotDone) and not completed):
                 continue  # interrupted before it ended: it stays queued for the next refresh
+            live_cost = outcome.cost_usd if isinstance(outcome, RouteResult) else None
             row.attempts.extend(outcome.attempts)
             outcome.attempts = list(row.attempts)
             if isinstance(outcome, RouteResult):
                 if self.cache and row.cache_key is not None:
                     self.router.cache.put(row.cache_key, outcome, now)
+                outcome.cost_usd = _total(row.attempts)  # a billed batch line (an invalid output) counts too
                 cost = outcome.cost_usd
-                self._settle(row, DONE, outcome, {"cost": None if cost is None else str(cost), "live_cost": None if cost is None else str(cost)})
+                self._settle(row, DONE, outcome, {"cost": None if cost is None else str(cost),
+                                                  "live_cost": None if live_cost is None else str(live_cost)})
             elif isinstance(outcome, NotDone):
                 self._settle(row, NOT_SENT, outcome, {"reason": outcome.reason})
             else:
@@ -780,10 +787,9 @@ class BatchJob:
                         if part.collected or part.terminal:
                             continue
                         target = self.targets[part.target]
-                        api = get_batch_api(self.router.config.providers[target.provider].protocol)
-                        assert api is not None
                         part.cancel_asked = True
                         try:
+                            api = self._api(target)
                             status = await api.cancel(BatchHTTP(http, api_protocol(api)), await self._endpoint(target), part.job_id)
                             self._update(part, status)
                         except ProviderFailure as failure:
@@ -824,9 +830,8 @@ class BatchJob:
 
     async def _fetch_lines(self, part: Part) -> dict[str, LineResult]:
         target = self.targets[part.target]
-        api = get_batch_api(self.router.config.providers[target.provider].protocol)
-        assert api is not None
         try:
+            api = self._api(target)
             async with client() as http:
                 wire = BatchHTTP(http, api_protocol(api))
                 endpoint = await self._endpoint(target)

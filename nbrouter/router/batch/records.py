@@ -16,13 +16,14 @@ file) the records live in this process's memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..._core import ErrorKind, Usage
 from ..types import Action, Attempt
@@ -59,7 +60,8 @@ def jobs_path(state_path: Path | None) -> Path | None:
 
 
 class JobRecords:
-    """The batch jobs' records: in a SQLite file, or in memory.
+    """The batch jobs' records: in a SQLite file (a connection per operation: a job writes a few times per
+    poll, and nothing stays open after its Router closes), or in memory.
 
     Args:
         path: the file (None: memory only).
@@ -69,53 +71,46 @@ class JobRecords:
         self.path = path
         self._lock = threading.Lock()
         self._memory: dict[str, tuple[float, float, int, str, str]] = {}
-        self._db: sqlite3.Connection | None = None
+        self._migrated = False
 
-    def _conn(self) -> sqlite3.Connection | None:
-        if self.path is None:
-            return None
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=5.0)
-            db.execute("PRAGMA journal_mode=WAL")
-            try:
-                os.chmod(self.path, 0o600)  # job records name the user's accounts and jobs: theirs alone
-            except OSError:
-                pass
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version < SCHEMA_VERSION:
-                db.execute("BEGIN IMMEDIATE")
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
+        try:
+            if not self._migrated:
+                db.execute("PRAGMA journal_mode=WAL")
                 try:
-                    for step in MIGRATIONS[version:]:
-                        step(db)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-            self._db = db
-        return self._db
+                    os.chmod(self.path, 0o600)  # job records name the user's accounts and jobs: theirs alone
+                except OSError:
+                    pass
+                _migrate(db)
+                self._migrated = True
+            yield db
+        finally:
+            db.close()
 
     def save(self, job_id: str, created_at: float, updated_at: float, settled: bool, combo: str, record: dict[str, Any]) -> None:
         """Write a job's record (replacing the one before)."""
         text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
         with self._lock:
-            conn = self._conn()
-            if conn is None:
+            if self.path is None:
                 self._memory[job_id] = (created_at, updated_at, int(settled), combo, text)
                 return
-            conn.execute("INSERT OR REPLACE INTO batch_jobs VALUES (?, ?, ?, ?, ?, ?)",
-                         (job_id, created_at, updated_at, int(settled), combo, text))
+            with self._conn() as db:
+                db.execute("INSERT OR REPLACE INTO batch_jobs VALUES (?, ?, ?, ?, ?, ?)",
+                           (job_id, created_at, updated_at, int(settled), combo, text))
 
     def load(self, job_id: str) -> dict[str, Any] | None:
         """One job's record, or None."""
         with self._lock:
-            conn = self._conn()
-            if conn is None:
+            if self.path is None:
                 row = self._memory.get(job_id)
                 text = row[4] if row is not None else None
             else:
-                found = conn.execute("SELECT record FROM batch_jobs WHERE id = ?", (job_id,)).fetchone()
+                with self._conn() as db:
+                    found = db.execute("SELECT record FROM batch_jobs WHERE id = ?", (job_id,)).fetchone()
                 text = found[0] if found is not None else None
         if text is None:
             return None
@@ -125,28 +120,40 @@ class JobRecords:
     def list(self) -> list[tuple[str, float, float, bool, str]]:
         """(id, created_at, updated_at, settled, combo) of every job, newest first."""
         with self._lock:
-            conn = self._conn()
-            if conn is None:
+            if self.path is None:
                 rows = [(k, v[0], v[1], bool(v[2]), v[3]) for k, v in self._memory.items()]
+            elif not self.path.exists():
+                rows = []
             else:
-                rows = [(r[0], r[1], r[2], bool(r[3]), r[4])
-                        for r in conn.execute("SELECT id, created_at, updated_at, settled, combo FROM batch_jobs")]
+                with self._conn() as db:
+                    rows = [(r[0], r[1], r[2], bool(r[3]), r[4])
+                            for r in db.execute("SELECT id, created_at, updated_at, settled, combo FROM batch_jobs")]
         return sorted(rows, key=lambda r: r[1], reverse=True)
 
     def delete(self, job_id: str) -> None:
         """Forget a job's record (the provider's job is not touched)."""
         with self._lock:
-            conn = self._conn()
-            if conn is None:
+            if self.path is None:
                 self._memory.pop(job_id, None)
-            else:
-                conn.execute("DELETE FROM batch_jobs WHERE id = ?", (job_id,))
+                return
+            with self._conn() as db:
+                db.execute("DELETE FROM batch_jobs WHERE id = ?", (job_id,))
 
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Run the missing migrations in one write transaction (another process may be migrating too)."""
+    if int(db.execute("PRAGMA user_version").fetchone()[0]) >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        for step in MIGRATIONS[version:]:
+            step(db)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 # ---- attempts in a record ----------------------------------------------------------------------
