@@ -495,3 +495,13 @@ def test_the_jobs_file_has_numbered_migrations_and_is_the_users_alone(bsim: Any,
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 1
     assert path.stat().st_mode & 0o077 == 0
+
+
+def test_retry_failed_sends_the_rows_without_an_answer_again_live(bsim: Any, routers: Any) -> None:
+    router = routers(config(bsim, "openai"))
+    bsim.script_batch(BatchScript(lines={"row-1": ContentFilter()}))
+    result = router.map("c", ["a", "b", "c"], prompt="Say {item}", mode="batch").wait()
+    assert [isinstance(e, StopError) for e in result] == [False, True, False]
+    again = result.retry_failed()
+    assert again.done == 3 and again.texts[1].endswith("Say b") and len(live_requests(bsim)) == 1
+    assert again[0] is result[0]  # the answers kept are not sent again

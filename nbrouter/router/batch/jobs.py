@@ -30,7 +30,7 @@ import weakref
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Coroutine, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Iterable, Protocol, Sequence, TypeVar
 
 from ..._core import Clock, ErrorKind, ProviderFailure, Usage
 from ..._core.text import dollars, duration
@@ -59,10 +59,11 @@ from ..run.background import BackgroundLoop
 from ..run.cache import ResponseCache, hit_result
 from ..state.store import StateStore
 from ..structured import OutputSchema, output_schema
-from ..types import Action, Attempt, Candidate, Decision, RouteResult
+from ..types import Action, Attempt, Decision, RouteResult
 from .dispatch import (
     DEFAULT_CONCURRENCY,
     NOT_SENT_BUDGET,
+    Batch,
     BatchItem,
     BatchResult,
     Dispatcher,
@@ -72,6 +73,7 @@ from .dispatch import (
     drive,
     pacer_for,
     prepare,
+    run_sync,
 )
 from . import waiting
 from .prices import batch_unit_prices
@@ -199,9 +201,6 @@ class Target:
     @property
     def key(self) -> str:
         return f"{self.provider}#{self.account}/{self.model}"
-
-    def candidate(self) -> Candidate:
-        return Candidate(self.provider, self.account, self.model, options=self.options)
 
 
 # ---- the job ---------------------------------------------------------------------------------
@@ -934,10 +933,24 @@ class JobResult(BatchResult):
 
     def __init__(self, entries: list[RouteResult | RouteError], inputs: Inputs, *, combo: str, elapsed_s: float,
                  interrupted: bool, schema: OutputSchema | None, job: BatchJob) -> None:
-        super().__init__(entries, inputs, combo=combo, elapsed_s=elapsed_s, interrupted=interrupted, schema=schema)
+        super().__init__(entries, inputs, combo=combo, elapsed_s=elapsed_s, interrupted=interrupted, schema=schema,
+                         rerun=self._live_again)
         self.job = job
         self.job_id = job.id
         self.live_cost_usd = job.live_cost_usd
+
+    def _live_again(self, positions: list[int]) -> BatchResult:
+        """`retry_failed()`: the rows at `positions` once more, live through the whole combo (the answers kept stay)."""
+        rows = [self.job.rows[p] for p in positions if self.job.rows[p].request is not None]
+        items = [BatchItem(i, self.inputs.values[r.position], r.request) for i, r in enumerate(rows) if r.request is not None]
+        again = Batch(self.job.router, self.combo, Inputs([i.value for i in items], list(range(len(items))), "items"), items,
+                      concurrency=self.job.concurrency, max_cost_usd=None, progress=None)
+        result = run_sync(self.job.router, again)
+        entries = list(self.entries)
+        for new, row in enumerate(rows):
+            entries[row.position] = result.entries[new]
+        return BatchResult(entries, self.inputs, combo=self.combo, elapsed_s=self.elapsed_s + result.elapsed_s,
+                           interrupted=result.interrupted, schema=self.schema)
 
     def summary_lines(self) -> list[str]:
         # a batch's rows all wait for their job: the live summary's "slowest" items say nothing here
@@ -1231,9 +1244,6 @@ class JobList(list[BatchJob]):
         head = ["job", "combo", "targets", "state", "done", "failed", "pending", "cost"]
         cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows())
         return f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{cells}</table>"
-
-    def __iter__(self) -> Iterator[BatchJob]:
-        return super().__iter__()
 
 
 __all__ = ["FALLBACKS", "BatchJob", "JobList", "JobResult", "NoBatchTarget", "asubmit", "find", "listing", "plan_parts", "submit"]

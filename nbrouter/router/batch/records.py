@@ -130,15 +130,6 @@ class JobRecords:
                             for r in db.execute("SELECT id, created_at, updated_at, settled, combo FROM batch_jobs")]
         return sorted(rows, key=lambda r: r[1], reverse=True)
 
-    def delete(self, job_id: str) -> None:
-        """Forget a job's record (the provider's job is not touched)."""
-        with self._lock:
-            if self.path is None:
-                self._memory.pop(job_id, None)
-                return
-            with self._conn() as db:
-                db.execute("DELETE FROM batch_jobs WHERE id = ?", (job_id,))
-
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Run the missing migrations in one write transaction (another process may be migrating too)."""
