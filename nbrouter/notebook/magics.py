@@ -38,6 +38,7 @@ from ..router import attempt_text, decision_html, decision_text, image_input, lo
 from .display import FORMATS, LiveAnswer, failure_bundle, failure_lines, render_answer, result_bundle, short_traceback, terminal_width
 from . import frontend
 from .batch_view import run_batch_cell
+from .jobs_view import install as show_job_waits, run_job_cell, uninstall as hide_job_waits
 from .interpolation import interpolate
 from .ledger import CostLedger
 
@@ -163,6 +164,7 @@ class LLMMagics(Magics):
     @argument("--column", default=None, metavar="COL", help="With --over: the items are this column of VAR.")
     @argument("--concurrency", type=int, default=None, metavar="N", help="With --over: at most N calls in flight.")
     @argument("--schema", default=None, metavar="VAR", help="With --over: each answer is JSON matching the schema in VAR; its fields become columns.")
+    @argument("--batch", action="store_true", help="With --over: through the providers' batch APIs at half price, as a job that outlives the kernel (kept in _llm_job); waits with a live view, Ctrl-C stops waiting, not the job.")
     @argument("--image", action="append", default=None, metavar="VAR",
               help="Send the image in VAR with the prompt (a matplotlib figure, a PIL image, bytes, a path or a URL); "
                    "`_` is the last figure shown (pyplot's current figure, else the last output). Repeat for more. "
@@ -241,8 +243,8 @@ class LLMMagics(Magics):
         if args.tools:
             call["tools"] = self._tools(args.tools, ns)
 
-        if args.over:  # issue 17: a batch over VAR's items (batch_view.py)
-            run_batch_cell(self, router, combo, args, body, call)
+        if args.over:  # issue 17: a batch over VAR's items (batch_view.py); issue 24: --batch (jobs_view.py)
+            (run_job_cell if args.batch else run_batch_cell)(self, router, combo, args, body, call)
             return None
         if args.explain:
             self._show(router.explain(combo, prompt, **call))
@@ -913,6 +915,7 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.events.register("post_run_cell", magics.cell_finished)
     # the extension's status board asks through this comm, and its status bar shows the ledger's total
     frontend.register(ipython, lambda: magics.router, magics.ledger)
+    show_job_waits()  # issue 24: every job.wait() in the notebook shows the job's live view
     magics.open()
 
 
@@ -923,6 +926,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     if not isinstance(magics, LLMMagics):
         return
     magics.close()
+    hide_job_waits()
     registry.pop(LLMMagics.__name__, None)
     cleanup = getattr(ipython, "input_transformers_cleanup", [])
     if keep_question_marks in cleanup:

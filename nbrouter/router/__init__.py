@@ -72,8 +72,11 @@ from .views import account_cells, account_health, candidate_cells, candidate_hea
 
 if TYPE_CHECKING:  # batch work loads on first use, so that `import nbrouter` stays light
     from .batch.dispatch import BatchResult, Executor, LocalExecutor, Progress
+    from .batch.jobs import BatchJob, JobList, JobResult, NoBatchTarget
+    from .batch.waiting import set_wait_display
 
 _BATCH = ("BatchResult", "Executor", "LocalExecutor", "Progress")
+_JOBS = ("BatchJob", "JobList", "JobResult", "NoBatchTarget")
 
 
 def __getattr__(name: str) -> Any:
@@ -81,6 +84,14 @@ def __getattr__(name: str) -> Any:
         from .batch import dispatch
 
         return getattr(dispatch, name)
+    if name == "set_wait_display":
+        from .batch import waiting
+
+        return waiting.set_wait_display
+    if name in _JOBS:
+        from .batch import jobs
+
+        return getattr(jobs, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -92,6 +103,7 @@ __all__ = [
     "Attempt",
     "AttemptFinished",
     "AttemptStarted",
+    "BatchJob",
     "BatchResult",
     "BudgetExceeded",
     "CallRequest",
@@ -106,8 +118,11 @@ __all__ = [
     "ErrorKind",
     "Executor",
     "FACTORS",
+    "JobList",
+    "JobResult",
     "LocalExecutor",
     "MemoryBackend",
+    "NoBatchTarget",
     "NoProviders",
     "NotCapable",
     "PACKS",
@@ -143,6 +158,7 @@ __all__ = [
     "image_url_part",
     "log_table",
     "output_width",
+    "set_wait_display",
     "status_tables",
     "account_health",
     "candidate_health",

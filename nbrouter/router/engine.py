@@ -18,7 +18,7 @@ import os
 import random
 import weakref
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Awaitable, Callable, Generator, Literal, Mapping, Sequence, overload
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # batch work and the response cache load on first use: `impor
 
     from ..providers import ChatRequest, Completion, Endpoint, WireProtocol
     from .batch.dispatch import BatchResult
+    from .batch.jobs import BatchJob, JobList
     from .run.cache import ResponseCache
     from .structured import SchemaSpec
 
@@ -56,6 +57,15 @@ _routers: "weakref.WeakSet[Router]" = close_at_exit()
 
 def _is_done(event: RouteEvent) -> bool:
     return isinstance(event, Done)
+
+
+def _batch_mode(mode: str, options: dict[str, Any]) -> bool:
+    """Whether `map` goes through the batch APIs; the batch-only options are refused for a live map."""
+    if mode not in ("live", "batch"):
+        raise ValueError(f"mode must be 'live' or 'batch', not {mode!r}")
+    if mode == "live" and ("fallback" in options or "max_job_rows" in options):
+        raise TypeError("fallback= and max_job_rows= are options of mode='batch'")
+    return mode == "batch"
 
 
 class Router:
@@ -364,29 +374,70 @@ class Router:
 
     # ---- batch work (batch.py) ----------------------------------------------------------------
 
-    def map(self, combo: str | Combo, items: Any, **options: Any) -> BatchResult:
+    @overload
+    def map(self, combo: str | Combo, items: Any, *, mode: Literal["live"] = "live", **options: Any) -> BatchResult: ...
+
+    @overload
+    def map(self, combo: str | Combo, items: Any, *, mode: Literal["batch"], **options: Any) -> BatchJob: ...
+
+    def map(self, combo: str | Combo, items: Any, *, mode: str = "live", **options: Any) -> BatchResult | BatchJob:
         """Run one prompt over many items, pacing every account to its limit; Ctrl-C returns what finished.
 
         Args:
             combo: as for `complete`.
             items: a list (any iterable), a pandas Series or a DataFrame (one call per row).
+            mode: "live" (calls now; returns the BatchResult) or "batch" (through the first target with a
+                batch API, at its batch price; returns a `BatchJob` at once: `job.wait()` is the BatchResult).
             **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict), `messages` (or a function
                 of the item), `images` (a column holding each row's image, "item", or a function of the item), `concurrency`, `account_concurrency`, `max_cost_usd` (the whole batch's), `cache`,
                 `progress`, `schema` (its fields become columns), and any option of `acomplete`; each is
-                described in `batch.prepare`.
+                described in `batch.prepare`. With mode="batch" also `fallback` ("live", the default, or
+                "batch": where rows go that a batch line could not answer) and `max_job_rows` (see `batch.jobs`).
 
         Returns:
-            a BatchResult: one RouteResult or RouteError per item, in input order.
+            a BatchResult (one RouteResult or RouteError per item, in input order), or with mode="batch" a BatchJob.
         """
+        if _batch_mode(mode, options):
+            from .batch.jobs import submit
+
+            return submit(self, combo, items, **options)
         from .batch.dispatch import prepare, run_sync
 
         return run_sync(self, prepare(self, combo, items, **options))
 
-    async def amap(self, combo: str | Combo, items: Any, **options: Any) -> BatchResult:
-        """The async `map`, on the caller's event loop; cancelling it returns what finished."""
+    @overload
+    async def amap(self, combo: str | Combo, items: Any, *, mode: Literal["live"] = "live", **options: Any) -> BatchResult: ...
+
+    @overload
+    async def amap(self, combo: str | Combo, items: Any, *, mode: Literal["batch"], **options: Any) -> BatchJob: ...
+
+    async def amap(self, combo: str | Combo, items: Any, *, mode: str = "live", **options: Any) -> BatchResult | BatchJob:
+        """The async `map`, on the caller's event loop; cancelling it returns what finished (mode="batch":
+        the BatchJob once submitted; `await job.await_result()` waits for it)."""
+        if _batch_mode(mode, options):
+            from .batch.jobs import asubmit
+
+            return await asubmit(self, combo, items, **options)
         from .batch.dispatch import arun, prepare
 
         return await arun(prepare(self, combo, items, **options))
+
+    def jobs(self) -> JobList:
+        """The batch jobs recorded beside the state file (open and settled, newest first), also those of an
+        earlier kernel: a `JobList`."""
+        from .batch.jobs import listing
+
+        return listing(self)
+
+    def job(self, job_id: str) -> BatchJob:
+        """One batch job by id (`job.result()` collects it, `job.wait()` waits for it).
+
+        Raises:
+            KeyError: no job of that id is recorded.
+        """
+        from .batch.jobs import find
+
+        return find(self, job_id)
 
     @property
     def cache(self) -> ResponseCache:

@@ -35,6 +35,8 @@ class Action(str, enum.Enum):
     STOP = "stop"
     SKIPPED = "skipped"
     CACHED = "cached"
+    #: a row of a batch job: sent through a provider's batch API (the message names the job and the line's status)
+    BATCHED = "batched"
 
     def __str__(self) -> str:
         return self.value
