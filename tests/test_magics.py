@@ -267,7 +267,7 @@ def test_terminal_shell_prints_the_stream_then_the_footer(ip: Any, sim: Any, cap
 def test_help_is_generated_from_the_arguments(ip: Any) -> None:
     doc = magics(ip).llm.__doc__
     assert doc.lstrip().startswith("::") and "%llm [-s SYSTEM]" in doc
-    for option in ("--max-tokens", "--temperature", "--format", "--out", "--no-stream", "--max-cost", "--explain",
+    for option in ("--max-tokens", "--temperature", "--format", "--out", "--no-stream", "--max-cost", "--timeout", "--explain",
                    "--strategy", "--chat", "--new", "--no-interpolate"):
         assert option in doc
 
@@ -626,6 +626,19 @@ def test_max_cost_option_refuses_when_every_estimate_is_above(ip: Any, sim: Any)
     sent = len(sim.requests)
     exc = run(ip, "%%llm fast -m 1000 --max-cost 0.0000001\nhi")
     assert isinstance(exc, BudgetExceeded)
+    assert len(sim.requests) == sent
+
+
+def test_the_timeout_option_limits_each_attempt_and_refuses_zero(ip: Any, sim: Any) -> None:
+    from nbrouter.testing import Hang
+
+    sim.script([Hang(seconds=5.0)], model="model-a")
+    assert run(ip, "%%llm fast --timeout 0.2\nhi") is None
+    result = ip.user_ns["_llm"]
+    assert result.attempts[0].kind.value == "timeout" and result.served_by != "sim#default/model-a"
+    sent = len(sim.requests)
+    exc = run(ip, "%%llm fast --timeout 0\nhi")
+    assert isinstance(exc, ValueError) and "timeout_s must be a number above 0" in str(exc)
     assert len(sim.requests) == sent
 
 

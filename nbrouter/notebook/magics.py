@@ -154,6 +154,8 @@ class LLMMagics(Magics):
     @argument("-o", "--out", default=None, metavar="VAR", help="Store the RouteResult in this variable (it is always in _llm too).")
     @argument("--no-stream", action="store_true", help="Wait for the whole answer instead of streaming it.")
     @argument("--max-cost", type=float, default=None, metavar="USD", help="Refuse the call if every target's estimated cost is above this.")
+    @argument("--timeout", type=float, default=None, metavar="S",
+              help="The wall-clock limit of each attempt in seconds (above 0), instead of the combo's.")
     @argument("--explain", action="store_true", help="Show what the router would do (order, skips and why); send nothing.")
     @argument("--strategy", default=None, metavar="NAME", help="Use this strategy instead of the combo's for this cell.")
     @argument("--chat", action="store_true", help="Continue this combo's conversation in this kernel.")
@@ -238,6 +240,8 @@ class LLMMagics(Magics):
                 "nothing was sent. Raise it with `%llm budget USD`, or `%llm budget off`."))
         if args.max_cost is not None:
             call["max_cost_usd"] = args.max_cost
+        if args.timeout is not None:
+            call["timeout_s"] = args.timeout
         if args.image:  # issue 25: images with the prompt (with --over: the column of each row's image)
             call["images"] = args.image[0] if args.over else self._images(args.image, ns)
         if args.tools:
