@@ -422,7 +422,8 @@ class SQLiteBackend(StateBackend):
         """Check that the file is nbrouter's and whole, migrate it, and read its state rows."""
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        foreign = sorted(t for t in tables - {"state", "calls"} if not t.startswith("sqlite_"))
+        # "shared" is the table of shared_sqlite.py (the shared state of the machine's kernels)
+        foreign = sorted(t for t in tables - {"state", "calls", "shared"} if not t.startswith("sqlite_"))
         if foreign and "state" not in tables:
             raise _NotOurs(f"it holds another program's tables ({', '.join(foreign[:5])})")
         if version > SCHEMA_VERSION:
