@@ -314,6 +314,13 @@ class StateStore:
             self._writer.flush(DURABLE_WAIT_S, durable=True)
         return h
 
+    def mirror_hold(self, key: str, hold: Hold) -> None:
+        """Keep in memory a hold the shared store reported (another process set it): decisions skip the key
+        until it ends; it is not written again (the store has it)."""
+        current = self.holds.get(key)
+        if current is None or current.until < hold.until:
+            self.holds[key] = hold
+
     def clear_hold(self, key: str) -> None:
         """Lift the hold on a key, if any."""
         if self.holds.pop(key, None) is not None:
@@ -436,6 +443,10 @@ class StateStore:
         self.counters[name] = value + 1
         self._put("counter", name, value + 1)
         return value
+
+    def set_counter(self, name: str, value: int) -> None:
+        """Set the counter to a turn the shared store handed out (memory only: the store keeps the truth)."""
+        self.counters[name] = value
 
     def counter(self, name: str) -> int:
         """The counter's value."""
