@@ -799,11 +799,15 @@ class RedisShared:
         await self._guard(send())
 
     async def close(self) -> None:
+        """Close the clients: this loop's now, a running loop's on that loop; a closed loop's are dropped."""
         clients = list(self._clients.items())
         self._clients.clear()
+        here = asyncio.get_running_loop()
         for loop, c in clients:
-            if loop is asyncio.get_running_loop():
-                try:
+            try:
+                if loop is here:
                     await c.aclose()
-                except Exception:
-                    pass
+                elif loop.is_running():
+                    asyncio.run_coroutine_threadsafe(c.aclose(), loop)
+            except Exception:  # closing is best effort: the connections go with the process anyway
+                pass
