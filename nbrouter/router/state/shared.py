@@ -51,7 +51,16 @@ SLOT_RECHECK_S = 0.02
 
 class StoreDown(Exception):
     """The store could not answer (refused, timed out, lost its connection). Raised by the raw stores
-    only; `GuardedState` catches it, so a call never sees it."""
+    only; `GuardedState` catches it, so a call never sees it.
+
+    Args:
+        message: what happened (never a password).
+        timeout: the store did not answer within its timeout (rather than refusing or failing).
+    """
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
 
 
 def tag_of(key: str) -> str:

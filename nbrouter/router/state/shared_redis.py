@@ -539,13 +539,15 @@ class RedisShared:
         from redis.retry import Retry
         return redis.Redis.from_url(self._url, retry=Retry(NoBackoff(), 0), **kwargs)
 
-    def _down(self, exc: BaseException) -> StoreDown:
+    def down_error(self, exc: BaseException) -> StoreDown:
+        """The StoreDown a redis-py or socket failure means (its text without the password)."""
         text = scrub(str(exc) or type(exc).__name__)
         if self.parsed.password:
             text = text.replace(self.parsed.password, "***")
-        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or type(exc).__name__ == "TimeoutError":
-            text = f"no answer within {self.timeout_s:g} s"
-        return StoreDown(f"Redis at {self.url}: {text}")
+        timeout = isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or type(exc).__name__ == "TimeoutError"
+        if timeout:
+            text = f"no answer within {self.timeout_s * 1000:g} ms"
+        return StoreDown(f"Redis at {self.url}: {text}", timeout=timeout)
 
     async def _guard(self, coro: Any) -> Any:
         """Await a redis-py call within the timeout; every failure becomes StoreDown."""
@@ -554,7 +556,7 @@ class RedisShared:
         try:
             return await asyncio.wait_for(coro, self.timeout_s)
         except (rx.RedisError, OSError, asyncio.TimeoutError) as exc:
-            raise self._down(exc) from None
+            raise self.down_error(exc) from None
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script by its hash; load it if the server does not know it (a restart)."""
@@ -577,6 +579,12 @@ class RedisShared:
         """Ask the server for an answer (raises StoreDown)."""
         self.round_trips += 1
         await self._guard(self.client().ping())
+
+    async def mark(self) -> bool:
+        """Set the marker key; True if it was missing: first use, or a server that lost what it kept
+        (restarted without persistence, flushed), whose holds the kernels' mirrors must write again."""
+        self.round_trips += 1
+        return bool(await self._guard(self.client().set(self.marker_key, "1", nx=True)))
 
     # ---- time ---------------------------------------------------------------------------------
 
@@ -799,11 +807,15 @@ class RedisShared:
         await self._guard(send())
 
     async def close(self) -> None:
+        """Close the clients: this loop's now, a running loop's on that loop; a closed loop's are dropped."""
         clients = list(self._clients.items())
         self._clients.clear()
+        here = asyncio.get_running_loop()
         for loop, c in clients:
-            if loop is asyncio.get_running_loop():
-                try:
+            try:
+                if loop is here:
                     await c.aclose()
-                except Exception:
-                    pass
+                elif loop.is_running():
+                    asyncio.run_coroutine_threadsafe(c.aclose(), loop)
+            except Exception:  # closing is best effort: the connections go with the process anyway
+                pass
