@@ -17,7 +17,7 @@ import contextlib
 import os
 import weakref
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
@@ -34,8 +34,11 @@ from .model import Combo, Config, Provider
 from .decide.pricing import PriceBook
 from .requests import CallRequest, build_request
 from .state.backends import StateBackend
+from .state.guarded import open_shared
+from .state.pacing import Pacer
+from .state.shared import SharedState
 from .state.store import StateStore
-from .status import Status, collect_status, reset_holds
+from .status import Status, collect_status, reset_holds, reset_matches
 from .decide.strategies import STRATEGIES
 from .types import Attempt, Candidate, Decision, Done, RouteEvent, RouteResult
 
@@ -90,7 +93,10 @@ class Router:
         self.prices = PriceBook(self.config)
         #: the session budget (spent is counted even without a limit)
         self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
-        self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget)
+        #: what every process sharing the accounts shares: admission, holds, counters, rotation
+        self.shared: SharedState = open_shared(path=self.state.path if self.state.persistent else None, clock=self.clock)
+        self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget,
+                                pacer=Pacer(self.config, self.shared, clock=self.clock))
         self._senders = Senders(transport=transport, http_client=http_client)
         self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result))
         self._bg = BackgroundLoop()
@@ -99,6 +105,11 @@ class Router:
         self._cache: ResponseCache | None = None
         self._persist = persist
         _routers.add(self)
+
+    @property
+    def pacer(self) -> Pacer:
+        """The pacing of every call over the shared store (what `map` and the status board read)."""
+        return self._decider.pacer
 
     @property
     def policy(self) -> Any:
@@ -389,8 +400,20 @@ class Router:
         return collect_status(self._decider, self.state, self.clock.time())
 
     def reset(self, target: str | None = None) -> int:
-        """Clear cooldowns, locks and breakers (of keys containing `target`, or all). Returns how many."""
-        return reset_holds(self.config, self.state, target)
+        """Clear cooldowns, locks and breakers (of keys containing `target`, or all), here and in the store
+        every process shares. Returns how many this process held."""
+        matches = reset_matches(self.config, target)
+        breakers = [k for k in self.state.breakers if any(m is None or m in k for m in matches)]
+        n = reset_holds(self.config, self.state, target)
+        self.pacer.forget(matches)
+        self._on_shared(self._reset_shared(matches, breakers), start=True)
+        return n
+
+    async def _reset_shared(self, matches: list[str | None], breakers: list[str]) -> None:
+        for match in matches:
+            await self.shared.clear_holds(match)
+        for key in breakers:
+            await self.shared.breaker_success(key)
 
     def log(self, n: int = 20) -> list[dict[str, Any]]:
         """The last `n` attempts of the call log (one row per attempt), oldest first."""
@@ -408,12 +431,31 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        self._close_shared()
         if self._bg.running:
             self._senders.close_on(self._bg.loop())
             self._bg.stop()
         self.state.close()
         if self._cache is not None:
             self._cache.close()
+
+    def _close_shared(self) -> None:
+        """Release the shared store's connections (on the router's loop when it runs)."""
+        self._on_shared(self.shared.close())
+
+    def _on_shared(self, work: Coroutine[Any, Any, None], *, start: bool = False) -> None:
+        """Run a verb of the shared store from a sync method: on the router's loop and waited for (`start`:
+        starting that loop if it is not running), or (called on that loop itself) as a task of it."""
+        if self._bg.running and self._bg.in_loop_thread():
+            self._bg.loop().create_task(work)
+        elif self._bg.running or start:
+            self._bg.run(work)
+        else:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(work)
+            finally:
+                loop.close()
 
     def __enter__(self) -> Router:
         return self

@@ -32,7 +32,7 @@ from ..._core import ErrorKind
 from ..._core.template import interpolate
 from ..._core.text import dollars, duration
 from ..errors import AllTargetsFailed, RouteError, StopError
-from ..state.pacing import Pacer
+from ..state.pacing import MAX_WAIT_S, Lanes, Pacer
 from ..requests import CallRequest, build_request
 from ..structured import PANDAS_DTYPES, OutputSchema
 from ..model import Combo, Config
@@ -48,6 +48,9 @@ class BatchRouter(Protocol):
 
     @property
     def background(self) -> BackgroundLoop: ...
+
+    @property
+    def pacer(self) -> Pacer: ...
 
     def route(self, request: CallRequest) -> Awaitable[RouteResult]: ...
 
@@ -542,16 +545,9 @@ def _error_text(error: RouteError) -> str:
 
 # ---- Router.map / Router.amap -------------------------------------------------------------------
 
-#: the shared pacer of each router (learned limits outlive one batch); a new config gets a new pacer
-_pacers: "weakref.WeakKeyDictionary[Any, Pacer]" = weakref.WeakKeyDictionary()
-
-
 def pacer_for(router: BatchRouter) -> Pacer:
-    """The router's pacer, made on first use and again after its config changed."""
-    pacer = _pacers.get(router)
-    if pacer is None or pacer.config is not router.config:
-        pacer = _pacers[router] = Pacer(router.config, clock=router.clock)
-    return pacer
+    """The router's pacer: every call's, over the shared store (learned limits outlive one batch)."""
+    return router.pacer
 
 
 class Progress:
@@ -722,11 +718,9 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
     inputs = read_items(items)
     options = dict(call_options, system=system, schema=schema, cache=bool(cache))
     built = build_items(combo, inputs, prompt=prompt, messages=messages, options=options)
-    pacer = pacer_for(router)
-    if account_concurrency is not None:
-        pacer.account_concurrency = account_concurrency
+    lanes = Lanes("batch", MAX_WAIT_S if deadline_s is None else deadline_s, account_concurrency)
     for item in built:
-        item.request.pacer = pacer
+        item.request.pacer = lanes
     if built:
         router.check(built[0].request)  # an unknown combo fails now, not once per item
     limit = concurrency if concurrency is not None else DEFAULT_CONCURRENCY

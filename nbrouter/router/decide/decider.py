@@ -349,7 +349,7 @@ class Decider:
         self.state = state
         self.clock = clock
         #: the pacing of every call over the shared store (the skip check "paced" asks it)
-        self.pacer = pacer or Pacer(config, MemoryShared(clock), clock=clock)
+        self.pacer: Pacer = pacer or Pacer(config, MemoryShared(clock), clock=clock)
         #: the session budget every call is held against
         self.budget = budget or Budget()
         #: requests in flight per candidate key (the loop counts them; `least-used` reads them)

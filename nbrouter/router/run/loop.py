@@ -261,9 +261,11 @@ class Loop:
         store was asked about said wait and nothing was sent (its skip rows are dropped: the call waits)."""
         decider, clock, policy, req = self.decider, self.clock, self.policy, call.req
         while True:
-            await self._take_turns(combo)
+            turns = await self._take_turns(combo)
             now = clock.time()
             decision, info = decider.decide(combo, req, now)
+            for name in turns:  # `explain` shows the next call's turn
+                self.state.set_counter(name, self.state.counter(name) + 1)
             call.decision = decision
             ordered = decision.order
             if ordered:
@@ -411,19 +413,21 @@ class Loop:
         except StoreDown as exc:  # the store's trouble never fails a call (its guard says so in status)
             pacer.store_error = str(exc)
 
-    async def _take_turns(self, combo: Combo) -> None:
+    async def _take_turns(self, combo: Combo) -> tuple[str, ...]:
         """Take this call's turns of the combo's shared rotation (round-robin, strict-random, accounts in
-        turn) from the store before deciding: each call of every process gets a turn of its own."""
+        turn) from the store before deciding: each call of every process gets a turn of its own. Returns
+        the counters' names."""
         names = self._turn_names(combo)
         if not names:
-            return
+            return names
         shared, state = self.decider.pacer.shared, self.state
         for name in names:
             try:
                 turn = await shared.next_turn(name, TURNS)
             except StoreDown:
-                turn = state.counter(name) + 1
+                turn = state.counter(name)
             state.set_counter(name, turn)
+        return names
 
     def _turn_names(self, combo: Combo) -> tuple[str, ...]:
         """The rotation counters a call of this combo takes a turn of (worked out once per combo)."""
@@ -786,12 +790,12 @@ class Loop:
                 await self._settle(call, c, None, failed[0])
             return failed
         except Exception as exc:  # nothing raised while an attempt runs may escape the loop
-            failure = ProviderFailure(ErrorKind.MALFORMED_RESPONSE, scrub(f"{type(exc).__name__} while reading the answer: {exc}")[:300],
-                                      partial_text="".join(pieces))
-            failed = failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
-                                           first[0] if first else None, now, retry, was_half_open)
+            broken = ProviderFailure(ErrorKind.MALFORMED_RESPONSE, scrub(f"{type(exc).__name__} while reading the answer: {exc}")[:300],
+                                     partial_text="".join(pieces))
+            failed = broken, self._failed(call, combo, c, provider, endpoint, broken, time.perf_counter() - t0,
+                                          first[0] if first else None, now, retry, was_half_open)
             if call.tickets or call.holds or call.breaker_failed:
-                await self._settle(call, c, None, failure)
+                await self._settle(call, c, None, broken)
             return failed
         finally:
             if limit is not None:
@@ -802,14 +806,16 @@ class Loop:
             else:
                 in_flight.pop(c.key, None)
         latency = time.perf_counter() - t0
-        if call.tickets:  # what the admission took, corrected by the reply (one write round trip)
-            await self._settle(call, c, completion, None)
+        sent = c
         note = ""
         if group:
             served = completion.served_model or c.model
             c = next((g for g in group if g.model == served), None) or next((g for g in group if served.startswith(g.model)), c)
             note = f"one OpenRouter request with models [{', '.join(g.model for g in group)}]; it served {served}"
-        return self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
+        served = self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
+        if call.tickets:  # what the admission took, corrected by the reply (one write round trip)
+            await self._settle(call, sent, completion, None)
+        return served
 
     def _timed_out(self, call: _Call, combo: Combo, c: Candidate, provider: Provider, endpoint: Endpoint, timeout_s: float,
                    progress: _Progress, started: float, retry: bool, was_half_open: bool) -> tuple[ProviderFailure, Attempt]:
@@ -918,8 +924,9 @@ class Loop:
                 detail = self.decider.key_fingerprint(c) if hr.kind == "disabled" else ""
                 reason = hr.reason.format(status=failure.status or "?")
                 state.set_hold(key, hr.kind, until, reason, detail, durable=hr.durable)
-                # for every process: another kernel's next admission on this key waits it out
-                call.holds = [*(call.holds or ()), ExtendHold(key, hr.kind, until, reason, detail)]
+                if hr.kind != "disabled":  # (a refused key is this process's key: it stays here)
+                    # for every process: another kernel's next admission on this key waits it out
+                    call.holds = [*(call.holds or ()), ExtendHold(key, hr.kind, until, reason, detail)]
                 hold = hr.label
                 hold_until = None if hr.kind == "disabled" else until
                 break

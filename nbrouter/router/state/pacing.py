@@ -116,18 +116,18 @@ class Limit:
     def spec(self, margin: float, amount: float, lane: Lane) -> BucketSpec:
         """The bucket this limit is, taking `amount` (a request, or the call's tokens) in `lane`."""
         rate = max(self.limit * margin / self.window_s, 1e-9)
-        if self.window_s >= DAY_S:
-            base = max(1.0, self.limit)
-            keep = INTERACTIVE_REQUESTS if self.what == "requests" else base * INTERACTIVE_TOKEN_SHARE
-            capacity = base
-            initial = capacity
-        else:
-            base = max(1.0, rate * BURST_S)
-            keep = INTERACTIVE_REQUESTS if self.what == "requests" else base * INTERACTIVE_TOKEN_SHARE
-            capacity = base + keep
-            initial = keep + PROBE_REQUESTS if self.what == "requests" else capacity
+        # a batch's take costs a little more, so that it leaves the reserve's refill to interactive calls
+        batch = amount / (1.0 - self.reserved_share)
         if lane == "batch":
-            amount = amount / (1.0 - self.reserved_share)
+            amount = batch
+        # the bucket holds at least one batch take above the reserve (a take larger than a burst, tokens of
+        # a long prompt, waits for a full bucket and leaves it in debt), and the reserve on top
+        base = max(self.limit if self.window_s >= DAY_S else rate * BURST_S, batch, 1.0)
+        keep = INTERACTIVE_REQUESTS if self.what == "requests" else base * INTERACTIVE_TOKEN_SHARE
+        capacity = base + keep
+        # a minute bucket new to the store lets one batch request probe (the store keeps a bucket from its
+        # first take on: one that no take fits would start afresh at every ask)
+        initial = keep + batch * PROBE_REQUESTS if self.what == "requests" and self.window_s < DAY_S else capacity
         return BucketSpec(self.scope, self.name, rate, capacity, min(initial, capacity), amount, keep / capacity)
 
     @property
@@ -374,8 +374,16 @@ class Pacer:
             self.watch(c.account_key)
         if holds or breaker_failed:
             self.watch(c.key)
-        if ticket is None or not ticket.shared:
+        if ticket is None:
             return writes
+        if not ticket.specs and ticket.slot is None:
+            # admitted without the store (nothing was known, or it was down): what this reply taught, if
+            # anything, is written now (its remaining counts), and the request counted
+            limits = self.limits_of(c)
+            if not limits:
+                return writes
+            lane: Lane = ticket.lane
+            ticket = Ticket(c, ticket.tokens, lane, tuple(lim.spec(self.margin, 0.0, lane) for lim in limits), limits)
         account = c.account_key
         if ticket.slot is not None:
             writes.append(ReleaseSlot(account, ticket.slot))
@@ -447,6 +455,12 @@ class Pacer:
                     changed = True
             if changed:
                 self._limits.pop(c.key, None)
+
+    def forget(self, matches: Sequence[str | None]) -> None:
+        """Forget the store's "wait" answers for keys containing any of `matches` (None: all): a reset."""
+        for key in list(self._blocked):
+            if any(m is None or m in key[0] for m in matches):
+                del self._blocked[key]
 
     # ---- reading ------------------------------------------------------------------------------
 
