@@ -50,6 +50,13 @@ if TYPE_CHECKING:  # batch work and the response cache load on first use: `impor
 _routers: "weakref.WeakSet[Router]" = close_at_exit()
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _is_done(event: RouteEvent) -> bool:
     return isinstance(event, Done)
 
@@ -445,9 +452,11 @@ class Router:
 
     def _on_shared(self, work: Coroutine[Any, Any, None], *, start: bool = False) -> None:
         """Run a verb of the shared store from a sync method: on the router's loop and waited for (`start`:
-        starting that loop if it is not running), or (called on that loop itself) as a task of it."""
-        if self._bg.running and self._bg.in_loop_thread():
-            self._bg.loop().create_task(work)
+        starting that loop if it is not running), or as a task of the loop this thread runs (the router's
+        own, or the caller's: `asyncio.run(main())` closing the router inside)."""
+        running = _running_loop()
+        if running is not None and (self._bg.in_loop_thread() or not (self._bg.running or start)):
+            running.create_task(work)
         elif self._bg.running or start:
             self._bg.run(work)
         else:

@@ -257,8 +257,9 @@ class Loop:
                 return result
 
     async def _round(self, call: _Call, combo: Combo, deadline: float | None) -> RouteResult | None:
-        """Decide and try the order once: the result, a RouteError raised, or None when every candidate the
-        store was asked about said wait and nothing was sent (its skip rows are dropped: the call waits)."""
+        """Decide and try the order once: the result, a RouteError raised, or None when the store said wait
+        (no headroom, or a hold another process met) and nothing was sent: its skip rows are dropped, and
+        the next decision knows why (the wait, the hold) and waits or fails as it would for its own."""
         decider, clock, policy, req = self.decider, self.clock, self.policy, call.req
         while True:
             turns = await self._take_turns(combo)
@@ -294,7 +295,7 @@ class Loop:
                 skip = self._skip_now(call, c, info, call.tries, max_attempts, deadline, overflow_window, now)
                 if skip is None:
                     skip = await self._admit(call, c, info, now)
-                    refused = refused or (skip is not None and skip[0].startswith(PACED))
+                    refused = refused or skip is not None
                 if skip is not None:
                     call.add(self._skipped(c, skip[0], skip[1], now))
                     continue
