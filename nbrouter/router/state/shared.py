@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, TypeVar, Union, runtime_checkable
 
-from ..._core import Clock, scrub
+from ..._core import Clock, scrub_pieces
 from ..._core.clock import SYSTEM_CLOCK
 from .health import Hold, HoldKind
 
@@ -472,7 +472,7 @@ class Rules:
         old = _live_hold(tx, key, now)
         if old is not None and old.until >= until:
             return old
-        h = Hold(kind=HoldKind(kind), until=until, reason=scrub(reason), detail=detail, updated=now)
+        h = Hold(kind=HoldKind(kind), until=until, reason=scrub_pieces(reason), detail=detail, updated=now)
         tx.put("hold", key, _hold_value(h), until)
         return h
 

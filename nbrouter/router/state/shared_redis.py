@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 from urllib.parse import quote, unquote, urlsplit
 
-from ..._core import Clock, scrub
+from ..._core import Clock, scrub_pieces
 from ..._core.clock import SYSTEM_CLOCK
 from ..errors import ComboConfigError
 from .health import Hold, HoldKind
@@ -541,7 +541,7 @@ class RedisShared:
 
     def down_error(self, exc: BaseException) -> StoreDown:
         """The StoreDown a redis-py or socket failure means (its text without the password)."""
-        text = scrub(str(exc) or type(exc).__name__)
+        text = scrub_pieces(str(exc) or type(exc).__name__)
         if self.parsed.password:
             text = text.replace(self.parsed.password, "***")
         timeout = isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or type(exc).__name__ == "TimeoutError"
@@ -612,7 +612,7 @@ class RedisShared:
     # ---- holds ----------------------------------------------------------------------------------
 
     def _hold_args(self, key: str, kind: str, until: float, reason: str, detail: str) -> list[str]:
-        return [key, HoldKind(kind).value, _num(until - self.clock.time()), scrub(reason), detail]
+        return [key, HoldKind(kind).value, _num(until - self.clock.time()), scrub_pieces(reason), detail]
 
     async def extend_hold(self, key: str, kind: str, until: float, reason: str, detail: str = "") -> Hold:
         tag = tag_of(key)
