@@ -34,6 +34,8 @@ from .model import Combo, Config, Provider
 from .decide.pricing import PriceBook
 from .requests import CallRequest, build_request
 from .state.backends import StateBackend
+from .state.guarded import open_shared
+from .state.shared import SharedState
 from .state.store import StateStore
 from .status import Status, collect_status, reset_holds
 from .decide.strategies import STRATEGIES
@@ -72,6 +74,10 @@ class Router:
         on_result: called with each `RouteResult` (likewise).
         backend: where the state is kept, a `StateBackend` (default: the SQLite file of `state_path`, or memory
             with persist=False).
+        state_url: where the state shared with other machines is kept: a Redis URL (`redis://host:6379/0`,
+            `rediss://` for TLS). Default: `NBROUTER_STATE_URL`, else the config's `[state] url`, else the
+            state file (shared by the kernels of this machine). A malformed URL or a refused password is a
+            ComboConfigError; a server that does not answer is "down" (`router.shared.mode`), not an error.
     """
 
     def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
@@ -79,7 +85,8 @@ class Router:
                  transport: Any = None, http_client: Any = None, budget_usd: float | None = None,
                  on_budget: str = "stop", budget_strict: bool = False,
                  on_attempt: Callable[[Attempt], Any] | None = None,
-                 on_result: Callable[[RouteResult], Any] | None = None, backend: StateBackend | None = None) -> None:
+                 on_result: Callable[[RouteResult], Any] | None = None, backend: StateBackend | None = None,
+                 state_url: str | None = None) -> None:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
         self.clock: Clock = clock or SYSTEM_CLOCK
@@ -87,6 +94,8 @@ class Router:
             state_path = os.environ.get("NBROUTER_STATE") or self.config.state_path
         self.state = StateStore(state_path, policy=self.config.policy, persist=persist, log_content=self.config.log_content,
                                 clock=self.clock, backend=backend)
+        #: the state shared with the other kernels and machines (atomic verbs; see state/shared.py)
+        self.shared: SharedState = self._open_shared(state_url)
         self.prices = PriceBook(self.config)
         #: the session budget (spent is counted even without a limit)
         self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
@@ -99,6 +108,18 @@ class Router:
         self._cache: ResponseCache | None = None
         self._persist = persist
         _routers.add(self)
+
+    def _open_shared(self, state_url: str | None) -> SharedState:
+        """The shared state: `state_url`, `NBROUTER_STATE_URL` or `[state] url` (in that order) on Redis;
+        else the state file; else (persist=False) memory."""
+        settings = self.config.state
+        env = os.environ.get("NBROUTER_STATE_URL") or None
+        url = state_url or env or settings.url
+        where = ("Router(state_url=)" if state_url else "NBROUTER_STATE_URL" if env
+                 else f"[state] url in {self.config.file_label}")
+        path = self.state.path if self.state.backend.persistent else None
+        return open_shared(url=url, path=path, prefix=settings.prefix, on_down="wait" if settings.on_down == "wait" else "local",
+                           share=settings.share, timeout_s=settings.timeout_s, clock=self.clock, where=where)
 
     @property
     def policy(self) -> Any:
@@ -408,6 +429,11 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        if self.shared.kind != "memory":
+            try:  # the shared store's connections (the file's, Redis's); it keeps nothing unwritten
+                self._bg.run(self.shared.close())
+            except Exception:
+                pass
         if self._bg.running:
             self._senders.close_on(self._bg.loop())
             self._bg.stop()

@@ -21,7 +21,7 @@ import math
 import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ..._core import Clock, scrub_pieces
 from ..._core.clock import SYSTEM_CLOCK
@@ -90,7 +90,7 @@ def redact_url(url: str) -> str:
             return url
         user = parts.username or ""
         host = parts.netloc.rsplit("@", 1)[1]
-        return parts._replace(netloc=f"{user}:***@{host}").geturl()
+        return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
     except ValueError:
         head, sep, tail = url.partition("@")
         if not sep:
@@ -99,17 +99,18 @@ def redact_url(url: str) -> str:
         return f"{scheme}://***@{tail}"
 
 
-def parse_redis_url(url: str, *, where: str = "the state URL") -> RedisURL:
+def parse_redis_url(url: str, *, where: str = "the state URL", file: str | None = None) -> RedisURL:
     """Check and parse a Redis URL; a malformed one is a ComboConfigError naming it without its password.
 
     Args:
         url: `redis://[user[:password]@]host[:port][/db]` or `rediss://...` for TLS.
         where: what the URL came from, for the message (`NBROUTER_STATE_URL`, the file's `[state] url`).
+        file: the config file it came from, named in the error.
     """
     shown = redact_url(url)
 
     def bad(why: str) -> ComboConfigError:
-        return ComboConfigError(f"{where} {shown!r} is not a Redis URL: {why}", field="state.url")
+        return ComboConfigError(f"{where} {shown!r} is not a Redis URL: {why}", file=file, field="state.url")
 
     try:
         parts = urlsplit(url.strip())
