@@ -437,3 +437,78 @@ def test_the_mirror_of_holds_is_read_at_most_once_a_second(redis_server: Any, lo
     assert g.mirror_holds()[ACCOUNT].reason == "met by another kernel"
     run(other.close())
     run(g.close())
+
+
+# ---- where the URL comes from: Router(state_url=) > NBROUTER_STATE_URL > [state] url -----------------------------
+
+PROVIDERS = {"providers": {"sim": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "SIM_KEY"}}}
+
+
+def dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(tmp_path: Any, state: str) -> Any:
+    path = tmp_path / "nbrouter.toml"
+    path.write_text('[providers.sim]\nprotocol = "openai"\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "SIM_KEY"\n\n'
+                    f"[state]\n{state}\n")
+    return path
+
+
+def test_the_state_url_comes_from_the_argument_then_the_environment_then_the_file(
+        redis_server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, make_router: Any) -> None:
+    from nbrouter import Router
+
+    file_port, arg_port = dead_port(), dead_port()
+    config = write_config(tmp_path, f'url = "redis://127.0.0.1:{file_port}/0"\nprefix = "team-a:"\non_down = "wait"\nshare = 0.5')
+    r = make_router(config)
+    assert r.shared.kind == "redis" and f":{file_port}/" in r.shared.where and r.shared.mode == "wait"
+    assert r.shared.store.prefix == "team-a:" and r.shared.share == 0.5
+    monkeypatch.setenv("NBROUTER_STATE_URL", redis_server.url())
+    r = make_router(config)
+    assert f":{redis_server.port}/" in r.shared.where and r.shared.mode == "shared"
+    r = make_router(config, state_url=f"redis://127.0.0.1:{arg_port}/0")
+    assert f":{arg_port}/" in r.shared.where and r.shared.mode == "wait"
+    monkeypatch.delenv("NBROUTER_STATE_URL")
+    assert isinstance(Router(PROVIDERS, persist=False), Router)
+
+
+def test_without_a_url_the_kernels_of_a_machine_share_the_state_file(tmp_path: Any, make_router: Any) -> None:
+    r = make_router(PROVIDERS)
+    assert r.shared.kind == "sqlite" and str(tmp_path / "state.sqlite3") in r.shared.where
+    assert make_router(PROVIDERS, persist=False, state_path=None).shared.kind == "memory"
+
+
+def test_a_router_with_a_refused_password_or_a_bad_url_fails_at_construction_without_the_password(
+        start_redis: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbrouter import Router
+
+    server = start_redis(password="good-pw-1234")
+    with pytest.raises(ComboConfigError) as caught:
+        Router(PROVIDERS, persist=False, state_url=f"redis://:bad-pw-5678@127.0.0.1:{server.port}/0")
+    assert "Router(state_url=)" in str(caught.value) and "bad-pw-5678" not in str(caught.value)
+    monkeypatch.setenv("NBROUTER_STATE_URL", "memcached://:bad-pw-5678@127.0.0.1:1/0")
+    with pytest.raises(ComboConfigError) as caught:
+        Router(PROVIDERS, persist=False)
+    assert "NBROUTER_STATE_URL" in str(caught.value) and "unknown scheme 'memcached'" in str(caught.value)
+    assert "bad-pw-5678" not in str(caught.value)
+
+
+@pytest.mark.parametrize("state, field, why", [
+    ('url = "redis://:pw-3141@127.0.0.1:6379/x"', "state.url", "the database must be a number"),
+    ('on_down = "pause"', "state.on_down", "unknown on_down mode 'pause'"),
+    ("share = 1.5", "state.share", "must be a number from 0 (excluded) to 1"),
+    ("timeout_s = 0", "state.timeout_s", "must be a number from 0 (excluded) to 60"),
+    ('prefix = "a {team}"', "state.prefix", "without braces or spaces"),
+    ('urls = "redis://h"', "state.urls", "did you mean 'url'"),
+])
+def test_a_wrong_state_table_names_the_file_and_the_field(tmp_path: Any, state: str, field: str, why: str) -> None:
+    from nbrouter import Router
+
+    config = write_config(tmp_path, state)
+    with pytest.raises(ComboConfigError) as caught:
+        Router(config, persist=False)
+    text = str(caught.value)
+    assert str(config) in text and f"field {field!r}" in text and why in text and "pw-3141" not in text

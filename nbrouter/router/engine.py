@@ -94,8 +94,12 @@ class Router:
             state_path = os.environ.get("NBROUTER_STATE") or self.config.state_path
         self.state = StateStore(state_path, policy=self.config.policy, persist=persist, log_content=self.config.log_content,
                                 clock=self.clock, backend=backend)
-        #: the state shared with the other kernels and machines (atomic verbs; see state/shared.py)
-        self.shared: SharedState = self._open_shared(state_url)
+        try:
+            #: the state shared with the other kernels and machines (atomic verbs; see state/shared.py)
+            self.shared: SharedState = self._open_shared(state_url)
+        except BaseException:  # a wrong URL or password: the state file opened above is closed again
+            self.state.close()
+            raise
         self.prices = PriceBook(self.config)
         #: the session budget (spent is counted even without a limit)
         self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
