@@ -38,6 +38,9 @@ from nbrouter.testing import ManualClock
 T = TypeVar("T")
 ACCOUNT = "sim#main"
 CANDIDATE = "sim#main/model-a"
+#: the store's timeout in tests that are not about it: two shared cores under load can take longer than
+#: the default 250 ms to answer, and a test must not see an outage that did not happen
+SLACK_S = 2.0
 
 
 @pytest.fixture
@@ -77,7 +80,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_a_killed_redis_leaves_calls_going_locally_with_one_warning_and_the_mode_shown(
         start_redis: Any, loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture) -> None:
     run, server = runner(loop), start_redis()
-    g = open_shared(url=server.url(), prefix=prefix(), share=0.5)
+    g = open_shared(url=server.url(), prefix=prefix(), share=0.5, timeout_s=SLACK_S)
     assert isinstance(g, GuardedState) and g.mode == "shared" and g.warning is None
     import time as _time
 
@@ -106,7 +109,7 @@ def test_a_redis_restarted_empty_gets_the_holds_again_and_what_was_counted_meanw
     import time as _time
 
     run, server, p = runner(loop), start_redis(), prefix()
-    g = open_shared(url=server.url(), prefix=p)
+    g = open_shared(url=server.url(), prefix=p, timeout_s=SLACK_S)
     assert isinstance(g, GuardedState)
     run(g.extend_hold(CANDIDATE, "cooldown", _time.time() + 600, "before"))
     run(g.settle())
@@ -132,7 +135,7 @@ def test_a_restart_between_calls_is_noticed_by_the_marker_and_the_mirror_writes_
 
     run, server, p = runner(loop), start_redis(), prefix()
     clock = ManualClock(_time.time())
-    g = open_shared(url=server.url(), prefix=p, clock=clock)
+    g = open_shared(url=server.url(), prefix=p, clock=clock, timeout_s=SLACK_S)
     assert isinstance(g, GuardedState)
     run(g.extend_hold(ACCOUNT, "lock", clock.time() + 3600, "daily quota"))
     run(g.settle())
@@ -149,7 +152,7 @@ def test_write_back_only_extends_a_hold_another_kernel_set_longer(start_redis: A
     import time as _time
 
     run, server, p = runner(loop), start_redis(), prefix()
-    g = open_shared(url=server.url(), prefix=p)
+    g = open_shared(url=server.url(), prefix=p, timeout_s=SLACK_S)
     assert isinstance(g, GuardedState)
     run(g.admit(AdmitRequest(ACCOUNT)))
     os.kill(server.pid, signal.SIGSTOP)
@@ -175,8 +178,8 @@ def test_write_back_only_extends_a_hold_another_kernel_set_longer(start_redis: A
 def test_a_paused_redis_costs_one_timeout_then_answers_locally_until_it_is_tried_again(
         start_redis: Any, loop: asyncio.AbstractEventLoop) -> None:
     run, server = runner(loop), start_redis()
-    g = open_shared(url=server.url(), prefix=prefix(), timeout_s=0.25)
-    raw = RedisShared(server.url(), prefix=prefix(), timeout_s=0.25)
+    g = open_shared(url=server.url(), prefix=prefix(), timeout_s=SLACK_S)
+    raw = RedisShared(server.url(), prefix=prefix(), timeout_s=SLACK_S)
     assert isinstance(g, GuardedState)
     assert run(g.admit(admit_request())).admitted and run(raw.count("x", Window.minute())) == 0
     os.kill(server.pid, signal.SIGSTOP)
@@ -184,7 +187,7 @@ def test_a_paused_redis_costs_one_timeout_then_answers_locally_until_it_is_tried
         # the raw store gives up at its timeout and says so
         with pytest.raises(StoreDown) as caught:
             run(raw.add("x", 1, Window.minute()))
-        assert caught.value.timeout and "no answer within 250 ms" in str(caught.value)
+        assert caught.value.timeout and "no answer within 2000 ms" in str(caught.value)
         # the guarded store: the first verb met the timeout, the 30 after it did not try the store at all
         answers = [run(g.admit(admit_request())) for _ in range(31)]
         assert g.timeouts == 1 and g.failures == 1 and g.local_answers == 31
@@ -234,7 +237,7 @@ def test_a_wrong_password_is_a_clear_error_without_the_password(start_redis: Any
         text = str(caught.value)
         assert "refused the credentials" in text and "NBROUTER_STATE_URL" in text and str(server.port) in text
         assert "wrong-pw-0815" not in text and "right-pw-4711" not in text
-    g = open_shared(url=server.url(), prefix=prefix())
+    g = open_shared(url=server.url(), prefix=prefix(), timeout_s=SLACK_S)
     assert isinstance(g, GuardedState) and g.mode == "shared"
     run = runner(loop)
     assert run(g.admit(admit_request())).admitted
@@ -377,7 +380,7 @@ def test_no_api_key_or_any_part_of_one_is_kept_in_redis(redis_server: Any, loop:
     run = runner(loop)
     secret = "zq7-" + uuid.uuid4().hex  # a key of no well-known shape: only the remembered value catches it
     remember_secret(secret)
-    g = open_shared(url=redis_server.url(), prefix=prefix())
+    g = open_shared(url=redis_server.url(), prefix=prefix(), timeout_s=SLACK_S)
     now = _time.time()
     every_verb(run, g)
     fp = hashlib.sha256(secret.encode()).hexdigest()[:12]
@@ -421,7 +424,7 @@ def test_the_mirror_of_holds_is_read_at_most_once_a_second(redis_server: Any, lo
 
     run, p = runner(loop), prefix()
     clock = ManualClock(_time.time())
-    g = open_shared(url=redis_server.url(), prefix=p, clock=clock)
+    g = open_shared(url=redis_server.url(), prefix=p, clock=clock, timeout_s=SLACK_S)
     assert isinstance(g, GuardedState)
     other = RedisShared(redis_server.url(), prefix=p)
     run(g.admit(admit_request()))
@@ -462,7 +465,7 @@ def test_the_state_url_comes_from_the_argument_then_the_environment_then_the_fil
     from nbrouter import Router
 
     file_port, arg_port = dead_port(), dead_port()
-    config = write_config(tmp_path, f'url = "redis://127.0.0.1:{file_port}/0"\nprefix = "team-a:"\non_down = "wait"\nshare = 0.5')
+    config = write_config(tmp_path, f'url = "redis://127.0.0.1:{file_port}/0"\nprefix = "team-a:"\non_down = "wait"\nshare = 0.5\ntimeout_s = {SLACK_S}')
     r = make_router(config)
     assert r.shared.kind == "redis" and f":{file_port}/" in r.shared.where and r.shared.mode == "wait"
     assert r.shared.store.prefix == "team-a:" and r.shared.share == 0.5

@@ -529,17 +529,20 @@ class RedisShared:
         return c
 
     def make_client(self, *, asyncio_client: bool) -> Any:
-        """A redis-py client for the URL, with the timeout on every socket operation and no retries (a
-        retry would multiply the wait the timeout bounds)."""
+        """A redis-py client for the URL, with the timeout on every socket operation. A connection found
+        closed (the server restarted since it was last used) is tried once more on a fresh one; a timeout
+        is never retried (that would multiply the wait the timeout bounds)."""
         import redis
         import redis.asyncio
         from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         kwargs: dict[str, Any] = dict(socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
                                       retry_on_timeout=False, decode_responses=True, health_check_interval=0)
         if asyncio_client:
             from redis.asyncio.retry import Retry as AsyncRetry
-            return redis.asyncio.Redis.from_url(self._url, retry=AsyncRetry(NoBackoff(), 0), **kwargs)
+            return redis.asyncio.Redis.from_url(
+                self._url, retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **kwargs)
         from redis.retry import Retry
         return redis.Redis.from_url(self._url, retry=Retry(NoBackoff(), 0), **kwargs)
 
