@@ -515,3 +515,21 @@ def test_a_wrong_state_table_names_the_file_and_the_field(tmp_path: Any, state: 
         Router(config, persist=False)
     text = str(caught.value)
     assert str(config) in text and f"field {field!r}" in text and why in text and "pw-3141" not in text
+
+
+def test_machines_with_skewed_clocks_agree_on_a_hold_because_the_server_keeps_the_time(
+        redis_server: Any, loop: asyncio.AbstractEventLoop) -> None:
+    import time as _time
+
+    run, p = runner(loop), prefix()
+    ahead, behind = ManualClock(_time.time() + 3600), ManualClock(_time.time() - 600)  # an hour fast, ten minutes slow
+    a = RedisShared(redis_server.url(), prefix=p, clock=ahead)
+    b = RedisShared(redis_server.url(), prefix=p, clock=behind)
+    run(a.extend_hold(CANDIDATE, "cooldown", ahead.time() + 30, "429: retry after 30 s"))
+    seen = run(b.holds())[CANDIDATE]
+    # 30 s from now on b's own clock (the wire carried a duration), not an hour and a half off
+    assert abs(seen.until - (behind.time() + 30)) < 5
+    refused = run(b.admit(AdmitRequest(ACCOUNT, holds=(CANDIDATE,))))
+    assert not refused.admitted and 25 < refused.wait_s <= 30
+    run(a.close())
+    run(b.close())
