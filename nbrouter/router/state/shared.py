@@ -424,6 +424,10 @@ class Tx(Protocol):
         """Store a value; it counts as absent from `expires` (wall seconds) on."""
         ...
 
+    def get_many(self, space: str, keys: Sequence[str]) -> list[Any]:
+        """The values of several keys (None for each absent one), in one read."""
+        ...
+
     def delete(self, space: str, key: str) -> None:
         ...
 
@@ -462,10 +466,8 @@ class Rules:
 
     @staticmethod
     def count(tx: Tx, now: float, key: str, window: Window) -> float:
-        total = 0.0
-        for slot in window.slots(now):
-            total += float(tx.get("count", f"{key}|{window.name}|{slot}") or 0.0)
-        return total
+        values = tx.get_many("count", [f"{key}|{window.name}|{slot}" for slot in window.slots(now)])
+        return float(sum(float(v) for v in values if v is not None))
 
     @staticmethod
     def extend_hold(tx: Tx, now: float, key: str, kind: str, until: float, reason: str, detail: str) -> Hold:
@@ -710,6 +712,9 @@ class _MemoryTx:
         if row is None or row[1] <= self.now:
             return None
         return row[0]
+
+    def get_many(self, space: str, keys: Sequence[str]) -> list[Any]:
+        return [self.get(space, k) for k in keys]
 
     def put(self, space: str, key: str, value: Any, expires: float = math.inf) -> None:
         self.data[(space, key)] = (value, expires)
