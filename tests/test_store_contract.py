@@ -38,7 +38,8 @@ from nbrouter.router.state.shared_sqlite import SQLiteShared
 from nbrouter.testing import ManualClock
 
 T = TypeVar("T")
-KINDS = ["memory", "sqlite", "redis"]
+#: the three stores, and the two that can fail behind the guard the router uses (it must pass every verb through)
+KINDS = ["memory", "sqlite", "redis", "guarded-sqlite", "guarded-redis"]
 #: a minute boundary (1.8e9 / 60 is whole): the tests start at the top of a minute
 START = 1_800_000_000.0
 ACCOUNT = "sim#main"
@@ -81,19 +82,34 @@ class Subject:
         self.shift = 0.0
         self.handles: list[Any] = []
         self.store = self.another()
-        if kind == "redis":
+        if self.base == "redis":
             # the server's clock, shifted onto the manual clock: the test starts at the top of a minute too
-            with self.store.make_client(asyncio_client=False) as plain:
+            raw = getattr(self.store, "store", self.store)
+            with raw.make_client(asyncio_client=False) as plain:
                 server_now = plain.time()
             self.shift = START - (server_now[0] + server_now[1] / 1e6)
-            self.store.shift_s = self.shift
+            raw.shift_s = self.shift
+
+    @property
+    def base(self) -> str:
+        """The store's kind without the guard."""
+        return self.kind.removeprefix("guarded-")
 
     def another(self) -> Any:
         """A second handle onto the same state (memory: the same store; SQLite: a new connection; Redis: a
-        new client)."""
-        if self.kind == "memory":
+        new client), guarded if the subject is."""
+        store = self.raw()
+        if self.kind.startswith("guarded-"):
+            from nbrouter.router.state.guarded import GuardedState
+
+            store = GuardedState(store, clock=self.clock)
+        self.handles.append(store)
+        return store
+
+    def raw(self) -> Any:
+        if self.base == "memory":
             store: Any = self.handles[0] if self.handles else MemoryShared(self.clock)
-        elif self.kind == "sqlite":
+        elif self.base == "sqlite":
             store = SQLiteShared(self.path, clock=self.clock)
         else:
             from nbrouter.router.state.shared_redis import RedisShared
@@ -101,15 +117,15 @@ class Subject:
             assert self.url is not None
             store = RedisShared(self.url, prefix=self.prefix, clock=self.clock, timeout_s=5.0)
             store.shift_s = self.shift
-        self.handles.append(store)
         return store
 
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
         self.shift += seconds
         for h in self.handles:
-            if hasattr(h, "shift_s"):
-                h.shift_s = self.shift
+            raw = getattr(h, "store", h)
+            if hasattr(raw, "shift_s"):
+                raw.shift_s = self.shift
 
     def close(self) -> None:
         for h in self.handles:
@@ -127,7 +143,7 @@ def _test_loop() -> Iterator[None]:
 
 @pytest.fixture(params=KINDS)
 def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
-    url = request.getfixturevalue("redis_server").url() if request.param == "redis" else None
+    url = request.getfixturevalue("redis_server").url() if request.param.endswith("redis") else None
     s = Subject(request.param, tmp_path, url)
     yield s
     s.close()
@@ -143,7 +159,7 @@ def near(a: float, b: float) -> bool:
 
 def test_every_store_implements_the_port(subject: Subject) -> None:
     assert isinstance(subject.store, SharedState)
-    assert subject.store.kind == subject.kind
+    assert subject.store.kind == subject.base
     assert subject.store.mode == "shared" and subject.store.warning is None
 
 
@@ -560,3 +576,38 @@ def test_window_slots_cover_at_least_the_window() -> None:
     slots = w.slots(START + 0.5)
     assert len(slots) == SLICES + 1 and w.expires(slots[0]) > START + 0.5
     assert math.isinf(Window.forever().expires(0))
+
+
+# ---- the guard over the file ---------------------------------------------------------------------------------
+
+
+def test_a_locked_state_file_is_answered_for_locally_and_caught_up_when_it_frees(tmp_path: Path) -> None:
+    import sqlite3
+
+    from nbrouter.router.state.guarded import GuardedState, open_shared
+
+    clock, path = ManualClock(START), tmp_path / "state.sqlite3"
+    g = open_shared(path=path, clock=clock, timeout_s=0.1, share=0.5)
+    assert isinstance(g, GuardedState) and g.kind == "sqlite"
+    run(g.extend_hold(CANDIDATE, "cooldown", START + 600, "before"))
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another program holds the file's write lock, for long
+    try:
+        answer = run(g.admit(AdmitRequest(ACCOUNT, buckets=(requests_bucket(capacity=4, initial=4, rate=1e-6),))))
+        assert answer.admitted and answer.local and g.mode == "local" and g.warning and str(path) in g.warning
+        assert [run(g.admit(AdmitRequest(ACCOUNT, buckets=(requests_bucket(capacity=4, initial=4, rate=1e-6),)))).admitted
+                for _ in range(2)] == [True, False]  # half of the bucket of 4, here alone
+        assert not run(g.admit(AdmitRequest(ACCOUNT, holds=(CANDIDATE,)))).admitted  # the mirror keeps the hold
+        run(g.extend_hold("sim#spare/m", "lock", START + 900, "while the file was locked"))
+        run(g.add("budget", 1.5, Window.forever()))
+        assert g.failures == 1
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert run(g.probe())
+    run(g.settle())
+    other = SQLiteShared(path, clock=clock)
+    assert sorted(run(other.holds())) == sorted([CANDIDATE, "sim#spare/m"])
+    assert run(other.count("budget", Window.forever())) == 1.5
+    run(other.close())
+    run(g.close())

@@ -82,6 +82,10 @@ class Router:
         on_result: called with each `RouteResult` (likewise).
         backend: where the state is kept, a `StateBackend` (default: the SQLite file of `state_path`, or memory
             with persist=False).
+        state_url: where the state shared with other machines is kept: a Redis URL (`redis://host:6379/0`,
+            `rediss://` for TLS). Default: `NBROUTER_STATE_URL`, else the config's `[state] url`, else the
+            state file (shared by the kernels of this machine). A malformed URL or a refused password is a
+            ComboConfigError; a server that does not answer is "down" (`router.shared.mode`), not an error.
     """
 
     def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
@@ -89,7 +93,8 @@ class Router:
                  transport: Any = None, http_client: Any = None, budget_usd: float | None = None,
                  on_budget: str = "stop", budget_strict: bool = False,
                  on_attempt: Callable[[Attempt], Any] | None = None,
-                 on_result: Callable[[RouteResult], Any] | None = None, backend: StateBackend | None = None) -> None:
+                 on_result: Callable[[RouteResult], Any] | None = None, backend: StateBackend | None = None,
+                 state_url: str | None = None) -> None:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
         self.clock: Clock = clock or SYSTEM_CLOCK
@@ -97,11 +102,15 @@ class Router:
             state_path = os.environ.get("NBROUTER_STATE") or self.config.state_path
         self.state = StateStore(state_path, policy=self.config.policy, persist=persist, log_content=self.config.log_content,
                                 clock=self.clock, backend=backend)
+        try:
+            #: the state shared with the other kernels and machines (atomic verbs; see state/shared.py)
+            self.shared: SharedState = self._open_shared(state_url)
+        except BaseException:  # a wrong URL or password: the state file opened above is closed again
+            self.state.close()
+            raise
         self.prices = PriceBook(self.config)
         #: the session budget (spent is counted even without a limit)
         self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
-        #: what every process sharing the accounts shares: admission, holds, counters, rotation
-        self.shared: SharedState = open_shared(path=self.state.path if self.state.persistent else None, clock=self.clock)
         self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget,
                                 pacer=Pacer(self.config, self.shared, clock=self.clock))
         self._senders = Senders(transport=transport, http_client=http_client)
@@ -112,6 +121,18 @@ class Router:
         self._cache: ResponseCache | None = None
         self._persist = persist
         _routers.add(self)
+
+    def _open_shared(self, state_url: str | None) -> SharedState:
+        """The shared state: `state_url`, `NBROUTER_STATE_URL` or `[state] url` (in that order) on Redis;
+        else the state file; else (persist=False) memory."""
+        settings = self.config.state
+        env = os.environ.get("NBROUTER_STATE_URL") or None
+        url = state_url or env or settings.url
+        where = ("Router(state_url=)" if state_url else "NBROUTER_STATE_URL" if env
+                 else f"[state] url in {self.config.file_label}")
+        path = self.state.path if self.state.backend.persistent else None
+        return open_shared(url=url, path=path, prefix=settings.prefix, on_down="wait" if settings.on_down == "wait" else "local",
+                           share=settings.share, timeout_s=settings.timeout_s, clock=self.clock, where=where)
 
     @property
     def pacer(self) -> Pacer:
@@ -438,17 +459,17 @@ class Router:
         if self._closed:
             return
         self._closed = True
-        self._close_shared()
+        if self.shared.kind != "memory":
+            try:  # the shared store's connections (the file's, Redis's); it keeps nothing unwritten
+                self._bg.run(self.shared.close())
+            except Exception:
+                pass
         if self._bg.running:
             self._senders.close_on(self._bg.loop())
             self._bg.stop()
         self.state.close()
         if self._cache is not None:
             self._cache.close()
-
-    def _close_shared(self) -> None:
-        """Release the shared store's connections (on the router's loop when it runs)."""
-        self._on_shared(self.shared.close())
 
     def _on_shared(self, work: Coroutine[Any, Any, None], *, start: bool = False) -> None:
         """Run a verb of the shared store from a sync method: on the router's loop and waited for (`start`:

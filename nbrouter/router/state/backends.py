@@ -352,6 +352,7 @@ class SQLiteBackend(StateBackend):
     """
 
     persistent = True
+    path: Path  # always a file here
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0, open_wait_s: float = 1.5,
                  open_tries: int = 2) -> None:
@@ -502,7 +503,7 @@ class SQLiteBackend(StateBackend):
         if self._reader is None:
             raise StoreUnavailable(f"{self.path} is not open")
         with self._read_lock:
-            return self._reader.execute("PRAGMA data_version").fetchone()[0]
+            return int(self._reader.execute("PRAGMA data_version").fetchone()[0])
 
     def recent_calls(self, limit: int) -> list[dict[str, Any]]:
         if self._reader is None:

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Literal, Sequence, TypeVar
 
 from ..._core import Clock
 from ..._core.clock import SYSTEM_CLOCK
@@ -58,6 +58,8 @@ RETRY_S = 1.0
 MAX_RETRY_S = 8.0
 #: the mirror of holds is read from the store at most this often
 MIRROR_S = 1.0
+#: how long closing waits for a refresh or write-back under way
+_CLOSE_WAIT_S = 5.0
 #: in "wait" mode, how soon a held-back admission asks again (at least)
 _WAIT_RECHECK_S = 0.05
 
@@ -100,6 +102,7 @@ class GuardedState:
         self._mirror_at = -math.inf
         self._pending: list[AddCount] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
         #: verbs that met a failing store, and how many of those were timeouts (the store too slow)
         self.failures = 0
         self.timeouts = 0
@@ -148,7 +151,7 @@ class GuardedState:
         self.recoveries += 1
         self._retry_s = self._retry_first
         log.warning("nbrouter: the shared state (%s) answers again; writing back what was kept here", self.where)
-        self._spawn(self._write_back(everything=True))
+        self._spawn(self._write_back())
 
     async def _call(self, remote: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
         """Ask the store, or answer locally while it is down (one verb at a time tries it again)."""
@@ -174,8 +177,11 @@ class GuardedState:
             self._spawn(self.refresh(force=True))
         return result
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a refresh or a write-back beside the verb (it must not cost the call a round trip)."""
+        if self._closed:
+            coro.close()
+            return
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -202,9 +208,15 @@ class GuardedState:
         self._mirror_at = now
 
         async def remote() -> None:
+            # returning from an outage (this refresh is the probe) or to a server that lost its data: what
+            # was kept here goes back first, or reading the store would replace it
+            recovering = self._why is not None
             mark = getattr(self.store, "mark", None)
-            if mark is not None and await mark():
+            lost = mark is not None and await mark()
+            if recovering or lost:
                 await self._push_holds()
+            if recovering:
+                await self._push_pending()
             held = await self.store.holds()
             await self.local.clear_holds()
             for key, h in held.items():
@@ -220,15 +232,22 @@ class GuardedState:
         if held:
             await self.store.apply([ExtendHold(k, h.kind.value, h.until, h.reason, h.detail) for k, h in held.items()])
 
-    async def _write_back(self, everything: bool) -> None:
-        """Write the holds kept here and the counts added while the store was away; then read it afresh."""
+    async def _push_pending(self) -> None:
         pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            await self.store.apply(pending)
+        except StoreDown:
+            self._pending[:0] = pending  # kept for the next return
+            raise
+
+    async def _write_back(self) -> None:
+        """Write the holds kept here and the counts added while the store was away; then read it afresh."""
         try:
             await self._push_holds()
-            if pending:
-                await self.store.apply(pending)
+            await self._push_pending()
         except StoreDown as exc:
-            self._pending[:0] = pending
             self._went_down(str(exc), timeout=exc.timeout)
             return
         await self.refresh(force=True)
@@ -356,9 +375,19 @@ class GuardedState:
                                 lambda: self.local.buckets(account, [s.scaled(self.share) for s in specs]))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Let the refreshes and write-backs under way finish (each is bounded by the store's timeout:
+        cancelling one in the middle of a connect can leave its socket behind), then close the store."""
+        self._closed = True
+        here = asyncio.get_running_loop()
+        mine = [t for t in self._tasks if t.get_loop() is here]
+        for task in self._tasks - set(mine):  # on another loop (the router's, a notebook's): cancel there
+            if not task.get_loop().is_closed():
+                task.get_loop().call_soon_threadsafe(task.cancel)
+        if mine:
+            _, late = await asyncio.wait(mine, timeout=_CLOSE_WAIT_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self.store.close()
 
 

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, TypeVar, Union, runtime_checkable
 
-from ..._core import Clock, scrub
+from ..._core import Clock, scrub_pieces
 from ..._core.clock import SYSTEM_CLOCK
 from .health import Hold, HoldKind
 
@@ -424,6 +424,10 @@ class Tx(Protocol):
         """Store a value; it counts as absent from `expires` (wall seconds) on."""
         ...
 
+    def get_many(self, space: str, keys: Sequence[str]) -> list[Any]:
+        """The values of several keys (None for each absent one), in one read."""
+        ...
+
     def delete(self, space: str, key: str) -> None:
         ...
 
@@ -462,17 +466,15 @@ class Rules:
 
     @staticmethod
     def count(tx: Tx, now: float, key: str, window: Window) -> float:
-        total = 0.0
-        for slot in window.slots(now):
-            total += float(tx.get("count", f"{key}|{window.name}|{slot}") or 0.0)
-        return total
+        values = tx.get_many("count", [f"{key}|{window.name}|{slot}" for slot in window.slots(now)])
+        return float(sum(float(v) for v in values if v is not None))
 
     @staticmethod
     def extend_hold(tx: Tx, now: float, key: str, kind: str, until: float, reason: str, detail: str) -> Hold:
         old = _live_hold(tx, key, now)
         if old is not None and old.until >= until:
             return old
-        h = Hold(kind=HoldKind(kind), until=until, reason=scrub(reason), detail=detail, updated=now)
+        h = Hold(kind=HoldKind(kind), until=until, reason=scrub_pieces(reason), detail=detail, updated=now)
         tx.put("hold", key, _hold_value(h), until)
         return h
 
@@ -710,6 +712,9 @@ class _MemoryTx:
         if row is None or row[1] <= self.now:
             return None
         return row[0]
+
+    def get_many(self, space: str, keys: Sequence[str]) -> list[Any]:
+        return [self.get(space, k) for k in keys]
 
     def put(self, space: str, key: str, value: Any, expires: float = math.inf) -> None:
         self.data[(space, key)] = (value, expires)

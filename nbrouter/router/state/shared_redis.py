@@ -21,9 +21,9 @@ import math
 import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from ..._core import Clock, scrub
+from ..._core import Clock, scrub_pieces
 from ..._core.clock import SYSTEM_CLOCK
 from ..errors import ComboConfigError
 from .health import Hold, HoldKind
@@ -90,7 +90,7 @@ def redact_url(url: str) -> str:
             return url
         user = parts.username or ""
         host = parts.netloc.rsplit("@", 1)[1]
-        return parts._replace(netloc=f"{user}:***@{host}").geturl()
+        return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
     except ValueError:
         head, sep, tail = url.partition("@")
         if not sep:
@@ -99,17 +99,18 @@ def redact_url(url: str) -> str:
         return f"{scheme}://***@{tail}"
 
 
-def parse_redis_url(url: str, *, where: str = "the state URL") -> RedisURL:
+def parse_redis_url(url: str, *, where: str = "the state URL", file: str | None = None) -> RedisURL:
     """Check and parse a Redis URL; a malformed one is a ComboConfigError naming it without its password.
 
     Args:
         url: `redis://[user[:password]@]host[:port][/db]` or `rediss://...` for TLS.
         where: what the URL came from, for the message (`NBROUTER_STATE_URL`, the file's `[state] url`).
+        file: the config file it came from, named in the error.
     """
     shown = redact_url(url)
 
     def bad(why: str) -> ComboConfigError:
-        return ComboConfigError(f"{where} {shown!r} is not a Redis URL: {why}", field="state.url")
+        return ComboConfigError(f"{where} {shown!r} is not a Redis URL: {why}", file=file, field="state.url")
 
     try:
         parts = urlsplit(url.strip())
@@ -438,6 +439,9 @@ SCRIPTS: dict[str, str] = {name: _PRELUDE + body for name, body in (
 _SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
 
 
+_timeout: Any = getattr(asyncio, "timeout", None)
+
+
 def _safe_tag(tag: str) -> str:
     # a brace inside the tag would end it early and split an account's keys across slots
     return tag.replace("{", "(").replace("}", ")")
@@ -525,23 +529,26 @@ class RedisShared:
         return c
 
     def make_client(self, *, asyncio_client: bool) -> Any:
-        """A redis-py client for the URL, with the timeout on every socket operation and no retries (a
-        retry would multiply the wait the timeout bounds)."""
+        """A redis-py client for the URL, with the timeout on every socket operation. A connection found
+        closed (the server restarted since it was last used) is tried once more on a fresh one; a timeout
+        is never retried (that would multiply the wait the timeout bounds)."""
         import redis
         import redis.asyncio
         from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         kwargs: dict[str, Any] = dict(socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
                                       retry_on_timeout=False, decode_responses=True, health_check_interval=0)
         if asyncio_client:
             from redis.asyncio.retry import Retry as AsyncRetry
-            return redis.asyncio.Redis.from_url(self._url, retry=AsyncRetry(NoBackoff(), 0), **kwargs)
+            return redis.asyncio.Redis.from_url(
+                self._url, retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **kwargs)
         from redis.retry import Retry
         return redis.Redis.from_url(self._url, retry=Retry(NoBackoff(), 0), **kwargs)
 
     def down_error(self, exc: BaseException) -> StoreDown:
         """The StoreDown a redis-py or socket failure means (its text without the password)."""
-        text = scrub(str(exc) or type(exc).__name__)
+        text = scrub_pieces(str(exc) or type(exc).__name__)
         if self.parsed.password:
             text = text.replace(self.parsed.password, "***")
         timeout = isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or type(exc).__name__ == "TimeoutError"
@@ -554,6 +561,9 @@ class RedisShared:
         import redis.exceptions as rx
 
         try:
+            if _timeout is not None:  # Python 3.11+: a deadline on this task, cheaper than wait_for's new task
+                async with _timeout(self.timeout_s):
+                    return await coro
             return await asyncio.wait_for(coro, self.timeout_s)
         except (rx.RedisError, OSError, asyncio.TimeoutError) as exc:
             raise self.down_error(exc) from None
@@ -612,7 +622,7 @@ class RedisShared:
     # ---- holds ----------------------------------------------------------------------------------
 
     def _hold_args(self, key: str, kind: str, until: float, reason: str, detail: str) -> list[str]:
-        return [key, HoldKind(kind).value, _num(until - self.clock.time()), scrub(reason), detail]
+        return [key, HoldKind(kind).value, _num(until - self.clock.time()), scrub_pieces(reason), detail]
 
     async def extend_hold(self, key: str, kind: str, until: float, reason: str, detail: str = "") -> Hold:
         tag = tag_of(key)

@@ -60,6 +60,14 @@ class _SQLiteTx:
                                 (space, key, self.now)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def get_many(self, space: str, keys: Sequence[str]) -> list[Any]:
+        if len(keys) == 1:
+            return [self.get(space, keys[0])]
+        marks = ",".join("?" * len(keys))
+        rows = dict(self.conn.execute(f"SELECT key, value FROM shared WHERE space=? AND expires>? AND key IN ({marks})",
+                                      (space, self.now, *keys)).fetchall())
+        return [json.loads(rows[k]) if k in rows else None for k in keys]
+
     def put(self, space: str, key: str, value: Any, expires: float = math.inf) -> None:
         self.conn.execute("INSERT OR REPLACE INTO shared(space, key, value, expires) VALUES (?,?,?,?)",
                           (space, key, json.dumps(value), min(expires, _NEVER)))

@@ -464,8 +464,8 @@ class StateStore:
         """The last `limit` attempts of the call log, oldest first."""
         w = self._writer
         if w is not None and not w.opened:  # the file is busy: what waits for it is all there is
-            rows = w.pending_rows()[-limit:] if limit > 0 else []
-            return [dict(zip(CALL_NAMES, row)) for row in rows]
+            pending = w.pending_rows()[-limit:] if limit > 0 else []
+            return [dict(zip(CALL_NAMES, row)) for row in pending]
         self.flush()
         try:
             rows = self.backend.recent_calls(limit)
