@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +74,15 @@ finally:
 """
 
 
-def config(url: str, *, strategy: str = "round-robin", **policy: Any) -> dict[str, Any]:
+def config(url: str, *, strategy: str = "round-robin", state: dict[str, Any] | None = None, **policy: Any) -> dict[str, Any]:
     """One provider at the simulator with two accounts (keys a and b), each with its real limit as `quota`,
     in a combo over both (and a third account, `warm`, that only warms a process up)."""
     accounts = [{"name": name, "api_key_env": f"SHARE_KEY_{name.upper()}", "quota": {"requests_per_minute": PER_MINUTE}}
                 for name in KEYS]
     accounts.append({"name": "warm", "api_key_env": "SHARE_KEY_WARM"})
     return {"providers": {"sim": {"protocol": "openai", "base_url": url + "/v1", "accounts": accounts}},
-            "combos": {"c": {"targets": ["sim#a/m", "sim#b/m"], "strategy": strategy}}, "policy": policy}
+            "combos": {"c": {"targets": ["sim#a/m", "sim#b/m"], "strategy": strategy}}, "policy": policy,
+            "state": state or {}}
 
 
 def run_workers(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -114,12 +116,12 @@ def run_workers(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return reports
 
 
-def store_count(key: str, *, path: Path | None = None, url: str | None = None) -> float:
+def store_count(key: str, *, path: Path | None = None, url: str | None = None, prefix: str | None = None) -> float:
     """What the shared store counted under `key` (never reset), read as another process would."""
     from nbrouter.router.state.guarded import open_shared
 
     async def read() -> float:
-        shared = open_shared(url=url, path=path)
+        shared = open_shared(url=url, path=path, prefix=prefix, timeout_s=5.0)
         try:
             return await shared.count(key, Window.forever())
         finally:
@@ -158,6 +160,17 @@ def test_four_processes_on_one_state_file_share_each_accounts_limit_exactly(simu
              for i in range(4)]
     reports = run_workers(specs)
     check_shared_limits(simulator, reports, 4 * per, path=state)
+
+
+def test_two_machines_with_a_state_file_each_share_each_accounts_limit_through_one_redis(simulator, redis_server, tmp_path) -> None:
+    # a state file each (nothing shared on disk), one Redis; a timeout generous for two loaded cores (the
+    # store's timeout is not what this test is about)
+    state = {"prefix": f"share-{uuid.uuid4().hex[:8]}:", "timeout_s": 2.0}
+    per = 60
+    specs = [{"name": f"m{i}", "config": config(simulator.url, state=state), "state_path": str(tmp_path / f"machine{i}.sqlite3"),
+              "state_url": redis_server.url(), "items": per, "concurrency": 8} for i in range(2)]
+    reports = run_workers(specs)
+    check_shared_limits(simulator, reports, 2 * per, url=redis_server.url(), prefix=state["prefix"])
 
 
 @pytest.mark.parametrize("met", [{"type": "RateLimited", "retry_after": 30}, {"type": "QuotaExceeded"}])
