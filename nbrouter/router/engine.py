@@ -422,10 +422,14 @@ class Router:
     # ---- status, log, reset ------------------------------------------------------------------
 
     def status(self) -> Status:
-        """Per candidate and per account: breaker, cooldown or lock with time left, latency, usage, quota."""
+        """Per candidate and per account: breaker, cooldown or lock with time left, latency, usage, quota; and
+        the shared state's mode (`Status.store`: "shared", or "local"/"wait" while it is down)."""
         self._ensure_discovered()
         self.state.refresh()
-        return collect_status(self._decider, self.state, self.clock.time())
+        # an account with a quota is counted by every process sharing it: the store's counts (not asked
+        # from the router's own loop, where a sync call cannot wait)
+        usage = None if self._bg.in_loop_thread() or not self.pacer.quota_accounts else self._bg.run(self.pacer.usage())
+        return collect_status(self._decider, self.state, self.clock.time(), usage)
 
     def reset(self, target: str | None = None) -> int:
         """Clear cooldowns, locks and breakers (of keys containing `target`, or all), here and in the store

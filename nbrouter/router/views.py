@@ -56,6 +56,7 @@ class ResultLike(Protocol):
     usage_known: bool
     latency_s: float
     partial: bool
+    store: str | None
 
     @property
     def cost_text(self) -> str: ...
@@ -102,7 +103,8 @@ class StatusLike(Protocol):
 
 
 def footer(result: ResultLike) -> str:
-    """One line: who served, how many attempts, tokens, cost, time."""
+    """One line: who served, how many attempts, tokens, cost, time (and the shared store's state when it is
+    not answering)."""
     tries = sum(1 for a in result.attempts if a.action.value != "skipped")
     parts = [
         f"served by {result.served_by}",
@@ -113,6 +115,8 @@ def footer(result: ResultLike) -> str:
     ]
     if result.partial:
         parts.append("PARTIAL")
+    if result.store:
+        parts.append(result.store)
     return " · ".join(parts)
 
 

@@ -57,6 +57,9 @@ RELAY_SUMMARY_PROMPT = ("Summarise the conversation above in a few sentences: th
                         "questions someone continuing it must know. Answer with the summary only.")
 #: the request options a step may set and a call may override (model.STEP_OPTIONS, as ChatRequest fields)
 STEP_REQUEST_OPTIONS = ("system", "max_tokens", "temperature", "top_p", "stop", "reasoning", "extra_body")
+#: what a call's footer says while the shared state is not answering, per `SharedState.mode`
+STORE_NOTES = {"local": "shared state down: paced here alone at this kernel's share",
+               "wait": "shared state down: calls wait for it"}
 #: a shared rotation counter's modulus: the store hands out the raw turn (strategies take it modulo their n)
 TURNS = 2**62
 #: sends one request: (protocol, endpoint, request, timeout, on_text, on_first_byte) -> Completion
@@ -664,6 +667,9 @@ class Loop:
 
     def _finish(self, call: _Call, combo: str, result: RouteResult, decision: Decision) -> RouteResult:
         result.decision = decision
+        mode = self.decider.pacer.shared.mode
+        if mode != "shared":  # the footer says so (one line), every call while it lasts
+            result.store = STORE_NOTES.get(mode, f"shared state: {mode}")
         if call.req.schema is not None and not result.partial:  # issue 17: checked by checked_output already
             result.parsed = call.req.schema.parse(result.text)
         self._log(call, combo, result.text)

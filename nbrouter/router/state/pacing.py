@@ -456,6 +456,24 @@ class Pacer:
             if changed:
                 self._limits.pop(c.key, None)
 
+    @property
+    def quota_accounts(self) -> list[str]:
+        """The accounts with a configured quota (their usage is counted in the store)."""
+        return list(self._quota)
+
+    async def usage(self) -> dict[str, dict[str, float]]:
+        """What the store counted for each account with a quota: this minute's and today's requests and
+        tokens (every process's), and the requests sent on it so far (for status)."""
+        out: dict[str, dict[str, float]] = {}
+        for account in self._quota:
+            counts: dict[str, float] = {}
+            for field, what, window in (("requests_minute", "requests", Window.minute()), ("tokens_minute", "tokens", Window.minute()),
+                                        ("requests_day", "requests", Window.day()), ("tokens_day", "tokens", Window.day())):
+                counts[field] = await self.shared.count(f"{USAGE_PREFIX}{account}|{what}", window)
+            counts["sent"] = await self.shared.count(SENT_PREFIX + account, Window.forever())
+            out[account] = counts
+        return out
+
     def forget(self, matches: Sequence[str | None]) -> None:
         """Forget the store's "wait" answers for keys containing any of `matches` (None: all): a reset."""
         for key in list(self._blocked):
