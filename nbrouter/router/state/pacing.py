@@ -104,6 +104,9 @@ class Limit:
     what: str  # "requests" | "tokens"
     window_s: float
     limit: float
+    #: what the provider said was left when this limit was learned (a header's remaining): a bucket new to
+    #: the store starts there; None (a configured quota) starts it at one probing request
+    start: float | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -127,7 +130,12 @@ class Limit:
         capacity = base + keep
         # a minute bucket new to the store lets one batch request probe (the store keeps a bucket from its
         # first take on: one that no take fits would start afresh at every ask)
-        initial = keep + batch * PROBE_REQUESTS if self.what == "requests" and self.window_s < DAY_S else capacity
+        if self.start is not None:
+            initial = max(0.0, self.start)
+        elif self.what == "requests" and self.window_s < DAY_S:
+            initial = keep + batch * PROBE_REQUESTS
+        else:
+            initial = capacity
         return BucketSpec(self.scope, self.name, rate, capacity, min(initial, capacity), amount, keep / capacity)
 
     @property
@@ -214,6 +222,8 @@ class Pacer:
         #: header-derived limits per candidate key: (what) -> (limit, window)
         self._learned: dict[str, dict[str, tuple[float, float]]] = {}
         self._guesses: dict[tuple[str, str], WindowGuess] = {}
+        #: the last remaining count a header gave per (candidate key, what): where a new bucket starts
+        self._remaining: dict[tuple[str, str], float] = {}
         self._limits: dict[str, tuple[Limit, ...]] = {}
         #: accounts and candidates asked about though no limit is known: they met a 429, a hold or a breaker
         self._watched: set[str] = set()
@@ -225,6 +235,8 @@ class Pacer:
         #: requests sent and 429s met, per candidate key (what the batch summary shows)
         self.sent: dict[str, int] = {}
         self.limited: dict[str, int] = {}
+        #: how often the store said wait, per lane ("interactive", "batch")
+        self.refused: dict[str, int] = {}
         #: what the store said when it last failed to answer (None: it answers)
         self.store_error: str | None = None
         #: the hold the store's last refusal named (another process's cooldown, kept here too by the loop)
@@ -259,8 +271,8 @@ class Pacer:
         with self._lock:
             quota = self._quota.get(c.account_key, ())
             covered = {q.what for q in quota}
-            learned = tuple(Limit(c.key, what, window, limit) for what, (limit, window) in self._learned.get(c.key, {}).items()
-                            if what not in covered)
+            learned = tuple(Limit(c.key, what, window, limit, self._remaining.get((c.key, what)))
+                            for what, (limit, window) in self._learned.get(c.key, {}).items() if what not in covered)
             out = self._limits[c.key] = quota + learned
         return out
 
@@ -315,6 +327,7 @@ class Pacer:
         self.store_error = None
         if answer.admitted:
             return self._sent(Ticket(c, tokens, lane, specs, limits, answer.slot, answer.probe))
+        self.refused[lane] = self.refused.get(lane, 0) + 1
         wait = max(answer.wait_s, MIN_WAIT_S)
         until = now + wait
         if answer.reason == "held" and answer.hold is not None:
@@ -442,10 +455,14 @@ class Pacer:
         changed = False
         with self._lock:
             learned = self._learned.setdefault(c.key, {})
-            for what, limit, reset_at in (("requests", limits.limit_requests, limits.reset_requests_at),
-                                          ("tokens", limits.limit_tokens, limits.reset_tokens_at)):
+            for what, limit, remaining, reset_at in (
+                ("requests", limits.limit_requests, limits.remaining_requests, limits.reset_requests_at),
+                ("tokens", limits.limit_tokens, limits.remaining_tokens, limits.reset_tokens_at),
+            ):
                 if not limit:
                     continue
+                if remaining is not None:
+                    self._remaining[(c.key, what)] = float(remaining) - (self._in_flight.get(c.key, 0) if what == "requests" else 0)
                 guess = self._guesses.get((c.key, what))
                 if guess is None:
                     guess = self._guesses[(c.key, what)] = WindowGuess()
