@@ -456,6 +456,7 @@ class Router:
     async def aclose(self) -> None:
         """Close the HTTP client of the running loop (call it before that loop ends; a loop that ends
         without it closes the client itself on shutdown)."""
+        await self.pacer.drain()  # the writes of the last calls on this loop, sent behind them
         await self._senders.aclose()
 
     def close(self) -> None:
@@ -463,6 +464,11 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        if self._bg.running and not self._bg.in_loop_thread():
+            try:  # the writes of the last calls, sent behind them
+                self._bg.run(self.pacer.drain())
+            except Exception:
+                pass
         if self.shared.kind != "memory":
             try:  # the shared store's connections (the file's, Redis's); it keeps nothing unwritten
                 self._bg.run(self.shared.close())

@@ -24,8 +24,10 @@ and the batch slows down by what the cell took.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -201,6 +203,39 @@ class Ticket:
     shared: bool = True
 
 
+class WriteBehind:
+    """The writes of calls that ended well (a slot back, counts, a corrected estimate), gathered from every
+    call that ends in one turn of the event loop and sent together: one round trip for all of them, off the
+    calls' path. (A failure's writes, a hold or a 429's empty buckets, are sent at once instead.)"""
+
+    def __init__(self, pacer: "Pacer") -> None:
+        self.pacer = pacer
+        self.pending: list[Write] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, writes: Sequence[Write]) -> None:
+        self.pending.extend(writes)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)  # the other calls ending in this turn add theirs first
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    await self.pacer.shared.apply(batch)
+                except StoreDown as exc:  # a store without its guard: the writes are lost, and it says so
+                    self.pacer.store_error = str(exc)
+        finally:
+            self.task = None
+
+    async def drain(self) -> None:
+        """Wait until everything added so far is written."""
+        while self.task is not None:
+            await asyncio.shield(self.task)
+
+
 class Pacer:
     """The router's pacing of every call, over the shared store's admission.
 
@@ -237,6 +272,7 @@ class Pacer:
         self.limited: dict[str, int] = {}
         #: how often the store said wait, per lane ("interactive", "batch")
         self.refused: dict[str, int] = {}
+        self._behind: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBehind]" = weakref.WeakKeyDictionary()
         #: what the store said when it last failed to answer (None: it answers)
         self.store_error: str | None = None
         #: the hold the store's last refusal named (another process's cooldown, kept here too by the loop)
@@ -490,6 +526,20 @@ class Pacer:
             counts["sent"] = await self.shared.count(SENT_PREFIX + account, Window.forever())
             out[account] = counts
         return out
+
+    def write_behind(self, writes: Sequence[Write]) -> None:
+        """Send these writes with the others of this turn of the event loop (no waiting for them here)."""
+        loop = asyncio.get_running_loop()
+        behind = self._behind.get(loop)
+        if behind is None:
+            behind = self._behind[loop] = WriteBehind(self)
+        behind.add(writes)
+
+    async def drain(self) -> None:
+        """Wait until the writes sent behind on this event loop are in the store (close, tests)."""
+        behind = self._behind.get(asyncio.get_running_loop())
+        if behind is not None:
+            await behind.drain()
 
     def forget(self, matches: Sequence[str | None]) -> None:
         """Forget the store's "wait" answers for keys containing any of `matches` (None: all): a reset."""
