@@ -215,9 +215,7 @@ class GuardedState:
             mark = getattr(self.store, "mark", None)
             lost = mark is not None and await mark()
             if recovering or lost:
-                await self._push_holds()
-            if recovering:
-                await self._push_pending()
+                await self._push_holds()  # (the counts kept here follow in the write-back `_came_back` starts)
             held = await self.store.holds()
             await self.local.clear_holds()
             for key, h in held.items():
