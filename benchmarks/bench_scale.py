@@ -192,7 +192,8 @@ def one_run(label: str, program: str, specs_for: Any, args: argparse.Namespace) 
     """A fresh simulator, the workers of one configuration, and the row: done, 429s, rate / limit, time."""
     from nbrouter.testing import key_id, start_simulator_process
 
-    limits = {"default": {"requests": args.requests, "window_s": args.window_s, "start_full": False}}
+    limit = {"requests": args.requests, "window_s": args.window_s, "start_full": False}
+    limits = {"keys": {key: limit for key in KEYS}}  # (the warm-up key is not limited)
     with start_simulator_process({"rate_limits": limits}) as sim:
         reports = run_workers(program, specs_for(sim.url))
         stats = sim.stats()["keys"]

@@ -465,7 +465,7 @@ class BatchResult(Sequence[Any]):
     def to_pandas(self) -> Any:
         """A DataFrame: the input's columns, `text` or the schema's fields (typed), `served_by`,
         `cost_usd`, `latency_s`, `attempts`, `cached`, `error`; the input's index when it had one."""
-        import pandas as pd
+        import pandas as pd  # type: ignore[import-untyped]
 
         rows = self.rows()
         frame = pd.DataFrame(rows, index=self.inputs.index if self.inputs.kind != "items" else None)
@@ -503,9 +503,9 @@ class BatchResult(Sequence[Any]):
         counts = self.served_by_counts
         if counts:
             lines.append("served by: " + " · ".join(f"{who} {k}" for who, k in counts.items()))
-        fresh = sorted((e.latency_s, i) for i, e in enumerate(self.entries) if isinstance(e, RouteResult) and e.cached is None)
+        fresh = sorted((e.latency_s, i, e.served_by) for i, e in enumerate(self.entries) if isinstance(e, RouteResult) and e.cached is None)
         if fresh:
-            lines.append("slowest: " + " · ".join(f"#{i} {duration(s)} ({self.entries[i].served_by})" for s, i in fresh[::-1][:SUMMARY_ROWS]))
+            lines.append("slowest: " + " · ".join(f"#{i} {duration(s)} ({who})" for s, i, who in fresh[::-1][:SUMMARY_ROWS]))
         for f in failed[:SUMMARY_ROWS]:
             lines.append(f"failed #{f.position}: {_error_text(f.error)}")
         if len(failed) > SUMMARY_ROWS:
@@ -575,7 +575,7 @@ def _progress_sink(progress: Any, total: int) -> tuple[Callable[[Progress], None
         return None, lambda: None
     if callable(progress):
         return progress, lambda: None
-    from tqdm.auto import tqdm  # the notebook's usual bar (a widget in Jupyter, text in a terminal)
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # the notebook's usual bar (a widget in Jupyter, text in a terminal)
 
     bar = tqdm(total=total, unit="item")
 
@@ -644,8 +644,8 @@ class Batch:
         finally:
             close()
         entries = [dispatcher.outcomes.get(i) or NotDone(NOT_SENT_INTERRUPTED) for i in range(len(self.items))]
-        name = entries and next((e.combo for e in entries if isinstance(e, RouteResult)), None)
-        combo_name = name or (self.combo if isinstance(self.combo, str) else getattr(self.combo, "name", "combo"))
+        name = next((e.combo for e in entries if isinstance(e, RouteResult)), None)
+        combo_name: str = name or (self.combo if isinstance(self.combo, str) else str(getattr(self.combo, "name", "combo")))
         schema = self.items[0].request.schema if self.items else None
         return BatchResult(entries, self.inputs, combo=combo_name, elapsed_s=time.perf_counter() - started,
                            interrupted=not completed or dispatcher.stopped == NOT_SENT_INTERRUPTED, schema=schema,

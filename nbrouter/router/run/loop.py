@@ -607,9 +607,10 @@ class Loop:
         failures: list[tuple[ProviderFailure, Attempt]] = []
         try:
             wait_first_byte = asyncio.ensure_future(lanes[first.key].first_byte.wait())
-            done, _ = await asyncio.wait([*tasks, wait_first_byte], timeout=combo.hedge_after_s, return_when=asyncio.FIRST_COMPLETED)
+            first_done, _ = await asyncio.wait([*tasks, wait_first_byte], timeout=combo.hedge_after_s,
+                                               return_when=asyncio.FIRST_COMPLETED)
             wait_first_byte.cancel()
-            if not done:
+            if not first_done:
                 second = await next_candidate()
                 if second is not None:
                     lanes[second.key] = hedge.lane(second.key)
@@ -822,10 +823,10 @@ class Loop:
             served = completion.served_model or c.model
             c = next((g for g in group if g.model == served), None) or next((g for g in group if served.startswith(g.model)), c)
             note = f"one OpenRouter request with models [{', '.join(g.model for g in group)}]; it served {served}"
-        served = self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
+        outcome = self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
         if call.tickets:  # what the admission took, corrected by the reply (one write round trip)
             await self._settle(call, sent, completion, None)
-        return served
+        return outcome
 
     def _timed_out(self, call: _Call, combo: Combo, c: Candidate, provider: Provider, endpoint: Endpoint, timeout_s: float,
                    progress: _Progress, started: float, retry: bool, was_half_open: bool) -> tuple[ProviderFailure, Attempt]:
