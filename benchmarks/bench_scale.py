@@ -161,8 +161,9 @@ def nbrouter_config(url: str, per_minute: int) -> dict[str, Any]:
             "state": {"timeout_s": 1.0}}
 
 
-def run_workers(program: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One process per spec; every one starts its batch at the same moment once all are ready."""
+def run_workers(program: str, specs: list[dict[str, Any]], before_go: Any = None) -> list[dict[str, Any]]:
+    """One process per spec; every one starts its batch at the same moment once all are ready (and
+    `before_go()` has run)."""
     sync = Path(tempfile.mkdtemp(prefix="nbrouter-scale-"))
     procs = [subprocess.Popen([sys.executable, "-c", READY + program, json.dumps(dict(spec, sync_dir=str(sync)))],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()) for spec in specs]
@@ -172,6 +173,8 @@ def run_workers(program: str, specs: list[dict[str, Any]]) -> list[dict[str, Any
             if any(p.poll() is not None for p in procs):
                 break
             time.sleep(0.01)
+        if before_go is not None:
+            before_go()
         (sync / "go.tmp").write_text(repr(time.time() + 0.2))
         (sync / "go.tmp").rename(sync / "go")
         reports = []
@@ -194,8 +197,9 @@ def one_run(label: str, program: str, specs_for: Any, args: argparse.Namespace) 
 
     limit = {"requests": args.requests, "window_s": args.window_s, "start_full": False}
     limits = {"keys": {key: limit for key in KEYS}}  # (the warm-up key is not limited)
-    with start_simulator_process({"rate_limits": limits}) as sim:
-        reports = run_workers(program, specs_for(sim.url))
+    with start_simulator_process({}) as sim:
+        # the keys' windows are full (in steady use) from the moment the run starts, not from a start-up ago
+        reports = run_workers(program, specs_for(sim.url), before_go=lambda: sim.configure({"rate_limits": limits}))
         stats = sim.stats()["keys"]
     done = sum(r["done"] for r in reports)
     received = sum(stats.get(key_id(k), {}).get("received", 0) for k in KEYS)
