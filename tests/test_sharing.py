@@ -172,3 +172,16 @@ def test_a_quota_accounts_usage_in_status_is_what_every_process_counted(sim, mak
     row = one.status().account("sim#default")
     assert row["requests_minute"] == 3 and row["sent"] == 3
     assert sim.stats()["keys"][key_id("sim-test-key-0001")]["received"] == 3
+
+
+def test_status_shows_a_hold_another_kernel_met(sim, make_router) -> None:
+    from nbrouter.testing import QuotaExceeded
+
+    sim.script([QuotaExceeded()], model="m")
+    config = sim_config(sim, {"c": {"targets": ["sim/m"]}}, policy={"state_refresh_s": 600})  # (not via the file)
+    one, two = make_router(config), make_router(config)
+    two.status()  # (it has read the file already)
+    with pytest.raises(Exception):
+        one.complete("c", "hi")
+    row = two.status().account("sim#default")
+    assert row["hold"] == "cooldown" and row["hold_reason"] == "quota exceeded"

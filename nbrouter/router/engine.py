@@ -428,8 +428,12 @@ class Router:
         self.state.refresh()
         # an account with a quota is counted by every process sharing it: the store's counts (not asked
         # from the router's own loop, where a sync call cannot wait)
-        usage = None if self._bg.in_loop_thread() or not self.pacer.quota_accounts else self._bg.run(self.pacer.usage())
-        return collect_status(self._decider, self.state, self.clock.time(), usage)
+        usage, holds = None, None
+        if not self._bg.in_loop_thread():
+            if self.pacer.quota_accounts:
+                usage = self._bg.run(self.pacer.usage())
+            holds = self._bg.run(self.shared.holds())  # another kernel's cooldowns too
+        return collect_status(self._decider, self.state, self.clock.time(), usage, holds)
 
     def reset(self, target: str | None = None) -> int:
         """Clear cooldowns, locks and breakers (of keys containing `target`, or all), here and in the store

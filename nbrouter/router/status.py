@@ -10,6 +10,7 @@ from .decide.combos import resolve
 from .decide.decider import Decider
 from .errors import ComboConfigError
 from .model import QUOTA_FIELDS, Config
+from .state.health import Hold
 from .state.store import StateStore
 from .types import Candidate
 
@@ -56,10 +57,13 @@ class Status:
         return str(self)
 
 
-def collect_status(decider: Decider, state: StateStore, now: float, shared_usage: dict[str, dict[str, float]] | None = None) -> Status:
+def collect_status(decider: Decider, state: StateStore, now: float, shared_usage: dict[str, dict[str, float]] | None = None,
+                   shared_holds: dict[str, Hold] | None = None) -> Status:
     """The rows of `Router.status()`: every configured or remembered candidate, and every account (an
-    account with a quota counted by every process, from `shared_usage`, when it is given)."""
+    account with a quota counted by every process, from `shared_usage`, when it is given), with the holds
+    every process sees (`shared_holds`, read from the store; else as its mirror last read them)."""
     config = decider.config
+    mirror = decider.pacer.shared.mirror_holds() if shared_holds is None else shared_holds
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     keys: list[Candidate] = []
@@ -83,7 +87,7 @@ def collect_status(decider: Decider, state: StateStore, now: float, shared_usage
         seen.add(c.key)
         s = state.latency.get(c.key)
         b = state.breaker(c.key, now) if c.key in state.breakers else None
-        h = state.hold(c.key, now)
+        h = _later(state.hold(c.key, now), mirror.get(c.key), now)
         rows.append({
             "candidate": c.key,
             "breaker": b.state if b else "closed",
@@ -110,7 +114,7 @@ def collect_status(decider: Decider, state: StateStore, now: float, shared_usage
                 "account": key,
                 "key_set": (acc.api_key() is not None) if acc.api_key_env else None,
                 "tier": acc.tier,
-                **_hold_fields(state.hold(key, now), now),
+                **_hold_fields(_later(state.hold(key, now), mirror.get(key), now), now),
                 "requests_minute": int(counted["requests_minute"]) if counted else w.minute_requests,
                 "tokens_minute": int(counted["tokens_minute"]) if counted else w.minute_tokens,
                 "requests_day": int(counted["requests_day"]) if counted else w.day_requests,
@@ -143,6 +147,13 @@ def reset_holds(config: Config, state: StateStore, target: str | None) -> int:
     """Clear cooldowns, locks and breakers of keys containing `target` (all when None); a `provider/model`
     target means that model on every account of the provider. Returns how many were cleared."""
     return sum(state.reset(match) for match in reset_matches(config, target))
+
+
+def _later(mine: Hold | None, shared: Hold | None, now: float) -> Hold | None:
+    """This process's hold on a key or the shared store's, whichever ends later (an ended one is none)."""
+    if shared is None or not shared.active(now):
+        return mine
+    return shared if mine is None or shared.until > mine.until else mine
 
 
 def _hold_fields(h: Any, now: float) -> dict[str, Any]:
