@@ -199,7 +199,8 @@ class Ticket:
     limits: tuple[Limit, ...]
     slot: str | None = None
     probe: bool = False
-    #: the store answered (False: it was down and this process decided alone)
+    #: the store admitted it (False: this process decided alone: nothing was known of the candidate's
+    #: limits, a batch's first request finding them out; or a store without its guard was down)
     shared: bool = True
 
 
@@ -244,15 +245,14 @@ class Pacer:
         shared: the state every process shares (`state.shared.SharedState`).
         clock: the router's clock (a reply is learned from at the time it arrives).
         margin: the share of each limit to pace at.
-        max_wait_s: how long a paced call may wait for headroom before it fails as usual.
+
+    How long a paced call may wait for headroom is its lane's (`Lanes.max_wait_s`).
     """
 
-    def __init__(self, config: Config, shared: SharedState, *, clock: Clock = SYSTEM_CLOCK, margin: float = PACING_MARGIN,
-                 max_wait_s: float = MAX_WAIT_S) -> None:
+    def __init__(self, config: Config, shared: SharedState, *, clock: Clock = SYSTEM_CLOCK, margin: float = PACING_MARGIN) -> None:
         self.shared = shared
         self.clock = clock
         self.margin = margin
-        self.max_wait_s = max_wait_s
         self._lock = threading.Lock()
         #: header-derived limits per candidate key: (what) -> (limit, window)
         self._learned: dict[str, dict[str, tuple[float, float]]] = {}
