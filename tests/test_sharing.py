@@ -185,3 +185,12 @@ def test_status_shows_a_hold_another_kernel_met(sim, make_router) -> None:
         one.complete("c", "hi")
     row = two.status().account("sim#default")
     assert row["hold"] == "cooldown" and row["hold_reason"] == "quota exceeded"
+
+
+def test_a_limit_learned_from_a_reply_that_said_none_left_does_not_shut_the_candidate(sim, make_router) -> None:
+    # the first reply's headers: 600 a minute, none left; the next call is admitted (and learns more)
+    sim.script([Reply(rate_limit={"limit_requests": 600, "remaining_requests": 0, "reset_s": 1}), Reply("second")], model="m")
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/m"]}}), clock=ManualClock())
+    router.complete("c", "first")
+    assert router.pacer.limits()["sim#default/m"] == ["600 requests/min"]
+    assert router.complete("c", "again").text == "second"

@@ -343,8 +343,8 @@ class Router:
             combo: as for `complete`.
             items: a list (any iterable), a pandas Series or a DataFrame (one call per row).
             **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict), `messages` (or a function
-                of the item), `concurrency`, `account_concurrency`, `max_cost_usd` (the whole batch's), `cache`,
-                `progress`, `schema` (its fields become columns), and any option of `acomplete`; each is
+                of the item), `concurrency`, `account_concurrency`, `max_cost_usd` (the whole batch's), `deadline_s`,
+                `cache`, `progress`, `schema` (its fields become columns), and any option of `acomplete`; each is
                 described in `batch.prepare`.
 
         Returns:

@@ -130,10 +130,11 @@ class Limit:
         base = max(self.limit if self.window_s >= DAY_S else rate * BURST_S, batch, 1.0)
         keep = INTERACTIVE_REQUESTS if self.what == "requests" else base * INTERACTIVE_TOKEN_SHARE
         capacity = base + keep
-        # a minute bucket new to the store lets one batch request probe (the store keeps a bucket from its
-        # first take on: one that no take fits would start afresh at every ask)
+        # a bucket new to the store must let its first take through: the store keeps a bucket from its first
+        # take on (one no take fits would start afresh, never refilled, at every ask); a minute bucket
+        # starts at that one probing take, or at what a header said was left when it is more
         if self.start is not None:
-            initial = max(0.0, self.start)
+            initial = max(self.start, keep + batch * PROBE_REQUESTS)
         elif self.what == "requests" and self.window_s < DAY_S:
             initial = keep + batch * PROBE_REQUESTS
         else:
