@@ -194,3 +194,47 @@ def test_a_limit_learned_from_a_reply_that_said_none_left_does_not_shut_the_cand
     router.complete("c", "first")
     assert router.pacer.limits()["sim#default/m"] == ["600 requests/min"]
     assert router.complete("c", "again").text == "second"
+
+
+def test_admissions_asked_together_cost_one_round_trip_and_never_admit_more_than_one_by_one() -> None:
+    import asyncio
+
+    from nbrouter.router.config.loading import build_config
+    from nbrouter.router.decide.strategies import STRATEGIES
+    from nbrouter.router.state.pacing import Pacer, Ticket
+    from nbrouter.router.state.shared import MemoryShared
+
+    config = build_config({"providers": {"p": {"protocol": "openai", "base_url": "http://127.0.0.1:9", "api_key_env": "X",
+                                               "quota": {"requests_per_minute": 6000}}}}, path=None, strategies=STRATEGIES)
+    clock = ManualClock()
+    store = MemoryShared(clock)
+    asked: list[int] = []
+    admit = store.admit
+
+    async def counted(request: Any) -> Any:
+        asked.append(1)
+        return await admit(request)
+
+    store.admit = counted  # type: ignore[method-assign]
+    pacer = Pacer(config, store, clock=clock)
+    c = Candidate("p", "default", "m")
+
+    async def at_once(n: int, lane: str) -> list[Any]:
+        return await asyncio.gather(*(pacer.admit(c, 10, Lanes(lane), clock.time()) for _ in range(n)))
+
+    first = asyncio.run(at_once(10, "interactive"))  # a new bucket: one probe, and the reserve for cells
+    assert sum(isinstance(t, Ticket) for t in first) == 2
+    clock.advance(2.0)  # the bucket is full again: 99 a second, a second's burst
+    asked.clear()
+    answers = asyncio.run(at_once(40, "interactive"))
+    assert all(isinstance(t, Ticket) for t in answers) and len(asked) == 1  # forty calls, one round trip
+    asked.clear()
+    clock.advance(2.0)
+    answers = asyncio.run(at_once(150, "interactive"))  # more than the bucket holds at all
+    assert sum(isinstance(t, Ticket) for t in answers) == 100
+    clock.advance(2.0)
+    asked.clear()
+    assert all(isinstance(t, Ticket) for t in asyncio.run(at_once(40, "interactive")))
+    answers = asyncio.run(at_once(80, "batch"))  # more than is left: no more than one by one would get
+    admitted = sum(isinstance(t, Ticket) for t in answers)
+    assert admitted == int((100 - 40 - 1) / Limit("p#default", "requests", 60, 6000).spec(0.99, 1, "batch").amount)

@@ -39,8 +39,10 @@ from ..requests import Pacing
 from ..types import Candidate
 from .health import Hold
 from .shared import (
+    SLOT_RECHECK_S,
     AddCount,
     AdjustBucket,
+    Admission,
     AdmitRequest,
     BucketSpec,
     BreakerSuccess,
@@ -205,6 +207,34 @@ class Ticket:
     shared: bool = True
 
 
+class _Group:
+    """Admissions of one candidate and lane asked in one turn of the event loop: asked of the store as one,
+    their takes added up, as long as the sum stays within what each bucket holds for the lane."""
+
+    def __init__(self, specs: tuple[BucketSpec, ...], answer: "asyncio.Future[Admission | None]") -> None:
+        self.specs = specs
+        self.amounts = [spec.amount for spec in specs]
+        self.size = 1
+        self.answer = answer
+        #: the call that was to ask was cancelled first: each asks for itself
+        self.abandoned = False
+
+    def fits(self, specs: tuple[BucketSpec, ...]) -> bool:
+        """Would one more take keep the sum within every bucket (less the reserve a batch leaves)?"""
+        if len(specs) != len(self.specs) or any(a.field != b.field for a, b in zip(specs, self.specs)):
+            return False
+        return all(total + spec.amount <= spec.capacity * (1.0 - spec.reserve) + 1e-9
+                   for total, spec in zip(self.amounts, specs))
+
+    def join(self, specs: tuple[BucketSpec, ...]) -> int:
+        self.amounts = [total + spec.amount for total, spec in zip(self.amounts, specs)]
+        self.size += 1
+        return self.size - 1
+
+    def total(self) -> tuple[BucketSpec, ...]:
+        return tuple(_with_amount(spec, amount) for spec, amount in zip(self.specs, self.amounts))
+
+
 class WriteBehind:
     """The writes of calls that ended well (a slot back, counts, a corrected estimate), gathered from every
     call that ends in one turn of the event loop and sent together: one round trip for all of them, off the
@@ -224,7 +254,7 @@ class WriteBehind:
         try:
             await asyncio.sleep(0)  # the other calls ending in this turn add theirs first
             while self.pending:
-                batch, self.pending = self.pending, []
+                batch, self.pending = _merged(self.pending), []
                 try:
                     await self.pacer.shared.apply(batch)
                 except StoreDown as exc:  # a store without its guard: the writes are lost, and it says so
@@ -274,6 +304,8 @@ class Pacer:
         #: how often the store said wait, per lane ("interactive", "batch")
         self.refused: dict[str, int] = {}
         self._behind: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBehind]" = weakref.WeakKeyDictionary()
+        #: admissions being gathered this turn of the event loop, per (loop, (candidate key, lane))
+        self._joins: dict[tuple[asyncio.AbstractEventLoop, tuple[str, str]], _Group] = {}
         #: what the store said when it last failed to answer (None: it answers)
         self.store_error: str | None = None
         #: the hold the store's last refusal named (another process's cooldown, kept here too by the loop)
@@ -347,11 +379,43 @@ class Pacer:
 
     async def admit(self, c: Candidate, tokens: int, lanes: Pacing, now: float) -> Ticket | tuple[str, float]:
         """Ask the store for one attempt of `c` (one round trip): the Ticket when it may be sent (its
-        buckets taken from), else (reason, until) and `c` is skipped until then in this lane."""
+        buckets taken from), else (reason, until) and `c` is skipped until then in this lane.
+
+        The admissions of one candidate and lane asked in the same turn of the event loop go to the store as
+        one (their takes added up, within what the buckets hold), so that many calls at once cost one round
+        trip; a joint refusal for want of headroom is asked again one by one."""
         limits = self.limits_of(c)
         lane: Lane = "interactive" if lanes.lane == "interactive" else "batch"
         specs = tuple(lim.spec(self.margin, 1.0 if lim.what == "requests" else float(tokens), lane) for lim in limits)
         concurrency = lanes.concurrency(c.account_key)
+        if concurrency is not None or not specs:  # a slot, or nothing to add up: its own request
+            return self._answered_one(c, tokens, lane, specs, limits, concurrency, await self._ask(c, specs, lane, concurrency),
+                                      now)
+        loop = asyncio.get_running_loop()
+        key = (c.key, lane)
+        group = self._joins.get((loop, key))
+        if group is not None and group.fits(specs):
+            index = group.join(specs)
+            answer = await group.answer
+            return await self._answered_member(c, tokens, lane, specs, limits, group, index, answer, now)
+        group = _Group(specs, loop.create_future())
+        self._joins[(loop, key)] = group
+        try:
+            await asyncio.sleep(0)  # the other calls of this turn join
+            if self._joins.get((loop, key)) is group:  # (a full group gave way to a new one already)
+                del self._joins[(loop, key)]
+            answer = await self._ask(c, group.total(), lane, None)
+        except BaseException:  # this call was cancelled: the others ask for themselves
+            if self._joins.get((loop, key)) is group:
+                del self._joins[(loop, key)]
+            group.abandoned = True
+            group.answer.set_result(None)
+            raise
+        group.answer.set_result(answer)
+        return await self._answered_member(c, tokens, lane, specs, limits, group, 0, answer, now)
+
+    async def _ask(self, c: Candidate, specs: tuple[BucketSpec, ...], lane: Lane, concurrency: int | None) -> Admission | None:
+        """The store's answer to one admission (None: a store without its guard was down)."""
         request = AdmitRequest(
             account=c.account_key, holds=(c.key, c.account_key), buckets=specs, lane=lane,
             slot=SlotRequest(concurrency, SLOT_TTL_S) if concurrency is not None else None,
@@ -360,8 +424,32 @@ class Pacer:
             answer = await self.shared.admit(request)
         except StoreDown as exc:  # a store without its guard: this process decides alone, and says so
             self.store_error = str(exc)
-            return self._sent(Ticket(c, tokens, lane, specs, limits, shared=False))
+            return None
         self.store_error = None
+        return answer
+
+    async def _answered_member(self, c: Candidate, tokens: int, lane: Lane, specs: tuple[BucketSpec, ...],
+                               limits: tuple[Limit, ...], group: _Group, index: int, answer: Admission | None,
+                               now: float) -> Ticket | tuple[str, float]:
+        """One call's part of a joint answer."""
+        if group.abandoned:
+            answer = await self._ask(c, specs, lane, None)
+        if answer is not None and answer.admitted and answer.probe and index > 0:
+            # a half-open breaker lets one probe through: the leader's; the others' takes go back
+            self.write_behind([AdjustBucket(c.account_key, _with_amount(spec, spec.amount)) for spec in specs])
+            why = "breaker half-open: a probe is in flight"
+            self._blocked[(c.key, lane)] = (now + SLOT_RECHECK_S, why)
+            return f"{PACED}: no headroom now ({why}; next in {SLOT_RECHECK_S * 1000:.0f} ms)", now + SLOT_RECHECK_S
+        if answer is not None and not answer.admitted and answer.reason == "bucket" and group.size > 1:
+            # together they did not fit; one by one, some may
+            answer = await self._ask(c, specs, lane, None)
+        return self._answered_one(c, tokens, lane, specs, limits, None, answer, now)
+
+    def _answered_one(self, c: Candidate, tokens: int, lane: Lane, specs: tuple[BucketSpec, ...], limits: tuple[Limit, ...],
+                      concurrency: int | None, answer: Admission | None, now: float) -> Ticket | tuple[str, float]:
+        """A Ticket for an admitted call, or (reason, until) for a refused one (remembered for the skip check)."""
+        if answer is None:
+            return self._sent(Ticket(c, tokens, lane, specs, limits, shared=False))
         if answer.admitted:
             return self._sent(Ticket(c, tokens, lane, specs, limits, answer.slot, answer.probe))
         self.refused[lane] = self.refused.get(lane, 0) + 1
@@ -563,6 +651,36 @@ class Pacer:
         """Candidates the store said to wait for, and until when (wall time), as this process last heard."""
         now = self.clock.time()
         return {f"{key} ({lane})": until for (key, lane), (until, _) in self._blocked.items() if until > now}
+
+
+def _merged(writes: Sequence[Write]) -> list[Write]:
+    """The same writes in fewer commands: counts of one counter added up, corrections of one bucket added
+    up, a bucket lowered to the lowest level asked, a breaker closed once (the rest as they are)."""
+    counts: dict[tuple[str, Window], float] = {}
+    adjusts: dict[tuple[str, str], tuple[BucketSpec, float]] = {}
+    lowers: dict[tuple[str, str], LowerBucket] = {}
+    out: list[Write] = []
+    closed: set[str] = set()
+    for w in writes:
+        if isinstance(w, AddCount):
+            counts[(w.key, w.window)] = counts.get((w.key, w.window), 0.0) + w.n
+        elif isinstance(w, AdjustBucket):
+            spec, total = adjusts.get((w.account, w.bucket.field), (w.bucket, 0.0))
+            adjusts[(w.account, w.bucket.field)] = (spec, total + w.bucket.amount)
+        elif isinstance(w, LowerBucket):
+            seen = lowers.get((w.account, w.bucket.field))
+            if seen is None or w.level < seen.level:
+                lowers[(w.account, w.bucket.field)] = w
+        elif isinstance(w, BreakerSuccess):
+            if w.key not in closed:
+                closed.add(w.key)
+                out.append(w)
+        else:
+            out.append(w)
+    out += [AddCount(key, n, window) for (key, window), n in counts.items()]
+    out += [AdjustBucket(account, _with_amount(spec, total)) for (account, _), (spec, total) in adjusts.items() if total]
+    out += list(lowers.values())
+    return out
 
 
 def _with_amount(spec: BucketSpec, amount: float) -> BucketSpec:
