@@ -13,7 +13,9 @@ configured `quota` of the account wins; otherwise the limits a candidate's rate-
 per minute unless several readings agree that the reset is further away than a minute can be.
 
 An account with no known limits (no quota, no headers, never limited, no concurrency limit) is not asked
-about: it costs no store round trip. A batch's first request to such a candidate finds out its limits
+about: it costs no store round trip. Under load the round trips are shared: the admissions of one
+candidate asked in the same turn of the event loop go as one (`_Group`), and the writes of the calls that
+end well are merged and sent behind them (`WriteBehind`). A batch's first request to such a candidate finds out its limits
 before the rest follow (`LEARNING`).
 
 Two lanes share each bucket: "interactive" (a cell, `complete`) and "batch" (`map`). A requests bucket
