@@ -8,7 +8,6 @@ from typing import Any, Protocol
 
 from .model import Combo
 from .structured import OutputSchema, output_schema
-from .types import Candidate
 
 class Pacing(Protocol):
     """How a call is paced (`state.pacing.Lanes` is one; `Router.map` sets it on each item's request): the

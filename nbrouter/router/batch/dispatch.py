@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from decimal import Decimal

@@ -32,7 +32,7 @@ from ..requests import CallRequest, build_request
 from ..decide.scoring import record_exclusions
 from ..decide.combos import auto_pool
 from ..requests import Pacing
-from ..state.pacing import INTERACTIVE, PACED, Pacer, Ticket
+from ..state.pacing import INTERACTIVE, PACED, Ticket
 from ..state.shared import ExtendHold, StoreDown
 from ..state.store import StateStore
 from ..decide.tokens import estimate_prompt

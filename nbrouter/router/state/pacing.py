@@ -27,7 +27,6 @@ and the batch slows down by what the cell took.
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -611,9 +610,9 @@ class Pacer:
         out: dict[str, dict[str, float]] = {}
         for account in self._quota:
             counts: dict[str, float] = {}
-            for field, what, window in (("requests_minute", "requests", Window.minute()), ("tokens_minute", "tokens", Window.minute()),
-                                        ("requests_day", "requests", Window.day()), ("tokens_day", "tokens", Window.day())):
-                counts[field] = await self.shared.count(f"{USAGE_PREFIX}{account}|{what}", window)
+            for name, what, window in (("requests_minute", "requests", Window.minute()), ("tokens_minute", "tokens", Window.minute()),
+                                       ("requests_day", "requests", Window.day()), ("tokens_day", "tokens", Window.day())):
+                counts[name] = await self.shared.count(f"{USAGE_PREFIX}{account}|{what}", window)
             counts["sent"] = await self.shared.count(SENT_PREFIX + account, Window.forever())
             out[account] = counts
         return out
