@@ -215,6 +215,8 @@ DECISION_HTML = (
 )
 
 
+# `used` of an account with a quota is what every process counted, read from the shared store; this
+# set-up writes its usage to the local state only, so the store counts none (headroom reads the local)
 STATUS_TEXT = (
     'candidates\n'
     'candidate           health          breaker    cooldown / lock                              p50     p95    requests    errors       cost  last error\n'
@@ -224,10 +226,10 @@ STATUS_TEXT = (
     'deep#default/large  ✗ breaker open  open                                                                          0        0%  $0.000000\n'
     '\n'
     'accounts\n'
-    'account       health         key      tier    cooldown / lock    used (min/day)       quota       remaining      headroom\n'
-    '------------  -------------  -------  ------  -----------------  -------------------  ----------  -----------  ----------\n'
-    'fast#default  ✓ healthy      set                                 1/1 req · 42/42 tok  20 req/min                      95%\n'
-    'deep#default  ✗ key missing  MISSING                             0/0 req · 0/0 tok    not set'
+    'account       health         key      tier    cooldown / lock    used (min/day)     quota       remaining      headroom\n'
+    '------------  -------------  -------  ------  -----------------  -----------------  ----------  -----------  ----------\n'
+    'fast#default  ✓ healthy      set                                 0/0 req · 0/0 tok  20 req/min                      95%\n'
+    'deep#default  ✗ key missing  MISSING                             0/0 req · 0/0 tok  not set'
 )
 
 
@@ -242,24 +244,14 @@ STATUS_MARKDOWN = (
     '\n'
     '**accounts**\n'
     '\n'
-    '| account      | health        | key     | tier   | cooldown / lock   | used (min/day)      | quota      | remaining   |   headroom |\n'
-    '|:-------------|:--------------|:--------|:-------|:------------------|:--------------------|:-----------|:------------|-----------:|\n'
-    '| fast#default | ✓ healthy     | set     |        |                   | 1/1 req · 42/42 tok | 20 req/min |             |        95% |\n'
-    '| deep#default | ✗ key missing | MISSING |        |                   | 0/0 req · 0/0 tok   | not set    |             |            |'
+    '| account      | health        | key     | tier   | cooldown / lock   | used (min/day)    | quota      | remaining   |   headroom |\n'
+    '|:-------------|:--------------|:--------|:-------|:------------------|:------------------|:-----------|:------------|-----------:|\n'
+    '| fast#default | ✓ healthy     | set     |        |                   | 0/0 req · 0/0 tok | 20 req/min |             |        95% |\n'
+    '| deep#default | ✗ key missing | MISSING |        |                   | 0/0 req · 0/0 tok | not set    |             |            |'
 )
 
 
 STATUS_HTML = (
-    "<div class='nbrouter-tables'><div class='nbrouter-tables'><div><b>candidates</b></div><table class='nbrouter-table' style='border-collapse:collapse;white-space:nowrap'><thead>"
-    "<tr><th style='text-align:left'>candidate</th><th style='text-align:left'>health</th><th style='text-align:left'>breaker</th><th style='text-align:left'>cooldown / lock</th><th style='text-align:right'>p50</th><th style='text-align:right'>p95</th><th style='text-align:right'>requests</th><th style='text-align:right'>errors</th><th style='text-align:right'>cost</th><th style='text-align:left'>last error</th></tr></thead><tbody>"
-    "<tr style='background:color-mix(in srgb, var(--jp-warn-color1, #fb8c00) 18%, transparent)'><td style='text-align:left'>fast#default/small</td><td style='text-align:left'>! cooling down</td><td style='text-align:left'>closed</td><td style='text-align:left'>cooldown: rate limited (429) · 0:30 left</td><td style='text-align:right'>200 ms</td><td style='text-align:right'>200 ms</td><td style='text-align:right'>2</td><td style='text-align:right'>50%</td><td style='text-align:right'><span>$</span>0.000100</td><td style='text-align:left;white-space:normal'>rate_limit</td></tr>"
-    "<tr style='background:color-mix(in srgb, var(--jp-border-color1, #bdbdbd) 18%, transparent)'><td style='text-align:left'>fast#default/tiny</td><td style='text-align:left'>· no calls yet</td><td style='text-align:left'>closed</td><td style='text-align:left'></td><td style='text-align:right'></td><td style='text-align:right'></td><td style='text-align:right'>0</td><td style='text-align:right'>0%</td><td style='text-align:right'><span>$</span>0.000000</td><td style='text-align:left;white-space:normal'></td></tr>"
-    "<tr style='background:color-mix(in srgb, var(--jp-error-color1, #e53935) 18%, transparent)'><td style='text-align:left'>deep#default/large</td><td style='text-align:left'>✗ breaker open</td><td style='text-align:left'>open</td><td style='text-align:left'></td><td style='text-align:right'></td><td style='text-align:right'></td><td style='text-align:right'>0</td><td style='text-align:right'>0%</td><td style='text-align:right'><span>$</span>0.000000</td><td style='text-align:left;white-space:normal'></td></tr>"
-    '</tbody></table></div><br>'
-    "<div class='nbrouter-tables'><div><b>accounts</b></div><table class='nbrouter-table' style='border-collapse:collapse;white-space:nowrap'><thead>"
-    "<tr><th style='text-align:left'>account</th><th style='text-align:left'>health</th><th style='text-align:left'>key</th><th style='text-align:left'>tier</th><th style='text-align:left'>cooldown / lock</th><th style='text-align:left'>used (min/day)</th><th style='text-align:left'>quota</th><th style='text-align:left'>remaining</th><th style='text-align:right'>headroom</th></tr></thead><tbody>"
-    "<tr style='background:color-mix(in srgb, var(--jp-success-color1, #43a047) 18%, transparent)'><td style='text-align:left'>fast#default</td><td style='text-align:left'>✓ healthy</td><td style='text-align:left'>set</td><td style='text-align:left'></td><td style='text-align:left'></td><td style='text-align:left'>1/1 req · 42/42 tok</td><td style='text-align:left'>20 req/min</td><td style='text-align:left'></td><td style='text-align:right'>95%</td></tr>"
-    "<tr style='background:color-mix(in srgb, var(--jp-error-color1, #e53935) 18%, transparent)'><td style='text-align:left'>deep#default</td><td style='text-align:left'>✗ key missing</td><td style='text-align:left'>MISSING</td><td style='text-align:left'></td><td style='text-align:left'></td><td style='text-align:left'>0/0 req · 0/0 tok</td><td style='text-align:left'>not set</td><td style='text-align:left'></td><td style='text-align:right'></td></tr>"
-    '</tbody></table></div></div>'
+    "<div class='nbrouter-tables'><div class='nbrouter-tables'><div><b>candidates</b></div><table class='nbrouter-table' style='border-collapse:collapse;white-space:nowrap'><thead><tr><th style='text-align:left'>candidate</th><th style='text-align:left'>health</th><th style='text-align:left'>breaker</th><th style='text-align:left'>cooldown / lock</th><th style='text-align:right'>p50</th><th style='text-align:right'>p95</th><th style='text-align:right'>requests</th><th style='text-align:right'>errors</th><th style='text-align:right'>cost</th><th style='text-align:left'>last error</th></tr></thead><tbody><tr style='background:color-mix(in srgb, var(--jp-warn-color1, #fb8c00) 18%, transparent)'><td style='text-align:left'>fast#default/small</td><td style='text-align:left'>! cooling down</td><td style='text-align:left'>closed</td><td style='text-align:left'>cooldown: rate limited (429) · 0:30 left</td><td style='text-align:right'>200 ms</td><td style='text-align:right'>200 ms</td><td style='text-align:right'>2</td><td style='text-align:right'>50%</td><td style='text-align:right'><span>$</span>0.000100</td><td style='text-align:left;white-space:normal'>rate_limit</td></tr><tr style='background:color-mix(in srgb, var(--jp-border-color1, #bdbdbd) 18%, transparent)'><td style='text-align:left'>fast#default/tiny</td><td style='text-align:left'>· no calls yet</td><td style='text-align:left'>closed</td><td style='text-align:left'></td><td style='text-align:right'></td><td style='text-align:right'></td><td style='text-align:right'>0</td><td style='text-align:right'>0%</td><td style='text-align:right'><span>$</span>0.000000</td><td style='text-align:left;white-space:normal'></td></tr><tr style='background:color-mix(in srgb, var(--jp-error-color1, #e53935) 18%, transparent)'><td style='text-align:left'>deep#default/large</td><td style='text-align:left'>✗ breaker open</td><td style='text-align:left'>open</td><td style='text-align:left'></td><td style='text-align:right'></td><td style='text-align:right'></td><td style='text-align:right'>0</td><td style='text-align:right'>0%</td><td style='text-align:right'><span>$</span>0.000000</td><td style='text-align:left;white-space:normal'></td></tr></tbody></table></div><br><div class='nbrouter-tables'><div><b>accounts</b></div><table class='nbrouter-table' style='border-collapse:collapse;white-space:nowrap'><thead><tr><th style='text-align:left'>account</th><th style='text-align:left'>health</th><th style='text-align:left'>key</th><th style='text-align:left'>tier</th><th style='text-align:left'>cooldown / lock</th><th style='text-align:left'>used (min/day)</th><th style='text-align:left'>quota</th><th style='text-align:left'>remaining</th><th style='text-align:right'>headroom</th></tr></thead><tbody><tr style='background:color-mix(in srgb, var(--jp-success-color1, #43a047) 18%, transparent)'><td style='text-align:left'>fast#default</td><td style='text-align:left'>✓ healthy</td><td style='text-align:left'>set</td><td style='text-align:left'></td><td style='text-align:left'></td><td style='text-align:left'>0/0 req · 0/0 tok</td><td style='text-align:left'>20 req/min</td><td style='text-align:left'></td><td style='text-align:right'>95%</td></tr><tr style='background:color-mix(in srgb, var(--jp-error-color1, #e53935) 18%, transparent)'><td style='text-align:left'>deep#default</td><td style='text-align:left'>✗ key missing</td><td style='text-align:left'>MISSING</td><td style='text-align:left'></td><td style='text-align:left'></td><td style='text-align:left'>0/0 req · 0/0 tok</td><td style='text-align:left'>not set</td><td style='text-align:left'></td><td style='text-align:right'></td></tr></tbody></table></div></div>"
 )
 

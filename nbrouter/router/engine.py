@@ -18,7 +18,7 @@ import os
 import random
 import weakref
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, AsyncGenerator, Awaitable, Callable, Generator, Literal, Mapping, Sequence, overload
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Literal, Mapping, Sequence, overload
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
@@ -36,8 +36,11 @@ from .decide.pricing import PriceBook
 from .policy import Policy
 from .requests import CallOptions, CallRequest, build_request
 from .state.backends import StateBackend
+from .state.guarded import open_shared
+from .state.pacing import Pacer
+from .state.shared import SharedState
 from .state.store import StateStore
-from .status import Status, collect_status, reset_holds
+from .status import Status, collect_status, reset_holds, reset_matches
 from .decide.strategies import STRATEGIES
 from .types import Attempt, Candidate, Decision, Done, RouteEvent, RouteResult
 
@@ -53,6 +56,13 @@ if TYPE_CHECKING:  # batch work and the response cache load on first use: `impor
 
 # made after the sets of state.py, store.py and background.py (imported above): closed before them at exit
 _routers: "weakref.WeakSet[Router]" = close_at_exit()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _is_done(event: RouteEvent) -> bool:
@@ -91,6 +101,10 @@ class Router:
             with persist=False).
         seed: the seed of the router's own draws (the jitter of retry waits), so that a test can fix them
             (default: drawn from the system).
+        state_url: where the state shared with other machines is kept: a Redis URL (`redis://host:6379/0`,
+            `rediss://` for TLS). Default: `NBROUTER_STATE_URL`, else the config's `[state] url`, else the
+            state file (shared by the kernels of this machine). A malformed URL or a refused password is a
+            ComboConfigError; a server that does not answer is "down" (`router.shared.mode`), not an error.
     """
 
     def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
@@ -99,7 +113,7 @@ class Router:
                  budget_usd: float | None = None, on_budget: str = "stop", budget_strict: bool = False,
                  on_attempt: Callable[[Attempt], object] | None = None,
                  on_result: Callable[[RouteResult], object] | None = None, backend: StateBackend | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, state_url: str | None = None) -> None:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
         self.clock: Clock = clock or SYSTEM_CLOCK
@@ -107,10 +121,17 @@ class Router:
             state_path = os.environ.get("NBROUTER_STATE") or self.config.state_path
         self.state = StateStore(state_path, policy=self.config.policy, persist=persist, log_content=self.config.log_content,
                                 clock=self.clock, backend=backend)
+        try:
+            #: the state shared with the other kernels and machines (atomic verbs; see state/shared.py)
+            self.shared: SharedState = self._open_shared(state_url)
+        except BaseException:  # a wrong URL or password: the state file opened above is closed again
+            self.state.close()
+            raise
         self.prices = PriceBook(self.config)
         #: the session budget (spent is counted even without a limit)
         self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
-        self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget)
+        self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget,
+                                pacer=Pacer(self.config, self.shared, clock=self.clock))
         self._senders = Senders(transport=transport, http_client=http_client, clock=self.clock)
         self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result), random.Random(seed))
         self._bg = BackgroundLoop()
@@ -119,6 +140,23 @@ class Router:
         self._cache: ResponseCache | None = None
         self._persist = persist
         _routers.add(self)
+
+    def _open_shared(self, state_url: str | None) -> SharedState:
+        """The shared state: `state_url`, `NBROUTER_STATE_URL` or `[state] url` (in that order) on Redis;
+        else the state file; else (persist=False) memory."""
+        settings = self.config.state
+        env = os.environ.get("NBROUTER_STATE_URL") or None
+        url = state_url or env or settings.url
+        where = ("Router(state_url=)" if state_url else "NBROUTER_STATE_URL" if env
+                 else f"[state] url in {self.config.file_label}")
+        path = self.state.path if self.state.backend.persistent else None
+        return open_shared(url=url, path=path, prefix=settings.prefix, on_down="wait" if settings.on_down == "wait" else "local",
+                           share=settings.share, timeout_s=settings.timeout_s, clock=self.clock, where=where)
+
+    @property
+    def pacer(self) -> Pacer:
+        """The pacing of every call over the shared store (what `map` and the status board read)."""
+        return self._decider.pacer
 
     @property
     def policy(self) -> Policy:
@@ -389,7 +427,8 @@ class Router:
             mode: "live" (calls now; returns the BatchResult) or "batch" (through the first target with a
                 batch API, at its batch price; returns a `BatchJob` at once: `job.wait()` is the BatchResult).
             **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict), `messages` (or a function
-                of the item), `images` (a column holding each row's image, "item", or a function of the item), `concurrency`, `account_concurrency`, `max_cost_usd` (the whole batch's), `cache`,
+                of the item), `images` (a column holding each row's image, "item", or a function of the item),
+                `concurrency`, `account_concurrency`, `max_cost_usd` (the whole batch's), `deadline_s`, `cache`,
                 `progress`, `schema` (its fields become columns), and any option of `acomplete`; each is
                 described in `batch.prepare`. With mode="batch" also `fallback` ("live", the default, or
                 "batch": where rows go that a batch line could not answer) and `max_job_rows` (see `batch.jobs`).
@@ -502,14 +541,34 @@ class Router:
     # ---- status, log, reset ------------------------------------------------------------------
 
     def status(self) -> Status:
-        """Per candidate and per account: breaker, cooldown or lock with time left, latency, usage, quota."""
+        """Per candidate and per account: breaker, cooldown or lock with time left, latency, usage, quota; and
+        the shared state's mode (`Status.store`: "shared", or "local"/"wait" while it is down)."""
         self._ensure_discovered()
         self.state.refresh()
-        return collect_status(self._decider, self.state, self.clock.time())
+        # an account with a quota is counted by every process sharing it: the store's counts (not asked
+        # from the router's own loop, where a sync call cannot wait)
+        usage, holds = None, None
+        if not self._bg.in_loop_thread():
+            if self.pacer.quota_accounts:
+                usage = self._bg.run(self.pacer.usage())
+            holds = self._bg.run(self.shared.holds())  # another kernel's cooldowns too
+        return collect_status(self._decider, self.state, self.clock.time(), usage, holds)
 
     def reset(self, target: str | None = None) -> int:
-        """Clear cooldowns, locks and breakers (of keys containing `target`, or all). Returns how many."""
-        return reset_holds(self.config, self.state, target)
+        """Clear cooldowns, locks and breakers (of keys containing `target`, or all), here and in the store
+        every process shares. Returns how many this process held."""
+        matches = reset_matches(self.config, target)
+        breakers = [k for k in self.state.breakers if any(m is None or m in k for m in matches)]
+        n = reset_holds(self.config, self.state, target)
+        self.pacer.forget(matches)
+        self._on_shared(self._reset_shared(matches, breakers), start=True)
+        return n
+
+    async def _reset_shared(self, matches: list[str | None], breakers: list[str]) -> None:
+        for match in matches:
+            await self.shared.clear_holds(match)
+        for key in breakers:
+            await self.shared.breaker_success(key)
 
     def log(self, n: int = 20) -> list[dict[str, Any]]:
         """The last `n` attempts of the call log (one row per attempt), oldest first."""
@@ -520,6 +579,7 @@ class Router:
     async def aclose(self) -> None:
         """Close the HTTP client of the running loop (call it before that loop ends; a loop that ends
         without it closes the client itself on shutdown)."""
+        await self.pacer.drain()  # the writes of the last calls on this loop, sent behind them
         await self._senders.aclose()
 
     def close(self) -> None:
@@ -527,12 +587,38 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        if self._bg.running and not self._bg.in_loop_thread():
+            try:  # the writes of the last calls, sent behind them
+                self._bg.run(self.pacer.drain())
+            except Exception:
+                pass
+        if self.shared.kind != "memory":
+            try:  # the shared store's connections (the file's, Redis's); it keeps nothing unwritten
+                self._bg.run(self.shared.close())
+            except Exception:
+                pass
         if self._bg.running:
             self._senders.close_on(self._bg.loop())
             self._bg.stop()
         self.state.close()
         if self._cache is not None:
             self._cache.close()
+
+    def _on_shared(self, work: Coroutine[Any, Any, None], *, start: bool = False) -> None:
+        """Run a verb of the shared store from a sync method: on the router's loop and waited for (`start`:
+        starting that loop if it is not running), or as a task of the loop this thread runs (the router's
+        own, or the caller's: `asyncio.run(main())` closing the router inside)."""
+        running = _running_loop()
+        if running is not None and (self._bg.in_loop_thread() or not (self._bg.running or start)):
+            running.create_task(work)
+        elif self._bg.running or start:
+            self._bg.run(work)
+        else:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(work)
+            finally:
+                loop.close()
 
     def __enter__(self) -> Router:
         return self

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Awaitable, Callable, Generic, Protocol, TypedDict, TypeVar, overload
+from typing import Any, Callable, Generic, Protocol, TypedDict, TypeVar, overload
 
 from .._core.content import JSON_MODE, Tool, text_parts
 from .media import ImageInfo, Sent, image_inputs, images_in, sent_of, size_text, with_images
 from .model import Combo
 from .structured import OutputSchema, SchemaSpec, output_schema
 from .tools import check_tool_choice, tools_of
-from .types import Candidate
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -40,16 +39,20 @@ class _once(Generic[V]):
 
 
 class Pacing(Protocol):
-    """The buckets a batch paces its calls with (`state.pacing.Pacer` is one): asked before a candidate is
-    tried, and told around each attempt's send."""
+    """How a call is paced (`state.pacing.Lanes` is one; `Router.map` sets it on each item's request): the
+    lane it takes from shared limits in ("interactive" or "batch"), how long it may wait for headroom, and
+    a limit on calls in flight per account."""
 
-    max_wait_s: float
+    @property
+    def lane(self) -> str:
+        """"interactive" (a cell, `complete`: ahead of batches) or "batch"."""
 
-    def skip(self, c: Candidate, tokens: int, now: float) -> tuple[str, float] | None:
-        """None when `c` has headroom now, else (the reason, when the bucket refills)."""
+    @property
+    def max_wait_s(self) -> float:
+        """The longest wait for headroom before the call fails as usual."""
 
-    def around(self, c: Candidate, tokens: int, now: float, sending: Awaitable[T]) -> Awaitable[T]:
-        """Await one attempt's send, taking from the buckets first and learning from how it ended."""
+    def concurrency(self, account_key: str) -> int | None:
+        """At most this many calls in flight on the account (None: no limit but the rates)."""
 
 
 @dataclass
@@ -76,7 +79,7 @@ class CallRequest:
     # ---- issue 17 (batch work): a response cache, pacing, structured output ----
     #: answer from / store in the response cache (`Router.cache`)
     cache: bool = False
-    #: the buckets a batch paces its calls with (set by `Router.map`; the skip check "paced" reads it)
+    #: how the call is paced (set by `Router.map`: the batch lane); None: an interactive call
     pacer: Pacing | None = None
     #: the answer must be JSON matching this schema (sent as `response_format`; `result.parsed` holds it)
     schema: OutputSchema | None = None

@@ -248,6 +248,9 @@ class RouteResult:
     sent: Sent = field(default_factory=Sent)
     #: `Router.run_tools`: the turns of the tool loop after the prompt (the assistant's calls and the results)
     transcript: list[dict[str, Any]] = field(default_factory=list)
+    #: how the shared state stood when the call ended, when it was not answering ("shared state down:
+    #: paced here alone"); None while it answers
+    store: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, Attempts):
@@ -377,6 +380,8 @@ def footer(result: RouteResult) -> str:
     ]
     if result.partial:
         parts.append("PARTIAL")
+    if result.store:
+        parts.append(result.store)
     return " · ".join(parts)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -33,7 +32,7 @@ from ..._core.template import interpolate
 from ..._core.text import dollars, duration
 from ..errors import AllTargetsFailed, RouteError, StopError
 from ..media import item_images
-from ..state.pacing import Pacer
+from ..state.pacing import MAX_WAIT_S, Lanes, Pacer
 from ..requests import CallRequest, build_request
 from ..structured import PANDAS_DTYPES, OutputSchema
 from ..model import Combo, Config
@@ -50,6 +49,9 @@ class BatchRouter(Protocol):
     @property
     def background(self) -> BackgroundLoop: ...
 
+    @property
+    def pacer(self) -> Pacer: ...
+
     def route(self, request: CallRequest) -> Awaitable[RouteResult]: ...
 
     def check(self, request: CallRequest) -> Combo: ...
@@ -61,14 +63,13 @@ class BatchRouter(Protocol):
 
 #: how many calls of one batch are in flight at once unless `concurrency=` says otherwise
 DEFAULT_CONCURRENCY = 8
-#: an item that met a 429 and found every other candidate paced is sent again, at most this many times
-REQUEUE_LIMIT = 3
 #: the columns `to_pandas()` adds after the answer (or the schema's fields)
 RESULT_COLUMNS = ("served_by", "cost_usd", "latency_s", "attempts", "cached", "error")
 #: how many of the slowest and of the failed items the summary names
 SUMMARY_ROWS = 5
 
 NOT_SENT_BUDGET = "not sent: batch budget"
+NOT_SENT_DEADLINE = "not sent: batch deadline"
 NOT_SENT_INTERRUPTED = "not sent: interrupted"
 CANCELLED = "cancelled: in flight when interrupted"
 
@@ -91,6 +92,8 @@ class BatchItem:
     #: attempts of earlier sends of this item (a re-send after a 429 keeps the whole story)
     earlier: list[Any] = field(default_factory=list)
     sends: int = 0
+    #: sends that met only rate limits (a 429, the rest paced or cooling): they spend none of its tries
+    limited: int = 0
 
 
 # ---- items -> requests ------------------------------------------------------------------------
@@ -194,13 +197,18 @@ class Dispatcher:
         concurrency: at most this many in flight.
         max_cost_usd: the batch's budget; an item whose estimate would pass it is not sent.
         estimate: what one item may cost at most (0 for an answer already in the cache; None: unknown).
+        deadline: the `clock.monotonic()` time after which nothing more is sent (None: no deadline).
+        clock: where the deadline is read.
     """
 
     def __init__(self, items: Sequence[BatchItem], *, concurrency: int, max_cost_usd: float | None = None,
-                 estimate: Callable[[BatchItem], Decimal | None] = lambda item: None) -> None:
+                 estimate: Callable[[BatchItem], Decimal | None] = lambda item: None, deadline: float | None = None,
+                 clock: Clock | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.concurrency = concurrency
+        self.deadline = deadline
+        self.clock = clock
         self.budget = None if max_cost_usd is None else Decimal(str(max_cost_usd))
         self.estimate = estimate
         self.pending: deque[BatchItem] = deque(items)
@@ -215,6 +223,9 @@ class Dispatcher:
         """The next item to send now, or None (all sent, at the concurrency, or waiting on the budget)."""
         if self.stopped or not self.pending or len(self.in_flight) >= self.concurrency:
             return None
+        if self._past_deadline():
+            self.stop(NOT_SENT_DEADLINE)
+            return None
         item = self.pending[0]
         estimate = self.estimate(item) or Decimal(0)
         if self.budget is not None and self.spent + sum(self.in_flight.values(), Decimal(0)) + estimate > self.budget:
@@ -227,11 +238,19 @@ class Dispatcher:
         item.sends += 1
         return item
 
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and self.clock is not None and self.clock.monotonic() >= self.deadline
+
     def finish(self, item: BatchItem, outcome: RouteResult | RouteError) -> None:
-        """Record how an item ended; one that only met a 429 goes back to the front of the queue."""
+        """Record how an item ended; one that only met rate limits goes back to the front of the queue.
+
+        A 429 says "wait", not "this item cannot be done": such a send spends none of the item's tries, and
+        the item is sent again (after the pacing's wait) for as long as the batch may go on; only a real
+        failure, the batch's deadline or its budget (or an interrupt) ends an item without an answer."""
         self.in_flight.pop(item.position, None)
         self.spent += _cost_of(outcome)
-        if isinstance(outcome, RouteError) and not self.stopped and item.sends <= REQUEUE_LIMIT and _rate_limited_only(outcome):
+        if isinstance(outcome, RouteError) and not self.stopped and not self._past_deadline() and _rate_limited_only(outcome):
+            item.limited += 1
             item.earlier.extend(outcome.attempts)
             self.pending.appendleft(item)
             return
@@ -447,7 +466,7 @@ class BatchResult(Sequence[Any]):
     def to_pandas(self) -> Any:
         """A DataFrame: the input's columns, `text` or the schema's fields (typed), `served_by`,
         `cost_usd`, `latency_s`, `attempts`, `cached`, `error`; the input's index when it had one."""
-        import pandas as pd
+        import pandas as pd  # type: ignore[import-untyped]
 
         rows = self.rows()
         frame = pd.DataFrame(rows, index=self.inputs.index if self.inputs.kind != "items" else None)
@@ -485,9 +504,9 @@ class BatchResult(Sequence[Any]):
         counts = self.served_by_counts
         if counts:
             lines.append("served by: " + " · ".join(f"{who} {k}" for who, k in counts.items()))
-        fresh = sorted((e.latency_s, i) for i, e in enumerate(self.entries) if isinstance(e, RouteResult) and e.cached is None)
+        fresh = sorted((e.latency_s, i, e.served_by) for i, e in enumerate(self.entries) if isinstance(e, RouteResult) and e.cached is None)
         if fresh:
-            lines.append("slowest: " + " · ".join(f"#{i} {duration(s)} ({self.entries[i].served_by})" for s, i in fresh[::-1][:SUMMARY_ROWS]))
+            lines.append("slowest: " + " · ".join(f"#{i} {duration(s)} ({who})" for s, i, who in fresh[::-1][:SUMMARY_ROWS]))
         for f in failed[:SUMMARY_ROWS]:
             lines.append(f"failed #{f.position}: {_error_text(f.error)}")
         if len(failed) > SUMMARY_ROWS:
@@ -527,16 +546,9 @@ def _error_text(error: RouteError) -> str:
 
 # ---- Router.map / Router.amap -------------------------------------------------------------------
 
-#: the shared pacer of each router (learned limits outlive one batch); a new config gets a new pacer
-_pacers: "weakref.WeakKeyDictionary[Any, Pacer]" = weakref.WeakKeyDictionary()
-
-
 def pacer_for(router: BatchRouter) -> Pacer:
-    """The router's pacer, made on first use and again after its config changed."""
-    pacer = _pacers.get(router)
-    if pacer is None or pacer.config is not router.config:
-        pacer = _pacers[router] = Pacer(router.config, clock=router.clock)
-    return pacer
+    """The router's pacer: every call's, over the shared store (learned limits outlive one batch)."""
+    return router.pacer
 
 
 class Progress:
@@ -565,7 +577,7 @@ def _progress_sink(progress: Any, total: int) -> tuple[Callable[[Progress], None
         return None, lambda: None
     if callable(progress):
         return progress, lambda: None
-    from tqdm.auto import tqdm  # the notebook's usual bar (a widget in Jupyter, text in a terminal)
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # the notebook's usual bar (a widget in Jupyter, text in a terminal)
 
     bar = tqdm(total=total, unit="item")
 
@@ -581,8 +593,10 @@ class Batch:
     """One run of `map`: its items, dispatcher and executor; `stop()` may be called from any thread."""
 
     def __init__(self, router: BatchRouter, combo: Any, inputs: Inputs, items: list[BatchItem], *, concurrency: int,
-                 max_cost_usd: float | None, progress: Any, executor: Executor | None = None) -> None:
+                 max_cost_usd: float | None, progress: Any, executor: Executor | None = None,
+                 deadline_s: float | None = None) -> None:
         self.router = router
+        self.deadline_s = deadline_s
         self.combo = combo
         self.inputs = inputs
         self.items = items
@@ -604,10 +618,13 @@ class Batch:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         await router.discover()
-        started = router.clock.monotonic()
+        clock = router.clock
+        started = clock.monotonic()
+        deadline = None if self.deadline_s is None else clock.monotonic() + self.deadline_s
         dispatcher = Dispatcher(self.items, concurrency=self.concurrency, max_cost_usd=self.max_cost_usd,
-                                estimate=self._estimate if self.max_cost_usd is not None else (lambda item: None))
-        state = Progress(len(self.items), router.clock)
+                                estimate=self._estimate if self.max_cost_usd is not None else (lambda item: None),
+                                deadline=deadline, clock=clock)
+        state = Progress(len(self.items), clock)
         update, close = _progress_sink(self.progress, len(self.items))
 
         def on_finish(item: BatchItem) -> None:
@@ -629,8 +646,8 @@ class Batch:
         finally:
             close()
         entries = [dispatcher.outcomes.get(i) or NotDone(NOT_SENT_INTERRUPTED) for i in range(len(self.items))]
-        name = entries and next((e.combo for e in entries if isinstance(e, RouteResult)), None)
-        combo_name = name or (self.combo if isinstance(self.combo, str) else getattr(self.combo, "name", "combo"))
+        name = next((e.combo for e in entries if isinstance(e, RouteResult)), None)
+        combo_name: str = name or (self.combo if isinstance(self.combo, str) else str(getattr(self.combo, "name", "combo")))
         schema = self.items[0].request.schema if self.items else None
         return BatchResult(entries, self.inputs, combo=combo_name, elapsed_s=router.clock.monotonic() - started,
                            interrupted=not completed or dispatcher.stopped == NOT_SENT_INTERRUPTED, schema=schema,
@@ -651,7 +668,8 @@ class Batch:
         for new_pos, item in enumerate(items):
             item.position = new_pos
         again = Batch(self.router, self.combo, Inputs([i.value for i in items], list(range(len(items))), "items"), items,
-                      concurrency=self.concurrency, max_cost_usd=self.max_cost_usd, progress=self.progress)
+                      concurrency=self.concurrency, max_cost_usd=self.max_cost_usd, progress=self.progress,
+                      deadline_s=self.deadline_s)
         result = run_sync(self.router, again)
         entries = list(previous.entries)
         for new_pos, old_pos in enumerate(sorted(wanted)):
@@ -668,7 +686,7 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
             system: str | None = None, schema: Any = None, concurrency: int | None = None,
             account_concurrency: int | Mapping[str, int] | None = None, max_cost_usd: float | None = None,
             cache: bool | None = None, progress: Any = None, executor: Executor | None = None,
-            **call_options: Any) -> Batch:
+            deadline_s: float | None = None, **call_options: Any) -> Batch:
     """Check the arguments of `Router.map` and build its Batch (nothing is sent yet).
 
     Args:
@@ -687,6 +705,9 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
         cache: answer from the response cache and store answers (default: on unless `log_content = false`).
         progress: True for a `tqdm.auto` bar, or a callable given a `Progress` after each item.
         executor: what runs the calls (an `Executor`); default `LocalExecutor`, this process's router.
+        deadline_s: the batch's deadline, seconds from its start on the router's clock: items that met only
+            rate limits are sent again until then (without one, for as long as their waits take), and an
+            item not sent by then ends as `NotDone("not sent: batch deadline")`.
         **call_options: any option of `Router.acomplete` (not `stream`).
 
     Raises:
@@ -701,18 +722,18 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
     inputs = read_items(items)
     options = dict(call_options, system=system, schema=schema, cache=bool(cache))
     built = build_items(combo, inputs, prompt=prompt, messages=messages, options=options)
-    pacer = pacer_for(router)
-    if account_concurrency is not None:
-        pacer.account_concurrency = account_concurrency
+    lanes = Lanes("batch", MAX_WAIT_S if deadline_s is None else deadline_s, account_concurrency)
     for item in built:
-        item.request.pacer = pacer
+        item.request.pacer = lanes
     if built:
         router.check(built[0].request)  # an unknown combo fails now, not once per item
     limit = concurrency if concurrency is not None else DEFAULT_CONCURRENCY
     if limit < 1:
         raise ValueError(f"concurrency must be at least 1, not {limit}")
+    if deadline_s is not None and deadline_s <= 0:
+        raise ValueError(f"deadline_s must be positive, not {deadline_s}")
     batch = Batch(router, combo, inputs, built, concurrency=limit, max_cost_usd=max_cost_usd, progress=progress,
-                  executor=executor)
+                  executor=executor, deadline_s=deadline_s)
     return batch
 
 
