@@ -1,11 +1,15 @@
 """A loopback provider simulator that tests, benchmarks, notebooks and users share.
 
-    from nbrouter.testing import KeyLimits, ProviderSimulator, RateLimited, Reply
+    from nbrouter.testing import KeyLimits, ProviderSimulator, RateLimited, Reply, WindowLimits
 
     with ProviderSimulator() as sim:
         sim.script([RateLimited(retry_after=30), Reply("hi")], model="gpt-x")
         sim.rate_limits.set("key-a", KeyLimits(requests_per_minute=300))  # real 429s past the limit
+        sim.rate_limits.set_default(WindowLimits(requests=120, window_s=60))  # every key: a sliding window
         ...  # point a client at sim.openai_url, sim.anthropic_url, sim.gemini_url or sim.openrouter_url
+
+`start_simulator_process(config)` runs one in a process of its own (`python -m nbrouter.testing serve`)
+that several router processes share; `GET /_sim/stats` (or `sim.stats()`) gives its counts per key.
 
 The behaviours are plain data and import at once; `ProviderSimulator` and `RecordedRequest` load aiohttp,
 so they are imported on first use (the pytest plugin and `import nbrouter` stay light). `RawServer` answers
@@ -37,9 +41,11 @@ from .behaviours import (
     Unauthorized,
 )
 from .clock import ManualClock
-from .ratelimits import KeyLimits
+from .ratelimits import KeyLimits, WindowLimits
+from .stats import key_id
 
 if TYPE_CHECKING:
+    from .process import SimulatorProcess, start_simulator_process
     from .rawserver import RawResponse, RawServer, http_response
     from .simulator import ProviderSimulator, RecordedRequest
 
@@ -67,12 +73,17 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "ServerError",
+    "SimulatorProcess",
     "Unauthorized",
+    "WindowLimits",
     "http_response",
+    "key_id",
+    "start_simulator_process",
 ]
 
 _LAZY = frozenset({"ProviderSimulator", "RecordedRequest"})
 _RAW = frozenset({"RawResponse", "RawServer", "http_response"})
+_PROCESS = frozenset({"SimulatorProcess", "start_simulator_process"})
 
 
 def __getattr__(name: str) -> Any:
@@ -84,4 +95,8 @@ def __getattr__(name: str) -> Any:
         from . import rawserver
 
         return getattr(rawserver, name)
+    if name in _PROCESS:
+        from . import process
+
+        return getattr(process, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,8 +10,10 @@ from ._wire import (
     Call,
     Outcome,
     Wire,
+    amount_text,
     dumps,
     overflow_tokens,
+    per_window,
     protocol_finish,
     retry_hint_s,
     rfc3339_in,
@@ -48,7 +50,7 @@ class AnthropicWire(Wire):
                 out[f"anthropic-ratelimit-{what}-remaining"] = str(int(limits[f"remaining_{what}"]))
             reset = limits.get(f"reset_{what}_s", limits.get("reset_s"))
             if reset is not None:
-                out[f"anthropic-ratelimit-{what}-reset"] = rfc3339_in(float(reset))
+                out[f"anthropic-ratelimit-{what}-reset"] = rfc3339_in(float(reset), self.wall())
         return out
 
     # -- success ----------------------------------------------------------------------------
@@ -129,9 +131,11 @@ class AnthropicWire(Wire):
         headers = {"retry-after": seconds_text(math.ceil(hint)) if hint is not None else str(IMPLIED_RETRY_S)}
         if b.retry_after_ms is not None:
             headers["retry-after-ms"] = seconds_text(b.retry_after_ms)
+        limit = amount_text(b.limit) if b.limit is not None else "50"
+        what = "requests" if b.metric == "requests" else "input tokens"
         message = (
-            "This request would exceed the rate limit for your organization of 50 requests per minute. "
-            "For details, refer to: https://docs.claude.com/en/api/rate-limits."
+            f"This request would exceed the rate limit for your organization of {limit} {what} per "
+            f"{per_window(b.window_s)}. For details, refer to: https://docs.claude.com/en/api/rate-limits."
         )
         return 429, self._error(call, "rate_limit_error", message), headers
 

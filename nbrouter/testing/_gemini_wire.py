@@ -9,6 +9,7 @@ from ._wire import (
     Call,
     Outcome,
     Wire,
+    amount_text,
     dumps,
     overflow_tokens,
     protocol_finish,
@@ -27,6 +28,7 @@ from .behaviours import (
 
 _TYPE = "type.googleapis.com/google.rpc."
 _FREE_TIER_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+_FREE_TIER_TOKENS = "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count"
 _OVERLOADED = "The model is overloaded. Please try again later."
 _INTERNAL = "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting"
 
@@ -42,13 +44,13 @@ def _delay(seconds: float) -> str:
     return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds:.3f}s"
 
 
-def _quota_details(model: str, quota_id: str, value: str, retry_s: float) -> list[Any]:
+def _quota_details(model: str, quota_id: str, value: str, retry_s: float, metric: str = _FREE_TIER_METRIC) -> list[Any]:
     return [
         {
             "@type": _TYPE + "QuotaFailure",
             "violations": [
                 {
-                    "quotaMetric": _FREE_TIER_METRIC,
+                    "quotaMetric": metric,
                     "quotaId": quota_id,
                     "quotaDimensions": {"location": "global", "model": model},
                     "quotaValue": value,
@@ -144,7 +146,12 @@ class GeminiWire(Wire):
     def rate_limited(self, call: Call, b: RateLimited) -> tuple[int, Any, dict[str, str]]:
         hint = retry_hint_s(b)
         retry_s = hint if hint is not None else IMPLIED_RETRY_S
-        details = _quota_details(call.model, "GenerateRequestsPerMinutePerProjectPerModel-FreeTier", "10", retry_s)
+        limit = amount_text(b.limit) if b.limit is not None else "10"
+        if b.metric == "tokens":
+            quota_id, metric = "GenerateContentInputTokensPerModelPerMinute-FreeTier", _FREE_TIER_TOKENS
+        else:
+            quota_id, metric = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier", _FREE_TIER_METRIC
+        details = _quota_details(call.model, quota_id, limit, retry_s, metric)
         return 429, _error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", details), {}
 
     def quota_exceeded(self, call: Call, b: QuotaExceeded) -> tuple[int, Any, dict[str, str]]:

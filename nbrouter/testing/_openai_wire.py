@@ -9,6 +9,7 @@ from ._wire import (
     Call,
     Outcome,
     Wire,
+    amount_text,
     dumps,
     go_duration,
     masked,
@@ -155,11 +156,18 @@ class OpenAIWire(Wire):
         return 'data: {"id":"' + self.completion_id(call) + '","object":"chat.completion.chunk","choices":[{"delta":{"content":"br\n\n'
 
     @staticmethod
-    def _rate_text(model: str, wait: float | None) -> str:
-        after = f"Please try again in {seconds_text(wait)}s. " if wait is not None else ""
+    def _rate_text(model: str, wait: float | None, b: RateLimited | None = None) -> str:
+        after = f"Please try again in {go_duration(wait)}. " if wait is not None else ""
+        b = b or RateLimited()
+        day = b.window_s >= 86400
+        what = ("requests per day (RPD)" if day else "requests per min (RPM)") if b.metric == "requests" else (
+            "tokens per day (TPD)" if day else "tokens per min (TPM)")
+        limit = amount_text(b.limit) if b.limit is not None else "3"
+        used = amount_text(b.used) if b.used is not None else limit
+        requested = amount_text(b.requested) if b.requested is not None else "1"
         return (
-            f"Rate limit reached for {model} in organization org-simulated on requests per min (RPM): "
-            f"Limit 3, Used 3, Requested 1. {after}"
+            f"Rate limit reached for {model} in organization org-simulated on {what}: "
+            f"Limit {limit}, Used {used}, Requested {requested}. {after}"
             "Visit https://platform.openai.com/account/rate-limits to learn more."
         )
 
@@ -169,7 +177,7 @@ class OpenAIWire(Wire):
             headers["retry-after"] = seconds_text(b.retry_after)
         if b.retry_after_ms is not None:
             headers["retry-after-ms"] = seconds_text(b.retry_after_ms)
-        body = _error(self._rate_text(call.model, retry_hint_s(b)), "requests", "rate_limit_exceeded")
+        body = _error(self._rate_text(call.model, retry_hint_s(b), b), b.metric, "rate_limit_exceeded")
         return 429, body, headers
 
     def quota_exceeded(self, call: Call, b: QuotaExceeded) -> tuple[int, Any, dict[str, str]]:

@@ -77,15 +77,33 @@ def go_duration(seconds: float) -> str:
     return out + f"{round(secs, 3):g}s"
 
 
-def rfc3339_in(seconds: float) -> str:
-    """The UTC time `seconds` from now, as Anthropic's `*-reset` headers write it."""
-    when = datetime.fromtimestamp(math.ceil(time.time() + seconds), tz=timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+def rfc3339_in(seconds: float, now: float | None = None) -> str:
+    """The UTC time `seconds` after `now` (default: the wall clock), as Anthropic's `*-reset` headers write it."""
+    return rfc3339(math.ceil((time.time() if now is None else now) + seconds))
+
+
+def rfc3339(stamp: float) -> str:
+    """A Unix time as RFC 3339 in UTC, to the second."""
+    return datetime.fromtimestamp(stamp, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def seconds_text(value: float) -> str:
     """A number of seconds without a needless `.0`."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def per_window(window_s: float) -> str:
+    """How an error message names a limit's window: `minute`, `day`, or `N seconds`."""
+    if window_s == 60:
+        return "minute"
+    if window_s == 86400:
+        return "day"
+    return f"{seconds_text(window_s)} seconds"
+
+
+def amount_text(value: float) -> str:
+    """A count as error messages quote it: whole numbers without a fraction."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
 def masked(key: str | None) -> str:
@@ -158,6 +176,8 @@ class Wire:
     sse_type = "text/event-stream"
 
     def __init__(self) -> None:
+        #: the wall clock that dated headers read (the simulator's clock)
+        self.wall: Callable[[], float] = time.time
         self._failures: dict[type, Callable[[Call, Any], tuple[int, Any, dict[str, str]]]] = {
             RateLimited: self.rate_limited,
             QuotaExceeded: self.quota_exceeded,

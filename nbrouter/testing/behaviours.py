@@ -103,11 +103,23 @@ class RateLimited(Failure):
     """A 429 per-minute rate limit; `retry_after` (s) / `retry_after_ms` become the protocol's hint.
 
     Anthropic always sends `retry-after` and Gemini always a `RetryInfo` (that is how their rate
-    limits differ from their quotas on the wire): without a value given they say 20 s.
+    limits differ from their quotas on the wire): without a value given they say 20 s. `limit`, `used`
+    and `requested` of `metric` ("requests" or "tokens") per `window_s` are what the error message quotes
+    (the simulator's own limiter fills them in; a script may leave them to the protocol's sample wording).
     """
 
     retry_after: float | None = None
     retry_after_ms: float | None = None
+    _: KW_ONLY
+    limit: float | None = None
+    used: float | None = None
+    requested: float | None = None
+    metric: str = "requests"
+    window_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("requests", "tokens"):
+            raise ValueError(f"RateLimited metric must be 'requests' or 'tokens', not {self.metric!r}")
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,12 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+from nbrouter._core.clock import SYSTEM_CLOCK
 
 from ._anthropic_wire import AnthropicWire
 from ._gemini_wire import GeminiWire
@@ -40,7 +42,8 @@ from .behaviours import (
     Reply,
     is_failure,
 )
-from .ratelimits import RateLimiter
+from .ratelimits import RateLimiter, Verdict
+from .stats import SimStats
 
 #: how long `stop()` waits for the server's loop to wind down before giving up on it
 STOP_TIMEOUT_S = 5.0
@@ -62,6 +65,14 @@ _GET_ROUTES = {
 }
 
 
+class SimClock(Protocol):
+    """What the simulator asks of time: a ManualClock, or the real clock by default."""
+
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+
 @dataclass
 class RecordedRequest:
     """One request the simulator received, as sent, for tests to assert on."""
@@ -79,6 +90,9 @@ class RecordedRequest:
     headers: dict[str, str]
     #: time.monotonic() at arrival
     time: float
+    #: the status the simulator answered with (0: the connection closed without an answer; None: not yet,
+    #: or a request outside the model calls)
+    status: int | None = None
 
 
 class ProviderSimulator:
@@ -87,6 +101,8 @@ class ProviderSimulator:
     Args:
         tokens_per_s: stream pacing, one chunk per token (None: as fast as possible).
         default_text: the text of unscripted replies (None: echo the last user message).
+        clock: the time rate limits count on and dated fields carry (a ManualClock, or the real clock).
+        port: the loopback port to listen on (0: any free one).
 
     Example:
         with ProviderSimulator() as sim:
@@ -94,19 +110,29 @@ class ProviderSimulator:
             httpx.post(sim.openai_url + "/chat/completions", json={"model": "gpt-x", "messages": [...]})
     """
 
-    def __init__(self, tokens_per_s: float | None = None, default_text: str | None = None) -> None:
+    def __init__(
+        self,
+        tokens_per_s: float | None = None,
+        default_text: str | None = None,
+        *,
+        clock: SimClock | None = None,
+        port: int = 0,
+    ) -> None:
         self.tokens_per_s = tokens_per_s
         self.default_text = default_text
+        self.clock: SimClock = clock if clock is not None else SYSTEM_CLOCK
         self._book = ScriptBook()
         self._log: list[RecordedRequest] = []
         self._log_lock = threading.Lock()
         self._models: list[str] | None = None
-        #: per-key requests and tokens per minute (`sim.rate_limits.set(key, KeyLimits(...))`)
-        self.rate_limits = RateLimiter()
+        #: per-key limits: token buckets (`KeyLimits`) or sliding windows (`WindowLimits`), on `clock`
+        self.rate_limits = RateLimiter(time=self.clock.monotonic)
+        self._stats = SimStats()
         self._state_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.ServerRunner | None = None
+        self._listen_port = port
         self._port: int | None = None
         # handler tasks in flight, touched only on the server's loop; stop() cancels them
         self._active: set[asyncio.Task[Any]] = set()
@@ -118,6 +144,8 @@ class ProviderSimulator:
             "anthropic": AnthropicWire(),
             "gemini": GeminiWire(),
         }
+        for wire in self._wires.values():
+            wire.wall = self.clock.time
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -221,12 +249,31 @@ class ProviderSimulator:
         self._book.set_default(behaviour)
 
     def reset(self) -> None:
-        """Forget scripts, the default, the `models` list, the rate limits and the request log."""
+        """Forget scripts, the default, the `models` list, the rate limits, the stats and the request log."""
         self._book.clear()
         self._models = None
         self.rate_limits.clear()
+        self._stats.clear()
         with self._log_lock:
             self._log.clear()
+
+    def stats(self, *, times: bool = False) -> dict[str, Any]:
+        """What the simulator counted per key, as `GET /_sim/stats` answers it (see `stats.SimStats`).
+
+        `{"keys": {key_id(key): {"received", "rate_limited", "passed_limiter", "served", "answered_429",
+        "statuses", "window_s", "max_in_window", "limits", "label"}}}`: every model call counts, keys are
+        named by `key_id` (never shown), `max_in_window` is the most requests the limiter let through in
+        any window of the key's limit. `times=True` adds each key's `admitted_times` and `refused_times`
+        (the clock's monotonic seconds).
+        """
+        keys = self._stats.snapshot(self.rate_limits.limits_of, times=times)
+        return {"keys": keys, "clock": {"time": self.clock.time(), "monotonic": self.clock.monotonic()}}
+
+    def configure(self, config: Mapping[str, Any]) -> None:
+        """Apply a config mapping (what `--config` files and `POST /_sim/config` hold; see `config.apply`)."""
+        from .config import apply
+
+        apply(self, config)
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -263,7 +310,7 @@ class ProviderSimulator:
         server = web.Server(self._handle, handler_cancellation=True, access_log=None)
         runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        site = web.TCPSite(runner, "127.0.0.1", self._listen_port, backlog=1024)
         await site.start()
         self._runner = runner
         return int(runner.addresses[0][1])
@@ -283,10 +330,38 @@ class ProviderSimulator:
         if task is not None:
             self._active.add(task)
         try:
+            if request.path.startswith("/_sim/"):
+                return await self._control(request)
             return await self._dispatch(request, arrived)
         finally:
             if task is not None:
                 self._active.discard(task)
+
+    async def _control(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The simulator's own routes: stats, reset, config and the manual clock (never recorded)."""
+        path, method = request.path, request.method
+        if method == "GET" and path == "/_sim/stats":
+            return _json_response(200, self.stats(times=request.query.get("times") in ("1", "true")), {})
+        if method == "POST" and path == "/_sim/reset":
+            self.reset()
+            return _json_response(200, {"reset": True}, {})
+        if method == "POST" and path == "/_sim/config":
+            try:
+                self.configure(json.loads(await request.read()))
+            except (ValueError, TypeError) as exc:
+                return _json_response(400, {"error": {"message": str(exc)}}, {})
+            return _json_response(200, {"configured": True}, {})
+        if path == "/_sim/clock":
+            if method == "POST":
+                advance = getattr(self.clock, "advance", None)
+                if advance is None:
+                    return _json_response(409, {"error": {"message": "the simulator runs on the real clock"}}, {})
+                try:
+                    advance(float(json.loads(await request.read())["seconds"]))
+                except (ValueError, TypeError, KeyError) as exc:
+                    return _json_response(400, {"error": {"message": f"POST {{\"seconds\": N}}: {exc}"}}, {})
+            return _json_response(200, {"time": self.clock.time(), "monotonic": self.clock.monotonic()}, {})
+        return _json_response(404, {"error": {"message": f"Unknown simulator route: {method} {path}"}}, {})
 
     # -- one request ------------------------------------------------------------------------
 
@@ -321,7 +396,8 @@ class ProviderSimulator:
             if protocol != "gemini":
                 model = body.get("model") if isinstance(body.get("model"), str) else None
                 stream = body.get("stream") is True
-        self._record(RecordedRequest(protocol, path, model, key, stream, body, _headers(request), arrived))
+        recorded = RecordedRequest(protocol, path, model, key, stream, body, _headers(request), arrived)
+        self._record(recorded)
 
         wire = self._wires[protocol]
         if kind in ("list", "tags"):
@@ -329,17 +405,34 @@ class ProviderSimulator:
         call = self._call(protocol, model, key, stream, body)
         if not bad and kind == "chat" and model is None and not (protocol == "openrouter" and _models_field(body)):
             bad = "you must provide a model parameter"
+        if kind == "chat":
+            self._stats.arrived(key)
         if bad:
             status, payload = wire.bad_request(call, bad)
-            return self._json(wire, call, status, payload, {})
+            return self._answered(request, recorded, self._json(wire, call, status, payload, {}))
         if kind == "count":
             count = {"input_tokens": call.prompt_tokens} if protocol == "anthropic" else {"totalTokens": call.prompt_tokens}
             return self._json(wire, call, 200, count, {})
+        response = await self._model_call(request, wire, call, body)
+        return self._answered(request, recorded, response)
 
-        verdict = self.rate_limits.admit(key, body, call.prompt_tokens) if kind == "chat" else None
-        if verdict is not None and not verdict.ok:  # per-key limits (ratelimits.py): a real 429 with its headers
-            status, payload, extra = wire.failure(call, RateLimited(retry_after=verdict.retry_after_s))
+    def _answered(self, request: web.BaseRequest, recorded: RecordedRequest, response: web.StreamResponse) -> web.StreamResponse:
+        """Note the status a model call got, in the request log and the per-key stats."""
+        transport = request.transport
+        dropped = not response.prepared and (transport is None or transport.is_closing())
+        recorded.status = 0 if dropped else response.status
+        self._stats.answered(recorded.key, recorded.status)
+        return response
+
+    async def _model_call(self, request: web.BaseRequest, wire: Wire, call: Call, body: Any) -> web.StreamResponse:
+        """Past the limiter (a real 429 with its headers when over), then the scripted behaviour."""
+        key, model, protocol = call.key, call.model or None, call.protocol
+        verdict = self.rate_limits.admit(key, body, call.prompt_tokens)
+        if verdict is not None and not verdict.ok:
+            self._stats.refused(key, verdict.at)
+            status, payload, extra = wire.failure(call, self._refusal(verdict))
             return self._json(wire, call, status, payload, {**extra, **wire.rate_limit_headers(verdict.fields)})
+        self._stats.admitted(key, verdict.at if verdict is not None else self.clock.monotonic())
         fallbacks = _models_field(body) if protocol == "openrouter" else None
         if fallbacks:
             behaviour = await self._walk(call, fallbacks)
@@ -350,6 +443,19 @@ class ProviderSimulator:
         if verdict is not None and isinstance(behaviour, Reply):
             behaviour = replace(behaviour, rate_limit={**verdict.fields, **(behaviour.rate_limit or {})})
         return await self._perform(request, wire, call, behaviour)
+
+    def _refusal(self, verdict: Verdict) -> RateLimited:
+        """The limiter's 429 as a behaviour: its wait as `retry-after` (and `-ms`), its numbers in the message."""
+        wait = verdict.retry_after_s
+        return RateLimited(
+            retry_after=wait,
+            retry_after_ms=round(wait * 1000) if wait is not None else None,
+            limit=verdict.limit,
+            used=verdict.used,
+            requested=verdict.requested,
+            metric=verdict.metric or "requests",
+            window_s=verdict.window_s,
+        )
 
     async def _walk(self, call: Call, models: list[str]) -> Behaviour:
         """OpenRouter's `models` fallback: the first model whose behaviour is not a failure serves the call;
@@ -375,7 +481,7 @@ class ProviderSimulator:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
         ident = f"{self._id_prefix}{next(self._ids):016x}"
-        return Call(protocol, model or "", key, stream, body, ident, chars, last_user, include_usage, int(time.time()))
+        return Call(protocol, model or "", key, stream, body, ident, chars, last_user, include_usage, int(self.clock.time()))
 
     def _outcome(self, call: Call, reply: Reply) -> Outcome:
         text = reply.text
