@@ -54,6 +54,15 @@ class CallRequest:
     #: the answer must be JSON matching this schema (sent as `response_format`; `result.parsed` holds it)
     schema: OutputSchema | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a pickled copy holds (a batch's items go to a cluster's workers): everything but the pacer,
+        which paces this process's sends (its lock does not pickle; a worker paces with its own), and the
+        prompt text, worked out again where it is read."""
+        state = dict(self.__dict__)
+        state["pacer"] = None
+        state.pop("prompt_text", None)
+        return state
+
     @cached_property  # read by the decision and again by the call log
     def prompt_text(self) -> str:
         parts = [self.system or ""] + [m.get("content", "") if isinstance(m.get("content"), str) else str(m.get("content")) for m in self.messages]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import importlib
 import time
 import weakref
 from collections import Counter, deque
@@ -33,6 +34,9 @@ from ..._core.template import interpolate
 from ..._core.text import dollars, duration
 from ..errors import AllTargetsFailed, RouteError, StopError
 from ..state.pacing import Pacer
+from ..state.store import StateStore
+from ..decide.budget import Budget
+from ..run.cache import ResponseCache
 from ..requests import CallRequest, build_request
 from ..structured import PANDAS_DTYPES, OutputSchema
 from ..model import Combo, Config
@@ -45,6 +49,15 @@ class BatchRouter(Protocol):
 
     config: Config
     clock: Clock
+    #: where its state is kept (a cluster's workers are pointed at the same file)
+    state: StateStore
+    #: the session budget (a cluster's outcomes are counted in it)
+    budget: Budget
+
+    @property
+    def cache(self) -> ResponseCache: ...
+
+    def cache_key(self, request: CallRequest) -> str: ...
 
     @property
     def background(self) -> BackgroundLoop: ...
@@ -445,7 +458,7 @@ class BatchResult(Sequence[Any]):
     def to_pandas(self) -> Any:
         """A DataFrame: the input's columns, `text` or the schema's fields (typed), `served_by`,
         `cost_usd`, `latency_s`, `attempts`, `cached`, `error`; the input's index when it had one."""
-        import pandas as pd
+        pd: Any = importlib.import_module("pandas")  # loaded for the table only; pandas is not a dependency
 
         rows = self.rows()
         frame = pd.DataFrame(rows, index=self.inputs.index if self.inputs.kind != "items" else None)
@@ -483,9 +496,9 @@ class BatchResult(Sequence[Any]):
         counts = self.served_by_counts
         if counts:
             lines.append("served by: " + " · ".join(f"{who} {k}" for who, k in counts.items()))
-        fresh = sorted((e.latency_s, i) for i, e in enumerate(self.entries) if isinstance(e, RouteResult) and e.cached is None)
+        fresh = sorted((e.latency_s, i, e.served_by) for i, e in enumerate(self.entries) if isinstance(e, RouteResult) and e.cached is None)
         if fresh:
-            lines.append("slowest: " + " · ".join(f"#{i} {duration(s)} ({self.entries[i].served_by})" for s, i in fresh[::-1][:SUMMARY_ROWS]))
+            lines.append("slowest: " + " · ".join(f"#{i} {duration(s)} ({who})" for s, i, who in fresh[::-1][:SUMMARY_ROWS]))
         for f in failed[:SUMMARY_ROWS]:
             lines.append(f"failed #{f.position}: {_error_text(f.error)}")
         if len(failed) > SUMMARY_ROWS:
@@ -562,8 +575,8 @@ def _progress_sink(progress: Any, total: int) -> tuple[Callable[[Progress], None
         return None, lambda: None
     if callable(progress):
         return progress, lambda: None
-    from tqdm.auto import tqdm  # the notebook's usual bar (a widget in Jupyter, text in a terminal)
-
+    # the notebook's usual bar (a widget in Jupyter, text in a terminal)
+    tqdm: Any = importlib.import_module("tqdm.auto").tqdm
     bar = tqdm(total=total, unit="item")
 
     def update(p: Progress) -> None:
@@ -625,9 +638,12 @@ class Batch:
             completed = await drive(dispatcher, self.executor, on_finish)
         finally:
             close()
+            finish = getattr(self.executor, "close", None)  # a cluster's executor lets go of the batch
+            if callable(finish):
+                finish()
         entries = [dispatcher.outcomes.get(i) or NotDone(NOT_SENT_INTERRUPTED) for i in range(len(self.items))]
-        name = entries and next((e.combo for e in entries if isinstance(e, RouteResult)), None)
-        combo_name = name or (self.combo if isinstance(self.combo, str) else getattr(self.combo, "name", "combo"))
+        name = next((e.combo for e in entries if isinstance(e, RouteResult)), None)
+        combo_name = name or (self.combo if isinstance(self.combo, str) else str(getattr(self.combo, "name", "combo")))
         schema = self.items[0].request.schema if self.items else None
         return BatchResult(entries, self.inputs, combo=combo_name, elapsed_s=time.perf_counter() - started,
                            interrupted=not completed or dispatcher.stopped == NOT_SENT_INTERRUPTED, schema=schema,
@@ -664,7 +680,7 @@ class Batch:
 def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: str | None = None, messages: Any = None,
             system: str | None = None, schema: Any = None, concurrency: int | None = None,
             account_concurrency: int | Mapping[str, int] | None = None, max_cost_usd: float | None = None,
-            cache: bool | None = None, progress: Any = None, executor: Executor | None = None,
+            cache: bool | None = None, progress: Any = None, executor: Any = None,
             **call_options: Any) -> Batch:
     """Check the arguments of `Router.map` and build its Batch (nothing is sent yet).
 
@@ -681,7 +697,8 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
         max_cost_usd: the whole batch's budget.
         cache: answer from the response cache and store answers (default: on unless `log_content = false`).
         progress: True for a `tqdm.auto` bar, or a callable given a `Progress` after each item.
-        executor: what runs the calls (an `Executor`); default `LocalExecutor`, this process's router.
+        executor: what runs the calls: a `distributed.Client` (Dask), "ray" (or a Ray handle) for the
+            connected Ray cluster, or any `Executor`; default `LocalExecutor`, this process's router.
         **call_options: any option of `Router.acomplete` (not `stream`).
 
     Raises:
@@ -703,7 +720,11 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
         item.request.pacer = pacer
     if built:
         router.check(built[0].request)  # an unknown combo fails now, not once per item
-    limit = concurrency if concurrency is not None else DEFAULT_CONCURRENCY
+    if executor is not None:
+        from .cluster import executor_for  # Dask and Ray load only for a batch that names them
+
+        executor = executor_for(executor, router, account_concurrency=account_concurrency)
+    limit = concurrency if concurrency is not None else getattr(executor, "concurrency", None) or DEFAULT_CONCURRENCY
     if limit < 1:
         raise ValueError(f"concurrency must be at least 1, not {limit}")
     batch = Batch(router, combo, inputs, built, concurrency=limit, max_cost_usd=max_cost_usd, progress=progress,

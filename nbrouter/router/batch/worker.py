@@ -1,0 +1,281 @@
+"""A cluster worker's side of a batch: its own Router, built from the driver's configuration, running chunks.
+
+    driver: WorkerSpec (the configuration as data, where the state and the cache are; no key) ─┐ bytes
+            a chunk (positions and CallRequests, no pacer) ───────────────────────────────────┤
+    worker: run_chunk(spec, chunk) ─> this process's Router for that spec ─> every call of the
+            chunk at once on the Router's own loop, paced by this process's Pacer ─> outcomes (bytes)
+
+Everything crosses as bytes the driver packed itself (`pack`), so what is shipped can be checked: the
+driver refuses to ship bytes that hold any account's key (`KeyLeak`). A worker reads its keys from its
+own environment or key command, as any Router does; a worker without a key fails its items with the
+usual "no key" skip. A worker's Router is made once per process and spec, and kept for later chunks
+(its pacer's learned limits and its HTTP connections outlive one chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import hashlib
+import importlib
+import pickle
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from ..._core.secrets import scrub
+from ..errors import RouteError
+from ..model import QUOTA_FIELDS, Account, Config, Provider
+from ..requests import CallRequest
+from ..run.cache import MEMORY, ResponseCache
+from ..state.pacing import PACING_MARGIN, Pacer
+from ..types import RouteResult
+from .dispatch import BatchRouter
+
+#: how often a running chunk looks whether the driver asked it to stop (an engine without a cancel of its own)
+STOP_POLL_S = 0.5
+#: how long a chunk told to stop waits for its calls to record their cancel before it returns
+STOP_GRACE_S = 2.0
+#: the worker's Routers kept per process (one per configuration; the oldest is closed past this)
+ROUTERS_KEPT = 4
+
+Outcome = RouteResult | RouteError
+
+
+class KeyLeak(RuntimeError):
+    """What the driver was about to ship to a cluster holds an account's key; nothing was shipped."""
+
+
+class WorkerError(RouteError):
+    """An item's call raised something other than a RouteError on a worker (its type and message, scrubbed)."""
+
+
+class ChunkFailed(Exception):
+    """A chunk could not run at all on a worker (nbrouter missing there, a value that does not unpickle);
+    its items fail with this message rather than being sent again and again."""
+
+
+class WorkerLost(RouteError):
+    """The worker running an item was lost, and so were the workers it was given to next."""
+
+
+# ---- what is shipped ---------------------------------------------------------------------------
+
+
+def pack(value: Any) -> bytes:
+    """The bytes that carry `value` to a worker or back: cloudpickle where installed (it ships classes
+    defined in a notebook, such as a pydantic schema, by value), else pickle."""
+    try:
+        cloudpickle: Any = importlib.import_module("cloudpickle")
+    except ImportError:  # neither Dask nor Ray is installed: a custom executor's own processes
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
+
+
+def unpack(data: bytes) -> Any:
+    """The value `pack` made the bytes of."""
+    return pickle.loads(data)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to build its own Router: data only, never a key.
+
+    Args:
+        factory: the class of the driver's Router (pickled by reference: the worker imports it).
+        config: the driver's configuration as a dict of the config file's shape (providers found in the
+            environment or on local ports written out as tables, naming their key variables only).
+        state_path: the driver's state file (the same file on one machine; None: the worker's default).
+        persist: False when the driver keeps its state in memory (each worker then does too).
+        cache_path: the driver's response cache file (None: in memory).
+        account_concurrency: as `map(account_concurrency=)`.
+        share: the share of each account's limit one worker process paces at (1.0 when the pacing is shared).
+    """
+
+    factory: Callable[..., Any]
+    config: dict[str, Any]
+    state_path: str | None
+    persist: bool
+    cache_path: str | None
+    account_concurrency: int | Mapping[str, int] | None = None
+    share: float = 1.0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Items of a batch that go to one worker together: their positions and requests (no pacer)."""
+
+    positions: tuple[int, ...]
+    requests: tuple[CallRequest, ...]
+    #: asked every STOP_POLL_S while the chunk runs; True stops it (None: the engine cancels by itself)
+    stop: Callable[[], bool] | None = None
+
+
+def spec_for(router: BatchRouter, *, account_concurrency: int | Mapping[str, int] | None, share: float) -> WorkerSpec:
+    """The WorkerSpec of a driver's Router."""
+    state = router.state
+    persist = state.persistent
+    cache = router.cache
+    return WorkerSpec(
+        factory=type(router), config=config_data(router.config),
+        state_path=str(state.path) if persist and state.path is not None else None, persist=persist,
+        cache_path=None if cache.path == MEMORY else str(cache.path), account_concurrency=account_concurrency, share=share,
+    )
+
+
+def config_data(config: Config) -> dict[str, Any]:
+    """A configuration as a dict of the config file's shape, from which a worker builds the same Router.
+
+    A config file or dict is given back as read; providers that zero-config found (a key variable set,
+    a local server listening) are written out as tables naming their key variable, never its value.
+    """
+    data = copy.deepcopy(config.raw)
+    tables = data.setdefault("providers", {})
+    for name, provider in config.providers.items():
+        if name not in tables:
+            tables[name] = _provider_table(provider)
+    return data
+
+
+def _provider_table(provider: Provider) -> dict[str, Any]:
+    table: dict[str, Any] = {"protocol": provider.protocol, "base_url": provider.base_url, "models": list(provider.models)}
+    if provider.preset:
+        table["preset"] = provider.preset
+    if provider.local:
+        table["local"] = True
+    if provider.prices_id:
+        table["prices_id"] = provider.prices_id
+    if provider.headers:
+        table["headers"] = dict(provider.headers)
+    if len(provider.accounts) == 1 and provider.accounts[0].name == "default":
+        table.update(_account_fields(provider.accounts[0]))
+    else:
+        table["accounts"] = [{"name": acc.name, **_account_fields(acc)} for acc in provider.accounts]
+    return table
+
+
+def _account_fields(acc: Account) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if acc.api_key_env:
+        out["api_key_env"] = acc.api_key_env
+    if acc.key_source is not None:
+        if acc.key_source.command:
+            out["api_key_command"] = list(acc.key_source.command)
+        else:
+            out["api_key_provider"] = acc.key_source.provider
+    quota = {k: getattr(acc.quota, k) for k in QUOTA_FIELDS if getattr(acc.quota, k) is not None}
+    if quota:
+        out["quota"] = quota
+    if acc.tier:
+        out["tier"] = acc.tier
+    return out
+
+
+def keys_of(config: Config) -> list[bytes]:
+    """The keys this process can see for the configuration's accounts (what must never be shipped)."""
+    found = []
+    for provider in config.providers.values():
+        for acc in provider.accounts:
+            key = acc.api_key()
+            if key and len(key.strip()) >= 4:
+                found.append(key.strip().encode())
+    return found
+
+
+def check_shipped(data: bytes, keys: Sequence[bytes]) -> bytes:
+    """`data`, once it is certain to hold none of `keys`.
+
+    Raises:
+        KeyLeak: it holds one (the message never quotes it).
+    """
+    for key in keys:
+        if key in data:
+            raise KeyLeak("refusing to ship a batch to the cluster: what would be sent holds an account's key "
+                          "(in the configuration's headers or in a prompt?); workers read keys from their own environment")
+    return data
+
+
+# ---- the worker's side ---------------------------------------------------------------------------
+
+_routers: OrderedDict[str, tuple[Any, Pacer]] = OrderedDict()
+_routers_lock = threading.Lock()
+
+
+def worker_router(spec_data: bytes) -> tuple[Any, Pacer]:
+    """This process's Router and Pacer for a packed spec (made on first use, then kept)."""
+    digest = hashlib.sha256(spec_data).hexdigest()
+    with _routers_lock:
+        found = _routers.get(digest)
+        if found is not None:
+            _routers.move_to_end(digest)
+            return found
+        spec: WorkerSpec = unpack(spec_data)
+        router = spec.factory(spec.config, state_path=spec.state_path, persist=spec.persist)
+        router.cache = ResponseCache(spec.cache_path if spec.cache_path is not None else MEMORY)
+        pacer = Pacer(router.config, clock=router.clock, account_concurrency=spec.account_concurrency,
+                      margin=PACING_MARGIN * spec.share)
+        _routers[digest] = (router, pacer)
+        while len(_routers) > ROUTERS_KEPT:
+            _, (old, _) = _routers.popitem(last=False)
+            old.close()
+        return router, pacer
+
+
+def run_chunk(spec_data: bytes, chunk_data: bytes) -> bytes:
+    """The task a cluster runs: every call of a chunk at once on this process's Router; the outcomes, packed,
+    in the chunk's order.
+
+    Raises:
+        ChunkFailed: the chunk could not run at all (the message says why).
+        KeyboardInterrupt: the engine cancelled the task (its calls are cancelled and logged first).
+    """
+    try:
+        router, pacer = worker_router(spec_data)
+        chunk: Chunk = unpack(chunk_data)
+    except Exception as exc:  # nothing of the chunk ran: say why, once, instead of a traceback per item
+        raise ChunkFailed(f"a worker could not start the chunk: {type(exc).__name__}: {scrub(str(exc))[:300]}") from None
+    for request in chunk.requests:
+        request.pacer = pacer
+    future, finished = router.background.submit(_run_all(router, chunk.requests))
+    try:
+        outcomes = _wait(future, chunk.stop)
+    except BaseException:
+        future.cancel()
+        finished.wait(STOP_GRACE_S)
+        raise
+    return pack(outcomes)
+
+
+class Stopped(Exception):
+    """The driver asked a running chunk to stop (its calls were cancelled)."""
+
+
+def _wait(future: concurrent.futures.Future[list[Outcome]], stop: Callable[[], bool] | None) -> list[Outcome]:
+    """The chunk's outcomes; looks at `stop` every STOP_POLL_S meanwhile (Stopped when it says so)."""
+    while True:
+        try:
+            return future.result(timeout=STOP_POLL_S)
+        except concurrent.futures.TimeoutError:
+            if stop is not None and stop():
+                raise Stopped("the driver stopped the batch") from None
+
+
+async def _run_all(router: Any, requests: Sequence[CallRequest]) -> list[Outcome]:
+    return list(await asyncio.gather(*(_run_one(router, r) for r in requests)))
+
+
+async def _run_one(router: Any, request: CallRequest) -> Outcome:
+    try:
+        result: RouteResult = await router.route(request)
+        return result
+    except RouteError as error:
+        return error
+    except Exception as exc:  # one item's bug must not sink its chunk; the driver shows it as this item's error
+        return WorkerError(f"{type(exc).__name__} on a worker: {scrub(str(exc))[:300]}")
+
+
+__all__ = ["Chunk", "ChunkFailed", "KeyLeak", "WorkerError", "WorkerLost", "WorkerSpec", "check_shipped", "config_data",
+           "keys_of", "pack", "run_chunk", "spec_for", "unpack"]
