@@ -209,3 +209,198 @@ def test_import_nbrouter_and_a_local_batch_load_neither_dask_nor_ray(sim) -> Non
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
 
+
+
+# ---- shared by the engines' tests (test_cluster_dask.py, test_cluster_ray.py) ---------------------------
+
+#: two accounts' keys for the limit tests; set before a cluster starts, so its workers have them
+KEY_A = "sim-account-a-key-7f3a9c"
+KEY_B = "sim-account-b-key-2b8e41"
+#: set on the driver only (a worker started before it has no such variable)
+DRIVER_ONLY_ENV = "NBROUTER_TEST_DRIVER_ONLY_KEY"
+
+
+def require(module: str) -> Any:
+    """The module; without it the test is skipped, or fails under NBROUTER_REQUIRE_CLUSTER=1 (CI)."""
+    import importlib
+    import os
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("NBROUTER_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"{module} is required (NBROUTER_REQUIRE_CLUSTER=1): pip install nbrouter[dask,ray]")
+        pytest.skip(f"{module} is not installed (the dask / ray extras)")
+
+
+def cluster_env() -> dict[str, str]:
+    """What a test cluster's workers find in their environment (they read their keys from it)."""
+    return {"SIM_KEY": SIM_KEY, "SIM_KEY_A": KEY_A, "SIM_KEY_B": KEY_B}
+
+
+def limited_config(sim: Any, per_minute: int) -> dict[str, Any]:
+    """One provider with two accounts (keys A and B), each with `quota` at the server's real limit."""
+    accounts = [{"name": name, "api_key_env": env, "quota": {"requests_per_minute": per_minute}}
+                for name, env in (("a", "SIM_KEY_A"), ("b", "SIM_KEY_B"))]
+    return {"providers": {"sim": {"protocol": "openai", "base_url": sim.openai_url, "accounts": accounts}},
+            "combos": combo("sim/m")}
+
+
+def _prompt(request: Any) -> str | None:
+    if isinstance(request.body, dict) and request.body.get("messages"):
+        return str(request.body["messages"][-1]["content"])
+    return None
+
+
+def prompts_received(sim: Any, status: int | None = None) -> dict[str, int]:
+    """How many times the server received each prompt (its last user message), answered `status` if given."""
+    counts: dict[str, int] = {}
+    for request in sim.requests:
+        text = _prompt(request)
+        if text is not None and (status is None or request.status == status):
+            counts[text] = counts.get(text, 0) + 1
+    return counts
+
+
+def sent_after_answered(sim: Any) -> set[str]:
+    """The prompts the server received again after it had answered one of them 200 (never right)."""
+    answered: set[str] = set()
+    again: set[str] = set()
+    for request in sorted(sim.requests, key=lambda r: r.time):
+        text = _prompt(request)
+        if text in answered:
+            again.add(text)
+        if text is not None and request.status == 200:
+            answered.add(text)
+    return again
+
+
+def check_limits_kept(sim: Any, per_minute: int, sent: int) -> None:
+    """The server's own counts: every key within its limit in every window, fewer than 1 % of requests 429."""
+    keys = sim.stats()["keys"]
+    received = sum(k["received"] for k in keys.values())
+    limited = sum(k["rate_limited"] for k in keys.values())
+    assert received >= sent
+    assert limited < 0.01 * received, f"{limited} of {received} requests answered 429"
+    assert all(k["max_in_window"] <= per_minute for k in keys.values())
+
+
+class Watch:
+    """An Executor around another: notes each item's position as its outcome reaches the driver, and calls
+    `at(n)` once, after the n-th (a test's moment to kill a worker or press Ctrl-C)."""
+
+    def __init__(self, inner: Any, n: int, at: Any) -> None:
+        self.inner = inner
+        self.concurrency = inner.concurrency
+        self.got: list[int] = []
+        self._n = n
+        self._at = at
+
+    async def run(self, item: Any) -> Any:
+        outcome = await self.inner.run(item)
+        self.got.append(item.position)
+        if len(self.got) == self._n:
+            self._at()
+        return outcome
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Recording:
+    """An Engine around another that keeps every byte shipped to the workers."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.shipped: list[bytes] = []
+
+    def slots(self) -> int:
+        return int(self.inner.slots())
+
+    def pacers(self) -> int:
+        return int(self.inner.pacers())
+
+    def submit(self, spec: bytes, chunk: bytes) -> Any:
+        self.shipped += [spec, chunk]
+        return self.inner.submit(spec, chunk)
+
+    def stop_check(self) -> Any:
+        return self.inner.stop_check()
+
+    def stopped(self) -> None:
+        self.inner.stopped()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def cache_keys(path: Any) -> set[str]:
+    """The keys in a response cache file now (read as another process would)."""
+    import sqlite3
+
+    db = sqlite3.connect(str(path))
+    try:
+        return {row[0] for row in db.execute("SELECT key FROM responses")}
+    except sqlite3.OperationalError:  # no table yet: nothing stored
+        return set()
+    finally:
+        db.close()
+
+
+def descendants(root: int) -> set[int]:
+    """`root` and every process started under it (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def listeners(pids: set[int]) -> list[tuple[str, str, int]]:
+    """(local address, process name, pid) of every TCP or UDP socket those processes listen on (`ss -ltunpH`)."""
+    import re
+
+    out = subprocess.run(["ss", "-ltunpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        local = parts[4] if len(parts) > 4 else ""
+        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
+            if int(pid) in pids:
+                found.append((local, name, int(pid)))
+    return found
+
+
+def beyond_loopback(found: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The listeners whose address is not a loopback one (`*`, 0.0.0.0, the machine's own address...)."""
+    def loopback(local: str) -> bool:
+        host = local.rsplit(":", 1)[0].strip("[]").split("%")[0]
+        host = host[len("::ffff:"):] if host.startswith("::ffff:") else host
+        return host.startswith("127.") or host in ("::1", "localhost")
+
+    return [f for f in found if not loopback(f[0])]
+
+
+def processes_titled(prefix: str, pids: set[int]) -> list[int]:
+    """Those of `pids` whose command line (a Ray worker's process title) starts with `prefix`."""
+    found = []
+    for pid in pids:
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith(prefix):
+            found.append(pid)
+    return found

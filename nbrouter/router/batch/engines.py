@@ -125,6 +125,10 @@ class DaskEngine:
                 future.set_result(done.result())
             except BaseException as exc:  # the task's own exception, KilledWorker, or a cancel
                 future.set_exception(exc)
+            finally:
+                # the outcomes are here now: were the client to keep wanting the task, the scheduler would
+                # run a finished chunk again when the worker holding its result died (sending its items twice)
+                done.release()
 
         task.add_done_callback(landed)
         return _Started(future, task.cancel)

@@ -1,0 +1,194 @@
+"""Issue 23 on Dask: `map(..., executor=client)` on a real `distributed.LocalCluster` (two worker processes on
+loopback) against the loopback simulator: the same BatchResult as locally, keys that never leave the
+driver, every account inside its limit, a worker killed mid-batch, and Ctrl-C."""
+
+from __future__ import annotations
+
+import _thread
+import os
+import signal
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import SIM_KEY, sim_config
+from nbrouter.router.batch.cluster import ClusterExecutor
+from nbrouter.router.batch.dispatch import NotDone
+from nbrouter.router.batch.engines import DaskEngine
+from nbrouter.testing import Hang, Reply, ServerError, WindowLimits
+from test_cluster import (
+    DRIVER_ONLY_ENV,
+    Recording,
+    Watch,
+    cache_keys,
+    check_limits_kept,
+    cluster_env,
+    combo,
+    limited_config,
+    prompts_received,
+    require,
+    sent_after_answered,
+)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    distributed = require("distributed")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in cluster_env().items():
+            mp.setenv(name, value)
+        mp.delenv(DRIVER_ONLY_ENV, raising=False)  # the workers start without it
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                           dashboard_address=None)
+        made = distributed.Client(cluster)
+        try:
+            yield made
+        finally:
+            made.close()
+            cluster.close()
+
+
+def _worker_pids(client: Any) -> dict[str, int]:
+    pids: dict[str, int] = client.run(os.getpid)
+    return pids
+
+
+def test_a_dataframe_on_dask_comes_back_in_order_with_who_served_attempts_and_cost(sim, make_router, client) -> None:
+    pd = require("pandas")
+    prices = {t: {"input_per_mtok": 1000, "output_per_mtok": 1000} for t in ("sim/a", "sim/b")}
+    router = make_router(sim_config(sim, combo("sim/a", "sim/b"), prices=prices))
+    sim.script([ServerError(500)], model="a")  # the first call anywhere fails over to b
+    frame = pd.DataFrame({"name": [f"n{i}" for i in range(40)], "k": range(40)}, index=[f"r{i}" for i in range(40)])
+    seen: list[int] = []
+    executor = ClusterExecutor(router, DaskEngine(client))
+    batch = router.map("c", frame, prompt="Hello {name}", executor=executor, progress=lambda p: seen.append(p.done), cache=False)
+
+    assert batch.done == 40 and not batch.failed and not batch.interrupted
+    assert [t.rsplit(": ", 1)[1] for t in batch.texts] == [f"Hello n{i}" for i in range(40)]  # input order
+    counts = batch.served_by_counts  # a's failure may send a few more to b while a cools down, as locally
+    assert set(counts) == {"sim#default/a", "sim#default/b"} and sum(counts.values()) == 40
+    table = batch.to_pandas()
+    assert list(table.index) == list(frame.index) and table["k"].tolist() == list(range(40))
+    assert table["attempts"].tolist().count(2) == 1  # the item whose first try met the 500
+    assert table.loc[table["attempts"] == 2, "served_by"].tolist() == ["sim#default/b"]
+    assert batch.cost_usd > 0 and router.budget.spent == batch.cost_usd  # the driver's session budget counts it
+    assert seen[-1] == 40 and seen == sorted(seen)  # the progress came from the driver, as each chunk landed
+    received = prompts_received(sim)
+    assert sorted(received) == sorted(f"Hello n{i}" for i in range(40))
+    assert sorted(received.values()) == [1] * 39 + [2]  # one item went to a, then b; no other went twice
+    assert executor.chunks >= 2 and all(r.key == SIM_KEY for r in sim.requests)
+    made = client.run(lambda: len(__import__("nbrouter.router.batch.worker", fromlist=["_routers"])._routers))
+    assert sum(made.values()) >= 1  # the calls ran in the workers' own Routers
+
+
+def test_keys_never_leave_the_driver_on_dask(sim, make_router, client) -> None:
+    router = make_router(sim_config(sim, combo("sim/m")))
+    engine = Recording(DaskEngine(client))
+    batch = router.map("c", [f"q{i}" for i in range(24)], executor=ClusterExecutor(router, engine), cache=False)
+    assert batch.done == 24
+    assert engine.shipped and all(SIM_KEY.encode() not in data for data in engine.shipped)
+    assert {r.key for r in sim.requests} == {SIM_KEY}  # each worker read the key from its own environment
+
+
+def test_a_worker_without_the_key_fails_its_items_with_the_usual_no_key_error(sim, make_router, client, monkeypatch) -> None:
+    monkeypatch.setenv(DRIVER_ONLY_ENV, "driver-only-key-0123")
+    providers = {"sim": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": DRIVER_ONLY_ENV}}
+    router = make_router(sim_config(sim, combo("sim/m"), providers=providers))
+    batch = router.map("c", ["a", "b", "c"], executor=client, cache=False)
+    assert batch.done == 0 and len(batch.failed) == 3 and sim.requests == []
+    for failed in batch.failed:
+        assert f"no key: the environment variable {DRIVER_ONLY_ENV} is not set" in str(failed.error)
+
+
+def test_on_dask_every_item_is_done_within_each_accounts_limit_and_in_order(sim, make_router, client) -> None:
+    per_minute = 600  # each key: 10 requests a second, its window already full (a key in steady use)
+    sim.rate_limits.set_default(WindowLimits(requests=per_minute, window_s=60, start_full=False))
+    router = make_router(limited_config(sim, per_minute))
+    items = [f"q{i}" for i in range(200)]
+    batch = router.map("c", items, executor=client, cache=False)
+    assert batch.done == 200 and not batch.failed
+    assert [t.rsplit(": ", 1)[1] for t in batch.texts] == items
+    assert set(batch.served_by_counts) == {"sim#a/m", "sim#b/m"}
+    check_limits_kept(sim, per_minute, sent=200)
+
+
+def test_a_dask_worker_killed_mid_batch_loses_no_item_and_resends_none_that_was_answered(sim, make_router, client, tmp_path) -> None:
+    sim.set_default(Reply(delay_s=0.2))
+    sim.rate_limits.set_default(WindowLimits(requests=1200, window_s=60, start_full=False))  # 20/s a key: chunks take a while
+    router = make_router(limited_config(sim, 1200))
+    items = [f"q{i}" for i in range(160)]
+    before = _worker_pids(client)
+    moment: dict[str, Any] = {}
+
+    def kill() -> None:
+        busy = [w for w, keys in client.processing().items() if keys]
+        victim = busy[0]
+        moment["answered"] = set(watch.got)
+        os.kill(before[victim], signal.SIGKILL)
+        moment["cached"] = cache_keys(router.cache.path)  # what the worker had stored when it died
+        moment["t"] = time.monotonic()
+
+    watch = Watch(ClusterExecutor(router, DaskEngine(client), chunk_size=8), 24, kill)
+    batch = router.map("c", items, executor=watch)
+
+    assert batch.done == 160 and not batch.failed and not batch.not_done
+    assert [t.rsplit(": ", 1)[1] for t in batch.texts] == items
+    answered = prompts_received(sim, 200)
+    assert set(answered) == set(items)
+    print(sim.stats()["keys"], "kill at", moment["t"])
+    keys = {router.cache_key(item.request): item.value for item in _requests(router, items)}
+    assert {items[p] for p in moment["answered"]} <= set(answered)
+    for position in moment["answered"]:
+        assert answered[items[position]] == 1, ("driver had", items[position], _story(sim, items[position]))  # an answer the driver had is never asked for again
+    for key in moment["cached"]:
+        assert answered[keys[key]] == 1, ("cached", keys[key], _story(sim, keys[key]))  # one the dead worker had stored is answered from the cache
+    assert not sent_after_answered(sim) - {p for p, n in answered.items() if n > 1}
+    twice = [p for p, n in answered.items() if n > 1]
+    assert len(twice) <= 8  # at most the calls the dead worker's chunk had on the wire
+    assert _worker_pids(client) != before  # the nanny started a new worker process
+
+
+def _requests(router: Any, items: list[str]) -> list[Any]:
+    from nbrouter.router.batch.dispatch import prepare
+
+    return prepare(router, "c", items).items
+
+
+def test_ctrl_c_on_the_driver_cancels_the_dask_tasks_and_a_second_run_sends_only_the_missing(sim, make_router, client) -> None:
+    sim.script([Reply()] * 16 + [Hang(30)], model="m", repeat_last=True)
+    router = make_router(sim_config(sim, combo("sim/m")))
+    items = [f"q{i}" for i in range(48)]
+
+    def ctrl_c() -> None:
+        threading.Timer(0.3, _thread.interrupt_main).start()  # while map waits in the main thread
+
+    watch = Watch(ClusterExecutor(router, DaskEngine(client), chunk_size=8), 16, ctrl_c)
+    first = router.map("c", items, executor=watch)
+    assert first.interrupted and first.done == 16
+    assert first.done + len(first.not_done) == 48 and not first.failed
+    assert all(isinstance(e.error, NotDone) for e in first.not_done)
+    assert not any(client.processing().values())  # the cluster's tasks were cancelled
+    # the hung calls would hang 30 s: only the stop reaching the workers cancels (and logs) them sooner
+    deadline = time.monotonic() + 20
+    while len(_cancelled(router)) < 16 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_cancelled(router)) == 16  # both workers' running chunks (8 calls each), in the shared state file
+
+    done_first = {items[i] for i, e in enumerate(first) if not isinstance(e, Exception)}
+    sim.reset()
+    second = router.map("c", items, executor=client)
+    assert second.done == 48 and second.texts[:16] == first.texts[:16]
+    received = prompts_received(sim)
+    assert not set(received) & done_first  # nothing answered in the first run is sent again
+    assert sum(received.values()) == 48 - len(done_first)
+
+
+def _cancelled(router: Any) -> list[dict[str, Any]]:
+    return [row for row in router.log(500) if row["kind"] == "cancelled"]
+
+
+def _story(sim: Any, prompt: str) -> list[Any]:
+    return [(r.time, r.status, r.key[-4:] if r.key else None) for r in sim.requests
+            if isinstance(r.body, dict) and r.body.get("messages") and r.body["messages"][-1]["content"] == prompt]
