@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 from ..errors import RouteError
 from ..types import RouteResult
-from .dispatch import BatchItem, BatchRouter, Executor, LocalExecutor
+from .dispatch import CANCELLED, BatchItem, BatchRouter, Executor, LocalExecutor, NotDone
 from .engines import Engine, Running, engine_for
 from .worker import Chunk, ChunkFailed, WorkerError, WorkerLost, check_shipped, keys_of, pack, spec_for, unpack
 
@@ -36,6 +36,8 @@ DEFAULT_CHUNK = 16
 CHUNKS_PER_SLOT = 2
 #: how many times the items of a lost chunk are sent again before they fail with `WorkerLost`
 RESUBMIT_LIMIT = 3
+#: how long a stopped batch (Ctrl-C) waits for its running chunks to send back what finished
+STOP_WAIT_S = 5.0
 
 Outcome = RouteResult | RouteError
 
@@ -47,6 +49,8 @@ class _Entry:
     item: BatchItem
     waiter: asyncio.Future[Outcome]
     run: _Run | None = None
+    #: the batch stopped while this item was out: its chunk is asked to stop once none of its items is wanted
+    stopping: bool = False
 
 
 @dataclass
@@ -108,9 +112,11 @@ class ClusterExecutor:
             asyncio.get_running_loop().call_soon(self._flush)
         try:
             return await asyncio.shield(entry.waiter)
-        except asyncio.CancelledError:
-            self._cancel(entry)
-            raise
+        except asyncio.CancelledError:  # the batch stops (Ctrl-C): an answer that arrives in time is kept
+            outcome = await self._last_word(entry)
+            if outcome is None:
+                raise
+            return outcome  # its answer, or NotDone saying whether its call had started
 
     def check(self) -> None:
         """Build what every chunk carries about the driver now, before anything is sent.
@@ -162,9 +168,9 @@ class ClusterExecutor:
 
     def _landed(self, run: _Run, landed: asyncio.Future[bytes]) -> None:
         live = [e for e in run.entries if not e.waiter.done()]
-        if not live or landed.cancelled():
+        if not live:
             return
-        error = landed.exception()
+        error = landed.exception() if not landed.cancelled() else asyncio.CancelledError()
         if error is None:
             outcomes: list[Outcome] = unpack(landed.result())
             for entry, outcome in zip(run.entries, outcomes):
@@ -172,7 +178,10 @@ class ClusterExecutor:
                     self._record(entry.item, outcome)
                     entry.waiter.set_result(outcome)
             return
-        if isinstance(error, ChunkFailed) or self._stopped or run.sends > RESUBMIT_LIMIT:
+        if self._stopped:  # dropped by the engine on the way out: nothing of it came back
+            self._settle(_Run(live), NotDone(CANCELLED))
+            return
+        if isinstance(error, ChunkFailed) or run.sends > RESUBMIT_LIMIT:
             self._settle(_Run(live), _failure(error, lost=not isinstance(error, ChunkFailed)))
             return
         # the worker was lost (killed, its machine gone): what has no answer goes to another worker
@@ -196,20 +205,24 @@ class ClusterExecutor:
 
     # ---- Ctrl-C ---------------------------------------------------------------------------------
 
-    def _cancel(self, entry: _Entry) -> None:
-        """An item was cancelled (the batch stopped): once none of its chunk's items is wanted, stop the chunk."""
-        if not entry.waiter.done():
-            entry.waiter.cancel()
-        if entry in self._buffer:
+    async def _last_word(self, entry: _Entry) -> Outcome | None:
+        """The outcome of an item whose batch stopped: its chunk is asked to stop (once none of its items is
+        wanted) and sends back what finished; None when nothing came back within STOP_WAIT_S."""
+        if entry in self._buffer:  # never shipped
             self._buffer.remove(entry)
-            return
+            return None
         run = entry.run
-        if run is None or run.running is None or any(not e.waiter.done() for e in run.entries):
-            return
-        if not self._stopped:
-            self._stopped = True
-            self.engine.stopped()
-        run.running.cancel()
+        if run is None or run.running is None:
+            return entry.waiter.result() if entry.waiter.done() and not entry.waiter.cancelled() else None
+        self._stopped = True
+        entry.stopping = True
+        if all(e.stopping or e.waiter.done() for e in run.entries):
+            run.running.stop()
+        try:
+            return await asyncio.wait_for(asyncio.shield(entry.waiter), STOP_WAIT_S)
+        except asyncio.TimeoutError:  # the worker does not answer: give up on the chunk
+            run.running.cancel()
+            return None
 
 
 def _failure(error: BaseException, *, lost: bool = False) -> RouteError:

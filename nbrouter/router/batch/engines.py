@@ -6,9 +6,9 @@ Ray are imported here only, and only when an engine is made (`import nbrouter` n
 
 Worker loss: Dask's scheduler runs the task of a worker that died again on another worker by itself
 (`distributed.scheduler.allowed-failures` times); Ray is told not to (`max_retries=0`), and the executor
-sends the items that had no answer again. Cancelling: Ray interrupts a running task (`ray.cancel`);
-a running Dask task cannot be interrupted, so the chunk looks at a per-batch `distributed.Event` while
-it waits, and stops its calls when the driver sets it.
+sends the items that had no answer again. Stopping (Ctrl-C): Ray interrupts a running task (`ray.cancel`);
+a running Dask task cannot be interrupted, so the chunk looks at a per-batch `distributed.Event` while it
+waits. Either way the chunk cancels its calls and still returns the outcomes of those that finished.
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ class Running(Protocol):
     #: the packed outcomes, or the exception the chunk (or the cluster) ended with
     future: concurrent.futures.Future[bytes]
 
+    def stop(self) -> None:
+        """Ask the chunk to stop: it cancels its calls and its outcomes still come back (what finished, and
+        `NotDone` for the rest). Never raises."""
+
     def cancel(self) -> None:
-        """Stop the chunk (it may already have ended); never blocks for long, never raises."""
+        """Drop the chunk, outcomes and all (the driver has stopped waiting for it). Never raises."""
 
 
 class Engine(Protocol):
@@ -47,10 +51,7 @@ class Engine(Protocol):
         """Start `run_chunk(spec, chunk)` on a worker."""
 
     def stop_check(self) -> Callable[[], bool] | None:
-        """What a running chunk asks to learn that the batch stopped (None: the engine interrupts it)."""
-
-    def stopped(self) -> None:
-        """The batch stopped: running chunks are to stop (what `stop_check` reads)."""
+        """What a running chunk asks to learn that it is to stop (None: the engine interrupts it instead)."""
 
     def close(self) -> None:
         """The batch has ended: drop what the engine kept for it."""
@@ -59,13 +60,21 @@ class Engine(Protocol):
 @dataclass
 class _Started:
     future: concurrent.futures.Future[bytes]
+    stop_fn: Callable[[], None]
     cancel_fn: Callable[[], None]
 
+    def stop(self) -> None:
+        _quietly(self.stop_fn)
+
     def cancel(self) -> None:
-        try:
-            self.cancel_fn()
-        except Exception:  # a cluster already gone: nothing left to cancel
-            pass
+        _quietly(self.cancel_fn)
+
+
+def _quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:  # a cluster already gone: nothing left to stop
+        pass
 
 
 # ---- Dask --------------------------------------------------------------------------------------
@@ -131,22 +140,18 @@ class DaskEngine:
                 done.release()
 
         task.add_done_callback(landed)
-        return _Started(future, task.cancel)
+        # a running Dask task cannot be interrupted: the chunk looks at the batch's event and stops itself
+        return _Started(future, self._stop, task.cancel)
+
+    def _stop(self) -> None:
+        _dask_event(self._event, self.client).set()
 
     def stop_check(self) -> Callable[[], bool] | None:
         return DaskStop(self._event)
 
-    def stopped(self) -> None:
-        try:
-            _dask_event(self._event, self.client).set()
-        except Exception:  # the scheduler is gone: so are the chunks
-            pass
-
     def close(self) -> None:
-        try:
-            _dask_event(self._event, self.client).clear()
-        except Exception:
-            pass
+        # a stopped batch's event stays set (one name on the scheduler): its chunks may not have looked yet
+        pass
 
 
 # ---- Ray ---------------------------------------------------------------------------------------
@@ -192,13 +197,12 @@ class RayEngine:
     def submit(self, spec: bytes, chunk: bytes) -> Running:
         ref = self._remote.remote(spec, chunk)
         future: concurrent.futures.Future[bytes] = ref.future()
-        return _Started(future, lambda: _ray().cancel(ref))
+        # ray.cancel interrupts a running task (KeyboardInterrupt, the chunk returns what finished) and drops a
+        # waiting one
+        return _Started(future, lambda: _ray().cancel(ref), lambda: _ray().cancel(ref))
 
     def stop_check(self) -> Callable[[], bool] | None:
-        return None  # ray.cancel interrupts a running chunk
-
-    def stopped(self) -> None:
-        pass
+        return None
 
     def close(self) -> None:
         pass

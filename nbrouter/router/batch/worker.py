@@ -32,7 +32,7 @@ from ..requests import CallRequest
 from ..run.cache import MEMORY, ResponseCache
 from ..state.pacing import PACING_MARGIN, Pacer
 from ..types import RouteResult
-from .dispatch import BatchRouter
+from .dispatch import CANCELLED, NOT_SENT_INTERRUPTED, BatchRouter, NotDone
 
 #: how often a running chunk looks whether the driver asked it to stop (an engine without a cancel of its own)
 STOP_POLL_S = 0.5
@@ -228,43 +228,63 @@ def run_chunk(spec_data: bytes, chunk_data: bytes) -> bytes:
     """The task a cluster runs: every call of a chunk at once on this process's Router; the outcomes, packed,
     in the chunk's order.
 
+    Told to stop (the chunk's stop check says so, or the engine interrupts the task with KeyboardInterrupt)
+    it cancels the calls still running and returns all the same: what finished, and `NotDone` for the rest,
+    so that the driver keeps every answer that was paid for.
+
     Raises:
         ChunkFailed: the chunk could not run at all (the message says why).
-        KeyboardInterrupt: the engine cancelled the task (its calls are cancelled and logged first).
     """
     try:
         router, pacer = worker_router(spec_data)
         chunk: Chunk = unpack(chunk_data)
     except Exception as exc:  # nothing of the chunk ran: say why, once, instead of a traceback per item
         raise ChunkFailed(f"a worker could not start the chunk: {type(exc).__name__}: {scrub(str(exc))[:300]}") from None
+    if chunk.stop is not None and chunk.stop():  # the batch stopped while this chunk waited for a worker
+        return pack([NotDone(NOT_SENT_INTERRUPTED) for _ in chunk.requests])
     for request in chunk.requests:
         request.pacer = pacer
-    future, finished = router.background.submit(_run_all(router, chunk.requests))
-    try:
-        outcomes = _wait(future, chunk.stop)
-    except BaseException:
-        future.cancel()
-        finished.wait(STOP_GRACE_S)
-        raise
-    return pack(outcomes)
+    calls = _Calls(router, chunk.requests)
+    future, _ = router.background.submit(calls.run())
+    return pack(_wait(future, calls, chunk.stop))
 
 
-class Stopped(Exception):
-    """The driver asked a running chunk to stop (its calls were cancelled)."""
+class _Calls:
+    """A chunk's calls on the router's loop: started together; each ends as its outcome, a cancelled one as
+    NotDone, so that stopping them leaves the outcomes of those that finished."""
+
+    def __init__(self, router: Any, requests: Sequence[CallRequest]) -> None:
+        self.router = router
+        self.requests = requests
+        self.tasks: list[asyncio.Future[Outcome]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self) -> list[Outcome]:
+        self.loop = asyncio.get_running_loop()
+        self.tasks = [asyncio.ensure_future(_run_one(self.router, r)) for r in self.requests]
+        return list(await asyncio.gather(*self.tasks))
+
+    def stop(self) -> None:
+        """Cancel the calls still running (from any thread)."""
+        loop = self.loop
+        if loop is not None:
+            loop.call_soon_threadsafe(lambda: [task.cancel() for task in self.tasks])
 
 
-def _wait(future: concurrent.futures.Future[list[Outcome]], stop: Callable[[], bool] | None) -> list[Outcome]:
-    """The chunk's outcomes; looks at `stop` every STOP_POLL_S meanwhile (Stopped when it says so)."""
+def _wait(future: concurrent.futures.Future[list[Outcome]], calls: _Calls, stop: Callable[[], bool] | None) -> list[Outcome]:
+    """The chunk's outcomes. Meanwhile `stop` is looked at every STOP_POLL_S; when it says so, or when the
+    engine interrupts (KeyboardInterrupt), the calls are cancelled and what finished is returned."""
     while True:
         try:
-            return future.result(timeout=STOP_POLL_S)
-        except concurrent.futures.TimeoutError:
-            if stop is not None and stop():
-                raise Stopped("the driver stopped the batch") from None
-
-
-async def _run_all(router: Any, requests: Sequence[CallRequest]) -> list[Outcome]:
-    return list(await asyncio.gather(*(_run_one(router, r) for r in requests)))
+            try:
+                return future.result(timeout=STOP_POLL_S)
+            except concurrent.futures.TimeoutError:
+                if stop is None or not stop():
+                    continue
+        except KeyboardInterrupt:  # Ray's cancel of a running task
+            pass
+        calls.stop()
+        return future.result(timeout=STOP_GRACE_S)
 
 
 async def _run_one(router: Any, request: CallRequest) -> Outcome:
@@ -273,6 +293,8 @@ async def _run_one(router: Any, request: CallRequest) -> Outcome:
         return result
     except RouteError as error:
         return error
+    except asyncio.CancelledError:  # the chunk was stopped: the call is logged as cancelled by the router
+        return NotDone(CANCELLED)
     except Exception as exc:  # one item's bug must not sink its chunk; the driver shows it as this item's error
         return WorkerError(f"{type(exc).__name__} on a worker: {scrub(str(exc))[:300]}")
 
