@@ -3,6 +3,7 @@ and a loopback provider simulator shared by the session and reset between tests.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,3 +66,107 @@ def make_router(tmp_path: Path) -> Iterator[Any]:
     yield make
     for router in made:
         router.close()
+
+
+# ---- a real redis-server (the shared store's tests) ------------------------------------------------
+
+
+class RedisServer:
+    """One `redis-server` this test run started, on a free loopback port, with nothing saved to disk."""
+
+    def __init__(self, password: str | None = None) -> None:
+        import shutil
+        import socket
+        import subprocess
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("NBROUTER_REQUIRE_REDIS") == "1" or os.environ.get("CI"):
+                pytest.fail("NBROUTER_REQUIRE_REDIS=1 but redis-server is not installed (apt-get install redis-server)")
+            pytest.skip("redis-server is not installed (CI installs it and sets NBROUTER_REQUIRE_REDIS=1)")
+        self.password = password
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if password:
+            args += ["--requirepass", password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self, db: int = 0) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def _wait_ready(self) -> None:
+        import socket
+        import time
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"redis-server exited at start (status {self.proc.returncode}) on port {self.port}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    reply = s.recv(64)
+                if reply.startswith((b"+PONG", b"-NOAUTH")):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"redis-server did not answer on port {self.port} within 20 s")
+
+    def client(self) -> Any:
+        """A plain redis-py client (the test's own view of the server)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, decode_responses=True)
+
+    def stop(self) -> None:
+        """Stop this server (by its PID) and wait for it; a paused one is woken to die."""
+        import signal
+
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Start a fresh, empty server on the same port (what a restarted Redis without persistence is)."""
+        import subprocess
+
+        self.stop()
+        self.proc = subprocess.Popen(self.proc.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server shared by the session's tests (each test uses its own key prefix)."""
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_redis() -> Iterator[Any]:
+    """Start redis-servers this test may kill, pause or restart; all are stopped at its end."""
+    started: list[RedisServer] = []
+
+    def start(password: str | None = None) -> RedisServer:
+        server = RedisServer(password)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        try:
+            os.kill(server.pid, __import__("signal").SIGCONT)
+        except OSError:
+            pass
+        server.stop()

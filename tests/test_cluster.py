@@ -138,8 +138,9 @@ def test_the_driver_configuration_travels_as_data_and_builds_the_same_router(sim
                 {"name": "b", "api_key_command": ["printf", "k"]}]
     config = {"providers": {"sim": {"protocol": "openai", "base_url": sim.openai_url, "accounts": accounts}}, **{"combos": combo("sim/m")}}
     router = make_router(config)
-    spec = spec_for(router, account_concurrency=3, share=0.5)
-    assert spec.config == config and spec.state_path == str(router.state.path) and spec.share == 0.5
+    spec = spec_for(router)
+    assert spec.config == config and spec.state_path == str(router.state.path)
+    assert spec.cache_path == str(router.cache.path) and spec.persist
     again = spec.factory(spec.config, persist=False)
     try:
         assert again.config.hash == router.config.hash
@@ -160,9 +161,6 @@ def test_a_key_about_to_be_shipped_is_refused_before_anything_is_sent(sim, make_
         submitted = 0
 
         def slots(self) -> int:
-            return 1
-
-        def pacers(self) -> int:
             return 1
 
         def submit(self, spec: bytes, chunk: bytes) -> Any:
@@ -317,9 +315,6 @@ class Recording:
 
     def slots(self) -> int:
         return int(self.inner.slots())
-
-    def pacers(self) -> int:
-        return int(self.inner.pacers())
 
     def submit(self, spec: bytes, chunk: bytes) -> Any:
         self.shipped += [spec, chunk]

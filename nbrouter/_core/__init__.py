@@ -10,7 +10,7 @@ from .clock import Clock, SystemClock
 from .failure import ProviderFailure
 from .kinds import ErrorKind
 from .limits import RateLimits
-from .secrets import remember_secret, scrub
+from .secrets import remember_secret, scrub, scrub_pieces
 from .usage import Usage
 
-__all__ = ["Clock", "ErrorKind", "ProviderFailure", "RateLimits", "SystemClock", "Usage", "remember_secret", "scrub"]
+__all__ = ["Clock", "ErrorKind", "ProviderFailure", "RateLimits", "SystemClock", "Usage", "remember_secret", "scrub", "scrub_pieces"]

@@ -70,6 +70,38 @@ def scrub(text: str | None) -> str:
     return text
 
 
+#: the shortest run of a known key's characters `scrub_pieces` removes
+MIN_PIECE_CHARS = 8
+
+
+def scrub_pieces(text: str | None) -> str:
+    """`scrub`, and also every run of MIN_PIECE_CHARS or more characters of a known key (a key cut by
+    someone else's excerpt): for text kept where others read it (the shared state's hold reasons)."""
+    text = scrub(text)
+    covered = [False] * len(text)
+    hit = False
+    for secret in _known:
+        for start in range(len(secret) - MIN_PIECE_CHARS + 1):
+            piece = secret[start:start + MIN_PIECE_CHARS]
+            at = text.find(piece)
+            while at >= 0:
+                covered[at:at + MIN_PIECE_CHARS] = [True] * MIN_PIECE_CHARS
+                hit = True
+                at = text.find(piece, at + 1)
+    if not hit:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        if covered[i]:
+            while i < len(text) and covered[i]:
+                i += 1
+            out.append("[redacted]")  # one marker for each run, however many pieces it joined
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
 def excerpt(text: str | None, limit: int) -> str:
     """At most `limit` characters from the start of `text`, secrets removed before the cut.
 

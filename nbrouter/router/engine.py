@@ -17,7 +17,7 @@ import contextlib
 import os
 import weakref
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
@@ -34,8 +34,11 @@ from .model import Combo, Config, Provider
 from .decide.pricing import PriceBook
 from .requests import CallRequest, build_request
 from .state.backends import StateBackend
+from .state.guarded import open_shared
+from .state.pacing import Pacer
+from .state.shared import SharedState
 from .state.store import StateStore
-from .status import Status, collect_status, reset_holds
+from .status import Status, collect_status, reset_holds, reset_matches
 from .decide.strategies import STRATEGIES
 from .types import Attempt, Candidate, Decision, Done, RouteEvent, RouteResult
 
@@ -45,6 +48,13 @@ if TYPE_CHECKING:  # batch work and the response cache load on first use: `impor
 
 # made after the sets of state.py, store.py and background.py (imported above): closed before them at exit
 _routers: "weakref.WeakSet[Router]" = close_at_exit()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _is_done(event: RouteEvent) -> bool:
@@ -72,6 +82,10 @@ class Router:
         on_result: called with each `RouteResult` (likewise).
         backend: where the state is kept, a `StateBackend` (default: the SQLite file of `state_path`, or memory
             with persist=False).
+        state_url: where the state shared with other machines is kept: a Redis URL (`redis://host:6379/0`,
+            `rediss://` for TLS). Default: `NBROUTER_STATE_URL`, else the config's `[state] url`, else the
+            state file (shared by the kernels of this machine). A malformed URL or a refused password is a
+            ComboConfigError; a server that does not answer is "down" (`router.shared.mode`), not an error.
     """
 
     def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
@@ -79,7 +93,8 @@ class Router:
                  transport: Any = None, http_client: Any = None, budget_usd: float | None = None,
                  on_budget: str = "stop", budget_strict: bool = False,
                  on_attempt: Callable[[Attempt], Any] | None = None,
-                 on_result: Callable[[RouteResult], Any] | None = None, backend: StateBackend | None = None) -> None:
+                 on_result: Callable[[RouteResult], Any] | None = None, backend: StateBackend | None = None,
+                 state_url: str | None = None) -> None:
         self._config_source = config
         self.config: Config = load_config(config, strategies=STRATEGIES)
         self.clock: Clock = clock or SYSTEM_CLOCK
@@ -87,10 +102,17 @@ class Router:
             state_path = os.environ.get("NBROUTER_STATE") or self.config.state_path
         self.state = StateStore(state_path, policy=self.config.policy, persist=persist, log_content=self.config.log_content,
                                 clock=self.clock, backend=backend)
+        try:
+            #: the state shared with the other kernels and machines (atomic verbs; see state/shared.py)
+            self.shared: SharedState = self._open_shared(state_url)
+        except BaseException:  # a wrong URL or password: the state file opened above is closed again
+            self.state.close()
+            raise
         self.prices = PriceBook(self.config)
         #: the session budget (spent is counted even without a limit)
         self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
-        self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget)
+        self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget,
+                                pacer=Pacer(self.config, self.shared, clock=self.clock))
         self._senders = Senders(transport=transport, http_client=http_client)
         self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result))
         self._bg = BackgroundLoop()
@@ -99,6 +121,23 @@ class Router:
         self._cache: ResponseCache | None = None
         self._persist = persist
         _routers.add(self)
+
+    def _open_shared(self, state_url: str | None) -> SharedState:
+        """The shared state: `state_url`, `NBROUTER_STATE_URL` or `[state] url` (in that order) on Redis;
+        else the state file; else (persist=False) memory."""
+        settings = self.config.state
+        env = os.environ.get("NBROUTER_STATE_URL") or None
+        url = state_url or env or settings.url
+        where = ("Router(state_url=)" if state_url else "NBROUTER_STATE_URL" if env
+                 else f"[state] url in {self.config.file_label}")
+        path = self.state.path if self.state.backend.persistent else None
+        return open_shared(url=url, path=path, prefix=settings.prefix, on_down="wait" if settings.on_down == "wait" else "local",
+                           share=settings.share, timeout_s=settings.timeout_s, clock=self.clock, where=where)
+
+    @property
+    def pacer(self) -> Pacer:
+        """The pacing of every call over the shared store (what `map` and the status board read)."""
+        return self._decider.pacer
 
     @property
     def policy(self) -> Any:
@@ -389,8 +428,20 @@ class Router:
         return collect_status(self._decider, self.state, self.clock.time())
 
     def reset(self, target: str | None = None) -> int:
-        """Clear cooldowns, locks and breakers (of keys containing `target`, or all). Returns how many."""
-        return reset_holds(self.config, self.state, target)
+        """Clear cooldowns, locks and breakers (of keys containing `target`, or all), here and in the store
+        every process shares. Returns how many this process held."""
+        matches = reset_matches(self.config, target)
+        breakers = [k for k in self.state.breakers if any(m is None or m in k for m in matches)]
+        n = reset_holds(self.config, self.state, target)
+        self.pacer.forget(matches)
+        self._on_shared(self._reset_shared(matches, breakers), start=True)
+        return n
+
+    async def _reset_shared(self, matches: list[str | None], breakers: list[str]) -> None:
+        for match in matches:
+            await self.shared.clear_holds(match)
+        for key in breakers:
+            await self.shared.breaker_success(key)
 
     def log(self, n: int = 20) -> list[dict[str, Any]]:
         """The last `n` attempts of the call log (one row per attempt), oldest first."""
@@ -408,12 +459,33 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        if self.shared.kind != "memory":
+            try:  # the shared store's connections (the file's, Redis's); it keeps nothing unwritten
+                self._bg.run(self.shared.close())
+            except Exception:
+                pass
         if self._bg.running:
             self._senders.close_on(self._bg.loop())
             self._bg.stop()
         self.state.close()
         if self._cache is not None:
             self._cache.close()
+
+    def _on_shared(self, work: Coroutine[Any, Any, None], *, start: bool = False) -> None:
+        """Run a verb of the shared store from a sync method: on the router's loop and waited for (`start`:
+        starting that loop if it is not running), or as a task of the loop this thread runs (the router's
+        own, or the caller's: `asyncio.run(main())` closing the router inside)."""
+        running = _running_loop()
+        if running is not None and (self._bg.in_loop_thread() or not (self._bg.running or start)):
+            running.create_task(work)
+        elif self._bg.running or start:
+            self._bg.run(work)
+        else:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(work)
+            finally:
+                loop.close()
 
     def __enter__(self) -> Router:
         return self

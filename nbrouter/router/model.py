@@ -40,7 +40,11 @@ STEP_OPTIONS = ("max_tokens", "temperature", "top_p", "stop", "system", "reasoni
 #: the keys of one step's inline table
 STEP_FIELDS = ("target", "combo", "weight", *STEP_OPTIONS)
 #: the top-level keys and tables of the file
-TOP_LEVEL_FIELDS = ("providers", "combos", "policy", "prices", "task_fit", "log_content", "state_path", "router")
+TOP_LEVEL_FIELDS = ("providers", "combos", "policy", "prices", "task_fit", "log_content", "state_path", "router", "state")
+#: the keys of the `[state]` table (where the state shared by kernels and machines is kept)
+STATE_FIELDS = ("url", "prefix", "on_down", "share", "timeout_s")
+#: what `[state] on_down` may say: pace locally at `share` of each limit, or wait for the store
+STATE_ON_DOWN = ("local", "wait")
 #: the keys of the `[router]` table (settings of the whole router)
 ROUTER_FIELDS = ("emergency",)
 #: the keys of one `[prices."provider/model"]` table (USD per million tokens)
@@ -53,6 +57,25 @@ def parse_target(text: str) -> tuple[str, str | None, str]:
     head, _, model = text.partition("/")
     provider, _, account = head.partition("#")
     return provider.strip(), (account.strip() or None), model.strip()
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """`[state]`: where the state shared by kernels and machines is kept, and what happens when it is away.
+
+    Attributes:
+        url: a Redis URL (`redis://host:6379/0`, `rediss://` for TLS); None: the state file (one machine).
+        prefix: put before every Redis key (a team's, a deployment's).
+        on_down: "local" (each kernel paces alone at `share` of each limit) or "wait" (calls wait for it).
+        share: this kernel's part of each limit while the store is down.
+        timeout_s: the longest a store operation waits before the store counts as down.
+    """
+
+    url: str | None = None
+    prefix: str = "nbrouter:"
+    on_down: str = "local"
+    share: float = 0.25
+    timeout_s: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -183,6 +206,8 @@ class Config:
     source: str = "file"
     #: `[router] emergency`: a combo or target tried once after every candidate of any combo failed or was skipped
     emergency: str | None = None
+    #: `[state]`: the shared state's store and its behaviour when it is away
+    state: StateSettings = StateSettings()
 
     @functools.cached_property
     def hash(self) -> str:

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import Any, Awaitable, Protocol, TypeVar
+from typing import Any, Protocol
 
 from .model import Combo
 from .structured import OutputSchema, output_schema
 from .types import Candidate
 
-T = TypeVar("T")
-
-
 class Pacing(Protocol):
-    """The buckets a batch paces its calls with (`state.pacing.Pacer` is one): asked before a candidate is
-    tried, and told around each attempt's send."""
+    """How a call is paced (`state.pacing.Lanes` is one; `Router.map` sets it on each item's request): the
+    lane it takes from shared limits in ("interactive" or "batch"), how long it may wait for headroom, and
+    a limit on calls in flight per account."""
 
-    max_wait_s: float
+    @property
+    def lane(self) -> str:
+        """"interactive" (a cell, `complete`: ahead of batches) or "batch"."""
 
-    def skip(self, c: Candidate, tokens: int, now: float) -> tuple[str, float] | None:
-        """None when `c` has headroom now, else (the reason, when the bucket refills)."""
+    @property
+    def max_wait_s(self) -> float:
+        """The longest wait for headroom before the call fails as usual."""
 
-    def around(self, c: Candidate, tokens: int, now: float, sending: Awaitable[T]) -> Awaitable[T]:
-        """Await one attempt's send, taking from the buckets first and learning from how it ended."""
+    def concurrency(self, account_key: str) -> int | None:
+        """At most this many calls in flight on the account (None: no limit but the rates)."""
 
 
 @dataclass
@@ -49,7 +50,7 @@ class CallRequest:
     # ---- issue 17 (batch work): a response cache, pacing, structured output ----
     #: answer from / store in the response cache (`Router.cache`)
     cache: bool = False
-    #: the buckets a batch paces its calls with (set by `Router.map`; the skip check "paced" reads it)
+    #: how the call is paced (set by `Router.map`: the batch lane); None: an interactive call
     pacer: Pacing | None = None
     #: the answer must be JSON matching this schema (sent as `response_format`; `result.parsed` holds it)
     schema: OutputSchema | None = None

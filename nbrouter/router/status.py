@@ -119,14 +119,20 @@ def collect_status(decider: Decider, state: StateStore, now: float) -> Status:
     return Status(rows, accounts, state.warning)
 
 
-def reset_holds(config: Config, state: StateStore, target: str | None) -> int:
-    """Clear cooldowns, locks and breakers of keys containing `target` (all when None); a `provider/model`
-    target means that model on every account of the provider. Returns how many were cleared."""
+def reset_matches(config: Config, target: str | None) -> list[str | None]:
+    """The key patterns a reset of `target` clears: itself (None: everything), or for a `provider/model`
+    target that model on every account of the provider."""
     if target and "/" in target and "#" not in target:
         name, _, model = target.partition("/")
         provider = config.providers.get(name)
-        return sum(state.reset(f"{name}#{acc.name}/{model}") for acc in (provider.accounts if provider else []))
-    return state.reset(target)
+        return [f"{name}#{acc.name}/{model}" for acc in (provider.accounts if provider else [])]
+    return [target]
+
+
+def reset_holds(config: Config, state: StateStore, target: str | None) -> int:
+    """Clear cooldowns, locks and breakers of keys containing `target` (all when None); a `provider/model`
+    target means that model on every account of the provider. Returns how many were cleared."""
+    return sum(state.reset(match) for match in reset_matches(config, target))
 
 
 def _hold_fields(h: Any, now: float) -> dict[str, Any]:

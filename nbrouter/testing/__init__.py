@@ -8,6 +8,8 @@
         sim.rate_limits.set_default(WindowLimits(requests=120, window_s=60))  # every key: a sliding window
         ...  # point a client at sim.openai_url, sim.anthropic_url, sim.gemini_url or sim.openrouter_url
 
+`sim.script_batch(BatchScript(...))` scripts the three batch APIs (OpenAI Files + /v1/batches, Anthropic
+/v1/messages/batches, Gemini batchGenerateContent), whose jobs run on the simulator's clock.
 `start_simulator_process(config)` runs one in a process of its own (`python -m nbrouter.testing serve`)
 that several router processes share; `GET /_sim/stats` (or `sim.stats()`) gives its counts per key.
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .behaviours import (
     Behaviour,
+    Capabilities,
     ContentFilter,
     ContextOverflow,
     CutStream,
@@ -38,8 +41,10 @@ from .behaviours import (
     Raw,
     Reply,
     ServerError,
+    ToolCall,
     Unauthorized,
 )
+from .batches import BatchScript
 from .clock import ManualClock
 from .ratelimits import KeyLimits, WindowLimits
 from .stats import key_id
@@ -50,7 +55,9 @@ if TYPE_CHECKING:
     from .simulator import ProviderSimulator, RecordedRequest
 
 __all__ = [
+    "BatchScript",
     "Behaviour",
+    "Capabilities",
     "ContentFilter",
     "ContextOverflow",
     "CutStream",
@@ -74,6 +81,7 @@ __all__ = [
     "Reply",
     "ServerError",
     "SimulatorProcess",
+    "ToolCall",
     "Unauthorized",
     "WindowLimits",
     "http_response",

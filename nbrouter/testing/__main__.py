@@ -12,6 +12,7 @@ test.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve on 127.0.0.1 until stopped; the first stdout line is the URL")
     serve.add_argument("--port", type=int, default=0, help="the loopback port (0: any free one)")
-    serve.add_argument("--config", help="a JSON or TOML file of settings (see nbrouter.testing.config)")
+    serve.add_argument("--config", help="a JSON or TOML file of settings (see nbrouter.testing.config); - reads JSON from stdin")
     serve.add_argument("--requests", type=int, help="every key: at most this many requests per sliding window")
     serve.add_argument("--tokens", type=int, help="every key: at most this many tokens per sliding window")
     serve.add_argument("--window-s", type=float, default=60.0, help="the sliding window's length (default 60 s)")
@@ -41,7 +42,9 @@ def serve(args: argparse.Namespace) -> int:
 
     clock: Any = ManualClock() if args.clock == "manual" else None
     sim = ProviderSimulator(clock=clock, port=args.port)
-    if args.config:
+    if args.config == "-":  # how start_simulator_process hands settings over: no file ever holds a key
+        apply(sim, json.loads(sys.stdin.read() or "{}"))
+    elif args.config:
         apply(sim, load(args.config))
     if args.requests or args.tokens:
         sim.rate_limits.set_default(

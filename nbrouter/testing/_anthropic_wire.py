@@ -11,6 +11,7 @@ from ._wire import (
     Outcome,
     Wire,
     amount_text,
+    argument_pieces,
     dumps,
     overflow_tokens,
     per_window,
@@ -80,7 +81,8 @@ class AnthropicWire(Wire):
         }
 
     def body(self, call: Call, outcome: Outcome) -> Any:
-        content = [{"type": "text", "text": outcome.text}] if outcome.text or outcome.finish == "stop" else []
+        content: list[Any] = [{"type": "text", "text": outcome.text}] if outcome.text or outcome.finish == "stop" else []
+        content += [{"type": "tool_use", "id": t.id, "name": t.name, "input": t.value} for t in outcome.tool_calls]
         return self._message(call, outcome, content, protocol_finish(self.name, outcome.finish), outcome.output_tokens)
 
     def stream_head(self, call: Call, outcome: Outcome) -> str:
@@ -94,8 +96,23 @@ class AnthropicWire(Wire):
         delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
         return _event("content_block_delta", delta)
 
-    def stream_tail(self, call: Call, outcome: Outcome) -> str:
+    def stream_tools(self, call: Call, outcome: Outcome) -> str:
+        """The text block's stop, then per call a `tool_use` block: start, `input_json_delta` pieces, stop."""
+        if not outcome.tool_calls:
+            return ""
         out = _event("content_block_stop", {"type": "content_block_stop", "index": 0}) if outcome.chunks else ""
+        for index, tool in enumerate(outcome.tool_calls, start=1 if outcome.chunks else 0):
+            block = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
+            out += _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+            for piece in argument_pieces(tool.text):
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                out += _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            out += _event("content_block_stop", {"type": "content_block_stop", "index": index})
+        return out
+
+    def stream_tail(self, call: Call, outcome: Outcome) -> str:
+        text_open = outcome.chunks and not outcome.tool_calls  # stream_tools closed it otherwise
+        out = _event("content_block_stop", {"type": "content_block_stop", "index": 0}) if text_open else ""
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": protocol_finish(self.name, outcome.finish), "stop_sequence": None},
@@ -169,5 +186,16 @@ class AnthropicWire(Wire):
         message = f"prompt is too long: {overflow_tokens(call, b)} tokens > {b.limit} maximum"
         return 400, self._error(call, "invalid_request_error", message), {}
 
-    def bad_request(self, call: Call, message: str) -> tuple[int, Any]:
+    def bad_request(self, call: Call, message: str, param: str | None = None) -> tuple[int, Any]:
+        return 400, self._error(call, "invalid_request_error", message)
+
+    def unsupported(self, call: Call, feature: str, where: str) -> tuple[int, Any]:
+        # structured output: the real refusal (multimodal_tools.md section 2); for images and tools the
+        # first-party wording is not established, so these messages are the simulator's, in the same style
+        if feature == "vision":
+            message = f"{where.rsplit('.image.', 1)[0]}: This model does not support image input."
+        elif feature == "tools":
+            message = "tools: This model does not support tool use."
+        else:
+            message = "output_config.format: Extra inputs are not permitted"
         return 400, self._error(call, "invalid_request_error", message)

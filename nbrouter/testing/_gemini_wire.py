@@ -8,6 +8,7 @@ from ._wire import (
     IMPLIED_RETRY_S,
     Call,
     Outcome,
+    RenderedTool,
     Wire,
     amount_text,
     dumps,
@@ -62,6 +63,11 @@ def _quota_details(model: str, quota_id: str, value: str, retry_s: float, metric
     ]
 
 
+def _function_call(tool: RenderedTool) -> dict[str, Any]:
+    call: dict[str, Any] = {"id": tool.id} if tool.given_id else {}
+    return {**call, "name": tool.name, "args": tool.value}
+
+
 class GeminiWire(Wire):
     """`models/{model}:generateContent` bodies; `:streamGenerateContent?alt=sse` chunks with no sentinel,
     the last one holding `finishReason` and the usage totals. No rate-limit headers."""
@@ -83,8 +89,10 @@ class GeminiWire(Wire):
         usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": outcome.input_tokens}]
         return usage
 
-    def _response(self, call: Call, outcome: Outcome, text: str | None, final: bool) -> dict[str, Any]:
-        """One GenerateContentResponse: a candidate with `text` (None: no candidate at all)."""
+    def _response(
+        self, call: Call, outcome: Outcome, text: str | None, final: bool, tools: tuple[RenderedTool, ...] = ()
+    ) -> dict[str, Any]:
+        """One GenerateContentResponse: a candidate with `text` and `tools` (text None: no candidate at all)."""
         body: dict[str, Any] = {}
         if text is None:
             body["candidates"] = []
@@ -98,7 +106,9 @@ class GeminiWire(Wire):
                     }
                 }
         else:
-            candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+            parts: list[Any] = [{"text": text}] if text or not tools else []
+            parts += [{"functionCall": _function_call(t)} for t in tools]
+            candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
             if final and outcome.finish is not None:
                 candidate["finishReason"] = protocol_finish(self.name, outcome.finish)
             candidate["index"] = 0
@@ -111,16 +121,27 @@ class GeminiWire(Wire):
     @staticmethod
     def _no_candidate(outcome: Outcome) -> bool:
         # Empty (no finish reason) and a blocked prompt come without candidates
-        return not outcome.text and (outcome.finish is None or outcome.finish == "content_filter")
+        no_text = not outcome.text and not outcome.tool_calls
+        return no_text and (outcome.finish is None or outcome.finish == "content_filter")
 
     def body(self, call: Call, outcome: Outcome) -> Any:
-        return self._response(call, outcome, None if self._no_candidate(outcome) else outcome.text, True)
+        text = None if self._no_candidate(outcome) else outcome.text
+        return self._response(call, outcome, text, True, outcome.tool_calls)
 
     def stream_piece(self, call: Call, outcome: Outcome, piece: str, final: bool) -> str:
         return "data: " + dumps(self._response(call, outcome, piece, final)) + "\r\n\r\n"
 
+    def stream_tools(self, call: Call, outcome: Outcome) -> str:
+        """One chunk per whole `functionCall` part (Gemini streams no partial arguments); the last one
+        carries the finish reason and the usage totals."""
+        last = len(outcome.tool_calls) - 1
+        return "".join(
+            "data: " + dumps(self._response(call, outcome, "", i == last, (tool,))) + "\r\n\r\n"
+            for i, tool in enumerate(outcome.tool_calls)
+        )
+
     def stream_tail(self, call: Call, outcome: Outcome) -> str:
-        if outcome.chunks:
+        if outcome.chunks or outcome.tool_calls:
             return ""  # the last piece carried finishReason: the stream simply ends
         text = None if self._no_candidate(outcome) else ""
         return "data: " + dumps(self._response(call, outcome, text, True)) + "\r\n\r\n"
@@ -203,5 +224,13 @@ class GeminiWire(Wire):
         )
         return 400, _error(400, "INVALID_ARGUMENT", message), {}
 
-    def bad_request(self, call: Call, message: str) -> tuple[int, Any]:
+    def bad_request(self, call: Call, message: str, param: str | None = None) -> tuple[int, Any]:
+        return 400, _error(400, "INVALID_ARGUMENT", message)
+
+    def unsupported(self, call: Call, feature: str, where: str) -> tuple[int, Any]:
+        # multimodal_tools.md section 3; the image wording is google/generative-ai-docs#513's
+        message = {
+            "vision": f"Image input modality is not enabled for models/{call.model}",
+            "tools": f"Function calling is not enabled for models/{call.model}",
+        }.get(feature, f"Json mode is not enabled for models/{call.model}")
         return 400, _error(400, "INVALID_ARGUMENT", message)

@@ -10,6 +10,7 @@ from ._wire import (
     Outcome,
     Wire,
     amount_text,
+    argument_pieces,
     dumps,
     go_duration,
     masked,
@@ -82,7 +83,17 @@ class OpenAIWire(Wire):
         return {"service_tier": "default", "system_fingerprint": "fp_simulated"}
 
     def body(self, call: Call, outcome: Outcome) -> Any:
-        filtered = outcome.finish == "content_filter"
+        silent = outcome.finish == "content_filter" or outcome.finish is None or bool(outcome.tool_calls)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": outcome.text or (None if silent else ""),
+            "refusal": None,
+            "annotations": [],
+        }
+        if outcome.tool_calls:
+            message["tool_calls"] = [
+                {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.text}} for t in outcome.tool_calls
+            ]
         return {
             "id": self.completion_id(call),
             "object": "chat.completion",
@@ -91,12 +102,7 @@ class OpenAIWire(Wire):
             "choices": [
                 {
                     "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": outcome.text or (None if filtered or outcome.finish is None else ""),
-                        "refusal": None,
-                        "annotations": [],
-                    },
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": protocol_finish(self.name, outcome.finish),
                 }
@@ -128,6 +134,17 @@ class OpenAIWire(Wire):
     def stream_piece(self, call: Call, outcome: Outcome, piece: str, final: bool) -> str:
         choice = {"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}
         return self._chunk(call, outcome, [choice])
+
+    def stream_tools(self, call: Call, outcome: Outcome) -> str:
+        """Per call: a delta with its index, id, name and empty arguments, then the arguments in pieces."""
+        out = ""
+        for index, tool in enumerate(outcome.tool_calls):
+            start = {"index": index, "id": tool.id, "type": "function", "function": {"name": tool.name, "arguments": ""}}
+            out += self._chunk(call, outcome, [{"index": 0, "delta": {"tool_calls": [start]}, "logprobs": None, "finish_reason": None}])
+            for piece in argument_pieces(tool.text):
+                delta = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                out += self._chunk(call, outcome, [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+        return out
 
     def stream_tail(self, call: Call, outcome: Outcome) -> str:
         out = ""
@@ -216,8 +233,27 @@ class OpenAIWire(Wire):
         )
         return 400, _error(message, "invalid_request_error", "context_length_exceeded", "messages"), {}
 
-    def bad_request(self, call: Call, message: str) -> tuple[int, Any]:
-        return 400, _error(message, "invalid_request_error", None)
+    def bad_request(self, call: Call, message: str, param: str | None = None) -> tuple[int, Any]:
+        return 400, _error(message, "invalid_request_error", None, param)
+
+    def unsupported(self, call: Call, feature: str, where: str) -> tuple[int, Any]:
+        # multimodal_tools.md section 1: the errors of models without images, tools or JSON modes
+        if feature == "vision":
+            message = "Invalid content type. image_url is only supported by certain models."
+            return 400, _error(message, "invalid_request_error", None, where + ".type")
+        if feature == "tools":
+            message = (
+                "tools is not supported in this model. For a list of supported models, refer to "
+                "https://platform.openai.com/docs/guides/function-calling#models-supporting-function-calling."
+            )
+            return 400, _error(message, "invalid_request_error", None, "tools")
+        message = f"Invalid parameter: 'response_format' of type '{feature}' is not supported with this model."
+        if feature == "json_schema":
+            message += (
+                " Learn more about supported models at the Structured Outputs guide: "
+                "https://platform.openai.com/docs/guides/structured-outputs"
+            )
+        return 400, _error(message, "invalid_request_error", None, "response_format")
 
 
 def _or_error(code: int, message: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -316,5 +352,13 @@ class OpenRouterWire(OpenAIWire):
         )
         return 400, _or_error(400, message), {}
 
-    def bad_request(self, call: Call, message: str) -> tuple[int, Any]:
+    def bad_request(self, call: Call, message: str, param: str | None = None) -> tuple[int, Any]:
         return 400, _or_error(400, message)
+
+    def unsupported(self, call: Call, feature: str, where: str) -> tuple[int, Any]:
+        # OpenRouter finds no endpoint for the model that takes the feature (multimodal_tools.md section 1)
+        message = {
+            "vision": "No endpoints found that support image input",
+            "tools": "No endpoints found that support tool use",
+        }.get(feature, "No endpoints found that can handle the requested parameters.")
+        return 404, _or_error(404, message)

@@ -1,44 +1,50 @@
-"""The simulator's scripts: queues of behaviours per (credential, model) selector, safe across threads."""
+"""The simulator's scripts: queues of behaviours (or batch scripts) per (credential, model) selector, safe
+across threads."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Iterable
+from typing import Any, Generic, Iterable, TypeVar
 
 from .behaviours import Behaviour, Reply
+
+T = TypeVar("T")
 
 # Most specific first: key+model, key only, model only, then a script for every request.
 _PRECEDENCE = ((True, True), (True, False), (False, True), (False, False))
 
 
-class _Queue:
+class _Queue(Generic[T]):
     __slots__ = ("items", "repeat_last")
 
     def __init__(self) -> None:
-        self.items: deque[Behaviour] = deque()
+        self.items: deque[T] = deque()
         self.repeat_last = False
 
 
-class ScriptBook:
-    """Which behaviour the next request for a (key, model) gets.
+class ScriptBook(Generic[T]):
+    """Which behaviour (or batch script) the next request for a (key, model) gets.
 
     A request takes from the most specific selector whose queue still holds something (key+model,
     then key, then model, then a script with neither); when none does, it gets the default.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, default: Any = None, item_type: type = Behaviour, what: str = "simulator behaviour") -> None:
         self._lock = threading.Lock()
-        self._queues: dict[tuple[str | None, str | None], _Queue] = {}
-        self._default: Behaviour = Reply()
+        self._queues: dict[tuple[str | None, str | None], _Queue[T]] = {}
+        self._initial: T = default if default is not None else Reply()  # type: ignore[assignment]
+        self._default: T = self._initial
+        self._type = item_type
+        self._what = what
         self._models: list[str] = []
 
-    def add(self, behaviours: Iterable[Behaviour], *, model: str | None, key: str | None, repeat_last: bool) -> None:
+    def add(self, behaviours: Iterable[T], *, model: str | None, key: str | None, repeat_last: bool) -> None:
         """Append behaviours to the selector's queue (a later call's `repeat_last` replaces an earlier one)."""
         items = list(behaviours)
         for item in items:
-            if not isinstance(item, Behaviour):
-                raise TypeError(f"not a simulator behaviour: {item!r}")
+            if not isinstance(item, self._type):
+                raise TypeError(f"not a {self._what}: {item!r}")
         with self._lock:
             queue = self._queues.setdefault((key, model), _Queue())
             queue.items.extend(items)
@@ -46,13 +52,13 @@ class ScriptBook:
             if model is not None and model not in self._models:
                 self._models.append(model)
 
-    def set_default(self, behaviour: Behaviour) -> None:
-        if not isinstance(behaviour, Behaviour):
-            raise TypeError(f"not a simulator behaviour: {behaviour!r}")
+    def set_default(self, behaviour: T) -> None:
+        if not isinstance(behaviour, self._type):
+            raise TypeError(f"not a {self._what}: {behaviour!r}")
         with self._lock:
             self._default = behaviour
 
-    def next(self, key: str | None, model: str | None) -> Behaviour:
+    def next(self, key: str | None, model: str | None) -> T:
         """Pop (or, for a repeating last item, peek) the behaviour this request gets."""
         with self._lock:
             if self._queues:
@@ -75,5 +81,5 @@ class ScriptBook:
     def clear(self) -> None:
         with self._lock:
             self._queues.clear()
-            self._default = Reply()
+            self._default = self._initial
             self._models.clear()

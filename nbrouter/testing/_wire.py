@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
+from ._features import Features
 from .behaviours import (
     ContextOverflow,
     Failure,
@@ -34,8 +35,10 @@ CHUNK_CHARS = 4
 #: OpenRouter's default `usage.cost` per token
 COST_PER_TOKEN = 0.000001
 
-# One row per finish reason: (canonical, OpenAI, Anthropic, Gemini). Any spelling maps to its row.
+# One row per finish reason: (canonical, OpenAI, Anthropic, Gemini). Any spelling maps to its row; a
+# spelling in two rows (Gemini's STOP) maps to the later one.
 _FINISH_ROWS = (
+    ("tool_calls", "tool_calls", "tool_use", "STOP"),
     ("stop", "stop", "end_turn", "STOP"),
     ("length", "length", "max_tokens", "MAX_TOKENS"),
     ("content_filter", "content_filter", "refusal", "SAFETY"),
@@ -141,10 +144,31 @@ class Call:
     #: OpenAI `stream_options.include_usage`
     include_usage: bool = False
     created: int = 0
+    #: images, tools, the tool choice, JSON mode and tool results the body carries
+    features: Features = field(default_factory=Features)
 
     @property
     def prompt_tokens(self) -> int:
         return self.prompt_chars // CHARS_PER_TOKEN + 1
+
+
+@dataclass(frozen=True)
+class RenderedTool:
+    """A tool call ready for the wire: its id, name, and arguments as a JSON string and as an object."""
+
+    id: str
+    name: str
+    #: exactly what OpenAI's `arguments` (and Anthropic's streamed `partial_json`) carry
+    text: str
+    #: what Anthropic's `input` and Gemini's `args` carry
+    value: dict[str, Any]
+    #: whether the caller gave the id (Gemini sends ids only then)
+    given_id: bool = False
+
+
+def argument_pieces(text: str, size: int = 12) -> list[str]:
+    """A tool call's arguments as a stream sends them: in small pieces, never none."""
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 @dataclass
@@ -160,6 +184,7 @@ class Outcome:
     output_tokens: int
     cached_tokens: int
     cost: float | None = None
+    tool_calls: tuple[RenderedTool, ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -215,8 +240,12 @@ class Wire:
         """The event carrying one text chunk; `final` when no terminator follows it in `stream_tail`."""
         raise NotImplementedError
 
+    def stream_tools(self, call: Call, outcome: Outcome) -> str:
+        """The events of the outcome's tool calls, after the text chunks and before the tail."""
+        return ""
+
     def stream_tail(self, call: Call, outcome: Outcome) -> str:
-        """Events after the last text chunk, terminator included."""
+        """Events after the last text chunk (and tool call), terminator included."""
         return ""
 
     # -- faults -----------------------------------------------------------------------------
@@ -259,8 +288,13 @@ class Wire:
     def context_overflow(self, call: Call, b: ContextOverflow) -> tuple[int, Any, dict[str, str]]:
         raise NotImplementedError
 
-    def bad_request(self, call: Call, message: str) -> tuple[int, Any]:
-        """A 400 for a body the simulator cannot read (not JSON, no model)."""
+    def bad_request(self, call: Call, message: str, param: str | None = None) -> tuple[int, Any]:
+        """A 400 for a body the provider refuses to read (not JSON, no model, a broken tool sequence or image)."""
+        raise NotImplementedError
+
+    def unsupported(self, call: Call, feature: str, where: str) -> tuple[int, Any]:
+        """(status, body) refusing a feature the model lacks: `vision` (`where`: the image's path),
+        `tools`, `json_object` or `json_schema`."""
         raise NotImplementedError
 
 

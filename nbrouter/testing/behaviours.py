@@ -32,6 +32,36 @@ STREAM_ERRORS = frozenset({"overloaded", "server_error", "rate_limit"})
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A tool call in a scripted reply: `Reply(tool_calls=[ToolCall("get_weather", {"city": "Oslo"})])`.
+
+    Args:
+        name: the tool's name.
+        arguments: a dict, or a str sent exactly as given where the wire carries a string (OpenAI's
+            `arguments`, Anthropic's streamed `partial_json`; parsed elsewhere, `{}` if it is not JSON),
+            for tests of arguments that are not valid JSON.
+        id: the call's id (default: one in the protocol's style, `call_...` or `toolu_...`).
+    """
+
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model accepts (`sim.capabilities(model, vision=False)`); a model not named accepts everything.
+
+    A request with something its model lacks is refused with the provider's own error: images without
+    `vision`, tools without `tools`, JSON mode or a JSON schema without `json_schema`.
+    """
+
+    vision: bool = True
+    tools: bool = True
+    json_schema: bool = True
+
+
+@dataclass(frozen=True)
 class Behaviour:
     """Base of everything the simulator can do with a request; `delay_s` waits before responding."""
 
@@ -54,6 +84,14 @@ class Reply(Behaviour):
             protocol's own spelling of them) are translated to each protocol's word.
         model: the `model` the response reports (local servers answer with their own alias).
         cost: OpenRouter's `usage.cost`; default 0.000001 per token.
+        tool_calls: tool calls the reply makes (`ToolCall(name, arguments)`), in each protocol's shape,
+            plain and streamed; with no `text` the reply has none, and the finish reason is the
+            protocol's tool-call one (`tool_calls`, `tool_use`, Gemini `STOP`).
+
+    Unscripted parts follow the request: a `tool_choice` that requires a call (OpenAI `required` or a
+    named function, Anthropic `any` or `tool`, Gemini mode `ANY`) gets one, to the named or first
+    declared tool with arguments that fit its schema; JSON mode (`json_object`, a JSON schema,
+    `responseMimeType: application/json`) gets JSON text that fits the schema.
     """
 
     text: str | None = None
@@ -66,8 +104,14 @@ class Reply(Behaviour):
     finish_reason: str | None = None
     model: str | None = None
     cost: float | None = None
+    tool_calls: Sequence[ToolCall] | None = None
 
     def __post_init__(self) -> None:
+        if self.tool_calls is not None:
+            calls = tuple(self.tool_calls)
+            if not all(isinstance(c, ToolCall) for c in calls):
+                raise TypeError("Reply tool_calls must be ToolCall values")
+            object.__setattr__(self, "tool_calls", calls)
         if self.usage is not None and not set(self.usage) <= USAGE_FIELDS:
             raise ValueError(f"unknown usage fields {sorted(set(self.usage) - USAGE_FIELDS)}; use {sorted(USAGE_FIELDS)}")
         if self.rate_limit is not None and not set(self.rate_limit) <= RATE_LIMIT_FIELDS:

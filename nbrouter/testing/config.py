@@ -7,6 +7,8 @@
       },
       "scripts": [{"model": "gpt-x", "behaviours": [{"type": "RateLimited", "retry_after": 3}, {"type": "Reply"}]}],
       "default": {"type": "Reply", "text": "hi"},
+      "capabilities": {"text-only": {"vision": false, "tools": false}},
+      "batch_scripts": [{"model": "gpt-x", "line_s": 60, "lines": {"row-2": {"type": "ServerError", "status": 503}}}],
       "models": ["gpt-x"], "default_text": null, "tokens_per_s": null
     }
 
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
 from . import behaviours as _behaviours
-from .behaviours import Behaviour
+from .batches import BatchScript
+from .behaviours import Behaviour, Capabilities
 from .ratelimits import KeyLimits, Limits, RateLimiter, WindowLimits
 
 
@@ -42,10 +45,17 @@ class Configurable(Protocol):
 
     def set_default(self, behaviour: Behaviour) -> None: ...
 
+    def capabilities(
+        self, model: str, *, vision: bool | None = None, tools: bool | None = None, json_schema: bool | None = None
+    ) -> Capabilities: ...
+
+    def script_batch(self, scripts: Iterable[BatchScript] | BatchScript, *, model: str | None = None,
+                     key: str | None = None, repeat_last: bool = False) -> None: ...
+
     def script(self, behaviours: Iterable[Behaviour] | Behaviour, *, model: str | None = None, key: str | None = None,
                repeat_last: bool = False) -> None: ...
 
-_SECTIONS = frozenset({"rate_limits", "scripts", "default", "models", "default_text", "tokens_per_s"})
+_SECTIONS = frozenset({"rate_limits", "scripts", "default", "models", "default_text", "tokens_per_s", "capabilities", "batch_scripts"})
 _WINDOW_FIELDS = frozenset({"requests", "tokens", "window_s", "start_full"})
 _BUCKET_FIELDS = frozenset({"requests_per_minute", "tokens_per_minute", "start_full"})
 
@@ -78,12 +88,14 @@ def limits(spec: Mapping[str, Any]) -> Limits:
 
 
 def behaviour(spec: Mapping[str, Any]) -> Behaviour:
-    """A behaviour from `{"type": "<class name>", **fields}`."""
+    """A behaviour from `{"type": "<class name>", **fields}` (a Reply's `tool_calls` as dicts of ToolCall's fields)."""
     fields = dict(spec)
     name = fields.pop("type", None)
     cls = getattr(_behaviours, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, Behaviour)) or cls in (Behaviour, _behaviours.Failure):
         raise ValueError(f"unknown behaviour type {name!r}")
+    if isinstance(fields.get("tool_calls"), list):
+        fields["tool_calls"] = [_behaviours.ToolCall(**c) if isinstance(c, dict) else c for c in fields["tool_calls"]]
     if "sse" in fields and isinstance(fields["sse"], list):
         fields["sse"] = [tuple(event) for event in fields["sse"]]
     return cls(**fields)
@@ -110,6 +122,13 @@ def apply(sim: Configurable, config: Mapping[str, Any]) -> None:
         entry = dict(entry)
         items = [behaviour(b) for b in entry.pop("behaviours", [])]
         sim.script(items, **entry)
+    for model, caps in (config.get("capabilities") or {}).items():
+        unknown = set(caps) - {"vision", "tools", "json_schema"}
+        if unknown:
+            raise ValueError(f"unknown capabilities {sorted(unknown)} for {model!r}; use vision, tools, json_schema")
+        sim.capabilities(model, **caps)
+    for entry in config.get("batch_scripts") or ():
+        _apply_batch_script(sim, dict(entry))
 
 
 def _apply_limits(sim: Configurable, spec: Mapping[str, Any]) -> None:
@@ -120,6 +139,19 @@ def _apply_limits(sim: Configurable, spec: Mapping[str, Any]) -> None:
         sim.rate_limits.set_default(limits(spec["default"]) if spec["default"] else None)
     for key, one in (spec.get("keys") or {}).items():
         sim.rate_limits.set(key, limits(one) if one else None)
+
+
+def _apply_batch_script(sim: Configurable, entry: dict[str, Any]) -> None:
+    """`{"model"?, "key"?, "repeat_last"?, **BatchScript fields}`; `lines` and `refuse` hold behaviours as dicts."""
+    selectors = {name: entry.pop(name) for name in ("model", "key", "repeat_last") if name in entry}
+    lines = entry.get("lines")
+    if isinstance(lines, dict):
+        entry["lines"] = {custom_id: behaviour(spec) for custom_id, spec in lines.items()}
+    elif isinstance(lines, list):
+        entry["lines"] = [None if spec is None else behaviour(spec) for spec in lines]
+    if isinstance(entry.get("refuse"), dict):
+        entry["refuse"] = behaviour(entry["refuse"])
+    sim.script_batch(BatchScript(**entry), **selectors)
 
 
 __all__ = ["apply", "behaviour", "limits", "load"]

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import urllib.request
 from pathlib import Path
@@ -28,10 +27,9 @@ STOP_TIMEOUT_S = 5.0
 class SimulatorProcess:
     """A `python -m nbrouter.testing serve` child: its URL, its counts over HTTP, and stopping it by its pid."""
 
-    def __init__(self, popen: subprocess.Popen[str], url: str, config_path: str | None) -> None:
+    def __init__(self, popen: subprocess.Popen[str], url: str) -> None:
         self._popen = popen
         self.url = url
-        self._config_path = config_path
 
     @property
     def pid(self) -> int:
@@ -77,7 +75,7 @@ class SimulatorProcess:
         return result
 
     def stop(self) -> None:
-        """SIGTERM the child by its pid, SIGKILL it if it does not go; remove its config file."""
+        """SIGTERM the child by its pid, SIGKILL it if it does not go."""
         popen = self._popen
         if popen.poll() is None:
             popen.terminate()
@@ -88,9 +86,6 @@ class SimulatorProcess:
                 popen.wait(STOP_TIMEOUT_S)
         if popen.stdout is not None:
             popen.stdout.close()
-        if self._config_path is not None:
-            Path(self._config_path).unlink(missing_ok=True)
-            self._config_path = None
 
     @property
     def running(self) -> bool:
@@ -107,23 +102,23 @@ def start_simulator_process(config: Mapping[str, Any] | None = None, *, clock: s
     """Start the simulator in a child process on 127.0.0.1 and wait for its URL.
 
     Args:
-        config: settings (see nbrouter.testing.config), written to a temporary JSON file for the child.
+        config: settings (see nbrouter.testing.config), handed to the child through its stdin.
         clock: "real", or "manual" for a ManualClock moved with `SimulatorProcess.advance`.
         port: the loopback port (0: any free one).
     """
-    config_path = None
-    command = [sys.executable, "-m", "nbrouter.testing", "serve", "--port", str(port), "--clock", clock]
-    if config:
-        fd, config_path = tempfile.mkstemp(prefix="nbrouter-sim-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(dict(config), fh)
-        command += ["--config", config_path]
-    popen = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=_child_env())
+    command = [sys.executable, "-m", "nbrouter.testing", "serve", "--port", str(port), "--clock", clock, "--config", "-"]
+    popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env())
+    if popen.stdin is not None:  # the settings go through a pipe: keys in them never touch a file
+        try:
+            popen.stdin.write(json.dumps(dict(config or {})))
+            popen.stdin.close()
+        except OSError:
+            pass  # the child died at once; its missing URL says so below
     url = _first_line(popen)
     if not url.startswith("http://127.0.0.1:"):
-        SimulatorProcess(popen, "", config_path).stop()
+        SimulatorProcess(popen, "").stop()
         raise RuntimeError(f"the simulator process did not start (its first line: {url!r}, exit code {popen.returncode})")
-    return SimulatorProcess(popen, url, config_path)
+    return SimulatorProcess(popen, url)
 
 
 def _child_env() -> dict[str, str]:

@@ -24,12 +24,17 @@ from multidict import CIMultiDict
 from nbrouter._core.clock import SYSTEM_CLOCK
 
 from ._anthropic_wire import AnthropicWire
+from ._batch_http import BatchService
+from ._batch_jobs import LineResult
+from ._features import ANTHROPIC_IMAGE_TYPES, Features, Image, example, sniffed_type
+from ._features import read as read_features
 from ._gemini_wire import GeminiWire
 from ._openai_wire import OpenAIWire, OpenRouterWire
 from ._scripts import ScriptBook
-from ._wire import CHARS_PER_TOKEN, CHUNK_CHARS, Call, Outcome, Wire, canonical_finish, dumps, text_of
+from ._wire import CHARS_PER_TOKEN, CHUNK_CHARS, Call, Outcome, RenderedTool, Wire, canonical_finish, dumps, text_of
 from .behaviours import (
     Behaviour,
+    Capabilities,
     ContentFilter,
     CutStream,
     Drop,
@@ -40,13 +45,17 @@ from .behaviours import (
     RateLimited,
     Raw,
     Reply,
+    ToolCall,
     is_failure,
 )
+from .batches import BatchScript
 from .ratelimits import RateLimiter, Verdict
 from .stats import SimStats
 
 #: how long `stop()` waits for the server's loop to wind down before giving up on it
 STOP_TIMEOUT_S = 5.0
+#: the biggest request body read (images and batch files are big; aiohttp's own default is 1 MiB)
+MAX_BODY_BYTES = 1 << 30
 _SSE_TYPE = "text/event-stream; charset=utf-8"
 _GEMINI_PREFIX = "/v1beta/models/"
 _GEMINI_ACTIONS = {"generateContent": ("chat", False), "streamGenerateContent": ("chat", True), "countTokens": ("count", False)}
@@ -93,6 +102,29 @@ class RecordedRequest:
     #: the status the simulator answered with (0: the connection closed without an answer; None: not yet,
     #: or a request outside the model calls)
     status: int | None = None
+    #: image parts in the messages (inline and by URL), and the decoded bytes of the inline ones
+    images: int = 0
+    image_bytes: int = 0
+    #: each image's declared media type ("url" for a plain URL reference), in order
+    image_types: tuple[str, ...] = ()
+    #: the names of the declared tools, in order
+    tools: tuple[str, ...] = ()
+    #: "auto" | "none" | "required" | a tool's name (each protocol's spelling reduced to these), or None
+    tool_choice: str | None = None
+    #: "json_object" | "json_schema" | None
+    json_mode: str | None = None
+    #: tool results sent back (OpenAI `tool` messages, Anthropic `tool_result` blocks, Gemini `functionResponse`)
+    tool_results: int = 0
+
+    def carried(self, features: Features) -> None:
+        """Fill in what the body carried beyond text."""
+        self.images = len(features.images)
+        self.image_bytes = features.image_bytes
+        self.image_types = tuple(i.media_type for i in features.images)
+        self.tools = tuple(t.name for t in features.tools)
+        self.tool_choice = features.tool_choice
+        self.json_mode = features.json_mode
+        self.tool_results = features.tool_results
 
 
 class ProviderSimulator:
@@ -121,10 +153,12 @@ class ProviderSimulator:
         self.tokens_per_s = tokens_per_s
         self.default_text = default_text
         self.clock: SimClock = clock if clock is not None else SYSTEM_CLOCK
-        self._book = ScriptBook()
+        self._book: ScriptBook[Behaviour] = ScriptBook()
+        self._batch_book: ScriptBook[BatchScript] = ScriptBook(BatchScript(), BatchScript, "BatchScript")
         self._log: list[RecordedRequest] = []
         self._log_lock = threading.Lock()
         self._models: list[str] | None = None
+        self._caps: dict[str, Capabilities] = {}
         #: per-key limits: token buckets (`KeyLimits`) or sliding windows (`WindowLimits`), on `clock`
         self.rate_limits = RateLimiter(time=self.clock.monotonic)
         self._stats = SimStats()
@@ -146,6 +180,7 @@ class ProviderSimulator:
         }
         for wire in self._wires.values():
             wire.wall = self.clock.time
+        self._batches = BatchService(self._wires, self.clock.time, self._render_line, self._batch_book.next, _credential, self._record_batch)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -244,14 +279,73 @@ class ProviderSimulator:
         items = [behaviours] if isinstance(behaviours, Behaviour) else list(behaviours)
         self._book.add(items, model=model, key=key, repeat_last=repeat_last)
 
+    def script_batch(
+        self,
+        scripts: Iterable[BatchScript] | BatchScript,
+        *,
+        model: str | None = None,
+        key: str | None = None,
+        repeat_last: bool = False,
+    ) -> None:
+        """Queue how the next batch jobs run (see `batches.BatchScript`), with the same selectors and
+        precedence as `script`; a job nothing is queued for runs as `BatchScript()`: one second to
+        validate, one per line, one to finalize, every line taking the scripts a live call would."""
+        items = [scripts] if isinstance(scripts, BatchScript) else list(scripts)
+        self._batch_book.add(items, model=model, key=key, repeat_last=repeat_last)
+
+    def batch_jobs(self) -> list[dict[str, Any]]:
+        """Every batch job now: id, protocol, model, status (OpenAI's words), lines, done and pending."""
+        return self._batches.jobs()
+
+    @property
+    def batch_max_bytes(self) -> int | None:
+        """The biggest batch input taken: an uploaded file, an Anthropic create body, a Gemini inline
+        create (None: each provider's own, 200 MB / 256 MB / 20 MB, and 2 GB for a Gemini file)."""
+        return self._batches.max_bytes
+
+    @batch_max_bytes.setter
+    def batch_max_bytes(self, value: int | None) -> None:
+        self._batches.max_bytes = value
+
+    @property
+    def batch_max_requests(self) -> int | None:
+        """The most requests one batch takes (None: 50,000 OpenAI, 100,000 Anthropic)."""
+        return self._batches.max_requests
+
+    @batch_max_requests.setter
+    def batch_max_requests(self, value: int | None) -> None:
+        self._batches.max_requests = value
+
     def set_default(self, behaviour: Behaviour) -> None:
         """What unscripted requests get (initially `Reply()`, the echo)."""
         self._book.set_default(behaviour)
 
+    def capabilities(
+        self, model: str, *, vision: bool | None = None, tools: bool | None = None, json_schema: bool | None = None
+    ) -> Capabilities:
+        """Say what `model` accepts (arguments left None keep their value; every model starts with all).
+
+        A request carrying images without `vision`, tools without `tools`, or JSON mode or a schema
+        without `json_schema` is refused with the provider's own error (multimodal_tools.md). The model
+        listings of Anthropic (`capabilities`) and OpenRouter (`architecture.input_modalities`,
+        `supported_parameters`) say the same. Returns the model's capabilities now.
+        """
+        with self._state_lock:
+            current = self._caps.get(model, Capabilities())
+            given = {"vision": vision, "tools": tools, "json_schema": json_schema}
+            updated = replace(current, **{k: v for k, v in given.items() if v is not None})
+            self._caps[model] = updated
+            return updated
+
     def reset(self) -> None:
-        """Forget scripts, the default, the `models` list, the rate limits, the stats and the request log."""
+        """Forget scripts, the default, the `models` list, capabilities, rate limits, stats, batch jobs and
+        files, and the request log."""
         self._book.clear()
+        self._batch_book.clear()
+        self._batches.clear()
+        self._batches.max_bytes = self._batches.max_requests = None
         self._models = None
+        self._caps = {}
         self.rate_limits.clear()
         self._stats.clear()
         with self._log_lock:
@@ -283,8 +377,11 @@ class ProviderSimulator:
 
     @property
     def models(self) -> list[str]:
-        """What the model listings report; by default every model named in a script."""
-        return list(self._models) if self._models is not None else self._book.models()
+        """What the model listings report; by default every model named in a script or given capabilities."""
+        if self._models is not None:
+            return list(self._models)
+        named = self._book.models()
+        return named + [m for m in self._caps if m not in named]
 
     @models.setter
     def models(self, value: Iterable[str] | None) -> None:
@@ -307,7 +404,12 @@ class ProviderSimulator:
             loop.close()
 
     async def _serve(self) -> int:
-        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        loop = asyncio.get_running_loop()
+
+        def request_factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY_BYTES)
+
+        server = web.Server(self._handle, request_factory=request_factory, handler_cancellation=True, access_log=None)
         runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self._listen_port, backlog=1024)
@@ -332,6 +434,8 @@ class ProviderSimulator:
         try:
             if request.path.startswith("/_sim/"):
                 return await self._control(request)
+            if self._batches.owns(request.method, request.path):
+                return await self._batches.handle(request, arrived)
             return await self._dispatch(request, arrived)
         finally:
             if task is not None:
@@ -397,12 +501,14 @@ class ProviderSimulator:
                 model = body.get("model") if isinstance(body.get("model"), str) else None
                 stream = body.get("stream") is True
         recorded = RecordedRequest(protocol, path, model, key, stream, body, _headers(request), arrived)
+        features = read_features(protocol, body) if kind in ("chat", "count") else Features()
+        recorded.carried(features)
         self._record(recorded)
 
         wire = self._wires[protocol]
         if kind in ("list", "tags"):
-            return _json_response(200, _model_list(protocol, kind, self.models), {})
-        call = self._call(protocol, model, key, stream, body)
+            return _json_response(200, _model_list(protocol, kind, self.models, dict(self._caps)), {})
+        call = self._call(protocol, model, key, stream, body, features)
         if not bad and kind == "chat" and model is None and not (protocol == "openrouter" and _models_field(body)):
             bad = "you must provide a model parameter"
         if kind == "chat":
@@ -410,6 +516,9 @@ class ProviderSimulator:
         if bad:
             status, payload = wire.bad_request(call, bad)
             return self._answered(request, recorded, self._json(wire, call, status, payload, {}))
+        refused = self._refuse(wire, call) if kind == "chat" else None
+        if refused is not None:
+            return self._answered(request, recorded, self._json(wire, call, refused[0], refused[1], {}))
         if kind == "count":
             count = {"input_tokens": call.prompt_tokens} if protocol == "anthropic" else {"totalTokens": call.prompt_tokens}
             return self._json(wire, call, 200, count, {})
@@ -440,9 +549,54 @@ class ProviderSimulator:
             behaviour = self._book.next(key, model)
             if behaviour.delay_s:
                 await asyncio.sleep(behaviour.delay_s)
-        if verdict is not None and isinstance(behaviour, Reply):
-            behaviour = replace(behaviour, rate_limit={**verdict.fields, **(behaviour.rate_limit or {})})
+        if isinstance(behaviour, Reply):
+            behaviour = self._shaped(call, behaviour)
+            if verdict is not None:
+                behaviour = replace(behaviour, rate_limit={**verdict.fields, **(behaviour.rate_limit or {})})
         return await self._perform(request, wire, call, behaviour)
+
+    def _refuse(self, wire: Wire, call: Call) -> tuple[int, Any] | None:
+        """(status, body) when the provider would refuse what the body carries: unreadable images, a broken
+        tool-call sequence, a feature the model lacks, JSON mode without the word "json"; else None."""
+        f = call.features
+        for image in f.images:
+            problem = _image_problem(call.protocol, image)
+            if problem is not None:
+                return wire.bad_request(call, *problem)
+        if f.sequence_error is not None:
+            return wire.bad_request(call, *f.sequence_error)
+        model = call.model or (_models_field(call.body) or [""])[0]
+        caps = self._caps.get(model)
+        if caps is not None:
+            if f.images and not caps.vision:
+                return wire.unsupported(call, "vision", f.images[0].where)
+            if f.tools and not caps.tools:
+                return wire.unsupported(call, "tools", "tools")
+            if f.json_mode and not caps.json_schema:
+                return wire.unsupported(call, f.json_mode, "response_format")
+        if call.protocol == "openai" and f.json_mode == "json_object" and "json" not in _all_text(call.body).lower():
+            message = "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
+            return wire.bad_request(call, message, "messages")
+        return None
+
+    def _shaped(self, call: Call, reply: Reply) -> Reply:
+        """Fill what the script left open as the request asks: a required tool call, or JSON in JSON mode."""
+        if reply.tool_calls is not None or reply.text is not None or reply.chunks is not None:
+            return reply
+        f = call.features
+        forced = f.forced_tool()
+        if forced is not None:
+            return replace(reply, text="", tool_calls=(ToolCall(forced.name, example(forced.schema)),))
+        if f.json_mode == "json_schema" and isinstance(f.schema, dict):
+            return replace(reply, text=dumps(example(f.schema)))
+        if f.json_mode is not None:
+            return replace(reply, text=dumps({"reply": self._echo(call)}))
+        return reply
+
+    def _echo(self, call: Call) -> str:
+        if self.default_text is not None:
+            return self.default_text
+        return f"Simulated reply from {call.model}: {call.last_user[:60]}"
 
     def _refusal(self, verdict: Verdict) -> RateLimited:
         """The limiter's 429 as a behaviour: its wait as `retry-after` (and `-ms`), its numbers in the message."""
@@ -474,37 +628,73 @@ class ProviderSimulator:
         with self._log_lock:
             self._log.append(recorded)
 
-    def _call(self, protocol: str, model: str | None, key: str | None, stream: bool, body: Any) -> Call:
+    def _record_batch(self, protocol: str, request: web.BaseRequest, model: str | None, key: str | None, body: Any,
+                      arrived: float, status: int) -> None:
+        self._record(RecordedRequest(protocol, request.path, model, key, False, body, _headers(request), arrived, status))
+
+    def _render_line(self, protocol: str, key: str | None, model: str, params: Any, behaviour: Behaviour | None) -> LineResult:
+        """What one batch line comes to: its behaviour (scripted for the line, else the scripts a live call
+        takes) rendered as the protocol's non-stream body or error, after the checks a live call gets."""
+        wire = self._wires[protocol]
+        body = params if isinstance(params, dict) else {}
+        call = self._call(protocol, model, key, False, body, read_features(protocol, body))
+        b = behaviour if behaviour is not None else self._book.next(key, model)
+        if not isinstance(params, dict):
+            return _errored(wire, call, wire.bad_request(call, "The request body must be a JSON object."))
+        if protocol == "anthropic" and params.get("stream") is True:
+            return _errored(wire, call, wire.bad_request(call, "stream: Streaming is not supported for message batches."))
+        refused = self._refuse(wire, call)
+        if refused is not None:
+            return _errored(wire, call, refused)
+        if isinstance(b, Reply):
+            return _succeeded(wire, call, self._outcome(call, self._shaped(call, b)))
+        if isinstance(b, (Empty, ContentFilter)):
+            return _succeeded(wire, call, self._silent(call, None if isinstance(b, Empty) else "content_filter"))
+        if isinstance(b, Failure):
+            status, payload, _ = wire.failure(call, b)
+            return _errored(wire, call, (status, payload))
+        if isinstance(b, Malformed):
+            return replace(_succeeded(wire, call, self._outcome(call, Reply())), kind="malformed")
+        if isinstance(b, Raw):
+            kind = "errored" if b.status >= 400 else "succeeded"
+            return LineResult(kind, b.status, b.body, wire.request_id(call))
+        return LineResult("never", 0, None, wire.request_id(call))  # Hang, Drop, CutStream: never finishes
+
+    def _call(self, protocol: str, model: str | None, key: str | None, stream: bool, body: Any, features: Features) -> Call:
         chars, last_user = _prompt(protocol, body) if isinstance(body, dict) else (0, "")
+        chars += features.tool_result_chars
         include_usage = False
         if stream and isinstance(body, dict):
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
         ident = f"{self._id_prefix}{next(self._ids):016x}"
-        return Call(protocol, model or "", key, stream, body, ident, chars, last_user, include_usage, int(self.clock.time()))
+        return Call(protocol, model or "", key, stream, body, ident, chars, last_user, include_usage, int(self.clock.time()), features)
 
     def _outcome(self, call: Call, reply: Reply) -> Outcome:
+        tools = tuple(_rendered(call, i, t) for i, t in enumerate(reply.tool_calls or ()))
         text = reply.text
         chunks = reply.chunks
         if text is None:
             if chunks is not None:
                 text = "".join(chunks)
-            elif self.default_text is not None:
-                text = self.default_text
+            elif tools:
+                text = ""  # a reply that calls tools says nothing unless scripted to
             else:
-                text = f"Simulated reply from {call.model}: {call.last_user[:60]}"
+                text = self._echo(call)
         if chunks is None:
             chunks = tuple(text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS))
         usage = reply.usage or {}
+        written = len(text) + sum(len(t.name) + len(t.text) for t in tools)
         return Outcome(
             model=reply.model or call.model,
             text=text,
             chunks=tuple(chunks),
-            finish=canonical_finish(reply.finish_reason) or "stop",
+            finish=canonical_finish(reply.finish_reason) or ("tool_calls" if tools else "stop"),
             input_tokens=int(usage.get("input_tokens", call.prompt_tokens)),
-            output_tokens=int(usage.get("output_tokens", len(text) // CHARS_PER_TOKEN + 1)),
+            output_tokens=int(usage.get("output_tokens", written // CHARS_PER_TOKEN + 1)),
             cached_tokens=int(usage.get("cached_tokens", 0)),
             cost=reply.cost,
+            tool_calls=tools,
         )
 
     def _silent(self, call: Call, finish: str | None) -> Outcome:
@@ -552,10 +742,11 @@ class ProviderSimulator:
     ) -> web.StreamResponse:
         if not call.stream:
             return self._json(wire, call, 200, wire.body(call, outcome), headers)
-        last = len(outcome.chunks) - 1
+        # with tool calls after it, no text piece is the last event (Gemini's carries the finish reason)
+        last = len(outcome.chunks) - 1 if not outcome.tool_calls else -1
         pieces = [wire.stream_piece(call, outcome, piece, i == last) for i, piece in enumerate(outcome.chunks)]
         resp = await _open_stream(request, headers)
-        head, tail = wire.stream_head(call, outcome), wire.stream_tail(call, outcome)
+        head, tail = wire.stream_head(call, outcome), wire.stream_tools(call, outcome) + wire.stream_tail(call, outcome)
         if pace:
             await _paced(resp, head, pieces, 1.0 / pace)
             if tail:
@@ -623,6 +814,59 @@ class ProviderSimulator:
 # -- helpers --------------------------------------------------------------------------------
 
 
+def _succeeded(wire: Wire, call: Call, outcome: Outcome) -> LineResult:
+    body = wire.body(call, outcome)
+    if call.protocol == "anthropic":
+        body["usage"]["service_tier"] = "batch"
+    tokens = (outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens)
+    return LineResult("succeeded", 200, body, wire.request_id(call), *tokens)
+
+
+def _errored(wire: Wire, call: Call, refusal: tuple[int, Any]) -> LineResult:
+    return LineResult("errored", refusal[0], refusal[1], wire.request_id(call))
+
+
+def _rendered(call: Call, index: int, tool: ToolCall) -> RenderedTool:
+    """A scripted tool call in wire form: an id in the protocol's style, arguments as text and object."""
+    prefix = "toolu_" if call.protocol == "anthropic" else "call_"
+    ident = tool.id or f"{prefix}{call.id}{index:02d}"
+    if isinstance(tool.arguments, str):
+        text = tool.arguments
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = {}
+        value = parsed if isinstance(parsed, dict) else {}
+    else:
+        value = dict(tool.arguments)
+        text = dumps(value)
+    return RenderedTool(ident, tool.name, text, value, given_id=tool.id is not None)
+
+
+def _image_problem(protocol: str, image: Image) -> tuple[str, str] | None:
+    """(message, param) of a 400 for an image the provider cannot read, or None."""
+    if protocol == "anthropic" and image.where.endswith(".base64"):
+        if image.media_type not in ANTHROPIC_IMAGE_TYPES:
+            allowed = ", ".join(f"'{t}'" for t in ANTHROPIC_IMAGE_TYPES[:-1]) + f" or '{ANTHROPIC_IMAGE_TYPES[-1]}'"
+            return f"{image.where}.media_type: Input should be {allowed}", image.where
+        if image.data is not None and sniffed_type(image.data) not in (None, image.media_type):
+            # the bytes say another type than media_type (multimodal_tools.md section 2)
+            return f"{image.where}.data: Image format {image.media_type} not supported", image.where
+    if image.bad is None:
+        return None
+    if protocol == "gemini":  # Google's JSON decoding error for a bytes field
+        return f"Invalid value at '{image.where}.inline_data.data' (TYPE_BYTES), Base64 decoding failed", image.where
+    if protocol == "anthropic":
+        return f"{image.where}.data: {image.bad}", image.where
+    return f"Invalid image: {image.bad}.", image.where + ".image_url.url"
+
+
+def _all_text(body: Any) -> str:
+    """Every message's text, for OpenAI's check that JSON mode's messages say "json"."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    return " ".join(text_of(m.get("content")) for m in messages or [] if isinstance(m, dict))
+
+
 def _credential(protocol: str, request: web.BaseRequest) -> str | None:
     headers = request.headers
     key: str | None = None
@@ -677,7 +921,7 @@ def _prompt(protocol: str, body: dict[str, Any]) -> tuple[int, str]:
     return chars, last_user
 
 
-def _model_list(protocol: str, kind: str, models: list[str]) -> Any:
+def _model_list(protocol: str, kind: str, models: list[str], caps: dict[str, Capabilities]) -> Any:
     if kind == "tags":  # Ollama's native listing
         details = {"format": "gguf", "family": "", "parameter_size": "", "quantization_level": ""}
         return {
@@ -687,12 +931,40 @@ def _model_list(protocol: str, kind: str, models: list[str]) -> Any:
             ]
         }
     if protocol == "gemini":
-        methods = ["generateContent", "streamGenerateContent", "countTokens"]
+        methods = ["generateContent", "streamGenerateContent", "countTokens", "batchGenerateContent"]
         return {"models": [{"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": methods} for m in models]}
     if protocol == "anthropic":
-        data = [{"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"} for m in models]
+        data = [
+            {"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z", "capabilities": _anthropic_caps(caps.get(m))}
+            for m in models
+        ]
         return {"data": data, "has_more": False, "first_id": models[0] if models else None, "last_id": models[-1] if models else None}
+    if protocol == "openrouter":
+        return {"object": "list", "data": [_openrouter_model(m, caps.get(m)) for m in models]}
     return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "simulator"} for m in models]}
+
+
+def _anthropic_caps(caps: Capabilities | None) -> dict[str, Any]:
+    """`capabilities` of an Anthropic model listing (multimodal_tools.md section 5)."""
+    caps = caps or Capabilities()
+    return {"image_input": {"supported": caps.vision}, "structured_outputs": {"supported": caps.json_schema}}
+
+
+def _openrouter_model(model: str, caps: Capabilities | None) -> dict[str, Any]:
+    """An OpenRouter model entry: input modalities and supported parameters say what it takes."""
+    caps = caps or Capabilities()
+    params = ["max_tokens", "temperature", "top_p", "stop"]
+    params += ["tools", "tool_choice"] if caps.tools else []
+    params += ["response_format", "structured_outputs"] if caps.json_schema else []
+    modalities = ["text", "image"] if caps.vision else ["text"]
+    return {
+        "id": model,
+        "object": "model",
+        "created": 0,
+        "owned_by": "simulator",
+        "architecture": {"input_modalities": modalities, "output_modalities": ["text"]},
+        "supported_parameters": params,
+    }
 
 
 def _json_response(status: int, body: Any, headers: Any) -> web.Response:

@@ -45,13 +45,13 @@ class SimStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._keys: dict[str, _KeyStats] = {}
+        # by the credential itself (no hashing per request); named by key_id only in a snapshot
+        self._keys: dict[str | None, _KeyStats] = {}
 
     def _of(self, key: str | None) -> _KeyStats:
-        name = key_id(key)
-        stats = self._keys.get(name)
+        stats = self._keys.get(key)
         if stats is None:
-            stats = self._keys[name] = _KeyStats(key, masked(key) if key else "")
+            stats = self._keys[key] = _KeyStats(key, masked(key) if key else "")
         return stats
 
     def arrived(self, key: str | None) -> None:
@@ -85,8 +85,8 @@ class SimStats:
         requests in any window of the key's limit (60 s for a key without one)."""
         with self._lock:
             copied = {
-                name: (s.key, s.label, s.received, s.rate_limited, dict(s.statuses), list(s.admitted), list(s.refused))
-                for name, s in self._keys.items()
+                key_id(key): (s.key, s.label, s.received, s.rate_limited, dict(s.statuses), list(s.admitted), list(s.refused))
+                for key, s in self._keys.items()
             }
         out: dict[str, Any] = {}
         for name, (key, label, received, limited, statuses, admitted, refused) in copied.items():

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import RouteError
 from ..types import RouteResult
@@ -70,20 +70,14 @@ class ClusterExecutor:
         router: the driver's Router (its configuration, state file and cache path go to the workers as data).
         engine: where the chunks run (`engines.DaskEngine`, `engines.RayEngine`, or another `Engine`).
         chunk_size: items per chunk (default `DEFAULT_CHUNK`).
-        account_concurrency: as `map(account_concurrency=)`, per worker.
-        share: the share of each account's limit one worker process paces at (default: an equal share
-            per worker process, so that together they stay within the limit).
     """
 
-    def __init__(self, router: BatchRouter, engine: Engine, *, chunk_size: int | None = None,
-                 account_concurrency: int | Mapping[str, int] | None = None, share: float | None = None) -> None:
+    def __init__(self, router: BatchRouter, engine: Engine, *, chunk_size: int | None = None) -> None:
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
         self.router = router
         self.engine = engine
         self.chunk_size = chunk_size or DEFAULT_CHUNK
-        self.account_concurrency = account_concurrency
-        self.share = share
         #: the batch's default concurrency: every slot busy with one chunk and one more waiting
         self.concurrency = engine.slots() * self.chunk_size * CHUNKS_PER_SLOT
         self._keys = keys_of(router.config)
@@ -144,15 +138,14 @@ class ClusterExecutor:
 
     def _spec_data(self) -> bytes:
         if self._spec is None:
-            share = self.share if self.share is not None else 1.0 / self.engine.pacers()
-            spec = spec_for(self.router, account_concurrency=self.account_concurrency, share=share)
-            self._spec = check_shipped(pack(spec), self._keys)
+            self._spec = check_shipped(pack(spec_for(self.router)), self._keys)
         return self._spec
 
     def _ship(self, run: _Run) -> None:
         for entry in run.entries:
             entry.run = run
-        chunk = Chunk(tuple(e.item.position for e in run.entries), tuple(e.item.request for e in run.entries),
+        requests = tuple(e.item.request for e in run.entries)
+        chunk = Chunk(tuple(e.item.position for e in run.entries), requests, pacing=requests[0].pacer,
                       stop=self.engine.stop_check())
         try:
             data = check_shipped(pack(chunk), self._keys)
@@ -234,7 +227,7 @@ def _failure(error: BaseException, *, lost: bool = False) -> RouteError:
     return WorkerError(text)
 
 
-def executor_for(value: Any, router: BatchRouter, *, account_concurrency: int | Mapping[str, int] | None) -> Executor:
+def executor_for(value: Any, router: BatchRouter) -> Executor:
     """What `map(executor=value)` runs on: a Dask client or "ray" (a Ray handle) becomes a ClusterExecutor,
     an `Executor` is used as it is.
 
@@ -243,13 +236,11 @@ def executor_for(value: Any, router: BatchRouter, *, account_concurrency: int | 
         KeyLeak: what would be shipped holds an account's key.
     """
     if isinstance(value, ClusterExecutor):
-        if account_concurrency is not None:
-            value.account_concurrency = account_concurrency
         value.check()
         return value
     engine = engine_for(value)
     if engine is not None:
-        made = ClusterExecutor(router, engine, account_concurrency=account_concurrency)
+        made = ClusterExecutor(router, engine)
         made.check()
         return made
     if callable(getattr(value, "run", None)):

@@ -33,7 +33,7 @@ from ..._core import ErrorKind
 from ..._core.template import interpolate
 from ..._core.text import dollars, duration
 from ..errors import AllTargetsFailed, RouteError, StopError
-from ..state.pacing import Pacer
+from ..state.pacing import MAX_WAIT_S, Lanes, Pacer
 from ..state.store import StateStore
 from ..decide.budget import Budget
 from ..run.cache import ResponseCache
@@ -62,6 +62,9 @@ class BatchRouter(Protocol):
     @property
     def background(self) -> BackgroundLoop: ...
 
+    @property
+    def pacer(self) -> Pacer: ...
+
     def route(self, request: CallRequest) -> Awaitable[RouteResult]: ...
 
     def check(self, request: CallRequest) -> Combo: ...
@@ -73,14 +76,13 @@ class BatchRouter(Protocol):
 
 #: how many calls of one batch are in flight at once unless `concurrency=` says otherwise
 DEFAULT_CONCURRENCY = 8
-#: an item that met a 429 and found every other candidate paced is sent again, at most this many times
-REQUEUE_LIMIT = 3
 #: the columns `to_pandas()` adds after the answer (or the schema's fields)
 RESULT_COLUMNS = ("served_by", "cost_usd", "latency_s", "attempts", "cached", "error")
 #: how many of the slowest and of the failed items the summary names
 SUMMARY_ROWS = 5
 
 NOT_SENT_BUDGET = "not sent: batch budget"
+NOT_SENT_DEADLINE = "not sent: batch deadline"
 NOT_SENT_INTERRUPTED = "not sent: interrupted"
 CANCELLED = "cancelled: in flight when interrupted"
 
@@ -103,6 +105,8 @@ class BatchItem:
     #: attempts of earlier sends of this item (a re-send after a 429 keeps the whole story)
     earlier: list[Any] = field(default_factory=list)
     sends: int = 0
+    #: sends that met only rate limits (a 429, the rest paced or cooling): they spend none of its tries
+    limited: int = 0
 
 
 # ---- items -> requests ------------------------------------------------------------------------
@@ -205,13 +209,18 @@ class Dispatcher:
         concurrency: at most this many in flight.
         max_cost_usd: the batch's budget; an item whose estimate would pass it is not sent.
         estimate: what one item may cost at most (0 for an answer already in the cache; None: unknown).
+        deadline: the `clock.monotonic()` time after which nothing more is sent (None: no deadline).
+        clock: where the deadline is read.
     """
 
     def __init__(self, items: Sequence[BatchItem], *, concurrency: int, max_cost_usd: float | None = None,
-                 estimate: Callable[[BatchItem], Decimal | None] = lambda item: None) -> None:
+                 estimate: Callable[[BatchItem], Decimal | None] = lambda item: None, deadline: float | None = None,
+                 clock: Clock | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.concurrency = concurrency
+        self.deadline = deadline
+        self.clock = clock
         self.budget = None if max_cost_usd is None else Decimal(str(max_cost_usd))
         self.estimate = estimate
         self.pending: deque[BatchItem] = deque(items)
@@ -226,6 +235,9 @@ class Dispatcher:
         """The next item to send now, or None (all sent, at the concurrency, or waiting on the budget)."""
         if self.stopped or not self.pending or len(self.in_flight) >= self.concurrency:
             return None
+        if self._past_deadline():
+            self.stop(NOT_SENT_DEADLINE)
+            return None
         item = self.pending[0]
         estimate = self.estimate(item) or Decimal(0)
         if self.budget is not None and self.spent + sum(self.in_flight.values(), Decimal(0)) + estimate > self.budget:
@@ -238,11 +250,19 @@ class Dispatcher:
         item.sends += 1
         return item
 
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and self.clock is not None and self.clock.monotonic() >= self.deadline
+
     def finish(self, item: BatchItem, outcome: RouteResult | RouteError) -> None:
-        """Record how an item ended; one that only met a 429 goes back to the front of the queue."""
+        """Record how an item ended; one that only met rate limits goes back to the front of the queue.
+
+        A 429 says "wait", not "this item cannot be done": such a send spends none of the item's tries, and
+        the item is sent again (after the pacing's wait) for as long as the batch may go on; only a real
+        failure, the batch's deadline or its budget (or an interrupt) ends an item without an answer."""
         self.in_flight.pop(item.position, None)
         self.spent += _cost_of(outcome)
-        if isinstance(outcome, RouteError) and not self.stopped and item.sends <= REQUEUE_LIMIT and _rate_limited_only(outcome):
+        if isinstance(outcome, RouteError) and not self.stopped and not self._past_deadline() and _rate_limited_only(outcome):
+            item.limited += 1
             item.earlier.extend(outcome.attempts)
             self.pending.appendleft(item)
             return
@@ -538,16 +558,9 @@ def _error_text(error: RouteError) -> str:
 
 # ---- Router.map / Router.amap -------------------------------------------------------------------
 
-#: the shared pacer of each router (learned limits outlive one batch); a new config gets a new pacer
-_pacers: "weakref.WeakKeyDictionary[Any, Pacer]" = weakref.WeakKeyDictionary()
-
-
 def pacer_for(router: BatchRouter) -> Pacer:
-    """The router's pacer, made on first use and again after its config changed."""
-    pacer = _pacers.get(router)
-    if pacer is None or pacer.config is not router.config:
-        pacer = _pacers[router] = Pacer(router.config, clock=router.clock)
-    return pacer
+    """The router's pacer: every call's, over the shared store (learned limits outlive one batch)."""
+    return router.pacer
 
 
 class Progress:
@@ -591,8 +604,10 @@ class Batch:
     """One run of `map`: its items, dispatcher and executor; `stop()` may be called from any thread."""
 
     def __init__(self, router: BatchRouter, combo: Any, inputs: Inputs, items: list[BatchItem], *, concurrency: int,
-                 max_cost_usd: float | None, progress: Any, executor: Executor | None = None) -> None:
+                 max_cost_usd: float | None, progress: Any, executor: Executor | None = None,
+                 deadline_s: float | None = None) -> None:
         self.router = router
+        self.deadline_s = deadline_s
         self.combo = combo
         self.inputs = inputs
         self.items = items
@@ -615,8 +630,11 @@ class Batch:
         self._task = asyncio.current_task()
         await router.discover()
         started = time.perf_counter()
+        clock = router.clock
+        deadline = None if self.deadline_s is None else clock.monotonic() + self.deadline_s
         dispatcher = Dispatcher(self.items, concurrency=self.concurrency, max_cost_usd=self.max_cost_usd,
-                                estimate=self._estimate if self.max_cost_usd is not None else (lambda item: None))
+                                estimate=self._estimate if self.max_cost_usd is not None else (lambda item: None),
+                                deadline=deadline, clock=clock)
         state = Progress(len(self.items))
         update, close = _progress_sink(self.progress, len(self.items))
 
@@ -664,7 +682,8 @@ class Batch:
         for new_pos, item in enumerate(items):
             item.position = new_pos
         again = Batch(self.router, self.combo, Inputs([i.value for i in items], list(range(len(items))), "items"), items,
-                      concurrency=self.concurrency, max_cost_usd=self.max_cost_usd, progress=self.progress)
+                      concurrency=self.concurrency, max_cost_usd=self.max_cost_usd, progress=self.progress,
+                      deadline_s=self.deadline_s)
         result = run_sync(self.router, again)
         entries = list(previous.entries)
         for new_pos, old_pos in enumerate(sorted(wanted)):
@@ -681,7 +700,7 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
             system: str | None = None, schema: Any = None, concurrency: int | None = None,
             account_concurrency: int | Mapping[str, int] | None = None, max_cost_usd: float | None = None,
             cache: bool | None = None, progress: Any = None, executor: Any = None,
-            **call_options: Any) -> Batch:
+            deadline_s: float | None = None, **call_options: Any) -> Batch:
     """Check the arguments of `Router.map` and build its Batch (nothing is sent yet).
 
     Args:
@@ -699,6 +718,9 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
         progress: True for a `tqdm.auto` bar, or a callable given a `Progress` after each item.
         executor: what runs the calls: a `distributed.Client` (Dask), "ray" (or a Ray handle) for the
             connected Ray cluster, or any `Executor`; default `LocalExecutor`, this process's router.
+        deadline_s: the batch's deadline, seconds from its start on the router's clock: items that met only
+            rate limits are sent again until then (without one, for as long as their waits take), and an
+            item not sent by then ends as `NotDone("not sent: batch deadline")`.
         **call_options: any option of `Router.acomplete` (not `stream`).
 
     Raises:
@@ -713,22 +735,22 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
     inputs = read_items(items)
     options = dict(call_options, system=system, schema=schema, cache=bool(cache))
     built = build_items(combo, inputs, prompt=prompt, messages=messages, options=options)
-    pacer = pacer_for(router)
-    if account_concurrency is not None:
-        pacer.account_concurrency = account_concurrency
+    lanes = Lanes("batch", MAX_WAIT_S if deadline_s is None else deadline_s, account_concurrency)
     for item in built:
-        item.request.pacer = pacer
+        item.request.pacer = lanes
     if built:
         router.check(built[0].request)  # an unknown combo fails now, not once per item
     if executor is not None:
         from .cluster import executor_for  # Dask and Ray load only for a batch that names them
 
-        executor = executor_for(executor, router, account_concurrency=account_concurrency)
+        executor = executor_for(executor, router)
     limit = concurrency if concurrency is not None else getattr(executor, "concurrency", None) or DEFAULT_CONCURRENCY
     if limit < 1:
         raise ValueError(f"concurrency must be at least 1, not {limit}")
+    if deadline_s is not None and deadline_s <= 0:
+        raise ValueError(f"deadline_s must be positive, not {deadline_s}")
     batch = Batch(router, combo, inputs, built, concurrency=limit, max_cost_usd=max_cost_usd, progress=progress,
-                  executor=executor)
+                  executor=executor, deadline_s=deadline_s)
     return batch
 
 

@@ -44,9 +44,6 @@ class Engine(Protocol):
     def slots(self) -> int:
         """How many chunks run at once on the whole cluster."""
 
-    def pacers(self) -> int:
-        """How many worker processes pace on their own (each with its own Router) while a batch runs."""
-
     def submit(self, spec: bytes, chunk: bytes) -> Running:
         """Start `run_chunk(spec, chunk)` on a worker."""
 
@@ -120,9 +117,6 @@ class DaskEngine:
     def slots(self) -> int:
         return max(1, sum(self._nthreads().values()))
 
-    def pacers(self) -> int:
-        return max(1, len(self._nthreads()))
-
     def submit(self, spec: bytes, chunk: bytes) -> Running:
         task = self.client.submit(run_chunk, spec, chunk, pure=False, key=f"nbrouter-chunk-{os.urandom(8).hex()}")
         future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
@@ -190,9 +184,6 @@ class RayEngine:
     def slots(self) -> int:
         cpus = float(_ray().cluster_resources().get("CPU", 1.0))
         return max(1, int(cpus / self.num_cpus + 1e-9))
-
-    def pacers(self) -> int:
-        return self.slots()
 
     def submit(self, spec: bytes, chunk: bytes) -> Running:
         ref = self._remote.remote(spec, chunk)

@@ -1,15 +1,20 @@
 """A cluster worker's side of a batch: its own Router, built from the driver's configuration, running chunks.
 
     driver: WorkerSpec (the configuration as data, where the state and the cache are; no key) ─┐ bytes
-            a chunk (positions and CallRequests, no pacer) ───────────────────────────────────┤
+            a chunk (positions, CallRequests without their pacer, the batch's lane) ──────────┤
     worker: run_chunk(spec, chunk) ─> this process's Router for that spec ─> every call of the
-            chunk at once on the Router's own loop, paced by this process's Pacer ─> outcomes (bytes)
+            chunk at once on the Router's own loop, paced over the shared store ─> outcomes (bytes)
 
 Everything crosses as bytes the driver packed itself (`pack`), so what is shipped can be checked: the
 driver refuses to ship bytes that hold any account's key (`KeyLeak`). A worker reads its keys from its
 own environment or key command, as any Router does; a worker without a key fails its items with the
 usual "no key" skip. A worker's Router is made once per process and spec, and kept for later chunks
-(its pacer's learned limits and its HTTP connections outlive one chunk).
+(its HTTP connections and what it learned outlive one chunk).
+
+Pacing: a worker's Router paces over the shared store like any Router (state/pacing.py), so the driver
+and every worker take from each account's one limit: on one machine through the same SQLite state file
+(its path is in the spec), across machines through Redis (`[state] url` in the configuration, or
+`NBROUTER_STATE_URL` in the workers' environment).
 """
 
 from __future__ import annotations
@@ -23,14 +28,13 @@ import pickle
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from ..._core.secrets import scrub
 from ..errors import RouteError
 from ..model import QUOTA_FIELDS, Account, Config, Provider
-from ..requests import CallRequest
+from ..requests import CallRequest, Pacing
 from ..run.cache import MEMORY, ResponseCache
-from ..state.pacing import PACING_MARGIN, Pacer
 from ..types import RouteResult
 from .dispatch import CANCELLED, NOT_SENT_INTERRUPTED, BatchRouter, NotDone
 
@@ -91,8 +95,6 @@ class WorkerSpec:
         state_path: the driver's state file (the same file on one machine; None: the worker's default).
         persist: False when the driver keeps its state in memory (each worker then does too).
         cache_path: the driver's response cache file (None: in memory).
-        account_concurrency: as `map(account_concurrency=)`.
-        share: the share of each account's limit one worker process paces at (1.0 when the pacing is shared).
     """
 
     factory: Callable[..., Any]
@@ -100,8 +102,6 @@ class WorkerSpec:
     state_path: str | None
     persist: bool
     cache_path: str | None
-    account_concurrency: int | Mapping[str, int] | None = None
-    share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -110,11 +110,13 @@ class Chunk:
 
     positions: tuple[int, ...]
     requests: tuple[CallRequest, ...]
+    #: how the calls are paced (`map`'s `state.pacing.Lanes`: the batch lane, its wait, account_concurrency)
+    pacing: Pacing | None = None
     #: asked every STOP_POLL_S while the chunk runs; True stops it (None: the engine cancels by itself)
     stop: Callable[[], bool] | None = None
 
 
-def spec_for(router: BatchRouter, *, account_concurrency: int | Mapping[str, int] | None, share: float) -> WorkerSpec:
+def spec_for(router: BatchRouter) -> WorkerSpec:
     """The WorkerSpec of a driver's Router."""
     state = router.state
     persist = state.persistent
@@ -122,7 +124,7 @@ def spec_for(router: BatchRouter, *, account_concurrency: int | Mapping[str, int
     return WorkerSpec(
         factory=type(router), config=config_data(router.config),
         state_path=str(state.path) if persist and state.path is not None else None, persist=persist,
-        cache_path=None if cache.path == MEMORY else str(cache.path), account_concurrency=account_concurrency, share=share,
+        cache_path=None if cache.path == MEMORY else str(cache.path),
     )
 
 
@@ -200,12 +202,12 @@ def check_shipped(data: bytes, keys: Sequence[bytes]) -> bytes:
 
 # ---- the worker's side ---------------------------------------------------------------------------
 
-_routers: OrderedDict[str, tuple[Any, Pacer]] = OrderedDict()
+_routers: OrderedDict[str, Any] = OrderedDict()
 _routers_lock = threading.Lock()
 
 
-def worker_router(spec_data: bytes) -> tuple[Any, Pacer]:
-    """This process's Router and Pacer for a packed spec (made on first use, then kept)."""
+def worker_router(spec_data: bytes) -> Any:
+    """This process's Router for a packed spec (made on first use, then kept)."""
     digest = hashlib.sha256(spec_data).hexdigest()
     with _routers_lock:
         found = _routers.get(digest)
@@ -215,13 +217,11 @@ def worker_router(spec_data: bytes) -> tuple[Any, Pacer]:
         spec: WorkerSpec = unpack(spec_data)
         router = spec.factory(spec.config, state_path=spec.state_path, persist=spec.persist)
         router.cache = ResponseCache(spec.cache_path if spec.cache_path is not None else MEMORY)
-        pacer = Pacer(router.config, clock=router.clock, account_concurrency=spec.account_concurrency,
-                      margin=PACING_MARGIN * spec.share)
-        _routers[digest] = (router, pacer)
+        _routers[digest] = router
         while len(_routers) > ROUTERS_KEPT:
-            _, (old, _) = _routers.popitem(last=False)
+            _, old = _routers.popitem(last=False)
             old.close()
-        return router, pacer
+        return router
 
 
 def run_chunk(spec_data: bytes, chunk_data: bytes) -> bytes:
@@ -236,14 +236,14 @@ def run_chunk(spec_data: bytes, chunk_data: bytes) -> bytes:
         ChunkFailed: the chunk could not run at all (the message says why).
     """
     try:
-        router, pacer = worker_router(spec_data)
+        router = worker_router(spec_data)
         chunk: Chunk = unpack(chunk_data)
     except Exception as exc:  # nothing of the chunk ran: say why, once, instead of a traceback per item
         raise ChunkFailed(f"a worker could not start the chunk: {type(exc).__name__}: {scrub(str(exc))[:300]}") from None
     if chunk.stop is not None and chunk.stop():  # the batch stopped while this chunk waited for a worker
         return pack([NotDone(NOT_SENT_INTERRUPTED) for _ in chunk.requests])
     for request in chunk.requests:
-        request.pacer = pacer
+        request.pacer = chunk.pacing
     calls = _Calls(router, chunk.requests)
     future, _ = router.background.submit(calls.run())
     return pack(_wait(future, calls, chunk.stop))

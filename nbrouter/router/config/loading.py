@@ -31,6 +31,8 @@ from ..model import (
     PROVIDER_FIELDS,
     QUOTA_FIELDS,
     ROUTER_FIELDS,
+    STATE_FIELDS,
+    STATE_ON_DOWN,
     STEP_FIELDS,
     TIERS,
     TOP_LEVEL_FIELDS,
@@ -39,9 +41,11 @@ from ..model import (
     Config,
     Provider,
     Quota,
+    StateSettings,
     Step,
     parse_target,
 )
+from ..state.shared_redis import parse_redis_url
 from ..decide.packs import FACTORS, PACKS, VIRTUAL_COMBOS
 from ..keys import KeySource
 from ..policy import Policy
@@ -213,9 +217,10 @@ def build_config(raw: dict[str, Any], *, path: Path | None, strategies: Iterable
     log_content = _bool(raw["log_content"], top.at("log_content")) if "log_content" in raw else True
     state_path = _string(raw["state_path"], top.at("state_path"), "a file path") if "state_path" in raw else None
     emergency = _router_table(raw.get("router", {}), top.at("router"), providers, combos)
+    state = _state_table(raw.get("state", {}), top.at("state"))
     config = Config(
         providers=providers, combos=combos, policy=policy, prices=prices, task_fit=task_fit, path=path, raw=raw,
-        log_content=log_content, state_path=state_path, emergency=emergency,
+        log_content=log_content, state_path=state_path, emergency=emergency, state=state,
     )
     validate_graph(config)
     return config
@@ -347,6 +352,32 @@ def _env_name(value: Any, at: _At) -> str:
     if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
         at.fail(f"must be the name of an environment variable (letters, digits, '_'), not {_describe(value)}")
     return value
+
+
+# ---- [state] -----------------------------------------------------------------------------------
+
+
+def _state_table(raw: Any, at: _At) -> StateSettings:
+    """`[state]`: the shared state's store (a Redis URL, or the state file), key prefix, and what happens
+    while it is away. A URL is checked here (scheme, host, port, database), never connected to."""
+    table = _table(raw, at)
+    _known_keys(table, STATE_FIELDS, at, "[state]")
+    default = StateSettings()
+    url = None
+    if "url" in table:
+        url = _string(table["url"], at.key("url"), "a Redis URL")
+        parse_redis_url(url, where="[state] url", file=at.label)
+    prefix = default.prefix
+    if "prefix" in table:
+        prefix = table["prefix"]
+        if not isinstance(prefix, str) or any(c in prefix for c in "{} \t\r\n"):
+            at.key("prefix").fail(f"must be a string without braces or spaces (put before every Redis key), not {_describe(prefix)}")
+    on_down = _choice(table["on_down"], STATE_ON_DOWN, at.key("on_down"), "on_down mode") if "on_down" in table else default.on_down
+    share = (_number(table["share"], at.key("share"), minimum=0.0, maximum=1.0, exclusive=True)
+             if "share" in table else default.share)
+    timeout_s = (_number(table["timeout_s"], at.key("timeout_s"), minimum=0.0, maximum=60.0, exclusive=True, unit=" (seconds)")
+                 if "timeout_s" in table else default.timeout_s)
+    return StateSettings(url=url, prefix=prefix, on_down=on_down, share=share, timeout_s=timeout_s)
 
 
 # ---- [router] ----------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from ..requests import CallRequest
 from .combos import auto_pool
 from .scoring import EXCLUSION_PREFIX, PoolReadings
 from .scoring import excluded as auto_excluded
+from ..state.pacing import LEARNING, Pacer
+from ..state.shared import MemoryShared
 from ..state.store import StateStore
 from .strategies import STRATEGIES, RequestInfo, StrategyContext, order_accounts
 from .tokens import estimate_prompt
@@ -289,11 +291,33 @@ def _budget(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: 
     return None
 
 
+def lane_of(req: CallRequest) -> str:
+    """The lane a call takes from shared limits in: "batch" for `map`'s items, else "interactive"."""
+    return "interactive" if req.pacer is None else req.pacer.lane
+
+
 def _paced(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
-    """A paced call (a batch): no headroom now in the candidate's or its account's buckets (pacing.py)."""
-    if req.pacer is None:
-        return None
-    return req.pacer.skip(c, info.prompt_tokens + info.max_tokens, now)
+    """The shared store said wait for this candidate in this call's lane not long ago, or (a batch) its
+    first request is still finding out its limits (pacing.py; no round trip here)."""
+    return d.pacer.skip(c, info.prompt_tokens + info.max_tokens, now, lane_of(req))
+
+
+def _behind_learning(ordered: list[Candidate], rows: list[DecisionRow]) -> list[Candidate]:
+    """A batch's item waits behind a step whose first request is finding out its limits, rather than go
+    down the combo: the candidates of later steps (the emergency tier too) are held back with it."""
+    learning = [r for r in rows if r.reason.startswith(LEARNING)]
+    if not learning:
+        return ordered
+    first = min(r.candidate.step for r in learning)
+    until = min(r.hold_until or 0.0 for r in learning)
+    kept = []
+    for c in ordered:
+        if c.step > first:
+            rows.append(DecisionRow(c, None, f"{LEARNING}: waiting behind {learning[0].candidate.key}", skipped=True,
+                                    hold_until=until))
+        else:
+            kept.append(c)
+    return kept
 
 
 def _account(config: Config, c: Candidate) -> Any:
@@ -309,7 +333,7 @@ SKIP_CHECKS: tuple[SkipCheck, ...] = (
     SkipCheck("quota", _quota_used_up, lambda config, c: _account(config, c) is not None and not _account(config, c).quota.is_empty()),
     SkipCheck("context_window", _context, lambda config, c: config.providers[c.provider].context_window(c.model) is not None),
     SkipCheck("budget", _budget, wanted=lambda d, req: req.max_cost_usd is not None),
-    SkipCheck("paced", _paced, wanted=lambda d, req: req.pacer is not None),
+    SkipCheck("paced", _paced, wanted=lambda d, req: d.pacer.wanted(lane_of(req))),
 )
 
 
@@ -320,9 +344,12 @@ _WANTS = tuple(check.wanted for check in SKIP_CHECKS)
 class Decider:
     """Resolves, filters and orders candidates against the live state; owns the per-config caches."""
 
-    def __init__(self, config: Config, state: StateStore, prices: PriceBook, clock: Clock, budget: Budget | None = None) -> None:
+    def __init__(self, config: Config, state: StateStore, prices: PriceBook, clock: Clock, budget: Budget | None = None,
+                 pacer: Pacer | None = None) -> None:
         self.state = state
         self.clock = clock
+        #: the pacing of every call over the shared store (the skip check "paced" asks it)
+        self.pacer: Pacer = pacer or Pacer(config, MemoryShared(clock), clock=clock)
         #: the session budget every call is held against
         self.budget = budget or Budget()
         #: requests in flight per candidate key (the loop counts them; `least-used` reads them)
@@ -331,6 +358,8 @@ class Decider:
 
     def set_config(self, config: Config, prices: PriceBook) -> None:
         self.config = config
+        if self.pacer.config is not config:
+            self.pacer.set_config(config)
         self.policy = config.policy
         self.prices = prices
         self.constants = config.policy.as_dict()
@@ -517,6 +546,9 @@ class Decider:
             if tier:
                 reasons = dict.fromkeys(range(len(ordered), len(ordered) + len(tier)), EMERGENCY_REASON)
                 ordered = ordered + tier
+        if rows and req.pacer is not None and combo.strategy == "priority":
+            ordered = _behind_learning(ordered, rows)
+            reasons = {i: r for i, r in reasons.items() if i < len(ordered)}
         decision = Decision(
             combo=combo.name, strategy=combo.strategy, account_strategy=combo.account_strategy, seed=seed,
             order=ordered, skipped=rows, config_hash=self.config.hash, explored=explored, notes=notes,

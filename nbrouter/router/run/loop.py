@@ -30,6 +30,10 @@ from ..errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
 from ..policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
 from ..requests import CallRequest, build_request
 from ..decide.scoring import record_exclusions
+from ..decide.combos import auto_pool
+from ..requests import Pacing
+from ..state.pacing import INTERACTIVE, PACED, Pacer, Ticket
+from ..state.shared import ExtendHold, StoreDown
 from ..state.store import StateStore
 from ..decide.tokens import estimate_prompt
 from ..decide.strategies import COUNTED, RequestInfo, relay_pointer
@@ -53,6 +57,8 @@ RELAY_SUMMARY_PROMPT = ("Summarise the conversation above in a few sentences: th
                         "questions someone continuing it must know. Answer with the summary only.")
 #: the request options a step may set and a call may override (model.STEP_OPTIONS, as ChatRequest fields)
 STEP_REQUEST_OPTIONS = ("system", "max_tokens", "temperature", "top_p", "stop", "reasoning", "extra_body")
+#: a shared rotation counter's modulus: the store hands out the raw turn (strategies take it modulo their n)
+TURNS = 2**62
 #: sends one request: (protocol, endpoint, request, timeout, on_text, on_first_byte) -> Completion
 Sender = Callable[..., Awaitable[Completion]]
 
@@ -102,7 +108,8 @@ class Hooks:
 class _Call:
     """Mutable bookkeeping of one call in flight."""
 
-    __slots__ = ("req", "emit", "hooks", "id", "attempts", "shown_parts", "notes", "decision", "started", "tries")
+    __slots__ = ("req", "emit", "hooks", "id", "attempts", "shown_parts", "notes", "decision", "started", "tries", "lanes",
+                 "tickets", "holds", "breaker_failed")
 
     def __init__(self, req: CallRequest, emit: Emit | None, clock: Clock, hooks: Hooks) -> None:
         self.req = req
@@ -118,6 +125,14 @@ class _Call:
         self.started = time.perf_counter()
         #: attempts sent so far (skips not counted), against max_attempts
         self.tries = 0
+        #: how the call is paced (its lane in shared limits)
+        self.lanes: Pacing = req.pacer or INTERACTIVE
+        #: what the store's admission took for each candidate about to be sent (given back as it settles)
+        self.tickets: dict[str, Ticket] | None = None
+        #: holds the last failure set, for the store (every process sees them)
+        self.holds: list[ExtendHold] | None = None
+        #: the last failure counted against its candidate's breaker
+        self.breaker_failed = False
 
     @property
     def shown(self) -> str:
@@ -215,6 +230,7 @@ class Loop:
         self.send = send
         self._endpoints: dict[tuple[str, str, str | None], Endpoint] = {}
         self._retry_tables: dict[int, tuple[Combo, dict[str, int]]] = {}
+        self._turns: dict[int, tuple[Combo, tuple[str, ...]]] = {}
 
     @property
     def policy(self) -> Policy:
@@ -223,25 +239,43 @@ class Loop:
     def forget_endpoints(self) -> None:
         self._endpoints.clear()
         self._retry_tables.clear()
+        self._turns.clear()
 
     # ---- one call ---------------------------------------------------------------------------
 
     async def run(self, req: CallRequest, emit: Emit | None) -> RouteResult:
         """Route one call: the result, or a RouteError carrying every attempt."""
-        decider, clock, policy = self.decider, self.clock, self.policy
+        decider, clock = self.decider, self.clock
         combo = decider.combo(req)
         call = _Call(req, emit, clock, self.hooks)
         deadline = None if combo.deadline_s is None else clock.monotonic() + combo.deadline_s
         while True:
+            # one round: decide, then try the order; another round when the store said wait to every
+            # candidate it was asked about and nothing was sent (the next decision waits for the soonest)
+            result = await self._round(call, combo, deadline)
+            if result is not None:
+                return result
+
+    async def _round(self, call: _Call, combo: Combo, deadline: float | None) -> RouteResult | None:
+        """Decide and try the order once: the result, a RouteError raised, or None when the store said wait
+        (no headroom, or a hold another process met) and nothing was sent: its skip rows are dropped, and
+        the next decision knows why (the wait, the hold) and waits or fails as it would for its own."""
+        decider, clock, policy, req = self.decider, self.clock, self.policy, call.req
+        while True:
+            turns = await self._take_turns(combo)
             now = clock.time()
             decision, info = decider.decide(combo, req, now)
+            for name in turns:  # `explain` shows the next call's turn
+                self.state.set_counter(name, self.state.counter(name) + 1)
             call.decision = decision
             ordered = decision.order
             if ordered:
                 break
             await self._no_candidate(call, combo, decision, now, deadline)
 
-        self._advance_turns(combo, decision, now)
+        mark, tries_before = len(call.attempts), call.tries
+        if decision.strategy == "auto":
+            record_exclusions(self.state, decision, now)
         for r in decision.skipped:
             call.add(self._skip_attempt(r, now))
 
@@ -253,11 +287,15 @@ class Loop:
         used: dict[tuple[str, ErrorKind], int] = {}
         overflow_window: int | None | bool = False  # False: no context overflow seen yet
         last_failure: ProviderFailure | None = None
+        refused = False
         try:
             while queue:
                 c = queue.pop(0)
                 now = clock.time()
                 skip = self._skip_now(call, c, info, call.tries, max_attempts, deadline, overflow_window, now)
+                if skip is None:
+                    skip = await self._admit(call, c, info, now)
+                    refused = refused or skip is not None
                 if skip is not None:
                     call.add(self._skipped(c, skip[0], skip[1], now))
                     continue
@@ -277,7 +315,8 @@ class Loop:
                         queue.remove(other)
                         if not isinstance(result, RouteResult):
                             call.add(self._skipped(other, "tried inside the one OpenRouter request (models array)", None, now))
-                if not isinstance(result, RouteResult) and result[1].action is Action.RETRY:
+                if not isinstance(result, RouteResult) and result[1].action is Action.RETRY \
+                        and await self._admit(call, c, info, clock.time()) is None:
                     # the policy row asked for one more try of this candidate (a key that changed since)
                     call.tries += 1
                     result = await self._attempt(call, combo, c, info, attempt_timeout, retry=True)
@@ -291,6 +330,9 @@ class Loop:
                     attempt.action = Action.RETRY
                     attempt.message += f" (retry {used[(c.key, result[0].kind)]} of {retries[result[0].kind.value]} in {wait:.2f} s)"
                     await clock.sleep(wait)
+                    if await self._admit(call, c, info, clock.time()) is not None:
+                        attempt.message += "; not retried: the account has no headroom now"
+                        break
                     call.tries += 1
                     if deadline is not None:
                         attempt_timeout = max(0.001, min(timeout_s, deadline - clock.monotonic()))
@@ -320,23 +362,107 @@ class Loop:
         except asyncio.CancelledError:
             self._log(call, combo.name, call.shown or None)
             raise
+        if refused and call.tries == tries_before:
+            del call.attempts[mark:]  # a wait, not a failure: the next round's decision shows it
+            return None
         self._log(call, combo.name, None)
         hint = ""
         if last_failure is not None and rule_for(last_failure.kind).needs_larger_window:
             hint = "the prompt does not fit: no candidate with a larger known context window is left (set context_window in the config, or shorten the prompt)."
         raise AllTargetsFailed(combo.name, call.attempts, hint)
 
+    async def _admit(self, call: _Call, c: Candidate, info: RequestInfo, now: float) -> tuple[str, float] | None:
+        """Ask the shared store for one attempt of `c` when its account's limits are known (one round trip;
+        none for an account without): None when it may be sent, else why not and until when."""
+        pacer, lanes = self.decider.pacer, call.lanes
+        if not pacer.watching(c, lanes):
+            if lanes.lane == "batch":  # a batch's first request to it finds out its limits; the rest wait
+                self._ticket(call, pacer.local_ticket(c, info.prompt_tokens + info.max_tokens, lanes))
+            return None
+        answer = await pacer.admit(c, info.prompt_tokens + info.max_tokens, lanes, now)
+        if isinstance(answer, Ticket):
+            self._ticket(call, answer)
+            return None
+        if not answer[0].startswith(PACED) and pacer.last_hold is not None:
+            # a hold another process met: this process keeps it too (on the candidate: the store does not
+            # say whether it held the account or the candidate)
+            self.state.mirror_hold(c.key, pacer.last_hold)
+        return answer
+
+    @staticmethod
+    def _ticket(call: _Call, ticket: Ticket) -> None:
+        if call.tickets is None:
+            call.tickets = {}
+        call.tickets[ticket.c.key] = ticket
+
+    async def _settle(self, call: _Call, c: Candidate, completion: Completion | None, failure: ProviderFailure | None) -> None:
+        """After an attempt: give back and correct what its admission took, and tell the store the holds and
+        breaker failure it met (one round trip; none for an account the store was not asked about)."""
+        ticket = call.tickets.pop(c.key, None) if call.tickets else None
+        holds, call.holds = call.holds, None
+        broke, call.breaker_failed = call.breaker_failed, False
+        pacer = self.decider.pacer
+        writes = pacer.settle(c, ticket, self.clock.time(), completion=completion, failure=failure, holds=holds or (),
+                              breaker_failed=broke)
+        try:
+            if writes:
+                await pacer.shared.apply(writes)
+            if broke:
+                p = self.policy
+                await pacer.shared.breaker_failure(c.key, window_s=p.breaker_window_s, threshold=p.breaker_failures,
+                                                   open_s=p.breaker_open_s)
+        except StoreDown as exc:  # the store's trouble never fails a call (its guard says so in status)
+            pacer.store_error = str(exc)
+
+    async def _take_turns(self, combo: Combo) -> tuple[str, ...]:
+        """Take this call's turns of the combo's shared rotation (round-robin, strict-random, accounts in
+        turn) from the store before deciding: each call of every process gets a turn of its own. Returns
+        the counters' names."""
+        names = self._turn_names(combo)
+        if not names:
+            return names
+        shared, state = self.decider.pacer.shared, self.state
+        for name in names:
+            try:
+                turn = await shared.next_turn(name, TURNS)
+            except StoreDown:
+                turn = state.counter(name)
+            state.set_counter(name, turn)
+        return names
+
+    def _turn_names(self, combo: Combo) -> tuple[str, ...]:
+        """The rotation counters a call of this combo takes a turn of (worked out once per combo)."""
+        hit = self._turns.get(id(combo))
+        if hit is not None and hit[0] is combo:
+            return hit[1]
+        names: list[str] = []
+        if combo.strategy in COUNTED:
+            names.append(f"rr:{combo.name}")
+        if combo.account_strategy == "round-robin":
+            try:
+                candidates, _ = self.decider.resolve(auto_pool(self.decider.config, combo))
+            except Exception:  # the decision raises the config error itself, with its context
+                candidates = []
+            steps = Counter(c.step for c in candidates)
+            names += [f"acct:{combo.name}:{step}" for step, n in sorted(steps.items()) if n > 1]
+        if len(self._turns) >= 1024:
+            self._turns.clear()
+        self._turns[id(combo)] = (combo, tuple(names))
+        return tuple(names)
+
     def _hedge_source(self, call: _Call, queue: list[Candidate], info: RequestInfo, max_attempts: int,
-                      deadline: float | None, overflow_window: int | None | bool) -> Callable[[], Candidate | None]:
+                      deadline: float | None, overflow_window: int | None | bool) -> Callable[[], Awaitable[Candidate | None]]:
         """What a hedge starts next: the next candidate of the queue that may be tried now (the others are
         logged as skipped), within max_attempts; None when there is none. (A method, not a closure in
         `run`: variables a nested function reads become cells for every call, hedged or not.)"""
         clock = self.clock
 
-        def next_candidate() -> Candidate | None:
+        async def next_candidate() -> Candidate | None:
             while queue and call.tries < max_attempts:
                 other = queue.pop(0)
                 why = self._skip_now(call, other, info, call.tries, max_attempts, deadline, overflow_window, clock.time())
+                if why is None:
+                    why = await self._admit(call, other, info, clock.time())
                 if why is None:
                     call.tries += 1
                     return other
@@ -352,10 +478,12 @@ class Loop:
         skipped = decision.skipped
         waits = [r.hold_until for r in skipped if r.hold_until is not None]
         all_holding = bool(skipped) and len(waits) == len(skipped)
-        if call.req.pacer is not None and waits and len(waits) == len(skipped):
-            # issue 17: a paced call (a batch) waits for the earliest refill or cooldown end, not a 429
+        paced = any(r.reason.startswith(PACED) for r in skipped)
+        if waits and (paced or (call.req.pacer is not None and len(waits) == len(skipped))):
+            # a paced call waits for the earliest refill (the shared store's answer), and a batch's item for
+            # the earliest cooldown end too, rather than send into a 429
             soonest = min(waits) - now
-            if soonest <= call.req.pacer.max_wait_s and (deadline is None or clock.monotonic() + soonest <= deadline):
+            if soonest <= call.lanes.max_wait_s and (deadline is None or clock.monotonic() + soonest <= deadline):
                 await clock.sleep(max(0.0, soonest))
                 return
         if all_holding and combo.when_all_cooling == "wait":
@@ -387,22 +515,6 @@ class Loop:
             first = min(skipped, key=lambda r: r.hold_until or 0.0)
             raise AllCoolingDown(combo.name, attempts, first.candidate.key, first.hold_until or now, now)
         raise AllTargetsFailed(combo.name, attempts)
-
-    def _advance_turns(self, combo: Combo, decision: Decision, now: float) -> None:
-        """The state the loop owns for strategies: turn counters advance once per call, proposals are recorded."""
-        state = self.state
-        if combo.strategy in COUNTED:
-            state.next_counter(f"rr:{combo.name}")
-        total = len(decision.order) + len(decision.skipped)
-        if combo.account_strategy == "round-robin" and total > 1:
-            per_step = Counter(c.step for c in decision.order)
-            per_step.update(r.candidate.step for r in decision.skipped)
-            if len(per_step) < total:  # some step has several accounts
-                for step, n in per_step.items():
-                    if n > 1:
-                        state.next_counter(f"acct:{combo.name}:{step}")
-        if decision.strategy == "auto":
-            record_exclusions(state, decision, now)
 
     def _skip_now(self, call: _Call, c: Candidate, info: RequestInfo, tries: int, max_attempts: int,
                   deadline: float | None, overflow_window: int | None | bool, now: float) -> tuple[str, float | None] | None:
@@ -478,7 +590,7 @@ class Loop:
         return (result.text.strip() or None), result.served_by
 
     async def _hedged(self, call: _Call, combo: Combo, first: Candidate, info: RequestInfo, timeout_s: float,
-                      next_candidate: Callable[[], Candidate | None]) -> RouteResult | tuple[ProviderFailure, Attempt]:
+                      next_candidate: Callable[[], Awaitable[Candidate | None]]) -> RouteResult | tuple[ProviderFailure, Attempt]:
         """Hedging (`hedge_after_s`): when `first` has sent no first byte after that long, the next candidate
         starts too; the first to produce text (not streamed: to answer) serves and the other is cancelled.
         Both attempts are logged; a cancelled one that used tokens is charged."""
@@ -492,7 +604,7 @@ class Loop:
             done, _ = await asyncio.wait([*tasks, wait_first_byte], timeout=combo.hedge_after_s, return_when=asyncio.FIRST_COMPLETED)
             wait_first_byte.cancel()
             if not done:
-                second = next_candidate()
+                second = await next_candidate()
                 if second is not None:
                     lanes[second.key] = hedge.lane(second.key)
                     lanes[second.key].task = task = asyncio.ensure_future(self._attempt(call, combo, second, info, timeout_s, lane=lanes[second.key]))
@@ -635,8 +747,6 @@ class Loop:
             sending = self._send(provider, endpoint, request, timeout_s, progress.text if req.stream else None, progress.first_byte)
             if req.schema is not None:  # an answer that does not match the schema is invalid_output
                 sending = checked_output(sending, req.schema)
-            if req.pacer is not None:  # a batch's buckets take this request and learn from its reply
-                sending = req.pacer.around(c, info.prompt_tokens + info.max_tokens, now, sending)
             limit = start_limit(timeout_s)  # wall-clock, connect to last byte
             completion = await sending
         except ProviderFailure as failure:
@@ -648,12 +758,18 @@ class Loop:
                     await self._fetch_key(provider, c.account)
                 except ProviderFailure as refresh_failed:
                     failure.message += f" ({refresh_failed.message})"
-            return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
-                                         first[0] if first else None, now, retry, was_half_open)
+            failed = failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
+                                           first[0] if first else None, now, retry, was_half_open)
+            if call.tickets or call.holds or call.breaker_failed:
+                await self._settle(call, c, None, failure)
+            return failed
         except asyncio.CancelledError:
             if limit is not None and limit.expired:  # the attempt's own limit passed: a timeout, not a cancel
                 limit.absorb()
-                return self._timed_out(call, combo, c, provider, endpoint, timeout_s, progress, now, retry, was_half_open)
+                failed = self._timed_out(call, combo, c, provider, endpoint, timeout_s, progress, now, retry, was_half_open)
+                if call.tickets or call.holds or call.breaker_failed:
+                    await self._settle(call, c, None, failed[0])
+                return failed
             lost = lane is not None and lane.lost_to is not None
             message = (f"hedge: cancelled, {lane.lost_to} answered first" if lane is not None and lane.lost_to
                        else "cancelled by the user" + (f" after {len(''.join(pieces))} characters" if pieces else ""))
@@ -663,17 +779,25 @@ class Loop:
             if was_half_open:
                 state.end_probe(c.key)
             call.add(a)
+            if call.tickets and c.key in call.tickets:  # cancelled: give back its slot without waiting here
+                asyncio.get_running_loop().create_task(self._settle(call, c, None, None))
             if lost:
                 _uncancel()
                 return ProviderFailure(ErrorKind.CANCELLED, message), a
             raise
         except (TimeoutError, asyncio.TimeoutError):
-            return self._timed_out(call, combo, c, provider, endpoint, timeout_s, progress, now, retry, was_half_open)
+            failed = self._timed_out(call, combo, c, provider, endpoint, timeout_s, progress, now, retry, was_half_open)
+            if call.tickets or call.holds or call.breaker_failed:
+                await self._settle(call, c, None, failed[0])
+            return failed
         except Exception as exc:  # nothing raised while an attempt runs may escape the loop
-            failure = ProviderFailure(ErrorKind.MALFORMED_RESPONSE, scrub(f"{type(exc).__name__} while reading the answer: {exc}")[:300],
-                                      partial_text="".join(pieces))
-            return failure, self._failed(call, combo, c, provider, endpoint, failure, time.perf_counter() - t0,
-                                         first[0] if first else None, now, retry, was_half_open)
+            broken = ProviderFailure(ErrorKind.MALFORMED_RESPONSE, scrub(f"{type(exc).__name__} while reading the answer: {exc}")[:300],
+                                     partial_text="".join(pieces))
+            failed = broken, self._failed(call, combo, c, provider, endpoint, broken, time.perf_counter() - t0,
+                                          first[0] if first else None, now, retry, was_half_open)
+            if call.tickets or call.holds or call.breaker_failed:
+                await self._settle(call, c, None, broken)
+            return failed
         finally:
             if limit is not None:
                 limit.stop()
@@ -683,12 +807,16 @@ class Loop:
             else:
                 in_flight.pop(c.key, None)
         latency = time.perf_counter() - t0
+        sent = c
         note = ""
         if group:
             served = completion.served_model or c.model
             c = next((g for g in group if g.model == served), None) or next((g for g in group if served.startswith(g.model)), c)
             note = f"one OpenRouter request with models [{', '.join(g.model for g in group)}]; it served {served}"
-        return self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
+        served = self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
+        if call.tickets:  # what the admission took, corrected by the reply (one write round trip)
+            await self._settle(call, sent, completion, None)
+        return served
 
     def _timed_out(self, call: _Call, combo: Combo, c: Candidate, provider: Provider, endpoint: Endpoint, timeout_s: float,
                    progress: _Progress, started: float, retry: bool, was_half_open: bool) -> tuple[ProviderFailure, Attempt]:
@@ -755,6 +883,7 @@ class Loop:
         state.record_usage(c.account_key, now, usage.total_tokens if usage else 0)
         if completion.rate_limits is not None:
             state.record_ratelimits(c.account_key, completion.rate_limits)
+            self.decider.pacer.learn(c, completion.rate_limits, now)
         state.set_pointer(f"lkgp:{combo.name}", c.key)
         if combo.strategy == "context-relay" and info.conversation:
             state.set_pointer(relay_pointer(combo.name, info.conversation), c.key)  # it holds the conversation now
@@ -779,6 +908,7 @@ class Loop:
             message = f"{relay_note}; {message}"
         if failure.rate_limits is not None:
             state.record_ratelimits(c.account_key, failure.rate_limits)
+            self.decider.pacer.learn(c, failure.rate_limits, now)
         fresh_key: str | None = None
         if rule.retry_when_key_changed:
             acc = provider.account(c.account)
@@ -793,13 +923,18 @@ class Loop:
                     continue
                 key = c.key if hr.scope == "candidate" else c.account_key
                 detail = self.decider.key_fingerprint(c) if hr.kind == "disabled" else ""
-                state.set_hold(key, hr.kind, until, hr.reason.format(status=failure.status or "?"), detail, durable=hr.durable)
+                reason = hr.reason.format(status=failure.status or "?")
+                state.set_hold(key, hr.kind, until, reason, detail, durable=hr.durable)
+                if hr.kind != "disabled":  # (a refused key is this process's key: it stays here)
+                    # for every process: another kernel's next admission on this key waits it out
+                    call.holds = [*(call.holds or ()), ExtendHold(key, hr.kind, until, reason, detail)]
                 hold = hr.label
                 hold_until = None if hr.kind == "disabled" else until
                 break
         if rule.breaker:
             at_once = rule.breaker_at_once_when_local_refuses and failure.refused and provider.local
             b = state.breaker_failure(c.key, now, open_now=bool(at_once))
+            call.breaker_failed = True  # counted in the store too (its half-open probe is one process's)
             if b.state == "open":
                 hold = hold or "breaker open"
                 hold_until = hold_until or (b.opened_at + b.open_for)

@@ -352,6 +352,7 @@ class SQLiteBackend(StateBackend):
     """
 
     persistent = True
+    path: Path  # always a file here
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 5.0, open_wait_s: float = 1.5,
                  open_tries: int = 2) -> None:
@@ -422,7 +423,8 @@ class SQLiteBackend(StateBackend):
         """Check that the file is nbrouter's and whole, migrate it, and read its state rows."""
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        foreign = sorted(t for t in tables - {"state", "calls"} if not t.startswith("sqlite_"))
+        # "shared" is the table of shared_sqlite.py (the shared state of the machine's kernels)
+        foreign = sorted(t for t in tables - {"state", "calls", "shared"} if not t.startswith("sqlite_"))
         if foreign and "state" not in tables:
             raise _NotOurs(f"it holds another program's tables ({', '.join(foreign[:5])})")
         if version > SCHEMA_VERSION:
@@ -501,7 +503,7 @@ class SQLiteBackend(StateBackend):
         if self._reader is None:
             raise StoreUnavailable(f"{self.path} is not open")
         with self._read_lock:
-            return self._reader.execute("PRAGMA data_version").fetchone()[0]
+            return int(self._reader.execute("PRAGMA data_version").fetchone()[0])
 
     def recent_calls(self, limit: int) -> list[dict[str, Any]]:
         if self._reader is None:

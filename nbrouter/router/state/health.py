@@ -194,7 +194,7 @@ class LatencyStats:
         memo = self.__dict__.get("_reading")
         if memo is None:
             memo = self.__dict__["_reading"] = (self.percentile(0.95), self.spread(), self.error_rate())
-        return memo  # type: ignore[no-any-return]
+        return memo
 
     def requests_last_hour(self, now: float) -> int:
         """Requests in the 60 minutes up to `now`."""

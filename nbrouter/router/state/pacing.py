@@ -1,34 +1,58 @@
-"""Pacing: token buckets per account and per candidate, so a batch uses each account up to its limit and no further.
+"""Pacing: every call on an account whose limits are known is admitted by the shared store before it is
+sent, so that the kernels and machines sharing an account share its limits exactly.
 
-    config quota (per account)  ─┐
-                                 ├─> buckets: requests and tokens, per minute and per day
-    rate-limit headers (per      │     (level refills at limit / window; a request takes 1, its tokens
-    candidate, as replies come) ─┘      take the estimate, corrected when the reply reports usage)
+    config quota (per account)  ─┐                       ┌─ admitted: send, then settle (one write round trip:
+                                 ├─> BucketSpecs ─> admit │   the slot back, the token estimate corrected, the
+    rate-limit headers (per      │   (one round trip:     │   headers' remaining, a 429 emptying the buckets
+    candidate, as replies come) ─┘   holds, breaker,      │   for everyone, the holds met, the counts)
+                                     buckets, a slot)     └─ refused: skip the candidate until `wait_s` passes
 
-A call that carries a `Pacer` (`CallRequest.pacer`, set by `Router.map`) is asked about through the skip
-check "paced" (decide.py): a candidate whose buckets have no headroom now is skipped with the time of its
-next refill, and when every candidate is paced the loop waits on the router's clock for the earliest
-refill instead of sending into a 429. The pacer learns while the call is on the wire (`Pacer.around`):
-a reply's headers set the level and the rate, a 429 empties the buckets of that candidate and account.
+The buckets live in the store (`shared.SharedState`): one level per bucket, refilled at the limit's rate,
+taken from atomically by every process. Their numbers (`BucketSpec`) come from here with every call: the
+configured `quota` of the account wins; otherwise the limits a candidate's rate-limit headers reported,
+per minute unless several readings agree that the reset is further away than a minute can be.
 
-A minute bucket holds at most `BURST_S` seconds of refill, so a batch is spread evenly over the minute
-(providers enforce per-minute limits over shorter periods too); a day bucket holds the day's limit.
-Everything here is bookkeeping behind one lock: the same pacer may be used by calls on several loops.
+An account with no known limits (no quota, no headers, never limited, no concurrency limit) is not asked
+about: it costs no store round trip. A batch's first request to such a candidate finds out its limits
+before the rest follow (`LEARNING`).
+
+Two lanes share each bucket: "interactive" (a cell, `complete`) and "batch" (`map`). A requests bucket
+holds `INTERACTIVE_REQUESTS` more than a batch may use (the reserve), and a batch's request takes a little
+more than one (`reserved_share`), so a cell's call finds room at once while a batch saturates the account,
+and the batch slows down by what the cell took.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Mapping, TypeVar
+from typing import Any, Mapping, Sequence
 
 from ..._core import Clock, ErrorKind, ProviderFailure, RateLimits
 from ..._core.clock import SYSTEM_CLOCK
 from ..._core.text import span
 from ..model import Config
+from ..requests import Pacing
 from ..types import Candidate
-
-T = TypeVar("T")
+from .health import Hold
+from .shared import (
+    AddCount,
+    AdjustBucket,
+    AdmitRequest,
+    BucketSpec,
+    BreakerSuccess,
+    EmptyBuckets,
+    ExtendHold,
+    Lane,
+    LowerBucket,
+    ReleaseSlot,
+    SharedState,
+    SlotRequest,
+    StoreDown,
+    Window,
+    Write,
+)
 
 MINUTE_S = 60.0
 DAY_S = 86400.0
@@ -37,274 +61,427 @@ BURST_S = 1.0
 #: the share of a limit the pacer aims at: our clock and the provider's see each request at slightly
 #: different moments, so pacing at exactly the limit would meet an occasional 429
 PACING_MARGIN = 0.99
-#: a bucket seen for the first time holds this many requests until headers say more: an account's
-#: state at the provider is unknown (it may be in use elsewhere), so the pacer probes before it bursts
+#: a requests bucket seen for the first time holds this many requests for a batch (beyond the reserve):
+#: an account's state at the provider is unknown (it may be in use elsewhere), so the pacer probes first
 PROBE_REQUESTS = 1.0
-#: a header whose implied window (limit x reset / used) is longer than this describes a per-day limit
-#: (Groq's x-ratelimit-limit-requests is requests per day); shorter, a per-minute one
-DAY_WINDOW_AFTER_S = 600.0
+#: what each requests bucket keeps for the interactive lane: a cell's call never waits behind a batch
+INTERACTIVE_REQUESTS = 1.0
+#: the share of a tokens bucket kept for the interactive lane
+INTERACTIVE_TOKEN_SHARE = 0.2
+#: a batch's request costs 1 / (1 - share) of a request, share = the reserve over the limit, at most this
+MAX_RESERVED_SHARE = 0.05
+#: a header is read as a per-day limit only after this many readings agree (one reading never decides)
+DAY_EVIDENCE_READINGS = 3
+#: a per-minute window never reports its reset further away than this (a minute, and slack for clocks)
+MINUTE_RESET_MAX_S = 65.0
 #: the shortest wait the pacer asks for (a shorter one may vanish in the rounding of epoch seconds)
 MIN_WAIT_S = 0.001
-#: how soon an account at its concurrency limit is looked at again
+#: how soon a candidate whose first request is finding out its limits is looked at again
 RECHECK_S = 0.02
 #: a paced call waits at most this long for a candidate to free up before it fails as usual
 MAX_WAIT_S = 120.0
+#: a concurrency slot whose holder never gave it back heals after this long
+SLOT_TTL_S = 300.0
+#: a half-open breaker's probe keeps the others out this long if its holder never reports
+PROBE_TTL_S = 60.0
 #: the prefix of the skip reason (the loop and the batch know a paced skip by it)
 PACED = "paced"
+#: the skip reason of a candidate whose first request is on the wire (a batch waits behind it)
+LEARNING = f"{PACED}: finding out its limits"
+
+#: the store's counter of requests sent on an account (`sent:ACCOUNT`, never reset)
+SENT_PREFIX = "sent:"
+#: the store's usage counters of a quota account (`usage:ACCOUNT|requests`, per calendar minute and day)
+USAGE_PREFIX = "usage:"
 
 
-@dataclass
-class Bucket:
-    """A token bucket: `level` refills at `rate` per second up to `capacity`; a take may go below zero."""
+@dataclass(frozen=True)
+class Limit:
+    """One limit an account or candidate is paced by: `limit` of `what` per `window_s`, kept under `scope`
+    (the account key for a configured quota, the candidate key for what its headers said)."""
 
+    scope: str
     what: str  # "requests" | "tokens"
     window_s: float
     limit: float
-    margin: float = PACING_MARGIN
-    level: float = 0.0
-    stamp: float = 0.0
-    #: nothing is taken before this time (a 429's retry-after)
-    blocked_until: float = 0.0
-    rate: float = field(init=False)
-    capacity: float = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.set_limit(self.limit)
-
-    def set_limit(self, limit: float) -> None:
-        self.limit = float(limit)
-        self.rate = max(self.limit * self.margin / self.window_s, 1e-9)
-        self.capacity = max(1.0, self.limit if self.window_s >= DAY_S else self.rate * BURST_S)
-        self.level = min(self.level, self.capacity)
-
-    def refill(self, now: float) -> None:
-        if now > self.stamp:
-            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-            self.stamp = now
-
-    def wait_s(self, amount: float, now: float) -> float:
-        """Seconds until `amount` can be taken (0: now). An amount above the capacity needs a full bucket."""
-        self.refill(now)
-        need = min(amount, self.capacity) - self.level
-        wait = need / self.rate if need > 1e-6 else 0.0
-        return max(wait, self.blocked_until - now)
-
-    def take(self, amount: float, now: float) -> None:
-        self.refill(now)
-        self.level -= amount
-
-    def give_back(self, amount: float, now: float) -> None:
-        self.refill(now)
-        self.level = min(self.capacity, self.level + amount)
-
-    def set_remaining(self, remaining: float, now: float) -> None:
-        # only ever down: a provider's bucket may hold a whole minute, ours holds BURST_S of it, and
-        # a reply's count was taken before the requests we sent since (those are subtracted by the caller)
-        self.refill(now)
-        self.level = min(self.level, float(remaining))
-
-    def empty(self, now: float, until: float | None) -> None:
-        self.refill(now)
-        self.level = min(self.level, 0.0)
-        if until is not None:
-            self.blocked_until = max(self.blocked_until, until)
+    @property
+    def name(self) -> str:
+        return f"{self.what}/{self.window_s:g}"
 
     def describe(self) -> str:
         per = "min" if self.window_s < DAY_S else "day"
         return f"{self.limit:g} {self.what}/{per}"
 
+    def spec(self, margin: float, amount: float, lane: Lane) -> BucketSpec:
+        """The bucket this limit is, taking `amount` (a request, or the call's tokens) in `lane`."""
+        rate = max(self.limit * margin / self.window_s, 1e-9)
+        # a batch's take costs a little more, so that it leaves the reserve's refill to interactive calls
+        batch = amount / (1.0 - self.reserved_share)
+        if lane == "batch":
+            amount = batch
+        # the bucket holds at least one batch take above the reserve (a take larger than a burst, tokens of
+        # a long prompt, waits for a full bucket and leaves it in debt), and the reserve on top
+        base = max(self.limit if self.window_s >= DAY_S else rate * BURST_S, batch, 1.0)
+        keep = INTERACTIVE_REQUESTS if self.what == "requests" else base * INTERACTIVE_TOKEN_SHARE
+        capacity = base + keep
+        # a minute bucket new to the store lets one batch request probe (the store keeps a bucket from its
+        # first take on: one that no take fits would start afresh at every ask)
+        initial = keep + batch * PROBE_REQUESTS if self.what == "requests" and self.window_s < DAY_S else capacity
+        return BucketSpec(self.scope, self.name, rate, capacity, min(initial, capacity), amount, keep / capacity)
 
-def _window_of(limit: float, remaining: float | None, reset_at: float | None, now: float) -> float:
-    """The window a rate-limit header describes: a bucket refilling `limit - remaining` in `reset_at - now`
-    refills `limit` in limit x reset / used seconds (about 60 for a minute limit, 86400 for a day)."""
-    if remaining is None or reset_at is None or remaining >= limit or reset_at <= now:
-        return MINUTE_S
-    implied = limit * (reset_at - now) / (limit - remaining)
-    return DAY_S if implied > DAY_WINDOW_AFTER_S else MINUTE_S
+    @property
+    def reserved_share(self) -> float:
+        """The share of the limit a batch leaves to interactive calls when it saturates the account."""
+        return min(MAX_RESERVED_SHARE, INTERACTIVE_REQUESTS / max(self.limit, 1.0))
+
+
+class WindowGuess:
+    """Which window a header's limit counts: per minute until `DAY_EVIDENCE_READINGS` readings have put the
+    reset further away than a minute window ever does. A header says the limit and what remains, never the
+    window; a reset an hour away after one request (a per-day limit) and a reset 59 s away on a busy minute
+    (a sliding minute whose reset is the time until it is empty) look alike in one reading, so one never
+    decides, and nothing but long resets ever makes a limit per day."""
+
+    __slots__ = ("long_resets", "window_s")
+
+    def __init__(self) -> None:
+        self.long_resets = 0
+        self.window_s = MINUTE_S
+
+    def read(self, reset_at: float | None, now: float) -> float:
+        """Count one reading (its reset time) and return the window it now points to."""
+        if reset_at is not None and reset_at - now > MINUTE_RESET_MAX_S:
+            self.long_resets += 1
+            if self.long_resets >= DAY_EVIDENCE_READINGS:
+                self.window_s = DAY_S
+        return self.window_s
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """How a call is paced (`CallRequest.pacer`): its lane, the longest wait for headroom, and a limit on
+    calls in flight per account (`map`'s `account_concurrency`: a number for all, or one per account key)."""
+
+    lane: Lane = "batch"
+    max_wait_s: float = MAX_WAIT_S
+    account_concurrency: int | Mapping[str, int] | None = None
+
+    def concurrency(self, account_key: str) -> int | None:
+        limit = self.account_concurrency
+        if isinstance(limit, Mapping):
+            return limit.get(account_key)
+        return limit
+
+
+#: how an interactive call (no `pacer` on its request) is paced
+INTERACTIVE = Lanes("interactive")
+
+
+@dataclass
+class Ticket:
+    """What an admission took for one attempt, given back or corrected when the attempt settles."""
+
+    c: Candidate
+    tokens: int
+    lane: Lane
+    specs: tuple[BucketSpec, ...]
+    limits: tuple[Limit, ...]
+    slot: str | None = None
+    probe: bool = False
+    #: the store answered (False: it was down and this process decided alone)
+    shared: bool = True
 
 
 class Pacer:
-    """Per-account and per-candidate buckets, consulted before each attempt of a paced call.
+    """The router's pacing of every call, over the shared store's admission.
 
     Args:
-        config: the router's configuration (the accounts' `quota` tables seed the account buckets).
+        config: the router's configuration (the accounts' `quota` tables are their limits).
+        shared: the state every process shares (`state.shared.SharedState`).
         clock: the router's clock (a reply is learned from at the time it arrives).
-        account_concurrency: at most this many requests in flight per account (an int for all, or a
-            mapping `provider#account -> int`); None: no limit but the rates.
         margin: the share of each limit to pace at.
         max_wait_s: how long a paced call may wait for headroom before it fails as usual.
     """
 
-    def __init__(self, config: Config, *, clock: Clock = SYSTEM_CLOCK, account_concurrency: int | Mapping[str, int] | None = None,
-                 margin: float = PACING_MARGIN, max_wait_s: float = MAX_WAIT_S) -> None:
-        self.config = config
+    def __init__(self, config: Config, shared: SharedState, *, clock: Clock = SYSTEM_CLOCK, margin: float = PACING_MARGIN,
+                 max_wait_s: float = MAX_WAIT_S) -> None:
+        self.shared = shared
         self.clock = clock
         self.margin = margin
         self.max_wait_s = max_wait_s
-        self.account_concurrency = account_concurrency
         self._lock = threading.Lock()
-        self._buckets: dict[str, dict[tuple[str, float], Bucket]] = {}
-        self._in_flight: dict[str, int] = {}
-        #: candidates that have answered at least once (before that, one request at a time probes them)
+        #: header-derived limits per candidate key: (what) -> (limit, window)
+        self._learned: dict[str, dict[str, tuple[float, float]]] = {}
+        self._guesses: dict[tuple[str, str], WindowGuess] = {}
+        self._limits: dict[str, tuple[Limit, ...]] = {}
+        #: accounts and candidates asked about though no limit is known: they met a 429, a hold or a breaker
+        self._watched: set[str] = set()
+        #: (candidate key, lane) -> (until, why): the store said wait; asked again only after `until`
+        self._blocked: dict[tuple[str, str], tuple[float, str]] = {}
+        #: candidates that have answered at least once (before that, one batch request at a time probes them)
         self._answered: set[str] = set()
+        self._in_flight: dict[str, int] = {}
         #: requests sent and 429s met, per candidate key (what the batch summary shows)
         self.sent: dict[str, int] = {}
         self.limited: dict[str, int] = {}
+        #: what the store said when it last failed to answer (None: it answers)
+        self.store_error: str | None = None
+        #: the hold the store's last refusal named (another process's cooldown, kept here too by the loop)
+        self.last_hold: Hold | None = None
+        self.set_config(config)
 
-    # ---- the buckets of a candidate ----------------------------------------------------------
-
-    def _account_buckets(self, c: Candidate, now: float) -> dict[tuple[str, float], Bucket]:
-        buckets = self._buckets.get(c.account_key)
-        if buckets is None:
-            buckets = self._buckets[c.account_key] = {}
-            acc = self.config.providers[c.provider].account(c.account) if c.provider in self.config.providers else None
-            if acc is not None and not acc.quota.is_empty():
+    def set_config(self, config: Config) -> None:
+        """Use a new configuration (its quotas); learned limits are kept."""
+        self.config = config
+        self._quota: dict[str, tuple[Limit, ...]] = {}
+        for name, provider in config.providers.items():
+            for acc in provider.accounts:
                 q = acc.quota
-                for what, window, limit in (("requests", MINUTE_S, q.requests_per_minute), ("tokens", MINUTE_S, q.tokens_per_minute),
-                                            ("requests", DAY_S, q.requests_per_day), ("tokens", DAY_S, q.tokens_per_day)):
-                    if limit:
-                        buckets[(what, window)] = self._new(what, window, limit, now)
-        return buckets
+                if q.is_empty():
+                    continue
+                key = f"{name}#{acc.name}"
+                self._quota[key] = tuple(
+                    Limit(key, what, window, float(limit))
+                    for what, window, limit in (("requests", MINUTE_S, q.requests_per_minute), ("tokens", MINUTE_S, q.tokens_per_minute),
+                                                ("requests", DAY_S, q.requests_per_day), ("tokens", DAY_S, q.tokens_per_day))
+                    if limit)
+        self._limits.clear()
 
-    def _new(self, what: str, window: float, limit: float, now: float) -> Bucket:
-        b = Bucket(what, window, limit, self.margin, stamp=now)
-        # a day bucket starts full (the day's limit is counted by the quota check as well); a minute
-        # bucket probes until the provider's headers say how much is left
-        b.level = b.capacity if window >= DAY_S else min(b.capacity, PROBE_REQUESTS if what == "requests" else b.capacity)
-        return b
+    # ---- what a candidate is paced by ----------------------------------------------------------
 
-    def _all(self, c: Candidate, now: float) -> list[Bucket]:
-        return [*self._account_buckets(c, now).values(), *self._buckets.get(c.key, {}).values()]
-
-    def _concurrency_limit(self, c: Candidate) -> int | None:
-        limit = self.account_concurrency
-        if isinstance(limit, Mapping):
-            return limit.get(c.account_key)
-        return limit
-
-    # ---- asked by the skip check -------------------------------------------------------------
-
-    def wait_s(self, c: Candidate, tokens: int, now: float) -> tuple[float, str]:
-        """Seconds until `c` may be sent a request of `tokens` (0: now), and what it waits for."""
+    def limits_of(self, c: Candidate) -> tuple[Limit, ...]:
+        """The limits `c` is paced by: its account's quota, and what its headers said of the rest (the
+        configured quota wins for a metric it names)."""
+        hit = self._limits.get(c.key)
+        if hit is not None:
+            return hit
         with self._lock:
-            limit = self._concurrency_limit(c)
-            if limit is not None and self._in_flight.get(c.account_key, 0) >= limit:
-                return RECHECK_S, f"{limit} in flight on {c.account_key}"
-            buckets = self._all(c, now)
-            if not buckets and c.key not in self._answered and self._in_flight.get(c.key, 0) >= 1:
-                # nothing known of its limits yet: one request finds them out (its reply's headers) first
-                return RECHECK_S, "the first request is finding out its limits"
-            worst, why = 0.0, ""
-            for b in buckets:
-                w = b.wait_s(1.0 if b.what == "requests" else float(tokens), now)
-                if w > worst:
-                    worst, why = w, b.describe()
-            return worst, why
+            quota = self._quota.get(c.account_key, ())
+            covered = {q.what for q in quota}
+            learned = tuple(Limit(c.key, what, window, limit) for what, (limit, window) in self._learned.get(c.key, {}).items()
+                            if what not in covered)
+            out = self._limits[c.key] = quota + learned
+        return out
 
-    def skip(self, c: Candidate, tokens: int, now: float) -> tuple[str, float] | None:
-        """The skip check's answer: None when there is headroom now, else (reason, time of the refill)."""
-        wait, why = self.wait_s(c, tokens, now)
-        if wait <= 0:
-            return None
-        # at least a millisecond: `now + wait` must be later than `now` in an epoch float
-        wait = max(wait, MIN_WAIT_S)
-        return f"{PACED}: no headroom now ({why}; next in {span(wait) if wait >= 1 else f'{wait * 1000:.0f} ms'})", now + wait
+    def watching(self, c: Candidate, lanes: Pacing) -> bool:
+        """Does a call to `c` go through the store's admission? (Known limits, a concurrency limit, or a
+        429, hold or breaker met on it; otherwise it costs no round trip.)"""
+        return bool(self.limits_of(c)) or c.account_key in self._watched or c.key in self._watched \
+            or lanes.concurrency(c.account_key) is not None
 
-    # ---- told by the loop around each attempt ------------------------------------------------
+    def watch(self, key: str) -> None:
+        """Ask the store about this account or candidate from now on (it met a 429, a hold, a breaker)."""
+        self._watched.add(key)
 
-    async def around(self, c: Candidate, tokens: int, now: float, sending: Awaitable[T]) -> T:
-        """Await one attempt's send: take its request and tokens first, then learn from how it ended."""
-        self.take(c, tokens, now)
+    def wanted(self, lane: str) -> bool:
+        """Can the skip check say no to a call of this lane now? (Cheap: asked once per decision.)"""
+        return lane == "batch" or bool(self._blocked)
+
+    # ---- asked by the skip check (local, no round trip) -----------------------------------------
+
+    def skip(self, c: Candidate, tokens: int, now: float, lane: str = "batch") -> tuple[str, float] | None:
+        """The skip check's answer: None, or (reason, until) when the store said wait not long ago, or a
+        batch's first request to `c` is still finding out its limits."""
+        blocked = self._blocked.get((c.key, lane))
+        if blocked is not None:
+            until, why = blocked
+            if until > now:
+                wait = until - now
+                return f"{PACED}: no headroom now ({why}; next in {span(wait) if wait >= 1 else f'{wait * 1000:.0f} ms'})", until
+            self._blocked.pop((c.key, lane), None)
+        if lane == "batch" and c.key not in self._answered and self._in_flight.get(c.key, 0) >= 1 and not self.limits_of(c):
+            return f"{LEARNING} (its first request is on the wire)", now + RECHECK_S
+        return None
+
+    # ---- admission, before each attempt is sent ------------------------------------------------
+
+    async def admit(self, c: Candidate, tokens: int, lanes: Pacing, now: float) -> Ticket | tuple[str, float]:
+        """Ask the store for one attempt of `c` (one round trip): the Ticket when it may be sent (its
+        buckets taken from), else (reason, until) and `c` is skipped until then in this lane."""
+        limits = self.limits_of(c)
+        lane: Lane = "interactive" if lanes.lane == "interactive" else "batch"
+        specs = tuple(lim.spec(self.margin, 1.0 if lim.what == "requests" else float(tokens), lane) for lim in limits)
+        concurrency = lanes.concurrency(c.account_key)
+        request = AdmitRequest(
+            account=c.account_key, holds=(c.key, c.account_key), buckets=specs, lane=lane,
+            slot=SlotRequest(concurrency, SLOT_TTL_S) if concurrency is not None else None,
+            breaker=c.key, probe_ttl_s=PROBE_TTL_S)
         try:
-            completion = await sending
-        except ProviderFailure as failure:
-            self.failed(c, tokens, failure, self.clock.time())
-            raise
-        except BaseException:
-            self.release(c)
-            raise
-        self.served(c, tokens, completion, self.clock.time())
-        return completion
+            answer = await self.shared.admit(request)
+        except StoreDown as exc:  # a store without its guard: this process decides alone, and says so
+            self.store_error = str(exc)
+            return self._sent(Ticket(c, tokens, lane, specs, limits, shared=False))
+        self.store_error = None
+        if answer.admitted:
+            return self._sent(Ticket(c, tokens, lane, specs, limits, answer.slot, answer.probe))
+        wait = max(answer.wait_s, MIN_WAIT_S)
+        until = now + wait
+        if answer.reason == "held" and answer.hold is not None:
+            h = self.last_hold = answer.hold
+            return f"{'locked' if h.kind == 'lock' else 'cooling down'}: {h.reason} ({span(h.until - now)} left)", h.until
+        if answer.reason == "bucket":
+            why = next((lim.describe() for lim, s in zip(limits, specs) if s.field == answer.bucket), "the account's limit")
+        elif answer.reason == "slots":
+            why = f"{concurrency} in flight on {c.account_key}"
+        elif answer.reason == "breaker":
+            why = "breaker half-open: another process's probe is in flight" if answer.wait_s <= PROBE_TTL_S else "breaker open"
+        else:
+            why = answer.reason or "the store"
+        self._blocked[(c.key, lane)] = (until, why)
+        return f"{PACED}: no headroom now ({why}; next in {span(wait) if wait >= 1 else f'{wait * 1000:.0f} ms'})", until
 
-    def take(self, c: Candidate, tokens: int, now: float) -> None:
-        with self._lock:
-            for b in self._all(c, now):
-                b.take(1.0 if b.what == "requests" else float(tokens), now)
-            self._in_flight[c.account_key] = self._in_flight.get(c.account_key, 0) + 1
-            self._in_flight[c.key] = self._in_flight.get(c.key, 0) + 1
-            self.sent[c.key] = self.sent.get(c.key, 0) + 1
+    def local_ticket(self, c: Candidate, tokens: int, lanes: Pacing) -> Ticket:
+        """A batch's attempt of a candidate the store is not asked about: counted here only (its first
+        request finds out its limits while the others wait, `skip`)."""
+        lane: Lane = "interactive" if lanes.lane == "interactive" else "batch"
+        return self._sent(Ticket(c, tokens, lane, (), (), shared=False))
 
-    def release(self, c: Candidate) -> None:
-        with self._lock:
-            self._release(c)
+    def _sent(self, ticket: Ticket) -> Ticket:
+        key = ticket.c.key
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        self.sent[key] = self.sent.get(key, 0) + 1
+        return ticket
 
-    def _release(self, c: Candidate) -> None:
-        for key in (c.account_key, c.key):
-            left = self._in_flight.get(key, 1) - 1
-            if left > 0:
-                self._in_flight[key] = left
-            else:
-                self._in_flight.pop(key, None)
+    def begin(self, c: Candidate) -> None:
+        """A batch's attempt of `c` without admission starts (its first request finds out its limits)."""
+        self._in_flight[c.key] = self._in_flight.get(c.key, 0) + 1
+        self.sent[c.key] = self.sent.get(c.key, 0) + 1
 
-    def served(self, c: Candidate, tokens: int, completion: Any, now: float) -> None:
-        """A reply: correct the token estimate by the reported usage, and learn from its headers."""
-        with self._lock:
-            self._release(c)
-            self._answered.add(c.key)
-            usage = getattr(completion, "usage", None)
-            if usage is not None and usage.total_tokens:
-                for b in self._all(c, now):
-                    if b.what == "tokens":
-                        b.give_back(float(tokens - usage.total_tokens), now)
-            limits = getattr(completion, "rate_limits", None)
-            if limits is not None:
-                self._learn(c, limits, now)
+    def end(self, c: Candidate) -> None:
+        """That attempt ended (whichever way)."""
+        left = self._in_flight.get(c.key, 1) - 1
+        if left > 0:
+            self._in_flight[c.key] = left
+        else:
+            self._in_flight.pop(c.key, None)
 
-    def failed(self, c: Candidate, tokens: int, failure: ProviderFailure, now: float) -> None:
-        """A failure: a 429 empties the candidate's and account's buckets (until its retry-after)."""
-        with self._lock:
-            self._release(c)
-            self._answered.add(c.key)
-            if failure.rate_limits is not None:
-                self._learn(c, failure.rate_limits, now)
-            if failure.kind is ErrorKind.RATE_LIMIT:
-                self.limited[c.key] = self.limited.get(c.key, 0) + 1
-                until = now + failure.retry_after_s if failure.retry_after_s else None
-                # with no limit known (no quota, no headers) the loop's cooldown of the candidate paces it
-                for b in self._all(c, now):
-                    if b.what == "requests" or failure.rate_limits is None or failure.rate_limits.remaining_tokens == 0:
-                        b.empty(now, until)
+    # ---- after each attempt ------------------------------------------------------------------
+
+    def settle(self, c: Candidate, ticket: Ticket | None, now: float, *, completion: Any = None,
+               failure: ProviderFailure | None = None, holds: Sequence[ExtendHold] = (), breaker_failed: bool = False) -> list[Write]:
+        """Learn from how an attempt ended and return the writes to apply in one round trip: the slot back,
+        the tokens corrected, the headers' remaining, a 429's empty buckets, the holds met, the counts."""
+        writes: list[Write] = list(holds)
+        if ticket is not None:
+            self.end(c)
+        self._answered.add(c.key)
+        # (the loop learns the headers' limits itself, for every reply: `learn`)
+        rate_limits = getattr(completion, "rate_limits", None) if failure is None else failure.rate_limits
+        limited = failure is not None and failure.kind is ErrorKind.RATE_LIMIT
+        if limited:
+            self.limited[c.key] = self.limited.get(c.key, 0) + 1
+            self.watch(c.account_key)
+        if holds or breaker_failed:
+            self.watch(c.key)
+        if ticket is None:
+            return writes
+        if not ticket.specs and ticket.slot is None:
+            # admitted without the store (nothing was known, or it was down): what this reply taught, if
+            # anything, is written now (its remaining counts), and the request counted
+            limits = self.limits_of(c)
+            if not limits:
+                return writes
+            lane: Lane = ticket.lane
+            ticket = Ticket(c, ticket.tokens, lane, tuple(lim.spec(self.margin, 0.0, lane) for lim in limits), limits)
+        account = c.account_key
+        if ticket.slot is not None:
+            writes.append(ReleaseSlot(account, ticket.slot))
+        writes.append(AddCount(SENT_PREFIX + account, 1, Window.forever()))
+        usage = getattr(completion if failure is None else failure, "usage", None)
+        used = getattr(usage, "total_tokens", None)
+        if account in self._quota:
+            for window in (Window.minute(), Window.day()):
+                writes.append(AddCount(f"{USAGE_PREFIX}{account}|requests", 1, window))
+                if used:
+                    writes.append(AddCount(f"{USAGE_PREFIX}{account}|tokens", float(used), window))
+        for lim, spec in zip(ticket.limits, ticket.specs):
+            if lim.what == "tokens" and used is not None:
+                back = spec.amount - float(used)  # the estimate taken, less what the reply says it used
+                if back:
+                    writes.append(AdjustBucket(account, _with_amount(spec, back)))
+        if isinstance(rate_limits, RateLimits):
+            writes += self._lowered(ticket, rate_limits)
+        if limited and failure is not None:
+            until = now + failure.retry_after_s if failure.retry_after_s else None
+            out_of_tokens = rate_limits is None or rate_limits.remaining_tokens == 0
+            empty = [s for lim, s in self._shortest(ticket) if lim.what == "requests" or out_of_tokens]
+            if empty:
+                writes.append(EmptyBuckets(account, tuple(empty), until))
+        if completion is not None and failure is None and (c.key in self._watched or ticket.probe):
+            writes.append(BreakerSuccess(c.key))
+        return writes
+
+    def _shortest(self, ticket: Ticket) -> list[tuple[Limit, BucketSpec]]:
+        """Each metric's shortest-window bucket of the ticket: what a reply's remaining or a 429 is about (a
+        day bucket is never emptied by a minute's 429)."""
+        best: dict[str, tuple[Limit, BucketSpec]] = {}
+        for lim, spec in zip(ticket.limits, ticket.specs):
+            if lim.what not in best or lim.window_s < best[lim.what][0].window_s:
+                best[lim.what] = (lim, spec)
+        return list(best.values())
+
+    def _lowered(self, ticket: Ticket, limits: RateLimits) -> list[Write]:
+        """A reply's remaining counts, as writes that lower the buckets they are about (never raise them):
+        the provider had that much left when it answered, less what this process has sent since."""
+        out: list[Write] = []
+        in_flight = float(self._in_flight.get(ticket.c.key, 0))
+        for lim, spec in self._shortest(ticket):
+            remaining = limits.remaining_requests if lim.what == "requests" else limits.remaining_tokens
+            if remaining is None:
+                continue
+            level = float(remaining) - (in_flight if lim.what == "requests" else 0.0)
+            out.append(LowerBucket(ticket.c.account_key, spec, level))
+        return out
 
     def learn(self, c: Candidate, limits: RateLimits, now: float) -> None:
-        """Set the candidate's buckets from a reply's rate-limit headers (limit, remaining, reset)."""
-        with self._lock:
-            self._learn(c, limits, now)
+        """Take in a reply's rate-limit headers (limit and reset) for the candidate."""
+        self._learn(c, limits, now)
 
     def _learn(self, c: Candidate, limits: RateLimits, now: float) -> None:
-        buckets = self._buckets.setdefault(c.key, {})
-        for what, limit, remaining, reset_at in (
-            ("requests", limits.limit_requests, limits.remaining_requests, limits.reset_requests_at),
-            ("tokens", limits.limit_tokens, limits.remaining_tokens, limits.reset_tokens_at),
-        ):
-            if not limit:
-                continue
-            window = _window_of(limit, remaining, reset_at, now)
-            b = buckets.get((what, window))
-            if b is None:
-                b = buckets[(what, window)] = self._new(what, window, limit, now)
-            elif b.limit != limit:
-                b.set_limit(limit)
-            if remaining is not None:
-                # what the provider had left when it answered, less what we sent since that it has not seen
-                in_flight = self._in_flight.get(c.key, 0)
-                b.set_remaining(remaining - (in_flight if what == "requests" else 0), now)
+        changed = False
+        with self._lock:
+            learned = self._learned.setdefault(c.key, {})
+            for what, limit, reset_at in (("requests", limits.limit_requests, limits.reset_requests_at),
+                                          ("tokens", limits.limit_tokens, limits.reset_tokens_at)):
+                if not limit:
+                    continue
+                guess = self._guesses.get((c.key, what))
+                if guess is None:
+                    guess = self._guesses[(c.key, what)] = WindowGuess()
+                window = guess.read(reset_at, now)
+                if learned.get(what) != (float(limit), window):
+                    learned[what] = (float(limit), window)
+                    changed = True
+            if changed:
+                self._limits.pop(c.key, None)
+
+    def forget(self, matches: Sequence[str | None]) -> None:
+        """Forget the store's "wait" answers for keys containing any of `matches` (None: all): a reset."""
+        for key in list(self._blocked):
+            if any(m is None or m in key[0] for m in matches):
+                del self._blocked[key]
 
     # ---- reading ------------------------------------------------------------------------------
 
     def limits(self) -> dict[str, list[str]]:
         """What each account and candidate is paced at (`{"openai#main": ["500 requests/min"], ...}`)."""
+        out: dict[str, list[str]] = {key: [lim.describe() for lim in limits] for key, limits in self._quota.items()}
         with self._lock:
-            return {key: [b.describe() for b in buckets.values()] for key, buckets in self._buckets.items() if buckets}
+            for key, learned in self._learned.items():
+                if learned:
+                    out[key] = [Limit(key, what, window, limit).describe() for what, (limit, window) in learned.items()]
+        return out
+
+    def blocked(self) -> dict[str, float]:
+        """Candidates the store said to wait for, and until when (wall time), as this process last heard."""
+        now = self.clock.time()
+        return {f"{key} ({lane})": until for (key, lane), (until, _) in self._blocked.items() if until > now}
 
 
-__all__ = ["BURST_S", "Bucket", "MAX_WAIT_S", "PACED", "PACING_MARGIN", "Pacer"]
+def _with_amount(spec: BucketSpec, amount: float) -> BucketSpec:
+    return BucketSpec(spec.scope, spec.name, spec.rate, spec.capacity, spec.initial, amount, spec.reserve)
+
+
+__all__ = ["BURST_S", "DAY_S", "INTERACTIVE", "LEARNING", "Lanes", "Limit", "MAX_WAIT_S", "MINUTE_S", "PACED", "PACING_MARGIN",
+           "Pacer", "SENT_PREFIX", "Ticket", "USAGE_PREFIX", "WindowGuess"]

@@ -314,6 +314,13 @@ class StateStore:
             self._writer.flush(DURABLE_WAIT_S, durable=True)
         return h
 
+    def mirror_hold(self, key: str, hold: Hold) -> None:
+        """Keep in memory a hold the shared store reported (another process set it): decisions skip the key
+        until it ends; it is not written again (the store has it)."""
+        current = self.holds.get(key)
+        if current is None or current.until < hold.until:
+            self.holds[key] = hold
+
     def clear_hold(self, key: str) -> None:
         """Lift the hold on a key, if any."""
         if self.holds.pop(key, None) is not None:
@@ -437,6 +444,10 @@ class StateStore:
         self._put("counter", name, value + 1)
         return value
 
+    def set_counter(self, name: str, value: int) -> None:
+        """Set the counter to a turn the shared store handed out (memory only: the store keeps the truth)."""
+        self.counters[name] = value
+
     def counter(self, name: str) -> int:
         """The counter's value."""
         return self.counters.get(name, 0)
@@ -453,8 +464,8 @@ class StateStore:
         """The last `limit` attempts of the call log, oldest first."""
         w = self._writer
         if w is not None and not w.opened:  # the file is busy: what waits for it is all there is
-            rows = w.pending_rows()[-limit:] if limit > 0 else []
-            return [dict(zip(CALL_NAMES, row)) for row in rows]
+            pending = w.pending_rows()[-limit:] if limit > 0 else []
+            return [dict(zip(CALL_NAMES, row)) for row in pending]
         self.flush()
         try:
             rows = self.backend.recent_calls(limit)

@@ -1,0 +1,208 @@
+"""The shared state of one machine: the rules of shared.py, each verb one `BEGIN IMMEDIATE` transaction on
+the state file (WAL), so that every kernel on the machine sees one truth and no update is lost.
+
+The rows live in the file's `shared` table, next to the state and the call log of `backends.py`:
+(space, key, value as JSON, expires). A transaction reads what it needs, decides by the same rule the
+memory store runs, and writes before it commits; another process waits for the write lock (the busy
+timeout), never reads a stale value to write back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from ..._core import Clock
+from ..._core.clock import SYSTEM_CLOCK
+from .backends import is_busy
+from .health import Hold
+from .shared import (
+    Admission,
+    AdmitRequest,
+    BreakerView,
+    BucketSpec,
+    Rules,
+    SlotRequest,
+    StoreDown,
+    Tx,
+    Window,
+    Write,
+    new_token,
+    shuffled,
+)
+
+__all__ = ["SHARED_TABLE", "SQLiteShared"]
+
+T = TypeVar("T")
+
+SHARED_TABLE = ("CREATE TABLE IF NOT EXISTS shared (space TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
+                "expires REAL NOT NULL, PRIMARY KEY (space, key)) WITHOUT ROWID")
+#: expired rows are deleted once per this many transactions of a process
+_SWEEP_EVERY = 2000
+# SQLite stores no infinity in a REAL bound as a parameter portably: a far-off time stands for "never"
+_NEVER = 1e300
+
+
+class _SQLiteTx:
+    """A transaction's view of the `shared` table (inside the caller's BEGIN IMMEDIATE)."""
+
+    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+        self.conn = conn
+        self.now = now
+
+    def get(self, space: str, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM shared WHERE space=? AND key=? AND expires>?",
+                                (space, key, self.now)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def get_many(self, space: str, keys: Sequence[str]) -> list[Any]:
+        if len(keys) == 1:
+            return [self.get(space, keys[0])]
+        marks = ",".join("?" * len(keys))
+        rows = dict(self.conn.execute(f"SELECT key, value FROM shared WHERE space=? AND expires>? AND key IN ({marks})",
+                                      (space, self.now, *keys)).fetchall())
+        return [json.loads(rows[k]) if k in rows else None for k in keys]
+
+    def put(self, space: str, key: str, value: Any, expires: float = math.inf) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO shared(space, key, value, expires) VALUES (?,?,?,?)",
+                          (space, key, json.dumps(value), min(expires, _NEVER)))
+
+    def delete(self, space: str, key: str) -> None:
+        self.conn.execute("DELETE FROM shared WHERE space=? AND key=?", (space, key))
+
+    def items(self, space: str) -> list[tuple[str, Any]]:
+        rows = self.conn.execute("SELECT key, value FROM shared WHERE space=? AND expires>?", (space, self.now)).fetchall()
+        return [(k, json.loads(v)) for k, v in rows]
+
+
+class SQLiteShared:
+    """The shared state in a SQLite file, for every process of one machine.
+
+    Args:
+        path: the state file (the one `StateStore` uses, by default).
+        clock: where "now" comes from (every process on the machine reads the same system clock).
+        busy_timeout_s: how long a verb waits for another process's transaction before `StoreDown`.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Clock = SYSTEM_CLOCK, busy_timeout_s: float = 2.0) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.busy_timeout_s = busy_timeout_s
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._steps = 0
+
+    @property
+    def mode(self) -> str:
+        return "shared"
+
+    @property
+    def warning(self) -> str | None:
+        return None
+
+    def mirror_holds(self) -> dict[str, Hold]:
+        return self.run(Rules.holds)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(SHARED_TABLE)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def run(self, rule: Callable[..., T], *args: Any) -> T:
+        """Run one rule in one write transaction. Raises StoreDown if the file cannot be used now."""
+        with self._lock:
+            try:
+                conn = self._connection()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    now = self.clock.time()
+                    result = rule(_SQLiteTx(conn, now), now, *args)
+                    self._steps += 1
+                    if self._steps % _SWEEP_EVERY == 0:
+                        conn.execute("DELETE FROM shared WHERE expires<=?", (now,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, OSError) as exc:
+                what = "busy (another process holds its lock)" if is_busy(exc) else str(exc)
+                raise StoreDown(f"the state file {self.path} cannot be used: {what}") from None
+            return result
+
+    async def add(self, key: str, n: float, window: Window) -> float:
+        return self.run(Rules.add, key, n, window)
+
+    async def count(self, key: str, window: Window) -> float:
+        return self.run(Rules.count, key, window)
+
+    async def extend_hold(self, key: str, kind: str, until: float, reason: str, detail: str = "") -> Hold:
+        return self.run(Rules.extend_hold, key, kind, until, reason, detail)
+
+    async def holds(self) -> dict[str, Hold]:
+        return self.run(Rules.holds)
+
+    async def clear_holds(self, match: str | None = None) -> int:
+        return self.run(Rules.clear_holds, match)
+
+    async def breaker_failure(self, key: str, *, window_s: float, threshold: int, open_s: float,
+                              open_now: bool = False) -> BreakerView:
+        return self.run(Rules.breaker_failure, key, window_s, threshold, open_s, open_now)
+
+    async def breaker_admits(self, key: str, probe_ttl_s: float) -> tuple[bool, BreakerView]:
+        return self.run(Rules.breaker_admits, key, probe_ttl_s)
+
+    async def breaker_success(self, key: str) -> None:
+        self.run(Rules.breaker_success, key)
+
+    async def end_probe(self, key: str) -> None:
+        self.run(Rules.end_probe, key)
+
+    async def breaker(self, key: str) -> BreakerView:
+        return self.run(Rules.breaker, key)
+
+    async def next_turn(self, key: str, n: int) -> int:
+        return self.run(Rules.next_turn, key, n)
+
+    async def deal(self, key: str, n: int) -> int:
+        return self.run(Rules.deal, key, n, shuffled(n))
+
+    async def least_used(self, key: str, members: Sequence[str]) -> str:
+        return self.run(Rules.least_used, key, list(members))
+
+    async def admit(self, request: AdmitRequest) -> Admission:
+        return self.run(Rules.admit, request, new_token())
+
+    async def acquire_slot(self, account: str, slot: SlotRequest) -> str | None:
+        return self.run(Rules.acquire_slot, account, slot, new_token())
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        def all_of(tx: Tx, now: float) -> None:
+            for w in writes:
+                Rules.write(tx, now, w)
+        self.run(all_of)
+
+    async def buckets(self, account: str, specs: Sequence[BucketSpec]) -> dict[str, float]:
+        return self.run(Rules.buckets, account, list(specs))
+
+    async def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,181 @@
+"""Issue 22: kernels and machines share an account's limits exactly: several OS processes run `map` at once
+over loopback against ONE simulator process that enforces a real sliding-window limit per key.
+
+- 4 processes on one SQLite state file (one machine, four kernels);
+- 2 processes with a state file each, sharing one Redis (two machines).
+
+Each time: every item done, the server's 429s under 1 % of what it received, the store's count of requests
+sent per account equal to the server's count received per key, and a cooldown one process met is seen by
+the others before they send. The limits are scaled down (tens of requests per two seconds) so that a run
+takes seconds; nothing asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbrouter.router.state.pacing import SENT_PREFIX
+from nbrouter.router.state.shared import Window
+from nbrouter.testing import key_id, start_simulator_process
+
+KEYS = {"a": "sim-share-key-aaaa0001", "b": "sim-share-key-bbbb0002"}
+#: each key's real limit at the simulator: REQUESTS per WINDOW_S seconds, sliding
+REQUESTS, WINDOW_S = 20, 2.0
+#: the same limit as the config states it (per minute)
+PER_MINUTE = int(REQUESTS * 60 / WINDOW_S)
+
+WORKER = r"""
+import json, os, sys, time
+from nbrouter import Router
+from nbrouter.router.types import Action
+from nbrouter._core import ErrorKind
+
+spec = json.loads(sys.argv[1])
+kwargs = {"state_path": spec["state_path"]}
+if spec.get("state_url"):
+    kwargs["state_url"] = spec["state_url"]
+router = Router(spec["config"], **kwargs)
+try:
+    # a kernel that has run a call before (its connections open, its code warm), on a key of its own:
+    # what the batch then does is sharing, not the start-up of a process
+    router.complete("sim#warm/m", "warm up")
+    sync = spec["sync_dir"]  # ready, then wait for the start every process was given
+    open(os.path.join(sync, "ready-" + spec["name"]), "w").close()
+    while not os.path.exists(os.path.join(sync, "go")):
+        time.sleep(0.005)
+    start_at = float(open(os.path.join(sync, "go")).read())
+    while time.time() < start_at + spec.get("delay", 0.0):
+        time.sleep(0.001)
+    batch = router.map("c", [f"{spec['name']}-{i}" for i in range(spec["items"])], concurrency=spec["concurrency"], cache=False)
+    tried = [a for e in batch for a in e.attempts if a.action is not Action.SKIPPED]
+    print(json.dumps({
+        "done": batch.done,
+        "failed": [str(f.error) for f in batch.failed],
+        "not_done": len(batch.not_done),
+        "sent": {k: sum(1 for a in tried if a.candidate == k) for k in {a.candidate for a in tried}},
+        "first_item": [(a.candidate, a.action.value, a.message[:120]) for a in batch[0].attempts],
+        "limited": sum(1 for a in tried if a.kind is ErrorKind.RATE_LIMIT),
+        "first_sent": {k: min(a.started_at for a in tried if a.candidate == k) for k in {a.candidate for a in tried}},
+    }))
+finally:
+    router.close()
+"""
+
+
+def config(url: str, *, strategy: str = "round-robin", **policy: Any) -> dict[str, Any]:
+    """One provider at the simulator with two accounts (keys a and b), each with its real limit as `quota`,
+    in a combo over both (and a third account, `warm`, that only warms a process up)."""
+    accounts = [{"name": name, "api_key_env": f"SHARE_KEY_{name.upper()}", "quota": {"requests_per_minute": PER_MINUTE}}
+                for name in KEYS]
+    accounts.append({"name": "warm", "api_key_env": "SHARE_KEY_WARM"})
+    return {"providers": {"sim": {"protocol": "openai", "base_url": url + "/v1", "accounts": accounts}},
+            "combos": {"c": {"targets": ["sim#a/m", "sim#b/m"], "strategy": strategy}}, "policy": policy}
+
+
+def run_workers(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Start one process per spec; once every one is ready (imported, warmed up), they all begin their batch
+    at one moment (plus a spec's `delay`). Returns their reports."""
+    env = dict(os.environ, **{f"SHARE_KEY_{n.upper()}": k for n, k in KEYS.items()}, SHARE_KEY_WARM="sim-share-key-warm0003")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    sync = Path(tempfile.mkdtemp(prefix="nbrouter-share-"))
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(dict(spec, sync_dir=str(sync)))],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for spec in specs]
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(sync.glob("ready-*"))) < len(specs) and time.monotonic() < deadline:
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.01)
+        go = sync / "go.tmp"
+        go.write_text(repr(time.time() + 0.2))
+        go.rename(sync / "go")
+        reports = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-3000:]
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(sync, ignore_errors=True)
+    return reports
+
+
+def store_count(key: str, *, path: Path | None = None, url: str | None = None) -> float:
+    """What the shared store counted under `key` (never reset), read as another process would."""
+    from nbrouter.router.state.guarded import open_shared
+
+    async def read() -> float:
+        shared = open_shared(url=url, path=path)
+        try:
+            return await shared.count(key, Window.forever())
+        finally:
+            await shared.close()
+
+    return asyncio.run(read())
+
+
+def check_shared_limits(sim: Any, reports: list[dict[str, Any]], items: int, **store: Any) -> None:
+    """Every item done; under 1 % answered 429; the store's count of requests sent per account is the
+    server's count received per key, and both match what the processes say they sent."""
+    assert sum(r["done"] for r in reports) == items, reports
+    assert [r["failed"] for r in reports] == [[] for _ in reports]
+    stats = sim.stats()["keys"]
+    received = {name: stats.get(key_id(key), {}).get("received", 0) for name, key in KEYS.items()}
+    limited = sum(stats.get(key_id(key), {}).get("answered_429", 0) for key in KEYS.values())
+    assert sum(received.values()) >= items
+    assert limited < 0.01 * sum(received.values()), (limited, received)
+    assert sum(r["limited"] for r in reports) == limited  # what the clients met is what the server answered
+    for name in KEYS:
+        sent = sum(r["sent"].get(f"sim#{name}/m", 0) for r in reports)
+        assert store_count(f"{SENT_PREFIX}sim#{name}", **store) == received[name] == sent
+        assert stats[key_id(KEYS[name])]["max_in_window"] <= REQUESTS
+
+
+@pytest.fixture
+def simulator() -> Any:
+    with start_simulator_process({"rate_limits": {"default": {"requests": REQUESTS, "window_s": WINDOW_S}}}) as sim:
+        yield sim
+
+
+def test_four_processes_on_one_state_file_share_each_accounts_limit_exactly(simulator, tmp_path) -> None:
+    state = tmp_path / "state.sqlite3"
+    per = 40
+    specs = [{"name": f"k{i}", "config": config(simulator.url), "state_path": str(state), "items": per, "concurrency": 8}
+             for i in range(4)]
+    reports = run_workers(specs)
+    check_shared_limits(simulator, reports, 4 * per, path=state)
+
+
+@pytest.mark.parametrize("met", [{"type": "RateLimited", "retry_after": 30}, {"type": "QuotaExceeded"}])
+def test_a_cooldown_one_process_met_is_seen_by_the_others_before_they_send(met, tmp_path) -> None:
+    # a 429 (the candidate cools down 30 s, its bucket is empty as long) or an exhausted quota (the account
+    # cools down: a hold alone). Four processes run; one meets it on a, first in every process's order; the
+    # others, already running and not reading the state file again (state_refresh_s = 600), start a moment
+    # later: only the shared store can tell them, and none sends to a
+    scripts = [{"key": KEYS["a"], "behaviours": [met]}]
+    limits = {"default": {"requests": REQUESTS, "window_s": WINDOW_S}}
+    with start_simulator_process({"rate_limits": limits, "scripts": scripts}) as sim:
+        state = str(tmp_path / "state.sqlite3")
+        slow_refresh = config(sim.url, strategy="priority", state_refresh_s=600)
+        reports = run_workers([{"name": "first", "config": slow_refresh, "state_path": state, "items": 1, "concurrency": 1}]
+                              + [{"name": f"k{i}", "config": slow_refresh, "state_path": state, "items": 10, "concurrency": 4,
+                                  "delay": 1.0} for i in range(3)])
+        stats = sim.stats()["keys"]
+    first, others = reports[0], reports[1:]
+    assert first["done"] == 1 and first["sent"] == {"sim#a/m": 1, "sim#b/m": 1}
+    assert stats[key_id(KEYS["a"])]["received"] == 1
+    assert sum(r["done"] for r in others) == 30 and all(r["sent"].keys() == {"sim#b/m"} for r in others)
