@@ -16,7 +16,7 @@ from conftest import SIM_KEY, sim_config
 from nbrouter.router.batch.cluster import ClusterExecutor
 from nbrouter.router.batch.dispatch import CANCELLED, NOT_SENT_INTERRUPTED
 from nbrouter.router.batch.engines import DaskEngine
-from nbrouter.testing import Hang, Reply, ServerError, WindowLimits
+from nbrouter.testing import Hang, Reply, ServerError
 from test_cluster import (
     DRIVER_ONLY_ENV,
     Recording,
@@ -102,21 +102,18 @@ def test_a_worker_without_the_key_fails_its_items_with_the_usual_no_key_error(si
 
 
 def test_on_dask_every_item_is_done_within_each_accounts_limit_and_in_order(sim, make_router, client) -> None:
-    per_minute = 600  # each key: 10 requests a second, its window already full (a key in steady use)
-    sim.rate_limits.set_default(WindowLimits(requests=per_minute, window_s=60, start_full=False))
-    router = make_router(limited_config(sim, per_minute))
+    router = make_router(limited_config(sim))  # two keys, 20 requests per 2 s each: 200 items take 10 s at least
     items = [f"q{i}" for i in range(200)]
     batch = router.map("c", items, executor=client, cache=False)
     assert batch.done == 200 and not batch.failed
     assert [t.rsplit(": ", 1)[1] for t in batch.texts] == items
     assert set(batch.served_by_counts) == {"sim#a/m", "sim#b/m"}
-    check_limits_kept(sim, per_minute, sent=200)
+    check_limits_kept(sim, sent=200)
 
 
 def test_a_dask_worker_killed_mid_batch_loses_no_item_and_resends_none_that_was_answered(sim, make_router, client, tmp_path) -> None:
     sim.set_default(Reply(delay_s=0.2))
-    sim.rate_limits.set_default(WindowLimits(requests=1200, window_s=60, start_full=False))  # 20/s a key: chunks take a while
-    router = make_router(limited_config(sim, 1200))
+    router = make_router(limited_config(sim))  # 10 requests a second a key: a chunk's calls take a while
     items = [f"q{i}" for i in range(160)]
     before = _worker_pids(client)
     moment: dict[str, Any] = {}

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import SIM_KEY, sim_config
 from nbrouter.router.batch.cluster import ClusterExecutor
-from nbrouter.testing import Reply, WindowLimits
+from nbrouter.testing import Reply
 from test_cluster import (
     Recording,
     Watch,
@@ -72,13 +72,22 @@ def test_on_ray_a_batch_comes_back_in_order_keys_stay_home_and_nothing_listens_b
     assert while_running == [[]] and _nothing_beyond_loopback() == []
 
 
-def test_on_ray_a_worker_killed_mid_batch_loses_nothing_and_every_account_stays_within_its_limit(sim, make_router, ray) -> None:
+def test_on_ray_every_item_is_done_within_each_accounts_limit_and_in_order(sim, make_router, ray) -> None:
+    router = make_router(limited_config(sim))  # two keys, 20 requests per 2 s each: 200 items take 10 s at least
+    items = [f"q{i}" for i in range(200)]
+    batch = router.map("c", items, executor="ray", cache=False)
+    assert batch.done == 200 and not batch.failed
+    assert [t.rsplit(": ", 1)[1] for t in batch.texts] == items
+    assert set(batch.served_by_counts) == {"sim#a/m", "sim#b/m"}
+    check_limits_kept(sim, sent=200)
+    assert _nothing_beyond_loopback() == []
+
+
+def test_on_ray_a_worker_killed_mid_batch_loses_no_item_and_resends_none_that_was_answered(sim, make_router, ray) -> None:
     from nbrouter.router.batch.engines import RayEngine
 
-    per_minute = 1200
     sim.set_default(Reply(delay_s=0.2))
-    sim.rate_limits.set_default(WindowLimits(requests=per_minute, window_s=60, start_full=False))
-    router = make_router(limited_config(sim, per_minute))
+    router = make_router(limited_config(sim))
     items = [f"q{i}" for i in range(160)]
     killed: list[int] = []
 
@@ -98,5 +107,4 @@ def test_on_ray_a_worker_killed_mid_batch_loses_nothing_and_every_account_stays_
     assert all(answered[items[p]] == 1 for p in watch.got[:24])  # what the driver had is never asked for again
     twice = {p for p, n in answered.items() if n > 1}
     assert len(twice) <= 8 and sent_after_answered(sim) <= twice  # only calls the dead worker had on the wire
-    check_limits_kept(sim, per_minute, sent=160)
     assert _nothing_beyond_loopback() == []
