@@ -195,3 +195,38 @@ def _cancelled(router: Any) -> list[dict[str, Any]]:
 def _story(sim: Any, prompt: str) -> list[Any]:
     return [(r.time, r.status, r.key[-4:] if r.key else None) for r in sim.requests
             if isinstance(r.body, dict) and r.body.get("messages") and r.body["messages"][-1]["content"] == prompt]
+
+
+def test_the_batch_magic_runs_on_the_cluster_named_by_executor(sim, client, tmp_path, monkeypatch) -> None:
+    nbformat = require("nbformat")
+    nbclient = require("nbclient")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[providers.sim]\nprotocol = "openai"\nbase_url = "{sim.openai_url}"\napi_key_env = "SIM_KEY"\n\n'
+                      '[combos.onthecluster]\ntargets = ["sim/m"]\n')
+    monkeypatch.setenv("NBROUTER_CONFIG", str(config))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    address = client.scheduler.address
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in (
+        f"%load_ext nbrouter\nimport pandas as pd\nfrom distributed import Client\nclient = Client({address!r})\n"
+        "df = pd.DataFrame({'text': ['good', 'bad', 'fine']})",
+        "%%llm onthecluster --over df --executor client\nRate {text}",
+        "print(_llm_batch.done, _llm_batch.texts)",
+        "%%llm onthecluster --over df --executor nope\nRate {text}",
+        "%%llm onthecluster --executor client\nRate this",
+        "client.close()",
+    )]
+    runner = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120, allow_errors=True,
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    runner.execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[2].outputs if o.output_type == "stream")
+    assert printed.startswith("3 ['Simulated reply from m: Rate good'"), [o for c in nb.cells[:3] for o in c.outputs]
+    assert sorted(prompts_received(sim)) == ["Rate bad", "Rate fine", "Rate good"]
+    # the calls ran in the workers' Routers, built from the kernel's configuration
+    ran = client.run(lambda: any("onthecluster" in r.config.combos
+                                 for r in __import__("nbrouter.router.batch.worker", fromlist=["_routers"])._routers.values()))
+    assert any(ran.values())
+    said = ["".join(o.get("text", "") for o in nb.cells[i].outputs if o.output_type == "stream") for i in (3, 4)]
+    assert said[0].startswith("UsageError: --executor nope: there is no variable of that name")
+    assert said[1].startswith("UsageError: --executor goes with --over VAR")

@@ -155,6 +155,7 @@ class LLMMagics(Magics):
     @argument("--column", default=None, metavar="COL", help="With --over: the items are this column of VAR.")
     @argument("--concurrency", type=int, default=None, metavar="N", help="With --over: at most N calls in flight.")
     @argument("--schema", default=None, metavar="VAR", help="With --over: each answer is JSON matching the schema in VAR; its fields become columns.")
+    @argument("--executor", default=None, metavar="VAR", help="With --over: run the calls on a cluster: VAR holds a distributed.Client (Dask) or a Ray handle; `ray` alone names the connected Ray cluster.")
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> None:
         """Send the cell to a combo: stream the answer, fall back on failure, show who served it and the cost.
@@ -217,6 +218,10 @@ class LLMMagics(Magics):
         if args.max_cost is not None:
             call["max_cost_usd"] = args.max_cost
 
+        if args.executor is not None:
+            if not args.over:
+                raise UsageError("--executor goes with --over VAR: it runs a batch's calls on a cluster")
+            call["executor"] = _executor(args.executor, ns)
         if args.over:  # issue 17: a batch over VAR's items (batch_view.py)
             run_batch_cell(self, router, combo, args, body, call)
             return None
@@ -665,6 +670,21 @@ def help_text(parser: Any) -> str:
     lines.extend(["", "%llm SUBCOMMAND:", ""])
     lines.extend(f"  %llm {syntax:<25} {what} ({example})" for syntax, what, example in SUBCOMMAND_HELP)
     return "\n".join(lines)
+
+
+def _executor(name: str, ns: dict[str, Any]) -> Any:
+    """What `--executor NAME` runs a batch on: the variable NAME (a distributed.Client, a Ray handle), or the
+    connected Ray cluster for `ray` when no variable has that name.
+
+    Raises:
+        UsageError: no such variable.
+    """
+    if name in ns:
+        return ns[name]
+    if name == "ray":
+        return "ray"
+    raise UsageError(f"--executor {name}: there is no variable of that name (give a distributed.Client's variable, "
+                     "or `ray` for the connected Ray cluster)")
 
 
 def _terminal_attempts(result: RouteResult, always: bool = False) -> list[str]:
