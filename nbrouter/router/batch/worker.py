@@ -244,6 +244,10 @@ def run_chunk(spec_data: bytes, chunk_data: bytes) -> bytes:
         return pack([NotDone(NOT_SENT_INTERRUPTED) for _ in chunk.requests])
     for request in chunk.requests:
         request.pacer = chunk.pacing
+    if any(request.schema is not None and request.schema.model is None for request in chunk.requests):
+        # checking a schema imports jsonschema on first use: here, not on the loop with the calls in flight
+        # (a second or more on a busy worker, with every call of the chunk stalled and the shared buckets filling)
+        importlib.import_module("jsonschema")
     calls = _Calls(router, chunk.requests)
     future, _ = router.background.submit(calls.run())
     return pack(_wait(future, calls, chunk.stop))
