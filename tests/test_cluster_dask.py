@@ -125,7 +125,7 @@ def test_a_dask_worker_killed_mid_batch_loses_no_item_and_resends_none_that_was_
         os.kill(before[victim], signal.SIGKILL)
         moment["cached"] = cache_keys(router.cache.path)  # what the worker had stored when it died
 
-    watch = Watch(ClusterExecutor(router, DaskEngine(client), chunk_size=8), 24, kill)
+    watch = Watch(ClusterExecutor(router, DaskEngine(client), chunk_size=8), 48, kill)
     batch = router.map("c", items, executor=watch)
 
     assert batch.done == 160 and not batch.failed and not batch.not_done
@@ -135,13 +135,44 @@ def test_a_dask_worker_killed_mid_batch_loses_no_item_and_resends_none_that_was_
     keys = {router.cache_key(item.request): item.value for item in _requests(router, items)}
     assert {items[p] for p in moment["answered"]} <= set(answered)
     for position in moment["answered"]:
-        assert answered[items[position]] == 1, ("driver had", items[position], _story(sim, items[position]))  # an answer the driver had is never asked for again
+        assert answered[items[position]] == 1  # an answer the driver had is never asked for again
     for key in moment["cached"]:
-        assert answered[keys[key]] == 1, ("cached", keys[key], _story(sim, keys[key]))  # one the dead worker had stored is answered from the cache
+        assert answered[keys[key]] == 1  # one the dead worker had stored is answered from the cache
     assert not sent_after_answered(sim) - {p for p, n in answered.items() if n > 1}
     twice = [p for p, n in answered.items() if n > 1]
     assert len(twice) <= 8  # at most the calls the dead worker's chunk had on the wire
     assert _worker_pids(client) != before  # the nanny started a new worker process
+
+
+def test_what_a_killed_dask_worker_had_answered_is_not_sent_again_but_read_from_the_shared_cache(sim, make_router, client) -> None:
+    sim.set_default(Reply(delay_s=0.2))
+    router = make_router(limited_config(sim))  # 10 requests a second a key: a chunk of 48 runs for seconds
+    items = [f"q{i}" for i in range(96)]
+    before = _worker_pids(client)
+    moment: dict[str, float] = {}
+
+    def kill() -> None:  # once both chunks are well on their way, none of them finished
+        deadline = time.monotonic() + 60
+        while sum(r.status == 200 for r in sim.requests) < 60 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = [w for w, keys in client.processing().items() if keys]
+        os.kill(before[busy[0]], signal.SIGKILL)
+        moment["at"] = time.monotonic()  # the simulator is in this process: its arrival times are on this clock
+
+    threading.Thread(target=kill, daemon=True).start()
+    batch = router.map("c", items, executor=ClusterExecutor(router, DaskEngine(client), chunk_size=48))
+    assert "at" in moment and batch.done == 96 and not batch.failed
+    assert [t.rsplit(": ", 1)[1] for t in batch.texts] == items
+    answered = prompts_received(sim, 200)
+    # what the server had answered well before the kill (its answer long read, and stored) is never sent again
+    long_answered = {_prompt_of(r) for r in sim.requests if r.status == 200 and r.time < moment["at"] - 1.0}
+    assert len(long_answered) >= 24 and all(answered[p] == 1 for p in long_answered)
+    assert sum(1 for e in batch if e.cached is not None) >= 10  # the dead worker's answers, read from the cache
+    assert len([p for p, n in answered.items() if n > 1]) <= 8  # only the calls it had on the wire
+
+
+def _prompt_of(request: Any) -> str:
+    return str(request.body["messages"][-1]["content"])
 
 
 def _requests(router: Any, items: list[str]) -> list[Any]:
@@ -190,11 +221,6 @@ def test_ctrl_c_on_the_driver_stops_the_dask_tasks_keeps_what_finished_and_a_sec
 
 def _cancelled(router: Any) -> list[dict[str, Any]]:
     return [row for row in router.log(500) if row["kind"] == "cancelled"]
-
-
-def _story(sim: Any, prompt: str) -> list[Any]:
-    return [(r.time, r.status, r.key[-4:] if r.key else None) for r in sim.requests
-            if isinstance(r.body, dict) and r.body.get("messages") and r.body["messages"][-1]["content"] == prompt]
 
 
 def test_the_batch_magic_runs_on_the_cluster_named_by_executor(sim, client, tmp_path, monkeypatch) -> None:
