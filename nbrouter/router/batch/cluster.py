@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import RouteError
 from ..types import RouteResult
-from .dispatch import CANCELLED, BatchItem, BatchRouter, Executor, LocalExecutor, NotDone
+from .port import CANCELLED, BatchItem, BatchRouter, Executor, LocalExecutor, NotDone
 from .engines import Engine, Running, engine_for
 from .worker import Chunk, ChunkFailed, WorkerError, WorkerLost, check_shipped, keys_of, pack, spec_for, unpack
 

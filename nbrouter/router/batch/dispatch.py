@@ -21,11 +21,10 @@ import asyncio
 import html
 import importlib
 import time
-import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..._core import Clock
 
@@ -34,44 +33,20 @@ from ..._core.template import interpolate
 from ..._core.text import dollars, duration
 from ..errors import AllTargetsFailed, RouteError, StopError
 from ..state.pacing import MAX_WAIT_S, Lanes, Pacer
-from ..state.store import StateStore
-from ..decide.budget import Budget
-from ..run.cache import ResponseCache
-from ..requests import CallRequest, build_request
+from ..requests import build_request
 from ..structured import PANDAS_DTYPES, OutputSchema
-from ..model import Combo, Config
-from ..run.background import BackgroundLoop
 from ..types import Action, RouteResult
-
-
-class BatchRouter(Protocol):
-    """What batch work needs of a router: public calls of `nbrouter.Router`, which is one."""
-
-    config: Config
-    clock: Clock
-    #: where its state is kept (a cluster's workers are pointed at the same file)
-    state: StateStore
-    #: the session budget (a cluster's outcomes are counted in it)
-    budget: Budget
-
-    @property
-    def cache(self) -> ResponseCache: ...
-
-    def cache_key(self, request: CallRequest) -> str: ...
-
-    @property
-    def background(self) -> BackgroundLoop: ...
-
-    @property
-    def pacer(self) -> Pacer: ...
-
-    def route(self, request: CallRequest) -> Awaitable[RouteResult]: ...
-
-    def check(self, request: CallRequest) -> Combo: ...
-
-    def estimate(self, request: CallRequest) -> Decimal | None: ...
-
-    async def discover(self, *, refresh: bool = False) -> None: ...
+from .port import (
+    CANCELLED,
+    NOT_SENT_BUDGET,
+    NOT_SENT_DEADLINE,
+    NOT_SENT_INTERRUPTED,
+    BatchItem,
+    BatchRouter,
+    Executor,
+    LocalExecutor,
+    NotDone,
+)
 
 
 #: how many calls of one batch are in flight at once unless `concurrency=` says otherwise
@@ -80,33 +55,6 @@ DEFAULT_CONCURRENCY = 8
 RESULT_COLUMNS = ("served_by", "cost_usd", "latency_s", "attempts", "cached", "error")
 #: how many of the slowest and of the failed items the summary names
 SUMMARY_ROWS = 5
-
-NOT_SENT_BUDGET = "not sent: batch budget"
-NOT_SENT_DEADLINE = "not sent: batch deadline"
-NOT_SENT_INTERRUPTED = "not sent: interrupted"
-CANCELLED = "cancelled: in flight when interrupted"
-
-
-class NotDone(RouteError):
-    """An item of a batch that has no answer and was not failed by a provider: never sent, or cancelled."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class BatchItem:
-    """One item of a batch: where it stands in the input, the input itself, the call it becomes."""
-
-    position: int
-    value: Any
-    request: CallRequest
-    #: attempts of earlier sends of this item (a re-send after a 429 keeps the whole story)
-    earlier: list[Any] = field(default_factory=list)
-    sends: int = 0
-    #: sends that met only rate limits (a 429, the rest paced or cooling): they spend none of its tries
-    limited: int = 0
 
 
 # ---- items -> requests ------------------------------------------------------------------------
@@ -286,25 +234,6 @@ class Dispatcher:
 
 
 # ---- the executor: runs the calls --------------------------------------------------------------
-
-
-class Executor(Protocol):
-    """Runs one item's call and returns how it ended (never raises a RouteError)."""
-
-    async def run(self, item: BatchItem) -> RouteResult | RouteError: ...
-
-
-class LocalExecutor:
-    """Runs calls in this process, on the caller's event loop, through a Router."""
-
-    def __init__(self, router: BatchRouter) -> None:
-        self.router = router
-
-    async def run(self, item: BatchItem) -> RouteResult | RouteError:
-        try:
-            return await self.router.route(item.request)
-        except RouteError as error:
-            return error
 
 
 async def drive(dispatcher: Dispatcher, executor: Executor, on_finish: Callable[[BatchItem], None] | None = None) -> bool:
@@ -775,4 +704,7 @@ def run_sync(router: BatchRouter, batch: Batch) -> BatchResult:
         return future.result(timeout=10.0)
 
 
-__all__ = ["BatchResult", "BatchRouter", "DEFAULT_CONCURRENCY", "Dispatcher", "Executor", "LocalExecutor", "NotDone", "prepare"]
+# the executor port's names, where batch work has always offered them (port.py holds them, so that an
+# executor can use them without importing the dispatcher that chooses it)
+__all__ = ["BatchItem", "BatchResult", "BatchRouter", "CANCELLED", "DEFAULT_CONCURRENCY", "Dispatcher", "Executor",
+           "LocalExecutor", "NOT_SENT_BUDGET", "NOT_SENT_DEADLINE", "NOT_SENT_INTERRUPTED", "NotDone", "prepare"]

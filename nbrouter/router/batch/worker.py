@@ -36,7 +36,7 @@ from ..model import QUOTA_FIELDS, Account, Config, Provider
 from ..requests import CallRequest, Pacing
 from ..run.cache import MEMORY, ResponseCache
 from ..types import RouteResult
-from .dispatch import CANCELLED, NOT_SENT_INTERRUPTED, BatchRouter, NotDone
+from .port import CANCELLED, NOT_SENT_INTERRUPTED, BatchRouter, NotDone
 
 #: how often a running chunk looks whether the driver asked it to stop (an engine without a cancel of its own)
 STOP_POLL_S = 0.5
