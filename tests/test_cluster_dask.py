@@ -196,7 +196,8 @@ def test_ctrl_c_on_the_driver_stops_the_dask_tasks_keeps_what_finished_and_a_sec
         signal.pthread_kill(main, signal.SIGINT)
 
     threading.Thread(target=ctrl_c, daemon=True).start()
-    first = router.map("c", items, executor=ClusterExecutor(router, DaskEngine(client), chunk_size=8), concurrency=16)
+    executor = ClusterExecutor(router, DaskEngine(client), chunk_size=8)
+    first = router.map("c", items, executor=executor, concurrency=16)
     answered = {text for text, n in prompts_received(sim, 200).items()}
     hung = len(sim.requests) - len(answered)
     assert first.interrupted and len(answered) == 12 and hung >= 4
@@ -212,11 +213,23 @@ def test_ctrl_c_on_the_driver_stops_the_dask_tasks_keeps_what_finished_and_a_sec
     assert len(_cancelled(router)) >= hung
 
     sim.reset()
-    second = router.map("c", items, executor=client)
+    second = router.map("c", items, executor=executor)  # the same executor: its next batch starts afresh
     assert second.done == 48 and [second.texts[i] for i, e in enumerate(first) if not isinstance(e, Exception)] == \
         [e.text for e in first if not isinstance(e, Exception)]
     received = prompts_received(sim)
     assert not set(received) & answered and sum(received.values()) == 36  # only the missing were sent
+
+
+def test_retry_failed_runs_on_the_cluster_the_batch_ran_on(sim, make_router, client) -> None:
+    sim.script([ServerError(500)], model="m")  # whichever call comes first fails; one target, nothing to fall back to
+    router = make_router(sim_config(sim, combo("sim/m")))
+    executor = ClusterExecutor(router, DaskEngine(client))
+    batch = router.map("c", ["a", "b", "c"], executor=executor, cache=False)
+    assert batch.done == 2 and len(batch.failed) == 1
+    shipped = executor.chunks
+    again = batch.retry_failed()
+    assert again.done == 3 and again.texts[:] == [f"Simulated reply from m: {x}" for x in "abc"]
+    assert executor.chunks == shipped + 1 and len(sim.requests) == 4
 
 
 def _cancelled(router: Any) -> list[dict[str, Any]]:

@@ -121,8 +121,11 @@ class ClusterExecutor:
         self._spec_data()
 
     def close(self) -> None:
-        """The batch has ended: the engine drops what it kept for it."""
+        """The batch has ended: the engine drops what it kept for it, and a next batch on this executor starts
+        afresh (its spec built again: the configuration may have changed)."""
         self.engine.close()
+        self._stopped = False
+        self._spec = None
 
     # ---- chunks out -------------------------------------------------------------------------------
 

@@ -612,7 +612,7 @@ class Batch:
             item.position = new_pos
         again = Batch(self.router, self.combo, Inputs([i.value for i in items], list(range(len(items))), "items"), items,
                       concurrency=self.concurrency, max_cost_usd=self.max_cost_usd, progress=self.progress,
-                      deadline_s=self.deadline_s)
+                      executor=self.executor, deadline_s=self.deadline_s)  # on the cluster the batch ran on, if any
         result = run_sync(self.router, again)
         entries = list(previous.entries)
         for new_pos, old_pos in enumerate(sorted(wanted)):

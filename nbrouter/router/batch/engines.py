@@ -77,6 +77,10 @@ def _quietly(fn: Callable[[], None]) -> None:
 # ---- Dask --------------------------------------------------------------------------------------
 
 
+def _event_name() -> str:
+    return f"nbrouter-stop-{os.urandom(8).hex()}"
+
+
 def _dask_event(name: str, client: Any = None) -> Any:
     """A `distributed.Event` (the scheduler keeps it; a task reaches it through its worker's client)."""
     distributed: Any = importlib.import_module("distributed")
@@ -108,7 +112,7 @@ class DaskEngine:
         if getattr(client, "asynchronous", False):
             raise TypeError("give map a synchronous distributed.Client (Client(...), not Client(asynchronous=True))")
         self.client = client
-        self._event = f"nbrouter-stop-{os.urandom(8).hex()}"
+        self._event, self._set = _event_name(), False
 
     def _nthreads(self) -> dict[str, int]:
         threads: dict[str, int] = self.client.nthreads()
@@ -138,14 +142,17 @@ class DaskEngine:
         return _Started(future, self._stop, task.cancel)
 
     def _stop(self) -> None:
+        self._set = True
         _dask_event(self._event, self.client).set()
 
     def stop_check(self) -> Callable[[], bool] | None:
         return DaskStop(self._event)
 
     def close(self) -> None:
-        # a stopped batch's event stays set (one name on the scheduler): its chunks may not have looked yet
-        pass
+        # a stopped batch's event stays set (one name on the scheduler: its chunks may not have looked yet);
+        # the next batch on this engine gets a new one
+        if self._set:
+            self._event, self._set = _event_name(), False
 
 
 # ---- Ray ---------------------------------------------------------------------------------------
