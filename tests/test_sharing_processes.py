@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -57,30 +58,44 @@ try:
     start_at = float(open(os.path.join(sync, "go")).read())
     while time.time() < start_at + spec.get("delay", 0.0):
         time.sleep(0.001)
-    batch = router.map("c", [f"{spec['name']}-{i}" for i in range(spec["items"])], concurrency=spec["concurrency"], cache=False)
-    tried = [a for e in batch for a in e.attempts if a.action is not Action.SKIPPED]
+    if spec.get("calls"):  # interactive calls (cells), one after another, `every_s` apart
+        entries = []
+        for i in range(spec["calls"]):
+            if i:
+                time.sleep(spec.get("every_s", 0.0))
+            try:
+                entries.append(router.complete(spec.get("combo", "c"), f"{spec['name']}-{i}"))
+            except Exception as error:
+                entries.append(error)
+        done = sum(1 for e in entries if not isinstance(e, Exception))
+        failed = [str(e) for e in entries if isinstance(e, Exception)]
+    else:
+        batch = router.map(spec.get("combo", "c"), [f"{spec['name']}-{i}" for i in range(spec["items"])],
+                           concurrency=spec["concurrency"], cache=False)
+        entries, done, failed = list(batch), batch.done, [str(f.error) for f in batch.failed]
+    tried = [a for e in entries for a in e.attempts if a.action is not Action.SKIPPED]
     print(json.dumps({
-        "done": batch.done,
-        "failed": [str(f.error) for f in batch.failed],
-        "not_done": len(batch.not_done),
+        "done": done,
+        "failed": failed,
         "sent": {k: sum(1 for a in tried if a.candidate == k) for k in {a.candidate for a in tried}},
-        "first_item": [(a.candidate, a.action.value, a.message[:120]) for a in batch[0].attempts],
+        "attempts": [[(a.candidate, a.action.value, a.kind.value if a.kind else None) for a in e.attempts] for e in entries],
         "limited": sum(1 for a in tried if a.kind is ErrorKind.RATE_LIMIT),
-        "first_sent": {k: min(a.started_at for a in tried if a.candidate == k) for k in {a.candidate for a in tried}},
+        "refused": router.pacer.refused,
     }))
 finally:
     router.close()
 """
 
 
-def config(url: str, *, strategy: str = "round-robin", **policy: Any) -> dict[str, Any]:
+def config(url: str, *, strategy: str = "round-robin", state: dict[str, Any] | None = None, **policy: Any) -> dict[str, Any]:
     """One provider at the simulator with two accounts (keys a and b), each with its real limit as `quota`,
     in a combo over both (and a third account, `warm`, that only warms a process up)."""
     accounts = [{"name": name, "api_key_env": f"SHARE_KEY_{name.upper()}", "quota": {"requests_per_minute": PER_MINUTE}}
                 for name in KEYS]
     accounts.append({"name": "warm", "api_key_env": "SHARE_KEY_WARM"})
     return {"providers": {"sim": {"protocol": "openai", "base_url": url + "/v1", "accounts": accounts}},
-            "combos": {"c": {"targets": ["sim#a/m", "sim#b/m"], "strategy": strategy}}, "policy": policy}
+            "combos": {"c": {"targets": ["sim#a/m", "sim#b/m"], "strategy": strategy}}, "policy": policy,
+            "state": state or {}}
 
 
 def run_workers(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -114,12 +129,12 @@ def run_workers(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return reports
 
 
-def store_count(key: str, *, path: Path | None = None, url: str | None = None) -> float:
+def store_count(key: str, *, path: Path | None = None, url: str | None = None, prefix: str | None = None) -> float:
     """What the shared store counted under `key` (never reset), read as another process would."""
     from nbrouter.router.state.guarded import open_shared
 
     async def read() -> float:
-        shared = open_shared(url=url, path=path)
+        shared = open_shared(url=url, path=path, prefix=prefix, timeout_s=5.0)
         try:
             return await shared.count(key, Window.forever())
         finally:
@@ -160,6 +175,17 @@ def test_four_processes_on_one_state_file_share_each_accounts_limit_exactly(simu
     check_shared_limits(simulator, reports, 4 * per, path=state)
 
 
+def test_two_machines_with_a_state_file_each_share_each_accounts_limit_through_one_redis(simulator, redis_server, tmp_path) -> None:
+    # a state file each (nothing shared on disk), one Redis; a timeout generous for two loaded cores (the
+    # store's timeout is not what this test is about)
+    state = {"prefix": f"share-{uuid.uuid4().hex[:8]}:", "timeout_s": 2.0}
+    per = 60
+    specs = [{"name": f"m{i}", "config": config(simulator.url, state=state), "state_path": str(tmp_path / f"machine{i}.sqlite3"),
+              "state_url": redis_server.url(), "items": per, "concurrency": 8} for i in range(2)]
+    reports = run_workers(specs)
+    check_shared_limits(simulator, reports, 2 * per, url=redis_server.url(), prefix=state["prefix"])
+
+
 @pytest.mark.parametrize("met", [{"type": "RateLimited", "retry_after": 30}, {"type": "QuotaExceeded"}])
 def test_a_cooldown_one_process_met_is_seen_by_the_others_before_they_send(met, tmp_path) -> None:
     # a 429 (the candidate cools down 30 s, its bucket is empty as long) or an exhausted quota (the account
@@ -179,3 +205,62 @@ def test_a_cooldown_one_process_met_is_seen_by_the_others_before_they_send(met, 
     assert first["done"] == 1 and first["sent"] == {"sim#a/m": 1, "sim#b/m": 1}
     assert stats[key_id(KEYS["a"])]["received"] == 1
     assert sum(r["done"] for r in others) == 30 and all(r["sent"].keys() == {"sim#b/m"} for r in others)
+
+
+def test_round_robin_turns_are_handed_out_once_each_across_processes(tmp_path) -> None:
+    # three targets, four processes, ten calls each: every call a turn of its own (the counts differ by at
+    # most one), and the store's cursor counted all forty
+    from nbrouter.router.run.loop import TURNS
+    from nbrouter.router.state.guarded import open_shared
+
+    with start_simulator_process({}) as sim:
+        state = tmp_path / "state.sqlite3"
+        rr = config(sim.url, strategy="round-robin", state_refresh_s=600)
+        rr["combos"]["c"]["targets"] = ["sim#a/m", "sim#b/m", "sim#warm/m"]
+        for account in rr["providers"]["sim"]["accounts"]:
+            account.pop("quota", None)  # (nothing paced: the turns alone decide)
+        reports = run_workers([{"name": f"k{i}", "config": rr, "state_path": str(state), "calls": 10} for i in range(4)])
+    served = [e[-1][0] for r in reports for e in r["attempts"]]
+    counts = {target: served.count(target) for target in ("sim#a/m", "sim#b/m", "sim#warm/m")}
+    assert sum(counts.values()) == 40 and max(counts.values()) - min(counts.values()) <= 1, counts
+
+    async def next_turn() -> int:
+        shared = open_shared(path=state)
+        try:
+            return await shared.next_turn("rr:c", TURNS)
+        finally:
+            await shared.close()
+
+    assert asyncio.run(next_turn()) == 40
+
+
+def test_exactly_one_process_takes_a_half_open_breakers_probe(tmp_path) -> None:
+    # a's one failure opens its breaker for 2 s (in the store); then three processes call at once: one of
+    # them probes a (slowly), the others go to b meanwhile
+    scripts = [{"key": KEYS["a"], "behaviours": [{"type": "ServerError", "status": 500}, {"type": "Reply", "delay_s": 1.0}],
+                "repeat_last": True}]
+    with start_simulator_process({"scripts": scripts}) as sim:
+        state = str(tmp_path / "state.sqlite3")
+        conf = config(sim.url, strategy="priority", state_refresh_s=600, breaker_failures=1, breaker_open_s=2.0)
+        reports = run_workers([{"name": "first", "config": conf, "state_path": state, "calls": 1}]
+                              + [{"name": f"k{i}", "config": conf, "state_path": state, "calls": 1, "delay": 2.5} for i in range(3)])
+        received = sim.stats()["keys"][key_id(KEYS["a"])]["received"]
+    assert reports[0]["attempts"][0][0][:2] == ["sim#a/m", "advance"] and reports[0]["done"] == 1
+    served = [r["attempts"][0][-1] for r in reports[1:]]
+    assert sorted(s[0] for s in served) == ["sim#a/m", "sim#b/m", "sim#b/m"]  # one probe, two went on
+    assert received == 2  # the failure, and the one probe
+
+
+def test_a_cell_in_another_kernel_is_sent_at_once_while_a_batch_saturates_the_account(simulator, tmp_path) -> None:
+    # one kernel's batch fills account a's window; another kernel's cells, once the batch is in its stride
+    # (past its first windows), one per window, take the reserve the batch leaves: not made to wait, not 429'd
+    state = str(tmp_path / "state.sqlite3")
+    conf = config(simulator.url)
+    conf["combos"]["c"]["targets"] = ["sim#a/m"]
+    batch, cells = run_workers([{"name": "batch", "config": conf, "state_path": state, "items": 100, "concurrency": 8},
+                                {"name": "cells", "config": conf, "state_path": state, "calls": 3, "every_s": WINDOW_S + 0.2,
+                                 "delay": 2 * WINDOW_S + 0.5}])
+    assert batch["done"] == 100 and batch["refused"].get("batch", 0) > 0  # the batch was held to the limit
+    assert cells["done"] == 3
+    assert cells["attempts"] == [[["sim#a/m", "served", None]]] * 3  # each sent on its first try, not 429'd
+    assert cells["refused"].get("interactive", 0) == 0  # the store never told a cell to wait

@@ -343,8 +343,8 @@ class Router:
             combo: as for `complete`.
             items: a list (any iterable), a pandas Series or a DataFrame (one call per row).
             **options: `prompt` (a template: `{item}`, or `{column}` of a row or dict), `messages` (or a function
-                of the item), `concurrency`, `account_concurrency`, `max_cost_usd` (the whole batch's), `cache`,
-                `progress`, `schema` (its fields become columns), and any option of `acomplete`; each is
+                of the item), `concurrency`, `account_concurrency`, `max_cost_usd` (the whole batch's), `deadline_s`,
+                `cache`, `progress`, `schema` (its fields become columns), and any option of `acomplete`; each is
                 described in `batch.prepare`.
 
         Returns:
@@ -422,10 +422,18 @@ class Router:
     # ---- status, log, reset ------------------------------------------------------------------
 
     def status(self) -> Status:
-        """Per candidate and per account: breaker, cooldown or lock with time left, latency, usage, quota."""
+        """Per candidate and per account: breaker, cooldown or lock with time left, latency, usage, quota; and
+        the shared state's mode (`Status.store`: "shared", or "local"/"wait" while it is down)."""
         self._ensure_discovered()
         self.state.refresh()
-        return collect_status(self._decider, self.state, self.clock.time())
+        # an account with a quota is counted by every process sharing it: the store's counts (not asked
+        # from the router's own loop, where a sync call cannot wait)
+        usage, holds = None, None
+        if not self._bg.in_loop_thread():
+            if self.pacer.quota_accounts:
+                usage = self._bg.run(self.pacer.usage())
+            holds = self._bg.run(self.shared.holds())  # another kernel's cooldowns too
+        return collect_status(self._decider, self.state, self.clock.time(), usage, holds)
 
     def reset(self, target: str | None = None) -> int:
         """Clear cooldowns, locks and breakers (of keys containing `target`, or all), here and in the store
@@ -452,6 +460,7 @@ class Router:
     async def aclose(self) -> None:
         """Close the HTTP client of the running loop (call it before that loop ends; a loop that ends
         without it closes the client itself on shutdown)."""
+        await self.pacer.drain()  # the writes of the last calls on this loop, sent behind them
         await self._senders.aclose()
 
     def close(self) -> None:
@@ -459,6 +468,11 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        if self._bg.running and not self._bg.in_loop_thread():
+            try:  # the writes of the last calls, sent behind them
+                self._bg.run(self.pacer.drain())
+            except Exception:
+                pass
         if self.shared.kind != "memory":
             try:  # the shared store's connections (the file's, Redis's); it keeps nothing unwritten
                 self._bg.run(self.shared.close())

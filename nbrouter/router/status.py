@@ -10,6 +10,7 @@ from .decide.combos import resolve
 from .decide.decider import Decider
 from .errors import ComboConfigError
 from .model import QUOTA_FIELDS, Config
+from .state.health import Hold
 from .state.store import StateStore
 from .types import Candidate
 
@@ -17,10 +18,14 @@ from .types import Candidate
 class Status:
     """What `Router.status()` returns: candidate rows and account rows, printable as tables."""
 
-    def __init__(self, candidates: list[dict[str, Any]], accounts: list[dict[str, Any]], warning: str | None) -> None:
+    def __init__(self, candidates: list[dict[str, Any]], accounts: list[dict[str, Any]], warning: str | None,
+                 store: dict[str, Any] | None = None) -> None:
         self.candidates = candidates
         self.accounts = accounts
         self.warning = warning
+        #: the shared state: `kind` ("memory", "sqlite", "redis"), `mode` ("shared"; "local" or "wait"
+        #: while it is down), `warning` (why it is not answering, or None)
+        self.store: dict[str, Any] = store or {"kind": "memory", "mode": "shared", "warning": None}
 
     def candidate(self, key: str) -> dict[str, Any] | None:
         """The row of one candidate, or None.
@@ -52,9 +57,13 @@ class Status:
         return str(self)
 
 
-def collect_status(decider: Decider, state: StateStore, now: float) -> Status:
-    """The rows of `Router.status()`: every configured or remembered candidate, and every account."""
+def collect_status(decider: Decider, state: StateStore, now: float, shared_usage: dict[str, dict[str, float]] | None = None,
+                   shared_holds: dict[str, Hold] | None = None) -> Status:
+    """The rows of `Router.status()`: every configured or remembered candidate, and every account (an
+    account with a quota counted by every process, from `shared_usage`, when it is given), with the holds
+    every process sees (`shared_holds`, read from the store; else as its mirror last read them)."""
     config = decider.config
+    mirror = decider.pacer.shared.mirror_holds() if shared_holds is None else shared_holds
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     keys: list[Candidate] = []
@@ -78,7 +87,7 @@ def collect_status(decider: Decider, state: StateStore, now: float) -> Status:
         seen.add(c.key)
         s = state.latency.get(c.key)
         b = state.breaker(c.key, now) if c.key in state.breakers else None
-        h = state.hold(c.key, now)
+        h = _later(state.hold(c.key, now), mirror.get(c.key), now)
         rows.append({
             "candidate": c.key,
             "breaker": b.state if b else "closed",
@@ -100,15 +109,17 @@ def collect_status(decider: Decider, state: StateStore, now: float) -> Status:
             w = state.usage_window(key, now)
             r = state.ratelimit(key, now)
             share, _ = decider.headroom(Candidate(provider.name, acc.name, ""), now)
+            counted = (shared_usage or {}).get(key)
             accounts.append({
                 "account": key,
                 "key_set": (acc.api_key() is not None) if acc.api_key_env else None,
                 "tier": acc.tier,
-                **_hold_fields(state.hold(key, now), now),
-                "requests_minute": w.minute_requests,
-                "tokens_minute": w.minute_tokens,
-                "requests_day": w.day_requests,
-                "tokens_day": w.day_tokens,
+                **_hold_fields(_later(state.hold(key, now), mirror.get(key), now), now),
+                "requests_minute": int(counted["requests_minute"]) if counted else w.minute_requests,
+                "tokens_minute": int(counted["tokens_minute"]) if counted else w.minute_tokens,
+                "requests_day": int(counted["requests_day"]) if counted else w.day_requests,
+                "tokens_day": int(counted["tokens_day"]) if counted else w.day_tokens,
+                "sent": int(counted["sent"]) if counted else None,
                 "quota": {k: getattr(acc.quota, k) for k in QUOTA_FIELDS if getattr(acc.quota, k) is not None},
                 "remaining_requests": r.remaining_requests if r else None,
                 "remaining_tokens": r.remaining_tokens if r else None,
@@ -116,7 +127,10 @@ def collect_status(decider: Decider, state: StateStore, now: float) -> Status:
                 "reset_tokens_in_s": (r.reset_tokens_at - now if r and r.reset_tokens_at else None),
                 "headroom": share,
             })
-    return Status(rows, accounts, state.warning)
+    shared = decider.pacer.shared
+    store = {"kind": getattr(shared, "kind", "memory"), "mode": shared.mode, "warning": shared.warning}
+    warning = "; ".join(w for w in (state.warning, shared.warning) if w) or None
+    return Status(rows, accounts, warning, store)
 
 
 def reset_matches(config: Config, target: str | None) -> list[str | None]:
@@ -133,6 +147,13 @@ def reset_holds(config: Config, state: StateStore, target: str | None) -> int:
     """Clear cooldowns, locks and breakers of keys containing `target` (all when None); a `provider/model`
     target means that model on every account of the provider. Returns how many were cleared."""
     return sum(state.reset(match) for match in reset_matches(config, target))
+
+
+def _later(mine: Hold | None, shared: Hold | None, now: float) -> Hold | None:
+    """This process's hold on a key or the shared store's, whichever ends later (an ended one is none)."""
+    if shared is None or not shared.active(now):
+        return mine
+    return shared if mine is None or shared.until > mine.until else mine
 
 
 def _hold_fields(h: Any, now: float) -> dict[str, Any]:

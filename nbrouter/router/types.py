@@ -204,6 +204,9 @@ class RouteResult:
     parsed: Any = None
     #: set when the answer came from the response cache (`complete(..., cache=True)`, `map`)
     cached: CacheInfo | None = None
+    #: how the shared state stood when the call ended, when it was not answering ("shared state down:
+    #: paced here alone"); None while it answers
+    store: str | None = None
 
     @property
     def cost_text(self) -> str:

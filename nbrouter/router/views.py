@@ -17,45 +17,91 @@ from typing import Any, Mapping, Protocol, Sequence
 from .._core.text import dollars, duration, ms, span
 from ..report import TONE_MARKS, Table, Tables, html_text
 
-# ---- what the views read ------------------------------------------------------------------
+# ---- what the views read (read-only: a value's own attribute may be narrower) --------------
 
 
 class _Valued(Protocol):
-    value: str
+    @property
+    def value(self) -> str: ...
+
 
 
 class _UsageLike(Protocol):
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
+    @property
+    def input_tokens(self) -> int: ...
+
+    @property
+    def output_tokens(self) -> int: ...
+
+    @property
+    def total_tokens(self) -> int: ...
+
 
 
 class AttemptLike(Protocol):
     """The fields of an Attempt that its row shows."""
 
-    candidate: str
-    path: str
-    action: _Valued
-    kind: _Valued | None
-    status: int | None
-    message: str
-    latency_s: float | None
-    hold: str | None
-    hold_until: float | None
-    usage: _UsageLike | None
-    cost_usd: Any
-    warning: str | None
+    @property
+    def candidate(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def action(self) -> _Valued: ...
+
+    @property
+    def kind(self) -> _Valued | None: ...
+
+    @property
+    def status(self) -> int | None: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def latency_s(self) -> float | None: ...
+
+    @property
+    def hold(self) -> str | None: ...
+
+    @property
+    def hold_until(self) -> float | None: ...
+
+    @property
+    def usage(self) -> _UsageLike | None: ...
+
+    @property
+    def cost_usd(self) -> Any: ...
+
+    @property
+    def warning(self) -> str | None: ...
+
 
 
 class ResultLike(Protocol):
     """The fields of a RouteResult that its footer shows."""
 
-    served_by: str
-    attempts: Sequence[AttemptLike]
-    usage: _UsageLike
-    usage_known: bool
-    latency_s: float
-    partial: bool
+    @property
+    def served_by(self) -> str: ...
+
+    @property
+    def attempts(self) -> Sequence[AttemptLike]: ...
+
+    @property
+    def usage(self) -> _UsageLike: ...
+
+    @property
+    def usage_known(self) -> bool: ...
+
+    @property
+    def latency_s(self) -> float: ...
+
+    @property
+    def partial(self) -> bool: ...
+
+    @property
+    def store(self) -> str | None: ...
 
     @property
     def cost_text(self) -> str: ...
@@ -69,40 +115,75 @@ class _CandidateLike(Protocol):
 class DecisionRowLike(Protocol):
     """The fields of a DecisionRow that its row shows."""
 
-    candidate: _CandidateLike
-    position: int | None
-    reason: str
-    skipped: bool
-    inputs: Mapping[str, Any]
+    @property
+    def candidate(self) -> _CandidateLike: ...
+
+    @property
+    def position(self) -> int | None: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def skipped(self) -> bool: ...
+
+    @property
+    def inputs(self) -> Mapping[str, Any]: ...
+
 
 
 class DecisionLike(Protocol):
     """The fields of a Decision that its table shows."""
 
-    combo: str
-    strategy: str
-    account_strategy: str
-    seed: int
-    rows: Sequence[DecisionRowLike]
-    config_hash: str
-    explored: bool
-    notes: Sequence[str]
-    constants: Mapping[str, Any]
+    @property
+    def combo(self) -> str: ...
+
+    @property
+    def strategy(self) -> str: ...
+
+    @property
+    def account_strategy(self) -> str: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def rows(self) -> Sequence[DecisionRowLike]: ...
+
+    @property
+    def config_hash(self) -> str: ...
+
+    @property
+    def explored(self) -> bool: ...
+
+    @property
+    def notes(self) -> Sequence[str]: ...
+
+    @property
+    def constants(self) -> Mapping[str, Any]: ...
+
 
 
 class StatusLike(Protocol):
     """The rows of a Status (dicts, as `Router.status()` builds them)."""
 
-    candidates: Sequence[Mapping[str, Any]]
-    accounts: Sequence[Mapping[str, Any]]
-    warning: str | None
+    @property
+    def candidates(self) -> Sequence[Mapping[str, Any]]: ...
+
+    @property
+    def accounts(self) -> Sequence[Mapping[str, Any]]: ...
+
+    @property
+    def warning(self) -> str | None: ...
+
 
 
 # ---- one call: the footer and the attempt table -------------------------------------------
 
 
 def footer(result: ResultLike) -> str:
-    """One line: who served, how many attempts, tokens, cost, time."""
+    """One line: who served, how many attempts, tokens, cost, time (and the shared store's state when it is
+    not answering)."""
     tries = sum(1 for a in result.attempts if a.action.value != "skipped")
     parts = [
         f"served by {result.served_by}",
@@ -113,6 +194,8 @@ def footer(result: ResultLike) -> str:
     ]
     if result.partial:
         parts.append("PARTIAL")
+    if result.store:
+        parts.append(result.store)
     return " · ".join(parts)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import importlib
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
@@ -407,7 +406,7 @@ class BatchResult(Sequence[Any]):
     def to_pandas(self) -> Any:
         """A DataFrame: the input's columns, `text` or the schema's fields (typed), `served_by`,
         `cost_usd`, `latency_s`, `attempts`, `cached`, `error`; the input's index when it had one."""
-        pd: Any = importlib.import_module("pandas")  # loaded for the table only; pandas is not a dependency
+        import pandas as pd  # type: ignore[import-untyped]
 
         rows = self.rows()
         frame = pd.DataFrame(rows, index=self.inputs.index if self.inputs.kind != "items" else None)
@@ -517,8 +516,8 @@ def _progress_sink(progress: Any, total: int) -> tuple[Callable[[Progress], None
         return None, lambda: None
     if callable(progress):
         return progress, lambda: None
-    # the notebook's usual bar (a widget in Jupyter, text in a terminal)
-    tqdm: Any = importlib.import_module("tqdm.auto").tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # the notebook's usual bar (a widget in Jupyter, text in a terminal)
+
     bar = tqdm(total=total, unit="item")
 
     def update(p: Progress) -> None:
@@ -590,7 +589,7 @@ class Batch:
                 finish()
         entries = [dispatcher.outcomes.get(i) or NotDone(NOT_SENT_INTERRUPTED) for i in range(len(self.items))]
         name = next((e.combo for e in entries if isinstance(e, RouteResult)), None)
-        combo_name = name or (self.combo if isinstance(self.combo, str) else str(getattr(self.combo, "name", "combo")))
+        combo_name: str = name or (self.combo if isinstance(self.combo, str) else str(getattr(self.combo, "name", "combo")))
         schema = self.items[0].request.schema if self.items else None
         return BatchResult(entries, self.inputs, combo=combo_name, elapsed_s=time.perf_counter() - started,
                            interrupted=not completed or dispatcher.stopped == NOT_SENT_INTERRUPTED, schema=schema,

@@ -346,7 +346,7 @@ class Decider:
 
     def __init__(self, config: Config, state: StateStore, prices: PriceBook, clock: Clock, budget: Budget | None = None,
                  pacer: Pacer | None = None) -> None:
-        self.state = state
+        self.state: StateStore = state
         self.clock = clock
         #: the pacing of every call over the shared store (the skip check "paced" asks it)
         self.pacer: Pacer = pacer or Pacer(config, MemoryShared(clock), clock=clock)
@@ -444,11 +444,12 @@ class Decider:
         if isinstance(req.combo, Combo):
             combo = req.combo
         else:
-            combo = self._named.get(req.combo)
-            if combo is None:
+            named = self._named.get(req.combo)
+            if named is None:
                 if len(self._named) >= 4096:
                     self._named.clear()
-                combo = self._named[req.combo] = combo_for(self.config, req.combo)
+                named = self._named[req.combo] = combo_for(self.config, req.combo)
+            combo = named
         if req.strategy and req.strategy != combo.strategy:
             if req.strategy not in STRATEGIES:
                 raise ComboConfigError(f"unknown strategy {req.strategy!r} (known: {', '.join(sorted(STRATEGIES))})",
@@ -622,7 +623,7 @@ class Decider:
         if not quota and c.account_key not in self.state.ratelimits:
             return None, None  # nothing tracked: the common case, without building anything
         shares: list[tuple[float, float | None]] = []
-        if quota:
+        if acc is not None and quota:
             for limit, used, _, reset in quota_windows(acc.quota, self.state.usage_window(c.account_key, now)):
                 if limit:
                     shares.append((max(0.0, 1.0 - used / limit), reset))

@@ -11,7 +11,7 @@ import concurrent.futures
 import queue
 import threading
 import weakref
-from typing import Any, AsyncIterator, Callable, Coroutine, Iterator, TypeVar
+from typing import Any, AsyncGenerator, Callable, Coroutine, Iterator, TypeVar
 
 from ..._core.closing import close_at_exit
 
@@ -104,7 +104,7 @@ class BackgroundLoop:
                 finished.wait(2.0)
 
     @staticmethod
-    async def aiterate(produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, Any]], last: Callable[[T], bool]) -> AsyncIterator[T]:
+    async def aiterate(produce: Callable[[Callable[[T], None]], Coroutine[Any, Any, Any]], last: Callable[[T], bool]) -> AsyncGenerator[T, None]:
         """`iterate` on the caller's own loop: run `produce(put)` as a task and yield what it puts, up to the
         item for which `last` is true; a consumer that stops early cancels the task and waits for it."""
         items: asyncio.Queue[T] = asyncio.Queue()

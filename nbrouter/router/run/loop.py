@@ -57,6 +57,9 @@ RELAY_SUMMARY_PROMPT = ("Summarise the conversation above in a few sentences: th
                         "questions someone continuing it must know. Answer with the summary only.")
 #: the request options a step may set and a call may override (model.STEP_OPTIONS, as ChatRequest fields)
 STEP_REQUEST_OPTIONS = ("system", "max_tokens", "temperature", "top_p", "stop", "reasoning", "extra_body")
+#: what a call's footer says while the shared state is not answering, per `SharedState.mode`
+STORE_NOTES = {"local": "shared state down: paced here alone at this kernel's share",
+               "wait": "shared state down: calls wait for it"}
 #: a shared rotation counter's modulus: the store hands out the raw turn (strategies take it modulo their n)
 TURNS = 2**62
 #: sends one request: (protocol, endpoint, request, timeout, on_text, on_first_byte) -> Completion
@@ -404,6 +407,9 @@ class Loop:
         pacer = self.decider.pacer
         writes = pacer.settle(c, ticket, self.clock.time(), completion=completion, failure=failure, holds=holds or (),
                               breaker_failed=broke)
+        if writes and failure is None and not holds and not broke:
+            pacer.write_behind(writes)  # with every other call ending now, off this call's path
+            return
         try:
             if writes:
                 await pacer.shared.apply(writes)
@@ -601,9 +607,10 @@ class Loop:
         failures: list[tuple[ProviderFailure, Attempt]] = []
         try:
             wait_first_byte = asyncio.ensure_future(lanes[first.key].first_byte.wait())
-            done, _ = await asyncio.wait([*tasks, wait_first_byte], timeout=combo.hedge_after_s, return_when=asyncio.FIRST_COMPLETED)
+            first_done, _ = await asyncio.wait([*tasks, wait_first_byte], timeout=combo.hedge_after_s,
+                                               return_when=asyncio.FIRST_COMPLETED)
             wait_first_byte.cancel()
-            if not done:
+            if not first_done:
                 second = await next_candidate()
                 if second is not None:
                     lanes[second.key] = hedge.lane(second.key)
@@ -664,6 +671,9 @@ class Loop:
 
     def _finish(self, call: _Call, combo: str, result: RouteResult, decision: Decision) -> RouteResult:
         result.decision = decision
+        mode = self.decider.pacer.shared.mode
+        if mode != "shared":  # the footer says so (one line), every call while it lasts
+            result.store = STORE_NOTES.get(mode, f"shared state: {mode}")
         if call.req.schema is not None and not result.partial:  # issue 17: checked by checked_output already
             result.parsed = call.req.schema.parse(result.text)
         self._log(call, combo, result.text)
@@ -813,10 +823,10 @@ class Loop:
             served = completion.served_model or c.model
             c = next((g for g in group if g.model == served), None) or next((g for g in group if served.startswith(g.model)), c)
             note = f"one OpenRouter request with models [{', '.join(g.model for g in group)}]; it served {served}"
-        served = self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
+        outcome = self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
         if call.tickets:  # what the admission took, corrected by the reply (one write round trip)
             await self._settle(call, sent, completion, None)
-        return served
+        return outcome
 
     def _timed_out(self, call: _Call, combo: Combo, c: Candidate, provider: Provider, endpoint: Endpoint, timeout_s: float,
                    progress: _Progress, started: float, retry: bool, was_half_open: bool) -> tuple[ProviderFailure, Attempt]:

@@ -1,1 +1,1 @@
-"""What the router remembers: the backend port and its backends, the store, health (holds, breakers, latency), pacing."""
+"""What the router remembers: the backend port and its backends, the store, health (holds, breakers, latency), pacing; and the state shared by kernels and machines (shared.py: the SharedState port and memory; shared_sqlite.py; shared_redis.py; guarded.py: what a call sees while a store is down)."""

@@ -134,6 +134,7 @@ class GuardedState:
     # ---- the breaker of the store ----------------------------------------------------------------
 
     def _went_down(self, why: str, *, timeout: bool) -> None:
+        why = why.removeprefix(f"{self.where}: ")  # the warning names the store once
         self.failures += 1
         self.timeouts += int(timeout)
         if self._why is None:
@@ -150,7 +151,7 @@ class GuardedState:
         self._why = None
         self.recoveries += 1
         self._retry_s = self._retry_first
-        log.warning("nbrouter: the shared state (%s) answers again; writing back what was kept here", self.where)
+        log.info("nbrouter: the shared state (%s) answers again; writing back what was kept here", self.where)
         self._spawn(self._write_back())
 
     async def _call(self, remote: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
@@ -214,9 +215,7 @@ class GuardedState:
             mark = getattr(self.store, "mark", None)
             lost = mark is not None and await mark()
             if recovering or lost:
-                await self._push_holds()
-            if recovering:
-                await self._push_pending()
+                await self._push_holds()  # (the counts kept here follow in the write-back `_came_back` starts)
             held = await self.store.holds()
             await self.local.clear_holds()
             for key, h in held.items():

@@ -24,8 +24,10 @@ and the batch slows down by what the cell took.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -104,6 +106,9 @@ class Limit:
     what: str  # "requests" | "tokens"
     window_s: float
     limit: float
+    #: what the provider said was left when this limit was learned (a header's remaining): a bucket new to
+    #: the store starts there; None (a configured quota) starts it at one probing request
+    start: float | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -125,9 +130,15 @@ class Limit:
         base = max(self.limit if self.window_s >= DAY_S else rate * BURST_S, batch, 1.0)
         keep = INTERACTIVE_REQUESTS if self.what == "requests" else base * INTERACTIVE_TOKEN_SHARE
         capacity = base + keep
-        # a minute bucket new to the store lets one batch request probe (the store keeps a bucket from its
-        # first take on: one that no take fits would start afresh at every ask)
-        initial = keep + batch * PROBE_REQUESTS if self.what == "requests" and self.window_s < DAY_S else capacity
+        # a bucket new to the store must let its first take through: the store keeps a bucket from its first
+        # take on (one no take fits would start afresh, never refilled, at every ask); a minute bucket
+        # starts at that one probing take, or at what a header said was left when it is more
+        if self.start is not None:
+            initial = max(self.start, keep + batch * PROBE_REQUESTS)
+        elif self.what == "requests" and self.window_s < DAY_S:
+            initial = keep + batch * PROBE_REQUESTS
+        else:
+            initial = capacity
         return BucketSpec(self.scope, self.name, rate, capacity, min(initial, capacity), amount, keep / capacity)
 
     @property
@@ -189,8 +200,42 @@ class Ticket:
     limits: tuple[Limit, ...]
     slot: str | None = None
     probe: bool = False
-    #: the store answered (False: it was down and this process decided alone)
+    #: the store admitted it (False: this process decided alone: nothing was known of the candidate's
+    #: limits, a batch's first request finding them out; or a store without its guard was down)
     shared: bool = True
+
+
+class WriteBehind:
+    """The writes of calls that ended well (a slot back, counts, a corrected estimate), gathered from every
+    call that ends in one turn of the event loop and sent together: one round trip for all of them, off the
+    calls' path. (A failure's writes, a hold or a 429's empty buckets, are sent at once instead.)"""
+
+    def __init__(self, pacer: "Pacer") -> None:
+        self.pacer = pacer
+        self.pending: list[Write] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, writes: Sequence[Write]) -> None:
+        self.pending.extend(writes)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)  # the other calls ending in this turn add theirs first
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    await self.pacer.shared.apply(batch)
+                except StoreDown as exc:  # a store without its guard: the writes are lost, and it says so
+                    self.pacer.store_error = str(exc)
+        finally:
+            self.task = None
+
+    async def drain(self) -> None:
+        """Wait until everything added so far is written."""
+        while self.task is not None:
+            await asyncio.shield(self.task)
 
 
 class Pacer:
@@ -201,19 +246,20 @@ class Pacer:
         shared: the state every process shares (`state.shared.SharedState`).
         clock: the router's clock (a reply is learned from at the time it arrives).
         margin: the share of each limit to pace at.
-        max_wait_s: how long a paced call may wait for headroom before it fails as usual.
+
+    How long a paced call may wait for headroom is its lane's (`Lanes.max_wait_s`).
     """
 
-    def __init__(self, config: Config, shared: SharedState, *, clock: Clock = SYSTEM_CLOCK, margin: float = PACING_MARGIN,
-                 max_wait_s: float = MAX_WAIT_S) -> None:
+    def __init__(self, config: Config, shared: SharedState, *, clock: Clock = SYSTEM_CLOCK, margin: float = PACING_MARGIN) -> None:
         self.shared = shared
         self.clock = clock
         self.margin = margin
-        self.max_wait_s = max_wait_s
         self._lock = threading.Lock()
         #: header-derived limits per candidate key: (what) -> (limit, window)
         self._learned: dict[str, dict[str, tuple[float, float]]] = {}
         self._guesses: dict[tuple[str, str], WindowGuess] = {}
+        #: the last remaining count a header gave per (candidate key, what): where a new bucket starts
+        self._remaining: dict[tuple[str, str], float] = {}
         self._limits: dict[str, tuple[Limit, ...]] = {}
         #: accounts and candidates asked about though no limit is known: they met a 429, a hold or a breaker
         self._watched: set[str] = set()
@@ -225,6 +271,9 @@ class Pacer:
         #: requests sent and 429s met, per candidate key (what the batch summary shows)
         self.sent: dict[str, int] = {}
         self.limited: dict[str, int] = {}
+        #: how often the store said wait, per lane ("interactive", "batch")
+        self.refused: dict[str, int] = {}
+        self._behind: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBehind]" = weakref.WeakKeyDictionary()
         #: what the store said when it last failed to answer (None: it answers)
         self.store_error: str | None = None
         #: the hold the store's last refusal named (another process's cooldown, kept here too by the loop)
@@ -259,8 +308,8 @@ class Pacer:
         with self._lock:
             quota = self._quota.get(c.account_key, ())
             covered = {q.what for q in quota}
-            learned = tuple(Limit(c.key, what, window, limit) for what, (limit, window) in self._learned.get(c.key, {}).items()
-                            if what not in covered)
+            learned = tuple(Limit(c.key, what, window, limit, self._remaining.get((c.key, what)))
+                            for what, (limit, window) in self._learned.get(c.key, {}).items() if what not in covered)
             out = self._limits[c.key] = quota + learned
         return out
 
@@ -315,6 +364,7 @@ class Pacer:
         self.store_error = None
         if answer.admitted:
             return self._sent(Ticket(c, tokens, lane, specs, limits, answer.slot, answer.probe))
+        self.refused[lane] = self.refused.get(lane, 0) + 1
         wait = max(answer.wait_s, MIN_WAIT_S)
         until = now + wait
         if answer.reason == "held" and answer.hold is not None:
@@ -442,10 +492,14 @@ class Pacer:
         changed = False
         with self._lock:
             learned = self._learned.setdefault(c.key, {})
-            for what, limit, reset_at in (("requests", limits.limit_requests, limits.reset_requests_at),
-                                          ("tokens", limits.limit_tokens, limits.reset_tokens_at)):
+            for what, limit, remaining, reset_at in (
+                ("requests", limits.limit_requests, limits.remaining_requests, limits.reset_requests_at),
+                ("tokens", limits.limit_tokens, limits.remaining_tokens, limits.reset_tokens_at),
+            ):
                 if not limit:
                     continue
+                if remaining is not None:
+                    self._remaining[(c.key, what)] = float(remaining) - (self._in_flight.get(c.key, 0) if what == "requests" else 0)
                 guess = self._guesses.get((c.key, what))
                 if guess is None:
                     guess = self._guesses[(c.key, what)] = WindowGuess()
@@ -455,6 +509,38 @@ class Pacer:
                     changed = True
             if changed:
                 self._limits.pop(c.key, None)
+
+    @property
+    def quota_accounts(self) -> list[str]:
+        """The accounts with a configured quota (their usage is counted in the store)."""
+        return list(self._quota)
+
+    async def usage(self) -> dict[str, dict[str, float]]:
+        """What the store counted for each account with a quota: this minute's and today's requests and
+        tokens (every process's), and the requests sent on it so far (for status)."""
+        out: dict[str, dict[str, float]] = {}
+        for account in self._quota:
+            counts: dict[str, float] = {}
+            for field, what, window in (("requests_minute", "requests", Window.minute()), ("tokens_minute", "tokens", Window.minute()),
+                                        ("requests_day", "requests", Window.day()), ("tokens_day", "tokens", Window.day())):
+                counts[field] = await self.shared.count(f"{USAGE_PREFIX}{account}|{what}", window)
+            counts["sent"] = await self.shared.count(SENT_PREFIX + account, Window.forever())
+            out[account] = counts
+        return out
+
+    def write_behind(self, writes: Sequence[Write]) -> None:
+        """Send these writes with the others of this turn of the event loop (no waiting for them here)."""
+        loop = asyncio.get_running_loop()
+        behind = self._behind.get(loop)
+        if behind is None:
+            behind = self._behind[loop] = WriteBehind(self)
+        behind.add(writes)
+
+    async def drain(self) -> None:
+        """Wait until the writes sent behind on this event loop are in the store (close, tests)."""
+        behind = self._behind.get(asyncio.get_running_loop())
+        if behind is not None:
+            await behind.drain()
 
     def forget(self, matches: Sequence[str | None]) -> None:
         """Forget the store's "wait" answers for keys containing any of `matches` (None: all): a reset."""
