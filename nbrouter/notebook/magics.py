@@ -166,6 +166,7 @@ class LLMMagics(Magics):
     @argument("--column", default=None, metavar="COL", help="With --over: the items are this column of VAR.")
     @argument("--concurrency", type=int, default=None, metavar="N", help="With --over: at most N calls in flight.")
     @argument("--schema", default=None, metavar="VAR", help="With --over: each answer is JSON matching the schema in VAR; its fields become columns.")
+    @argument("--executor", default=None, metavar="VAR", help="With --over: run the calls on a cluster: VAR holds a distributed.Client (Dask) or a Ray handle; `ray` alone names the connected Ray cluster.")
     @argument("--batch", action="store_true", help="With --over: through the providers' batch APIs at half price, as a job that outlives the kernel (kept in _llm_job); waits with a live view, Ctrl-C stops waiting, not the job.")
     @argument("--image", action="append", default=None, metavar="VAR",
               help="Send the image in VAR with the prompt (a matplotlib figure, a PIL image, bytes, a path or a URL); "
@@ -247,6 +248,10 @@ class LLMMagics(Magics):
         if args.tools:
             call["tools"] = self._tools(args.tools, ns)
 
+        if args.executor is not None:
+            if not args.over:
+                raise UsageError("--executor goes with --over VAR: it runs a batch's calls on a cluster")
+            call["executor"] = _executor(args.executor, ns)
         if args.over:  # issue 17: a batch over VAR's items (batch_view.py); issue 24: --batch (jobs_view.py)
             (run_job_cell if args.batch else run_batch_cell)(self, router, combo, args, body, call)
             return None
@@ -812,6 +817,21 @@ def _entry(head: str, text: str, width: int) -> list[str]:
     if len(head) > width // 2:
         return [head.rstrip(), *textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent)]
     return textwrap.wrap(text, width, initial_indent=head, subsequent_indent=indent) or [head.rstrip()]
+
+
+def _executor(name: str, ns: dict[str, Any]) -> Any:
+    """What `--executor NAME` runs a batch on: the variable NAME (a distributed.Client, a Ray handle), or the
+    connected Ray cluster for `ray` when no variable has that name.
+
+    Raises:
+        UsageError: no such variable.
+    """
+    if name in ns:
+        return ns[name]
+    if name == "ray":
+        return "ray"
+    raise UsageError(f"--executor {name}: there is no variable of that name (give a distributed.Client's variable, "
+                     "or `ray` for the connected Ray cluster)")
 
 
 def _terminal_attempts(result: RouteResult, always: bool = False) -> list[str]:

@@ -16,6 +16,7 @@ The tree (catch `RouteError` for any routing failure; every one carries the `att
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from .._core import ErrorKind
 from .._core.text import span
@@ -26,7 +27,12 @@ ERROR_WIDTH = 150
 
 
 class RouteError(Exception):
-    """A call could not be routed to an answer."""
+    """A call could not be routed to an answer.
+
+    Every kind pickles and unpickles whole (a batch's worker on a cluster sends its failures back): the
+    copy is made from the error's message and attributes, not by calling `__init__` again, whose
+    arguments differ from one kind to the next.
+    """
 
     attempts: list[Attempt]
 
@@ -34,6 +40,9 @@ class RouteError(Exception):
         super().__init__(message)
         self.attempts = Attempts(attempts or [])
         self.partial: RouteResult | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, dict(self.__dict__))
 
 
 class AllTargetsFailed(RouteError):
@@ -133,6 +142,14 @@ class NoProviders(ComboConfigError):
             "build a combo with `%llm builder` (or write " + where + "); "
             "or rehearse with the simulator: `nbrouter demo`."
         )
+
+
+def _rebuilt(cls: type[RouteError], args: tuple[Any, ...], state: dict[str, Any]) -> RouteError:
+    """An unpickled RouteError of any kind: its message and attributes as they were, `__init__` not run."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 def _hint_for(attempts: list[Attempt]) -> str:

@@ -89,6 +89,15 @@ class CallRequest:
     #: "auto" | "required" | "none", or the name of the one tool the model must call
     tool_choice: str | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a pickled copy holds (a batch's items go to a cluster's workers): everything but the pacer,
+        which paces this process's sends (its lock does not pickle; a worker paces with its own), and the
+        prompt text, worked out again where it is read."""
+        state = dict(self.__dict__)
+        state["pacer"] = None
+        state.pop("prompt_text", None)
+        return state
+
     @_once  # read by the decision and again by the call log
     def prompt_text(self) -> str:
         """The prompt as text: the system prompt and each message's text, an image as `[image]` (the call

@@ -22,7 +22,7 @@ import html
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..._core import Clock
 from ..._core.clock import SYSTEM_CLOCK
@@ -33,32 +33,20 @@ from ..._core.text import dollars, duration
 from ..errors import AllTargetsFailed, RouteError, StopError
 from ..media import item_images
 from ..state.pacing import MAX_WAIT_S, Lanes, Pacer
-from ..requests import CallRequest, build_request
+from ..requests import build_request
 from ..structured import PANDAS_DTYPES, OutputSchema
-from ..model import Combo, Config
-from ..run.background import BackgroundLoop
 from ..types import Action, RouteResult
-
-
-class BatchRouter(Protocol):
-    """What batch work needs of a router: public calls of `nbrouter.Router`, which is one."""
-
-    config: Config
-    clock: Clock
-
-    @property
-    def background(self) -> BackgroundLoop: ...
-
-    @property
-    def pacer(self) -> Pacer: ...
-
-    def route(self, request: CallRequest) -> Awaitable[RouteResult]: ...
-
-    def check(self, request: CallRequest) -> Combo: ...
-
-    def estimate(self, request: CallRequest) -> Decimal | None: ...
-
-    async def discover(self, *, refresh: bool = False) -> None: ...
+from .port import (
+    CANCELLED,
+    NOT_SENT_BUDGET,
+    NOT_SENT_DEADLINE,
+    NOT_SENT_INTERRUPTED,
+    BatchItem,
+    BatchRouter,
+    Executor,
+    LocalExecutor,
+    NotDone,
+)
 
 
 #: how many calls of one batch are in flight at once unless `concurrency=` says otherwise
@@ -67,33 +55,6 @@ DEFAULT_CONCURRENCY = 8
 RESULT_COLUMNS = ("served_by", "cost_usd", "latency_s", "attempts", "cached", "error")
 #: how many of the slowest and of the failed items the summary names
 SUMMARY_ROWS = 5
-
-NOT_SENT_BUDGET = "not sent: batch budget"
-NOT_SENT_DEADLINE = "not sent: batch deadline"
-NOT_SENT_INTERRUPTED = "not sent: interrupted"
-CANCELLED = "cancelled: in flight when interrupted"
-
-
-class NotDone(RouteError):
-    """An item of a batch that has no answer and was not failed by a provider: never sent, or cancelled."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class BatchItem:
-    """One item of a batch: where it stands in the input, the input itself, the call it becomes."""
-
-    position: int
-    value: Any
-    request: CallRequest
-    #: attempts of earlier sends of this item (a re-send after a 429 keeps the whole story)
-    earlier: list[Any] = field(default_factory=list)
-    sends: int = 0
-    #: sends that met only rate limits (a 429, the rest paced or cooling): they spend none of its tries
-    limited: int = 0
 
 
 # ---- items -> requests ------------------------------------------------------------------------
@@ -274,25 +235,6 @@ class Dispatcher:
 
 
 # ---- the executor: runs the calls --------------------------------------------------------------
-
-
-class Executor(Protocol):
-    """Runs one item's call and returns how it ended (never raises a RouteError)."""
-
-    async def run(self, item: BatchItem) -> RouteResult | RouteError: ...
-
-
-class LocalExecutor:
-    """Runs calls in this process, on the caller's event loop, through a Router."""
-
-    def __init__(self, router: BatchRouter) -> None:
-        self.router = router
-
-    async def run(self, item: BatchItem) -> RouteResult | RouteError:
-        try:
-            return await self.router.route(item.request)
-        except RouteError as error:
-            return error
 
 
 async def drive(dispatcher: Dispatcher, executor: Executor, on_finish: Callable[[BatchItem], None] | None = None) -> bool:
@@ -645,6 +587,9 @@ class Batch:
             completed = await drive(dispatcher, self.executor, on_finish)
         finally:
             close()
+            finish = getattr(self.executor, "close", None)  # a cluster's executor lets go of the batch
+            if callable(finish):
+                finish()
         entries = [dispatcher.outcomes.get(i) or NotDone(NOT_SENT_INTERRUPTED) for i in range(len(self.items))]
         name = next((e.combo for e in entries if isinstance(e, RouteResult)), None)
         combo_name: str = name or (self.combo if isinstance(self.combo, str) else str(getattr(self.combo, "name", "combo")))
@@ -669,7 +614,7 @@ class Batch:
             item.position = new_pos
         again = Batch(self.router, self.combo, Inputs([i.value for i in items], list(range(len(items))), "items"), items,
                       concurrency=self.concurrency, max_cost_usd=self.max_cost_usd, progress=self.progress,
-                      deadline_s=self.deadline_s)
+                      executor=self.executor, deadline_s=self.deadline_s)  # on the cluster the batch ran on, if any
         result = run_sync(self.router, again)
         entries = list(previous.entries)
         for new_pos, old_pos in enumerate(sorted(wanted)):
@@ -685,7 +630,7 @@ class Batch:
 def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: str | None = None, messages: Any = None,
             system: str | None = None, schema: Any = None, concurrency: int | None = None,
             account_concurrency: int | Mapping[str, int] | None = None, max_cost_usd: float | None = None,
-            cache: bool | None = None, progress: Any = None, executor: Executor | None = None,
+            cache: bool | None = None, progress: Any = None, executor: Any = None,
             deadline_s: float | None = None, **call_options: Any) -> Batch:
     """Check the arguments of `Router.map` and build its Batch (nothing is sent yet).
 
@@ -704,7 +649,8 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
         max_cost_usd: the whole batch's budget.
         cache: answer from the response cache and store answers (default: on unless `log_content = false`).
         progress: True for a `tqdm.auto` bar, or a callable given a `Progress` after each item.
-        executor: what runs the calls (an `Executor`); default `LocalExecutor`, this process's router.
+        executor: what runs the calls: a `distributed.Client` (Dask), "ray" (or a Ray handle) for the
+            connected Ray cluster, or any `Executor`; default `LocalExecutor`, this process's router.
         deadline_s: the batch's deadline, seconds from its start on the router's clock: items that met only
             rate limits are sent again until then (without one, for as long as their waits take), and an
             item not sent by then ends as `NotDone("not sent: batch deadline")`.
@@ -727,7 +673,11 @@ def prepare(router: BatchRouter, combo: Any, items: Iterable[Any], *, prompt: st
         item.request.pacer = lanes
     if built:
         router.check(built[0].request)  # an unknown combo fails now, not once per item
-    limit = concurrency if concurrency is not None else DEFAULT_CONCURRENCY
+    if executor is not None:
+        from .cluster import executor_for  # Dask and Ray load only for a batch that names them
+
+        executor = executor_for(executor, router)
+    limit = concurrency if concurrency is not None else getattr(executor, "concurrency", None) or DEFAULT_CONCURRENCY
     if limit < 1:
         raise ValueError(f"concurrency must be at least 1, not {limit}")
     if deadline_s is not None and deadline_s <= 0:
@@ -758,4 +708,7 @@ def run_sync(router: BatchRouter, batch: Batch) -> BatchResult:
         return future.result(timeout=10.0)
 
 
-__all__ = ["BatchResult", "BatchRouter", "DEFAULT_CONCURRENCY", "Dispatcher", "Executor", "LocalExecutor", "NotDone", "prepare"]
+# the executor port's names, where batch work has always offered them (port.py holds them, so that an
+# executor can use them without importing the dispatcher that chooses it)
+__all__ = ["BatchItem", "BatchResult", "BatchRouter", "CANCELLED", "DEFAULT_CONCURRENCY", "Dispatcher", "Executor",
+           "LocalExecutor", "NOT_SENT_BUDGET", "NOT_SENT_DEADLINE", "NOT_SENT_INTERRUPTED", "NotDone", "prepare"]

@@ -1,0 +1,284 @@
+"""A batch on a cluster: nbrouter's `map(executor=...)` on Dask and on Ray against the naive way, and what the
+executor costs.
+
+    python benchmarks/bench_cluster.py [--items 300] [--rpm 300 600 1200] [--window 6] [--workers 4]
+                                       [--overhead-items 2000] [--only dask ray]
+
+Part 1, limits. One simulator process (`nbrouter.testing.start_simulator_process`) enforces a sliding
+window per key: three keys at 300, 600 and 1,200 requests a minute, each window already full (a key in
+steady use: the rate is all there is, so `items / (sum of the limits)` is the shortest possible run).
+The windows are `--window` seconds long instead of 60 (the limits stay as many requests per minute, and
+a run meets them within seconds instead of minutes). On a 4-worker Dask cluster and a 4-worker Ray
+cluster, on this machine, loopback only:
+- nbrouter: `Router.map(combo, items, executor=client | "ray")`, the three keys as accounts of one
+  provider with their `quota`; the workers pace over the driver's SQLite state file (one machine).
+- the naive way a user would write it: each worker gets a quarter of the items and calls the provider
+  with its own `httpx.AsyncClient` and a semaphore of 8, the keys in turn; a 429 is retried after 1, 2, 4 s
+  (Retry-After ignored), then the item is given up.
+Ray Data LLM's HTTP processor needs `ray[data]` (pyarrow), which is not installed here: not measured.
+
+Part 2, overhead. `benchmarks/_server.py` (an instant server, no limits): items per second through the
+local executor, through each cluster's executor at its default chunk size, and on Dask at chunk sizes
+1, 4, 16 and 64 (the executor's default concurrency is slots x chunk x 2).
+
+Every worker process is started and has imported what it runs before the runs are timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from _common import LoopbackServer, heading, isolate_user_state, machine, table, versions
+
+KEY_ENVS = ("BENCH_CLUSTER_KEY_1", "BENCH_CLUSTER_KEY_2", "BENCH_CLUSTER_KEY_3")
+KEYS = ("bench-cluster-key-0001", "bench-cluster-key-0002", "bench-cluster-key-0003")
+#: the naive contender: calls in flight per worker, and its 429 back-offs (Retry-After ignored)
+NAIVE_CONCURRENCY = 8
+NAIVE_BACKOFF_S = (1.0, 2.0, 4.0)
+CHUNKS = (1, 4, 16, 64)
+
+
+# ---- the naive way: runs on a worker ------------------------------------------------------------------
+
+
+def naive_chunk(base_url: str, items: list[tuple[int, str]]) -> list[bool]:
+    """One worker's share the naive way: its own client, a semaphore, the keys in turn, 429s retried blindly."""
+    import httpx
+
+    keys = [os.environ[name] for name in KEY_ENVS]
+
+    async def main() -> list[bool]:
+        sem = asyncio.Semaphore(NAIVE_CONCURRENCY)
+        async with httpx.AsyncClient(timeout=60) as http:
+
+            async def one(i: int, text: str) -> bool:
+                async with sem:
+                    for wait in (*NAIVE_BACKOFF_S, None):
+                        reply = await http.post(base_url + "/chat/completions", headers={"authorization": f"Bearer {keys[i % 3]}"},
+                                                json={"model": "m", "messages": [{"role": "user", "content": text}]})
+                        if reply.status_code == 200:
+                            return True
+                        if reply.status_code != 429 or wait is None:
+                            return False
+                        await asyncio.sleep(wait)
+                return False
+
+            return list(await asyncio.gather(*(one(i, t) for i, t in items)))
+
+    return asyncio.run(main())
+
+
+def naive(submit: Callable[[list[tuple[int, str]]], Any], gather: Callable[[list[Any]], list[list[bool]]],
+          items: list[str], workers: int) -> int:
+    numbered = list(enumerate(items))
+    shares = [numbered[w::workers] for w in range(workers)]
+    return sum(sum(done) for done in gather([submit(share) for share in shares]))
+
+
+# ---- part 1: limits ---------------------------------------------------------------------------------
+
+
+def limits_config(rpms: list[float], window: float) -> dict[str, Any]:
+    return {"rate_limits": {"keys": {key: {"requests": int(rpm * window / 60), "window_s": window, "start_full": False}
+                                     for key, rpm in zip(KEYS, rpms)}}}
+
+
+def router_config(base_url: str, rpms: list[float]) -> dict[str, Any]:
+    accounts = [{"name": f"k{i + 1}", "api_key_env": env, "quota": {"requests_per_minute": int(rpm)}}
+                for i, (env, rpm) in enumerate(zip(KEY_ENVS, rpms))]
+    return {"providers": {"sim": {"protocol": "openai", "base_url": base_url, "accounts": accounts}},
+            "combos": {"batch": {"targets": ["sim/m"]}}}
+
+
+def server_counts(sim: Any) -> tuple[int, int]:
+    keys = sim.stats()["keys"].values()
+    return sum(k["received"] for k in keys), sum(k["rate_limited"] for k in keys)
+
+
+def limits_row(label: str, sim: Any, run: Callable[[], int], n: int, rpms: list[float], window: float) -> list[str]:
+    sim.reset()
+    sim.configure(limits_config(rpms, window))
+    t0 = time.perf_counter()
+    done = run()
+    wall = time.perf_counter() - t0
+    received, limited = server_counts(sim)
+    rate = (done / wall) / (sum(rpms) / 60.0)
+    return [label, f"{wall:.1f} s", f"{rate:.3f}", f"{limited} ({100 * limited / max(received, 1):.2f}% of {received})",
+            str(n - done), f"{done / wall:.1f}"]
+
+
+def nbrouter_map(base_url: str, rpms: list[float], items: list[str], executor: Any) -> int:
+    from nbrouter import Router
+
+    state = Path(tempfile.mkdtemp(prefix="nbrouter-bench-cluster-")) / "state.sqlite3"
+    router = Router(router_config(base_url, rpms), state_path=state)
+    try:
+        return router.map("batch", items, executor=executor, cache=False).done
+    finally:
+        router.close()
+
+
+# ---- part 2: overhead -------------------------------------------------------------------------------
+
+
+def overhead_rate(base_url: str, items: list[str], executor: Any, concurrency: int | None = None) -> float:
+    from nbrouter import Router
+
+    providers = {"bench": {"protocol": "openai", "base_url": base_url, "api_key_env": "BENCH_KEY"}}
+    router = Router({"providers": providers, "combos": {"c": {"targets": ["bench/bench-model"]}}}, persist=False)
+    try:
+        router.map("c", items[:50], executor=executor, cache=False)  # the workers' Routers made, connections open
+        t0 = time.perf_counter()
+        done = router.map("c", items, executor=executor, cache=False, concurrency=concurrency).done
+        return done / (time.perf_counter() - t0)
+    finally:
+        router.close()
+
+
+def chunk_rate(base_url: str, items: list[str], engine: Any, chunk: int) -> float:
+    from nbrouter import Router
+    from nbrouter.router.batch.cluster import ClusterExecutor
+
+    providers = {"bench": {"protocol": "openai", "base_url": base_url, "api_key_env": "BENCH_KEY"}}
+    router = Router({"providers": providers, "combos": {"c": {"targets": ["bench/bench-model"]}}}, persist=False)
+    try:
+        router.map("c", items[:50], executor=ClusterExecutor(router, engine, chunk_size=chunk), cache=False)
+        executor = ClusterExecutor(router, engine, chunk_size=chunk)
+        t0 = time.perf_counter()
+        done = router.map("c", items, executor=executor, cache=False).done
+        return done / (time.perf_counter() - t0)
+    finally:
+        router.close()
+
+
+# ---- the engines ------------------------------------------------------------------------------------
+
+
+def start_dask(workers: int) -> tuple[Any, Callable[[], None]]:
+    import distributed
+
+    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, silence_logs=40)
+    client = distributed.Client(cluster)
+
+    def stop() -> None:
+        client.close()
+        cluster.close()
+
+    return client, stop
+
+
+def start_ray(workers: int) -> tuple[Any, Callable[[], None]]:
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: keep the node on 127.0.0.1
+    import ray
+
+    ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    return "ray", ray.shutdown
+
+
+def _imports() -> int:
+    import httpx  # noqa: F401 - what the naive way uses
+
+    import nbrouter.router.batch.worker  # noqa: F401 - what a chunk uses
+
+    return os.getpid()
+
+
+def warm(name: str, executor: Any, workers: int) -> None:
+    """Every worker process started and its imports done, so that the runs compare steady states."""
+    if name == "dask":
+        executor.run(_imports)
+    else:
+        import ray
+
+        ray.get([ray.remote(_imports).remote() for _ in range(workers * 2)])
+
+
+def run_engine(name: str, workers: int, args: argparse.Namespace, sim: Any, fast_url: str, rows: list[list[str]],
+               overhead: list[list[str]]) -> None:
+    items = [f"item {i}" for i in range(args.items)]
+    quick = [f"item {i}" for i in range(args.overhead_items)]
+    executor, stop = start_dask(workers) if name == "dask" else start_ray(workers)
+    try:
+        if name == "dask":
+            client = executor
+
+            def submit(share: list[tuple[int, str]]) -> Any:
+                return client.submit(naive_chunk, sim.openai_url, share, pure=False)
+
+            def gather(futures: list[Any]) -> list[list[bool]]:
+                return list(client.gather(futures))
+        else:
+            import ray
+
+            remote = ray.remote(naive_chunk).options(num_cpus=1)
+
+            def submit(share: list[tuple[int, str]]) -> Any:
+                return remote.remote(sim.openai_url, share)
+
+            def gather(refs: list[Any]) -> list[list[bool]]:
+                return list(ray.get(refs))
+
+        warm(name, executor, workers)
+        label = "Dask" if name == "dask" else "Ray"
+        rows.append(limits_row(f"nbrouter map, {label} ({workers} workers)", sim,
+                               lambda: nbrouter_map(sim.openai_url, args.rpm, items, executor), args.items, args.rpm, args.window))
+        rows.append(limits_row(f"naive: client + semaphore per worker, {label}", sim,
+                               lambda: naive(submit, gather, items, workers), args.items, args.rpm, args.window))
+        overhead.append([f"{label} executor (chunk 16, {workers} workers)", f"{overhead_rate(fast_url, quick, executor):,.0f}"])
+        if name == "dask":
+            from nbrouter.router.batch.engines import DaskEngine
+
+            engine = DaskEngine(executor)
+            for chunk in CHUNKS:
+                overhead.append([f"Dask executor, chunk {chunk}", f"{chunk_rate(fast_url, quick, engine, chunk):,.0f}"])
+    finally:
+        stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--items", type=int, default=300)
+    p.add_argument("--rpm", type=float, nargs=3, default=[300, 600, 1200], help="requests per minute of each key")
+    p.add_argument("--window", type=float, default=6.0, help="the simulator's window in seconds (limits stay per minute)")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--overhead-items", type=int, default=2000)
+    p.add_argument("--only", nargs="*", choices=["dask", "ray"])
+    args = p.parse_args()
+    isolate_user_state()
+    for env, key in zip(KEY_ENVS, KEYS):
+        os.environ[env] = key  # before the clusters start: the workers read their keys from their environment
+    from nbrouter.testing import start_simulator_process
+
+    rows: list[list[str]] = []
+    overhead: list[list[str]] = []
+    with start_simulator_process() as sim, LoopbackServer() as fast:
+        quick = [f"item {i}" for i in range(args.overhead_items)]
+        overhead.append(["local executor (concurrency 64)", f"{overhead_rate(fast.openai_url, quick, None, 64):,.0f}"])
+        for name in args.only or ["dask", "ray"]:
+            run_engine(name, args.workers, args, sim, fast.openai_url, rows, overhead)
+
+    heading("A batch on a cluster", "python benchmarks/bench_cluster.py " + " ".join(sys.argv[1:]))
+    minimum = args.items / (sum(args.rpm) / 60.0)
+    print(f"{args.items} items over three keys limited to {', '.join(f'{r:g}' for r in args.rpm)} requests/min (sliding "
+          f"windows of {args.window:g} s, already full); the shortest possible run: {minimum:.1f} s. Simulator: its own "
+          "process on 127.0.0.1.\n")
+    print(table(["run", "wall time", "rate / combined limit", "429s (share of requests)", "items lost", "items/s"], rows))
+    print()
+    print(f"Overhead: {args.overhead_items} items through `benchmarks/_server.py` (instant answers, no limits), "
+          "after a 50-item warm-up on the same workers.\n")
+    print(table(["executor", "items/s"], overhead))
+    print()
+    print(machine())
+    print(versions("nbrouter", "distributed", "ray", "httpx"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
