@@ -237,7 +237,7 @@ class Router:
                         messages: list[dict[str, Any]] | None = None, system: str | None = None,
                         max_tokens: int | None = None, temperature: float | None = None,
                         max_cost_usd: float | None = None, timeout_s: float | None = None, seed: int | None = None,
-                        response_format: dict[str, Any] | None = None, strategy: str | None = None,
+                        response_format: dict[str, Any] | str | None = None, strategy: str | None = None,
                         stream: bool = False, top_p: float | None = None, stop: list[str] | None = None,
                         reasoning: str | int | None = None, extra_body: dict[str, Any] | None = None,
                         schema: SchemaSpec | None = None, cache: bool = False, images: Any = None, tools: Any = None,

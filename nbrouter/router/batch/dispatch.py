@@ -408,7 +408,7 @@ class BatchResult(Sequence[Any]):
     def to_pandas(self) -> Any:
         """A DataFrame: the input's columns, `text` or the schema's fields (typed), `served_by`,
         `cost_usd`, `latency_s`, `attempts`, `cached`, `error`; the input's index when it had one."""
-        import pandas as pd  # type: ignore[import-untyped]
+        import pandas as pd
 
         rows = self.rows()
         frame = pd.DataFrame(rows, index=self.inputs.index if self.inputs.kind != "items" else None)
@@ -519,7 +519,7 @@ def _progress_sink(progress: Any, total: int) -> tuple[Callable[[Progress], None
         return None, lambda: None
     if callable(progress):
         return progress, lambda: None
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # the notebook's usual bar (a widget in Jupyter, text in a terminal)
+    from tqdm.auto import tqdm  # the notebook's usual bar (a widget in Jupyter, text in a terminal)
 
     bar = tqdm(total=total, unit="item")
 

@@ -30,7 +30,10 @@ import weakref
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Coroutine, Iterable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Iterable, Protocol, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 from ..._core import Clock, ErrorKind, ProviderFailure, Usage
 from ..._core.text import dollars, duration
@@ -54,9 +57,10 @@ from ..errors import AllTargetsFailed, RouteError, StopError
 from ..keys import KeyError_
 from ..model import Combo, Config, Step
 from ..policy import DEFAULT_FALLBACK_ON
-from ..requests import CallRequest
+from ..requests import CallOptions, CallRequest
 from ..run.background import BackgroundLoop
 from ..run.cache import ResponseCache, hit_result
+from ..state.pacing import MAX_WAIT_S, Lanes, Pacer
 from ..state.store import StateStore
 from ..structured import OutputSchema, output_schema
 from ..types import Action, Attempt, Decision, RouteResult
@@ -71,7 +75,6 @@ from .dispatch import (
     LocalExecutor,
     NotDone,
     drive,
-    pacer_for,
     prepare,
     run_sync,
 )
@@ -125,6 +128,9 @@ class JobRouter(Protocol):
     @property
     def cache(self) -> ResponseCache: ...
 
+    @property
+    def pacer(self) -> Pacer: ...
+
     def route(self, request: CallRequest) -> Awaitable[RouteResult]: ...
 
     def check(self, request: CallRequest) -> Combo: ...
@@ -133,7 +139,8 @@ class JobRouter(Protocol):
 
     def cache_key(self, request: CallRequest) -> str: ...
 
-    def explain(self, combo: str | Combo, prompt: str | None = None, **options: Any) -> Decision: ...
+    def explain(self, combo: str | Combo, prompt: str | None = None, *, stream: bool = False,
+                **options: Unpack[CallOptions]) -> Decision: ...
 
     async def discover(self, *, refresh: bool = False) -> None: ...
 
@@ -1013,7 +1020,7 @@ def progress_sink(progress: Any, total: int, job: BatchJob | None = None) -> tup
         return None, lambda: None
     if callable(progress):
         return progress, lambda: None
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    from tqdm.auto import tqdm
 
     bar = tqdm(total=total, unit="row")
 
@@ -1171,7 +1178,7 @@ def from_record(router: JobRouter, record: dict[str, Any]) -> BatchJob:
             data = dict(entry["req"])
             messages = data.pop("messages")
             req = build_request(combo, None, stream=False, messages=messages, schema=schema, **data)
-            req.pacer = pacer_for(router)
+            req.pacer = Lanes("batch", MAX_WAIT_S, None)  # a batch's item, as `map` paces it
         row = Row(int(entry["p"]), str(entry["id"]), str(entry["h"]), entry.get("k"), req, state=str(entry["s"]),
                   part=entry.get("part"), next_target=int(entry.get("next") or 0),
                   attempts=[attempt_from(a) for a in entry.get("attempts") or []], saved=dict(entry.get("saved") or {}))

@@ -30,7 +30,7 @@ from ..errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
 from ..policy import DEFAULT_FALLBACK_ON, Policy, retry_wait, rule_for
 from ..requests import CallRequest, build_request
 from ..decide.scoring import record_exclusions
-from ..decide.combos import auto_pool
+from ..decide.combos import auto_pool, resolve
 from ..requests import Pacing
 from ..state.pacing import INTERACTIVE, PACED, Ticket
 from ..state.shared import ExtendHold, StoreDown
@@ -458,7 +458,7 @@ class Loop:
             names.append(f"rr:{combo.name}")
         if combo.account_strategy == "round-robin":
             try:
-                candidates, _ = self.decider.resolve(auto_pool(self.decider.config, combo))
+                candidates = resolve(self.decider.config, auto_pool(self.decider.config, combo))
             except Exception:  # the decision raises the config error itself, with its context
                 candidates = []
             steps = Counter(c.step for c in candidates)
