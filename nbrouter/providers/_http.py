@@ -20,7 +20,7 @@ import json
 import ssl
 import urllib.request
 from dataclasses import replace
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional
 
 import httpx
 
@@ -188,6 +188,42 @@ class Sender:
         # raised outside the handlers, so that no exception (a UnicodeError quoting a header, say) rides
         # along as its __context__
         raise failure
+
+    async def get_json(self, url: str, headers: Mapping[str, str], *, timeout_s: float, max_bytes: int) -> Any:
+        """GET `url` through the same transports as `send`: the parsed JSON body of a 200 answer, else None.
+
+        For side requests (a provider's model list) whose failure only means "not known": it never
+        raises but cancellation, and names no header (the key) anywhere."""
+        try:
+            merged = {**_BASE_HEADERS, **headers}
+            extensions = {"timeout": _timeouts(timeout_s)}
+            if self._client is not None:
+                with_client = httpx.Headers(self._client.headers)
+                with_client.update(merged)
+                req = httpx.Request("GET", url, headers=with_client, extensions=extensions)
+                response = await self._client.send(req, stream=True)
+            else:
+                req = httpx.Request("GET", _parsed_url(url), headers=merged, extensions=extensions)
+                transport = self._transport_for(req.url) if self._proxies else self._direct
+                assert transport is not None
+                response = await transport.handle_async_request(req)
+                response.request = req
+            try:
+                if response.status_code != 200:
+                    return None
+                raw = bytearray()
+                async for chunk in response.aiter_bytes():  # decompressed, as the limit means
+                    raw += chunk
+                    if len(raw) > max_bytes:  # an endless or huge list is not read to the end
+                        return None
+                return json.loads(bytes(raw))
+            finally:
+                try:
+                    await response.aclose()
+                except Exception:  # closing a broken connection can fail again; the answer stands
+                    pass
+        except Exception:  # noqa: BLE001 - a side request's failure is "unknown", never an error of the call
+            return None
 
     async def aclose(self) -> None:
         """Close the transports this Sender made (not one it was given)."""

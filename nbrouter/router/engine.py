@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, AsyncGenerator, Awaitable, Callable, Coro
 from .._core import Clock
 from .._core.clock import SYSTEM_CLOCK
 from .._core.closing import close_at_exit
+from ..providers.models import ModelList, fetch_model_list
 from .run.background import BackgroundLoop
 from .decide.budget import Budget
 from .config import editing
@@ -133,7 +134,8 @@ class Router:
         self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget,
                                 pacer=Pacer(self.config, self.shared, clock=self.clock))
         self._senders = Senders(transport=transport, http_client=http_client, clock=self.clock)
-        self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result), random.Random(seed))
+        self._loop = Loop(self._decider, self.state, self.clock, self._send, Hooks(on_attempt, on_result), random.Random(seed),
+                          list_models=self._list_models)
         self._bg = BackgroundLoop()
         self._closed = False
         self._discovery = Discovery(self.config, self._decider, self.clock)
@@ -496,6 +498,10 @@ class Router:
         policy = self.config.policy
         return self._senders.get().send(protocol, endpoint, request, idle_timeout_s=policy.stream_idle_timeout_s,
                                         max_line_bytes=policy.sse_max_line_bytes, **options)
+
+    def _list_models(self, endpoint: Endpoint, timeout_s: float) -> Awaitable[ModelList | None]:
+        """A provider's model list, fetched through this loop's Sender (what the capability lookup reads)."""
+        return fetch_model_list(self._senders.get(), endpoint, timeout_s=timeout_s)
 
     def explain(self, combo: str | Combo, prompt: str | None = None, *, stream: bool = False,
                 **options: Unpack[CallOptions]) -> Decision:

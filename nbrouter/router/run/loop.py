@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from ..._core import Clock, ErrorKind, ProviderFailure, Usage, remember_secret, scrub
 from ...providers import ChatRequest, Completion, Endpoint, get_protocol
+from ...providers.models import ModelList
 from ..model import Combo, Provider
 from .deadlines import Limit
 from .deadlines import start as start_limit
@@ -65,6 +66,11 @@ STORE_NOTES = {"local": "shared state down: paced here alone at this kernel's sh
                "wait": "shared state down: calls wait for it"}
 #: a shared rotation counter's modulus: the store hands out the raw turn (strategies take it modulo their n)
 TURNS = 2**62
+#: the longest wait for a provider's model list (a call that needs a capability waits for it once)
+LIST_TIMEOUT_S = 5.0
+#: fetches a provider's model list: (endpoint, timeout_s) -> what it says of each model, or None
+ListModels = Callable[[Endpoint, float], Awaitable["ModelList | None"]]
+
 #: sends one request: (protocol, endpoint, request, timeout, on_text, on_first_byte) -> Completion
 Sender = Callable[..., Awaitable[Completion]]
 
@@ -233,8 +239,12 @@ class Loop:
     """Runs calls: decides, tries candidates in order, applies the policy table after each failure."""
 
     def __init__(self, decider: Decider, state: StateStore, clock: Clock, send: Sender, hooks: Hooks | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, list_models: ListModels | None = None) -> None:
         self.decider = decider
+        #: fetches a provider's model list (None: capabilities come from config and the table only)
+        self.list_models = list_models
+        #: provider name -> the fetch of its model list under way (calls that start meanwhile wait for it)
+        self._listing: dict[str, asyncio.Task[ModelList | None]] = {}
         self.hooks = hooks or Hooks()
         self.state = state
         self.clock = clock
@@ -260,6 +270,8 @@ class Loop:
         """Route one call along its resolved combo: the result, or a RouteError carrying every attempt."""
         clock = self.clock
         combo = route.combo
+        if req.needs and self.list_models is not None:  # a text-only call asks for no list
+            await self._fetch_lists(route)
         call = _Call(route, req, emit, clock, self.hooks)
         deadline = None if combo.deadline_s is None else clock.monotonic() + combo.deadline_s
         while True:
@@ -268,6 +280,37 @@ class Loop:
             result = await self._round(call, combo, deadline)
             if result is not None:
                 return result
+
+    async def _fetch_lists(self, route: Route) -> None:
+        """Have the model lists of the route's providers that would say what a model takes (once per
+        provider; a failed one again after a while), before deciding, which reads them and sends nothing."""
+        book, now, fetches = self.decider.capabilities, self.clock.time(), []
+        seen: set[str] = set()
+        loop = asyncio.get_running_loop()
+        for c in route.candidates:
+            provider = self.decider.config.providers[c.provider]
+            if c.provider in seen or not book.list_wanted(provider, now):
+                continue
+            seen.add(c.provider)
+            task = self._listing.get(c.provider)
+            if task is None or task.get_loop() is not loop:
+                task = asyncio.ensure_future(self._fetch_list(provider, self._endpoint(provider, c.account)))
+                self._listing[c.provider] = task
+            fetches.append(task)
+        if fetches:
+            # shielded: a call cancelled while waiting leaves the fetch to the calls that share it
+            await asyncio.gather(*(asyncio.shield(t) for t in fetches))
+
+    async def _fetch_list(self, provider: Provider, endpoint: Endpoint) -> ModelList | None:
+        assert self.list_models is not None
+        try:
+            models = await asyncio.wait_for(self.list_models(endpoint, LIST_TIMEOUT_S), LIST_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - a timeout or anything else: the list says nothing this time
+            models = None
+        finally:
+            self._listing.pop(provider.name, None)
+        self.decider.capabilities.store_list(provider, models, self.clock.time())
+        return models
 
     async def _round(self, call: _Call, combo: Combo, deadline: float | None) -> RouteResult | None:
         """Decide and try the order once: the result, a RouteError raised, or None when the store said wait
