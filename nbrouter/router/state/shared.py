@@ -726,40 +726,14 @@ class _MemoryTx:
         return [(k, v) for (s, k), (v, e) in list(self.data.items()) if s == space and e > self.now]
 
 
-class MemoryShared:
-    """The shared state of one process: every verb under one lock, on the injected clock.
-
-    Args:
-        clock: where "now" comes from (a test's `ManualClock`).
-    """
-
-    kind = "memory"
-
-    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.clock = clock
-        self._data: dict[tuple[str, str], tuple[Any, float]] = {}
-        self._lock = threading.Lock()
-        self._steps = 0
-
-    @property
-    def mode(self) -> str:
-        return "shared"
-
-    @property
-    def warning(self) -> str | None:
-        return None
-
-    def mirror_holds(self) -> dict[str, Hold]:
-        return self.run(Rules.holds)
+class RuleStore:
+    """The verbs of `SharedState` as `Rules` run in one transaction each: a store that runs a rule
+    atomically (`run`, on its clock) has them all. Memory and SQLite are two; Redis runs the same rules as
+    Lua scripts instead."""
 
     def run(self, rule: Callable[..., T], *args: Any) -> T:
-        """Run one rule atomically (also what `GuardedState` uses for its local answers)."""
-        with self._lock:
-            now = self.clock.time()
-            self._steps += 1
-            if self._steps % 4096 == 0:  # expired rows go now and then, not on every step
-                self._data = {k: v for k, v in self._data.items() if v[1] > now}
-            return rule(_MemoryTx(self._data, now), now, *args)
+        """Run one rule atomically, with the transaction and the store's "now"."""
+        raise NotImplementedError
 
     async def add(self, key: str, n: float, window: Window) -> float:
         return self.run(Rules.add, key, n, window)
@@ -815,6 +789,42 @@ class MemoryShared:
 
     async def buckets(self, account: str, specs: Sequence[BucketSpec]) -> dict[str, float]:
         return self.run(Rules.buckets, account, list(specs))
+
+
+class MemoryShared(RuleStore):
+    """The shared state of one process: every verb under one lock, on the injected clock.
+
+    Args:
+        clock: where "now" comes from (a test's `ManualClock`).
+    """
+
+    kind = "memory"
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self._data: dict[tuple[str, str], tuple[Any, float]] = {}
+        self._lock = threading.Lock()
+        self._steps = 0
+
+    @property
+    def mode(self) -> str:
+        return "shared"
+
+    @property
+    def warning(self) -> str | None:
+        return None
+
+    def mirror_holds(self) -> dict[str, Hold]:
+        return self.run(Rules.holds)
+
+    def run(self, rule: Callable[..., T], *args: Any) -> T:
+        """Run one rule atomically (also what `GuardedState` uses for its local answers)."""
+        with self._lock:
+            now = self.clock.time()
+            self._steps += 1
+            if self._steps % 4096 == 0:  # expired rows go now and then, not on every step
+                self._data = {k: v for k, v in self._data.items() if v[1] > now}
+            return rule(_MemoryTx(self._data, now), now, *args)
 
     async def close(self) -> None:
         pass

@@ -21,20 +21,7 @@ from ..._core import Clock
 from ..._core.clock import SYSTEM_CLOCK
 from .backends import is_busy
 from .health import Hold
-from .shared import (
-    Admission,
-    AdmitRequest,
-    BreakerView,
-    BucketSpec,
-    Rules,
-    SlotRequest,
-    StoreDown,
-    Tx,
-    Window,
-    Write,
-    new_token,
-    shuffled,
-)
+from .shared import RuleStore, Rules, StoreDown
 
 __all__ = ["SHARED_TABLE", "SQLiteShared"]
 
@@ -80,7 +67,7 @@ class _SQLiteTx:
         return [(k, json.loads(v)) for k, v in rows]
 
 
-class SQLiteShared:
+class SQLiteShared(RuleStore):
     """The shared state in a SQLite file, for every process of one machine.
 
     Args:
@@ -145,61 +132,6 @@ class SQLiteShared:
                 what = "busy (another process holds its lock)" if is_busy(exc) else str(exc)
                 raise StoreDown(f"the state file {self.path} cannot be used: {what}") from None
             return result
-
-    async def add(self, key: str, n: float, window: Window) -> float:
-        return self.run(Rules.add, key, n, window)
-
-    async def count(self, key: str, window: Window) -> float:
-        return self.run(Rules.count, key, window)
-
-    async def extend_hold(self, key: str, kind: str, until: float, reason: str, detail: str = "") -> Hold:
-        return self.run(Rules.extend_hold, key, kind, until, reason, detail)
-
-    async def holds(self) -> dict[str, Hold]:
-        return self.run(Rules.holds)
-
-    async def clear_holds(self, match: str | None = None) -> int:
-        return self.run(Rules.clear_holds, match)
-
-    async def breaker_failure(self, key: str, *, window_s: float, threshold: int, open_s: float,
-                              open_now: bool = False) -> BreakerView:
-        return self.run(Rules.breaker_failure, key, window_s, threshold, open_s, open_now)
-
-    async def breaker_admits(self, key: str, probe_ttl_s: float) -> tuple[bool, BreakerView]:
-        return self.run(Rules.breaker_admits, key, probe_ttl_s)
-
-    async def breaker_success(self, key: str) -> None:
-        self.run(Rules.breaker_success, key)
-
-    async def end_probe(self, key: str) -> None:
-        self.run(Rules.end_probe, key)
-
-    async def breaker(self, key: str) -> BreakerView:
-        return self.run(Rules.breaker, key)
-
-    async def next_turn(self, key: str, n: int) -> int:
-        return self.run(Rules.next_turn, key, n)
-
-    async def deal(self, key: str, n: int) -> int:
-        return self.run(Rules.deal, key, n, shuffled(n))
-
-    async def least_used(self, key: str, members: Sequence[str]) -> str:
-        return self.run(Rules.least_used, key, list(members))
-
-    async def admit(self, request: AdmitRequest) -> Admission:
-        return self.run(Rules.admit, request, new_token())
-
-    async def acquire_slot(self, account: str, slot: SlotRequest) -> str | None:
-        return self.run(Rules.acquire_slot, account, slot, new_token())
-
-    async def apply(self, writes: Sequence[Write]) -> None:
-        def all_of(tx: Tx, now: float) -> None:
-            for w in writes:
-                Rules.write(tx, now, w)
-        self.run(all_of)
-
-    async def buckets(self, account: str, specs: Sequence[BucketSpec]) -> dict[str, float]:
-        return self.run(Rules.buckets, account, list(specs))
 
     async def close(self) -> None:
         with self._lock:
