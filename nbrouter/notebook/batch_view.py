@@ -42,17 +42,8 @@ def _sink() -> Any:
     return update
 
 
-def run_batch_cell(magics: Any, router: Any, combo: str, args: Any, template: str, call: dict[str, Any]) -> BatchResult:
-    """Run the cell's template over `args.over` and show the result.
-
-    Args:
-        magics: the LLMMagics instance (its shell's namespace, its ledger).
-        router: the router.
-        combo: the combo to send through.
-        args: the parsed magic arguments (`over`, `column`, `concurrency`, `schema`, `out`).
-        template: the cell body: `{item}`, or `{column}` of a row; other braces are left as written.
-        call: the call options the magic already gathered (system, max_tokens, temperature, strategy,
-            max_cost_usd: the session budget left, which becomes the batch's budget).
+def over_items(magics: Any, args: Any) -> tuple[Any, Any]:
+    """(the items of `--over VAR [--column COL]`, the schema of `--schema VAR`) from the user's namespace.
 
     Raises:
         UsageError: a variable that does not exist, or a column that is not there.
@@ -71,6 +62,26 @@ def run_batch_cell(magics: Any, router: Any, combo: str, args: Any, template: st
         if args.schema not in ns:
             raise UsageError(f"--schema {args.schema}: there is no variable of that name")
         schema = ns[args.schema]
+    return items, schema
+
+
+def run_batch_cell(magics: Any, router: Any, combo: str, args: Any, template: str, call: dict[str, Any]) -> BatchResult:
+    """Run the cell's template over `args.over` and show the result.
+
+    Args:
+        magics: the LLMMagics instance (its shell's namespace, its ledger).
+        router: the router.
+        combo: the combo to send through.
+        args: the parsed magic arguments (`over`, `column`, `concurrency`, `schema`, `out`).
+        template: the cell body: `{item}`, or `{column}` of a row; other braces are left as written.
+        call: the call options the magic already gathered (system, max_tokens, temperature, strategy,
+            max_cost_usd: the session budget left, which becomes the batch's budget).
+
+    Raises:
+        UsageError: a variable that does not exist, or a column that is not there.
+    """
+    ns = magics.shell.user_ns if magics.shell is not None else {}
+    items, schema = over_items(magics, args)
     if not template.strip():
         raise UsageError("the template is empty: write it in the cell below `%%llm ... --over VAR`")
     options = {k: v for k, v in call.items() if v is not None and k != "messages"}

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from IPython.core.error import UsageError
 
+from .batch_view import over_items
+
 if TYPE_CHECKING:  # the batch machinery (and httpx) load when a job is made, not with the extension
     from ..router import BatchJob
 
@@ -81,25 +83,6 @@ def uninstall() -> None:
     set_wait_display(None)
 
 
-def _items(magics: Any, args: Any) -> tuple[Any, Any]:
-    """(the items of `--over VAR [--column COL]`, the schema of `--schema VAR`) from the user's namespace."""
-    ns = magics.shell.user_ns if magics.shell is not None else {}
-    if args.over not in ns:
-        raise UsageError(f"--over {args.over}: there is no variable of that name")
-    items = ns[args.over]
-    if args.column is not None:
-        try:
-            items = items[args.column]
-        except (KeyError, TypeError, IndexError):
-            raise UsageError(f"--column {args.column}: {args.over} has no such column") from None
-    schema = None
-    if args.schema is not None:
-        if args.schema not in ns:
-            raise UsageError(f"--schema {args.schema}: there is no variable of that name")
-        schema = ns[args.schema]
-    return items, schema
-
-
 def run_job_cell(magics: Any, router: Any, combo: str, args: Any, template: str, call: dict[str, Any]) -> BatchJob:
     """Submit the cell's template over `args.over` as a batch job, show it live while it runs, then the result.
 
@@ -114,7 +97,7 @@ def run_job_cell(magics: Any, router: Any, combo: str, args: Any, template: str,
     Raises:
         UsageError: a variable that does not exist, a column that is not there, or no target with a batch API.
     """
-    items, schema = _items(magics, args)
+    items, schema = over_items(magics, args)
     if not template.strip():
         raise UsageError("the template is empty: write it in the cell below `%%llm ... --over VAR --batch`")
     options = {k: v for k, v in call.items() if v is not None and k != "messages"}
