@@ -319,16 +319,25 @@ def test_format_code_in_jupyterlab_writes_the_cell_below_and_run_all_does_not_ru
         # no set_next_input (JupyterLab would add a cell on every run): the code goes to the extension
         assert done[writer]["reply"]["content"]["payload"] == []
         (shown,) = [m for m in done[writer]["outputs"] if m["msg_type"] == "display_data"]
-        assert shown["content"]["data"][MIME]["code"] == {"source": "print('hello from the new code')", "cell": "writer"}
-        # the cell below, queued with its writer, did not run the code it held
+        # stamped with the writing run: the request's id
+        assert shown["content"]["data"][MIME]["code"] == {"source": "print('hello from the new code')", "cell": "writer", "run": writer}
+        # the cell below, queued with its writer, did not run the code it held (written by an extension that
+        # did not stamp: told by time)
         assert done[below]["reply"]["content"]["status"] == "ok"
         assert "the old code ran" not in _printed(done[below]) and "nbrouter: not run" in _printed(done[below])
+        # Run All again, stamped by the last run: queued with a new run of its writer, it does not run either,
+        # however quickly the writer answered (a cached answer takes milliseconds)
+        again = lab.send("%%llm sim/coder -f code --no-stream\nprint hello", "writer")
+        stale = lab.send("print('the old code ran')", "below", nbrouter={"code_of": "writer", "run": writer})
+        done = lab.results(again, stale)
+        assert "the old code ran" not in _printed(done[stale]) and "nbrouter: not run" in _printed(done[stale])
+        writer = again
         # streamed, the final update carries the code the same way
         streamed = lab.results(lab.send("%%llm sim/coder -f code\nprint hello", "streamer"))
         final = [m for m in next(iter(streamed.values()))["outputs"] if MIME in m["content"].get("data", {})][-1]
         assert final["content"]["data"][MIME]["code"]["cell"] == "streamer"
         # run on its own, after its writer finished, the cell below runs
-        (alone,) = lab.results(lab.send("print('the new code ran')", "below", nbrouter={"code_of": "writer"})).values()
+        (alone,) = lab.results(lab.send("print('the new code ran')", "below", nbrouter={"code_of": "writer", "run": writer})).values()
         assert _printed(alone) == "the new code ran\n"
         # a cell that no -f code cell of this kernel wrote runs whatever its metadata says
         (other,) = lab.results(lab.send("print('unrelated')", "other", nbrouter={"code_of": "nobody"})).values()

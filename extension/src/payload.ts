@@ -108,7 +108,8 @@ function codeBelow(value: unknown): CodeBelow | null {
   if (!isObject(value) || typeof value.source !== 'string' || typeof value.cell !== 'string' || !value.cell) {
     return null;
   }
-  return { source: value.source, cell: value.cell };
+  const run = typeof value.run === 'string' && value.run ? { run: value.run } : {};
+  return { source: value.source, cell: value.cell, ...run };
 }
 
 /** The payload checked and typed, or null when it is not one of ours. */

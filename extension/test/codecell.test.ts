@@ -14,6 +14,9 @@ class Cell implements SharedCellLike {
   getMetadata(key: string): unknown {
     return this.metadata[key];
   }
+  setMetadata(key: string, value: unknown): void {
+    this.metadata[key] = value;
+  }
 }
 
 class Notebook implements SharedNotebookLike {
@@ -48,7 +51,18 @@ describe('-f code written below its cell', () => {
     expect(nb.cells).toHaveLength(3);
   });
 
+  it('stamps the cell with the run that wrote it, even when the code did not change', () => {
+    const nb = new Notebook(new Cell('w', '%%llm fast -f code\nplot it'));
+    expect(writeCodeBelow(nb, { source: 'print(1)', cell: 'w', run: 'r1' })).toBe('inserted');
+    expect(nb.cells[1].getMetadata('nbrouter')).toEqual({ code_of: 'w', run: 'r1' });
+    expect(writeCodeBelow(nb, { source: 'print(1)', cell: 'w', run: 'r2' })).toBe('unchanged');
+    expect(nb.cells[1].getMetadata('nbrouter')).toEqual({ code_of: 'w', run: 'r2' });
+    expect(writeCodeBelow(nb, { source: 'print(2)', cell: 'w', run: 'r3' })).toBe('updated');
+    expect(nb.cells[1].getMetadata('nbrouter')).toEqual({ code_of: 'w', run: 'r3' });
+  });
+
   it('reads the code from the payload only when it is well formed', () => {
+    expect(parsePayload({ attempts: [], code: { source: 'print(1)', cell: 'w', run: 'r' } })?.code).toEqual({ source: 'print(1)', cell: 'w', run: 'r' });
     expect(parsePayload({ attempts: [], code: { source: 'print(1)', cell: 'w' } })?.code).toEqual({ source: 'print(1)', cell: 'w' });
     expect(parsePayload({ attempts: [], code: { source: 1, cell: 'w' } })?.code).toBeNull();
     expect(parsePayload({ attempts: [] })?.code).toBeNull();

@@ -139,8 +139,17 @@ def result_notes(result: RouteResult, answer: Answer, notes: Sequence[str] = ())
     return notes
 
 
+@dataclass(frozen=True)
+class CodeBelow:
+    """Where `-f code` goes: into the cell below the cell `cell`, stamped with `run` (the writing request's
+    id), so the kernel can tell a cell written since that run from one sent before it (Run All)."""
+
+    cell: str
+    run: str
+
+
 def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None, notes: Sequence[str] = (),
-                  code_below: str | None = None, **extra: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+                  code_below: CodeBelow | None = None, **extra: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(data, metadata) of a finished answer, small enough to save.
 
     The attempt record is kept once, in the extension's payload (`MIME`), which renders it. The other
@@ -148,7 +157,7 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
     per attempt when there was more than one; the metadata says what served and what it cost.
 
     Args:
-        code_below: the id of the cell whose code (`-f code`) the extension writes into a cell below it.
+        code_below: the cell whose code (`-f code`) the extension writes into a cell below it, and the run's stamp.
     """
     answer = answer or render_answer(result.text, fmt)
     footer = result.footer()
@@ -162,7 +171,8 @@ def result_bundle(result: RouteResult, fmt: str, *, answer: Answer | None = None
         footer_html = f"<details class='nbrouter-attempts'><summary>{footer_html}</summary>{route}</details>"
     html_ = f"<div class='nbrouter-result'><div class='nbrouter-answer'>{answer.html}</div>{note_html}{footer_html}</div>"
     data: dict[str, Any] = {"text/plain": plain, "text/markdown": markdown, "text/html": html_}
-    code = {"source": answer.plain, "cell": code_below} if code_below and answer.plain.strip() else None
+    code = ({"source": answer.plain, "cell": code_below.cell, "run": code_below.run}
+            if code_below and answer.plain.strip() else None)
     data[MIME] = result_payload(result, code)  # the JupyterLab / Notebook 7 extension's renderer
     return data, {METADATA_KEY: result_metadata(result, **extra)}
 

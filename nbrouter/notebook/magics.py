@@ -35,7 +35,7 @@ from ..router import Action, Attempt, AttemptFinished, AttemptStarted, Decision,
 from .._core import scrub
 from ..report import Shown, Table
 from ..router import attempt_text, decision_html, decision_text, image_input, log_table
-from .display import FORMATS, LiveAnswer, failure_bundle, failure_lines, render_answer, result_bundle, short_traceback, terminal_width
+from .display import FORMATS, CodeBelow, LiveAnswer, failure_bundle, failure_lines, render_answer, result_bundle, short_traceback, terminal_width
 from . import frontend
 from .batch_view import run_batch_cell
 from .jobs_view import install as show_job_waits, run_job_cell, uninstall as hide_job_waits
@@ -61,6 +61,10 @@ CHAT_SHOW_WIDTH = 200
 SKIPPED_CODE_CELL = ("nbrouter: not run. This cell holds the code that `%%llm -f code` writes from the cell above, "
                      "and it was queued with that cell (Run All): it would have run the code of the answer before. "
                      "Run it on its own to run the code now in it.")
+#: a cell sent this soon after the `-f code` cell that wrote it counts as queued with it even when the writer
+#: was quicker (a cached answer takes milliseconds, and a busy browser spaces Run All's requests by as much);
+#: no one runs the cell by hand within a quarter second of the answer above it
+QUEUED_SLACK_S = 0.25
 ERROR_PROMPT = """A cell of my notebook raised an error. Explain briefly what went wrong and how to fix it, and give the corrected code.
 
 The cell:
@@ -99,7 +103,8 @@ class LLMMagics(Magics):
         #: the source and the exception of the last cell that raised (for `%llm error`)
         self.last_failure: tuple[str, BaseException] | None = None
         #: the cells whose `-f code` the extension writes below them: {cell id: (request sent at, seconds run)}
-        self._code_below: dict[str, tuple[float | None, float]] = {}
+        #: per cell that wrote `-f code` below it: (when its request was sent, how long it ran, its run's token)
+        self._code_below: dict[str, tuple[float | None, float, str]] = {}
 
     # ---- the router --------------------------------------------------------------------------
 
@@ -261,7 +266,8 @@ class LLMMagics(Magics):
 
         where = self.cell_context()
         # -f code in JupyterLab / Notebook 7: the extension writes the code into the cell below (see _code_below)
-        code_below = where["cell_id"] if fmt == "code" and self._front_end_writes_cells() else None
+        code_below = (CodeBelow(where["cell_id"], self._request_id())
+                      if fmt == "code" and self._front_end_writes_cells() else None)
         started = time.monotonic()
         stream = self.stream and not args.no_stream and not args.tools  # a tool loop is several requests: not streamed
         live = LiveAnswer(combo, fmt, in_kernel=self._in_kernel()) if stream else None
@@ -294,7 +300,7 @@ class LLMMagics(Magics):
         answer = render_answer(result.text, fmt)
         self._remember(result, args.out, answer.value if fmt == "json" else None)
         if code_below and answer.plain.strip():
-            self._code_below[code_below] = (_request_date(self._parent()), time.monotonic() - started)
+            self._code_below[code_below.cell] = (_request_date(self._parent()), time.monotonic() - started, code_below.run)
         elif fmt == "code" and self.shell is not None and answer.plain.strip():
             # elsewhere, as `%%ai -f code` does: the code in a new cell below (the next prompt in a terminal)
             self.shell.set_next_input(answer.plain, replace=False)
@@ -367,7 +373,7 @@ class LLMMagics(Magics):
         print("\n".join(lines), file=sys.stderr)
 
     def _stream(self, router: Router, combo: str, prompt: str, fmt: str, call: dict[str, Any],
-                where: dict[str, Any], live: LiveAnswer, code_below: str | None = None) -> RouteResult:
+                where: dict[str, Any], live: LiveAnswer, code_below: CodeBelow | None = None) -> RouteResult:
         """Consume Router.stream() events on the main thread, which owns the display."""
         attempts: list[Attempt] = []
         current: AttemptStarted | None = None  # the last attempt started
@@ -491,22 +497,31 @@ class LLMMagics(Magics):
         """An IPython cleanup input transformer: the cell the extension wrote `-f code` into is not run
         when it was queued with the cell that wrote it (Run All, run all below).
 
-        Such a cell's metadata names the cell that wrote it (JupyterLab sends a cell's metadata with its
-        code). Queued with it, it would run the code it held before the new answer was written in, and on
-        every Run All; run on its own afterwards, it runs. "Queued with it" means it was sent before that
-        cell had finished: the time between the two requests, both stamped by the same front end, is
-        shorter than the writing cell took to run.
+        Such a cell's metadata names the cell that wrote it and the run that wrote it last (JupyterLab
+        sends a cell's metadata with its code). Queued with its writer, it was sent before this run's
+        answer was written in: its stamp is an older run's, and it would run the code it held before, on
+        every Run All. Run on its own afterwards, it carries this run's stamp, and runs. A cell written by
+        an extension that did not stamp falls back on time: queued means sent before the writer could have
+        finished (`QUEUED_SLACK_S` of slack).
         """
         parent = self._parent()
         mark = (parent.get("metadata") or {}).get("nbrouter")
         made_by = mark.get("code_of") if isinstance(mark, dict) else None
         if not isinstance(made_by, str) or made_by not in self._code_below:
             return lines
-        writer_sent, writer_ran = self._code_below[made_by]
-        sent = _request_date(parent)
-        if sent is None or writer_sent is None or sent - writer_sent >= writer_ran:
-            return lines
-        return [f"print({SKIPPED_CODE_CELL!r})\n"]
+        writer_sent, writer_ran, run = self._code_below[made_by]
+        stamp = mark.get("run") if isinstance(mark, dict) else None
+        if isinstance(stamp, str):
+            queued = stamp != run
+        else:
+            sent = _request_date(parent)
+            queued = sent is not None and writer_sent is not None and sent - writer_sent < writer_ran + QUEUED_SLACK_S
+        return [f"print({SKIPPED_CODE_CELL!r})\n"] if queued else lines
+
+    def _request_id(self) -> str:
+        """The running request's message id (unique per run), or a count when the front end sent none."""
+        msg_id = (self._parent().get("header") or {}).get("msg_id")
+        return msg_id if isinstance(msg_id, str) and msg_id else f"run-{len(self._code_below)}-{time.monotonic()}"
 
     def cell_finished(self, result: Any) -> None:
         """IPython's post_run_cell event: remember the last cell that raised, for `%llm error`."""
