@@ -614,3 +614,14 @@ def test_table_has_one_row_per_line_of_providers_md() -> None:
         if line.startswith("| ") and not line.startswith(("| condition", "| signal"))
     ]
     assert len(TABLE) == len(lines)
+
+
+def test_readmes_failure_table_names_every_kind() -> None:
+    """The README's "What happens on failure" table has a row naming each kind the classifier can give."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## What happens on failure", 1)[1].split("\n## ", 1)[0]
+    first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    named = {kind.value for kind in ErrorKind if any(f"`{kind.value}`" in cell for cell in first_cells)}
+    assert named == {kind.value for kind in ErrorKind}, sorted({k.value for k in ErrorKind} - named)
