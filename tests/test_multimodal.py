@@ -506,16 +506,57 @@ def test_a_cached_call_with_a_different_image_is_not_a_hit(sim: Any, make_router
     assert digest_messages(request.messages)[-1]["content"][1] == {"type": "image", "media_type": "image/png", "sha256": digest}
 
 
-def test_a_cached_call_with_other_tools_is_not_a_hit_and_a_tool_call_is_not_stored(sim: Any, make_router: Any) -> None:
+def test_a_cached_call_with_other_tools_is_not_a_hit(sim: Any, make_router: Any) -> None:
     router = make_router(config(sim, "openai"), persist=False)
     router.complete("p/m1", "Weather?", tools=[get_weather], cache=True)
     assert router.complete("p/m1", "Weather?", tools=[get_weather], cache=True).cached is not None
     assert router.complete("p/m1", "Weather?", tools=[{"name": "other"}], cache=True).cached is None
-    sim.script([Reply(tool_calls=[SimToolCall("get_weather", {"city": "Oslo"})])], model="m1")
-    asked = router.complete("p/m1", "Weather in Oslo?", tools=[get_weather], cache=True)
-    assert asked.tool_calls
-    again = router.complete("p/m1", "Weather in Oslo?", tools=[get_weather], cache=True)
-    assert again.cached is None  # a hit would have lost the calls
+    assert router.complete("p/m1", "Weather?", tools=[get_weather], tool_choice="required", cache=True).cached is None
+    assert len(sim.requests) == 3
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_answer_that_asks_for_tool_calls_is_cached_with_its_calls(sim: Any, make_router: Any, protocol: str) -> None:
+    sim.script([Reply(tool_calls=[SimToolCall("get_weather", {"city": "Oslo", "unit": "C"}, id="call_a"),
+                                  SimToolCall("get_weather", {"city": "Bergen", "days": 2}, id="call_b")]),
+                Reply("Oslo 12 C, Bergen 9 C."), Reply("A fresh answer.")], model="m1")
+    router = make_router(config(sim, protocol), persist=False)
+    asked = router.complete("p/m1", "Weather in Oslo and Bergen?", tools=[get_weather], cache=True)
+    again = router.complete("p/m1", "Weather in Oslo and Bergen?", tools=[get_weather], cache=True)
+    assert asked.cached is None and again.cached is not None
+    assert len([r for r in sim.requests if r.model]) == 1
+    assert again.tool_calls == asked.tool_calls  # the ids, names, parsed arguments (and Gemini's signature)
+    assert [(c.id, c.name, c.arguments) for c in again.tool_calls] == [
+        ("call_a", "get_weather", {"city": "Oslo", "unit": "C"}), ("call_b", "get_weather", {"city": "Bergen", "days": 2})]
+    assert again.as_message() == asked.as_message()
+
+    # the next round carries the calls and their results: another key, sent, and answered
+    history = [{"role": "user", "content": "Weather in Oslo and Bergen?"}, again.as_message(),
+               tool_result(again.tool_calls[0], "12 C"), tool_result(again.tool_calls[1], "9 C")]
+    answer = router.complete("p/m1", messages=history, tools=[get_weather], cache=True)
+    assert answer.cached is None and answer.text == "Oslo 12 C, Bergen 9 C." and sim.requests[-1].tool_results == 2
+    # another tool result is another key again
+    history[-1] = tool_result(again.tool_calls[1], "10 C")
+    other = router.complete("p/m1", messages=history, tools=[get_weather], cache=True)
+    assert other.cached is None and other.text == "A fresh answer."
+    assert len([r for r in sim.requests if r.model]) == 3
+
+
+def test_a_cache_file_of_an_earlier_version_gains_the_tool_calls_column(tmp_path: Path) -> None:
+    from nbrouter.router.run.cache import ResponseCache
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, text TEXT NOT NULL, model TEXT, served_by TEXT NOT NULL, "
+               "input_tokens INTEGER, output_tokens INTEGER, cached_tokens INTEGER, cost_usd TEXT, finish_reason TEXT, "
+               "created_at REAL NOT NULL)")
+    db.execute("INSERT INTO responses VALUES ('k', 'old answer', 'm', 'p#default/m', 1, 2, 0, '0.01', 'stop', 5.0)")
+    db.commit()
+    db.close()
+    cache = ResponseCache(path)
+    entry = cache.get("k", 6.0)
+    assert entry is not None and entry["text"] == "old answer" and entry["tool_calls"] is None
+    cache.close()
 
 
 def test_the_cost_counts_the_image_tokens_the_provider_reports(sim: Any, make_router: Any) -> None:
