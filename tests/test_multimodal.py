@@ -309,8 +309,8 @@ def test_the_capabilities_config_is_validated_naming_the_file_and_field(sim: Any
 # ---- image limits ------------------------------------------------------------------------------------------
 
 
-# aiohttp warns of any body over 1 MB given as bytes (a ResourceWarning, which Python ignores by default)
-@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")
+# aiohttp warns of a body over 1 MB given as bytes: a large body goes to it in pieces, so none is given
+@pytest.mark.filterwarnings("error:Sending a large body:ResourceWarning")
 def test_an_image_over_a_providers_limit_skips_that_target_before_sending(sim: Any, make_router: Any) -> None:
     big = png() + b"\x00" * (8 * 1_000_000)  # 8 MB: 10.7 MB as base64, over Anthropic's 10 MB per image
     cfg = {"providers": {"claude": {"protocol": "anthropic", "base_url": sim.anthropic_url, "api_key_env": "SIM_KEY"},
@@ -321,7 +321,40 @@ def test_an_image_over_a_providers_limit_skips_that_target_before_sending(sim: A
     assert result.served_by == "gpt#default/m2"
     assert result.attempts[0].message == "image limit: image 1 is 10.7 MB, over Anthropic's 10 MB per image"
     assert [r.protocol for r in sim.requests] == ["openai"]
-    assert sim.requests[-1].image_bytes == len(big)
+    assert sim.requests[-1].image_bytes == len(big)  # the whole body arrived, in pieces
+    headers = {k.lower(): v for k, v in sim.requests[-1].headers.items()}
+    assert int(headers["content-length"]) > 10_000_000 and "transfer-encoding" not in headers
+    assert headers["content-type"] == "application/json"
+
+
+def test_a_large_body_arrives_whole_through_a_given_http_client() -> None:
+    """The pieces a large body is sent in reach any httpx transport (here a client's MockTransport) whole,
+    with the client's headers and the body's length."""
+    import asyncio
+
+    import httpx
+
+    from nbrouter.providers import ChatRequest, Endpoint, Sender, get_protocol
+
+    big = png() + b"\x01" * 3_000_000
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"model": "m", "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
+
+    request = ChatRequest(model="m", messages=[{"role": "user", "content": ["What is this?", {"type": "image", "media_type": "image/png", "data": b64(big)}]}])
+
+    async def go() -> str:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler), headers={"x-team": "blue"}) as client:
+            sender = Sender(http_client=client)
+            return (await sender.send(get_protocol("openai"), Endpoint("p", "openai", "http://llm.example/v1"), request, timeout_s=5)).text
+
+    assert asyncio.run(go()) == "ok"
+    sent = seen[0]
+    assert sent.headers["x-team"] == "blue" and int(sent.headers["content-length"]) == len(sent.content) > 4_000_000
+    part = json.loads(sent.content)["messages"][0]["content"][1]
+    assert part["image_url"]["url"] == "data:image/png;base64," + b64(big)
 
 
 def test_an_image_type_a_protocol_does_not_take_skips_it_and_none_left_is_an_error(sim: Any, make_router: Any) -> None:
