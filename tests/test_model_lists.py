@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SIM_KEY
 from nbrouter.providers.models import ListedModel, parse_model_list
-from nbrouter.router.decide.capabilities import LIST_RETRY_S
+from nbrouter.router.decide.capabilities import LIST_RETRY_S, window_floor
 from nbrouter.testing import ManualClock, RawResponse, RawServer, http_response
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -154,3 +154,85 @@ def test_the_lists_are_parsed_only_where_they_say_it() -> None:
     assert parse_model_list("gemini", gemini_body) == {"gemini-z": ListedModel(context_window=1048576), "g2": ListedModel()}
     assert parse_model_list("openai", openrouter_body) is None  # OpenAI's list says none of it
     assert parse_model_list("openrouter", ["data"]) is None
+
+
+# ---- context windows from the lists (the skip check `context_window`, explain, the attempt log) ----------
+
+#: about 6,000 tokens by the estimate (4 characters a token, with the safety margin): over the
+#: smallest window of any listed model (`window_floor`), so a call this long asks for the lists
+LONG = "word " * 4000
+
+
+def gemini(url: str, models: tuple[str, ...] = ("g1", "g2"), **provider: Any) -> dict[str, Any]:
+    """A provider named gemini (its preset) at `url`, and a combo `c` over its models in order."""
+    return {"providers": {"gemini": {"base_url": url, "api_key_env": "SIM_KEY", **provider}},
+            "combos": {"c": {"targets": [f"gemini/{m}" for m in models]}}}
+
+
+def test_a_gemini_target_whose_list_says_a_small_window_is_skipped_for_a_long_prompt(sim: Any, make_router: Any) -> None:
+    sim.capabilities("g1", context_window=5000)
+    sim.capabilities("g2", context_window=1_000_000)
+    router = make_router(gemini(sim.gemini_url), persist=False)
+    assert window_floor() < 5000  # so the prompt below is long enough to ask for the list
+    result = router.complete("c", LONG)
+    assert result.served_by == "gemini#default/g2"
+    first = result.attempts[0]
+    assert (first.candidate, first.action.value) == ("gemini#default/g1", "skipped")
+    assert first.message.startswith("context: ~")
+    assert first.message.endswith("tokens > window 5000 (model list of gemini)")
+    assert lists_asked(sim) == ["/v1beta/models"]
+    assert [r.model for r in sim.requests if r.model] == ["g2"]  # nothing went to g1
+    # explain reads the same list: the same reason, and nothing fetched again
+    skipped = router.explain("c", LONG).skipped
+    assert [(r.candidate.key, r.reason) for r in skipped] == [("gemini#default/g1", first.message)]
+    assert router.explain("c", "short").skipped == []
+    assert lists_asked(sim) == ["/v1beta/models"]
+
+
+def test_the_configured_window_wins_over_the_list(sim: Any, make_router: Any) -> None:
+    sim.capabilities("g1", context_window=5000)
+    sim.capabilities("g2", context_window=5000)
+    router = make_router(gemini(sim.gemini_url, context_window={"g1": 900_000}), persist=False)
+    result = router.complete("c", LONG)
+    assert result.served_by == "gemini#default/g1"  # the config says its window is large
+    assert lists_asked(sim) == ["/v1beta/models"]  # asked for g2, whose window the config does not give
+    reasons = {r.candidate.key: r.reason for r in router.explain("c", LONG).skipped}
+    assert list(reasons) == ["gemini#default/g2"]
+    assert reasons["gemini#default/g2"].endswith("> window 5000 (model list of gemini)")
+
+
+def test_a_configured_small_window_is_named_as_the_config(sim: Any, make_router: Any) -> None:
+    sim.capabilities("g1", context_window=1_000_000)
+    router = make_router(gemini(sim.gemini_url, ("g1",), context_window={"g1": 5000}), persist=False)
+    reason = router.explain("c", LONG).skipped[0].reason
+    assert reason.endswith("> window 5000 (config: context_window of provider gemini)")
+
+
+def test_a_list_fetched_later_changes_the_next_decision(sim: Any, make_router: Any) -> None:
+    sim.capabilities("g1", context_window=5000)
+    sim.capabilities("g2")
+    router = make_router(gemini(sim.gemini_url), persist=False)
+    # before any list, g1's window is unknown (not in the bundled table): it is first, and remembered so
+    assert router.explain("c", LONG).skipped == []
+    assert router.context_window(router.explain("c", LONG).order[0]) is None
+    router.complete("c", LONG)  # this call asks for the list first
+    assert [r.candidate.key for r in router.explain("c", LONG).skipped] == ["gemini#default/g1"]
+    assert router.context_window(router.explain("c", "x").order[0]) == 5000
+
+
+def test_short_text_calls_ask_for_no_list_even_where_it_gives_windows(sim: Any, make_router: Any) -> None:
+    sim.capabilities("g1", context_window=5000)
+    router = make_router(gemini(sim.gemini_url), persist=False)
+    assert router.complete("c", "A short question.").served_by == "gemini#default/g1"
+    assert router.complete("c", "x " * 1000).served_by == "gemini#default/g1"  # long, but under the floor
+    assert lists_asked(sim) == []
+
+
+def test_a_context_fit_combo_asks_for_the_list_it_orders_by(sim: Any, make_router: Any) -> None:
+    sim.capabilities("g1", context_window=5000)
+    sim.capabilities("g2", context_window=2_000_000)
+    cfg = gemini(sim.gemini_url)
+    cfg["combos"]["c"]["strategy"] = "context-fit"
+    router = make_router(cfg, persist=False)
+    assert router.complete("c", "Short.").served_by == "gemini#default/g2"  # the largest window first
+    assert lists_asked(sim) == ["/v1beta/models"]

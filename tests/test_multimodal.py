@@ -309,8 +309,8 @@ def test_the_capabilities_config_is_validated_naming_the_file_and_field(sim: Any
 # ---- image limits ------------------------------------------------------------------------------------------
 
 
-# aiohttp warns of any body over 1 MB given as bytes (a ResourceWarning, which Python ignores by default)
-@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")
+# aiohttp warns of a body over 1 MB given as bytes: a large body goes to it in pieces, so none is given
+@pytest.mark.filterwarnings("error:Sending a large body:ResourceWarning")
 def test_an_image_over_a_providers_limit_skips_that_target_before_sending(sim: Any, make_router: Any) -> None:
     big = png() + b"\x00" * (8 * 1_000_000)  # 8 MB: 10.7 MB as base64, over Anthropic's 10 MB per image
     cfg = {"providers": {"claude": {"protocol": "anthropic", "base_url": sim.anthropic_url, "api_key_env": "SIM_KEY"},
@@ -321,7 +321,40 @@ def test_an_image_over_a_providers_limit_skips_that_target_before_sending(sim: A
     assert result.served_by == "gpt#default/m2"
     assert result.attempts[0].message == "image limit: image 1 is 10.7 MB, over Anthropic's 10 MB per image"
     assert [r.protocol for r in sim.requests] == ["openai"]
-    assert sim.requests[-1].image_bytes == len(big)
+    assert sim.requests[-1].image_bytes == len(big)  # the whole body arrived, in pieces
+    headers = {k.lower(): v for k, v in sim.requests[-1].headers.items()}
+    assert int(headers["content-length"]) > 10_000_000 and "transfer-encoding" not in headers
+    assert headers["content-type"] == "application/json"
+
+
+def test_a_large_body_arrives_whole_through_a_given_http_client() -> None:
+    """The pieces a large body is sent in reach any httpx transport (here a client's MockTransport) whole,
+    with the client's headers and the body's length."""
+    import asyncio
+
+    import httpx
+
+    from nbrouter.providers import ChatRequest, Endpoint, Sender, get_protocol
+
+    big = png() + b"\x01" * 3_000_000
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"model": "m", "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
+
+    request = ChatRequest(model="m", messages=[{"role": "user", "content": ["What is this?", {"type": "image", "media_type": "image/png", "data": b64(big)}]}])
+
+    async def go() -> str:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler), headers={"x-team": "blue"}) as client:
+            sender = Sender(http_client=client)
+            return (await sender.send(get_protocol("openai"), Endpoint("p", "openai", "http://llm.example/v1"), request, timeout_s=5)).text
+
+    assert asyncio.run(go()) == "ok"
+    sent = seen[0]
+    assert sent.headers["x-team"] == "blue" and int(sent.headers["content-length"]) == len(sent.content) > 4_000_000
+    part = json.loads(sent.content)["messages"][0]["content"][1]
+    assert part["image_url"]["url"] == "data:image/png;base64," + b64(big)
 
 
 def test_an_image_type_a_protocol_does_not_take_skips_it_and_none_left_is_an_error(sim: Any, make_router: Any) -> None:
@@ -506,16 +539,57 @@ def test_a_cached_call_with_a_different_image_is_not_a_hit(sim: Any, make_router
     assert digest_messages(request.messages)[-1]["content"][1] == {"type": "image", "media_type": "image/png", "sha256": digest}
 
 
-def test_a_cached_call_with_other_tools_is_not_a_hit_and_a_tool_call_is_not_stored(sim: Any, make_router: Any) -> None:
+def test_a_cached_call_with_other_tools_is_not_a_hit(sim: Any, make_router: Any) -> None:
     router = make_router(config(sim, "openai"), persist=False)
     router.complete("p/m1", "Weather?", tools=[get_weather], cache=True)
     assert router.complete("p/m1", "Weather?", tools=[get_weather], cache=True).cached is not None
     assert router.complete("p/m1", "Weather?", tools=[{"name": "other"}], cache=True).cached is None
-    sim.script([Reply(tool_calls=[SimToolCall("get_weather", {"city": "Oslo"})])], model="m1")
-    asked = router.complete("p/m1", "Weather in Oslo?", tools=[get_weather], cache=True)
-    assert asked.tool_calls
-    again = router.complete("p/m1", "Weather in Oslo?", tools=[get_weather], cache=True)
-    assert again.cached is None  # a hit would have lost the calls
+    assert router.complete("p/m1", "Weather?", tools=[get_weather], tool_choice="required", cache=True).cached is None
+    assert len(sim.requests) == 3
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_answer_that_asks_for_tool_calls_is_cached_with_its_calls(sim: Any, make_router: Any, protocol: str) -> None:
+    sim.script([Reply(tool_calls=[SimToolCall("get_weather", {"city": "Oslo", "unit": "C"}, id="call_a"),
+                                  SimToolCall("get_weather", {"city": "Bergen", "days": 2}, id="call_b")]),
+                Reply("Oslo 12 C, Bergen 9 C."), Reply("A fresh answer.")], model="m1")
+    router = make_router(config(sim, protocol), persist=False)
+    asked = router.complete("p/m1", "Weather in Oslo and Bergen?", tools=[get_weather], cache=True)
+    again = router.complete("p/m1", "Weather in Oslo and Bergen?", tools=[get_weather], cache=True)
+    assert asked.cached is None and again.cached is not None
+    assert len([r for r in sim.requests if r.model]) == 1
+    assert again.tool_calls == asked.tool_calls  # the ids, names, parsed arguments (and Gemini's signature)
+    assert [(c.id, c.name, c.arguments) for c in again.tool_calls] == [
+        ("call_a", "get_weather", {"city": "Oslo", "unit": "C"}), ("call_b", "get_weather", {"city": "Bergen", "days": 2})]
+    assert again.as_message() == asked.as_message()
+
+    # the next round carries the calls and their results: another key, sent, and answered
+    history = [{"role": "user", "content": "Weather in Oslo and Bergen?"}, again.as_message(),
+               tool_result(again.tool_calls[0], "12 C"), tool_result(again.tool_calls[1], "9 C")]
+    answer = router.complete("p/m1", messages=history, tools=[get_weather], cache=True)
+    assert answer.cached is None and answer.text == "Oslo 12 C, Bergen 9 C." and sim.requests[-1].tool_results == 2
+    # another tool result is another key again
+    history[-1] = tool_result(again.tool_calls[1], "10 C")
+    other = router.complete("p/m1", messages=history, tools=[get_weather], cache=True)
+    assert other.cached is None and other.text == "A fresh answer."
+    assert len([r for r in sim.requests if r.model]) == 3
+
+
+def test_a_cache_file_of_an_earlier_version_gains_the_tool_calls_column(tmp_path: Path) -> None:
+    from nbrouter.router.run.cache import ResponseCache
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, text TEXT NOT NULL, model TEXT, served_by TEXT NOT NULL, "
+               "input_tokens INTEGER, output_tokens INTEGER, cached_tokens INTEGER, cost_usd TEXT, finish_reason TEXT, "
+               "created_at REAL NOT NULL)")
+    db.execute("INSERT INTO responses VALUES ('k', 'old answer', 'm', 'p#default/m', 1, 2, 0, '0.01', 'stop', 5.0)")
+    db.commit()
+    db.close()
+    cache = ResponseCache(path)
+    entry = cache.get("k", 6.0)
+    assert entry is not None and entry["text"] == "old answer" and entry["tool_calls"] is None
+    cache.close()
 
 
 def test_the_cost_counts_the_image_tokens_the_provider_reports(sim: Any, make_router: Any) -> None:

@@ -90,3 +90,77 @@ def test_image_with_over_names_the_column_of_each_rows_image(ip: Any, sim: Any) 
     assert run(ip, "%%llm solo --over rows --image scan\nDescribe scan {name}.") is None
     assert sorted(r.image_bytes for r in sim.requests) == sorted(len(png(grey=g)) for g in (35, 36))
     assert all(r.images == 1 for r in sim.requests) and len(sim.requests) == 2
+
+
+# ---- a tool round kept in the chat history, in a real kernel (nbclient) -----------------------------------
+
+CHAT_PROTOCOLS = {"oa": "openai", "an": "anthropic", "ge": "gemini"}
+
+
+def _kernel_config(sim: Any, tmp_path: Any) -> str:
+    """One provider per protocol at the simulator, and a combo of one target on each (`oa`, `an`, `ge`)."""
+    urls = {"openai": sim.openai_url, "anthropic": sim.anthropic_url, "gemini": sim.gemini_url}
+    lines = []
+    for combo, protocol in CHAT_PROTOCOLS.items():
+        lines += [f"[providers.{protocol}]", f'protocol = "{protocol}"', f'base_url = "{urls[protocol]}"', 'api_key_env = "SIM_KEY"',
+                  f"[combos.{combo}]", f'targets = ["{protocol}/m-{combo}"]']
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _roles_and_tool_ids(protocol: str, body: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """The roles of a request's turns, the ids of the tool calls it carries and the ids its results answer
+    (Gemini: the names), read in the protocol's own shape."""
+    if protocol == "openai":
+        messages = body["messages"]
+        calls = [c["id"] for m in messages for c in m.get("tool_calls") or []]
+        results = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
+        return [m["role"] for m in messages], calls, results
+    if protocol == "anthropic":
+        messages = body["messages"]
+        blocks = [b for m in messages if isinstance(m["content"], list) for b in m["content"]]
+        return ([m["role"] for m in messages], [b["id"] for b in blocks if b["type"] == "tool_use"],
+                [b["tool_use_id"] for b in blocks if b["type"] == "tool_result"])
+    contents = body["contents"]  # Gemini pairs a result with its call by the tool's name (an id is optional)
+    parts = [p for c in contents for p in c["parts"]]
+    return ([c["role"] for c in contents], [p["functionCall"]["name"] for p in parts if "functionCall" in p],
+            [p["functionResponse"]["name"] for p in parts if "functionResponse" in p])
+
+
+def test_a_chat_keeps_its_tool_round_and_the_next_turn_is_a_valid_conversation_in_each_protocol(
+        sim: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("NBROUTER_CONFIG", _kernel_config(sim, tmp_path))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    for combo in CHAT_PROTOCOLS:
+        sim.script([Reply(tool_calls=[ToolCall("stock", {"item": "pens"})]), Reply("There are 7 pens."),
+                    Reply("That is 7/12 of a dozen.")], model=f"m-{combo}")
+    cells = ["%load_ext nbrouter", 'def stock(item: str) -> int:\n    """Units in stock of an item."""\n    return {"pens": 7}[item]']
+    for combo in CHAT_PROTOCOLS:
+        cells += [f"%%llm {combo} --chat --tools stock\nHow many pens are in stock?",
+                  f"%%llm {combo} --chat\nHow many dozens is that?",  # streamed, no --tools
+                  "print(repr(_llm.text))"]
+    cells.append("%llm chat show oa")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    nbclient.NotebookClient(nb, kernel_name="python3", timeout=90, resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    for i, (combo, protocol) in enumerate(CHAT_PROTOCOLS.items()):
+        printed = "".join(o.get("text", "") for o in nb.cells[4 + 3 * i].outputs)
+        assert "That is 7/12 of a dozen." in printed  # the follow-up was answered, not refused
+        sent = [r for r in sim.requests if r.model == f"m-{combo}" or f"m-{combo}" in r.path]
+        assert len(sent) == 3
+        follow_up = sent[-1]
+        roles, calls, results = _roles_and_tool_ids(protocol, follow_up.body)
+        user, model = "user", "model" if protocol == "gemini" else "assistant"
+        # the prompt, the call, its result, the answer, the next prompt (a result is a user turn but in OpenAI)
+        assert roles == [user, model, "tool" if protocol == "openai" else user, model, user]
+        assert len(calls) == 1 and results == calls  # the result answers the call it follows
+        # the tools are declared again (Anthropic refuses tool blocks without them), but none is called
+        assert follow_up.tools == ("stock",) and follow_up.tool_choice == "none" and follow_up.tool_results == 1
+        assert follow_up.stream
+    shown = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in nb.cells[-1].outputs)
+    assert "[calls stock(item='pens')]" in shown and "[stock returned] 7" in shown

@@ -20,7 +20,7 @@ import textwrap
 import time
 import traceback
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from IPython.core.error import UsageError
 from IPython.display import display
@@ -97,6 +97,8 @@ class LLMMagics(Magics):
         self._router = router
         self.ledger = CostLedger()
         self.chats: dict[str, list[dict[str, Any]]] = {}
+        #: per combo, the tools (`--tools`) whose calls and results its chat history holds
+        self.chat_tools: dict[str, list[Any]] = {}
         #: None: decide from the shell (a kernel updates displays in place, a terminal prints)
         self.live_display: bool | None = None
         self.closed = False
@@ -237,8 +239,10 @@ class LLMMagics(Magics):
         chat = args.chat or args.new
         if args.new:
             self.chats.pop(combo, None)
+            self.chat_tools.pop(combo, None)
         if chat:
             call["messages"] = list(self.chats.get(combo, []))
+        kept_tools = self.chat_tools.get(combo, []) if chat else []
         remaining = router.budget.remaining
         if remaining is not None and remaining <= 0:
             raise short_traceback(BudgetExceeded(
@@ -251,7 +255,12 @@ class LLMMagics(Magics):
         if args.image:  # issue 25: images with the prompt (with --over: the column of each row's image)
             call["images"] = args.image[0] if args.over else self._images(args.image, ns)
         if args.tools:
-            call["tools"] = self._tools(args.tools, ns)
+            call["tools"] = _with_kept(self._tools(args.tools, ns), kept_tools)
+        elif kept_tools:
+            # the history holds tool calls and results: their tools are declared again (Anthropic refuses a
+            # request whose messages hold tool_use blocks and that declares no tools), but nothing is called
+            # this turn, since no --tools runs them
+            call["tools"], call["tool_choice"] = kept_tools, "none"
 
         if args.executor is not None:
             if not args.over:
@@ -305,8 +314,12 @@ class LLMMagics(Magics):
             # elsewhere, as `%%ai -f code` does: the code in a new cell below (the next prompt in a terminal)
             self.shell.set_next_input(answer.plain, replace=False)
         if chat and not result.partial:
-            self.chats[combo] = [*call["messages"], {"role": "user", "content": prompt},
+            # a tool round is kept as it was sent (the assistant's calls, then every result), in the portable
+            # shape each protocol translates; the answer's own calls were never run (no results): text only
+            self.chats[combo] = [*call["messages"], {"role": "user", "content": prompt}, *result.transcript,
                                  {"role": "assistant", "content": result.text}]
+            if result.transcript:
+                self.chat_tools[combo] = list(call["tools"])
         for line in _tool_lines(result):
             print(line)
         if not stream:
@@ -612,9 +625,11 @@ class LLMMagics(Magics):
         names = [combo] if combo else sorted(self.chats)
         if action == "clear":
             cleared = [n for n in names if self.chats.pop(n, None) is not None]
+            for name in names:
+                self.chat_tools.pop(name, None)
             print(f"cleared the chat of {', '.join(cleared)}" if cleared else "no chat to clear")
             return
-        rows = [[name, m["role"], m["content"]] for name in names for m in self.chats.get(name, [])]
+        rows = [[name, m["role"], _chat_text(m)] for name in names for m in self.chats.get(name, [])]
         if not rows:
             print("no chat yet" + (f" with {combo}" if combo else "") + ": `%%llm COMBO --chat` starts one")
             return
@@ -916,6 +931,34 @@ def keep_question_marks(lines: list[str]) -> list[str]:
             line = f"{m.group(1)}get_ipython().run_line_magic('llm', {rest!r}) and None{m.group(3)}"
         out.append(line)
     return out
+
+
+def _tool_name(tool: Any) -> str | None:
+    """The name a `--tools` entry declares: a function's, or a tool dict's `name`."""
+    if isinstance(tool, Mapping):
+        name = tool.get("name")
+        return name if isinstance(name, str) else None
+    return getattr(tool, "__name__", None)
+
+
+def _with_kept(given: list[Any], kept: list[Any]) -> list[Any]:
+    """This cell's `--tools`, then the chat's earlier tools it does not name again (the history may call them)."""
+    named = {_tool_name(t) for t in given}
+    return [*given, *(t for t in kept if _tool_name(t) not in named)]
+
+
+def _chat_text(message: dict[str, Any]) -> str:
+    """A chat message as `%llm chat show` lists it: its text, the calls an assistant turn asked for, or
+    which tool a result answers."""
+    text = str(message.get("content") or "")
+    calls = message.get("tool_calls") or []
+    if calls:
+        asked = ", ".join(f"{c.get('name')}({', '.join(f'{k}={v!r}' for k, v in (c.get('arguments') or {}).items())})"
+                          for c in calls if isinstance(c, dict))
+        return f"{text} [calls {asked}]" if text else f"[calls {asked}]"
+    if message.get("role") == "tool":
+        return f"[{message.get('name')} returned] {text}"
+    return text
 
 
 def _tool_lines(result: RouteResult) -> list[str]:

@@ -43,6 +43,11 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 _TEXT_BYTES = 2 * 65536
 #: the default transport's connection pool, above the highest concurrency the router is driven at
 MAX_CONNECTIONS = 256
+#: a request body larger than this (an image call) reaches the transport as a stream of pieces: aiohttp
+#: writes a body given as bytes in one piece, and warns (ResourceWarning) past 1 MB
+LARGE_BODY_BYTES = 1 << 20
+#: the size of those pieces
+_PIECE_BYTES = 256 * 1024
 #: how much of a reply a failure message quotes (scrubbed before it is cut)
 EXCERPT_CHARS = 200
 #: hosts never sent through a proxy from the environment: no proxy can reach this machine's loopback
@@ -245,6 +250,8 @@ class Sender:
         else:
             merged = {**base, **headers}
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        if len(content) > LARGE_BODY_BYTES:
+            return self._large_request(url, merged, content, timeout_s)
         if self._client is not None:
             # the client's default headers, but never its cookie jar: a cookie one provider set (a
             # 9,000-byte one, one that is not ASCII) must not ride along on every later request
@@ -252,6 +259,15 @@ class Sender:
             with_client.update(merged)
             return httpx.Request("POST", url, headers=with_client, content=content, extensions={"timeout": _timeouts(timeout_s)})
         return httpx.Request("POST", _parsed_url(url), headers=merged, content=content, extensions={"timeout": _timeouts(timeout_s)})
+
+    def _large_request(self, url: str, headers: dict[str, str], content: bytes, timeout_s: float) -> httpx.Request:
+        """A request whose body goes as a stream of pieces, with its length said up front (a stream would
+        go chunked otherwise, which some servers refuse for a request body)."""
+        sized = httpx.Headers(self._client.headers) if self._client is not None else httpx.Headers()
+        sized.update(headers)
+        sized["content-length"] = str(len(content))
+        target = url if self._client is not None else _parsed_url(url)
+        return httpx.Request("POST", target, headers=sized, stream=_Pieces(content), extensions={"timeout": _timeouts(timeout_s)})
 
     # -- proxies -----------------------------------------------------------------------------
 
@@ -701,6 +717,18 @@ def _parsed_url(url: str) -> httpx.URL:
             _URLS.clear()
         parsed = _URLS[url] = httpx.URL(url)
     return parsed
+
+
+class _Pieces(httpx.AsyncByteStream):
+    """A large request body handed to the transport piece by piece (and again whole on another send)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        view = memoryview(self._data)
+        for start in range(0, len(view), _PIECE_BYTES):
+            yield bytes(view[start:start + _PIECE_BYTES])
 
 
 def _timeouts(timeout_s: float) -> dict[str, float | None]:

@@ -216,7 +216,7 @@ class Router:
         return editing.draft_combo(self.config, name, targets, options, STRATEGIES)
 
     def context_window(self, c: Candidate) -> int | None:
-        """The candidate's known context window in tokens (the config's, else the bundled table's), or None."""
+        """The candidate's known context window in tokens (the config's, else the model list's, else the bundled table's), or None."""
         return self._decider.context_window(c)
 
     # ---- the public calls -------------------------------------------------------------------

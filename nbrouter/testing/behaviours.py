@@ -53,12 +53,15 @@ class Capabilities:
     """What a model accepts (`sim.capabilities(model, vision=False)`); a model not named accepts everything.
 
     A request with something its model lacks is refused with the provider's own error: images without
-    `vision`, tools without `tools`, JSON mode or a JSON schema without `json_schema`.
+    `vision`, tools without `tools`, JSON mode or a JSON schema without `json_schema`. `context_window`
+    (tokens) is what the model listings say of its window (None: they say nothing); requests are not held
+    to it.
     """
 
     vision: bool = True
     tools: bool = True
     json_schema: bool = True
+    context_window: int | None = None
 
 
 @dataclass(frozen=True)

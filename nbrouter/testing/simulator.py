@@ -321,18 +321,21 @@ class ProviderSimulator:
         self._book.set_default(behaviour)
 
     def capabilities(
-        self, model: str, *, vision: bool | None = None, tools: bool | None = None, json_schema: bool | None = None
+        self, model: str, *, vision: bool | None = None, tools: bool | None = None, json_schema: bool | None = None,
+        context_window: int | None = None,
     ) -> Capabilities:
         """Say what `model` accepts (arguments left None keep their value; every model starts with all).
 
         A request carrying images without `vision`, tools without `tools`, or JSON mode or a schema
         without `json_schema` is refused with the provider's own error (multimodal_tools.md). The model
         listings of Anthropic (`capabilities`) and OpenRouter (`architecture.input_modalities`,
-        `supported_parameters`) say the same. Returns the model's capabilities now.
+        `supported_parameters`) say the same; `context_window` is what the listings give as the window
+        (Gemini's `inputTokenLimit`, Anthropic's `max_input_tokens`, OpenRouter's `context_length`).
+        Returns the model's capabilities now.
         """
         with self._state_lock:
             current = self._caps.get(model, Capabilities())
-            given = {"vision": vision, "tools": tools, "json_schema": json_schema}
+            given: dict[str, Any] = {"vision": vision, "tools": tools, "json_schema": json_schema, "context_window": context_window}
             updated = replace(current, **{k: v for k, v in given.items() if v is not None})
             self._caps[model] = updated
             return updated
@@ -932,16 +935,23 @@ def _model_list(protocol: str, kind: str, models: list[str], caps: dict[str, Cap
         }
     if protocol == "gemini":
         methods = ["generateContent", "streamGenerateContent", "countTokens", "batchGenerateContent"]
-        return {"models": [{"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": methods} for m in models]}
+        return {"models": [{"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": methods,
+                            **_window("inputTokenLimit", caps.get(m))} for m in models]}
     if protocol == "anthropic":
         data = [
-            {"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z", "capabilities": _anthropic_caps(caps.get(m))}
+            {"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z", "capabilities": _anthropic_caps(caps.get(m)),
+             **_window("max_input_tokens", caps.get(m))}
             for m in models
         ]
         return {"data": data, "has_more": False, "first_id": models[0] if models else None, "last_id": models[-1] if models else None}
     if protocol == "openrouter":
         return {"object": "list", "data": [_openrouter_model(m, caps.get(m)) for m in models]}
     return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "simulator"} for m in models]}
+
+
+def _window(field: str, caps: Capabilities | None) -> dict[str, Any]:
+    """The listing's window field of a model, when the test gave it one."""
+    return {} if caps is None or caps.context_window is None else {field: caps.context_window}
 
 
 def _anthropic_caps(caps: Capabilities | None) -> dict[str, Any]:
@@ -964,6 +974,7 @@ def _openrouter_model(model: str, caps: Capabilities | None) -> dict[str, Any]:
         "owned_by": "simulator",
         "architecture": {"input_modalities": modalities, "output_modalities": ["text"]},
         "supported_parameters": params,
+        **_window("context_length", caps),
     }
 
 

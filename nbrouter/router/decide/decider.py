@@ -20,6 +20,7 @@ from ..._core.text import span
 from .budget import Budget
 from .capabilities import CapabilityBook, images_over_limit, lacking
 from .capabilities import context_window as known_context_window
+from ...providers.models import lists_capabilities
 from .combos import auto_pool, combo_for, resolve
 from ..model import Account, Combo, Config, Provider, Quota
 from ..errors import ComboConfigError, NoProviders
@@ -302,13 +303,19 @@ def _quota_used_up(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest
 
 def _context(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
     """The estimated prompt plus max_tokens larger than the model's known context window (a conversation
-    of a context-relay combo is compacted to fit instead)."""
+    of a context-relay combo is compacted to fit instead); the reason says where the window comes from."""
     if info.relay and info.conversation:
         return None
-    window = d.context_window(c)
+    window, source = d.capabilities.window(c)
     if window is not None and info.prompt_tokens + info.max_tokens > window:
-        return f"context: ~{info.prompt_tokens} + {info.max_tokens} tokens > window {window}", None
+        return f"context: ~{info.prompt_tokens} + {info.max_tokens} tokens > window {window} ({source})", None
     return None
+
+
+def _window_may_be_known(config: Config, c: Candidate) -> bool:
+    """Whether the candidate's window is known, or may be once its provider's model list is had."""
+    provider = config.providers[c.provider]
+    return lists_capabilities(provider.preset) or known_context_window(provider, c.model) is not None
 
 
 def _budget(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
@@ -369,7 +376,7 @@ SKIP_CHECKS: tuple[SkipCheck, ...] = (
     SkipCheck("no_key", _no_key, lambda config, c: bool(getattr(_account(config, c), "api_key_env", None)),
               lambda d, req: d.some_key_missing()),
     SkipCheck("quota", _quota_used_up, _has_quota),
-    SkipCheck("context_window", _context, lambda config, c: known_context_window(config.providers[c.provider], c.model) is not None),
+    SkipCheck("context_window", _context, _window_may_be_known),
     SkipCheck("budget", _budget, wanted=lambda d, req: req.max_cost_usd is not None),
     SkipCheck("paced", _paced, wanted=lambda d, req: d.pacer.wanted(lane_of(req))),
 )
@@ -406,7 +413,6 @@ class Decider:
         self.prices = prices
         self.constants = config.policy.as_dict()
         self.capabilities.set_config(config)
-        self._windows: dict[str, int | None] = {}
         #: routes by (combo name, or a draft Combo's id, and the call's strategy override)
         self._routes: dict[tuple[str | int, str | None], tuple[str | Combo, Route]] = {}
         self._plans: dict[str, tuple[Callable[..., Skip | None], ...]] = {}
@@ -440,7 +446,7 @@ class Decider:
         self._pool_plans.clear()
         self._notes.clear()
         self.memo.clear()
-        self._windows.clear()
+        self.capabilities.windows.clear()
         self.quota_accounts = self._quota_accounts()
         self.key_variables = self._key_variables()
         self._emergency = None
@@ -478,14 +484,9 @@ class Decider:
             return value
 
     def context_window(self, c: Candidate) -> int | None:
-        """The candidate's context window in tokens: the config's, else the bundled table's, else None."""
-        try:
-            return self._windows[c.target]
-        except KeyError:
-            if len(self._windows) >= 8192:
-                self._windows.clear()
-            window = self._windows[c.target] = known_context_window(self.config.providers[c.provider], c.model)
-            return window
+        """The candidate's context window in tokens: the config's, else its provider's model list's, else
+        the bundled table's, else None (`CapabilityBook.window`)."""
+        return self.capabilities.window(c)[0]
 
     def key_fingerprint(self, c: Candidate) -> str:
         acc = self.config.providers[c.provider].account(c.account)

@@ -2,8 +2,10 @@
 
 The key is a hash of what decides the answer: the combo's resolved targets (provider/model, sorted: any
 of them may serve), the messages (an image by the SHA-256 of its data), the system prompt, max_tokens,
-temperature, the response format, the schema, and the tools and tool choice. An answer that asks for tool
-calls is not stored (the calls are not kept: a hit would lose them). The value is the text, the model, who served it, the usage, the cost paid then and when.
+temperature, the response format, the schema, and the tools and tool choice (the messages hold any tool
+calls and tool results of the history, so another round is another key). The value is the text, the
+tool calls the answer asked for (ids, names, arguments, as the portable message shape holds them), the
+model, who served it, the usage, the cost paid then and when.
 A hit costs nothing now: it shows as an attempt with action `cached`, `result.cached` says where the
 answer came from, and its footer reads "cached · served by X on DATE · $0 now ($0.0012 then)".
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ..._core import Usage
+from ..._core.content import ToolCall, calls_of
 from ..media import digest_messages
 from ..decide.decider import Route
 from ..requests import CallRequest
@@ -46,9 +49,15 @@ CREATE TABLE IF NOT EXISTS responses (
     cached_tokens INTEGER,
     cost_usd TEXT,
     finish_reason TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    tool_calls TEXT
 )
 """
+#: the columns added since the table was first made, each with its type (a file made before gets them)
+_ADDED = (("tool_calls", "TEXT"),)
+#: the columns read back, in order
+_COLUMNS = ("text", "model", "served_by", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "finish_reason",
+            "created_at", "tool_calls")
 
 
 def default_cache_path() -> Path:
@@ -92,6 +101,7 @@ class ResponseCache:
                 except OSError:
                     pass
             db.execute(_SCHEMA)
+            _add_columns(db)
             self._db = db
         return self._db
 
@@ -121,28 +131,26 @@ class ResponseCache:
     def get(self, key: str, now: float) -> dict[str, Any] | None:
         """The stored answer of `key` (None: none, or older than the TTL)."""
         with self._lock:
-            cur = self._conn().execute(
-                "SELECT text, model, served_by, input_tokens, output_tokens, cached_tokens, cost_usd, finish_reason, created_at "
-                "FROM responses WHERE key = ?", (key,))
+            cur = self._conn().execute(f"SELECT {', '.join(_COLUMNS)} FROM responses WHERE key = ?", (key,))
             row = cur.fetchone()
         if row is None or (self.ttl_s is not None and row[8] + self.ttl_s < now):
             return None
-        names = ("text", "model", "served_by", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "finish_reason", "created_at")
-        return dict(zip(names, row))
+        return dict(zip(_COLUMNS, row))
 
     def contains(self, key: str, now: float) -> bool:
         return self.get(key, now) is not None
 
     def put(self, key: str, result: RouteResult, now: float) -> None:
-        """Store a whole answer (a partial one is never stored)."""
-        if result.partial or result.cached is not None or result.tool_calls:
+        """Store a whole answer, with the tool calls it asked for (a partial one is never stored)."""
+        if result.partial or result.cached is not None:
             return
         u = result.usage
+        calls = json.dumps([c.as_dict() for c in result.tool_calls], ensure_ascii=False) if result.tool_calls else None
         with self._lock:
             self._conn().execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO responses (key, {', '.join(_COLUMNS)}) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})",
                 (key, result.text, result.model, result.served_by, u.input_tokens, u.output_tokens, u.cached_tokens,
-                 None if result.cost_usd is None else str(result.cost_usd), result.finish_reason, now))
+                 None if result.cost_usd is None else str(result.cost_usd), result.finish_reason, now, calls))
 
     def stats(self) -> dict[str, Any]:
         """Entries stored, hits and misses of this session, what the hits saved, the file."""
@@ -171,6 +179,30 @@ class ResponseCache:
         return f"ResponseCache(path={str(self.path)!r}, ttl_s={self.ttl_s})"
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Give a cache file made by an earlier version the columns added since (its entries stay usable)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(responses)")}
+    for name, kind in _ADDED:
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE responses ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError:  # another process added it meanwhile
+                pass
+
+
+def stored_calls(text: str | None) -> list[ToolCall] | None:
+    """The tool calls an entry holds ([] for none); None when what is stored does not read as calls."""
+    if text is None:
+        return []
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        return None
+    return calls_of({"tool_calls": items})
+
+
 # ---- the router's use of it -----------------------------------------------------------------------
 
 
@@ -180,7 +212,11 @@ def request_key(cache: ResponseCache, route: Route, req: CallRequest) -> str:
 
 
 def hit_result(entry: dict[str, Any], req: CallRequest, combo: str, now: float) -> RouteResult | None:
-    """A RouteResult from a stored answer (None when it no longer parses against the call's schema)."""
+    """A RouteResult from a stored answer, with the tool calls it asked for (None when it no longer parses
+    against the call's schema, or its calls do not read back)."""
+    calls = stored_calls(entry.get("tool_calls"))
+    if calls is None:
+        return None
     parsed = None
     if req.schema is not None:
         try:
@@ -194,7 +230,7 @@ def hit_result(entry: dict[str, Any], req: CallRequest, combo: str, now: float) 
                       message=info.footer(), cost_usd=Decimal(0), model=entry["model"])
     return RouteResult(text=entry["text"], served_by=entry["served_by"], model=entry["model"] or "", combo=combo,
                        attempts=[attempt], usage=Usage(), cost_usd=Decimal(0), latency_s=0.0, ttft_s=None,
-                       finish_reason=entry["finish_reason"], parsed=parsed, cached=info)
+                       finish_reason=entry["finish_reason"], parsed=parsed, cached=info, tool_calls=calls)
 
 
 async def through_cache(cache: ResponseCache, route: Route, state: StateStore, now: float, req: CallRequest,

@@ -24,7 +24,7 @@ from ...providers.models import ModelList
 from ..model import Combo, Provider
 from .deadlines import Limit
 from .deadlines import start as start_limit
-from ..decide.capabilities import not_capable
+from ..decide.capabilities import not_capable, window_floor
 from ..decide.decider import EMERGENCY, Decider, Route
 from ..keys import KeyError_
 from ..errors import AllCoolingDown, AllTargetsFailed, BudgetExceeded, StopError
@@ -270,8 +270,8 @@ class Loop:
         """Route one call along its resolved combo: the result, or a RouteError carrying every attempt."""
         clock = self.clock
         combo = route.combo
-        if req.needs and self.list_models is not None:  # a text-only call asks for no list
-            await self._fetch_lists(route)
+        if self.list_models is not None and (req.needs or self._window_may_matter(route, req)):
+            await self._fetch_lists(route, windows_only=not req.needs)  # a short text-only call asks for no list
         call = _Call(route, req, emit, clock, self.hooks)
         deadline = None if combo.deadline_s is None else clock.monotonic() + combo.deadline_s
         while True:
@@ -281,15 +281,31 @@ class Loop:
             if result is not None:
                 return result
 
-    async def _fetch_lists(self, route: Route) -> None:
+    def _window_may_matter(self, route: Route, req: CallRequest) -> bool:
+        """Whether a model list not had yet could tell a window that changes this call's decision: the
+        call's estimated prompt and max_tokens exceed `window_floor()` (the smallest window of any model
+        such a list describes), or the combo orders by windows (`context-fit`). Short calls, the most,
+        never pay for a list."""
+        book, providers, now = self.decider.capabilities, self.decider.config.providers, self.clock.time()
+        if not any(book.window_list_wanted(providers[c.provider], c.model, now) for c in route.candidates):
+            return False
+        if route.combo.strategy == "context-fit":
+            return True
+        info = self.decider.request_info(req)
+        return info.prompt_tokens + info.max_tokens > window_floor()
+
+    async def _fetch_lists(self, route: Route, *, windows_only: bool = False) -> None:
         """Have the model lists of the route's providers that would say what a model takes (once per
-        provider; a failed one again after a while), before deciding, which reads them and sends nothing."""
+        provider; a failed one again after a while), before deciding, which reads them and sends nothing.
+        `windows_only`: only where a list could tell a window the configuration does not give."""
         book, now, fetches = self.decider.capabilities, self.clock.time(), []
         seen: set[str] = set()
         loop = asyncio.get_running_loop()
         for c in route.candidates:
             provider = self.decider.config.providers[c.provider]
             if c.provider in seen or not book.list_wanted(provider, now):
+                continue
+            if windows_only and provider.context_window(c.model) is not None:
                 continue
             seen.add(c.provider)
             task = self._listing.get(c.provider)
