@@ -441,6 +441,28 @@ def test_writes_after_a_call_count_hold_and_close_together(subject: Subject) -> 
     assert run(s.breaker(CANDIDATE)).state == "closed"
 
 
+def test_clear_buckets_refills_what_a_429_emptied_for_every_handle(subject: Subject) -> None:
+    s, other, now = subject.store, subject.another(), subject.clock.time()
+    reqs = requests_bucket(capacity=5, initial=5, rate=1e-6)
+    spare = BucketSpec("sim#spare", "requests/60", rate=1e-6, capacity=5, initial=5)
+    mine = BucketSpec(CANDIDATE, "tokens/60", rate=1e-6, capacity=100, initial=100, amount=10)
+    assert run(s.admit(AdmitRequest("sim#spare", buckets=(spare,)))).admitted
+    run(s.apply([EmptyBuckets(ACCOUNT, (reqs, mine), until=now + 600), LowerBucket("sim#spare", spare, 0)]))
+    refused = run(other.admit(AdmitRequest(ACCOUNT, buckets=(reqs,))))
+    assert not refused.admitted and refused.wait_s >= 599
+    # a reset of one model drops that model's buckets only: the account's own bucket stays empty
+    assert run(other.clear_buckets("model-a")) == 1
+    assert near(run(s.buckets(ACCOUNT, [mine]))[mine.field], 100)
+    assert not run(s.admit(AdmitRequest(ACCOUNT, buckets=(reqs,)))).admitted
+    assert run(other.clear_buckets(ACCOUNT)) == 1
+    assert near(run(s.buckets(ACCOUNT, [reqs]))[reqs.field], 5)  # as new: its initial level, no retry-after block
+    assert run(s.admit(AdmitRequest(ACCOUNT, buckets=(reqs,)))).admitted
+    assert not run(s.admit(AdmitRequest("sim#spare", buckets=(spare,)))).admitted
+    assert run(s.clear_buckets()) == 2  # all: the spare's, and the account's (taken from again since)
+    assert run(other.admit(AdmitRequest("sim#spare", buckets=(spare,)))).admitted
+    assert run(s.clear_buckets("nothing-like-it")) == 0
+
+
 # ---- under concurrency: threads --------------------------------------------------------------------------------
 
 THREADS = 8

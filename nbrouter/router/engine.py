@@ -562,7 +562,8 @@ class Router:
 
     def reset(self, target: str | None = None) -> int:
         """Clear cooldowns, locks and breakers (of keys containing `target`, or all), here and in the store
-        every process shares. Returns how many this process held."""
+        every process shares, and refill the pacing buckets a 429 or a "remaining: 0" header emptied there
+        (the next call goes at once). Returns how many holds and breakers this process held."""
         matches = reset_matches(self.config, target)
         breakers = [k for k in self.state.breakers if any(m is None or m in k for m in matches)]
         n = reset_holds(self.config, self.state, target)
@@ -573,6 +574,7 @@ class Router:
     async def _reset_shared(self, matches: list[str | None], breakers: list[str]) -> None:
         for match in matches:
             await self.shared.clear_holds(match)
+            await self.shared.clear_buckets(match)
         for key in breakers:
             await self.shared.breaker_success(key)
 

@@ -1,0 +1,73 @@
+"""What a Router shares with the other kernels through the store, beyond pacing itself: `reset()` refills the
+buckets a 429 or a "remaining: 0" header emptied, the quota skip check reads every process's counts, and a
+refused local server opens the breaker for every process at once.
+
+Over loopback against the simulator, on an injected ManualClock: a wait the router would have made shows in
+`clock.slept` (a ManualClock's sleep advances it), so "went at once" is checked without a stopwatch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conftest import sim_config
+from nbrouter import RouteError
+from nbrouter.router.state.pacing import PACING_MARGIN, Limit
+from nbrouter.router.types import Action
+from nbrouter.testing import ManualClock, RateLimited, Reply
+
+
+def served_at_once(router: Any, clock: ManualClock, prompt: str) -> None:
+    """The next call is sent to the first target without waiting and without a skip."""
+    before, slept = clock.time(), len(clock.slept)
+    result = router.complete("c", prompt, cache=False)
+    assert result.served_by == "sim#default/m"
+    assert [a.action for a in result.attempts] == [Action.SERVED], [(a.action, a.message) for a in result.attempts]
+    assert clock.slept[slept:] == [] and clock.time() == before
+
+
+def test_reset_refills_the_bucket_a_429_emptied_so_the_next_call_goes_at_once(sim, make_router) -> None:
+    clock = ManualClock()
+    config = sim_config(sim, {"c": {"targets": ["sim/m"]}})
+    config["providers"]["sim"]["quota"] = {"requests_per_minute": 600}
+    router = make_router(config, clock=clock)
+    sim.script([RateLimited(retry_after=30)], model="m")
+    with pytest.raises(RouteError):
+        router.complete("c", "first", cache=False)
+    # without a reset the account waits out the retry-after: the store's bucket is empty until then (the
+    # candidate's cooldown too, which a reset has always lifted)
+    spec = Limit("sim#default", "requests", 60, 600).spec(PACING_MARGIN, 1, "interactive")
+    assert router.background.run(router.shared.buckets("sim#default", [spec]))[spec.field] <= 0.0
+    router.background.run(router.shared.clear_holds())
+    reason, until = router.background.run(router.pacer.admit(_candidate(), 10, _interactive(), clock.time()))
+    assert "600 requests/min" in reason and until - clock.time() > 29
+    router.reset()
+    served_at_once(router, clock, "after the reset")
+
+
+def test_reset_refills_the_bucket_a_remaining_zero_header_emptied(sim, make_router) -> None:
+    clock = ManualClock()
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/m"]}}), clock=clock)
+    # the first reply teaches the limit; the second, admitted by the store, says none is left
+    sim.script([Reply("ok", rate_limit={"limit_requests": 3, "remaining_requests": left, "reset_requests_s": 60})
+                for left in (2, 0)], model="m")
+    router.complete("c", "first", cache=False)
+    router.complete("c", "second", cache=False)
+    reason, until = router.background.run(router.pacer.admit(_candidate(), 10, _interactive(), clock.time()))
+    assert "3 requests/min" in reason and until > clock.time()  # a refill of one request is 20 s away
+    router.reset()
+    served_at_once(router, clock, "after the reset")
+
+
+def _candidate() -> Any:
+    from nbrouter.router.types import Candidate
+
+    return Candidate("sim", "default", "m")
+
+
+def _interactive() -> Any:
+    from nbrouter.router.state.pacing import Lanes
+
+    return Lanes("interactive")
