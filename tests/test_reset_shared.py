@@ -71,3 +71,43 @@ def _interactive() -> Any:
     from nbrouter.router.state.pacing import Lanes
 
     return Lanes("interactive")
+
+
+# ---- quotas: every process's uses count --------------------------------------------------------------------
+
+
+def quota_config(sim: Any, requests_per_day: int) -> dict[str, Any]:
+    providers = {
+        "sim": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "SIM_KEY",
+                "quota": {"requests_per_day": requests_per_day}},
+        "spare": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "SIM_KEY"},
+    }
+    return sim_config(sim, {"c": {"targets": ["sim/m", "spare/m"]}}, providers=providers)
+
+
+def test_the_quota_skip_check_counts_the_uses_of_another_router_on_the_same_state_file(sim, make_router) -> None:
+    clock = ManualClock()
+    a = make_router(quota_config(sim, 3), clock=clock)
+    b = make_router(quota_config(sim, 3), clock=clock)  # another kernel: the same state file, its own memory
+    assert [a.complete("c", f"a{i}", cache=False).served_by for i in range(2)] == ["sim#default/m"] * 2
+    a.background.run(a.pacer.drain())
+    clock.advance(1.5)  # (each router reads the store's counts at most once a second)
+    assert b.complete("c", "b0", cache=False).served_by == "sim#default/m"
+    b.background.run(b.pacer.drain())  # (a call's counts are written just behind it: in the store now)
+    clock.advance(1.5)
+    # a's own count says 2 of 3: the store's says 3
+    result = a.complete("c", "a2", cache=False)
+    assert result.served_by == "spare#default/m"
+    assert result.attempts[0].action is Action.SKIPPED and "quota used up: 3/3 requests today" in result.attempts[0].message
+    clock.advance(1.5)
+    # status and explain say the same, in these kernels and in two that sent nothing yet (one asked for its
+    # status first, the other for an explanation: each reads the store's counts itself)
+    third, fourth = make_router(quota_config(sim, 3), clock=clock), make_router(quota_config(sim, 3), clock=clock)
+    for router, status_first in ((third, True), (fourth, False), (a, True), (b, False)):
+        for asked in ((True, False) if status_first else (False, True)):
+            if asked:
+                account = next(x for x in router.status().accounts if x["account"] == "sim#default")
+                assert account["requests_day"] == 3 and account["headroom"] == 0.0
+            else:
+                row = next(r for r in router.explain("c", "next").rows if r.candidate.key == "sim#default/m")
+                assert row.skipped and row.reason.startswith("quota used up: 3/3 requests today")
