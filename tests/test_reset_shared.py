@@ -111,3 +111,39 @@ def test_the_quota_skip_check_counts_the_uses_of_another_router_on_the_same_stat
             else:
                 row = next(r for r in router.explain("c", "next").rows if r.candidate.key == "sim#default/m")
                 assert row.skipped and row.reason.startswith("quota used up: 3/3 requests today")
+
+
+# ---- a refused local server: the shared breaker opens at once --------------------------------------------------
+
+
+def closed_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    return port
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_a_refused_local_server_opens_the_shared_breaker_at_once_for_every_process(kind, sim, make_router, request) -> None:
+    import uuid
+
+    providers = {
+        "local": {"preset": "ollama", "base_url": f"http://127.0.0.1:{closed_port()}/v1"},
+        "sim": {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "SIM_KEY"},
+    }
+    config = sim_config(sim, {"c": {"targets": ["local/llama3", "sim/b"]}}, providers=providers,
+                        state={"prefix": f"t-{uuid.uuid4().hex[:8]}:", "timeout_s": 2.0})
+    options: dict[str, Any] = {"persist": False, "state_path": None} if kind == "memory" else {}
+    if kind == "redis":
+        options["state_url"] = request.getfixturevalue("redis_server").url()
+    one = make_router(config, **options)
+    other = one if kind == "memory" else make_router(config, **options)  # (memory: no other process shares it)
+    assert one.shared.kind == kind
+    result = one.complete("c", "hi")
+    assert result.attempts[0].candidate == "local#default/llama3" and "refused" in result.attempts[0].message
+    # one refused connection, though the breaker opens after 5 failures otherwise: open in the store too
+    view = other.background.run(other.shared.breaker("local#default/llama3"))
+    assert view.state == "open" and view.failures == 1
