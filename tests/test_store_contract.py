@@ -502,6 +502,46 @@ def test_threads_lose_no_count_and_share_no_turn(subject: Subject) -> None:
     turns = [t for ts in in_threads(subject, work) for t in ts]
     assert run(subject.store.count("n", Window.minute(sliding=True))) == THREADS * 50
     assert sorted(turns) == list(range(THREADS * 50))
+    # (a guard that took a busy store for a store down counted locally: its count would be short)
+    assert [getattr(h, "failures", 0) for h in subject.handles] == [0] * len(subject.handles)
+
+
+def test_a_state_file_busy_with_another_writer_is_slow_not_down(tmp_path: Path) -> None:
+    """Another process commits again and again, each transaction well within the busy timeout but all of
+    them, one after another, for three busy timeouts (a loaded machine, many kernels): a verb waits in line
+    behind them, the guard stays shared, the count is exact. (Told by the file's progress, not by time.)"""
+    import sqlite3
+
+    from nbrouter.router.state.guarded import GuardedState
+
+    clock, path, busy_s = ManualClock(START), tmp_path / "state.sqlite3", 0.5
+    g = GuardedState(SQLiteShared(path, clock=clock, busy_timeout_s=busy_s), clock=clock)
+    run(g.add("n", 1, Window.forever()))  # the file and its table exist before the other writer starts
+    holding = threading.Event()
+
+    def other_writer() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        for i in range(15):  # 15 x busy/5: three busy timeouts of a lock taken again as soon as it is given back
+            conn.execute("BEGIN IMMEDIATE")
+            holding.set()
+            threading.Event().wait(busy_s / 5)
+            conn.execute("INSERT OR REPLACE INTO shared VALUES ('other', 'x', ?, 1e300)", (str(i),))
+            conn.execute("COMMIT")
+        conn.close()
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    holding.wait(30)
+    try:
+        total = run(g.add("n", 1, Window.forever()))
+    finally:
+        writer.join()
+    assert (g.mode, g.failures, g.local_answers) == ("shared", 0, 0)
+    assert total == 2
+    other = SQLiteShared(path, clock=clock)
+    assert run(other.count("n", Window.forever())) == 2
+    run(other.close())
+    run(g.close())
 
 
 def test_threads_take_a_bucket_exactly_to_its_capacity_and_one_probe(subject: Subject) -> None:
