@@ -318,6 +318,7 @@ def every_verb(run: Any, store: Any) -> None:
     run(store.apply([ReleaseSlot(ACCOUNT, slot or "x"), ExtendHold("sim#spare/m", "lock", now + 60, "x"),
                      AddCount("budget", 0.5, Window.forever())]))
     run(store.clear_holds("spare"))
+    run(store.clear_buckets(CANDIDATE))  # a script per account found, each on its own key
 
 
 def test_every_script_call_keeps_its_keys_in_one_cluster_slot(redis_server: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -352,6 +353,25 @@ def test_every_script_call_keeps_its_keys_in_one_cluster_slot(redis_server: Any,
     admits = [w for w in scripts if int(w[2].strip('"')) == 4]
     assert admits and all(len({key_slot(k.strip('"')) for k in w[3:7]}) == 1 for w in admits)
     run(store.close())
+
+
+def test_clear_buckets_finds_every_account_of_its_prefix_and_no_other_prefix(redis_server: Any, loop: asyncio.AbstractEventLoop) -> None:
+    run = runner(loop)
+    odd = RedisShared(redis_server.url(), prefix=f"t-{uuid.uuid4().hex[:6]}*?:", timeout_s=SLACK_S)  # glob characters
+    near = RedisShared(redis_server.url(), prefix=odd.prefix.replace("*?", "[x]y"), timeout_s=SLACK_S)
+    accounts = [f"sim#acct{i}" for i in range(25)]
+    for store in (odd, near):
+        for account in accounts:
+            spec = BucketSpec(account, "requests/60", rate=1e-6, capacity=1, initial=1)
+            assert run(store.admit(AdmitRequest(account, buckets=(spec,)))).admitted
+    assert run(odd.clear_buckets("acct1")) == 11  # acct1, acct10..acct19
+    assert run(odd.clear_buckets()) == 14
+    # the other prefix (a pattern of the first would match it, were its glob characters not escaped) keeps its own
+    spec = BucketSpec(accounts[0], "requests/60", rate=1e-6, capacity=1, initial=1)
+    assert not run(near.admit(AdmitRequest(accounts[0], buckets=(spec,)))).admitted
+    assert run(odd.admit(AdmitRequest(accounts[0], buckets=(spec,)))).admitted
+    run(odd.close())
+    run(near.close())
 
 
 def dump_keyspace(client: Any) -> str:

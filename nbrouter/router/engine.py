@@ -395,14 +395,20 @@ class Router:
         """The call's route, to await (the common case adds no coroutine of its own to a request's path)."""
         if self._closed:
             raise RuntimeError("this Router is closed")
-        if req.cache or self._discovery.due(self.config):
+        if req.cache or self._discovery.due(self.config) or self._usage_due():
             return self._route_first(req, emit)
         self.state.refresh()
         return self._loop.run(self._decider.route(req), req, emit)
 
+    def _usage_due(self) -> bool:
+        """Is the mirror of the quota accounts' shared usage to be read again before this call?"""
+        return bool(self._decider.quota_accounts) and self._decider.usage.due()
+
     async def _route_first(self, req: CallRequest, emit: Emit | None) -> RouteResult:
         if self._discovery.due(self.config):
             await self._discovery.probe(self.config)
+        # the quota skip check counts every process's uses: the store's counts, read at most once a second
+        await self._decider.refresh_usage()
         self.state.refresh()
         route = self._decider.route(req)  # after the probe: it may have found the providers
         if req.cache:
@@ -516,6 +522,7 @@ class Router:
         """
         req = build_request(combo, prompt, stream=stream, **options)
         self._ensure_discovered()
+        self._refresh_usage()
         self.state.refresh()
         decision, _ = self._decider.decide(self._decider.route(req), req, self.clock.time())
         return decision
@@ -557,12 +564,20 @@ class Router:
         if not self._bg.in_loop_thread():
             if self.pacer.quota_accounts:
                 usage = self._bg.run(self.pacer.usage())
+                self._refresh_usage()  # (the headroom shown is held to every process's counts too)
             holds = self._bg.run(self.shared.holds())  # another kernel's cooldowns too
         return collect_status(self._decider, self.state, self.clock.time(), usage, holds)
 
+    def _refresh_usage(self) -> None:
+        """Read the quota accounts' shared usage for a sync method (`explain`, `status`) if it is due; not
+        from the router's own loop, where a sync call cannot wait (the last reading stands)."""
+        if self._usage_due() and not self._bg.in_loop_thread():
+            self._bg.run(self._decider.refresh_usage())
+
     def reset(self, target: str | None = None) -> int:
         """Clear cooldowns, locks and breakers (of keys containing `target`, or all), here and in the store
-        every process shares. Returns how many this process held."""
+        every process shares, and refill the pacing buckets a 429 or a "remaining: 0" header emptied there
+        (the next call goes at once). Returns how many holds and breakers this process held."""
         matches = reset_matches(self.config, target)
         breakers = [k for k in self.state.breakers if any(m is None or m in k for m in matches)]
         n = reset_holds(self.config, self.state, target)
@@ -573,6 +588,7 @@ class Router:
     async def _reset_shared(self, matches: list[str | None], breakers: list[str]) -> None:
         for match in matches:
             await self.shared.clear_holds(match)
+            await self.shared.clear_buckets(match)
         for key in breakers:
             await self.shared.breaker_success(key)
 

@@ -26,6 +26,7 @@ from ..model import Account, Combo, Config, Provider, Quota
 from ..errors import ComboConfigError, NoProviders
 from ..policy import Policy
 from .pricing import PriceBook
+from .quota import SharedUsage
 from ..requests import CallRequest
 from .scoring import EXCLUSION_PREFIX, PoolReadings
 from .scoring import excluded as auto_excluded
@@ -243,7 +244,7 @@ class SkipCheck:
 
 
 def quota_windows(quota: Quota, w: UsageWindow) -> tuple[tuple[int | None, int, str, float], ...]:
-    """(limit, used, what, window end) for each configured quota window, from our own usage counters."""
+    """(limit, used, what, window end) for each configured quota window, from the usage counted."""
     minute_end, day_end = (w.minute + 1) * 60.0, (w.day + 1) * 86400.0
     return (
         (quota.requests_per_minute, w.minute_requests, "requests this minute", minute_end),
@@ -291,11 +292,12 @@ def _no_key(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: 
 
 
 def _quota_used_up(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
-    """A configured quota (requests or tokens per minute or day) used up by our own counters."""
+    """A configured quota (requests or tokens per minute or day) used up, as every process sharing the
+    account counted it (the store's counts, mirrored: `quota.SharedUsage`)."""
     acc = d.config.providers[c.provider].account(c.account)
     if acc is None or acc.quota.is_empty():
         return None
-    for limit, used, what, until in quota_windows(acc.quota, d.state.usage_window(c.account_key, now)):
+    for limit, used, what, until in quota_windows(acc.quota, d.usage_window(c.account_key, now)):
         if limit is not None and used >= limit:
             return f"quota used up: {used}/{limit} {what} ({span(until - now)} left)", until
     return None
@@ -403,6 +405,8 @@ class Decider:
         self.in_flight: dict[str, int] = {}
         #: what each target takes besides text (the skip check `capability` reads it; the loop teaches it)
         self.capabilities = CapabilityBook()
+        #: every process's use of the quota accounts, as the store counted it (the skip check `quota` reads it)
+        self.usage = SharedUsage(clock)
         self.set_config(config, prices)
 
     def set_config(self, config: Config, prices: PriceBook) -> None:
@@ -423,6 +427,7 @@ class Decider:
         #: what strategies compute once per configuration (`Snapshot.memo`)
         self.memo: dict[Any, Any] = {}
         self.quota_accounts = self._quota_accounts()
+        self.usage.forget()
         self.key_variables = self._key_variables()
 
     def _key_variables(self) -> frozenset[str]:
@@ -433,6 +438,14 @@ class Decider:
         """Whether any account's key variable is unset now (read once per decision)."""
         env = self.env
         return any(not env(name) for name in self.key_variables)
+
+    def usage_window(self, account_key: str, now: float) -> UsageWindow:
+        """The account's usage in the minute and day of `now`, every process's (what quotas are held to)."""
+        return self.usage.window(account_key, self.state.usage_window(account_key, now), self.pacer, now)
+
+    async def refresh_usage(self, *, force: bool = False) -> None:
+        """Read the store's usage counts of the quota accounts, if the last reading is a second old."""
+        await self.usage.refresh(self.pacer, force=force)
 
     def _quota_accounts(self) -> frozenset[str]:
         """The account keys with a configured quota."""
@@ -681,7 +694,7 @@ class Decider:
             return None, None  # nothing tracked: the common case, without building anything
         shares: list[tuple[float, float | None]] = []
         if acc is not None and quota:
-            for limit, used, _, reset in quota_windows(acc.quota, self.state.usage_window(c.account_key, now)):
+            for limit, used, _, reset in quota_windows(acc.quota, self.usage_window(c.account_key, now)):
                 if limit:
                     shares.append((max(0.0, 1.0 - used / limit), reset))
         r = self.state.ratelimit(c.account_key, now)

@@ -122,7 +122,7 @@ class _Call:
     """Mutable bookkeeping of one call in flight."""
 
     __slots__ = ("route", "req", "emit", "hooks", "id", "attempts", "shown_parts", "notes", "decision", "started", "tries",
-                 "monotonic", "lanes", "tickets", "holds", "breaker_failed")
+                 "monotonic", "lanes", "tickets", "holds", "breaker_failed", "breaker_now")
 
     def __init__(self, route: Route, req: CallRequest, emit: Emit | None, clock: Clock, hooks: Hooks) -> None:
         self.route = route
@@ -149,6 +149,8 @@ class _Call:
         self.holds: list[ExtendHold] | None = None
         #: the last failure counted against its candidate's breaker
         self.breaker_failed = False
+        #: ... and it opens the breaker at once (a local server refused the connection), in the store too
+        self.breaker_now = False
 
     @property
     def shown(self) -> str:
@@ -475,6 +477,7 @@ class Loop:
         ticket = call.tickets.pop(c.key, None) if call.tickets else None
         holds, call.holds = call.holds, None
         broke, call.breaker_failed = call.breaker_failed, False
+        at_once, call.breaker_now = call.breaker_now, False
         pacer = self.decider.pacer
         writes = pacer.settle(c, ticket, self.clock.time(), completion=completion, failure=failure, holds=holds or (),
                               breaker_failed=broke)
@@ -487,7 +490,7 @@ class Loop:
             if broke:
                 p = self.policy
                 await pacer.shared.breaker_failure(c.key, window_s=p.breaker_window_s, threshold=p.breaker_failures,
-                                                   open_s=p.breaker_open_s)
+                                                   open_s=p.breaker_open_s, open_now=at_once)
         except StoreDown as exc:  # the store's trouble never fails a call (its guard says so in status)
             pacer.store_error = str(exc)
 
@@ -1038,6 +1041,7 @@ class Loop:
             at_once = rule.breaker_at_once_when_local_refuses and failure.refused and provider.local
             b = state.breaker_failure(c.key, now, open_now=bool(at_once))
             call.breaker_failed = True  # counted in the store too (its half-open probe is one process's)
+            call.breaker_now = bool(at_once)
             if b.state == "open":
                 hold = hold or "breaker open"
                 hold_until = hold_until or (b.opened_at + b.open_for)

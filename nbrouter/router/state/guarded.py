@@ -373,6 +373,12 @@ class GuardedState:
         return await self._call(lambda: self.store.buckets(account, specs),
                                 lambda: self.local.buckets(account, [s.scaled(self.share) for s in specs]))
 
+    async def clear_buckets(self, match: str | None = None) -> int:
+        async def remote() -> int:
+            await self.local.clear_buckets(match)  # the buckets paced here while the store was away, too
+            return await self.store.clear_buckets(match)
+        return await self._call(remote, lambda: self.local.clear_buckets(match))
+
     async def close(self) -> None:
         """Let the refreshes and write-backs under way finish (each is bounded by the store's timeout:
         cancelling one in the middle of a connect can leave its socket behind), then close the store."""

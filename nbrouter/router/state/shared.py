@@ -403,6 +403,13 @@ class SharedState(Protocol):
         """The levels of the account's buckets now (by `BucketSpec.field`), for status."""
         ...
 
+    async def clear_buckets(self, match: str | None = None) -> int:
+        """Drop the pacing buckets whose key (`account|scope|name`) contains `match` (all when None), for
+        every process: a reset. A 429 or a header's "remaining: 0" emptied them and no refill could be
+        sooner; the next admission starts each afresh, at its `initial` level, with no retry-after block.
+        Returns how many were dropped."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
@@ -659,6 +666,15 @@ class Rules:
         return {s.field: Rules._level(tx, now, account, s)[0] for s in specs}
 
     @staticmethod
+    def clear_buckets(tx: Tx, now: float, match: str | None) -> int:
+        n = 0
+        for key, _ in tx.items("bucket"):
+            if match is None or match in key:
+                tx.delete("bucket", key)
+                n += 1
+        return n
+
+    @staticmethod
     def write(tx: Tx, now: float, w: Write) -> None:
         if isinstance(w, ReleaseSlot):
             Rules.release_slot(tx, now, w.account, w.token)
@@ -789,6 +805,9 @@ class RuleStore:
 
     async def buckets(self, account: str, specs: Sequence[BucketSpec]) -> dict[str, float]:
         return self.run(Rules.buckets, account, list(specs))
+
+    async def clear_buckets(self, match: str | None = None) -> int:
+        return self.run(Rules.clear_buckets, match)
 
 
 class MemoryShared(RuleStore):

@@ -433,9 +433,22 @@ end
 return out
 """
 
+# KEYS[1] an account's buckets; ARGV[3] the account (the key's tag), [4] drop the buckets whose
+# "account|field" contains this ('' = all). Returns how many were dropped.
+_DROP = r"""
+local n = 0
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if ARGV[4] == '' or string.find(ARGV[3] .. '|' .. field, ARGV[4], 1, true) then
+    redis.call('HDEL', KEYS[1], field)
+    n = n + 1
+  end
+end
+return n
+"""
+
 SCRIPTS: dict[str, str] = {name: _PRELUDE + body for name, body in (
     ("count", _COUNT), ("hold", _HOLD), ("holds", _HOLDS), ("breaker", _BREAKER), ("deal", _DEAL),
-    ("least", _LEAST), ("admit", _ADMIT), ("slot", _SLOT), ("buckets", _BUCKETS))}
+    ("least", _LEAST), ("admit", _ADMIT), ("slot", _SLOT), ("buckets", _BUCKETS), ("drop", _DROP))}
 _SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
 
 
@@ -763,6 +776,51 @@ class RedisShared:
             return {}
         r = await self._script("buckets", [self.key(account, "k")], ["read", "", self._bucket_json(specs)])
         return {s.field: float(v) for s, v in zip(specs, r)}
+
+    def _glob(self, text: str) -> str:
+        """`text` as a literal inside a SCAN pattern."""
+        return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+    async def _bucket_keys(self) -> list[str]:
+        """Every account's bucket hash under the prefix: a SCAN, each page within the timeout (a reset is
+        rare; an index of bucket keys would cost every admission a write outside the account's slot)."""
+        pattern = self._glob(self.prefix) + "{*}:k"
+        keys: set[str] = set()
+        cursor: Any = 0
+        while True:
+            self.round_trips += 1
+            cursor, page = await self._guard(self.client().scan(cursor, match=pattern, count=1000))
+            keys.update(page)
+            if int(cursor) == 0:
+                return sorted(keys)
+
+    async def clear_buckets(self, match: str | None = None) -> int:
+        keys = await self._bucket_keys()
+        if not keys:
+            return 0
+
+        async def drop_all() -> int:
+            import redis.exceptions as rx
+
+            c = self.client()
+            start = len(self.prefix) + 1  # the tag: between the prefix's "{" and the closing "}:k"
+            args = [(key, key[start:-3]) for key in keys]
+            for attempt in range(2):
+                self.round_trips += 1
+                pipe = c.pipeline(transaction=False)
+                for key, tag in args:  # one script per account: each touches its own key (its own slot)
+                    pipe.evalsha(_SHAS["drop"], 1, key, _num(self.shift_s), str(_IDLE_TTL_MS), tag, match or "")
+                results = await pipe.execute(raise_on_error=False)
+                if attempt == 0 and any(isinstance(r, rx.NoScriptError) for r in results):
+                    await c.script_load(SCRIPTS["drop"])
+                    continue  # dropping twice drops nothing more
+                for r in results:
+                    if isinstance(r, Exception):
+                        raise r
+                return sum(int(r) for r in results)
+            return 0
+
+        return int(await self._guard(drop_all()))
 
     # ---- writes after a call: one pipeline ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -31,6 +32,8 @@ SHARED_TABLE = ("CREATE TABLE IF NOT EXISTS shared (space TEXT NOT NULL, key TEX
                 "expires REAL NOT NULL, PRIMARY KEY (space, key)) WITHOUT ROWID")
 #: expired rows are deleted once per this many transactions of a process
 _SWEEP_EVERY = 2000
+#: a verb waits in line this long at most while the file is busy with other writers' transactions
+BUSY_PATIENCE_S = 30.0
 # SQLite stores no infinity in a REAL bound as a parameter portably: a far-off time stands for "never"
 _NEVER = 1e300
 
@@ -116,7 +119,7 @@ class SQLiteShared(RuleStore):
         with self._lock:
             try:
                 conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin(conn)
                 try:
                     now = self.clock.time()
                     result = rule(_SQLiteTx(conn, now), now, *args)
@@ -132,6 +135,33 @@ class SQLiteShared(RuleStore):
                 what = "busy (another process holds its lock)" if is_busy(exc) else str(exc)
                 raise StoreDown(f"the state file {self.path} cannot be used: {what}") from None
             return result
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting in line while other writers keep the file busy: a file whose writers
+        commit is slow (a loaded machine, many kernels), not down. Only a lock that nobody released within
+        a whole busy timeout (a program holding it, a process stopped while holding it) raises, or a line
+        longer than `BUSY_PATIENCE_S`. The happy path costs nothing more than the BEGIN."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+        give_up = time.monotonic() + BUSY_PATIENCE_S  # (real time: how long a lock is held is not the router's clock)
+        while True:
+            seen = self._data_version(conn)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                # another connection's commit during the wait changes the data version: the line moves
+                if not is_busy(exc) or self._data_version(conn) == seen or time.monotonic() >= give_up:
+                    raise
+
+    @staticmethod
+    def _data_version(conn: sqlite3.Connection) -> int:
+        """A number that changes whenever another connection commits to the file."""
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
     async def close(self) -> None:
         with self._lock:
