@@ -151,6 +151,45 @@ def test_add_builds_provider_account_model_targets(builder: ComboBuilder) -> Non
     assert builder.model_id.value == "a-model-nobody-listed"
 
 
+def browser_click(button: Any, **values: Any) -> None:
+    """A click as the browser sends it: with what each source showed there, which the kernel may not have yet."""
+    button._handle_custom_msg({"event": "click", "values": values}, [])
+
+
+def test_quick_adds_use_the_model_ids_the_browser_showed_not_the_kernel_s(builder: ComboBuilder) -> None:
+    # the browser holds the model field's newer values back until the kernel answers the first: the
+    # kernel still has the first model id when the three clicks arrive
+    builder.model_id.value = "gpt-4o-mini"
+    sim = {"index": 0, "label": "sim"}
+    one = {"index": 0, "label": "sim"}
+    for model in ("gpt-4o-mini", "gpt-4.1-mini", "claude-haiku-4-5"):
+        browser_click(builder.add_button, provider=sim, account=one, model={"value": model})
+    assert builder.model.targets == ["sim/gpt-4o-mini", "sim/gpt-4.1-mini", "sim/claude-haiku-4-5"]
+    assert "already a step" not in builder.status_html.value
+
+
+def test_a_step_button_acts_on_the_step_picked_in_the_browser(builder: ComboBuilder) -> None:
+    builder.model.targets = ["sim/a", "sim/b", "sim/c"]
+    assert builder.steps.value == 0
+    browser_click(builder.up_button, step={"index": 2, "label": "3. sim/c"})  # picked there, not yet here
+    assert builder.model.targets == ["sim/a", "sim/c", "sim/b"]
+    assert builder.steps.value == 1  # the moved step stays picked
+    # a second quick "up" still names the old place: its label no longer matches, the kernel's pick (the
+    # moved step) is used
+    browser_click(builder.up_button, step={"index": 2, "label": "3. sim/c"})
+    assert builder.model.targets == ["sim/c", "sim/a", "sim/b"]
+
+
+def test_a_malformed_click_reads_the_kernel_s_values(builder: ComboBuilder) -> None:
+    builder.model_id.value = "gpt-4o-mini"
+    for values in ({"model": {"value": 5}}, {"model": "x", "provider": {"index": True, "label": "kr"}},
+                   {"provider": {"index": 99, "label": "sim"}}):
+        browser_click(builder.add_button, **values)
+    builder.add_button._handle_custom_msg("not a dict", [])
+    builder.add_button._handle_custom_msg({"event": "click", "values": ["a list"]}, [])
+    assert builder.model.targets == ["sim/gpt-4o-mini"]
+
+
 def test_add_refuses_a_duplicate_and_an_empty_model(builder: ComboBuilder) -> None:
     pick(builder, "gpt-4o-mini")
     pick(builder, "gpt-4o-mini")
