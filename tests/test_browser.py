@@ -296,6 +296,24 @@ def jupyter_server(app: str, root: Path, env: dict[str, str], log_path: Path) ->
 
 #: the kernel of the page's notebook, from JupyterLab's or Notebook 7's shell
 KERNEL_JS = "window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+#: run cell `i` of the page's notebook, as Shift+Enter does, and resolve once it has finished (a keypress
+#: could land while the page is still settling and be lost, and pressing again could run the cell twice)
+RUN_CELL_JS = """
+(i) => {
+  const notebook = window.jupyterapp.shell.currentWidget.content;
+  notebook.deselectAll();
+  notebook.activeCellIndex = i;
+  return window.jupyterapp.commands.execute('notebook:run-cell');
+}
+"""
+
+
+def run_cell(page: Any, cells: Any, i: int) -> None:
+    """Run cell `i` and wait until it has finished (its prompt shows its execution count)."""
+    from playwright.sync_api import expect
+
+    page.evaluate(RUN_CELL_JS, i)
+    expect(cells.nth(i).locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]:"))
 
 
 @contextlib.contextmanager
@@ -337,16 +355,7 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
             expect(page.locator("#jp-main-statusbar").get_by_text("Idle")).to_be_visible()
 
             def run(i: int) -> None:
-                prompt = cells.nth(i).locator(".jp-InputPrompt")
-                for _ in range(3):  # a keypress that lands while Lab is still settling is lost: press again
-                    cells.nth(i).locator(".cm-content").click()
-                    page.keyboard.press("Shift+Enter")
-                    try:
-                        expect(prompt).not_to_have_text("[ ]:", timeout=5_000)
-                        return
-                    except AssertionError:
-                        continue
-                expect(prompt).not_to_have_text("[ ]:")
+                run_cell(page, cells, i)
 
             # %load_ext nbrouter + %llm builder
             run(0)
