@@ -230,7 +230,8 @@ def lab(sim: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     _notebook(root / "builder.ipynb")
     env = isolated_jupyter_env(tmp_path, NBROUTER_CONFIG=str(config), NBROUTER_STATE=str(tmp_path / "state.sqlite3"))
     with jupyter_server("lab", root, env, tmp_path / "jupyterlab.log") as base:
-        yield {"url": f"{base}/lab/tree/builder.ipynb?token={TOKEN}", "config": config, "log": tmp_path / "jupyterlab.log"}
+        yield {"url": f"{base}/lab/tree/builder.ipynb?token={TOKEN}", "config": config, "log": tmp_path / "jupyterlab.log",
+               "gate": tmp_path / "kernel-may-go-on"}
 
 
 def isolated_jupyter_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -293,6 +294,42 @@ def jupyter_server(app: str, root: Path, env: dict[str, str], log_path: Path) ->
             proc.wait(5)
 
 
+#: the kernel of the page's notebook, from JupyterLab's or Notebook 7's shell
+KERNEL_JS = "window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+#: run cell `i` of the page's notebook, as Shift+Enter does, and resolve once it has finished (a keypress
+#: could land while the page is still settling and be lost, and pressing again could run the cell twice)
+RUN_CELL_JS = """
+(i) => {
+  const notebook = window.jupyterapp.shell.currentWidget.content;
+  notebook.deselectAll();
+  notebook.activeCellIndex = i;
+  return window.jupyterapp.commands.execute('notebook:run-cell');
+}
+"""
+
+
+def run_cell(page: Any, cells: Any, i: int) -> None:
+    """Run cell `i` and wait until it has finished (its prompt shows its execution count)."""
+    from playwright.sync_api import expect
+
+    page.evaluate(RUN_CELL_JS, i)
+    expect(cells.nth(i).locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]:"))
+
+
+@contextlib.contextmanager
+def busy_kernel(page: Any, gate: Path) -> Iterator[None]:
+    """Keep the page's kernel busy (running code that waits for `gate` to exist) for the block, then free it
+    and wait until it is idle: what the block sends the kernel queues up behind the running code."""
+    code = f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)"
+    page.evaluate(f"(code) => {{ {KERNEL_JS}.requestExecute({{code, silent: true}}); }}", code)
+    page.wait_for_function(f"() => {KERNEL_JS}.status === 'busy'")
+    try:
+        yield
+    finally:
+        gate.touch()
+        page.wait_for_function(f"() => {KERNEL_JS}.status === 'idle'")
+
+
 def _saved_targets(config: Path) -> list[Any] | None:
     combos = tomllib.loads(config.read_text(encoding="utf-8")).get("combos", {})
     return combos.get(COMBO, {}).get("targets")
@@ -318,16 +355,7 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
             expect(page.locator("#jp-main-statusbar").get_by_text("Idle")).to_be_visible()
 
             def run(i: int) -> None:
-                prompt = cells.nth(i).locator(".jp-InputPrompt")
-                for _ in range(3):  # a keypress that lands while Lab is still settling is lost: press again
-                    cells.nth(i).locator(".cm-content").click()
-                    page.keyboard.press("Shift+Enter")
-                    try:
-                        expect(prompt).not_to_have_text("[ ]:", timeout=5_000)
-                        return
-                    except AssertionError:
-                        continue
-                expect(prompt).not_to_have_text("[ ]:")
+                run_cell(page, cells, i)
 
             # %load_ext nbrouter + %llm builder
             run(0)
@@ -339,11 +367,15 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
             model = builder.locator("input[placeholder='pick or type a model id']")
             tags = builder.locator(".nbrouter-steps .jupyter-widget-tag:not(input)")
             picker = builder.locator(".widget-dropdown", has=page.locator("label", has_text=re.compile(r"^step$"))).locator("select")
-            # one target straight after the other, no pause: none may be lost
-            for model_id in MODELS:
-                model.fill(model_id)
-                builder.get_by_role("button", name="add", exact=True).click()
+            # one target straight after the other, no pause, while the kernel is busy: none may be lost. The
+            # browser holds back the model field's newer values until the kernel answers the first, so a click
+            # that reads the field in the kernel would add the first model three times (issue: a lost "add")
+            with busy_kernel(page, lab["gate"]):
+                for model_id in MODELS:
+                    model.fill(model_id)
+                    builder.get_by_role("button", name="add", exact=True).click()
             expect(tags).to_have_text([f"sim/{m}" for m in MODELS])
+            expect(builder.get_by_text("is already a step")).to_have_count(0)
 
             # drag the last step onto the first: it goes to the top (issue 26: reorder by drag)
             tags.nth(2).drag_to(tags.nth(0))

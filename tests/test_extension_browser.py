@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import pytest
 from test_browser import (CHROMIUM, CHROMIUM_ARGS, LINE_BREAKS_JS, TOKEN, _require_chromium, assert_readable,
-                          isolated_jupyter_env, jupyter_server, set_theme)
+                          isolated_jupyter_env, jupyter_server, run_cell, set_theme)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT = ROOT / "nbrouter" / "labextension"
@@ -160,18 +160,7 @@ def _open(page: Any, url: str, cells: int) -> Any:
 
 
 def _run(page: Any, cells: Any, i: int) -> None:
-    from playwright.sync_api import expect
-
-    prompt = cells.nth(i).locator(".jp-InputPrompt")
-    for _ in range(3):  # a keypress that lands while the page is still settling is lost: press again
-        cells.nth(i).locator(".cm-content").click()
-        page.keyboard.press("Shift+Enter")
-        try:
-            expect(prompt).not_to_have_text("[ ]:", timeout=5_000)
-            break
-        except AssertionError:
-            continue
-    expect(prompt).to_have_text(re.compile(r"\[\d+\]:"))  # finished, not "[*]:"
+    run_cell(page, cells, i)
 
 
 def test_route_timeline_spend_and_status_board(server: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
-import time
+import threading
 from html import unescape
 from pathlib import Path
 from typing import Any, Iterator
@@ -149,6 +149,45 @@ def test_add_builds_provider_account_model_targets(builder: ComboBuilder) -> Non
     assert builder.model.targets == ["sim/gpt-4o-mini", "kr#free/llama-3.3-70b", "sim/a-model-nobody-listed"]
     # the kernel never writes the picker after an add: such a write could wipe what the person types next
     assert builder.model_id.value == "a-model-nobody-listed"
+
+
+def browser_click(button: Any, **values: Any) -> None:
+    """A click as the browser sends it: with what each source showed there, which the kernel may not have yet."""
+    button._handle_custom_msg({"event": "click", "values": values}, [])
+
+
+def test_quick_adds_use_the_model_ids_the_browser_showed_not_the_kernel_s(builder: ComboBuilder) -> None:
+    # the browser holds the model field's newer values back until the kernel answers the first: the
+    # kernel still has the first model id when the three clicks arrive
+    builder.model_id.value = "gpt-4o-mini"
+    sim = {"index": 0, "label": "sim"}
+    one = {"index": 0, "label": "sim"}
+    for model in ("gpt-4o-mini", "gpt-4.1-mini", "claude-haiku-4-5"):
+        browser_click(builder.add_button, provider=sim, account=one, model={"value": model})
+    assert builder.model.targets == ["sim/gpt-4o-mini", "sim/gpt-4.1-mini", "sim/claude-haiku-4-5"]
+    assert "already a step" not in builder.status_html.value
+
+
+def test_a_step_button_acts_on_the_step_picked_in_the_browser(builder: ComboBuilder) -> None:
+    builder.model.targets = ["sim/a", "sim/b", "sim/c"]
+    assert builder.steps.value == 0
+    browser_click(builder.up_button, step={"index": 2, "label": "3. sim/c"})  # picked there, not yet here
+    assert builder.model.targets == ["sim/a", "sim/c", "sim/b"]
+    assert builder.steps.value == 1  # the moved step stays picked
+    # a second quick "up" still names the old place: its label no longer matches, the kernel's pick (the
+    # moved step) is used
+    browser_click(builder.up_button, step={"index": 2, "label": "3. sim/c"})
+    assert builder.model.targets == ["sim/c", "sim/a", "sim/b"]
+
+
+def test_a_malformed_click_reads_the_kernel_s_values(builder: ComboBuilder) -> None:
+    builder.model_id.value = "gpt-4o-mini"
+    for values in ({"model": {"value": 5}}, {"model": "x", "provider": {"index": True, "label": "kr"}},
+                   {"provider": {"index": 99, "label": "sim"}}):
+        browser_click(builder.add_button, **values)
+    builder.add_button._handle_custom_msg("not a dict", [])
+    builder.add_button._handle_custom_msg({"event": "click", "values": ["a list"]}, [])
+    assert builder.model.targets == ["sim/gpt-4o-mini"]
 
 
 def test_add_refuses_a_duplicate_and_an_empty_model(builder: ComboBuilder) -> None:
@@ -603,11 +642,17 @@ def test_status_board_refreshes_in_a_thread_until_stopped(router: Router) -> Non
     try:
         board.start()
         assert board.running and "refreshed every 0.05 s" in board.tables.value
+        # the board's own thread redraws it: wait for the redraw that shows the call, not for a time
+        healthy = threading.Event()
+
+        def check(_: Any = None) -> None:
+            if "✓ healthy" in " ".join(board.candidates.get("sim#default/gpt-4o-mini", [])):
+                healthy.set()
+
+        board.tables.observe(check, names="value")
         router.complete("base", "hi")
-        deadline = time.monotonic() + 5
-        while "✓ healthy" not in " ".join(_cells(board, "candidates", "sim#default/gpt-4o-mini")):
-            assert time.monotonic() < deadline, "the board did not refresh by itself"
-            time.sleep(0.05)  # real threads: the board's own thread refreshes it on real time
+        check()
+        assert healthy.wait(60), "the board did not refresh by itself"  # a bound against a hang only
         board.pause_button.click()
         assert not board.running and board.pause_button.description == "resume" and "paused" in board.tables.value
         board.pause_button.click()

@@ -34,6 +34,7 @@ from ..router import FACTORS, PACKS
 from ..router import ACCOUNT_STRATEGIES, STRATEGIES
 from ..router import Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta
 from ._ui import STYLE, Kit, close_tree, note, scrolling, show_widget
+from .clicks import ClickWithValues
 
 if TYPE_CHECKING:
     from ..router import Router
@@ -194,16 +195,20 @@ class ComboBuilder:
         k = self._kit
         self.title = k(w.HTML, value=STYLE + "<b>nbrouter combo builder</b>")
         self.load_choice = k(w.Dropdown, description="saved combo", options=[], value=None, style={"description_width": "initial"})
-        self.load_button = k(w.Button, description="load", tooltip="load the saved combo to edit it")
+        # a button that acts on what another widget shows carries that value in its click (see ClickWithValues)
+        self.load_button = k(ClickWithValues, sources={"combo": self.load_choice}, description="load",
+                             tooltip="load the saved combo to edit it")
         self.new_button = k(w.Button, description="new", tooltip="start an empty draft")
         self.name = k(w.Text, description="name", placeholder="used as %%llm NAME", continuous_update=True)
 
         self.provider = k(w.Dropdown, description="provider", options=[])
         self.account = k(w.Dropdown, description="account", options=[])
         self.model_id = k(w.Combobox, description="model", placeholder="pick or type a model id", ensure_option=False)
-        self.add_button = k(w.Button, description="add", tooltip="add provider/model as the last step")
+        self.add_button = k(ClickWithValues, sources={"provider": self.provider, "account": self.account, "model": self.model_id},
+                            description="add", tooltip="add provider/model as the last step")
         self.combo_choice = k(w.Dropdown, description="combo", options=[])
-        self.add_combo_button = k(w.Button, description="add combo", tooltip="add another combo as the last step")
+        self.add_combo_button = k(ClickWithValues, sources={"combo": self.combo_choice}, description="add combo",
+                                  tooltip="add another combo as the last step")
         #: the "add a step" heading, and under it how to get a provider when there is none
         self.providers_note = k(w.HTML, value="<b>add a step</b>")
         self.reload_button = k(w.Button, description="reload config",
@@ -215,9 +220,10 @@ class ComboBuilder:
                            placeholder="drag a step to move it", tooltip="the steps, tried in this order (left to right)")
         self.step_tags.add_class("nbrouter-steps")
         self.steps = k(w.Dropdown, description="step", options=[], tooltip="the step the buttons move or remove")
-        self.up_button = k(w.Button, description="up", tooltip="move the picked step up")
-        self.down_button = k(w.Button, description="down", tooltip="move the picked step down")
-        self.remove_button = k(w.Button, description="remove", tooltip="remove the picked step from the combo")
+        picked = {"step": self.steps}
+        self.up_button = k(ClickWithValues, sources=picked, description="up", tooltip="move the picked step up")
+        self.down_button = k(ClickWithValues, sources=picked, description="down", tooltip="move the picked step down")
+        self.remove_button = k(ClickWithValues, sources=picked, description="remove", tooltip="remove the picked step from the combo")
         self.weight = k(w.BoundedFloatText, min=0.0, max=1e6, step=0.5, description="weight", own_layout=True,
                         tooltip="the picked step's weight (0 = only when nothing else is left)")
 
@@ -336,9 +342,9 @@ class ComboBuilder:
         m.observe(lambda _: self.refresh_choices(), names="name")
 
         self.provider.observe(lambda _: self._provider_changed(), names="value")
-        self.add_button.on_click(lambda _: self.add_target())
-        self.add_combo_button.on_click(lambda _: self.add_step(self.combo_choice.value or ""))
-        self.load_button.on_click(lambda _: self.load(self.load_choice.value or ""))
+        self.add_button.on_click(lambda v: self.add_target(v["provider"] or "", v["model"] or "", v["account"] or ""))
+        self.add_combo_button.on_click(lambda v: self.add_step(v["combo"] or ""))
+        self.load_button.on_click(lambda v: self.load(v["combo"] or ""))
         self.new_button.on_click(lambda _: self.new())
         self.save_button.on_click(lambda _: self.save())
         self.delete_button.on_click(lambda _: self.ask_delete())
@@ -348,9 +354,9 @@ class ComboBuilder:
         self.explain_button.on_click(lambda _: self.explain())
         self.fallback_reset.on_click(lambda _: setattr(self.model, "fallback_on", list(DEFAULT_FALLBACK)))
         self.factor_reset.on_click(lambda _: setattr(self.model, "factor_weights", {}))
-        self.up_button.on_click(lambda _: self._move_picked(-1))
-        self.down_button.on_click(lambda _: self._move_picked(+1))
-        self.remove_button.on_click(lambda _: self.remove(self.steps.value) if self.steps.value is not None else None)
+        self.up_button.on_click(lambda v: self._move_picked(v["step"], -1))
+        self.down_button.on_click(lambda v: self._move_picked(v["step"], +1))
+        self.remove_button.on_click(lambda v: self.remove(v["step"]) if v["step"] is not None else None)
         self.reload_button.on_click(lambda _: self.reload())
 
         self._sync_fallback()
@@ -481,8 +487,8 @@ class ComboBuilder:
             button.tooltip = what.format(ref) if ref else "pick a step first"
         self._sync_weights()
 
-    def _move_picked(self, by: int) -> None:
-        index = self.steps.value
+    def _move_picked(self, index: int | None, by: int) -> None:
+        """Move step `index` (the one picked when the button was pressed) and keep it picked."""
         if index is None:
             return
         self.move(index, by)
