@@ -13,10 +13,12 @@ import pytest
 
 from conftest import SIM_KEY, sim_config
 from nbrouter.router.batch.cluster import ClusterExecutor
+from nbrouter.router.batch.engines import RayEngine
 from nbrouter.testing import Reply
 from test_cluster import (
     Recording,
     Watch,
+    answered_at_seventh,
     beyond_loopback,
     check_limits_kept,
     cluster_env,
@@ -108,3 +110,10 @@ def test_on_ray_a_worker_killed_mid_batch_loses_no_item_and_resends_none_that_wa
     twice = {p for p, n in answered.items() if n > 1}
     assert len(twice) <= 8 and sent_after_answered(sim) <= twice  # only calls the dead worker had on the wire
     assert _nothing_beyond_loopback() == []
+
+
+def test_on_ray_a_chunks_items_reach_the_driver_as_they_finish_not_when_the_chunk_ends(sim, make_router, ray) -> None:
+    router = make_router(sim_config(sim, combo("sim/m")))
+    assert answered_at_seventh(sim, router, ClusterExecutor(router, RayEngine(), chunk_size=8)) == 7
+    sim.reset()
+    assert answered_at_seventh(sim, router, ClusterExecutor(router, RayEngine(), chunk_size=8, stream=False)) == 8
