@@ -44,6 +44,10 @@ from .port import CANCELLED, NOT_SENT_INTERRUPTED, BatchRouter, NotDone
 STOP_POLL_S = 0.5
 #: how long a chunk told to stop waits for its calls to record their cancel before it returns
 STOP_GRACE_S = 2.0
+#: a chunk hands on its finished items at most this often (those of one interval go together): each report
+#: costs a message to the driver, so items that finish close together share one, while the driver still
+#: hears of each within this long (bench_cluster.py measures both)
+REPORT_EVERY_S = 0.1
 #: the worker's Routers kept per process (one per configuration; the oldest is closed past this)
 ROUTERS_KEPT = 4
 
@@ -243,7 +247,7 @@ def run_chunk(spec_data: bytes, chunk_data: bytes, report: Callable[[list[tuple[
     if isinstance(started, list):
         return pack(started)
     found: list[Outcome] = [NotDone(CANCELLED)] * len(started[1].requests)
-    for finished, last in _as_finished(*started):
+    for finished, last in _every(_as_finished(*started), REPORT_EVERY_S):
         for index, outcome in finished:
             found[index] = outcome
         if report is not None and not last:
@@ -263,7 +267,7 @@ def run_chunk_streaming(spec_data: bytes, chunk_data: bytes) -> Iterator[bytes]:
     if isinstance(started, list):
         yield pack(list(enumerate(started)))
         return
-    for finished, _ in _as_finished(*started):
+    for finished, _ in _every(_as_finished(*started), REPORT_EVERY_S):
         yield pack(finished)
 
 
@@ -320,25 +324,29 @@ class _Calls:
 def _as_finished(calls: _Calls, chunk: Chunk, future: concurrent.futures.Future[list[Outcome]]
                  ) -> Iterator[tuple[list[tuple[int, Outcome]], bool]]:
     """The chunk's outcomes in groups as they finish (every one that finished since the last group), each with
-    whether it is the last. Meanwhile the chunk's `stop` is looked at every STOP_POLL_S; when it says so, or
-    when the engine interrupts (KeyboardInterrupt), the calls are cancelled, and what finished and NotDone
-    for the rest still come out."""
+    whether it is the last; an empty group at least every REPORT_EVERY_S meanwhile (a tick). The chunk's
+    `stop` is looked at every STOP_POLL_S; when it says so, or when the engine interrupts (KeyboardInterrupt),
+    the calls are cancelled, and what finished and NotDone for the rest still come out."""
     n, stop = len(chunk.requests), chunk.stop
     seen: set[int] = set()
     deadline: float | None = None
+    looked = time.monotonic()
     while len(seen) < n:
         try:
             try:
-                wait = STOP_POLL_S if deadline is None else max(deadline - time.monotonic(), 0.0)
+                wait = REPORT_EVERY_S if deadline is None else max(deadline - time.monotonic(), 0.0)
                 group = [calls.finished.get(timeout=wait)]
             except queue.Empty:
                 if future.done() and future.exception() is not None:  # the calls' loop itself failed
                     raise ChunkFailed(f"a worker's calls ended: {type(future.exception()).__name__}") from None
                 if deadline is not None:  # the cancelled calls did not end in time: the rest are not done
                     break
-                if stop is not None and stop():
-                    calls.stop()
-                    deadline = time.monotonic() + STOP_GRACE_S
+                if stop is not None and time.monotonic() - looked >= STOP_POLL_S:
+                    looked = time.monotonic()
+                    if stop():
+                        calls.stop()
+                        deadline = time.monotonic() + STOP_GRACE_S
+                yield [], False
                 continue
         except KeyboardInterrupt:  # Ray's cancel of a running task
             calls.stop()
@@ -351,6 +359,22 @@ def _as_finished(calls: _Calls, chunk: Chunk, future: concurrent.futures.Future[
         group = [(i, o) for i, o in _drained(calls.finished) if i not in seen]
         seen.update(i for i, _ in group)
         yield group + [(i, NotDone(CANCELLED)) for i in range(n) if i not in seen], True
+
+
+def _every(groups: Iterator[tuple[list[tuple[int, Outcome]], bool]], interval: float
+           ) -> Iterator[tuple[list[tuple[int, Outcome]], bool]]:
+    """The same outcomes, gathered: a group comes out at most every `interval` (the first one `interval`
+    after the start), and the last one at once."""
+    pending: list[tuple[int, Outcome]] = []
+    due = time.monotonic() + interval
+    for group, last in groups:
+        pending += group
+        if last:
+            yield pending, True
+            return
+        if pending and time.monotonic() >= due:
+            yield pending, False
+            pending, due = [], time.monotonic() + interval
 
 
 def _drained(finished: "queue.SimpleQueue[tuple[int, Outcome]]") -> list[tuple[int, Outcome]]:
