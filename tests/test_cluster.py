@@ -411,3 +411,19 @@ def processes_titled(prefix: str, pids: set[int]) -> list[int]:
         if title.startswith(prefix):
             found.append(pid)
     return found
+
+
+def answered_at_seventh(sim: Any, router: Any, executor: Any) -> int:
+    """One chunk of 8 items whose last call to arrive is answered 3 s after the others: how many the server
+    had answered when the 7th outcome reached the driver (7 when outcomes come back as items finish; 8 when
+    they come back with their chunk)."""
+    sim.script([Reply()] * 7 + [Reply(delay_s=3.0)], model="m")
+    seen: dict[str, int] = {}
+
+    def note() -> None:
+        seen["answered"] = sum(1 for r in sim.requests if r.status == 200)
+
+    watch = Watch(executor, 7, note)
+    batch = router.map("c", [f"q{i}" for i in range(8)], executor=watch, cache=False)
+    assert batch.done == 8 and executor.chunks == 1  # one chunk
+    return seen["answered"]

@@ -21,6 +21,7 @@ from test_cluster import (
     DRIVER_ONLY_ENV,
     Recording,
     Watch,
+    answered_at_seventh,
     cache_keys,
     check_limits_kept,
     cluster_env,
@@ -162,7 +163,8 @@ def test_what_a_killed_dask_worker_had_answered_is_not_sent_again_but_read_from_
         moment["at"] = time.monotonic()  # the simulator is in this process: its arrival times are on this clock
 
     threading.Thread(target=kill, daemon=True).start()
-    batch = router.map("c", items, executor=ClusterExecutor(router, DaskEngine(client), chunk_size=48))
+    # (not streamed: the driver has none of a chunk's answers before it ends, as with an engine that cannot stream)
+    batch = router.map("c", items, executor=ClusterExecutor(router, DaskEngine(client), chunk_size=48, stream=False))
     assert "at" in moment and batch.done == 96 and not batch.failed
     assert [t.rsplit(": ", 1)[1] for t in batch.texts] == items
     answered = prompts_received(sim, 200)
@@ -271,3 +273,11 @@ def test_the_batch_magic_runs_on_the_cluster_named_by_executor(sim, client, tmp_
     said = ["".join(o.get("text", "") for o in nb.cells[i].outputs if o.output_type == "stream") for i in (3, 4)]
     assert said[0].startswith("UsageError: --executor nope: there is no variable of that name")
     assert said[1].startswith("UsageError: --executor goes with --over VAR")
+
+
+def test_on_dask_a_chunks_items_reach_the_driver_as_they_finish_not_when_the_chunk_ends(sim, make_router, client) -> None:
+    router = make_router(sim_config(sim, combo("sim/m")))
+    assert answered_at_seventh(sim, router, ClusterExecutor(router, DaskEngine(client), chunk_size=8)) == 7
+    # (the same chunk unstreamed: nothing of it reaches the driver before its slowest call is answered)
+    sim.reset()
+    assert answered_at_seventh(sim, router, ClusterExecutor(router, DaskEngine(client), chunk_size=8, stream=False)) == 8

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from typing import Any, Iterator
 
 import pytest
 
 from conftest import SIM_KEY, sim_config
 from nbrouter.router.batch.cluster import ClusterExecutor
-from nbrouter.testing import Reply
+from nbrouter.router.batch.engines import RayEngine
+from nbrouter.testing import Hang, Reply
 from test_cluster import (
     Recording,
     Watch,
+    answered_at_seventh,
     beyond_loopback,
     check_limits_kept,
     cluster_env,
@@ -108,3 +112,40 @@ def test_on_ray_a_worker_killed_mid_batch_loses_no_item_and_resends_none_that_wa
     twice = {p for p, n in answered.items() if n > 1}
     assert len(twice) <= 8 and sent_after_answered(sim) <= twice  # only calls the dead worker had on the wire
     assert _nothing_beyond_loopback() == []
+
+
+def test_on_ray_a_chunks_items_reach_the_driver_as_they_finish_not_when_the_chunk_ends(sim, make_router, ray) -> None:
+    router = make_router(sim_config(sim, combo("sim/m")))
+    assert answered_at_seventh(sim, router, ClusterExecutor(router, RayEngine(), chunk_size=8)) == 7
+    sim.reset()
+    assert answered_at_seventh(sim, router, ClusterExecutor(router, RayEngine(), chunk_size=8, stream=False)) == 8
+
+
+def test_ctrl_c_on_the_driver_cancels_the_ray_tasks_keeps_what_finished_and_a_second_run_sends_only_the_missing(
+        sim, make_router, ray) -> None:
+    sim.script([Reply()] * 12 + [Hang(30)], model="m", repeat_last=True)
+    router = make_router(sim_config(sim, combo("sim/m")))
+    items = [f"q{i}" for i in range(48)]
+    main = threading.main_thread().ident
+
+    def ctrl_c() -> None:  # a real SIGINT to the main thread once 12 calls are answered and more hang
+        deadline = time.monotonic() + 30
+        while not (len(sim.requests) >= 16 and sum(r.status == 200 for r in sim.requests) >= 12) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # (the answers streamed back meanwhile)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    executor = ClusterExecutor(router, RayEngine(), chunk_size=8)
+    first = router.map("c", items, executor=executor, concurrency=16)
+    answered = set(prompts_received(sim, 200))
+    assert first.interrupted and len(answered) == 12
+    # every answer that had come back is in the result; the rest are not done (cancelled or not sent)
+    assert {items[i] for i, e in enumerate(first) if not isinstance(e, Exception)} == answered
+    assert not first.failed and len(first.not_done) == 36
+
+    sim.reset()
+    second = router.map("c", items, executor=executor)
+    assert second.done == 48
+    received = prompts_received(sim)
+    assert not set(received) & answered and sum(received.values()) == 36  # only the missing were sent

@@ -75,11 +75,13 @@ def test_a_paced_call_waits_on_the_router_clock_for_the_refill_instead_of_sendin
     assert batch.done == 5 and len(sim.requests) == 5
     # a batch's request costs a little more than one: it leaves the interactive lane its share of the limit
     interval = 60 / (30 * PACING_MARGIN) / (1 - Limit("sim#default", "requests", 60, 30).reserved_share)
-    assert len(clock.slept) == 4  # the first request goes at once, every later one waits for its refill
+    # a bucket new to the store holds only the interactive reserve (the account may be in use elsewhere):
+    # the first request waits for one refill too, as every later one does
+    assert len(clock.slept) == 5
     assert all(abs(s - interval) < 0.01 for s in clock.slept)
     # an interactive call (a plain complete) takes the reserve a batch leaves: it does not wait
     router.complete("c", "f")
-    assert len(clock.slept) == 4 and len(sim.requests) == 6
+    assert len(clock.slept) == 5 and len(sim.requests) == 6
 
 
 def admit(router: Any, c: Candidate, tokens: int = 10, lanes: Lanes = Lanes("batch")) -> Any:
@@ -108,6 +110,9 @@ def test_a_429_empties_the_bucket_until_its_retry_after_and_the_item_falls_back(
     sim.script([RateLimited(retry_after=5)], key=keys[0])
     clock = ManualClock()
     router = make_router(two_accounts(sim, quota_one={"requests_per_minute": 600}, account_strategy="fill-first"), clock=clock)
+    one = Candidate("sim", "one", "m")
+    assert isinstance(admit(router, one), tuple)  # a new bucket holds only the reserve: a batch waits for a refill
+    clock.advance(1.0)  # now its first request has room
     batch = router.map("c", ["x"], cache=False)
     result = batch[0]
     assert result.served_by == "sim#two/m"
@@ -115,7 +120,6 @@ def test_a_429_empties_the_bucket_until_its_retry_after_and_the_item_falls_back(
         ("sim#one/m", "advance", "rate_limit"), ("sim#two/m", "served", None)]
     pacer = pacer_for(router)
     assert pacer.limited == {"sim#one/m": 1}
-    one = Candidate("sim", "one", "m")
     spec = Limit("sim#one", "requests", 60, 600).spec(PACING_MARGIN, 1, "batch")
     assert router.background.run(router.shared.buckets("sim#one", [spec]))[spec.field] <= 0.0  # emptied for everyone
     router.reset("sim#one/m")  # (the 429's cooldown of the candidate, kept in the store too, is lifted)
@@ -166,8 +170,10 @@ def test_tokens_per_minute_are_taken_by_estimate_and_given_back_by_reported_usag
     pacer, clock = _pacer({"tokens_per_minute": 6000})
     c = Candidate("p", "default", "m")
     lanes = Lanes("interactive")
+    assert isinstance(asyncio.run(pacer.admit(c, 90, lanes, clock.time())), tuple)  # a new bucket: the reserve only
+    clock.advance(1.0)  # a second of refill is 6000 * margin / 60 = 99 tokens; the bucket holds 90 and the reserve
     now = clock.time()
-    ticket = asyncio.run(pacer.admit(c, 90, lanes, now))  # a second of refill is 6000 * margin / 60 = 99 tokens
+    ticket = asyncio.run(pacer.admit(c, 90, lanes, now))
     assert isinstance(ticket, Ticket)
     refused = asyncio.run(pacer.admit(c, 90, lanes, now))
     assert isinstance(refused, tuple) and "6000 tokens/min" in refused[0]

@@ -95,6 +95,20 @@ def test_a_batchs_first_wave_waits_for_its_first_target_to_learn_its_limits(sim,
     assert not [r for r in sim.requests if r.model == "b"]
 
 
+def test_a_batch_on_an_account_in_steady_use_elsewhere_meets_no_429_from_its_first_request(clock_sim, make_router) -> None:
+    # the provider's window of the key is full of other users' requests (one frees every 0.5 s): no store of
+    # ours has seen them, so a bucket new to the store must not let its first request go at once
+    sim, clock = clock_sim
+    sim.rate_limits.set("sim-test-key-0001", WindowLimits(requests=120, window_s=60, start_full=False))
+    config = sim_config(sim, {"c": {"targets": ["sim/m"]}})
+    config["providers"]["sim"]["quota"] = {"requests_per_minute": 120}
+    router = make_router(config, clock=clock)
+    batch = router.map("c", [f"q{i}" for i in range(30)], concurrency=4, cache=False)
+    assert batch.done == 30
+    counts = sim.rate_limits.counts["sim-test-key-0001"]
+    assert counts.refused == 0 and counts.accepted == 30  # not one 429
+
+
 # ---- lanes: a cell ahead of a batch ---------------------------------------------------------------------
 
 
@@ -136,7 +150,9 @@ def test_an_interactive_call_takes_the_reserve_a_batch_leaves_in_the_bucket(cloc
     router = make_router(config, clock=clock)
     c = Candidate("sim", "default", "m")
     run = router.background.run
-    assert not isinstance(run(router.pacer.admit(c, 10, Lanes("batch"), clock.time())), tuple)  # the probe
+    assert isinstance(run(router.pacer.admit(c, 10, Lanes("batch"), clock.time())), tuple)  # new: the reserve only
+    clock.advance(1.1)  # one batch take refilled
+    assert not isinstance(run(router.pacer.admit(c, 10, Lanes("batch"), clock.time())), tuple)
     refused = run(router.pacer.admit(c, 10, Lanes("batch"), clock.time()))
     assert isinstance(refused, tuple) and "60 requests/min" in refused[0]  # the batch waits ...
     assert not isinstance(run(router.pacer.admit(c, 10, Lanes("interactive"), clock.time())), tuple)  # ... a cell does not
@@ -222,19 +238,22 @@ def test_admissions_asked_together_cost_one_round_trip_and_never_admit_more_than
     async def at_once(n: int, lane: str) -> list[Any]:
         return await asyncio.gather(*(pacer.admit(c, 10, Lanes(lane), clock.time()) for _ in range(n)))
 
-    first = asyncio.run(at_once(10, "interactive"))  # a new bucket: one probe, and the reserve for cells
-    assert sum(isinstance(t, Ticket) for t in first) == 2
-    clock.advance(2.0)  # the bucket is full again: 99 a second, a second's burst
+    limit = Limit("p#default", "requests", 60, 6000)
+    capacity = limit.spec(0.99, 1, "interactive").capacity  # the burst within the window's slack, and the reserve
+    assert 10 < capacity < 99
+    first = asyncio.run(at_once(10, "interactive"))  # a new bucket: the reserve for cells only
+    assert sum(isinstance(t, Ticket) for t in first) == 1
+    clock.advance(2.0)  # the bucket is full again (99 a second)
     asked.clear()
-    answers = asyncio.run(at_once(40, "interactive"))
-    assert all(isinstance(t, Ticket) for t in answers) and len(asked) == 1  # forty calls, one round trip
+    answers = asyncio.run(at_once(10, "interactive"))
+    assert all(isinstance(t, Ticket) for t in answers) and len(asked) == 1  # ten calls, one round trip
     asked.clear()
     clock.advance(2.0)
     answers = asyncio.run(at_once(150, "interactive"))  # more than the bucket holds at all
-    assert sum(isinstance(t, Ticket) for t in answers) == 100
+    assert sum(isinstance(t, Ticket) for t in answers) == int(capacity)
     clock.advance(2.0)
     asked.clear()
-    assert all(isinstance(t, Ticket) for t in asyncio.run(at_once(40, "interactive")))
+    assert all(isinstance(t, Ticket) for t in asyncio.run(at_once(10, "interactive")))
     answers = asyncio.run(at_once(80, "batch"))  # more than is left: no more than one by one would get
     admitted = sum(isinstance(t, Ticket) for t in answers)
-    assert admitted == int((100 - 40 - 1) / Limit("p#default", "requests", 60, 6000).spec(0.99, 1, "batch").amount)
+    assert admitted == int((capacity - 10 - 1) / limit.spec(0.99, 1, "batch").amount)

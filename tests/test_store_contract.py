@@ -81,6 +81,7 @@ class Subject:
         self.prefix = f"t-{uuid.uuid4().hex[:8]}:"
         self.shift = 0.0
         self.handles: list[Any] = []
+        self._plain: Any = None
         self.store = self.another()
         if self.base == "redis":
             # the server's clock, shifted onto the manual clock: the test starts at the top of a minute too
@@ -122,14 +123,30 @@ class Subject:
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
         self.shift += seconds
+        self._shift_all()
+
+    def _shift_all(self) -> None:
         for h in self.handles:
             raw = getattr(h, "store", h)
             if hasattr(raw, "shift_s"):
                 raw.shift_s = self.shift
 
+    def pin(self) -> None:
+        """Redis: set the shift again so that the server's now is the manual clock's now (its own clock moved
+        on in real time meanwhile), for a test that counts every take over many steps. Others: nothing."""
+        if self.base != "redis":
+            return
+        if self._plain is None:
+            self._plain = getattr(self.store, "store", self.store).make_client(asyncio_client=False)
+        server_now = self._plain.time()
+        self.shift = self.clock.time() - (server_now[0] + server_now[1] / 1e6)
+        self._shift_all()
+
     def close(self) -> None:
         for h in self.handles:
             run(h.close())
+        if self._plain is not None:
+            self._plain.close()
 
 
 @pytest.fixture(autouse=True)
@@ -391,6 +408,54 @@ def test_the_batch_lane_leaves_the_reserve_to_interactive_calls(subject: Subject
     cell = AdmitRequest(ACCOUNT, buckets=(requests_bucket(capacity=4, initial=4, rate=1e-6, reserve=0.5),), lane="interactive")
     assert [run(s.admit(batch)).admitted for _ in range(3)] == [True, True, False]
     assert [run(s.admit(cell)).admitted for _ in range(3)] == [True, True, False]
+
+
+def test_a_new_bucket_is_kept_from_its_first_ask_even_when_that_ask_is_refused(subject: Subject) -> None:
+    s, other = subject.store, subject.another()
+    # a new bucket starts at its initial level (here the interactive reserve only): a batch waits for a refill
+    bucket = requests_bucket(capacity=2, initial=1, rate=1.0, reserve=0.5)
+    refused = run(s.admit(AdmitRequest(ACCOUNT, buckets=(bucket,), lane="batch")))
+    assert not refused.admitted and refused.reason == "bucket" and near(refused.wait_s, 1.0)
+    subject.advance(1.05)
+    # the store kept the bucket from that ask on, so it has refilled (one started afresh would still hold 1),
+    # for every handle onto the store
+    assert near(run(other.buckets(ACCOUNT, [bucket]))[bucket.field], 2.0)
+    assert run(other.admit(AdmitRequest(ACCOUNT, buckets=(bucket,), lane="batch"))).admitted
+    assert not run(s.admit(AdmitRequest(ACCOUNT, buckets=(bucket,), lane="batch"))).admitted
+
+
+def _saturate(subject: Subject, spec_of: Callable[[], BucketSpec], seconds: float, taken: list[float]) -> None:
+    """Callers that always want more, for `seconds`: each admission that passes is followed by another at
+    once, a refusal by the next ask at the moment the store said (as the pacer does); the times of the
+    takes are added to `taken`."""
+    end = subject.clock.time() + seconds
+    while subject.clock.time() < end:
+        subject.pin()
+        answer = run(subject.store.admit(AdmitRequest(ACCOUNT, buckets=(spec_of(),), lane="batch")))
+        if answer.admitted:
+            taken.append(subject.clock.time())
+        else:
+            subject.advance(min(max(answer.wait_s, 1e-4) + 1e-4, max(end - subject.clock.time(), 1e-4)))
+
+
+def test_a_minute_limits_bucket_admits_no_more_than_the_limit_in_any_sliding_window_even_after_a_pause(subject: Subject) -> None:
+    from nbrouter.router.state.pacing import PACING_MARGIN, Limit
+    from nbrouter.testing.ratelimits import most_in
+
+    limit = Limit(ACCOUNT, "requests", 60.0, 1200.0)
+    batch = limit.spec(PACING_MARGIN, 1.0, "batch")
+    taken: list[float] = []
+    start = subject.clock.time()
+    _saturate(subject, lambda: batch, 20.0, taken)  # the account in use
+    subject.advance(65.0)  # every caller pauses for longer than a window: the bucket fills up
+    _saturate(subject, lambda: batch, 62.0, taken)  # ... and all come back at once
+    # what a provider's sliding window of a minute counts never passes the limit (a burst of a second's refill
+    # on top of a window of paced takes would)
+    assert most_in(taken, 60.0) <= 1200
+    # and no throughput is lost: the paced rate (less the reserve a batch leaves) over the time it ran
+    assert len(taken) >= (20.0 + 62.0 - 0.1) * batch.rate / batch.amount
+    # a new bucket let no batch take through at once: the account may be in use elsewhere
+    assert taken[0] - start >= batch.amount / batch.rate - 0.01
 
 
 def test_concurrency_slots_are_limited_released_and_heal_when_a_holder_dies(subject: Subject) -> None:

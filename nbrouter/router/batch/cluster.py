@@ -5,8 +5,9 @@
     ClusterExecutor.run(item) ─ the cache answers     │ chunks (bytes: requests, no pacer, no key)
       what it holds; the rest are gathered into   ────┼──────────────> run_chunk: the worker's own Router
       chunks and shipped through the Engine           │                 runs the chunk's calls at once
-    outcomes as each chunk completes: stored in  <────┘ outcomes (bytes)
-      the cache, counted in the budget, progress
+    outcomes as each item completes (streamed), <────┘ outcomes (bytes), per item as they finish
+      stored in the cache, counted in the budget,         (a streaming engine) and with the chunk
+      progress
 
 The driver keeps every decision of the batch (`dispatch.Dispatcher`), so the order, the batch budget,
 the progress bar and Ctrl-C behave as locally; workers only run calls. Items go out in chunks, each
@@ -22,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import RouteError
 from ..types import RouteResult
 from .port import CANCELLED, BatchItem, BatchRouter, Executor, LocalExecutor, NotDone
-from .engines import Engine, Running, engine_for
+from .engines import Engine, OnItems, Running, engine_for
 from .worker import Chunk, ChunkFailed, WorkerError, WorkerLost, check_shipped, keys_of, pack, spec_for, unpack
 
 #: items per chunk: ~16 makes the cluster's per-task cost small against the calls (bench_cluster.py)
@@ -72,12 +73,14 @@ class ClusterExecutor:
         chunk_size: items per chunk (default `DEFAULT_CHUNK`).
     """
 
-    def __init__(self, router: BatchRouter, engine: Engine, *, chunk_size: int | None = None) -> None:
+    def __init__(self, router: BatchRouter, engine: Engine, *, chunk_size: int | None = None, stream: bool = True) -> None:
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
         self.router = router
         self.engine = engine
         self.chunk_size = chunk_size or DEFAULT_CHUNK
+        #: the engine's `stream`, when it has one and streaming is wanted: items come back as they finish
+        self._stream: Callable[[bytes, bytes, OnItems], Running] | None = getattr(engine, "stream", None) if stream else None
         #: the batch's default concurrency: every slot busy with one chunk and one more waiting
         self.concurrency = engine.slots() * self.chunk_size * CHUNKS_PER_SLOT
         self._keys = keys_of(router.config)
@@ -152,7 +155,11 @@ class ClusterExecutor:
                       stop=self.engine.stop_check())
         try:
             data = check_shipped(pack(chunk), self._keys)
-            run.running = self.engine.submit(self._spec_data(), data)
+            if self._stream is not None:
+                loop = asyncio.get_running_loop()
+                run.running = self._stream(self._spec_data(), data, lambda items: _on_loop(loop, self._reported, run, items))
+            else:
+                run.running = self.engine.submit(self._spec_data(), data)
         except Exception as exc:  # refused (a key), or the cluster would not take it: the items fail, the batch goes on
             self._settle(run, _failure(exc))
             return
@@ -161,6 +168,14 @@ class ClusterExecutor:
         run.landed.add_done_callback(lambda landed: self._landed(run, landed))
 
     # ---- outcomes back ----------------------------------------------------------------------------
+
+    def _reported(self, run: _Run, items: list[tuple[int, Outcome]]) -> None:
+        """Items of a running chunk that finished (a streaming engine): each outcome is the item's now."""
+        for index, outcome in items:
+            entry = run.entries[index] if 0 <= index < len(run.entries) else None
+            if entry is not None and not entry.waiter.done():
+                self._record(entry.item, outcome)
+                entry.waiter.set_result(outcome)
 
     def _landed(self, run: _Run, landed: asyncio.Future[bytes]) -> None:
         live = [e for e in run.entries if not e.waiter.done()]
@@ -173,7 +188,10 @@ class ClusterExecutor:
                 if not entry.waiter.done():
                     self._record(entry.item, outcome)
                     entry.waiter.set_result(outcome)
-            return
+            live = [e for e in run.entries if not e.waiter.done()]
+            if not live:
+                return
+            error = ChunkShort(f"a chunk of {len(run.entries)} came back with {len(outcomes)} outcomes")
         if self._stopped:  # dropped by the engine on the way out: nothing of it came back
             self._settle(_Run(live), NotDone(CANCELLED))
             return
@@ -219,6 +237,18 @@ class ClusterExecutor:
         except asyncio.TimeoutError:  # the worker does not answer: give up on the chunk
             run.running.cancel()
             return None
+
+
+class ChunkShort(Exception):
+    """A chunk ended without an outcome for some of its items (a stream cut short): they are sent again."""
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """Call `fn(*args)` on the batch's loop, from an engine's thread; nothing once that loop has closed."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the batch has ended: the chunk's own result settles what is left, or no one waits
+        pass
 
 
 def _failure(error: BaseException, *, lost: bool = False) -> RouteError:

@@ -25,10 +25,12 @@ import copy
 import hashlib
 import importlib
 import pickle
+import queue
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..._core.secrets import scrub
 from ..errors import RouteError
@@ -42,6 +44,10 @@ from .port import CANCELLED, NOT_SENT_INTERRUPTED, BatchRouter, NotDone
 STOP_POLL_S = 0.5
 #: how long a chunk told to stop waits for its calls to record their cancel before it returns
 STOP_GRACE_S = 2.0
+#: a chunk hands on its finished items at most this often (those of one interval go together): each report
+#: costs a message to the driver, so items that finish close together share one, while the driver still
+#: hears of each within this long (bench_cluster.py measures both)
+REPORT_EVERY_S = 0.1
 #: the worker's Routers kept per process (one per configuration; the oldest is closed past this)
 ROUTERS_KEPT = 4
 
@@ -224,9 +230,11 @@ def worker_router(spec_data: bytes) -> Any:
         return router
 
 
-def run_chunk(spec_data: bytes, chunk_data: bytes) -> bytes:
+def run_chunk(spec_data: bytes, chunk_data: bytes, report: Callable[[list[tuple[int, bytes]]], None] | None = None) -> bytes:
     """The task a cluster runs: every call of a chunk at once on this process's Router; the outcomes, packed,
-    in the chunk's order.
+    in the chunk's order. Items that finish while others still run are handed to `report` as they finish,
+    [(index in the chunk, packed outcome), ...], so the driver has them before the chunk ends (those that
+    finish last come back with the chunk only).
 
     Told to stop (the chunk's stop check says so, or the engine interrupts the task with KeyboardInterrupt)
     it cancels the calls still running and returns all the same: what finished, and `NotDone` for the rest,
@@ -235,13 +243,44 @@ def run_chunk(spec_data: bytes, chunk_data: bytes) -> bytes:
     Raises:
         ChunkFailed: the chunk could not run at all (the message says why).
     """
+    started = _start(spec_data, chunk_data)
+    if isinstance(started, list):
+        return pack(started)
+    found: list[Outcome] = [NotDone(CANCELLED)] * len(started[1].requests)
+    for finished, last in _every(_as_finished(*started), REPORT_EVERY_S):
+        for index, outcome in finished:
+            found[index] = outcome
+        if report is not None and not last:
+            report([(index, pack(outcome)) for index, outcome in finished])
+    return pack(found)
+
+
+def run_chunk_streaming(spec_data: bytes, chunk_data: bytes) -> Iterator[bytes]:
+    """`run_chunk` as a generator (an engine that streams a task's values, Ray's `num_returns="streaming"`):
+    yields the packed [(index in the chunk, outcome), ...] of the items that finished, as they finish,
+    until every item of the chunk has come out.
+
+    Raises:
+        ChunkFailed: the chunk could not run at all (the message says why).
+    """
+    started = _start(spec_data, chunk_data)
+    if isinstance(started, list):
+        yield pack(list(enumerate(started)))
+        return
+    for finished, _ in _every(_as_finished(*started), REPORT_EVERY_S):
+        yield pack(finished)
+
+
+def _start(spec_data: bytes, chunk_data: bytes) -> tuple["_Calls", Chunk, concurrent.futures.Future[list[Outcome]]] | list[Outcome]:
+    """The chunk's calls started on this process's Router, or the outcomes of a chunk that is not to run (its
+    batch stopped while it waited for a worker)."""
     try:
         router = worker_router(spec_data)
         chunk: Chunk = unpack(chunk_data)
     except Exception as exc:  # nothing of the chunk ran: say why, once, instead of a traceback per item
         raise ChunkFailed(f"a worker could not start the chunk: {type(exc).__name__}: {scrub(str(exc))[:300]}") from None
     if chunk.stop is not None and chunk.stop():  # the batch stopped while this chunk waited for a worker
-        return pack([NotDone(NOT_SENT_INTERRUPTED) for _ in chunk.requests])
+        return [NotDone(NOT_SENT_INTERRUPTED) for _ in chunk.requests]
     for request in chunk.requests:
         request.pacer = chunk.pacing
     if any(request.schema is not None and request.schema.model is None for request in chunk.requests):
@@ -250,23 +289,30 @@ def run_chunk(spec_data: bytes, chunk_data: bytes) -> bytes:
         importlib.import_module("jsonschema")
     calls = _Calls(router, chunk.requests)
     future, _ = router.background.submit(calls.run())
-    return pack(_wait(future, calls, chunk.stop))
+    return calls, chunk, future
 
 
 class _Calls:
     """A chunk's calls on the router's loop: started together; each ends as its outcome, a cancelled one as
-    NotDone, so that stopping them leaves the outcomes of those that finished."""
+    NotDone, so that stopping them leaves the outcomes of those that finished. Each outcome is also put on
+    `finished` as it comes, for the chunk's thread to hand on."""
 
     def __init__(self, router: Any, requests: Sequence[CallRequest]) -> None:
         self.router = router
         self.requests = requests
         self.tasks: list[asyncio.Future[Outcome]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.finished: queue.SimpleQueue[tuple[int, Outcome]] = queue.SimpleQueue()
 
     async def run(self) -> list[Outcome]:
         self.loop = asyncio.get_running_loop()
-        self.tasks = [asyncio.ensure_future(_run_one(self.router, r)) for r in self.requests]
+        self.tasks = [asyncio.ensure_future(self._one(i, r)) for i, r in enumerate(self.requests)]
         return list(await asyncio.gather(*self.tasks))
+
+    async def _one(self, index: int, request: CallRequest) -> Outcome:
+        outcome = await _run_one(self.router, request)
+        self.finished.put((index, outcome))
+        return outcome
 
     def stop(self) -> None:
         """Cancel the calls still running (from any thread)."""
@@ -275,20 +321,69 @@ class _Calls:
             loop.call_soon_threadsafe(lambda: [task.cancel() for task in self.tasks])
 
 
-def _wait(future: concurrent.futures.Future[list[Outcome]], calls: _Calls, stop: Callable[[], bool] | None) -> list[Outcome]:
-    """The chunk's outcomes. Meanwhile `stop` is looked at every STOP_POLL_S; when it says so, or when the
-    engine interrupts (KeyboardInterrupt), the calls are cancelled and what finished is returned."""
-    while True:
+def _as_finished(calls: _Calls, chunk: Chunk, future: concurrent.futures.Future[list[Outcome]]
+                 ) -> Iterator[tuple[list[tuple[int, Outcome]], bool]]:
+    """The chunk's outcomes in groups as they finish (every one that finished since the last group), each with
+    whether it is the last; an empty group at least every REPORT_EVERY_S meanwhile (a tick). The chunk's
+    `stop` is looked at every STOP_POLL_S; when it says so, or when the engine interrupts (KeyboardInterrupt),
+    the calls are cancelled, and what finished and NotDone for the rest still come out."""
+    n, stop = len(chunk.requests), chunk.stop
+    seen: set[int] = set()
+    deadline: float | None = None
+    looked = time.monotonic()
+    while len(seen) < n:
         try:
             try:
-                return future.result(timeout=STOP_POLL_S)
-            except concurrent.futures.TimeoutError:
-                if stop is None or not stop():
-                    continue
+                wait = REPORT_EVERY_S if deadline is None else max(deadline - time.monotonic(), 0.0)
+                group = [calls.finished.get(timeout=wait)]
+            except queue.Empty:
+                if future.done() and future.exception() is not None:  # the calls' loop itself failed
+                    raise ChunkFailed(f"a worker's calls ended: {type(future.exception()).__name__}") from None
+                if deadline is not None:  # the cancelled calls did not end in time: the rest are not done
+                    break
+                if stop is not None and time.monotonic() - looked >= STOP_POLL_S:
+                    looked = time.monotonic()
+                    if stop():
+                        calls.stop()
+                        deadline = time.monotonic() + STOP_GRACE_S
+                yield [], False
+                continue
         except KeyboardInterrupt:  # Ray's cancel of a running task
-            pass
-        calls.stop()
-        return future.result(timeout=STOP_GRACE_S)
+            calls.stop()
+            deadline = time.monotonic() + STOP_GRACE_S
+            continue
+        group += _drained(calls.finished)  # every other one that has finished by now goes with it
+        seen.update(i for i, _ in group)
+        yield group, len(seen) == n
+    if len(seen) < n:
+        group = [(i, o) for i, o in _drained(calls.finished) if i not in seen]
+        seen.update(i for i, _ in group)
+        yield group + [(i, NotDone(CANCELLED)) for i in range(n) if i not in seen], True
+
+
+def _every(groups: Iterator[tuple[list[tuple[int, Outcome]], bool]], interval: float
+           ) -> Iterator[tuple[list[tuple[int, Outcome]], bool]]:
+    """The same outcomes, gathered: a group comes out at most every `interval` (the first one `interval`
+    after the start), and the last one at once."""
+    pending: list[tuple[int, Outcome]] = []
+    due = time.monotonic() + interval
+    for group, last in groups:
+        pending += group
+        if last:
+            yield pending, True
+            return
+        if pending and time.monotonic() >= due:
+            yield pending, False
+            pending, due = [], time.monotonic() + interval
+
+
+def _drained(finished: "queue.SimpleQueue[tuple[int, Outcome]]") -> list[tuple[int, Outcome]]:
+    out = []
+    while True:
+        try:
+            out.append(finished.get_nowait())
+        except queue.Empty:
+            return out
 
 
 async def _run_one(router: Any, request: CallRequest) -> Outcome:
@@ -304,4 +399,4 @@ async def _run_one(router: Any, request: CallRequest) -> Outcome:
 
 
 __all__ = ["Chunk", "ChunkFailed", "KeyLeak", "WorkerError", "WorkerLost", "WorkerSpec", "check_shipped", "config_data",
-           "keys_of", "pack", "run_chunk", "spec_for", "unpack"]
+           "keys_of", "pack", "run_chunk", "run_chunk_streaming", "spec_for", "unpack"]

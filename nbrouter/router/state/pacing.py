@@ -61,14 +61,16 @@ from .shared import (
 
 MINUTE_S = 60.0
 DAY_S = 86400.0
-#: a minute bucket holds this many seconds of refill (a burst no larger than a provider's shortest window)
+#: a minute bucket holds at most this many seconds of refill (jitter in when callers come back is absorbed by it)
 BURST_S = 1.0
 #: the share of a limit the pacer aims at: our clock and the provider's see each request at slightly
 #: different moments, so pacing at exactly the limit would meet an occasional 429
 PACING_MARGIN = 0.99
-#: a requests bucket seen for the first time holds this many requests for a batch (beyond the reserve):
-#: an account's state at the provider is unknown (it may be in use elsewhere), so the pacer probes first
-PROBE_REQUESTS = 1.0
+#: the share of a minute limit's slack (the limit less what the pacer sends in a window at its rate) that a
+#: bucket may hold as a burst; the rest of the slack absorbs jitter. A token bucket admits at most its burst
+#: plus rate x window in any window, so a burst within the slack keeps every sliding window of the provider
+#: within the limit, even when many callers come back together after a pause
+BURST_SLACK_SHARE = 0.5
 #: what each requests bucket keeps for the interactive lane: a cell's call never waits behind a batch
 INTERACTIVE_REQUESTS = 1.0
 #: the share of a tokens bucket kept for the interactive lane
@@ -110,7 +112,7 @@ class Limit:
     window_s: float
     limit: float
     #: what the provider said was left when this limit was learned (a header's remaining): a bucket new to
-    #: the store starts there; None (a configured quota) starts it at one probing request
+    #: the store starts there; None (a configured quota) starts a minute bucket at the interactive reserve
     start: float | None = field(default=None, compare=False)
 
     @property
@@ -122,24 +124,37 @@ class Limit:
         return f"{self.limit:g} {self.what}/{per}"
 
     def spec(self, margin: float, amount: float, lane: Lane) -> BucketSpec:
-        """The bucket this limit is, taking `amount` (a request, or the call's tokens) in `lane`."""
-        rate = max(self.limit * margin / self.window_s, 1e-9)
+        """The bucket this limit is, taking `amount` (a request, or the call's tokens) in `lane`.
+
+        A minute bucket is sized so that what it admits in any window stays within the limit, as a provider's
+        sliding window counts it: at most its burst (`capacity` less the reserve) plus `rate` x window. The
+        burst is the smaller of `BURST_S` of refill and `BURST_SLACK_SHARE` of the slack the margin leaves,
+        and never less than one take (takes at the rate with one in hand: 1 + margin x limit / take of them
+        in a window, fewer than limit + 1). A day bucket holds the day's allowance."""
+        paced = max(self.limit * margin / self.window_s, 1e-9)
         # a batch's take costs a little more, so that it leaves the reserve's refill to interactive calls
         batch = amount / (1.0 - self.reserved_share)
         if lane == "batch":
             amount = batch
+        tokens_keep = INTERACTIVE_TOKEN_SHARE if self.what == "tokens" else 0.0
+        if self.window_s >= DAY_S:
+            base, rate = max(self.limit, batch, 1.0), paced
+        else:
+            room = self.limit * (1.0 - margin) * BURST_SLACK_SHARE
+            room = room / (1.0 + tokens_keep) if self.what == "tokens" else room - INTERACTIVE_REQUESTS
+            base, rate = max(min(paced * BURST_S, room), batch, 1.0), paced
         # the bucket holds at least one batch take above the reserve (a take larger than a burst, tokens of
         # a long prompt, waits for a full bucket and leaves it in debt), and the reserve on top
-        base = max(self.limit if self.window_s >= DAY_S else rate * BURST_S, batch, 1.0)
-        keep = INTERACTIVE_REQUESTS if self.what == "requests" else base * INTERACTIVE_TOKEN_SHARE
+        keep = INTERACTIVE_REQUESTS if self.what == "requests" else base * tokens_keep
         capacity = base + keep
-        # a bucket new to the store must let its first take through: the store keeps a bucket from its first
-        # take on (one no take fits would start afresh, never refilled, at every ask); a minute bucket
-        # starts at that one probing take, or at what a header said was left when it is more
+        # a bucket new to the store starts with the reserve only (a minute bucket) or what a header said was
+        # left: the provider may have counted other users' requests in its window (an account in steady use
+        # elsewhere), which no store of ours has seen, so the first batch take waits one refill, 1 / rate,
+        # rather than meeting a 429. The store keeps a new bucket from its first ask, taken or not, so it fills
         if self.start is not None:
-            initial = max(self.start, keep + batch * PROBE_REQUESTS)
-        elif self.what == "requests" and self.window_s < DAY_S:
-            initial = keep + batch * PROBE_REQUESTS
+            initial = max(self.start, 0.0)
+        elif self.window_s < DAY_S:
+            initial = keep
         else:
             initial = capacity
         return BucketSpec(self.scope, self.name, rate, capacity, min(initial, capacity), amount, keep / capacity)
@@ -688,5 +703,5 @@ def _with_amount(spec: BucketSpec, amount: float) -> BucketSpec:
     return BucketSpec(spec.scope, spec.name, spec.rate, spec.capacity, spec.initial, amount, spec.reserve)
 
 
-__all__ = ["BURST_S", "DAY_S", "INTERACTIVE", "LEARNING", "Lanes", "Limit", "MAX_WAIT_S", "MINUTE_S", "PACED", "PACING_MARGIN",
+__all__ = ["BURST_S", "BURST_SLACK_SHARE", "DAY_S", "INTERACTIVE", "LEARNING", "Lanes", "Limit", "MAX_WAIT_S", "MINUTE_S", "PACED", "PACING_MARGIN",
            "Pacer", "SENT_PREFIX", "Ticket", "USAGE_PREFIX", "WindowGuess"]

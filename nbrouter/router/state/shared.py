@@ -587,10 +587,12 @@ class Rules:
 
     @staticmethod
     def _level(tx: Tx, now: float, account: str, spec: BucketSpec) -> list[float]:
+        """[level, stamp, blocked_until] refilled to now; a bucket the store has not kept yet starts at
+        `spec.initial` (and has a fourth item, 1.0: the admission keeps it even when it refuses)."""
         value = tx.get("bucket", f"{account}|{spec.field}")
         if value is None:
-            return [min(spec.initial, spec.capacity), now, 0.0]
-        level, stamp, blocked = (float(v) for v in value)
+            return [min(spec.initial, spec.capacity), now, 0.0, 1.0]
+        level, stamp, blocked = (float(v) for v in value[:3])
         if now > stamp:
             level = min(spec.capacity, level + (now - stamp) * spec.rate)
             stamp = now
@@ -605,7 +607,7 @@ class Rules:
 
     @staticmethod
     def _put_level(tx: Tx, account: str, spec: BucketSpec, b: Sequence[float]) -> None:
-        tx.put("bucket", f"{account}|{spec.field}", list(b))
+        tx.put("bucket", f"{account}|{spec.field}", list(b[:3]))
 
     @staticmethod
     def _slots(tx: Tx, now: float, account: str) -> dict[str, float]:
@@ -648,6 +650,11 @@ class Rules:
             if wait > worst:
                 worst, which = wait, spec.field
         if worst > 0:
+            # a bucket new to the store is kept as it starts (the reserve, or what a header said was left):
+            # refused or not, it fills from its first ask on; one started afresh at every ask never would
+            for b, spec in zip(levels, req.buckets):
+                if len(b) > 3:
+                    Rules._put_level(tx, req.account, spec, b)
             return Admission(False, worst, "bucket", bucket=which)
         taken: str | None = None
         if req.slot is not None:

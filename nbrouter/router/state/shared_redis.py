@@ -180,9 +180,10 @@ local function breaker_view(b)
   return 'half_open', now < b.probe_until
 end
 
+-- {level, stamp, blocked} refilled to now; a bucket not kept yet starts at initial, with a 4th item (new)
 local function bucket_level(kkey, field, rate, cap, initial)
   local v = redis.call('HGET', kkey, field)
-  if not v then return {math.min(initial, cap), now, 0} end
+  if not v then return {math.min(initial, cap), now, 0, 1} end
   local l, s, bl = string.match(v, '(%S+) (%S+) (%S+)')
   l = tonumber(l); s = tonumber(s); bl = tonumber(bl)
   if now > s then
@@ -385,7 +386,13 @@ for i, s in ipairs(r.buckets) do
   wait = math.max(wait, b[3] - now)
   if wait > worst then worst, which = wait, s[1] end
 end
-if worst > 0 then return {0, f(worst), 'bucket', '', which, '', 0, f(now)} end
+if worst > 0 then
+  -- a new bucket is kept as it starts, refused or not: it fills from its first ask on
+  for i, s in ipairs(r.buckets) do
+    if levels[i][4] then bucket_save(KEYS[3], s[1], levels[i]) end
+  end
+  return {0, f(worst), 'bucket', '', which, '', 0, f(now)}
+end
 local slot = ''
 if r.slot_limit > 0 then
   if not slot_take(KEYS[4], r.slot_limit, r.slot_ttl, ARGV[4]) then
