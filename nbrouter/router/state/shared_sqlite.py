@@ -5,10 +5,15 @@ The rows live in the file's `shared` table, next to the state and the call log o
 (space, key, value as JSON, expires). A transaction reads what it needs, decides by the same rule the
 memory store runs, and writes before it commits; another process waits for the write lock (the busy
 timeout), never reads a stale value to write back.
+
+A verb asked on the event loop tries once without waiting (the file free: the common case, no thread, no
+hop); when another process holds the write lock it waits for it in a worker thread, so that the loop
+goes on with the other calls meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -67,6 +72,10 @@ class _SQLiteTx:
         return [(k, json.loads(v)) for k, v in rows]
 
 
+class _Busy(Exception):
+    """The file's write lock is held by another connection (a first attempt that does not wait)."""
+
+
 class SQLiteShared(RuleStore):
     """The shared state in a SQLite file, for every process of one machine.
 
@@ -82,9 +91,15 @@ class SQLiteShared(RuleStore):
         self.path = Path(path)
         self.clock = clock
         self.busy_timeout_s = busy_timeout_s
+        #: two connections: one that never waits (tried first, on the caller's thread) and one that waits
+        #: for the lock up to the busy timeout (in a worker thread when the caller is an event loop)
         self._conn: sqlite3.Connection | None = None
+        self._waiting: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._wait_lock = threading.Lock()
         self._steps = 0
+        #: verbs that found the file locked and waited for it off the event loop
+        self.waited = 0
 
     @property
     def mode(self) -> str:
@@ -97,44 +112,79 @@ class SQLiteShared(RuleStore):
     def mirror_holds(self) -> dict[str, Hold]:
         return self.run(Rules.holds)
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(SHARED_TABLE)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
+    def _connect(self, timeout: float) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=timeout, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(SHARED_TABLE)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def run(self, rule: Callable[..., T], *args: Any) -> T:
-        """Run one rule in one write transaction. Raises StoreDown if the file cannot be used now."""
-        with self._lock:
+        """Run one rule in one write transaction, waiting for the file's lock up to the busy timeout (the
+        caller's thread waits). Raises StoreDown if the file cannot be used now."""
+        with self._wait_lock:
             try:
-                conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    now = self.clock.time()
-                    result = rule(_SQLiteTx(conn, now), now, *args)
-                    self._steps += 1
-                    if self._steps % _SWEEP_EVERY == 0:
-                        conn.execute("DELETE FROM shared WHERE expires<=?", (now,))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                if self._waiting is None:
+                    self._waiting = self._connect(self.busy_timeout_s)
+                return self._transaction(self._waiting, rule, args)
             except (sqlite3.Error, OSError) as exc:
-                what = "busy (another process holds its lock)" if is_busy(exc) else str(exc)
-                raise StoreDown(f"the state file {self.path} cannot be used: {what}") from None
-            return result
+                raise self._down(exc) from None
+
+    async def arun(self, rule: Callable[..., T], *args: Any) -> T:
+        """Run one rule in one write transaction without stalling the event loop: tried at once without
+        waiting; if another process holds the file's lock, waited for in a worker thread."""
+        if self._lock.acquire(blocking=False):  # (held: another thread is in a verb: it waits its turn too)
+            try:
+                if self._conn is None:
+                    # the connection that never waits: a lock held elsewhere is SQLITE_BUSY at once
+                    self._conn = self._connect(0.0)
+                return self._transaction(self._conn, rule, args)
+            except _Busy:
+                pass
+            except (sqlite3.Error, OSError) as exc:
+                if not is_busy(exc):  # (busy while connecting: the file is being set up elsewhere)
+                    raise self._down(exc) from None
+            finally:
+                self._lock.release()
+        self.waited += 1
+        return await asyncio.to_thread(self.run, rule, *args)
+
+    def _transaction(self, conn: sqlite3.Connection, rule: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """One BEGIN IMMEDIATE ... COMMIT around the rule; `_Busy` when a connection that does not wait
+        finds the lock held (nothing was done: the rule may run again)."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if is_busy(exc) and conn is self._conn:
+                raise _Busy() from None
+            raise
+        try:
+            now = self.clock.time()
+            result = rule(_SQLiteTx(conn, now), now, *args)
+            self._steps += 1
+            if self._steps % _SWEEP_EVERY == 0:
+                conn.execute("DELETE FROM shared WHERE expires<=?", (now,))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if conn is self._conn and isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+                raise _Busy() from None  # (rolled back: run again where waiting is allowed)
+            raise
+        return result
+
+    def _down(self, exc: BaseException) -> StoreDown:
+        what = "busy (another process holds its lock)" if is_busy(exc) else str(exc)
+        return StoreDown(f"the state file {self.path} cannot be used: {what}")
 
     async def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        with self._lock, self._wait_lock:
+            for conn in (self._conn, self._waiting):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._waiting = None
