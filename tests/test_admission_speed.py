@@ -226,6 +226,41 @@ def test_writes_of_calls_ending_one_after_another_share_a_round_trip(monkeypatch
     assert store.applied == 2 and _count(store) == 11  # ...which drain sends, every count in it
 
 
+def test_writes_added_while_a_round_trip_is_out_wait_to_go_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a store over the network (Redis): a write's round trip yields to the loop; the calls ending meanwhile
+    # gather for the next one rather than each following at once
+    monkeypatch.setattr(WriteBehind, "FLUSH_S", 3600.0)
+    clock = ManualClock()
+
+    class Slow(Counted):
+        gate: asyncio.Event
+
+        async def apply(self, writes: Any) -> None:
+            await self.gate.wait()
+            await super().apply(writes)
+
+    store = Slow(clock)
+    pacer = _pacer(store, clock)
+
+    async def calls() -> int:
+        store.gate = asyncio.Event()
+        pacer.write_behind([SENT])
+        for _ in range(3):
+            await asyncio.sleep(0)  # its round trip is out
+        for _ in range(5):
+            pacer.write_behind([SENT])
+            await asyncio.sleep(0)
+        store.gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        before_drain = store.applied
+        await pacer.drain()
+        return before_drain
+
+    assert asyncio.run(calls()) == 1
+    assert store.applied == 2 and _count(store) == 6
+
+
 def test_a_slot_given_back_is_written_at_the_next_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(WriteBehind, "FLUSH_S", 3600.0)
     clock = ManualClock()

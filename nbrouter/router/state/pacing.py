@@ -257,9 +257,11 @@ class WriteBehind:
         self._loop_ref = weakref.ref(loop)
         self.pending: list[Write] = []
         self.task: asyncio.Task[None] | None = None
-        #: when the last round trip went (the loop's clock), and what wakes the one waiting for its time
+        #: when the last round trip went (the loop's clock), what wakes the flush waiting for its time, and
+        #: whether what waits must go at the next turn (a slot given back, a drain)
         self._last = -math.inf
         self._wake: asyncio.Future[None] | None = None
+        self._urgent = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -268,59 +270,68 @@ class WriteBehind:
 
     def add(self, writes: Sequence[Write]) -> None:
         self.pending.extend(writes)
+        for w in writes:
+            if type(w) is ReleaseSlot:
+                self.now()
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._flush())
-        elif self._wake is not None:
-            for w in writes:
-                if type(w) is ReleaseSlot:
-                    self.now()
 
     def now(self) -> None:
-        """Send what waits without waiting for `FLUSH_S`."""
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        """Send what waits at the next turn, without waiting for `FLUSH_S`."""
+        self._urgent = True
+        if self._wake is not None:
+            _wake_up(self._wake)
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             try:
                 await self._gather(loop)
+                await self._write(self.pending)
             except asyncio.CancelledError:  # the loop ends: what waits is written before it goes
-                await self._write()
+                while self.pending:
+                    await self._write(self.pending)
                 raise
-            await self._write()
         finally:
             self.task = None
+        if self.pending:  # added while the round trip was out (a store that answers over the network)
+            self.task = loop.create_task(self._flush())
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait while the writes of other calls come in: this turn, or until `FLUSH_S` after the last
         round trip."""
         wait = self._last + self.FLUSH_S - loop.time()
-        if wait <= 0 or any(isinstance(w, ReleaseSlot) for w in self.pending):
+        if wait <= 0 or self._urgent:
             await asyncio.sleep(0)  # the other calls ending in this turn add theirs first
             return
         self._wake = loop.create_future()
-        timer = loop.call_later(wait, self.now)
+        timer = loop.call_later(wait, _wake_up, self._wake)
         try:
             await self._wake
         finally:
             timer.cancel()
             self._wake = None
 
-    async def _write(self) -> None:
-        while self.pending:
-            self._last = asyncio.get_running_loop().time()
-            batch, self.pending = _merged(self.pending), []
-            try:
-                await self.pacer.shared.apply(batch)
-            except StoreDown as exc:  # a store without its guard: the writes are lost, and it says so
-                self.pacer.store_error = str(exc)
+    async def _write(self, pending: list[Write]) -> None:
+        """One round trip with what waits now."""
+        self._last = asyncio.get_running_loop().time()
+        self._urgent = False
+        batch, self.pending = _merged(pending), []
+        try:
+            await self.pacer.shared.apply(batch)
+        except StoreDown as exc:  # a store without its guard: the writes are lost, and it says so
+            self.pacer.store_error = str(exc)
 
     async def drain(self) -> None:
         """Wait until everything added so far is written."""
         while self.task is not None:
             self.now()
             await asyncio.shield(self.task)
+
+
+def _wake_up(waiting: "asyncio.Future[None]") -> None:
+    if not waiting.done():
+        waiting.set_result(None)
 
 
 class Pacer:
@@ -363,6 +374,8 @@ class Pacer:
         self._last_behind: WriteBehind | None = None
         #: admissions being gathered this turn of the event loop, per (loop, (candidate key, lane))
         self._joins: dict[tuple[asyncio.AbstractEventLoop, tuple[str, str]], _Group] = {}
+        #: False: no leases, every call asks the store (what one round trip costs is measured so)
+        self.leasing = True
         #: the takes held here for the next calls, per (candidate key, lane) (`lease.Lease`)
         self._leases: dict[tuple[str, str], Lease] = {}
         #: each call's buckets, per (candidate key, lane, tokens), as long as the limits they come from hold
@@ -502,7 +515,7 @@ class Pacer:
     def _lease_of(self, c: Candidate, key: tuple[str, str]) -> Lease | None:
         """The lease of `c` in a lane, None when its calls must each ask the store (it met a 429, a hold or a
         breaker: the store's answer may differ from call to call)."""
-        if c.key in self._watched or c.account_key in self._watched:
+        if not self.leasing or c.key in self._watched or c.account_key in self._watched:
             return None
         lease = self._leases.get(key)
         if lease is None:
