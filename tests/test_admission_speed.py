@@ -17,7 +17,7 @@ import pytest
 from nbrouter._core import ErrorKind, ProviderFailure
 from nbrouter.router.state.lease import LEASE_TTL_S
 from nbrouter.router.state.pacing import SENT_PREFIX, Lanes, Pacer, Ticket, WriteBehind
-from nbrouter.router.state.shared import AddCount, MemoryShared, ReleaseSlot, SlotRequest, Window
+from nbrouter.router.state.shared import AddCount, LowerBucket, MemoryShared, ReleaseSlot, SlotRequest, Window
 from nbrouter.router.state.shared_sqlite import SQLiteShared
 from nbrouter.router.types import Candidate
 from nbrouter.testing import ManualClock
@@ -283,6 +283,31 @@ def test_a_slot_given_back_is_written_at_the_next_turn(monkeypatch: pytest.Monke
 
     applied, again = asyncio.run(calls())
     assert applied == 2 and len(again) == 1
+
+
+def test_a_replys_remaining_count_is_written_at_the_next_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    # it is about the moment the reply came: held back with others, it would lower the bucket for refills
+    # that came since
+    monkeypatch.setattr(WriteBehind, "FLUSH_S", 3600.0)
+    clock = ManualClock()
+    store = Counted(clock)
+    pacer = _pacer(store, clock)
+    _full(pacer, clock)
+    spec = pacer.limits_of(C)[0].spec(pacer.margin, 1.0, "interactive")
+
+    async def calls() -> int:
+        pacer.write_behind([SENT])
+        for _ in range(3):
+            await asyncio.sleep(0)
+        pacer.write_behind([SENT])
+        await asyncio.sleep(0)
+        pacer.write_behind([LowerBucket(ACCOUNT, spec, 100.0)])
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return store.applied
+
+    applied = asyncio.run(calls())
+    assert applied == 2 and _level(pacer) == pytest.approx(100.0)
 
 
 def test_writes_still_gathering_when_the_event_loop_ends_are_written(monkeypatch: pytest.MonkeyPatch) -> None:

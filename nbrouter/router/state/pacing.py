@@ -246,8 +246,10 @@ class WriteBehind:
     calls' path. (A failure's writes, a hold or a 429's empty buckets, are sent at once instead.)
 
     Under load the gathering spans more than a turn: a round trip goes at most every `FLUSH_S` (the first
-    after a quiet spell at once), so that calls ending one after another (concurrency 1) share one too. A
-    slot given back goes at the next turn (another call may be waiting for it); `drain` sends what waits."""
+    after a quiet spell at once), so that calls ending one after another (concurrency 1) share one too.
+    What must not wait goes at the next turn: a slot given back (another call may be waiting for it), and a
+    reply's remaining count (`LowerBucket`: it is about the moment the reply came, and gathered with others
+    it would lower the bucket for refills that came since). `drain` sends what waits."""
 
     #: the least time between two round trips of written-behind writes
     FLUSH_S = 0.025
@@ -271,7 +273,7 @@ class WriteBehind:
     def add(self, writes: Sequence[Write]) -> None:
         self.pending.extend(writes)
         for w in writes:
-            if type(w) is ReleaseSlot:
+            if type(w) in _URGENT:
                 self.now()
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._flush())
@@ -327,6 +329,10 @@ class WriteBehind:
         while self.task is not None:
             self.now()
             await asyncio.shield(self.task)
+
+
+#: the writes that go at the next turn rather than wait for `WriteBehind.FLUSH_S`
+_URGENT = frozenset({ReleaseSlot, LowerBucket})
 
 
 def _wake_up(waiting: "asyncio.Future[None]") -> None:
