@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from nbrouter._core import ErrorKind, ProviderFailure
-from nbrouter.router.state.lease import LEASE_TTL_S
+from nbrouter.router.state.lease import LEASE_S, LEASE_TTL_S
 from nbrouter.router.state.pacing import SENT_PREFIX, Lanes, Pacer, Ticket, WriteBehind
 from nbrouter.router.state.shared import AddCount, LowerBucket, MemoryShared, ReleaseSlot, SlotRequest, Window
 from nbrouter.router.state.shared_sqlite import SQLiteShared
@@ -82,6 +82,12 @@ async def _one_by_one(pacer: Pacer, clock: ManualClock, n: int, lane: str = "int
     return out
 
 
+async def _settled() -> None:
+    """Let a lease's top-up asked beside the calls (a task) finish."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
 def test_a_busy_candidates_calls_are_admitted_from_a_lease_with_a_round_trip_per_lease_not_per_call() -> None:
     clock = ManualClock()
     store = Counted(clock)
@@ -105,6 +111,57 @@ def test_a_busy_candidates_calls_are_admitted_from_a_lease_with_a_round_trip_per
 def _level_now(pacer: Pacer) -> float:
     spec = pacer.limits_of(C)[0].spec(pacer.margin, 1.0, "interactive")
     return pacer.shared.run(lambda tx, now: tx.get("bucket", f"{ACCOUNT}|{spec.field}"))[0]  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_lease_is_topped_up_beside_the_calls_so_that_none_waits_for_the_store() -> None:
+    clock = ManualClock()
+    store = Counted(clock)
+    pacer = _pacer(store, clock)
+    _full(pacer, clock)
+
+    async def calls() -> tuple[int, int]:
+        await _one_by_one(pacer, clock, 100)
+        await _settled()
+        before, waited = store.asked, 0
+        for _ in range(2000):
+            admission = pacer.admit(C, 10, Lanes("interactive"), clock.time())
+            try:
+                admission.send(None)
+            except StopIteration as done:  # answered without yielding to the loop: no store round trip
+                assert isinstance(done.value, Ticket)
+                pacer.end(C)
+            else:
+                waited += 1
+                admission.close()
+            await _settled()  # (the top-ups asked meanwhile run)
+        return waited, store.asked - before
+
+    waited, asked = asyncio.run(calls())
+    assert waited == 0 and asked > 0  # the store was asked (for more), never by a call
+
+
+def test_a_hold_another_process_sets_reaches_a_leasing_process_by_its_next_top_up() -> None:
+    clock = ManualClock()
+    store = Counted(clock)
+    pacer = _pacer(store, clock)
+    _full(pacer, clock)
+
+    async def calls() -> tuple[int, Any]:
+        await _one_by_one(pacer, clock, 100)
+        await _settled()
+        await store.extend_hold(C.key, "cooldown", clock.time() + 30, "rate limited (another kernel)")
+        for n in range(1, 10_000):
+            answer = (await _one_by_one(pacer, clock, 1))[0]
+            await _settled()
+            if not isinstance(answer, Ticket):
+                return n, answer
+        return -1, None
+
+    n, answer = asyncio.run(calls())
+    lease = int(9_900 * LEASE_S)  # the most a lease of this account holds (a sliver of its refill)
+    # the lease holds at most half a lease more than its last top-up put in; the next top-up heard the hold
+    assert 0 < n <= lease + 1
+    assert answer[0].startswith("cooling down: rate limited (another kernel)")
 
 
 def test_leases_of_two_processes_never_admit_more_than_the_bucket_holds() -> None:
@@ -142,9 +199,11 @@ def test_a_lease_is_spent_only_within_its_time_on_the_router_clock() -> None:
 
     async def calls() -> tuple[int, int]:
         await _one_by_one(pacer, clock, 100)  # a lease holds takes now
+        await _settled()
         before = store.asked
         await _one_by_one(pacer, clock, 1)
         spent_from_lease = store.asked - before
+        await _settled()
         clock.advance(LEASE_TTL_S)
         before = store.asked
         await _one_by_one(pacer, clock, 1)
@@ -162,6 +221,7 @@ def test_a_429_ends_the_accounts_leases_and_every_later_call_asks_the_store() ->
 
     async def calls() -> tuple[list[Any], int]:
         answers = await _one_by_one(pacer, clock, 100)
+        await _settled()
         ticket = answers[-1]
         pacer._in_flight[C.key] = 1  # (it is on the wire)
         limited = ProviderFailure(ErrorKind.RATE_LIMIT, "429", status=429, retry_after_s=5.0)

@@ -3,6 +3,7 @@ and spent here, so that a busy account's calls cost no store round trip each.
 
     admission asked of the store ── takes this call's share + k calls' more ──> the lease (k calls)
     the next k calls ── taken from the lease, here (no round trip) ──> sent
+    the lease down to half ── k calls' more asked beside the calls (a task: no call waits for it)
     what is left after `LEASE_TTL_S` ── given back to the buckets (one write, sent behind the calls)
 
 Exact as the store is: a lease's units were taken from the shared buckets before any call spends them, so
@@ -10,10 +11,11 @@ every process together never sends more than the limits admit; a unit unspent go
 was taken, and never above a bucket's capacity). What a lease costs the others: its units are out of the
 buckets while it lasts, so a lease holds at most `LEASE_S` seconds of a bucket's refill (an account paced
 below `MIN_LEASE / LEASE_S` requests a second is never leased: its calls each ask the store, and they are
-few), and only as many calls as this process sent in the last `LEASE_TTL_S` (a call now and then is not
-leased for). A hold or a breaker another process sets is seen within `LEASE_TTL_S` (a lease's calls do not
-ask the store); a candidate or account that met a 429, a hold or a breaker is never leased for again in
-this process (`Pacer.watching`): each of its calls asks.
+few), and only about a lease's time of calls at the rate this process sent them lately (a call now and
+then is not leased for). A hold or a breaker another process sets is heard by the next top-up (within a
+lease of calls, and `LEASE_TTL_S` at most): the lease is given back and the calls ask the store again; a
+candidate or account that met a 429, a hold or a breaker here is never leased for again in this process
+(`Pacer.watching`): each of its calls asks.
 """
 
 from __future__ import annotations
@@ -23,26 +25,30 @@ from typing import Sequence
 
 from .shared import AdjustBucket, BucketSpec
 
-__all__ = ["LEASE_S", "LEASE_TTL_S", "MAX_LEASE", "MIN_LEASE", "Lease", "lease_size"]
+__all__ = ["DEMAND_S", "LEASE_S", "LEASE_TTL_S", "MAX_LEASE", "MIN_LEASE", "Lease", "lease_size"]
 
 #: a lease holds at most this many seconds of each bucket's refill
 LEASE_S = 0.02
 #: a lease covers at most this many calls
-MAX_LEASE = 256
+MAX_LEASE = 512
 #: a lease for fewer calls is not worth taking (the call asks the store for itself)
 MIN_LEASE = 2
 #: what a lease holds unspent this long goes back to the buckets (and its calls see other processes'
-#: holds at most this late)
-LEASE_TTL_S = 0.05
+#: holds at most this late); a lease is sized to last about this long, and topped up at half of it
+LEASE_TTL_S = 0.1
+#: the calls of a candidate are counted over windows this long (the size of its next lease: twice that)
+DEMAND_S = LEASE_TTL_S / 2
 #: a bucket that refused a lease is not leased from again for this long (it is near its limit)
 LEASE_PAUSE_S = 0.05
 
 
 def lease_size(specs: Sequence[BucketSpec], taken: Sequence[float], demand: int) -> int:
     """How many calls like `specs` a lease may take beside `taken` (what the admission takes already):
-    within `LEASE_S` of each bucket's refill, what each bucket holds for the lane, the calls sent lately
-    (`demand`) and `MAX_LEASE`; 0 when fewer than `MIN_LEASE`."""
-    k = float(min(demand, MAX_LEASE))
+    within `LEASE_S` of each bucket's refill, what each bucket holds for the lane, the calls of a lease's
+    time at the rate sent lately (`demand`, per `DEMAND_S`: it is topped up at half, so its rest lasts while
+    the top-up is asked, a file busy with another writer included) and `MAX_LEASE`; 0 when fewer than
+    `MIN_LEASE`."""
+    k = float(min(2 * demand, MAX_LEASE))
     for spec, total in zip(specs, taken):
         if spec.amount <= 0:
             return 0
@@ -59,13 +65,18 @@ class Lease:
         account: the account key (the buckets' owner in the store).
     """
 
-    __slots__ = ("account", "specs", "left", "until", "paused_until", "window_start", "count", "last_count", "generation")
+    __slots__ = ("account", "specs", "left", "filled", "topping", "until", "paused_until", "window_start", "count", "last_count",
+                 "generation")
 
     def __init__(self, account: str) -> None:
         self.account = account
         #: the buckets the units were taken from (their numbers, to give them back), and what is left of each
         self.specs: tuple[BucketSpec, ...] = ()
         self.left: list[float] = []
+        #: what the last fill added to each (the lease is topped up when it is down to half of that), and
+        #: whether a top-up is being asked for
+        self.filled: list[float] = []
+        self.topping = False
         #: when the units stop being spent (the router clock's monotonic seconds)
         self.until = -math.inf
         self.paused_until = -math.inf
@@ -77,8 +88,8 @@ class Lease:
 
     def note(self, now: float) -> None:
         """Count one call of this candidate and lane (leased or asked) in the current window."""
-        if now - self.window_start >= LEASE_TTL_S:
-            self.last_count = self.count if now - self.window_start < 2 * LEASE_TTL_S else 0
+        if now - self.window_start >= DEMAND_S:
+            self.last_count = self.count if now - self.window_start < 2 * DEMAND_S else 0
             self.window_start, self.count = now, 0
         self.count += 1
 
@@ -114,9 +125,15 @@ class Lease:
             back = self.give_back()
             self.left = list(amounts)
         self.specs = tuple(specs)
+        self.filled = list(amounts)
         self.until = until
         self.generation += 1
         return back
+
+    @property
+    def low(self) -> bool:
+        """Is it down to half of what it was last filled with (time to ask for more, before it runs dry)?"""
+        return any(have * 2 < filled for have, filled in zip(self.left, self.filled))
 
     def give_back(self) -> list[AdjustBucket]:
         """Empty the lease: what it held unspent, as writes that put it back in the buckets."""
@@ -126,7 +143,7 @@ class Lease:
 
     def drop(self) -> None:
         """Empty the lease without giving anything back (a 429 emptied the buckets anyway)."""
-        self.specs, self.left, self.until = (), [], -math.inf
+        self.specs, self.left, self.filled, self.until = (), [], [], -math.inf
         self.generation += 1
 
     def held(self, field: str) -> float:

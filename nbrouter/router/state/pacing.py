@@ -382,8 +382,10 @@ class Pacer:
         self._joins: dict[tuple[asyncio.AbstractEventLoop, tuple[str, str]], _Group] = {}
         #: False: no leases, every call asks the store (what one round trip costs is measured so)
         self.leasing = True
-        #: the takes held here for the next calls, per (candidate key, lane) (`lease.Lease`)
+        #: the takes held here for the next calls, per (candidate key, lane) (`lease.Lease`), and the top-ups
+        #: being asked for
         self._leases: dict[tuple[str, str], Lease] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         #: each call's buckets, per (candidate key, lane, tokens), as long as the limits they come from hold
         self._specs: dict[tuple[str, str, int], tuple[tuple[Limit, ...], tuple[BucketSpec, ...]]] = {}
         #: what the store said when it last failed to answer (None: it answers)
@@ -482,6 +484,8 @@ class Pacer:
             mono = self.clock.monotonic()
             lease.note(mono)
             if lease.take(specs, mono):
+                if lease.low and not lease.topping and mono >= lease.paused_until:
+                    self._top_up(c, lane, lease, specs)
                 return self._sent(Ticket(c, tokens, lane, specs, limits))
             if lease.specs and mono >= lease.until:  # its time is up: what it holds goes back
                 self.write_behind(lease.give_back())
@@ -550,11 +554,47 @@ class Pacer:
         if answer.probe:  # a half-open breaker's one probe: the extra goes back
             self.write_behind([AdjustBucket(c.account_key, _with_amount(s, e)) for s, e in zip(group.specs, extra)])
             return answer
-        back = lease.fill(group.specs, extra, mono + LEASE_TTL_S)
+        self._filled(lease, group.specs, extra, mono)
+        return answer
+
+    def _top_up(self, c: Candidate, lane: Lane, lease: Lease, specs: tuple[BucketSpec, ...]) -> None:
+        """Ask for a lease's worth more beside the calls (a task), so that the calls never wait for it."""
+        lease.topping = True
+        task = asyncio.get_running_loop().create_task(self._topping_up(c, lane, lease, specs))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _topping_up(self, c: Candidate, lane: Lane, lease: Lease, specs: tuple[BucketSpec, ...]) -> None:
+        try:
+            k = lease_size(specs, [0.0] * len(specs), lease.demand)
+            if not k or self.shared.mode != "shared":
+                return
+            extra = [spec.amount * k for spec in specs]
+            answer = await self._ask(c, tuple(_with_amount(s, e) for s, e in zip(specs, extra)), lane, None)
+            mono = self.clock.monotonic()
+            if answer is None or answer.local:
+                return
+            if not answer.admitted:
+                if answer.reason == "bucket":
+                    lease.paused_until = mono + LEASE_PAUSE_S  # near the limit: the calls ask for themselves a while
+                else:  # a hold or a breaker another process met: the calls ask the store, and hear it, at once
+                    self.write_behind(lease.give_back())
+                return
+            if c.key in self._watched or c.account_key in self._watched:
+                return  # a 429 (or a hold) met meanwhile: its calls ask for themselves; the takes go with it
+            if answer.probe:  # a half-open breaker's one probe: what was taken goes back
+                self.write_behind([AdjustBucket(c.account_key, _with_amount(s, e)) for s, e in zip(specs, extra)])
+                return
+            self._filled(lease, specs, extra, mono)
+        finally:
+            lease.topping = False
+
+    def _filled(self, lease: Lease, specs: tuple[BucketSpec, ...], extra: Sequence[float], mono: float) -> None:
+        """Put what an admission took beyond its calls in the lease (for `LEASE_TTL_S`)."""
+        back = lease.fill(specs, extra, mono + LEASE_TTL_S)
         if back:
             self.write_behind(back)
         asyncio.get_running_loop().call_later(LEASE_TTL_S, self._lease_ended, lease, lease.generation)
-        return answer
 
     def _lease_ended(self, lease: Lease, generation: int) -> None:
         """A lease's time is up: what it holds unspent goes back to the buckets (unless it was refilled)."""
@@ -814,6 +854,9 @@ class Pacer:
     async def drain(self) -> None:
         """Give back what the leases hold, and wait until the writes sent behind on this event loop are in
         the store (close, status, tests)."""
+        topping = [t for t in self._tasks if t.get_loop() is asyncio.get_running_loop()]
+        if topping:
+            await asyncio.gather(*topping, return_exceptions=True)
         for lease in self._leases.values():
             if lease.specs:
                 self.write_behind(lease.give_back())

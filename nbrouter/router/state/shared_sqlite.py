@@ -19,6 +19,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -34,6 +35,10 @@ T = TypeVar("T")
 
 SHARED_TABLE = ("CREATE TABLE IF NOT EXISTS shared (space TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
                 "expires REAL NOT NULL, PRIMARY KEY (space, key)) WITHOUT ROWID")
+#: a verb waiting for another connection's lock tries again after this long, twice as long each time up to
+#: _POLL_MAX_S
+_POLL_FIRST_S = 0.0005
+_POLL_MAX_S = 0.005
 #: expired rows are deleted once per this many transactions of a process
 _SWEEP_EVERY = 2000
 # SQLite stores no infinity in a REAL bound as a parameter portably: a far-off time stands for "never"
@@ -91,8 +96,8 @@ class SQLiteShared(RuleStore):
         self.path = Path(path)
         self.clock = clock
         self.busy_timeout_s = busy_timeout_s
-        #: two connections: one that never waits (tried first, on the caller's thread) and one that waits
-        #: for the lock up to the busy timeout (in a worker thread when the caller is an event loop)
+        #: two connections: one tried first on the event loop's thread, and one that waits for the lock (in a
+        #: worker thread when the caller is an event loop), trying again every few ms up to the busy timeout
         self._conn: sqlite3.Connection | None = None
         self._waiting: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -128,12 +133,24 @@ class SQLiteShared(RuleStore):
         """Run one rule in one write transaction, waiting for the file's lock up to the busy timeout (the
         caller's thread waits). Raises StoreDown if the file cannot be used now."""
         with self._wait_lock:
-            try:
-                if self._waiting is None:
-                    self._waiting = self._connect(self.busy_timeout_s)
-                return self._transaction(self._waiting, rule, args)
-            except (sqlite3.Error, OSError) as exc:
-                raise self._down(exc) from None
+            deadline = time.monotonic() + self.busy_timeout_s
+            delay = _POLL_FIRST_S
+            while True:
+                try:
+                    if self._waiting is None:
+                        self._waiting = self._connect(0.0)
+                    return self._transaction(self._waiting, rule, args)
+                except _Busy:
+                    pass
+                except (sqlite3.Error, OSError) as exc:
+                    if not is_busy(exc) or time.monotonic() >= deadline:
+                        raise self._down(exc) from None
+                if time.monotonic() >= deadline:
+                    raise self._down(sqlite3.OperationalError("database is locked"))
+                # (SQLite's own busy handler sleeps up to 100 ms at a time: a lock held a few ms by the
+                # state store's writer would cost a call that long)
+                time.sleep(delay)
+                delay = min(delay * 2, _POLL_MAX_S)
 
     async def arun(self, rule: Callable[..., T], *args: Any) -> T:
         """Run one rule in one write transaction without stalling the event loop: tried at once without
@@ -160,7 +177,7 @@ class SQLiteShared(RuleStore):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if is_busy(exc) and conn is self._conn:
+            if is_busy(exc):
                 raise _Busy() from None
             raise
         try:
@@ -173,8 +190,8 @@ class SQLiteShared(RuleStore):
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            if conn is self._conn and isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
-                raise _Busy() from None  # (rolled back: run again where waiting is allowed)
+            if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+                raise _Busy() from None  # (rolled back: the rule may run again)
             raise
         return result
 
