@@ -321,6 +321,34 @@ def test_writes_added_while_a_round_trip_is_out_wait_to_go_together(monkeypatch:
     assert store.applied == 2 and _count(store) == 6
 
 
+def test_calls_served_one_after_another_are_counted_exactly_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(WriteBehind, "FLUSH_S", 3600.0)
+    clock = ManualClock()
+    store = Counted(clock)
+    pacer = _pacer(store, clock)
+    _full(pacer, clock)
+
+    class Answer:
+        usage = type("Usage", (), {"total_tokens": 7})()
+        rate_limits = None
+
+    async def calls() -> int:
+        pacer.write_behind([])  # (a quiet spell ended: the next round trip waits for the gathering)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        applied = store.applied
+        for _ in range(50):
+            ticket = await pacer.admit(C, 10, Lanes("interactive"), clock.time())
+            assert isinstance(ticket, Ticket) and pacer.served(C, ticket, Answer())
+            await asyncio.sleep(0)
+        await pacer.drain()
+        return store.applied - applied
+
+    assert asyncio.run(calls()) == 1
+    counts = {what: asyncio.run(store.count(f"usage:{ACCOUNT}|{what}", Window.minute())) for what in ("requests", "tokens")}
+    assert _count(store) == 50 and counts == {"requests": 50, "tokens": 350}
+
+
 def test_a_slot_given_back_is_written_at_the_next_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(WriteBehind, "FLUSH_S", 3600.0)
     clock = ManualClock()

@@ -437,7 +437,9 @@ class Loop:
             if lanes.lane == "batch":  # a batch's first request to it finds out its limits; the rest wait
                 self._ticket(call, pacer.local_ticket(c, info.prompt_tokens + info.max_tokens, lanes))
             return None
-        answer = await pacer.admit(c, info.prompt_tokens + info.max_tokens, lanes, now)
+        tokens = info.prompt_tokens + info.max_tokens
+        leased = pacer.leased(c, tokens, lanes)  # (a busy candidate's: no round trip, no await)
+        answer = leased if leased is not None else await pacer.ask(c, tokens, lanes, now)
         if isinstance(answer, Ticket):
             self._ticket(call, answer)
             return None
@@ -460,6 +462,8 @@ class Loop:
         holds, call.holds = call.holds, None
         broke, call.breaker_failed = call.breaker_failed, False
         pacer = self.decider.pacer
+        if ticket is not None and failure is None and not holds and not broke and pacer.served(c, ticket, completion):
+            return  # (counted, and written behind with the others)
         writes = pacer.settle(c, ticket, self.clock.time(), completion=completion, failure=failure, holds=holds or (),
                               breaker_failed=broke)
         if writes and failure is None and not holds and not broke:

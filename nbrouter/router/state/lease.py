@@ -13,7 +13,7 @@ buckets while it lasts, so a lease holds at most `LEASE_S` seconds of a bucket's
 below `MIN_LEASE / LEASE_S` requests a second is never leased: its calls each ask the store, and they are
 few), and only about a lease's time of calls at the rate this process sent them lately (a call now and
 then is not leased for). A hold or a breaker another process sets is heard by the next top-up (within a
-lease of calls, and `LEASE_TTL_S` at most): the lease is given back and the calls ask the store again; a
+lease of calls, about `2 * DEMAND_S`): the lease is given back and the calls ask the store again; a
 candidate or account that met a 429, a hold or a breaker here is never leased for again in this process
 (`Pacer.watching`): each of its calls asks.
 """
@@ -33,11 +33,12 @@ LEASE_S = 0.02
 MAX_LEASE = 512
 #: a lease for fewer calls is not worth taking (the call asks the store for itself)
 MIN_LEASE = 2
-#: what a lease holds unspent this long goes back to the buckets (and its calls see other processes'
-#: holds at most this late); a lease is sized to last about this long, and topped up at half of it
-LEASE_TTL_S = 0.1
-#: the calls of a candidate are counted over windows this long (the size of its next lease: twice that)
-DEMAND_S = LEASE_TTL_S / 2
+#: what a lease holds unspent this long after its last fill goes back to the buckets (a process that
+#: stopped calling, or stalled, holds no takes longer)
+LEASE_TTL_S = 0.25
+#: the calls of a candidate are counted over windows this long; a lease holds twice that many (it is
+#: topped up at half: its rest lasts while the top-up is asked)
+DEMAND_S = 0.05
 #: a bucket that refused a lease is not leased from again for this long (it is near its limit)
 LEASE_PAUSE_S = 0.05
 
@@ -98,21 +99,27 @@ class Lease:
         """The calls sent in the last window or this one (whichever had more)."""
         return max(self.count, self.last_count)
 
-    def take(self, specs: Sequence[BucketSpec], now: float) -> bool:
-        """Spend one call's takes (`specs`' amounts) from the lease, if it holds them for these buckets."""
+    def take(self, specs: Sequence[BucketSpec], now: float) -> int:
+        """Spend one call's takes (`specs`' amounts) from the lease, if it holds them for these buckets:
+        0 when it does not, 1 when taken, 2 when taken and the lease is down to half of its last fill (time
+        to ask for more, before it runs dry)."""
         left = self.left
         if now >= self.until or len(specs) != len(left):
-            return False
+            return 0
         if specs is not self.specs:  # (the same tuple, nearly always: the pacer keeps each call's specs)
             for spec, held in zip(specs, self.specs):
                 if spec.scope != held.scope or spec.name != held.name:
-                    return False
+                    return 0
         for i, spec in enumerate(specs):
             if spec.amount > left[i] + 1e-9:
-                return False
+                return 0
+        taken = 1
+        filled = self.filled
         for i, spec in enumerate(specs):
             left[i] -= spec.amount
-        return True
+            if left[i] * 2 < filled[i]:
+                taken = 2
+        return taken
 
     def fill(self, specs: Sequence[BucketSpec], amounts: Sequence[float], until: float) -> list[AdjustBucket]:
         """Hold `amounts` more of these buckets until `until`; returns what an older lease on other buckets
@@ -129,11 +136,6 @@ class Lease:
         self.until = until
         self.generation += 1
         return back
-
-    @property
-    def low(self) -> bool:
-        """Is it down to half of what it was last filled with (time to ask for more, before it runs dry)?"""
-        return any(have * 2 < filled for have, filled in zip(self.left, self.filled))
 
     def give_back(self) -> list[AdjustBucket]:
         """Empty the lease: what it held unspent, as writes that put it back in the buckets."""

@@ -264,6 +264,8 @@ class WriteBehind:
         self._last = -math.inf
         self._wake: asyncio.Future[None] | None = None
         self._urgent = False
+        #: calls served and their tokens per account, counted here (`Pacer.served`): written as counts
+        self.counted: dict[str, list[float]] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -275,6 +277,17 @@ class WriteBehind:
         for w in writes:
             if type(w) in _URGENT:
                 self.now()
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._flush())
+
+    def count(self, account: str, tokens: float) -> None:
+        """Count one request served on `account` (and its tokens): added up here, written as counts."""
+        counted = self.counted.get(account)
+        if counted is None:
+            self.counted[account] = [1.0, tokens]
+        else:
+            counted[0] += 1.0
+            counted[1] += tokens
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._flush())
 
@@ -291,12 +304,12 @@ class WriteBehind:
                 await self._gather(loop)
                 await self._write(self.pending)
             except asyncio.CancelledError:  # the loop ends: what waits is written before it goes
-                while self.pending:
+                while self.pending or self.counted:
                     await self._write(self.pending)
                 raise
         finally:
             self.task = None
-        if self.pending:  # added while the round trip was out (a store that answers over the network)
+        if self.pending or self.counted:  # added while the round trip was out (a store over the network)
             self.task = loop.create_task(self._flush())
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -318,6 +331,9 @@ class WriteBehind:
         """One round trip with what waits now."""
         self._last = asyncio.get_running_loop().time()
         self._urgent = False
+        counted, self.counted = self.counted, {}
+        for account, (calls, tokens) in counted.items():
+            pending += self.pacer.counts(account, calls, tokens)
         batch, self.pending = _merged(pending), []
         try:
             await self.pacer.shared.apply(batch)
@@ -463,6 +479,36 @@ class Pacer:
     # ---- admission, before each attempt is sent ------------------------------------------------
 
     async def admit(self, c: Candidate, tokens: int, lanes: Pacing, now: float) -> Ticket | tuple[str, float]:
+        """Admit one attempt of `c`: from its lease when it has one (`leased`), else asked of the store
+        (`ask`, one round trip): the Ticket when it may be sent, else (reason, until) and `c` is skipped
+        until then in this lane."""
+        ticket = self.leased(c, tokens, lanes)
+        return ticket if ticket is not None else await self.ask(c, tokens, lanes, now)
+
+    def leased(self, c: Candidate, tokens: int, lanes: Pacing) -> Ticket | None:
+        """An attempt of `c` admitted from its lease, here and at once (no round trip, not even a turn of the
+        loop): the Ticket, or None when the store must be asked (`ask`). A lease down to half is topped up
+        beside the calls."""
+        limits = self.limits_of(c)
+        if not limits or lanes.concurrency(c.account_key) is not None:
+            return None
+        lane: Lane = "interactive" if lanes.lane == "interactive" else "batch"
+        lease = self._lease_of(c, (c.key, lane))
+        if lease is None:
+            return None
+        specs = self._specs_of(c.key, limits, tokens, lane)
+        mono = self.clock.monotonic()
+        lease.note(mono)
+        taken = lease.take(specs, mono)
+        if taken:
+            if taken == 2 and not lease.topping and mono >= lease.paused_until:
+                self._top_up(c, lane, lease, specs)
+            return self._sent(Ticket(c, tokens, lane, specs, limits))
+        if lease.specs and mono >= lease.until:  # its time is up: what it holds goes back
+            self.write_behind(lease.give_back())
+        return None
+
+    async def ask(self, c: Candidate, tokens: int, lanes: Pacing, now: float) -> Ticket | tuple[str, float]:
         """Ask the store for one attempt of `c` (one round trip): the Ticket when it may be sent (its
         buckets taken from), else (reason, until) and `c` is skipped until then in this lane.
 
@@ -480,15 +526,6 @@ class Pacer:
                                       now)
         key = (c.key, lane)
         lease = self._lease_of(c, key)
-        if lease is not None:
-            mono = self.clock.monotonic()
-            lease.note(mono)
-            if lease.take(specs, mono):
-                if lease.low and not lease.topping and mono >= lease.paused_until:
-                    self._top_up(c, lane, lease, specs)
-                return self._sent(Ticket(c, tokens, lane, specs, limits))
-            if lease.specs and mono >= lease.until:  # its time is up: what it holds goes back
-                self.write_behind(lease.give_back())
         loop = asyncio.get_running_loop()
         group = self._joins.get((loop, key))
         if group is not None and group.fits(specs):
@@ -759,6 +796,34 @@ class Pacer:
             writes.append(BreakerSuccess(c.key))
         return writes
 
+    def served(self, c: Candidate, ticket: Ticket, completion: Any) -> bool:
+        """`settle` of an attempt that was answered, done here without building writes when there is
+        nothing to write but counts (nearly every call of a busy candidate): its counts are added up and
+        written behind. False: not such an attempt, `settle` it."""
+        if ticket.slot is not None or ticket.probe or not ticket.specs or getattr(completion, "rate_limits", None) is not None \
+                or c.key in self._watched:
+            return False
+        used = getattr(getattr(completion, "usage", None), "total_tokens", None)
+        if used is not None:
+            for lim in ticket.limits:
+                if lim.what == "tokens":  # (the estimate taken is corrected: a write of its own)
+                    return False
+        self.end(c)
+        self._answered.add(c.key)
+        self._behind_here().count(c.account_key, float(used or 0))
+        return True
+
+    def counts(self, account: str, calls: float, tokens: float) -> list[Write]:
+        """The counts of `calls` requests served on `account` and the tokens they used."""
+        out: list[Write] = [AddCount(SENT_PREFIX + account, calls, _FOREVER)]
+        if account in self._quota:
+            requests = f"{USAGE_PREFIX}{account}|requests"
+            out += (AddCount(requests, calls, _MINUTE), AddCount(requests, calls, _DAY))
+            if tokens:
+                used = f"{USAGE_PREFIX}{account}|tokens"
+                out += (AddCount(used, tokens, _MINUTE), AddCount(used, tokens, _DAY))
+        return out
+
     def _counted(self, account: str) -> tuple[AddCount, ...]:
         """The counts one request on `account` adds: sent, and its quota's requests this minute and day
         (the same writes every time: made once)."""
@@ -842,6 +907,10 @@ class Pacer:
 
     def write_behind(self, writes: Sequence[Write]) -> None:
         """Send these writes with the others of this turn of the event loop (no waiting for them here)."""
+        self._behind_here().add(writes)
+
+    def _behind_here(self) -> WriteBehind:
+        """The writes waiting on the running event loop."""
         loop = asyncio.get_running_loop()
         behind = self._last_behind
         if behind is None or behind.loop is not loop:
@@ -849,7 +918,7 @@ class Pacer:
             if behind is None:
                 behind = self._behind[loop] = WriteBehind(self, loop)
             self._last_behind = behind
-        behind.add(writes)
+        return behind
 
     async def drain(self) -> None:
         """Give back what the leases hold, and wait until the writes sent behind on this event loop are in
