@@ -198,6 +198,13 @@ class _Lane:
         return self.hedge.win(self.key)
 
 
+def _stop(limit: Limit | None) -> None:
+    """End an attempt's wall-clock limit before what follows the attempt (telling the store what it met,
+    which may wait for the store: a file another process holds, Redis over the network) could be cut by it."""
+    if limit is not None:
+        limit.stop()
+
+
 def _uncancel() -> None:
     """Take back a cancellation the loop itself asked for (a lost hedge), so the task ends normally."""
     task = asyncio.current_task()
@@ -840,6 +847,7 @@ class Loop:
             failed = failure, self._failed(call, combo, c, provider, endpoint, failure, call.monotonic() - t0,
                                            first[0] if first else None, now, retry, was_half_open)
             if call.tickets or call.holds or call.breaker_failed:
+                _stop(limit)  # (telling the store may wait for it: past the attempt's own limit)
                 await self._settle(call, c, None, failure)
             return failed
         except asyncio.CancelledError:
@@ -875,6 +883,7 @@ class Loop:
         except (TimeoutError, asyncio.TimeoutError):
             failed = self._timed_out(call, combo, c, provider, endpoint, timeout_s, progress, now, retry, was_half_open)
             if call.tickets or call.holds or call.breaker_failed:
+                _stop(limit)
                 await self._settle(call, c, None, failed[0])
             return failed
         except Exception as exc:  # nothing raised while an attempt runs may escape the loop
@@ -883,6 +892,7 @@ class Loop:
             failed = broken, self._failed(call, combo, c, provider, endpoint, broken, call.monotonic() - t0,
                                           first[0] if first else None, now, retry, was_half_open)
             if call.tickets or call.holds or call.breaker_failed:
+                _stop(limit)
                 await self._settle(call, c, None, broken)
             return failed
         finally:

@@ -14,12 +14,14 @@ goes on with the other calls meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -103,8 +105,9 @@ class SQLiteShared(RuleStore):
         self._lock = threading.Lock()
         self._wait_lock = threading.Lock()
         self._steps = 0
-        #: verbs that found the file locked and waited for it off the event loop
+        #: verbs that found the file locked and waited for it off the event loop (in `_executor`'s thread)
         self.waited = 0
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def mode(self) -> str:
@@ -169,7 +172,9 @@ class SQLiteShared(RuleStore):
             finally:
                 self._lock.release()
         self.waited += 1
-        return await asyncio.to_thread(self.run, rule, *args)
+        if self._executor is None:  # one thread: the waits queue on the waiting connection anyway
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbrouter-shared-wait")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(self.run, rule, *args))
 
     def _transaction(self, conn: sqlite3.Connection, rule: Callable[..., T], args: tuple[Any, ...]) -> T:
         """One BEGIN IMMEDIATE ... COMMIT around the rule; `_Busy` when a connection that does not wait
@@ -200,6 +205,9 @@ class SQLiteShared(RuleStore):
         return StoreDown(f"the state file {self.path} cannot be used: {what}")
 
     async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)  # (a wait under way ends within the busy timeout; no new one starts)
         with self._lock, self._wait_lock:
             for conn in (self._conn, self._waiting):
                 if conn is not None:
