@@ -14,8 +14,8 @@ it received and answered 429. Runs:
 - LiteLLM's Router with `rpm` per deployment and usage-based routing over the same Redis (when installed).
 
 Then the store's cost per call (verbs, i.e. round trips, per call, and the time they add, SQLite and
-Redis) and `bench_throughput`'s concurrency-64 measurement with every call admitted by the store: Redis
-against SQLite against raw httpx + aiohttp, in interleaved rounds.
+Redis) and `bench_throughput`'s measurement at concurrency 1, 16 and 64 with every call admitted by the store:
+Redis against SQLite against raw httpx + aiohttp, in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -272,7 +272,9 @@ class Counting:
 
 
 async def store_cost(url: str, tmp: Path, redis: RedisServer | None, n: int) -> list[list[str]]:
-    """Verbs per call through Router.acomplete, and the time one admission plus its settling takes."""
+    """Verbs per call through Router.acomplete; the time one admission plus its settling takes when each asks
+    the store (a call now and then); and, for calls one after another, the admission's time on the call's
+    path (leased) and everything the store costs per call (the writes behind included)."""
     from nbrouter import Router
     from nbrouter.router.state.pacing import Lanes
     from nbrouter.router.types import Candidate
@@ -295,10 +297,11 @@ async def store_cost(url: str, tmp: Path, redis: RedisServer | None, n: int) -> 
             for _ in range(n):
                 await router.acomplete("one", messages=MESSAGES)
             per_call = counting.calls / n
-            added = "-"
+            added = busy = "-"
             if quota:
                 c, pacer = Candidate("bench", "default", "bench-model"), router.pacer
                 times = []
+                pacer.leasing = False  # one admission and its settling, each a round trip (a call now and then)
                 for _ in range(n):
                     t0 = time.perf_counter()
                     ticket = await pacer.admit(c, 100, Lanes("interactive"), router.clock.time())
@@ -306,13 +309,28 @@ async def store_cost(url: str, tmp: Path, redis: RedisServer | None, n: int) -> 
                         await pacer.shared.apply(pacer.settle(c, ticket, router.clock.time(), completion=None))
                     times.append(time.perf_counter() - t0)
                 added = f"{median(times) * 1e3:.3f} ms (p99 {quantile(times, 0.99) * 1e3:.3f})"
+                pacer.leasing = True  # calls one after another, as the router makes them: leased, settled behind
+                times = []
+                t_all = time.perf_counter()
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    ticket = await pacer.admit(c, 100, Lanes("interactive"), router.clock.time())
+                    times.append(time.perf_counter() - t0)
+                    if not isinstance(ticket, tuple):
+                        pacer.write_behind(pacer.settle(c, ticket, router.clock.time(), completion=None))
+                    await asyncio.sleep(0)
+                await pacer.drain()
+                all_in = (time.perf_counter() - t_all) / n
+                busy = f"{median(times) * 1e3:.3f} ms (p99 {quantile(times, 0.99) * 1e3:.3f}); all in {all_in * 1e3:.3f} ms"
             await router.aclose()
             router.close()
-            rows.append([name, "quota (limits known)" if quota else "no limits known", f"{per_call:.2f}", added])
+            rows.append([name, "quota (limits known)" if quota else "no limits known", f"{per_call:.2f}", added, busy])
     return rows
 
 
-# ---- throughput at concurrency 64 with every call admitted ---------------------------------------------------
+# ---- throughput with every call admitted ---------------------------------------------------------------------
+
+CONCURRENCY = (1, 16, 64)
 
 
 class Admitted(Driver):
@@ -337,30 +355,35 @@ class Admitted(Driver):
 
 
 async def throughput(server: LoopbackServer, tmp: Path, redis: RedisServer | None, rounds: int, n: int) -> list[list[str]]:
+    """At each concurrency, raw httpx + aiohttp, nbrouter over SQLite and over Redis (every call admitted),
+    in interleaved rounds (the order rotated each round)."""
     drivers: list[Driver] = [RawHttpx(server.openai_url, aiohttp_transport=True),
                              Admitted(server.openai_url, "nbrouter, SQLite store", state_path=str(tmp / "tp.sqlite3"))]
     if redis is not None:
         drivers.append(Admitted(server.openai_url, "nbrouter, Redis store", state_path=str(tmp / "tp-redis.sqlite3"),
                                 state_url=redis.url))
+    base, sqlite = drivers[0].name, drivers[1].name
+    rows = []
     try:
-        for d in drivers:
-            await drive(lambda d=d: d.call(False), 200, 64)
-        rps: dict[str, list[float]] = {d.name: [] for d in drivers}
-        for r in range(rounds):
-            k = r % len(drivers)
-            for d in drivers[k:] + drivers[:k]:
-                rate, _, _ = await drive(lambda d=d: d.call(False), n, 64)
-                rps[d.name].append(rate)
+        for concurrency in CONCURRENCY:
+            count = n if concurrency > 1 else max(100, n // 4)
+            for d in drivers:
+                await drive(lambda d=d: d.call(False), max(200, 2 * concurrency), concurrency)
+            rps: dict[str, list[float]] = {d.name: [] for d in drivers}
+            for r in range(rounds):
+                k = r % len(drivers)
+                for d in drivers[k:] + drivers[:k]:
+                    rate, _, _ = await drive(lambda d=d: d.call(False), count, concurrency)
+                    rps[d.name].append(rate)
+            for d in drivers:
+                vs_raw = median([a / b for a, b in zip(rps[d.name], rps[base])])
+                vs_sqlite = median([a / b for a, b in zip(rps[d.name], rps[sqlite])])
+                rows.append([str(concurrency), d.name, f"{median(rps[d.name]):,.0f}", spread(rps[d.name]), fmt_ratio(vs_raw),
+                             fmt_ratio(vs_sqlite)])
+            print(f"  done: throughput c={concurrency}", file=sys.stderr, flush=True)
     finally:
         for d in drivers:
             await d.aclose()
-    base = drivers[0].name
-    sqlite = drivers[1].name
-    rows = []
-    for d in drivers:
-        vs_raw = median([a / b for a, b in zip(rps[d.name], rps[base])])
-        vs_sqlite = median([a / b for a, b in zip(rps[d.name], rps[sqlite])])
-        rows.append([d.name, f"{median(rps[d.name]):,.0f}", spread(rps[d.name]), fmt_ratio(vs_raw), fmt_ratio(vs_sqlite)])
     return rows
 
 
@@ -394,17 +417,20 @@ def main() -> None:
         with LoopbackServer() as server:
             if args.only in (None, "cost"):
                 rows = asyncio.run(store_cost(server.openai_url, tmp, redis, 500))
-                print("The store's cost per call (`Router.acomplete` against the loopback server): verbs per call (each "
-                      "one round trip on Redis, one transaction on SQLite), and the time an admission plus its settling "
-                      "take (median of 500).\n")
-                print(table(["store", "account", "store verbs per call", "added per call"], rows))
+                print("The store's cost per call (`Router.acomplete` against the loopback server, one call after "
+                      "another): verbs per call (each one round trip on Redis, one transaction on SQLite); the time an "
+                      "admission plus its settling take when each asks the store (a call now and then: no lease; median "
+                      "of 500); and for calls one after another, the admission's time on the call's path (leased) and "
+                      "the store's whole cost per call, the writes sent behind included.\n")
+                print(table(["store", "account", "store verbs per call", "added per call (a round trip each)",
+                             "on the call's path, busy (leased; all in: with the writes behind)"], rows))
                 print()
             if args.only in (None, "throughput"):
                 rows = asyncio.run(throughput(server, tmp, redis, args.rounds, args.requests_per_round))
-                print(f"Throughput at concurrency 64, every call admitted by the store (a quota far above the load): median "
-                      f"of {args.rounds} interleaved rounds of {args.requests_per_round} requests; ratios are medians of "
-                      "per-round ratios.\n")
-                print(table(["client", "req/s", "spread", "vs httpx+aiohttp", "vs SQLite store"], rows))
+                print(f"Throughput with every call admitted by the store (a quota far above the load), at concurrency 1, 16 "
+                      f"and 64: median of {args.rounds} interleaved rounds of {args.requests_per_round} requests "
+                      f"({max(100, args.requests_per_round // 4)} at concurrency 1); ratios are medians of per-round ratios.\n")
+                print(table(["conc", "client", "req/s", "spread", "vs httpx+aiohttp", "vs SQLite store"], rows))
                 print()
     finally:
         if redis is not None:

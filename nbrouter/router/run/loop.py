@@ -200,6 +200,13 @@ class _Lane:
         return self.hedge.win(self.key)
 
 
+def _stop(limit: Limit | None) -> None:
+    """End an attempt's wall-clock limit before what follows the attempt (telling the store what it met,
+    which may wait for the store: a file another process holds, Redis over the network) could be cut by it."""
+    if limit is not None:
+        limit.stop()
+
+
 def _uncancel() -> None:
     """Take back a cancellation the loop itself asked for (a lost hedge), so the task ends normally."""
     task = asyncio.current_task()
@@ -455,7 +462,9 @@ class Loop:
             if lanes.lane == "batch":  # a batch's first request to it finds out its limits; the rest wait
                 self._ticket(call, pacer.local_ticket(c, info.prompt_tokens + info.max_tokens, lanes))
             return None
-        answer = await pacer.admit(c, info.prompt_tokens + info.max_tokens, lanes, now)
+        tokens = info.prompt_tokens + info.max_tokens
+        leased = pacer.leased(c, tokens, lanes)  # (a busy candidate's: no round trip, no await)
+        answer = leased if leased is not None else await pacer.ask(c, tokens, lanes, now)
         if isinstance(answer, Ticket):
             self._ticket(call, answer)
             return None
@@ -479,6 +488,8 @@ class Loop:
         broke, call.breaker_failed = call.breaker_failed, False
         at_once, call.breaker_now = call.breaker_now, False
         pacer = self.decider.pacer
+        if ticket is not None and failure is None and not holds and not broke and pacer.served(c, ticket, completion):
+            return  # (counted, and written behind with the others)
         writes = pacer.settle(c, ticket, self.clock.time(), completion=completion, failure=failure, holds=holds or (),
                               breaker_failed=broke)
         if writes and failure is None and not holds and not broke:
@@ -855,6 +866,7 @@ class Loop:
             failed = failure, self._failed(call, combo, c, provider, endpoint, failure, call.monotonic() - t0,
                                            first[0] if first else None, now, retry, was_half_open)
             if call.tickets or call.holds or call.breaker_failed:
+                _stop(limit)  # (telling the store may wait for it: past the attempt's own limit)
                 await self._settle(call, c, None, failure)
             return failed
         except asyncio.CancelledError:
@@ -890,6 +902,7 @@ class Loop:
         except (TimeoutError, asyncio.TimeoutError):
             failed = self._timed_out(call, combo, c, provider, endpoint, timeout_s, progress, now, retry, was_half_open)
             if call.tickets or call.holds or call.breaker_failed:
+                _stop(limit)
                 await self._settle(call, c, None, failed[0])
             return failed
         except Exception as exc:  # nothing raised while an attempt runs may escape the loop
@@ -898,6 +911,7 @@ class Loop:
             failed = broken, self._failed(call, combo, c, provider, endpoint, broken, call.monotonic() - t0,
                                           first[0] if first else None, now, retry, was_half_open)
             if call.tickets or call.holds or call.breaker_failed:
+                _stop(limit)
                 await self._settle(call, c, None, broken)
             return failed
         finally:

@@ -27,6 +27,7 @@ and the batch slows down by what the cell took.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from ..model import Config
 from ..requests import Pacing
 from ..types import Candidate
 from .health import Hold
+from .lease import LEASE_PAUSE_S, LEASE_TTL_S, Lease, lease_size
 from .shared import (
     SLOT_RECHECK_S,
     AddCount,
@@ -198,6 +200,8 @@ class Lanes:
 
     def concurrency(self, account_key: str) -> int | None:
         limit = self.account_concurrency
+        if limit is None or isinstance(limit, int):  # (first: an ABC's isinstance is slow, and asked per call)
+            return limit
         if isinstance(limit, Mapping):
             return limit.get(account_key)
         return limit
@@ -254,34 +258,117 @@ class _Group:
 class WriteBehind:
     """The writes of calls that ended well (a slot back, counts, a corrected estimate), gathered from every
     call that ends in one turn of the event loop and sent together: one round trip for all of them, off the
-    calls' path. (A failure's writes, a hold or a 429's empty buckets, are sent at once instead.)"""
+    calls' path. (A failure's writes, a hold or a 429's empty buckets, are sent at once instead.)
 
-    def __init__(self, pacer: "Pacer") -> None:
+    Under load the gathering spans more than a turn: a round trip goes at most every `FLUSH_S` (the first
+    after a quiet spell at once), so that calls ending one after another (concurrency 1) share one too.
+    What must not wait goes at the next turn: a slot given back (another call may be waiting for it), and a
+    reply's remaining count (`LowerBucket`: it is about the moment the reply came, and gathered with others
+    it would lower the bucket for refills that came since). `drain` sends what waits."""
+
+    #: the least time between two round trips of written-behind writes
+    FLUSH_S = 0.025
+
+    def __init__(self, pacer: "Pacer", loop: asyncio.AbstractEventLoop) -> None:
         self.pacer = pacer
+        self._loop_ref = weakref.ref(loop)
         self.pending: list[Write] = []
         self.task: asyncio.Task[None] | None = None
+        #: when the last round trip went (the loop's clock), what wakes the flush waiting for its time, and
+        #: whether what waits must go at the next turn (a slot given back, a drain)
+        self._last = -math.inf
+        self._wake: asyncio.Future[None] | None = None
+        self._urgent = False
+        #: calls served and their tokens per account, counted here (`Pacer.served`): written as counts
+        self.counted: dict[str, list[float]] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop it writes on (None once that loop is gone)."""
+        return self._loop_ref()
 
     def add(self, writes: Sequence[Write]) -> None:
         self.pending.extend(writes)
+        for w in writes:
+            if type(w) in _URGENT:
+                self.now()
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._flush())
 
+    def count(self, account: str, tokens: float) -> None:
+        """Count one request served on `account` (and its tokens): added up here, written as counts."""
+        counted = self.counted.get(account)
+        if counted is None:
+            self.counted[account] = [1.0, tokens]
+        else:
+            counted[0] += 1.0
+            counted[1] += tokens
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._flush())
+
+    def now(self) -> None:
+        """Send what waits at the next turn, without waiting for `FLUSH_S`."""
+        self._urgent = True
+        if self._wake is not None:
+            _wake_up(self._wake)
+
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.sleep(0)  # the other calls ending in this turn add theirs first
-            while self.pending:
-                batch, self.pending = _merged(self.pending), []
-                try:
-                    await self.pacer.shared.apply(batch)
-                except StoreDown as exc:  # a store without its guard: the writes are lost, and it says so
-                    self.pacer.store_error = str(exc)
+            try:
+                await self._gather(loop)
+                await self._write(self.pending)
+            except asyncio.CancelledError:  # the loop ends: what waits is written before it goes
+                while self.pending or self.counted:
+                    await self._write(self.pending)
+                raise
         finally:
             self.task = None
+        if self.pending or self.counted:  # added while the round trip was out (a store over the network)
+            self.task = loop.create_task(self._flush())
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait while the writes of other calls come in: this turn, or until `FLUSH_S` after the last
+        round trip."""
+        wait = self._last + self.FLUSH_S - loop.time()
+        if wait <= 0 or self._urgent:
+            await asyncio.sleep(0)  # the other calls ending in this turn add theirs first
+            return
+        self._wake = loop.create_future()
+        timer = loop.call_later(wait, _wake_up, self._wake)
+        try:
+            await self._wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+    async def _write(self, pending: list[Write]) -> None:
+        """One round trip with what waits now."""
+        self._last = asyncio.get_running_loop().time()
+        self._urgent = False
+        counted, self.counted = self.counted, {}
+        for account, (calls, tokens) in counted.items():
+            pending += self.pacer.counts(account, calls, tokens)
+        batch, self.pending = _merged(pending), []
+        try:
+            await self.pacer.shared.apply(batch)
+        except StoreDown as exc:  # a store without its guard: the writes are lost, and it says so
+            self.pacer.store_error = str(exc)
 
     async def drain(self) -> None:
         """Wait until everything added so far is written."""
         while self.task is not None:
+            self.now()
             await asyncio.shield(self.task)
+
+
+#: the writes that go at the next turn rather than wait for `WriteBehind.FLUSH_S`
+_URGENT = frozenset({ReleaseSlot, LowerBucket})
+
+
+def _wake_up(waiting: "asyncio.Future[None]") -> None:
+    if not waiting.done():
+        waiting.set_result(None)
 
 
 class Pacer:
@@ -320,8 +407,18 @@ class Pacer:
         #: how often the store said wait, per lane ("interactive", "batch")
         self.refused: dict[str, int] = {}
         self._behind: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBehind]" = weakref.WeakKeyDictionary()
+        #: the last loop's (the one asked of nearly always; a weak dictionary's lookup costs more)
+        self._last_behind: WriteBehind | None = None
         #: admissions being gathered this turn of the event loop, per (loop, (candidate key, lane))
         self._joins: dict[tuple[asyncio.AbstractEventLoop, tuple[str, str]], _Group] = {}
+        #: False: no leases, every call asks the store (what one round trip costs is measured so)
+        self.leasing = True
+        #: the takes held here for the next calls, per (candidate key, lane) (`lease.Lease`), and the top-ups
+        #: being asked for
+        self._leases: dict[tuple[str, str], Lease] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: each call's buckets, per (candidate key, lane, tokens), as long as the limits they come from hold
+        self._specs: dict[tuple[str, str, int], tuple[tuple[Limit, ...], tuple[BucketSpec, ...]]] = {}
         #: what the store said when it last failed to answer (None: it answers)
         self.store_error: str | None = None
         #: the hold the store's last refusal named (another process's cooldown, kept here too by the loop)
@@ -344,6 +441,9 @@ class Pacer:
                                                 ("requests", DAY_S, q.requests_per_day), ("tokens", DAY_S, q.tokens_per_day))
                     if limit)
         self._limits.clear()
+        self._counts: dict[str, tuple[AddCount, ...]] = {}
+        for lease in self._leases.values():  # spent no more under the old numbers: given back at the next call
+            lease.until = -math.inf
 
     # ---- what a candidate is paced by ----------------------------------------------------------
 
@@ -394,21 +494,54 @@ class Pacer:
     # ---- admission, before each attempt is sent ------------------------------------------------
 
     async def admit(self, c: Candidate, tokens: int, lanes: Pacing, now: float) -> Ticket | tuple[str, float]:
+        """Admit one attempt of `c`: from its lease when it has one (`leased`), else asked of the store
+        (`ask`, one round trip): the Ticket when it may be sent, else (reason, until) and `c` is skipped
+        until then in this lane."""
+        ticket = self.leased(c, tokens, lanes)
+        return ticket if ticket is not None else await self.ask(c, tokens, lanes, now)
+
+    def leased(self, c: Candidate, tokens: int, lanes: Pacing) -> Ticket | None:
+        """An attempt of `c` admitted from its lease, here and at once (no round trip, not even a turn of the
+        loop): the Ticket, or None when the store must be asked (`ask`). A lease down to half is topped up
+        beside the calls."""
+        limits = self.limits_of(c)
+        if not limits or lanes.concurrency(c.account_key) is not None:
+            return None
+        lane: Lane = "interactive" if lanes.lane == "interactive" else "batch"
+        lease = self._lease_of(c, (c.key, lane))
+        if lease is None:
+            return None
+        specs = self._specs_of(c.key, limits, tokens, lane)
+        mono = self.clock.monotonic()
+        lease.note(mono)
+        taken = lease.take(specs, mono)
+        if taken:
+            if taken == 2 and not lease.topping and mono >= lease.paused_until:
+                self._top_up(c, lane, lease, specs)
+            return self._sent(Ticket(c, tokens, lane, specs, limits))
+        if lease.specs and mono >= lease.until:  # its time is up: what it holds goes back
+            self.write_behind(lease.give_back())
+        return None
+
+    async def ask(self, c: Candidate, tokens: int, lanes: Pacing, now: float) -> Ticket | tuple[str, float]:
         """Ask the store for one attempt of `c` (one round trip): the Ticket when it may be sent (its
         buckets taken from), else (reason, until) and `c` is skipped until then in this lane.
 
         The admissions of one candidate and lane asked in the same turn of the event loop go to the store as
         one (their takes added up, within what the buckets hold), so that many calls at once cost one round
-        trip; a joint refusal for want of headroom is asked again one by one."""
+        trip; a joint refusal for want of headroom is asked again one by one. A busy candidate's asking
+        call takes the next calls' takes too (a `Lease`, within a sliver of each bucket's refill); those
+        calls then cost no round trip."""
         limits = self.limits_of(c)
         lane: Lane = "interactive" if lanes.lane == "interactive" else "batch"
-        specs = tuple(lim.spec(self.margin, 1.0 if lim.what == "requests" else float(tokens), lane) for lim in limits)
+        specs = self._specs_of(c.key, limits, tokens, lane)
         concurrency = lanes.concurrency(c.account_key)
         if concurrency is not None or not specs:  # a slot, or nothing to add up: its own request
             return self._answered_one(c, tokens, lane, specs, limits, concurrency, await self._ask(c, specs, lane, concurrency),
                                       now)
-        loop = asyncio.get_running_loop()
         key = (c.key, lane)
+        lease = self._lease_of(c, key)
+        loop = asyncio.get_running_loop()
         group = self._joins.get((loop, key))
         if group is not None and group.fits(specs):
             index = group.join(specs)
@@ -420,7 +553,7 @@ class Pacer:
             await asyncio.sleep(0)  # the other calls of this turn join
             if self._joins.get((loop, key)) is group:  # (a full group gave way to a new one already)
                 del self._joins[(loop, key)]
-            answer = await self._ask(c, group.total(), lane, None)
+            answer = await self._ask_group(c, group, lane, lease)
         except BaseException:  # this call was cancelled: the others ask for themselves
             if self._joins.get((loop, key)) is group:
                 del self._joins[(loop, key)]
@@ -429,6 +562,108 @@ class Pacer:
             raise
         group.answer.set_result(answer)
         return await self._answered_member(c, tokens, lane, specs, limits, group, 0, answer, now)
+
+    def _specs_of(self, key: str, limits: tuple[Limit, ...], tokens: int, lane: Lane) -> tuple[BucketSpec, ...]:
+        """The buckets a call of `tokens` in `lane` takes from (worked out once per limits, lane and size)."""
+        hit = self._specs.get((key, lane, tokens))
+        if hit is not None and hit[0] is limits:
+            return hit[1]
+        specs = tuple(lim.spec(self.margin, 1.0 if lim.what == "requests" else float(tokens), lane) for lim in limits)
+        if len(self._specs) >= 4096:
+            self._specs.clear()
+        self._specs[(key, lane, tokens)] = (limits, specs)
+        return specs
+
+    def _lease_of(self, c: Candidate, key: tuple[str, str]) -> Lease | None:
+        """The lease of `c` in a lane, None when its calls must each ask the store (it met a 429, a hold or a
+        breaker: the store's answer may differ from call to call)."""
+        if not self.leasing or c.key in self._watched or c.account_key in self._watched:
+            return None
+        lease = self._leases.get(key)
+        if lease is None:
+            lease = self._leases[key] = Lease(c.account_key)
+        return lease
+
+    async def _ask_group(self, c: Candidate, group: _Group, lane: Lane, lease: Lease | None) -> Admission | None:
+        """The store's answer to a group's admission, taking a lease's worth more when the candidate is busy
+        (what the lease holds then serves the next calls without asking)."""
+        total = group.total()
+        mono = self.clock.monotonic()
+        if lease is None or mono < lease.paused_until or self.shared.mode != "shared":
+            return await self._ask(c, total, lane, None)
+        k = lease_size(group.specs, group.amounts, lease.demand)
+        if not k:
+            return await self._ask(c, total, lane, None)
+        extra = [spec.amount * k for spec in group.specs]
+        answer = await self._ask(c, tuple(_with_amount(s, s.amount + e) for s, e in zip(total, extra)), lane, None)
+        if answer is None or answer.local:  # (a local answer's buckets are this process's alone: nothing to lease)
+            return answer
+        if not answer.admitted:
+            if answer.reason != "bucket":
+                return answer
+            lease.paused_until = mono + LEASE_PAUSE_S  # near the limit: each call asks for itself a while
+            return await self._ask(c, total, lane, None)
+        if answer.probe:  # a half-open breaker's one probe: the extra goes back
+            self.write_behind([AdjustBucket(c.account_key, _with_amount(s, e)) for s, e in zip(group.specs, extra)])
+            return answer
+        self._filled(lease, group.specs, extra, mono)
+        return answer
+
+    def _top_up(self, c: Candidate, lane: Lane, lease: Lease, specs: tuple[BucketSpec, ...]) -> None:
+        """Ask for a lease's worth more beside the calls (a task), so that the calls never wait for it."""
+        lease.topping = True
+        task = asyncio.get_running_loop().create_task(self._topping_up(c, lane, lease, specs))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _topping_up(self, c: Candidate, lane: Lane, lease: Lease, specs: tuple[BucketSpec, ...]) -> None:
+        try:
+            k = lease_size(specs, [0.0] * len(specs), lease.demand)
+            if not k or self.shared.mode != "shared":
+                return
+            extra = [spec.amount * k for spec in specs]
+            answer = await self._ask(c, tuple(_with_amount(s, e) for s, e in zip(specs, extra)), lane, None)
+            mono = self.clock.monotonic()
+            if answer is None or answer.local:
+                return
+            if not answer.admitted:
+                if answer.reason == "bucket":
+                    lease.paused_until = mono + LEASE_PAUSE_S  # near the limit: the calls ask for themselves a while
+                else:  # a hold or a breaker another process met: the calls ask the store, and hear it, at once
+                    self.write_behind(lease.give_back())
+                return
+            if c.key in self._watched or c.account_key in self._watched:
+                return  # a 429 (or a hold) met meanwhile: its calls ask for themselves; the takes go with it
+            if answer.probe:  # a half-open breaker's one probe: what was taken goes back
+                self.write_behind([AdjustBucket(c.account_key, _with_amount(s, e)) for s, e in zip(specs, extra)])
+                return
+            self._filled(lease, specs, extra, mono)
+        finally:
+            lease.topping = False
+
+    def _filled(self, lease: Lease, specs: tuple[BucketSpec, ...], extra: Sequence[float], mono: float) -> None:
+        """Put what an admission took beyond its calls in the lease (for `LEASE_TTL_S`)."""
+        back = lease.fill(specs, extra, mono + LEASE_TTL_S)
+        if back:
+            self.write_behind(back)
+        asyncio.get_running_loop().call_later(LEASE_TTL_S, self._lease_ended, lease, lease.generation)
+
+    def _lease_ended(self, lease: Lease, generation: int) -> None:
+        """A lease's time is up: what it holds unspent goes back to the buckets (unless it was refilled)."""
+        if lease.generation == generation and lease.specs:
+            self.write_behind(lease.give_back())
+
+    def _end_leases(self, account: str, key: str | None = None, *, give_back: bool = True) -> list[Write]:
+        """End the leases on `account` (only `key`'s when given): the writes that give them back, or none
+        (`give_back` False: a 429 emptied the buckets, and what the leases held is spent with them)."""
+        writes: list[Write] = []
+        for (lease_key, _), lease in self._leases.items():
+            if lease.account == account and (key is None or lease_key == key) and lease.specs:
+                if give_back:
+                    writes += lease.give_back()
+                else:
+                    lease.drop()
+        return writes
 
     async def _ask(self, c: Candidate, specs: tuple[BucketSpec, ...], lane: Lane, concurrency: int | None) -> Admission | None:
         """The store's answer to one admission (None: a store without its guard was down)."""
@@ -516,16 +751,20 @@ class Pacer:
                failure: ProviderFailure | None = None, holds: Sequence[ExtendHold] = (), breaker_failed: bool = False) -> list[Write]:
         """Learn from how an attempt ended and return the writes to apply in one round trip: the slot back,
         the tokens corrected, the headers' remaining, a 429's empty buckets, the holds met, the counts."""
-        writes: list[Write] = list(holds)
         if ticket is not None:
             self.end(c)
         self._answered.add(c.key)
+        if failure is None and ticket is not None and ticket.specs and not holds and not breaker_failed:
+            return self._counts_of(c, ticket, completion, None)  # (nearly every call: answered, nothing met)
+        writes: list[Write] = list(holds)
         # (the loop learns the headers' limits itself, for every reply: `learn`)
-        rate_limits = getattr(completion, "rate_limits", None) if failure is None else failure.rate_limits
         limited = failure is not None and failure.kind is ErrorKind.RATE_LIMIT
         if limited:
             self.limited[c.key] = self.limited.get(c.key, 0) + 1
             self.watch(c.account_key)
+            self._end_leases(c.account_key, give_back=False)
+        elif failure is not None or holds or breaker_failed:
+            writes += self._end_leases(c.account_key, c.key)  # its next calls ask the store
         if holds or breaker_failed:
             self.watch(c.key)
         if ticket is None:
@@ -538,33 +777,78 @@ class Pacer:
                 return writes
             lane: Lane = ticket.lane
             ticket = Ticket(c, ticket.tokens, lane, tuple(lim.spec(self.margin, 0.0, lane) for lim in limits), limits)
-        account = c.account_key
-        if ticket.slot is not None:
-            writes.append(ReleaseSlot(account, ticket.slot))
-        writes.append(AddCount(SENT_PREFIX + account, 1, Window.forever()))
-        usage = getattr(completion if failure is None else failure, "usage", None)
-        used = getattr(usage, "total_tokens", None)
-        if account in self._quota:
-            for window in (Window.minute(), Window.day()):
-                writes.append(AddCount(f"{USAGE_PREFIX}{account}|requests", 1, window))
-                if used:
-                    writes.append(AddCount(f"{USAGE_PREFIX}{account}|tokens", float(used), window))
-        for lim, spec in zip(ticket.limits, ticket.specs):
-            if lim.what == "tokens" and used is not None:
-                back = spec.amount - float(used)  # the estimate taken, less what the reply says it used
-                if back:
-                    writes.append(AdjustBucket(account, _with_amount(spec, back)))
-        if isinstance(rate_limits, RateLimits):
-            writes += self._lowered(ticket, rate_limits)
+        writes += self._counts_of(c, ticket, completion, failure)
         if limited and failure is not None:
             until = now + failure.retry_after_s if failure.retry_after_s else None
+            rate_limits = failure.rate_limits
             out_of_tokens = rate_limits is None or rate_limits.remaining_tokens == 0
             empty = [s for lim, s in self._shortest(ticket) if lim.what == "requests" or out_of_tokens]
             if empty:
-                writes.append(EmptyBuckets(account, tuple(empty), until))
-        if completion is not None and failure is None and (c.key in self._watched or ticket.probe):
+                writes.append(EmptyBuckets(c.account_key, tuple(empty), until))
+        return writes
+
+    def _counts_of(self, c: Candidate, ticket: Ticket, completion: Any, failure: ProviderFailure | None) -> list[Write]:
+        """What an attempt that was sent writes whichever way it ended: the slot back, the counts, the
+        tokens estimate corrected, the headers' remaining, and the breaker closed if it served."""
+        account = c.account_key
+        writes: list[Write] = [ReleaseSlot(account, ticket.slot)] if ticket.slot is not None else []
+        writes += self._counted(account)
+        reply = completion if failure is None else failure
+        used = getattr(getattr(reply, "usage", None), "total_tokens", None)
+        if used is not None:
+            if used and account in self._quota:
+                tokens = f"{USAGE_PREFIX}{account}|tokens"
+                writes += (AddCount(tokens, float(used), _MINUTE), AddCount(tokens, float(used), _DAY))
+            for lim, spec in zip(ticket.limits, ticket.specs):
+                if lim.what == "tokens":
+                    back = spec.amount - float(used)  # the estimate taken, less what the reply says it used
+                    if back:
+                        writes.append(AdjustBucket(account, _with_amount(spec, back)))
+        rate_limits = getattr(reply, "rate_limits", None)
+        if rate_limits is not None and isinstance(rate_limits, RateLimits):
+            writes += self._lowered(ticket, rate_limits)
+        if completion is not None and failure is None and (ticket.probe or c.key in self._watched):
             writes.append(BreakerSuccess(c.key))
         return writes
+
+    def served(self, c: Candidate, ticket: Ticket, completion: Any) -> bool:
+        """`settle` of an attempt that was answered, done here without building writes when there is
+        nothing to write but counts (nearly every call of a busy candidate): its counts are added up and
+        written behind. False: not such an attempt, `settle` it."""
+        if ticket.slot is not None or ticket.probe or not ticket.specs or getattr(completion, "rate_limits", None) is not None \
+                or c.key in self._watched:
+            return False
+        used = getattr(getattr(completion, "usage", None), "total_tokens", None)
+        if used is not None:
+            for lim in ticket.limits:
+                if lim.what == "tokens":  # (the estimate taken is corrected: a write of its own)
+                    return False
+        self.end(c)
+        self._answered.add(c.key)
+        self._behind_here().count(c.account_key, float(used or 0))
+        return True
+
+    def counts(self, account: str, calls: float, tokens: float) -> list[Write]:
+        """The counts of `calls` requests served on `account` and the tokens they used."""
+        out: list[Write] = [AddCount(SENT_PREFIX + account, calls, _FOREVER)]
+        if account in self._quota:
+            requests = f"{USAGE_PREFIX}{account}|requests"
+            out += (AddCount(requests, calls, _MINUTE), AddCount(requests, calls, _DAY))
+            if tokens:
+                used = f"{USAGE_PREFIX}{account}|tokens"
+                out += (AddCount(used, tokens, _MINUTE), AddCount(used, tokens, _DAY))
+        return out
+
+    def _counted(self, account: str) -> tuple[AddCount, ...]:
+        """The counts one request on `account` adds: sent, and its quota's requests this minute and day
+        (the same writes every time: made once)."""
+        hit = self._counts.get(account)
+        if hit is None:
+            hit = (AddCount(SENT_PREFIX + account, 1, _FOREVER),)
+            if account in self._quota:
+                hit += (AddCount(f"{USAGE_PREFIX}{account}|requests", 1, _MINUTE), AddCount(f"{USAGE_PREFIX}{account}|requests", 1, _DAY))
+            self._counts[account] = hit
+        return hit
 
     def _shortest(self, ticket: Ticket) -> list[tuple[Limit, BucketSpec]]:
         """Each metric's shortest-window bucket of the ticket: what a reply's remaining or a 429 is about (a
@@ -580,11 +864,14 @@ class Pacer:
         the provider had that much left when it answered, less what this process has sent since."""
         out: list[Write] = []
         in_flight = float(self._in_flight.get(ticket.c.key, 0))
+        account = ticket.c.account_key
         for lim, spec in self._shortest(ticket):
             remaining = limits.remaining_requests if lim.what == "requests" else limits.remaining_tokens
             if remaining is None:
                 continue
-            level = float(remaining) - (in_flight if lim.what == "requests" else 0.0)
+            # (what this process's leases hold is taken from the bucket already: the rest is the others')
+            leased = sum(lease.held(spec.field) for lease in self._leases.values() if lease.account == account)
+            level = float(remaining) - (in_flight if lim.what == "requests" else 0.0) - leased
             out.append(LowerBucket(ticket.c.account_key, spec, level))
         return out
 
@@ -622,6 +909,7 @@ class Pacer:
     async def usage(self) -> dict[str, dict[str, float]]:
         """What the store counted for each account with a quota: this minute's and today's requests and
         tokens (every process's), and the requests sent on it so far (for status)."""
+        await self.drain()  # (this process's counts, sent behind its calls, first)
         out: dict[str, dict[str, float]] = {}
         for account in self._quota:
             counts: dict[str, float] = {}
@@ -634,14 +922,28 @@ class Pacer:
 
     def write_behind(self, writes: Sequence[Write]) -> None:
         """Send these writes with the others of this turn of the event loop (no waiting for them here)."""
+        self._behind_here().add(writes)
+
+    def _behind_here(self) -> WriteBehind:
+        """The writes waiting on the running event loop."""
         loop = asyncio.get_running_loop()
-        behind = self._behind.get(loop)
-        if behind is None:
-            behind = self._behind[loop] = WriteBehind(self)
-        behind.add(writes)
+        behind = self._last_behind
+        if behind is None or behind.loop is not loop:
+            behind = self._behind.get(loop)
+            if behind is None:
+                behind = self._behind[loop] = WriteBehind(self, loop)
+            self._last_behind = behind
+        return behind
 
     async def drain(self) -> None:
-        """Wait until the writes sent behind on this event loop are in the store (close, tests)."""
+        """Give back what the leases hold, and wait until the writes sent behind on this event loop are in
+        the store (close, status, tests)."""
+        topping = [t for t in self._tasks if t.get_loop() is asyncio.get_running_loop()]
+        if topping:
+            await asyncio.gather(*topping, return_exceptions=True)
+        for lease in self._leases.values():
+            if lease.specs:
+                self.write_behind(lease.give_back())
         behind = self._behind.get(asyncio.get_running_loop())
         if behind is not None:
             await behind.drain()
@@ -669,17 +971,23 @@ class Pacer:
         return {f"{key} ({lane})": until for (key, lane), (until, _) in self._blocked.items() if until > now}
 
 
+_MINUTE, _DAY, _FOREVER = Window.minute(), Window.day(), Window.forever()
+
+
 def _merged(writes: Sequence[Write]) -> list[Write]:
     """The same writes in fewer commands: counts of one counter added up, corrections of one bucket added
     up, a bucket lowered to the lowest level asked, a breaker closed once (the rest as they are)."""
-    counts: dict[tuple[str, Window], float] = {}
+    counts: dict[tuple[str, float, bool], tuple[Window, float]] = {}
     adjusts: dict[tuple[str, str], tuple[BucketSpec, float]] = {}
     lowers: dict[tuple[str, str], LowerBucket] = {}
     out: list[Write] = []
     closed: set[str] = set()
     for w in writes:
         if isinstance(w, AddCount):
-            counts[(w.key, w.window)] = counts.get((w.key, w.window), 0.0) + w.n
+            # (keyed by the window's fields: a frozen dataclass's own hash is a Python call per write)
+            key = (w.key, w.window.seconds, w.window.sliding)
+            added = counts.get(key)
+            counts[key] = (w.window, w.n if added is None else added[1] + w.n)
         elif isinstance(w, AdjustBucket):
             spec, total = adjusts.get((w.account, w.bucket.field), (w.bucket, 0.0))
             adjusts[(w.account, w.bucket.field)] = (spec, total + w.bucket.amount)
@@ -693,7 +1001,7 @@ def _merged(writes: Sequence[Write]) -> list[Write]:
                 out.append(w)
         else:
             out.append(w)
-    out += [AddCount(key, n, window) for (key, window), n in counts.items()]
+    out += [AddCount(key[0], n, window) for key, (window, n) in counts.items()]
     out += [AdjustBucket(account, _with_amount(spec, total)) for (account, _), (spec, total) in adjusts.items() if total]
     out += list(lowers.values())
     return out

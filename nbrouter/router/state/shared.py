@@ -758,60 +758,65 @@ class RuleStore:
         """Run one rule atomically, with the transaction and the store's "now"."""
         raise NotImplementedError
 
+    async def arun(self, rule: Callable[..., T], *args: Any) -> T:
+        """`run` for a verb: a store that may have to wait (a file another process holds) waits without
+        stalling the event loop."""
+        return self.run(rule, *args)
+
     async def add(self, key: str, n: float, window: Window) -> float:
-        return self.run(Rules.add, key, n, window)
+        return await self.arun(Rules.add, key, n, window)
 
     async def count(self, key: str, window: Window) -> float:
-        return self.run(Rules.count, key, window)
+        return await self.arun(Rules.count, key, window)
 
     async def extend_hold(self, key: str, kind: str, until: float, reason: str, detail: str = "") -> Hold:
-        return self.run(Rules.extend_hold, key, kind, until, reason, detail)
+        return await self.arun(Rules.extend_hold, key, kind, until, reason, detail)
 
     async def holds(self) -> dict[str, Hold]:
-        return self.run(Rules.holds)
+        return await self.arun(Rules.holds)
 
     async def clear_holds(self, match: str | None = None) -> int:
-        return self.run(Rules.clear_holds, match)
+        return await self.arun(Rules.clear_holds, match)
 
     async def breaker_failure(self, key: str, *, window_s: float, threshold: int, open_s: float,
                               open_now: bool = False) -> BreakerView:
-        return self.run(Rules.breaker_failure, key, window_s, threshold, open_s, open_now)
+        return await self.arun(Rules.breaker_failure, key, window_s, threshold, open_s, open_now)
 
     async def breaker_admits(self, key: str, probe_ttl_s: float) -> tuple[bool, BreakerView]:
-        return self.run(Rules.breaker_admits, key, probe_ttl_s)
+        return await self.arun(Rules.breaker_admits, key, probe_ttl_s)
 
     async def breaker_success(self, key: str) -> None:
-        self.run(Rules.breaker_success, key)
+        await self.arun(Rules.breaker_success, key)
 
     async def end_probe(self, key: str) -> None:
-        self.run(Rules.end_probe, key)
+        await self.arun(Rules.end_probe, key)
 
     async def breaker(self, key: str) -> BreakerView:
-        return self.run(Rules.breaker, key)
+        return await self.arun(Rules.breaker, key)
 
     async def next_turn(self, key: str, n: int) -> int:
-        return self.run(Rules.next_turn, key, n)
+        return await self.arun(Rules.next_turn, key, n)
 
     async def deal(self, key: str, n: int) -> int:
-        return self.run(Rules.deal, key, n, shuffled(n))
+        return await self.arun(Rules.deal, key, n, shuffled(n))
 
     async def least_used(self, key: str, members: Sequence[str]) -> str:
-        return self.run(Rules.least_used, key, list(members))
+        return await self.arun(Rules.least_used, key, list(members))
 
     async def admit(self, request: AdmitRequest) -> Admission:
-        return self.run(Rules.admit, request, new_token())
+        return await self.arun(Rules.admit, request, new_token())
 
     async def acquire_slot(self, account: str, slot: SlotRequest) -> str | None:
-        return self.run(Rules.acquire_slot, account, slot, new_token())
+        return await self.arun(Rules.acquire_slot, account, slot, new_token())
 
     async def apply(self, writes: Sequence[Write]) -> None:
         def all_of(tx: Tx, now: float) -> None:
             for w in writes:
                 Rules.write(tx, now, w)
-        self.run(all_of)
+        await self.arun(all_of)
 
     async def buckets(self, account: str, specs: Sequence[BucketSpec]) -> dict[str, float]:
-        return self.run(Rules.buckets, account, list(specs))
+        return await self.arun(Rules.buckets, account, list(specs))
 
     async def clear_buckets(self, match: str | None = None) -> int:
         return self.run(Rules.clear_buckets, match)
