@@ -95,6 +95,21 @@ def test_a_batchs_first_wave_waits_for_its_first_target_to_learn_its_limits(sim,
     assert not [r for r in sim.requests if r.model == "b"]
 
 
+def test_a_batchs_first_wave_waits_for_the_first_take_of_its_first_targets_new_bucket(clock_sim, make_router) -> None:
+    # a configured quota: the bucket new to the store starts at the interactive reserve, so a batch's first
+    # take waits one refill; the first wave of a healthy priority combo waits for it rather than going down
+    # to the spare at once (afterwards the spare takes what the first target's pace leaves, as it should)
+    sim, clock = clock_sim
+    providers = {name: {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "SIM_KEY"} for name in ("sim", "spare")}
+    providers["sim"]["quota"] = {"requests_per_minute": 120}
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a", "spare/b"]}}, providers=providers), clock=clock)
+    batch = router.map("c", [f"q{i}" for i in range(12)], concurrency=4, cache=False)
+    assert batch.done == 12
+    first = [r.model for r in sim.requests][:1]
+    assert first == ["a"], [r.model for r in sim.requests]
+    assert batch.served_by_counts["sim#default/a"] >= 1
+
+
 def test_a_batch_on_an_account_in_steady_use_elsewhere_meets_no_429_from_its_first_request(clock_sim, make_router) -> None:
     # the provider's window of the key is full of other users' requests (one frees every 0.5 s): no store of
     # ours has seen them, so a bucket new to the store must not let its first request go at once

@@ -33,7 +33,7 @@ from ..requests import CallRequest, build_request
 from ..decide.scoring import record_exclusions
 from ..decide.combos import auto_pool, resolve
 from ..requests import Pacing
-from ..state.pacing import INTERACTIVE, PACED, Ticket
+from ..state.pacing import INTERACTIVE, LEARNING, PACED, Ticket
 from ..state.shared import ExtendHold, StoreDown
 from ..state.store import StateStore
 from ..decide.tokens import estimate_prompt, estimate_text
@@ -381,6 +381,10 @@ class Loop:
                     refused = refused or skip is not None
                 if skip is not None:
                     call.add(self._skipped(c, skip[0], skip[1], now))
+                    if skip[0].startswith(LEARNING):  # a batch waits for this step's first take: not down the combo
+                        queue, behind = [q for q in queue if q.step <= c.step], [q for q in queue if q.step > c.step]
+                        for q in behind:
+                            call.add(self._skipped(q, f"{LEARNING}: waiting behind {c.key}", skip[1], now))
                     continue
                 attempt_timeout = timeout_s
                 if deadline is not None:

@@ -400,6 +400,8 @@ class Pacer:
         self._blocked: dict[tuple[str, str], tuple[float, str]] = {}
         #: candidates that have answered at least once (before that, one batch request at a time probes them)
         self._answered: set[str] = set()
+        #: candidates whose first batch take here was refused by a bucket (it waits one refill: `LEARNING`)
+        self._first_takes: set[str] = set()
         self._in_flight: dict[str, int] = {}
         #: requests sent and 429s met, per candidate key (what the batch summary shows)
         self.sent: dict[str, int] = {}
@@ -485,6 +487,8 @@ class Pacer:
             until, why = blocked
             if until > now:
                 wait = until - now
+                if lane == "batch" and c.key in self._first_takes and c.key not in self.sent:
+                    return f"{LEARNING} ({why}: its first take waits one refill; next in {wait * 1000:.0f} ms)", until
                 return f"{PACED}: no headroom now ({why}; next in {span(wait) if wait >= 1 else f'{wait * 1000:.0f} ms'})", until
             self._blocked.pop((c.key, lane), None)
         if lane == "batch" and c.key not in self._answered and self._in_flight.get(c.key, 0) >= 1 and not self.limits_of(c):
@@ -711,6 +715,13 @@ class Pacer:
             return f"{'locked' if h.kind == 'lock' else 'cooling down'}: {h.reason} ({span(h.until - now)} left)", h.until
         if answer.reason == "bucket":
             why = next((lim.describe() for lim, s in zip(limits, specs) if s.field == answer.bucket), "the account's limit")
+            if lane == "batch" and c.key not in self.sent:
+                # this process has sent nothing to `c` yet: a bucket new to the store starts at the reserve, so
+                # a batch's first take waits one refill. Its items wait for it (as while a first request finds
+                # out the limits) rather than going down a healthy combo
+                self._blocked[(c.key, lane)] = (until, why)
+                self._first_takes.add(c.key)
+                return f"{LEARNING} ({why}: its first take waits one refill; next in {wait * 1000:.0f} ms)", until
         elif answer.reason == "slots":
             why = f"{concurrency} in flight on {c.account_key}"
         elif answer.reason == "breaker":
