@@ -110,6 +110,22 @@ def test_a_batchs_first_wave_waits_for_the_first_take_of_its_first_targets_new_b
     assert batch.served_by_counts["sim#default/a"] >= 1
 
 
+def test_a_batch_item_whose_fallback_is_only_paced_waits_for_it_instead_of_failing(clock_sim, make_router) -> None:
+    # the first target's quota is exhausted; the spare has a quota too, and its bucket, new to the store, makes
+    # the first take wait one refill: the item waits for the spare (a healthy target, only paced), not failed
+    from nbrouter.testing import QuotaExceeded
+
+    sim, clock = clock_sim
+    providers = {name: {"protocol": "openai", "base_url": sim.openai_url, "api_key_env": "SIM_KEY",
+                        "quota": {"requests_per_minute": 120}} for name in ("sim", "spare")}
+    sim.script([QuotaExceeded()], model="a")
+    router = make_router(sim_config(sim, {"c": {"targets": ["sim/a", "spare/b"]}}, providers=providers), clock=clock)
+    batch = router.map("c", ["only"], concurrency=1, cache=False)
+    assert batch.done == 1 and not batch.failed
+    assert batch.served_by_counts == {"spare#default/b": 1}
+    assert [a.kind.value if a.kind else None for a in batch.results[0].attempts][:1] == ["quota_exceeded"]
+
+
 def test_a_batch_on_an_account_in_steady_use_elsewhere_meets_no_429_from_its_first_request(clock_sim, make_router) -> None:
     # the provider's window of the key is full of other users' requests (one frees every 0.5 s): no store of
     # ours has seen them, so a bucket new to the store must not let its first request go at once

@@ -452,6 +452,13 @@ class Loop:
         if refused and call.tries == tries_before:
             del call.attempts[mark:]  # a wait, not a failure: the next round's decision shows it
             return None
+        if refused and call.lanes.lane == "batch" and call.tries < max_attempts \
+                and (deadline is None or clock.monotonic() < deadline):
+            # a batch's item is not failed while a candidate it may still use is only paced (a fallback's
+            # bucket new to the store, say): it waits for it. The attempts sent stay in its record; the skip
+            # rows go (the next round's decision shows them), and `max_attempts` bounds the rounds
+            call.attempts[mark:] = [a for a in call.attempts[mark:] if a.action is not Action.SKIPPED]
+            return None
         self._log(call, combo.name, None)
         hint = ""
         if last_failure is not None and rule_for(last_failure.kind).needs_larger_window:
