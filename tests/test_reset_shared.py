@@ -113,6 +113,23 @@ def test_the_quota_skip_check_counts_the_uses_of_another_router_on_the_same_stat
                 assert row.skipped and row.reason.startswith("quota used up: 3/3 requests today")
 
 
+def test_the_quota_skip_check_adds_the_requests_sent_since_the_reading_on_any_model_of_the_account(sim, make_router) -> None:
+    clock = ManualClock()
+    config = quota_config(sim, 3)
+    config["combos"]["n"] = {"targets": ["sim/n"]}  # another model of the same account
+    a, b = make_router(config, clock=clock), make_router(config, clock=clock)
+    assert [b.complete("c", f"b{i}", cache=False).served_by for i in range(2)] == ["sim#default/m"] * 2
+    b.background.run(b.pacer.drain())
+    clock.advance(1.5)
+    # a reads the store's counts (2 of 3) before this call, then sends one on the account's other model
+    assert a.complete("n", "a0", cache=False).served_by == "sim#default/n"
+    # no new reading yet (less than a second): the store's 2 plus the 1 a sent since make 3, though a's own
+    # count says 1 and the model asked about has sent nothing here
+    result = a.complete("c", "a1", cache=False)
+    assert result.served_by == "spare#default/m"
+    assert "quota used up: 3/3 requests today" in result.attempts[0].message
+
+
 # ---- a refused local server: the shared breaker opens at once --------------------------------------------------
 
 

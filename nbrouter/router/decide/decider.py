@@ -26,7 +26,7 @@ from ..model import Account, Combo, Config, Provider, Quota
 from ..errors import ComboConfigError, NoProviders
 from ..policy import Policy
 from .pricing import PriceBook
-from .quota import SharedUsage
+from .quota import QuotaWindow, SharedUsage, quota_plan
 from ..requests import CallRequest
 from .scoring import EXCLUSION_PREFIX, PoolReadings
 from .scoring import excluded as auto_excluded
@@ -293,13 +293,17 @@ def _no_key(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: 
 
 def _quota_used_up(d: Decider, c: Candidate, info: RequestInfo, req: CallRequest, now: float) -> Skip | None:
     """A configured quota (requests or tokens per minute or day) used up, as every process sharing the
-    account counted it (the store's counts, mirrored: `quota.SharedUsage`)."""
-    acc = d.config.providers[c.provider].account(c.account)
-    if acc is None or acc.quota.is_empty():
+    account counted it (the store's counts, mirrored: `quota.SharedUsage`). O(1) per call: the account's
+    windows are worked out per configuration, and the reason is built only for a skip."""
+    account = c.account_key
+    windows = d.quota_plans.get(account)
+    if windows is None:
         return None
-    for limit, used, what, until in quota_windows(acc.quota, d.usage_window(c.account_key, now)):
-        if limit is not None and used >= limit:
-            return f"quota used up: {used}/{limit} {what} ({span(until - now)} left)", until
+    used = d.usage.used(account, d.state.usage.get(account), d.pacer, now)
+    for limit, index, what, per_day in windows:
+        if used[index] >= limit:
+            until = (int(now // 86400) + 1) * 86400.0 if per_day else (int(now // 60) + 1) * 60.0
+            return f"quota used up: {used[index]}/{limit} {what} ({span(until - now)} left)", until
     return None
 
 
@@ -426,7 +430,7 @@ class Decider:
         self._emergency: list[Candidate] | None = None
         #: what strategies compute once per configuration (`Snapshot.memo`)
         self.memo: dict[Any, Any] = {}
-        self.quota_accounts = self._quota_accounts()
+        self._set_quotas()
         self.usage.forget()
         self.key_variables = self._key_variables()
 
@@ -447,10 +451,15 @@ class Decider:
         """Read the store's usage counts of the quota accounts, if the last reading is a second old."""
         await self.usage.refresh(self.pacer, force=force)
 
-    def _quota_accounts(self) -> frozenset[str]:
-        """The account keys with a configured quota."""
-        return frozenset(f"{name}#{acc.name}" for name, p in self.config.providers.items()
-                         for acc in p.accounts if not acc.quota.is_empty())
+    def _set_quotas(self) -> None:
+        """Work out, per account key with a configured quota, the windows the skip check `quota` asks
+        (`quota_plans`), and the set of those keys (`quota_accounts`)."""
+        #: account key -> its configured quota windows (`quota.quota_plan`)
+        self.quota_plans: dict[str, tuple[QuotaWindow, ...]] = {
+            f"{name}#{acc.name}": quota_plan(acc.quota) for name, p in self.config.providers.items()
+            for acc in p.accounts if not acc.quota.is_empty()}
+        #: the account keys with a configured quota
+        self.quota_accounts = frozenset(self.quota_plans)
 
     def forget(self) -> None:
         """Drop the cached resolutions (the providers changed, e.g. after local discovery)."""
@@ -460,7 +469,7 @@ class Decider:
         self._notes.clear()
         self.memo.clear()
         self.capabilities.windows.clear()
-        self.quota_accounts = self._quota_accounts()
+        self._set_quotas()
         self.key_variables = self._key_variables()
         self._emergency = None
 

@@ -14,6 +14,10 @@ processes' through the state file, last writer wins, so a difference of it could
 
 A reading of an earlier minute (or day) counts nothing in the current one: the process's own count stands
 alone until the next reading.
+
+The check runs for every call of a quota account, so it costs O(1): the account's configured windows are
+worked out once per configuration (`quota_plan`), this process's requests per account are counted as they
+are sent (`Pacer.sent_accounts`), and the four counts are read without building a window object (`used`).
 """
 
 from __future__ import annotations
@@ -22,14 +26,34 @@ import math
 from dataclasses import dataclass
 
 from ..._core import Clock
+from ..model import Quota
 from ..state.health import UsageWindow
 from ..state.pacing import Pacer
-from ..state.shared import StoreDown, tag_of
+from ..state.shared import StoreDown
 
-__all__ = ["USAGE_MIRROR_S", "SharedUsage"]
+__all__ = ["MINUTE_REQUESTS", "MINUTE_TOKENS", "DAY_REQUESTS", "DAY_TOKENS", "USAGE_MIRROR_S", "QuotaWindow", "SharedUsage",
+           "quota_plan"]
 
 #: the store's usage counts are read again at most this often (the same age as the mirror of holds)
 USAGE_MIRROR_S = 1.0
+
+#: where each count is in what `SharedUsage.used` returns
+MINUTE_REQUESTS, MINUTE_TOKENS, DAY_REQUESTS, DAY_TOKENS = range(4)
+
+#: one configured quota window: (limit, index of its count in `SharedUsage.used`, what it counts, per day?)
+QuotaWindow = tuple[int, int, str, bool]
+
+
+def quota_plan(quota: Quota) -> tuple[QuotaWindow, ...]:
+    """The windows an account's quota sets a limit for, in the order the skip check names them (requests
+    then tokens per minute, then per day): worked out once per configuration, not per call."""
+    windows: tuple[tuple[int | None, int, str, bool], ...] = (
+        (quota.requests_per_minute, MINUTE_REQUESTS, "requests this minute", False),
+        (quota.tokens_per_minute, MINUTE_TOKENS, "tokens this minute", False),
+        (quota.requests_per_day, DAY_REQUESTS, "requests today", True),
+        (quota.tokens_per_day, DAY_TOKENS, "tokens today", True),
+    )
+    return tuple((limit, index, what, day) for limit, index, what, day in windows if limit is not None)
 
 
 @dataclass(frozen=True)
@@ -79,7 +103,7 @@ class SharedUsage:
             return
         self._read_at = self.clock.monotonic()  # before the await: the calls meanwhile do not read again
         # what this process had sent before the read: a request sent during it is counted twice at worst
-        sent = self.sent_by_account(pacer)
+        sent = dict(pacer.sent_accounts)
         try:
             counts = await pacer.usage()
         except StoreDown:  # a store without its guard: the last reading stays (the own count still holds)
@@ -92,31 +116,35 @@ class SharedUsage:
                                                c.get("requests_day", 0.0), c.get("tokens_day", 0.0),
                                                sent.get(account, 0))
 
-    @staticmethod
-    def sent_by_account(pacer: Pacer) -> dict[str, int]:
-        """The requests this process sent so far, by account (the pacer counts them by candidate)."""
-        out: dict[str, int] = {}
-        for key, n in pacer.sent.items():
-            account = tag_of(key)
-            out[account] = out.get(account, 0) + n
-        return out
+    def used(self, account: str, local: UsageWindow | None, pacer: Pacer, now: float) -> tuple[int, int, int, int]:
+        """The account's requests and tokens this minute and today (indexed by `MINUTE_REQUESTS` ...): this
+        process's own count (`local`, as the state store keeps it: a count of an earlier minute or day is
+        none in this one), or the store's as read plus this process's requests since, whichever is larger."""
+        minute, day = int(now // 60), int(now // 86400)
+        if local is None:
+            minute_requests = minute_tokens = day_requests = day_tokens = 0
+        else:
+            if local.minute == minute:
+                minute_requests, minute_tokens = local.minute_requests, local.minute_tokens
+            else:
+                minute_requests = minute_tokens = 0
+            if local.day == day:
+                day_requests, day_tokens = local.day_requests, local.day_tokens
+            else:
+                day_requests = day_tokens = 0
+        r = self._readings.get(account)
+        if r is not None and (r.minute == minute or r.day == day):
+            sent = max(pacer.sent_accounts.get(account, 0) - r.sent, 0)
+            if r.minute == minute:
+                minute_requests = max(minute_requests, int(r.requests_minute) + sent)
+                minute_tokens = max(minute_tokens, int(r.tokens_minute))
+            if r.day == day:
+                day_requests = max(day_requests, int(r.requests_day) + sent)
+                day_tokens = max(day_tokens, int(r.tokens_day))
+        return minute_requests, minute_tokens, day_requests, day_tokens
 
     def window(self, account: str, local: UsageWindow, pacer: Pacer, now: float) -> UsageWindow:
-        """The account's usage in the minute and day of `now`: this process's own count (`local`), or the
-        store's as read (plus this process's requests since), whichever is larger."""
-        r = self._readings.get(account)
-        if r is None:
-            return local
-        minute, day = int(now // 60), int(now // 86400)
-        if r.minute != minute and r.day != day:
-            return local
-        sent = max(sum(n for key, n in pacer.sent.items() if tag_of(key) == account) - r.sent, 0)
-        out = UsageWindow(minute=local.minute, minute_requests=local.minute_requests, minute_tokens=local.minute_tokens,
-                          day=local.day, day_requests=local.day_requests, day_tokens=local.day_tokens, updated=local.updated)
-        if r.minute == minute:
-            out.minute_requests = max(out.minute_requests, int(r.requests_minute) + sent)
-            out.minute_tokens = max(out.minute_tokens, int(r.tokens_minute))
-        if r.day == day:
-            out.day_requests = max(out.day_requests, int(r.requests_day) + sent)
-            out.day_tokens = max(out.day_tokens, int(r.tokens_day))
-        return out
+        """The account's usage in the minute and day of `now` as a window (`used`, for `headroom`)."""
+        minute_requests, minute_tokens, day_requests, day_tokens = self.used(account, local, pacer, now)
+        return UsageWindow(minute=int(now // 60), minute_requests=minute_requests, minute_tokens=minute_tokens,
+                           day=int(now // 86400), day_requests=day_requests, day_tokens=day_tokens, updated=local.updated)

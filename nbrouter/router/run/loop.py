@@ -376,8 +376,8 @@ class Loop:
                 c = queue.pop(0)
                 now = clock.time()
                 skip = self._skip_now(call, c, info, call.tries, max_attempts, deadline, overflow_window, now)
-                if skip is None:
-                    skip = await self._admit(call, c, info, now)
+                if skip is None and not self._admitted_here(call, c, info):
+                    skip = await self._asked(call, c, info, now)
                     refused = refused or skip is not None
                 if skip is not None:
                     call.add(self._skipped(c, skip[0], skip[1], now))
@@ -467,15 +467,28 @@ class Loop:
 
     async def _admit(self, call: _Call, c: Candidate, info: RequestInfo, now: float) -> tuple[str, float] | None:
         """Ask the shared store for one attempt of `c` when its account's limits are known (one round trip;
-        none for an account without): None when it may be sent, else why not and until when."""
+        none for an account without, or from a lease): None when it may be sent, else why not and until when."""
+        return None if self._admitted_here(call, c, info) else await self._asked(call, c, info, now)
+
+    def _admitted_here(self, call: _Call, c: Candidate, info: RequestInfo) -> bool:
+        """`_admit`'s answers that need no store and no await (nearly every call): True when `c` may be sent
+        now, as an account the store is not asked about, or from its lease; False: ask (`_asked`)."""
         pacer, lanes = self.decider.pacer, call.lanes
         if not pacer.watching(c, lanes):
             if lanes.lane == "batch":  # a batch's first request to it finds out its limits; the rest wait
                 self._ticket(call, pacer.local_ticket(c, info.prompt_tokens + info.max_tokens, lanes))
-            return None
-        tokens = info.prompt_tokens + info.max_tokens
-        leased = pacer.leased(c, tokens, lanes)  # (a busy candidate's: no round trip, no await)
-        answer = leased if leased is not None else await pacer.ask(c, tokens, lanes, now)
+            return True
+        leased = pacer.leased(c, info.prompt_tokens + info.max_tokens, lanes)  # (no round trip, no await)
+        if leased is None:
+            return False
+        self._ticket(call, leased)
+        return True
+
+    async def _asked(self, call: _Call, c: Candidate, info: RequestInfo, now: float) -> tuple[str, float] | None:
+        """The store's admission of one attempt of `c` (one round trip), after `_admitted_here` said False
+        (its lease, if any, was asked already: not asked again)."""
+        pacer = self.decider.pacer
+        answer = await pacer.ask(c, info.prompt_tokens + info.max_tokens, call.lanes, now)
         if isinstance(answer, Ticket):
             self._ticket(call, answer)
             return None
@@ -490,6 +503,19 @@ class Loop:
         if call.tickets is None:
             call.tickets = {}
         call.tickets[ticket.c.key] = ticket
+
+    def _served_here(self, call: _Call, c: Candidate, completion: Completion) -> bool:
+        """`_settle` of an answered attempt that has nothing to write but counts (nearly every call of a busy
+        candidate), without an await: True when done (`Pacer.served`); False: `_settle` it."""
+        tickets = call.tickets
+        if not tickets or call.holds or call.breaker_failed:
+            return False
+        ticket = tickets.get(c.key)
+        if ticket is None or not self.decider.pacer.served(c, ticket, completion):
+            return False
+        del tickets[c.key]
+        call.holds, call.breaker_now = None, False  # (as `_settle` leaves them)
+        return True
 
     async def _settle(self, call: _Call, c: Candidate, completion: Completion | None, failure: ProviderFailure | None) -> None:
         """After an attempt: give back and correct what its admission took, and tell the store the holds and
@@ -941,8 +967,8 @@ class Loop:
             c = next((g for g in group if g.model == served), None) or next((g for g in group if served.startswith(g.model)), c)
             note = f"one OpenRouter request with models [{', '.join(g.model for g in group)}]; it served {served}"
         outcome = self._served(call, combo, c, provider, completion, info, latency, first[0] if first else None, now, note)
-        if call.tickets:  # what the admission took, corrected by the reply (one write round trip)
-            await self._settle(call, sent, completion, None)
+        if call.tickets and not self._served_here(call, sent, completion):
+            await self._settle(call, sent, completion, None)  # what the admission took, corrected by the reply
         return outcome
 
     def _timed_out(self, call: _Call, combo: Combo, c: Candidate, provider: Provider, endpoint: Endpoint, timeout_s: float,

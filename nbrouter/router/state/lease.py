@@ -99,6 +99,14 @@ class Lease:
         """The calls sent in the last window or this one (whichever had more)."""
         return max(self.count, self.last_count)
 
+    def spend(self, specs: Sequence[BucketSpec], now: float) -> int:
+        """Count one call (`note`) and spend its takes from the lease (`take`): what `take` says."""
+        if now - self.window_start >= DEMAND_S:
+            self.note(now)
+        else:
+            self.count += 1
+        return self.take(specs, now)
+
     def take(self, specs: Sequence[BucketSpec], now: float) -> int:
         """Spend one call's takes (`specs`' amounts) from the lease, if it holds them for these buckets:
         0 when it does not, 1 when taken, 2 when taken and the lease is down to half of its last fill (time

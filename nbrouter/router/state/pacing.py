@@ -405,6 +405,8 @@ class Pacer:
         self._in_flight: dict[str, int] = {}
         #: requests sent and 429s met, per candidate key (what the batch summary shows)
         self.sent: dict[str, int] = {}
+        #: the same requests per account key (the quota skip check reads it per call: no sum over candidates)
+        self.sent_accounts: dict[str, int] = {}
         self.limited: dict[str, int] = {}
         #: how often the store said wait, per lane ("interactive", "batch")
         self.refused: dict[str, int] = {}
@@ -509,16 +511,19 @@ class Pacer:
         loop): the Ticket, or None when the store must be asked (`ask`). A lease down to half is topped up
         beside the calls."""
         limits = self.limits_of(c)
-        if not limits or lanes.concurrency(c.account_key) is not None:
+        key, account = c.key, c.account_key
+        if not limits or lanes.concurrency(account) is not None:
             return None
         lane: Lane = "interactive" if lanes.lane == "interactive" else "batch"
-        lease = self._lease_of(c, (c.key, lane))
-        if lease is None:
+        # (`_lease_of`, inlined: once per call)
+        if not self.leasing or key in self._watched or account in self._watched:
             return None
-        specs = self._specs_of(c.key, limits, tokens, lane)
+        lease = self._leases.get((key, lane))
+        if lease is None:
+            lease = self._leases[(key, lane)] = Lease(account)
+        specs = self._specs_of(key, limits, tokens, lane)
         mono = self.clock.monotonic()
-        lease.note(mono)
-        taken = lease.take(specs, mono)
+        taken = lease.spend(specs, mono)
         if taken:
             if taken == 2 and not lease.topping and mono >= lease.paused_until:
                 self._top_up(c, lane, lease, specs)
@@ -738,15 +743,19 @@ class Pacer:
         return self._sent(Ticket(c, tokens, lane, (), (), shared=False))
 
     def _sent(self, ticket: Ticket) -> Ticket:
-        key = ticket.c.key
+        c = ticket.c  # (`begin`, inlined: once per admitted call)
+        key, account = c.key, c.account_key
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         self.sent[key] = self.sent.get(key, 0) + 1
+        self.sent_accounts[account] = self.sent_accounts.get(account, 0) + 1
         return ticket
 
     def begin(self, c: Candidate) -> None:
         """A batch's attempt of `c` without admission starts (its first request finds out its limits)."""
-        self._in_flight[c.key] = self._in_flight.get(c.key, 0) + 1
-        self.sent[c.key] = self.sent.get(c.key, 0) + 1
+        key, account = c.key, c.account_key
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        self.sent[key] = self.sent.get(key, 0) + 1
+        self.sent_accounts[account] = self.sent_accounts.get(account, 0) + 1
 
     def end(self, c: Candidate) -> None:
         """That attempt ended (whichever way)."""
