@@ -1,10 +1,10 @@
 """Issue 25, the router: images and tools in a call, JSON mode, and routing only to the targets that can
 take them. Every call goes over loopback to the simulator in each protocol (OpenAI, Anthropic, Gemini).
 
-matplotlib and PIL are not installed here: a figure is what `savefig` makes and a PIL image what `save`
-makes, so the objects below stand in for them through those two methods exactly as nbrouter calls them
-(`savefig(buf, format="png", bbox_inches="tight")`, `save(buf, format="PNG")`); IPython's own `Image`
-(`_repr_png_`) is the real thing.
+A figure is what `savefig` makes and a PIL image what `save` makes: the objects below stand in for them
+through those two methods exactly as nbrouter calls them (`savefig(buf, format="png", bbox_inches="tight")`,
+`save(buf, format="PNG")`), and one test per protocol sends the real matplotlib and PIL objects (the test
+extra installs both; nbrouter never imports either). IPython's own `Image` (`_repr_png_`) is the real thing.
 """
 
 from __future__ import annotations
@@ -141,6 +141,34 @@ def test_an_image_from_a_path_bytes_and_a_figure_reaches_the_wire_in_the_protoco
     # the prompt's text comes first, then the images, in the one user message
     text = request.body["contents"][-1]["parts"][0]["text"] if protocol == "gemini" else request.body["messages"][-1]["content"][0]["text"]
     assert text == "What is in these pictures?"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_real_matplotlib_figure_its_axes_and_a_pil_image_reach_the_wire_as_pngs(
+        sim: Any, make_router: Any, protocol: str) -> None:
+    # the real packages (the test extra installs them; nbrouter never imports either): what the stand-ins
+    # above assume of them is what they do
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure as RealFigure
+    from PIL import Image as PilModule
+
+    figure = RealFigure(figsize=(2, 1.5), dpi=50)
+    axes = figure.add_subplot()
+    axes.bar(["Q1", "Q2", "Q3"], [3, 5, 4])
+    picture = PilModule.new("RGB", (24, 16), (200, 30, 30))
+    router = make_router(config(sim, protocol), persist=False)
+    router.complete("p/m1", "What do these show?", images=[figure, axes, picture])
+    sent = wire_images(protocol, sim.requests[-1].body)
+    assert [t for t, _ in sent] == ["image/png"] * 3
+    decoded = [PilModule.open(io.BytesIO(base64.b64decode(data))) for _, data in sent]
+    assert [d.format for d in decoded] == ["PNG"] * 3
+    assert decoded[0].size == decoded[1].size  # the axes sent their figure
+    assert decoded[0].size[0] > 10 and decoded[0].size[1] > 10
+    assert decoded[2].size == (24, 16) and decoded[2].convert("RGB").getpixel((3, 3)) == (200, 30, 30)
 
 
 def test_an_image_by_url_is_sent_as_a_url(sim: Any, make_router: Any) -> None:

@@ -1,8 +1,8 @@
 """Issue 25 in the notebook: `%%llm COMBO --image VAR` (and `_`, the last figure shown) and `--tools f,g`,
 in an in-process InteractiveShell against the provider simulator.
 
-matplotlib is not installed here: pyplot is stood in for by a module with the two functions nbrouter
-calls (`get_fignums`, `gcf`), and a figure by an object with `savefig`, as matplotlib's are called.
+pyplot is stood in for by a module with the two functions nbrouter calls (`get_fignums`, `gcf`), and a
+figure by an object with `savefig`, as matplotlib's are called; one test runs the real pyplot too.
 """
 
 from __future__ import annotations
@@ -42,6 +42,19 @@ def test_image_underscore_is_pyplots_current_figure_when_pyplot_is_loaded(ip: An
     ip.user_ns["_"] = "not this"
     assert run(ip, "%%llm solo --image _ --no-stream\nWhat is this?") is None
     assert sim.requests[-1].image_bytes == len(png(grey=32)) and figure.calls
+
+
+def test_image_underscore_is_real_pyplots_current_figure(ip: Any, sim: Any) -> None:
+    # the real pyplot (the test extra installs matplotlib): a chart drawn in the cell above is what `_` sends
+    assert run(ip, "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+                   "plt.figure(figsize=(2, 1.5), dpi=50)\nplt.bar(['Q1', 'Q2'], [3, 5])\nplt.title('sales')") is None
+    ip.user_ns["_"] = "not this"
+    try:
+        assert run(ip, "%%llm solo --image _ --no-stream\nWhat does this chart show?") is None
+        request = sim.requests[-1]
+        assert request.images == 1 and request.image_types == ("image/png",) and request.image_bytes > 500
+    finally:
+        run(ip, "plt.close('all')")
 
 
 def test_two_images_and_a_streamed_answer(ip: Any, sim: Any) -> None:
