@@ -18,38 +18,29 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
 
+from .urls import ProviderURLs
+
 #: how long the child may take to print its URL
 START_TIMEOUT_S = 30.0
 #: how long `stop()` waits after SIGTERM before SIGKILL
 STOP_TIMEOUT_S = 5.0
 
 
-class SimulatorProcess:
+class SimulatorProcess(ProviderURLs):
     """A `python -m nbrouter.testing serve` child: its URL, its counts over HTTP, and stopping it by its pid."""
 
     def __init__(self, popen: subprocess.Popen[str], url: str) -> None:
         self._popen = popen
-        self.url = url
+        self._url = url
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:PORT`, as the child printed it."""
+        return self._url
 
     @property
     def pid(self) -> int:
         return self._popen.pid
-
-    @property
-    def openai_url(self) -> str:
-        return self.url + "/v1"
-
-    @property
-    def anthropic_url(self) -> str:
-        return self.url
-
-    @property
-    def gemini_url(self) -> str:
-        return self.url + "/v1beta"
-
-    @property
-    def openrouter_url(self) -> str:
-        return self.url + "/openrouter/v1"
 
     def stats(self, *, times: bool = False) -> dict[str, Any]:
         """`GET /_sim/stats`: the simulator's counts per key id (see `ProviderSimulator.stats`)."""

@@ -32,6 +32,7 @@ from ._gemini_wire import GeminiWire
 from ._openai_wire import OpenAIWire, OpenRouterWire
 from ._scripts import ScriptBook
 from ._wire import CHARS_PER_TOKEN, CHUNK_CHARS, Call, Outcome, RenderedTool, Wire, canonical_finish, dumps, text_of
+from .urls import ProviderURLs
 from .behaviours import (
     Behaviour,
     Capabilities,
@@ -127,7 +128,7 @@ class RecordedRequest:
         self.tool_results = features.tool_results
 
 
-class ProviderSimulator:
+class ProviderSimulator(ProviderURLs):
     """A fake LLM provider on loopback that answers with scripted successes, errors and faults.
 
     Args:
@@ -232,32 +233,6 @@ class ProviderSimulator:
         if self._port is None:
             raise RuntimeError("the simulator is not running; call start() first")
         return f"http://127.0.0.1:{self._port}"
-
-    @property
-    def openai_url(self) -> str:
-        """The OpenAI-compatible base URL (clients POST `{base}/chat/completions`)."""
-        return self.url + "/v1"
-
-    @property
-    def anthropic_url(self) -> str:
-        """The Anthropic base URL (clients POST `{base}/v1/messages`)."""
-        return self.url
-
-    @property
-    def gemini_url(self) -> str:
-        """The Gemini base URL (clients POST `{base}/models/{model}:generateContent`)."""
-        return self.url + "/v1beta"
-
-    @property
-    def openrouter_url(self) -> str:
-        """The OpenRouter base URL: OpenAI's format plus `usage.cost`, generation ids and the `models` fallback.
-
-        With a `models` array the call walks it in order, each model taking its own scripted behaviour:
-        an HTTP error (a `Failure`, or a `Raw` with status >= 400) moves on to the next model; anything
-        else (a success, Empty, ContentFilter, or a transport fault) answers, with `model` set to the
-        serving model. If every model fails, the last failure answers. One request is recorded.
-        """
-        return self.url + "/openrouter/v1"
 
     # -- scripting --------------------------------------------------------------------------
 
