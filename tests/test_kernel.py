@@ -264,10 +264,16 @@ class LabLikeKernel:
 
         self.km, self.kc = start_new_kernel(kernel_name="python3")
 
-    def send(self, code: str, cell_id: str, **cell_metadata: Any) -> str:
+    def send(self, code: str, cell_id: str, *, later_s: float = 0.0, **cell_metadata: Any) -> str:
+        """Send an execute request as JupyterLab does; `later_s` stamps its header's date that much later
+        (a busy browser spacing Run All's requests)."""
         content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False,
                    "stop_on_error": True}
         msg = self.kc.session.msg("execute_request", content, metadata={**LAB_METADATA, **cell_metadata, "cellId": cell_id})
+        if later_s:
+            import datetime
+
+            msg["header"]["date"] = msg["header"]["date"] + datetime.timedelta(seconds=later_s)
         self.kc.shell_channel.send(msg)
         return str(msg["header"]["msg_id"])
 
@@ -326,9 +332,10 @@ def test_format_code_in_jupyterlab_writes_the_cell_below_and_run_all_does_not_ru
         assert done[below]["reply"]["content"]["status"] == "ok"
         assert "the old code ran" not in _printed(done[below]) and "nbrouter: not run" in _printed(done[below])
         # Run All again, stamped by the last run: queued with a new run of its writer, it does not run either,
-        # however quickly the writer answered (a cached answer takes milliseconds)
+        # however quickly the writer answered (a cached answer takes milliseconds) and however late the
+        # browser sent it (here a second later than the writer)
         again = lab.send("%%llm sim/coder -f code --no-stream\nprint hello", "writer")
-        stale = lab.send("print('the old code ran')", "below", nbrouter={"code_of": "writer", "run": writer})
+        stale = lab.send("print('the old code ran')", "below", later_s=1.0, nbrouter={"code_of": "writer", "run": writer})
         done = lab.results(again, stale)
         assert "the old code ran" not in _printed(done[stale]) and "nbrouter: not run" in _printed(done[stale])
         writer = again
