@@ -869,3 +869,104 @@ def test_a_body_past_the_size_cap_is_malformed_response(raw_server, monkeypatch)
     raw_server.script(RawResponse([http_response(200, b'{"pad": "' + b"x" * 20_000 + b'"}')]))
     failure = failed(call(Endpoint("p", "openai", raw_server.url + "/v1", api_key=OPENAI_KEY), ask())[0], ErrorKind.MALFORMED_RESPONSE)
     assert "larger than 10,000 bytes" in failure.message and failure.status == 200
+
+
+# -- the send path's shortcuts (issue 22's throughput): same bytes on the wire, same answers -------------------
+
+
+def _sent(sender: Any, ep: Endpoint, request: ChatRequest) -> Completion | ProviderFailure:
+    async def go() -> Completion | ProviderFailure:
+        try:
+            return await sender.send(get_protocol(ep.protocol), ep, request, timeout_s=5.0)
+        except ProviderFailure as failure:
+            return failure
+        finally:
+            await sender.aclose()
+    return asyncio.run(go())
+
+
+def _head(raw: bytes) -> dict[str, list[str]]:
+    head, _, _ = raw.partition(b"\r\n\r\n")
+    out: dict[str, list[str]] = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        out.setdefault(name.strip().lower(), []).append(value.strip())
+    return out
+
+
+def test_headers_made_once_per_endpoint_carry_each_key_host_and_length(raw_server):
+    """The Sender makes an endpoint's headers once and copies them per request: each key still reaches the
+    wire with its own request, an endpoint's own header overrides a default whatever its case, and Host and
+    the body's length are set as httpx would; the made headers show nowhere."""
+    from nbrouter.providers import Sender
+    from nbrouter.testing import RawResponse, http_response
+
+    body = json.dumps({"model": "m", "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]}).encode()
+    raw_server.script(*[RawResponse([http_response(200, body, [("content-type", "application/json")])]) for _ in range(3)])
+    other = "sk-proj-AnotherT3stKeyForProtocols987654"
+
+    async def go() -> list[Any]:
+        sender = Sender()
+        try:
+            out = []
+            for key, headers in ((OPENAI_KEY, {}), (other, {}), (OPENAI_KEY, {"ACCEPT": "application/x-ndjson"})):
+                ep = Endpoint("p", "openai", raw_server.url + "/v1", api_key=key, headers=headers)
+                out.append(await sender.send(get_protocol("openai"), ep, ask(), timeout_s=5.0))
+            assert OPENAI_KEY not in repr(sender) and other not in repr(sender)
+            return out
+        finally:
+            await sender.aclose()
+
+    results = asyncio.run(go())
+    assert [completed(r).text for r in results] == ["ok", "ok", "ok"]
+    sent = raw_server.requests[-3:]
+    heads = [_head(r) for r in sent]
+    assert [h["authorization"] for h in heads] == [[f"Bearer {OPENAI_KEY}"], [f"Bearer {other}"], [f"Bearer {OPENAI_KEY}"]]
+    port = raw_server.url.rsplit(":", 1)[1]
+    for raw, h in zip(sent, heads):
+        assert h["host"] == [f"127.0.0.1:{port}"]
+        payload = raw.partition(b"\r\n\r\n")[2]
+        assert h["content-length"] == [str(len(payload))] and json.loads(payload)["messages"][0]["content"] == "hi"
+    assert heads[0]["accept"] == ["*/*"] and heads[2]["accept"] == ["application/x-ndjson"]
+
+
+def test_a_gzip_body_is_decompressed_and_a_plain_one_read_as_it_came(raw_server):
+    """A reply without content-encoding is read straight from the transport's stream; a gzip one still goes
+    through httpx's decoding (and one labelled gzip that is not is malformed_response, as before)."""
+    import gzip
+
+    from nbrouter.providers import Sender
+    from nbrouter.testing import RawResponse, http_response
+
+    body = json.dumps({"model": "m", "choices": [{"message": {"content": "über"}, "finish_reason": "stop"}]}).encode()
+    ep = Endpoint("p", "openai", raw_server.url + "/v1", api_key=OPENAI_KEY)
+    raw_server.script(RawResponse([http_response(200, gzip.compress(body), [("content-encoding", "gzip")])]))
+    assert completed(_sent(Sender(), ep, ask())).text == "über"
+    raw_server.script(RawResponse([http_response(200, body, [("content-encoding", " Identity ")])]))
+    assert completed(_sent(Sender(), ep, ask())).text == "über"
+    raw_server.script(RawResponse([http_response(200, body)]))
+    assert completed(_sent(Sender(), ep, ask())).text == "über"
+    raw_server.script(RawResponse([http_response(200, body, [("content-encoding", "gzip")])]))
+    failed(_sent(Sender(), ep, ask()), ErrorKind.MALFORMED_RESPONSE)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+def test_a_response_a_transport_made_already_read_is_read_whole(stream):
+    """A transport of the caller's may hand back `httpx.Response(content=...)`, read already: its body (or its
+    events) is taken from what it holds, not read again from a stream that is spent."""
+    from nbrouter.providers import Sender
+
+    if stream:
+        content = (b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n'
+                   b'data: {"choices":[{"delta":{"content":"lo"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+        kind = SSE
+    else:
+        content = json.dumps({"model": "m", "choices": [{"message": {"content": "Hello"}, "finish_reason": "stop"}]}).encode()
+        kind = "application/json"
+
+    class Made(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, headers={"content-type": kind}, content=content)
+
+    ep = Endpoint("p", "openai", "http://127.0.0.1:9/v1", api_key=OPENAI_KEY)
+    assert completed(_sent(Sender(Made()), ep, ask(stream=stream))).text == "Hello"

@@ -20,7 +20,7 @@ import json
 import ssl
 import urllib.request
 from dataclasses import replace
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Optional
 
 import httpx
 
@@ -121,6 +121,9 @@ class Sender:
         self._no_proxy = [e for e in (p.strip().lower() for p in proxies.get("no", "").split(",")) if e]
         self._by_origin: dict[tuple[str, str, int | None], httpx.AsyncBaseTransport] = {}
         self._by_proxy: dict[str, httpx.AsyncBaseTransport] = {}
+        #: request headers made once (`_headers_for`); they hold the key, as the endpoint does, and are
+        #: never shown
+        self._made_headers: dict[tuple[Any, ...], httpx.Headers] = {}
 
     def __repr__(self) -> str:
         via = "http_client" if self._client is not None else type(self._direct).__name__
@@ -242,23 +245,36 @@ class Sender:
                 pass
 
     def _request(self, url: str, headers: dict[str, str], body: dict[str, Any], timeout_s: float, stream: bool) -> httpx.Request:
-        base = _STREAM_HEADERS if stream else _BASE_HEADERS
-        if any(name.lower() in base for name in headers):
-            named = {name.lower() for name in headers}
-            merged = {k: v for k, v in base.items() if k not in named}
-            merged.update(headers)
-        else:
-            merged = {**base, **headers}
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        content = _JSON.encode(body).encode("utf-8")
         if len(content) > LARGE_BODY_BYTES:
-            return self._large_request(url, merged, content, timeout_s)
+            return self._large_request(url, _merged_headers(headers, stream), content, timeout_s)
         if self._client is not None:
             # the client's default headers, but never its cookie jar: a cookie one provider set (a
             # 9,000-byte one, one that is not ASCII) must not ride along on every later request
             with_client = httpx.Headers(self._client.headers)
-            with_client.update(merged)
+            with_client.update(_merged_headers(headers, stream))
             return httpx.Request("POST", url, headers=with_client, content=content, extensions={"timeout": _timeouts(timeout_s)})
-        return httpx.Request("POST", _parsed_url(url), headers=merged, content=content, extensions={"timeout": _timeouts(timeout_s)})
+        # what `httpx.Request(content=...)` would build, from headers made once per endpoint and kind of
+        # request (normalising a handful of headers on every request cost more than the rest of the request)
+        target = _parsed_url(url)
+        sized = httpx.Headers(self._headers_for(target, headers, stream))
+        sized["content-length"] = str(len(content))
+        req = httpx.Request("POST", target, headers=sized, stream=httpx.ByteStream(content),
+                            extensions={"timeout": _timeouts(timeout_s)})
+        req.read()  # (the transport sends `req.content`, which a request given a stream has once read)
+        return req
+
+    def _headers_for(self, url: httpx.URL, headers: dict[str, str], stream: bool) -> httpx.Headers:
+        """The request headers but its length, with the Host the URL names: made once for each origin, set
+        of headers and kind of request (a few per endpoint), and copied for each request."""
+        key = (url.netloc, stream, *headers.items())
+        made = self._made_headers.get(key)
+        if made is None:
+            if len(self._made_headers) >= _URLS_MAX:
+                self._made_headers.clear()
+            made = httpx.Headers({"host": url.netloc.decode("ascii"), **_merged_headers(headers, stream)})
+            self._made_headers[key] = made
+        return made
 
     def _large_request(self, url: str, headers: dict[str, str], content: bytes, timeout_s: float) -> httpx.Request:
         """A request whose body goes as a stream of pieces, with its length said up front (a stream would
@@ -410,7 +426,11 @@ async def _read_body(
 ) -> Completion:
     parts: list[bytes] = []
     size = 0
-    async for part in response.aiter_bytes():
+    # a body that came uncompressed (nearly every reply) is read straight from the transport's stream:
+    # httpx's reading and decoding layers would pass it through unchanged, at a cost (`response.aclose()`
+    # closes the stream after, as it does after `aiter_raw`)
+    raw_ok = ex.headers().get("content-encoding", "identity").strip().lower() in ("", "identity")
+    async for part in (_unread(response) if raw_ok else None) or response.aiter_bytes():
         size += len(part)
         if size > MAX_BODY_BYTES:
             raise malformed(f"a {ex.status} response body larger than {MAX_BODY_BYTES:,} bytes")
@@ -457,7 +477,9 @@ async def _read_stream(
     watch = _IdleWatch(idle_timeout_s) if idle_timeout_s else None
     first = True
     try:
-        async for event in iter_sse(response.aiter_raw(), max_line_bytes=max_line_bytes):
+        # (raw: the bytes as they came; a response a transport made already read hands over what it holds)
+        pieces_in = _unread(response) or (response.aiter_bytes() if response.is_stream_consumed else response.aiter_raw())
+        async for event in iter_sse(pieces_in, max_line_bytes=max_line_bytes):
             if watch is not None:
                 watch.last = watch.loop.time()
             if first:
@@ -528,7 +550,7 @@ class _IdleWatch:
         self.handle.cancel()
 
 
-async def iter_sse(chunks: AsyncIterator[bytes], *, max_line_bytes: int = MAX_LINE_BYTES) -> AsyncIterator[SSEEvent]:
+async def iter_sse(chunks: AsyncIterable[bytes], *, max_line_bytes: int = MAX_LINE_BYTES) -> AsyncIterator[SSEEvent]:
     """Parse a server-sent-event byte stream. Comment lines (`:`) are skipped; a line that is not an
     SSE field (Gemini sends bare JSON error lines) comes out as an event named `raw`.
 
@@ -690,6 +712,16 @@ def _stamp(completion: Completion, protocol: WireProtocol, ex: _Exchange, now: f
         completion.rate_limits = protocol.rate_limits(ex.headers(), now=now)
 
 
+def _unread(response: httpx.Response) -> AsyncIterable[bytes] | None:
+    """The bytes of a response nobody read yet, straight from the transport's stream (what `aiter_raw` yields,
+    without its layers: a generator, a chunker and a context manager per piece); None when it was read (a
+    transport that made it with `content=`) or its stream is not an async one."""
+    stream = response.stream
+    if response.is_stream_consumed or not isinstance(stream, httpx.AsyncByteStream):
+        return None
+    return stream
+
+
 def _parse_json(raw: bytes) -> tuple[Any, str]:
     """(the parsed body, "") or (None, what is wrong with it)."""
     try:
@@ -708,6 +740,22 @@ _URLS: dict[str, httpx.URL] = {}
 _URLS_MAX = 1024
 #: httpx's per-request timeout extension by its value
 _TIMEOUTS: dict[float, dict[str, float | None]] = {}
+
+
+#: the request body's encoder (made once: `json.dumps` with options makes one per call)
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _merged_headers(headers: Mapping[str, str], stream: bool) -> dict[str, str]:
+    """The defaults for a request or a stream, overridden by the endpoint's own headers of the same name
+    (in any case)."""
+    base = _STREAM_HEADERS if stream else _BASE_HEADERS
+    if any(name.lower() in base for name in headers):
+        named = {name.lower() for name in headers}
+        merged = {k: v for k, v in base.items() if k not in named}
+        merged.update(headers)
+        return merged
+    return {**base, **headers}
 
 
 def _parsed_url(url: str) -> httpx.URL:

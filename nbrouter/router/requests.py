@@ -139,12 +139,16 @@ class CallRequest:
     @_once
     def sent(self) -> Sent:
         """What the call sends besides text (images: how many, their bytes; tools: how many)."""
+        if self.plain:
+            return _TEXT_ONLY
         return sent_of(self.images, len(self.tools or ()))
 
 
 #: the roles of a plain text conversation, and what such a call needs
 _PLAIN_ROLES = frozenset({"system", "user", "assistant", "developer"})
 _NOTHING: frozenset[str] = frozenset()
+#: what a plain call sends besides text: nothing (frozen: shared)
+_TEXT_ONLY = Sent()
 
 
 def _message_text(message: dict[str, Any]) -> str:

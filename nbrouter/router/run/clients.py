@@ -35,10 +35,15 @@ class Senders:
         self._client = http_client
         self._senders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Sender] = weakref.WeakKeyDictionary()
         self._keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = weakref.WeakKeyDictionary()
+        #: the loop asked about last and its Sender (every call asks; nearly all on one loop)
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], Sender] | None = None
 
     def get(self) -> Sender:
         """The Sender of the running loop (made on first use)."""
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0]() is loop:
+            return last[1]
         sender = self._senders.get(loop)
         if sender is None:
             from ...providers import Sender
@@ -48,11 +53,13 @@ class Senders:
             # the first step registers the generator with the loop (sys.set_asyncgen_hooks), so that the
             # loop's shutdown_asyncgens() closes it, and the Sender with it
             asyncio.ensure_future(keeper.__anext__())
+        self._last = (weakref.ref(loop), sender)
         return sender
 
     async def aclose(self) -> None:
         """Close the Sender of the running loop."""
         loop = asyncio.get_running_loop()
+        self._last = None
         sender = self._senders.pop(loop, None)
         keeper = self._keepers.pop(loop, None)
         if keeper is not None:

@@ -1122,11 +1122,14 @@ class Loop:
 
     def _result(self, call: _Call, combo: Combo, c: Candidate, *, completion: Completion | None, partial_text: str | None,
                 error: str | None) -> RouteResult:
-        served = next((a for a in reversed(call.attempts) if a.action is Action.SERVED), None)
+        attempts = call.attempts
+        last = attempts[-1] if attempts else None
+        served = last if last is not None and last.action is Action.SERVED else \
+            next((a for a in reversed(attempts) if a.action is Action.SERVED), None)
         text = completion.text if completion is not None else (partial_text or "")
         result = RouteResult(
             text=text, served_by=c.key, model=(completion.model if completion and completion.model else c.model),
-            combo=combo.name, attempts=[], usage=Usage(), cost_usd=None, latency_s=call.monotonic() - call.started,
+            combo=combo.name, attempts=_NO_ATTEMPTS, usage=_NO_USAGE, cost_usd=None, latency_s=call.monotonic() - call.started,
             ttft_s=served.ttft_s if served else None, partial=completion is None, error=error,
             finish_reason=completion.finish_reason if completion else None,
             tool_calls=list(completion.tool_calls) if completion is not None else [], sent=call.req.sent,
@@ -1136,6 +1139,17 @@ class Loop:
     @staticmethod
     def _recount(result: RouteResult, call: _Call) -> RouteResult:
         """Give a result the call's attempts so far and their totals: usage, cost, what is unknown or estimated."""
+        attempts = call.attempts
+        if len(attempts) == 1 and attempts[0].action is Action.SERVED and not attempts[0].usage_estimated:
+            # (nearly every call: one attempt, served; the totals are its own. Usage is frozen: shared)
+            a = attempts[0]
+            result.attempts = Attempts(attempts)
+            result.usage = a.usage if a.usage is not None else _NO_USAGE
+            result.cost_usd = a.cost_usd
+            result.cost_unknown_attempts = 0
+            result.usage_known = a.usage is not None
+            result.cost_estimated = False
+            return result
         usage = Usage()
         cost = Decimal(0)
         known = unknown = 0
@@ -1164,5 +1178,9 @@ class Loop:
         self.state.log_attempts(call.id, combo, call.attempts, call.req.prompt_text, response,
                                 (d.strategy, d.seed, d.config_hash) if d is not None else None)
 
+
+#: the placeholders a result is made with before `_recount` gives it the call's (never changed: shared)
+_NO_USAGE = Usage()
+_NO_ATTEMPTS = Attempts([])
 
 __all__ = ["Emit", "Loop", "Sender"]
