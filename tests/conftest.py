@@ -42,6 +42,21 @@ def sim(_session_sim: Any) -> Iterator[Any]:
     _session_sim.reset()
 
 
+@pytest.fixture
+def clock_sim(sim: Any) -> Iterator[tuple[Any, Any]]:
+    """The simulator with its rate limiter on a ManualClock (the router gets the same clock): (sim, clock)."""
+    from nbrouter.testing import ManualClock
+    from nbrouter.testing.ratelimits import RateLimiter
+
+    clock = ManualClock()
+    kept = sim.rate_limits
+    sim.rate_limits = RateLimiter(time=clock.monotonic)
+    try:
+        yield sim, clock
+    finally:
+        sim.rate_limits = kept
+
+
 def sim_config(sim: Any, combos: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """A config dict with one OpenAI-compatible provider `sim` (one account) at the simulator."""
     providers = extra.pop("providers", None) or {

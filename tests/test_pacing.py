@@ -7,7 +7,7 @@ pacing takes no real time and the simulator's own count says what the "provider"
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -16,7 +16,6 @@ from nbrouter.router.batch.dispatch import pacer_for
 from nbrouter.router.state.pacing import BURST_S, PACING_MARGIN, Lanes, Limit, Pacer, Ticket
 from nbrouter.router.types import Candidate
 from nbrouter.testing import KeyLimits, ManualClock, RateLimited, Reply
-from nbrouter.testing.ratelimits import RateLimiter
 
 
 def two_accounts(sim: Any, *, quota_one: dict[str, int] | None = None, **combo: Any) -> dict[str, Any]:
@@ -34,18 +33,6 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
     import os
 
     return os.environ["SIM_KEY"], "sim-test-key-0002"
-
-
-@pytest.fixture
-def clock_sim(sim: Any) -> Iterator[tuple[Any, ManualClock]]:
-    """The simulator with a rate limiter on a ManualClock (the router gets the same clock)."""
-    clock = ManualClock()
-    kept = sim.rate_limits
-    sim.rate_limits = RateLimiter(time=clock.monotonic)
-    try:
-        yield sim, clock
-    finally:
-        sim.rate_limits = kept
 
 
 def test_a_paced_batch_keeps_each_account_within_its_limit_as_the_simulator_counts(clock_sim, keys, make_router) -> None:

@@ -7,7 +7,7 @@ ManualClock the router and the simulator's limiter share.
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -15,19 +15,6 @@ from conftest import sim_config
 from nbrouter.router.state.pacing import Lanes, Limit
 from nbrouter.router.types import Candidate
 from nbrouter.testing import ManualClock, RateLimited, Reply, WindowLimits, key_id
-from nbrouter.testing.ratelimits import RateLimiter
-
-
-@pytest.fixture
-def clock_sim(sim: Any) -> Iterator[tuple[Any, ManualClock]]:
-    """The simulator with its rate limiter on a ManualClock (the router gets the same clock)."""
-    clock = ManualClock()
-    kept = sim.rate_limits
-    sim.rate_limits = RateLimiter(time=clock.monotonic)
-    try:
-        yield sim, clock
-    finally:
-        sim.rate_limits = kept
 
 
 def attempts(result: Any) -> list[tuple[str, str, str | None]]:
