@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from nbrouter.testing import Reply, ToolCall
-from test_magics import config_file, ip, magics, run  # noqa: F401 - the fixtures and helpers of the magics' tests
+from test_magics import config_file, ip, magics, outputs, run  # noqa: F401 - the fixtures and helpers of the magics' tests
 from test_multimodal import Figure, png
 
 
@@ -25,6 +25,21 @@ def test_image_sends_the_variables_image_with_the_prompt(ip: Any, sim: Any) -> N
     assert request.images == 1 and request.image_types == ("image/png",)
     assert ip.user_ns["_llm"].sent.images == 1
     assert "1 image" in ip.user_ns["_llm"].footer()
+
+
+def test_a_chat_keeps_the_images_of_its_turns_and_chat_show_names_them(ip: Any, sim: Any) -> None:
+    """`--chat --image`: the image stays in the conversation with its prompt, so the next turn (no --image)
+    asks about it and the model sees it again; `%llm chat show` counts it, never its bytes."""
+    ip.user_ns["pic"] = png(grey=40)
+    assert run(ip, "%%llm solo --chat --image pic --no-stream\nWhat is this?") is None
+    assert run(ip, "%%llm solo --chat --no-stream\nAnd what colour is it?") is None
+    follow_up = sim.requests[-1]
+    assert follow_up.images == 1 and follow_up.image_bytes == len(png(grey=40))
+    roles = [m["role"] for m in follow_up.body["messages"]]
+    assert roles == ["user", "assistant", "user"] and follow_up.body["messages"][-1]["content"] == "And what colour is it?"
+    assert run(ip, "%llm chat show solo") is None
+    shown = str(outputs(ip)[-1]["data"]["text/plain"])
+    assert "What is this? [1 image]" in shown and "base64" not in shown and "iVBOR" not in shown
 
 
 def test_image_underscore_is_the_last_output_shown(ip: Any, sim: Any) -> None:

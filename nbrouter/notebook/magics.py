@@ -33,6 +33,7 @@ from ..router import AllTargetsFailed, BudgetExceeded, ComboConfigError, RouteEr
 from ..router import Status
 from ..router import Action, Attempt, AttemptFinished, AttemptStarted, Decision, Done, ErrorKind, RouteResult, TextDelta, Usage
 from .._core import scrub
+from .._core.content import image_of, text_parts
 from ..report import Shown, Table
 from ..router import attempt_text, decision_html, decision_text, image_input, log_table
 from .display import FORMATS, CodeBelow, LiveAnswer, failure_bundle, failure_lines, render_answer, result_bundle, short_traceback, terminal_width
@@ -316,7 +317,10 @@ class LLMMagics(Magics):
         if chat and not result.partial:
             # a tool round is kept as it was sent (the assistant's calls, then every result), in the portable
             # shape each protocol translates; the answer's own calls were never run (no results): text only
-            self.chats[combo] = [*call["messages"], {"role": "user", "content": prompt}, *result.transcript,
+            # the images sent with the prompt stay in the history with it (as a chat app keeps them): the
+            # next turn may ask about them, and the model sees them again
+            asked: str | list[Any] = [prompt, *call["images"]] if call.get("images") else prompt
+            self.chats[combo] = [*call["messages"], {"role": "user", "content": asked}, *result.transcript,
                                  {"role": "assistant", "content": result.text}]
             if result.transcript:
                 self.chat_tools[combo] = list(call["tools"])
@@ -950,7 +954,12 @@ def _with_kept(given: list[Any], kept: list[Any]) -> list[Any]:
 def _chat_text(message: dict[str, Any]) -> str:
     """A chat message as `%llm chat show` lists it: its text, the calls an assistant turn asked for, or
     which tool a result answers."""
-    text = str(message.get("content") or "")
+    content = message.get("content")
+    text = text_parts(content)
+    if isinstance(content, list):  # a prompt sent with images: how many, never their bytes
+        images = sum(1 for p in content if isinstance(p, Mapping) and image_of(p) is not None)
+        if images:
+            text = f"{text} [{images} image{'s' if images != 1 else ''}]".strip()
     calls = message.get("tool_calls") or []
     if calls:
         asked = ", ".join(f"{c.get('name')}({', '.join(f'{k}={v!r}' for k, v in (c.get('arguments') or {}).items())})"
