@@ -320,6 +320,7 @@ def run_cell(page: Any, cells: Any, i: int) -> None:
 def busy_kernel(page: Any, gate: Path) -> Iterator[None]:
     """Keep the page's kernel busy (running code that waits for `gate` to exist) for the block, then free it
     and wait until it is idle: what the block sends the kernel queues up behind the running code."""
+    gate.unlink(missing_ok=True)  # (a block before this one left it)
     code = f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)"
     page.evaluate(f"(code) => {{ {KERNEL_JS}.requestExecute({{code, silent: true}}); }}", code)
     page.wait_for_function(f"() => {KERNEL_JS}.status === 'busy'")
@@ -363,7 +364,7 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
             name = builder.locator("input[placeholder='used as %%llm NAME']")
             expect(name).to_be_visible()
 
-            name.fill(COMBO)
+            name.fill(COMBO + "-draft")
             model = builder.locator("input[placeholder='pick or type a model id']")
             tags = builder.locator(".nbrouter-steps .jupyter-widget-tag:not(input)")
             picker = builder.locator(".widget-dropdown", has=page.locator("label", has_text=re.compile(r"^step$"))).locator("select")
@@ -393,8 +394,15 @@ def test_build_reorder_save_and_run_a_combo_in_jupyterlab(lab: dict[str, Any]) -
 
             # live validation says the draft is valid; save writes it through Router.save_combo
             expect(builder.get_by_text("✓ valid; not saved yet")).to_be_visible()
-            builder.get_by_role("button", name="save", exact=True).click()
+            expect(builder.get_by_role("button", name="save", exact=True)).to_have_class(re.compile(r"\bmod-primary\b"))
+            # renamed, key by key as a person types, and saved at once while the kernel is busy: saved under the
+            # name typed (the click carries the name the browser shows, as "add" carries the model id)
+            with busy_kernel(page, lab["gate"]):
+                name.fill("")
+                name.press_sequentially(COMBO)
+                builder.get_by_role("button", name="save", exact=True).click()
             expect(builder.get_by_text(f"saved [combos.{COMBO}]")).to_be_visible()
+            assert f"{COMBO}-draft" not in lab["config"].read_text()
             assert _saved_targets(lab["config"]) == order
 
             # the widget's own test call runs in a background thread and reports who served
