@@ -352,12 +352,12 @@ class ComboBuilder:
         self.add_combo_button.on_click(lambda v: self.add_step(v["combo"] or ""))
         self.load_button.on_click(lambda v: self.load(v["combo"] or ""))
         self.new_button.on_click(lambda _: self.new())
-        self.save_button.on_click(lambda v: self._seen(v) and self.save())
-        self.delete_button.on_click(lambda v: self._seen(v) and self.ask_delete())
+        self.save_button.on_click(lambda v: self._as_seen(v, self.save))
+        self.delete_button.on_click(lambda v: self._as_seen(v, self.ask_delete))
         self.confirm_button.on_click(lambda _: self.delete())
         self.cancel_button.on_click(lambda _: self._hide_confirm())
-        self.test_button.on_click(lambda v: self._seen(v) and self.test())
-        self.explain_button.on_click(lambda v: self._seen(v) and self.explain())
+        self.test_button.on_click(lambda v: self._as_seen(v, self.test))
+        self.explain_button.on_click(lambda v: self._as_seen(v, self.explain))
         self.fallback_reset.on_click(lambda _: setattr(self.model, "fallback_on", list(DEFAULT_FALLBACK)))
         self.factor_reset.on_click(lambda _: setattr(self.model, "factor_weights", {}))
         self.up_button.on_click(lambda v: self._move_picked(v["step"], -1))
@@ -673,14 +673,14 @@ class ComboBuilder:
             if ref not in targets and ref in self.model.weights:
                 self.model.weights = {k: v for k, v in self.model.weights.items() if k != ref}
 
-    def _seen(self, values: dict[str, Any]) -> bool:
-        """Take the name (and test prompt) a click carried, as the person saw them when pressing it, into
-        the draft (the browser may not have sent the newest yet); always True, so a handler goes on."""
+    def _as_seen(self, values: dict[str, Any], action: Callable[[], Any]) -> None:
+        """Run a button's action on the name (and test prompt) its click carried, as the person saw them when
+        pressing it (the browser may not have sent the newest to the kernel yet)."""
         if isinstance(values.get("name"), str):
             self.model.name = values["name"]
         if isinstance(values.get("prompt"), str):
             self.model.test_prompt = values["prompt"]
-        return True
+        action()
 
     def new(self) -> None:
         """Start an empty draft."""
