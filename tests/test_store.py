@@ -262,6 +262,30 @@ def test_one_bad_row_costs_only_itself_and_odd_values_are_typed(tmp_path: Path) 
         store.close()
 
 
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 100, 257])
+def test_a_batch_of_call_rows_lands_whole_in_order_and_typed(tmp_path: Path, n: int) -> None:
+    """The call log is written with a few multi-row INSERTs (not a step per row): every row of a batch of any
+    size arrives, in order, each value as given (text, real, integer, NULL)."""
+    from nbrouter.router.state.backends import CALL_NAMES, typed_call
+
+    backend = SQLiteBackend(tmp_path / "s.sqlite3")
+    backend.open()
+    try:
+        def row(i: int) -> tuple[Any, ...]:
+            values = {name: None for name in CALL_NAMES}
+            values.update(call_id=f"call-{i}", ts=1000.0 + i, combo="c", candidate=f"p#a/m{i % 7}", action="served",
+                          status=200 + i % 3, latency_s=i / 8, input_tokens=i, output_tokens=2 * i,
+                          cost_usd=f"0.{i:06d}", message=f"row {i} \u00fc", seed=i * 1_000_003)
+            return typed_call([values[name] for name in CALL_NAMES])
+
+        rows_in = [row(i) for i in range(n)]
+        assert backend.write([], [], rows_in) == []
+        back = list(reversed(backend.recent_calls(n + 10)))
+        assert [tuple(r[name] for name in CALL_NAMES) for r in back] == rows_in
+    finally:
+        backend.close()
+
+
 # ---- killed and terminated processes ------------------------------------------------------------------------
 
 #: a writer whose batch window never ends: only what is flushed reaches the file
