@@ -180,20 +180,6 @@ def test_a_step_button_acts_on_the_step_picked_in_the_browser(builder: ComboBuil
     assert builder.model.targets == ["sim/c", "sim/a", "sim/b"]
 
 
-def test_save_test_and_explain_use_the_name_and_prompt_the_browser_showed(builder: ComboBuilder, config_file: Path) -> None:
-    # the person renamed the draft and pressed save at once: the kernel still has the old name
-    builder.model.name = "old-name"
-    builder.model.targets = ["sim/gpt-4o-mini"]
-    browser_click(builder.save_button, name={"value": "new-name"})
-    assert "[combos.new-name]" in config_file.read_text() and "old-name" not in config_file.read_text()
-    assert builder.name.value == "new-name" and "saved [combos.new-name]" in builder.status_html.value
-    browser_click(builder.explain_button, name={"value": "new-name"}, prompt={"value": "a prompt typed just now"})
-    assert builder.model.test_prompt == "a prompt typed just now" and builder.last_decision is not None
-    # delete asks about the name shown too; a malformed value reads as the kernel's
-    browser_click(builder.delete_button, name={"value": 7})
-    assert "delete [combos.new-name]" in builder.status_html.value
-
-
 def test_a_malformed_click_reads_the_kernel_s_values(builder: ComboBuilder) -> None:
     builder.model_id.value = "gpt-4o-mini"
     for values in ({"model": {"value": 5}}, {"model": "x", "provider": {"index": True, "label": "kr"}},

@@ -250,12 +250,8 @@ class ComboBuilder:
         self.options_note = self.strategy_help
 
         self.message_html = k(w.HTML)
-        # save and delete act on the name the person sees (typed just before, while the kernel was busy)
-        named = {"name": self.name}
-        self.save_button = k(ClickWithValues, sources=named, description="save", button_style="primary",
-                             tooltip="validate and write [combos.NAME] to the config file")
-        self.delete_button = k(ClickWithValues, sources=named, description="delete", button_style="danger",
-                               tooltip="remove the saved combo (asks first)")
+        self.save_button = k(w.Button, description="save", button_style="primary", tooltip="validate and write [combos.NAME] to the config file")
+        self.delete_button = k(w.Button, description="delete", button_style="danger", tooltip="remove the saved combo (asks first)")
         self.confirm_button = k(w.Button, description="yes, delete", button_style="danger", layout=k.layout_of(width="auto"))
         self.cancel_button = k(w.Button, description="cancel")
         self.confirm_box = k(w.HBox, children=[self.confirm_button, self.cancel_button], own_layout=True)
@@ -263,10 +259,8 @@ class ComboBuilder:
         self.status_html = k(w.HTML)
 
         self.prompt = k(w.Textarea, description="test prompt", rows=2, layout=k.layout_of(width="40em"))
-        asked = {"name": self.name, "prompt": self.prompt}
-        self.test_button = k(ClickWithValues, sources=asked, description="test", tooltip="send the prompt through the saved combo")
-        self.explain_button = k(ClickWithValues, sources=asked, description="explain",
-                                tooltip="show the order the router would try for this draft now")
+        self.test_button = k(w.Button, description="test", tooltip="send the prompt through the saved combo")
+        self.explain_button = k(w.Button, description="explain", tooltip="show the order the router would try for this draft now")
         # one place for what the last test or explain said: a newer one replaces it, an edit clears an explain
         # a wide table scrolls inside them (see _ui.scrolling)
         self.test_html = k(w.HTML)
@@ -352,12 +346,12 @@ class ComboBuilder:
         self.add_combo_button.on_click(lambda v: self.add_step(v["combo"] or ""))
         self.load_button.on_click(lambda v: self.load(v["combo"] or ""))
         self.new_button.on_click(lambda _: self.new())
-        self.save_button.on_click(lambda v: self._as_seen(v, self.save))
-        self.delete_button.on_click(lambda v: self._as_seen(v, self.ask_delete))
+        self.save_button.on_click(lambda _: self.save())
+        self.delete_button.on_click(lambda _: self.ask_delete())
         self.confirm_button.on_click(lambda _: self.delete())
         self.cancel_button.on_click(lambda _: self._hide_confirm())
-        self.test_button.on_click(lambda v: self._as_seen(v, self.test))
-        self.explain_button.on_click(lambda v: self._as_seen(v, self.explain))
+        self.test_button.on_click(lambda _: self.test())
+        self.explain_button.on_click(lambda _: self.explain())
         self.fallback_reset.on_click(lambda _: setattr(self.model, "fallback_on", list(DEFAULT_FALLBACK)))
         self.factor_reset.on_click(lambda _: setattr(self.model, "factor_weights", {}))
         self.up_button.on_click(lambda v: self._move_picked(v["step"], -1))
@@ -672,15 +666,6 @@ class ComboBuilder:
             self.model.targets = targets
             if ref not in targets and ref in self.model.weights:
                 self.model.weights = {k: v for k, v in self.model.weights.items() if k != ref}
-
-    def _as_seen(self, values: dict[str, Any], action: Callable[[], Any]) -> None:
-        """Run a button's action on the name (and test prompt) its click carried, as the person saw them when
-        pressing it (the browser may not have sent the newest to the kernel yet)."""
-        if isinstance(values.get("name"), str):
-            self.model.name = values["name"]
-        if isinstance(values.get("prompt"), str):
-            self.model.test_prompt = values["prompt"]
-        action()
 
     def new(self) -> None:
         """Start an empty draft."""

@@ -33,8 +33,6 @@ async function render({ model, el }) {
     sources = found;
   };
   const show = () => {
-    const style = model.get('button_style');
-    button.className = 'jupyter-widgets jupyter-button widget-button' + (style ? ` mod-${style}` : '');
     button.textContent = model.get('description');
     button.title = model.get('tooltip');
     button.disabled = model.get('disabled');
@@ -45,7 +43,6 @@ async function render({ model, el }) {
   model.on('change:description', show);
   model.on('change:tooltip', show);
   model.on('change:disabled', show);
-  model.on('change:button_style', show);
   button.addEventListener('click', (event) => {
     event.preventDefault();
     const values = {};
@@ -82,8 +79,6 @@ class ClickWithValues(anywidget.AnyWidget):  # type: ignore[misc]
     description = Unicode("").tag(sync=True)
     tooltip = Unicode("").tag(sync=True)
     disabled = Bool(False).tag(sync=True)
-    #: as ipywidgets' Button's: "", "primary", "success", "info", "warning" or "danger"
-    button_style = Unicode("").tag(sync=True)
     sources = Dict(Unicode()).tag(sync=True)
 
     def __init__(self, *, sources: dict[str, Any], **kwargs: Any) -> None:
