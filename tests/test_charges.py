@@ -86,9 +86,9 @@ def test_a_call_level_timeout_wins_over_the_combo_s(sim, make_router) -> None:
 
     sim.script([Hang(seconds=5.0)], model="a")
     router = make_router(sim_config(sim, {"c": {"targets": ["sim/a", "sim/b"], "timeout_s": 30}}))
-    result = router.complete("c", "hi", timeout_s=0.2)
+    result = router.complete("c", "hi", timeout_s=1.0)
     assert result.served_by == "sim#default/b"
-    # the hang is shorter than the combo's 30 s: only the call's own 0.2 s makes this attempt a timeout
+    # the hang is shorter than the combo's 30 s: only the call's own 1 s makes this attempt a timeout
     assert result.attempts[0].kind.value == "timeout"
 
 
