@@ -65,6 +65,24 @@ def sim_config(sim: Any, combos: dict[str, Any] | None = None, **extra: Any) -> 
     return {"providers": providers, "combos": combos or {}, **extra}
 
 
+def shared_count(key: str, window: Any = None, *, clock: Any = None, **where: Any) -> float:
+    """What a shared store (`path=` a state file, or `url=` and `prefix=` a Redis) counted under `key` in
+    `window` (default: one that never ends), read as another process would, on `clock` if given."""
+    import asyncio
+
+    from nbrouter.router.state.guarded import open_shared
+    from nbrouter.router.state.shared import Window
+
+    async def read() -> float:
+        shared = open_shared(timeout_s=5.0, **where, **({"clock": clock} if clock is not None else {}))
+        try:
+            return await shared.count(key, window or Window.forever())
+        finally:
+            await shared.close()
+
+    return asyncio.run(read())
+
+
 @pytest.fixture
 def make_router(tmp_path: Path) -> Iterator[Any]:
     """Build Routers on this test's state file; all are closed at the end."""

@@ -852,6 +852,42 @@ def test_the_magics_budget_is_the_router_s_own(ip: Any, sim: Any) -> None:
     assert router.budget.limit is None
 
 
+def test_a_shared_budget_in_the_config_is_what_the_magics_hold_cells_to(config_file: Path, sim: Any, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # the config's [budget] is the magics' budget; another kernel (a Router on the same state file) spends
+    # from it, and `%llm budget`, `%llm cost` and `%llm status` say so; a cell that does not fit what the
+    # team left is refused before sending
+    from nbrouter import Router
+
+    config_file.write_text(config_toml(sim, '\n[budget]\nusd = 0.004\nshared = "team"\n'))
+    sim.script(Reply("a", usage={"input_tokens": 1000, "output_tokens": 1000}), model="model-a", repeat_last=True)
+    with Router(config_file) as other:  # the other kernel: $0.003
+        other.complete("fast", "first")
+        other.status()
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.core.displaypub import CapturingDisplayPublisher
+
+    shell = InteractiveShell.instance()
+    shell.display_pub = CapturingDisplayPublisher()
+    shell.run_line_magic("load_ext", "nbrouter")
+    try:
+        assert magics(shell).budget_usd == 0.004
+        assert run(shell, "%llm budget") is None
+        assert "shared budget 'team' $0.004000: spent $0.003000, $0.001000 left" in capsys.readouterr().out
+        sent = len(sim.requests)
+        exc = run(shell, "%%llm fast -m 1000\nan expensive question")  # estimate above the $0.001 left
+        assert isinstance(exc, BudgetExceeded) and "shared budget 'team'" in rendered(exc)
+        assert len(sim.requests) == sent
+        assert run(shell, "%%llm fast -m 10\ncheap") is None  # fits: sent, and it costs $0.003 too
+        assert run(shell, "%llm cost") is None
+        assert "$0.004000 ($0.000000 left of the shared budget 'team')" in outputs(shell)[-1]["data"]["text/plain"]
+        assert run(shell, "%llm status") is None
+        assert "shared budget 'team': spent $0.006000 of $0.004000" in outputs(shell)[-1]["data"]["text/plain"]
+    finally:
+        shell.run_line_magic("unload_ext", "nbrouter")
+        InteractiveShell.clear_instance()
+
+
 def test_a_partial_answer_with_no_usage_reported_says_tokens_unknown_not_zero() -> None:
     from nbrouter.router.types import Usage
 

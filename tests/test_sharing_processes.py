@@ -21,20 +21,27 @@ import sys
 import tempfile
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import shared_count
 from nbrouter.router.state.pacing import SENT_PREFIX
-from nbrouter.router.state.shared import Window
 from nbrouter.testing import key_id, start_simulator_process
 
 KEYS = {"a": "sim-share-key-aaaa0001", "b": "sim-share-key-bbbb0002"}
+#: the key of the account that only warms a process up
+WARM_KEY = "sim-share-key-warm0003"
 #: each key's real limit at the simulator: REQUESTS per WINDOW_S seconds, sliding
 REQUESTS, WINDOW_S = 20, 2.0
 #: the same limit as the config states it (per minute)
 PER_MINUTE = int(REQUESTS * 60 / WINDOW_S)
+#: every served reply's usage (`priced`), and the prices that make each such call cost COST exactly
+USAGE = {"input_tokens": 1000, "output_tokens": 500}
+PRICES = {"input_per_mtok": 3, "output_per_mtok": 15}
+COST = Decimal("0.0105")
 
 WORKER = r"""
 import json, os, sys, time
@@ -50,7 +57,7 @@ router = Router(spec["config"], **kwargs)
 try:
     # a kernel that has run a call before (its connections open, its code warm), on a key of its own:
     # what the batch then does is sharing, not the start-up of a process
-    router.complete("sim#warm/m", "warm up")
+    warm = router.complete("sim#warm/m", "warm up")
     sync = spec["sync_dir"]  # ready, then wait for the start every process was given
     open(os.path.join(sync, "ready-" + spec["name"]), "w").close()
     while not os.path.exists(os.path.join(sync, "go")):
@@ -74,6 +81,7 @@ try:
                            concurrency=spec["concurrency"], cache=False)
         entries, done, failed = list(batch), batch.done, [str(f.error) for f in batch.failed]
     tried = [a for e in entries for a in e.attempts if a.action is not Action.SKIPPED]
+    router.status()  # (this process's spending sent to a shared budget, and every process's read)
     print(json.dumps({
         "done": done,
         "failed": failed,
@@ -81,13 +89,17 @@ try:
         "attempts": [[(a.candidate, a.action.value, a.kind.value if a.kind else None) for a in e.attempts] for e in entries],
         "limited": sum(1 for a in tried if a.kind is ErrorKind.RATE_LIMIT),
         "refused": router.pacer.refused,
+        # what this process's calls cost, and its budget's spending as it sees it at the end
+        "cost": str(sum(e.cost_usd or 0 for e in [warm, *entries] if not isinstance(e, Exception))),
+        "budget": str(router.budget.spent),
     }))
 finally:
     router.close()
 """
 
 
-def config(url: str, *, strategy: str = "round-robin", state: dict[str, Any] | None = None, **policy: Any) -> dict[str, Any]:
+def config(url: str, *, strategy: str = "round-robin", state: dict[str, Any] | None = None,
+           budget: dict[str, Any] | None = None, **policy: Any) -> dict[str, Any]:
     """One provider at the simulator with two accounts (keys a and b), each with its real limit as `quota`,
     in a combo over both (and a third account, `warm`, that only warms a process up)."""
     accounts = [{"name": name, "api_key_env": f"SHARE_KEY_{name.upper()}", "quota": {"requests_per_minute": PER_MINUTE}}
@@ -95,13 +107,13 @@ def config(url: str, *, strategy: str = "round-robin", state: dict[str, Any] | N
     accounts.append({"name": "warm", "api_key_env": "SHARE_KEY_WARM"})
     return {"providers": {"sim": {"protocol": "openai", "base_url": url + "/v1", "accounts": accounts}},
             "combos": {"c": {"targets": ["sim#a/m", "sim#b/m"], "strategy": strategy}}, "policy": policy,
-            "state": state or {}}
+            "state": state or {}, "budget": budget or {}, "prices": {"sim/m": PRICES}}
 
 
 def run_workers(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Start one process per spec; once every one is ready (imported, warmed up), they all begin their batch
     at one moment (plus a spec's `delay`). Returns their reports."""
-    env = dict(os.environ, **{f"SHARE_KEY_{n.upper()}": k for n, k in KEYS.items()}, SHARE_KEY_WARM="sim-share-key-warm0003")
+    env = dict(os.environ, **{f"SHARE_KEY_{n.upper()}": k for n, k in KEYS.items()}, SHARE_KEY_WARM=WARM_KEY)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     sync = Path(tempfile.mkdtemp(prefix="nbrouter-share-"))
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(dict(spec, sync_dir=str(sync)))],
@@ -129,18 +141,9 @@ def run_workers(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return reports
 
 
-def store_count(key: str, *, path: Path | None = None, url: str | None = None, prefix: str | None = None) -> float:
-    """What the shared store counted under `key` (never reset), read as another process would."""
-    from nbrouter.router.state.guarded import open_shared
-
-    async def read() -> float:
-        shared = open_shared(url=url, path=path, prefix=prefix, timeout_s=5.0)
-        try:
-            return await shared.count(key, Window.forever())
-        finally:
-            await shared.close()
-
-    return asyncio.run(read())
+def store_count(key: str, **where: Any) -> float:
+    """What the shared store counted under `key` (in a window that never ends), read as another process would."""
+    return shared_count(key, **where)
 
 
 def check_shared_limits(sim: Any, reports: list[dict[str, Any]], items: int, **store: Any) -> None:
@@ -264,3 +267,69 @@ def test_a_cell_in_another_kernel_is_sent_at_once_while_a_batch_saturates_the_ac
     assert cells["done"] == 3
     assert cells["attempts"] == [[["sim#a/m", "served", None]]] * 3  # each sent on its first try, not 429'd
     assert cells["refused"].get("interactive", 0) == 0  # the store never told a cell to wait
+
+
+# ---- a budget shared by kernels and machines -----------------------------------------------------------
+
+
+@pytest.fixture
+def priced() -> Any:
+    """A simulator whose every reply, on every key, has the same usage (so each call costs COST)."""
+    reply = {"type": "Reply", "usage": USAGE}
+    scripts = [{"key": key, "behaviours": [reply], "repeat_last": True} for key in [*KEYS.values(), WARM_KEY]]
+    with start_simulator_process({"scripts": scripts}) as sim:
+        yield sim
+
+
+def check_budget(sim: Any, reports: list[dict[str, Any]], **store: Any) -> None:
+    """The store's count of the shared budget is what the server served, priced, and what the processes
+    say their calls cost; each process's budget counted its own spending and some of the others', never
+    more than all."""
+    from nbrouter.router.decide.budget import BUDGET_PREFIX, NANO
+
+    stats = sim.stats()["keys"]
+    served = sum(stats.get(key_id(key), {}).get("served", 0) for key in [*KEYS.values(), WARM_KEY])
+    spent = sum(Decimal(r["cost"]) for r in reports)
+    assert spent == served * COST > 0
+    assert store_count(f"{BUDGET_PREFIX}team|usd", **store) == float(served * COST * NANO)
+    assert all(Decimal(r["cost"]) <= Decimal(r["budget"]) <= spent for r in reports)
+    assert Decimal(reports[-1]["budget"]) > Decimal(reports[-1]["cost"])  # (the last to read saw others' too)
+
+
+def test_four_kernels_on_one_state_file_spend_from_one_shared_budget_as_the_server_counts(priced, tmp_path) -> None:
+    state = tmp_path / "state.sqlite3"
+    conf = config(priced.url, budget={"shared": "team"})
+    for account in conf["providers"]["sim"]["accounts"]:
+        account.pop("quota", None)  # (nothing paced: the spending alone is counted)
+    specs = [{"name": f"k{i}", "config": conf, "state_path": str(state), "items": 12, "concurrency": 4} for i in range(4)]
+    reports = run_workers(specs)
+    assert sum(r["done"] for r in reports) == 48
+    reports.sort(key=lambda r: Decimal(r["budget"]))  # (the last: the process that read the most)
+    check_budget(priced, reports, path=state)
+
+
+def test_two_machines_spend_from_one_shared_budget_through_redis_and_a_spent_one_refuses_before_sending(
+        priced, redis_server, tmp_path) -> None:
+    state = {"prefix": f"budget-{uuid.uuid4().hex[:8]}:", "timeout_s": 2.0}
+    conf = config(priced.url, state=state, budget={"shared": "team"})
+    for account in conf["providers"]["sim"]["accounts"]:
+        account.pop("quota", None)
+    machines = [{"name": f"m{i}", "config": conf, "state_path": str(tmp_path / f"machine{i}.sqlite3"),
+                 "state_url": redis_server.url(), "calls": 5} for i in range(2)]
+    reports = run_workers(machines)
+    assert [r["done"] for r in reports] == [5, 5]
+    reports.sort(key=lambda r: Decimal(r["budget"]))
+    check_budget(priced, reports, url=redis_server.url(), prefix=state["prefix"])
+    # a third machine whose limit leaves room for its warm-up call (whose estimate is above what it
+    # costs) and not for one call more: it is refused every call before sending, although it spent
+    # only the warm-up itself
+    spent = sum(Decimal(r["cost"]) for r in reports)
+    received = sum(s["received"] for s in priced.stats()["keys"].values())
+    limited = config(priced.url, state=state, budget={"shared": "team", "usd": float(spent + 2 * COST)})
+    for account in limited["providers"]["sim"]["accounts"]:
+        account.pop("quota", None)
+    [third] = run_workers([{"name": "m2", "config": limited, "state_path": str(tmp_path / "machine2.sqlite3"),
+                            "state_url": redis_server.url(), "calls": 3}])
+    assert third["done"] == 0 and len(third["failed"]) == 3
+    assert all("shared budget 'team'" in f and "refused before sending" in f for f in third["failed"]), third["failed"]
+    assert sum(s["received"] for s in priced.stats()["keys"].values()) == received + 1  # its warm-up call alone

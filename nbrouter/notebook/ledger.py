@@ -159,8 +159,9 @@ class CostLedger:
         return [[c.label, c.combo, c.served_by or "", c.outcome, str(c.spend.attempts), str(c.spend.tokens), c.spend.text]
                 for c in self.cells]
 
-    def sum_rows(self, budget_usd: float | None = None) -> list[list[str]]:
-        """The sums per combo and per provider (cells that sent it something), the total, the budget."""
+    def sum_rows(self, budget_usd: float | None = None, budget_note: str | None = None) -> list[list[str]]:
+        """The sums per combo and per provider (cells that sent it something), the total, the budget (what is
+        left of it after this session's cells, or `budget_note`: a shared budget's own account)."""
         rows: list[list[str]] = []
         for name, s in sorted(self.by_combo().items()):
             rows.append([f"combo {name}", str(s.cells), str(s.attempts), str(s.tokens), s.text])
@@ -168,16 +169,21 @@ class CostLedger:
             rows.append([f"provider {name}", str(s.cells), str(s.attempts), str(s.tokens), s.text])
         total = self.total
         rows.append(["total", str(total.cells), str(total.attempts), str(total.tokens), total.text])
-        if budget_usd is not None:
+        if budget_note is not None:
+            rows.append(["budget", "", "", "", budget_note])
+        elif budget_usd is not None:
             left = self.remaining(budget_usd)
             rows.append(["budget", "", "", "", f"${budget_usd:.6f} (${left:.6f} left)"])
         return rows
 
-    def tables(self, budget_usd: float | None = None) -> Tables:
+    def tables(self, budget_usd: float | None = None, budget_note: str | None = None) -> Tables:
         """The session's cost: a row per cell, then the sums per combo, per provider and in total.
 
         Args:
             budget_usd: the session budget, shown with what is left of it (None: no budget row).
+            budget_note: the budget row's text instead (a budget shared with other kernels: what is left
+                of it is not this session's to work out).
         """
-        return Tables([Table(self.CELL_HEADERS, self.cell_rows()), Table(self.SUM_HEADERS, self.sum_rows(budget_usd))],
+        return Tables([Table(self.CELL_HEADERS, self.cell_rows()),
+                       Table(self.SUM_HEADERS, self.sum_rows(budget_usd, budget_note))],
                       title="cost of this session")

@@ -120,6 +120,9 @@ class LLMMagics(Magics):
             from ..router import Router
 
             self._router = Router()
+            limit = self._router.budget.limit
+            if self.budget_usd is None and limit is not None:
+                self.budget_usd = float(limit)  # the config's `[budget] usd`: shown and changed by `%llm budget`
             self._apply_budget()
         return self._router
 
@@ -132,7 +135,8 @@ class LLMMagics(Magics):
         """The session budget is the Router's own (`router.budget`), which every call is held against: a
         candidate whose estimate does not fit what is left is skipped, and the call is refused when none fits."""
         assert self._router is not None
-        self._router.budget.on_budget = "cheapest"
+        if self._router.config.budget.on_budget is None:  # (a config's `[budget] on_budget` stands)
+            self._router.budget.on_budget = "cheapest"
         self._router.budget.set_limit(self.budget_usd)
 
     def open(self) -> None:
@@ -247,7 +251,7 @@ class LLMMagics(Magics):
         remaining = router.budget.remaining
         if remaining is not None and remaining <= 0:
             raise short_traceback(BudgetExceeded(
-                f"the session budget of ${self.budget_usd:.6f} is spent (${router.budget.spent:.6f} so far); "
+                f"the {router.budget.label} of ${self.budget_usd:.6f} is spent (${router.budget.spent:.6f} so far); "
                 "nothing was sent. Raise it with `%llm budget USD`, or `%llm budget off`."))
         if args.max_cost is not None:
             call["max_cost_usd"] = args.max_cost
@@ -293,7 +297,7 @@ class LLMMagics(Magics):
                     raise short_traceback(KeyboardInterrupt(), ["KeyboardInterrupt: cancelled by the user before the answer arrived"]) from None
         except BudgetExceeded as exc:
             if remaining is not None and (args.max_cost is None or remaining < Decimal(str(args.max_cost))):
-                exc = BudgetExceeded(f"refused before sending: the session budget has ${remaining:.6f} left "
+                exc = BudgetExceeded(f"refused before sending: the {router.budget.label} has ${remaining:.6f} left "
                                      f"(of ${self.budget_usd:.6f}). {exc}", exc.attempts)
             self._forget_result()
             raise short_traceback(exc) from None
@@ -709,7 +713,11 @@ class LLMMagics(Magics):
         if not ledger.cells:
             print(f"no calls yet in this session; {budget}")
             return
-        self._show(ledger.tables(self.budget_usd))
+        shared = self.router.sync_budget()
+        note = None
+        if shared.shared is not None and shared.limit is not None and shared.remaining is not None:
+            note = f"${shared.limit:.6f} (${max(shared.remaining, Decimal(0)):.6f} left of the {shared.label})"
+        self._show(ledger.tables(self.budget_usd, note))
 
     def _cmd_budget(self, rest: str) -> None:
         if rest.lower() in ("off", "none"):
@@ -724,13 +732,14 @@ class LLMMagics(Magics):
             if value < 0:
                 raise UsageError("a budget cannot be negative")
             self.budget_usd = value
-        budget = self.router.budget  # the Router's own: every call of this session is held against it
+        budget = self.router.sync_budget()  # the Router's own: every call of this session is held against it
         if self.budget_usd is None:
-            print(f"no session budget; {budget.text()}")
+            print(f"no session budget; {budget.text()}" if budget.shared is None
+                  else f"no limit on the {budget.label}; {budget.text()}")
             return
-        left = budget.remaining if budget.remaining is not None else Decimal(0)
+        left = max(budget.remaining, Decimal(0)) if budget.remaining is not None else Decimal(0)
         unknown = budget.unknown_calls
-        print(f"session budget ${self.budget_usd:.6f}: spent ${budget.spent:.6f}, ${left:.6f} left"
+        print(f"{budget.label} ${self.budget_usd:.6f}: spent ${budget.spent:.6f}, ${left:.6f} left"
               + (f" ({unknown} attempts at an unknown price not counted)" if unknown else ""))
 
     def _cmd_cache(self, rest: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import weakref
@@ -25,7 +26,7 @@ from .._core.clock import SYSTEM_CLOCK
 from .._core.closing import close_at_exit
 from ..providers.models import ModelList, fetch_model_list
 from .run.background import BackgroundLoop
-from .decide.budget import Budget
+from .decide.budget import Budget, SharedBudget
 from .config import editing
 from .config.loading import load_config
 from .run.clients import Senders
@@ -57,6 +58,9 @@ if TYPE_CHECKING:  # batch work and the response cache load on first use: `impor
 
 # made after the sets of state.py, store.py and background.py (imported above): closed before them at exit
 _routers: "weakref.WeakSet[Router]" = close_at_exit()
+
+
+log = logging.getLogger("nbrouter")
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -91,10 +95,12 @@ class Router:
         transport: an `httpx.AsyncBaseTransport` to send through (a test's `httpx.MockTransport`); default httpx
             over aiohttp.
         http_client: an `httpx.AsyncClient` of yours to send with; you close it.
-        budget_usd: a session budget in dollars for every call of this Router (`router.budget`).
+        budget_usd: a session budget in dollars for every call of this Router (`router.budget`); default: the
+            config's `[budget] usd`. With `[budget] shared = "NAME"` every Router naming it on the same state
+            store (the state file, or Redis) spends from one budget.
         on_budget: "stop" (refuse a call whose first choice does not fit what is left) or "cheapest" (move to
-            the cheapest candidate whose estimate fits).
-        budget_strict: with a budget, also skip candidates whose price is unknown.
+            the cheapest candidate whose estimate fits); default: `[budget] on_budget`, else "stop".
+        budget_strict: with a budget, also skip candidates whose price is unknown (default: `[budget] strict`).
         on_attempt: called with each `Attempt` as it ends (off the request path; what it raises is logged, never
             raised into the call).
         on_result: called with each `RouteResult` (likewise).
@@ -111,7 +117,7 @@ class Router:
     def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
                  state_path: str | os.PathLike[str] | None = None, persist: bool = True, clock: Clock | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, http_client: httpx.AsyncClient | None = None,
-                 budget_usd: float | None = None, on_budget: str = "stop", budget_strict: bool = False,
+                 budget_usd: float | None = None, on_budget: str | None = None, budget_strict: bool | None = None,
                  on_attempt: Callable[[Attempt], object] | None = None,
                  on_result: Callable[[RouteResult], object] | None = None, backend: StateBackend | None = None,
                  seed: int | None = None, state_url: str | None = None) -> None:
@@ -129,8 +135,12 @@ class Router:
             self.state.close()
             raise
         self.prices = PriceBook(self.config)
-        #: the session budget (spent is counted even without a limit)
-        self.budget = Budget(budget_usd, on_budget=on_budget, strict=budget_strict)
+        #: the session budget (spent is counted even without a limit); the arguments win over `[budget]`
+        self._budget_args = (budget_usd, on_budget, budget_strict)
+        settings = self.config.budget
+        self.budget = Budget(budget_usd if budget_usd is not None else settings.usd,
+                             on_budget=on_budget or settings.on_budget or "stop",
+                             strict=budget_strict if budget_strict is not None else bool(settings.strict))
         self._decider = Decider(self.config, self.state, self.prices, self.clock, self.budget,
                                 pacer=Pacer(self.config, self.shared, clock=self.clock))
         self._senders = Senders(transport=transport, http_client=http_client, clock=self.clock)
@@ -141,6 +151,8 @@ class Router:
         self._discovery = Discovery(self.config, self._decider, self.clock)
         self._cache: ResponseCache | None = None
         self._persist = persist
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._share_budget(self.config)
         _routers.add(self)
 
     def _open_shared(self, state_url: str | None) -> SharedState:
@@ -173,11 +185,48 @@ class Router:
         self._discovery.reset(self.config)
 
     def _set_config(self, config: Config) -> None:
+        if config.budget != self.config.budget:
+            self._set_budget(config)
         self.config = config
         self.state.policy = config.policy
         self.prices = PriceBook(config)
         self._decider.set_config(config, self.prices)
         self._loop.forget_endpoints()
+
+    def _set_budget(self, config: Config) -> None:
+        """A `[budget]` table that changed in the config: its fields apply, but for those given to Router()."""
+        usd, on_budget, strict = self._budget_args
+        settings = config.budget
+        if usd is None:
+            self.budget.set_limit(settings.usd)
+        if on_budget is None:
+            self.budget.on_budget = settings.on_budget or "stop"
+        if strict is None:
+            self.budget.strict = bool(settings.strict)
+        self._share_budget(config)
+
+    def _share_budget(self, config: Config) -> None:
+        """`[budget] shared`: count the spending in the shared store under that name."""
+        settings = config.budget
+        self.budget.share(None if settings.shared is None else
+                          SharedBudget(settings.shared, settings.per, self._spend_behind, self.clock))
+
+    def _spend_behind(self) -> None:
+        """Send what the shared budget has not sent, behind the call: a flush on the loop running here, or
+        on the router's loop (a batch's driver records outcomes from a thread of its own)."""
+        running = _running_loop()
+        if running is not None:
+            self._flush_budget()
+            return
+        try:
+            self._bg.loop().call_soon_threadsafe(self._flush_budget)
+        except RuntimeError:  # the router's loop is closed: the router is too
+            log.warning("nbrouter: a cost recorded after the router closed was not counted in the shared budget")
+
+    def _flush_budget(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.budget.flush(self.shared))
+        self._flushes.add(task)  # (kept until done: a task only the loop refers to may be collected)
+        task.add_done_callback(self._flushes.discard)
 
     @property
     def combos(self) -> dict[str, Combo]:
@@ -401,8 +450,10 @@ class Router:
         return self._loop.run(self._decider.route(req), req, emit)
 
     def _usage_due(self) -> bool:
-        """Is the mirror of the quota accounts' shared usage to be read again before this call?"""
-        return bool(self._decider.quota_accounts) and self._decider.usage.due()
+        """Is the mirror of the quota accounts' shared usage, or of a shared budget, to be read again before
+        this call?"""
+        shared = self.budget.shared
+        return (bool(self._decider.quota_accounts) and self._decider.usage.due()) or (shared is not None and shared.due())
 
     async def _route_first(self, req: CallRequest, emit: Emit | None) -> RouteResult:
         if self._discovery.due(self.config):
@@ -554,19 +605,30 @@ class Router:
     # ---- status, log, reset ------------------------------------------------------------------
 
     def status(self) -> Status:
-        """Per candidate and per account: breaker, cooldown or lock with time left, latency, usage, quota; and
-        the shared state's mode (`Status.store`: "shared", or "local"/"wait" while it is down)."""
+        """Per candidate and per account: breaker, cooldown or lock with time left, latency, usage, quota; the
+        shared state's mode (`Status.store`: "shared", or "local"/"wait" while it is down); and a shared
+        budget as every process spent it (`Status.budget`)."""
         self._ensure_discovered()
         self.state.refresh()
         # an account with a quota is counted by every process sharing it: the store's counts (not asked
         # from the router's own loop, where a sync call cannot wait)
         usage, holds = None, None
         if not self._bg.in_loop_thread():
+            self.sync_budget()  # (a shared budget: this process's spending sent, and every process's read)
             if self.pacer.quota_accounts:
                 usage = self._bg.run(self.pacer.usage())
                 self._refresh_usage()  # (the headroom shown is held to every process's counts too)
             holds = self._bg.run(self.shared.holds())  # another kernel's cooldowns too
         return collect_status(self._decider, self.state, self.clock.time(), usage, holds)
+
+    def sync_budget(self) -> Budget:
+        """With a shared budget: send what this process spent, and read what every process spent (not from
+        the router's own loop, where a sync call cannot wait: the last reading stands). Returns
+        `router.budget`."""
+        if self.budget.shared is not None and not self._bg.in_loop_thread():
+            self._bg.run(self.budget.drain(self.shared))
+            self._bg.run(self.budget.refresh(self.shared, force=True))
+        return self.budget
 
     def _refresh_usage(self) -> None:
         """Read the quota accounts' shared usage for a sync method (`explain`, `status`) if it is due; not
@@ -602,6 +664,8 @@ class Router:
         """Close the HTTP client of the running loop (call it before that loop ends; a loop that ends
         without it closes the client itself on shutdown)."""
         await self.pacer.drain()  # the writes of the last calls on this loop, sent behind them
+        if self.budget.unsent:
+            await self.budget.drain(self.shared)
         await self._senders.aclose()
 
     def close(self) -> None:
@@ -612,6 +676,8 @@ class Router:
         if self._bg.running and not self._bg.in_loop_thread():
             try:  # the writes of the last calls, sent behind them
                 self._bg.run(self.pacer.drain())
+                if self.budget.unsent:
+                    self._bg.run(self.budget.drain(self.shared))
             except Exception:
                 pass
         if self.shared.kind != "memory":

@@ -43,9 +43,10 @@ STEP_OPTIONS = ("max_tokens", "temperature", "top_p", "stop", "system", "reasoni
 #: the keys of one step's inline table
 STEP_FIELDS = ("target", "combo", "weight", *STEP_OPTIONS)
 #: the top-level keys and tables of the file
-TOP_LEVEL_FIELDS = ("providers", "combos", "policy", "prices", "task_fit", "log_content", "state_path", "router", "state")
+TOP_LEVEL_FIELDS = ("providers", "combos", "policy", "prices", "task_fit", "log_content", "state_path", "router", "state", "budget")
 #: the keys of the `[state]` table (where the state shared by kernels and machines is kept)
 STATE_FIELDS = ("url", "prefix", "on_down", "share", "timeout_s")
+BUDGET_FIELDS = ("usd", "on_budget", "strict", "shared", "per")
 #: what `[state] on_down` may say: pace locally at `share` of each limit, or wait for the store
 STATE_ON_DOWN = ("local", "wait")
 #: the keys of the `[router]` table (settings of the whole router)
@@ -79,6 +80,27 @@ class StateSettings:
     on_down: str = "local"
     share: float = 0.25
     timeout_s: float = 0.25
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """`[budget]`: the spending limit every call of a Router is held against (`Router(budget_usd=...)`,
+    `on_budget=` and `budget_strict=` win over it), and whether it is shared.
+
+    Attributes:
+        usd: the limit in dollars (None: no limit; spending is still counted).
+        on_budget: "stop" or "cheapest" (None: the Router's, or the magics', default).
+        strict: skip candidates whose price is unknown while a limit is set (None: False).
+        shared: a name under which the spending is counted in the state store, for every kernel and machine
+            whose configuration names it (None: this process's session only).
+        per: the shared budget's window: "total" or "day" (the UTC calendar day).
+    """
+
+    usd: float | None = None
+    on_budget: str | None = None
+    strict: bool | None = None
+    shared: str | None = None
+    per: str = "total"
 
 
 @dataclass(frozen=True)
@@ -239,6 +261,8 @@ class Config:
     emergency: str | None = None
     #: `[state]`: the shared state's store and its behaviour when it is away
     state: StateSettings = StateSettings()
+    #: `[budget]`: the spending limit and whether every process that names it shares it
+    budget: BudgetSettings = BudgetSettings()
 
     @functools.cached_property
     def hash(self) -> str:

@@ -19,10 +19,12 @@ class Status:
     """What `Router.status()` returns: candidate rows and account rows, printable as tables."""
 
     def __init__(self, candidates: list[dict[str, Any]], accounts: list[dict[str, Any]], warning: str | None,
-                 store: dict[str, Any] | None = None) -> None:
+                 store: dict[str, Any] | None = None, budget: str | None = None) -> None:
         self.candidates = candidates
         self.accounts = accounts
         self.warning = warning
+        #: a shared budget, as every process spent it (`shared budget 'team': spent $0.42 of $5.00 (stop)`), or None
+        self.budget = budget
         #: the shared state: `kind` ("memory", "sqlite", "redis"), `mode` ("shared"; "local" or "wait"
         #: while it is down), `warning` (why it is not answering, or None)
         self.store: dict[str, Any] = store or {"kind": "memory", "mode": "shared", "warning": None}
@@ -59,8 +61,10 @@ class Status:
 
 def status_tables(status: Status) -> Tables:
     """The candidates table and the accounts table of a Status, and its warning if any."""
-    return Tables([candidate_table(status.candidates), account_table(status.accounts)],
-                  notes=[f"warning: {status.warning}"] if status.warning else [])
+    notes = [status.budget] if status.budget else []
+    if status.warning:
+        notes.append(f"warning: {status.warning}")
+    return Tables([candidate_table(status.candidates), account_table(status.accounts)], notes=notes)
 
 
 def collect_status(decider: Decider, state: StateStore, now: float, shared_usage: dict[str, dict[str, float]] | None = None,
@@ -136,7 +140,8 @@ def collect_status(decider: Decider, state: StateStore, now: float, shared_usage
     shared = decider.pacer.shared
     store = {"kind": getattr(shared, "kind", "memory"), "mode": shared.mode, "warning": shared.warning}
     warning = "; ".join(w for w in (state.warning, shared.warning) if w) or None
-    return Status(rows, accounts, warning, store)
+    budget = decider.budget
+    return Status(rows, accounts, warning, store, f"{budget.label}: {budget.text()}" if budget.shared is not None else None)
 
 
 def reset_matches(config: Config, target: str | None) -> list[str | None]:

@@ -141,6 +141,8 @@ def config_data(config: Config) -> dict[str, Any]:
     a local server listening) are written out as tables naming their key variable, never its value.
     """
     data = copy.deepcopy(config.raw)
+    # a worker keeps no budget: the driver counts what the workers spent (a shared one would count it twice)
+    data.pop("budget", None)
     tables = data.setdefault("providers", {})
     for name, provider in config.providers.items():
         if name not in tables:

@@ -25,6 +25,7 @@ from .file import combo_table, set_combo, write_document
 from ..errors import ComboConfigError
 from ..model import (
     ACCOUNT_FIELDS,
+    BUDGET_FIELDS,
     CAPABILITY_FIELDS,
     COMBO_FIELDS,
     DEFAULT_ACCOUNT,
@@ -38,6 +39,7 @@ from ..model import (
     TIERS,
     TOP_LEVEL_FIELDS,
     Account,
+    BudgetSettings,
     Capabilities,
     Combo,
     Config,
@@ -48,6 +50,7 @@ from ..model import (
     parse_target,
 )
 from ..state.shared_redis import parse_redis_url
+from ..decide.budget import BUDGET_PER, ON_BUDGET
 from ..decide.packs import FACTORS, PACKS, VIRTUAL_COMBOS
 from ..keys import KeySource
 from ..policy import Policy
@@ -220,9 +223,10 @@ def build_config(raw: dict[str, Any], *, path: Path | None, strategies: Iterable
     state_path = _string(raw["state_path"], top.at("state_path"), "a file path") if "state_path" in raw else None
     emergency = _router_table(raw.get("router", {}), top.at("router"), providers, combos)
     state = _state_table(raw.get("state", {}), top.at("state"))
+    budget = _budget_table(raw.get("budget", {}), top.at("budget"))
     config = Config(
         providers=providers, combos=combos, policy=policy, prices=prices, task_fit=task_fit, path=path, raw=raw,
-        log_content=log_content, state_path=state_path, emergency=emergency, state=state,
+        log_content=log_content, state_path=state_path, emergency=emergency, state=state, budget=budget,
     )
     validate_graph(config)
     return config
@@ -380,6 +384,32 @@ def _state_table(raw: Any, at: _At) -> StateSettings:
     timeout_s = (_number(table["timeout_s"], at.key("timeout_s"), minimum=0.0, maximum=60.0, exclusive=True, unit=" (seconds)")
                  if "timeout_s" in table else default.timeout_s)
     return StateSettings(url=url, prefix=prefix, on_down=on_down, share=share, timeout_s=timeout_s)
+
+
+# ---- [budget] ----------------------------------------------------------------------------------
+
+#: a shared budget's name: it becomes part of a key in the store
+_BUDGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def _budget_table(raw: Any, at: _At) -> BudgetSettings:
+    """`[budget]`: the spending limit, what a call that does not fit does, and the name every kernel and
+    machine that shares it counts it under."""
+    table = _table(raw, at)
+    _known_keys(table, BUDGET_FIELDS, at, "[budget]")
+    usd = _number(table["usd"], at.key("usd"), unit=" (dollars)") if "usd" in table else None
+    on_budget = _choice(table["on_budget"], ON_BUDGET, at.key("on_budget"), "on_budget mode") if "on_budget" in table else None
+    strict = _bool(table["strict"], at.key("strict")) if "strict" in table else None
+    shared = None
+    if "shared" in table:
+        shared = _string(table["shared"], at.key("shared"), "the budget's name")
+        if not _BUDGET_NAME.fullmatch(shared):
+            at.key("shared").fail(f"must be a name of letters, digits and '_.:-' (at most 64, a letter or digit first), "
+                                  f"not {_describe(shared)}")
+    per = _choice(table["per"], BUDGET_PER, at.key("per"), "window") if "per" in table else "total"
+    if "per" in table and shared is None:
+        at.key("per").fail("goes with `shared = \"NAME\"`: a session budget has no window (it lasts the session)")
+    return BudgetSettings(usd=usd, on_budget=on_budget, strict=strict, shared=shared, per=per)
 
 
 # ---- [router] ----------------------------------------------------------------------------------

@@ -448,8 +448,10 @@ class Decider:
         return self.usage.window(account_key, self.state.usage_window(account_key, now), self.pacer, now)
 
     async def refresh_usage(self, *, force: bool = False) -> None:
-        """Read the store's usage counts of the quota accounts, if the last reading is a second old."""
+        """Read the store's usage counts of the quota accounts, and a shared budget's spending, if the last
+        reading is a second old."""
         await self.usage.refresh(self.pacer, force=force)
+        await self.budget.refresh(self.pacer.shared, force=force)
 
     def _set_quotas(self) -> None:
         """Work out, per account key with a configured quota, the windows the skip check `quota` asks
@@ -619,7 +621,7 @@ class Decider:
         if self.budget.limit is not None:
             ordered, over = self._within_budget(ordered, info)
             rows.extend(over)
-            notes.append(f"session budget: {self.budget.text()}")
+            notes.append(f"{self.budget.label}: {self.budget.text()}")
         reasons: dict[int, str] = {}
         if self.config.emergency is not None and combo.name != self.config.emergency:
             tier = self._emergency_tier(candidates, info, req, now, rows)

@@ -24,6 +24,7 @@ from ...providers.models import ModelList
 from ..model import Combo, Provider
 from .deadlines import Limit
 from .deadlines import start as start_limit
+from ..decide.budget import BUDGET_REASONS
 from ..decide.capabilities import not_capable, window_floor
 from ..decide.decider import EMERGENCY, Decider, Route
 from ..keys import KeyError_
@@ -626,7 +627,7 @@ class Loop:
             call.add(a)
         self._log(call, combo.name, None)
         req = call.req
-        if skipped and all(r.reason.startswith("session budget:") for r in skipped):
+        if skipped and all(r.reason.startswith(BUDGET_REASONS) for r in skipped):
             raise BudgetExceeded(
                 f"refused before sending: {skipped[0].reason}; {self.decider.budget.text()}. "
                 "Raise the budget (router.budget.set_limit(USD), `%llm budget USD`) or use on_budget='cheapest'.",
