@@ -15,7 +15,8 @@ it received and answered 429. Runs:
 
 Then the store's cost per call (verbs, i.e. round trips, per call, and the time they add, SQLite and
 Redis) and `bench_throughput`'s measurement at concurrency 1, 16 and 64 with every call admitted by the store:
-Redis against SQLite against raw httpx + aiohttp, in interleaved rounds.
+Redis against SQLite against raw httpx + aiohttp, in interleaved rounds, each store also with a shared budget
+(`[budget] shared`: every call's cost counted in the store), beside the same budget kept per session.
 """
 
 from __future__ import annotations
@@ -337,13 +338,17 @@ class Admitted(Driver):
     """`Router.acomplete` on an account with a quota far above the load: every call passes the store's
     admission before it is sent and settles after."""
 
-    def __init__(self, url: str, name: str, **kwargs: Any) -> None:
+    def __init__(self, url: str, name: str, *, budget: str | None = None, **kwargs: Any) -> None:
         from nbrouter import Router
 
         self.name = name
-        config = {"providers": {"bench": {"protocol": "openai", "base_url": url, "api_key_env": "BENCH_KEY",
-                                          "quota": {"requests_per_minute": 10_000_000}}},
-                  "combos": {"one": {"targets": ["bench/bench-model"]}}, "state": {"timeout_s": 2.0}}
+        config: dict[str, Any] = {
+            "providers": {"bench": {"protocol": "openai", "base_url": url, "api_key_env": "BENCH_KEY",
+                                    "quota": {"requests_per_minute": 10_000_000}}},
+            "combos": {"one": {"targets": ["bench/bench-model"]}}, "state": {"timeout_s": 2.0}}
+        if budget:  # every call priced and held to a budget it never reaches ("shared": counted in the store too)
+            config["prices"] = {"bench/bench-model": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+            config["budget"] = {"usd": 1_000_000.0, **({"shared": "bench"} if budget == "shared" else {})}
         self.router = Router(config, **kwargs)
 
     async def call(self, stream: bool) -> str:
@@ -358,10 +363,16 @@ async def throughput(server: LoopbackServer, tmp: Path, redis: RedisServer | Non
     """At each concurrency, raw httpx + aiohttp, nbrouter over SQLite and over Redis (every call admitted),
     in interleaved rounds (the order rotated each round)."""
     drivers: list[Driver] = [RawHttpx(server.openai_url, aiohttp_transport=True),
-                             Admitted(server.openai_url, "nbrouter, SQLite store", state_path=str(tmp / "tp.sqlite3"))]
+                             Admitted(server.openai_url, "nbrouter, SQLite store", state_path=str(tmp / "tp.sqlite3")),
+                             Admitted(server.openai_url, "nbrouter, SQLite store, session budget",
+                                      state_path=str(tmp / "tp-session.sqlite3"), budget="session"),
+                             Admitted(server.openai_url, "nbrouter, SQLite store, shared budget",
+                                      state_path=str(tmp / "tp-budget.sqlite3"), budget="shared")]
     if redis is not None:
         drivers.append(Admitted(server.openai_url, "nbrouter, Redis store", state_path=str(tmp / "tp-redis.sqlite3"),
                                 state_url=redis.url))
+        drivers.append(Admitted(server.openai_url, "nbrouter, Redis store, shared budget",
+                                state_path=str(tmp / "tp-redis-budget.sqlite3"), state_url=redis.url, budget="shared"))
     base, sqlite = drivers[0].name, drivers[1].name
     rows = []
     try:

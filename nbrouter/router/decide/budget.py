@@ -15,8 +15,8 @@ what is left (`Budget.check`, one of the loop's named skip checks):
 the state store every kernel and machine shares (the state file on one machine, Redis across machines),
 under that name and `[budget] per` window ("total", or "day": the UTC calendar day), so every Router
 configured with the same name on the same store spends from one budget. Each call's cost goes to the
-store behind the call (one write at a time: the costs of the calls that end while one is out go together
-in the next); what the other processes spent is read before a call at most once per
+store behind the call (at most one write per `SHARED_BUDGET_GATHER_S`, with the costs of every call that
+ended meanwhile); what the other processes spent is read before a call at most once per
 `SHARED_BUDGET_READ_S` (as the quota accounts' usage is), so `spent` is
 
     max(this process's spending in the window,
@@ -48,6 +48,9 @@ BUDGET_REASONS = ("session budget:", "shared budget ")
 BUDGET_PER = ("total", "day")
 #: the store's count of a shared budget is read again before a call at most this often
 SHARED_BUDGET_READ_S = 1.0
+#: the costs recorded within this long of the first one are written to the store together (one write for
+#: many calls when calls follow each other; small beside how often the others read it)
+SHARED_BUDGET_GATHER_S = 0.05
 #: a shared budget is counted in the store in billionths of a dollar (whole numbers: exact in any store)
 NANO = Decimal(10) ** 9
 #: the store's counters of a shared budget: `budget:NAME|usd` (nano-dollars) and `budget:NAME|unknown`
@@ -222,10 +225,18 @@ class Budget:
         if start:
             shared.sink()
 
-    async def flush(self, store: SharedState) -> None:
+    async def flush(self, store: SharedState, *, gather: bool = True) -> None:
         """Write what this process spent to the store, one write at a time, until nothing is left unsent
-        (started by `record` through the sink: it owns the flush while it runs)."""
+        (started by `record` through the sink: it owns the flush while it runs). With `gather`, each write
+        waits `SHARED_BUDGET_GATHER_S` first, so that at most one goes per interval however many calls end."""
         while True:
+            if gather:
+                try:
+                    await asyncio.sleep(SHARED_BUDGET_GATHER_S)
+                except BaseException:
+                    with self._lock:
+                        self._flushing = False
+                    raise
             shared = self.shared
             with self._lock:
                 nanos, unknowns = self._unsent_nanos, self._unsent_unknowns
@@ -262,7 +273,7 @@ class Budget:
                 else:
                     own = False
             if own:
-                await self.flush(store)
+                await self.flush(store, gather=False)
             else:  # a flush runs (on this loop or another): its write is out
                 await asyncio.sleep(0.005)
 
@@ -307,8 +318,13 @@ class Budget:
 
     def text(self) -> str:
         """`spent $0.012300 + 2 calls at unknown price`, with the limit when one is set."""
-        spent = f"${self.spent:.6f}"
-        unknown = self.unknown_calls
+        shared = self.shared
+        if shared is None:
+            spent_usd, unknown = self._spent, self._unknown
+        else:  # (read once for both)
+            nanos, unknown = self._counted(shared)
+            spent_usd = Decimal(nanos) / NANO
+        spent = f"${spent_usd:.6f}"
         if unknown:
             spent += f" + {unknown} call{'s' if unknown != 1 else ''} at unknown price"
         if self.limit is None:
