@@ -243,3 +243,12 @@ def test_a_shared_budget_goes_on_while_redis_is_away_and_what_was_spent_meanwhil
         written = shared_count(f"{BUDGET_PREFIX}team|usd", url=server.url(), prefix=config["state"]["prefix"])
         _time.sleep(0.05)
     assert written == float(2 * COST * NANO)  # what one spent while Redis was away, written back
+
+
+def test_a_kernel_that_closes_right_after_its_calls_leaves_what_it_spent_in_the_store(priced, make_router, tmp_path) -> None:
+    router = make_router(budget_config(priced, shared="team"))
+    for prompt in ("a", "b", "c"):
+        router.complete("c", prompt)
+    assert router.budget.unsent  # (written behind the calls: not yet)
+    router.close()
+    assert store_count(tmp_path / "state.sqlite3", "team") == float(3 * COST * NANO)

@@ -223,6 +223,16 @@ class Router:
         except RuntimeError:  # the router's loop is closed: the router is too
             log.warning("nbrouter: a cost recorded after the router closed was not counted in the shared budget")
 
+    async def _settle_budget(self) -> None:
+        """Everything this process spent in the shared budget's store: what is unsent, and the writes the
+        flushes of this loop have out (close)."""
+        await self.budget.drain(self.shared)
+        loop = asyncio.get_running_loop()
+        here = [t for t in self._flushes if t.get_loop() is loop]
+        if here:
+            await asyncio.gather(*here, return_exceptions=True)
+            await self.budget.drain(self.shared)
+
     def _flush_budget(self) -> None:
         task = asyncio.get_running_loop().create_task(self.budget.flush(self.shared))
         self._flushes.add(task)  # (kept until done: a task only the loop refers to may be collected)
@@ -665,7 +675,7 @@ class Router:
         without it closes the client itself on shutdown)."""
         await self.pacer.drain()  # the writes of the last calls on this loop, sent behind them
         if self.budget.unsent:
-            await self.budget.drain(self.shared)
+            await self._settle_budget()
         await self._senders.aclose()
 
     def close(self) -> None:
@@ -677,7 +687,7 @@ class Router:
             try:  # the writes of the last calls, sent behind them
                 self._bg.run(self.pacer.drain())
                 if self.budget.unsent:
-                    self._bg.run(self.budget.drain(self.shared))
+                    self._bg.run(self._settle_budget())
             except Exception:
                 pass
         if self.shared.kind != "memory":

@@ -225,57 +225,51 @@ class Budget:
         if start:
             shared.sink()
 
-    async def flush(self, store: SharedState, *, gather: bool = True) -> None:
-        """Write what this process spent to the store, one write at a time, until nothing is left unsent
-        (started by `record` through the sink: it owns the flush while it runs). With `gather`, each write
-        waits `SHARED_BUDGET_GATHER_S` first, so that at most one goes per interval however many calls end."""
-        while True:
-            if gather:
-                try:
-                    await asyncio.sleep(SHARED_BUDGET_GATHER_S)
-                except BaseException:
-                    with self._lock:
-                        self._flushing = False
-                    raise
-            shared = self.shared
-            with self._lock:
-                nanos, unknowns = self._unsent_nanos, self._unsent_unknowns
-                if shared is None or not (nanos or unknowns):
-                    self._flushing = False
+    async def flush(self, store: SharedState) -> None:
+        """Write what this process spends to the store behind its calls, one write per
+        `SHARED_BUDGET_GATHER_S` with everything spent meanwhile, until nothing is left unsent (started by
+        `record` through the sink: it owns the flush while it runs)."""
+        try:
+            while True:
+                await asyncio.sleep(SHARED_BUDGET_GATHER_S)
+                if not await self._write(store, last=True):
                     return
-                self._unsent_nanos = self._unsent_unknowns = 0
-            writes: list[Write] = []
-            if nanos:
-                writes.append(AddCount(shared.usd_key, float(nanos), shared.window))
-            if unknowns:
-                writes.append(AddCount(shared.unknown_key, float(unknowns), shared.window))
-            try:
-                await store.apply(writes)
-            except BaseException:  # (a store without its guard; a cancel): kept for the next flush
-                with self._lock:
-                    self._unsent_nanos += nanos
-                    self._unsent_unknowns += unknowns
-                    self._flushing = False
-                raise
+        except BaseException:  # (a cancel; a store without its guard): what was not written stays unsent
             with self._lock:
-                self._confirmed_nanos += nanos
-                self._confirmed_unknowns += unknowns
+                self._flushing = False
+            raise
 
     async def drain(self, store: SharedState) -> None:
-        """Wait until the store has what this process spent (status, close)."""
-        while True:
+        """Write what is unsent now, without waiting (status, sync_budget, close). A write a flush has out
+        is not waited for: until the store confirms it, a reading adds it (so nothing is counted short)."""
+        await self._write(store, last=False)
+
+    async def _write(self, store: SharedState, *, last: bool) -> bool:
+        """One write of what is unsent; False when there was nothing (and, for the flush, `last`: it ends)."""
+        shared = self.shared
+        with self._lock:
+            nanos, unknowns = self._unsent_nanos, self._unsent_unknowns
+            if shared is None or not (nanos or unknowns):
+                if last:
+                    self._flushing = False
+                return False
+            self._unsent_nanos = self._unsent_unknowns = 0
+        writes: list[Write] = []
+        if nanos:
+            writes.append(AddCount(shared.usd_key, float(nanos), shared.window))
+        if unknowns:
+            writes.append(AddCount(shared.unknown_key, float(unknowns), shared.window))
+        try:
+            await store.apply(writes)
+        except BaseException:
             with self._lock:
-                if not self._flushing:
-                    if not (self._unsent_nanos or self._unsent_unknowns):
-                        return
-                    self._flushing = True
-                    own = True
-                else:
-                    own = False
-            if own:
-                await self.flush(store, gather=False)
-            else:  # a flush runs (on this loop or another): its write is out
-                await asyncio.sleep(0.005)
+                self._unsent_nanos += nanos
+                self._unsent_unknowns += unknowns
+            raise
+        with self._lock:
+            self._confirmed_nanos += nanos
+            self._confirmed_unknowns += unknowns
+        return True
 
     async def refresh(self, store: SharedState, *, force: bool = False) -> None:
         """Read a shared budget's count in the store (unless read less than `SHARED_BUDGET_READ_S` ago).
