@@ -212,6 +212,45 @@ def test_the_comm_answers_status_and_reset_in_a_real_kernel(sim: Any, tmp_path: 
         km.shutdown_kernel(now=True)
 
 
+def test_the_status_reply_says_the_shared_state_is_down_and_the_shared_budget_in_a_real_kernel(
+        sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a Redis URL where nothing listens: the store is "down" from the start (calls go on, paced here); the
+    # status reply the status bar and the board read says so, and carries the shared budget's text
+    import socket
+
+    from jupyter_client.manager import start_new_kernel
+
+    with socket.socket() as s:  # a loopback port nothing listens on once it is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[providers.sim]\nprotocol = "openai"\nbase_url = "{sim.openai_url}"\napi_key_env = "SIM_KEY"\n'
+        'models = ["model-a"]\n\n[combos.solo]\ntargets = ["sim/model-a"]\n\n'
+        '[prices."sim/model-a"]\ninput_per_mtok = 1000\noutput_per_mtok = 2000\n\n'
+        f'[state]\nurl = "redis://:pw-secret-1@127.0.0.1:{port}/0"\ntimeout_s = 0.2\n\n'
+        '[budget]\nusd = 5.0\nshared = "team"\n', encoding="utf-8")
+    monkeypatch.setenv("NBROUTER_CONFIG", str(config))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    from nbrouter.testing import Reply
+
+    sim.script(Reply("hi", usage={"input_tokens": 10, "output_tokens": 10}), model="model-a")
+    km, client = start_new_kernel(kernel_name="python3")
+    try:
+        assert client.execute_interactive("%load_ext nbrouter", timeout=60)["content"]["status"] == "ok"
+        assert client.execute_interactive("%%llm solo --no-stream\nhello", timeout=60)["content"]["status"] == "ok"
+        comm_id = "test-comm-0002"
+        client.shell_channel.send(client.session.msg(
+            "comm_open", {"comm_id": comm_id, "target_name": "nbrouter", "data": {"request": "status", "id": 1}}))
+        status = _comm_reply(client, comm_id, 1)
+        assert status["store"]["kind"] == "redis" and status["store"]["mode"] == "local"
+        assert "not answering" in status["store"]["warning"] and "pw-secret-1" not in json.dumps(status)
+        assert status["budget"] == "shared budget 'team': spent $0.030000 of $5.000000 (cheapest)"
+    finally:
+        client.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 def test_loading_in_a_kernel_imports_nothing_heavy_for_the_extension() -> None:
     """`%load_ext nbrouter` stays light: the comm registration imports no widgets, HTTP or table library."""
     code = (

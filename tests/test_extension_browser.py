@@ -19,11 +19,12 @@ missing Chromium, build or Notebook 7 fails the test instead of skipping it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from test_browser import (CHROMIUM, CHROMIUM_ARGS, LINE_BREAKS_JS, TOKEN, _require_chromium, assert_readable,
@@ -89,33 +90,20 @@ def _code_notebook(path: Path) -> None:
     nbformat.write(nb, str(path))
 
 
-@pytest.fixture(params=["lab", "notebook"])
-def server(request: pytest.FixtureRequest, sim: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def _serving(app: str, tmp_path: Path, config_text: str, notebooks: dict[str, Callable[[Path], None]]) -> Iterator[dict[str, Any]]:
     """JupyterLab or Notebook 7 on 127.0.0.1 with its own HOME and Jupyter dirs, serving this checkout's
-    build of the extension, with a config pointing at the simulator."""
-    from nbrouter.testing.behaviours import RateLimited, Reply
-
-    app = request.param
+    build of the extension, with the config given and the notebooks written: `{"app", "url": {name: url}, "log"}`."""
     _require_chromium()
     _need((BUILT / "package.json").exists(), f"the extension is not built ({BUILT}): `pip install -e .` builds it")
     if app == "notebook":
         _need(importlib.util.find_spec("notebook") is not None, "Notebook 7 is not installed: pip install -e '.[test]'")
-
-    sim.script(RateLimited(retry_after=300), model="model-a")
-    sim.script([Reply(FIRST_ANSWER, usage={"input_tokens": 12, "output_tokens": 30}),
-                Reply("Still $5.", usage={"input_tokens": 10, "output_tokens": 10})], model="model-b")
     config = tmp_path / "config.toml"
-    config.write_text(
-        f'[providers.sim]\nprotocol = "openai"\nbase_url = "{sim.openai_url}"\napi_key_env = "SIM_KEY"\n'
-        'models = ["model-a", "model-b"]\n\n'
-        f'[combos.{COMBO}]\ntargets = ["sim/model-a", "sim/model-b"]\n\n'
-        f'[prices."sim/model-b"]\ninput_per_mtok = {PRICE["input_per_mtok"]}\noutput_per_mtok = {PRICE["output_per_mtok"]}\n',
-        encoding="utf-8",
-    )
+    config.write_text(config_text, encoding="utf-8")
     root = tmp_path / "notebooks"
     root.mkdir()
-    _notebook(root / "route.ipynb")
-    _code_notebook(root / "code.ipynb")
+    for name, write in notebooks.items():
+        write(root / name)
     # this checkout's build first on Jupyter's path, before any installed copy
     labextensions = tmp_path / "jupyter-path" / "labextensions"
     labextensions.mkdir(parents=True)
@@ -131,7 +119,47 @@ def server(request: pytest.FixtureRequest, sim: Any, tmp_path: Path) -> Iterator
         return f"{base}/{'lab/tree' if app == 'lab' else 'notebooks'}/{name}?token={TOKEN}"
 
     with jupyter_server(app, root, env, log_path) as base:
-        yield {"app": app, "url": url(base, "route.ipynb"), "code_url": url(base, "code.ipynb"), "log": log_path}
+        yield {"app": app, "url": {name: url(base, name) for name in notebooks}, "log": log_path}
+
+
+def _sim_provider(sim: Any) -> str:
+    return (f'[providers.sim]\nprotocol = "openai"\nbase_url = "{sim.openai_url}"\napi_key_env = "SIM_KEY"\n'
+            'models = ["model-a", "model-b"]\n\n')
+
+
+@pytest.fixture(params=["lab", "notebook"])
+def server(request: pytest.FixtureRequest, sim: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The route and code notebooks, with a config pointing at the simulator."""
+    from nbrouter.testing.behaviours import RateLimited, Reply
+
+    sim.script(RateLimited(retry_after=300), model="model-a")
+    sim.script([Reply(FIRST_ANSWER, usage={"input_tokens": 12, "output_tokens": 30}),
+                Reply("Still $5.", usage={"input_tokens": 10, "output_tokens": 10})], model="model-b")
+    config = (_sim_provider(sim) + f'[combos.{COMBO}]\ntargets = ["sim/model-a", "sim/model-b"]\n\n'
+              f'[prices."sim/model-b"]\ninput_per_mtok = {PRICE["input_per_mtok"]}\noutput_per_mtok = {PRICE["output_per_mtok"]}\n')
+    with _serving(request.param, tmp_path, config, {"route.ipynb": _notebook, "code.ipynb": _code_notebook}) as served:
+        yield {**served, "url": served["url"]["route.ipynb"], "code_url": served["url"]["code.ipynb"]}
+
+
+@contextlib.contextmanager
+def _page(served: dict[str, Any], name: str) -> Iterator[Any]:
+    """A Chromium page with the test's step timeouts; on a failure, a screenshot and the server's log."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(STEP_MS)
+        expect.set_options(timeout=STEP_MS)
+        try:
+            yield page
+        except BaseException:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"extension-{served['app']}-{name}-failure.png"), full_page=True)
+            print(served["log"].read_text()[-4000:])
+            raise
+        finally:
+            browser.close()
 
 
 def _cost(input_tokens: int, output_tokens: int) -> float:
@@ -308,45 +336,82 @@ def test_route_timeline_spend_and_status_board(server: dict[str, Any]) -> None:
 
 
 def test_format_code_run_all_twice_keeps_the_same_cells(server: dict[str, Any], sim: Any) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from nbrouter.testing.behaviours import Reply
 
     sim.script(Reply(CODE_REPLY), model="coder", repeat_last=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(STEP_MS)
-        expect.set_options(timeout=STEP_MS)
-        try:
-            cells = _open(page, server["code_url"], 3)
+    with _page(server, "code") as page:
+        cells = _open(page, server["code_url"], 3)
 
-            def run_all() -> None:
-                page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-                last = cells.last.locator(".jp-InputPrompt")
-                expect(last).to_have_text(re.compile(r"\[\d+\]:"))
-                expect(cells.last.locator(".jp-OutputArea")).to_contain_text("the end")
-                page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'")
+        def run_all() -> None:
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            last = cells.last.locator(".jp-InputPrompt")
+            expect(last).to_have_text(re.compile(r"\[\d+\]:"))
+            expect(cells.last.locator(".jp-OutputArea")).to_contain_text("the end")
+            page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'")
 
-            run_all()
-            # the code went into one new cell right below its cell, marked as made by it
-            expect(cells).to_have_count(4)
-            expect(cells.nth(2).locator(".cm-content")).to_have_text("print('written below')")
-            mark = page.evaluate("() => { const m = window.jupyterapp.shell.currentWidget.content.model;"
-                                 " return [m.cells.get(2).getMetadata('nbrouter'), m.cells.get(1).id]; }")
-            assert mark[0]["code_of"] == mark[1] and isinstance(mark[0]["run"], str), mark
-            # Run All again: the same cells; the written cell, queued with its writer, did not run its code
-            run_all()
-            expect(cells).to_have_count(4)
-            expect(cells.nth(2).locator(".jp-OutputArea")).to_contain_text("nbrouter: not run")
-            expect(cells.nth(2).locator(".jp-OutputArea")).not_to_contain_text("written below")
-            # run on its own, it runs
-            _run(page, cells, 2)
-            expect(cells.nth(2).locator(".jp-OutputArea")).to_have_text(re.compile(r"^\s*written below\s*$"))
-            expect(cells).to_have_count(4)
-        except BaseException:
-            page.screenshot(path=str(ARTIFACTS / f"extension-{server['app']}-code-failure.png"), full_page=True)
-            print(server["log"].read_text()[-4000:])
-            raise
-        finally:
-            browser.close()
+        run_all()
+        # the code went into one new cell right below its cell, marked as made by it
+        expect(cells).to_have_count(4)
+        expect(cells.nth(2).locator(".cm-content")).to_have_text("print('written below')")
+        mark = page.evaluate("() => { const m = window.jupyterapp.shell.currentWidget.content.model;"
+                             " return [m.cells.get(2).getMetadata('nbrouter'), m.cells.get(1).id]; }")
+        assert mark[0]["code_of"] == mark[1] and isinstance(mark[0]["run"], str), mark
+        # Run All again: the same cells; the written cell, queued with its writer, did not run its code
+        run_all()
+        expect(cells).to_have_count(4)
+        expect(cells.nth(2).locator(".jp-OutputArea")).to_contain_text("nbrouter: not run")
+        expect(cells.nth(2).locator(".jp-OutputArea")).not_to_contain_text("written below")
+        # run on its own, it runs
+        _run(page, cells, 2)
+        expect(cells.nth(2).locator(".jp-OutputArea")).to_have_text(re.compile(r"^\s*written below\s*$"))
+        expect(cells).to_have_count(4)
+
+
+# ---- the shared state down, in the status item and the board --------------------------------------------
+
+
+def _down_notebook(path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("%load_ext nbrouter"), nbformat.v4.new_code_cell("%%llm solo\nhello")]
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture(params=["lab", "notebook"])
+def down_server(request: pytest.FixtureRequest, sim: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A config whose shared state is a Redis URL where nothing listens: down from the start."""
+    import socket
+
+    from nbrouter.testing.behaviours import Reply
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sim.script(Reply("hello back", usage={"input_tokens": 10, "output_tokens": 10}), model="model-a")
+    config = (_sim_provider(sim) + '[combos.solo]\ntargets = ["sim/model-a"]\n\n'
+              f'[state]\nurl = "redis://127.0.0.1:{port}/0"\ntimeout_s = 0.2\n')
+    with _serving(request.param, tmp_path, config, {"down.ipynb": _down_notebook}) as served:
+        yield {**served, "url": served["url"]["down.ipynb"]}
+
+
+def test_the_status_item_and_the_board_say_the_shared_state_is_down(down_server: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    with _page(down_server, "down") as page:
+        cells = _open(page, down_server["url"], 2)
+        spend = page.locator(".nbr-spend-item")
+        _run(page, cells, 0)
+        _run(page, cells, 1)
+        expect(cells.nth(1).locator(".jp-OutputArea")).to_contain_text("hello back")  # the call went on
+        # after the result the item asks for the status: the store's mode comes with it
+        expect(spend).to_have_attribute("data-store", "local")
+        expect(spend).to_have_text("cost unknown · 1 call · shared state down: paced here alone")  # (no price)
+        assert "The shared state (Redis at redis://127.0.0.1:" in (spend.get_attribute("title") or "")
+        spend.click()
+        board = page.locator("#nbrouter-board")
+        expect(board.locator(".nbr-board-summary")).to_contain_text("shared state down: paced here alone")
+        expect(board.locator(".nbr-board-warning")).to_contain_text("is not answering")

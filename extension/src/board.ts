@@ -36,10 +36,21 @@ export interface AccountRow extends Health {
   hold_left_s: number | null;
 }
 
+/** The shared state's store as `Router.status().store` says it: "shared", or while it is down "local" or "wait". */
+export interface StoreState {
+  kind: string;
+  mode: string;
+  warning: string | null;
+}
+
 export interface BoardStatus {
   candidates: CandidateRow[];
   accounts: AccountRow[];
   warning: string | null;
+  /** null: a kernel that does not say (an older nbrouter) */
+  store: StoreState | null;
+  /** a shared budget as every kernel spent it (`shared budget 'team': spent $0.42 of $5.00 (stop)`), or null */
+  budget: string | null;
 }
 
 type Json = Record<string, unknown>;
@@ -72,11 +83,28 @@ export function parseStatus(data: unknown): BoardStatus {
     health: str(r.health) ?? '',
     tone: str(r.tone) ?? ''
   }));
+  const store = isObject(obj.store) && str(obj.store.mode)
+    ? { kind: str(obj.store.kind) ?? '', mode: str(obj.store.mode) ?? 'shared', warning: str(obj.store.warning) }
+    : null;
   return {
     candidates: candidates.filter(r => r.candidate),
     accounts: accounts.filter(r => r.account),
-    warning: str(obj.warning)
+    warning: str(obj.warning),
+    store,
+    budget: str(obj.budget)
   };
+}
+
+/**
+ * What the status item says of the shared state while it is down (null while it answers): how calls are
+ * paced meanwhile, in the words of `[state] on_down`.
+ */
+export function storeNote(status: BoardStatus | null): string | null {
+  const store = status?.store;
+  if (!store || store.mode === 'shared') {
+    return null;
+  }
+  return store.mode === 'wait' ? 'shared state down: calls wait for it' : 'shared state down: paced here alone';
 }
 
 export type PoolHealth = 'ok' | 'degraded' | 'down' | 'unknown';
@@ -241,6 +269,12 @@ export function buildBoard(
       cells: [r.account, withLeft(stateText(r), timeLeft(r.hold_left_s, elapsedS))]
     }))
   );
+  if (status.budget) {
+    const p = doc.createElement('p');
+    p.className = 'nbr-board-budget';
+    p.textContent = status.budget;
+    root.appendChild(p);
+  }
   if (status.warning) {
     const p = doc.createElement('p');
     p.className = 'nbr-board-warning';

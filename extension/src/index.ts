@@ -14,7 +14,7 @@ import { SplitPanel, Widget } from '@lumino/widgets';
 
 import { Parser } from '@lezer/common';
 
-import { buildBoard, health, HEALTH_TEXT } from './board';
+import { buildBoard, health, HEALTH_TEXT, storeNote } from './board';
 import { llmCellHighlight } from './llmcell';
 import { NotebookSession } from './session';
 import { spendText, spendTitle } from './spend';
@@ -73,10 +73,14 @@ class SpendItem extends Widget {
       return;
     }
     const h = health(s.status);
-    this.dot.className = `nbr-dot nbr-health-${h}`;
-    this.label.textContent = spendText(s.spend);
-    this.node.title = `${spendTitle(s.spend)}. Pool: ${HEALTH_TEXT[h]}.`;
+    const down = storeNote(s.status);
+    this.dot.className = `nbr-dot nbr-health-${down ? 'degraded' : h}`;
+    this.label.textContent = spendText(s.spend) + (down ? ` · ${down}` : '');
+    const why = down ? s.status?.store?.warning : null;
+    this.node.title = `${spendTitle(s.spend)}. Pool: ${HEALTH_TEXT[h]}.`
+      + (why ? ` ${why.charAt(0).toUpperCase()}${why.slice(1)}.` : '');
     this.node.dataset.health = h;
+    this.node.dataset.store = s.status?.store?.mode ?? '';
   }
 }
 
@@ -154,7 +158,8 @@ class BoardPanel extends Widget {
     if (s === null || !s.loaded) {
       summary.textContent = 'no notebook with nbrouter loaded (run %load_ext nbrouter)';
     } else {
-      summary.textContent = `${spendText(s.spend)} · ${HEALTH_TEXT[h]}`;
+      const down = storeNote(s.status);
+      summary.textContent = `${spendText(s.spend)} · ${HEALTH_TEXT[h]}` + (down ? ` · ${down}` : '');
     }
     this.heading.append(dot, title, summary);
     if (s?.error) {

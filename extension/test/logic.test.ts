@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { buildBoard, health, parseStatus, stateText, timeLeft } from '../src/board';
+import { buildBoard, health, parseStatus, stateText, storeNote, timeLeft } from '../src/board';
 import { costText, formatDollars, formatSeconds, parseDollars } from '../src/format';
 import { answerMarkdown, DOLLAR, dollarRule, restoreDollars, stripFooter } from '../src/markdown';
 import { MIME, parsePayload, ResultPayload } from '../src/payload';
@@ -184,6 +184,28 @@ describe('the status board', () => {
     expect(stateText(flaky.candidates[0])).toBe('! flaky · 33% errors');
     expect(stateText(status.candidates[0])).toBe('! cooling down · cooldown: rate_limit · 100% errors');
     expect(timeLeft(100, 40)).toBe('60 s');
+  });
+
+  it('says when the shared state is down, and how calls are paced meanwhile', () => {
+    const shared = parseStatus({ candidates: [], store: { kind: 'redis', mode: 'shared', warning: null } });
+    expect(shared.store).toEqual({ kind: 'redis', mode: 'shared', warning: null });
+    expect(storeNote(shared)).toBeNull();
+    const local = parseStatus({ store: { kind: 'redis', mode: 'local', warning: 'the shared state is not answering' } });
+    expect(storeNote(local)).toBe('shared state down: paced here alone');
+    expect(storeNote(parseStatus({ store: { kind: 'sqlite', mode: 'wait', warning: 'locked' } }))).toBe(
+      'shared state down: calls wait for it');
+    // an older kernel says nothing of it; a malformed store is ignored
+    expect(parseStatus({}).store).toBeNull();
+    expect(storeNote(parseStatus({ store: 'down' }))).toBeNull();
+    expect(storeNote(null)).toBeNull();
+  });
+
+  it('shows a shared budget under the tables, as text', () => {
+    const withBudget = parseStatus({ ...status, budget: "shared budget 'team': spent $0.420000 of $5.000000 (stop)" });
+    const board = buildBoard(document, withBudget, 0, () => undefined);
+    expect(board.querySelector('.nbr-board-budget')!.textContent).toBe("shared budget 'team': spent $0.420000 of $5.000000 (stop)");
+    expect(buildBoard(document, status, 0, () => undefined).querySelector('.nbr-board-budget')).toBeNull();
+    expect(parseStatus({ budget: 42 }).budget).toBeNull();
   });
 
   it('has a reset button on each held row', () => {

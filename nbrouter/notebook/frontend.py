@@ -11,7 +11,7 @@ The comm protocol (every message's `data`):
     front end -> kernel   {"request": "status", "id": N}
                           {"request": "reset", "key": "prov#acct/model", "id": N}
     kernel -> front end   {"reply": "status", "id": N, "candidates": [...], "accounts": [...], "warning": str|null,
-                           "spend": {...}}
+                           "store": {"kind", "mode", "warning"}, "budget": str|null, "spend": {...}}
                           {"reply": "reset", "id": N, "key": ..., "cleared": int, ...status fields}
                           {"reply": "spend", "spend": {...}}   (whenever the session's cost ledger grows)
                           {"reply": "error", "id": N, "message": str}
@@ -136,6 +136,8 @@ def status_payload(router: Any) -> dict[str, Any]:
         "candidates": [_with_health(row, CANDIDATE_FIELDS, candidate_health) for row in status.candidates],
         "accounts": [_with_health(row, ACCOUNT_FIELDS, account_health) for row in status.accounts],
         "warning": status.warning,
+        "store": dict(status.store),  # the shared state: "shared", or "local"/"wait" while it is down
+        "budget": status.budget,  # a shared budget as every kernel spent it, or None
     }
 
 
